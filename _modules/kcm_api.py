@@ -1,0 +1,444 @@
+"""
+A small, verified-TLS client for the Kubernetes API, driven by a kubeconfig.
+
+It exists so that ``kcm.*`` and the leader beacon can read one object (the KCM Lease)
+with what a Salt onedir already ships (``requests``, ``PyYAML``, stdlib ``ssl``), and
+without a ``kubectl`` subprocess per question.
+
+What it does:
+
+- reads the kubeconfig's current context: ``certificate-authority-data`` or
+  ``certificate-authority``; ``client-certificate-data``/``client-key-data`` or the
+  file-path forms; a bearer ``token`` or ``tokenFile``;
+- always verifies the server certificate (chain and host name) against the
+  kubeconfig's CA (or the system store when it names none); a kubeconfig asking for
+  ``insecure-skip-tls-verify`` is refused;
+- keeps one ``requests.Session`` per (kubeconfig path, mtime) for the life of the
+  process, so repeated calls reuse one kept-alive TLS connection; a rewritten
+  kubeconfig gets a fresh session;
+- embedded client keys are written to a 0600 file in a private 0700
+  ``tempfile.mkdtemp()`` directory only for as long as ``ssl`` needs a path to load
+  them into the session's TLS context, then the directory is removed (so a process
+  killed later, or a minion job ending with ``os._exit``, leaves nothing behind);
+- maps every failure to :class:`KubeAPIError` with a short ``reason``: ``unreachable``,
+  ``timeout``, ``tls``, ``unauthorized`` (401), ``forbidden`` (403), ``not_found``
+  (404), ``http`` (other statuses), ``malformed`` (not a JSON object), ``kubeconfig``.
+  Messages never contain key material or tokens.
+"""
+
+import atexit
+import base64
+import binascii
+import logging
+import os
+import shutil
+import ssl
+import tempfile
+import threading
+
+import requests
+import requests.adapters
+import yaml
+from salt.exceptions import CommandExecutionError
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "kcm_api"
+
+# (connect, read) seconds: the beacon runs in the minion's main loop, so a stuck
+# apiserver must cost seconds, not minutes.
+DEFAULT_TIMEOUT = (2.0, 2.0)
+
+# path -> _Client; one live client per kubeconfig path (its mtime is part of the client).
+_CLIENTS = {}
+_CLIENTS_LOCK = threading.Lock()
+# (CA file, mtime) -> session for plain HTTPS probes (the KCM's own /healthz).
+_PROBES = {}
+
+
+def __virtual__():
+    return __virtualname__
+
+
+class KubeAPIError(CommandExecutionError):
+    """
+    A failed API call. ``reason`` is one short token (see the module docstring),
+    ``status`` the HTTP status when there was one.
+    """
+
+    def __init__(self, reason, detail, status=None):
+        self.reason = reason
+        self.status = status
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")
+
+
+class _PinnedContextAdapter(requests.adapters.HTTPAdapter):
+    """An adapter whose every connection uses one prepared ``ssl.SSLContext``."""
+
+    def __init__(self, ssl_context, **kwargs):
+        self._ssl_context = ssl_context
+        super().__init__(pool_connections=1, pool_maxsize=2, max_retries=0, **kwargs)
+
+    def init_poolmanager(self, *args, **kwargs):
+        kwargs["ssl_context"] = self._ssl_context
+        super().init_poolmanager(*args, **kwargs)
+
+    def cert_verify(self, conn, url, verify, cert):
+        # requests would otherwise add its own CA bundle to our context and so
+        # trust public CAs for a private cluster; the context alone decides.
+        conn.cert_reqs = "CERT_REQUIRED"
+        conn.ca_certs = None
+        conn.ca_cert_dir = None
+
+
+class _Client:
+    """One session for one kubeconfig as it was at ``mtime``."""
+
+    def __init__(self, path, mtime, server, session):
+        self.path = path
+        self.mtime = mtime
+        self.server = server
+        self.session = session
+
+    def close(self):
+        self.session.close()
+
+
+def _kubeconfig_error(path, what):
+    return KubeAPIError("kubeconfig", f"{path}: {what}")
+
+
+def _load_kubeconfig(path):
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = yaml.safe_load(fh)
+    except OSError as exc:
+        raise _kubeconfig_error(path, f"cannot read it ({exc.strerror})") from None
+    except yaml.YAMLError:
+        raise _kubeconfig_error(path, "is not valid YAML") from None
+    if not isinstance(doc, dict):
+        raise _kubeconfig_error(path, "expected a mapping with clusters, users and contexts")
+    return doc
+
+
+def _named(doc, path, section, name):
+    for item in doc.get(section) or []:
+        if isinstance(item, dict) and item.get("name") == name:
+            key = section[:-1]  # clusters -> cluster, users -> user, contexts -> context
+            value = item.get(key)
+            if not isinstance(value, dict):
+                raise _kubeconfig_error(path, f"{section}[name={name}].{key} must be a mapping")
+            return value
+    raise _kubeconfig_error(path, f"{section} has no entry named {name!r}")
+
+
+def _current(doc, path):
+    """The (cluster, user) mappings of the current context (or the only context)."""
+    name = doc.get("current-context")
+    if not name:
+        contexts = doc.get("contexts") or []
+        if len(contexts) != 1:
+            raise _kubeconfig_error(path, "current-context is not set and there is not exactly one context")
+        name = contexts[0].get("name")
+    context = _named(doc, path, "contexts", name)
+    cluster = _named(doc, path, "clusters", context.get("cluster"))
+    user = _named(doc, path, "users", context.get("user")) if context.get("user") else {}
+    return cluster, user
+
+
+def _decoded(path, key, value):
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError, TypeError):
+        raise _kubeconfig_error(path, f"{key} is not valid base64") from None
+
+
+def _relative(path, value):
+    # kubectl resolves relative file references against the kubeconfig's directory.
+    return value if os.path.isabs(value) else os.path.join(os.path.dirname(path), value)
+
+
+def _write_private(directory, name, data):
+    fd = os.open(os.path.join(directory, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    return os.path.join(directory, name)
+
+
+def _load_cert_chain(context, certfile, keyfile):
+    # A seam for the tests, which check the key file's mode at the moment ssl reads it.
+    context.load_cert_chain(certfile, keyfile)
+
+
+def _verifying_context():
+    """Chain and host name checked; trusts nothing until a CA is loaded into it."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def _ssl_context(path, cluster, user):
+    """A verifying TLS context with the kubeconfig's CA and client certificate."""
+    if cluster.get("insecure-skip-tls-verify"):
+        raise _kubeconfig_error(
+            path, "insecure-skip-tls-verify is set; this client always verifies TLS (give certificate-authority-data)"
+        )
+    if cluster.get("tls-server-name"):
+        raise _kubeconfig_error(path, "tls-server-name is not supported; use a server URL the certificate names")
+    context = _verifying_context()
+    try:
+        if cluster.get("certificate-authority-data"):
+            pem = _decoded(path, "certificate-authority-data", cluster["certificate-authority-data"])
+            context.load_verify_locations(cadata=pem.decode("ascii", "replace"))
+        elif cluster.get("certificate-authority"):
+            context.load_verify_locations(cafile=_relative(path, cluster["certificate-authority"]))
+        else:
+            context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise _kubeconfig_error(path, f"cannot load the cluster CA ({exc.__class__.__name__})") from None
+    _add_client_cert(context, path, user)
+    return context
+
+
+def _add_client_cert(context, path, user):
+    cert_data, key_data = user.get("client-certificate-data"), user.get("client-key-data")
+    cert_file, key_file = user.get("client-certificate"), user.get("client-key")
+    if not (cert_data or cert_file or key_data or key_file):
+        return
+    if not (cert_data or cert_file) or not (key_data or key_file):
+        raise _kubeconfig_error(path, "a client certificate needs both its certificate and its key")
+    tmpdir = tempfile.mkdtemp(prefix="kcm-api-")
+    try:
+        certfile = (
+            _write_private(tmpdir, "client.crt", _decoded(path, "client-certificate-data", cert_data))
+            if cert_data
+            else _relative(path, cert_file)
+        )
+        keyfile = (
+            _write_private(tmpdir, "client.key", _decoded(path, "client-key-data", key_data))
+            if key_data
+            else _relative(path, key_file)
+        )
+        _load_cert_chain(context, certfile, keyfile)
+    except (ssl.SSLError, OSError) as exc:
+        # The exception text can quote file names but never key bytes.
+        raise _kubeconfig_error(path, f"cannot load the client certificate/key ({exc.__class__.__name__})") from None
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _bearer(path, user):
+    token = user.get("token")
+    if not token and user.get("tokenFile"):
+        try:
+            with open(_relative(path, user["tokenFile"]), encoding="utf-8") as fh:
+                token = fh.read().strip()
+        except OSError as exc:
+            raise _kubeconfig_error(path, f"cannot read tokenFile ({exc.strerror})") from None
+    return token or None
+
+
+def _build_client(path, mtime):
+    doc = _load_kubeconfig(path)
+    cluster, user = _current(doc, path)
+    if user.get("exec") or user.get("auth-provider"):
+        raise _kubeconfig_error(path, "exec and auth-provider credentials are not supported")
+    server = str(cluster.get("server") or "").rstrip("/")
+    if not server.startswith("https://"):
+        raise _kubeconfig_error(path, f"cluster server must be an https:// URL, got {server!r}")
+    session = requests.Session()
+    # No proxies, netrc or REQUESTS_CA_BUNDLE from the environment: the kubeconfig decides.
+    session.trust_env = False
+    session.mount("https://", _PinnedContextAdapter(_ssl_context(path, cluster, user)))
+    session.headers["Accept"] = "application/json"
+    session.headers["User-Agent"] = "kcm-formula/kcm_api"
+    token = _bearer(path, user)
+    if token:
+        session.headers["Authorization"] = f"Bearer {token}"
+    return _Client(path, mtime, server, session)
+
+
+def _client(kubeconfig):
+    """The cached client for ``kubeconfig``, rebuilt when the file changed."""
+    path = os.path.realpath(kubeconfig)
+    try:
+        mtime = os.stat(path).st_mtime_ns
+    except OSError as exc:
+        raise _kubeconfig_error(kubeconfig, f"cannot read it ({exc.strerror})") from None
+    with _CLIENTS_LOCK:
+        client = _CLIENTS.get(path)
+        if client is not None and client.mtime == mtime:
+            return client
+        if client is not None:
+            client.close()
+            del _CLIENTS[path]
+        client = _build_client(path, mtime)
+        _CLIENTS[path] = client
+        return client
+
+
+def _close_all():
+    with _CLIENTS_LOCK:
+        for client in _CLIENTS.values():
+            client.close()
+        _CLIENTS.clear()
+        for session in _PROBES.values():
+            session.close()
+        _PROBES.clear()
+
+
+atexit.register(_close_all)
+
+
+def _timeout(timeout):
+    if timeout is None:
+        return DEFAULT_TIMEOUT
+    if isinstance(timeout, (list, tuple)):
+        return (float(timeout[0]), float(timeout[1]))
+    return (float(timeout), float(timeout))
+
+
+def _send(session, url, timeout):
+    """GET ``url``; transport failures become KubeAPIError, any HTTP status is returned."""
+    try:
+        return session.get(url, timeout=_timeout(timeout), allow_redirects=False)
+    except requests.exceptions.SSLError as exc:
+        raise KubeAPIError("tls", f"GET {url}: {_ssl_reason(exc)}") from None
+    except requests.exceptions.Timeout:
+        raise KubeAPIError("timeout", f"GET {url}: no answer within {_timeout(timeout)} s (connect, read)") from None
+    except requests.exceptions.ConnectionError as exc:
+        raise KubeAPIError("unreachable", f"GET {url}: {_connect_reason(exc)}") from None
+    except requests.exceptions.RequestException as exc:
+        raise KubeAPIError("unreachable", f"GET {url}: {exc.__class__.__name__}") from None
+
+
+def _ssl_reason(exc):
+    text = str(exc)
+    for marker in ("certificate verify failed", "Hostname mismatch", "IP address mismatch", "wrong version number"):
+        at = text.find(marker)
+        if at != -1:
+            return text[at : at + 120].split(")")[0].split("'")[0]
+    return "TLS handshake failed"
+
+
+def _connect_reason(exc):
+    text = str(exc)
+    for marker in ("Connection refused", "Name or service not known", "No route to host", "Connection reset"):
+        if marker in text:
+            return marker
+    return "connection failed"
+
+
+_STATUS_REASONS = {401: "unauthorized", 403: "forbidden", 404: "not_found"}
+
+
+def _checked_json(response, url):
+    if response.status_code != 200:
+        reason = _STATUS_REASONS.get(response.status_code, "http")
+        raise KubeAPIError(reason, f"GET {url}: HTTP {response.status_code}", status=response.status_code)
+    try:
+        data = response.json()
+    except ValueError:
+        raise KubeAPIError("malformed", f"GET {url}: the body is not JSON", status=200) from None
+    if not isinstance(data, dict):
+        raise KubeAPIError("malformed", f"GET {url}: expected a JSON object", status=200)
+    return data
+
+
+def request_json(path, kubeconfig, timeout=None):
+    """
+    GET ``path`` from the API server of ``kubeconfig`` and return the JSON object.
+
+    Raises :class:`KubeAPIError` (a ``CommandExecutionError``) on any failure.
+    ``kcm.*`` calls this through ``__salt__``; from the CLI use :func:`get`.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call kcm_api.request_json /version kubeconfig=/etc/k8s/kubeconfig/kube-controller-manager.kubeconfig
+    """
+    client = _client(kubeconfig)
+    url = client.server + "/" + path.lstrip("/")
+    return _checked_json(_send(client.session, url, timeout), url)
+
+
+def _default_kubeconfig():
+    deployed = __salt__["kcm_config.deployed"]() if "kcm_config.deployed" in __salt__ else {}
+    path = (deployed.get("files") or {}).get("kubeconfig")
+    if not path:
+        raise KubeAPIError("kubeconfig", "no kubeconfig= given and no deployed kcm (run state.apply kcm first)")
+    return path
+
+
+def get(path, kubeconfig=None, timeout=None):
+    """
+    GET an API path and return the parsed JSON; for debugging what ``kcm.leader`` sees.
+
+    path
+        API path, e.g. ``/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/kube-controller-manager``.
+    kubeconfig
+        Kubeconfig file; default: the KCM kubeconfig of the deployed formula
+        (``files.kubeconfig`` in the deployed facts).
+    timeout
+        Seconds for connect and for read (one number), or ``[connect, read]``. Default 2.
+
+    On failure the function raises an error whose text starts with the short reason
+    (``unreachable``, ``timeout``, ``tls``, ``unauthorized``, ``forbidden``,
+    ``not_found``, ``http``, ``malformed``, ``kubeconfig``) and the call exits non-zero.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call kcm_api.get /apis/coordination.k8s.io/v1/namespaces/kube-system/leases/kube-controller-manager
+        salt 'master1' kcm_api.get /version kubeconfig=/root/.kube/config
+    """
+    return request_json(path, kubeconfig or _default_kubeconfig(), timeout=timeout)
+
+
+
+def _probe_session(ca_cert):
+    if not ca_cert:
+        raise KubeAPIError("tls", "no CA certificate given to verify the server with (ca_cert=)")
+    path = os.path.realpath(ca_cert)
+    try:
+        key = (path, os.stat(path).st_mtime_ns)
+    except OSError as exc:
+        raise KubeAPIError("tls", f"cannot read CA certificate {ca_cert} ({exc.strerror})") from None
+    with _CLIENTS_LOCK:
+        session = _PROBES.get(key)
+        if session is None:
+            for old in [k for k in _PROBES if k[0] == path]:
+                _PROBES.pop(old).close()
+            context = _verifying_context()
+            try:
+                context.load_verify_locations(cafile=path)
+            except (ssl.SSLError, ValueError):
+                raise KubeAPIError("tls", f"{ca_cert} is not a PEM CA certificate") from None
+            session = requests.Session()
+            session.trust_env = False
+            session.mount("https://", _PinnedContextAdapter(context))
+            _PROBES[key] = session
+        return session
+
+
+def probe(url, ca_cert, timeout=None):
+    """
+    GET an https ``url`` verified against ``ca_cert`` (no client credentials) and
+    return ``{"status": <HTTP status>, "body": <text>}`` whatever the status.
+
+    ``kcm.health`` uses it for the KCM's ``/healthz?verbose``; transport and TLS
+    failures raise like :func:`get`.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call kcm_api.probe 'https://127.0.0.1:10257/healthz?verbose' ca_cert=/etc/k8s/ssl/ca.pem
+    """
+    if not str(url).startswith("https://"):
+        raise KubeAPIError("tls", f"url must be https://, got {url!r}")
+    response = _send(_probe_session(ca_cert), url, timeout)
+    return {"status": response.status_code, "body": response.text}

@@ -1,0 +1,427 @@
+"""
+Runner ``kcm_alert``: turns ``kcm_leader`` beacon events into Alertmanager
+alerts, once per change although every KCM master reports it.
+
+The reactor (``salt://reactor/kcm/leader.sls``) calls :func:`handle` for each
+``salt/beacon/*/kcm_leader/*`` event. The runner
+
+* deduplicates: the key is cluster + kind + the Lease's ``leaseTransitions``
+  (+ the last renew time for ``stale`` / ``no_leader``, + the reporting minion
+  for ``unreachable``), kept in a JSON file under the master cachedir and
+  guarded by ``fcntl`` locking, so concurrent reactor threads agree;
+* posts to Alertmanager v2 (``POST /api/v2/alerts``) and to optional webhooks;
+* resolves ``KCMNoLeader`` / ``KCMLeaderStale`` on ``changed`` or ``recovered``,
+  and ``KCMApiserverUnreachable`` when every reporter has recovered, by posting
+  the same labels with ``endsAt``;
+* fires ``kcm/alert/<kind>`` on the master bus with what it sent
+  (``kcm/alert/resolved``, ``kcm/alert/duplicate``, ``kcm/alert/send_failed``).
+
+Master configuration (``/etc/salt/master.d/kcm.conf``, written by ``kcm.master``):
+
+.. code-block:: yaml
+
+    kcm_alert:
+      alertmanager_urls: [http://127.0.0.1:9093]
+      webhook_urls: []
+      labels: {team: platform}        # added to every alert
+      ca_bundle: ''                   # CA file for https receivers ('' = system CAs)
+      dedupe_file: ''                 # '' = <cachedir>/kcm_alert/dedupe.json
+      retries: 3                      # attempts per receiver
+      backoff: 0.5                    # seconds before the 2nd attempt, doubling
+      timeout: 5                      # seconds per HTTP request
+      condition_ttl: 86400            # endsAt of a condition alert until it is resolved
+      event_ttl: 3600                 # endsAt of a KCMLeaderChanged alert
+"""
+
+import contextlib
+import datetime
+import fcntl
+import json
+import logging
+import os
+import tempfile
+import time
+
+import requests
+import salt.utils.event
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "kcm_alert"
+
+DEFAULTS = {
+    "alertmanager_urls": [],
+    "webhook_urls": [],
+    "labels": {},
+    "ca_bundle": "",
+    "dedupe_file": "",
+    "retries": 3,
+    "backoff": 0.5,
+    "timeout": 5,
+    "condition_ttl": 86400,
+    "event_ttl": 3600,
+    "dedupe_ttl": 86400,
+}
+
+ALERTS = {
+    "changed": ("KCMLeaderChanged", "warning"),
+    "no_leader": ("KCMNoLeader", "critical"),
+    "stale": ("KCMLeaderStale", "warning"),
+    "unreachable": ("KCMApiserverUnreachable", "critical"),
+}
+CONDITIONS = ("no_leader", "stale", "unreachable")
+# A new leader ends these conditions; unreachable is about the reporter's own path.
+CLEARED_BY_CHANGE = ("no_leader", "stale")
+# A claim older than this is a sender that died mid-send: let a duplicate retry.
+IN_FLIGHT_SECONDS = 120
+
+
+def __virtual__():
+    return __virtualname__
+
+
+# --------------------------------------------------------------------------
+# configuration and time
+# --------------------------------------------------------------------------
+
+
+def _config():
+    cfg = dict(DEFAULTS)
+    cfg.update(__opts__.get("kcm_alert") or {})
+    if not cfg["dedupe_file"]:
+        cfg["dedupe_file"] = os.path.join(__opts__["cachedir"], "kcm_alert", "dedupe.json")
+    return cfg
+
+
+def _now():
+    return time.time()
+
+
+def _sleep(seconds):
+    time.sleep(seconds)
+
+
+def _rfc3339(epoch):
+    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z"
+    )
+
+
+# --------------------------------------------------------------------------
+# the dedupe store: JSON file + fcntl lock
+# --------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _locked_store(path, ttl):
+    """
+    Yield the store dict under an exclusive lock and write it back atomically.
+
+    flock() on a separate lock file serializes reactor threads (each opens
+    its own file description) and several runner processes alike.
+    """
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    with open(path + ".lock", "a", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            store = _read_store(path)
+            _prune(store, _now() - ttl)
+            yield store
+            _write_store(path, store)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _read_store(path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            store = json.load(handle)
+    except FileNotFoundError:
+        store = {}
+    except (OSError, ValueError) as exc:
+        log.error("kcm_alert: dedupe file %s unreadable (%s); starting a new one", path, exc)
+        store = {}
+    store.setdefault("seen", {})
+    store.setdefault("open", {})
+    return store
+
+
+def _write_store(path, store):
+    fd, tmp = tempfile.mkstemp(prefix=".dedupe-", dir=os.path.dirname(path))
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(store, handle, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def _prune(store, oldest):
+    store["seen"] = {key: entry for key, entry in store["seen"].items() if entry.get("at", 0) >= oldest}
+
+
+# --------------------------------------------------------------------------
+# what to send (pure)
+# --------------------------------------------------------------------------
+
+
+def dedupe_key(kind, data, reporter):
+    """The identity of one change: every master that saw it computes the same key."""
+    cluster = data.get("cluster") or "unknown"
+    if kind == "changed":
+        return f"{cluster}|changed|{data.get('transitions')}|{data.get('new_holder')}"
+    if kind == "unreachable":
+        return f"{cluster}|unreachable|{reporter}"
+    return f"{cluster}|{kind}|{data.get('transitions')}|{data.get('renew_time')}"
+
+
+def alert_labels(kind, data, extra):
+    """Labels of the alert for `kind`; resolving re-sends exactly these."""
+    name, severity = ALERTS[kind]
+    labels = {str(k): str(v) for k, v in (extra or {}).items()}
+    labels.update(alertname=name, cluster=str(data.get("cluster") or "unknown"), severity=severity)
+    if kind == "changed":
+        labels["old_node"] = str(data.get("old_node") or "none")
+        labels["new_node"] = str(data.get("new_node") or "none")
+    elif kind == "stale":
+        labels["node"] = str(data.get("node") or "none")
+    return labels
+
+
+def _annotations(kind, data, reporter):
+    cluster = data.get("cluster") or "unknown"
+    if kind == "changed":
+        summary = (
+            f"KCM leader of {cluster} moved from {data.get('old_node') or 'nobody'} "
+            f"to {data.get('new_node')}"
+        )
+        description = (
+            f"Lease holder {data.get('old_holder')} -> {data.get('new_holder')} "
+            f"(minion {data.get('old_minion')} -> {data.get('new_minion')}), "
+            f"leaseTransitions {data.get('transitions')}; first reported by {reporter}."
+        )
+    elif kind == "no_leader":
+        summary = f"KCM of {cluster} has no leader"
+        description = (
+            f"The lease is expired or released (last holder {data.get('holder')}, "
+            f"last renewal {data.get('renew_time')}); first reported by {reporter}."
+        )
+    elif kind == "stale":
+        summary = f"KCM leader {data.get('node')} of {cluster} stopped renewing its lease"
+        description = (
+            f"No renewal for {data.get('age_seconds')} s (judged by {data.get('basis')}); "
+            f"last renewal {data.get('renew_time')}; first reported by {reporter}."
+        )
+    else:
+        summary = f"{reporter} cannot read the KCM leader lease of {cluster}"
+        description = f"{reporter}: {data.get('reason')}"
+    return {"summary": summary, "description": description}
+
+
+def build_alert(kind, data, reporter, cfg, now):
+    """One Alertmanager v2 alert (postableAlert) for a firing condition or event."""
+    ttl = cfg["event_ttl"] if kind == "changed" else cfg["condition_ttl"]
+    return {
+        "labels": alert_labels(kind, data, cfg["labels"]),
+        "annotations": _annotations(kind, data, reporter),
+        "startsAt": _rfc3339(now),
+        # Explicit endsAt: without it Alertmanager resolves an alert that is
+        # not re-sent after resolve_timeout (5 min), and we send only once.
+        "endsAt": _rfc3339(now + ttl),
+    }
+
+
+def _resolution(open_alert, now):
+    return {
+        "labels": open_alert["labels"],
+        "annotations": open_alert.get("annotations", {}),
+        "startsAt": open_alert["startsAt"],
+        "endsAt": _rfc3339(now),
+    }
+
+
+# --------------------------------------------------------------------------
+# decisions under the lock
+# --------------------------------------------------------------------------
+
+
+def _claimable(entry, now):
+    if entry is None or entry.get("status") == "failed":
+        return True
+    return entry.get("status") == "sending" and now - entry.get("at", 0) > IN_FLIGHT_SECONDS
+
+
+def _decide(store, kind, data, reporter, cfg, now):
+    """
+    Update the store for one event; return (alerts to fire, alerts to resolve,
+    claim), claim being (dedupe key, open-condition slot) when something fires.
+
+    Called with the lock held. The key is marked `sending` before the lock is
+    released, so a concurrent duplicate sees it claimed.
+    """
+    cluster = data.get("cluster") or "unknown"
+    fire, resolve = [], []
+    if kind == "recovered":
+        condition = data.get("condition")
+        slot = f"{cluster}|{condition}"
+        current = store["open"].get(slot)
+        if current and condition == "unreachable":
+            current["reporters"] = [r for r in current["reporters"] if r != reporter]
+            if current["reporters"]:
+                return fire, resolve, None
+        if current:
+            resolve.append(_resolution(store["open"].pop(slot), now))
+        return fire, resolve, None
+
+    key = dedupe_key(kind, data, reporter)
+    if kind == "changed":
+        for condition in CLEARED_BY_CHANGE:
+            current = store["open"].pop(f"{cluster}|{condition}", None)
+            if current:
+                resolve.append(_resolution(current, now))
+    if not _claimable(store["seen"].get(key), now):
+        return fire, resolve, None
+    store["seen"][key] = {"at": now, "status": "sending", "reporter": reporter}
+    alert = build_alert(kind, data, reporter, cfg, now)
+    slot = f"{cluster}|{kind}"
+    current = store["open"].get(slot)
+    if kind == "unreachable" and current:
+        # One cluster-wide alert; remember who else sees it for the resolve,
+        # and send it again only if no earlier attempt got through.
+        if reporter not in current["reporters"]:
+            current["reporters"].append(reporter)
+        if current.get("delivered"):
+            store["seen"][key]["status"] = "sent"
+            return fire, resolve, None
+        alert = {name: current[name] for name in ("labels", "annotations", "startsAt", "endsAt")}
+    elif kind in CONDITIONS:
+        store["open"][slot] = dict(alert, reporters=[reporter], delivered=False)
+    fire.append(alert)
+    return fire, resolve, (key, slot)
+
+
+def _finish(cfg, claim, ok):
+    """Record the outcome of a send: a failed key may be claimed again by a duplicate."""
+    key, slot = claim
+    with _locked_store(cfg["dedupe_file"], cfg["dedupe_ttl"]) as store:
+        entry = store["seen"].get(key)
+        if entry is not None:
+            entry["status"] = "sent" if ok else "failed"
+        if slot in store["open"]:
+            store["open"][slot]["delivered"] = store["open"][slot].get("delivered") or ok
+
+
+# --------------------------------------------------------------------------
+# sending
+# --------------------------------------------------------------------------
+
+
+def _am_endpoint(url):
+    url = url.rstrip("/")
+    return url if url.endswith("/api/v2/alerts") else url + "/api/v2/alerts"
+
+
+def _post(url, payload, cfg):
+    """One POST; raises on a transport error or a non-2xx answer."""
+    verify = cfg["ca_bundle"] or True
+    response = requests.post(url, json=payload, timeout=cfg["timeout"], verify=verify)
+    if response.status_code // 100 != 2:
+        raise RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
+
+
+def _send_with_retry(url, payload, cfg):
+    """Post with exponential backoff; return None on success or the last error text."""
+    delay = cfg["backoff"]
+    error = None
+    for attempt in range(1, max(1, int(cfg["retries"])) + 1):
+        try:
+            _post(url, payload, cfg)
+            return None
+        except Exception as exc:  # pylint: disable=broad-except
+            error = f"{type(exc).__name__}: {exc}"[:300]
+            log.warning("kcm_alert: POST %s failed (attempt %s of %s): %s", url, attempt, cfg["retries"], error)
+        if attempt < cfg["retries"]:
+            _sleep(delay)
+            delay *= 2
+    return error
+
+
+def _deliver(kind, action, alerts, cfg):
+    """Send `alerts` to every receiver; return {url: error or None}."""
+    results = {}
+    for url in cfg["alertmanager_urls"]:
+        endpoint = _am_endpoint(url)
+        results[endpoint] = _send_with_retry(endpoint, alerts, cfg)
+    for url in cfg["webhook_urls"]:
+        results[url] = _send_with_retry(url, {"kind": kind, "action": action, "alerts": alerts}, cfg)
+    return results
+
+
+def _fire(tag, data):
+    with salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=False) as event:
+        event.fire_event(data, tag)
+
+
+def _report(kind, action, alerts, results, reporter):
+    """Follow-up event(s) on the master bus; a failure is never silent."""
+    failed = {url: err for url, err in results.items() if err}
+    data = {"action": action, "kind": kind, "reporter": reporter, "alerts": alerts, "receivers": results}
+    if failed:
+        log.error("kcm_alert: %s %s not delivered to %s", action, kind, ", ".join(sorted(failed)))
+        _fire("kcm/alert/send_failed", dict(data, failed=failed))
+    _fire(f"kcm/alert/{'resolved' if action == 'resolve' else kind}", data)
+    return not failed
+
+
+# --------------------------------------------------------------------------
+# entry point
+# --------------------------------------------------------------------------
+
+
+def _kind_of(tag):
+    return str(tag or "").rstrip("/").rsplit("/", 1)[-1]
+
+
+def handle(tag, data):
+    """
+    Handle one ``kcm_leader`` beacon event: dedupe, alert, resolve, report.
+
+    tag
+        the beacon event tag, ``salt/beacon/<minion>/kcm_leader/<kind>``
+    data
+        the beacon event data (``id`` is the reporting minion)
+
+    Returns what was done: ``{"kind", "fired", "resolved", "duplicate", "failed"}``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run kcm_alert.handle tag=salt/beacon/master-1/kcm_leader/changed \\
+            data='{"id": "master-1", "cluster": "prod", "transitions": 4, "new_node": "master-2"}'
+    """
+    data = dict(data or {})
+    kind = _kind_of(tag)
+    reporter = data.get("id") or "unknown"
+    result = {"kind": kind, "reporter": reporter, "fired": [], "resolved": [], "duplicate": False, "failed": False}
+    if kind not in ALERTS and kind != "recovered":
+        # acquired / lost ride along with changed; nothing to alert on its own.
+        result["ignored"] = True
+        return result
+    cfg = _config()
+    now = _now()
+    with _locked_store(cfg["dedupe_file"], cfg["dedupe_ttl"]) as store:
+        fire, resolve, claim = _decide(store, kind, data, reporter, cfg, now)
+
+    if resolve:
+        results = _deliver(kind, "resolve", resolve, cfg)
+        result["failed"] |= not _report(kind, "resolve", resolve, results, reporter)
+        result["resolved"] = [alert["labels"] for alert in resolve]
+    if fire:
+        results = _deliver(kind, "fire", fire, cfg)
+        ok = _report(kind, "fire", fire, results, reporter)
+        _finish(cfg, claim, ok)
+        result["failed"] |= not ok
+        result["fired"] = [alert["labels"] for alert in fire]
+    if not fire and not resolve:
+        result["duplicate"] = True
+        _fire("kcm/alert/duplicate", {"kind": kind, "reporter": reporter, "key": dedupe_key(kind, data, reporter)})
+    return result

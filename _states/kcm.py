@@ -1,0 +1,126 @@
+"""
+States for a kube-controller-manager cluster, built on the ``kcm`` execution module.
+
+- ``kcm.leader_elected``: wait until a live leader holds the lock (orchestration steps
+  that must not run while the cluster has no leader).
+- ``kcm.flags_accepted``: the preflight as a state; ``service.running`` requires it, so a
+  binary that refuses a rendered flag never gets restarted into a crash loop.
+
+.. code-block:: yaml
+
+    kcm-service-flags-accepted:
+      kcm.flags_accepted:
+        - name: /data/apps/k8s/kubernetes/versions/v1.37.2/kube-controller-manager
+        - config: {{ kcm | json }}
+
+    kcm-leader-elected:
+      kcm.leader_elected:
+        - name: kube-controller-manager
+        - timeout: 60
+"""
+
+import logging
+import os
+import time
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "kcm"
+
+
+def __virtual__():
+    if "kcm.leader" not in __salt__:
+        return (False, "the kcm execution module is not available (run saltutil.sync_modules)")
+    return __virtualname__
+
+
+def _call(fun, *args, **kwargs):
+    """Call ``kcm.<fun>``; its non-zero retcode is the state's result, not the run's."""
+    try:
+        return __salt__[f"kcm.{fun}"](*args, **kwargs)
+    finally:
+        __context__.pop("retcode", None)
+
+
+def _live(record):
+    return isinstance(record, dict) and "error" not in record and record.get("holder") and not record.get("expired")
+
+
+def _describe(record):
+    if not isinstance(record, dict):
+        return f"unexpected answer {record!r}"
+    if "error" in record:
+        return f"no answer ({record['error']}: {record.get('detail')})"
+    if not record.get("holder"):
+        return "no leader (the lock is released or empty)"
+    if record.get("expired"):
+        return f"{record['holder']} holds an expired lock (renewed {record.get('renew_time')})"
+    return f"{record['holder']} leads (node {record.get('node')}, minion {record.get('minion')})"
+
+
+def leader_elected(name, timeout=60, interval=1, **kwargs):
+    """
+    Wait until the KCM leader lock names a live holder (not released, not expired).
+
+    name
+        A label for the state output (e.g. ``kube-controller-manager``).
+    timeout
+        Seconds to wait before failing. Default 60.
+    interval
+        Seconds between reads. Default 1.
+    kwargs
+        Passed to ``kcm.leader`` (``kubeconfig``, ``timeout`` is not: use ``api_timeout``).
+
+    In test mode the lock is read once and reported; nothing waits.
+    """
+    ret = {"name": name, "changes": {}, "result": False, "comment": ""}
+    query = {k: v for k, v in kwargs.items() if not k.startswith("__") and k != "api_timeout"}
+    if kwargs.get("api_timeout") is not None:
+        query["timeout"] = kwargs["api_timeout"]
+    record = _call("leader", **query)
+    if __opts__.get("test"):
+        ret["result"] = True if _live(record) else None
+        ret["comment"] = _describe(record) + ("" if _live(record) else f"; would wait up to {timeout} s")
+        return ret
+    deadline = time.monotonic() + float(timeout)
+    while not _live(record) and time.monotonic() < deadline:
+        time.sleep(max(0.05, min(float(interval), deadline - time.monotonic())))
+        record = _call("leader", **query)
+    if _live(record):
+        ret["result"] = True
+        ret["comment"] = _describe(record)
+    else:
+        ret["comment"] = f"no live KCM leader after {timeout} s: {_describe(record)}"
+    return ret
+
+
+def flags_accepted(name, config=None):
+    """
+    Succeed when the KCM binary ``name`` accepts every flag the formula renders for
+    ``config`` (``kcm.preflight``); fail with the binary's own message otherwise.
+
+    name
+        Path of the KCM binary to check (the version about to become active).
+    config
+        The resolved config (default: the deployed one).
+
+    Makes no changes. In test mode, a binary that does not exist yet (it is installed by
+    the same run) gives result None.
+    """
+    ret = {"name": name, "changes": {}, "result": False, "comment": ""}
+    if not os.path.exists(name):
+        if __opts__.get("test"):
+            ret["result"] = None
+            ret["comment"] = f"{name} is not installed yet; its flags will be checked when it is"
+        else:
+            ret["comment"] = f"{name} does not exist; cannot check the rendered flags"
+        return ret
+    report = _call("preflight", binary=name, config=config)
+    if isinstance(report, dict) and report.get("ok"):
+        ret["result"] = True
+        ret["comment"] = f"{name} ({report.get('version')}) accepts the rendered flags"
+    elif isinstance(report, dict) and "ok" in report:
+        ret["comment"] = f"{name} refuses the rendered flags: {report.get('error')}"
+    else:
+        ret["comment"] = f"cannot check {name}: {report.get('error')}: {report.get('detail')}"
+    return ret

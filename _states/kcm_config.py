@@ -1,0 +1,48 @@
+"""
+State that refuses a bad ``kcm:`` pillar before anything on disk changes.
+
+Every other state of the formula requires ``kcm_config.validated``: when it fails, the
+run changes nothing, and its comment lists every problem with its pillar key.
+"""
+
+import logging
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "kcm_config"
+
+
+def __virtual__():
+    return __virtualname__
+
+
+def validated(name, config):
+    """
+    Succeed when the resolved config is valid; fail listing every problem otherwise.
+
+    name
+        A label for the state output (``kcm``).
+    config
+        The resolved config from ``map.jinja``.
+
+    .. code-block:: yaml
+
+        kcm-config-validated:
+          kcm_config.validated:
+            - name: kcm
+            - config: {{ kcm | json }}
+    """
+    problems = __salt__["kcm_config.validate"](config)
+    if problems:
+        return {
+            "name": name,
+            "result": False,
+            "changes": {},
+            "comment": "Invalid pillar, nothing was changed:\n" + "\n".join(f"- {p}" for p in problems),
+        }
+    return {
+        "name": name,
+        "result": True,
+        "changes": {},
+        "comment": f"kcm config for {config.get('version')} is valid",
+    }

@@ -1,0 +1,145 @@
+"""
+States that install the kube-controller-manager binary safely: the new version lands in
+its own directory, is verified by running it, and only then replaces anything.
+"""
+
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "kcm_install"
+
+VERSION_TIMEOUT = 30
+
+
+def __virtual__():
+    return __virtualname__
+
+
+def _ret(name, result, comment, changes=None):
+    return {"name": name, "result": result, "comment": comment, "changes": changes or {}}
+
+
+def _stamp_path(name):
+    return name + ".source.json"
+
+
+def _source_stamp(source, member):
+    st = os.stat(source)
+    return {"source": source, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "member": member or ""}
+
+
+def _read_stamp(name):
+    try:
+        with open(_stamp_path(name), encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
+
+
+def _copy_out(source, member, dest_fh):
+    if not member:
+        with open(source, "rb") as src:
+            shutil.copyfileobj(src, dest_fh)
+        return
+    # Streamed: only the KCM member is read out of the (large) release tarball.
+    with tarfile.open(source, "r:*") as tar:
+        for info in tar:
+            if info.name.lstrip("./") == member and info.isfile():
+                shutil.copyfileobj(tar.extractfile(info), dest_fh)
+                return
+    raise FileNotFoundError(f"{member} is not in {source}")
+
+
+def _reported_version(binary):
+    """Return the version a KCM binary prints for ``--version`` (``v1.34.3``) or raise."""
+    proc = subprocess.run(
+        [binary, "--version"], capture_output=True, text=True, timeout=VERSION_TIMEOUT, check=False
+    )
+    match = re.search(r"Kubernetes (v\S+)", proc.stdout + proc.stderr)
+    if proc.returncode != 0 or not match:
+        raise RuntimeError(f"{binary} --version failed: {(proc.stderr or proc.stdout).strip()[:300]}")
+    return match.group(1)
+
+
+def binary_installed(name, source, version, member="", user="root", group="root"):
+    """
+    Install the KCM binary at ``name`` from a verified local download: the tarball member
+    (``kubernetes/server/bin/kube-controller-manager``) or, with ``member`` empty, the file
+    itself. The new file is written beside ``name``, must report ``version`` when run, and
+    only then is moved into place atomically.
+
+    .. code-block:: yaml
+
+        kcm-install-binary:
+          kcm_install.binary_installed:
+            - name: /data/apps/k8s/kubernetes/versions/v1.34.3/kube-controller-manager
+            - source: /root/software/kubernetes-server-v1.34.3-linux-amd64.tar.gz
+            - version: v1.34.3
+            - member: kubernetes/server/bin/kube-controller-manager
+    """
+    if not os.path.isfile(source):
+        if __opts__.get("test"):
+            return _ret(name, None, f"{version} would be installed from {source} once downloaded")
+        return _ret(name, False, f"download {source} is missing")
+    stamp = _source_stamp(source, member)
+    if os.access(name, os.X_OK) and _read_stamp(name) == stamp:
+        return _ret(name, True, f"kube-controller-manager {version} is installed")
+    if __opts__.get("test"):
+        return _ret(name, None, f"kube-controller-manager {version} would be installed", {"installed": version})
+    directory = os.path.dirname(name)
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".kube-controller-manager.", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            _copy_out(source, member, out)
+        os.chmod(tmp, 0o755)
+        got = _reported_version(tmp)
+        if got != version:
+            return _ret(name, False, f"the binary from {source} reports {got}, expected {version}; nothing replaced")
+        __salt__["file.chown"](tmp, user, group)
+        os.replace(tmp, name)
+    except (OSError, RuntimeError, tarfile.TarError, subprocess.SubprocessError) as exc:
+        return _ret(name, False, f"cannot install kube-controller-manager {version}: {exc}")
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    with open(_stamp_path(name), "w", encoding="utf-8") as fh:
+        json.dump(stamp, fh)
+    return _ret(name, True, f"kube-controller-manager {version} installed and verified", {"installed": version})
+
+
+def versions_pruned(name, keep=2, active=""):
+    """
+    Keep the ``keep`` most recently installed versions under ``name`` (the active one
+    always among them) and remove the others.
+
+    .. code-block:: yaml
+
+        kcm-install-prune-versions:
+          kcm_install.versions_pruned:
+            - name: /data/apps/k8s/kubernetes/versions
+            - keep: 2
+            - active: v1.34.3
+    """
+    try:
+        entries = [e for e in os.scandir(name) if e.is_dir(follow_symlinks=False)]
+    except OSError as exc:
+        return _ret(name, False, f"cannot list {name}: {exc}")
+    others = sorted((e for e in entries if e.name != active), key=lambda e: e.stat().st_mtime, reverse=True)
+    kept = max(keep - (1 if any(e.name == active for e in entries) else 0), 0)
+    doomed = [e.path for e in others[kept:]]
+    if not doomed:
+        return _ret(name, True, f"{len(entries)} version(s) kept")
+    if __opts__.get("test"):
+        return _ret(name, None, "would remove old versions", {"removed": doomed})
+    for path in doomed:
+        shutil.rmtree(path)
+    return _ret(name, True, f"removed {len(doomed)} old version(s)", {"removed": doomed})

@@ -1,0 +1,67 @@
+{#- kcm.beacon: the kcm_leader beacon on this master, watching the KCM leader Lease.
+
+    Where the beacon config lives, and why:
+    Salt runs beacons from ONE place. When pillar defines `beacons:`, the beacons of the
+    minion config (minion.d) are silently not run (salt/modules/config.py merge with
+    omit_opts; see docs/salt-api-notes section 1). So:
+    - no pillar `beacons:` (the usual case): `beacon.present` with `save: True` adds
+      kcm_leader to the running minion at once (no restart) and persists it in
+      <conf_dir>/minion.d/beacons.conf, the file Salt's own beacons.save manages;
+    - pillar `beacons:` present: the formula cannot write pillar, so this state checks
+      that pillar carries a kcm_leader entry and fails, printing the entry to add, when
+      it does not (adding it to minion.d would look fine and never run).
+    Settings: pillar `kcm:beacon` (interval, debounce, stale_after, timeout, enabled);
+    defaults below. interval is in seconds with the minion's default loop_interval: 1.
+    Needs a running salt-minion (beacons live in its main loop), not salt-call --local. #}
+{%- from tpldir ~ "/map.jinja" import kcm with context %}
+{%- set beacon = {"enabled": true, "interval": 2, "debounce": 2, "stale_after": 3, "timeout": 2} %}
+{%- do beacon.update(kcm.get("beacon") or {}) %}
+{%- set settings = [
+      {"interval": beacon.interval},
+      {"debounce": beacon.debounce},
+      {"stale_after": beacon.stale_after},
+      {"timeout": beacon.timeout},
+      {"disable_during_state_run": false},
+    ] %}
+{%- set pillar_beacons = salt["pillar.get"]("beacons", none) %}
+
+kcm-beacon-sync-beacons:
+  saltutil.sync_beacons:
+    - refresh: true
+
+{%- if pillar_beacons is not none %}
+
+kcm-beacon-config-in-pillar:
+  {%- if "kcm_leader" in pillar_beacons %}
+  test.succeed_without_changes:
+    - comment: kcm_leader is configured by pillar `beacons:kcm_leader` (pillar beacons replace minion-config beacons)
+  {%- else %}
+  test.fail_without_changes:
+    - comment: >-
+        pillar `beacons:` is set, so Salt ignores beacons from the minion config: add
+        `kcm_leader: {{ settings | json }}` under pillar `beacons:` instead
+  {%- endif %}
+    - require:
+      - saltutil: kcm-beacon-sync-beacons
+
+{%- elif beacon.enabled %}
+
+kcm-beacon-present:
+  beacon.present:
+    - name: kcm_leader
+    - save: true
+    {%- for item in settings %}
+    {%- for key, value in item.items() %}
+    - {{ key }}: {{ value | json }}
+    {%- endfor %}
+    {%- endfor %}
+    - require:
+      - saltutil: kcm-beacon-sync-beacons
+
+{%- else %}
+
+kcm-beacon-absent:
+  beacon.absent:
+    - name: kcm_leader
+    - save: true
+{%- endif %}

@@ -1,0 +1,63 @@
+{#- kcm.master: for the Salt master itself (apply it on the master host's own minion).
+
+    Installs <config_dir>/kcm.conf (default /etc/salt/master.d/kcm.conf) with
+      reactor:  salt/beacon/*/kcm_leader/*  ->  salt://reactor/kcm/leader.sls
+      kcm_alert: receivers and labels for the kcm_alert runner (pillar kcm:master)
+    and syncs salt://_runners (kcm_alert) into the master's extension modules.
+
+    The master reads `reactor:` and `kcm_alert:` only at start: restart salt-master after
+    the first apply or a change of kcm.conf (the state says so when that is needed). The
+    reactor SLS itself is re-read on every event, so formula updates need no restart.
+    master.d files are merged with list merging, so other `reactor:` entries are kept.
+
+    Pillar (all optional):
+      kcm:master:config_dir        /etc/salt/master.d
+      kcm:master:alertmanager_urls [http://alertmanager:9093]
+      kcm:master:webhook_urls      []
+      kcm:master:labels            {}   extra labels on every alert
+      kcm:master:ca_bundle         ''   CA file for https receivers (TLS is always verified)
+      kcm:master:sync_runners      true #}
+{%- set master = {
+      "config_dir": "/etc/salt/master.d",
+      "alertmanager_urls": [],
+      "webhook_urls": [],
+      "labels": {},
+      "ca_bundle": "",
+      "sync_runners": true,
+    } %}
+{%- do master.update(salt["pillar.get"]("kcm:master", {})) %}
+{%- set alert = {
+      "alertmanager_urls": master.alertmanager_urls,
+      "webhook_urls": master.webhook_urls,
+      "labels": master.labels,
+      "ca_bundle": master.ca_bundle,
+    } %}
+{%- set conf = {
+      "reactor": [{"salt/beacon/*/kcm_leader/*": ["salt://reactor/kcm/leader.sls"]}],
+      "kcm_alert": alert,
+    } %}
+
+kcm-master-config:
+  file.serialize:
+    - name: {{ master.config_dir }}/kcm.conf
+    - serializer: yaml
+    - dataset: {{ conf | json }}
+    - mode: '0640'
+    - makedirs: true
+
+kcm-master-restart-notice:
+  test.show_notification:
+    - text: >-
+        {{ master.config_dir }}/kcm.conf changed: restart salt-master to load the
+        kcm_leader reactor mapping and the kcm_alert settings
+    - onchanges:
+      - file: kcm-master-config
+
+{%- if master.sync_runners %}
+
+kcm-master-sync-runners:
+  cmd.run:
+    - name: salt-run saltutil.sync_runners --out=quiet
+    - require:
+      - file: kcm-master-config
+{%- endif %}

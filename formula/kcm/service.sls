@@ -1,0 +1,56 @@
+{#- systemd unit with the flags rendered in Python (kcm_flags.render) for the version in
+    use. A preflight runs the new binary with the new flags first (prereq): when it
+    rejects them, neither the unit nor the active binary changes, so the running KCM is
+    never restarted into flags its binary rejects. #}
+{%- from tpldir ~ "/map.jinja" import kcm with context %}
+{%- set files = kcm.files %}
+
+include:
+  - .config
+  - .install
+  - .pki
+  - .kubeconfig
+{#- Flags can only be rendered from a valid config; kcm-config-validated reports why not. #}
+{%- if not salt['kcm_config.validate'](kcm) %}
+
+kcm-service-preflight:
+  kcm.flags_accepted:
+    - name: {{ files.version_binary }}
+    - config: {{ salt['kcm_config.public'](kcm) | json }}
+    - require:
+      - kcm_install: kcm-install-binary
+    - prereq:
+      - file: kcm-service-unit
+      - file: kcm-install-active-link
+
+kcm-service-unit:
+  file.managed:
+    - name: {{ files.unit }}
+    - source: salt://{{ tpldir }}/files/kube-controller-manager.service.jinja
+    - template: jinja
+    - mode: '0644'
+    - makedirs: true
+    - context:
+        binary: {{ files.binary }}
+        args: {{ salt['kcm_flags.render'](kcm) | json }}
+        user: {{ kcm.user }}
+        group: {{ kcm.group }}
+        version: {{ kcm.version }}
+        log_dir: {{ (kcm.paths.logs ~ '/kube-controller-manager') if kcm.log_to_file else '' }}
+    - require:
+      - kcm_config: kcm-config-validated
+      - kcm_install: kcm-install-binary
+
+{%- if kcm.service.manage %}
+
+kcm-service-running:
+  service.running:
+    - name: {{ kcm.service.name }}
+    - enable: true
+    - watch:
+      - file: kcm-service-unit
+      - file: kcm-install-active-link
+      - kcm_kubeconfig: kcm-kubeconfig-file
+      - sls: {{ tpldir }}.pki
+{%- endif %}
+{%- endif %}

@@ -1,0 +1,44 @@
+# Shared by scripts/test and scripts/demo: install what the project needs, idempotently.
+# shellcheck shell=bash
+KCM_CACHE="${KCM_CACHE:-$HOME/.cache/kcm-formula}"
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+log() { printf '\033[1m[kcm %s]\033[0m %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { printf '\033[31m[kcm] ERROR:\033[0m %s\n' "$*" >&2; exit 1; }
+
+# Debian packages the tests and the demo run for real.
+ensure_debian_packages() {
+  local missing=()
+  command -v prometheus-alertmanager >/dev/null || missing+=(prometheus-alertmanager)
+  command -v unshare >/dev/null || missing+=(util-linux)
+  command -v systemd-analyze >/dev/null || missing+=(systemd)
+  command -v kubectl >/dev/null || missing+=(kubernetes-client)
+  command -v python3 >/dev/null || missing+=(python3 python3-venv)
+  [[ ${#missing[@]} -eq 0 ]] && return 0
+  [[ $(id -u) -eq 0 ]] || die "missing ${missing[*]}; install them (apt-get install ${missing[*]}) or run as root"
+  log "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >&2
+  apt-get install -y -qq "${missing[@]}" >&2 || die "apt-get install ${missing[*]} failed"
+}
+
+# A venv per Salt line, rebuilt when setup.cfg changes. Prints the venv path.
+ensure_venv() {
+  local line="${1:-3008}" venv="$KCM_CACHE/venv-salt$1" stamp
+  stamp=$(sha256sum "$REPO/setup.cfg" | cut -c1-16)
+  if [[ ! -x "$venv/bin/python" || "$(cat "$venv/.stamp" 2>/dev/null)" != "$stamp" ]]; then
+    log "creating $venv (Salt $line, test and lint extras from setup.cfg; a few minutes cold)"
+    rm -rf "$venv"
+    python3 -m venv "$venv" || die "python3 -m venv failed (install python3-venv)"
+    "$venv/bin/pip" install -q --upgrade pip >&2
+    (cd "$REPO" && "$venv/bin/pip" install -q ".[salt$line,tests,lint]" >&2) \
+      || die "pip install of the salt$line,tests,lint extras failed"
+    echo "$stamp" > "$venv/.stamp"
+  fi
+  printf '%s\n' "$venv"
+}
+
+ensure_k8s_binaries() {
+  command -v go >/dev/null || die "Go is needed to build etcd, kube-apiserver and kube-controller-manager (scripts/k8s-binaries)"
+  "$REPO/scripts/k8s-binaries" || die "scripts/k8s-binaries failed"
+}

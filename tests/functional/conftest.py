@@ -1,0 +1,41 @@
+import pytest
+from saltfactories.utils.functional import Loaders
+
+from tests.support import pki as testpki
+from tests.support.pillar import REPO
+
+
+@pytest.fixture(scope="session")
+def test_pki():
+    return testpki.kcm_pki()
+
+
+@pytest.fixture(scope="module")
+def minion_opts(salt_factories, tmp_path_factory):
+    root = tmp_path_factory.mktemp("func-minion")
+    factory = salt_factories.salt_minion_daemon(
+        "func-minion",
+        overrides={
+            "file_client": "local",
+            "file_roots": {"base": [str(REPO / "formula")]},
+            "pillar_roots": {"base": [str(root / "pillar")]},
+            "fileserver_list_cache_time": 0,
+            "features": {"x509_v2": True},
+        },
+    )
+    return factory.config.copy()
+
+
+@pytest.fixture(scope="module")
+def loaders(minion_opts):
+    return Loaders(minion_opts, loaded_base_name=f"{__name__}.loaded")
+
+
+@pytest.fixture
+def state(loaders):
+    return loaders.modules.state
+
+
+@pytest.fixture
+def modules(loaders):
+    return loaders.modules

@@ -1,0 +1,781 @@
+"""A throwaway Kubernetes control plane on loopback, and KCM processes run from rendered units.
+
+``ControlPlane`` starts a real etcd and a real kube-apiserver (RBAC + Node authorization, a
+client CA, a serving certificate for 127.0.0.1/localhost, service-account keys), all keys and
+certificates made here with ``cryptography``. ``KcmProcess`` starts kube-controller-manager
+from exactly the ``ExecStart=`` line the formula rendered into a systemd unit, in its own UTS
+namespace whose hostname is the minion id, so the Lease holder names the node.
+
+Shared by the e2e tests, the demo command and the benchmarks, so nothing here imports pytest.
+
+    with ControlPlane(bin_dir, workdir) as cp:
+        cp.kcm_pki()            # PEMs for the formula's kcm:pki pillar
+        kcm = KcmProcess(unit_path, "master-1", workdir / "logs" / "kcm-master-1.log").start()
+        cp.wait_for_leader(30)
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import ipaddress
+import json
+import logging
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = "127.0.0.1"
+LEASE_PATH = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/kube-controller-manager"
+DEFAULT_NODES = ("master-1", "master-2", "master-3")
+# client-go waits a random [retry, retry * (1 + JitterFactor)] between attempts.
+LEADER_ELECTION_JITTER = 1.2
+
+
+# ---------------------------------------------------------------------------------------------
+# Small utilities
+
+
+_handed_out_ports: set[int] = set()
+_ports_lock = threading.Lock()
+
+
+def free_port() -> int:
+    """Return a loopback TCP port that is free now and not handed out before by this process."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((LOOPBACK, 0))
+            port = sock.getsockname()[1]
+        with _ports_lock:
+            if port not in _handed_out_ports:
+                _handed_out_ports.add(port)
+                return port
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.2, alive=None):
+    """Poll ``predicate`` until it returns a truthy value and return that value.
+
+    ``alive`` (optional) is called between polls; it raises when the process being waited
+    for has died, so a crash is reported at once instead of after the whole timeout.
+    """
+    deadline = time.monotonic() + timeout
+    last_error = None
+    while True:
+        try:
+            value = predicate()
+        except (requests.RequestException, OSError, ValueError) as exc:
+            value, last_error = None, exc
+        if value:
+            return value
+        if alive is not None:
+            alive()
+        if time.monotonic() >= deadline:
+            detail = f" (last error: {last_error})" if last_error else ""
+            raise TimeoutError(f"{what}: not ready after {timeout:.0f}s{detail}")
+        time.sleep(interval)
+
+
+def https_session(ca_path, cert: tuple | None = None) -> requests.Session:
+    """A requests session that verifies TLS against ``ca_path`` and ignores proxy variables.
+
+    Everything here is on loopback; a proxy from the environment must never see it.
+    """
+    session = requests.Session()
+    session.trust_env = False
+    session.verify = str(ca_path)
+    if cert is not None:
+        session.cert = tuple(str(part) for part in cert)
+    return session
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    """The last ``lines`` lines of a log file ('' when it does not exist)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 64 * 1024))
+            text = handle.read().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def write_private(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` readable by its owner only (created 0600, never wider)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.chmod(path, 0o600)
+    return path
+
+
+def node_of(holder_identity: str | None) -> str | None:
+    """Node name in a KCM ``holderIdentity`` (``<hostname>_<uuid>``); None for no holder."""
+    if not holder_identity:
+        return None
+    node, sep, _ = holder_identity.rpartition("_")
+    return node if sep else holder_identity
+
+
+# ---------------------------------------------------------------------------------------------
+# PKI
+
+
+def _pem_key(key) -> str:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+
+
+def _pem_cert(cert: x509.Certificate) -> str:
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def _name(common_name: str, organizations=()) -> x509.Name:
+    attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, org) for org in organizations]
+    attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
+    return x509.Name(attrs)
+
+
+def _san(names) -> x509.SubjectAlternativeName:
+    entries = []
+    for name in names:
+        try:
+            entries.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            entries.append(x509.DNSName(name))
+    return x509.SubjectAlternativeName(entries)
+
+
+class CertificateAuthority:
+    """A self-signed CA (ECDSA P-256) that issues server and client certificates."""
+
+    def __init__(self, common_name: str, days: int = 7):
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.timezone.utc)
+        self.cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name(common_name))
+            .issuer_name(_name(common_name))
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True, content_commitment=False, key_encipherment=False,
+                    data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                    crl_sign=True, encipher_only=False, decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(self.key.public_key()), critical=False)
+            .sign(self.key, hashes.SHA256())
+        )
+        self.days = days
+
+    @property
+    def cert_pem(self) -> str:
+        return _pem_cert(self.cert)
+
+    @property
+    def key_pem(self) -> str:
+        return _pem_key(self.key)
+
+    def issue(self, common_name: str, organizations=(), *, server: bool = False,
+              client: bool = False, names=()) -> tuple[str, str]:
+        """Issue a leaf certificate; return ``(cert_pem, key_pem)``.
+
+        ``organizations`` become O= entries (Kubernetes groups); ``names`` are SANs (IPs or
+        DNS names); ``server``/``client`` select the extended key usages.
+        """
+        if not (server or client):
+            raise ValueError("issue(): ask for server=True and/or client=True")
+        key = ec.generate_private_key(ec.SECP256R1())
+        usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + (
+            [ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(_name(common_name, organizations))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=self.days))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True, content_commitment=False, key_encipherment=False,
+                    data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                    crl_sign=False, encipher_only=False, decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
+        )
+        if names:
+            builder = builder.add_extension(_san(names), critical=False)
+        cert = builder.sign(self.key, hashes.SHA256())
+        return _pem_cert(cert), _pem_key(key)
+
+
+def service_account_keypair() -> tuple[str, str]:
+    """An RSA key pair for service-account tokens: ``(private_pem, public_pem)``."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    return _pem_key(key), public
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def kubeconfig(server: str, ca_pem: str, cert_pem: str, key_pem: str, user: str,
+               cluster: str = "kubernetes") -> dict:
+    """A kubeconfig with one cluster, one user (embedded client cert) and one current context."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": cluster, "cluster": {
+            "server": server, "certificate-authority-data": _b64(ca_pem)}}],
+        "users": [{"name": user, "user": {
+            "client-certificate-data": _b64(cert_pem), "client-key-data": _b64(key_pem)}}],
+        "contexts": [{"name": f"{user}@{cluster}", "context": {"cluster": cluster, "user": user}}],
+        "current-context": f"{user}@{cluster}",
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes
+
+
+class Daemon:
+    """One long-running child in its own process group, with its output appended to a log file."""
+
+    def __init__(self, name: str, argv: list[str], log_path: Path, env: dict | None = None,
+                 cwd: Path | None = None):
+        self.name = name
+        self.argv = [str(arg) for arg in argv]
+        self.log_path = Path(log_path)
+        self.env = env
+        self.cwd = cwd
+        self.proc: subprocess.Popen | None = None
+        self.started_at: float | None = None
+
+    def start(self) -> "Daemon":
+        """Start the process (again); a running one is an error."""
+        if self.running:
+            raise RuntimeError(f"{self.name} is already running (pid {self.proc.pid})")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as out:
+            stamp = datetime.datetime.now().isoformat(timespec="milliseconds")
+            out.write(f"\n===== {stamp} start {self.name}: {self.argv[0]}\n".encode())
+            out.flush()
+            self.proc = subprocess.Popen(
+                self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                env=self.env, cwd=self.cwd, start_new_session=True,
+            )
+        self.started_at = time.monotonic()
+        log.debug("%s started, pid %s", self.name, self.proc.pid)
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def check_alive(self) -> None:
+        """Raise, with the end of the log, when the process has exited."""
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(
+                f"{self.name} exited with code {self.proc.returncode}; log {self.log_path}:\n"
+                f"{tail(self.log_path)}")
+
+    def _signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group and reap it."""
+        if self.proc is None:
+            return
+        self._signal_group(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM the process group; SIGKILL it when it has not exited after ``timeout``."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self._signal_group(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("%s ignored SIGTERM for %.0fs; killing it", self.name, timeout)
+        # Also reaches stragglers left in the group after the leader exited.
+        self._signal_group(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+
+# ---------------------------------------------------------------------------------------------
+# The control plane
+
+
+class ControlPlane:
+    """etcd + kube-apiserver on loopback, with free ports and everything under ``workdir``.
+
+    ``bin_dir`` holds ``etcd`` and ``kube-apiserver`` (``scripts/k8s-binaries`` prints it).
+    One CA is the cluster CA: it signs the apiserver's serving certificate, is the apiserver's
+    ``--client-ca-file`` and is the CA the formula gets as ``kcm:pki:ca_cert``.
+    """
+
+    def __init__(self, bin_dir, workdir, *, service_cluster_ip_range: str = "10.254.0.0/22",
+                 nodes=DEFAULT_NODES):
+        self.bin_dir = Path(bin_dir)
+        self.workdir = Path(workdir)
+        self.service_cluster_ip_range = service_cluster_ip_range
+        self.nodes = tuple(nodes)
+        self.pki_dir = self.workdir / "pki"
+        self.log_dir = self.workdir / "logs"
+        self.etcd: Daemon | None = None
+        self.apiserver: Daemon | None = None
+        self.etcd_port = self.etcd_peer_port = self.apiserver_port = None
+        self.timings: dict[str, float] = {}
+        self._session: requests.Session | None = None
+        self._kcm_pki: dict | None = None
+        for binary in ("etcd", "kube-apiserver"):
+            if not os.access(self.bin_dir / binary, os.X_OK):
+                raise FileNotFoundError(
+                    f"{self.bin_dir / binary} is missing or not executable; run scripts/k8s-binaries")
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self, timeout: float = 120.0) -> "ControlPlane":
+        """Make the PKI, start etcd then kube-apiserver, and wait until the apiserver is ready."""
+        begin = time.monotonic()
+        try:
+            self._make_pki()
+            self._start_etcd(timeout)
+            self.timings["etcd_ready"] = time.monotonic() - begin
+            self._start_apiserver(timeout)
+            self.timings["apiserver_ready"] = time.monotonic() - begin
+        except BaseException:
+            self.stop()
+            raise
+        log.info("control plane up in %.1fs at %s", self.timings["apiserver_ready"], self.apiserver_url)
+        return self
+
+    def stop(self) -> None:
+        """Stop the apiserver, then etcd (each by its process group)."""
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+        for daemon in (self.apiserver, self.etcd):
+            if daemon is not None:
+                daemon.stop()
+
+    def __enter__(self) -> "ControlPlane":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def log_paths(self) -> list[Path]:
+        return [d.log_path for d in (self.etcd, self.apiserver) if d is not None]
+
+    # -- PKI ----------------------------------------------------------------------------------
+
+    def _make_pki(self) -> None:
+        self.ca = CertificateAuthority("kcm-formula-test-ca")
+        self.ca_path = self._write("ca.pem", self.ca.cert_pem, private=False)
+        self.sa_key_pem, sa_pub_pem = service_account_keypair()
+        self.sa_key_path = self._write("sa.key", self.sa_key_pem)
+        self.sa_pub_path = self._write("sa.pub", sa_pub_pem, private=False)
+        first_service_ip = str(next(ipaddress.ip_network(self.service_cluster_ip_range).hosts()))
+        cert, key = self.ca.issue(
+            "kube-apiserver", server=True,
+            names=[LOOPBACK, "localhost", first_service_ip, "kubernetes", "kubernetes.default",
+                   "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"])
+        self.apiserver_cert_path = self._write("apiserver.pem", cert, private=False)
+        self.apiserver_key_path = self._write("apiserver-key.pem", key)
+        cert, key = self.issue_client_cert("admin", ["system:masters"])
+        self.admin_cert_path = self._write("admin.pem", cert, private=False)
+        self.admin_key_path = self._write("admin-key.pem", key)
+
+    def _write(self, name: str, text: str, private: bool = True) -> Path:
+        path = self.pki_dir / name
+        if private:
+            return write_private(path, text)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return path
+
+    def issue_client_cert(self, cn: str, groups=()) -> tuple[str, str]:
+        """A client certificate for user ``cn`` in ``groups``, signed by the client CA."""
+        return self.ca.issue(cn, list(groups), client=True)
+
+    def kcm_pki(self, nodes=None) -> dict:
+        """PEMs for the formula's ``kcm:pki`` pillar (mode ``pillar``).
+
+        ``ca_cert``/``ca_key`` are the cluster CA (also the apiserver's client CA); ``cert``/
+        ``key`` are CN ``system:kube-controller-manager`` (no O: it must go through RBAC),
+        serverAuth + clientAuth, SANs 127.0.0.1, localhost and the node names;
+        ``service_account_key`` is the key whose public half the apiserver verifies tokens with.
+        """
+        names = tuple(nodes) if nodes is not None else self.nodes
+        if self._kcm_pki is None or self._kcm_pki["_names"] != names:
+            cert, key = self.ca.issue(
+                "system:kube-controller-manager", server=True, client=True,
+                names=[LOOPBACK, "localhost", *names])
+            self._kcm_pki = {
+                "_names": names,
+                "ca_cert": self.ca.cert_pem,
+                "ca_key": self.ca.key_pem,
+                "cert": cert,
+                "key": key,
+                "service_account_key": self.sa_key_pem,
+            }
+        return {k: v for k, v in self._kcm_pki.items() if not k.startswith("_")}
+
+    def write_kubeconfig(self, path, cn: str = "admin", groups=("system:masters",)) -> Path:
+        """Write a kubeconfig (0600) for user ``cn`` in ``groups``; return its path."""
+        if (cn, tuple(groups)) == ("admin", ("system:masters",)):
+            cert, key = self.admin_cert_path.read_text(), self.admin_key_path.read_text()
+        else:
+            cert, key = self.issue_client_cert(cn, groups)
+        config = kubeconfig(self.apiserver_url, self.ca.cert_pem, cert, key, user=cn)
+        return write_private(Path(path), json.dumps(config, indent=2))
+
+    @property
+    def admin_kubeconfig(self) -> Path:
+        """The admin kubeconfig (CN admin, O system:masters), written on first use."""
+        path = self.workdir / "admin.kubeconfig"
+        if not path.exists():
+            self.write_kubeconfig(path)
+        return path
+
+    # -- etcd ---------------------------------------------------------------------------------
+
+    def _start_etcd(self, timeout: float) -> None:
+        self.etcd_port, self.etcd_peer_port = free_port(), free_port()
+        client = f"http://{LOOPBACK}:{self.etcd_port}"
+        peer = f"http://{LOOPBACK}:{self.etcd_peer_port}"
+        data_dir = self.workdir / "etcd-data"
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.etcd = Daemon("etcd", [
+            self.bin_dir / "etcd",
+            "--name=test",
+            f"--data-dir={data_dir}",
+            f"--listen-client-urls={client}",
+            f"--advertise-client-urls={client}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=test={peer}",
+            "--initial-cluster-state=new",
+            # A test cluster that is thrown away: durability buys nothing, fsync costs seconds.
+            "--unsafe-no-fsync=true",
+            "--log-level=warn",
+        ], self.log_dir / "etcd.log", cwd=self.workdir).start()
+
+        def healthy():
+            with requests.Session() as session:
+                session.trust_env = False
+                reply = session.get(f"{client}/health", timeout=2)
+            return reply.ok and reply.json().get("health") == "true"
+
+        wait_until(healthy, timeout, "etcd /health", alive=self.etcd.check_alive)
+
+    # -- kube-apiserver -----------------------------------------------------------------------
+
+    @property
+    def apiserver_url(self) -> str:
+        return f"https://{LOOPBACK}:{self.apiserver_port}"
+
+    def _start_apiserver(self, timeout: float) -> None:
+        self.apiserver_port = free_port()
+        cert_dir = self.workdir / "apiserver-certs"
+        cert_dir.mkdir(parents=True, exist_ok=True)
+        self.apiserver = Daemon("kube-apiserver", [
+            self.bin_dir / "kube-apiserver",
+            f"--etcd-servers=http://{LOOPBACK}:{self.etcd_port}",
+            f"--bind-address={LOOPBACK}",
+            f"--advertise-address={LOOPBACK}",
+            f"--secure-port={self.apiserver_port}",
+            f"--cert-dir={cert_dir}",
+            f"--tls-cert-file={self.apiserver_cert_path}",
+            f"--tls-private-key-file={self.apiserver_key_path}",
+            f"--client-ca-file={self.ca_path}",
+            "--authorization-mode=Node,RBAC",
+            f"--service-account-issuer={self.apiserver_url}",
+            f"--service-account-key-file={self.sa_pub_path}",
+            f"--service-account-signing-key-file={self.sa_key_path}",
+            f"--service-cluster-ip-range={self.service_cluster_ip_range}",
+            "--allow-privileged=true",
+            # A loopback advertise address cannot go into the 'kubernetes' Endpoints; nothing
+            # here needs that Service, and the reconciler would log an error every 10s.
+            "--endpoint-reconciler-type=none",
+            "--profiling=false",
+        ], self.log_dir / "kube-apiserver.log", cwd=self.workdir).start()
+
+        def ready():
+            reply = self.request("GET", "/readyz", timeout=5)
+            return reply.status_code == 200 and reply.text.strip() == "ok"
+
+        wait_until(ready, timeout, "kube-apiserver /readyz", interval=0.3,
+                   alive=self.apiserver.check_alive)
+
+    # -- API access (admin identity, TLS verified against the cluster CA) ----------------------
+
+    def request(self, method: str, path: str, **kwargs) -> requests.Response:
+        """An HTTP request to the apiserver as admin; TLS verified against the cluster CA."""
+        if self._session is None:
+            self._session = https_session(self.ca_path, (self.admin_cert_path, self.admin_key_path))
+        kwargs.setdefault("timeout", 10)
+        return self._session.request(method, self.apiserver_url + path, **kwargs)
+
+    def get_json(self, path: str) -> dict | None:
+        """GET ``path`` as JSON; None when it does not exist (404); raises on other errors."""
+        reply = self.request("GET", path)
+        if reply.status_code == 404:
+            return None
+        reply.raise_for_status()
+        return reply.json()
+
+    # -- leader election ----------------------------------------------------------------------
+
+    def lease(self) -> dict | None:
+        """The Lease ``kube-system/kube-controller-manager`` (None before the first election)."""
+        return self.get_json(LEASE_PATH)
+
+    def leader(self) -> str | None:
+        """Node name of the Lease holder, or None when there is no Lease or no holder."""
+        lease = self.lease()
+        if not lease:
+            return None
+        return node_of(lease.get("spec", {}).get("holderIdentity"))
+
+    def wait_for_leader(self, timeout: float, exclude=(), interval: float = 0.1) -> str:
+        """Wait until the Lease names a holder not in ``exclude``; return its node name."""
+        excluded = set(exclude)
+
+        def new_leader():
+            node = self.leader()
+            return node if node and node not in excluded else None
+
+        return wait_until(new_leader, timeout, f"KCM leader (not one of {sorted(excluded)})",
+                          interval=interval)
+
+
+# ---------------------------------------------------------------------------------------------
+# kube-controller-manager from a rendered unit
+
+_SPECIFIER = re.compile(r"%(.)")
+_ENV_REFERENCE = re.compile(r"\$\{?[A-Za-z_]")
+
+
+def parse_exec_start(unit_text: str) -> list[str]:
+    """The argv of the single ``ExecStart=`` of a systemd unit's ``[Service]`` section.
+
+    Follows systemd's syntax where a formula's unit can use it: ``\\`` line continuations
+    (comment lines inside a continuation are skipped), quoting, ``%%``, and the ``-``/``:``/
+    ``+``/``!`` prefixes. Anything it cannot reproduce faithfully (other specifiers,
+    ``$VAR`` expansion, ``@``, several commands) is an error, so a test never runs a command
+    that differs from what systemd would run.
+    """
+    values = [value for key, value in _service_directives(unit_text) if key == "ExecStart"]
+    commands = []
+    for value in values:
+        if value.strip() == "":
+            commands = []  # an empty assignment resets the list, as in systemd
+        else:
+            commands.append(value)
+    if len(commands) != 1:
+        raise ValueError(f"expected exactly one ExecStart= in [Service], found {len(commands)}")
+    return _split_command(commands[0])
+
+
+def parse_environment(unit_text: str) -> dict:
+    """``Environment=`` assignments of the unit's ``[Service]`` section, as a dict."""
+    env = {}
+    for key, value in _service_directives(unit_text):
+        if key == "Environment":
+            for assignment in shlex.split(value):
+                name, sep, val = assignment.partition("=")
+                if sep:
+                    env[name] = val
+    return env
+
+
+def _service_directives(unit_text: str):
+    """(key, value) pairs of the [Service] section, with continuations joined."""
+    section, pending = None, None
+    for raw in unit_text.splitlines():
+        line = raw.strip()
+        if pending is not None:
+            if line.startswith(("#", ";")):
+                continue
+            pending += " " + line
+        elif not line or line.startswith(("#", ";")):
+            continue
+        elif line.startswith("[") and line.endswith("]"):
+            section = line[1:-1]
+            continue
+        else:
+            pending = line
+        if pending.endswith("\\"):
+            pending = pending[:-1]
+            continue
+        if section == "Service" and "=" in pending:
+            key, _, value = pending.partition("=")
+            yield key.strip(), value.strip()
+        pending = None
+    if pending is not None:
+        raise ValueError("unit ends inside a '\\' line continuation")
+
+
+def _split_command(value: str) -> list[str]:
+    if _ENV_REFERENCE.search(value):
+        raise ValueError(f"ExecStart uses $VARIABLE expansion, which this runner does not do: {value[:80]}")
+    for match in _SPECIFIER.finditer(value.replace("%%", "")):
+        raise ValueError(f"ExecStart uses the systemd specifier %{match.group(1)}, which this runner does not expand")
+    argv = shlex.split(value.replace("%%", "%"))
+    while argv and argv[0][:1] in "-:+!@":
+        if argv[0].startswith("@"):
+            raise ValueError("ExecStart with the '@' prefix (separate argv[0]) is not supported")
+        argv[0] = argv[0][1:]
+    if not argv or not argv[0]:
+        raise ValueError("ExecStart= names no command")
+    if ";" in argv:
+        raise ValueError("ExecStart with several ';'-separated commands is not supported")
+    if not os.path.isabs(argv[0]):
+        raise ValueError(f"ExecStart command must be an absolute path, got {argv[0]!r}")
+    return argv
+
+
+def _refuse_other_user(unit_text: str, unit_path: Path) -> None:
+    """Running as someone other than the unit's ``User=`` would test a different thing."""
+    import pwd
+
+    me = pwd.getpwuid(os.getuid()).pw_name
+    for key, value in _service_directives(unit_text):
+        if key == "User" and value not in ("", me, str(os.getuid())):
+            raise ValueError(f"{unit_path}: User={value}, but this runner runs as {me} and cannot switch")
+
+
+# What systemd gives a service that sets no Environment=.
+SYSTEMD_BASE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+
+# Runs as: sh -c SCRIPT _ <hostname> <argv...>; the hostname is set inside the new UTS namespace.
+_SET_HOSTNAME_AND_EXEC = 'hostname "$1" && shift && exec "$@"'
+
+
+class KcmProcess(Daemon):
+    """kube-controller-manager started from a rendered unit, under the hostname ``node``.
+
+    The command is the unit's ``ExecStart=`` argv, unchanged; it runs in a new UTS namespace
+    (``unshare --uts``) whose hostname is ``node``, so KCM's Lease identity names that node.
+    Like systemd, it gets a clean environment plus the unit's ``Environment=``.
+    """
+
+    def __init__(self, unit_path, node: str, log_path):
+        self.unit_path = Path(unit_path)
+        self.node = node
+        unit_text = self.unit_path.read_text()
+        self.exec_start = parse_exec_start(unit_text)
+        _refuse_other_user(unit_text, self.unit_path)
+        self.unit_env = {**SYSTEMD_BASE_ENV, **parse_environment(unit_text)}
+        argv = ["unshare", "--uts", "sh", "-c", _SET_HOSTNAME_AND_EXEC, "_", node, *self.exec_start]
+        super().__init__(f"kcm@{node}", argv, log_path, env=self.unit_env)
+
+    def flag(self, name: str) -> str | None:
+        """The value of ``--name=value`` in the rendered command (None when absent)."""
+        prefix = f"--{name}="
+        values = [arg[len(prefix):] for arg in self.exec_start if arg.startswith(prefix)]
+        return values[-1] if values else None
+
+    @property
+    def secure_port(self) -> int:
+        port = self.flag("secure-port")
+        if port is None:
+            raise ValueError(f"{self.unit_path}: ExecStart has no --secure-port=")
+        return int(port)
+
+    def run_once(self, extra_args=(), timeout: float = 60.0) -> subprocess.CompletedProcess:
+        """Run the rendered command plus ``extra_args`` to completion (e.g. ``--version``)."""
+        return subprocess.run(
+            [*self.exec_start, *extra_args], stdin=subprocess.DEVNULL, capture_output=True,
+            text=True, timeout=timeout, check=False, env=self.unit_env)
+
+    def healthz(self, ca_path, timeout: float = 5.0) -> requests.Response:
+        """GET /healthz on the secure port, TLS verified against ``ca_path`` for 127.0.0.1."""
+        with https_session(ca_path) as session:
+            return session.get(f"https://{LOOPBACK}:{self.secure_port}/healthz", timeout=timeout)
+
+    def wait_healthy(self, ca_path, timeout: float = 60.0) -> None:
+        """Wait until /healthz answers ``ok``; raises at once if the process dies."""
+        def ok():
+            reply = self.healthz(ca_path)
+            return reply.status_code == 200 and reply.text.strip() == "ok"
+
+        wait_until(ok, timeout, f"{self.name} /healthz", interval=0.2, alive=self.check_alive)
+
+    def metrics(self, ca_path, cert: tuple[str, str], timeout: float = 10.0) -> str:
+        """GET /metrics with the client certificate ``cert`` = (cert_path, key_path)."""
+        with https_session(ca_path, cert) as session:
+            reply = session.get(f"https://{LOOPBACK}:{self.secure_port}/metrics", timeout=timeout)
+        reply.raise_for_status()
+        return reply.text
+
+
+_METRIC_LINE = re.compile(r'^(?P<name>[a-zA-Z_:][\w:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)')
+
+
+def metric_values(text: str, name: str) -> list[tuple[dict, float]]:
+    """(labels, value) of every sample of metric ``name`` in Prometheus text format."""
+    samples = []
+    for line in text.splitlines():
+        match = _METRIC_LINE.match(line)
+        if not match or match.group("name") != name:
+            continue
+        labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match.group("labels") or ""))
+        samples.append((labels, float(match.group("value"))))
+    return samples
+
+
+def failover_bound(lease_duration: float, retry_period: float, margin: float = 1.0) -> float:
+    """Upper bound for a new leader to appear after the leader's KCM is SIGKILLed.
+
+    lease duration + retry period, plus the jitter client-go adds twice (a candidate may
+    observe the last renewal up to one jittered retry late, and tries again up to one jittered
+    retry after expiry: 2 * retry * JitterFactor - retry more than lease + retry), plus
+    ``margin`` for API latency and the caller's polling.
+    """
+    jitter = 2 * retry_period * (1 + LEADER_ELECTION_JITTER) - retry_period
+    return lease_duration + retry_period + jitter + margin

@@ -1,0 +1,126 @@
+"""Validation of the merged pillar: every problem at once, each naming its key."""
+
+import datetime
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.support import pki as testpki  # noqa: E402
+
+DEFAULTS = yaml.safe_load((Path(__file__).resolve().parents[2] / "formula/kcm/defaults.yaml").read_text())["kcm"]
+
+
+@pytest.fixture(scope="module")
+def good_pki():
+    return testpki.kcm_pki()
+
+
+@pytest.fixture
+def check(kcm_config, good_pki):
+    def run(**over):
+        cfg = dict(DEFAULTS, pki=dict(good_pki, mode="pillar"))
+        cfg.update(over)
+        return kcm_config.validate(kcm_config.resolve(cfg, opts={"cachedir": "/c"}))
+
+    return run
+
+
+def test_good_config_has_no_problem(check):
+    assert check() == []
+
+
+@pytest.mark.parametrize(
+    "over, expected",
+    [
+        ({"version": "1.34"}, "kcm:version: '1.34' is not a Kubernetes release such as v1.34.3"),
+        ({"version": "v1.13.0"}, "kcm:version: 'v1.13.0' is older than v1.14, the oldest release supported"),
+        ({"service_cluster_ip_range": "10.254.0.0/33"},
+         "kcm:service_cluster_ip_range: '10.254.0.0/33' is not a CIDR such as 10.254.0.0/22 (host bits must be zero)"),
+        ({"service_cluster_ip_range": "10.254.0.1/22"},
+         "kcm:service_cluster_ip_range: '10.254.0.1/22' is not a CIDR such as 10.254.0.0/22 (host bits must be zero)"),
+        ({"cluster_signing_duration": "10 years"},
+         "kcm:cluster_signing_duration: '10 years' is not a duration such as 15s, 2m or 87600h"),
+        ({"leader_election": {"lease_duration": "10s", "renew_deadline": "15s", "retry_period": "2s"}},
+         "kcm:leader_election: expected lease_duration > renew_deadline > 1.2 x retry_period, got 10s / 15s / 2s"),
+        ({"leader_election": {"lease_duration": "15s", "renew_deadline": "2s", "retry_period": "2s"}},
+         "kcm:leader_election: expected lease_duration > renew_deadline > 1.2 x retry_period, got 15s / 2s / 2s"),
+        ({"apiserver": "http://10.10.10.20:8080"},
+         "kcm:apiserver: 'http://10.10.10.20:8080' is not an https:// URL such as https://10.10.10.20:6443"),
+        ({"secure_port": 70000}, "kcm:secure_port: '70000' is not a port number (1-65535)"),
+        ({"bind_address": "eth2"}, "kcm:bind_address: 'eth2' is not an IP address"),
+        ({"bind_interface": "eth9"}, "kcm:bind_interface: interface 'eth9' has no IPv4 address in grains"),
+        ({"extra_args": {"port": 0}},
+         "kcm:extra_args:port: --port was removed in v1.24 (RN-1.22 #96216, RN-1.24 #106860); v1.37.2 rejects it"),
+        ({"controllers": ["*", "nosuch"]}, "kcm:controllers: v1.37.2 knows no controller named nosuch"),
+        ({"source": {"type": "zip", "url": "https://x/y"}}, "kcm:source:type: 'zip' is not one of tarball, binary"),
+        ({"source": {"type": "tarball", "url": "ftp://x/y"}},
+         "kcm:source:url: 'ftp://x/y' must start with https://, salt:// or file://"),
+        ({"colour": "blue"}, "kcm:colour: unknown key (see pillar.example for the keys the formula reads)"),
+    ],
+)
+def test_each_bad_value_is_named(check, over, expected):
+    assert expected in check(**over)
+
+
+def test_bind_interface_takes_its_first_ipv4(kcm_config):
+    cfg = kcm_config.resolve(dict(DEFAULTS, bind_interface="eth2"), opts={"cachedir": "/c"})
+    assert cfg["bind_address"] == "10.10.10.21"
+
+
+def test_all_problems_are_reported_at_once(check):
+    problems = check(version="x", secure_port="10257", apiserver="10.0.0.1")
+    keys = {p.split(":")[1] for p in problems}
+    assert {"version", "secure_port", "apiserver"} <= keys
+
+
+def pem_case(good, **changes):
+    return dict(good, **changes)
+
+
+def test_pki_problems(check, good_pki):
+    other_ca, other_key = testpki.make_ca("other")
+    foreign, foreign_key = testpki.issue(other_ca, other_key)
+    ca_cert, ca_key = testpki.make_ca("leaf-not-ca", is_ca=False)
+    past = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=2)
+    from cryptography import x509
+    real_ca = x509.load_pem_x509_certificate(good_pki["ca_cert"].encode())
+    from cryptography.hazmat.primitives import serialization
+    real_ca_key = serialization.load_pem_private_key(good_pki["ca_key"].encode(), None)
+    expired, expired_key = testpki.issue(real_ca, real_ca_key, not_before=past, not_after=past + datetime.timedelta(days=1))
+    wrong_cn, wrong_cn_key = testpki.issue(real_ca, real_ca_key, cn="admin", orgs=("system:masters",))
+
+    cases = {
+        "kcm:pki:key: does not match kcm:pki:cert": {"key": testpki.key_pem(other_key)},
+        "kcm:pki:ca_key: does not match kcm:pki:ca_cert": {"ca_key": testpki.key_pem(other_key)},
+        "kcm:pki:cert: not signed by kcm:pki:ca_cert": {"cert": testpki.cert_pem(foreign),
+                                                         "key": testpki.key_pem(foreign_key)},
+        "kcm:pki:ca_cert: not a CA certificate (basicConstraints CA:TRUE expected)": {
+            "ca_cert": testpki.cert_pem(ca_cert), "ca_key": testpki.key_pem(ca_key)},
+        "kcm:pki:cert: CN is admin, expected system:kube-controller-manager": {
+            "cert": testpki.cert_pem(wrong_cn), "key": testpki.key_pem(wrong_cn_key)},
+        "kcm:pki:cert: O=system:masters would bypass RBAC; issue it without that group": {
+            "cert": testpki.cert_pem(wrong_cn), "key": testpki.key_pem(wrong_cn_key)},
+        "kcm:pki:service_account_key: missing (PEM text expected in pillar mode)": {"service_account_key": ""},
+        "kcm:pki:cert: not a PEM certificate": {"cert": "-----BEGIN CERTIFICATE-----\nnope\n"},
+    }
+    for expected, change in cases.items():
+        assert expected in check(pki=dict(good_pki, mode="pillar", **change)), expected
+    msgs = check(pki=dict(good_pki, mode="pillar", cert=testpki.cert_pem(expired), key=testpki.key_pem(expired_key)))
+    assert any(m.startswith("kcm:pki:cert: expired on ") for m in msgs)
+
+
+def test_public_view_has_no_pem(kcm_config, good_pki):
+    cfg = kcm_config.resolve(dict(DEFAULTS, pki=dict(good_pki, mode="pillar")), opts={"cachedir": "/c"})
+    text = repr(kcm_config.public(cfg))
+    assert "BEGIN" not in text
+    assert kcm_config.public(cfg)["pki"] == {"mode": "pillar"}
+
+
+def test_durations(kcm_config):
+    assert kcm_config.duration_seconds("1h30m") == 5400
+    assert kcm_config.duration_seconds("87600h") == 87600 * 3600
+    with pytest.raises(ValueError):
+        kcm_config.duration_seconds("15")

@@ -1,0 +1,135 @@
+"""The version table: which flags KCM gets for each release (expectations in cases/)."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+CASES = yaml.safe_load((Path(__file__).parent / "cases" / "flags_by_version.yaml").read_text())
+DEFAULTS = yaml.safe_load((Path(__file__).resolve().parents[2] / "formula/kcm/defaults.yaml").read_text())["kcm"]
+
+
+@pytest.fixture
+def resolved(kcm_config):
+    def make(version, **over):
+        cfg = dict(DEFAULTS, version=version, **over)
+        return kcm_config.resolve(cfg, grains={}, opts={"cachedir": "/c"})
+
+    return make
+
+
+def as_map(flags):
+    out = {}
+    for flag in flags:
+        name, _, value = flag[2:].partition("=")
+        out[name] = value
+    return out
+
+
+@pytest.mark.parametrize("version", sorted(CASES["releases"]))
+def test_exact_flag_set_per_release(kcm_flags, resolved, version):
+    case = CASES["releases"][version]
+    rendered = kcm_flags.render(resolved(version))
+    got = as_map(rendered)
+    assert set(got) == set(CASES["common"]) | set(case["add"])
+    for name, value in case["add"].items():
+        assert got[name] == value
+    assert got["controllers"] == case["controllers"]
+    names = [flag[2:].partition("=")[0] for flag in rendered]
+    assert names == sorted(names), "the unit lists flags sorted by name, one per line"
+    assert kcm_flags.problems(resolved(version)) == []
+
+
+def test_rendered_values_come_from_the_config(kcm_flags, resolved):
+    got = as_map(kcm_flags.render(resolved("v1.34.3")))
+    assert got["secure-port"] == "10257"  # the guide's 10252 was the insecure port
+    assert got["leader-elect"] == "true"
+    assert got["leader-elect-lease-duration"] == "15s"
+    assert got["use-service-account-credentials"] == "true"
+    assert got["kubeconfig"] == got["authentication-kubeconfig"] == got["authorization-kubeconfig"]
+    assert got["kubeconfig"].endswith("/etc/k8s/kubeconfig/kube-controller-manager.kubeconfig")
+    assert got["service-account-private-key-file"] == "/etc/k8s/ssl/sa.key"
+
+
+def test_extra_args_add_override_and_remove(kcm_flags, resolved):
+    cfg = resolved("v1.34.3", extra_args={"v": 4, "profiling": False, "client-ca-file": None})
+    got = as_map(kcm_flags.render(cfg))
+    assert got["v"] == "4"
+    assert got["profiling"] == "false"
+    assert "client-ca-file" not in got
+
+
+@pytest.mark.parametrize(
+    "version, flag, value, fragment",
+    [
+        ("v1.24.0", "port", 0, "removed in v1.24"),
+        ("v1.30.0", "address", "0.0.0.0", "removed in v1.24"),
+        ("v1.25.0", "experimental-cluster-signing-duration", "8760h", "removed in v1.25"),
+        ("v1.18.0", "cluster-signing-duration", "8760h", "does not exist before v1.19"),
+        ("v1.26.0", "logtostderr", True, "removed in v1.26"),
+        ("v1.26.0", "log-dir", "/var/log/kcm", "removed in v1.26"),
+        ("v1.15.0", "leader-elect-resource-name", "kcm", "does not exist before v1.16"),
+        ("v1.22.0", "horizontal-pod-autoscaler-use-rest-clients", True, "removed in v1.22"),
+        ("v1.31.0", "horizontal-pod-autoscaler-upscale-delay", "3m", "removed in v1.31"),
+        ("v1.25.0", "concurrent-horizontal-pod-autoscaler-syncs", 5, "does not exist before v1.26"),
+        ("v1.27.0", "pod-eviction-timeout", "5m", "removed in v1.27"),
+        ("v1.37.2", "concurrent-service-syncs", 1, "removed in v1.37"),
+        ("v1.27.0", "leader-elect-resource-lock", "endpointsleases", "allowed: leases"),
+        ("v1.24.0", "leader-elect-resource-lock", "endpoints", "refused by v1.24.0"),
+        ("v1.22.0", "port", 10252, "may only be 0"),
+    ],
+)
+def test_extra_args_the_release_rejects_are_reported(kcm_flags, resolved, version, flag, value, fragment):
+    problems = kcm_flags.problems(resolved(version, extra_args={flag: value}))
+    assert len(problems) == 1
+    assert problems[0].startswith(f"kcm:extra_args:{flag}: ")
+    assert fragment in problems[0]
+
+
+@pytest.mark.parametrize(
+    "version, flag, value",
+    [
+        ("v1.21.0", "port", 10252),
+        ("v1.23.0", "port", 0),
+        ("v1.17.0", "leader-elect-resource-lock", "endpointsleases"),
+        ("v1.14.2", "leader-elect-resource-lock", "endpoints"),
+        ("v1.25.0", "logtostderr", True),
+        ("v1.16.0", "leader-elect-resource-name", "kcm"),
+        ("v1.26.0", "concurrent-horizontal-pod-autoscaler-syncs", 5),
+        ("v1.36.0", "concurrent-service-syncs", 1),
+    ],
+)
+def test_extra_args_the_release_accepts_pass(kcm_flags, resolved, version, flag, value):
+    assert kcm_flags.problems(resolved(version, extra_args={flag: value})) == []
+
+
+def test_log_to_file_only_before_1_26(kcm_flags, resolved):
+    got = as_map(kcm_flags.render(resolved("v1.25.0", log_to_file=True)))
+    assert got["logtostderr"] == "false"
+    assert got["log-dir"].endswith("/logs/kube-controller-manager")
+    problems = kcm_flags.problems(resolved("v1.26.0", log_to_file=True))
+    assert problems == [
+        "kcm:log_to_file: v1.26.0 has no klog file flags (removed in v1.26, #112120);"
+        " it logs to stderr (journald): set log_to_file: false"
+    ]
+
+
+def test_controller_names_follow_the_release(kcm_flags):
+    assert kcm_flags.controller_names(["*", "-podgc", "csrsigning"], "v1.28.0") == [
+        "*", "-pod-garbage-collector-controller", "certificatesigningrequest-signing-controller"]
+    # canonical names written in pillar are spelled the old way for older releases
+    assert kcm_flags.controller_names(["bootstrap-signer-controller"], "v1.20.0") == ["bootstrapsigner"]
+    assert "nosuch" in kcm_flags.controllers_problem(["*", "nosuch"], "v1.34.3")
+    assert "taint-eviction-controller" in kcm_flags.controllers_problem(["taint-eviction-controller"], "v1.20.0")
+    assert kcm_flags.controllers_problem(["*", "-route"], "v1.20.0") is None
+
+
+@pytest.mark.parametrize("text", ["1.34", "v2.0.0", "v1.13.9", "latest", "v1.34.x"])
+def test_bad_versions_are_refused(kcm_flags, text):
+    with pytest.raises(ValueError):
+        kcm_flags.normalize_version(text)
+
+
+def test_leading_v_is_optional(kcm_flags):
+    assert kcm_flags.normalize_version("1.34.3") == "v1.34.3"
+    assert kcm_flags.minor("v1.37.2") == 37

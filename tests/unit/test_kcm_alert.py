@@ -1,0 +1,294 @@
+"""
+The kcm_alert runner: one alert per change across reporters (also under
+concurrent reactor threads), the Alertmanager v2 payload, resolving, and
+retries that never lose an alert silently.
+"""
+
+import datetime
+import http.server
+import importlib.util
+import json
+import pathlib
+import threading
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+T0 = 1_800_000_000.0
+REPORTERS = ("master-1", "master-2", "master-3")
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("kcm_alert_under_test", ROOT / "_runners" / "kcm_alert.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Harness:
+    """The runner with its receivers and the master bus replaced by recorders."""
+
+    def __init__(self, tmp_path, monkeypatch, **cfg):
+        self.module = _load()
+        self.posts = []
+        self.events = []
+        self.fail_next = 0
+        self.lock = threading.Lock()
+        self.module.__opts__ = {
+            "cachedir": str(tmp_path / "cache"),
+            "sock_dir": str(tmp_path / "sock"),
+            "kcm_alert": dict({"alertmanager_urls": ["http://127.0.0.1:9093"], "labels": {"env": "test"}}, **cfg),
+        }
+        monkeypatch.setattr(self.module, "_post", self._post)
+        monkeypatch.setattr(self.module, "_fire", lambda tag, data: self.events.append((tag, data)))
+        monkeypatch.setattr(self.module, "_sleep", lambda seconds: None)
+        self.now = T0
+        monkeypatch.setattr(self.module, "_now", lambda: self.now)
+
+    def _post(self, url, payload, cfg):
+        # JSON round trip: what goes on the wire must be serializable.
+        wire = json.loads(json.dumps(payload))
+        with self.lock:
+            if self.fail_next:
+                self.fail_next -= 1
+                raise ConnectionError("connection refused")
+            self.posts.append((url, wire))
+
+    def handle(self, reporter, kind, **data):
+        data.setdefault("cluster", "prod")
+        return self.module.handle(f"salt/beacon/{reporter}/kcm_leader/{kind}", dict(data, id=reporter))
+
+    def alerts(self):
+        return [alert for _, payload in self.posts for alert in payload]
+
+    def tags(self):
+        return [tag for tag, _ in self.events]
+
+
+CHANGE = {
+    "transitions": 4,
+    "old_holder": "master-1_aaaa",
+    "old_node": "master-1",
+    "old_minion": "master-1",
+    "new_holder": "master-2_bbbb",
+    "new_node": "master-2",
+    "new_minion": "master-2",
+    "holder": "master-2_bbbb",
+}
+DEAD = {"transitions": 4, "holder": "master-2_bbbb", "node": "master-2", "renew_time": "2027-01-15T08:00:00.000000Z"}
+
+
+@pytest.fixture
+def harness(tmp_path, monkeypatch):
+    return Harness(tmp_path, monkeypatch)
+
+
+def test_three_reporters_of_one_change_give_one_alert(harness):
+    results = [harness.handle(r, "changed", **CHANGE) for r in REPORTERS]
+    assert [bool(r["fired"]) for r in results] == [True, False, False]
+    assert [r["duplicate"] for r in results] == [False, True, True]
+    assert len(harness.alerts()) == 1
+    assert harness.tags().count("kcm/alert/changed") == 1
+    assert harness.tags().count("kcm/alert/duplicate") == 2
+
+
+def test_a_new_transition_is_a_new_alert(harness):
+    harness.handle("master-1", "changed", **CHANGE)
+    harness.handle("master-1", "changed", **dict(CHANGE, transitions=5, old_node="master-2", new_node="master-3",
+                                                  new_holder="master-3_cccc"))
+    assert [a["labels"]["new_node"] for a in harness.alerts()] == ["master-2", "master-3"]
+
+
+def test_dedupe_holds_under_concurrent_reactor_threads(tmp_path, monkeypatch):
+    harness = Harness(tmp_path, monkeypatch)
+    original = harness._post
+
+    def slow_post(url, payload, cfg):
+        # widen the window between claim and send, as a real HTTP call does
+        threading.Event().wait(0.02)
+        original(url, payload, cfg)
+
+    monkeypatch.setattr(harness.module, "_post", slow_post)
+    barrier = threading.Barrier(30)
+    errors = []
+
+    def report(reporter, transitions):
+        try:
+            barrier.wait()
+            harness.handle(reporter, "changed", **dict(CHANGE, transitions=transitions))
+        except Exception as exc:  # noqa: BLE001 - surfaced by the assert below
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=report, args=(reporter, transitions))
+        for transitions in range(10, 20)
+        for reporter in REPORTERS
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == []
+    sent = sorted(int(a["annotations"]["description"].split("leaseTransitions ")[1].split(";")[0])
+                  for a in harness.alerts())
+    assert sent == list(range(10, 20))
+
+
+def test_payload_is_an_alertmanager_v2_postable_alert(harness):
+    harness.handle("master-3", "changed", **CHANGE)
+    ((url, payload),) = harness.posts
+    assert url == "http://127.0.0.1:9093/api/v2/alerts"
+    assert isinstance(payload, list) and len(payload) == 1
+    alert = payload[0]
+    assert alert["labels"] == {
+        "alertname": "KCMLeaderChanged",
+        "cluster": "prod",
+        "severity": "warning",
+        "old_node": "master-1",
+        "new_node": "master-2",
+        "env": "test",
+    }
+    assert "from master-1 to master-2" in alert["annotations"]["summary"]
+    assert "leaseTransitions 4" in alert["annotations"]["description"]
+    assert "master-3" in alert["annotations"]["description"]
+    starts = datetime.datetime.fromisoformat(alert["startsAt"].replace("Z", "+00:00"))
+    ends = datetime.datetime.fromisoformat(alert["endsAt"].replace("Z", "+00:00"))
+    assert starts.timestamp() == pytest.approx(T0) and ends > starts
+    assert all(isinstance(v, str) for v in alert["labels"].values())
+
+
+def test_follow_up_event_says_what_was_sent(harness):
+    harness.handle("master-1", "changed", **CHANGE)
+    ((tag, data),) = [(t, d) for t, d in harness.events if t == "kcm/alert/changed"]
+    assert data["action"] == "fire" and data["reporter"] == "master-1"
+    assert data["alerts"][0]["labels"]["alertname"] == "KCMLeaderChanged"
+    assert data["receivers"] == {"http://127.0.0.1:9093/api/v2/alerts": None}
+
+
+def test_no_leader_fires_once_and_a_new_leader_resolves_it(harness):
+    for reporter in REPORTERS:
+        harness.handle(reporter, "no_leader", **DEAD)
+    fired = harness.alerts()
+    assert [a["labels"]["alertname"] for a in fired] == ["KCMNoLeader"]
+    harness.now = T0 + 30
+    harness.handle("master-1", "changed", **dict(CHANGE, transitions=5))
+    resolved = [a for a in harness.alerts() if a["labels"]["alertname"] == "KCMNoLeader"][1]
+    assert resolved["labels"] == fired[0]["labels"]
+    assert resolved["startsAt"] == fired[0]["startsAt"]
+    ends = datetime.datetime.fromisoformat(resolved["endsAt"].replace("Z", "+00:00")).timestamp()
+    assert ends == pytest.approx(T0 + 30)
+    assert "kcm/alert/resolved" in harness.tags()
+    # the other reporters' recovered / changed find nothing left to resolve or send
+    assert harness.handle("master-2", "recovered", condition="no_leader", **DEAD)["duplicate"] is True
+    assert harness.handle("master-2", "changed", **dict(CHANGE, transitions=5))["duplicate"] is True
+    assert len(harness.alerts()) == 3
+
+
+def test_stale_is_resolved_by_recovered(harness):
+    harness.handle("master-1", "stale", age_seconds=7.1, basis="observed", **DEAD)
+    harness.handle("master-2", "stale", age_seconds=6.4, basis="observed", **DEAD)
+    result = harness.handle("master-2", "recovered", condition="stale", **DEAD)
+    assert result["resolved"][0]["alertname"] == "KCMLeaderStale"
+    assert result["resolved"][0]["node"] == "master-2"
+    assert len(harness.alerts()) == 2
+
+
+def test_stale_again_after_recovering_is_alerted_again(harness):
+    harness.handle("master-1", "stale", **DEAD)
+    harness.handle("master-1", "recovered", condition="stale", **DEAD)
+    later = dict(DEAD, renew_time="2027-01-15T08:05:00.000000Z")
+    assert harness.handle("master-1", "stale", **later)["fired"]
+
+
+def test_unreachable_is_one_alert_resolved_when_every_reporter_recovered(harness):
+    for reporter in REPORTERS:
+        harness.handle(reporter, "unreachable", reason="connection refused")
+    assert [a["labels"]["alertname"] for a in harness.alerts()] == ["KCMApiserverUnreachable"]
+    assert harness.handle("master-1", "recovered", condition="unreachable")["resolved"] == []
+    assert harness.handle("master-2", "recovered", condition="unreachable")["resolved"] == []
+    last = harness.handle("master-3", "recovered", condition="unreachable")
+    assert last["resolved"][0]["alertname"] == "KCMApiserverUnreachable"
+    assert len(harness.alerts()) == 2
+
+
+def test_acquired_and_lost_are_not_alerts(harness):
+    assert harness.handle("master-2", "acquired", holder="master-2_bbbb")["ignored"] is True
+    assert harness.handle("master-1", "lost", holder="master-1_aaaa")["ignored"] is True
+    assert harness.posts == [] and harness.events == []
+
+
+def test_a_send_failure_is_retried_with_backoff(tmp_path, monkeypatch):
+    harness = Harness(tmp_path, monkeypatch, retries=3, backoff=0.5)
+    sleeps = []
+    monkeypatch.setattr(harness.module, "_sleep", sleeps.append)
+    harness.fail_next = 2
+    result = harness.handle("master-1", "changed", **CHANGE)
+    assert result["failed"] is False and len(harness.alerts()) == 1
+    assert sleeps == [0.5, 1.0]
+
+
+def test_an_undeliverable_alert_is_reported_and_retried_by_the_next_reporter(harness):
+    harness.fail_next = 3
+    result = harness.handle("master-1", "changed", **CHANGE)
+    assert result["failed"] is True and harness.alerts() == []
+    failed = [d for t, d in harness.events if t == "kcm/alert/send_failed"]
+    assert len(failed) == 1
+    assert "connection refused" in failed[0]["failed"]["http://127.0.0.1:9093/api/v2/alerts"]
+    # the same change from another master is not swallowed as a duplicate
+    assert harness.handle("master-2", "changed", **CHANGE)["fired"]
+    assert len(harness.alerts()) == 1
+
+
+def test_an_undelivered_unreachable_alert_is_sent_by_the_next_reporter(harness):
+    harness.fail_next = 3
+    harness.handle("master-1", "unreachable", reason="refused")
+    assert harness.handle("master-2", "unreachable", reason="refused")["fired"]
+    assert harness.handle("master-3", "unreachable", reason="refused")["duplicate"] is True
+    assert len(harness.alerts()) == 1
+
+
+class _Receiver(http.server.BaseHTTPRequestHandler):
+    answers = []
+    bodies = []
+
+    def do_POST(self):  # noqa: N802 - http.server's naming
+        length = int(self.headers["Content-Length"])
+        type(self).bodies.append((self.path, json.loads(self.rfile.read(length))))
+        status = type(self).answers.pop(0) if type(self).answers else 200
+        self.send_response(status)
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def receiver():
+    _Receiver.answers, _Receiver.bodies = [], []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", _Receiver
+    server.shutdown()
+    server.server_close()
+
+
+def test_real_http_retry_after_a_500_and_webhook_copy(tmp_path, monkeypatch, receiver):
+    base, handler = receiver
+    module = _load()
+    events = []
+    module.__opts__ = {
+        "cachedir": str(tmp_path),
+        "sock_dir": str(tmp_path),
+        "kcm_alert": {"alertmanager_urls": [base + "/"], "webhook_urls": [base + "/hook"], "backoff": 0.01},
+    }
+    monkeypatch.setattr(module, "_fire", lambda tag, data: events.append(tag))
+    handler.answers = [500]
+    result = module.handle("salt/beacon/master-1/kcm_leader/changed", dict(CHANGE, id="master-1", cluster="prod"))
+    assert result["failed"] is False
+    assert [path for path, _ in handler.bodies] == ["/api/v2/alerts", "/api/v2/alerts", "/hook"]
+    hook = handler.bodies[-1][1]
+    assert hook["kind"] == "changed" and hook["action"] == "fire"
+    assert hook["alerts"][0]["labels"]["alertname"] == "KCMLeaderChanged"
+    assert events == ["kcm/alert/changed"]

@@ -1,0 +1,605 @@
+"""kcm.* and the kcm states without a cluster: leader records written from the documented
+Lease and Endpoints formats, expiry edges, holder parsing, identity, error results, the
+preflight against a stand-in binary, and the status row."""
+
+import datetime
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+CASES = yaml.safe_load((Path(__file__).parent / "cases" / "kcm_leader_records.yaml").read_text())
+DEFAULTS = yaml.safe_load((REPO / "formula/kcm/defaults.yaml").read_text())["kcm"]
+LEASE = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/kube-controller-manager"
+ENDPOINTS = "/api/v1/namespaces/kube-system/endpoints/kube-controller-manager"
+NOW = datetime.datetime(2026, 11, 26, 18, 40, 5, tzinfo=datetime.timezone.utc)
+
+
+def load(kind, name):
+    spec = importlib.util.spec_from_file_location(f"kcmtest_mod_{kind[1:]}_{name}", REPO / kind / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def at(text):
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def lease(node="master-2", renew="2026-11-26T18:40:00.000000Z", duration=15, transitions=4):
+    return {
+        "kind": "Lease",
+        "spec": {
+            "holderIdentity": f"{node}_105bfb92-3c68-4a29-ae9e-fc42f78982dd" if node else "",
+            "leaseDurationSeconds": duration,
+            "acquireTime": "2026-11-26T18:31:12.004512Z",
+            "renewTime": renew,
+            "leaseTransitions": transitions,
+        },
+    }
+
+
+class FakeAPI:
+    """Stands in for kcm_api.request_json: answers by path, or raises its real errors."""
+
+    def __init__(self, kcm_api):
+        self.kcm_api = kcm_api
+        self.routes = {}
+        self.calls = []
+
+    def fail(self, path, reason, status=None):
+        self.routes[path] = self.kcm_api.KubeAPIError(reason, f"GET https://127.0.0.1:6443{path}: x", status)
+
+    def __call__(self, path, kubeconfig, timeout=None):
+        self.calls.append((path, kubeconfig))
+        answer = self.routes.get(path)
+        if answer is None:
+            answer = self.kcm_api.KubeAPIError("not_found", f"GET {path}: HTTP 404", 404)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+@pytest.fixture(scope="module")
+def kcm_api():
+    return load("_modules", "kcm_api")
+
+
+@pytest.fixture
+def deployed(tmp_path):
+    return {
+        "identity": "",
+        "secure_port": 10257,
+        "bind_address": "0.0.0.0",
+        "service": {"name": "kube-controller-manager"},
+        "files": {
+            "kubeconfig": "/etc/k8s/kubeconfig/kube-controller-manager.kubeconfig",
+            "ca_cert": "/etc/k8s/ssl/ca.pem",
+            "cert": str(tmp_path / "kcm.pem"),
+            "binary": str(tmp_path / "kube-controller-manager"),
+        },
+    }
+
+
+@pytest.fixture
+def api(kcm_api):
+    return FakeAPI(kcm_api)
+
+
+@pytest.fixture
+def kcm(api, deployed, monkeypatch):
+    module = load("_modules", "kcm")
+    module.__salt__ = {
+        "kcm_api.request_json": api,
+        "kcm_api.probe": lambda url, ca_cert, timeout=None: {"status": 200, "body": "ok"},
+        "kcm_config.deployed": lambda: deployed,
+    }
+    module.__opts__ = {"id": "master-1", "file_client": "local"}
+    module.__grains__ = {"id": "master-1"}
+    module.__pillar__ = {}
+    module.__context__ = {}
+    monkeypatch.setattr(module, "_utcnow", lambda: NOW)
+    monkeypatch.setattr(module.socket, "gethostname", lambda: "host-a")
+    return module
+
+
+# ---------------------------------------------------------------------------------------------
+# Leader records from the documented formats
+
+
+@pytest.mark.parametrize("case", CASES["valid"], ids=[c["name"] for c in CASES["valid"]])
+def test_leader_reports_each_documented_record(kcm, api, monkeypatch, case):
+    monkeypatch.setattr(kcm, "_utcnow", lambda: at(case["now"]))
+    api.routes[LEASE if case["kind"] == "lease" else ENDPOINTS] = case["object"]
+
+    result = kcm.leader()
+
+    assert {key: result[key] for key in case["expect"]} == case["expect"]
+    assert "retcode" not in kcm.__context__
+
+
+@pytest.mark.parametrize("case", CASES["malformed"], ids=[c["name"] for c in CASES["malformed"]])
+def test_malformed_records_are_an_error_naming_the_field(kcm, api, case):
+    api.routes[LEASE if case["kind"] == "lease" else ENDPOINTS] = case["object"]
+
+    result = kcm.leader()
+
+    assert result["error"] == "malformed"
+    assert case["error"] in result["detail"]
+    assert kcm.__context__["retcode"] == 1
+
+
+def test_parsers_are_pure_functions_of_the_object(kcm):
+    record = kcm._parse_lease(lease())
+    assert record == {
+        "holder": "master-2_105bfb92-3c68-4a29-ae9e-fc42f78982dd",
+        "acquire_time": "2026-11-26T18:31:12.004512Z",
+        "renew_time": "2026-11-26T18:40:00.000000Z",
+        "lease_duration_seconds": 15,
+        "transitions": 4,
+        "source": "lease",
+    }
+    with pytest.raises(LookupError):
+        kcm._parse_endpoints({"kind": "Endpoints", "metadata": {"name": "kube-controller-manager"}})
+
+
+def test_the_lease_wins_over_a_stale_endpoints_record(kcm, api):
+    api.routes[LEASE] = lease("master-3")
+    api.routes[ENDPOINTS] = {"metadata": {"annotations": {
+        "control-plane.alpha.kubernetes.io/leader": json.dumps({"holderIdentity": "old-node_1"})}}}
+
+    assert kcm.leader()["node"] == "master-3"
+    assert [path for path, _ in api.calls] == [LEASE]
+
+
+def test_no_lock_at_all_is_not_found(kcm, api):
+    result = kcm.leader()
+
+    assert result == {
+        "error": "not_found",
+        "detail": "neither Lease nor Endpoints kube-system/kube-controller-manager exists "
+        "(no KCM has run leader election)",
+    }
+    assert kcm.__context__["retcode"] == 1
+
+
+def test_endpoints_without_the_annotation_is_not_found(kcm, api):
+    api.routes[ENDPOINTS] = {"kind": "Endpoints", "metadata": {"name": "kube-controller-manager"}}
+
+    result = kcm.leader()
+
+    assert result["error"] == "not_found"
+    assert "control-plane.alpha.kubernetes.io/leader" in result["detail"]
+
+
+@pytest.mark.parametrize("reason", ["unauthorized", "forbidden", "unreachable", "timeout", "tls", "malformed"])
+def test_api_failures_become_an_error_result_without_fallback(kcm, api, reason):
+    api.fail(LEASE, reason)
+
+    result = kcm.leader()
+
+    assert result["error"] == reason
+    assert kcm.__context__["retcode"] == 1
+    assert [path for path, _ in api.calls] == [LEASE]
+
+
+def test_kubeconfig_and_timeout_can_be_overridden(kcm, api):
+    api.routes[LEASE] = lease()
+
+    kcm.leader(kubeconfig="/root/.kube/config")
+
+    assert api.calls == [(LEASE, "/root/.kube/config")]
+
+
+def test_not_deployed_and_no_kubeconfig_says_what_to_do(kcm):
+    kcm.__salt__["kcm_config.deployed"] = lambda: {}
+
+    result = kcm.leader()
+
+    assert result["error"] == "not_deployed"
+    assert "kubeconfig=" in result["detail"] and "state.apply kcm" in result["detail"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Identity: which minion leads, is it me
+
+
+@pytest.mark.parametrize("node", ["host-a", "master-1"])
+def test_my_hostname_or_my_minion_id_is_me(kcm, api, node):
+    api.routes[LEASE] = lease(node)
+
+    assert kcm.leader()["minion"] == "master-1"
+    assert kcm.is_leader() is True
+
+
+def test_another_node_is_not_me_and_maps_to_its_node_name_without_a_mine(kcm, api):
+    api.routes[LEASE] = lease("master-2")
+
+    assert kcm.leader()["minion"] == "master-2"
+    assert kcm.is_leader() is False
+
+
+def test_an_expired_lease_on_my_node_is_not_leadership(kcm, api):
+    api.routes[LEASE] = lease("master-1", renew="2026-11-26T18:39:40.000000Z")
+
+    assert kcm.leader()["expired"] is True
+    assert kcm.is_leader() is False
+
+
+def test_a_configured_identity_replaces_hostname_and_minion_id(kcm, api, deployed):
+    deployed["identity"] = "k8s-01"
+    api.routes[LEASE] = lease("master-1")
+    assert kcm.identity() == "k8s-01"
+    assert kcm.is_leader() is False
+
+    api.routes[LEASE] = lease("k8s-01")
+    assert kcm.is_leader() is True
+    assert kcm.leader()["minion"] == "master-1"
+
+
+def test_identity_precedence(kcm, deployed):
+    kcm.__pillar__ = {"kcm": {"identity": "from-pillar"}}
+    assert kcm.identity(identity="from-kwarg") == "from-kwarg"
+    assert kcm.identity() == "from-pillar"
+    deployed["identity"] = "from-deployed"
+    assert kcm.identity() == "from-deployed"
+    deployed["identity"] = ""
+    kcm.__pillar__ = {}
+    assert kcm.identity() == "host-a"
+
+
+def test_the_mine_maps_another_node_to_its_minion(kcm, api):
+    kcm.__opts__["file_client"] = "remote"
+    kcm.__salt__["mine.get"] = lambda tgt, fun: {"m-a.example.org": "k8s-01", "m-b.example.org": "k8s-02"}
+    api.routes[LEASE] = lease("k8s-02")
+
+    assert kcm.leader()["minion"] == "m-b.example.org"
+
+
+def test_a_failing_mine_does_not_fail_leader(kcm, api):
+    def broken(tgt, fun):
+        raise RuntimeError("master is not answering")
+
+    kcm.__opts__["file_client"] = "remote"
+    kcm.__salt__["mine.get"] = broken
+    api.routes[LEASE] = lease("k8s-02")
+
+    result = kcm.leader()
+
+    assert result["minion"] == "k8s-02"
+    assert "retcode" not in kcm.__context__
+
+
+def test_no_holder_means_no_leader_minion(kcm, api):
+    api.routes[LEASE] = lease(None)
+
+    result = kcm.leader()
+
+    assert (result["holder"], result["node"], result["minion"], result["expired"]) == (None, None, None, True)
+    assert kcm.is_leader() is False
+
+
+def test_is_leader_returns_the_error_when_the_lock_cannot_be_read(kcm, api):
+    api.fail(LEASE, "forbidden", 403)
+
+    assert kcm.is_leader()["error"] == "forbidden"
+    assert kcm.__context__["retcode"] == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# health
+
+
+VERBOSE_OK = "[+]leaderElection ok\n[+]serviceaccount-token-controller ok\nhealthz check passed\n"
+VERBOSE_FAILED = (
+    "[+]serviceaccount-token-controller ok\n[-]leaderElection failed: reason withheld\nhealthz check failed\n"
+)
+
+
+def _probe(kcm, status, body):
+    seen = []
+
+    def probe(url, ca_cert, timeout=None):
+        seen.append((url, ca_cert))
+        return {"status": status, "body": body}
+
+    kcm.__salt__["kcm_api.probe"] = probe
+    return seen
+
+
+def test_health_parses_each_check(kcm):
+    seen = _probe(kcm, 200, VERBOSE_OK)
+
+    result = kcm.health()
+
+    assert result == {
+        "healthy": True,
+        "status": 200,
+        "checks": {"leaderElection": "ok", "serviceaccount-token-controller": "ok"},
+        "url": "https://127.0.0.1:10257/healthz?verbose",
+    }
+    assert seen == [("https://127.0.0.1:10257/healthz?verbose", "/etc/k8s/ssl/ca.pem")]
+    assert "retcode" not in kcm.__context__
+
+
+def test_a_failed_check_is_unhealthy_and_exits_non_zero(kcm):
+    _probe(kcm, 500, VERBOSE_FAILED)
+
+    result = kcm.health()
+
+    assert result["healthy"] is False
+    assert result["checks"]["leaderElection"] == "failed: reason withheld"
+    assert kcm.__context__["retcode"] == 1
+
+
+@pytest.mark.parametrize(
+    "bind, url",
+    [
+        ("10.10.10.21", "https://10.10.10.21:10257/healthz?verbose"),
+        ("::", "https://[::1]:10257/healthz?verbose"),
+        ("fd00::21", "https://[fd00::21]:10257/healthz?verbose"),
+    ],
+)
+def test_health_probes_the_bound_address(kcm, deployed, bind, url):
+    deployed["bind_address"] = bind
+    seen = _probe(kcm, 200, "ok")
+
+    assert kcm.health()["url"] == url
+    assert seen[0][0] == url
+
+
+def test_health_port_and_ca_can_be_overridden(kcm):
+    seen = _probe(kcm, 200, "ok")
+
+    kcm.health(secure_port=20257, ca_cert="/tmp/ca.pem", bind_address="127.0.0.2")
+
+    assert seen == [("https://127.0.0.2:20257/healthz?verbose", "/tmp/ca.pem")]
+
+
+def test_health_of_an_unreachable_kcm_is_an_error(kcm, kcm_api):
+    def probe(url, ca_cert, timeout=None):
+        raise kcm_api.KubeAPIError("unreachable", f"GET {url}: Connection refused")
+
+    kcm.__salt__["kcm_api.probe"] = probe
+
+    assert kcm.health()["error"] == "unreachable"
+    assert kcm.__context__["retcode"] == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# version, args, preflight against a stand-in binary
+
+FAKE_KCM = r"""#!/bin/sh
+# Stand-in for kube-controller-manager's flag parsing: records its argv, refuses --bogus-*
+# the way cobra does (usage text first, the error line last).
+for arg in "$@"; do printf '%s\n' "$arg" >> "$0.argv"; done
+for arg in "$@"; do
+  case "$arg" in
+    --bogus-*) name="${arg%%=*}"
+      printf 'Usage:\n  kube-controller-manager [flags]\n\nDebugging flags:\n\n' >&2
+      printf '      --contention-profiling   Enable block profiling\n\nError: unknown flag: %s\n' "$name" >&2
+      exit 1 ;;
+  esac
+done
+for arg in "$@"; do [ "$arg" = --version ] && { echo "Kubernetes v1.37.2"; exit 0; }; done
+echo "would run" >&2
+exit 3
+"""
+
+
+@pytest.fixture
+def fake_binary(deployed):
+    path = Path(deployed["files"]["binary"])
+    path.write_text(FAKE_KCM)
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture
+def resolved(kcm_config, tmp_path):
+    config = dict(DEFAULTS, paths=dict(DEFAULTS["paths"], bin=str(tmp_path)))
+    return kcm_config.resolve(config, opts={"cachedir": str(tmp_path / "cache")})
+
+
+@pytest.fixture
+def with_flags(kcm, kcm_flags):
+    kcm.__salt__["kcm_flags.render"] = kcm_flags.render
+    return kcm
+
+
+def test_version_of_the_deployed_binary(kcm, fake_binary):
+    assert kcm.version() == "v1.37.2"
+
+
+def test_version_of_a_missing_binary_is_an_error(kcm, tmp_path):
+    result = kcm.version(binary=str(tmp_path / "nope"))
+
+    assert result == {"error": "binary", "detail": f"{tmp_path / 'nope'} does not exist"}
+    assert kcm.__context__["retcode"] == 1
+
+
+def test_args_is_the_flag_renderer_of_the_unit(with_flags, kcm_flags, resolved, deployed):
+    assert with_flags.args(config=resolved) == kcm_flags.render(resolved)
+    assert "--secure-port=10257" in with_flags.args(config=resolved)
+    deployed.clear()
+    assert with_flags.args()["error"] == "not_deployed"
+
+
+def test_preflight_accepts_the_rendered_flags(with_flags, kcm_flags, resolved):
+    binary = Path(resolved["files"]["binary"])
+    binary.write_text(FAKE_KCM)
+    binary.chmod(0o755)
+
+    result = with_flags.preflight(config=resolved)
+
+    assert result == {"ok": True, "version": "v1.37.2", "binary": str(binary)}
+    argv = Path(f"{binary}.argv").read_text().splitlines()
+    assert argv == [*kcm_flags.render(resolved), "--version"]
+
+
+def test_preflight_passes_values_as_argv_not_through_a_shell(with_flags, resolved, fake_binary):
+    config = dict(resolved, extra_args={"feature-gates": "A=true; touch /tmp/pwned $(id)"})
+
+    assert with_flags.preflight(binary=str(fake_binary), config=config)["ok"] is True
+    assert "--feature-gates=A=true; touch /tmp/pwned $(id)" in Path(f"{fake_binary}.argv").read_text().splitlines()
+
+
+def test_preflight_returns_the_binarys_own_error_without_usage(with_flags, resolved, fake_binary):
+    config = dict(resolved, extra_args={"bogus-flag": "1"})
+
+    result = with_flags.preflight(binary=str(fake_binary), config=config)
+
+    assert result == {"ok": False, "error": "Error: unknown flag: --bogus-flag", "binary": str(fake_binary)}
+    assert with_flags.__context__["retcode"] == 1
+
+
+def test_preflight_of_a_missing_binary_is_an_error(with_flags, resolved, tmp_path):
+    result = with_flags.preflight(binary=str(tmp_path / "missing"), config=resolved)
+
+    assert result["error"] == "binary"
+    assert "does not exist" in result["detail"]
+
+
+# ---------------------------------------------------------------------------------------------
+# status row
+
+
+ROW_KEYS = ["minion", "version", "service_active", "healthy", "leader", "holder", "lease_age_seconds",
+            "cert_days_left", "errors"]
+
+
+@pytest.fixture
+def cert_file(deployed):
+    """The KCM certificate, expiring 29.5 days after NOW."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "system:kube-controller-manager")])
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(1).not_valid_before(NOW - datetime.timedelta(days=1))
+        .not_valid_after(NOW + datetime.timedelta(days=29, hours=12))
+        .sign(key, hashes.SHA256())
+    )
+    Path(deployed["files"]["cert"]).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def test_status_is_one_flat_row(kcm, api, fake_binary, cert_file, monkeypatch):
+    monkeypatch.setattr(kcm.shutil, "which", lambda name: None)  # no systemctl here
+    api.routes[LEASE] = lease("master-1", renew="2026-11-26T18:40:00.000000Z")
+    _probe(kcm, 200, VERBOSE_OK)
+
+    [row] = kcm.status()
+
+    assert list(row) == ROW_KEYS
+    assert row == {
+        "minion": "master-1",
+        "version": "v1.37.2",
+        "service_active": "unknown",
+        "healthy": True,
+        "leader": "yes",
+        "holder": "master-1_105bfb92-3c68-4a29-ae9e-fc42f78982dd",
+        "lease_age_seconds": 5.0,
+        "cert_days_left": 29,
+        "errors": "",
+    }
+    assert all(not isinstance(v, (dict, list)) for v in row.values())
+    assert "retcode" not in kcm.__context__
+
+
+def test_status_keeps_the_row_when_parts_fail(kcm, api, fake_binary, cert_file, monkeypatch):
+    monkeypatch.setattr(kcm.shutil, "which", lambda name: None)
+    api.fail(LEASE, "unreachable")
+    _probe(kcm, 500, VERBOSE_FAILED)
+
+    [row] = kcm.status()
+
+    assert (row["leader"], row["holder"], row["healthy"], row["version"]) == ("unknown", None, False, "v1.37.2")
+    assert row["errors"] == "leader: unreachable"
+    assert kcm.__context__["retcode"] == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# states
+
+
+@pytest.fixture
+def states(kcm):
+    module = load("_states", "kcm")
+    module.__salt__ = {"kcm.leader": kcm.leader, "kcm.preflight": kcm.preflight}
+    module.__opts__ = {"test": False}
+    module.__context__ = kcm.__context__
+    return module
+
+
+def test_leader_elected_waits_for_a_live_leader(states, kcm, api, monkeypatch):
+    sequence = iter([None, "released", "live"])
+
+    def next_answer(*args, **kwargs):
+        step = next(sequence, "live")
+        if step is None:
+            api.fail(LEASE, "unreachable")
+        elif step == "released":
+            api.routes[LEASE] = lease(None)
+        else:
+            api.routes[LEASE] = lease("master-3")
+        return real_leader(*args, **kwargs)
+
+    real_leader = kcm.leader
+    states.__salt__["kcm.leader"] = next_answer
+    monkeypatch.setattr(states.time, "sleep", lambda s: None)
+
+    ret = states.leader_elected("kube-controller-manager", timeout=30, interval=1)
+
+    assert ret["result"] is True
+    assert "master-3_" in ret["comment"]
+    assert ret["changes"] == {}
+    assert "retcode" not in states.__context__
+
+
+def test_leader_elected_fails_after_the_timeout(states, api, monkeypatch):
+    api.routes[LEASE] = lease(None)
+    clock = iter(range(0, 1000, 5))
+    monkeypatch.setattr(states.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(states.time, "sleep", lambda s: None)
+
+    ret = states.leader_elected("kcm", timeout=20)
+
+    assert ret["result"] is False
+    assert ret["comment"] == "no live KCM leader after 20 s: no leader (the lock is released or empty)"
+
+
+def test_leader_elected_in_test_mode_reports_without_waiting(states, api, monkeypatch):
+    states.__opts__["test"] = True
+    api.fail(LEASE, "unreachable")
+    monkeypatch.setattr(states.time, "sleep", lambda s: pytest.fail("test mode must not wait"))
+
+    ret = states.leader_elected("kcm", timeout=60)
+
+    assert ret["result"] is None
+    assert "unreachable" in ret["comment"] and "would wait up to 60 s" in ret["comment"]
+
+
+def test_flags_accepted_passes_and_fails_with_the_binarys_message(states, with_flags, resolved, fake_binary):
+    ok = states.flags_accepted(str(fake_binary), config=resolved)
+    bad = states.flags_accepted(str(fake_binary), config=dict(resolved, extra_args={"bogus-gate": "x"}))
+
+    assert (ok["result"], ok["changes"]) == (True, {})
+    assert ok["comment"] == f"{fake_binary} (v1.37.2) accepts the rendered flags"
+    assert bad["result"] is False
+    assert bad["comment"] == f"{fake_binary} refuses the rendered flags: Error: unknown flag: --bogus-gate"
+    assert "retcode" not in states.__context__
+
+
+def test_flags_accepted_for_a_binary_not_yet_installed(states, resolved, tmp_path):
+    missing = str(tmp_path / "versions" / "v1.38.0" / "kube-controller-manager")
+
+    assert states.flags_accepted(missing, config=resolved)["result"] is False
+    states.__opts__["test"] = True
+    assert states.flags_accepted(missing, config=resolved)["result"] is None
