@@ -701,3 +701,20 @@ def status(**kwargs):
     if errors:
         __context__["retcode"] = 1
     return [row]
+
+
+def cert_status(**kwargs):
+    """
+    Return days left for every certificate the formula manages on this master, including
+    the copies embedded in the kubeconfig (see ``kcm_pki.cert_status``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'master*' kcm.cert_status
+    """
+    status = __salt__["kcm_pki.cert_status"]()
+    if "error" in status:
+        __context__["retcode"] = 1
+    return status

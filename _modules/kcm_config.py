@@ -19,7 +19,14 @@ log = logging.getLogger(__name__)
 __virtualname__ = "kcm_config"
 
 KCM_CN = "system:kube-controller-manager"
-PEM_KEYS = ("ca_cert", "ca_key", "cert", "key", "service_account_key")
+PEM_KEYS = ("ca_cert", "ca_key", "cert", "key", "service_account_key", "signer_cert", "signer_key")
+# PEMs each mode needs from pillar (signer_* are optional everywhere).
+PILLAR_PEMS = {
+    "pillar": ("ca_cert", "ca_key", "cert", "key", "service_account_key"),
+    "local": ("ca_cert", "ca_key", "service_account_key"),
+    "remote": ("ca_cert", "service_account_key"),
+}
+KEY_SIZES = {"ec": (256, 384, 521), "rsa": (2048, 3072, 4096)}
 PKI_MODES = ("pillar", "local", "remote")
 SOURCE_TYPES = ("tarball", "binary")
 DURATION_RE = re.compile(r"^(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$")
@@ -98,6 +105,7 @@ def resolve(config, grains=None, opts=None):
     )
     source["member"] = TARBALL_MEMBER
     pki, name = paths.get("pki", ""), (cfg.get("service") or {}).get("name", "kube-controller-manager")
+    pki_cfg = cfg.get("pki") or {}
     cfg["files"] = {
         "binary": f"{paths.get('bin', '')}/kube-controller-manager",
         "version_dir": f"{paths.get('install', '')}/versions/{version}",
@@ -111,6 +119,8 @@ def resolve(config, grains=None, opts=None):
         "cert": f"{pki}/kube-controller-manager.pem",
         "key": f"{pki}/kube-controller-manager-key.pem",
         "service_account_key": f"{pki}/sa.key",
+        "signer_cert": f"{pki}/cluster-signer.pem" if pki_cfg.get("signer_cert") else f"{pki}/ca.pem",
+        "signer_key": f"{pki}/cluster-signer-key.pem" if pki_cfg.get("signer_cert") else f"{pki}/ca-key.pem",
         "unit": f"{paths.get('unit', '')}/{name}.service",
         "deployed": deployed_path(opts),
     }
@@ -281,11 +291,88 @@ def _check_validity(cert, key, problems):
         problems.append(f"kcm:pki:{key}: not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC")
 
 
+def _check_ca(pki, problems):
+    from cryptography import x509
+
+    ca = _load_cert(pki["ca_cert"], "ca_cert", problems)
+    if ca is None:
+        return None
+    _check_validity(ca, "ca_cert", problems)
+    try:
+        is_ca = ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    if not is_ca:
+        problems.append("kcm:pki:ca_cert: not a CA certificate (basicConstraints CA:TRUE expected)")
+    if str(pki.get("ca_key") or "").strip():
+        ca_key = _load_key(pki["ca_key"], "ca_key", problems)
+        if ca_key is not None and _public_bytes(ca_key.public_key()) != _public_bytes(ca.public_key()):
+            problems.append("kcm:pki:ca_key: does not match kcm:pki:ca_cert")
+    return ca
+
+
+def _check_kcm_cert(pki, ca, problems):
+    from cryptography.x509.oid import NameOID
+
+    cert = _load_cert(pki["cert"], "cert", problems)
+    key = _load_key(pki["key"], "key", problems)
+    if cert is None:
+        return
+    _check_validity(cert, "cert", problems)
+    cns = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    if cns != [KCM_CN]:
+        problems.append(f"kcm:pki:cert: CN is {cns[0] if cns else 'missing'}, expected {KCM_CN}")
+    orgs = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)]
+    if "system:masters" in orgs:
+        problems.append("kcm:pki:cert: O=system:masters would bypass RBAC; issue it without that group")
+    if key is not None and _public_bytes(key.public_key()) != _public_bytes(cert.public_key()):
+        problems.append("kcm:pki:key: does not match kcm:pki:cert")
+    if ca is not None and not _signed_by(cert, ca):
+        problems.append("kcm:pki:cert: not signed by kcm:pki:ca_cert")
+
+
+def _check_signer(pki, problems):
+    has_cert, has_key = (bool(str(pki.get(k) or "").strip()) for k in ("signer_cert", "signer_key"))
+    if has_cert != has_key:
+        problems.append("kcm:pki:signer_cert/signer_key: give both or neither (the cluster signer's pair)")
+        return
+    if has_cert:
+        cert = _load_cert(pki["signer_cert"], "signer_cert", problems)
+        key = _load_key(pki["signer_key"], "signer_key", problems)
+        if cert is not None and key is not None and _public_bytes(key.public_key()) != _public_bytes(cert.public_key()):
+            problems.append("kcm:pki:signer_key: does not match kcm:pki:signer_cert")
+    elif pki.get("mode") == "remote" and not str(pki.get("ca_key") or "").strip():
+        problems.append(
+            "kcm:pki:signer_cert: remote mode keeps the CA key off the masters, so --cluster-signing-* needs a"
+            " dedicated signer (signer_cert and signer_key), or give ca_key"
+        )
+
+
+def _check_issuing(pki, problems):
+    algo, size = pki.get("key_algo", "ec"), pki.get("key_size")
+    if algo not in KEY_SIZES:
+        problems.append(f"kcm:pki:key_algo: '{algo}' is not one of {', '.join(KEY_SIZES)}")
+    elif size not in KEY_SIZES[algo]:
+        problems.append(f"kcm:pki:key_size: {size} is not one of {KEY_SIZES[algo]} for {algo}")
+    valid, remaining = pki.get("days_valid"), pki.get("days_remaining")
+    if not isinstance(valid, int) or valid < 1:
+        problems.append(f"kcm:pki:days_valid: '{valid}' is not a positive number of days")
+    elif not isinstance(remaining, int) or not 0 <= remaining < valid:
+        # x509_v2 re-issues whenever fewer than days_remaining are left: >= days_valid
+        # would re-issue (and restart KCM) on every run.
+        problems.append(f"kcm:pki:days_remaining: '{remaining}' must be a number of days below days_valid ({valid})")
+    if pki.get("mode") == "remote":
+        for key in ("ca_server", "signing_policy"):
+            if not str(pki.get(key) or "").strip():
+                problems.append(f"kcm:pki:{key}: required in remote mode (the CA minion id and its x509_v2 policy)")
+
+
 def check_pki(pki):
     """
-    Return the problems of a ``kcm:pki`` mapping in pillar mode: missing PEMs, a key that
+    Return the problems of a ``kcm:pki`` mapping for its mode: missing PEMs, a key that
     does not match its certificate, a CA that is not a CA, a certificate not signed by the
-    CA, an expired certificate, a CN other than ``system:kube-controller-manager``.
+    CA, an expired certificate, a CN other than ``system:kube-controller-manager``, issuing
+    settings x509_v2 would loop on.
 
     CLI Example:
 
@@ -293,42 +380,48 @@ def check_pki(pki):
 
         salt '*' kcm_config.check_pki "$(salt-call --out=json pillar.get kcm:pki unmask=True)"
     """
-    from cryptography import x509
-    from cryptography.x509.oid import NameOID
-
     problems = []
-    missing = [k for k in PEM_KEYS if not str(pki.get(k) or "").strip()]
+    mode = pki.get("mode", "pillar")
+    missing = [k for k in PILLAR_PEMS[mode] if not str(pki.get(k) or "").strip()]
     for key in missing:
-        problems.append(f"kcm:pki:{key}: missing (PEM text expected in pillar mode)")
-    ca = _load_cert(pki["ca_cert"], "ca_cert", problems) if "ca_cert" not in missing else None
-    cert = _load_cert(pki["cert"], "cert", problems) if "cert" not in missing else None
-    ca_key = _load_key(pki["ca_key"], "ca_key", problems) if "ca_key" not in missing else None
-    key = _load_key(pki["key"], "key", problems) if "key" not in missing else None
+        problems.append(f"kcm:pki:{key}: missing (PEM text expected in {mode} mode)")
+    ca = _check_ca(pki, problems) if "ca_cert" not in missing else None
+    if mode == "pillar" and not {"cert", "key"} & set(missing):
+        _check_kcm_cert(pki, ca, problems)
     if "service_account_key" not in missing:
         _load_key(pki["service_account_key"], "service_account_key", problems)
-    if ca is not None:
-        _check_validity(ca, "ca_cert", problems)
-        try:
-            is_ca = ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-        except x509.ExtensionNotFound:
-            is_ca = False
-        if not is_ca:
-            problems.append("kcm:pki:ca_cert: not a CA certificate (basicConstraints CA:TRUE expected)")
-        if ca_key is not None and _public_bytes(ca_key.public_key()) != _public_bytes(ca.public_key()):
-            problems.append("kcm:pki:ca_key: does not match kcm:pki:ca_cert")
-    if cert is not None:
-        _check_validity(cert, "cert", problems)
-        cns = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
-        if cns != [KCM_CN]:
-            problems.append(f"kcm:pki:cert: CN is {cns[0] if cns else 'missing'}, expected {KCM_CN}")
-        orgs = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)]
-        if "system:masters" in orgs:
-            problems.append("kcm:pki:cert: O=system:masters would bypass RBAC; issue it without that group")
-        if key is not None and _public_bytes(key.public_key()) != _public_bytes(cert.public_key()):
-            problems.append("kcm:pki:key: does not match kcm:pki:cert")
-        if ca is not None and not _signed_by(cert, ca):
-            problems.append("kcm:pki:cert: not signed by kcm:pki:ca_cert")
+    _check_signer(pki, problems)
+    if mode != "pillar":
+        _check_issuing(pki, problems)
     return problems
+
+
+def cert_sans(config, grains=None):
+    """
+    Return the subjectAltNames for the KCM serving+client certificate: hostname, FQDN,
+    the identity, localhost, 127.0.0.1 and every address KCM binds or is scraped on.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' kcm_config.cert_sans "$(salt-call --out=json kcm_config.deployed)"
+    """
+    grains = grains if grains is not None else __grains__  # noqa: F821
+    names = [grains.get("host"), grains.get("fqdn"), grains.get("id"), config.get("identity"), "localhost"]
+    bind = str(config.get("bind_address") or "")
+    addrs = ["127.0.0.1"]
+    if bind in ("0.0.0.0", "::", ""):
+        addrs += [a for a in grains.get("ipv4", []) if a != "127.0.0.1"]
+    else:
+        addrs.append(bind)
+    out, seen = [], set()
+    for kind, values in (("dns", names), ("ip", addrs)):
+        for value in values:
+            if value and value not in seen:
+                seen.add(value)
+                out.append({kind: value})
+    return out
 
 
 def validate(config):
@@ -350,7 +443,7 @@ def validate(config):
     pki = config.get("pki") or {}
     if pki.get("mode", "pillar") not in PKI_MODES:
         problems.append(f"kcm:pki:mode: '{pki.get('mode')}' is not one of {', '.join(PKI_MODES)}")
-    elif pki.get("mode", "pillar") == "pillar":
+    else:
         problems.extend(check_pki(pki))
     if not any(p.startswith("kcm:version") for p in problems) and isinstance(config.get("extra_args", {}), dict):
         try:

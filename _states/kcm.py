@@ -68,8 +68,10 @@ def leader_elected(name, timeout=60, interval=1, **kwargs):
         Seconds to wait before failing. Default 60.
     interval
         Seconds between reads. Default 1.
-    kwargs
-        Passed to ``kcm.leader`` (``kubeconfig``, ``timeout`` is not: use ``api_timeout``).
+    kubeconfig, identity
+        Passed to ``kcm.leader``.
+    api_timeout
+        Per-request timeout for ``kcm.leader`` (seconds; default 2).
 
     In test mode the lock is read once and reported; nothing waits.
     """

@@ -1,8 +1,15 @@
-{#- PKI files the unit uses. Pillar mode: PEM text from pillar `kcm:pki`, validated by
-    kcm-config-validated; keys 0600, certificates 0644, owned by the KCM user; contents
-    never shown in state output. #}
+{#- PKI files the unit uses, in one of three modes (kcm:pki:mode):
+    pillar  every PEM from pillar (validated by kcm-config-validated);
+    local   the KCM key is generated here and never leaves the minion; its certificate is
+            signed here with the CA from pillar (x509_v2);
+    remote  the certificate is signed by the CA minion kcm:pki:ca_server through its
+            x509_v2 signing policy (see kcm.ca and kcm.pki_peer).
+    Keys 0600, certificates 0644, owned by the KCM user, never shown in state output.
+    A renewed certificate changes the kubeconfig's embedded copy and restarts KCM via watch. #}
 {%- from tpldir ~ "/map.jinja" import kcm with context %}
 {%- set files = kcm.files %}
+{%- set pki = kcm.pki %}
+{%- set owner = {'user': kcm.user, 'group': kcm.group} %}
 
 include:
   - .config
@@ -19,12 +26,22 @@ kcm-pki-directory:
       - kcm_config: kcm-config-validated
       - file: kcm-install-directories
 
-{%- if kcm.pki.mode == 'pillar' %}
-{%-   for key, mode in [('ca_cert', '0644'), ('cert', '0644'), ('ca_key', '0600'), ('key', '0600'), ('service_account_key', '0600')] %}
+{#- PEMs taken from pillar in this mode: key -> (file, mode) #}
+{%- set from_pillar = [('ca_cert', files.ca_cert, '0644'), ('service_account_key', files.service_account_key, '0600')] %}
+{%- if pki.mode == 'pillar' %}
+{%-   do from_pillar.extend([('cert', files.cert, '0644'), ('key', files.key, '0600')]) %}
+{%- endif %}
+{%- if pki.mode != 'remote' or pki.ca_key %}
+{%-   do from_pillar.append(('ca_key', files.ca_key, '0600')) %}
+{%- endif %}
+{%- if pki.signer_cert %}
+{%-   do from_pillar.extend([('signer_cert', files.signer_cert, '0644'), ('signer_key', files.signer_key, '0600')]) %}
+{%- endif %}
+{%- for key, path, mode in from_pillar %}
 
 kcm-pki-{{ key | replace('_', '-') }}:
   file.managed:
-    - name: {{ files[key] }}
+    - name: {{ path }}
     - contents_pillar: kcm:pki:{{ key }}
     - user: {{ kcm.user }}
     - group: {{ kcm.group }}
@@ -32,5 +49,56 @@ kcm-pki-{{ key | replace('_', '-') }}:
     - show_changes: false
     - require:
       - file: kcm-pki-directory
-{%-   endfor %}
+{%- endfor %}
+
+{%- if pki.mode in ('local', 'remote') %}
+
+kcm-pki-key:
+  x509.private_key_managed:
+    - name: {{ files.key }}
+    - algo: {{ pki.key_algo }}
+    - keysize: {{ pki.key_size }}
+    - user: {{ kcm.user }}
+    - group: {{ kcm.group }}
+    - mode: '0600'
+    - require:
+      - file: kcm-pki-directory
+
+kcm-pki-cert:
+  x509.certificate_managed:
+    - name: {{ files.cert }}
+    - private_key: {{ files.key }}
+{%-   if pki.mode == 'local' %}
+    - signing_cert: {{ files.ca_cert }}
+    - signing_private_key: {{ files.ca_key }}
+{%-   else %}
+    - ca_server: {{ pki.ca_server }}
+    - signing_policy: {{ pki.signing_policy }}
+{%-   endif %}
+    - CN: system:kube-controller-manager
+    - subjectAltName: {{ salt['kcm_config.cert_sans'](kcm) | json }}
+    - basicConstraints: critical, CA:false
+    - keyUsage: critical, digitalSignature, keyEncipherment
+    - extendedKeyUsage: serverAuth, clientAuth
+    - days_valid: {{ pki.days_valid }}
+    - days_remaining: {{ pki.days_remaining }}
+    - user: {{ kcm.user }}
+    - group: {{ kcm.group }}
+    - mode: '0644'
+    - require:
+      - x509: kcm-pki-key
+      - file: kcm-pki-ca-cert
+{%-   if pki.mode == 'local' %}
+      - file: kcm-pki-ca-key
+{%-   endif %}
 {%- endif %}
+
+{#- kube-apiserver's --service-account-key-file needs the public half: published to the mine. #}
+kcm-pki-publish-service-account-public-key:
+  module.run:
+    - mine.send:
+      - kcm_service_account_public_key
+      - mine_function: kcm_pki.service_account_public_key
+      - path: {{ files.service_account_key }}
+    - onchanges:
+      - file: kcm-pki-service-account-key
