@@ -221,8 +221,24 @@ def _check_scalars(cfg, problems):
     for key, value in (cfg.get("paths") or {}).items():
         if value and not str(value).startswith("/"):
             problems.append(f"kcm:paths:{key}: '{value}' is not an absolute path")
+        elif value:
+            why = _unwritable(str(value))
+            if why:
+                problems.append(f"kcm:paths:{key}: '{value}' {why}")
     if not isinstance(cfg.get("extra_args", {}), dict):
         problems.append("kcm:extra_args: expected a mapping of flag name -> value (null removes a flag)")
+
+
+def _unwritable(path):
+    """Why ``path`` cannot be made a writable directory, or None."""
+    probe = path
+    while not os.path.lexists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        return f"cannot be a directory: {probe} is a file"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"is not writable ({probe} refuses writes)"
+    return None
 
 
 def _check_durations(cfg, problems):
