@@ -39,7 +39,7 @@ TOP_KEYS = {
     "keep_versions", "apiserver", "bind_address", "bind_interface", "secure_port",
     "service_cluster_ip_range", "cluster_signing_duration", "controllers",
     "use_service_account_credentials", "leader_election", "log_to_file", "verbosity", "pki",
-    "extra_args", "service", "beacon", "lookup",
+    "extra_args", "service", "beacon", "master", "lookup",
 }
 
 
