@@ -97,7 +97,8 @@ def test_bad_pki_inputs_fail_before_writing(state, tmp_path, test_pki):
     leaf, leaf_key = testpki.make_ca("not-a-ca", is_ca=False)
     cases = {
         "kcm:pki:ca_key: does not match kcm:pki:ca_cert": {"ca_key": testpki.key_pem(other_key)},
-        "kcm:pki:ca_cert: not a CA certificate": {"ca_cert": testpki.cert_pem(leaf), "ca_key": testpki.key_pem(leaf_key)},
+        "kcm:pki:ca_cert: not a CA certificate": {
+            "ca_cert": testpki.cert_pem(leaf), "ca_key": testpki.key_pem(leaf_key)},
         "kcm:pki:days_remaining: '40' must be a number of days below days_valid (30)": {"days_remaining": 40},
     }
     for fragment, change in cases.items():

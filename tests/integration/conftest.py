@@ -49,7 +49,7 @@ def formula_minions(formula_master, tmp_path_factory):
     (formula_master.pillar_dir / "top.sls").write_text("\n".join(top) + "\n")
     started = []
     try:
-        for mid, factory in factories.items():
+        for factory in factories.values():
             factory.start(start_timeout=120)
             started.append(factory)
         yield {"pillars": pillars, "minions": factories}

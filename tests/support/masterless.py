@@ -66,7 +66,9 @@ class MasterlessMinion:
         except ValueError:
             data = proc.stdout
         if check and proc.returncode != 0:
-            raise SaltCallError(f"salt-call {fun} failed ({proc.returncode}): {proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+            raise SaltCallError(
+                f"salt-call {fun} failed ({proc.returncode}): {proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+            )
         return proc.returncode, data
 
     def apply(self, sls="kcm", **kwargs):

@@ -89,7 +89,9 @@ def test_pki_problems(check, good_pki):
     real_ca = x509.load_pem_x509_certificate(good_pki["ca_cert"].encode())
     from cryptography.hazmat.primitives import serialization
     real_ca_key = serialization.load_pem_private_key(good_pki["ca_key"].encode(), None)
-    expired, expired_key = testpki.issue(real_ca, real_ca_key, not_before=past, not_after=past + datetime.timedelta(days=1))
+    expired, expired_key = testpki.issue(
+        real_ca, real_ca_key, not_before=past, not_after=past + datetime.timedelta(days=1)
+    )
     wrong_cn, wrong_cn_key = testpki.issue(real_ca, real_ca_key, cn="admin", orgs=("system:masters",))
 
     cases = {

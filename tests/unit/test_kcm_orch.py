@@ -1,0 +1,458 @@
+"""
+The kcm_orch runner against a simulated three-master cluster (a fake LocalClient with
+client-go's lease rules on a fake clock), and the kcm_orch execution module's restart seam
+and its reading of state returns.
+"""
+
+import pytest
+
+from tests.unit.conftest import load
+
+MASTERS = ("master-1", "master-2", "master-3")
+LEASE = 4.0
+RETRY = 1.0
+START_TO_HEALTHY = 1.5
+
+
+class FakeCluster:
+    """Three KCMs electing a leader through one lease, driven by the runner's own calls."""
+
+    def __init__(self, leader="master-2", version="v1.37.2"):
+        self.now = 0.0
+        self.proc = {}
+        self.config = {m: 1 for m in MASTERS}
+        self.version = {m: version for m in MASTERS}
+        self.starts = {m: 0 for m in MASTERS}
+        self.calls = []
+        self.fail_apply = {}
+        self.preflight_error = {}
+        self.silent = set()
+        self.target = {"config": 1, "version": version}
+        self.uuid = 0
+        for m in MASTERS:
+            self._start(m, healthy_now=True)
+            self.starts[m] = 0
+        self.holder = self.proc[leader]["identity"]
+        self.renew = 0.0
+        self.transitions = 0
+        self.gaps = []
+        self.holders = [self.holder]
+
+    # -- the simulated world --------------------------------------------------------------
+
+    def _start(self, minion, healthy_now=False):
+        self.uuid += 1
+        self.proc[minion] = {"identity": f"{minion}_{self.uuid}",
+                             "healthy_at": self.now if healthy_now else self.now + START_TO_HEALTHY}
+        self.starts[minion] += 1
+
+    def _stop(self, minion):
+        self.proc[minion] = None
+
+    def holder_minion(self):
+        return self.holder.rsplit("_", 1)[0] if self.holder else None
+
+    def holder_running(self):
+        proc = self.proc.get(self.holder_minion())
+        return proc is not None and proc["identity"] == self.holder
+
+    def live(self):
+        return bool(self.holder) and self.now <= self.renew + LEASE
+
+    def advance(self, seconds):
+        end = self.now + seconds
+        while self.now < end:
+            self.now = min(end, self.now + 0.1)
+            if self.holder_running():
+                self.renew = self.now
+            elif not self.live() and round(self.now / RETRY, 1).is_integer():
+                candidates = sorted(m for m, p in self.proc.items() if p and self.now >= p["healthy_at"])
+                if candidates:
+                    self.holder = self.proc[candidates[0]]["identity"]
+                    self.renew = self.now
+                    self.transitions += 1
+                    self.holders.append(self.holder)
+            if not self.live():
+                self.gaps.append(self.now)
+
+    # -- LocalClient.cmd ------------------------------------------------------------------
+
+    def cmd(self, tgt, fun, arg=(), timeout=None, tgt_type="glob", kwarg=None, **_):
+        assert tgt_type == "list"
+        self.advance(0.1)
+        out = {}
+        for minion in tgt:
+            if minion in self.silent:
+                continue
+            if isinstance(fun, list):
+                out[minion] = {f: self.call(minion, f, {}) for f in fun}
+            else:
+                self.calls.append((minion, fun))
+                out[minion] = self.call(minion, fun, kwarg or {})
+        return out
+
+    def call(self, minion, fun, kwarg):
+        proc = self.proc[minion]
+        if fun == "kcm.health":
+            return {"healthy": bool(proc) and self.now >= proc["healthy_at"]}
+        if fun == "kcm.is_leader":
+            return self.holder_minion() == minion and self.live()
+        if fun == "kcm.leader":
+            return {"holder": self.holder, "expired": not self.live(), "transitions": self.transitions}
+        if fun == "kcm.version":
+            return self.version[minion]
+        if fun == "kcm_orch.preflight":
+            if minion in self.preflight_error:
+                return {"result": False, "comment": self.preflight_error[minion]}
+            return {"result": True, "version": self.target["version"]}
+        if fun == "kcm_orch.apply":
+            return self._apply(minion)
+        if fun == "kcm_orch.stop":
+            self._stop(minion)
+            return {"result": True}
+        if fun == "kcm_orch.start":
+            self._start(minion)
+            return {"result": True}
+        raise AssertionError(f"unexpected call {fun}")
+
+    def _apply(self, minion):
+        if minion in self.fail_apply:
+            return {"result": False, "comment": self.fail_apply[minion]}
+        self.advance(2.0)  # state.apply takes a while
+        wanted = (self.target["config"], self.target["version"])
+        if (self.config[minion], self.version[minion]) == wanted:
+            return {"result": True, "restarted": False}
+        self.config[minion], self.version[minion] = wanted
+        self._stop(minion)
+        self.advance(0.3)
+        self._start(minion)
+        return {"result": True, "restarted": True}
+
+
+@pytest.fixture
+def cluster():
+    return FakeCluster()
+
+
+@pytest.fixture
+def runner(cluster, monkeypatch):
+    module = load("_runners", "kcm_orch")
+    module.__opts__ = {}
+    module.__context__ = {}
+    monkeypatch.setattr(module, "_local_client", lambda: cluster)
+    monkeypatch.setattr(module, "_expected_minions", lambda tgt, tgt_type: list(MASTERS))
+    monkeypatch.setattr(module, "_now", lambda: cluster.now)
+    monkeypatch.setattr(module, "_sleep", cluster.advance)
+    return module
+
+
+def applied(cluster):
+    return [m for m, fun in cluster.calls if fun == "kcm_orch.apply"]
+
+
+def test_rolling_change_restarts_followers_first_then_the_leader_once_each(runner, cluster):
+    cluster.target["config"] = 2
+
+    report = runner.upgrade(tgt="master*")
+
+    assert report["result"] is True, report["comment"]
+    assert report["order"] == ["master-1", "master-3", "master-2"]
+    assert cluster.starts == {m: 1 for m in MASTERS}
+    assert report["leader_before"] == "master-2"
+    assert report["leader_changes"] == 1 == cluster.transitions
+    assert report["leader_after"] == cluster.holder_minion() != "master-2"
+    assert [report["masters"][m]["role"] for m in MASTERS] == ["follower", "leader", "follower"]
+    assert all(report["masters"][m]["restarted"] for m in MASTERS)
+    assert report["retcode"] == 0 and runner.__context__["retcode"] == 0
+    assert any("master-2" in line and "leader" in line for line in report["summary"])
+
+
+def test_rolling_version_change_reports_versions_before_and_after(runner, cluster):
+    cluster.target["version"] = "v1.37.3"
+
+    report = runner.upgrade(tgt="master*", pillar={"kcm": {"version": "v1.37.3"}})
+
+    assert report["result"] is True, report["comment"]
+    assert {m: (r["version_before"], r["version_after"]) for m, r in report["masters"].items()} == {
+        m: ("v1.37.2", "v1.37.3") for m in MASTERS
+    }
+
+
+def test_followers_never_take_the_lead_and_only_the_leaders_step_has_no_live_leader(runner, cluster):
+    cluster.target["config"] = 2
+
+    report = runner.upgrade(tgt="master*")
+
+    assert [h.rsplit("_", 1)[0] for h in cluster.holders][0] == "master-2"
+    assert len(cluster.holders) == 2
+    # The old leader's lock outlives its process by at most one lease duration (+ a retry).
+    assert report["longest_no_leader_seconds"] <= LEASE + 2 * RETRY
+
+
+def test_preflight_failure_restarts_nothing_and_quotes_the_binary(runner, cluster):
+    cluster.target["config"] = 2
+    cluster.preflight_error["master-3"] = "refuses the new flags: Error: unknown flag: --port"
+
+    report = runner.upgrade(tgt="master*")
+
+    assert report["result"] is False
+    assert report["retcode"] == 1 and runner.__context__["retcode"] == 1
+    assert "unknown flag: --port" in report["comment"]
+    assert "master-3" in report["comment"]
+    assert applied(cluster) == []
+    assert cluster.starts == {m: 0 for m in MASTERS}
+
+
+def test_preflight_runner_alone_reports_every_master(runner, cluster):
+    cluster.preflight_error["master-1"] = "installing v9.9.9 failed: hash mismatch"
+
+    report = runner.preflight(tgt="master*")
+
+    assert report["result"] is False
+    assert report["masters"]["master-1"]["result"] is False
+    assert report["masters"]["master-2"]["result"] is True
+    assert "hash mismatch" in report["comment"]
+
+
+def test_a_master_that_does_not_answer_fails_the_preflight(runner, cluster):
+    cluster.silent.add("master-3")
+
+    report = runner.upgrade(tgt="master*")
+
+    assert report["result"] is False
+    assert "master-3 did not answer kcm_orch.preflight" in report["comment"]
+    assert applied(cluster) == []
+
+
+def test_a_failure_midway_stops_with_the_rest_untouched_and_a_rerun_resumes(runner, cluster):
+    cluster.target["config"] = 2
+    cluster.fail_apply["master-3"] = "state.apply kcm failed: kcm-service-unit: disk full"
+
+    first = runner.upgrade(tgt="master*")
+
+    assert first["result"] is False
+    assert "disk full" in first["comment"]
+    assert "not touched: master-2, master-3" in first["comment"]
+    assert cluster.starts == {"master-1": 1, "master-2": 0, "master-3": 0}
+    assert cluster.holder_minion() == "master-2" and cluster.live()
+
+    del cluster.fail_apply["master-3"]
+    second = runner.upgrade(tgt="master*")
+
+    assert second["result"] is True, second["comment"]
+    assert cluster.starts == {m: 1 for m in MASTERS}
+    assert second["masters"]["master-1"]["restarted"] is False
+    assert second["order"][-1] == "master-2"
+
+
+def test_no_live_leader_refuses_before_touching_anything(runner, cluster):
+    cluster.target["config"] = 2
+    for m in MASTERS:
+        cluster._stop(m)
+    cluster.advance(LEASE + 1)
+
+    report = runner.upgrade(tgt="master*", timeout=3)
+
+    assert report["result"] is False
+    assert "a live KCM leader before the change" in report["comment"]
+    assert applied(cluster) == []
+
+
+def test_drill_stops_the_leader_times_the_failover_and_starts_it_again(runner, cluster):
+    report = runner.drill(tgt="master*")
+
+    assert report["result"] is True, report["comment"]
+    assert report["stopped"] == ["master-2"]
+    assert report["leader_after"] in ("master-1", "master-3")
+    assert 0 < report["failover_seconds"] <= LEASE + 2 * RETRY + 0.5
+    assert report["leader_changes"] == 1
+    assert cluster.starts["master-2"] == 1 and cluster.proc["master-2"] is not None
+    assert report["healthy_after"] == list(MASTERS)
+
+
+def test_drill_refuses_when_too_few_healthy_masters_would_remain(runner, cluster):
+    report = runner.drill(tgt="master*", count=2)
+
+    assert report["result"] is False
+    assert "would leave 1" in report["comment"] and "min_remaining=2" in report["comment"]
+    assert [c for c in cluster.calls if c[1] == "kcm_orch.stop"] == []
+
+
+def test_drill_of_two_when_allowed(runner, cluster):
+    report = runner.drill(tgt="master*", count=2, min_remaining=1)
+
+    assert report["result"] is True, report["comment"]
+    assert report["stopped"] == ["master-2", "master-1"]
+    assert report["leader_after"] == "master-3"
+
+
+# ---------------------------------------------------------------------------------------
+# the execution module
+
+
+class Recorder:
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, name, result):
+        def fun(*args, **kwargs):
+            self.calls.append((name, args, kwargs))
+            return result(*args, **kwargs) if callable(result) else result
+        return fun
+
+
+@pytest.fixture
+def module():
+    mod = load("_modules", "kcm_orch")
+    mod.__context__ = {}
+    mod.__pillar__ = {}
+    return mod
+
+
+def setup(module, service, state_ret=None, run_all=None, show_sls=None, preflight=None):
+    rec = Recorder()
+    module.__salt__ = {
+        "kcm_config.deployed": rec("kcm_config.deployed", {"service": service, "version": "v1.37.2"}),
+        "service.restart": rec("service.restart", True),
+        "service.stop": rec("service.stop", True),
+        "cmd.run_all": rec("cmd.run_all", run_all or {"retcode": 0, "stdout": "", "stderr": ""}),
+        "state.apply": rec("state.apply", state_ret or {}),
+        "state.show_sls": rec("state.show_sls", show_sls or {}),
+        "state.sls_id": rec("state.sls_id", {"kcm_install_|-kcm-install-binary": {"result": True}}),
+        "kcm.preflight": rec("kcm.preflight", preflight or {"ok": True, "version": "v1.37.2"}),
+        "kcm_flags.render": rec("kcm_flags.render", lambda cfg: [f"--v={cfg.get('verbosity')}"]),
+        "kcm_config.validate": rec("kcm_config.validate", ["kcm:secure_port: 'x' is not a port"]),
+    }
+    return rec
+
+
+def names(rec):
+    return [c[0] for c in rec.calls if c[0] != "kcm_config.deployed"]
+
+
+def test_restart_uses_systemd_when_the_service_is_managed(module):
+    rec = setup(module, {"manage": True, "name": "kube-controller-manager"})
+
+    assert module.restart()["how"] == "service"
+    assert ("service.restart", ("kube-controller-manager",), {}) in rec.calls
+    assert "cmd.run_all" not in names(rec)
+
+
+def test_control_cmd_gets_the_action_appended_and_runs_without_a_shell(module):
+    rec = setup(module, {"manage": False, "control_cmd": "/usr/local/bin/kcmctl --node 'master 1'"})
+
+    result = module.stop()
+
+    assert result["result"] is True and result["how"] == "control_cmd"
+    [(_, (argv,), kwargs)] = [c for c in rec.calls if c[0] == "cmd.run_all"]
+    assert argv == ["/usr/local/bin/kcmctl", "--node", "master 1", "stop"]
+    assert kwargs["python_shell"] is False
+
+
+def test_unmanaged_service_without_control_cmd_is_an_error_naming_the_keys(module):
+    setup(module, {"manage": False})
+
+    result = module.restart()
+
+    assert result["result"] is False
+    assert "kcm:service:control_cmd" in result["comment"] and "kcm:service:manage" in result["comment"]
+    assert module.__context__["retcode"] == 1
+
+
+def test_a_failing_control_cmd_fails_with_its_message(module):
+    setup(module, {"manage": False, "control_cmd": "kcmctl"},
+          run_all={"retcode": 3, "stdout": "", "stderr": "no unit file\n"})
+
+    result = module.restart()
+
+    assert result["result"] is False and "exit 3: no unit file" in result["comment"]
+
+
+def state(sid, changes=None, result=True, sls="kcm.service"):
+    return {f"x_|-{sid}_|-n_|-f": {"__id__": sid, "__sls__": sls, "result": result, "changes": changes or {},
+                                   "comment": "c"}}
+
+
+def test_apply_restarts_through_control_cmd_when_the_unit_changed(module):
+    ret = {**state("kcm-service-unit", {"diff": "..."}), **state("kcm-config-deployed-facts", {"x": 1})}
+    rec = setup(module, {"manage": False, "control_cmd": "kcmctl"}, state_ret=ret)
+
+    result = module.apply(pillar={"kcm": {"verbosity": 3}})
+
+    assert result["result"] is True and result["restarted"] is True
+    assert rec.calls[0] == ("state.apply", ("kcm",), {"pillar": {"kcm": {"verbosity": 3}}})
+    assert "cmd.run_all" in names(rec)
+
+
+def test_apply_restarts_nothing_when_nothing_the_service_watches_changed(module):
+    ret = {**state("kcm-service-unit"), **state("kcm-config-deployed-facts", {"x": 1})}
+    rec = setup(module, {"manage": False, "control_cmd": "kcmctl"}, state_ret=ret)
+
+    result = module.apply()
+
+    assert result == {"result": True, "restarted": False, "how": None, "changed": ["kcm-config-deployed-facts"],
+                      "comment": "applied; nothing the service watches changed"}
+    assert "cmd.run_all" not in names(rec)
+
+
+def test_apply_leaves_the_restart_to_service_running_when_managed(module):
+    ret = {**state("kcm-service-unit", {"diff": "..."}), **state("kcm-service-running", {"restarted": True})}
+    rec = setup(module, {"manage": True}, state_ret=ret)
+
+    result = module.apply()
+
+    assert result["restarted"] is True and result["how"] == "service"
+    assert "service.restart" not in names(rec)
+
+
+def test_apply_that_fails_restarts_nothing(module):
+    ret = {**state("kcm-service-unit", {"diff": "..."}), **state("kcm-service-preflight", result=False)}
+    rec = setup(module, {"manage": False, "control_cmd": "kcmctl"}, state_ret=ret)
+
+    result = module.apply()
+
+    assert result["result"] is False and result["failed"] == ["kcm-service-preflight: c"]
+    assert "cmd.run_all" not in names(rec)
+    assert module.__context__["retcode"] == 1
+
+
+def high(config, binary="/v/v1.37.2/kube-controller-manager"):
+    return {
+        "kcm-service-preflight": {"kcm": [{"name": binary}, {"config": config}, "flags_accepted"],
+                                  "__sls__": "kcm.service"},
+        "kcm-config-validated": {"kcm_config": [{"name": "kcm"}, {"config": config}, "validated"]},
+    }
+
+
+def test_preflight_installs_then_runs_the_new_binary_with_the_new_config(module):
+    rec = setup(module, {"manage": False}, show_sls=high({"verbosity": 3, "version": "v1.37.2"}))
+
+    result = module.preflight(pillar={"kcm": {"verbosity": 3}})
+
+    assert result["result"] is True and result["flags_changed"] is True
+    assert names(rec)[:3] == ["state.show_sls", "state.sls_id", "kcm.preflight"]
+    assert rec.calls[1][2] == {"pillar": {"kcm": {"verbosity": 3}}}
+    [(_, _, kwargs)] = [c for c in rec.calls if c[0] == "kcm.preflight"]
+    assert kwargs == {"binary": "/v/v1.37.2/kube-controller-manager", "config": {"verbosity": 3, "version": "v1.37.2"}}
+
+
+def test_preflight_passes_the_binarys_refusal_through(module):
+    setup(module, {"manage": False}, show_sls=high({"verbosity": 3}),
+          preflight={"ok": False, "error": "Error: unknown flag: --port"})
+
+    result = module.preflight()
+
+    assert result["result"] is False
+    assert "unknown flag: --port" in result["comment"]
+    assert module.__context__["retcode"] == 1
+
+
+def test_preflight_on_an_invalid_pillar_names_the_key_and_installs_nothing(module):
+    show = high({"secure_port": "x"})
+    del show["kcm-service-preflight"]
+    rec = setup(module, {"manage": False}, show_sls=show)
+
+    result = module.preflight()
+
+    assert result["result"] is False and "kcm:secure_port" in result["comment"]
+    assert "state.sls_id" not in names(rec)
