@@ -5,3 +5,4 @@ include:
   - .pki
   - .kubeconfig
   - .service
+  - .mine

@@ -92,13 +92,3 @@ kcm-pki-cert:
       - file: kcm-pki-ca-key
 {%-   endif %}
 {%- endif %}
-
-{#- kube-apiserver's --service-account-key-file needs the public half: published to the mine. #}
-kcm-pki-publish-service-account-public-key:
-  module.run:
-    - mine.send:
-      - kcm_service_account_public_key
-      - mine_function: kcm_pki.service_account_public_key
-      - path: {{ files.service_account_key }}
-    - onchanges:
-      - file: kcm-pki-service-account-key

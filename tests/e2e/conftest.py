@@ -36,9 +36,11 @@ REPO = Path(__file__).resolve().parents[2]
 NODES = ("master-1", "master-2", "master-3")
 SHORT_ELECTION = {"lease_duration": "4s", "renew_deadline": "3s", "retry_period": "1s"}
 
-# Measured durations (seconds), printed in the terminal summary; logs listed on failure.
+# Measured durations (seconds), printed in the terminal summary. Daemon logs (their ends go
+# into a failed test's report) and the minions' Salt logs (listed when anything failed).
 TIMINGS: dict[str, float] = {}
 LOG_FILES: list[Path] = []
+MINION_LOGS: list[Path] = []
 
 
 def seconds(duration: str) -> float:
@@ -174,6 +176,7 @@ def _prepare_node(cp: ControlPlane, root: Path, name: str, election: dict | None
     port = overrides["secure_port"]
     pillar = sandbox_pillar(root / name, tarball, version, cp.kcm_pki(NODES), **overrides)
     minion = MasterlessMinion(root / name, name, pillar)
+    MINION_LOGS.append(minion.log_path)
     ret = minion.apply("kcm")
     failed = _failed_states(ret)
     assert not failed, f"state.apply kcm on {name} failed:\n" + "\n".join(failed)
@@ -232,13 +235,13 @@ def control_plane(k8s_bin, tmp_path_factory, request):
 @pytest.fixture(scope="session")
 def _kcm_cluster_session(control_plane, tmp_path_factory, request):
     root = tmp_path_factory.mktemp("kcm-short")
-    cluster = None
+    # A failed build stops what it started and keeps its files (the session has not
+    # counted the failure yet, so it must not reach _cleanup).
+    cluster = build_cluster(control_plane, root, SHORT_ELECTION, "short timings")
     try:
-        cluster = build_cluster(control_plane, root, SHORT_ELECTION, "short timings")
         yield cluster
     finally:
-        if cluster is not None:
-            cluster.stop_all()
+        cluster.stop_all()
         _cleanup(request, [root])
 
 
@@ -255,16 +258,17 @@ def kcm_cluster_default_timings(k8s_bin, tmp_path_factory, request):
     """A separate control plane and three KCMs at the default timings (15s/10s/2s)."""
     workdir = tmp_path_factory.mktemp("controlplane-default")
     root = tmp_path_factory.mktemp("kcm-default")
-    cp = cluster = None
+    cp = _start_control_plane(k8s_bin, workdir, "default timings")
     try:
-        cp = _start_control_plane(k8s_bin, workdir, "default timings")
         cluster = build_cluster(cp, root, None, "default timings")
+    except BaseException:
+        cp.stop()
+        raise
+    try:
         yield cluster
     finally:
-        if cluster is not None:
-            cluster.stop_all()
-        if cp is not None:
-            cp.stop()
+        cluster.stop_all()
+        cp.stop()
         _cleanup(request, [workdir, root])
 
 
@@ -301,5 +305,5 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.write_line(f"{name}: {value:.2f}s")
     if LOG_FILES and (terminalreporter.stats.get("failed") or terminalreporter.stats.get("error")):
         terminalreporter.section("kcm e2e logs (kept)")
-        for path in LOG_FILES:
+        for path in LOG_FILES + MINION_LOGS:
             terminalreporter.write_line(str(path))

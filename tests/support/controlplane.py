@@ -22,6 +22,7 @@ import ipaddress
 import json
 import logging
 import os
+import pwd
 import re
 import shlex
 import signal
@@ -316,32 +317,30 @@ class Daemon:
                 f"{self.name} exited with code {self.proc.returncode}; log {self.log_path}:\n"
                 f"{tail(self.log_path)}")
 
-    def _signal_group(self, sig: int) -> None:
+    def _signal_group(self, sig: int) -> bool:
+        """Signal the process group while its leader is unreaped (so its id cannot be reused)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return False
         try:
             os.killpg(self.proc.pid, sig)
         except ProcessLookupError:
-            pass
+            return False
+        return True
 
     def kill(self) -> None:
         """SIGKILL the whole process group and reap it."""
-        if self.proc is None:
-            return
-        self._signal_group(signal.SIGKILL)
-        self.proc.wait(timeout=10)
+        if self._signal_group(signal.SIGKILL):
+            self.proc.wait(timeout=10)
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the process group; SIGKILL it when it has not exited after ``timeout``."""
-        if self.proc is None:
+        if not self._signal_group(signal.SIGTERM):
             return
-        if self.proc.poll() is None:
-            self._signal_group(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                log.warning("%s ignored SIGTERM for %.0fs; killing it", self.name, timeout)
-        # Also reaches stragglers left in the group after the leader exited.
-        self._signal_group(signal.SIGKILL)
-        self.proc.wait(timeout=10)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("%s ignored SIGTERM for %.0fs; killing it", self.name, timeout)
+            self.kill()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -425,6 +424,13 @@ class ControlPlane:
                    "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"])
         self.apiserver_cert_path = self._write("apiserver.pem", cert, private=False)
         self.apiserver_key_path = self._write("apiserver-key.pem", key)
+        # The aggregation layer's front proxy, as on a kubeadm cluster: KCM's delegated
+        # authentication reads this CA from kube-system/extension-apiserver-authentication.
+        front_proxy = CertificateAuthority("kcm-formula-test-front-proxy-ca")
+        self.front_proxy_ca_path = self._write("front-proxy-ca.pem", front_proxy.cert_pem, private=False)
+        cert, key = front_proxy.issue("front-proxy-client", client=True)
+        self.proxy_client_cert_path = self._write("front-proxy-client.pem", cert, private=False)
+        self.proxy_client_key_path = self._write("front-proxy-client-key.pem", key)
         cert, key = self.issue_client_cert("admin", ["system:masters"])
         self.admin_cert_path = self._write("admin.pem", cert, private=False)
         self.admin_key_path = self._write("admin-key.pem", key)
@@ -532,6 +538,13 @@ class ControlPlane:
             f"--tls-cert-file={self.apiserver_cert_path}",
             f"--tls-private-key-file={self.apiserver_key_path}",
             f"--client-ca-file={self.ca_path}",
+            f"--requestheader-client-ca-file={self.front_proxy_ca_path}",
+            "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={self.proxy_client_cert_path}",
+            f"--proxy-client-key-file={self.proxy_client_key_path}",
             "--authorization-mode=Node,RBAC",
             f"--service-account-issuer={self.apiserver_url}",
             f"--service-account-key-file={self.sa_pub_path}",
@@ -681,8 +694,6 @@ def _split_command(value: str) -> list[str]:
 
 def _refuse_other_user(unit_text: str, unit_path: Path) -> None:
     """Running as someone other than the unit's ``User=`` would test a different thing."""
-    import pwd
-
     me = pwd.getpwuid(os.getuid()).pw_name
     for key, value in _service_directives(unit_text):
         if key == "User" and value not in ("", me, str(os.getuid())):

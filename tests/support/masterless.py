@@ -25,6 +25,7 @@ class MasterlessMinion:
         self.salt_root = self.root / "salt"
         self.pillar_dir = self.root / "pillar"
         self.cachedir = self.salt_root / "var/cache/salt/minion"
+        self.log_path = self.salt_root / "minion.log"
         for d in (self.config_dir, self.salt_root, self.pillar_dir):
             d.mkdir(parents=True, exist_ok=True)
         config = {
@@ -34,7 +35,8 @@ class MasterlessMinion:
             "file_roots": {"base": [str(REPO / "formula")]},
             "pillar_roots": {"base": [str(self.pillar_dir)]},
             "fileserver_list_cache_time": 0,
-            "log_file": str(self.root / "minion.log"),
+            # inside root_dir: Salt prefixes root_dir to a log path outside it
+            "log_file": str(self.log_path),
             "log_level_logfile": "info",
             "features": {"x509_v2": True},
             "state_output_diff": True,

@@ -1,0 +1,16 @@
+{#- Publish the service-account public key to the mine, for kube-apiserver's
+    --service-account-key-file (salt-run mine.get 'master*' kcm_service_account_public_key).
+    Kept apart from kcm.pki so that nothing KCM needs waits on the mine. #}
+{%- from tpldir ~ "/map.jinja" import kcm with context %}
+
+include:
+  - .pki
+
+kcm-mine-service-account-public-key:
+  module.run:
+    - mine.send:
+      - kcm_service_account_public_key
+      - mine_function: kcm_pki.service_account_public_key
+      - path: {{ kcm.files.service_account_key }}
+    - onchanges:
+      - file: kcm-pki-service-account-key
