@@ -101,7 +101,7 @@ class KcmCluster:
 
     def start_all(self, timeout: float = 60.0) -> None:
         """Start every KCM that is not running (e.g. one that exited on lost leadership)."""
-        for name, node in self.nodes.items():
+        for node in self.nodes.values():
             if not node.process.running:
                 node.process.start()
         for node in self.nodes.values():
@@ -167,14 +167,18 @@ def _failed_states(ret) -> list[str]:
             if not isinstance(st, dict) or st.get("result") is not True]
 
 
-def _prepare_node(cp: ControlPlane, root: Path, name: str, election: dict | None) -> KcmNode:
-    """Apply the formula on a sandboxed minion and wrap its rendered unit in a KcmProcess."""
+def _prepare_node(cp: ControlPlane, root: Path, name: str, election: dict | None, pki: dict | None = None) -> KcmNode:
+    """Apply the formula on a sandboxed minion and wrap its rendered unit in a KcmProcess.
+    ``pki`` replaces the pillar-mode PEMs (e.g. ``{"mode": "local", ...}``)."""
     tarball, version = _server_tarball(cp.bin_dir)
     overrides = {"apiserver": cp.apiserver_url, "secure_port": free_port(), "bind_address": "127.0.0.1"}
     if election is not None:
         overrides["leader_election"] = election
     port = overrides["secure_port"]
-    pillar = sandbox_pillar(root / name, tarball, version, cp.kcm_pki(NODES), **overrides)
+    pems = pki if pki is not None else cp.kcm_pki(NODES)
+    pillar = sandbox_pillar(root / name, tarball, version, pems, **overrides)
+    if pki is not None:
+        pillar["kcm"]["pki"] = dict(pki)
     minion = MasterlessMinion(root / name, name, pillar)
     MINION_LOGS.append(minion.log_path)
     ret = minion.apply("kcm")
@@ -187,12 +191,13 @@ def _prepare_node(cp: ControlPlane, root: Path, name: str, election: dict | None
     return KcmNode(name, minion, process, port, unit_path, deployed)
 
 
-def build_cluster(cp: ControlPlane, root: Path, election: dict | None, label: str) -> KcmCluster:
+def build_cluster(cp: ControlPlane, root: Path, election: dict | None, label: str,
+                  pki: dict | None = None) -> KcmCluster:
     """Three minions applied in parallel, then their KCMs started and a first leader awaited."""
     begin = time.monotonic()
     cp.kcm_pki(NODES)  # made once, before the threads share it
     with ThreadPoolExecutor(len(NODES)) as pool:
-        nodes = list(pool.map(lambda n: _prepare_node(cp, root, n, election), NODES))
+        nodes = list(pool.map(lambda n: _prepare_node(cp, root, n, election, pki), NODES))
     TIMINGS[f"{label}: 3x state.apply kcm (parallel)"] = time.monotonic() - begin
     rendered = {key: nodes[0].process.flag(f"leader-elect-{key.replace('_', '-')}")
                 for key in ("lease_duration", "renew_deadline", "retry_period")}
