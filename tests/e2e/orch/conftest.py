@@ -3,9 +3,9 @@
 tests, whose KCMs would compete for the same Lease), and three real KCMs run by kcmctl.py
 (``kcm:service:control_cmd``) from the units the formula rendered on each minion.
 
-``orch_cluster`` (package scope) is deployed with ``salt 'master-*' state.apply kcm`` over
-the bus and started with ``kcm_orch.start``; ``orch`` (per test) makes sure all three KCMs
-run, are healthy and one leads before each test.
+``orch_cluster`` (module scope: torn down right after the orchestration tests) is deployed
+with ``salt 'master-*' state.apply kcm`` over the bus and started with ``kcm_orch.start``;
+``orch`` (per test) makes sure all three KCMs run, are healthy and one leads before each test.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def _failed_states(ret):
             if not isinstance(v, dict) or v.get("result") is not True]
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="module")
 def orch_cluster(k8s_bin, salt_factories, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("orch-cp")
     cp = ControlPlane(k8s_bin, workdir, nodes=NODES).start()

@@ -12,7 +12,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.controlplane import failover_bound, free_port, node_of
+import requests
+
+from tests.support.controlplane import failover_bound, free_port, https_session, node_of
 from tests.support.pillar import sandbox_pillar
 
 NODES = ("master-1", "master-2", "master-3")
@@ -87,6 +89,16 @@ def _quote(arg: str) -> str:
     return shlex.quote(arg)
 
 
+def _healthz_ok(node: Node) -> bool:
+    kcm = node.kcm
+    try:
+        with https_session(Path(kcm["paths"]["pki"]) / "ca.pem") as session:
+            reply = session.get(f"https://127.0.0.1:{kcm['secure_port']}/healthz", timeout=1)
+        return reply.status_code == 200
+    except requests.RequestException:
+        return False
+
+
 def _parse_time(text):
     if not text:
         return None
@@ -100,10 +112,12 @@ class LeaseWatch:
     than its lease duration (the rule ``kcm.leader`` calls ``expired``).
     """
 
-    def __init__(self, cp, interval: float = 0.2):
+    def __init__(self, cp, interval: float = 0.2, nodes=None):
         self.cp = cp
         self.interval = interval
+        self.nodes = list((nodes or {}).values())
         self.polls: list[tuple[float, str | None, bool]] = []
+        self.healthy_counts: list[int] = []
         self.errors = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -127,6 +141,8 @@ class LeaseWatch:
                 self.errors += 1
             else:
                 self.polls.append((time.monotonic(), holder, live))
+                if self.nodes:
+                    self.healthy_counts.append(sum(_healthz_ok(node) for node in self.nodes))
                 self.last = transitions
                 if self.first is None:
                     self.first = transitions
@@ -139,6 +155,16 @@ class LeaseWatch:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join(10)
+
+    def wait_for_live_holder_other_than(self, holder: str | None, timeout: float) -> str:
+        """Block until a poll shows a live leader that is not ``holder`` (e.g. once every KCM
+        restarted, the old process's lock must have been taken over); return it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.polls and self.polls[-1][2] and self.polls[-1][1] != holder:
+                return self.polls[-1][1]
+            time.sleep(self.interval)
+        raise TimeoutError(f"no live leader other than {holder} within {timeout:.0f}s")
 
     @property
     def transitions(self) -> int:
@@ -174,6 +200,11 @@ class LeaseWatch:
     @property
     def longest_gap(self) -> float:
         return max(self.gaps(), default=0.0)
+
+    @property
+    def min_healthy(self) -> int | None:
+        """The fewest KCMs answering /healthz ok at any poll (None without ``nodes``)."""
+        return min(self.healthy_counts, default=None)
 
     @property
     def polls_without_leader(self) -> int:

@@ -1,0 +1,567 @@
+"""
+Runner ``kcm_orch``: leader-aware rolling changes and the failover drill for a
+kube-controller-manager (KCM) HA cluster, driven from the master over ``LocalClient``.
+``orch.kcm.upgrade`` and ``orch.kcm.drill`` call it; it also runs on its own:
+
+.. code-block:: bash
+
+    salt-run kcm_orch.preflight tgt='master*' pillar='{"kcm": {"version": "v1.37.3"}}'
+    salt-run kcm_orch.upgrade tgt='master*' pillar='{"kcm": {"version": "v1.37.3"}}'
+    salt-run kcm_orch.drill tgt='master*' count=1
+
+A rolling change (:func:`upgrade`):
+
+1. preflight on every master (``kcm_orch.preflight``: the new release downloaded,
+   verified and installed beside the active one, and run with the new flags); any
+   failure stops here and nothing that runs has changed;
+2. the followers, one at a time: ``kcm_orch.apply`` (``state.apply kcm`` plus the
+   restart the service state does), then wait until that master is healthy, standing
+   by, and a live leader exists;
+3. the leader last: apply, then wait for a live leader other than the old process and
+   for the old leader's KCM to be healthy again;
+4. a summary: versions per master before and after, leader changes (the Lease's
+   ``leaseTransitions``), the longest time the polls saw no live leader, time taken.
+
+Each step waits for the previous one; the first failure stops the run, so the masters
+not reached yet keep their old version and keep running. Running it again resumes:
+masters already changed apply with no changes and are not restarted.
+
+The next master is chosen at each step: a master that is not the current leader, in
+name order, and the current leader only when no other master is left.
+"""
+
+import logging
+import time
+
+import salt.client
+import salt.utils.minions
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "kcm_orch"
+
+DEFAULT_TGT = "*"
+POLL_TIMEOUT = 15
+POLL_FUNS = ("kcm.health", "kcm.is_leader", "kcm.leader")
+
+
+def __virtual__():
+    return __virtualname__
+
+
+# Seams for the unit tests (a fake cluster and a fake clock).
+def _now():
+    return time.monotonic()
+
+
+def _sleep(seconds):
+    time.sleep(seconds)
+
+
+def _local_client():
+    return salt.client.get_local_client(mopts=__opts__)
+
+
+def _expected_minions(tgt, tgt_type):
+    return sorted(salt.utils.minions.CkMinions(__opts__).check_minions(tgt, tgt_type)["minions"])
+
+
+def _progress(message):
+    """One line on the ``salt-run`` console while the run goes on (and in the master log)."""
+    log.info("kcm_orch: %s", message)
+    event = globals().get("__jid_event__")
+    if event is not None:
+        try:
+            event.fire_event({"message": message}, "progress")
+        except Exception:  # pylint: disable=broad-except
+            # Progress lines are a courtesy; the summary carries everything.
+            log.debug("kcm_orch: progress event failed", exc_info=True)
+
+
+def _finish(report):
+    """Set the exit code of ``salt-run`` and the result of ``salt.runner`` from ``report``."""
+    report["retcode"] = 0 if report.get("result") else 1
+    __context__["retcode"] = report["retcode"]
+    return report
+
+
+class _Failed(Exception):
+    """A step that failed; its message goes into the summary's comment."""
+
+
+class _Cluster:
+    """The targeted masters as ``LocalClient`` sees them; every call lists who did not answer."""
+
+    def __init__(self, client, minions, call_timeout):
+        self.client = client
+        self.minions = list(minions)
+        self.call_timeout = call_timeout
+
+    def call(self, minions, fun, kwarg=None, timeout=None):
+        """``{minion: return}`` of ``fun`` on ``minions``; raise naming those that did not answer."""
+        minions = list(minions)
+        out = self.client.cmd(
+            minions, fun, kwarg=kwarg or {}, tgt_type="list", timeout=timeout or self.call_timeout,
+        ) or {}
+        missing = sorted(set(minions) - set(out))
+        if missing:
+            raise _Failed(f"{', '.join(missing)} did not answer {fun} within {timeout or self.call_timeout} s")
+        return {m: out[m] for m in minions}
+
+    def observe(self, minions=None):
+        """
+        ``{minion: {healthy, leader, holder, live, transitions, error}}`` from one compound
+        publish of ``kcm.health``, ``kcm.is_leader`` and ``kcm.leader``. A master that does
+        not answer is reported as not healthy, not an error: it may be restarting.
+        """
+        minions = list(minions or self.minions)
+        out = self.client.cmd(
+            minions, list(POLL_FUNS), [[] for _ in POLL_FUNS], tgt_type="list", timeout=POLL_TIMEOUT,
+        ) or {}
+        return {m: _observation(out.get(m)) for m in minions}
+
+
+def _observation(answer):
+    if not isinstance(answer, dict):
+        return {"healthy": False, "leader": False, "holder": None, "live": False,
+                "transitions": None, "error": "no answer"}
+    health = answer.get("kcm.health")
+    record = answer.get("kcm.leader")
+    record = record if isinstance(record, dict) and "error" not in record else {}
+    errors = [f"{fun}: {ret.get('error')}" for fun, ret in answer.items()
+              if isinstance(ret, dict) and "error" in ret]
+    return {
+        "healthy": isinstance(health, dict) and health.get("healthy") is True,
+        "leader": answer.get("kcm.is_leader") is True,
+        "holder": record.get("holder"),
+        "live": bool(record.get("holder")) and record.get("expired") is False,
+        "transitions": record.get("transitions"),
+        "error": ", ".join(errors),
+    }
+
+
+def _live_holder(observations, exclude=None):
+    """The live holder any master reads (not ``exclude``), or None."""
+    for obs in observations.values():
+        if obs["live"] and obs["holder"] and obs["holder"] != exclude:
+            return obs["holder"]
+    return None
+
+
+def _leader_minion(observations):
+    leaders = sorted(m for m, obs in observations.items() if obs["leader"])
+    return leaders[0] if leaders else None
+
+
+def _transitions(observations):
+    values = [obs["transitions"] for obs in observations.values() if obs["transitions"] is not None]
+    return max(values) if values else None
+
+
+class _Watch:
+    """Every poll of a run: leader holders seen, and the longest stretch with no live leader."""
+
+    def __init__(self):
+        self.polls = 0
+        self.polls_without_leader = 0
+        self.holders = []
+        self.longest_gap = 0.0
+        self._gap_since = None
+
+    def record(self, observations):
+        now = _now()
+        self.polls += 1
+        holder = _live_holder(observations)
+        if holder is None:
+            self.polls_without_leader += 1
+            if self._gap_since is None:
+                self._gap_since = now
+            self.longest_gap = max(self.longest_gap, now - self._gap_since)
+            return
+        self._gap_since = None
+        if not self.holders or self.holders[-1] != holder:
+            self.holders.append(holder)
+
+
+def _wait(cluster, watch, condition, timeout, interval, what):
+    """Poll every master until ``condition(observations)`` holds; return the observations."""
+    deadline = _now() + float(timeout)
+    while True:
+        observations = cluster.observe()
+        watch.record(observations)
+        if condition(observations):
+            return observations
+        if _now() >= deadline:
+            detail = "; ".join(
+                f"{m}: healthy={o['healthy']} leader={o['leader']}" + (f" ({o['error']})" if o["error"] else "")
+                for m, o in observations.items()
+            )
+            raise _Failed(f"{what}: not reached within {timeout} s ({detail})")
+        _sleep(interval)
+
+
+# ---------------------------------------------------------------------------------------
+# preflight
+
+
+def _targets(tgt, tgt_type):
+    minions = _expected_minions(tgt, tgt_type)
+    if not minions:
+        raise _Failed(f"tgt={tgt!r} (tgt_type={tgt_type}) matches no accepted minion")
+    return minions
+
+
+def _state_kwarg(pillar, saltenv):
+    kwarg = {}
+    if pillar:
+        if not isinstance(pillar, dict):
+            raise _Failed(f"pillar: expected a mapping such as {{'kcm': {{'version': 'v1.37.3'}}}}, got {pillar!r}")
+        kwarg["pillar"] = pillar
+    if saltenv:
+        kwarg["saltenv"] = saltenv
+    return kwarg
+
+
+def _preflight(cluster, kwarg, timeout):
+    _progress(f"preflight on {', '.join(cluster.minions)}")
+    answers = cluster.call(cluster.minions, "kcm_orch.preflight", kwarg=kwarg, timeout=timeout)
+    masters, problems = {}, []
+    for minion, ret in answers.items():
+        if not (isinstance(ret, dict) and ret.get("result") is True):
+            comment = ret.get("comment") if isinstance(ret, dict) else str(ret)
+            problems.append(f"{minion}: {comment}")
+            masters[minion] = {"result": False, "comment": comment}
+        else:
+            masters[minion] = {k: ret.get(k) for k in ("result", "version", "deployed_version", "flags_changed")}
+    return masters, problems
+
+
+def preflight(tgt=DEFAULT_TGT, tgt_type="glob", pillar=None, saltenv=None, timeout=300):
+    """
+    Check a change on every targeted master before anything that runs is touched
+    (``kcm_orch.preflight`` on each, in parallel): the release is downloaded, verified and
+    installed beside the active one, and accepts the flags rendered for it.
+
+    Returns ``{"result", "comment", "masters": {minion: {...}}}``; the comment quotes the
+    binary's own message for a refused flag. Exits non-zero on any failure.
+
+    tgt, tgt_type
+        The KCM masters. Default ``*`` / ``glob``.
+    pillar
+        Pillar override sent to every master (e.g. ``{"kcm": {"version": "v1.37.3"}}``).
+    saltenv
+        Salt fileserver environment on the masters.
+    timeout
+        Seconds for the masters to answer (download and install included). Default 300.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run kcm_orch.preflight tgt='master*' pillar='{"kcm": {"extra_args": {"v": 4}}}'
+    """
+    try:
+        cluster = _Cluster(_local_client(), _targets(tgt, tgt_type), timeout)
+        masters, problems = _preflight(cluster, _state_kwarg(pillar, saltenv), timeout)
+    except _Failed as exc:
+        return _finish({"result": False, "comment": f"preflight: {exc}", "masters": {}})
+    if problems:
+        return _finish({"result": False, "masters": masters,
+                        "comment": "preflight failed, nothing was restarted: " + "; ".join(problems)})
+    return _finish({"result": True, "masters": masters,
+                    "comment": f"preflight passed on {len(masters)} masters"})
+
+
+# ---------------------------------------------------------------------------------------
+# the rolling change
+
+
+class _Rollout:
+    def __init__(self, cluster, kwarg, timeout, interval, apply_timeout):
+        self.cluster = cluster
+        self.kwarg = kwarg
+        self.timeout = timeout
+        self.interval = interval
+        self.apply_timeout = apply_timeout
+        self.watch = _Watch()
+        self.steps = []
+
+    def versions(self):
+        answers = self.cluster.call(self.cluster.minions, "kcm.version")
+        return {m: (v if isinstance(v, str) else None) for m, v in answers.items()}
+
+    def next_minion(self, todo, observations):
+        leader = _leader_minion(observations)
+        others = [m for m in todo if m != leader]
+        return (others or todo)[0]
+
+    def apply(self, minion):
+        ret = self.cluster.call([minion], "kcm_orch.apply", kwarg=self.kwarg, timeout=self.apply_timeout)[minion]
+        if not (isinstance(ret, dict) and ret.get("result") is True):
+            comment = ret.get("comment") if isinstance(ret, dict) else str(ret)
+            raise _Failed(f"{minion}: {comment}")
+        return ret
+
+    def step(self, minion, observations):
+        begin = _now()
+        was_leader = observations[minion]["leader"]
+        old_holder = observations[minion]["holder"] if was_leader else None
+        role = "leader" if was_leader else "follower"
+        _progress(f"{minion} ({role}): applying")
+        ret = self.apply(minion)
+        restarted = bool(ret.get("restarted"))
+        if was_leader and restarted:
+            # The stopped process keeps the lock until it expires: only another holder counts.
+            what = f"{minion} (old leader): a new live leader and {minion} healthy again"
+            observations = _wait(
+                self.cluster, self.watch,
+                lambda obs: _live_holder(obs, exclude=old_holder) and obs[minion]["healthy"],
+                self.timeout, self.interval, what,
+            )
+        else:
+            what = f"{minion} ({role}): healthy and standing by under a live leader"
+            observations = _wait(
+                self.cluster, self.watch,
+                lambda obs: obs[minion]["healthy"] and _live_holder(obs) and (was_leader or not obs[minion]["leader"]),
+                self.timeout, self.interval, what,
+            )
+        seconds = round(_now() - begin, 1)
+        self.steps.append({"minion": minion, "role": role, "restarted": restarted, "seconds": seconds,
+                           "leader_after": _leader_minion(observations)})
+        _progress(f"{minion} ({role}): done in {seconds} s, restarted={restarted}, "
+                  f"leader now {_leader_minion(observations)}")
+        return observations
+
+    def run(self):
+        observations = _wait(self.cluster, self.watch, _live_holder, self.timeout, self.interval,
+                             "a live KCM leader before the change (nothing was touched)")
+        todo = sorted(self.cluster.minions)
+        while todo:
+            minion = self.next_minion(todo, observations)
+            observations = self.step(minion, observations)
+            todo.remove(minion)
+        return observations
+
+
+def _table(masters, rollout_steps):
+    by_minion = {s["minion"]: s for s in rollout_steps}
+    rows = [f"{'master':<20}{'before':<12}{'after':<12}{'role':<10}{'restarted':<11}{'seconds':>8}"]
+    for minion, row in sorted(masters.items()):
+        step = by_minion.get(minion, {})
+        rows.append(
+            f"{minion:<20}{str(row.get('version_before')):<12}{str(row.get('version_after')):<12}"
+            f"{step.get('role', '-'):<10}{str(step.get('restarted', '-')):<11}{str(step.get('seconds', '-')):>8}"
+        )
+    return rows
+
+
+def upgrade(tgt=DEFAULT_TGT, tgt_type="glob", pillar=None, saltenv=None, timeout=120, interval=1,
+            preflight=True, apply_timeout=300):  # pylint: disable=redefined-outer-name
+    """
+    Roll a change (a new version, or a config change that needs a restart) over the
+    targeted KCM masters: preflight on all, then the followers one at a time, the leader
+    last, each step waiting for health and a live leader; stop at the first failure.
+
+    Returns ``{"result", "comment", "masters": {minion: {version_before, version_after,
+    role, restarted, seconds}}, "order", "leader_before", "leader_after",
+    "leader_changes", "longest_no_leader_seconds", "polls", "polls_without_leader",
+    "seconds", "summary": [table lines]}``. Exits non-zero on failure.
+
+    tgt, tgt_type
+        The KCM masters. Default ``*`` / ``glob``.
+    pillar
+        Pillar override for every master, as for ``state.apply``; without it the masters'
+        own (changed) pillar is applied.
+    saltenv
+        Salt fileserver environment on the masters.
+    timeout
+        Seconds each step may wait for health and a live leader. Default 120.
+    interval
+        Seconds between polls. Default 1.
+    preflight
+        False skips the preflight (``orch.kcm.upgrade`` runs it as its own step).
+    apply_timeout
+        Seconds for one master's preflight or ``state.apply``. Default 300.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run kcm_orch.upgrade tgt='master*' pillar='{"kcm": {"version": "v1.37.3"}}'
+    """
+    begin = _now()
+    report = {"result": False, "masters": {}, "order": [], "leader_before": None, "leader_after": None,
+              "leader_changes": None}
+    rollout = None
+    try:
+        kwarg = _state_kwarg(pillar, saltenv)
+        cluster = _Cluster(_local_client(), _targets(tgt, tgt_type), POLL_TIMEOUT)
+        if preflight:
+            masters, problems = _preflight(cluster, kwarg, apply_timeout)
+            if problems:
+                raise _Failed("preflight failed, nothing was restarted: " + "; ".join(problems))
+        rollout = _Rollout(cluster, kwarg, timeout, interval, apply_timeout)
+        before = rollout.versions()
+        first = cluster.observe()
+        rollout.watch.record(first)
+        report["leader_before"] = _leader_minion(first)
+        start_transitions = _transitions(first)
+        try:
+            last = rollout.run()
+            report["result"] = True
+            report["comment"] = f"rolled over {len(cluster.minions)} masters, the leader last"
+        except _Failed as exc:
+            last = cluster.observe()
+            done = [s["minion"] for s in rollout.steps]
+            untouched = sorted(set(cluster.minions) - set(done))
+            report["comment"] = (f"stopped: {exc}. Done: {', '.join(done) or 'none'}; "
+                                 f"not touched: {', '.join(untouched) or 'none'}. Re-run to resume.")
+        after = rollout.versions()
+        report["leader_after"] = _leader_minion(last)
+        end_transitions = _transitions(last)
+        if start_transitions is not None and end_transitions is not None:
+            report["leader_changes"] = end_transitions - start_transitions
+        steps = {s["minion"]: s for s in rollout.steps}
+        report["masters"] = {
+            m: dict({"version_before": before.get(m), "version_after": after.get(m)},
+                    **{k: v for k, v in steps.get(m, {}).items() if k != "minion"})
+            for m in cluster.minions
+        }
+        report["order"] = [s["minion"] for s in rollout.steps]
+    except _Failed as exc:
+        report["comment"] = str(exc)
+    report["seconds"] = round(_now() - begin, 1)
+    if rollout is not None:
+        report.update(
+            longest_no_leader_seconds=round(rollout.watch.longest_gap, 1),
+            polls=rollout.watch.polls,
+            polls_without_leader=rollout.watch.polls_without_leader,
+        )
+        report["summary"] = _table(report["masters"], rollout.steps) + [
+            f"leader {report['leader_before']} -> {report['leader_after']}, "
+            f"{report['leader_changes']} leader change(s), longest without a live leader "
+            f"{report['longest_no_leader_seconds']} s, {report['seconds']} s in all",
+        ]
+    _progress(report["comment"])
+    return _finish(report)
+
+
+# ---------------------------------------------------------------------------------------
+# the failover drill
+
+
+def _victims(observations, leader, count):
+    followers = sorted(m for m, o in observations.items() if m != leader and o["healthy"])
+    return [leader] + followers[: max(0, count - 1)]
+
+
+def _drill(cluster, count, min_remaining, timeout, interval):
+    watch = _Watch()
+    observations = cluster.observe()
+    watch.record(observations)
+    leader = _leader_minion(observations)
+    old_holder = observations[leader]["holder"] if leader else None
+    if not leader or not observations[leader]["live"]:
+        raise _Failed("refused: no live KCM leader among the targeted masters")
+    healthy = sorted(m for m, o in observations.items() if o["healthy"])
+    victims = _victims(observations, leader, count)
+    remaining = len([m for m in healthy if m not in victims])
+    if len(victims) < count:
+        raise _Failed(f"refused: count={count} but only {len(victims)} healthy masters can be stopped")
+    if remaining < min_remaining:
+        raise _Failed(
+            f"refused: stopping {len(victims)} of {len(healthy)} healthy masters would leave {remaining};"
+            f" the drill needs at least min_remaining={min_remaining} (pillar kcm_orch:min_remaining)"
+        )
+    survivors = [m for m in cluster.minions if m not in victims]
+    start_transitions = observations[leader]["transitions"]
+    result = {"leader_before": leader, "stopped": victims, "healthy_before": healthy}
+    _progress(f"stopping {', '.join(victims)} (leader {leader})")
+    stop_begin = _now()
+    try:
+        answers = cluster.call(victims, "kcm_orch.stop")
+        stopped_at = _now()
+        result["stop_seconds"] = round(stopped_at - stop_begin, 2)
+        refused = [f"{m}: {r.get('comment') if isinstance(r, dict) else r}" for m, r in answers.items()
+                   if not (isinstance(r, dict) and r.get("result"))]
+        if refused:
+            raise _Failed("stop failed: " + "; ".join(refused))
+        survivor_cluster = _Cluster(cluster.client, survivors, cluster.call_timeout)
+        observations = _wait(
+            survivor_cluster, watch,
+            lambda obs: _live_holder(obs, exclude=old_holder) and _leader_minion(obs),
+            timeout, interval, "a new live leader after the stop",
+        )
+        result["failover_seconds"] = round(_now() - stopped_at, 2)
+        result["leader_after"] = _leader_minion(observations)
+        end = _transitions(observations)
+        result["leader_changes"] = None if end is None or start_transitions is None else end - start_transitions
+        _progress(f"new leader {result['leader_after']} after {result['failover_seconds']} s")
+    finally:
+        _progress(f"starting {', '.join(victims)} again")
+        answers = cluster.call(victims, "kcm_orch.start")
+        failed = [m for m, r in answers.items() if not (isinstance(r, dict) and r.get("result"))]
+        if failed:
+            raise _Failed(f"{', '.join(failed)} did not start again: {answers}")
+    observations = _wait(cluster, watch, lambda obs: all(obs[m]["healthy"] for m in healthy),
+                         timeout, interval, "every master healthy again after the drill")
+    result["healthy_after"] = sorted(m for m, o in observations.items() if o["healthy"])
+    result["longest_no_leader_seconds"] = round(watch.longest_gap, 2)
+    return result
+
+
+def drill(tgt=DEFAULT_TGT, tgt_type="glob", count=1, min_remaining=2, timeout=120, interval=0.5):
+    """
+    The HA check as a command: stop the leader's KCM (and ``count - 1`` followers), time
+    how long until another master holds a live leader lock, start them again, and report.
+
+    Refuses (and touches nothing) when there is no live leader, or when fewer than
+    ``min_remaining`` healthy masters would be left running.
+
+    ``failover_seconds`` runs from the moment the stop returned (the leader's process has
+    exited) to the first poll that read a new live holder, so it includes up to one poll
+    interval plus one round trip. KCM does not release the lock when it stops (see
+    kcm-facts 2.5): expect about the lease duration plus up to two retry periods.
+
+    tgt, tgt_type
+        The KCM masters. Default ``*`` / ``glob``.
+    count
+        How many KCMs to stop: the leader first, then healthy followers by name. Default 1.
+    min_remaining
+        Healthy masters that must stay running. Default 2.
+    timeout
+        Seconds to wait for a new leader, and for health after the restart. Default 120.
+    interval
+        Seconds between polls. Default 0.5.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run kcm_orch.drill tgt='master*'
+        salt-run kcm_orch.drill tgt='master*' count=2 min_remaining=1
+    """
+    begin = _now()
+    try:
+        count, min_remaining = int(count), int(min_remaining)
+        if count < 1:
+            raise _Failed(f"count: expected a positive number of KCMs to stop, got {count}")
+        cluster = _Cluster(_local_client(), _targets(tgt, tgt_type), POLL_TIMEOUT)
+        report = _drill(cluster, count, min_remaining, timeout, interval)
+        report.update(result=True, comment=(
+            f"stopped {', '.join(report['stopped'])}; new leader {report['leader_after']} after "
+            f"{report['failover_seconds']} s; all started again"))
+    except (_Failed, ValueError, TypeError) as exc:
+        report = {"result": False, "comment": str(exc)}
+    report["seconds"] = round(_now() - begin, 1)
+    if report["result"]:
+        report["summary"] = [
+            f"{'leader before':<24}{report['leader_before']}",
+            f"{'stopped':<24}{', '.join(report['stopped'])}",
+            f"{'leader after':<24}{report['leader_after']}",
+            f"{'failover seconds':<24}{report['failover_seconds']}",
+            f"{'leader changes':<24}{report['leader_changes']}",
+            f"{'healthy after':<24}{', '.join(report['healthy_after'])}",
+        ]
+    _progress(report["comment"])
+    return _finish(report)
