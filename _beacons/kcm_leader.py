@@ -357,7 +357,10 @@ def step(previous, observation, now, settings, me=()):
     facts = {}
     if "error" in observation:
         observed = "unreachable"
-        facts["reason"] = str(observation.get("error"))[:200]
+        reason = observation.get("error")
+        if observation.get("detail"):
+            reason = f"{reason}: {observation['detail']}"
+        facts["reason"] = str(reason)[:200]
     else:
         record = _record_of(observation)
         current_print = fingerprint(record)

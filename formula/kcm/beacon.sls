@@ -10,12 +10,11 @@
     - pillar `beacons:` present: the formula cannot write pillar, so this state checks
       that pillar carries a kcm_leader entry and fails, printing the entry to add, when
       it does not (adding it to minion.d would look fine and never run).
-    Settings: pillar `kcm:beacon` (interval, debounce, stale_after, timeout, enabled);
-    defaults below. interval is in seconds with the minion's default loop_interval: 1.
+    Settings: pillar `kcm:beacon` (enabled, interval, debounce, stale_after, timeout);
+    defaults in defaults.yaml. interval is in seconds with the minion's default loop_interval: 1.
     Needs a running salt-minion (beacons live in its main loop), not salt-call --local. #}
 {%- from tpldir ~ "/map.jinja" import kcm with context %}
-{%- set beacon = {"enabled": true, "interval": 2, "debounce": 2, "stale_after": 3, "timeout": 2} %}
-{%- do beacon.update(kcm.get("beacon") or {}) %}
+{%- set beacon = kcm.beacon %}
 {%- set settings = [
       {"interval": beacon.interval},
       {"debounce": beacon.debounce},

@@ -10,22 +10,11 @@
     reactor SLS itself is re-read on every event, so formula updates need no restart.
     master.d files are merged with list merging, so other `reactor:` entries are kept.
 
-    Pillar (all optional):
-      kcm:master:config_dir        /etc/salt/master.d
-      kcm:master:alertmanager_urls [http://alertmanager:9093]
-      kcm:master:webhook_urls      []
-      kcm:master:labels            {}   extra labels on every alert
-      kcm:master:ca_bundle         ''   CA file for https receivers (TLS is always verified)
-      kcm:master:sync_runners      true #}
-{%- set master = {
-      "config_dir": "/etc/salt/master.d",
-      "alertmanager_urls": [],
-      "webhook_urls": [],
-      "labels": {},
-      "ca_bundle": "",
-      "sync_runners": true,
-    } %}
-{%- do master.update(salt["pillar.get"]("kcm:master", {})) %}
+    Settings: pillar `kcm:master` (config_dir, alertmanager_urls, webhook_urls, labels,
+    ca_bundle, sync_runners); defaults in defaults.yaml. TLS to receivers is always
+    verified (ca_bundle '' = the system store). #}
+{%- from tpldir ~ "/map.jinja" import kcm with context %}
+{%- set master = kcm.master %}
 {%- set alert = {
       "alertmanager_urls": master.alertmanager_urls,
       "webhook_urls": master.webhook_urls,

@@ -16,7 +16,7 @@ import requests
 import yaml
 
 from tests.e2e.conftest import SHORT_ELECTION, build_cluster, k8s_bin  # noqa: F401 (fixture)
-from tests.support.controlplane import ControlPlane, free_port, wait_until
+from tests.support.controlplane import ControlPlane, free_port, node_of, wait_until
 from tests.support.masterless import MasterlessMinion
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -24,6 +24,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 REPO = Path(__file__).resolve().parents[2]
 ALERTMANAGER = Path("/usr/bin/prometheus-alertmanager")
 NODES = ("master-1", "master-2", "master-3")
+# Minion ids differ from the KCM node names (as when hostnames are not minion ids): the
+# deployed `identity` ties them, and the ids do not clash with other modules' minions.
+MINION_ID = {node: f"al-{node}" for node in NODES}
 BEACON = {"interval": 1, "debounce": 2, "stale_after": 3, "timeout": 2}
 # Every wait below is an upper bound for something that must happen, never a speed claim.
 WAIT = 90
@@ -133,13 +136,10 @@ def minions(salt_master, cluster):
     try:
         for name in NODES:
             overrides = {"loop_interval": 1}
-            if name == "master-3":
-                # a second, broken instance of the module: must not stop the good one
-                overrides["beacons"] = {"kcm_bad": [{"beacon_module": "kcm_leader"}, {"debounce": 0}]}
-            minion = salt_master.salt_minion_daemon(name, overrides=overrides)
+            minion = salt_master.salt_minion_daemon(MINION_ID[name], overrides=overrides)
             deployed = Path(minion.config["cachedir"]) / "kcm" / "deployed.json"
             deployed.parent.mkdir(parents=True, exist_ok=True)
-            deployed.write_text(json.dumps(cluster.nodes[name].deployed))
+            deployed.write_text(json.dumps(dict(cluster.nodes[name].deployed, identity=name)))
             deployed.chmod(0o600)
             minion.start()
             started[name] = minion
@@ -163,7 +163,8 @@ def minions(salt_master, cluster):
 
 
 def _events(event_listener, master, pattern, since):
-    return event_listener.get_events([(master.id, pattern)], after_time=since)
+    """Events on the master bus matching `pattern` since `since`, oldest first."""
+    return sorted(event_listener.get_events([(master.id, pattern)], after_time=since), key=lambda e: e.stamp)
 
 
 def _wait_events(event_listener, master, pattern, since, count, what):
@@ -185,9 +186,29 @@ def _wait_all_handled(event_listener, master, kind, since, reporters=3):
                       WAIT, f"runner handled {reporters} '{kind}' reports", interval=0.5)
 
 
-def _settled(cluster):
+def _settled(cluster, event_listener=None, master=None, quiet=5.0):
+    """
+    All KCMs running and a leader that renews (not the expired record of a dead
+    process); with `event_listener`, also `quiet` seconds without beacon events, so
+    the reports of the previous scenario are over. Returns the leader's node.
+    """
     cluster.start_all()
-    return cluster.wait_for_leader(WAIT)
+
+    def renewing():
+        first = (cluster.control_plane.lease() or {}).get("spec", {})
+        time.sleep(1.5)
+        second = (cluster.control_plane.lease() or {}).get("spec", {})
+        same = first.get("holderIdentity") == second.get("holderIdentity")
+        return same and first.get("renewTime") != second.get("renewTime") and node_of(second.get("holderIdentity"))
+
+    leader = wait_until(renewing, WAIT, "a KCM leader that renews its lease")
+    if event_listener is not None:
+        def quiet_now():
+            recent = _events(event_listener, master, "salt/beacon/*/kcm_leader/*", time.time() - quiet)
+            return not recent
+        time.sleep(quiet)
+        wait_until(quiet_now, WAIT, f"{quiet:g}s without kcm_leader beacon events", interval=1)
+    return leader
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,14 +217,14 @@ def _settled(cluster):
 
 def test_sigkill_of_the_leader_gives_exactly_one_leader_changed_alert(
         minions, cluster, salt_master, event_listener, alertmanager):
-    old = _settled(cluster)
+    old = _settled(cluster, event_listener, salt_master)
     since = time.time()
     cluster.kill(old)
     new = cluster.wait_for_leader(WAIT, exclude=(old,))
 
     beacon_events = _wait_events(event_listener, salt_master, "salt/beacon/*/kcm_leader/changed", since, 3,
                                  "a 'changed' beacon event from every minion")
-    assert sorted(e.data["id"] for e in beacon_events) == sorted(NODES)
+    assert sorted(e.data["id"] for e in beacon_events) == sorted(MINION_ID.values())
     assert {(e.data["old_node"], e.data["new_node"]) for e in beacon_events} == {(old, new)}
     _wait_all_handled(event_listener, salt_master, "changed", since)
 
@@ -215,15 +236,18 @@ def test_sigkill_of_the_leader_gives_exactly_one_leader_changed_alert(
     assert alerts[0]["labels"]["cluster"] and alerts[0]["labels"]["env"] == "it"
     assert f"from {old} to {new}" in alerts[0]["annotations"]["summary"]
     # the new leader's minion said 'acquired', the old one's 'lost'
-    acquired = _events(event_listener, salt_master, "salt/beacon/*/kcm_leader/acquired", since)
-    lost = _events(event_listener, salt_master, "salt/beacon/*/kcm_leader/lost", since)
-    assert [e.data["id"] for e in acquired] == [new]
-    assert [e.data["id"] for e in lost] == [old]
+    acquired = _wait_events(event_listener, salt_master, "salt/beacon/*/kcm_leader/acquired", since, 1, "acquired")
+    lost = _wait_events(event_listener, salt_master, "salt/beacon/*/kcm_leader/lost", since, 1, "lost")
+    assert [e.data["id"] for e in acquired] == [MINION_ID[new]]
+    assert [e.data["id"] for e in lost] == [MINION_ID[old]]
+    # the leader's own minion names itself in `minion`; the others see the node name
+    own = [e for e in beacon_events if e.data["id"] == MINION_ID[new]]
+    assert own[0].data["new_minion"] == MINION_ID[new]
 
 
 def test_no_leader_fires_and_one_kcm_coming_back_resolves_it(
         minions, cluster, salt_master, event_listener, alertmanager):
-    _settled(cluster)
+    _settled(cluster, event_listener, salt_master)
     since = time.time()
     cluster.stop_all()
     _wait_events(event_listener, salt_master, "kcm/alert/no_leader", since, 1, "KCMNoLeader sent")
@@ -241,14 +265,14 @@ def test_no_leader_fires_and_one_kcm_coming_back_resolves_it(
 
 def test_apiserver_down_is_one_unreachable_per_minion_and_one_alert(
         minions, cluster, control_plane, salt_master, event_listener, alertmanager):
-    _settled(cluster)
+    _settled(cluster, event_listener, salt_master)
     since = time.time()
     control_plane.apiserver.stop()
     try:
         reports = _wait_events(event_listener, salt_master, "salt/beacon/*/kcm_leader/unreachable", since, 3,
                                "an 'unreachable' beacon event from every minion")
         _wait_all_handled(event_listener, salt_master, "unreachable", since)
-        assert sorted(e.data["id"] for e in reports) == sorted(NODES)
+        assert sorted(e.data["id"] for e in reports) == sorted(MINION_ID.values())
         assert all(e.data["reason"] for e in reports)
         assert len(_events(event_listener, salt_master, "kcm/alert/unreachable", since)) == 1
         assert len(alertmanager.active(alertname="KCMApiserverUnreachable")) == 1
@@ -257,19 +281,26 @@ def test_apiserver_down_is_one_unreachable_per_minion_and_one_alert(
         control_plane.apiserver.start()
         wait_until(lambda: control_plane.request("GET", "/readyz", timeout=5).ok, WAIT, "apiserver back")
     cluster.start_all()
+
+    def recovered_from_unreachable():
+        found = _events(event_listener, salt_master, "salt/beacon/*/kcm_leader/recovered", back)
+        return {e.data["id"] for e in found if e.data["condition"] == "unreachable"} == set(MINION_ID.values())
+
+    wait_until(recovered_from_unreachable, WAIT, "'recovered' (unreachable) from every minion", interval=0.5)
     wait_until(lambda: alertmanager.active(alertname="KCMApiserverUnreachable") == [], WAIT,
                "KCMApiserverUnreachable resolved")
-    recovered = _events(event_listener, salt_master, "salt/beacon/*/kcm_leader/recovered", back)
-    assert sorted({e.data["id"] for e in recovered if e.data["condition"] == "unreachable"}) == sorted(NODES)
+    def resolve_sent():
+        found = _events(event_listener, salt_master, "kcm/alert/resolved", back)
+        return [a for e in found for a in e.data["alerts"] if a["labels"]["alertname"] == "KCMApiserverUnreachable"]
+
+    assert len(wait_until(resolve_sent, WAIT, "kcm/alert/resolved for KCMApiserverUnreachable", interval=0.5)) == 1
     # unreachable repeats nothing while it lasts: one report per minion in all
     assert len(_events(event_listener, salt_master, "salt/beacon/*/kcm_leader/unreachable", since)) == 3
 
 
 def test_minion_restart_and_pillar_refresh_do_not_alert_again(
         minions, cluster, salt_master, event_listener, alertmanager):
-    leader = _settled(cluster)
-    # let every beacon see the settled cluster (and any pending recovery) first
-    time.sleep(5)
+    leader = _settled(cluster, event_listener, salt_master)
     since = time.time()
     minions["master-1"].terminate()
     minions["master-1"].start()
@@ -285,8 +316,8 @@ def test_minion_restart_and_pillar_refresh_do_not_alert_again(
     # ... and the restarted minion's beacon is alive: it reports the next real change
     since = time.time()
     cluster.kill(leader)
-    _wait_events(event_listener, salt_master, "salt/beacon/master-1/kcm_leader/changed", since, 1,
-                 "master-1 reports the next failover after its restart")
+    _wait_events(event_listener, salt_master, "salt/beacon/al-master-1/kcm_leader/changed", since, 1,
+                 "al-master-1 reports the next failover after its restart")
     cluster.start_all()
 
 
@@ -297,14 +328,22 @@ def test_bad_beacon_config_is_refused_clearly_and_the_good_beacon_keeps_running(
                                                                             {"stale_after": "soon"}])
     assert ret.data["result"] is False
     assert "stale_after must be a number of retry periods > 0" in ret.data["comment"]
-    log_text = Path(minion.config["log_file"]).read_text(errors="replace")
-    assert "Beacon kcm_bad configuration invalid, not running" in log_text
-    assert "kcm_leader: debounce must be an integer >= 1" in log_text
+    # a broken second instance written into the minion config by hand, then a restart
+    conf_dir = Path(minion.config["conf_file"]).parent / "minion.d"
+    conf_dir.mkdir(exist_ok=True)
+    (conf_dir / "kcm_bad.conf").write_text(yaml.safe_dump(
+        {"beacons": {"kcm_bad": [{"beacon_module": "kcm_leader"}, {"debounce": 0}]}}))
+    minion.terminate()
+    minion.start()
+    log_path = Path(minion.config["log_file"])
+    wait_until(lambda: "Beacon kcm_bad configuration invalid, not running" in log_path.read_text(errors="replace"),
+               WAIT, "the minion reports the invalid kcm_bad config")
+    assert "kcm_leader: debounce must be an integer >= 1" in log_path.read_text(errors="replace")
     # the configured (good) instance on the same minion still reports
-    leader = _settled(cluster)
+    leader = _settled(cluster, event_listener, salt_master)
     since = time.time()
     cluster.kill(leader)
-    _wait_events(event_listener, salt_master, "salt/beacon/master-3/kcm_leader/changed", since, 1,
-                 "master-3's good beacon still reports")
-    assert _events(event_listener, salt_master, "salt/beacon/master-3/kcm_bad/*", since) == []
+    _wait_events(event_listener, salt_master, "salt/beacon/al-master-3/kcm_leader/changed", since, 1,
+                 "al-master-3's good beacon still reports")
+    assert _events(event_listener, salt_master, "salt/beacon/al-master-3/kcm_bad/*", since) == []
     cluster.start_all()

@@ -183,11 +183,11 @@ def test_released_lease_is_no_leader_after_debounce():
 
 def test_unreachable_is_debounced_and_carries_a_short_reason():
     run = healthy_run(until=T0 + 3)
-    down = {"error": "apiserver unreachable: connection refused " + "x" * 500}
+    down = {"error": "unreachable", "detail": "GET https://127.0.0.1:6443/apis/...: Connection refused " + "x" * 500}
     assert run.poll(down, T0 + 4) == []
     events = run.poll(down, T0 + 5)
     assert tags(events) == ["unreachable"]
-    assert events[0]["reason"].startswith("apiserver unreachable: connection refused")
+    assert events[0]["reason"].startswith("unreachable: GET https://127.0.0.1:6443/apis/...: Connection refused")
     assert len(events[0]["reason"]) <= 200
     assert run.poll(down, T0 + 6) == []
     events = run.poll(lease("master-1", renewed=T0 + 7), T0 + 7)
