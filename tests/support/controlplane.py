@@ -285,7 +285,7 @@ class Daemon:
         self.proc: subprocess.Popen | None = None
         self.started_at: float | None = None
 
-    def start(self) -> "Daemon":
+    def start(self) -> Daemon:
         """Start the process (again); a running one is an error."""
         if self.running:
             raise RuntimeError(f"{self.name} is already running (pid {self.proc.pid})")
@@ -376,7 +376,7 @@ class ControlPlane:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def start(self, timeout: float = 120.0) -> "ControlPlane":
+    def start(self, timeout: float = 120.0) -> ControlPlane:
         """Make the PKI, start etcd then kube-apiserver, and wait until the apiserver is ready."""
         begin = time.monotonic()
         try:
@@ -400,7 +400,7 @@ class ControlPlane:
             if daemon is not None:
                 daemon.stop()
 
-    def __enter__(self) -> "ControlPlane":
+    def __enter__(self) -> ControlPlane:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -1,7 +1,7 @@
 {#- Leader-aware rolling change of the KCM masters (a new version, or a config change
     that needs a restart):
 
-      salt-run state.orchestrate orch.kcm.upgrade pillar='{"kcm": {"version": "v1.37.3"}}'
+      salt-run state.orchestrate orch.kcm.upgrade pillar='{"kcm": {"version": "v1.37.3"} }'
       salt-run state.orchestrate orch.kcm.upgrade            # after changing the pillar
 
     preflight on every master -> followers one at a time -> the leader last -> a live
