@@ -10,8 +10,11 @@
     reactor SLS itself is re-read on every event, so formula updates need no restart.
     master.d files are merged with list merging, so other `reactor:` entries are kept.
 
+    With kcm:master:enroll:enabled, also salt/minion/*/start -> salt://reactor/kcm/enroll.sls
+    and kcm_enroll: {grain, value} for the kcm_enroll runner (highstate a new master once).
+
     Settings: pillar `kcm:master` (config_dir, alertmanager_urls, webhook_urls, labels,
-    ca_bundle, sync_runners); defaults in defaults.yaml. TLS to receivers is always
+    ca_bundle, sync_runners, enroll); defaults in defaults.yaml. TLS to receivers is always
     verified (ca_bundle '' = the system store). #}
 {%- from tpldir ~ "/map.jinja" import kcm with context %}
 {%- set master = kcm.master %}
@@ -25,6 +28,11 @@
       "reactor": [{"salt/beacon/*/kcm_leader/*": ["salt://reactor/kcm/leader.sls"]}],
       "kcm_alert": alert,
     } %}
+{#- Opt-in enrollment: a starting minion with the control-plane grain is highstated once. #}
+{%- if master.enroll.enabled %}
+{%-   do conf.reactor.append({"salt/minion/*/start": ["salt://reactor/kcm/enroll.sls"]}) %}
+{%-   do conf.update({"kcm_enroll": {"grain": master.enroll.grain, "value": master.enroll.value}}) %}
+{%- endif %}
 
 kcm-master-config:
   file.serialize:
