@@ -31,7 +31,8 @@
 {#- Opt-in enrollment: a starting minion with the control-plane grain is highstated once. #}
 {%- if master.enroll.enabled %}
 {%-   do conf.reactor.append({"salt/minion/*/start": ["salt://reactor/kcm/enroll.sls"]}) %}
-{%-   do conf.update({"kcm_enroll": {"grain": master.enroll.grain, "value": master.enroll.value}}) %}
+{%-   set enroll = {"grain": master.enroll.grain, "value": master.enroll.value} %}
+{%-   do conf.update({"kcm_enroll": enroll}) %}
 {%- endif %}
 
 kcm-master-config:
