@@ -17,6 +17,16 @@ Event tags (``salt/beacon/<minion>/<beacon name>/<tail>``):
     ``kcm.leader`` failed (apiserver down, lock unreadable); ``reason`` says why.
 ``recovered``
     A condition above cleared; ``condition`` names it.
+``cert_expiring``
+    A certificate of ``kcm_pki.cert_status`` (``cert``, ``ca_cert``,
+    ``signer_cert``, ``kubeconfig:client``, ``kubeconfig:ca``) has fewer days
+    left than a threshold not yet announced for it: ``cert``, ``subject``,
+    ``serial``, ``not_after``, ``days_left``, ``threshold`` (the smallest one
+    newly crossed; the larger ones crossed with it count as announced),
+    ``thresholds`` (all configured), ``minion``. Never PEM or key text.
+``cert_renewed``
+    A certificate announced above now has another serial (``old_serial``):
+    its thresholds start over, and the runner resolves the old alerts.
 
 Configuration (minion config or pillar ``beacons:``):
 
@@ -28,15 +38,20 @@ Configuration (minion config or pillar ``beacons:``):
         - debounce: 2            # polls in a row before unreachable / no_leader is announced
         - stale_after: 3         # retry periods without renewal before "stale"
         - timeout: 2             # seconds for the one GET (the poll runs in the minion's main loop)
+        - cert_thresholds: [30, 7]   # days; [] = no certificate checks
+        - cert_check_interval: 3600  # seconds between reads of the certificates
         - state_file: /var/cache/salt/minion/kcm/beacon-kcm_leader.json   # optional
         - disable_during_state_run: false
 
-The last announced state is kept in ``state_file`` (default
+The last announced state (and the (cert, serial, threshold) set already
+announced) is kept in ``state_file`` (default
 ``<cachedir>/kcm/beacon-<beacon name>.json``), so a beacon refresh, a pillar
 refresh or a minion restart does not announce the same thing twice.
 
-The decision logic is the pure function :func:`step`; :func:`beacon` only does
-the I/O around it (one ``kcm.leader`` call per poll, the state file).
+The decision logic is the pure functions :func:`step` and :func:`cert_step`;
+:func:`beacon` only does the I/O around them (one ``kcm.leader`` call per
+poll, one ``kcm_pki.cert_status`` call per ``cert_check_interval``, the state
+file).
 """
 
 import copy
@@ -56,7 +71,7 @@ __virtualname__ = "kcm_leader"
 
 STATE_VERSION = 1
 
-DEFAULTS = {"debounce": 2, "stale_after": 3}
+DEFAULTS = {"debounce": 2, "stale_after": 3, "cert_thresholds": [30, 7], "cert_check_interval": 3600}
 
 # The lease timings KCM uses when deployed facts do not say (kcm-facts 1.5).
 DEFAULT_RETRY_PERIOD = 2.0
@@ -69,7 +84,10 @@ BAD_CONDITIONS = ("stale", "no_leader", "unreachable")
 
 # Keys Salt's beacon framework itself understands; validate() sees them too.
 FRAMEWORK_KEYS = ("interval", "disable_during_state_run", "beacon_module", "run_once", "enabled")
-OWN_KEYS = ("debounce", "stale_after", "state_file", "timeout")
+OWN_KEYS = ("debounce", "stale_after", "state_file", "timeout", "cert_thresholds", "cert_check_interval")
+
+# Fields of a cert_status entry copied into cert events: names and dates only.
+CERT_FIELDS = ("subject", "serial", "not_after", "days_left")
 
 # Record fields that form the fingerprint: any change of them is a renewal or
 # a takeover, which is what client-go's expiry rule watches.
@@ -114,6 +132,15 @@ def _check_item(key, value):
         return f"kcm_leader: stale_after must be a number of retry periods > 0, got {value!r}"
     if key == "timeout" and not (_is_number(value) and 0 < value <= 10):
         return f"kcm_leader: timeout must be seconds in (0, 10] (the poll blocks the minion loop), got {value!r}"
+    if key == "cert_thresholds" and not (
+        isinstance(value, list) and all(_is_number(days) and days > 0 for days in value)
+    ):
+        return f"kcm_leader: cert_thresholds must be a list of days > 0, e.g. [30, 7] ([] = no checks), got {value!r}"
+    if key == "cert_check_interval" and not (_is_number(value) and value > 0):
+        return (
+            "kcm_leader: cert_check_interval must be a number of seconds > 0 "
+            f"(how often certificates are read), got {value!r}"
+        )
     if key == "state_file" and not (isinstance(value, str) and os.path.isabs(value)):
         return f"kcm_leader: state_file must be an absolute path, got {value!r}"
     if key in ("disable_during_state_run", "run_once", "enabled") and not isinstance(value, bool):
@@ -213,6 +240,7 @@ def initial_state():
         "condition": None,
         "reason": None,
         "pending": {"condition": None, "count": 0},
+        "certs": {"checked_at": None, "announced": {}},
     }
 
 
@@ -392,6 +420,7 @@ def announced_view(state):
         "seen": state.get("seen"),
         "condition": state.get("condition"),
         "holder": [record.get(field) for field in ("holder", "node", "minion", "transitions")],
+        "certs": (state.get("certs") or {}).get("announced"),
     }
 
 
@@ -403,7 +432,98 @@ def forget_clock(state):
     """
     state = dict(state, fingerprint=None, changed_at=None, offset=None, polled_at=None, history=False)
     state["pending"] = {"condition": None, "count": 0}
+    # Check the certificates at the first poll after a restart: a renewal may
+    # be what the restart was for. What was announced stays.
+    certs = state.get("certs") if isinstance(state.get("certs"), dict) else {}
+    announced = certs.get("announced") if isinstance(certs.get("announced"), dict) else {}
+    state["certs"] = {"checked_at": None, "announced": announced}
     return state
+
+
+# --------------------------------------------------------------------------
+# certificate expiry (pure)
+# --------------------------------------------------------------------------
+
+
+def cert_check_due(state, now, interval):
+    """True when the certificates were not read within the last `interval` seconds."""
+    checked = ((state or {}).get("certs") or {}).get("checked_at")
+    # now < checked: the wall clock stepped back; check rather than go quiet for long.
+    return checked is None or now - checked >= interval or now < checked
+
+
+def _readable_cert(info):
+    return (
+        isinstance(info, dict)
+        and "error" not in info
+        and _is_number(info.get("days_left"))
+        and info.get("serial") is not None
+    )
+
+
+def _cert_event(tag, name, info, settings, **extra):
+    event = {field: info.get(field) for field in CERT_FIELDS}
+    event.update(tag=tag, cert=name, minion=settings.get("minion"), cluster=settings.get("cluster"), **extra)
+    return event
+
+
+def cert_step(previous, status, now, settings):
+    """
+    Advance the certificate part of the beacon's state by one read; pure, no I/O.
+
+    previous
+        the beacon state (its ``certs`` part is used)
+    status
+        what ``kcm_pki.cert_status`` returned (cert name -> subject, serial,
+        not_after, days_left), or None when it could not be read
+    now
+        local wall-clock seconds
+    settings
+        ``cert_thresholds`` (days), ``minion``, ``cluster``
+
+    Returns ``(state, events)``. For each cert, at most one ``cert_expiring``
+    per read: the smallest threshold crossed and not yet announced for its
+    serial; every threshold it has crossed is then announced. A new serial
+    (a renewal) starts over, with ``cert_renewed`` when the old one had been
+    announced. Unreadable certs keep what was announced for them, so a file
+    caught mid-rewrite does not announce it all again.
+    """
+    state = copy.deepcopy(previous) if previous else initial_state()
+    certs = state.setdefault("certs", {"checked_at": None, "announced": {}})
+    certs["checked_at"] = now
+    announced = certs.setdefault("announced", {})
+    thresholds = sorted({float(days) for days in settings.get("cert_thresholds") or ()}, reverse=True)
+    events = []
+    if not isinstance(status, dict) or "error" in status:
+        return state, events
+    for name in sorted(status):
+        info = status[name]
+        if not _readable_cert(info):
+            continue
+        serial = str(info["serial"])
+        entry = announced.get(name)
+        if entry and entry.get("serial") != serial:
+            if entry.get("thresholds"):
+                events.append(_cert_event("cert_renewed", name, info, settings, old_serial=entry["serial"]))
+            entry = None
+        if entry is None:
+            entry = announced[name] = {"serial": serial, "thresholds": []}
+        crossed = [days for days in thresholds if info["days_left"] < days and days not in entry["thresholds"]]
+        if not crossed:
+            continue
+        entry["thresholds"] = sorted(set(entry["thresholds"]) | set(crossed), reverse=True)
+        events.append(
+            _cert_event(
+                "cert_expiring", name, info, settings,
+                threshold=_plain(min(crossed)), thresholds=[_plain(days) for days in thresholds],
+            )
+        )
+    return state, events
+
+
+def _plain(days):
+    """30.0 -> 30: thresholds read as they were configured, in events and alert labels."""
+    return int(days) if float(days).is_integer() else days
 
 
 # --------------------------------------------------------------------------
@@ -459,6 +579,9 @@ def save_state(path, state):
 def _settings(cfg, deployed):
     election = deployed.get("leader_election") or {}
     return {
+        "cert_thresholds": cfg.get("cert_thresholds", DEFAULTS["cert_thresholds"]),
+        "cert_check_interval": cfg.get("cert_check_interval", DEFAULTS["cert_check_interval"]),
+        "minion": __opts__.get("id"),
         "debounce": cfg.get("debounce", DEFAULTS["debounce"]),
         "stale_after": cfg.get("stale_after", DEFAULTS["stale_after"]),
         "retry_period": parse_duration(election.get("retry_period"), DEFAULT_RETRY_PERIOD),
@@ -497,6 +620,27 @@ def _observe(cfg):
     return result
 
 
+def _cert_status():
+    """One kcm_pki.cert_status call (file reads only); None when it failed."""
+    try:
+        status = __salt__["kcm_pki.cert_status"]()
+    except Exception as exc:  # pylint: disable=broad-except
+        log.warning("kcm_leader: kcm_pki.cert_status raised %s; certificates not checked", type(exc).__name__)
+        return None
+    if not isinstance(status, dict) or "error" in status:
+        reason = status.get("error") if isinstance(status, dict) else f"a {type(status).__name__}, not a dict"
+        log.warning("kcm_leader: kcm_pki.cert_status gave no certificates: %s", reason)
+        return None
+    return status
+
+
+def _check_certs(state, now, settings):
+    """The cert part of a poll: read the certificates when due, else nothing."""
+    if not settings["cert_thresholds"] or not cert_check_due(state, now, settings["cert_check_interval"]):
+        return state, []
+    return cert_step(state, _cert_status(), now, settings)
+
+
 def _load_cached_state(key, path):
     state = __context__.get(key)
     if state is None:
@@ -526,15 +670,21 @@ def beacon(config):
     key = f"kcm_leader.{cfg.get('_beacon_name', __virtualname__)}"
     path = _state_path(cfg)
     previous = _load_cached_state(key, path)
-    state, events = step(previous, _observe(cfg), _now(), _settings(cfg, deployed), _my_names(deployed))
-    # Hook for later checks that report through this beacon (cert_expiring,
-    # issue 6): append their events here, keyed into `state` the same way.
+    now = _now()
+    settings = _settings(cfg, deployed)
+    state, events = step(previous, _observe(cfg), now, settings, _my_names(deployed))
+    state, cert_events = _check_certs(state, now, settings)
     __context__[key] = state
     if announced_view(state) != announced_view(previous):
         _persist(path, state)
     for event in events:
         log.info("kcm_leader: %s (holder %s)", event["tag"], event.get("holder"))
-    return events
+    for event in cert_events:
+        log.warning(
+            "kcm_leader: %s: %s (serial %s) has %s days left (threshold %s)",
+            event["tag"], event["cert"], event["serial"], event["days_left"], event.get("threshold"),
+        )
+    return events + cert_events
 
 
 def _persist(path, state):

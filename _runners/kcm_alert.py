@@ -13,6 +13,11 @@ The reactor (``salt://reactor/kcm/leader.sls``) calls :func:`handle` for each
 * resolves ``KCMNoLeader`` / ``KCMLeaderStale`` on ``changed`` or ``recovered``,
   and ``KCMApiserverUnreachable`` when every reporter has recovered, by posting
   the same labels with ``endsAt``;
+* turns ``cert_expiring`` into ``KCMCertExpiring`` (labels cert, minion,
+  threshold; severity critical at the smallest configured threshold or under
+  7 days left), once per cluster + minion + cert + serial + threshold, with
+  ``endsAt`` = the certificate's notAfter; ``cert_renewed`` (or a
+  ``cert_expiring`` for a new serial) resolves the old serial's alerts;
 * fires ``kcm/alert/<kind>`` on the master bus with what it sent
   (``kcm/alert/resolved``, ``kcm/alert/duplicate``, ``kcm/alert/send_failed``).
 
@@ -64,6 +69,7 @@ DEFAULTS = {
 }
 
 ALERTS = {
+    "cert_expiring": ("KCMCertExpiring", "warning"),
     "changed": ("KCMLeaderChanged", "warning"),
     "no_leader": ("KCMNoLeader", "critical"),
     "stale": ("KCMLeaderStale", "warning"),
@@ -74,6 +80,8 @@ CONDITIONS = ("no_leader", "stale", "unreachable")
 CLEARED_BY_CHANGE = ("no_leader", "stale")
 # A claim older than this is a sender that died mid-send: let a duplicate retry.
 IN_FLIGHT_SECONDS = 120
+# Fewer days left than this make any KCMCertExpiring critical.
+CERT_CRITICAL_DAYS = 7
 
 
 def __virtual__():
@@ -155,7 +163,16 @@ def _write_store(path, store):
 
 
 def _prune(store, oldest):
-    store["seen"] = {key: entry for key, entry in store["seen"].items() if entry.get("at", 0) >= oldest}
+    # A cert alert's key lives until its certificate expires (keep_until), so a
+    # repeated report of the same cert + serial + threshold stays a duplicate.
+    store["seen"] = {
+        key: entry for key, entry in store["seen"].items()
+        if max(entry.get("at", 0), entry.get("keep_until") or 0) >= oldest
+    }
+    store["open"] = {
+        slot: entry for slot, entry in store["open"].items()
+        if not slot.startswith("cert|") or (entry.get("keep_until") or 0) >= oldest
+    }
 
 
 # --------------------------------------------------------------------------
@@ -163,9 +180,16 @@ def _prune(store, oldest):
 # --------------------------------------------------------------------------
 
 
+def _cert_minion(data, reporter):
+    return str(data.get("minion") or reporter)
+
+
 def dedupe_key(kind, data, reporter):
     """The identity of one change: every master that saw it computes the same key."""
     cluster = data.get("cluster") or "unknown"
+    if kind in ("cert_expiring", "cert_renewed"):
+        minion = _cert_minion(data, reporter)
+        return f"{cluster}|{kind}|{minion}|{data.get('cert')}|{data.get('serial')}|{data.get('threshold')}"
     if kind == "changed":
         return f"{cluster}|changed|{data.get('transitions')}|{data.get('new_holder')}"
     if kind == "unreachable":
@@ -183,7 +207,47 @@ def alert_labels(kind, data, extra):
         labels["new_node"] = str(data.get("new_node") or "none")
     elif kind == "stale":
         labels["node"] = str(data.get("node") or "none")
+    elif kind == "cert_expiring":
+        labels.update(
+            severity=cert_severity(data),
+            minion=_cert_minion(data, data.get("id")),
+            cert=str(data.get("cert")),
+            threshold=str(data.get("threshold")),
+        )
     return labels
+
+
+def _number(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def cert_severity(data):
+    """critical at the smallest configured threshold or under CERT_CRITICAL_DAYS left, else warning."""
+    threshold = _number(data.get("threshold"))
+    days_left = _number(data.get("days_left"))
+    configured = [days for days in map(_number, data.get("thresholds") or ()) if days is not None]
+    smallest = min(configured) if configured else threshold
+    if days_left is not None and days_left < CERT_CRITICAL_DAYS:
+        return "critical"
+    if threshold is not None and smallest is not None and threshold <= smallest:
+        return "critical"
+    return "warning"
+
+
+def _epoch(text):
+    """Epoch seconds of an RFC3339 time ('2027-01-15T08:00:00Z'), or None."""
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        parsed = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=datetime.timezone.utc)
+    return parsed.timestamp()
 
 
 def _annotations(kind, data, reporter):
@@ -204,6 +268,16 @@ def _annotations(kind, data, reporter):
             f"The lease is expired or released (last holder {data.get('holder')}, "
             f"last renewal {data.get('renew_time')}); first reported by {reporter}."
         )
+    elif kind == "cert_expiring":
+        minion = _cert_minion(data, reporter)
+        summary = (
+            f"{data.get('cert')} certificate of KCM on {minion} ({cluster}) expires in "
+            f"{data.get('days_left')} days"
+        )
+        description = (
+            f"Subject {data.get('subject')}, serial {data.get('serial')}, notAfter {data.get('not_after')}: "
+            f"{data.get('days_left')} days left, below the {data.get('threshold')}-day threshold."
+        )
     elif kind == "stale":
         summary = f"KCM leader {data.get('node')} of {cluster} stopped renewing its lease"
         description = (
@@ -216,16 +290,24 @@ def _annotations(kind, data, reporter):
     return {"summary": summary, "description": description}
 
 
+def _ends_at(kind, data, cfg, now):
+    if kind == "cert_expiring":
+        # Until the cert expires; an already expired one (or an unreadable
+        # notAfter) must not arrive resolved, so it gets the condition TTL.
+        expiry = _epoch(data.get("not_after"))
+        return expiry if expiry is not None and expiry > now else now + cfg["condition_ttl"]
+    return now + (cfg["event_ttl"] if kind == "changed" else cfg["condition_ttl"])
+
+
 def build_alert(kind, data, reporter, cfg, now):
     """One Alertmanager v2 alert (postableAlert) for a firing condition or event."""
-    ttl = cfg["event_ttl"] if kind == "changed" else cfg["condition_ttl"]
     return {
         "labels": alert_labels(kind, data, cfg["labels"]),
         "annotations": _annotations(kind, data, reporter),
         "startsAt": _rfc3339(now),
         # Explicit endsAt: without it Alertmanager resolves an alert that is
         # not re-sent after resolve_timeout (5 min), and we send only once.
-        "endsAt": _rfc3339(now + ttl),
+        "endsAt": _rfc3339(_ends_at(kind, data, cfg, now)),
     }
 
 
@@ -249,6 +331,41 @@ def _claimable(entry, now):
     return entry.get("status") == "sending" and now - entry.get("at", 0) > IN_FLIGHT_SECONDS
 
 
+def _cert_slot(data, reporter):
+    cluster = data.get("cluster") or "unknown"
+    return f"cert|{cluster}|{_cert_minion(data, reporter)}|{data.get('cert')}"
+
+
+def _resolve_old_serial(store, data, reporter, now, keep_labels=None):
+    """Resolutions for the open alerts of this cert's previous serial (a renewal ended them)."""
+    slot = _cert_slot(data, reporter)
+    current = store["open"].get(slot)
+    if not current or current.get("serial") == str(data.get("serial")):
+        return []
+    store["open"].pop(slot)
+    # An alert with the very labels about to fire again is replaced by that
+    # firing, not resolved first.
+    return [_resolution(alert, now) for alert in current["alerts"] if alert["labels"] != keep_labels]
+
+
+def _decide_cert(store, kind, data, reporter, cfg, now):
+    """_decide for cert_expiring / cert_renewed."""
+    if kind == "cert_renewed":
+        return [], _resolve_old_serial(store, data, reporter, now), None
+    alert = build_alert(kind, data, reporter, cfg, now)
+    resolve = _resolve_old_serial(store, data, reporter, now, keep_labels=alert["labels"])
+    key = dedupe_key(kind, data, reporter)
+    if not _claimable(store["seen"].get(key), now):
+        return [], resolve, None
+    expiry = _epoch(data.get("not_after")) or now
+    store["seen"][key] = {"at": now, "status": "sending", "reporter": reporter, "keep_until": expiry}
+    slot = _cert_slot(data, reporter)
+    current = store["open"].setdefault(slot, {"serial": str(data.get("serial")), "alerts": []})
+    current["keep_until"] = expiry
+    current["alerts"] = [a for a in current["alerts"] if a["labels"] != alert["labels"]] + [alert]
+    return [alert], resolve, (key, None)
+
+
 def _decide(store, kind, data, reporter, cfg, now):
     """
     Update the store for one event; return (alerts to fire, alerts to resolve,
@@ -259,6 +376,8 @@ def _decide(store, kind, data, reporter, cfg, now):
     """
     cluster = data.get("cluster") or "unknown"
     fire, resolve = [], []
+    if kind in ("cert_expiring", "cert_renewed"):
+        return _decide_cert(store, kind, data, reporter, cfg, now)
     if kind == "recovered":
         condition = data.get("condition")
         slot = f"{cluster}|{condition}"
@@ -305,7 +424,7 @@ def _finish(cfg, claim, ok):
         entry = store["seen"].get(key)
         if entry is not None:
             entry["status"] = "sent" if ok else "failed"
-        if slot in store["open"]:
+        if slot is not None and slot in store["open"]:
             store["open"][slot]["delivered"] = store["open"][slot].get("delivered") or ok
 
 
@@ -402,7 +521,7 @@ def handle(tag, data):
     kind = _kind_of(tag)
     reporter = data.get("id") or "unknown"
     result = {"kind": kind, "reporter": reporter, "fired": [], "resolved": [], "duplicate": False, "failed": False}
-    if kind not in ALERTS and kind != "recovered":
+    if kind not in ALERTS and kind not in ("recovered", "cert_renewed"):
         # acquired / lost ride along with changed; nothing to alert on its own.
         result["ignored"] = True
         return result

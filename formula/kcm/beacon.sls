@@ -10,7 +10,8 @@
     - pillar `beacons:` present: the formula cannot write pillar, so this state checks
       that pillar carries a kcm_leader entry and fails, printing the entry to add, when
       it does not (adding it to minion.d would look fine and never run).
-    Settings: pillar `kcm:beacon` (enabled, interval, debounce, stale_after, timeout);
+    Settings: pillar `kcm:beacon` (enabled, interval, debounce, stale_after, timeout,
+    cert_thresholds, cert_check_interval);
     defaults in defaults.yaml. interval is in seconds with the minion's default loop_interval: 1.
     Needs a running salt-minion (beacons live in its main loop), not salt-call --local. #}
 {%- from tpldir ~ "/map.jinja" import kcm with context %}
@@ -20,6 +21,8 @@
       {"debounce": beacon.debounce},
       {"stale_after": beacon.stale_after},
       {"timeout": beacon.timeout},
+      {"cert_thresholds": beacon.cert_thresholds},
+      {"cert_check_interval": beacon.cert_check_interval},
       {"disable_during_state_run": false},
     ] %}
 {%- set pillar_beacons = salt["pillar.get"]("beacons", none) %}

@@ -292,3 +292,130 @@ def test_real_http_retry_after_a_500_and_webhook_copy(tmp_path, monkeypatch, rec
     assert hook["kind"] == "changed" and hook["action"] == "fire"
     assert hook["alerts"][0]["labels"]["alertname"] == "KCMLeaderChanged"
     assert events == ["kcm/alert/changed"]
+
+
+# --------------------------------------------------------------------------
+# KCMCertExpiring
+# --------------------------------------------------------------------------
+
+NOT_AFTER = "2027-02-04T08:00:00Z"  # about 20 days after T0
+EXPIRING = {"cert": "cert", "subject": "system:kube-controller-manager", "serial": "5eed01",
+            "not_after": NOT_AFTER, "days_left": 20.0, "threshold": 30, "thresholds": [30, 7], "minion": "master-2"}
+
+
+def test_cert_expiring_payload(harness):
+    result = harness.handle("master-2", "cert_expiring", **EXPIRING)
+    assert result["fired"] and not result["failed"]
+    ((url, (alert,)),) = harness.posts
+    assert url == "http://127.0.0.1:9093/api/v2/alerts"
+    assert alert["labels"] == {"alertname": "KCMCertExpiring", "cluster": "prod", "severity": "warning",
+                               "minion": "master-2", "cert": "cert", "threshold": "30", "env": "test"}
+    text = alert["annotations"]["summary"] + " " + alert["annotations"]["description"]
+    for part in ("system:kube-controller-manager", NOT_AFTER, "20.0 days", "5eed01", "master-2"):
+        assert part in text
+    ends = datetime.datetime.fromisoformat(alert["endsAt"].replace("Z", "+00:00"))
+    assert ends == datetime.datetime(2027, 2, 4, 8, tzinfo=datetime.timezone.utc)
+    starts = datetime.datetime.fromisoformat(alert["startsAt"].replace("Z", "+00:00"))
+    assert starts.timestamp() == pytest.approx(T0)
+    ((tag, data),) = harness.events
+    assert tag == "kcm/alert/cert_expiring" and data["alerts"] == [alert]
+
+
+@pytest.mark.parametrize(
+    "threshold, thresholds, days_left, severity",
+    [
+        (30, [30, 7], 20.0, "warning"),
+        (7, [30, 7], 6.5, "critical"),  # the smallest threshold
+        (30, [30, 7], 5.0, "critical"),  # under 7 days, whatever the threshold
+        (60, [60, 30, 14], 13.0, "warning"),  # 14 is the smallest here
+        (14, [60, 30, 14], 13.0, "critical"),
+        (400, [400], 6.9, "critical"),
+    ],
+)
+def test_cert_expiring_severity(harness, threshold, thresholds, days_left, severity):
+    harness.handle("master-2", "cert_expiring",
+                   **dict(EXPIRING, threshold=threshold, thresholds=thresholds, days_left=days_left))
+    assert harness.alerts()[0]["labels"]["severity"] == severity
+
+
+def test_cert_expiring_once_per_cluster_minion_cert_serial_threshold(harness):
+    assert harness.handle("master-2", "cert_expiring", **EXPIRING)["fired"]
+    assert harness.handle("master-2", "cert_expiring", **EXPIRING)["duplicate"] is True
+    harness.now = T0 + 5 * 86400  # long after the ordinary dedupe TTL, before the cert expires
+    assert harness.handle("master-2", "cert_expiring", **EXPIRING)["duplicate"] is True
+    assert harness.handle("master-2", "cert_expiring", **dict(EXPIRING, threshold=7, days_left=6.0))["fired"]
+    assert harness.handle("master-3", "cert_expiring", **dict(EXPIRING, minion="master-3"))["fired"]
+    assert harness.handle("master-2", "cert_expiring", **dict(EXPIRING, cert="kubeconfig:client"))["fired"]
+    assert harness.handle("master-2", "cert_expiring", **dict(EXPIRING, cluster="other"))["fired"]
+    assert len(harness.alerts()) == 5
+    assert harness.tags().count("kcm/alert/cert_expiring") == 5
+
+
+def test_cert_expiring_dedupe_holds_under_concurrent_reactor_threads(tmp_path, monkeypatch):
+    harness = Harness(tmp_path, monkeypatch)
+    original = harness._post
+
+    def slow_post(url, payload, cfg):
+        threading.Event().wait(0.02)
+        original(url, payload, cfg)
+
+    monkeypatch.setattr(harness.module, "_post", slow_post)
+    certs = ("cert", "ca_cert", "kubeconfig:client", "kubeconfig:ca", "signer_cert")
+    barrier = threading.Barrier(30)
+    errors = []
+
+    def report(cert, threshold):
+        try:
+            barrier.wait()
+            harness.handle("master-2", "cert_expiring", **dict(EXPIRING, cert=cert, threshold=threshold))
+        except Exception as exc:  # noqa: BLE001 - surfaced by the assert below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=report, args=(cert, threshold))
+               for cert in certs for threshold in (30, 7) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == []
+    sent = sorted((a["labels"]["cert"], a["labels"]["threshold"]) for a in harness.alerts())
+    assert sent == sorted((cert, str(threshold)) for cert in certs for threshold in (30, 7))
+
+
+def test_a_renewal_resolves_the_old_serials_alerts(harness):
+    harness.handle("master-2", "cert_expiring", **EXPIRING)
+    harness.handle("master-2", "cert_expiring", **dict(EXPIRING, threshold=7, days_left=6.0))
+    other = harness.handle("master-2", "cert_expiring", **dict(EXPIRING, cert="ca_cert"))
+    harness.now = T0 + 3600
+    renewed = dict(EXPIRING, serial="2e3", old_serial="5eed01", days_left=365.0, not_after="2028-01-15T08:00:00Z")
+    result = harness.handle("master-2", "cert_renewed", **renewed)
+    assert sorted(labels["threshold"] for labels in result["resolved"]) == ["30", "7"]
+    assert all(labels["cert"] == "cert" for labels in result["resolved"])
+    resolved = [a for a in harness.alerts()[3:]]
+    assert all(a["endsAt"].startswith(_iso(T0 + 3600)) for a in resolved) and len(resolved) == 2
+    assert "kcm/alert/resolved" in harness.tags()
+    # the other cert's alert stays; a second report of the renewal has nothing left to do
+    assert other["fired"] and harness.handle("master-2", "cert_renewed", **renewed)["duplicate"] is True
+    # the new serial is alerted afresh when it runs low
+    assert harness.handle("master-2", "cert_expiring", **dict(EXPIRING, serial="2e3"))["fired"]
+
+
+def test_a_new_serial_below_the_same_threshold_replaces_the_old_alert(harness):
+    harness.handle("master-2", "cert_expiring", **dict(EXPIRING, threshold=7, days_left=6.0))
+    harness.handle("master-2", "cert_expiring", **EXPIRING)
+    result = harness.handle("master-2", "cert_expiring", **dict(EXPIRING, serial="2e3"))
+    # threshold 30 fires again for the new serial (same labels: it replaces the old one),
+    # threshold 7 of the old serial is resolved
+    assert [labels["threshold"] for labels in result["fired"]] == ["30"]
+    assert [labels["threshold"] for labels in result["resolved"]] == ["7"]
+
+
+def test_an_expired_cert_does_not_arrive_resolved(harness):
+    harness.handle("master-2", "cert_expiring",
+                   **dict(EXPIRING, threshold=7, days_left=-2.0, not_after="2027-01-13T08:00:00Z"))
+    ends = datetime.datetime.fromisoformat(harness.alerts()[0]["endsAt"].replace("Z", "+00:00")).timestamp()
+    assert ends > T0
+
+
+def _iso(epoch):
+    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")

@@ -402,3 +402,202 @@ def test_validate_never_raises_on_garbage():
 )
 def test_parse_duration(text, seconds):
     assert kcm_leader.parse_duration(text, 7.0) == seconds
+
+
+# --------------------------------------------------------------------------
+# certificate expiry: cert_step, cert_check_due, and the beacon's I/O
+# --------------------------------------------------------------------------
+
+CERTS = {"cert_thresholds": [30, 7], "minion": "master-2", "cluster": "prod"}
+
+
+def status(days, serial="5eed01", name="cert", **more):
+    """A kcm_pki.cert_status result with one certificate (plus `more` entries)."""
+    entry = {"source": "/etc/k8s/ssl/kube-controller-manager.pem", "subject": "system:kube-controller-manager",
+             "not_after": "2027-01-15T08:00:00Z", "days_left": days, "serial": serial}
+    return dict({name: entry}, **more)
+
+
+class CertRun:
+    """Feeds cert_status results through cert_step() one read at a time."""
+
+    def __init__(self, settings=None, state=None):
+        self.state = state
+        self.settings = dict(CERTS, **(settings or {}))
+
+    def read(self, result, now=T0):
+        self.state, events = kcm_leader.cert_step(self.state, result, now, self.settings)
+        return events
+
+
+def crossed(events):
+    return [(e["tag"], e["cert"], e.get("threshold")) for e in events]
+
+
+def test_each_threshold_is_announced_once_as_the_days_run_out():
+    run = CertRun()
+    assert run.read(status(45)) == []
+    events = run.read(status(29.5))
+    assert crossed(events) == [("cert_expiring", "cert", 30)]
+    assert {k: events[0][k] for k in ("subject", "serial", "not_after", "days_left", "minion", "cluster")} == {
+        "subject": "system:kube-controller-manager", "serial": "5eed01", "not_after": "2027-01-15T08:00:00Z",
+        "days_left": 29.5, "minion": "master-2", "cluster": "prod"}
+    assert events[0]["thresholds"] == [30, 7]
+    assert run.read(status(20)) == [] and run.read(status(7.0)) == []  # 7.0 is not below 7
+    assert crossed(run.read(status(6.9))) == [("cert_expiring", "cert", 7)]
+    assert run.read(status(1)) == [] and run.read(status(-2)) == []
+
+
+def test_a_cert_already_past_several_thresholds_is_one_event_for_the_smallest():
+    run = CertRun()
+    assert crossed(run.read(status(3))) == [("cert_expiring", "cert", 7)]
+    assert run.read(status(2.5)) == []  # 30 counts as announced with it
+
+
+def test_each_cert_is_judged_on_its_own():
+    run = CertRun()
+    both = status(29, **status(6, name="kubeconfig:client", serial="c11e47"))
+    assert sorted(crossed(run.read(both))) == [("cert_expiring", "cert", 30), ("cert_expiring", "kubeconfig:client", 7)]
+
+
+def test_announced_thresholds_survive_a_restart_through_the_state_file(tmp_path):
+    path = str(tmp_path / "beacon.json")
+    run = CertRun()
+    run.read(status(29))
+    kcm_leader.save_state(path, run.state)
+    restarted = CertRun(state=kcm_leader.load_state(path))
+    assert kcm_leader.cert_check_due(restarted.state, T0 + 1, 3600)  # re-read at once after a restart ...
+    assert restarted.read(status(28.9), T0 + 1) == []  # ... without announcing 30 again
+    assert crossed(restarted.read(status(6), T0 + 2)) == [("cert_expiring", "cert", 7)]
+
+
+def test_a_renewed_cert_starts_over_and_says_so():
+    run = CertRun()
+    run.read(status(29, serial="01d"))
+    events = run.read(status(365, serial="2e3"))
+    assert [(e["tag"], e["old_serial"], e["serial"]) for e in events] == [("cert_renewed", "01d", "2e3")]
+    assert crossed(run.read(status(29, serial="2e3"))) == [("cert_expiring", "cert", 30)]
+
+
+def test_a_new_serial_that_was_never_announced_is_not_news():
+    run = CertRun()
+    run.read(status(200, serial="01d"))
+    assert run.read(status(365, serial="2e3")) == []
+
+
+def test_an_unreadable_cert_keeps_what_was_announced_for_it():
+    run = CertRun()
+    run.read(status(29))
+    assert run.read({"cert": {"source": "/etc/k8s/ssl/kcm.pem", "error": "unreadable: OSError"}}) == []
+    assert run.read(None) == [] and run.read({"error": "kcm is not deployed here"}) == []
+    assert run.read(status(28)) == []
+
+
+def test_cert_check_due_honours_the_interval():
+    state = kcm_leader.initial_state()
+    assert kcm_leader.cert_check_due(state, T0, 3600)
+    state, _ = kcm_leader.cert_step(state, status(100), T0, CERTS)
+    assert not kcm_leader.cert_check_due(state, T0 + 3599, 3600)
+    assert kcm_leader.cert_check_due(state, T0 + 3600, 3600)
+    assert kcm_leader.cert_check_due(state, T0 - 60, 3600)  # the clock stepped back
+
+
+@pytest.fixture
+def pki_files(tmp_path):
+    """Real PEM files as the formula lays them down: a 20-day KCM cert, its key, a 300-day CA, a kubeconfig."""
+    import base64
+
+    import yaml
+
+    from tests.support import pki as testpki
+
+    ca_cert, ca_key = testpki.make_ca(days=300)
+    cert, key = testpki.issue(ca_cert, ca_key, days=20)
+    ssl = tmp_path / "ssl"
+    ssl.mkdir()
+    files = {"ca_cert": ssl / "ca.pem", "ca_key": ssl / "ca-key.pem", "cert": ssl / "kcm.pem",
+             "key": ssl / "kcm-key.pem", "kubeconfig": tmp_path / "kcm.kubeconfig"}
+    files["ca_cert"].write_text(testpki.cert_pem(ca_cert))
+    files["ca_key"].write_text(testpki.key_pem(ca_key))
+    files["cert"].write_text(testpki.cert_pem(cert))
+    files["key"].write_text(testpki.key_pem(key))
+    b64 = lambda text: base64.b64encode(text.encode()).decode()  # noqa: E731
+    files["kubeconfig"].write_text(yaml.safe_dump({
+        "clusters": [{"name": "k", "cluster": {"certificate-authority-data": b64(testpki.cert_pem(ca_cert))}}],
+        "users": [{"name": "u", "user": {"client-certificate-data": b64(testpki.cert_pem(cert)),
+                                         "client-key-data": b64(testpki.key_pem(key))}}],
+    }))
+    return {name: str(path) for name, path in files.items()}
+
+
+def test_beacon_reads_certs_once_per_interval_and_sends_no_pem(loaded, pki_files, monkeypatch):
+    module, answers, _ = loaded
+    kcm_pki = _load("kcm_pki_for_beacon", ROOT / "_modules" / "kcm_pki.py")
+    deployed = {"cluster": "prod", "files": pki_files}
+    reads = []
+
+    def cert_status():
+        reads.append(1)
+        return kcm_pki.cert_status(deployed)
+
+    module.__salt__["kcm_pki.cert_status"] = cert_status
+    now = {"t": T0}
+    monkeypatch.setattr(module, "_now", lambda: now["t"])
+    config = [{"_beacon_name": "kcm_leader"}, {"cert_thresholds": [30, 7]}, {"cert_check_interval": 10}]
+    all_events = []
+    for second in range(25):
+        now["t"] = T0 + second
+        answers.append(lease("master-1", renewed=now["t"]))
+        all_events += module.beacon(config)
+    assert len(reads) == 3  # at T0, T0+10, T0+20
+    expiring = [e for e in all_events if e["tag"] == "cert_expiring"]
+    assert sorted((e["cert"], e["threshold"]) for e in expiring) == [("cert", 30), ("kubeconfig:client", 30)]
+    assert all(e["minion"] == "master-2" and e["cluster"] == "prod" and 19.9 <= e["days_left"] <= 20 for e in expiring)
+    text = json.dumps(all_events)
+    assert "BEGIN" not in text and "PRIVATE KEY" not in text and "MII" not in text
+
+    # a refresh reloads the state file: it re-reads, and announces nothing again
+    module.__context__.clear()
+    answers.append(lease("master-1", renewed=T0 + 30))
+    now["t"] = T0 + 30
+    assert module.beacon(config) == [] and len(reads) == 4
+
+
+def test_beacon_without_thresholds_never_reads_certs(loaded, monkeypatch):
+    module, answers, _ = loaded
+    module.__salt__["kcm_pki.cert_status"] = lambda: pytest.fail("cert_status called with cert_thresholds: []")
+    monkeypatch.setattr(module, "_now", lambda: T0)
+    answers.append(lease("master-1", renewed=T0))
+    assert module.beacon([{"_beacon_name": "kcm_leader"}, {"cert_thresholds": []}]) == []
+
+
+def test_beacon_survives_a_raising_cert_status(loaded, monkeypatch):
+    module, answers, _ = loaded
+
+    def boom():
+        raise OSError("disk on fire")
+
+    module.__salt__["kcm_pki.cert_status"] = boom
+    monkeypatch.setattr(module, "_now", lambda: T0)
+    answers.append(lease("master-1", renewed=T0))
+    assert module.beacon([{"_beacon_name": "kcm_leader"}]) == []
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ([{"cert_thresholds": 30}], "cert_thresholds must be a list of days > 0, e.g. [30, 7]"),
+        ([{"cert_thresholds": [30, "7"]}], "cert_thresholds must be a list of days > 0"),
+        ([{"cert_thresholds": [0]}], "cert_thresholds must be a list of days > 0"),
+        ([{"cert_check_interval": 0}], "cert_check_interval must be a number of seconds > 0"),
+        ([{"cert_check_interval": "1h"}], "cert_check_interval must be a number of seconds > 0"),
+    ],
+)
+def test_validate_cert_keys(config, message):
+    valid, comment = kcm_leader.validate(config)
+    assert valid is False and message in comment
+
+
+def test_validate_accepts_cert_keys():
+    assert kcm_leader.validate([{"cert_thresholds": [30, 7]}, {"cert_check_interval": 3600}])[0] is True
+    assert kcm_leader.validate([{"cert_thresholds": []}, {"cert_check_interval": 0.5}])[0] is True
