@@ -84,6 +84,11 @@ def test_apply_lays_down_a_working_kcm(state, tmp_path, test_pki, version):
     # the insecure port is closed with --port=0 before v1.22; later releases reject or ignore it
     assert flags.get("port") == ("0" if minor < 22 else None)
     assert "Restart=always" in unit and "User=root" in unit
+    unit_path = Path(paths["unit"]) / "kube-controller-manager.service"
+    verify = subprocess.run(["systemd-analyze", "verify", str(unit_path)], capture_output=True, text=True)
+    # systemd-analyze exits 0 on some bad lines and only warns: no warning about our unit may appear
+    complaints = [line for line in verify.stderr.splitlines() if "kube-controller-manager.service" in line]
+    assert verify.returncode == 0 and complaints == [], verify.stderr
 
     again = state.apply("kcm", pillar=pillar)
     assert not failed(again) and changed(again) == [], changed(again)

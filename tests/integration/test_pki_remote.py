@@ -1,5 +1,7 @@
 """pki:mode remote: a real CA minion signs the masters' KCM certificates through an
-x509_v2 signing policy, over a real master's peer publish."""
+x509_v2 signing policy, over a real master's peer publish; the real kube-apiserver accepts
+the issued certificate and KCM, started from the rendered unit, leads with it.
+(No systemd here: the test starts the unit's ExecStart itself.)"""
 
 import json
 from pathlib import Path
@@ -8,19 +10,27 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from tests.e2e.conftest import _server_tarball, k8s_bin  # noqa: F401 (fixture)
 from tests.support import pki as testpki
+from tests.support.controlplane import ControlPlane, KcmProcess, free_port
 from tests.support.pillar import REPO, sandbox_pillar
-from tests.support.tarball import build_tarball
 
-pytestmark = pytest.mark.integration
-VERSION = "v1.34.3"
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 
 @pytest.fixture(scope="module")
-def remote_setup(salt_factories, tmp_path_factory):
+def control_plane(k8s_bin, tmp_path_factory):  # noqa: F811
+    cp = ControlPlane(k8s_bin, tmp_path_factory.mktemp("cp-remote"), nodes=("master-r1",)).start()
+    yield cp
+    cp.stop()
+
+
+@pytest.fixture(scope="module")
+def remote_setup(salt_factories, tmp_path_factory, control_plane):
     pillar_dir = tmp_path_factory.mktemp("pillar-remote")
     ca_dir = tmp_path_factory.mktemp("kcm-ca")
-    full = testpki.kcm_pki(("master-r1",))
+    # the CA minion signs with the cluster CA, the one kube-apiserver trusts for clients
+    full = control_plane.kcm_pki(("master-r1",))
     signer_cert, signer_key = testpki.make_ca("kcm-cluster-signer")
     master = salt_factories.salt_master_daemon(
         "kcm-pki-master",
@@ -33,11 +43,14 @@ def remote_setup(salt_factories, tmp_path_factory):
         },
     )
     root = tmp_path_factory.mktemp("master-r1")
-    kcm = sandbox_pillar(root, build_tarball(tmp_path_factory.mktemp("dl"), VERSION), VERSION,
+    tarball, version = _server_tarball(control_plane.bin_dir)
+    kcm = sandbox_pillar(root, tarball, version,
                          {"ca_cert": full["ca_cert"], "service_account_key": full["service_account_key"],
                           "signer_cert": testpki.cert_pem(signer_cert), "signer_key": testpki.key_pem(signer_key)})
     kcm["kcm"]["pki"].update(mode="remote", ca_server="kcm-ca", signing_policy="kcm",
                              days_valid=30, days_remaining=7)
+    kcm["kcm"].update(apiserver=control_plane.apiserver_url, secure_port=free_port(),
+                      leader_election={"lease_duration": "4s", "renew_deadline": "3s", "retry_period": "1s"})
     ca_pillar = {
         "kcm_ca": {"dir": str(ca_dir), "ca_cert": full["ca_cert"], "ca_key": full["ca_key"]},
         "x509_signing_policies": {
@@ -62,7 +75,7 @@ def remote_setup(salt_factories, tmp_path_factory):
             yield {"master": master, "pillar": kcm, "full": full, "ca_dir": ca_dir}
 
 
-def test_the_ca_minion_signs_and_the_ca_key_stays_there(remote_setup):
+def test_the_ca_minion_signs_and_the_ca_key_stays_there(remote_setup, control_plane, tmp_path):
     cli = remote_setup["master"].salt_cli(timeout=300)
     assert cli.run("saltutil.sync_all", minion_tgt="*").returncode == 0
     ca_ret = cli.run("state.apply", "kcm.ca", minion_tgt="kcm-ca")
@@ -84,6 +97,17 @@ def test_the_ca_minion_signs_and_the_ca_key_stays_there(remote_setup):
 
     again = cli.run("state.apply", "kcm", minion_tgt="master-r1")
     assert [k for k, v in again.data.items() if v["changes"]] == []
+
+    # the real kube-apiserver accepts the issued client cert: KCM leads with it, and
+    # /healthz verifies against the issued serving cert
+    kcm = KcmProcess(Path(paths["unit"], "kube-controller-manager.service"), "master-r1",
+                     tmp_path / "kcm-master-r1.log")
+    kcm.start()
+    try:
+        kcm.wait_healthy(Path(paths["pki"], "ca.pem"))
+        assert control_plane.wait_for_leader(60) == "master-r1"
+    finally:
+        kcm.stop()
 
 
 def test_a_refusing_policy_fails_the_run_with_its_reason(remote_setup):
