@@ -57,6 +57,11 @@ kcm-beacon-present:
     - {{ key }}: {{ value | json }}
     {%- endfor %}
     {%- endfor %}
+    # The minion's main process reloads its beacons after the sync asynchronously; until it
+    # has, beacons.add answers "not available" (seen on Salt 3006).
+    - retry:
+        attempts: 10
+        interval: 2
     - require:
       - saltutil: kcm-beacon-sync-beacons
 
