@@ -1,6 +1,7 @@
 """What the orchestration tests and bench/rolling.py share: the masters' pillar (with
 ``kcm:service:control_cmd`` pointing at kcmctl.py), restart counting, and a Lease watcher
-that records every poll while an orchestration runs. Nothing here imports pytest."""
+that records every poll while an orchestration runs, and readers of an orchestration's
+return. Nothing here imports pytest."""
 
 from __future__ import annotations
 
@@ -87,6 +88,24 @@ def _quote(arg: str) -> str:
     import shlex
 
     return shlex.quote(arg)
+
+
+def steps(result):
+    """State id -> state return of a `salt-run state.orchestrate` (parsed JSON)."""
+    data = result.data
+    assert isinstance(data, dict), result.stdout
+    [states] = data.get("data", data).values()  # keyed by the master's id
+    return {st["__id__"]: st for st in states.values()}
+
+
+def runner_return(step):
+    """What the runner of a ``salt.runner`` orchestration step returned."""
+    return (step.get("changes") or {}).get("return")
+
+
+def starts(cluster, since):
+    """KCM starts per master at or after ``since`` (epoch)."""
+    return {name: len(node.starts(since)) for name, node in cluster.nodes.items()}
 
 
 def _healthz_ok(node: Node) -> bool:

@@ -1,10 +1,7 @@
 """orch.kcm.upgrade and orch.kcm.drill through a real salt-master and three real minions,
 against a real control plane and three real KCMs (fixtures in conftest.py).
 
-A version change between two real releases is not covered: the build cache holds one
-release (v1.37.2), and a second cold build does not fit CI's time limit. The version path
-differs from a config change only in the preflight's download and install, which the
-preflight failure test and the functional tier exercise.
+A version change between two real patch releases: test_version_upgrade.py.
 """
 
 from __future__ import annotations
@@ -13,24 +10,9 @@ import time
 
 import pytest
 
-from tests.e2e.orch.harness import BOUND, LeaseWatch
+from tests.e2e.orch.harness import BOUND, LeaseWatch, runner_return, starts, steps
 
 pytestmark = pytest.mark.e2e
-
-def steps(result):
-    """State id -> state return of a `salt-run state.orchestrate` (parsed JSON)."""
-    data = result.data
-    assert isinstance(data, dict), result.stdout
-    [states] = data.get("data", data).values()  # keyed by the master's id
-    return {st["__id__"]: st for st in states.values()}
-
-
-def runner_return(step):
-    return (step.get("changes") or {}).get("return")
-
-
-def starts(orch, since):
-    return {name: len(node.starts(since)) for name, node in orch.nodes.items()}
 
 
 def orch_lease_seconds(orch):

@@ -1,0 +1,180 @@
+"""A version change between two real builds through ``orch.kcm.upgrade``: three masters
+deployed at the previous patch release (PREVIOUS) are rolled to the pinned one (what
+``scripts/k8s-binaries`` builds by default), as an operator would do it:
+
+    salt-run state.orchestrate orch.kcm.upgrade \\
+        pillar='{"kcm": {"version": "v1.37.2", "source": {"url": ..., "hash": ...}}}'
+
+The control plane runs the pinned release (the apiserver is upgraded before the KCMs). Both
+builds come from scripts/k8s-binaries; a missing one fails the fixtures (never a skip).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.orch.cluster import built_release, deployed_cluster, release_of, server_tarball
+from tests.e2e.orch.harness import BOUND, LeaseWatch, runner_return, starts, steps
+
+pytestmark = pytest.mark.e2e
+
+PREVIOUS = "v1.37.1"
+
+
+@dataclass
+class Rollout:
+    """One ``orch.kcm.upgrade`` run and what was watched around it."""
+
+    result: object
+    watch: LeaseWatch
+    since: float
+    leader: str
+    holder: str
+    seconds: float
+
+    @property
+    def states(self) -> dict:
+        return steps(self.result)
+
+    @property
+    def summary(self) -> dict:
+        return runner_return(self.states["kcm-orch-upgrade-rolling"])
+
+
+@pytest.fixture(scope="module")
+def target_bin(k8s_bin):
+    if release_of(server_tarball(k8s_bin)) == PREVIOUS:
+        pytest.fail(f"scripts/k8s-binaries builds {PREVIOUS} by default: nothing to upgrade to", pytrace=False)
+    return k8s_bin
+
+
+@pytest.fixture(scope="module")
+def previous_cluster(request, target_bin, salt_factories, tmp_path_factory):
+    """Three masters deployed and running at PREVIOUS, against a control plane at the target."""
+    previous_bin = built_release(request, PREVIOUS)
+    with deployed_cluster(salt_factories, tmp_path_factory, target_bin, server_tarball(previous_bin),
+                          "kcm-vup-master") as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def vup(previous_cluster):
+    """The cluster with every KCM running and healthy and a leader, before and after the test."""
+    previous_cluster.ensure_running()
+    yield previous_cluster
+    previous_cluster.ensure_running()
+
+
+def release_pillar(bin_dir: Path) -> dict:
+    """The pillar override an operator passes: the new version and where its tarball lies."""
+    tarball = server_tarball(bin_dir)
+    return {"kcm": {"version": release_of(tarball),
+                    "source": {"type": "tarball", "url": f"file://{tarball}", "hash": f"file://{tarball}.sha512"}}}
+
+
+def run_upgrade(cluster, bin_dir) -> Rollout:
+    leader, holder = cluster.leader(), cluster.cp.lease()["spec"]["holderIdentity"]
+    since = time.time()
+    with LeaseWatch(cluster.cp, nodes=cluster.nodes) as watch:
+        begin = time.monotonic()
+        result = cluster.salt_run("state.orchestrate", "orch.kcm.upgrade", pillar=release_pillar(bin_dir))
+        seconds = time.monotonic() - begin
+    return Rollout(result, watch, since, leader, holder, seconds)
+
+
+@pytest.fixture(scope="module")
+def first_rollout(previous_cluster, target_bin):
+    """The upgrade from PREVIOUS to the target, run once for the module (the tests assert on it)."""
+    previous_cluster.ensure_running()
+    versions = previous_cluster.salt("kcm.version", timeout=60).data
+    assert versions == {name: PREVIOUS for name in previous_cluster.nodes}, versions
+    return run_upgrade(previous_cluster, target_bin)
+
+
+def versions_kept(node) -> list[str]:
+    return sorted(p.name for p in (Path(node.kcm["paths"]["install"]) / "versions").iterdir())
+
+
+def active_binary(node) -> Path:
+    return Path(os.readlink(Path(node.kcm["paths"]["bin"]) / "kube-controller-manager"))
+
+
+def version_binary(node, version) -> Path:
+    return Path(node.kcm["paths"]["install"]) / "versions" / version / "kube-controller-manager"
+
+
+def release_runs(binary: Path) -> str:
+    return subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=60,
+                          check=False).stdout.strip()
+
+
+def running_binary(node) -> Path:
+    """The executable of the KCM process kcmctl started last (unshare and sh exec into it)."""
+    pid = (node.run_dir / "starts.log").read_text().split()[-1]
+    return Path(os.readlink(f"/proc/{pid}/exe"))
+
+
+def test_rolling_version_upgrade_moves_every_master_to_the_new_release_with_one_leader_change(
+        vup, first_rollout, target_bin, record_timing):
+    target = release_of(server_tarball(target_bin))
+    run, states = first_rollout, first_rollout.states
+    record_timing(f"orch.kcm.upgrade {PREVIOUS} -> {target} (3 masters)", run.seconds)
+    assert run.result.returncode == 0, {k: v["comment"] for k, v in states.items()}
+    summary = run.summary
+    print("\n".join(summary["summary"]))
+
+    preflight = runner_return(states["kcm-orch-upgrade-preflight"])["masters"]
+    assert {m: (r["version"], r["deployed_version"]) for m, r in preflight.items()} == {
+        name: (target, PREVIOUS) for name in vup.nodes}
+    # What the user sees on every master: the new release active, the old one kept for rollback.
+    assert vup.salt("kcm.version", timeout=60).data == {name: target for name in vup.nodes}
+    assert {n: active_binary(node) for n, node in vup.nodes.items()} == {
+        n: version_binary(node, target) for n, node in vup.nodes.items()}
+    assert {n: versions_kept(node) for n, node in vup.nodes.items()} == {
+        n: sorted([PREVIOUS, target]) for n in vup.nodes}
+    assert {n: running_binary(node) for n, node in vup.nodes.items()} == {
+        n: version_binary(node, target).resolve() for n, node in vup.nodes.items()}
+    # The kept release still runs: a rollback is a pillar change, not a download.
+    assert {n: release_runs(version_binary(node, PREVIOUS)) for n, node in vup.nodes.items()} == {
+        n: f"Kubernetes {PREVIOUS}" for n in vup.nodes}
+
+    assert {m: (r["version_before"], r["version_after"], r["restarted"]) for m, r in summary["masters"].items()} == {
+        name: (PREVIOUS, target, True) for name in vup.nodes}
+    table = {line.split()[0]: line.split()[1:3] for line in summary["summary"][1:-1]}
+    assert table == {name: [PREVIOUS, target] for name in vup.nodes}, summary["summary"]
+
+    assert starts(vup, run.since) == {name: 1 for name in vup.nodes}
+    assert summary["order"][-1] == run.leader and summary["leader_before"] == run.leader, summary["order"]
+    assert run.watch.transitions == 1 and summary["leader_changes"] == 1
+    assert len(run.watch.holders) == 2 and run.watch.leader_nodes[0] == run.leader, run.watch.holders
+    assert run.watch.min_healthy >= len(vup.nodes) - 1, run.watch.healthy_counts
+    assert run.watch.longest_gap <= BOUND, run.watch.gaps()
+    assert states["kcm-orch-upgrade-leader-elected"]["result"] is True
+    record_timing("version upgrade: longest window without a live leader", run.watch.longest_gap)
+
+
+def test_running_the_same_upgrade_again_changes_and_restarts_nothing(vup, first_rollout, target_bin):
+    target = release_of(server_tarball(target_bin))
+    assert first_rollout.result.returncode == 0, "the first upgrade failed; see the test above"
+    units = {name: node.exec_start() for name, node in vup.nodes.items()}
+    kept = {name: versions_kept(node) for name, node in vup.nodes.items()}
+
+    again = run_upgrade(vup, target_bin)
+
+    states = again.states
+    assert again.result.returncode == 0, {k: v["comment"] for k, v in states.items()}
+    summary = again.summary
+    print("\n".join(summary["summary"]))
+    assert {m: (r["version_before"], r["version_after"], r["restarted"]) for m, r in summary["masters"].items()} == {
+        name: (target, target, False) for name in vup.nodes}
+    assert starts(vup, again.since) == {name: 0 for name in vup.nodes}
+    assert {name: node.exec_start() for name, node in vup.nodes.items()} == units
+    assert {name: versions_kept(node) for name, node in vup.nodes.items()} == kept
+    assert summary["leader_changes"] == 0 and again.watch.transitions == 0
+    assert vup.cp.lease()["spec"]["holderIdentity"] == again.holder
