@@ -38,9 +38,9 @@ ensure_venv() {
   printf '%s\n' "$venv"
 }
 
-# The pinned release (its directory is printed) and, with "previous", also the older patch
+# The pinned release (its directory is printed) and, with "previous", also the previous minor
 # release the version-upgrade test starts from.
-KCM_K8S_PREVIOUS="${KCM_K8S_PREVIOUS:-v1.37.1}"
+KCM_K8S_PREVIOUS="${KCM_K8S_PREVIOUS:-v1.36.3}"
 ensure_k8s_binaries() {
   command -v go >/dev/null || die "Go is needed to build etcd, kube-apiserver and kube-controller-manager (scripts/k8s-binaries)"
   if [[ "${1:-}" == previous ]]; then

@@ -24,7 +24,7 @@ from tests.e2e.orch.harness import BOUND, LeaseWatch, runner_return, starts, ste
 
 pytestmark = pytest.mark.e2e
 
-PREVIOUS = "v1.37.1"
+PREVIOUS = "v1.36.3"
 
 
 @dataclass
