@@ -7,7 +7,7 @@
 
 kcm-clean-service-dead:
   service.dead:
-    - name: {{ kcm.service.name }}
+    - name: {{ kcm.service.name | json }}
     - enable: false
     - require_in:
       - file: kcm-clean-files
@@ -16,16 +16,16 @@ kcm-clean-service-dead:
 kcm-clean-files:
   file.absent:
     - names:
-      - {{ files.unit }}
-      - {{ files.kubeconfig }}
-      - {{ files.ca_cert }}
-      - {{ files.ca_key }}
-      - {{ files.cert }}
-      - {{ files.key }}
-      - {{ files.service_account_key }}
+      - {{ files.unit | json }}
+      - {{ files.kubeconfig | json }}
+      - {{ files.ca_cert | json }}
+      - {{ files.ca_key | json }}
+      - {{ files.cert | json }}
+      - {{ files.key | json }}
+      - {{ files.service_account_key | json }}
 {%- if files.link %}
-      - {{ files.link }}
+      - {{ files.link | json }}
 {%- endif %}
-      - {{ files.binary }}
-      - {{ files.versions }}
-      - {{ files.deployed }}
+      - {{ files.binary | json }}
+      - {{ files.versions | json }}
+      - {{ files.deployed | json }}

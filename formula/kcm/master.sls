@@ -37,7 +37,7 @@
 
 kcm-master-config:
   file.serialize:
-    - name: {{ master.config_dir }}/kcm.conf
+    - name: {{ (master.config_dir ~ '/kcm.conf') | json }}
     - serializer: yaml
     - dataset: {{ conf | json }}
     - mode: '0640'
@@ -45,9 +45,8 @@ kcm-master-config:
 
 kcm-master-restart-notice:
   test.show_notification:
-    - text: >-
-        {{ master.config_dir }}/kcm.conf changed: restart salt-master to load the
-        kcm_leader reactor mapping and the kcm_alert settings
+    - text: {{ (master.config_dir ~ "/kcm.conf changed: restart salt-master to load the"
+                ~ " kcm_leader reactor mapping and the kcm_alert settings") | json }}
     - onchanges:
       - file: kcm-master-config
 

@@ -15,7 +15,7 @@ include:
 
 kcm-service-preflight:
   kcm.flags_accepted:
-    - name: {{ files.version_binary }}
+    - name: {{ files.version_binary | json }}
     - config: {{ salt['kcm_config.public'](kcm) | json }}
     - require:
       - kcm_install: kcm-install-binary
@@ -25,18 +25,18 @@ kcm-service-preflight:
 
 kcm-service-unit:
   file.managed:
-    - name: {{ files.unit }}
+    - name: {{ files.unit | json }}
     - source: salt://{{ tpldir }}/files/kube-controller-manager.service.jinja
     - template: jinja
     - mode: '0644'
     - makedirs: true
     - context:
-        binary: {{ files.binary }}
-        args: {{ salt['kcm_flags.render'](kcm) | json }}
-        user: {{ kcm.user }}
-        group: {{ kcm.group }}
-        version: {{ kcm.version }}
-        log_dir: {{ (kcm.paths.logs ~ '/kube-controller-manager') if kcm.log_to_file else '' }}
+        binary: {{ files.binary | json }}
+        exec_start: {{ salt['kcm_flags.exec_start'](kcm) | json }}
+        user: {{ kcm.user | json }}
+        group: {{ kcm.group | json }}
+        version: {{ kcm.version | json }}
+        log_dir: {{ ((kcm.paths.logs ~ '/kube-controller-manager') if kcm.log_to_file else '') | json }}
     - require:
       - kcm_config: kcm-config-validated
       - kcm_install: kcm-install-binary
@@ -45,7 +45,7 @@ kcm-service-unit:
 
 kcm-service-running:
   service.running:
-    - name: {{ kcm.service.name }}
+    - name: {{ kcm.service.name | json }}
     - enable: true
     - watch:
       - file: kcm-service-unit
