@@ -408,6 +408,8 @@ def resolved(kcm_config, tmp_path):
 @pytest.fixture
 def with_flags(kcm, kcm_flags):
     kcm.__salt__["kcm_flags.render"] = kcm_flags.render
+    kcm.__salt__["kcm_flags.exec_start"] = kcm_flags.exec_start
+    kcm.__utils__ = kcm_flags.__utils__
     return kcm
 
 
