@@ -16,7 +16,7 @@ def __virtual__():
     return __virtualname__
 
 
-def validated(name, config):
+def validated(name, config, section=None):
     """
     Succeed when the resolved config is valid; fail listing every problem otherwise.
 
@@ -24,6 +24,9 @@ def validated(name, config):
         A label for the state output (``kcm``).
     config
         The resolved config from ``map.jinja``.
+    section
+        ``master``: validate only ``kcm:master`` (``kcm.master`` on the Salt master's own
+        minion, which runs no KCM).
 
     .. code-block:: yaml
 
@@ -32,7 +35,10 @@ def validated(name, config):
             - name: kcm
             - config: {{ kcm | json }}
     """
-    problems = __salt__["kcm_config.validate"](config)
+    if section == "master":
+        problems = __salt__["kcm_config.master_problems"](config.get("master"))
+    else:
+        problems = __salt__["kcm_config.validate"](config)
     if problems:
         return {
             "name": name,
@@ -44,5 +50,5 @@ def validated(name, config):
         "name": name,
         "result": True,
         "changes": {},
-        "comment": f"kcm config for {config.get('version')} is valid",
+        "comment": "kcm:master is valid" if section == "master" else f"kcm config for {config.get('version')} is valid",
     }

@@ -35,6 +35,12 @@
 {%-   do conf.update({"kcm_enroll": enroll}) %}
 {%- endif %}
 
+kcm-master-config-validated:
+  kcm_config.validated:
+    - name: kcm:master
+    - config: {{ {"master": kcm.master} | json }}
+    - section: master
+
 kcm-master-config:
   file.serialize:
     - name: {{ (master.config_dir ~ '/kcm.conf') | json }}
@@ -42,6 +48,8 @@ kcm-master-config:
     - dataset: {{ conf | json }}
     - mode: '0640'
     - makedirs: true
+    - require:
+      - kcm_config: kcm-master-config-validated
 
 kcm-master-restart-notice:
   test.show_notification:
