@@ -521,7 +521,8 @@ MAP, LIST, BOOL, INT, NUMBER, TEXT = "a mapping", "a list", "true or false", "an
 SHAPES = (
     (("source",), MAP), (("paths",), MAP), (("leader_election",), MAP), (("pki",), MAP),
     (("extra_args",), MAP), (("service",), MAP), (("beacon",), MAP), (("master",), MAP),
-    (("master", "enroll"), MAP), (("master", "labels"), MAP),
+    (("master", "enroll"), MAP), (("master", "labels"), MAP), (("master", "reporters"), MAP),
+    (("master", "reporters", "tgt"), TEXT), (("master", "reporters", "tgt_type"), TEXT),
     (("controllers",), LIST), (("beacon", "cert_thresholds"), LIST),
     (("master", "alertmanager_urls"), LIST), (("master", "webhook_urls"), LIST),
     (("create_user",), BOOL), (("use_service_account_credentials",), BOOL), (("log_to_file",), BOOL),
@@ -565,6 +566,7 @@ HASH_RE = re.compile(r"^((md5|sha1|sha224|sha256|sha384|sha512)=)?[0-9a-fA-F]{32
 CANONICAL_VERSION_RE = re.compile(r"^v1\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(-[0-9A-Za-z.-]+)?$")
 LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 GRAIN_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$")
+TARGET_TYPES = ("glob", "list", "grain", "pcre", "compound")
 
 
 def _key(path):
@@ -820,6 +822,12 @@ def master_problems(master):
             problems.append(f"kcm:master:{key}: '{value}' is not a plain absolute path")
     if not master.get("config_dir"):
         problems.append("kcm:master:config_dir: required (the master's config directory, such as /etc/salt/master.d)")
+    reporters = master.get("reporters") or {}
+    if reporters.get("tgt_type", "glob") not in TARGET_TYPES:
+        problems.append(f"kcm:master:reporters:tgt_type: '{reporters.get('tgt_type')}' is not one of"
+                        f" {', '.join(TARGET_TYPES)}")
+    if not str(reporters.get("tgt") or "").strip():
+        problems.append("kcm:master:reporters:tgt: required (the KCM masters, such as 'role:k8s-master')")
     _match(problems, wrapped, ("master", "enroll", "grain"), GRAIN_RE, "a grain name such as role")
     _match(problems, wrapped, ("master", "enroll", "value"), re.compile(r"^[A-Za-z0-9_.:-]+$"),
            "a grain value such as k8s-master (no glob or space)")

@@ -23,6 +23,7 @@
       "webhook_urls": master.webhook_urls,
       "labels": master.labels,
       "ca_bundle": master.ca_bundle,
+      "reporters": master.reporters,
     } %}
 {%- set conf = {
       "reactor": [{"salt/beacon/*/kcm_leader/*": ["salt://reactor/kcm/leader.sls"]}],

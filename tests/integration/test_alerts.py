@@ -107,6 +107,7 @@ def _master_conf(tmp_path_factory, alertmanager):
     root = tmp_path_factory.mktemp("master-host")
     conf_dir = root / "master.d"
     pillar = {"kcm": {"master": {"config_dir": str(conf_dir), "alertmanager_urls": [alertmanager.url],
+                                 "allow_http": True, "reporters": {"tgt": "al-master-*", "tgt_type": "glob"},
                                  "labels": {"env": "it"}, "sync_runners": False}}}
     minion = MasterlessMinion(root, "salt-master-host", pillar)
     ret = minion.apply("kcm.master")
