@@ -50,7 +50,8 @@ def unsafe_character(text):
 def escape_word(word):
     """
     Return ``word`` written as one word of a systemd command line: ``%`` as ``%%``,
-    ``$`` as ``$$``, and, when it holds whitespace, quotes, ``\\`` or ``;`` (or is empty),
+    ``$`` as ``$$``, and, when it holds whitespace, quotes, ``\\`` or ``;``, starts with
+    ``#`` or is empty,
     double-quoted with ``\\`` and ``"`` escaped. Raise ``ValueError`` for a control
     character (a newline would start a new unit directive).
 
@@ -65,7 +66,8 @@ def escape_word(word):
     if bad is not None:
         raise ValueError(f"{word!r} holds the control character {bad!r}, which a unit line cannot carry")
     word = word.replace("%", "%%").replace("$", "$$")
-    if word and not _NEEDS_QUOTES.search(word):
+    # A word starting a continuation line with '#' would be read as a comment line.
+    if word and not _NEEDS_QUOTES.search(word) and not word.startswith("#"):
         return word
     return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
