@@ -473,11 +473,11 @@ def validate(config):
     """
     if not isinstance(config, dict):
         return ["kcm: expected a mapping"]
-    shapes = shape_problems(config)
-    problems = list(config.get("shape_problems") or []) + [m for _, m in shapes] + text_problems(config)
+    shapes, texts = shape_problems(config), _text_problems(config)
+    problems = list(config.get("shape_problems") or []) + [m for _, m in shapes] + [m for _, m in texts]
     # Later checks read these values: they see the badly typed ones as absent, and what
-    # they would say again about those keys is dropped.
-    reported = [_key(path) for path, _ in shapes]
+    # they would say again about those keys (echoing a control character) is dropped.
+    reported = [_key(path) for path, _ in shapes] + [key for key, _ in texts]
     config = json.loads(json.dumps(config, default=str))
     for path, _ in shapes:
         parent, _ = _lookup(config, path[:-1]) if len(path) > 1 else (config, True)
@@ -642,15 +642,22 @@ def text_problems(cfg):
 
         salt '*' kcm_config.text_problems '{"cluster": "a\\nb"}'
     """
+    return [message for _, message in _text_problems(cfg)]
+
+
+def _text_problems(cfg):
+    """(pillar key, message) for every string holding a control character."""
     problems = []
     for path, text in _walk_text({k: v for k, v in cfg.items() if k not in ("files", "shape_problems")}, ()):
         if path[:2] in MULTILINE:
             text = text.replace("\r\n", "\n").replace("\n", "")
         for char in text:
             if unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp"):
-                key = _key(path[:-1]) + f" (the key {path[-1][5:-1]!r})" if str(path[-1]).startswith("<key ") \
-                    else _key(path)
-                problems.append(f"{key}: holds the control character U+{ord(char):04X}; expected printable text")
+                is_name = str(path[-1]).startswith("<key ")
+                key = _key(path[:-1]) if is_name else _key(path)
+                where = f"{key} (the key {path[-1][5:-1]!r})" if is_name else key
+                problems.append((key, f"{where}: holds the control character U+{ord(char):04X};"
+                                      " expected printable text"))
                 break
     return problems
 
