@@ -25,6 +25,12 @@ kcm-kubeconfig-file:
     - ca_file: {{ files.ca_cert | json }}
     - cert_file: {{ files.cert | json }}
     - key_file: {{ files.key | json }}
+    {#- the PEMs this run writes from pillar: a dry run predicts from them #}
+    - ca_pillar: kcm:pki:ca_cert
+    {%- if kcm.pki.mode == 'pillar' %}
+    - cert_pillar: kcm:pki:cert
+    - key_pillar: kcm:pki:key
+    {%- endif %}
     - user: {{ kcm.user | json }}
     - group: {{ kcm.group | json }}
     - require:
