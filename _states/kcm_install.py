@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+import zlib
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,11 @@ def binary_installed(name, source, version, member="", user="root", group="root"
         os.replace(tmp, name)
     except (OSError, RuntimeError, tarfile.TarError, subprocess.SubprocessError) as exc:
         return _ret(name, False, f"cannot install kube-controller-manager {version}: {exc}")
+    except (EOFError, zlib.error) as exc:
+        # A truncated or corrupt archive (its hash can match when the hash file was made
+        # from the same broken download).
+        return _ret(name, False, f"cannot install kube-controller-manager {version}: {source} is truncated or"
+                                 f" corrupt ({exc or type(exc).__name__}); delete it to download it again")
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
