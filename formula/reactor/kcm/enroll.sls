@@ -5,6 +5,6 @@
 kcm-enroll-highstate-once:
   runner.kcm_enroll.on_start:
     - args:
-      - tag: {{ tag | json }}
-      - sender: {{ data.get("id") | json }}
+      - tag: {{ tag | tojson }}
+      - sender: {{ data.get("id") | tojson }}
 {%- endif %}
