@@ -487,6 +487,29 @@ def validate(config):
                                                        for k in reported)]
 
 
+def path_problems(config):
+    """
+    Return the problems of what decides which files the formula touches (the paths, the
+    service name) and of the value shapes and text: what ``kcm.clean`` checks before it
+    removes anything, without needing the PKI of a full config.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' kcm_config.path_problems "$(salt-call --out=json kcm_config.deployed)"
+    """
+    if not isinstance(config, dict):
+        return ["kcm: expected a mapping"]
+    problems = list(config.get("shape_problems") or []) + [m for _, m in shape_problems(config)]
+    problems += text_problems(config)
+    if not problems:
+        _match(problems, config, ("service", "name"), UNIT_NAME_RE,
+               "a systemd unit name such as kube-controller-manager")
+        _check_paths(config, problems)
+    return problems
+
+
 def _checks(config, flags=True):
     problems = []
     _check_names(config, problems)

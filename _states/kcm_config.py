@@ -26,7 +26,8 @@ def validated(name, config, section=None):
         The resolved config from ``map.jinja``.
     section
         ``master``: validate only ``kcm:master`` (``kcm.master`` on the Salt master's own
-        minion, which runs no KCM).
+        minion, which runs no KCM); ``paths``: only the paths, the service name and the
+        value shapes (``kcm.clean``, which needs no PKI).
 
     .. code-block:: yaml
 
@@ -37,6 +38,8 @@ def validated(name, config, section=None):
     """
     if section == "master":
         problems = __salt__["kcm_config.master_problems"](config.get("master"))
+    elif section == "paths":
+        problems = __salt__["kcm_config.path_problems"](config)
     else:
         problems = __salt__["kcm_config.validate"](config)
     if problems:
@@ -50,5 +53,5 @@ def validated(name, config, section=None):
         "name": name,
         "result": True,
         "changes": {},
-        "comment": "kcm:master is valid" if section == "master" else f"kcm config for {config.get('version')} is valid",
+        "comment": f"kcm:{section} is valid" if section else f"kcm config for {config.get('version')} is valid",
     }

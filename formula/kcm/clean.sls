@@ -3,12 +3,22 @@
 {%- from tpldir ~ "/map.jinja" import kcm with context %}
 {%- set files = kcm.files %}
 
+{#- The paths to remove come from pillar: a bad one (a service name with ../) is refused
+    before anything is removed. #}
+kcm-clean-config-validated:
+  kcm_config.validated:
+    - name: kcm
+    - config: {{ kcm | json }}
+    - section: paths
+
 {%- if kcm.service.manage %}
 
 kcm-clean-service-dead:
   service.dead:
     - name: {{ kcm.service.name | json }}
     - enable: false
+    - require:
+      - kcm_config: kcm-clean-config-validated
     - require_in:
       - file: kcm-clean-files
 {%- endif %}
@@ -29,3 +39,5 @@ kcm-clean-files:
       - {{ files.binary | json }}
       - {{ files.versions | json }}
       - {{ files.deployed | json }}
+    - require:
+      - kcm_config: kcm-clean-config-validated

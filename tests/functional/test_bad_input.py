@@ -119,3 +119,18 @@ def test_bad_input_is_refused_naming_its_key_and_changes_nothing(state, deployed
     assert all(line.startswith("- kcm:") for line in problems), validated[0].comment
     assert changed(ret) == []
     assert tree_digest(root / "fs") == before
+
+
+def test_clean_refuses_a_service_name_outside_the_unit_directory(state, tmp_path, test_pki):
+    tarball = build_tarball(tmp_path / "dl", VERSION)
+    good = sandbox_pillar(tmp_path, tarball, VERSION, test_pki)
+    outside = tmp_path / "fs" / "usr" / "lib" / "evil.service"
+    outside.parent.mkdir(parents=True)
+    outside.write_text("[Unit]\n")
+    bad = {"kcm": merge(good["kcm"], {"service": {"name": "../evil"}, "pki": {"cert": "", "key": ""}})}
+
+    ret = state.apply("kcm.clean", pillar=bad)
+
+    validated = next(r for r in ret if r.id == "kcm-clean-config-validated")
+    assert validated.result is False and "kcm:service:name:" in validated.comment
+    assert outside.exists(), "kcm.clean removed a file outside paths:unit"
