@@ -67,7 +67,7 @@ class LabCluster:
         self.version = version or self.k8s_bin.name
         self.election = dict(election or {})
         self.kcm_overrides = dict(kcm or {})
-        self.lab = Lab(suite, subnet, binds_ro={K8S_CACHE: INSIDE_K8S})
+        self.lab = Lab(suite, subnet, binds_ro={K8S_CACHE: INSIDE_K8S}, log_dir=self.workdir / "machines")
         self.master_config = dict(master_config or {})
         self.cp: ControlPlane | None = None
         self.master: SaltMaster | None = None

@@ -95,7 +95,8 @@ def leftovers(suite: str) -> list[str]:
     links = _sh(["ip", "-o", "link", "show"], check=False).stdout
     for line in links.splitlines():
         link = line.split(": ")[1].split("@")[0] if ": " in line else ""
-        if link == bridge_name(suite) or (link.startswith("vb-") and f"master {bridge_name(suite)} " in line):
+        # A veth outlives a killed machine until deleted; only labs make vb-* links here.
+        if link == bridge_name(suite) or link.startswith("vb-"):
             found.append(f"link {link}")
     if (RUNTIME / suite).exists():
         found.append(f"directory {RUNTIME / suite}")
@@ -166,7 +167,7 @@ class Machine:
 
     @property
     def console_log(self) -> Path:
-        return self.state_dir / "console.log"
+        return (self.lab.log_dir or self.state_dir) / f"console-{self.name}.log"
 
     def run(self, argv, check: bool = True, timeout: float = 120.0, input: str | None = None,
             env: dict | None = None) -> subprocess.CompletedProcess:
@@ -232,6 +233,7 @@ class Machine:
                 time.sleep(0.05)
             _remove_cgroup_tree(path)
         shutil.rmtree(Path("/run/systemd/nspawn/propagate") / self.name, ignore_errors=True)
+        _sh(["ip", "link", "del", self.veth], check=False)
         self.init_pid = None
 
 
@@ -239,7 +241,7 @@ class Lab:
     """A bridge and the machines booted on it; a context manager that always cleans up."""
 
     def __init__(self, suite: str = "lab", subnet: str = "10.77.0.0/24", rootfs: Path | None = None,
-                 binds_ro: dict | None = None):
+                 binds_ro: dict | None = None, log_dir: Path | None = None):
         if not NAME.match(suite):
             raise ValueError(f"suite {suite!r}: use a short name of [a-z0-9-]")
         self.suite = suite
@@ -250,6 +252,8 @@ class Lab:
         self.binds_ro = dict(binds_ro or {})
         self.machines: dict[str, Machine] = {}
         self.state_root = RUNTIME / suite
+        # Console logs outlive the lab (a failed boot is read after the teardown).
+        self.log_dir = Path(log_dir) if log_dir else None
         self._addresses: dict[str, str] = {}
         self._open = False
 
@@ -346,6 +350,7 @@ class Lab:
         minion_d.mkdir(parents=True, exist_ok=True)
         config = {"id": name, "enable_fqdns_grains": False, **(salt or {})}
         (minion_d / "00-lab.conf").write_text(json.dumps(config, indent=2) + "\n")
+        _sh(["ip", "link", "del", f"vb-{name}"[:15]], check=False)  # a stale one blocks nspawn
         cgroups = _cgroup_dirs(self.suite, name)
         for path in cgroups:
             path.mkdir(parents=True, exist_ok=True)
@@ -362,7 +367,9 @@ class Lab:
             argv.append(f"--bind-ro={host_path}:{inside}")
         # The launcher moves itself into the machine's cgroups before it becomes nspawn.
         moves = " && ".join(f"echo $$ > {path}/cgroup.procs" for path in cgroups)
-        console = open(state / "console.log", "ab")
+        if self.log_dir:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+        console = open((self.log_dir or state) / f"console-{name}.log", "ab")
         try:
             process = subprocess.Popen(
                 ["sh", "-c", f'{moves} && exec "$@"', "nspawn", *argv],
