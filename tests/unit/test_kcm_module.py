@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support.controlplane import parse_exec_start
+from kcmlab.controlplane import parse_exec_start
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.orch.harness import NODES, make_nodes
 from kcmlab.controlplane import ControlPlane, tail
+from tests.e2e.orch.harness import NODES, make_nodes
 from tests.support.pillar import REPO, merge
 
 TGT = "master-*"

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.orch.cluster import OrchCluster, deployed_cluster, server_tarball
 from kcmlab.controlplane import tail
+from tests.e2e.orch.cluster import OrchCluster, deployed_cluster, server_tarball
 
 
 @pytest.fixture(scope="module")
