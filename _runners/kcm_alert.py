@@ -582,7 +582,16 @@ def _signature_problem(key_path, kind, data, now, window):
 
 
 def signed_message(kind, data):
-    """The bytes the kcm_leader beacon signs (its own signed_message): kind and fields."""
+    """
+    Return the bytes the kcm_leader beacon signs (its own ``signed_message``): the kind and
+    every field but ``sig`` and the bus's ``_``-prefixed ones, as canonical JSON.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run kcm_alert.signed_message changed '{"id": "master-1", "transitions": 4}'
+    """
     fields = {k: v for k, v in data.items() if k != "sig" and not str(k).startswith("_")}
     return json.dumps({"kind": kind, "data": fields}, sort_keys=True, separators=(",", ":")).encode()
 

@@ -35,11 +35,11 @@ def unsafe_character(text):
     (control characters, including newline and tab, and the Unicode line and paragraph
     separators), or ``None``.
 
-    CLI Example:
+    Example:
 
-    .. code-block:: bash
+    .. code-block:: python
 
-        salt-call kcm_systemd.unsafe_character 'a\\nb'
+        __utils__["kcm_systemd.unsafe_character"]('a\\nb')
     """
     for char in str(text):
         if unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp"):
@@ -55,11 +55,11 @@ def escape_word(word):
     double-quoted with ``\\`` and ``"`` escaped. Raise ``ValueError`` for a control
     character (a newline would start a new unit directive).
 
-    CLI Example:
+    Example:
 
-    .. code-block:: bash
+    .. code-block:: python
 
-        salt-call kcm_systemd.escape_word '--x=a b'
+        __utils__["kcm_systemd.escape_word"]('--x=a b')
     """
     word = str(word)
     bad = unsafe_character(word)
@@ -77,11 +77,11 @@ def command_line(argv):
     Return ``argv`` as the value of an ``ExecStart=`` line: each word through
     :func:`escape_word`, one per line with ``\\`` continuations.
 
-    CLI Example:
+    Example:
 
-    .. code-block:: bash
+    .. code-block:: python
 
-        salt-call kcm_systemd.command_line '["/usr/bin/kcm", "--v=2"]'
+        __utils__["kcm_systemd.command_line"](["/usr/bin/kcm", "--x=a b"])  # '/usr/bin/kcm \\\n  "--x=a b"'
     """
     if not argv or not str(argv[0]).startswith("/"):
         raise ValueError(f"the command must be an absolute path, got {argv[0] if argv else None!r}")
@@ -98,11 +98,11 @@ def service_directives(unit_text):
     ``\\`` continuations joined as systemd joins them (the backslash becomes a space;
     comment lines inside a continuation are skipped).
 
-    CLI Example:
+    Example:
 
-    .. code-block:: bash
+    .. code-block:: python
 
-        salt-call kcm_systemd.service_directives "$(cat /usr/lib/systemd/system/kube-controller-manager.service)"
+        dict(__utils__["kcm_systemd.service_directives"](unit_text))["User"]
     """
     section, pending = None, None
     for raw in unit_text.splitlines():
@@ -206,11 +206,11 @@ def split_command(value):
     What this cannot reproduce faithfully (other specifiers, ``$VAR``, ``@``, several
     commands) raises ``ValueError``, so nothing runs a command systemd would not.
 
-    CLI Example:
+    Example:
 
-    .. code-block:: bash
+    .. code-block:: python
 
-        salt-call kcm_systemd.split_command '/usr/bin/kcm "--x=a b"'
+        __utils__["kcm_systemd.split_command"]('/usr/bin/kcm "--x=a b"')
     """
     words = _words(_specifiers(value))
     if any(bare and word == ";" for word, bare in words):
@@ -232,11 +232,11 @@ def parse_exec_start(unit_text):
     Return the argv of the single ``ExecStart=`` of a unit's ``[Service]`` section
     (an empty assignment resets the list, as in systemd).
 
-    CLI Example:
+    Example:
 
-    .. code-block:: bash
+    .. code-block:: python
 
-        salt-call kcm_systemd.parse_exec_start "$(cat /usr/lib/systemd/system/kube-controller-manager.service)"
+        __utils__["kcm_systemd.parse_exec_start"](unit_text)
     """
     commands = []
     for key, value in service_directives(unit_text):
