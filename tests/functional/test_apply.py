@@ -3,6 +3,7 @@
 import base64
 import hashlib
 import os
+import re
 import stat
 import subprocess
 from pathlib import Path
@@ -182,3 +183,20 @@ def test_a_truncated_download_whose_hash_matches_fails_cleanly(state, tmp_path, 
     assert "is truncated or corrupt" in install.comment and "Traceback" not in install.comment
     assert not (Path(sandbox_pillar(tmp_path, tarball, version, test_pki)["kcm"]["paths"]["bin"])
                 / "kube-controller-manager").exists()
+
+
+@pytest.mark.parametrize("version", ["v1.14.2", VERSIONS[-1]])
+def test_the_rendered_unit_is_sandboxed_to_an_exposure_of_at_most_1_5(state, tmp_path, test_pki, version):
+    # An unprivileged owner, as on a real master (the sandbox pillar's root would be scored too).
+    tarball = build_tarball(tmp_path / "dl", version)
+    pillar = sandbox_pillar(tmp_path, tarball, version, test_pki, user="nobody", group="nogroup")
+    ret = state.apply("kcm", pillar=pillar)
+    assert not failed(ret), failed(ret)
+    unit_path = Path(pillar["kcm"]["paths"]["unit"]) / "kube-controller-manager.service"
+
+    analyzed = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager", str(unit_path)],
+                              capture_output=True, text=True, cwd=unit_path.parent)
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", analyzed.stdout)
+    assert match, analyzed.stdout + analyzed.stderr
+    assert float(match.group(1)) <= 1.5, analyzed.stdout
+    assert "User=nobody" in unit_path.read_text()
