@@ -190,7 +190,8 @@ class Api:
         if self.conn is None:
             self.conn = http.client.HTTPSConnection(
                 self.host, self.port, timeout=self._remaining(), context=self.context)
-        headers = {"Accept": "application/json", "User-Agent": f"kcm-formula/{PROG}"}
+        # The apiserver names field managers after the User-Agent up to its first "/".
+        headers = {"Accept": "application/json", "User-Agent": f"{PROG}/kcm-formula"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         data = None
