@@ -35,8 +35,8 @@ from common import REPO, k8s_bin, machine, median
 
 sys.path.insert(0, str(REPO))
 
+from kcmlab.controlplane import ControlPlane, node_of, wait_until  # noqa: E402
 from tests.e2e.conftest import SHORT_ELECTION, build_cluster  # noqa: E402
-from tests.support.controlplane import ControlPlane, node_of, wait_until  # noqa: E402
 
 ELECTIONS = {"short": SHORT_ELECTION, "default": None}
 CASES = ("kill", "stop", "restart")

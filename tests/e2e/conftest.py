@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.controlplane import (
+from kcmlab.controlplane import (
     ControlPlane,
     KcmProcess,
     failover_bound,

@@ -15,7 +15,7 @@ import datetime
 
 import pytest
 
-from tests.support.controlplane import node_of, wait_until
+from kcmlab.controlplane import node_of, wait_until
 
 PROGRAM_MANAGER = "kcm-release-lease"
 

@@ -16,7 +16,7 @@ import requests
 import yaml
 
 from tests.e2e.conftest import SHORT_ELECTION, build_cluster, k8s_bin  # noqa: F401 (fixture)
-from tests.support.controlplane import ControlPlane, free_port, node_of, wait_until
+from kcmlab.controlplane import ControlPlane, free_port, node_of, wait_until
 from tests.support.masterless import MasterlessMinion
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]

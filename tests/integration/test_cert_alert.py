@@ -29,7 +29,7 @@ from tests.integration.test_alerts import (  # noqa: F401 (fixtures)
     minions,
     salt_master,
 )
-from tests.support.controlplane import wait_until
+from kcmlab.controlplane import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 

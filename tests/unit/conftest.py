@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.controlplane import CertificateAuthority
+from kcmlab.controlplane import CertificateAuthority
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support.controlplane import CertificateAuthority, free_port, kubeconfig
+from kcmlab.controlplane import CertificateAuthority, free_port, kubeconfig
 from tests.support.tls import server_context
 from tests.unit.conftest import load
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.orch.harness import NODES, make_nodes
-from tests.support.controlplane import ControlPlane, tail
+from kcmlab.controlplane import ControlPlane, tail
 from tests.support.pillar import REPO, merge
 
 TGT = "master-*"

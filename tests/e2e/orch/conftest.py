@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from tests.e2e.orch.cluster import OrchCluster, deployed_cluster, server_tarball
-from tests.support.controlplane import tail
+from kcmlab.controlplane import tail
 
 
 @pytest.fixture(scope="module")
