@@ -10,6 +10,7 @@ import datetime
 import http.server
 import importlib.util
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -277,6 +278,33 @@ def test_the_client_key_is_never_written_to_a_file(program, capsys, kcfg, apiser
 
     assert code == 0 and apiserver.lease["spec"]["holderIdentity"] == "", lines
     assert opened == []
+
+
+def test_without_memfd_the_key_lives_in_a_private_temp_dir_only_while_ssl_loads_it(
+        program, capsys, kcfg, apiserver, monkeypatch, tmp_path):
+    apiserver.lease = lease("master-1_aaaa")
+    seen = []
+
+    def no_memfd(name):
+        raise PermissionError(1, "Operation not permitted")  # what a seccomp filter answers
+
+    def load_cert_chain(self, certfile, keyfile):
+        seen.append((oct(os.stat(keyfile).st_mode & 0o777), oct(os.stat(os.path.dirname(keyfile)).st_mode & 0o777),
+                     os.path.dirname(keyfile)))
+        real_load(self, certfile, keyfile)
+
+    real_load = program.ssl.SSLContext.load_cert_chain
+    monkeypatch.setattr(program.os, "memfd_create", no_memfd)
+    monkeypatch.setattr(program.ssl.SSLContext, "load_cert_chain", load_cert_chain)
+    monkeypatch.setattr(program.tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+
+    code, lines, _ = run(program, capsys, kcfg)
+
+    assert code == 0 and apiserver.lease["spec"]["holderIdentity"] == "", lines
+    [(key_mode, dir_mode, directory)] = seen
+    assert (key_mode, dir_mode) == ("0o600", "0o700")
+    assert not os.path.exists(directory) and list((tmp_path / "tmp").iterdir()) == []
 
 
 def test_as_the_unit_runs_it_exit_0_and_one_line(tmp_path, kcfg, apiserver, kcm_release_module):

@@ -115,8 +115,15 @@ def _file_or_data(base, entry, key):
 
 def _load_pair(context, cert, key):
     """Load a client certificate and key into ``context`` without putting the key on a disk."""
-    if hasattr(os, "memfd_create"):
-        fds = [os.memfd_create("kcm-client-cert"), os.memfd_create("kcm-client-key")]
+    fds = []
+    try:
+        fds.append(os.memfd_create("kcm-client-cert"))
+        fds.append(os.memfd_create("kcm-client-key"))
+    except (AttributeError, OSError):
+        for fd in fds:
+            os.close(fd)
+        fds = None  # not Linux, or a syscall filter without memfd_create
+    if fds:
         try:
             for fd, data in zip(fds, (cert, key)):
                 os.write(fd, data)
@@ -125,7 +132,7 @@ def _load_pair(context, cert, key):
             for fd in fds:
                 os.close(fd)
         return
-    # No memfd (not Linux): a 0600 file in a private 0700 directory, removed at once.
+    # A 0600 file in a private 0700 directory (the unit's PrivateTmp), removed at once.
     tmpdir = tempfile.mkdtemp(prefix="kcm-release-")
     try:
         paths = []
