@@ -24,14 +24,10 @@ Usage:
 
 import argparse
 import datetime
-import os
-import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-from common import REPO, k8s_bin, machine, median
+from common import REPO, k8s_bin, machine, median, scratch_dir
 
 sys.path.insert(0, str(REPO))
 
@@ -87,38 +83,40 @@ def main():
         parser.error(f"unknown case(s) {', '.join(unknown)}; known: {', '.join(CASES)}")
 
     print(f"# release bench on {machine()}")
-    workdir = Path(tempfile.mkdtemp(prefix="kcm-bench-release-"))
-    cp = ControlPlane(k8s_bin(), workdir / "cp").start()
-    cluster = None
     gaps = {(case, on): [] for case in cases for on in (True, False)}
-    try:
+    with scratch_dir("kcm-bench-release-") as workdir, ControlPlane(k8s_bin(), workdir / "cp") as cp:
         cluster = build_cluster(cp, workdir / "kcm", ELECTIONS[args.election], "bench")
-        lease, retry = cluster.election["lease_duration"], cluster.election["retry_period"]
-        print(f"leader election {lease:g}s / {cluster.election['renew_deadline']:g}s / {retry:g}s; "
-              f"{args.runs} runs per case and setting, on and off interleaved")
-        for run in range(args.runs):
-            for case in cases:
-                for on in (True, False):
-                    gap, old, new, line = one_run(cluster, case, on)
-                    gaps[(case, on)].append(gap)
-                    print(f"  run {run + 1} {case:<8} release {'on ' if on else 'off'}: gap {gap:6.2f} s "
-                          f"({old} -> {new}) {line}", flush=True)
-        print()
-        off_anchor = f"anchor: lease + retry = {lease + retry:g} s; 15.3-18.0 s measured before at 15s/10s/2s"
-        on_goal = f"goal <= retry + 1 s = {retry + 1:g} s"
-        for case in cases:
-            on, off = gaps[(case, True)], gaps[(case, False)]
-            print(f"{case:<8} release off: controller gap median {median(off):5.2f} s, max {max(off):5.2f} s"
-                  f" ({off_anchor})")
-            print(f"{case:<8} release on:  controller gap median {median(on):5.2f} s, max {max(on):5.2f} s"
-                  f" ({on_goal}; {'met' if max(on) <= retry + 1 else 'NOT met'} by the max)")
-    finally:
-        if cluster is not None:
+        try:
+            measure(cluster, cases, args.runs, gaps)
+        finally:
             cluster.stop_all()
-        cp.stop()
-        if not os.environ.get("KCM_KEEP_TMP"):
-            subprocess.run(["rm", "-rf", str(workdir)], check=False)
+    report(cluster, cases, gaps)
 
+
+def measure(cluster, cases, runs, gaps):
+    election = cluster.election
+    print(f"leader election {election['lease_duration']:g}s / {election['renew_deadline']:g}s / "
+          f"{election['retry_period']:g}s; {runs} runs per case and setting, on and off interleaved")
+    for run in range(runs):
+        for case in cases:
+            for on in (True, False):
+                gap, old, new, line = one_run(cluster, case, on)
+                gaps[(case, on)].append(gap)
+                print(f"  run {run + 1} {case:<8} release {'on ' if on else 'off'}: gap {gap:6.2f} s "
+                      f"({old} -> {new}) {line}", flush=True)
+
+
+def report(cluster, cases, gaps):
+    lease, retry = cluster.election["lease_duration"], cluster.election["retry_period"]
+    print()
+    off_anchor = f"anchor: lease + retry = {lease + retry:g} s; 15.3-18.0 s measured before at 15s/10s/2s"
+    on_goal = f"goal <= retry + 1 s = {retry + 1:g} s"
+    for case in cases:
+        on, off = gaps[(case, True)], gaps[(case, False)]
+        print(f"{case:<8} release off: controller gap median {median(off):5.2f} s, max {max(off):5.2f} s"
+              f" ({off_anchor})")
+        print(f"{case:<8} release on:  controller gap median {median(on):5.2f} s, max {max(on):5.2f} s"
+              f" ({on_goal}; {'met' if max(on) <= retry + 1 else 'NOT met'} by the max)")
 
 if __name__ == "__main__":
     main()
