@@ -234,3 +234,43 @@ class LabCluster:
 
     def node_of(self, holder: str | None) -> str | None:
         return node_of(holder)
+
+    # -- operations on KCM, all through systemd -----------------------------------------------
+
+    def kill(self, name: str) -> int:
+        """``kill -9`` of KCM's main PID on ``name`` (a crash: systemd restarts it); returns the PID."""
+        pid = self.main_pid(name)
+        if not pid:
+            raise RuntimeError(f"{name}: {UNIT} has no main PID to kill")
+        self.machine(name).run(["kill", "-9", str(pid)])
+        return pid
+
+    def stop(self, name: str) -> None:
+        self.machine(name).systemctl("stop", UNIT)
+
+    def start_unit(self, name: str) -> None:
+        self.machine(name).systemctl("start", UNIT)
+
+    def running(self) -> list[str]:
+        return [name for name in self.nodes if self.active(name) == "active"]
+
+    def ensure_running(self, timeout: float = 90.0) -> None:
+        """Every KCM active and healthy (started where it is not), and a live leader."""
+        for name in self.nodes:
+            if self.active(name) != "active":
+                self.start_unit(name)
+        self.wait_healthy(timeout=timeout)
+        self.wait_for_leader(timeout)
+
+    def deployed(self, name: str) -> dict:
+        """What the formula recorded as deployed on ``name`` (paths, version, flags)."""
+        import json
+
+        return json.loads(self.machine(name).read_file("/var/cache/salt/minion/kcm/deployed.json"))
+
+    def starts_since(self, name: str, since: float) -> int:
+        """How many times systemd started KCM on ``name`` since the epoch time ``since``."""
+        out = self.machine(name).run(
+            ["journalctl", "--no-pager", "-o", "cat", "--since", f"@{since:.3f}", "-u", UNIT],
+            check=False).stdout
+        return sum(1 for line in out.splitlines() if line.startswith(f"Started {UNIT}.service"))
