@@ -1,141 +1,151 @@
-"""The Lease release step on real KCMs: what the unit's ``ExecStopPost=`` does after an exit.
+"""The Lease release step under systemd: the unit's ``ExecStopPost=`` after every exit of KCM.
 
-The KCMs run from the units the formula rendered (tests/e2e/conftest.py); after a KCM has
-exited, the test runs the unit's ``ExecStopPost=`` lines exactly as written, under that
-node's hostname, the way systemd would (``KcmProcess.run_stop_post``).
+Three systemd machines run KCM from the formula's unit (tests/e2e/conftest.py); systemd runs
+the release step by itself after a ``kill -9``, a ``systemctl stop`` or a restart, as the KCM
+user under the unit's sandbox, and its one line lands in the machine's journal.
 
 The property, not a timer: after ``kill -9`` of the leader, a standby holds the Lease
 before the old holder's ``renewTime + leaseDurationSeconds`` with the release step, and not
-before it without (client-go only takes an unreleased Lease once it has expired).
+before it with ``release_on_exit: false`` (client-go only takes an unreleased Lease once it
+has expired). A standby's stop never writes the leader's Lease.
 """
 
 from __future__ import annotations
 
 import datetime
+import time
 
-import pytest
-
+from kcmlab.cluster import UNIT
 from kcmlab.controlplane import node_of, wait_until
 
-PROGRAM_MANAGER = "kcm-release-lease"
+PROGRAM = "kcm-release-lease"
 
 
 def micro(text: str) -> datetime.datetime:
     return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.timezone.utc)
 
 
-def kill_right_after_a_renewal(cluster, leader: str) -> dict:
-    """SIGKILL the leader just after it renewed (so the gap to expiry is a full lease); return
-    the Lease as the dead leader left it."""
-    cp = cluster.control_plane
-    first = cp.lease()["spec"]["renewTime"]
-    wait_until(lambda: cp.lease()["spec"]["renewTime"] != first, 10, "a renewal of the Lease", interval=0.02)
+def hook_lines(cluster, name: str, since: float) -> list[str]:
+    """The release step's journal lines on ``name`` since the epoch time ``since``."""
+    out = cluster.machine(name).run(
+        ["journalctl", "--no-pager", "-o", "cat", "--since", f"@{since:.3f}", "-u", UNIT], check=False).stdout
+    return [line for line in out.splitlines() if line.startswith(f"{PROGRAM}:")]
+
+
+def wait_hook_line(cluster, name: str, since: float) -> str:
+    [line] = wait_until(lambda: hook_lines(cluster, name, since), 15, f"the release step's line on {name}")
+    return line
+
+
+def renewed(cluster) -> dict:
+    """The Lease spec right after its holder renewed it. Only a renewal proves the holder is
+    alive: right after KCMs restarted, the Lease can still name a dead process."""
+    first = cluster.lease()["spec"]["renewTime"]
+    return wait_until(lambda: (lambda spec: spec if spec["renewTime"] != first else None)(
+        cluster.lease()["spec"]), 30, "a renewal of the Lease", interval=0.02)
+
+
+def kill_the_leader_right_after_a_renewal(cluster) -> tuple[str, dict]:
+    """``kill -9`` of the leading KCM just after it renewed (a full lease to its expiry);
+    return its node and the Lease spec as the dead process left it."""
+    live = renewed(cluster)
+    leader = node_of(live["holderIdentity"])
     cluster.kill(leader)
-    return cp.lease()
+    spec = cluster.lease()["spec"]
+    assert spec["holderIdentity"] == live["holderIdentity"], "the leader moved while it was being killed"
+    return leader, spec
 
 
-def new_holder(cluster, old_holder: str, timeout: float) -> dict:
-    cp = cluster.control_plane
-
-    def taken():
-        lease = cp.lease()
-        holder = lease["spec"].get("holderIdentity")
-        return lease if holder and holder != old_holder else None
-
-    return wait_until(taken, timeout, "a new Lease holder", interval=0.05)
+def expiry_of(spec: dict) -> datetime.datetime:
+    return micro(spec["renewTime"]) + datetime.timedelta(seconds=spec["leaseDurationSeconds"])
 
 
-def set_release_on_exit(node, enabled: bool) -> None:
-    """Re-apply the formula on ``node`` with the switch (the unit changes; KCM is not restarted)."""
-    pillar = node.minion.pillar
-    election = dict(pillar["kcm"].get("leader_election") or {}, release_on_exit=enabled)
-    node.minion.set_pillar({"kcm": dict(pillar["kcm"], leader_election=election)})
-    ret = node.minion.apply("kcm")
-    failed = [f"{sid}: {st.get('comment')}" for sid, st in ret.items() if st.get("result") is not True]
-    assert not failed, failed
+def new_holder(cluster, old_holder: str) -> dict:
+    cluster.wait_for_new_holder(old_holder, cluster.failover_bound)
+    return cluster.lease()["spec"]
 
 
-def test_after_kill_9_the_stop_hook_hands_the_lease_to_a_standby_before_it_expires(kcm_cluster, record_timing):
-    leader = kcm_cluster.wait_for_leader(kcm_cluster.failover_bound)
-    node = kcm_cluster.nodes[leader]
-    dead = kill_right_after_a_renewal(kcm_cluster, leader)
-    spec = dead["spec"]
-    expiry = micro(spec["renewTime"]) + datetime.timedelta(seconds=spec["leaseDurationSeconds"])
+def set_release_on_exit(cluster, enabled: bool) -> None:
+    """Apply the formula with the switch on every master (the unit changes: systemd restarts KCM)."""
+    election = dict(cluster.pillars[cluster.nodes[0]]["kcm"].get("leader_election") or {},
+                    release_on_exit=enabled)
+    cluster.change_pillar(leader_election=election)
+    cluster.apply("kcm")
+    cluster.ensure_running()
 
-    [hook] = node.process.run_stop_post()
 
-    assert hook.returncode == 0, hook.stderr
-    assert len(hook.stdout.splitlines()) == 1 and "released Lease kube-system/kube-controller-manager" in hook.stdout
-    assert "[signal, killed=KILL]" in hook.stdout
-    taken = new_holder(kcm_cluster, spec["holderIdentity"], kcm_cluster.failover_bound)
-    acquired = micro(taken["spec"]["acquireTime"])
-    assert node_of(taken["spec"]["holderIdentity"]) != leader
-    assert acquired < expiry, f"acquired at {acquired}, the dead leader's Lease expired at {expiry}"
-    assert taken["spec"]["leaseTransitions"] == spec["leaseTransitions"] + 1
-    record_timing("release on: new holder's acquireTime before the old expiry by", (expiry - acquired).total_seconds())
+def test_after_kill_9_systemd_runs_the_hook_and_a_standby_leads_before_the_expiry(kcm_cluster, record_timing):
+    since = time.time()
+
+    leader, spec = kill_the_leader_right_after_a_renewal(kcm_cluster)
+
+    taken = new_holder(kcm_cluster, spec["holderIdentity"])
+    line = wait_hook_line(kcm_cluster, leader, since)
+    assert f"released Lease kube-system/kube-controller-manager held by {spec['holderIdentity']}" in line
+    assert "[signal, killed=KILL]" in line
+    assert node_of(taken["holderIdentity"]) != leader, "the killed KCM is restarted only after RestartSec"
+    assert micro(taken["acquireTime"]) < expiry_of(spec), (taken, spec)
+    assert taken["leaseTransitions"] == spec["leaseTransitions"] + 1
+    record_timing("release on: kill -9 -> new holder, before the old expiry by",
+                  (expiry_of(spec) - micro(taken["acquireTime"])).total_seconds())
 
 
 def test_with_release_on_exit_off_a_standby_waits_for_the_expiry(kcm_cluster, record_timing):
-    leader = kcm_cluster.wait_for_leader(kcm_cluster.failover_bound)
-    node = kcm_cluster.nodes[leader]
-    set_release_on_exit(node, False)
+    set_release_on_exit(kcm_cluster, False)
     try:
-        dead = kill_right_after_a_renewal(kcm_cluster, leader)
-        spec = dead["spec"]
-        expiry = micro(spec["renewTime"]) + datetime.timedelta(seconds=spec["leaseDurationSeconds"])
-
-        assert node.process.run_stop_post() == []
-        taken = new_holder(kcm_cluster, spec["holderIdentity"], kcm_cluster.failover_bound)
+        for name in kcm_cluster.nodes:
+            assert "ExecStopPost=" not in kcm_cluster.machine(name).read_file(f"/usr/lib/systemd/system/{UNIT}.service")
+        since = time.time()
+        leader, spec = kill_the_leader_right_after_a_renewal(kcm_cluster)
+        taken = new_holder(kcm_cluster, spec["holderIdentity"])
+        assert hook_lines(kcm_cluster, leader, since) == []
     finally:
-        set_release_on_exit(node, True)
-    acquired = micro(taken["spec"]["acquireTime"])
-    assert acquired >= expiry, f"acquired at {acquired}, before the unreleased Lease expired at {expiry}"
-    record_timing("release off: new holder's acquireTime after the old expiry by", (acquired - expiry).total_seconds())
+        set_release_on_exit(kcm_cluster, True)
+    assert micro(taken["acquireTime"]) >= expiry_of(spec), (taken, spec)
+    record_timing("release off: kill -9 -> new holder, after the old expiry by",
+                  (micro(taken["acquireTime"]) - expiry_of(spec)).total_seconds())
 
 
-@pytest.mark.parametrize("how", ["stop", "kill"])
-def test_a_standbys_stop_hook_never_writes_the_leaders_lease(kcm_cluster, how):
-    cp = kcm_cluster.control_plane
-    leader = kcm_cluster.wait_for_leader(kcm_cluster.failover_bound)
+def test_a_standbys_stop_never_writes_the_leaders_lease(kcm_cluster):
+    leader = node_of(renewed(kcm_cluster)["holderIdentity"])
     standby = next(name for name in kcm_cluster.nodes if name != leader)
-    before = cp.lease()
-    started = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    before = kcm_cluster.lease()
+    since = time.time()
 
-    getattr(kcm_cluster, how)(standby)
-    [hook] = kcm_cluster.nodes[standby].process.run_stop_post()
-    after = cp.lease()
+    kcm_cluster.stop(standby)
 
-    assert hook.returncode == 0 and "left alone" in hook.stdout, hook.stdout
+    line = wait_hook_line(kcm_cluster, standby, since)
+    after = kcm_cluster.lease()
+    assert f"held by {before['spec']['holderIdentity']}, not by {standby}: left alone" in line
     for key in ("holderIdentity", "acquireTime", "leaseTransitions", "leaseDurationSeconds"):
         assert after["spec"][key] == before["spec"][key], key
     # The leader renews every retry period, so the resourceVersion moves by itself; what must
-    # never appear is a write by the release program (the apiserver names its field manager).
+    # never appear is a write by the release step (the apiserver names its field manager).
+    started = datetime.datetime.fromtimestamp(int(since), datetime.timezone.utc)
     ours = [entry for entry in after["metadata"].get("managedFields", [])
-            if entry.get("manager") == PROGRAM_MANAGER and micro_seconds(entry["time"]) >= started]
+            if entry.get("manager") == PROGRAM and _seconds(entry["time"]) >= started]
     assert ours == [], ours
 
 
-def test_with_no_standby_running_the_lease_stays_released_as_client_go_leaves_it(kcm_cluster):
-    """Also what makes the check above able to fail: a release shows under the program's manager."""
-    cp = kcm_cluster.control_plane
-    leader = kcm_cluster.wait_for_leader(kcm_cluster.failover_bound)
+def test_with_no_standby_the_lease_stays_released_as_client_go_leaves_it(kcm_cluster):
+    """Also what makes the check above able to fail: a release shows under the step's manager."""
+    leader = node_of(renewed(kcm_cluster)["holderIdentity"])
     for name in kcm_cluster.nodes:
         if name != leader:
             kcm_cluster.stop(name)
-    before = cp.lease()["spec"]
+    before = kcm_cluster.lease()["spec"]
+
     kcm_cluster.kill(leader)
 
-    [hook] = kcm_cluster.nodes[leader].process.run_stop_post()
-
-    released = cp.lease()
-    assert "released" in hook.stdout, hook.stdout
-    assert released["spec"]["holderIdentity"] == "" and released["spec"]["leaseDurationSeconds"] == 1
+    # systemd starts the killed KCM again after RestartSec (5 s): read the Lease before that.
+    released = wait_until(lambda: (lambda lease: lease if not lease["spec"].get("holderIdentity") else None)(
+        kcm_cluster.lease()), 5, "the released Lease", interval=0.05)
+    assert released["spec"]["leaseDurationSeconds"] == 1
     assert released["spec"]["leaseTransitions"] == before["leaseTransitions"]
     assert released["spec"]["acquireTime"] == released["spec"]["renewTime"]
-    managers = [entry.get("manager") for entry in released["metadata"].get("managedFields", [])]
-    assert PROGRAM_MANAGER in managers, managers
+    assert PROGRAM in [entry.get("manager") for entry in released["metadata"].get("managedFields", [])]
 
 
-def micro_seconds(text: str) -> datetime.datetime:
+def _seconds(text: str) -> datetime.datetime:
     """managedFields times are RFC 3339 to the second."""
     return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)
