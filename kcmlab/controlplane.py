@@ -636,22 +636,6 @@ def parse_exec_start(unit_text: str) -> list[str]:
     return _split_command(commands[0])
 
 
-def parse_exec_stop_post(unit_text: str) -> list[tuple[bool, list[str]]]:
-    """Each ``ExecStopPost=`` of the unit's ``[Service]`` section, in order, as
-    ``(failure ignored: the '-' prefix, argv)``; the same syntax rules as :func:`parse_exec_start`."""
-    commands = []
-    for key, value in _service_directives(unit_text):
-        if key != "ExecStopPost":
-            continue
-        if value.strip() == "":
-            commands = []
-        else:
-            prefixes = value.strip().split(None, 1)[0]
-            commands.append(("-" in prefixes[: len(prefixes) - len(prefixes.lstrip("-:+!@"))],
-                             _split_command(value)))
-    return commands
-
-
 def parse_environment(unit_text: str) -> dict:
     """``Environment=`` assignments of the unit's ``[Service]`` section, as a dict."""
     env = {}
@@ -742,28 +726,6 @@ class KcmProcess(Daemon):
         self.unit_env = {**SYSTEMD_BASE_ENV, **parse_environment(unit_text)}
         argv = ["unshare", "--uts", "sh", "-c", _SET_HOSTNAME_AND_EXEC, "_", node, *self.exec_start]
         super().__init__(f"kcm@{node}", argv, log_path, env=self.unit_env)
-
-    def run_stop_post(self, timeout: float = 30.0) -> list[subprocess.CompletedProcess]:
-        """Run the unit's ``ExecStopPost=`` commands (read afresh) as systemd does once KCM has
-        exited: in order, under the node's hostname, with the unit's environment and
-        ``SERVICE_RESULT``/``EXIT_CODE``/``EXIT_STATUS`` for how it ended; a failure stops the
-        list unless the command has the '-' prefix."""
-        env = dict(self.unit_env)
-        code = self.proc.returncode if self.proc is not None else None
-        if code is not None and code < 0:
-            env.update(SERVICE_RESULT="signal", EXIT_CODE="killed", EXIT_STATUS=signal.Signals(-code).name[3:])
-        elif code is not None:
-            env.update(SERVICE_RESULT="success" if code == 0 else "exit-code", EXIT_CODE="exited",
-                       EXIT_STATUS=str(code))
-        done = []
-        for ignore_failure, argv in parse_exec_stop_post(self.unit_path.read_text()):
-            proc = subprocess.run(["unshare", "--uts", "sh", "-c", _SET_HOSTNAME_AND_EXEC, "_", self.node, *argv],
-                                  stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
-                                  check=False, env=env)
-            done.append(proc)
-            if proc.returncode != 0 and not ignore_failure:
-                break
-        return done
 
     def flag(self, name: str) -> str | None:
         """The value of ``--name=value`` in the rendered command (None when absent)."""
