@@ -2,9 +2,10 @@
 """Benchmark of the Lease release step (issue 15): the controller gap after the leader's KCM exits.
 
 The gap runs from the moment the leader's KCM process exited (systemd's
-``ExecMainExitTimestampMonotonic``) to the new holder's ``acquireTime`` in the Lease: the
-time with no controllers running. Three systemd machines run KCM from the formula's unit
-(``kcmlab.LabCluster``, the formula applied over the bus); each case runs several times
+``ExecMainExitTimestamp``; for a restart, the moment the unit left ``active``) to the new
+holder's ``acquireTime`` in the Lease: the time with no controllers running. Three systemd
+machines run KCM from the formula's unit (``kcmlab.LabCluster``, the formula applied over
+the bus); each case runs several times
 with ``kcm:leader_election:release_on_exit`` on (systemd runs the unit's ``ExecStopPost=``)
 and off (the unit has none), alternating blocks in the same run, at the default leader
 election (15s/10s/2s) unless ``--election short``.
@@ -29,7 +30,7 @@ from common import REPO, k8s_bin, machine, median, scratch_dir
 sys.path.insert(0, str(REPO))
 
 from kcmlab.cluster import SHORT_ELECTION, UNIT, LabCluster  # noqa: E402
-from kcmlab.controlplane import node_of  # noqa: E402
+from kcmlab.controlplane import node_of, wait_until  # noqa: E402
 
 ELECTIONS = {"short": SHORT_ELECTION, "default": {"lease_duration": "15s", "renew_deadline": "10s",
                                                   "retry_period": "2s"}}
@@ -41,24 +42,39 @@ def epoch(micro_time):
         tzinfo=datetime.timezone.utc).timestamp()
 
 
-def exit_time(cluster, name):
-    """When systemd saw KCM's main process exit, on the host's wall clock (machines share the
-    host's kernel, so its monotonic clock)."""
-    mono = int(cluster.machine(name).unit_property(UNIT, "ExecMainExitTimestampMonotonic")) / 1e6
-    return time.time() - (time.monotonic() - mono)
+def unit_time(cluster, name, prop):
+    """A ``...TimestampMonotonic`` property of KCM's unit on ``name`` on the host's wall clock
+    (machines share the host's kernel, so its monotonic clock); None while it is unset."""
+    mono = int(cluster.machine(name).unit_property(UNIT, prop) or 0) / 1e6
+    return time.time() - (time.monotonic() - mono) if mono else None
+
+
+def exit_of_the_leader(cluster, leader, case):
+    """Make the leader's KCM exit as ``case``; return when its process exited.
+
+    kill and stop: systemd's ExecMainExitTimestamp, read before Restart=always (5 s) starts it
+    again and resets it. restart: the new process has already reset it when ``systemctl
+    restart`` returns, so the moment the unit left ``active`` (SIGTERM sent, the exit follows)."""
+    if case == "restart":
+        cluster.machine(leader).systemctl("restart", UNIT)
+        return unit_time(cluster, leader, "ActiveExitTimestampMonotonic")
+    before = unit_time(cluster, leader, "ExecMainExitTimestampMonotonic")
+    if case == "kill":
+        cluster.kill(leader)
+    else:
+        cluster.machine(leader).systemctl("stop", UNIT)
+    return wait_until(lambda: (lambda t: t if t and t != before else None)(
+        unit_time(cluster, leader, "ExecMainExitTimestampMonotonic")), 4, f"{leader}: KCM's exit", interval=0.05)
 
 
 def one_run(cluster, case, timeout):
     """Make the leader's KCM exit as ``case``; return (gap seconds, old node, new node)."""
     leader = cluster.wait_for_leader(timeout)
     old = cluster.holder()
-    if case == "kill":
-        cluster.kill(leader)
-    else:
-        cluster.machine(leader).systemctl(case, UNIT)
+    exited = exit_of_the_leader(cluster, leader, case)
     cluster.wait_for_new_holder(old, timeout)
     spec = cluster.lease()["spec"]
-    gap = epoch(spec["acquireTime"]) - exit_time(cluster, leader)
+    gap = epoch(spec["acquireTime"]) - exited
     cluster.ensure_running()
     return gap, leader, node_of(spec["holderIdentity"])
 
