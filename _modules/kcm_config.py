@@ -130,6 +130,7 @@ def resolve(config, grains=None, opts=None, defaults=None):
         "signer_cert": f"{pki}/cluster-signer.pem" if pki_cfg.get("signer_cert") else f"{pki}/ca.pem",
         "signer_key": f"{pki}/cluster-signer-key.pem" if pki_cfg.get("signer_cert") else f"{pki}/ca-key.pem",
         "unit": f"{paths.get('unit', '')}/{name}.service",
+        "release_program": f"{paths.get('install', '')}/libexec/kcm-release-lease",
         "deployed": deployed_path(opts),
     }
     return cfg
@@ -259,6 +260,9 @@ def _unwritable(path):
 def _check_durations(cfg, problems):
     seconds = {}
     election = _mapping(cfg.get("leader_election"))
+    if not isinstance(election.get("release_on_exit", True), bool):
+        problems.append(f"kcm:leader_election:release_on_exit: '{election['release_on_exit']}' is not a boolean"
+                        " (true or false)")
     values = [("cluster_signing_duration", cfg.get("cluster_signing_duration", ""))]
     values += [(f"leader_election:{key}", election.get(key, "")) for key in ("lease_duration", "renew_deadline",
                                                                                "retry_period")]

@@ -72,10 +72,11 @@ def escape_word(word):
     return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def command_line(argv):
+def command_line(argv, continuation=True):
     """
-    Return ``argv`` as the value of an ``ExecStart=`` line: each word through
-    :func:`escape_word`, one per line with ``\\`` continuations.
+    Return ``argv`` as the value of an ``ExecStart=`` (or any ``Exec*=``) line: each word
+    through :func:`escape_word`, one per line with ``\\`` continuations (``continuation``
+    false: on one line).
 
     Example:
 
@@ -85,7 +86,7 @@ def command_line(argv):
     """
     if not argv or not str(argv[0]).startswith("/"):
         raise ValueError(f"the command must be an absolute path, got {argv[0] if argv else None!r}")
-    return _CONTINUATION.join(escape_word(word) for word in argv)
+    return (_CONTINUATION if continuation else " ").join(escape_word(word) for word in argv)
 
 
 # ---------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ kcm-clean-files:
   file.absent:
     - names:
       - {{ files.unit | json }}
+      - {{ salt['file.dirname'](files.release_program) | json }}
       - {{ files.kubeconfig | json }}
       - {{ files.ca_cert | json }}
       - {{ files.ca_key | json }}
