@@ -1,0 +1,43 @@
+"""The formula's custom modules imported as plain Python modules, without Salt's loader.
+
+For the tests and the release record: ``kcm_flags`` and ``kcm_config`` wired together the way
+the loader wires them (``__utils__``, ``__salt__``), nothing else.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load(kind: str, name: str):
+    """Import a custom Salt module from the repo (e.g. _modules/kcm_flags.py) as a plain module."""
+    spec = importlib.util.spec_from_file_location(f"kcmtest_{kind}_{name}", REPO / kind / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def utils() -> dict:
+    """``__utils__`` as Salt's loader gives it to modules: the formula's _utils functions."""
+    systemd = load("_utils", "kcm_systemd")
+    return {f"kcm_systemd.{n}": getattr(systemd, n) for n in dir(systemd) if not n.startswith("_")}
+
+
+def kcm_flags():
+    """``_modules/kcm_flags.py`` with its ``__utils__``."""
+    module = load("_modules", "kcm_flags")
+    module.__utils__ = utils()
+    return module
+
+
+def kcm_config(flags=None):
+    """``_modules/kcm_config.py`` calling ``flags`` (a :func:`kcm_flags`) through ``__salt__``."""
+    flags = flags or kcm_flags()
+    module = load("_modules", "kcm_config")
+    module.__salt__ = {f"kcm_flags.{n}": getattr(flags, n) for n in ("normalize_version", "problems", "render")}
+    module.__grains__ = {"ip4_interfaces": {"eth2": ["10.10.10.21"], "lo": ["127.0.0.1"]}}
+    module.__opts__ = {"cachedir": "/var/cache/salt/minion"}
+    return module

@@ -1,0 +1,255 @@
+"""Prove releases by their real binary; ``scripts/prove-releases`` runs this in the project's venv.
+
+For each minor: the newest patch on the Go module proxy, its kube-controller-manager built
+alone (``scripts/k8s-binaries --kcm-only``, under ``nice -n 19``, one build at a time), then one
+systemd machine of the lab deployed at that release by a real ``state.apply kcm`` against the
+pinned control plane, and what the binary did with the flags the formula rendered: accepted
+them (running, not restarting), took the Lease, answered ``/healthz``. The rows proven are
+rewritten in ``docs/releases.md`` (kcmlab.releases); the others are left as they are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from kcmlab import releases  # noqa: E402
+from kcmlab.cluster import K8S_CACHE, SHORT_ELECTION, UNIT, LabCluster  # noqa: E402
+
+CACHE = K8S_CACHE.parent
+WORK = CACHE / "prove"
+DEFAULT_MINORS = [f"v1.{m}" for m in range(37, 18, -1)]
+# The last patch of each minor the proxy's version list leaves out (it lists v1.29 to v1.37 and
+# few older tags); each is confirmed with `go list -m` before it is used.
+LAST_PATCHES = {19: 16, 20: 15, 21: 14, 22: 17, 23: 17, 24: 17, 25: 16, 26: 15, 27: 16, 28: 15, 29: 15}
+OBSERVE = 20.0  # seconds KCM must stay up, without a restart, after it answers /healthz
+
+
+def say(text: str) -> None:
+    print(f"[prove-releases {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def go(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(["go", *args], capture_output=True, text=True, timeout=timeout, check=False,
+                          env=dict(os.environ, GOFLAGS="-mod=mod", GOTOOLCHAIN="local"))
+
+
+def listed_versions() -> list[str]:
+    proc = go("list", "-m", "-versions", "k8s.io/kubernetes")
+    if proc.returncode != 0:
+        raise SystemExit(f"go list -m -versions k8s.io/kubernetes failed: {proc.stderr.strip()}")
+    return proc.stdout.split()[1:]
+
+
+def newest_patch(minor: int, listed: list[str]) -> str | None:
+    """The newest patch of ``minor`` the proxy serves (its list, or the known last patch it answers)."""
+    patches = [int(m.group(1)) for v in listed if (m := re.match(rf"^v1\.{minor}\.(\d+)$", v))]
+    if minor in LAST_PATCHES:
+        candidate = f"v1.{minor}.{LAST_PATCHES[minor]}"
+        newer = LAST_PATCHES[minor] > max(patches, default=-1)
+        if newer and go("list", "-m", f"k8s.io/kubernetes@{candidate}").returncode == 0:
+            patches.append(LAST_PATCHES[minor])
+    return f"v1.{minor}.{max(patches)}" if patches else None
+
+
+def built(version: str) -> bool:
+    out = K8S_CACHE / version
+    return (out / "kube-controller-manager").is_file() and (
+        out / f"kubernetes-server-{version}-linux-amd64.tar.gz.sha512").is_file()
+
+
+def build_failure(log: str) -> str:
+    """Why a build failed, in one line, from scripts/k8s-binaries' output."""
+    patterns = [
+        (r"requires go >= ?([\d.]+)", "needs Go >= {0} (this host: {go})"),
+        (r"(go\.mod file not found|no go\.mod|missing go\.sum entry[^\n]*)", "{0}"),
+        (r"(invalid reference to [\w./]+)", "its dependencies break with {go}: {0} (go:linkname)"),
+        (r"ERROR: ([^\n]+)", "{0}"),
+        (r"(# [\w./-]+\n[^\n]+)", "does not compile with {go}: {0}"),
+    ]
+    goversion = go("env", "GOVERSION").stdout.strip()
+    for pattern, text in patterns:
+        match = re.search(pattern, log)
+        if match:
+            return text.format(*(g.replace("\n", ": ") for g in match.groups()), go=goversion)[:300]
+    lines = [line for line in log.splitlines() if line.strip()]
+    return (lines[-1] if lines else "no output")[:300]
+
+
+def build(version: str, until: datetime.time | None) -> tuple[bool, str]:
+    """(built, text for the build column); reuses the cache and its recorded time."""
+    work = WORK / version
+    work.mkdir(parents=True, exist_ok=True)
+    seconds = work / "build.seconds"
+    if built(version):
+        took = f", {int(seconds.read_text())} s" if seconds.is_file() else ", built earlier"
+        return True, f"ok{took}"
+    if (work / "build.rc").is_file() and (work / "build.rc").read_text().strip() != "0":
+        return False, f"does not build: {build_failure((work / 'build.log').read_text())}"
+    if until and datetime.datetime.now().time() >= until:
+        return False, releases.NOT_BUILT
+    say(f"{version}: building kube-controller-manager (nice -n 19; log: {work / 'build.log'})")
+    begin = time.monotonic()
+    with open(work / "build.log", "w") as log:
+        proc = subprocess.Popen(["nice", "-n", "19", str(REPO / "scripts/k8s-binaries"), "--kcm-only", version],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for line in proc.stderr:
+            log.write(line)
+            if line.startswith("[k8s-binaries"):
+                say(f"{version}: {line.strip()}")
+        code = proc.wait()
+    took = int(time.monotonic() - begin)
+    seconds.write_text(f"{took}\n")
+    (work / "build.rc").write_text(f"{code}\n")
+    say(f"{version}: build {'ok' if code == 0 else f'failed ({code})'} in {took} s")
+    if code != 0:
+        return False, f"does not build: {build_failure((work / 'build.log').read_text())}"
+    return True, f"ok, {took} s"
+
+
+def binary_facts(version: str) -> dict:
+    binary = K8S_CACHE / version / "kube-controller-manager"
+    toolchain = go("version", str(binary)).stdout.strip().rsplit(" ", 1)[-1]
+    said = subprocess.run([str(binary), "--version"], capture_output=True, text=True, check=False, timeout=60)
+    return {
+        "kcm_version": (said.stdout or said.stderr).strip(),
+        "go": toolchain,
+        "binary_sha256": hashlib.sha256(binary.read_bytes()).hexdigest(),
+    }
+
+
+# How KCM's journal says a controller started or failed, across releases (v1.19: Started "job",
+# Error starting "job"; later: "Started controller" / "Controller starting..." controller="job").
+STARTED = re.compile(r'(?:Controller starting\.\.\."|Started controller"|Started) controller="([\w-]+)"'
+                     r'|Started \\?"([\w-]+)\\?"')
+FAILED = re.compile(r'Error starting controller" controller="([\w-]+)"|Error starting \\?"([\w-]+)\\?"')
+
+
+def journal_findings(journal: str) -> list[str]:
+    """What KCM's journal says: controllers started, controllers failed, APIs it cannot list."""
+    started = {a or b for a, b in STARTED.findall(journal)}
+    failed = sorted({a or b for a, b in FAILED.findall(journal)})
+    listed = sorted(set(re.findall(r"failed to list \*?([\w./]+)", journal)))
+    out = [f"{len(started)} controllers started"]
+    if failed:
+        out.append("failed to start: " + ", ".join(failed))
+    if listed:
+        out.append("cannot list (API gone from the v1.37 apiserver): " + ", ".join(listed))
+    return out
+
+
+def prove(version: str, apiserver_bin: Path) -> dict:
+    """Deploy ``version`` on one lab machine by a real apply and record what its binary did."""
+    workdir = WORK / version / "lab"
+    result = {"flags_accepted": "no", "leads": "no", "healthz": "no", "notes": []}
+    cluster = LabCluster(apiserver_bin, workdir, suite="prove", version=version, nodes=("master-1",),
+                         election=SHORT_ELECTION)
+    node = "master-1"
+    try:
+        cluster.start()
+        cluster.salt("saltutil.sync_all", timeout=300)
+        try:
+            cluster.apply("kcm")
+        except AssertionError as exc:
+            result["notes"].append(f"state.apply kcm failed: {str(exc).splitlines()[-1].strip()[:300]}")
+            return result
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not cluster.healthz(node):
+            time.sleep(0.5)
+        healthy = cluster.healthz(node)
+        leader = None
+        if healthy:
+            try:
+                leader = cluster.wait_for_leader(60)
+            except Exception:  # noqa: BLE001 (a release that never leads is a result, not a crash)
+                leader = None
+            time.sleep(OBSERVE)
+        machine = cluster.machine(node)
+        restarts, active = cluster.restarts(node), cluster.active(node)
+        journal = machine.journal(UNIT, lines=3000)
+        (WORK / version / "journal.txt").write_text(journal)
+        rejected = re.findall(r"(unknown flag: \S+|invalid argument [^\n]{0,120})", journal)
+        if active == "active" and restarts == 0:
+            result["flags_accepted"] = "yes"
+            running = cluster.cmdline(node)
+            if releases.flag_names(running) != releases.flag_names(releases.reference_flags(version)):
+                result["notes"].append("the running flags differ in name from the reference set: "
+                                       + " ".join(releases.flag_names(running)))
+        else:
+            result["notes"].append(f"systemd: {active}, {restarts} restarts")
+        if rejected:
+            result["flags_accepted"] = "no: " + "; ".join(sorted(set(rejected)))[:300]
+        result["leads"] = "yes" if leader == node else "no"
+        result["healthz"] = "yes" if healthy and cluster.healthz(node) else "no"
+        result["notes"].extend(journal_findings(journal))
+    finally:
+        cluster.close()
+    return result
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="scripts/prove-releases", description=__doc__.splitlines()[0])
+    parser.add_argument("minors", nargs="*", help="v1.MINOR (default: v1.37 down to v1.19)")
+    parser.add_argument("--build-until", metavar="HH:MM", help="start no build at or after this time of day")
+    parser.add_argument("--apiserver", metavar="DIR", type=Path, default=K8S_CACHE / "v1.37.2",
+                        help="the control plane's binaries (default: the pinned v1.37.2 build)")
+    args = parser.parse_args(argv)
+    args.until = datetime.time.fromisoformat(args.build_until) if args.build_until else None
+    try:
+        args.minor_numbers = sorted({releases.minor_key(m) for m in args.minors or DEFAULT_MINORS}, reverse=True)
+    except ValueError as exc:
+        parser.error(str(exc))
+    return args
+
+
+def main(argv) -> int:
+    args = parse_args(argv)
+    listed = listed_versions()
+    record = releases.RECORD.read_text()
+    rows = releases.parse(record)
+    table = []
+    for number in args.minor_numbers:
+        minor = f"v1.{number}"
+        version = newest_patch(number, listed)
+        if version is None:
+            rows[minor] = releases.Row(minor, build="not on the Go module proxy")
+            continue
+        ok, build_text = build(version, args.until)
+        if not ok:
+            if build_text == releases.NOT_BUILT and rows.get(minor, releases.Row(minor)).proven:
+                say(f"{version}: not built in this session; its proven row is kept")
+                continue
+            rows[minor] = releases.Row(minor, release=version, build=build_text)
+            table.append((version, build_text, "", "", ""))
+            continue
+        say(f"{version}: deploying on a lab machine (state.apply kcm) against {args.apiserver.name}")
+        began = time.monotonic()
+        facts, outcome = binary_facts(version), prove(version, args.apiserver)
+        say(f"{version}: proven in {time.monotonic() - began:.0f} s: {json.dumps(outcome)}")
+        rows[minor] = releases.Row(minor, release=version, flags_sha256=releases.flagset_sha256(version),
+                                   build=build_text, flags_accepted=outcome["flags_accepted"],
+                                   leads=outcome["leads"], healthz=outcome["healthz"],
+                                   notes="; ".join(outcome["notes"]), **facts)
+        releases.RECORD.write_text(releases.rewrite(releases.RECORD.read_text(), rows))
+        table.append((version, build_text, outcome["flags_accepted"], outcome["leads"], outcome["healthz"]))
+    releases.RECORD.write_text(releases.rewrite(releases.RECORD.read_text(), rows))
+    width = max((len(r[0]) for r in table), default=7)
+    print(f"{'release':<{width}}  {'build':<40}  flags  leads  healthz")
+    for version, build_text, accepted, leads, healthz in table:
+        print(f"{version:<{width}}  {build_text[:40]:<40}  {accepted[:5]:<5}  {leads:<5}  {healthz}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

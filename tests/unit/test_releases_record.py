@@ -1,0 +1,52 @@
+"""The release record (docs/releases.md) against today's flag table: a proof cannot drift."""
+
+import re
+
+import pytest
+
+from kcmlab import formula, releases
+
+RECORD = releases.parse(releases.RECORD.read_text())
+PINNED = re.search(r'K8S_VERSION="\$\{1:-\$\{KCM_K8S_VERSION:-(v1\.\d+\.\d+)\}\}"',
+                   (formula.REPO / "scripts/k8s-binaries").read_text()).group(1)
+
+
+def test_every_proven_release_still_gets_the_flag_set_its_binary_ran_with():
+    assert releases.drift(RECORD) == []
+
+
+def test_a_changed_flag_set_names_the_release_to_re_prove(kcm_flags):
+    proven = [row for row in RECORD.values() if row.proven]
+    assert proven, "docs/releases.md proves no release"
+    row = proven[0]
+    stale = {row.minor: releases.Row(**{**vars(row), "flags_sha256": "0" * 64})}
+    [message] = releases.drift(stale)
+    assert message.startswith(f"{row.release}: ") and f"scripts/prove-releases {row.minor}" in message
+
+
+def test_the_hash_follows_the_flags_a_release_gets():
+    # v1.21 opens the insecure port unless told --port=0; v1.22 serves no insecure port.
+    assert "--port=0" in releases.reference_flags("v1.21.14")
+    assert "--port=0" not in releases.reference_flags("v1.22.17")
+    assert releases.flagset_sha256("v1.21.14") != releases.flagset_sha256("v1.22.17")
+    assert releases.flagset_sha256("v1.22.17") == releases.flagset_sha256("v1.22.0")
+
+
+def test_the_record_has_a_row_for_every_minor_the_formula_supports(kcm_flags):
+    newest = kcm_flags.minor(PINNED)
+    assert sorted(RECORD, key=releases.minor_key) == [f"v1.{m}" for m in range(kcm_flags.OLDEST_MINOR, newest + 1)]
+
+
+@pytest.mark.parametrize("row", [r for r in RECORD.values() if r.proven], ids=lambda r: r.minor)
+def test_a_proven_row_is_the_newest_patch_of_its_minor_and_says_what_ran(row):
+    assert re.fullmatch(rf"{re.escape(row.minor)}\.\d+", row.release)
+    assert row.kcm_version == f"Kubernetes {row.release}"
+    assert re.fullmatch(r"[0-9a-f]{64}", row.binary_sha256) and row.go.startswith("go1.")
+    assert row.build.startswith("ok")
+
+
+def test_rows_survive_a_rewrite_with_pipes_in_their_notes():
+    rows = dict(RECORD)
+    rows["v1.14"] = releases.Row("v1.14", notes="a | b")
+    again = releases.parse(releases.rewrite(releases.RECORD.read_text(), rows))
+    assert again == rows
