@@ -135,7 +135,7 @@ CANONICAL_ONLY = frozenset(
         "service-cidr-controller",
         "storage-version-migrator-controller",
         "selinux-warning-controller",
-        "resource-claim-controller",
+        "resourceclaim-controller",  # not resource-claim-: the v1.35.4-v1.37.2 binaries list it so
         "service-lb-controller",
         "node-route-controller",
         "cloud-node-lifecycle-controller",

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -24,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from kcmlab import releases  # noqa: E402
+from kcmlab import formula, releases  # noqa: E402
 from kcmlab.cluster import K8S_CACHE, SHORT_ELECTION, UNIT, LabCluster  # noqa: E402
 
 CACHE = K8S_CACHE.parent
@@ -150,11 +151,43 @@ def journal_findings(journal: str) -> list[str]:
     return out
 
 
-def prove(version: str, apiserver_bin: Path) -> dict:
+def help_facts(version: str) -> tuple[set[str], set[str]]:
+    """(flag names, controller names) that the binary's ``--help`` lists."""
+    binary = K8S_CACHE / version / "kube-controller-manager"
+    text = subprocess.run([str(binary), "--help"], capture_output=True, text=True, check=False, timeout=60)
+    text = text.stdout + text.stderr
+    flags = set(re.findall(r"^\s+(?:-\w, )?--([a-z0-9-]+)", text, re.M))
+    listed = re.search(r"All controllers: ([^\n]+)", text)
+    controllers = {c.strip() for c in listed.group(1).split(",")} if listed else set()
+    return flags, controllers
+
+
+def table_findings(version: str) -> list[str]:
+    """Where the binary's ``--help`` contradicts the flag table (kcm_flags) for ``version``."""
+    table = formula.kcm_flags()
+    flags, controllers = help_facts(version)
+    out = []
+    for name in sorted(table.FLAG_HISTORY):
+        says = table.flag_problem(name, version) is None
+        if says != (name in flags):
+            out.append(f"table says --{name} is {'there' if says else 'gone'}, the binary "
+                       f"{'lacks' if says else 'has'} it")
+    if controllers:
+        refused = sorted(c for c in controllers if table.controllers_problem([c], version))
+        if refused:
+            out.append("controllers the binary has and the table refuses: " + ", ".join(refused))
+    else:
+        out.append("--help lists no controllers")
+    return out
+
+
+def prove(version: str, apiserver_bin: Path, suite: str = "prove") -> dict:
     """Deploy ``version`` on one lab machine by a real apply and record what its binary did."""
-    workdir = WORK / version / "lab"
+    workdir = WORK / version / f"lab-{suite}"
+    # A fresh lab each time: the salt-master of an earlier run would refuse the new minion key.
+    shutil.rmtree(workdir, ignore_errors=True)
     result = {"flags_accepted": "no", "leads": "no", "healthz": "no", "notes": []}
-    cluster = LabCluster(apiserver_bin, workdir, suite="prove", version=version, nodes=("master-1",),
+    cluster = LabCluster(apiserver_bin, workdir, suite=suite, version=version, nodes=("master-1",),
                          election=SHORT_ELECTION)
     node = "master-1"
     try:
@@ -205,6 +238,7 @@ def parse_args(argv):
     parser.add_argument("--build-until", metavar="HH:MM", help="start no build at or after this time of day")
     parser.add_argument("--apiserver", metavar="DIR", type=Path, default=K8S_CACHE / "v1.37.2",
                         help="the control plane's binaries (default: the pinned v1.37.2 build)")
+    parser.add_argument("--suite", default="prove", help="the lab's suite name (its subnet derives from it)")
     args = parser.parse_args(argv)
     args.until = datetime.time.fromisoformat(args.build_until) if args.build_until else None
     try:
@@ -214,37 +248,41 @@ def parse_args(argv):
     return args
 
 
+def record(row: releases.Row) -> None:
+    """Rewrite ``row``'s line of docs/releases.md, read afresh (another run may have written others)."""
+    rows = releases.parse(releases.RECORD.read_text())
+    rows[row.minor] = row
+    releases.RECORD.write_text(releases.rewrite(releases.RECORD.read_text(), rows))
+
+
 def main(argv) -> int:
     args = parse_args(argv)
     listed = listed_versions()
-    record = releases.RECORD.read_text()
-    rows = releases.parse(record)
     table = []
     for number in args.minor_numbers:
         minor = f"v1.{number}"
         version = newest_patch(number, listed)
         if version is None:
-            rows[minor] = releases.Row(minor, build="not on the Go module proxy")
+            record(releases.Row(minor, build="not on the Go module proxy"))
             continue
         ok, build_text = build(version, args.until)
         if not ok:
-            if build_text == releases.NOT_BUILT and rows.get(minor, releases.Row(minor)).proven:
+            if build_text == releases.NOT_BUILT and releases.parse(releases.RECORD.read_text())[minor].proven:
                 say(f"{version}: not built in this session; its proven row is kept")
                 continue
-            rows[minor] = releases.Row(minor, release=version, build=build_text)
+            record(releases.Row(minor, release=version, build=build_text))
             table.append((version, build_text, "", "", ""))
             continue
         say(f"{version}: deploying on a lab machine (state.apply kcm) against {args.apiserver.name}")
         began = time.monotonic()
-        facts, outcome = binary_facts(version), prove(version, args.apiserver)
+        facts, outcome = binary_facts(version), prove(version, args.apiserver, args.suite)
+        outcome["notes"] = table_findings(version) + outcome["notes"]
         say(f"{version}: proven in {time.monotonic() - began:.0f} s: {json.dumps(outcome)}")
-        rows[minor] = releases.Row(minor, release=version, flags_sha256=releases.flagset_sha256(version),
-                                   build=build_text, flags_accepted=outcome["flags_accepted"],
-                                   leads=outcome["leads"], healthz=outcome["healthz"],
-                                   notes="; ".join(outcome["notes"]), **facts)
-        releases.RECORD.write_text(releases.rewrite(releases.RECORD.read_text(), rows))
+        record(releases.Row(minor, release=version, flags_sha256=releases.flagset_sha256(version),
+                            build=build_text, flags_accepted=outcome["flags_accepted"],
+                            leads=outcome["leads"], healthz=outcome["healthz"],
+                            notes="; ".join(outcome["notes"]), **facts))
         table.append((version, build_text, outcome["flags_accepted"], outcome["leads"], outcome["healthz"]))
-    releases.RECORD.write_text(releases.rewrite(releases.RECORD.read_text(), rows))
     width = max((len(r[0]) for r in table), default=7)
     print(f"{'release':<{width}}  {'build':<40}  flags  leads  healthz")
     for version, build_text, accepted, leads, healthz in table:

@@ -124,6 +124,13 @@ def test_controller_names_follow_the_release(kcm_flags):
     assert kcm_flags.controllers_problem(["*", "-route"], "v1.20.0") is None
 
 
+def test_the_dra_claim_controller_is_named_as_the_real_binaries_list_it(kcm_flags):
+    # `kube-controller-manager --help` of v1.35.4, v1.36.3 and v1.37.2 lists resourceclaim-controller
+    # (docs/releases.md); the table used to accept only resource-claim-controller, which they refuse.
+    assert kcm_flags.controllers_problem(["*", "-resourceclaim-controller"], "v1.37.2") is None
+    assert "resource-claim-controller" in kcm_flags.controllers_problem(["resource-claim-controller"], "v1.37.2")
+
+
 @pytest.mark.parametrize("text", ["1.34", "v2.0.0", "v1.13.9", "latest", "v1.34.x"])
 def test_bad_versions_are_refused(kcm_flags, text):
     with pytest.raises(ValueError):
