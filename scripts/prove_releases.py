@@ -73,6 +73,8 @@ def built(version: str) -> bool:
 def build_failure(log: str) -> str:
     """Why a build failed, in one line, from scripts/k8s-binaries' output."""
     patterns = [
+        (r"([\w./-]+@v[\w.+-]+): reading https?://\S+: 403 Forbidden",
+         "the Go module proxy refuses {0} (403: this module version is not available)"),
         (r"requires go >= ?([\d.]+)", "needs Go >= {0} (this host: {go})"),
         (r"(go\.mod file not found|no go\.mod|missing go\.sum entry[^\n]*)", "{0}"),
         (r"(invalid reference to [\w./]+)", "its dependencies break with {go}: {0} (go:linkname)"),
