@@ -164,14 +164,24 @@ def help_facts(version: str) -> tuple[set[str], set[str]]:
     return flags, controllers
 
 
+def accepts(version: str, flag: str) -> bool:
+    """Whether the binary parses ``--flag`` (deprecated flags are hidden from --help, yet parsed)."""
+    binary = K8S_CACHE / version / "kube-controller-manager"
+    said = subprocess.run([str(binary), f"--{flag}=0", "--version"], capture_output=True, text=True,
+                          check=False, timeout=60)
+    return f"unknown flag: --{flag}" not in said.stdout + said.stderr
+
+
 def table_findings(version: str) -> list[str]:
     """Where the binary's ``--help`` contradicts the flag table (kcm_flags) for ``version``."""
     table = formula.kcm_flags()
     flags, controllers = help_facts(version)
-    out = []
+    out, hidden = [], []
     for name in sorted(table.FLAG_HISTORY):
         says = table.flag_problem(name, version) is None
-        if says != (name in flags):
+        if says and name not in flags and accepts(version, name):
+            hidden.append(f"--{name}")
+        elif says != (name in flags):
             out.append(f"table says --{name} is {'there' if says else 'gone'}, the binary "
                        f"{'lacks' if says else 'has'} it")
     if controllers:
@@ -180,7 +190,10 @@ def table_findings(version: str) -> list[str]:
             out.append("controllers the binary has and the table refuses: " + ", ".join(refused))
     else:
         out.append("--help lists no controllers")
-    return out or ["--help agrees with the flag table"]
+    out = out or ["--help agrees with the flag table"]
+    if hidden:
+        out.append("hidden from --help but parsed (deprecated): " + ", ".join(hidden))
+    return out
 
 
 def prove(version: str, apiserver_bin: Path, suite: str = "prove") -> dict:
