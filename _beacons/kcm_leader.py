@@ -232,6 +232,8 @@ def initial_state():
         "version": STATE_VERSION,
         "seen": False,
         "record": {},
+        # The last record with a holder (a released lease has none).
+        "held": None,
         "fingerprint": None,
         "changed_at": None,
         "offset": None,
@@ -400,10 +402,15 @@ def step(previous, observation, now, settings, me=()):
         if current_print != state["fingerprint"]:
             _note_change(state, record, now)
             state["fingerprint"] = current_print
-        old = state["record"]
+        # A released lease (empty holder) sits between two holders: the change is
+        # from the last holder, or the alert would read "from None" and the old
+        # leader's minion would never say "lost".
+        old = state.get("held") or state["record"]
         if state["seen"] and record.get("holder") and record.get("holder") != old.get("holder"):
             events.extend(_holder_events(old, record, me))
         state["record"] = record
+        if record.get("holder"):
+            state["held"] = record
         state["seen"] = True
         state["polled_at"] = now
         observed, facts = _classify(state, record, now, settings)

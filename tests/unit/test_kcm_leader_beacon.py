@@ -190,6 +190,19 @@ def test_a_released_lease_taken_within_the_grace_announces_only_the_change():
     assert tags(events) == ["changed"]
 
 
+@pytest.mark.parametrize("me", [("master-1",), ("master-2",)])
+def test_after_a_released_lease_the_change_is_from_the_last_holder(me):
+    run = healthy_run(until=T0 + 3, me=me)
+    released = dict(lease(None, renewed=T0 + 4), holder=None, lease_duration_seconds=1)
+    assert run.poll(released, T0 + 4) == []
+    events = run.poll(lease("master-3", renewed=T0 + 5, transitions=2), T0 + 5)
+    changed = events[0]
+    assert (changed["old_node"], changed["new_node"]) == ("master-1", "master-3")
+    assert changed["old_holder"] == lease("master-1", renewed=T0)["holder"]
+    # the old leader's own minion says it lost the lease; a bystander only sees the change
+    assert tags(events) == (["changed", "lost"] if me == ("master-1",) else ["changed"])
+
+
 def test_a_released_lease_nobody_takes_is_no_leader_after_the_grace_and_debounce():
     run = healthy_run(until=T0 + 3)
     released = dict(lease(None, renewed=T0 + 4), holder=None, lease_duration_seconds=1)
