@@ -18,6 +18,8 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -203,3 +205,73 @@ class SaltMaster:
             yield bus
         finally:
             bus.destroy()
+
+
+class EventRecorder:
+    """Every event of a master's bus from ``start()`` on, with the host time it arrived.
+
+    ``find("salt/beacon/*/kcm_leader/changed", since)`` -> [(time, tag, data)], oldest first.
+    """
+
+    def __init__(self, master: SaltMaster):
+        self.master = master
+        self.events: list[tuple[float, str, dict]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _listen(self) -> None:
+        with self.master.events() as bus:
+            bus.connect_pub(timeout=10)
+            self._ready.set()
+            while not self._stop.is_set():
+                event = bus.get_event(wait=0.5, full=True)
+                if event:
+                    with self._lock:
+                        self.events.append((time.time(), event["tag"], event["data"]))
+
+    def start(self) -> EventRecorder:
+        self._thread = threading.Thread(target=self._listen, name="salt-events", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(15):
+            raise TimeoutError(f"no connection to the event bus of {self.master.id}")
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def find(self, pattern: str, since: float = 0.0) -> list[tuple[float, str, dict]]:
+        import fnmatch
+
+        with self._lock:
+            return [e for e in self.events if e[0] >= since and fnmatch.fnmatchcase(e[1], pattern)]
+
+
+def formula_master_config(master_pillar: dict, workdir: Path | None = None) -> dict:
+    """What the formula's ``kcm.master`` writes to ``master.d/kcm.conf`` for pillar
+    ``kcm:master`` = ``master_pillar``, applied by ``salt-call --local`` (the master host's own
+    minion) into a private directory; returns the parsed file, to pass as master config."""
+    with tempfile.TemporaryDirectory(prefix="kcm-master-host-", dir=workdir) as tmp:
+        root = Path(tmp)
+        conf_dir, pillar_dir = root / "conf", root / "pillar"
+        conf_dir.mkdir()
+        pillar_dir.mkdir()
+        (conf_dir / "minion").write_text(yaml.safe_dump({
+            "id": "salt-master-host", "root_dir": str(root / "root"), "file_client": "local",
+            "file_roots": {"base": [str(REPO / "formula")]}, "pillar_roots": {"base": [str(pillar_dir)]},
+            "log_file": str(root / "root" / "minion.log"),
+        }))
+        pillar = {"kcm": {"master": dict(master_pillar, config_dir=str(root / "master.d"))}}
+        (pillar_dir / "kcm.sls").write_text(json.dumps(pillar))
+        (pillar_dir / "top.sls").write_text("base:\n  '*':\n    - kcm\n")
+        for args in (["saltutil.sync_all"], ["state.apply", "kcm.master"]):
+            proc = subprocess.run([salt_tool("salt-call"), "--local", f"--config-dir={conf_dir}", "--out=json",
+                                   "--log-level=quiet", "--retcode-passthrough", *args],
+                                  capture_output=True, text=True, timeout=300, check=False, stdin=subprocess.DEVNULL)
+            if proc.returncode != 0:
+                raise SaltCommandError(f"salt-call --local {' '.join(args)} exited {proc.returncode}: "
+                                       f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+        return yaml.safe_load((root / "master.d" / "kcm.conf").read_text())
