@@ -14,12 +14,16 @@ ensure_debian_packages() {
   command -v systemd-analyze >/dev/null || missing+=(systemd)
   command -v kubectl >/dev/null || missing+=(kubernetes-client)
   command -v python3 >/dev/null || missing+=(python3 python3-venv)
+  # The lab's machines (kcmlab): nspawn boots them, mmdebstrap builds their rootfs.
+  command -v systemd-nspawn >/dev/null || missing+=(systemd-container)
+  command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
   [[ ${#missing[@]} -eq 0 ]] && return 0
   [[ $(id -u) -eq 0 ]] || die "missing ${missing[*]}; install them (apt-get install ${missing[*]}) or run as root"
   log "installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >&2
-  apt-get install -y -qq "${missing[@]}" >&2 || die "apt-get install ${missing[*]} failed"
+  # Without recommends: mmdebstrap's would pull in a whole toolchain.
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 || die "apt-get install ${missing[*]} failed"
 }
 
 # A venv per Salt line, rebuilt when setup.cfg changes. Prints the venv path.
