@@ -166,7 +166,8 @@ def orphan_sessions(sandbox: Path) -> list[dict]:
         if stat["session"] != pid or pid == os.getpid():
             continue
         try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+            # Split on blanks too: salt-master rewrites its argv into one title string.
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").replace("\0", " ").split()
         except (FileNotFoundError, ProcessLookupError):
             continue
         if any(needle in arg for arg in argv):
