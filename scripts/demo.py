@@ -454,6 +454,9 @@ def check_sandbox(sandbox: Path) -> None:
     if running:
         raise DemoError(f"a demo is already running in {sandbox} ({', '.join(sorted(running))}); "
                         "use scripts/demo status, or scripts/demo down first")
+    if state is None and sandbox.is_dir() and any(sandbox.iterdir()) and not (sandbox / "lab").exists():
+        raise DemoError(f"{sandbox} is not empty and holds no demo ({STATE_NAME}): left untouched; "
+                        "set KCM_DEMO_DIR to another directory")
     if sandbox.exists() or leftovers(SUITE, NODES):
         say.line(f"removing the remains of an earlier demo ({sandbox}, lab {SUITE!r})")
         take_down(sandbox, state, quiet=True)
@@ -563,13 +566,16 @@ def cmd_up(sandbox: Path) -> int:
         raise DemoError("KCM_K8S_BIN is not set: run the demo through scripts/demo, which builds the binaries")
     state = {"sandbox": str(sandbox), "python": sys.executable, "suite": SUITE, "started_at": time.time(),
              "processes": {}, "machines": {}}
+    say.step(2, f"the machines' root filesystem and the sandbox {sandbox}")
+    check_sandbox(sandbox)
     cluster = alertmanager = None
     try:
-        say.step(2, f"the machines' root filesystem and the sandbox {sandbox}")
-        check_sandbox(sandbox)
         if not (rootfs_dir() / ".kcmlab-complete").exists():
             say.line("building the machines' rootfs with mmdebstrap (once, about 1.5 minutes)")
-        rootfs = ensure_rootfs()
+        try:
+            rootfs = ensure_rootfs()
+        except RuntimeError as exc:
+            raise DemoError(f"the machines' rootfs: {exc}") from None
         sandbox.mkdir(parents=True, mode=0o700)
         save_state(sandbox, state)
         say.done(f"rootfs {rootfs} (Debian bookworm, systemd, Salt); state in {sandbox / STATE_NAME}")
