@@ -39,8 +39,8 @@ import salt.config  # noqa: E402
 import salt.loader  # noqa: E402
 import urllib3.connectionpool  # noqa: E402
 
-from tests.e2e.conftest import SHORT_ELECTION, build_cluster  # noqa: E402
 from kcmlab.controlplane import ControlPlane, free_port, wait_until  # noqa: E402
+from tests.e2e.conftest import SHORT_ELECTION, build_cluster  # noqa: E402
 
 ELECTIONS = {"short": SHORT_ELECTION, "default": None}
 INTERVAL = {"short": 1.0, "default": 2.0}
@@ -99,6 +99,8 @@ def load_runner(workdir, alertmanager_url):
     runner.__opts__ = {"cachedir": str(workdir), "sock_dir": str(workdir),
                        "kcm_alert": {"alertmanager_urls": [alertmanager_url]}}
     runner._fire = lambda tag, data: None  # no master bus in this process
+    # This measures detection latency; who may report (signed, KCM masters) is unit-tested.
+    runner.refusal = lambda tag, data, cfg=None, now=None: None
     return runner
 
 
