@@ -232,8 +232,7 @@ def initial_state():
         "version": STATE_VERSION,
         "seen": False,
         "record": {},
-        # The last record with a holder (a released lease has none).
-        "held": None,
+        "held": {},
         "fingerprint": None,
         "changed_at": None,
         "offset": None,
@@ -402,15 +401,14 @@ def step(previous, observation, now, settings, me=()):
         if current_print != state["fingerprint"]:
             _note_change(state, record, now)
             state["fingerprint"] = current_print
-        # A released lease (empty holder) sits between two holders: the change is
-        # from the last holder, or the alert would read "from None" and the old
-        # leader's minion would never say "lost".
+        # A released Lease (no holder) between two holders is a handover from the last one
+        # that held it, not from nobody.
         old = state.get("held") or state["record"]
         if state["seen"] and record.get("holder") and record.get("holder") != old.get("holder"):
             events.extend(_holder_events(old, record, me))
-        state["record"] = record
         if record.get("holder"):
             state["held"] = record
+        state["record"] = record
         state["seen"] = True
         state["polled_at"] = now
         observed, facts = _classify(state, record, now, settings)

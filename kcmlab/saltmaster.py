@@ -57,6 +57,15 @@ class SaltMaster:
         self.extra = dict(config or {})
         self.daemon: Daemon | None = None
 
+    @classmethod
+    def attach(cls, root: Path, interface: str) -> SaltMaster:
+        """The master another process started under ``root``: its CLIs and its event bus (the
+        ports are read back from its config; stopping it is that process's business)."""
+        master = cls(root, interface)
+        config = yaml.safe_load((master.conf_dir / "master").read_text())
+        master.id, master.ret_port, master.publish_port = config["id"], config["ret_port"], config["publish_port"]
+        return master
+
     @property
     def log_path(self) -> Path:
         # Inside root_dir: Salt prefixes root_dir to any log path outside it.
@@ -254,24 +263,14 @@ def formula_master_config(master_pillar: dict, workdir: Path | None = None) -> d
     """What the formula's ``kcm.master`` writes to ``master.d/kcm.conf`` for pillar
     ``kcm:master`` = ``master_pillar``, applied by ``salt-call --local`` (the master host's own
     minion) into a private directory; returns the parsed file, to pass as master config."""
+    from kcmlab.cluster import failed_states
+    from kcmlab.masterless import MasterlessMinion
+
     with tempfile.TemporaryDirectory(prefix="kcm-master-host-", dir=workdir) as tmp:
-        root = Path(tmp)
-        conf_dir, pillar_dir = root / "conf", root / "pillar"
-        conf_dir.mkdir()
-        pillar_dir.mkdir()
-        (conf_dir / "minion").write_text(yaml.safe_dump({
-            "id": "salt-master-host", "root_dir": str(root / "root"), "file_client": "local",
-            "file_roots": {"base": [str(REPO / "formula")]}, "pillar_roots": {"base": [str(pillar_dir)]},
-            "log_file": str(root / "root" / "minion.log"),
-        }))
-        pillar = {"kcm": {"master": dict(master_pillar, config_dir=str(root / "master.d"))}}
-        (pillar_dir / "kcm.sls").write_text(json.dumps(pillar))
-        (pillar_dir / "top.sls").write_text("base:\n  '*':\n    - kcm\n")
-        for args in (["saltutil.sync_all"], ["state.apply", "kcm.master"]):
-            proc = subprocess.run([salt_tool("salt-call"), "--local", f"--config-dir={conf_dir}", "--out=json",
-                                   "--log-level=quiet", "--retcode-passthrough", *args],
-                                  capture_output=True, text=True, timeout=300, check=False, stdin=subprocess.DEVNULL)
-            if proc.returncode != 0:
-                raise SaltCommandError(f"salt-call --local {' '.join(args)} exited {proc.returncode}: "
-                                       f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-        return yaml.safe_load((root / "master.d" / "kcm.conf").read_text())
+        conf_dir = Path(tmp) / "master.d"
+        pillar = {"kcm": {"master": dict(master_pillar, config_dir=str(conf_dir))}}
+        ret = MasterlessMinion(Path(tmp), "salt-master-host", pillar).apply("kcm.master")
+        failed = failed_states(ret)
+        if failed:
+            raise SaltCommandError("salt-call --local state.apply kcm.master failed:\n" + "\n".join(failed))
+        return yaml.safe_load((conf_dir / "kcm.conf").read_text())
