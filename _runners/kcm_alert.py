@@ -184,9 +184,19 @@ def _cert_minion(data, reporter):
     return str(data.get("minion") or reporter)
 
 
+def cluster_key(data):
+    """
+    Which cluster an event is about: its name plus its ``cluster_id`` (the kube-system
+    namespace UID), so two clusters that share a name never dedupe or resolve each
+    other's alerts. Events without an id (beacons before it) fall back to the name.
+    """
+    name = data.get("cluster") or "unknown"
+    return f"{name}#{data['cluster_id']}" if data.get("cluster_id") else name
+
+
 def dedupe_key(kind, data, reporter):
     """The identity of one change: every master that saw it computes the same key."""
-    cluster = data.get("cluster") or "unknown"
+    cluster = cluster_key(data)
     if kind in ("cert_expiring", "cert_renewed"):
         minion = _cert_minion(data, reporter)
         return f"{cluster}|{kind}|{minion}|{data.get('cert')}|{data.get('serial')}|{data.get('threshold')}"
@@ -202,6 +212,9 @@ def alert_labels(kind, data, extra):
     name, severity = ALERTS[kind]
     labels = {str(k): str(v) for k, v in (extra or {}).items()}
     labels.update(alertname=name, cluster=str(data.get("cluster") or "unknown"), severity=severity)
+    if data.get("cluster_id"):
+        # Alertmanager merges alerts with equal labels: same-named clusters must differ.
+        labels["cluster_id"] = str(data["cluster_id"])
     if kind == "changed":
         labels["old_node"] = str(data.get("old_node") or "none")
         labels["new_node"] = str(data.get("new_node") or "none")
@@ -332,7 +345,7 @@ def _claimable(entry, now):
 
 
 def _cert_slot(data, reporter):
-    cluster = data.get("cluster") or "unknown"
+    cluster = cluster_key(data)
     return f"cert|{cluster}|{_cert_minion(data, reporter)}|{data.get('cert')}"
 
 
@@ -374,7 +387,7 @@ def _decide(store, kind, data, reporter, cfg, now):
     Called with the lock held. The key is marked `sending` before the lock is
     released, so a concurrent duplicate sees it claimed.
     """
-    cluster = data.get("cluster") or "unknown"
+    cluster = cluster_key(data)
     fire, resolve = [], []
     if kind in ("cert_expiring", "cert_renewed"):
         return _decide_cert(store, kind, data, reporter, cfg, now)
