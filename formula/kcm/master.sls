@@ -3,7 +3,8 @@
     Installs <config_dir>/kcm.conf (default /etc/salt/master.d/kcm.conf) with
       reactor:  salt/beacon/*/kcm_leader/*  ->  salt://reactor/kcm/leader.sls
       kcm_alert: receivers and labels for the kcm_alert runner (pillar kcm:master)
-    and syncs salt://_runners (kcm_alert) into the master's extension modules.
+    and syncs salt://_runners (kcm_alert, kcm: the fleet view) and salt://_output (its
+    table, kcm_fleet) into the master's extension modules.
 
     The master reads `reactor:` and `kcm_alert:` only at start: restart salt-master after
     the first apply or a change of kcm.conf (the state says so when that is needed). The
@@ -55,7 +56,9 @@ kcm-master-restart-notice:
 
 kcm-master-sync-runners:
   cmd.run:
-    - name: salt-run saltutil.sync_runners --out=quiet
+    - names:
+      - salt-run saltutil.sync_runners --out=quiet
+      - salt-run saltutil.sync_output --out=quiet
     - require:
       - file: kcm-master-config
 {%- endif %}

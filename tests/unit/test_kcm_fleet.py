@@ -68,3 +68,109 @@ def test_events_without_a_cluster_id_still_dedupe_by_name(harness):
     results = [harness.handle(r, "changed", **CHANGE) for r in REPORTERS]
     assert [bool(r["fired"]) for r in results] == [True, False, False]
     assert "cluster_id" not in harness.alerts()[0]["labels"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the fleet view: salt-run kcm.status
+
+
+def _load(kind, name):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / kind / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"kcmtest_fleet_{kind[1:]}_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def status_row(minion, cluster, leader, holder, **more):
+    """A row as kcm.status returns it on a master (a one-element list)."""
+    row = {"minion": minion, "cluster": cluster["cluster"], "cluster_id": cluster["cluster_id"],
+           "version": "v1.37.2", "service_active": "active", "healthy": True, "leader": leader,
+           "holder": holder, "lease_age_seconds": 1.2, "cert_days_left": 300, "errors": ""}
+    row.update(more)
+    return [row]
+
+
+@pytest.fixture
+def fleet(monkeypatch):
+    runner = _load("_runners", "kcm")
+    runner.__opts__ = {"conf_file": "/etc/salt/master"}
+    runner.__context__ = {}
+    asked = []
+    answers = {}
+    expected = []
+
+    def ask(tgt, tgt_type, timeout):
+        asked.append((tgt, tgt_type, timeout))
+        return answers
+
+    monkeypatch.setattr(runner, "_ask", ask)
+    monkeypatch.setattr(runner, "_expected", lambda tgt, tgt_type: list(expected))
+    return runner, answers, expected, asked
+
+
+def test_fleet_table_flags_the_cluster_without_a_leader(fleet):
+    runner, answers, expected, asked = fleet
+    lost = {"cluster": "kubernetes", "cluster_id": B["cluster_id"]}
+    for n in (1, 2, 3):
+        answers[f"a-{n}"] = status_row(f"a-{n}", A, "yes" if n == 2 else "no", "a-2_1234")
+        answers[f"b-{n}"] = status_row(f"b-{n}", lost, "no", "b-1_5678", healthy=n != 1)
+    expected.extend(answers)
+
+    ret = runner.status(tgt="*", timeout=5)
+
+    assert asked == [("*", "glob", 5.0)]  # the masters are asked once
+    data = ret["data"]
+    assert ret["outputter"] == "kcm_fleet"
+    assert [(c["cluster_id"], c["ok"], c["leader"], c["live_leaders"]) for c in data["clusters"]] == [
+        (A["cluster_id"], True, "a-2", 1), (B["cluster_id"], False, None, 0)]
+    assert data["ok"] is False and runner.__context__["retcode"] == 1
+
+    table = _load("_output", "kcm_fleet").output(data).splitlines()
+    header, rows = table[0], table[1:]
+    assert header.split()[:3] == ["CLUSTER", "CLUSTER", "ID"]
+    # grouped: a cluster's three rows, then its verdict line
+    assert [line.split()[2] for line in rows[0:3]] == ["a-1", "a-2", "a-3"]
+    assert rows[3].strip() == f"ok  kubernetes ({A['cluster_id'][:8]}): ok, one live leader: a-2"
+    assert [line.split()[2] for line in rows[4:7]] == ["b-1", "b-2", "b-3"]
+    assert rows[7].strip() == f"!!  kubernetes ({B['cluster_id'][:8]}): NO LIVE LEADER"
+    assert len(rows) == 8
+
+
+def test_fleet_view_lists_a_silent_master_and_filters_by_cluster(fleet):
+    runner, answers, expected, _ = fleet
+    for n in (1, 2):
+        answers[f"a-{n}"] = status_row(f"a-{n}", A, "yes" if n == 1 else "no", "a-1_1234")
+    answers["c-1"] = status_row("c-1", {"cluster": "staging", "cluster_id": "77aa"}, "yes", "c-1_99")
+    expected.extend(["a-1", "a-2", "a-3", "c-1"])
+
+    data = runner.status()["data"]
+    silent = [c for c in data["clusters"] if c["cluster"] == "(no answer)"]
+    assert [(c["masters"], c["ok"]) for c in silent] == [(1, False)]
+    assert [r["errors"] for r in data["masters"] if r["minion"] == "a-3"] == ["no answer within 15 s"]
+
+    only = runner.status(cluster="staging")["data"]
+    assert [c["cluster"] for c in only["clusters"]] == ["staging"] and only["ok"] is True
+    by_id = runner.status(cluster=A["cluster_id"][:8])["data"]
+    assert [c["cluster_id"] for c in by_id["clusters"]] == [A["cluster_id"]]
+
+
+def test_two_live_leaders_in_one_cluster_are_flagged(fleet):
+    runner, answers, expected, _ = fleet
+    for n in (1, 2):
+        answers[f"a-{n}"] = status_row(f"a-{n}", A, "yes", f"a-{n}_1")
+    expected.extend(answers)
+    (summary,) = runner.status()["data"]["clusters"]
+    assert summary["ok"] is False
+    assert summary["verdict"].endswith("2 LIVE LEADERS (a-1, a-2)")
+
+
+def test_a_master_without_the_module_is_a_row_with_the_reason(fleet):
+    runner, answers, expected, _ = fleet
+    answers["a-1"] = "'kcm.status' is not available."
+    expected.append("a-1")
+    (row,) = runner.status()["data"]["masters"]
+    assert row["errors"] == "'kcm.status' is not available."
