@@ -7,22 +7,19 @@ Each master reports every failover; a human must get it once.
 """
 
 import json
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
-import requests
 import yaml
 
 from tests.e2e.conftest import SHORT_ELECTION, build_cluster, k8s_bin  # noqa: F401 (fixture)
-from tests.support.controlplane import ControlPlane, free_port, node_of, wait_until
-from tests.support.masterless import MasterlessMinion
+from tests.support.controlplane import ControlPlane, node_of, wait_until
+from tests.support.fleet import Alertmanager, kcm_master_conf
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 REPO = Path(__file__).resolve().parents[2]
-ALERTMANAGER = Path("/usr/bin/prometheus-alertmanager")
 NODES = ("master-1", "master-2", "master-3")
 # Minion ids differ from the KCM node names (as when hostnames are not minion ids): the
 # deployed `identity` ties them, and the ids do not clash with other modules' minions.
@@ -34,43 +31,6 @@ WAIT = 90
 
 # ---------------------------------------------------------------------------------------------
 # Alertmanager
-
-
-class Alertmanager:
-    def __init__(self, workdir: Path):
-        if not ALERTMANAGER.exists():
-            pytest.fail(f"{ALERTMANAGER} is missing: apt-get install prometheus-alertmanager", pytrace=False)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = workdir / "alertmanager.log"
-        config = workdir / "alertmanager.yml"
-        config.write_text(yaml.safe_dump({
-            "route": {"receiver": "null", "group_wait": "1s", "group_interval": "1s"},
-            "receivers": [{"name": "null"}],
-        }))
-        self.argv = [str(ALERTMANAGER), f"--config.file={config}", f"--storage.path={workdir / 'data'}",
-                     f"--web.listen-address=127.0.0.1:{self.port}", "--cluster.listen-address="]
-        self.session = requests.Session()
-        self.session.trust_env = False
-        self.proc = None
-
-    def start(self):
-        with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_until(lambda: self.session.get(self.url + "/-/ready", timeout=2).ok, 30, "alertmanager /-/ready")
-        return self
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-
-    def active(self, **labels):
-        """Unresolved alerts whose labels match `labels`."""
-        filters = [("filter", f'{key}="{value}"') for key, value in labels.items()]
-        reply = self.session.get(self.url + "/api/v2/alerts", params=filters, timeout=5)
-        reply.raise_for_status()
-        return reply.json()
 
 
 @pytest.fixture(scope="module")
@@ -104,14 +64,7 @@ def cluster(control_plane, tmp_path_factory):
 
 def _master_conf(tmp_path_factory, alertmanager):
     """What kcm.master writes for the master, rendered by the real state on a sandbox minion."""
-    root = tmp_path_factory.mktemp("master-host")
-    conf_dir = root / "master.d"
-    pillar = {"kcm": {"master": {"config_dir": str(conf_dir), "alertmanager_urls": [alertmanager.url],
-                                 "labels": {"env": "it"}, "sync_runners": False}}}
-    minion = MasterlessMinion(root, "salt-master-host", pillar)
-    ret = minion.apply("kcm.master")
-    assert isinstance(ret, dict) and all(s.get("result") for s in ret.values()), ret
-    return yaml.safe_load((conf_dir / "kcm.conf").read_text())
+    return kcm_master_conf(tmp_path_factory.mktemp("master-host"), alertmanager.url, {"env": "it"})
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,143 @@
+"""
+Load that looks like a fleet of KCM clusters to a real Salt master, made by one real
+salt-minion: it is not a real KCM.
+
+The events are made by the kcm_leader beacon's own pure `step()` from two Lease
+records (old holder, new holder), so their tail and data are exactly what a beacon
+fires on a failover; `id` is the stand-in minion's, as Salt's beacon framework adds it.
+They reach the master the way beacon events do: a `__beacons_return` event on the
+minion's local bus, which the running salt-minion forwards to the master as a
+`_minion_event` with an `events` list (salt/minion.py), where the reactor sees them.
+
+Also Alertmanager (Debian's prometheus-alertmanager) on 127.0.0.1, shared by the
+integration tier and bench/fleet.py.
+"""
+
+import importlib.util
+import subprocess
+import uuid
+from pathlib import Path
+
+import requests
+import yaml
+
+from tests.support.controlplane import free_port, wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+ALERTMANAGER = Path("/usr/bin/prometheus-alertmanager")
+# The lease timings of the formula's defaults (15s/10s/2s), as deployed facts carry them.
+SETTINGS = {"debounce": 2, "stale_after": 3, "retry_period": 2.0, "lease_duration": 15.0}
+T0 = 1_800_000_000.0
+
+
+def _beacon_module():
+    spec = importlib.util.spec_from_file_location("kcm_leader_for_fleet", REPO / "_beacons" / "kcm_leader.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_BEACON = _beacon_module()
+
+
+def new_cluster_id():
+    """A cluster identity as kcm.cluster_id returns it (a namespace UID is a UUID)."""
+    return str(uuid.uuid4())
+
+
+def _record(node, transitions, renewed):
+    stamp = _BEACON.datetime.datetime.fromtimestamp(renewed, _BEACON.datetime.timezone.utc)
+    text = stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return {"holder": f"{node}_{uuid.uuid5(uuid.NAMESPACE_DNS, node)}", "node": node, "minion": node,
+            "transitions": transitions, "acquire_time": text, "renew_time": text,
+            "lease_duration_seconds": 15, "source": "lease"}
+
+
+def failover_events(reporter, cluster, cluster_id, old="master-1", new="master-2", transitions=5):
+    """
+    The (tag, data) pairs the kcm_leader beacon on minion `reporter` fires when the
+    leader of `cluster` moves from `old` to `new`: computed by the beacon's step().
+    """
+    settings = dict(SETTINGS, cluster=cluster, cluster_id=cluster_id)
+    state, _ = _BEACON.step(None, _record(old, transitions - 1, T0), T0, settings)
+    _, events = _BEACON.step(state, _record(new, transitions, T0 + 1), T0 + 1, settings)
+    out = []
+    for event in events:
+        data = dict(event)
+        tail = data.pop("tag")
+        data["id"] = reporter  # what Beacon.process adds
+        out.append((f"salt/beacon/{reporter}/kcm_leader/{tail}", data))
+    return out
+
+
+class BeaconStandIn:
+    """Fires beacon events through a running salt-minion, as its beacons would."""
+
+    def __init__(self, minion_opts):
+        import salt.utils.event
+
+        self.bus = salt.utils.event.get_event("minion", opts=dict(minion_opts), listen=False)
+
+    def fire(self, events):
+        """One beacon return (one `_minion_event` to the master) carrying `events`."""
+        self.bus.fire_event({"beacons": [{"tag": tag, "data": data} for tag, data in events]}, "__beacons_return")
+
+    def close(self):
+        self.bus.destroy()
+
+
+class Alertmanager:
+    """prometheus-alertmanager on a free loopback port, with a receiver that sends nowhere."""
+
+    def __init__(self, workdir: Path):
+        if not ALERTMANAGER.exists():
+            raise RuntimeError(f"{ALERTMANAGER} is missing: apt-get install prometheus-alertmanager")
+        workdir = Path(workdir)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = workdir / "alertmanager.log"
+        config = workdir / "alertmanager.yml"
+        config.write_text(yaml.safe_dump({
+            "route": {"receiver": "null", "group_wait": "1s", "group_interval": "1s"},
+            "receivers": [{"name": "null"}],
+        }))
+        self.argv = [str(ALERTMANAGER), f"--config.file={config}", f"--storage.path={workdir / 'data'}",
+                     f"--web.listen-address=127.0.0.1:{self.port}", "--cluster.listen-address="]
+        self.session = requests.Session()
+        self.session.trust_env = False
+        self.proc = None
+
+    def start(self):
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_until(lambda: self.session.get(self.url + "/-/ready", timeout=2).ok, 30, "alertmanager /-/ready")
+        return self
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def active(self, **labels):
+        """Unresolved alerts whose labels match `labels`."""
+        filters = [("filter", f'{key}="{value}"') for key, value in labels.items()]
+        reply = self.session.get(self.url + "/api/v2/alerts", params=filters, timeout=5)
+        reply.raise_for_status()
+        return reply.json()
+
+
+def kcm_master_conf(root, alertmanager_url, labels, **master):
+    """
+    What the formula's kcm.master state writes into master.d/kcm.conf (reactor mapping,
+    kcm_alert settings), rendered by the real state on a masterless sandbox minion.
+    `master` adds pillar kcm:master keys.
+    """
+    from tests.support.masterless import MasterlessMinion
+
+    root = Path(root)
+    conf_dir = root / "master.d"
+    pillar = {"kcm": {"master": dict({"config_dir": str(conf_dir), "alertmanager_urls": [alertmanager_url],
+                                      "labels": labels, "sync_runners": False}, **master)}}
+    ret = MasterlessMinion(root, "salt-master-host", pillar).apply("kcm.master")
+    assert isinstance(ret, dict) and all(s.get("result") for s in ret.values()), ret
+    return yaml.safe_load((conf_dir / "kcm.conf").read_text())
