@@ -45,6 +45,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import time
 
 import requests
@@ -430,15 +431,15 @@ def _decide(store, kind, data, reporter, cfg, now):
     return fire, resolve, (key, slot)
 
 
-def _finish(cfg, claim, ok):
-    """Record the outcome of a send: a failed key may be claimed again by a duplicate."""
-    key, slot = claim
+def _finish(cfg, outcomes):
+    """Record the outcome of sends, [(claim, ok)]: a failed key may be claimed again by a duplicate."""
     with _locked_store(cfg["dedupe_file"], cfg["dedupe_ttl"]) as store:
-        entry = store["seen"].get(key)
-        if entry is not None:
-            entry["status"] = "sent" if ok else "failed"
-        if slot is not None and slot in store["open"]:
-            store["open"][slot]["delivered"] = store["open"][slot].get("delivered") or ok
+        for (key, slot), ok in outcomes:
+            entry = store["seen"].get(key)
+            if entry is not None:
+                entry["status"] = "sent" if ok else "failed"
+            if slot is not None and slot in store["open"]:
+                store["open"][slot]["delivered"] = store["open"][slot].get("delivered") or ok
 
 
 # --------------------------------------------------------------------------
@@ -476,20 +477,31 @@ def _send_with_retry(url, payload, cfg):
     return error
 
 
-def _deliver(kind, action, alerts, cfg):
-    """Send `alerts` to every receiver; return {url: error or None}."""
-    results = {}
-    for url in cfg["alertmanager_urls"]:
-        endpoint = _am_endpoint(url)
-        results[endpoint] = _send_with_retry(endpoint, alerts, cfg)
-    for url in cfg["webhook_urls"]:
-        results[url] = _send_with_retry(url, {"kind": kind, "action": action, "alerts": alerts}, cfg)
-    return results
+# The follow-up events of one batch share one connection to the master bus.
+_BUS = threading.local()
+
+
+@contextlib.contextmanager
+def _bus_scope():
+    _BUS.scope = {}
+    try:
+        yield
+    finally:
+        event = _BUS.scope.pop("event", None)
+        _BUS.scope = None
+        if event is not None:
+            event.destroy()
 
 
 def _fire(tag, data):
-    with salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=False) as event:
-        event.fire_event(data, tag)
+    scope = getattr(_BUS, "scope", None)
+    if scope is None:
+        with salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=False) as event:
+            event.fire_event(data, tag)
+        return
+    if scope.get("event") is None:
+        scope["event"] = salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=False)
+    scope["event"].fire_event(data, tag)
 
 
 def _report(kind, action, alerts, results, reporter):
@@ -512,6 +524,110 @@ def _kind_of(tag):
     return str(tag or "").rstrip("/").rsplit("/", 1)[-1]
 
 
+def _new_result(tag, data):
+    kind = _kind_of(tag)
+    reporter = data.get("id") or "unknown"
+    result = {"kind": kind, "reporter": reporter, "fired": [], "resolved": [], "duplicate": False, "failed": False}
+    if kind not in ALERTS and kind not in ("recovered", "cert_renewed"):
+        # acquired / lost ride along with changed; nothing to alert on its own.
+        result["ignored"] = True
+    return result
+
+
+def _decide_all(cfg, events, results, now):
+    """[(fire, resolve, claim)] for every event not ignored, decided under one lock in order."""
+    decisions = []
+    with _locked_store(cfg["dedupe_file"], cfg["dedupe_ttl"]) as store:
+        for (_, data), result in zip(events, results):
+            if result.get("ignored"):
+                decisions.append(([], [], None))
+            else:
+                decisions.append(_decide(store, result["kind"], data, result["reporter"], cfg, now))
+    return decisions
+
+
+def _deliver_grouped(action, items, cfg):
+    """
+    Deliver [(kind, alerts)] for one action: one POST per Alertmanager for all of them,
+    one per webhook and kind (its payload names the kind). Returns {kind: {url: error}}.
+    """
+    items = [(kind, alerts) for kind, alerts in items if alerts]
+    if not items:
+        return {}
+    results = {kind: {} for kind, _ in items}
+    every = [alert for _, alerts in items for alert in alerts]
+    for url in cfg["alertmanager_urls"]:
+        endpoint = _am_endpoint(url)
+        error = _send_with_retry(endpoint, every, cfg)
+        for kind in results:
+            results[kind][endpoint] = error
+    for kind in results:
+        alerts = [alert for k, batch in items if k == kind for alert in batch]
+        for url in cfg["webhook_urls"]:
+            results[kind][url] = _send_with_retry(url, {"kind": kind, "action": action, "alerts": alerts}, cfg)
+    return results
+
+
+def handle_batch(events):
+    """
+    Handle many ``kcm_leader`` beacon events at once, in order: dedupe all of them under
+    one lock, send every resolution and every new alert in one POST per Alertmanager,
+    record the outcomes under one more lock, then report each event as :func:`handle` does.
+
+    The ``kcm_alert`` engine calls this with what arrived on the bus within its
+    ``batch_wait``; a storm of failovers then costs two lock rounds and two POSTs per
+    batch instead of per event, while each event is still decided exactly once.
+
+    events
+        a list of ``[tag, data]`` pairs (or ``{"tag": ..., "data": ...}`` dicts)
+
+    Returns the list of per-event results of :func:`handle`.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run kcm_alert.handle_batch \
+            events='[["salt/beacon/master-1/kcm_leader/changed", {"id": "master-1", "cluster": "prod"}]]'
+    """
+    events = [(e["tag"], e.get("data")) if isinstance(e, dict) else tuple(e) for e in events or ()]
+    events = [(tag, dict(data or {})) for tag, data in events]
+    results = [_new_result(tag, data) for tag, data in events]
+    if all(result.get("ignored") for result in results):
+        return results
+    cfg = _config()
+    decisions = _decide_all(cfg, events, results, _now())
+
+    resolved = _deliver_grouped("resolve", [(r["kind"], d[1]) for r, d in zip(results, decisions)], cfg)
+    fired = _deliver_grouped("fire", [(r["kind"], d[0]) for r, d in zip(results, decisions)], cfg)
+    with _bus_scope():
+        outcomes = _report_all(events, results, decisions, resolved, fired)
+    if outcomes:
+        _finish(cfg, outcomes)
+    return results
+
+
+def _report_all(events, results, decisions, resolved, fired):
+    """Fill each event's result and fire its follow-ups; return [(claim, delivered)]."""
+    outcomes = []
+    for (_, data), result, (fire, resolve, claim) in zip(events, results, decisions):
+        kind, reporter = result["kind"], result["reporter"]
+        if result.get("ignored"):
+            continue
+        if resolve:
+            result["failed"] |= not _report(kind, "resolve", resolve, resolved[kind], reporter)
+            result["resolved"] = [alert["labels"] for alert in resolve]
+        if fire:
+            ok = _report(kind, "fire", fire, fired[kind], reporter)
+            outcomes.append((claim, ok))
+            result["failed"] |= not ok
+            result["fired"] = [alert["labels"] for alert in fire]
+        if not fire and not resolve:
+            result["duplicate"] = True
+            _fire("kcm/alert/duplicate", {"kind": kind, "reporter": reporter, "key": dedupe_key(kind, data, reporter)})
+    return outcomes
+
+
 def handle(tag, data):
     """
     Handle one ``kcm_leader`` beacon event: dedupe, alert, resolve, report.
@@ -530,30 +646,4 @@ def handle(tag, data):
         salt-run kcm_alert.handle tag=salt/beacon/master-1/kcm_leader/changed \\
             data='{"id": "master-1", "cluster": "prod", "transitions": 4, "new_node": "master-2"}'
     """
-    data = dict(data or {})
-    kind = _kind_of(tag)
-    reporter = data.get("id") or "unknown"
-    result = {"kind": kind, "reporter": reporter, "fired": [], "resolved": [], "duplicate": False, "failed": False}
-    if kind not in ALERTS and kind not in ("recovered", "cert_renewed"):
-        # acquired / lost ride along with changed; nothing to alert on its own.
-        result["ignored"] = True
-        return result
-    cfg = _config()
-    now = _now()
-    with _locked_store(cfg["dedupe_file"], cfg["dedupe_ttl"]) as store:
-        fire, resolve, claim = _decide(store, kind, data, reporter, cfg, now)
-
-    if resolve:
-        results = _deliver(kind, "resolve", resolve, cfg)
-        result["failed"] |= not _report(kind, "resolve", resolve, results, reporter)
-        result["resolved"] = [alert["labels"] for alert in resolve]
-    if fire:
-        results = _deliver(kind, "fire", fire, cfg)
-        ok = _report(kind, "fire", fire, results, reporter)
-        _finish(cfg, claim, ok)
-        result["failed"] |= not ok
-        result["fired"] = [alert["labels"] for alert in fire]
-    if not fire and not resolve:
-        result["duplicate"] = True
-        _fire("kcm/alert/duplicate", {"kind": kind, "reporter": reporter, "key": dedupe_key(kind, data, reporter)})
-    return result
+    return handle_batch([(tag, data)])[0]

@@ -70,12 +70,14 @@ def _master_conf(tmp_path_factory, alertmanager):
 @pytest.fixture(scope="module")
 def salt_master(salt_factories, alertmanager, tmp_path_factory):
     conf = _master_conf(tmp_path_factory, alertmanager)
-    assert conf["reactor"] == [{"salt/beacon/*/kcm_leader/*": ["salt://reactor/kcm/leader.sls"]}]
+    assert conf["engines"] == [{"kcm_alert": {"batch_wait": 0.2}}] and "reactor" not in conf
     conf["kcm_alert"]["backoff"] = 0.2
     pillar_dir = tmp_path_factory.mktemp("pillar")
     (pillar_dir / "top.sls").write_text("base:\n  '*':\n    - kcm\n")
     (pillar_dir / "kcm.sls").write_text(yaml.safe_dump({"kcm": {"beacon": BEACON}}))
-    overrides = dict(conf, file_roots={"base": [str(REPO / "formula")]}, pillar_roots={"base": [str(pillar_dir)]})
+    # engines_dirs stands in for kcm.master's saltutil.sync_engines + master restart
+    overrides = dict(conf, file_roots={"base": [str(REPO / "formula")]}, pillar_roots={"base": [str(pillar_dir)]},
+                     engines_dirs=[str(REPO / "_engines")])
     master = salt_factories.salt_master_daemon("kcm-alerts-master", overrides=overrides)
     with master.started():
         ret = master.salt_run_cli(timeout=120).run("saltutil.sync_runners")

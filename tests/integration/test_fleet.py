@@ -1,7 +1,7 @@
 """
 A fleet on one Salt master: a burst of failovers in many clusters, all reported by
 every master, reaches Alertmanager once per cluster. Real salt-master (configured by
-kcm.master), real reactor and kcm_alert runner, real Alertmanager; the reports come
+kcm.master), real kcm_alert engine and runner, real Alertmanager; the reports come
 from one real salt-minion standing in for 3 masters of each cluster, with exactly the
 events its kcm_leader beacon fires (tests/support/fleet.py), not from real KCMs.
 """
@@ -34,7 +34,9 @@ def alertmanager(tmp_path_factory):
 @pytest.fixture(scope="module")
 def fleet_master(salt_factories, alertmanager, tmp_path_factory):
     conf = kcm_master_conf(tmp_path_factory.mktemp("fleet-host"), alertmanager.url, {"env": "fleet"})
-    overrides = dict(conf, file_roots={"base": [str(REPO / "formula")]})
+    assert conf["engines"] == [{"kcm_alert": {"batch_wait": 0.2}}]
+    # engines_dirs stands in for kcm.master's saltutil.sync_engines + master restart
+    overrides = dict(conf, file_roots={"base": [str(REPO / "formula")]}, engines_dirs=[str(REPO / "_engines")])
     master = salt_factories.salt_master_daemon("kcm-fleet-master", overrides=overrides)
     with master.started():
         ret = master.salt_run_cli(timeout=120).run("saltutil.sync_runners")

@@ -7,7 +7,8 @@ records (old holder, new holder), so their tail and data are exactly what a beac
 fires on a failover; `id` is the stand-in minion's, as Salt's beacon framework adds it.
 They reach the master the way beacon events do: a `__beacons_return` event on the
 minion's local bus, which the running salt-minion forwards to the master as a
-`_minion_event` with an `events` list (salt/minion.py), where the reactor sees them.
+`_minion_event` with an `events` list (salt/minion.py), where the kcm_alert engine (or
+the reactor) sees them.
 
 Also Alertmanager (Debian's prometheus-alertmanager) on 127.0.0.1, shared by the
 integration tier and bench/fleet.py.
@@ -128,8 +129,8 @@ class Alertmanager:
 
 def kcm_master_conf(root, alertmanager_url, labels, **master):
     """
-    What the formula's kcm.master state writes into master.d/kcm.conf (reactor mapping,
-    kcm_alert settings), rendered by the real state on a masterless sandbox minion.
+    What the formula's kcm.master state writes into master.d/kcm.conf (the kcm_alert
+    engine or the reactor mapping, kcm_alert settings), rendered by the real state on a masterless sandbox minion.
     `master` adds pillar kcm:master keys.
     """
     from tests.support.masterless import MasterlessMinion

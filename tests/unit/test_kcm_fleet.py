@@ -174,3 +174,78 @@ def test_a_master_without_the_module_is_a_row_with_the_reason(fleet):
     expected.append("a-1")
     (row,) = runner.status()["data"]["masters"]
     assert row["errors"] == "'kcm.status' is not available."
+
+
+# ---------------------------------------------------------------------------------------------
+# the alert path at fleet scale: batches
+
+
+def test_a_batch_of_a_storm_is_one_post_and_still_one_alert_per_cluster(harness):
+    clusters = [{"cluster": "kubernetes", "cluster_id": f"uid-{n:03d}"} for n in range(100)]
+    events = [(f"salt/beacon/{r}/kcm_leader/changed", dict(CHANGE, id=r, **c)) for c in clusters for r in REPORTERS]
+    events.insert(5, ("salt/beacon/master-1/kcm_leader/acquired", {"id": "master-1", **clusters[0]}))
+
+    results = harness.module.handle_batch(events)
+
+    assert len(harness.posts) == 1  # one request to Alertmanager for the whole batch
+    assert sorted(a["labels"]["cluster_id"] for a in harness.alerts()) == [c["cluster_id"] for c in clusters]
+    assert sum(1 for r in results if r["fired"]) == 100
+    assert sum(1 for r in results if r["duplicate"]) == 200
+    assert results[5].get("ignored") is True
+    assert harness.tags().count("kcm/alert/changed") == 100
+    # the same storm again (a re-sent batch) is all duplicates
+    harness.posts.clear()
+    again = harness.module.handle_batch(events)
+    assert harness.posts == [] and sum(1 for r in again if r["duplicate"]) == 300
+
+
+def test_a_failed_post_of_a_batch_is_retried_by_the_next_report(harness):
+    harness.fail_next = 3  # every attempt of the first batch fails
+    events = [("salt/beacon/master-1/kcm_leader/changed", dict(CHANGE, id="master-1", **c)) for c in (A, B)]
+    first = harness.module.handle_batch(events)
+    assert all(r["failed"] for r in first) and harness.alerts() == []
+    assert harness.tags().count("kcm/alert/send_failed") == 2
+
+    later = harness.module.handle_batch([(tag.replace("master-1", "master-2"), dict(data, id="master-2"))
+                                         for tag, data in events])
+    assert [bool(r["fired"]) for r in later] == [True, True]
+    assert _names(harness.alerts()) == [("KCMLeaderChanged", A["cluster_id"]), ("KCMLeaderChanged", B["cluster_id"])]
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+
+def test_engine_batches_close_batch_wait_after_their_first_event():
+    engine = _load("_engines", "kcm_alert")
+    clock = Clock()
+    arrivals = [(0.05, "salt/beacon/m1/kcm_leader/changed"), (0.1, "salt/beacon/m2/kcm_leader/changed"),
+                (0.15, "salt/beacon/m1/other/changed"), (0.3, "salt/beacon/m3/kcm_leader/changed"),
+                (1.0, "salt/beacon/m1/kcm_leader/stale")]
+
+    def next_event(timeout):
+        if arrivals and arrivals[0][0] <= clock.now + timeout:
+            at, tag = arrivals.pop(0)
+            clock.now = max(clock.now, at)
+            return {"tag": tag, "data": {"id": tag.split("/")[2]}}
+        clock.now += timeout
+        if not arrivals and clock.now > 5:
+            raise StopIteration
+        return None
+
+    batches = []
+    try:
+        for batch in engine.batches(next_event, batch_wait=0.2, max_batch=10, clock=lambda: clock.now):
+            batches.append([tag.split("/")[2] for tag, _ in batch])
+    except RuntimeError:  # StopIteration inside a generator
+        pass
+    # the other beacon's event is not ours; 0.3 s is past the first batch's 0.2 s
+    assert batches == [["m1", "m2"], ["m3"], ["m1"]]
+
+
+def test_engine_closes_a_batch_at_max_batch():
+    engine = _load("_engines", "kcm_alert")
+    events = iter([{"tag": f"salt/beacon/m{n}/kcm_leader/changed", "data": {}} for n in range(7)])
+    gen = engine.batches(lambda timeout: next(events), batch_wait=60, max_batch=3, clock=lambda: 0.0)
+    assert [len(next(gen)), len(next(gen))] == [3, 3]
