@@ -57,6 +57,18 @@ def test_leader_follows_a_sigkill_failover(kcm_cluster):
     assert ok(kcm_cluster.nodes[old], "kcm.is_leader") is False
 
 
+def test_cluster_id_is_the_kube_system_uid_read_as_kcm_itself(kcm_cluster):
+    # The masters read it with KCM's own kubeconfig (CN system:kube-controller-manager):
+    # the real apiserver's RBAC must allow that GET, or the beacon carries no cluster_id.
+    uid = kcm_cluster.control_plane.get_json("/api/v1/namespaces/kube-system")["metadata"]["uid"]
+
+    answers = {name: ok(node, "kcm.cluster_id") for name, node in kcm_cluster.nodes.items()}
+
+    assert set(answers.values()) == {uid}, answers
+    row = ok(next(iter(kcm_cluster.nodes.values())), "kcm.status")[0]
+    assert row["cluster_id"] == uid and "cluster_id" not in row["errors"]
+
+
 def test_health_is_ok_on_every_master(kcm_cluster):
     for node in kcm_cluster.nodes.values():
         result = ok(node, "kcm.health")
