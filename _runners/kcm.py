@@ -11,7 +11,7 @@ clusters that both kept ``kcm:cluster: kubernetes`` are two groups.
 
 ``--out=json`` / ``--out=yaml`` print the data instead of the table:
 ``{"clusters": [{cluster, cluster_id, masters, answered, live_leaders, leader, ok,
-verdict}], "masters": [rows], "ok": bool}``.
+verdict}], "masters": [rows], "ok": bool, "retcode": 0 | 1}``.
 """
 
 import logging
@@ -27,6 +27,8 @@ __virtualname__ = "kcm"
 # ``salt-run saltutil.sync_output``); Salt falls back to ``nested`` without it.
 OUTPUTTER = "kcm_fleet"
 NO_ANSWER = "(no answer)"
+# A master that answered but has no kcm deployed (or an unreadable deployed file).
+NO_CLUSTER = "(no cluster)"
 
 
 def __virtual__():
@@ -48,17 +50,18 @@ def _expected(tgt, tgt_type):
 def _row(minion, answer, timeout):
     """The kcm.status row of one master, or a row that says why there is none."""
     if isinstance(answer, list) and answer and isinstance(answer[0], dict):
-        return dict(answer[0], minion=answer[0].get("minion") or minion)
+        row = answer[0]
+        return dict(row, minion=row.get("minion") or minion, cluster=row.get("cluster") or NO_CLUSTER)
     if answer is None:
         error = f"no answer within {timeout:g} s"
     else:
         # e.g. "'kcm.status' is not available." before saltutil.sync_modules
         error = str(answer).splitlines()[0][:200] if str(answer) else "empty answer"
-    return {"minion": minion, "cluster": None, "cluster_id": None, "leader": "unknown", "errors": error}
+    return {"minion": minion, "cluster": NO_ANSWER, "cluster_id": None, "leader": "unknown", "errors": error}
 
 
 def _group_name(row):
-    return row.get("cluster") or NO_ANSWER
+    return row.get("cluster") or NO_CLUSTER
 
 
 def _verdict(name, cluster_id, rows, leaders):
@@ -88,7 +91,7 @@ def summarize(rows, cluster=None):
             continue
         members.sort(key=lambda row: str(row.get("minion")))
         leaders = [str(row.get("minion")) for row in members if row.get("leader") == "yes"]
-        ok = len(leaders) == 1 and name != NO_ANSWER
+        ok = len(leaders) == 1 and name not in (NO_ANSWER, NO_CLUSTER)
         clusters.append({
             "cluster": name,
             "cluster_id": cluster_id or None,
@@ -100,7 +103,9 @@ def summarize(rows, cluster=None):
             "verdict": _verdict(name, cluster_id, members, leaders),
         })
         masters.extend(members)
-    return {"clusters": clusters, "masters": masters, "ok": all(c["ok"] for c in clusters)}
+    ok = all(c["ok"] for c in clusters)
+    # salt-run exits with data['retcode'] (salt/cli/run.py), so scripts can test the run
+    return {"clusters": clusters, "masters": masters, "ok": ok, "retcode": 0 if ok else 1}
 
 
 def status(tgt="*", tgt_type="glob", cluster=None, timeout=15):
@@ -132,6 +137,4 @@ def status(tgt="*", tgt_type="glob", cluster=None, timeout=15):
     minions = sorted(set(_expected(tgt, tgt_type)) | set(answers))
     rows = [_row(minion, answers.get(minion), timeout) for minion in minions]
     data = summarize(rows, cluster=cluster)
-    if not data["ok"]:
-        __context__["retcode"] = 1
     return {"outputter": OUTPUTTER, "data": data}

@@ -83,3 +83,16 @@ def test_a_burst_of_30_clusters_times_3_reports_is_exactly_30_alerts(
     assert sorted(e.data["alerts"][0]["labels"]["cluster_id"] for e in sent) == sorted(clusters)
     assert sum(1 for e in followups if e.tag == "kcm/alert/duplicate") == 60
     assert not [e for e in followups if e.tag == "kcm/alert/send_failed"]
+
+
+def test_fleet_view_through_the_real_master_lists_a_master_that_cannot_say(fleet_master, stand_in):
+    # the stand-in has no KCM deployed: it answers, and its row says why it cannot judge
+    ret = fleet_master.salt_cli(timeout=120).run("saltutil.sync_modules", minion_tgt=STAND_IN)
+    assert ret.returncode == 0, ret
+    ret = fleet_master.salt_run_cli(timeout=60).run("kcm.status", f"tgt={STAND_IN}", "timeout=20")
+    assert ret.returncode == 1, ret  # a cluster without one live leader
+    (row,) = ret.data["masters"]
+    assert row["minion"] == STAND_IN and "not_deployed" in row["errors"]
+    (cluster,) = ret.data["clusters"]
+    assert cluster["cluster"] == "(no cluster)" and cluster["ok"] is False
+    assert "NO LIVE LEADER; 1 of 1 masters could not say" in cluster["verdict"]

@@ -127,7 +127,7 @@ def test_fleet_table_flags_the_cluster_without_a_leader(fleet):
     assert ret["outputter"] == "kcm_fleet"
     assert [(c["cluster_id"], c["ok"], c["leader"], c["live_leaders"]) for c in data["clusters"]] == [
         (A["cluster_id"], True, "a-2", 1), (B["cluster_id"], False, None, 0)]
-    assert data["ok"] is False and runner.__context__["retcode"] == 1
+    assert data["ok"] is False and data["retcode"] == 1  # what salt-run exits with
 
     table = _load("_output", "kcm_fleet").output(data).splitlines()
     header, rows = table[0], table[1:]
@@ -154,6 +154,7 @@ def test_fleet_view_lists_a_silent_master_and_filters_by_cluster(fleet):
 
     only = runner.status(cluster="staging")["data"]
     assert [c["cluster"] for c in only["clusters"]] == ["staging"] and only["ok"] is True
+    assert only["retcode"] == 0
     by_id = runner.status(cluster=A["cluster_id"][:8])["data"]
     assert [c["cluster_id"] for c in by_id["clusters"]] == [A["cluster_id"]]
 
