@@ -39,8 +39,8 @@ import salt.config  # noqa: E402
 import salt.loader  # noqa: E402
 import urllib3.connectionpool  # noqa: E402
 
+from kcmlab.controlplane import ControlPlane, free_port, wait_until  # noqa: E402
 from tests.e2e.conftest import SHORT_ELECTION, build_cluster  # noqa: E402
-from tests.support.controlplane import ControlPlane, free_port, wait_until  # noqa: E402
 
 ELECTIONS = {"short": SHORT_ELECTION, "default": None}
 INTERVAL = {"short": 1.0, "default": 2.0}

@@ -42,7 +42,7 @@ from pathlib import Path
 import yaml  # noqa: E402
 from common import REPO, machine
 
-from tests.support.controlplane import free_port, wait_until  # noqa: E402
+from kcmlab.controlplane import free_port, wait_until  # noqa: E402
 from tests.support.fleet import (  # noqa: E402
     Alertmanager,
     BeaconStandIn,

@@ -26,7 +26,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from tests.support.controlplane import ControlPlane  # noqa: E402
+from kcmlab.controlplane import ControlPlane  # noqa: E402
 
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases"
 GOAL = 20.0

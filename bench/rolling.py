@@ -31,8 +31,8 @@ from pathlib import Path
 import yaml  # noqa: E402
 from common import REPO, k8s_bin, machine, median
 
+from kcmlab.controlplane import ControlPlane, free_port  # noqa: E402
 from tests.e2e.orch.harness import NODES, LeaseWatch, make_nodes  # noqa: E402
-from tests.support.controlplane import ControlPlane, free_port  # noqa: E402
 from tests.support.pillar import merge  # noqa: E402
 
 BIN = Path(sys.executable).parent

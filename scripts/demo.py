@@ -297,7 +297,7 @@ def shown_command(state: dict, tool: str, *args) -> str:
 
 def lease(state: dict) -> dict | None:
     """The KCM Lease as the admin reads it (TLS verified against the demo CA)."""
-    from tests.support.controlplane import LEASE_PATH, https_session
+    from kcmlab.controlplane import LEASE_PATH, https_session
 
     cp = state["controlplane"]
     with https_session(cp["ca"], (cp["admin_cert"], cp["admin_key"])) as session:
@@ -309,7 +309,7 @@ def lease(state: dict) -> dict | None:
 
 
 def leader_node(state: dict) -> str | None:
-    from tests.support.controlplane import node_of
+    from kcmlab.controlplane import node_of
 
     record = lease(state)
     return node_of(((record or {}).get("spec") or {}).get("holderIdentity")) if record else None
@@ -317,7 +317,7 @@ def leader_node(state: dict) -> str | None:
 
 def wait_for(predicate, timeout: float, what: str, where: str, interval: float = 0.2):
     """Poll ``predicate`` until truthy; a timeout is a DemoError naming ``what`` and ``where``."""
-    from tests.support.controlplane import wait_until
+    from kcmlab.controlplane import wait_until
 
     try:
         return wait_until(predicate, timeout, what, interval=interval)
@@ -326,14 +326,14 @@ def wait_for(predicate, timeout: float, what: str, where: str, interval: float =
 
 
 def kcm_process(state: dict, node: str):
-    from tests.support.controlplane import KcmProcess
+    from kcmlab.controlplane import KcmProcess
 
     info = state["nodes"][node]
     return KcmProcess(info["unit"], node, info["kcm_log"])
 
 
 def kcm_healthy(state: dict, node: str) -> bool:
-    from tests.support.controlplane import https_session
+    from kcmlab.controlplane import https_session
 
     info = state["nodes"][node]
     with https_session(info["ca"]) as session:
@@ -424,7 +424,7 @@ def step_sandbox(sandbox: Path, k8s_bin: Path) -> dict:
 
 
 def step_control_plane(sandbox: Path, state: dict):
-    from tests.support.controlplane import ControlPlane
+    from kcmlab.controlplane import ControlPlane
 
     say.step(3, TOTAL_STEPS, "starting etcd + kube-apiserver, Alertmanager, a salt-master and three salt-minions")
     cp = ControlPlane(state["k8s_bin"], sandbox / "controlplane", nodes=NODES)
@@ -454,7 +454,7 @@ def step_alertmanager(sandbox: Path, state: dict) -> None:
     import requests
     import yaml
 
-    from tests.support.controlplane import Daemon, free_port
+    from kcmlab.controlplane import Daemon, free_port
 
     if not ALERTMANAGER.exists():
         raise DemoError(f"{ALERTMANAGER} is missing: apt-get install prometheus-alertmanager")
@@ -599,7 +599,7 @@ def start_salt_daemon(sandbox: Path, state: dict, name: str, tool: str, conf_dir
 
 
 def step_salt(sandbox: Path, state: dict) -> None:
-    from tests.support.controlplane import free_port
+    from kcmlab.controlplane import free_port
 
     ports = {"publish": free_port(), "ret": free_port()}
     conf_dir = master_config(sandbox, state, ports)
@@ -659,7 +659,7 @@ def demo_pillar(sandbox: Path, state: dict, cp, node: str, secure_port: int) -> 
 
 
 def step_pillar(sandbox: Path, state: dict, cp) -> None:
-    from tests.support.controlplane import free_port
+    from kcmlab.controlplane import free_port
 
     say.step(4, TOTAL_STEPS, "writing the demo pillar (pillar.example + sandbox paths, demo PKI, free ports)")
     top = ["base:"]
@@ -790,7 +790,7 @@ def failover(sandbox: Path, state: dict, number=None) -> dict:
     import salt.config
     import salt.utils.event
 
-    from tests.support.controlplane import failover_bound
+    from kcmlab.controlplane import failover_bound
 
     if number is not None:
         say.step(number, TOTAL_STEPS, "failover drill: SIGKILL the leader's KCM")

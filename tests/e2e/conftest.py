@@ -1,122 +1,39 @@
-"""e2e fixtures: a real etcd + kube-apiserver, and three KCMs run from the formula's units.
+"""e2e fixtures: real etcd + kube-apiserver on a lab bridge, three systemd machines running a
+real salt-minion each, a real salt-master on the host, and the formula applied over the bus
+(``salt master-1,master-2,master-3 state.apply kcm``) with the default paths and
+``service:manage: true``: systemd starts, restarts and stops every KCM (see ``kcmlab``).
 
-Session scope: ``k8s_bin`` (the built binaries), ``control_plane`` and the three-node
-``kcm_cluster`` at short leader-election timings (lease 4s / renew 3s / retry 1s, from
-pillar). ``kcm_cluster_default_timings`` builds a second, separate cluster at the defaults
-(15s/10s/2s) for the one test that needs them.
+``kcm_cluster`` (package scope, short leader election 4s/3s/1s from pillar) is running and
+healthy with a live leader when each test starts and ends. ``kcm_cluster_default_timings``
+is a second lab at the defaults (15s/10s/2s) for the one test that needs them.
 
-Every process is stopped at the end, failed or not. When a test fails its report lists the
-log files (kept in pytest's temp dir) with their last lines; the temp trees of a fully
-passing session are removed (each minion holds a copy of the KCM binary).
+Every machine, cgroup, veth and the bridge are removed at the end, failed or not; logs (the
+control plane's, the salt-master's, the machines' consoles and KCM journals) are kept in
+pytest's temp dir and listed when anything failed.
 """
 
 from __future__ import annotations
 
-import re
-import shutil
 import subprocess
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from tests.support.controlplane import (
-    ControlPlane,
-    KcmProcess,
-    failover_bound,
-    free_port,
-    tail,
-)
-from tests.support.masterless import MasterlessMinion
-from tests.support.pillar import sandbox_pillar
+from kcmlab.cluster import NODES, SHORT_ELECTION, LabCluster
+from kcmlab.controlplane import failover_bound
 
 REPO = Path(__file__).resolve().parents[2]
-NODES = ("master-1", "master-2", "master-3")
-SHORT_ELECTION = {"lease_duration": "4s", "renew_deadline": "3s", "retry_period": "1s"}
 
-# Measured durations (seconds), printed in the terminal summary. Daemon logs (their ends go
-# into a failed test's report) and the minions' Salt logs (listed when anything failed).
 TIMINGS: dict[str, float] = {}
 LOG_FILES: list[Path] = []
-MINION_LOGS: list[Path] = []
+CLUSTERS: list[LabCluster] = []
 
 
 def seconds(duration: str) -> float:
-    """'4s' / '1m30s' / '500ms' -> seconds (the Go durations the pillar uses)."""
-    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", duration)
-    if not parts or "".join(n + u for n, u in parts) != duration:
-        raise ValueError(f"not a Go duration: {duration!r}")
-    return sum(float(n) * units[u] for n, u in parts)
-
-
-@dataclass
-class KcmNode:
-    """One master: its sandboxed minion, the KCM process run from its unit, and where it listens."""
-
-    name: str
-    minion: MasterlessMinion
-    process: KcmProcess
-    secure_port: int
-    unit_path: Path
-    deployed: dict = field(repr=False)
-
-    @property
-    def ca_path(self) -> Path:
-        """The CA file the formula installed (verifies the KCM serving cert)."""
-        return Path(self.deployed["files"]["ca_cert"])
-
-
-class KcmCluster:
-    """Three KCMs of one control plane; operations by node name."""
-
-    def __init__(self, control_plane: ControlPlane, nodes: dict[str, KcmNode], election: dict):
-        self.control_plane = control_plane
-        self.nodes = nodes
-        self.election = {key: seconds(value) for key, value in election.items()}
-        self.failover_bound = failover_bound(self.election["lease_duration"], self.election["retry_period"])
-
-    def leader(self) -> str | None:
-        """Node named by the Lease holder, or None."""
-        return self.control_plane.leader()
-
-    def wait_for_leader(self, timeout: float, exclude=()) -> str:
-        return self.control_plane.wait_for_leader(timeout, exclude=exclude)
-
-    def kill(self, name: str) -> None:
-        self.nodes[name].process.kill()
-
-    def stop(self, name: str) -> None:
-        self.nodes[name].process.stop()
-
-    def start(self, name: str, timeout: float = 60.0) -> None:
-        node = self.nodes[name]
-        node.process.start()
-        node.process.wait_healthy(node.ca_path, timeout)
-
-    def running(self) -> list[str]:
-        return [name for name, node in self.nodes.items() if node.process.running]
-
-    def start_all(self, timeout: float = 60.0) -> None:
-        """Start every KCM that is not running (e.g. one that exited on lost leadership)."""
-        for node in self.nodes.values():
-            if not node.process.running:
-                node.process.start()
-        for node in self.nodes.values():
-            node.process.wait_healthy(node.ca_path, timeout)
-
-    def stop_all(self) -> None:
-        for node in self.nodes.values():
-            node.process.stop()
-
-    def log_paths(self) -> list[Path]:
-        return [node.process.log_path for node in self.nodes.values()]
-
-
-# ---------------------------------------------------------------------------------------------
-# Building blocks
+    """'4s' -> 4.0 (the pillar's Go durations in these fixtures are whole seconds)."""
+    assert duration.endswith("s") and duration[:-1].isdigit(), duration
+    return float(duration[:-1])
 
 
 @pytest.fixture(scope="session")
@@ -124,7 +41,7 @@ def k8s_bin(request) -> Path:
     """Directory with etcd, kube-apiserver, kube-controller-manager and the server tarball.
 
     Runs scripts/k8s-binaries (a no-op when cached); its progress is shown live, because a
-    cold build takes tens of minutes.
+    cold build takes many minutes.
     """
     script = REPO / "scripts" / "k8s-binaries"
     capture = request.config.pluginmanager.getplugin("capturemanager")
@@ -137,148 +54,91 @@ def k8s_bin(request) -> Path:
     out = Path(proc.stdout.strip())
     missing = [name for name in ("etcd", "kube-apiserver", "kube-controller-manager")
                if not (out / name).is_file()]
-    tarballs = list(out.glob("kubernetes-server-*-linux-amd64.tar.gz"))
-    if missing or len(tarballs) != 1 or not Path(f"{tarballs[0]}.sha512").is_file():
-        pytest.fail(f"{script} printed {out!r}, which lacks {missing or 'the server tarball + .sha512'}",
-                    pytrace=False)
+    if missing:
+        pytest.fail(f"{script} printed {out!r}, which lacks {missing}", pytrace=False)
     TIMINGS["k8s-binaries (build or cache check)"] = time.monotonic() - begin
     return out
 
 
-def _server_tarball(k8s_bin: Path) -> tuple[Path, str]:
-    tarball = next(k8s_bin.glob("kubernetes-server-*-linux-amd64.tar.gz"))
-    version = tarball.name[len("kubernetes-server-"):-len("-linux-amd64.tar.gz")]
-    return tarball, version
-
-
-def _start_control_plane(k8s_bin: Path, workdir: Path, label: str) -> ControlPlane:
-    cp = ControlPlane(k8s_bin, workdir, nodes=NODES)
-    LOG_FILES.extend([cp.log_dir / "etcd.log", cp.log_dir / "kube-apiserver.log"])
-    cp.start()
-    TIMINGS[f"{label}: control plane start (etcd + apiserver ready)"] = cp.timings["apiserver_ready"]
-    return cp
-
-
-def _failed_states(ret) -> list[str]:
-    """'<state id>: <comment>' for each state that did not succeed ([] when all did)."""
-    if not isinstance(ret, dict) or not ret:
-        return [f"state.apply returned no state results: {ret!r}"[:2000]]
-    return [f"{sid}: {(st or {}).get('comment')}" for sid, st in ret.items()
-            if not isinstance(st, dict) or st.get("result") is not True]
-
-
-def _prepare_node(cp: ControlPlane, root: Path, name: str, election: dict | None, pki: dict | None = None) -> KcmNode:
-    """Apply the formula on a sandboxed minion and wrap its rendered unit in a KcmProcess.
-    ``pki`` replaces the pillar-mode PEMs (e.g. ``{"mode": "local", ...}``)."""
-    tarball, version = _server_tarball(cp.bin_dir)
-    overrides = {"apiserver": cp.apiserver_url, "secure_port": free_port(), "bind_address": "127.0.0.1"}
-    if election is not None:
-        overrides["leader_election"] = election
-    port = overrides["secure_port"]
-    pems = pki if pki is not None else cp.kcm_pki(NODES)
-    pillar = sandbox_pillar(root / name, tarball, version, pems, **overrides)
-    if pki is not None:
-        pillar["kcm"]["pki"] = dict(pki)
-    minion = MasterlessMinion(root / name, name, pillar)
-    MINION_LOGS.append(minion.log_path)
-    ret = minion.apply("kcm")
-    failed = _failed_states(ret)
-    assert not failed, f"state.apply kcm on {name} failed:\n" + "\n".join(failed)
-    deployed = minion.deployed
-    unit_path = Path(deployed["files"]["unit"])
-    process = KcmProcess(unit_path, name, cp.log_dir / f"kcm-{name}.log")
-    LOG_FILES.append(process.log_path)
-    return KcmNode(name, minion, process, port, unit_path, deployed)
-
-
-def build_cluster(cp: ControlPlane, root: Path, election: dict | None, label: str,
-                  pki: dict | None = None) -> KcmCluster:
-    """Three minions applied in parallel, then their KCMs started and a first leader awaited."""
-    begin = time.monotonic()
-    cp.kcm_pki(NODES)  # made once, before the threads share it
-    with ThreadPoolExecutor(len(NODES)) as pool:
-        nodes = list(pool.map(lambda n: _prepare_node(cp, root, n, election, pki), NODES))
-    TIMINGS[f"{label}: 3x state.apply kcm (parallel)"] = time.monotonic() - begin
-    rendered = {key: nodes[0].process.flag(f"leader-elect-{key.replace('_', '-')}")
-                for key in ("lease_duration", "renew_deadline", "retry_period")}
-    cluster = KcmCluster(cp, {n.name: n for n in nodes}, rendered)
-    begin = time.monotonic()
+def start_lab_cluster(k8s_bin, workdir: Path, label: str, **kwargs) -> LabCluster:
+    """A LabCluster started, the formula applied over the bus, its first leader awaited."""
+    cluster = LabCluster(k8s_bin, workdir, **kwargs)
+    CLUSTERS.append(cluster)
     try:
-        cluster.start_all()
-        cluster.wait_for_leader(cluster.failover_bound + 30)
+        cluster.start()
+        for name, value in cluster.timings.items():
+            TIMINGS[f"{label}: {name}"] = value
+        LOG_FILES.extend(cluster.log_paths())
+        sync = cluster.salt("saltutil.sync_all", timeout=300)
+        assert sorted(sync) == sorted(cluster.nodes), sync
+        begin = time.monotonic()
+        cluster.apply("kcm")
+        TIMINGS[f"{label}: salt state.apply kcm on {len(cluster.nodes)} machines"] = time.monotonic() - begin
+        begin = time.monotonic()
+        cluster.wait_healthy(timeout=120)
+        cluster.wait_for_leader(60)
+        TIMINGS[f"{label}: first leader after the apply"] = time.monotonic() - begin
     except BaseException:
-        cluster.stop_all()
+        _keep_journals(cluster)
+        cluster.close()
         raise
-    TIMINGS[f"{label}: KCM start to first leader"] = time.monotonic() - begin
+    election = {k: seconds(v) for k, v in (kwargs.get("election") or {
+        "lease_duration": "15s", "renew_deadline": "10s", "retry_period": "2s"}).items()}
+    cluster.election = election
+    cluster.failover_bound = failover_bound(election["lease_duration"], election["retry_period"])
     return cluster
 
 
-def _cleanup(request, paths) -> None:
-    """Remove temp trees after a fully passing session; keep everything for a failed one."""
+def _keep_journals(cluster: LabCluster) -> None:
+    """Copy each machine's KCM and salt-minion journal next to the other logs."""
+    for name, machine in list(cluster.lab.machines.items()):
+        if not machine.running or machine.init_pid is None:
+            continue
+        for unit in ("kube-controller-manager", "salt-minion"):
+            try:
+                text = machine.journal(unit, lines=400)
+            except Exception:  # noqa: BLE001 - best effort, the teardown must go on
+                continue
+            path = cluster.workdir / "machines" / f"{name}-{unit}.journal"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            LOG_FILES.append(path)
+
+
+def stop_lab_cluster(cluster: LabCluster, request) -> None:
     if request.session.testsfailed:
-        return
-    for path in paths:
-        shutil.rmtree(path, ignore_errors=True)
+        _keep_journals(cluster)
+    cluster.close()
 
 
-# ---------------------------------------------------------------------------------------------
-# Fixtures used by the tests
-
-
-@pytest.fixture(scope="session")
-def control_plane(k8s_bin, tmp_path_factory, request):
-    """etcd + kube-apiserver on loopback (see tests/support/controlplane.py)."""
-    workdir = tmp_path_factory.mktemp("controlplane")
-    cp = _start_control_plane(k8s_bin, workdir, "short timings")
-    try:
-        yield cp
-    finally:
-        cp.stop()
-        _cleanup(request, [workdir])
-
-
-@pytest.fixture(scope="session")
-def _kcm_cluster_session(control_plane, tmp_path_factory, request):
-    root = tmp_path_factory.mktemp("kcm-short")
-    # A failed build stops what it started and keeps its files (the session has not
-    # counted the failure yet, so it must not reach _cleanup).
-    cluster = build_cluster(control_plane, root, SHORT_ELECTION, "short timings")
+@pytest.fixture(scope="package")
+def _kcm_cluster_package(k8s_bin, tmp_path_factory, request):
+    cluster = start_lab_cluster(k8s_bin, tmp_path_factory.mktemp("lab-short"), "short timings",
+                                suite="e2e", election=SHORT_ELECTION)
     try:
         yield cluster
     finally:
-        cluster.stop_all()
-        _cleanup(request, [root])
+        stop_lab_cluster(cluster, request)
 
 
 @pytest.fixture
-def kcm_cluster(_kcm_cluster_session):
-    """Three KCMs at short timings, all running and healthy when each test starts and ends."""
-    _kcm_cluster_session.start_all()
-    yield _kcm_cluster_session
-    _kcm_cluster_session.start_all()
+def kcm_cluster(_kcm_cluster_package):
+    """Three KCMs under systemd at short timings, all active and healthy with a live leader
+    when each test starts and ends."""
+    _kcm_cluster_package.ensure_running()
+    yield _kcm_cluster_package
+    _kcm_cluster_package.ensure_running()
 
 
 @pytest.fixture
 def kcm_cluster_default_timings(k8s_bin, tmp_path_factory, request):
-    """A separate control plane and three KCMs at the default timings (15s/10s/2s)."""
-    workdir = tmp_path_factory.mktemp("controlplane-default")
-    root = tmp_path_factory.mktemp("kcm-default")
-    cp = _start_control_plane(k8s_bin, workdir, "default timings")
-    try:
-        cluster = build_cluster(cp, root, None, "default timings")
-    except BaseException:
-        cp.stop()
-        raise
+    """A separate lab (own bridge, control plane, master) at the default timings (15s/10s/2s)."""
+    cluster = start_lab_cluster(k8s_bin, tmp_path_factory.mktemp("lab-default"), "default timings",
+                                suite="e2e-dflt", subnet="10.78.0.0/24")
     try:
         yield cluster
     finally:
-        cluster.stop_all()
-        cp.stop()
-        _cleanup(request, [workdir, root])
-
-
-# ---------------------------------------------------------------------------------------------
-# Reporting
+        stop_lab_cluster(cluster, request)
 
 
 @pytest.fixture
@@ -291,18 +151,6 @@ def record_timing():
     return record
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    report = outcome.get_result()
-    if report.failed:
-        lines = []
-        for path in LOG_FILES:
-            lines.append(f"--- {path} (last lines)")
-            lines.append(tail(path, 15))
-        report.sections.append(("kcm e2e logs", "\n".join(lines)))
-
-
 def pytest_terminal_summary(terminalreporter):
     if TIMINGS:
         terminalreporter.section("kcm e2e timings")
@@ -310,5 +158,8 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.write_line(f"{name}: {value:.2f}s")
     if LOG_FILES and (terminalreporter.stats.get("failed") or terminalreporter.stats.get("error")):
         terminalreporter.section("kcm e2e logs (kept)")
-        for path in LOG_FILES + MINION_LOGS:
+        for path in dict.fromkeys(LOG_FILES):
             terminalreporter.write_line(str(path))
+
+
+__all__ = ["NODES", "SHORT_ELECTION", "start_lab_cluster", "stop_lab_cluster"]

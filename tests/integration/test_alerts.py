@@ -1,6 +1,6 @@
 """
 Beacon -> reactor -> runner -> Alertmanager, all real: a salt-master with three
-salt-minions (pytest-salt-factories), the control plane of tests/support/controlplane.py
+salt-minions (pytest-salt-factories), the control plane of kcmlab/controlplane.py
 with three KCMs run from the formula's units, and Debian's prometheus-alertmanager.
 
 Each master reports every failover; a human must get it once.
@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kcmlab.controlplane import ControlPlane, node_of, wait_until
 from tests.e2e.conftest import SHORT_ELECTION, build_cluster, k8s_bin  # noqa: F401 (fixture)
-from tests.support.controlplane import ControlPlane, node_of, wait_until
 from tests.support.fleet import Alertmanager, kcm_master_conf
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kcmlab.controlplane import KcmProcess, free_port
 from tests.e2e.conftest import NODES, SHORT_ELECTION, _server_tarball, k8s_bin  # noqa: F401
 from tests.integration.test_alerts import BEACON, alertmanager, cluster, control_plane  # noqa: F401 (fixtures)
-from tests.support.controlplane import KcmProcess, free_port
 from tests.support.masterless import MasterlessMinion
 from tests.support.pillar import REPO, sandbox_pillar
 

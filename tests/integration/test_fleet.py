@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.support.controlplane import wait_until
+from kcmlab.controlplane import wait_until
 from tests.support.fleet import Alertmanager, BeaconStandIn, failover_events, kcm_master_conf, new_cluster_id
 from tests.support.pillar import REPO
 

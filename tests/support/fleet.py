@@ -22,7 +22,7 @@ from pathlib import Path
 import requests
 import yaml
 
-from tests.support.controlplane import free_port, wait_until
+from kcmlab.controlplane import free_port, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 ALERTMANAGER = Path("/usr/bin/prometheus-alertmanager")

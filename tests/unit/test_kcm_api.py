@@ -20,7 +20,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
-from tests.support.controlplane import CertificateAuthority  # noqa: E402
+from kcmlab.controlplane import CertificateAuthority  # noqa: E402
 
 LEASE_PATH = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/kube-controller-manager"
 KCM_CN = "system:kube-controller-manager"

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from kcmlab.controlplane import ControlPlane, tail
 from tests.e2e.orch.harness import NODES, make_nodes
-from tests.support.controlplane import ControlPlane, tail
 from tests.support.pillar import REPO, merge
 
 TGT = "master-*"

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
+from kcmlab.controlplane import tail
 from tests.e2e.orch.cluster import OrchCluster, deployed_cluster, server_tarball
-from tests.support.controlplane import tail
 
 
 @pytest.fixture(scope="module")

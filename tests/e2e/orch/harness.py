@@ -15,7 +15,7 @@ from pathlib import Path
 
 import requests
 
-from tests.support.controlplane import failover_bound, free_port, https_session, node_of
+from kcmlab.controlplane import failover_bound, free_port, https_session, node_of
 from tests.support.pillar import sandbox_pillar
 
 NODES = ("master-1", "master-2", "master-3")

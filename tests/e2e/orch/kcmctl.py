@@ -5,7 +5,7 @@
 
 ``start`` launches a small supervisor, detached from the caller (the salt-minion's
 ``cmd.run_all``), that runs KCM from exactly the unit's ``ExecStart=`` under hostname NODE
-(``tests.support.controlplane.KcmProcess``, read afresh at every start, so a restart picks
+(``kcmlab.controlplane.KcmProcess``, read afresh at every start, so a restart picks
 up a changed unit), and starts it again one second after it exits, as ``Restart=always``
 does (KCM exits when it loses the lease). ``stop`` sends SIGTERM to the supervisor, which
 stops KCM the way systemd does (SIGTERM, SIGKILL after 10 s). Every KCM start is appended
@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO))
 
-from tests.support.controlplane import KcmProcess  # noqa: E402
+from kcmlab.controlplane import KcmProcess  # noqa: E402
 
 RESTART_SEC = 1.0
 WAIT = 20.0

@@ -356,7 +356,9 @@ class ControlPlane:
     """
 
     def __init__(self, bin_dir, workdir, *, service_cluster_ip_range: str = "10.254.0.0/22",
-                 nodes=DEFAULT_NODES):
+                 nodes=DEFAULT_NODES, host: str = LOOPBACK):
+        # ``host``: where etcd and kube-apiserver listen (a lab bridge's address for machines).
+        self.host = host
         self.bin_dir = Path(bin_dir)
         self.workdir = Path(workdir)
         self.service_cluster_ip_range = service_cluster_ip_range
@@ -420,7 +422,7 @@ class ControlPlane:
         first_service_ip = str(next(ipaddress.ip_network(self.service_cluster_ip_range).hosts()))
         cert, key = self.ca.issue(
             "kube-apiserver", server=True,
-            names=[LOOPBACK, "localhost", first_service_ip, "kubernetes", "kubernetes.default",
+            names=[*dict.fromkeys([LOOPBACK, self.host]), "localhost", first_service_ip, "kubernetes", "kubernetes.default",
                    "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"])
         self.apiserver_cert_path = self._write("apiserver.pem", cert, private=False)
         self.apiserver_key_path = self._write("apiserver-key.pem", key)
@@ -491,8 +493,8 @@ class ControlPlane:
 
     def _start_etcd(self, timeout: float) -> None:
         self.etcd_port, self.etcd_peer_port = free_port(), free_port()
-        client = f"http://{LOOPBACK}:{self.etcd_port}"
-        peer = f"http://{LOOPBACK}:{self.etcd_peer_port}"
+        client = f"http://{self.host}:{self.etcd_port}"
+        peer = f"http://{self.host}:{self.etcd_peer_port}"
         data_dir = self.workdir / "etcd-data"
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.etcd = Daemon("etcd", [
@@ -522,7 +524,7 @@ class ControlPlane:
 
     @property
     def apiserver_url(self) -> str:
-        return f"https://{LOOPBACK}:{self.apiserver_port}"
+        return f"https://{self.host}:{self.apiserver_port}"
 
     def _start_apiserver(self, timeout: float) -> None:
         self.apiserver_port = free_port()
@@ -530,9 +532,9 @@ class ControlPlane:
         cert_dir.mkdir(parents=True, exist_ok=True)
         self.apiserver = Daemon("kube-apiserver", [
             self.bin_dir / "kube-apiserver",
-            f"--etcd-servers=http://{LOOPBACK}:{self.etcd_port}",
-            f"--bind-address={LOOPBACK}",
-            f"--advertise-address={LOOPBACK}",
+            f"--etcd-servers=http://{self.host}:{self.etcd_port}",
+            f"--bind-address={self.host}",
+            f"--advertise-address={self.host}",
             f"--secure-port={self.apiserver_port}",
             f"--cert-dir={cert_dir}",
             f"--tls-cert-file={self.apiserver_cert_path}",

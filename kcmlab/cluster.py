@@ -1,0 +1,276 @@
+"""A Kubernetes control plane with its masters as systemd machines, driven through Salt.
+
+``LabCluster`` puts together what a platform team has: etcd and kube-apiserver on the host's
+bridge address (serving certificate for that IP), a real salt-master on the host, and one
+systemd machine per master running a real ``salt-minion`` service. The formula is applied the
+way a user applies it (``salt 'master-*' state.apply kcm`` over the bus) with the default
+paths (``/usr/lib/systemd/system``, ``/data/apps/k8s/...``, ``/etc/k8s/...``) and
+``service:manage: true``: systemd starts, restarts and stops KCM, nobody else.
+
+    with LabCluster(k8s_bin, workdir, suite="e2e") as cluster:
+        cluster.apply("kcm")
+        cluster.wait_for_leader(30)
+        cluster.machine("master-1").systemctl("stop", "kube-controller-manager")
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import time
+from pathlib import Path
+
+from kcmlab.controlplane import ControlPlane, node_of, wait_until
+from kcmlab.machines import Lab
+from kcmlab.saltmaster import SaltMaster
+
+log = logging.getLogger(__name__)
+
+NODES = ("master-1", "master-2", "master-3")
+SHORT_ELECTION = {"lease_duration": "4s", "renew_deadline": "3s", "retry_period": "1s"}
+UNIT = "kube-controller-manager"
+K8S_CACHE = Path(os.environ.get("KCM_CACHE", Path.home() / ".cache" / "kcm-formula")) / "k8s"
+INSIDE_K8S = "/srv/k8s"  # where the machines see the build cache (read-only)
+
+
+def merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def failed_states(ret) -> list[str]:
+    """'<state id>: <comment>' for each state of one minion's return that did not succeed."""
+    if not isinstance(ret, dict) or not ret:
+        return [f"no state results: {str(ret)[:1500]}"]
+    return [f"{sid}: {(st or {}).get('comment')}" for sid, st in ret.items()
+            if not isinstance(st, dict) or st.get("result") is not True]
+
+
+def changed_states(ret) -> list[str]:
+    """IDs of the states of one minion's return that changed something."""
+    return sorted(st.get("__id__", sid) for sid, st in (ret or {}).items()
+                  if isinstance(st, dict) and st.get("changes"))
+
+
+class LabCluster:
+    """The control plane, the salt-master and the machines; ``close()`` removes all of it."""
+
+    def __init__(self, k8s_bin: Path, workdir: Path, *, suite: str = "e2e", nodes=NODES,
+                 subnet: str = "10.77.0.0/24", version: str | None = None, election: dict | None = None,
+                 kcm: dict | None = None, master_config: dict | None = None):
+        self.k8s_bin = Path(k8s_bin)
+        self.workdir = Path(workdir)
+        self.nodes = tuple(nodes)
+        self.version = version or self.k8s_bin.name
+        self.election = dict(election or {})
+        self.kcm_overrides = dict(kcm or {})
+        self.lab = Lab(suite, subnet, binds_ro={K8S_CACHE: INSIDE_K8S}, log_dir=self.workdir / "machines")
+        self.master_config = dict(master_config or {})
+        self.cp: ControlPlane | None = None
+        self.master: SaltMaster | None = None
+        self.pillars: dict[str, dict] = {}
+        self.timings: dict[str, float] = {}
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> LabCluster:
+        begin = time.monotonic()
+        try:
+            self.lab.open()
+            for name in self.nodes:
+                self.lab.address_of(name)
+            self.cp = ControlPlane(self.k8s_bin, self.workdir / "controlplane", nodes=self.nodes,
+                                   host=self.lab.host_ip).start()
+            self.timings["control plane ready"] = self.cp.timings["apiserver_ready"]
+            self.master = SaltMaster(self.workdir / "salt", self.lab.host_ip, config=self.master_config).start()
+            self.pillars = {name: self.pillar_for(name) for name in self.nodes}
+            self.master.write_pillar(self.pillars)
+            booted = time.monotonic()
+            self.lab.boot_many(self.nodes, salt_for=self.master.minion_config)
+            self.timings["machines booted"] = time.monotonic() - booted
+            self.timings["minions answering"] = self.master.wait_for_minions(self.nodes)
+        except BaseException:
+            self.close()
+            raise
+        self.timings["cluster up (no KCM yet)"] = time.monotonic() - begin
+        return self
+
+    def close(self) -> None:
+        self.lab.close()
+        if self.master is not None:
+            self.master.stop()
+        if self.cp is not None:
+            self.cp.stop()
+
+    def __enter__(self) -> LabCluster:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def log_paths(self) -> list[Path]:
+        paths = list(self.cp.log_paths()) if self.cp else []
+        if self.master is not None:
+            paths.append(self.master.log_path)
+        return paths
+
+    # -- pillar -------------------------------------------------------------------------------
+
+    def tarball(self, version: str | None = None) -> tuple[str, str]:
+        """(url, hash url) of a built release's server tarball as the machines see it."""
+        version = version or self.version
+        name = f"kubernetes-server-{version}-linux-amd64.tar.gz"
+        if not (K8S_CACHE / version / name).is_file():
+            raise FileNotFoundError(f"{K8S_CACHE / version / name} is missing: scripts/k8s-binaries {version}")
+        url = f"file://{INSIDE_K8S}/{version}/{name}"
+        return url, f"{url}.sha512"
+
+    def pillar_for(self, name: str, version: str | None = None) -> dict:
+        """The pillar of master ``name``: defaults everywhere but what this lab decides."""
+        url, hash_url = self.tarball(version)
+        addresses = [self.lab.address_of(n) for n in self.nodes]
+        kcm = {
+            "version": version or self.version,
+            "source": {"type": "tarball", "url": url, "hash": hash_url},
+            "apiserver": self.cp.apiserver_url,
+            "pki": dict(self.cp.kcm_pki([*self.nodes, *addresses]), mode="pillar"),
+        }
+        if self.election:
+            kcm["leader_election"] = dict(self.election)
+        return {"kcm": merge(kcm, self.kcm_overrides)}
+
+    def change_pillar(self, names=None, **kcm) -> None:
+        """Edit the pillar of ``names`` (all masters by default) on the salt-master."""
+        for name in names or self.nodes:
+            self.pillars[name] = merge(self.pillars[name], {"kcm": kcm})
+        self.master.write_pillar(self.pillars)
+
+    # -- Salt ---------------------------------------------------------------------------------
+
+    @property
+    def target(self) -> list[str]:
+        return list(self.nodes)
+
+    def salt(self, fun: str, *args, target=None, **kwargs) -> dict:
+        return self.master.salt(target or self.target, fun, *args, **kwargs)
+
+    def apply(self, sls: str = "kcm", target=None, timeout: float = 900, **kwargs) -> dict:
+        """``salt <masters> state.apply sls``; raises listing the failed states per minion."""
+        target = target or self.target
+        returns = self.master.salt(target, "state.apply", sls, timeout=timeout, job_timeout=int(timeout), **kwargs)
+        problems = []
+        for name in target:
+            failed = failed_states(returns.get(name))
+            if failed:
+                problems.append(f"{name}:\n  " + "\n  ".join(failed))
+        if problems:
+            raise AssertionError(f"state.apply {sls} failed:\n" + "\n".join(problems))
+        return returns
+
+    # -- machines and KCM ---------------------------------------------------------------------
+
+    def machine(self, name: str):
+        return self.lab.machines[name]
+
+    def main_pid(self, name: str) -> int:
+        """KCM's main PID inside machine ``name`` as systemd reports it (0 when not running)."""
+        return int(self.machine(name).unit_property(UNIT, "MainPID") or 0)
+
+    def cmdline(self, name: str) -> list[str]:
+        """The argv of the running KCM on ``name`` (what systemd really started)."""
+        pid = self.main_pid(name)
+        if not pid:
+            raise RuntimeError(f"{name}: {UNIT} is not running")
+        return self.machine(name).read_file(f"/proc/{pid}/cmdline").rstrip("\0").split("\0")
+
+    def restarts(self, name: str) -> int:
+        return int(self.machine(name).unit_property(UNIT, "NRestarts") or 0)
+
+    def active(self, name: str) -> str:
+        return self.machine(name).systemctl("is-active", UNIT, check=False).stdout.strip()
+
+    def healthz(self, name: str, timeout: float = 3.0) -> bool:
+        """GET https://<machine>:<port>/healthz from the host, TLS verified against the cluster CA."""
+        import requests
+
+        from kcmlab.controlplane import https_session
+
+        port = self.pillars[name]["kcm"].get("secure_port", 10257)
+        try:
+            with https_session(self.cp.ca_path) as session:
+                reply = session.get(f"https://{self.lab.address_of(name)}:{port}/healthz", timeout=timeout)
+            return reply.status_code == 200 and reply.text.strip() == "ok"
+        except requests.RequestException:
+            return False
+
+    def wait_healthy(self, names=None, timeout: float = 90.0) -> None:
+        names = list(names or self.nodes)
+        wait_until(lambda: all(self.healthz(n) for n in names), timeout, f"KCM /healthz on {', '.join(names)}",
+                   interval=0.3)
+
+    def lease(self) -> dict | None:
+        return self.cp.lease()
+
+    def leader(self) -> str | None:
+        return self.cp.leader()
+
+    def holder(self) -> str | None:
+        lease = self.lease() or {}
+        return (lease.get("spec") or {}).get("holderIdentity") or None
+
+    def wait_for_leader(self, timeout: float, exclude=()) -> str:
+        return self.cp.wait_for_leader(timeout, exclude=exclude)
+
+    def wait_for_new_holder(self, old_holder: str | None, timeout: float) -> str:
+        """Until the Lease names a holder other than ``old_holder`` (a new process counts)."""
+        def other():
+            holder = self.holder()
+            return holder if holder and holder != old_holder else None
+
+        return wait_until(other, timeout, f"a Lease holder other than {old_holder}", interval=0.1)
+
+    def node_of(self, holder: str | None) -> str | None:
+        return node_of(holder)
+
+    # -- operations on KCM, all through systemd -----------------------------------------------
+
+    def kill(self, name: str) -> int:
+        """``kill -9`` of KCM's main PID on ``name`` (a crash: systemd restarts it); returns the PID."""
+        pid = self.main_pid(name)
+        if not pid:
+            raise RuntimeError(f"{name}: {UNIT} has no main PID to kill")
+        self.machine(name).run(["kill", "-9", str(pid)])
+        return pid
+
+    def stop(self, name: str) -> None:
+        self.machine(name).systemctl("stop", UNIT)
+
+    def start_unit(self, name: str) -> None:
+        self.machine(name).systemctl("start", UNIT)
+
+    def running(self) -> list[str]:
+        return [name for name in self.nodes if self.active(name) == "active"]
+
+    def ensure_running(self, timeout: float = 90.0) -> None:
+        """Every KCM active and healthy (started where it is not), and a live leader."""
+        for name in self.nodes:
+            if self.active(name) != "active":
+                self.start_unit(name)
+        self.wait_healthy(timeout=timeout)
+        self.wait_for_leader(timeout)
+
+    def deployed(self, name: str) -> dict:
+        """What the formula recorded as deployed on ``name`` (paths, version, flags)."""
+        import json
+
+        return json.loads(self.machine(name).read_file("/var/cache/salt/minion/kcm/deployed.json"))
+
+    def starts_since(self, name: str, since: float) -> int:
+        """How many times systemd started KCM on ``name`` since the epoch time ``since``."""
+        out = self.machine(name).run(
+            ["journalctl", "--no-pager", "-o", "cat", "--since", f"@{since:.3f}", "-u", UNIT],
+            check=False).stdout
+        return sum(1 for line in out.splitlines() if line.startswith(f"Started {UNIT}.service"))

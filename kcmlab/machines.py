@@ -1,0 +1,403 @@
+"""Systemd machines on their own network: ``systemd-nspawn -b`` on a host bridge.
+
+A ``Lab`` owns one bridge (``kcm-<suite>``, host address ``<subnet>.1``) and boots machines
+named like their minions, each with systemd as PID 1, its own hostname, a fixed address
+(``<subnet>.11``, ``.12``, ...), a fresh overlay over the cached rootfs (``--volatile=overlay``:
+nothing a machine writes survives it), and its own cgroup in both hierarchies of this
+host's hybrid layout (else every machine would share nspawn's ``payload`` cgroup). The host
+runs no systemd, hence ``--register=no --keep-unit``; commands run inside through
+``nsenter`` into the machine's init (facts: ``shared/reference/machines.md``).
+
+``Lab.close()`` removes every machine, cgroup, veth and the bridge, also after a failure,
+and ``leftovers(suite)`` lists whatever is still there (a test asserts it is empty).
+
+    with Lab("e2e") as lab:
+        m1 = lab.boot("master-1", salt={"master": lab.host_ip, "master_port": 4506, ...})
+        m1.run(["systemctl", "is-active", "salt-minion"])
+        m1.cut_link(); m1.restore_link(); m1.power_off()
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+CGROUP_ROOTS = (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup/systemd"))
+RUNTIME = Path("/run/kcmlab")
+INSIDE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+NAME = re.compile(r"^[a-z][a-z0-9-]{0,11}$")
+
+
+def _sh(argv, check=True, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([str(a) for a in argv], check=check, text=True, capture_output=True, **kwargs)
+
+
+def _cgroup_dirs(suite: str, name: str | None = None) -> list[Path]:
+    tail = f"kcmlab-{suite}" + (f"/{name}" if name else "")
+    return [root / tail for root in CGROUP_ROOTS]
+
+
+def _remove_cgroup_tree(path: Path) -> None:
+    """rmdir a cgroup directory and its children, deepest first (cgroupfs refuses rm -r)."""
+    if not path.is_dir():
+        return
+    for sub in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        try:
+            sub.rmdir()
+        except OSError:
+            pass
+    try:
+        path.rmdir()
+    except OSError as exc:
+        log.warning("cgroup %s not removed: %s", path, exc)
+
+
+def _kill_cgroup(path: Path) -> None:
+    """Kill every process in a cgroup tree (cgroup v2 ``cgroup.kill``, else one by one)."""
+    kill = path / "cgroup.kill"
+    if kill.exists():
+        kill.write_text("1")
+        return
+    for procs in path.rglob("cgroup.procs"):
+        for pid in procs.read_text().split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _cgroup_empty(path: Path) -> bool:
+    return all(not procs.read_text().strip() for procs in path.rglob("cgroup.procs"))
+
+
+def bridge_name(suite: str) -> str:
+    return f"kcm-{suite}"[:15]
+
+
+def leftovers(suite: str) -> list[str]:
+    """What a lab of ``suite`` left on this host: processes, cgroups, the bridge, veths, dirs."""
+    found = []
+    for path in _cgroup_dirs(suite):
+        if path.exists():
+            busy = "" if _cgroup_empty(path) else " (with processes)"
+            found.append(f"cgroup {path}{busy}")
+    links = _sh(["ip", "-o", "link", "show"], check=False).stdout
+    for line in links.splitlines():
+        link = line.split(": ")[1].split("@")[0] if ": " in line else ""
+        # A veth outlives a killed machine until deleted; only labs make vb-* links here.
+        if link == bridge_name(suite) or link.startswith("vb-"):
+            found.append(f"link {link}")
+    if (RUNTIME / suite).exists():
+        found.append(f"directory {RUNTIME / suite}")
+    return found
+
+
+class Machine:
+    """One booted machine: its nspawn process, its init's pid, its address."""
+
+    def __init__(self, lab: Lab, name: str, address: str, process: subprocess.Popen, state_dir: Path):
+        self.lab = lab
+        self.name = name
+        self.address = address
+        self.process = process
+        self.state_dir = state_dir
+        self.init_pid: int | None = None
+        self.boot_seconds: float | None = None
+
+    @property
+    def veth(self) -> str:
+        """The host side of the machine's veth pair (nspawn names it vb-<machine>)."""
+        return f"vb-{self.name}"[:15]
+
+    @property
+    def salt_dir(self) -> Path:
+        """The machine's /etc/salt, kept on the host (minion keys and beacons.conf live there)."""
+        return self.state_dir / "salt"
+
+    @property
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def _find_init(self) -> int | None:
+        # nspawn forks the container's PID 1 as its direct child in a new PID namespace.
+        own_ns = os.readlink("/proc/self/ns/pid")
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == self.process.pid and os.readlink(entry / "ns/pid") != own_ns:
+                    return int(entry.name)
+            except (OSError, IndexError, ValueError):
+                continue
+        return None
+
+    def wait_booted(self, timeout: float = 60.0) -> None:
+        """Wait until systemd inside reports ``running`` (``degraded`` accepted)."""
+        begin = time.monotonic()
+        deadline = begin + timeout
+        while self.init_pid is None:
+            if not self.running:
+                raise RuntimeError(f"machine {self.name}: systemd-nspawn exited with {self.process.returncode}; "
+                                   f"see {self.console_log}")
+            self.init_pid = self._find_init()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"machine {self.name}: no init process after {timeout:.0f}s")
+            time.sleep(0.05)
+        state = ""
+        while time.monotonic() < deadline:
+            # Polled: "--wait" sits for seconds on a bus that is not up yet.
+            state = self.run(["systemctl", "is-system-running"], check=False).stdout.strip()
+            if state in ("running", "degraded"):
+                self.boot_seconds = time.monotonic() - self.lab_started
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"machine {self.name}: systemd state {state!r} after {timeout:.0f}s")
+
+    @property
+    def console_log(self) -> Path:
+        return (self.lab.log_dir or self.state_dir) / f"console-{self.name}.log"
+
+    def run(self, argv, check: bool = True, timeout: float = 120.0, input: str | None = None,
+            env: dict | None = None) -> subprocess.CompletedProcess:
+        """Run ``argv`` inside the machine (all its namespaces, a clean environment)."""
+        if self.init_pid is None:
+            raise RuntimeError(f"machine {self.name} is not booted")
+        variables = [f"PATH={INSIDE_PATH}", "LANG=C.UTF-8", *(f"{k}={v}" for k, v in (env or {}).items())]
+        full = ["nsenter", "-t", str(self.init_pid), "-a", "env", "-i", *variables, *[str(a) for a in argv]]
+        proc = subprocess.run(full, text=True, capture_output=True, timeout=timeout, input=input, check=False)
+        if check and proc.returncode != 0:
+            raise subprocess.CalledProcessError(proc.returncode, argv, proc.stdout, proc.stderr)
+        return proc
+
+    def systemctl(self, *args, check: bool = True) -> subprocess.CompletedProcess:
+        return self.run(["systemctl", *args], check=check)
+
+    def unit_property(self, unit: str, prop: str) -> str:
+        return self.run(["systemctl", "show", "-P", prop, unit]).stdout.strip()
+
+    def journal(self, unit: str, lines: int = 50) -> str:
+        return self.run(["journalctl", "--no-pager", "-o", "short-precise", "-n", str(lines), "-u", unit],
+                        check=False).stdout
+
+    def read_file(self, path: str) -> str:
+        return self.run(["cat", path]).stdout
+
+    def cut_link(self) -> None:
+        """Take the machine off the network (its veth down on the host side)."""
+        _sh(["ip", "link", "set", self.veth, "down"])
+
+    def restore_link(self) -> None:
+        _sh(["ip", "link", "set", self.veth, "up"])
+
+    def power_off(self) -> None:
+        """Pull the plug: every process of the machine killed at once, no shutdown."""
+        for path in _cgroup_dirs(self.lab.suite, self.name):
+            if path.exists():
+                _kill_cgroup(path)
+        try:
+            self.process.kill()
+        except ProcessLookupError:
+            pass
+        self._reap()
+
+    def shutdown(self, timeout: float = 15.0) -> None:
+        """A clean halt (SIGTERM to nspawn), then the hard way for whatever is left."""
+        if self.running:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("machine %s did not halt in %.0fs; killing it", self.name, timeout)
+        self.power_off()
+
+    def _reap(self) -> None:
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            log.warning("systemd-nspawn of %s did not exit after SIGKILL", self.name)
+        for path in _cgroup_dirs(self.lab.suite, self.name):
+            deadline = time.monotonic() + 10
+            while path.exists() and not _cgroup_empty(path) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            _remove_cgroup_tree(path)
+        shutil.rmtree(Path("/run/systemd/nspawn/propagate") / self.name, ignore_errors=True)
+        _sh(["ip", "link", "del", self.veth], check=False)
+        self.init_pid = None
+
+
+class Lab:
+    """A bridge and the machines booted on it; a context manager that always cleans up."""
+
+    def __init__(self, suite: str = "lab", subnet: str = "10.77.0.0/24", rootfs: Path | None = None,
+                 binds_ro: dict | None = None, log_dir: Path | None = None):
+        if not NAME.match(suite):
+            raise ValueError(f"suite {suite!r}: use a short name of [a-z0-9-]")
+        self.suite = suite
+        self.network = ipaddress.ip_network(subnet)
+        self.host_ip = str(self.network.network_address + 1)
+        self.bridge = bridge_name(suite)
+        self.rootfs = rootfs
+        self.binds_ro = dict(binds_ro or {})
+        self.machines: dict[str, Machine] = {}
+        self.state_root = RUNTIME / suite
+        # Console logs outlive the lab (a failed boot is read after the teardown).
+        self.log_dir = Path(log_dir) if log_dir else None
+        self._addresses: dict[str, str] = {}
+        self._open = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def open(self) -> Lab:
+        if self.rootfs is None:
+            from kcmlab.rootfs import ensure_rootfs
+            self.rootfs = ensure_rootfs()
+        if leftovers(self.suite):
+            log.warning("removing what an earlier lab %r left: %s", self.suite, leftovers(self.suite))
+            self._sweep()
+        self._open = True
+        _sh(["ip", "link", "add", self.bridge, "type", "bridge"])
+        _sh(["ip", "addr", "add", f"{self.host_ip}/{self.network.prefixlen}", "dev", self.bridge])
+        _sh(["ip", "link", "set", self.bridge, "up"])
+        self.state_root.mkdir(parents=True, exist_ok=True)
+        for path in _cgroup_dirs(self.suite):
+            path.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def close(self, halt_timeout: float = 5.0) -> None:
+        """Halt every machine (all at once), power off what is left, remove the bridge."""
+        for machine in self.machines.values():
+            if machine.running:
+                machine.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + halt_timeout
+        for machine in list(self.machines.values()):
+            try:
+                machine.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.info("machine %s did not halt in %.0fs; powering it off", machine.name, halt_timeout)
+            try:
+                machine.power_off()
+            except Exception:  # noqa: BLE001 - teardown goes on for the others
+                log.exception("powering off %s", machine.name)
+        self.machines.clear()
+        self._sweep()
+        self._open = False
+
+    def _sweep(self) -> None:
+        for path in _cgroup_dirs(self.suite):
+            if path.exists():
+                _kill_cgroup(path)
+                deadline = time.monotonic() + 10
+                while not _cgroup_empty(path) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                _remove_cgroup_tree(path)
+        _sh(["ip", "link", "del", self.bridge], check=False)
+        shutil.rmtree(self.state_root, ignore_errors=True)
+
+    def __enter__(self) -> Lab:
+        try:
+            return self.open()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- machines ----------------------------------------------------------------------------
+
+    def address_of(self, name: str) -> str:
+        """The fixed address of machine ``name`` (.11 for the first one named, .12, ...)."""
+        if name not in self._addresses:
+            self._addresses[name] = str(self.network.network_address + 11 + len(self._addresses))
+        return self._addresses[name]
+
+    def hosts_file(self) -> str:
+        lines = ["127.0.0.1 localhost", f"{self.host_ip} lab-host"]
+        lines += [f"{addr} {name}" for name, addr in self._addresses.items()]
+        return "\n".join(lines) + "\n"
+
+    def boot(self, name: str, salt: dict | None = None, wait: bool = True,
+             binds_ro: dict | None = None) -> Machine:
+        """Boot machine ``name``; ``salt`` is its minion config (written to /etc/salt/minion.d)."""
+        if not self._open:
+            raise RuntimeError("Lab.open() first")
+        if not NAME.match(name):
+            raise ValueError(f"machine name {name!r}: use a short name of [a-z0-9-]")
+        if name in self.machines and self.machines[name].running:
+            raise RuntimeError(f"machine {name} is already running")
+        address = self.address_of(name)
+        state = self.state_root / name
+        network = state / "network"
+        network.mkdir(parents=True, exist_ok=True)
+        (network / "10-host0.network").write_text(
+            "[Match]\nName=host0\n\n[Network]\n"
+            f"Address={address}/{self.network.prefixlen}\nGateway={self.host_ip}\n"
+            "LinkLocalAddressing=no\nIPv6AcceptRA=no\n")
+        (state / "hosts").write_text(self.hosts_file())
+        minion_d = state / "salt" / "minion.d"
+        minion_d.mkdir(parents=True, exist_ok=True)
+        config = {"id": name, "enable_fqdns_grains": False, **(salt or {})}
+        (minion_d / "00-lab.conf").write_text(json.dumps(config, indent=2) + "\n")
+        _sh(["ip", "link", "del", f"vb-{name}"[:15]], check=False)  # a stale one blocks nspawn
+        cgroups = _cgroup_dirs(self.suite, name)
+        for path in cgroups:
+            path.mkdir(parents=True, exist_ok=True)
+        argv = [
+            "systemd-nspawn", "--quiet", "--boot", f"--directory={self.rootfs}", "--volatile=overlay",
+            f"--machine={name}", f"--hostname={name}", "--register=no", "--keep-unit",
+            "--console=read-only", "--resolv-conf=off", "--timezone=off",
+            f"--network-bridge={self.bridge}",
+            f"--bind-ro={network}:/etc/systemd/network",
+            f"--bind-ro={state / 'hosts'}:/etc/hosts",
+            f"--bind={state / 'salt'}:/etc/salt",
+        ]
+        for host_path, inside in {**self.binds_ro, **(binds_ro or {})}.items():
+            argv.append(f"--bind-ro={host_path}:{inside}")
+        # The launcher moves itself into the machine's cgroups before it becomes nspawn.
+        moves = " && ".join(f"echo $$ > {path}/cgroup.procs" for path in cgroups)
+        if self.log_dir:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+        console = open((self.log_dir or state) / f"console-{name}.log", "ab")
+        try:
+            process = subprocess.Popen(
+                ["sh", "-c", f'{moves} && exec "$@"', "nspawn", *argv],
+                stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT, start_new_session=True)
+        finally:
+            console.close()
+        machine = Machine(self, name, address, process, state)
+        machine.lab_started = time.monotonic()
+        self.machines[name] = machine
+        if wait:
+            machine.wait_booted()
+        return machine
+
+    def boot_many(self, names, salt_for=None) -> list[Machine]:
+        """Boot several machines at once; ``salt_for(name)`` gives each its minion config."""
+        machines = [self.boot(n, salt_for(n) if salt_for else None, wait=False) for n in names]
+        for machine in machines:
+            machine.wait_booted()
+        return machines
+
+    def wait_for_port(self, machine: Machine, port: int, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if machine.run(["bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"], check=False).returncode == 0:
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"{machine.name}: nothing listens on port {port} after {timeout:.0f}s")
+
+
+def host_tempdir(prefix: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
