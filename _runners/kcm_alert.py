@@ -2,10 +2,13 @@
 Runner ``kcm_alert``: turns ``kcm_leader`` beacon events into Alertmanager
 alerts, once per change although every KCM master reports it.
 
-The reactor (``salt://reactor/kcm/leader.sls``) calls :func:`handle` for each
-``salt/beacon/*/kcm_leader/*`` event. The runner
+The ``kcm_alert`` engine (``_engines/kcm_alert.py``) calls :func:`handle_batch`
+with the ``salt/beacon/*/kcm_leader/*`` events of a short window; with
+``kcm:master:alert_engine: false`` the reactor (``salt://reactor/kcm/leader.sls``)
+calls :func:`handle` for each. The runner
 
-* deduplicates: the key is cluster + kind + the Lease's ``leaseTransitions``
+* deduplicates: the key is cluster (name + ``cluster_id``, the kube-system UID)
+  + kind + the Lease's ``leaseTransitions``
   (+ the last renew time for ``stale`` / ``no_leader``, + the reporting minion
   for ``unreachable``), kept in a JSON file under the master cachedir and
   guarded by ``fcntl`` locking, so concurrent reactor threads agree;
