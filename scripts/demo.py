@@ -514,10 +514,12 @@ def master_config(sandbox: Path, state: dict, ports: dict) -> Path:
         "pillar_roots": {"base": [str(sandbox / "pillar")]},
         "fileserver_list_cache_time": 0,
         "features": {"x509_v2": True},
+        # The kcm_alert engine kcm.master configures, found without a sync and a restart.
+        "engines_dirs": [str(REPO / "_engines")],
     }
     (conf_dir / "master").write_text(yaml.safe_dump(config))
     link_log(sandbox, "salt-master.log", Path(config["log_file"]))
-    # The formula's own kcm.master state writes master.d/kcm.conf (reactor mapping +
+    # The formula's own kcm.master state writes master.d/kcm.conf (kcm_alert engine +
     # kcm_alert receivers), applied with salt-call --local before the master first starts.
     pillar = {"kcm": {"master": {"config_dir": str(conf_dir / "master.d"),
                                  "alertmanager_urls": [state["alertmanager_url"]],
