@@ -3,8 +3,8 @@ Engine ``kcm_alert``: the alert path of a fleet. It listens on the master's even
 ``salt/beacon/*/kcm_leader/*`` and hands what arrived within ``batch_wait`` seconds to the
 ``kcm_alert.handle_batch`` runner function in one call.
 
-Why not the reactor: the reactor renders its SLS and starts a runner job (with its own
-job events and job-cache write) for every event, one after another in its main thread.
+Why not the reactor: the reactor renders its SLS for every event, one after another in
+its main thread, and runs a runner job (with its own job events and job-cache write) each.
 When 100 clusters fail over at once, 300 reports cost the master about 50 ms of CPU each
 that way, and the last alert leaves after more than 10 s (bench/fleet.py). A single
 worker that takes the events in batches decides them under one lock and posts them to
