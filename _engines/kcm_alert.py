@@ -59,12 +59,26 @@ def batches(next_event, batch_wait=BATCH_WAIT, max_batch=MAX_BATCH, clock=time.m
             pending = []
 
 
-def _handle(batch):
-    try:
-        __runners__["kcm_alert.handle_batch"](batch)
-    except Exception:  # pylint: disable=broad-except
-        # One broken batch must not stop the engine (Salt would restart it, losing more).
-        log.exception("kcm_alert engine: a batch of %s kcm_leader events failed", len(batch))
+# A batch that raised is handed over again: the runner's dedupe store makes what was
+# already decided a duplicate, so a retry cannot alert twice, and a passing fault (a full
+# disk, a lock file being replaced) does not lose the batch.
+ATTEMPTS = 3
+RETRY_DELAY = 1.0
+
+
+def _handle(batch, sleep=time.sleep):
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            __runners__["kcm_alert.handle_batch"](batch)
+            return True
+        except Exception:  # pylint: disable=broad-except
+            # One broken batch must not stop the engine (Salt would restart it, losing more).
+            log.exception("kcm_alert engine: a batch of %s kcm_leader events failed (attempt %s of %s)",
+                          len(batch), attempt, ATTEMPTS)
+            if attempt < ATTEMPTS:
+                sleep(RETRY_DELAY)
+    log.error("kcm_alert engine: gave up on a batch of %s kcm_leader events", len(batch))
+    return False
 
 
 def start(batch_wait=BATCH_WAIT, max_batch=MAX_BATCH):

@@ -250,3 +250,21 @@ def test_engine_closes_a_batch_at_max_batch():
     events = iter([{"tag": f"salt/beacon/m{n}/kcm_leader/changed", "data": {}} for n in range(7)])
     gen = engine.batches(lambda timeout: next(events), batch_wait=60, max_batch=3, clock=lambda: 0.0)
     assert [len(next(gen)), len(next(gen))] == [3, 3]
+
+
+def test_engine_hands_a_failed_batch_over_again_and_never_stops():
+    engine = _load("_engines", "kcm_alert")
+    calls = []
+
+    def handle_batch(batch):
+        calls.append(list(batch))
+        if len(calls) < 2:
+            raise OSError("No space left on device")
+
+    engine.__runners__ = {"kcm_alert.handle_batch": handle_batch}
+    batch = [("salt/beacon/m1/kcm_leader/changed", {"id": "m1"})]
+    assert engine._handle(batch, sleep=lambda s: None) is True
+    assert calls == [batch, batch]
+
+    engine.__runners__ = {"kcm_alert.handle_batch": lambda b: 1 / 0}
+    assert engine._handle(batch, sleep=lambda s: None) is False  # logged, and the engine goes on
