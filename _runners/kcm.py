@@ -71,7 +71,11 @@ def _verdict(name, cluster_id, rows, leaders):
     if len(leaders) == 1:
         return f"{label}: ok, one live leader: {leaders[0]}{unanswered}"
     if not leaders:
-        return f"{label}: NO LIVE LEADER{unanswered}"
+        # Name the holder the masters read: an expired lease, or a leader whose own master
+        # is among the silent ones (that row cannot say which cluster it belongs to).
+        holders = sorted({str(row["holder"]).rsplit("_", 1)[0] for row in rows if row.get("holder")})
+        named = f" (the Lease names {', '.join(holders)})" if holders else ""
+        return f"{label}: NO LIVE LEADER{named}{unanswered}"
     return f"{label}: {len(leaders)} LIVE LEADERS ({', '.join(leaders)}){unanswered}"
 
 

@@ -136,7 +136,7 @@ def test_fleet_table_flags_the_cluster_without_a_leader(fleet):
     assert [line.split()[2] for line in rows[0:3]] == ["a-1", "a-2", "a-3"]
     assert rows[3].strip() == f"ok  kubernetes ({A['cluster_id'][:8]}): ok, one live leader: a-2"
     assert [line.split()[2] for line in rows[4:7]] == ["b-1", "b-2", "b-3"]
-    assert rows[7].strip() == f"!!  kubernetes ({B['cluster_id'][:8]}): NO LIVE LEADER"
+    assert rows[7].strip() == f"!!  kubernetes ({B['cluster_id'][:8]}): NO LIVE LEADER (the Lease names b-1)"
     assert len(rows) == 8
 
 
