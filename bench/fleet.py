@@ -241,7 +241,7 @@ def quantile(values, q):
 
 def storm(salt, stand_in, followups, alertmanager, clusters):
     ids = [new_cluster_id() for _ in range(clusters)]
-    reports = [(cid, failover_events(STAND_IN, "kubernetes", cid)) for cid in ids for _ in range(3)]
+    reports = [(cid, failover_events("kubernetes", cid)) for cid in ids for _ in range(3)]
     random.Random(clusters).shuffle(reports)
     sid = session_of(salt.master.proc.pid)
     cpu0, _ = session_usage(sid)

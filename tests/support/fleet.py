@@ -4,7 +4,8 @@ salt-minion: it is not a real KCM.
 
 The events are made by the kcm_leader beacon's own pure `step()` from two Lease
 records (old holder, new holder), so their tail and data are exactly what a beacon
-fires on a failover; `id` is the stand-in minion's, as Salt's beacon framework adds it.
+fires on a failover (signed with the stand-in minion's key by the beacon's own code
+when the beacon signs); `id` is the stand-in minion's, as Salt's beacon framework adds it.
 They reach the master the way beacon events do: a `__beacons_return` event on the
 minion's local bus, which the running salt-minion forwards to the master as a
 `_minion_event` with an `events` list (salt/minion.py), where the kcm_alert engine (or
@@ -14,6 +15,7 @@ Also Alertmanager (Debian's prometheus-alertmanager) on 127.0.0.1, shared by the
 integration tier and bench/fleet.py.
 """
 
+import datetime
 import importlib.util
 import subprocess
 import uuid
@@ -47,41 +49,54 @@ def new_cluster_id():
 
 
 def _record(node, transitions, renewed):
-    stamp = _BEACON.datetime.datetime.fromtimestamp(renewed, _BEACON.datetime.timezone.utc)
-    text = stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """A leader record as kcm.leader returns it."""
+    text = datetime.datetime.fromtimestamp(renewed, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return {"holder": f"{node}_{uuid.uuid5(uuid.NAMESPACE_DNS, node)}", "node": node, "minion": node,
             "transitions": transitions, "acquire_time": text, "renew_time": text,
             "lease_duration_seconds": 15, "source": "lease"}
 
 
-def failover_events(reporter, cluster, cluster_id, old="master-1", new="master-2", transitions=5):
+def failover_events(cluster, cluster_id, old="master-1", new="master-2", transitions=5):
     """
-    The (tag, data) pairs the kcm_leader beacon on minion `reporter` fires when the
-    leader of `cluster` moves from `old` to `new`: computed by the beacon's step().
+    What the kcm_leader beacon's beacon() returns on a minion when the leader of
+    `cluster` moves from `old` to `new` (dicts with the tag's tail in `tag`): computed by
+    the beacon's own step().
     """
     settings = dict(SETTINGS, cluster=cluster, cluster_id=cluster_id)
     state, _ = _BEACON.step(None, _record(old, transitions - 1, T0), T0, settings)
     _, events = _BEACON.step(state, _record(new, transitions, T0 + 1), T0 + 1, settings)
-    out = []
-    for event in events:
-        data = dict(event)
-        tail = data.pop("tag")
-        data["id"] = reporter  # what Beacon.process adds
-        out.append((f"salt/beacon/{reporter}/kcm_leader/{tail}", data))
-    return out
+    return events
 
 
 class BeaconStandIn:
-    """Fires beacon events through a running salt-minion, as its beacons would."""
+    """Fires beacon returns through a running salt-minion, as its beacons would."""
 
     def __init__(self, minion_opts):
         import salt.utils.event
 
-        self.bus = salt.utils.event.get_event("minion", opts=dict(minion_opts), listen=False)
+        self.opts = dict(minion_opts)
+        self.id = self.opts["id"]
+        self.context = {}
+        self.bus = salt.utils.event.get_event("minion", opts=self.opts, listen=False)
+
+    def _signed(self, events):
+        # A beacon that signs its events (with this minion's key) signs these too.
+        sign = getattr(_BEACON, "_signed", None)
+        if sign is None:
+            return events
+        _BEACON.__opts__ = {"id": self.id, "pki_dir": self.opts.get("pki_dir", "")}
+        _BEACON.__context__ = self.context
+        return sign([dict(event) for event in events])
 
     def fire(self, events):
         """One beacon return (one `_minion_event` to the master) carrying `events`."""
-        self.bus.fire_event({"beacons": [{"tag": tag, "data": data} for tag, data in events]}, "__beacons_return")
+        returns = []
+        for event in self._signed(events):
+            data = dict(event)
+            tail = data.pop("tag")
+            data.setdefault("id", self.id)  # what Beacon.process adds
+            returns.append({"tag": f"salt/beacon/{self.id}/kcm_leader/{tail}", "data": data})
+        self.bus.fire_event({"beacons": returns}, "__beacons_return")
 
     def close(self):
         self.bus.destroy()
