@@ -42,9 +42,12 @@ def _ask(tgt, tgt_type, timeout):
 
 
 def _expected(tgt, tgt_type):
-    """The minions the target names (accepted keys), so a silent one is shown, not hidden."""
+    """
+    The minions the target names (accepted keys, and for a list the names without one),
+    so a silent or unknown master is shown, not hidden.
+    """
     found = salt.utils.minions.CkMinions(__opts__).check_minions(tgt, tgt_type, greedy=False)
-    return sorted(found.get("minions") or [])
+    return sorted(set(found.get("minions") or []) | set(found.get("missing") or []))
 
 
 def _row(minion, answer, timeout):
@@ -65,6 +68,8 @@ def _group_name(row):
 
 
 def _verdict(name, cluster_id, rows, leaders):
+    if name == NO_CLUSTER:
+        return f"{name}: kcm is not deployed on {len(rows)} of the targeted minions (not KCM masters)"
     label = f"{name} ({cluster_id[:8]})" if cluster_id else name
     silent = sum(1 for row in rows if row.get("leader") == "unknown")
     unanswered = f"; {silent} of {len(rows)} masters could not say" if silent else ""
@@ -95,7 +100,8 @@ def summarize(rows, cluster=None):
             continue
         members.sort(key=lambda row: str(row.get("minion")))
         leaders = [str(row.get("minion")) for row in members if row.get("leader") == "yes"]
-        ok = len(leaders) == 1 and name not in (NO_ANSWER, NO_CLUSTER)
+        # Minions without kcm (the target was wider than the masters) are listed, not failed.
+        ok = name == NO_CLUSTER or (len(leaders) == 1 and name != NO_ANSWER)
         clusters.append({
             "cluster": name,
             "cluster_id": cluster_id or None,

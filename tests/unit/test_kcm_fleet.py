@@ -268,3 +268,14 @@ def test_engine_hands_a_failed_batch_over_again_and_never_stops():
 
     engine.__runners__ = {"kcm_alert.handle_batch": lambda b: 1 / 0}
     assert engine._handle(batch, sleep=lambda s: None) is False  # logged, and the engine goes on
+
+
+def test_minions_without_kcm_are_listed_but_do_not_fail_the_view(fleet):
+    runner, answers, expected, _ = fleet
+    answers["a-1"] = status_row("a-1", A, "yes", "a-1_1")
+    answers["salt-master-host"] = [{"minion": "salt-master-host", "cluster": None, "cluster_id": None,
+                                    "leader": "unknown", "errors": "leader: not_deployed"}]
+    expected.extend(answers)
+    data = runner.status()["data"]
+    assert [(c["cluster"], c["ok"]) for c in data["clusters"]] == [("(no cluster)", True), ("kubernetes", True)]
+    assert data["retcode"] == 0
