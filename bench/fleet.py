@@ -5,7 +5,8 @@ How the load is made: a real salt-master (configured by the formula's kcm.master
 reactor -> kcm_alert runner), a real Alertmanager, and one real salt-minion standing in
 for the 3 masters of every cluster. It fires exactly the events a kcm_leader beacon fires
 on a failover (computed by the beacon's own step(), sent as beacon returns through the
-running minion: tests/support/fleet.py). These are not real KCMs.
+running minion: tests/support/fleet.py). These are not real KCMs. The master finds the
+kcm_alert engine through `engines_dirs` (what kcm.master's sync_engines + a restart do).
 
 For C = 10, 100, 300 clusters, each failover reported by 3 masters within one second:
   * alerts in Alertmanager (goal: exactly C, none duplicated, none lost);
