@@ -40,7 +40,7 @@ def __virtual__():
     return __virtualname__
 
 
-def batches(next_event, batch_wait=BATCH_WAIT, max_batch=MAX_BATCH, clock=time.monotonic):
+def _batches(next_event, batch_wait=BATCH_WAIT, max_batch=MAX_BATCH, clock=time.monotonic):
     """
     Yield lists of (tag, data) of the kcm_leader events from ``next_event(timeout)``
     (which returns one ``{"tag", "data"}`` event or None), each list closed
@@ -100,5 +100,5 @@ def start(batch_wait=BATCH_WAIT, max_batch=MAX_BATCH):
             return bus.get_event(wait=timeout, tag="salt/beacon/", full=True)
 
         log.info("kcm_alert engine: batching %s (batch_wait %s s, max_batch %s)", TAG, batch_wait, max_batch)
-        for batch in batches(next_event, batch_wait, max_batch):
+        for batch in _batches(next_event, batch_wait, max_batch):
             _handle(batch)

@@ -84,7 +84,7 @@ def _verdict(name, cluster_id, rows, leaders):
     return f"{label}: {len(leaders)} LIVE LEADERS ({', '.join(leaders)}){unanswered}"
 
 
-def summarize(rows, cluster=None):
+def _summarize(rows, cluster=None):
     """
     Group status rows by cluster (name + cluster_id) and judge each group; pure.
 
@@ -146,5 +146,5 @@ def status(tgt="*", tgt_type="glob", cluster=None, timeout=15):
     answers = _ask(tgt, tgt_type, timeout)
     minions = sorted(set(_expected(tgt, tgt_type)) | set(answers))
     rows = [_row(minion, answers.get(minion), timeout) for minion in minions]
-    data = summarize(rows, cluster=cluster)
+    data = _summarize(rows, cluster=cluster)
     return {"outputter": OUTPUTTER, "data": data}

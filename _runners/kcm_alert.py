@@ -188,7 +188,7 @@ def _cert_minion(data, reporter):
     return str(data.get("minion") or reporter)
 
 
-def cluster_key(data):
+def _cluster_key(data):
     """
     Which cluster an event is about: its name plus its ``cluster_id`` (the kube-system
     namespace UID), so two clusters that share a name never dedupe or resolve each
@@ -200,7 +200,7 @@ def cluster_key(data):
 
 def dedupe_key(kind, data, reporter):
     """The identity of one change: every master that saw it computes the same key."""
-    cluster = cluster_key(data)
+    cluster = _cluster_key(data)
     if kind in ("cert_expiring", "cert_renewed"):
         minion = _cert_minion(data, reporter)
         return f"{cluster}|{kind}|{minion}|{data.get('cert')}|{data.get('serial')}|{data.get('threshold')}"
@@ -349,7 +349,7 @@ def _claimable(entry, now):
 
 
 def _cert_slot(data, reporter):
-    cluster = cluster_key(data)
+    cluster = _cluster_key(data)
     return f"cert|{cluster}|{_cert_minion(data, reporter)}|{data.get('cert')}"
 
 
@@ -391,7 +391,7 @@ def _decide(store, kind, data, reporter, cfg, now):
     Called with the lock held. The key is marked `sending` before the lock is
     released, so a concurrent duplicate sees it claimed.
     """
-    cluster = cluster_key(data)
+    cluster = _cluster_key(data)
     fire, resolve = [], []
     if kind in ("cert_expiring", "cert_renewed"):
         return _decide_cert(store, kind, data, reporter, cfg, now)

@@ -334,7 +334,7 @@ def render_cost(clusters):
             for c in range(clusters) for m in (1, 2, 3)]
     start = time.process_time()
     for _ in range(5):
-        outputter.render(runner.summarize(rows))
+        outputter.render(runner._summarize(rows))
     return (time.process_time() - start) / 5
 
 

@@ -237,7 +237,7 @@ def test_engine_batches_close_batch_wait_after_their_first_event():
 
     batches = []
     try:
-        for batch in engine.batches(next_event, batch_wait=0.2, max_batch=10, clock=lambda: clock.now):
+        for batch in engine._batches(next_event, batch_wait=0.2, max_batch=10, clock=lambda: clock.now):
             batches.append([tag.split("/")[2] for tag, _ in batch])
     except RuntimeError:  # StopIteration inside a generator
         pass
@@ -248,7 +248,7 @@ def test_engine_batches_close_batch_wait_after_their_first_event():
 def test_engine_closes_a_batch_at_max_batch():
     engine = _load("_engines", "kcm_alert")
     events = iter([{"tag": f"salt/beacon/m{n}/kcm_leader/changed", "data": {}} for n in range(7)])
-    gen = engine.batches(lambda timeout: next(events), batch_wait=60, max_batch=3, clock=lambda: 0.0)
+    gen = engine._batches(lambda timeout: next(events), batch_wait=60, max_batch=3, clock=lambda: 0.0)
     assert [len(next(gen)), len(next(gen))] == [3, 3]
 
 
