@@ -59,7 +59,7 @@ class LabCluster:
     """The control plane, the salt-master and the machines; ``close()`` removes all of it."""
 
     def __init__(self, k8s_bin: Path, workdir: Path, *, suite: str = "e2e", nodes=NODES,
-                 subnet: str = "10.77.0.0/24", version: str | None = None, election: dict | None = None,
+                 subnet: str | None = None, version: str | None = None, election: dict | None = None,
                  kcm: dict | None = None, master_config: dict | None = None):
         self.k8s_bin = Path(k8s_bin)
         self.workdir = Path(workdir)
@@ -86,6 +86,10 @@ class LabCluster:
                                    host=self.lab.host_ip).start()
             self.timings["control plane ready"] = self.cp.timings["apiserver_ready"]
             self.master = SaltMaster(self.workdir / "salt", self.lab.host_ip, config=self.master_config).start()
+            # The formula's runners (kcm_orch, kcm_alert, ...) on the master, as a user syncs them.
+            code, synced = self.master.run("saltutil.sync_all")
+            if code != 0:
+                raise RuntimeError(f"salt-run saltutil.sync_all exited {code}: {synced}")
             self.pillars = {name: self.pillar_for(name) for name in self.nodes}
             self.master.write_pillar(self.pillars)
             booted = time.monotonic()

@@ -422,7 +422,8 @@ class ControlPlane:
         first_service_ip = str(next(ipaddress.ip_network(self.service_cluster_ip_range).hosts()))
         cert, key = self.ca.issue(
             "kube-apiserver", server=True,
-            names=[*dict.fromkeys([LOOPBACK, self.host]), "localhost", first_service_ip, "kubernetes", "kubernetes.default",
+            names=[*dict.fromkeys([LOOPBACK, self.host]), "localhost", first_service_ip,
+                   "kubernetes", "kubernetes.default",
                    "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"])
         self.apiserver_cert_path = self._write("apiserver.pem", cert, private=False)
         self.apiserver_key_path = self._write("apiserver-key.pem", key)

@@ -85,8 +85,39 @@ def bridge_name(suite: str) -> str:
     return f"kcm-{suite}"[:15]
 
 
-def leftovers(suite: str) -> list[str]:
-    """What a lab of ``suite`` left on this host: processes, cgroups, the bridge, veths, dirs."""
+def default_subnet(suite: str) -> str:
+    """A /24 in 10.64.0.0/10 derived from the suite name, so that labs of different suites
+    (a test run, the demo, a benchmark) can run side by side."""
+    import hashlib
+
+    digest = hashlib.sha256(suite.encode()).digest()
+    return f"10.{64 + digest[0] % 64}.{digest[1]}.0/24"
+
+
+def _addresses_in(network) -> list[str]:
+    """Interfaces of this host that hold an address inside ``network``."""
+    found = []
+    for line in _sh(["ip", "-o", "-4", "addr", "show"], check=False).stdout.splitlines():
+        fields = line.split()
+        address = ipaddress.ip_interface(fields[3])
+        if address.ip in network:
+            found.append(f"{fields[1]} {fields[3]}")
+    return found
+
+
+def machine_name(suite: str, name: str) -> str:
+    """nspawn's name for machine ``name`` of lab ``suite``: unique on the host, because nspawn
+    names the host side of its veth after it (vb-<name>, 15 characters at most) and two labs
+    may both boot a master-1 (the hostname inside stays ``name``)."""
+    import hashlib
+
+    return "kl-" + hashlib.sha256(f"{suite}/{name}".encode()).hexdigest()[:8]
+
+
+def leftovers(suite: str, names=()) -> list[str]:
+    """What a lab of ``suite`` with machines ``names`` left on this host: processes, cgroups,
+    the bridge, veths, directories."""
+    veths = {f"vb-{machine_name(suite, name)}" for name in names}
     found = []
     for path in _cgroup_dirs(suite):
         if path.exists():
@@ -95,8 +126,8 @@ def leftovers(suite: str) -> list[str]:
     links = _sh(["ip", "-o", "link", "show"], check=False).stdout
     for line in links.splitlines():
         link = line.split(": ")[1].split("@")[0] if ": " in line else ""
-        # A veth outlives a killed machine until deleted; only labs make vb-* links here.
-        if link == bridge_name(suite) or link.startswith("vb-"):
+        # A veth outlives a killed machine until it is deleted.
+        if link == bridge_name(suite) or link in veths:
             found.append(f"link {link}")
     if (RUNTIME / suite).exists():
         found.append(f"directory {RUNTIME / suite}")
@@ -116,9 +147,13 @@ class Machine:
         self.boot_seconds: float | None = None
 
     @property
+    def machine_name(self) -> str:
+        return machine_name(self.lab.suite, self.name)
+
+    @property
     def veth(self) -> str:
-        """The host side of the machine's veth pair (nspawn names it vb-<machine>)."""
-        return f"vb-{self.name}"[:15]
+        """The host side of the machine's veth pair (nspawn names it vb-<machine name>)."""
+        return f"vb-{self.machine_name}"
 
     @property
     def salt_dir(self) -> Path:
@@ -198,8 +233,16 @@ class Machine:
         """Take the machine off the network (its veth down on the host side)."""
         _sh(["ip", "link", "set", self.veth, "down"])
 
-    def restore_link(self) -> None:
+    def restore_link(self, timeout: float = 10.0) -> float:
+        """Put the machine back on the network; returns the seconds until its route is back
+        (networkd inside drops the address with the carrier and configures it again)."""
+        begin = time.monotonic()
         _sh(["ip", "link", "set", self.veth, "up"])
+        while time.monotonic() - begin < timeout:
+            if self.run(["ip", "route", "get", self.lab.host_ip], check=False).returncode == 0:
+                return time.monotonic() - begin
+            time.sleep(0.05)
+        raise TimeoutError(f"machine {self.name}: no route to {self.lab.host_ip} {timeout:.0f}s after the link came up")
 
     def power_off(self) -> None:
         """Pull the plug: every process of the machine killed at once, no shutdown."""
@@ -232,7 +275,7 @@ class Machine:
             while path.exists() and not _cgroup_empty(path) and time.monotonic() < deadline:
                 time.sleep(0.05)
             _remove_cgroup_tree(path)
-        shutil.rmtree(Path("/run/systemd/nspawn/propagate") / self.name, ignore_errors=True)
+        shutil.rmtree(Path("/run/systemd/nspawn/propagate") / self.machine_name, ignore_errors=True)
         _sh(["ip", "link", "del", self.veth], check=False)
         self.init_pid = None
 
@@ -240,12 +283,12 @@ class Machine:
 class Lab:
     """A bridge and the machines booted on it; a context manager that always cleans up."""
 
-    def __init__(self, suite: str = "lab", subnet: str = "10.77.0.0/24", rootfs: Path | None = None,
+    def __init__(self, suite: str = "lab", subnet: str | None = None, rootfs: Path | None = None,
                  binds_ro: dict | None = None, log_dir: Path | None = None):
         if not NAME.match(suite):
             raise ValueError(f"suite {suite!r}: use a short name of [a-z0-9-]")
         self.suite = suite
-        self.network = ipaddress.ip_network(subnet)
+        self.network = ipaddress.ip_network(subnet or default_subnet(suite))
         self.host_ip = str(self.network.network_address + 1)
         self.bridge = bridge_name(suite)
         self.rootfs = rootfs
@@ -265,7 +308,11 @@ class Lab:
             self.rootfs = ensure_rootfs()
         if leftovers(self.suite):
             log.warning("removing what an earlier lab %r left: %s", self.suite, leftovers(self.suite))
-            self._sweep()
+        self._sweep()
+        taken = _addresses_in(self.network)
+        if taken:
+            raise RuntimeError(f"lab {self.suite}: {self.network} is already in use on this host ({', '.join(taken)}); "
+                               "give the lab another subnet")
         self._open = True
         _sh(["ip", "link", "add", self.bridge, "type", "bridge"])
         _sh(["ip", "addr", "add", f"{self.host_ip}/{self.network.prefixlen}", "dev", self.bridge])
@@ -350,13 +397,13 @@ class Lab:
         minion_d.mkdir(parents=True, exist_ok=True)
         config = {"id": name, "enable_fqdns_grains": False, **(salt or {})}
         (minion_d / "00-lab.conf").write_text(json.dumps(config, indent=2) + "\n")
-        _sh(["ip", "link", "del", f"vb-{name}"[:15]], check=False)  # a stale one blocks nspawn
+        _sh(["ip", "link", "del", f"vb-{machine_name(self.suite, name)}"], check=False)  # a stale one blocks nspawn
         cgroups = _cgroup_dirs(self.suite, name)
         for path in cgroups:
             path.mkdir(parents=True, exist_ok=True)
         argv = [
             "systemd-nspawn", "--quiet", "--boot", f"--directory={self.rootfs}", "--volatile=overlay",
-            f"--machine={name}", f"--hostname={name}", "--register=no", "--keep-unit",
+            f"--machine={machine_name(self.suite, name)}", f"--hostname={name}", "--register=no", "--keep-unit",
             "--console=read-only", "--resolv-conf=off", "--timezone=off",
             f"--network-bridge={self.bridge}",
             f"--bind-ro={network}:/etc/systemd/network",

@@ -178,7 +178,10 @@ class SaltMaster:
         begin = time.monotonic()
 
         def all_answer():
-            answers = self.salt(list(minion_ids), "test.ping", job_timeout=5, timeout=30)
+            try:
+                answers = self.salt(list(minion_ids), "test.ping", job_timeout=5, timeout=30)
+            except SaltCommandError:  # "No minions matched": keys not accepted yet
+                return False
             return all(answers.get(m) is True for m in minion_ids)
 
         try:

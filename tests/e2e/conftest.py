@@ -134,7 +134,7 @@ def kcm_cluster(_kcm_cluster_package):
 def kcm_cluster_default_timings(k8s_bin, tmp_path_factory, request):
     """A separate lab (own bridge, control plane, master) at the default timings (15s/10s/2s)."""
     cluster = start_lab_cluster(k8s_bin, tmp_path_factory.mktemp("lab-default"), "default timings",
-                                suite="e2e-dflt", subnet="10.78.0.0/24")
+                                suite="e2e-dflt")
     try:
         yield cluster
     finally:

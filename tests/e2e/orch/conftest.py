@@ -1,7 +1,7 @@
 """Fixtures for the orchestration tests (the cluster itself: cluster.py).
 
-``orch_cluster`` (module scope: torn down right after the orchestration tests) is a cluster
-at the pinned release; test_version_upgrade.py deploys its own at an older patch release.
+``orch_cluster`` (module scope: torn down right after the orchestration tests) is a lab at the
+pinned release; test_version_upgrade.py deploys its own at the previous minor release.
 ``orch`` (per test) makes sure all three KCMs run, are healthy and one leads before each test.
 """
 
@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import pytest
 
-from kcmlab.controlplane import tail
-from tests.e2e.orch.cluster import OrchCluster, deployed_cluster, server_tarball
+from tests.e2e.orch.cluster import deployed_cluster, release_of
 
 
 @pytest.fixture(scope="module")
-def orch_cluster(k8s_bin, salt_factories, tmp_path_factory):
-    with deployed_cluster(salt_factories, tmp_path_factory, k8s_bin, server_tarball(k8s_bin),
-                          "kcm-orch-master") as cluster:
+def orch_cluster(k8s_bin, request, tmp_path_factory):
+    with deployed_cluster(request, tmp_path_factory, k8s_bin, release_of(k8s_bin), "e2e-orch") as cluster:
         yield cluster
 
 
@@ -26,16 +24,3 @@ def orch(orch_cluster):
     orch_cluster.ensure_running()
     yield orch_cluster
     orch_cluster.ensure_running()
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    report = outcome.get_result()
-    clusters = [v for v in getattr(item, "funcargs", {}).values() if isinstance(v, OrchCluster)]
-    if report.failed and clusters:
-        lines = []
-        for node in clusters[0].nodes.values():
-            for name in ("kcm.log", "supervisor.log"):
-                lines += [f"--- {node.run_dir / name} (last lines)", tail(node.run_dir / name, 12)]
-        report.sections.append(("kcm orchestration logs", "\n".join(lines)))

@@ -1,93 +1,18 @@
-"""What the orchestration tests and bench/rolling.py share: the masters' pillar (with
-``kcm:service:control_cmd`` pointing at kcmctl.py), restart counting, and a Lease watcher
-that records every poll while an orchestration runs, and readers of an orchestration's
-return. Nothing here imports pytest."""
+"""What the orchestration tests and bench/rolling.py share: restart counting (systemd's
+journal on each machine), a Lease watcher that records every poll while an orchestration
+runs, and readers of an orchestration's return. Nothing here imports pytest."""
 
 from __future__ import annotations
 
 import datetime
-import subprocess
-import sys
 import threading
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
-import requests
+from kcmlab.cluster import NODES, SHORT_ELECTION
+from kcmlab.controlplane import failover_bound, node_of
 
-from kcmlab.controlplane import failover_bound, free_port, https_session, node_of
-from tests.support.pillar import sandbox_pillar
-
-NODES = ("master-1", "master-2", "master-3")
-SHORT_ELECTION = {"lease_duration": "4s", "renew_deadline": "3s", "retry_period": "1s"}
-KCMCTL = Path(__file__).with_name("kcmctl.py")
 BOUND = failover_bound(4.0, 1.0)
-
-
-@dataclass
-class Node:
-    """One master: its sandbox, its pillar, where its KCM runs and logs."""
-
-    name: str
-    root: Path
-    pillar: dict = field(repr=False)
-
-    @property
-    def kcm(self) -> dict:
-        return self.pillar["kcm"]
-
-    @property
-    def run_dir(self) -> Path:
-        return self.root / "run"
-
-    @property
-    def unit_path(self) -> Path:
-        return Path(self.kcm["paths"]["unit"]) / "kube-controller-manager.service"
-
-    def kcmctl(self, action: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        """Run this master's control command directly (fixture set-up and teardown)."""
-        return subprocess.run(control_argv(self) + [action], capture_output=True, text=True, timeout=timeout,
-                              check=False)
-
-    def starts(self, since: float = 0.0) -> list[float]:
-        """Times (epoch) at which kcmctl started this master's KCM, at or after ``since``."""
-        try:
-            lines = (self.run_dir / "starts.log").read_text().split("\n")
-        except FileNotFoundError:
-            return []
-        return [float(line.split()[0]) for line in lines if line.strip() and float(line.split()[0]) >= since]
-
-    def exec_start(self) -> str:
-        return self.unit_path.read_text()
-
-
-def control_argv(node: Node) -> list[str]:
-    return [sys.executable, str(KCMCTL), "--unit", str(node.unit_path), "--node", node.name,
-            "--run-dir", str(node.run_dir)]
-
-
-def make_nodes(cp, root: Path, tarball: Path, version: str, nodes=NODES) -> dict[str, Node]:
-    """A sandboxed pillar per master: the control plane's apiserver and PKI, short leader
-    election, its own secure port, and the service run by kcmctl.py instead of systemd."""
-    out = {}
-    pki = cp.kcm_pki(nodes)
-    for name in nodes:
-        node_root = Path(root) / name
-        node = Node(name, node_root, {})
-        base = sandbox_pillar(node_root, tarball, version, pki, apiserver=cp.apiserver_url,
-                              secure_port=free_port(), bind_address="127.0.0.1",
-                              leader_election=dict(SHORT_ELECTION))
-        node.pillar = base
-        base["kcm"]["service"] = {"manage": False,
-                                  "control_cmd": " ".join(_quote(a) for a in control_argv(node))}
-        out[name] = node
-    return out
-
-
-def _quote(arg: str) -> str:
-    import shlex
-
-    return shlex.quote(arg)
+__all__ = ["NODES", "SHORT_ELECTION", "BOUND", "LeaseWatch", "steps", "runner_return", "starts"]
 
 
 def steps(result):
@@ -104,18 +29,8 @@ def runner_return(step):
 
 
 def starts(cluster, since):
-    """KCM starts per master at or after ``since`` (epoch)."""
-    return {name: len(node.starts(since)) for name, node in cluster.nodes.items()}
-
-
-def _healthz_ok(node: Node) -> bool:
-    kcm = node.kcm
-    try:
-        with https_session(Path(kcm["paths"]["pki"]) / "ca.pem") as session:
-            reply = session.get(f"https://127.0.0.1:{kcm['secure_port']}/healthz", timeout=1)
-        return reply.status_code == 200
-    except requests.RequestException:
-        return False
+    """KCM starts per master at or after ``since`` (epoch), as systemd logged them."""
+    return {name: node.starts(since) for name, node in cluster.nodes.items()}
 
 
 def _parse_time(text):
@@ -161,7 +76,7 @@ class LeaseWatch:
             else:
                 self.polls.append((time.monotonic(), holder, live))
                 if self.nodes:
-                    self.healthy_counts.append(sum(_healthz_ok(node) for node in self.nodes))
+                    self.healthy_counts.append(sum(node.healthy() for node in self.nodes))
                 self.last = transitions
                 if self.first is None:
                     self.first = transitions

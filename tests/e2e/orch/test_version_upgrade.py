@@ -1,25 +1,24 @@
-"""A version change between two real builds through ``orch.kcm.upgrade``: three masters
-deployed at the previous patch release (PREVIOUS) are rolled to the pinned one (what
-``scripts/k8s-binaries`` builds by default), as an operator would do it:
+"""A minor upgrade between two real builds through ``orch.kcm.upgrade``, then the rollback:
+three systemd machines deployed at the previous minor's newest patch (PREVIOUS) are rolled to
+the pinned release (what ``scripts/k8s-binaries`` builds by default), as an operator does it:
 
     salt-run state.orchestrate orch.kcm.upgrade \\
         pillar='{"kcm": {"version": "v1.37.2", "source": {"url": ..., "hash": ...}}}'
 
-The control plane runs the pinned release (the apiserver is upgraded before the KCMs). Both
-builds come from scripts/k8s-binaries; a missing one fails the fixtures (never a skip).
+and back to PREVIOUS the same way (the kept binary: no download). The control plane runs the
+pinned release throughout (KCM one minor older than the apiserver is within the supported
+skew). Both builds come from scripts/k8s-binaries; a missing one fails the fixtures.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from tests.e2e.orch.cluster import built_release, deployed_cluster, release_of, server_tarball
+from kcmlab.cluster import UNIT
+from tests.e2e.orch.cluster import built_release, deployed_cluster, release_of
 from tests.e2e.orch.harness import BOUND, LeaseWatch, runner_return, starts, steps
 
 pytestmark = pytest.mark.e2e
@@ -47,19 +46,21 @@ class Rollout:
         return runner_return(self.states["kcm-orch-upgrade-rolling"])
 
 
+INSTALL = "/data/apps/k8s/kubernetes"
+
+
 @pytest.fixture(scope="module")
 def target_bin(k8s_bin):
-    if release_of(server_tarball(k8s_bin)) == PREVIOUS:
+    if release_of(k8s_bin) == PREVIOUS:
         pytest.fail(f"scripts/k8s-binaries builds {PREVIOUS} by default: nothing to upgrade to", pytrace=False)
     return k8s_bin
 
 
 @pytest.fixture(scope="module")
-def previous_cluster(request, target_bin, salt_factories, tmp_path_factory):
+def previous_cluster(request, target_bin, tmp_path_factory):
     """Three masters deployed and running at PREVIOUS, against a control plane at the target."""
-    previous_bin = built_release(request, PREVIOUS)
-    with deployed_cluster(salt_factories, tmp_path_factory, target_bin, server_tarball(previous_bin),
-                          "kcm-vup-master") as cluster:
+    built_release(request, PREVIOUS)
+    with deployed_cluster(request, tmp_path_factory, target_bin, PREVIOUS, "e2e-vup") as cluster:
         yield cluster
 
 
@@ -71,19 +72,18 @@ def vup(previous_cluster):
     previous_cluster.ensure_running()
 
 
-def release_pillar(bin_dir: Path) -> dict:
+def release_pillar(cluster, version: str) -> dict:
     """The pillar override an operator passes: the new version and where its tarball lies."""
-    tarball = server_tarball(bin_dir)
-    return {"kcm": {"version": release_of(tarball),
-                    "source": {"type": "tarball", "url": f"file://{tarball}", "hash": f"file://{tarball}.sha512"}}}
+    url, hash_url = cluster.lab.tarball(version)
+    return {"kcm": {"version": version, "source": {"type": "tarball", "url": url, "hash": hash_url}}}
 
 
-def run_upgrade(cluster, bin_dir) -> Rollout:
+def run_upgrade(cluster, version: str) -> Rollout:
     leader, holder = cluster.leader(), cluster.cp.lease()["spec"]["holderIdentity"]
     since = time.time()
     with LeaseWatch(cluster.cp, nodes=cluster.nodes) as watch:
         begin = time.monotonic()
-        result = cluster.salt_run("state.orchestrate", "orch.kcm.upgrade", pillar=release_pillar(bin_dir))
+        result = cluster.salt_run("state.orchestrate", "orch.kcm.upgrade", pillar=release_pillar(cluster, version))
         seconds = time.monotonic() - begin
     return Rollout(result, watch, since, leader, holder, seconds)
 
@@ -94,35 +94,34 @@ def first_rollout(previous_cluster, target_bin):
     previous_cluster.ensure_running()
     versions = previous_cluster.salt("kcm.version", timeout=60).data
     assert versions == {name: PREVIOUS for name in previous_cluster.nodes}, versions
-    return run_upgrade(previous_cluster, target_bin)
+    return run_upgrade(previous_cluster, release_of(target_bin))
 
 
 def versions_kept(node) -> list[str]:
-    return sorted(p.name for p in (Path(node.kcm["paths"]["install"]) / "versions").iterdir())
+    return sorted(node.machine.run(["ls", f"{INSTALL}/versions"]).stdout.split())
 
 
-def active_binary(node) -> Path:
-    return Path(os.readlink(Path(node.kcm["paths"]["bin"]) / "kube-controller-manager"))
+def active_binary(node) -> str:
+    return node.machine.run(["readlink", f"{INSTALL}/sbin/kube-controller-manager"]).stdout.strip()
 
 
-def version_binary(node, version) -> Path:
-    return Path(node.kcm["paths"]["install"]) / "versions" / version / "kube-controller-manager"
+def version_binary(version) -> str:
+    return f"{INSTALL}/versions/{version}/kube-controller-manager"
 
 
-def release_runs(binary: Path) -> str:
-    return subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=60,
-                          check=False).stdout.strip()
+def release_runs(node, binary: str) -> str:
+    return node.machine.run([binary, "--version"]).stdout.strip()
 
 
-def running_binary(node) -> Path:
-    """The executable of the KCM process kcmctl started last (unshare and sh exec into it)."""
-    pid = (node.run_dir / "starts.log").read_text().split()[-1]
-    return Path(os.readlink(f"/proc/{pid}/exe"))
+def running_binary(node) -> str:
+    """The executable of the KCM process systemd runs now."""
+    pid = node.cluster.main_pid(node.name)
+    return node.machine.run(["readlink", f"/proc/{pid}/exe"]).stdout.strip()
 
 
 def test_rolling_version_upgrade_moves_every_master_to_the_new_release_with_one_leader_change(
         vup, first_rollout, target_bin, record_timing):
-    target = release_of(server_tarball(target_bin))
+    target = release_of(target_bin)
     run, states = first_rollout, first_rollout.states
     record_timing(f"orch.kcm.upgrade {PREVIOUS} -> {target} (3 masters)", run.seconds)
     assert run.result.returncode == 0, {k: v["comment"] for k, v in states.items()}
@@ -134,14 +133,12 @@ def test_rolling_version_upgrade_moves_every_master_to_the_new_release_with_one_
         name: (target, PREVIOUS) for name in vup.nodes}
     # What the user sees on every master: the new release active, the old one kept for rollback.
     assert vup.salt("kcm.version", timeout=60).data == {name: target for name in vup.nodes}
-    assert {n: active_binary(node) for n, node in vup.nodes.items()} == {
-        n: version_binary(node, target) for n, node in vup.nodes.items()}
+    assert {n: active_binary(node) for n, node in vup.nodes.items()} == {n: version_binary(target) for n in vup.nodes}
     assert {n: versions_kept(node) for n, node in vup.nodes.items()} == {
         n: sorted([PREVIOUS, target]) for n in vup.nodes}
-    assert {n: running_binary(node) for n, node in vup.nodes.items()} == {
-        n: version_binary(node, target).resolve() for n, node in vup.nodes.items()}
+    assert {n: running_binary(node) for n, node in vup.nodes.items()} == {n: version_binary(target) for n in vup.nodes}
     # The kept release still runs: a rollback is a pillar change, not a download.
-    assert {n: release_runs(version_binary(node, PREVIOUS)) for n, node in vup.nodes.items()} == {
+    assert {n: release_runs(node, version_binary(PREVIOUS)) for n, node in vup.nodes.items()} == {
         n: f"Kubernetes {PREVIOUS}" for n in vup.nodes}
 
     assert {m: (r["version_before"], r["version_after"], r["restarted"]) for m, r in summary["masters"].items()} == {
@@ -160,12 +157,12 @@ def test_rolling_version_upgrade_moves_every_master_to_the_new_release_with_one_
 
 
 def test_running_the_same_upgrade_again_changes_and_restarts_nothing(vup, first_rollout, target_bin):
-    target = release_of(server_tarball(target_bin))
+    target = release_of(target_bin)
     assert first_rollout.result.returncode == 0, "the first upgrade failed; see the test above"
     units = {name: node.exec_start() for name, node in vup.nodes.items()}
     kept = {name: versions_kept(node) for name, node in vup.nodes.items()}
 
-    again = run_upgrade(vup, target_bin)
+    again = run_upgrade(vup, target)
 
     states = again.states
     assert again.result.returncode == 0, {k: v["comment"] for k, v in states.items()}
@@ -178,3 +175,30 @@ def test_running_the_same_upgrade_again_changes_and_restarts_nothing(vup, first_
     assert {name: versions_kept(node) for name, node in vup.nodes.items()} == kept
     assert summary["leader_changes"] == 0 and again.watch.transitions == 0
     assert vup.cp.lease()["spec"]["holderIdentity"] == again.holder
+
+
+def test_a_rollback_by_pillar_is_rolling_too_and_runs_the_kept_release(vup, first_rollout, target_bin, record_timing):
+    target = release_of(target_bin)
+    assert first_rollout.result.returncode == 0, "the first upgrade failed; see the test above"
+    vup.change_pillar(**release_pillar(vup, PREVIOUS)["kcm"])
+
+    back = run_upgrade(vup, PREVIOUS)
+
+    states = back.states
+    assert back.result.returncode == 0, {k: v["comment"] for k, v in states.items()}
+    summary = back.summary
+    print("\n".join(summary["summary"]))
+    record_timing(f"orch.kcm.upgrade rollback {target} -> {PREVIOUS} (3 masters)", back.seconds)
+    assert {m: (r["version_before"], r["version_after"], r["restarted"]) for m, r in summary["masters"].items()} == {
+        name: (target, PREVIOUS, True) for name in vup.nodes}
+    assert vup.salt("kcm.version", timeout=60).data == {name: PREVIOUS for name in vup.nodes}
+    running = {n: running_binary(node) for n, node in vup.nodes.items()}
+    assert running == {n: version_binary(PREVIOUS) for n in vup.nodes}
+    kept = {n: versions_kept(node) for n, node in vup.nodes.items()}
+    assert kept == {n: sorted([PREVIOUS, target]) for n in vup.nodes}
+    assert starts(vup, back.since) == {name: 1 for name in vup.nodes}
+    assert summary["order"][-1] == back.leader, summary["order"]
+    assert back.watch.transitions == 1 and summary["leader_changes"] == 1
+    assert back.watch.min_healthy >= len(vup.nodes) - 1, back.watch.healthy_counts
+    for node in vup.nodes.values():
+        assert node.machine.systemctl("is-active", UNIT).stdout.strip() == "active"
