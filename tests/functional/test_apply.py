@@ -3,6 +3,7 @@
 import base64
 import hashlib
 import os
+import re
 import stat
 import subprocess
 from pathlib import Path
@@ -166,3 +167,20 @@ def tree_digest(root):
             h.update(path.read_bytes())
             h.update(str(path.stat().st_mode).encode())
     return h.hexdigest()
+
+
+@pytest.mark.parametrize("version", ["v1.14.2", VERSIONS[-1]])
+def test_the_rendered_unit_is_sandboxed_to_an_exposure_of_at_most_1_5(state, tmp_path, test_pki, version):
+    # An unprivileged owner, as on a real master (the sandbox pillar's root would be scored too).
+    tarball = build_tarball(tmp_path / "dl", version)
+    pillar = sandbox_pillar(tmp_path, tarball, version, test_pki, user="nobody", group="nogroup")
+    ret = state.apply("kcm", pillar=pillar)
+    assert not failed(ret), failed(ret)
+    unit_path = Path(pillar["kcm"]["paths"]["unit"]) / "kube-controller-manager.service"
+
+    analyzed = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager", str(unit_path)],
+                              capture_output=True, text=True, cwd=unit_path.parent)
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", analyzed.stdout)
+    assert match, analyzed.stdout + analyzed.stderr
+    assert float(match.group(1)) <= 1.5, analyzed.stdout
+    assert "User=nobody" in unit_path.read_text()
