@@ -155,7 +155,7 @@ class Salt:
     def __init__(self, sandbox, alertmanager, alert_path):
         self.sandbox = sandbox
         self.ports = {"publish": free_port(), "ret": free_port()}
-        conf = kcm_master_conf(sandbox / "host", alertmanager.url, {"env": "bench"},
+        conf = kcm_master_conf(sandbox / "host", alertmanager.url, {"env": "bench"}, allow_http=True,
                                alert_engine=alert_path == "engine")
         self.master_dir = sandbox / "master-conf"
         self.master_dir.mkdir()

@@ -522,7 +522,8 @@ def master_config(sandbox: Path, state: dict, ports: dict) -> Path:
     # The formula's own kcm.master state writes master.d/kcm.conf (kcm_alert engine +
     # kcm_alert receivers), applied with salt-call --local before the master first starts.
     pillar = {"kcm": {"master": {"config_dir": str(conf_dir / "master.d"),
-                                 "alertmanager_urls": [state["alertmanager_url"]],
+                                 "alertmanager_urls": [state["alertmanager_url"]], "allow_http": True,
+                                 "reporters": {"tgt": "master-*", "tgt_type": "glob"},
                                  "labels": {"env": "demo"}, "sync_runners": False}}}
     host_root = sandbox / "salt" / "master-host"
     host_log = host_root / "salt" / "salt-call.log"

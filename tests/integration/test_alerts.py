@@ -64,7 +64,8 @@ def cluster(control_plane, tmp_path_factory):
 
 def _master_conf(tmp_path_factory, alertmanager):
     """What kcm.master writes for the master, rendered by the real state on a sandbox minion."""
-    return kcm_master_conf(tmp_path_factory.mktemp("master-host"), alertmanager.url, {"env": "it"})
+    return kcm_master_conf(tmp_path_factory.mktemp("master-host"), alertmanager.url, {"env": "it"},
+                           allow_http=True, reporters={"tgt": "al-master-*", "tgt_type": "glob"})
 
 
 @pytest.fixture(scope="module")

@@ -39,6 +39,7 @@ def salt_master(salt_factories, alertmanager, control_plane, tmp_path_factory): 
     host = tmp_path_factory.mktemp("master-host-enroll")
     conf_dir = host / "master.d"
     master_pillar = {"kcm": {"master": {"config_dir": str(conf_dir), "alertmanager_urls": [alertmanager.url],
+                                 "allow_http": True, "reporters": {"tgt": "en-master-*", "tgt_type": "glob"},
                                         "sync_runners": False,
                                         "enroll": {"enabled": True, "grain": "role", "value": "k8s-master"}}}}
     ret = MasterlessMinion(host, "salt-master-host", master_pillar).apply("kcm.master")

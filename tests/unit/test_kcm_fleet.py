@@ -5,7 +5,7 @@ apart in dedupe and in Alertmanager's labels.
 
 import pytest
 
-from tests.unit.test_kcm_alert import CHANGE, DEAD, REPORTERS, Harness
+from tests.unit.test_kcm_alert import CHANGE, DEAD, REPORTERS, Harness, signed
 
 # Two clusters that both kept the default name, as two teams would.
 A = {"cluster": "kubernetes", "cluster_id": "0b7c2d6e-aaaa-4c1e-9a8f-2b6d4e8c1a07"}
@@ -183,7 +183,8 @@ def test_a_master_without_the_module_is_a_row_with_the_reason(fleet):
 
 def test_a_batch_of_a_storm_is_one_post_and_still_one_alert_per_cluster(harness):
     clusters = [{"cluster": "kubernetes", "cluster_id": f"uid-{n:03d}"} for n in range(100)]
-    events = [(f"salt/beacon/{r}/kcm_leader/changed", dict(CHANGE, id=r, **c)) for c in clusters for r in REPORTERS]
+    events = [(f"salt/beacon/{r}/kcm_leader/changed", signed(r, "changed", dict(CHANGE, **c), harness.now))
+              for c in clusters for r in REPORTERS]
     events.insert(5, ("salt/beacon/master-1/kcm_leader/acquired", {"id": "master-1", **clusters[0]}))
 
     results = harness.module.handle_batch(events)
@@ -202,15 +203,30 @@ def test_a_batch_of_a_storm_is_one_post_and_still_one_alert_per_cluster(harness)
 
 def test_a_failed_post_of_a_batch_is_retried_by_the_next_report(harness):
     harness.fail_next = 3  # every attempt of the first batch fails
-    events = [("salt/beacon/master-1/kcm_leader/changed", dict(CHANGE, id="master-1", **c)) for c in (A, B)]
-    first = harness.module.handle_batch(events)
+    def reports(reporter):
+        return [(f"salt/beacon/{reporter}/kcm_leader/changed",
+                 signed(reporter, "changed", dict(CHANGE, **c), harness.now)) for c in (A, B)]
+
+    first = harness.module.handle_batch(reports("master-1"))
     assert all(r["failed"] for r in first) and harness.alerts() == []
     assert harness.tags().count("kcm/alert/send_failed") == 2
 
-    later = harness.module.handle_batch([(tag.replace("master-1", "master-2"), dict(data, id="master-2"))
-                                         for tag, data in events])
+    later = harness.module.handle_batch(reports("master-2"))
     assert [bool(r["fired"]) for r in later] == [True, True]
     assert _names(harness.alerts()) == [("KCMLeaderChanged", A["cluster_id"]), ("KCMLeaderChanged", B["cluster_id"])]
+
+
+def test_a_forged_report_in_a_batch_is_refused_and_the_rest_acted_on(harness):
+    good = ("salt/beacon/master-1/kcm_leader/changed", signed("master-1", "changed", dict(CHANGE, **A), harness.now))
+    forged = ("salt/beacon/master-2/kcm_leader/changed", dict(CHANGE, id="master-2", **B))  # no signature
+    outsider = ("salt/beacon/web-1/kcm_leader/changed", signed("web-1", "changed", dict(CHANGE, **B), harness.now))
+
+    results = harness.module.handle_batch([forged, good, outsider])
+
+    assert [bool(r.get("refused")) for r in results] == [True, False, True]
+    assert "not a KCM master" in results[2]["refused"]
+    assert _names(harness.alerts()) == [("KCMLeaderChanged", A["cluster_id"])]
+    assert harness.tags().count("kcm/alert/refused") == 2
 
 
 class Clock:
