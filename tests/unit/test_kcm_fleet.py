@@ -295,3 +295,25 @@ def test_minions_without_kcm_are_listed_but_do_not_fail_the_view(fleet):
     data = runner.status()["data"]
     assert [(c["cluster"], c["ok"]) for c in data["clusters"]] == [("(no cluster)", True), ("kubernetes", True)]
     assert data["retcode"] == 0
+
+
+@pytest.mark.parametrize("master, message", [
+    ({"batch_wait": 0}, "kcm:master:batch_wait: 0 is not seconds in (0, 5], such as 0.2"),
+    ({"batch_wait": 30}, "kcm:master:batch_wait: 30 is not seconds in (0, 5], such as 0.2"),
+    ({"batch_wait": "0.2"}, "kcm:master:batch_wait: '0.2' is not a number"),
+    ({"alert_engine": "false"}, "kcm:master:alert_engine: 'false' is not true or false"),
+])
+def test_the_alert_path_settings_are_validated_naming_the_key(kcm_config, master, message):
+    settings = dict({"config_dir": "/etc/salt/master.d", "reporters": {"tgt": "role:k8s-master",
+                                                                      "tgt_type": "grain"}}, **master)
+    problems = kcm_config.master_problems(settings)
+    assert any(p.startswith(message) for p in problems), problems
+
+
+def test_the_default_alert_path_settings_are_valid(kcm_config):
+    from pathlib import Path
+
+    import yaml
+
+    defaults = yaml.safe_load((Path(__file__).resolve().parents[2] / "formula/kcm/defaults.yaml").read_text())
+    assert kcm_config.master_problems(defaults["kcm"]["master"]) == []
