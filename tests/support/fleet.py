@@ -88,15 +88,22 @@ class BeaconStandIn:
         _BEACON.__context__ = self.context
         return sign([dict(event) for event in events])
 
-    def fire(self, events):
-        """One beacon return (one `_minion_event` to the master) carrying `events`."""
+    def returns(self, events):
+        """The beacon return for `events` as the minion sends it (signed when the beacon signs)."""
         returns = []
         for event in self._signed(events):
             data = dict(event)
             tail = data.pop("tag")
             data.setdefault("id", self.id)  # what Beacon.process adds
             returns.append({"tag": f"salt/beacon/{self.id}/kcm_leader/{tail}", "data": data})
+        return returns
+
+    def send(self, returns):
+        """One beacon return (one `_minion_event` to the master)."""
         self.bus.fire_event({"beacons": returns}, "__beacons_return")
+
+    def fire(self, events):
+        self.send(self.returns(events))
 
     def close(self):
         self.bus.destroy()
