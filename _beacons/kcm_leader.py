@@ -234,6 +234,7 @@ def initial_state():
         "version": STATE_VERSION,
         "seen": False,
         "record": {},
+        "held": {},
         "fingerprint": None,
         "changed_at": None,
         "offset": None,
@@ -403,9 +404,13 @@ def step(previous, observation, now, settings, me=()):
         if current_print != state["fingerprint"]:
             _note_change(state, record, now)
             state["fingerprint"] = current_print
-        old = state["record"]
+        # A released Lease (no holder) between two holders is a handover from the last one
+        # that held it, not from nobody.
+        old = state.get("held") or state["record"]
         if state["seen"] and record.get("holder") and record.get("holder") != old.get("holder"):
             events.extend(_holder_events(old, record, me))
+        if record.get("holder"):
+            state["held"] = record
         state["record"] = record
         state["seen"] = True
         state["polled_at"] = now

@@ -43,9 +43,9 @@ from pathlib import Path
 import yaml  # noqa: E402
 from common import REPO, machine
 
+from kcmlab.alertmanager import Alertmanager  # noqa: E402
 from kcmlab.controlplane import free_port, wait_until  # noqa: E402
 from tests.support.fleet import (  # noqa: E402
-    Alertmanager,
     BeaconStandIn,
     failover_events,
     kcm_master_conf,

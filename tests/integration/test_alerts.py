@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kcmlab.alertmanager import Alertmanager
 from kcmlab.controlplane import ControlPlane, node_of, wait_until
 from tests.e2e.conftest import SHORT_ELECTION, build_cluster, k8s_bin  # noqa: F401 (fixture)
-from tests.support.fleet import Alertmanager, kcm_master_conf
+from tests.support.fleet import kcm_master_conf
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 

@@ -12,8 +12,9 @@ import time
 
 import pytest
 
+from kcmlab.alertmanager import Alertmanager
 from kcmlab.controlplane import wait_until
-from tests.support.fleet import Alertmanager, BeaconStandIn, failover_events, kcm_master_conf, new_cluster_id
+from tests.support.fleet import BeaconStandIn, failover_events, kcm_master_conf, new_cluster_id
 from tests.support.pillar import REPO
 
 pytestmark = [pytest.mark.integration]

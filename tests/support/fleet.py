@@ -11,20 +11,16 @@ minion's local bus, which the running salt-minion forwards to the master as a
 `_minion_event` with an `events` list (salt/minion.py), where the kcm_alert engine (or
 the reactor) sees them.
 
-Also Alertmanager (Debian's prometheus-alertmanager) on 127.0.0.1, shared by the
-integration tier and bench/fleet.py.
+Also what kcm.master writes for a master (kcm_master_conf), shared by the integration
+tier and bench/fleet.py.
 """
 
 import datetime
 import importlib.util
-import subprocess
 import uuid
 from pathlib import Path
 
-import requests
 import yaml
-
-from kcmlab.controlplane import free_port, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 ALERTMANAGER = Path("/usr/bin/prometheus-alertmanager")
@@ -109,53 +105,13 @@ class BeaconStandIn:
         self.bus.destroy()
 
 
-class Alertmanager:
-    """prometheus-alertmanager on a free loopback port, with a receiver that sends nowhere."""
-
-    def __init__(self, workdir: Path):
-        if not ALERTMANAGER.exists():
-            raise RuntimeError(f"{ALERTMANAGER} is missing: apt-get install prometheus-alertmanager")
-        workdir = Path(workdir)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = workdir / "alertmanager.log"
-        config = workdir / "alertmanager.yml"
-        config.write_text(yaml.safe_dump({
-            "route": {"receiver": "null", "group_wait": "1s", "group_interval": "1s"},
-            "receivers": [{"name": "null"}],
-        }))
-        self.argv = [str(ALERTMANAGER), f"--config.file={config}", f"--storage.path={workdir / 'data'}",
-                     f"--web.listen-address=127.0.0.1:{self.port}", "--cluster.listen-address="]
-        self.session = requests.Session()
-        self.session.trust_env = False
-        self.proc = None
-
-    def start(self):
-        with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_until(lambda: self.session.get(self.url + "/-/ready", timeout=2).ok, 30, "alertmanager /-/ready")
-        return self
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-
-    def active(self, **labels):
-        """Unresolved alerts whose labels match `labels`."""
-        filters = [("filter", f'{key}="{value}"') for key, value in labels.items()]
-        reply = self.session.get(self.url + "/api/v2/alerts", params=filters, timeout=5)
-        reply.raise_for_status()
-        return reply.json()
-
-
 def kcm_master_conf(root, alertmanager_url, labels, **master):
     """
     What the formula's kcm.master state writes into master.d/kcm.conf (the kcm_alert
     engine or the reactor mapping, kcm_alert settings), rendered by the real state on a masterless sandbox minion.
     `master` adds pillar kcm:master keys.
     """
-    from tests.support.masterless import MasterlessMinion
+    from kcmlab.masterless import MasterlessMinion
 
     root = Path(root)
     conf_dir = root / "master.d"

@@ -188,6 +188,8 @@ def test_a_released_lease_taken_within_the_grace_announces_only_the_change():
     assert run.poll(released, T0 + 6) == []
     events = run.poll(lease("master-3", renewed=T0 + 7, transitions=2), T0 + 7)
     assert tags(events) == ["changed"]
+    # From the master that released it, not from nobody.
+    assert (events[0]["old_node"], events[0]["new_node"]) == ("master-1", "master-3")
 
 
 def test_a_released_lease_nobody_takes_is_no_leader_after_the_grace_and_debounce():
