@@ -31,6 +31,13 @@ def machine():
             f" Salt {salt.version.__version__}")
 
 
+def anchors(timings):
+    """Print the lab's own timings (boot, minions answering, first apply, first leader): what a
+    measure above is to be read against when the machine or the run differs."""
+    for name, value in timings.items():
+        print(f"anchor: {name}: {value:.2f} s")
+
+
 def k8s_bin():
     env = os.environ.get("KCM_K8S_BIN")
     if env:

@@ -107,6 +107,21 @@ class LabCluster:
         self.timings["cluster up (no KCM yet)"] = time.monotonic() - begin
         return self
 
+    def deploy(self) -> LabCluster:
+        """What a user does first: ``saltutil.sync_all`` and ``state.apply kcm`` on every master
+        over the bus, then every KCM healthy under systemd and a leader (timings recorded)."""
+        sync = self.salt("saltutil.sync_all", timeout=300)
+        if sorted(sync) != sorted(self.nodes):
+            raise RuntimeError(f"saltutil.sync_all answered for {sorted(sync)}, not {sorted(self.nodes)}: {sync}")
+        begin = time.monotonic()
+        self.apply("kcm")
+        self.timings[f"salt state.apply kcm on {len(self.nodes)} machines"] = time.monotonic() - begin
+        begin = time.monotonic()
+        self.wait_healthy(timeout=120)
+        self.wait_for_leader(60)
+        self.timings["first leader after the apply"] = time.monotonic() - begin
+        return self
+
     def close(self) -> None:
         self.lab.close()
         if self.master is not None:

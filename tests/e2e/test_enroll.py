@@ -12,11 +12,10 @@ from __future__ import annotations
 import time
 
 import pytest
-import yaml
 
 from kcmlab.cluster import SHORT_ELECTION, UNIT, changed_states, failed_states
+from kcmlab.masterless import kcm_master_config
 from tests.e2e.conftest import start_lab_cluster, stop_lab_cluster
-from tests.support.masterless import MasterlessMinion
 
 pytestmark = pytest.mark.e2e
 
@@ -35,12 +34,7 @@ TOP = """base:
 
 def kcm_master_conf(root) -> dict:
     """kcm.master's kcm.conf, rendered by the real state on the master host (salt-call --local)."""
-    conf_dir = root / "master.d"
-    pillar = {"kcm": {"master": {"config_dir": str(conf_dir), "sync_runners": False,
-                                 "enroll": {"enabled": True, "grain": "role", "value": "k8s-master"}}}}
-    ret = MasterlessMinion(root, "salt-master-host", pillar).apply("kcm.master")
-    assert failed_states(ret) == [], ret
-    conf = yaml.safe_load((conf_dir / "kcm.conf").read_text())
+    conf = kcm_master_config(root, {"enroll": {"enabled": True, "grain": "role", "value": "k8s-master"}})
     assert {"salt/minion/*/start": ["salt://reactor/kcm/enroll.sls"]} in conf["reactor"]
     return conf
 
