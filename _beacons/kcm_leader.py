@@ -308,9 +308,14 @@ def _classify(state, record, now, settings):
     facts = {"age_seconds": round(age, 3), "basis": basis}
     # An expired lease is normal for a moment: a standby takes it over within
     # a retry period or two. Only when none has after the same grace that
-    # makes a holder stale is the cluster without a leader.
-    if not record.get("holder") or age > duration + stale_after:
+    # makes a holder stale is the cluster without a leader. A released lease
+    # (empty holder, duration 1 s: the unit's stop hook) is the same handover,
+    # only sooner; announcing it would raise KCMNoLeader on every planned stop.
+    if age > duration + stale_after:
         return "no_leader", facts
+    if not record.get("holder"):
+        facts["released"] = True
+        return "ok", facts
     if age > stale_after:
         facts["stale_after_seconds"] = stale_after
         return "stale", facts

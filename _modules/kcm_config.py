@@ -122,6 +122,7 @@ def resolve(config, grains=None, opts=None):
         "signer_cert": f"{pki}/cluster-signer.pem" if pki_cfg.get("signer_cert") else f"{pki}/ca.pem",
         "signer_key": f"{pki}/cluster-signer-key.pem" if pki_cfg.get("signer_cert") else f"{pki}/ca-key.pem",
         "unit": f"{paths.get('unit', '')}/{name}.service",
+        "release_program": f"{paths.get('install', '')}/libexec/kcm-release-lease",
         "deployed": deployed_path(opts),
     }
     return cfg
@@ -248,6 +249,9 @@ def _check_durations(cfg, problems):
     except ValueError as exc:
         problems.append(f"kcm:cluster_signing_duration: {exc}")
     election = cfg.get("leader_election") or {}
+    if not isinstance(election.get("release_on_exit", True), bool):
+        problems.append(f"kcm:leader_election:release_on_exit: '{election['release_on_exit']}' is not a boolean"
+                        " (true or false)")
     for key in ("lease_duration", "renew_deadline", "retry_period"):
         try:
             seconds[key] = duration_seconds(election.get(key, ""))

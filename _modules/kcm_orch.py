@@ -6,10 +6,13 @@ it touches anything, apply it, and restart, stop or start this master's KCM.
 Restarts go through one seam, :func:`restart` / :func:`stop` / :func:`start`:
 
 - ``kcm:service:manage`` true (production): Salt's ``service.*`` functions (systemd);
+  the unit's ``ExecStopPost=`` releases the leader Lease after every stop;
 - ``kcm:service:manage`` false: the command in ``kcm:service:control_cmd``, run without
   a shell with the action (``restart``, ``stop`` or ``start``) appended, for masters
   whose KCM is supervised by something other than Salt (the test harness, a container
-  supervisor). Without either, a restart that is needed is reported as an error, never
+  supervisor). As nothing runs the unit's ``ExecStopPost=`` there, a stop is followed
+  by the same release step (``kcm_release.run``), and a restart is a stop, the release
+  and a start. Without either, a restart that is needed is reported as an error, never
   skipped silently.
 
 Both keys are read from the deployed facts (``kcm_config.deployed``: what the last
@@ -91,6 +94,25 @@ def _control(action):
                 " (expected a command that takes restart|stop|start as its last argument)"
             ),
         }
+    if action == "start":
+        return _run_control(command, action)
+    # Without systemd nothing runs the unit's ExecStopPost=: release the Lease here, after
+    # the stop (a restart is a stop, the release, then a start).
+    stopped = _run_control(command, "stop")
+    if not stopped["result"]:
+        return stopped
+    released = __salt__["kcm_release.run"]()
+    stopped["released"] = released["released"]
+    stopped["comment"] += f"; {released['comment']}"
+    if action == "stop":
+        return stopped
+    started = _run_control(command, "start")
+    started["released"] = stopped["released"]
+    started["comment"] = f"{stopped['comment']}; {started['comment']}"
+    return started
+
+
+def _run_control(command, action):
     argv = shlex.split(command) + [action]
     proc = __salt__["cmd.run_all"](argv, python_shell=False, timeout=CONTROL_TIMEOUT, ignore_retcode=True)
     __context__.pop("retcode", None)

@@ -311,7 +311,8 @@ class _Rollout:
         ret = self.apply(minion)
         restarted = bool(ret.get("restarted"))
         if was_leader and restarted:
-            # The stopped process keeps the lock until it expires: only another holder counts.
+            # Only another holder identity counts (a new process here has a new uuid): the old
+            # one's Lease is released on exit (release_on_exit) or else has to expire.
             what = f"{minion} (old leader): a new live leader and {minion} healthy again"
             observations = _wait(
                 self.cluster, self.watch,
@@ -521,7 +522,9 @@ def drill(tgt=DEFAULT_TGT, tgt_type="glob", count=1, min_remaining=2, timeout=12
     ``failover_seconds`` runs from the moment the stop returned (the leader's process has
     exited) to the first poll that read a new live holder, so it includes up to one poll
     interval plus one round trip. KCM does not release the lock when it stops (see
-    kcm-facts 2.5): expect about the lease duration plus up to two retry periods.
+    kcm-facts 2.5), but the unit's release step does (``kcm:leader_election:release_on_exit``,
+    default on): expect up to about two retry periods; with it off, or for a lock other
+    than a Lease, about the lease duration plus up to two retry periods.
 
     tgt, tgt_type
         The KCM masters. Default ``*`` / ``glob``.

@@ -21,6 +21,7 @@ BENCHES = [
     ("leader query", ["leader_query.py", "-n", "30"], "kcm.leader vs kubectl get lease (wall, CPU)"),
     ("beacon poll", ["beacon.py", "--latency"], "one kcm_leader poll: CPU, requests, memory growth; detection latency"),
     ("rolling change", ["rolling.py"], "orch.kcm.upgrade vs plain state.apply: leader changes, leaderless window"),
+    ("lease release", ["release.py", "--runs", "3"], "controller gap after the leader's exit, release on vs off"),
 ]
 
 

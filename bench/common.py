@@ -1,10 +1,13 @@
 """Shared helpers for the benchmarks: medians, a machine line, the built binaries."""
 
+import contextlib
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,3 +47,14 @@ def k8s_bin():
         return Path(env)
     out = subprocess.run([str(REPO / "scripts/k8s-binaries")], capture_output=True, text=True, check=True)
     return Path(out.stdout.strip())
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix):
+    """A temporary directory for one benchmark, removed afterwards unless KCM_KEEP_TMP is set."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        if not os.environ.get("KCM_KEEP_TMP"):
+            shutil.rmtree(path, ignore_errors=True)

@@ -14,12 +14,24 @@ ensure_debian_packages() {
   command -v systemd-analyze >/dev/null || missing+=(systemd)
   command -v kubectl >/dev/null || missing+=(kubernetes-client)
   command -v python3 >/dev/null || missing+=(python3 python3-venv)
+  # The lab's machines: systemd-nspawn boots them, mmdebstrap builds their rootfs.
+  command -v systemd-nspawn >/dev/null || missing+=(systemd-container)
+  command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
   [[ ${#missing[@]} -eq 0 ]] && return 0
   [[ $(id -u) -eq 0 ]] || die "missing ${missing[*]}; install them (apt-get install ${missing[*]}) or run as root"
   log "installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >&2
-  apt-get install -y -qq "${missing[@]}" >&2 || die "apt-get install ${missing[*]} failed"
+  # No recommends: systemd-container would bring libnss-mymachines into the host's nsswitch.
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 || die "apt-get install ${missing[*]} failed"
+}
+
+# The machines' rootfs (Debian bookworm + systemd + Salt), built once into the cache.
+ensure_rootfs() {
+  local venv; venv=$(ensure_venv "${1:-3008}")
+  [[ $(id -u) -eq 0 ]] || die "the lab's machines (systemd-nspawn) need root"
+  (cd "$REPO" && "$venv/bin/python" -m kcmlab.rootfs "${1:-3008}" >/dev/null) \
+    || die "building the machines' rootfs failed (python -m kcmlab.rootfs; mmdebstrap from Debian's registry)"
 }
 
 # A venv per Salt line, rebuilt when setup.cfg changes. Prints the venv path.

@@ -17,6 +17,7 @@ kcm-clean-files:
   file.absent:
     - names:
       - {{ files.unit }}
+      - {{ salt['file.dirname'](files.release_program) }}
       - {{ files.kubeconfig }}
       - {{ files.ca_cert }}
       - {{ files.ca_key }}

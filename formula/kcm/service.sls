@@ -23,6 +23,18 @@ kcm-service-preflight:
       - file: kcm-service-unit
       - file: kcm-install-active-link
 
+{#- Run by the unit's ExecStopPost= (and kcm_orch for control_cmd): releases the Lease. #}
+kcm-service-release-program:
+  file.managed:
+    - name: {{ files.release_program }}
+    - source: salt://{{ tpldir }}/files/kcm-release-lease.py
+    - user: root
+    - group: root
+    - mode: '0755'
+    - makedirs: true
+    - require:
+      - kcm_config: kcm-config-validated
+
 kcm-service-unit:
   file.managed:
     - name: {{ files.unit }}
@@ -37,9 +49,11 @@ kcm-service-unit:
         group: {{ kcm.group }}
         version: {{ kcm.version }}
         log_dir: {{ (kcm.paths.logs ~ '/kube-controller-manager') if kcm.log_to_file else '' }}
+        release: {{ salt['kcm_release.exec_line'](kcm) | json }}
     - require:
       - kcm_config: kcm-config-validated
       - kcm_install: kcm-install-binary
+      - file: kcm-service-release-program
 
 {%- if kcm.service.manage %}
 

@@ -3,8 +3,11 @@
 import base64
 import hashlib
 import os
+import re
+import shlex
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -84,6 +87,15 @@ def test_apply_lays_down_a_working_kcm(state, tmp_path, test_pki, version):
     # the insecure port is closed with --port=0 before v1.22; later releases reject or ignore it
     assert flags.get("port") == ("0" if minor < 22 else None)
     assert "Restart=always" in unit and "User=root" in unit
+    # The Lease release step after every exit, for Lease locks (v1.20+); never for older locks.
+    program = Path(paths["install"]) / "libexec" / "kcm-release-lease"
+    assert stat.S_IMODE(program.stat().st_mode) == 0o755 and program.stat().st_uid == 0
+    stop_post = release_line(unit)
+    if minor >= 20:
+        assert stop_post == [f"-{sys.executable}", "-I", str(program), "--kubeconfig", str(kubeconfig),
+                             "--namespace", "kube-system", "--name", "kube-controller-manager", "--budget", "2"]
+    else:
+        assert stop_post is None
     unit_path = Path(paths["unit"]) / "kube-controller-manager.service"
     verify = subprocess.run(["systemd-analyze", "verify", str(unit_path)], capture_output=True, text=True)
     # systemd-analyze exits 0 on some bad lines and only warns: no warning about our unit may appear
@@ -92,6 +104,38 @@ def test_apply_lays_down_a_working_kcm(state, tmp_path, test_pki, version):
 
     again = state.apply("kcm", pillar=pillar)
     assert not failed(again) and changed(again) == [], changed(again)
+
+
+def release_line(unit_text):
+    """The argv of the unit's one ExecStopPost= (its '-' prefix kept), or None."""
+    lines = [line for line in unit_text.splitlines() if line.startswith("ExecStopPost=")]
+    assert len(lines) <= 1, lines
+    return shlex.split(lines[0][len("ExecStopPost="):]) if lines else None
+
+
+def test_release_on_exit_switch_adds_and_removes_the_stop_hook(state, tmp_path, test_pki):
+    version = "v1.37.2"
+    tarball = build_tarball(tmp_path / "dl", version)
+    off = sandbox_pillar(tmp_path, tarball, version, test_pki, leader_election={"release_on_exit": False},
+                         identity="k8s-01")
+    assert not failed(state.apply("kcm", pillar=off))
+    unit_path = Path(off["kcm"]["paths"]["unit"]) / "kube-controller-manager.service"
+    assert release_line(unit_path.read_text()) is None
+
+    on = sandbox_pillar(tmp_path, tarball, version, test_pki, identity="k8s-01")
+    ret = state.apply("kcm", pillar=on)
+    assert not failed(ret) and "kcm-service-unit" in changed(ret)
+    stop_post = release_line(unit_path.read_text())
+    assert stop_post[0].startswith("-") and stop_post[-2:] == ["--identity", "k8s-01"]
+    verify = subprocess.run(["systemd-analyze", "verify", str(unit_path)], capture_output=True, text=True)
+    complaints = [line for line in verify.stderr.splitlines() if "kube-controller-manager.service" in line]
+    assert verify.returncode == 0 and complaints == [], verify.stderr
+
+    bad = sandbox_pillar(tmp_path, tarball, version, test_pki, leader_election={"release_on_exit": "sometimes"})
+    ret = state.apply("kcm", pillar=bad)
+    comment = next(r.comment for r in ret if r.id == "kcm-config-validated")
+    assert "kcm:leader_election:release_on_exit: 'sometimes' is not a boolean (true or false)" in comment
+    assert changed(ret) == []
 
 
 def test_bad_pillar_changes_nothing(state, tmp_path, test_pki):
@@ -166,3 +210,20 @@ def tree_digest(root):
             h.update(path.read_bytes())
             h.update(str(path.stat().st_mode).encode())
     return h.hexdigest()
+
+
+@pytest.mark.parametrize("version", ["v1.14.2", VERSIONS[-1]])
+def test_the_rendered_unit_is_sandboxed_to_an_exposure_of_at_most_1_5(state, tmp_path, test_pki, version):
+    # An unprivileged owner, as on a real master (the sandbox pillar's root would be scored too).
+    tarball = build_tarball(tmp_path / "dl", version)
+    pillar = sandbox_pillar(tmp_path, tarball, version, test_pki, user="nobody", group="nogroup")
+    ret = state.apply("kcm", pillar=pillar)
+    assert not failed(ret), failed(ret)
+    unit_path = Path(pillar["kcm"]["paths"]["unit"]) / "kube-controller-manager.service"
+
+    analyzed = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager", str(unit_path)],
+                              capture_output=True, text=True, cwd=unit_path.parent)
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", analyzed.stdout)
+    assert match, analyzed.stdout + analyzed.stderr
+    assert float(match.group(1)) <= 1.5, analyzed.stdout
+    assert "User=nobody" in unit_path.read_text()

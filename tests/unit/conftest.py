@@ -3,6 +3,8 @@ from pathlib import Path
 
 import pytest
 
+from kcmlab.controlplane import CertificateAuthority
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -27,3 +29,15 @@ def kcm_config(kcm_flags):
     module.__grains__ = {"ip4_interfaces": {"eth2": ["10.10.10.21"], "lo": ["127.0.0.1"]}}
     module.__opts__ = {"cachedir": "/var/cache/salt/minion"}
     return module
+
+
+@pytest.fixture(scope="module")
+def ca():
+    """A cluster CA for the loopback HTTPS stand-ins."""
+    return CertificateAuthority("unit-test-cluster-ca")
+
+
+@pytest.fixture(scope="module")
+def client_pem(ca):
+    """(cert, key) PEMs of a KCM client certificate (CN system:kube-controller-manager) from ``ca``."""
+    return ca.issue("system:kube-controller-manager", client=True)

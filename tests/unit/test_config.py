@@ -47,6 +47,8 @@ def test_good_config_has_no_problem(check):
          "kcm:leader_election: expected lease_duration > renew_deadline > 1.2 x retry_period, got 10s / 15s / 2s"),
         ({"leader_election": {"lease_duration": "15s", "renew_deadline": "2s", "retry_period": "2s"}},
          "kcm:leader_election: expected lease_duration > renew_deadline > 1.2 x retry_period, got 15s / 2s / 2s"),
+        ({"leader_election": dict(DEFAULTS["leader_election"], release_on_exit="yes")},
+         "kcm:leader_election:release_on_exit: 'yes' is not a boolean (true or false)"),
         ({"apiserver": "http://10.10.10.20:8080"},
          "kcm:apiserver: 'http://10.10.10.20:8080' is not an https:// URL such as https://10.10.10.20:6443"),
         ({"secure_port": 70000}, "kcm:secure_port: '70000' is not a port number (1-65535)"),

@@ -8,7 +8,6 @@ import importlib.util
 import json
 import os
 import socket
-import ssl
 import stat
 import sys
 import threading
@@ -21,6 +20,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 from kcmlab.controlplane import CertificateAuthority  # noqa: E402
+from tests.support.tls import server_context  # noqa: E402
 
 LEASE_PATH = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/kube-controller-manager"
 KCM_CN = "system:kube-controller-manager"
@@ -89,14 +89,7 @@ class TLSServer(http.server.ThreadingHTTPServer):
 
     def __init__(self, tmp_path, ca, names=("127.0.0.1",), client_ca=None):
         super().__init__(("127.0.0.1", 0), _Handler)
-        cert, key = ca.issue("test-server", server=True, names=list(names))
-        (tmp_path / "srv.pem").write_text(cert)
-        (tmp_path / "srv-key.pem").write_text(key)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(tmp_path / "srv.pem", tmp_path / "srv-key.pem")
-        if client_ca is not None:
-            context.verify_mode = ssl.CERT_OPTIONAL
-            context.load_verify_locations(cadata=client_ca.cert_pem)
+        context = server_context(tmp_path, ca, names, client_ca=client_ca)
         self.socket = context.wrap_socket(self.socket, server_side=True)
         self.routes = {}
         self.seen = []
@@ -108,16 +101,6 @@ class TLSServer(http.server.ThreadingHTTPServer):
         request = super().get_request()
         self.connections += 1
         return request
-
-
-@pytest.fixture(scope="module")
-def ca():
-    return CertificateAuthority("kcm-api-test-ca")
-
-
-@pytest.fixture(scope="module")
-def client_pem(ca):
-    return ca.issue(KCM_CN, client=True)
 
 
 @pytest.fixture

@@ -174,11 +174,24 @@ def test_no_leader_after_expiry_plus_grace_then_recovered_when_one_takes_over():
     assert events[-1]["condition"] == "no_leader"
 
 
-def test_released_lease_is_no_leader_after_debounce():
+def test_a_released_lease_taken_within_the_grace_announces_only_the_change():
     run = healthy_run(until=T0 + 3)
     released = dict(lease(None, renewed=T0 + 4), holder=None, lease_duration_seconds=1)
+    # The grace of an expired lease: its 1 s plus stale_after retry periods (3 s here).
     assert run.poll(released, T0 + 4) == []
-    assert tags(run.poll(released, T0 + 5)) == ["no_leader"]
+    assert run.poll(released, T0 + 5) == []
+    assert run.poll(released, T0 + 6) == []
+    events = run.poll(lease("master-3", renewed=T0 + 7, transitions=2), T0 + 7)
+    assert tags(events) == ["changed"]
+
+
+def test_a_released_lease_nobody_takes_is_no_leader_after_the_grace_and_debounce():
+    run = healthy_run(until=T0 + 3)
+    released = dict(lease(None, renewed=T0 + 4), holder=None, lease_duration_seconds=1)
+    for second in (4, 5, 6, 7, 8):
+        assert run.poll(released, T0 + second) == [], second
+    assert run.poll(released, T0 + 9) == []  # first poll past the grace: debounced
+    assert tags(run.poll(released, T0 + 10)) == ["no_leader"]
 
 
 def test_unreachable_is_debounced_and_carries_a_short_reason():

@@ -322,6 +322,8 @@ def setup(module, service, state_ret=None, run_all=None, show_sls=None, prefligh
         "kcm.preflight": rec("kcm.preflight", preflight or {"ok": True, "version": "v1.37.2"}),
         "kcm_flags.render": rec("kcm_flags.render", lambda cfg: [f"--v={cfg.get('verbosity')}"]),
         "kcm_config.validate": rec("kcm_config.validate", ["kcm:secure_port: 'x' is not a port"]),
+        "kcm_release.run": rec("kcm_release.run", {"result": True, "released": True,
+                                                   "comment": "kcm-release-lease: released Lease"}),
     }
     return rec
 
@@ -347,6 +349,47 @@ def test_control_cmd_gets_the_action_appended_and_runs_without_a_shell(module):
     [(_, (argv,), kwargs)] = [c for c in rec.calls if c[0] == "cmd.run_all"]
     assert argv == ["/usr/local/bin/kcmctl", "--node", "master 1", "stop"]
     assert kwargs["python_shell"] is False
+
+
+def control_calls(rec):
+    return [c[1][0][-1] if c[0] == "cmd.run_all" else c[0] for c in rec.calls
+            if c[0] in ("cmd.run_all", "kcm_release.run")]
+
+
+def test_without_systemd_a_stop_is_followed_by_the_release_step(module):
+    rec = setup(module, {"manage": False, "control_cmd": "kcmctl"})
+
+    result = module.stop()
+
+    assert control_calls(rec) == ["stop", "kcm_release.run"]
+    assert result["result"] is True and result["released"] is True
+    assert "released Lease" in result["comment"]
+
+
+def test_without_systemd_a_restart_releases_between_the_stop_and_the_start(module):
+    rec = setup(module, {"manage": False, "control_cmd": "kcmctl"})
+
+    result = module.restart()
+
+    assert control_calls(rec) == ["stop", "kcm_release.run", "start"]
+    assert result["result"] is True and result["how"] == "control_cmd"
+
+
+def test_a_failed_stop_releases_nothing_and_starts_nothing(module):
+    rec = setup(module, {"manage": False, "control_cmd": "kcmctl"},
+                run_all={"retcode": 1, "stdout": "", "stderr": "still running\n"})
+
+    result = module.restart()
+
+    assert control_calls(rec) == ["stop"] and result["result"] is False
+
+
+def test_with_systemd_the_unit_releases_by_itself(module):
+    rec = setup(module, {"manage": True, "name": "kube-controller-manager"})
+
+    module.stop()
+
+    assert "kcm_release.run" not in names(rec)
 
 
 def test_unmanaged_service_without_control_cmd_is_an_error_naming_the_keys(module):
