@@ -68,7 +68,7 @@ def main():
     version = bindir.name
     results = {"orchestration": [], "plain apply": []}
     with tempfile.TemporaryDirectory(prefix="kcmb-", dir="/tmp") as tmp, \
-            LabCluster(bindir, Path(tmp), suite="bench-rolling", election=SHORT_ELECTION) as cluster:
+            LabCluster(bindir, Path(tmp), suite="bench-roll", election=SHORT_ELECTION) as cluster:
         cluster.deploy()
         verbosity = 2
         for _ in range(args.runs):
