@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import anchors, k8s_bin, machine, median
+from common import k8s_bin, lab_timings, machine, median
 
 from kcmlab.cluster import LabCluster, changed_states
 
@@ -66,7 +66,7 @@ def main():
     extra = median(again) - median(baseline)
     print(f"{'re-apply minus baseline':<34}{extra:>10.2f}   goal <= 1.00 s: {'met' if extra <= 1 else 'MISSED'}")
     print(f"{'states changed on re-apply':<34}{len(changed):>10}   goal 0: {'met' if not changed else changed}")
-    anchors(timings)
+    lab_timings(timings)
 
 
 if __name__ == "__main__":

@@ -34,11 +34,11 @@ def machine():
             f" Salt {salt.version.__version__}")
 
 
-def anchors(timings):
-    """Print the lab's own timings (boot, minions answering, first apply, first leader): what a
-    measure above is to be read against when the machine or the run differs."""
+def lab_timings(timings):
+    """Print the lab's own timings (boot, minions answering, first apply, first leader): how
+    loaded this machine was while the measures above were taken."""
     for name, value in timings.items():
-        print(f"anchor: {name}: {value:.2f} s")
+        print(f"lab: {name}: {value:.2f} s")
 
 
 def k8s_bin():
