@@ -232,6 +232,7 @@ def initial_state():
         "version": STATE_VERSION,
         "seen": False,
         "record": {},
+        "held": {},
         "fingerprint": None,
         "changed_at": None,
         "offset": None,
@@ -400,9 +401,13 @@ def step(previous, observation, now, settings, me=()):
         if current_print != state["fingerprint"]:
             _note_change(state, record, now)
             state["fingerprint"] = current_print
-        old = state["record"]
+        # A released Lease (no holder) between two holders is a handover from the last one
+        # that held it, not from nobody.
+        old = state.get("held") or state["record"]
         if state["seen"] and record.get("holder") and record.get("holder") != old.get("holder"):
             events.extend(_holder_events(old, record, me))
+        if record.get("holder"):
+            state["held"] = record
         state["record"] = record
         state["seen"] = True
         state["polled_at"] = now
@@ -689,7 +694,60 @@ def beacon(config):
             "kcm_leader: %s: %s (serial %s) has %s days left (threshold %s)",
             event["tag"], event["cert"], event["serial"], event["days_left"], event.get("threshold"),
         )
-    return events + cert_events
+    return _signed(events + cert_events)
+
+
+def signed_message(kind, data):
+    """
+    Return the bytes an event signature covers: the kind (the tag's last part) and every
+    field but ``sig`` and the bus's own ``_``-prefixed ones, as canonical JSON. The
+    kcm_alert runner rebuilds the same bytes to verify.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call kcm_leader.signed_message changed '{"id": "master-1"}'
+    """
+    fields = {k: v for k, v in data.items() if k != "sig" and not str(k).startswith("_")}
+    return json.dumps({"kind": kind, "data": fields}, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _signed(events):
+    """Sign each event with this minion's Salt key (pki_dir/minion.pem).
+
+    The master fires batched beacon events with the data the minion sent, so any minion
+    could send one naming another; the signature, checked by the runner against the
+    accepted key of the minion the tag names, tells a real report from a forged one.
+    """
+    if not events:
+        return events
+    try:
+        key = __context__.get("kcm_leader.signing_key") or _load_signing_key()
+        __context__["kcm_leader.signing_key"] = key
+    except (OSError, ValueError) as exc:
+        log.warning("kcm_leader: cannot read this minion's key to sign events (%s); sending them unsigned", exc)
+        return events
+    import base64
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    out = []
+    for event in events:
+        # Wall clock, not _now(): the runner compares it with its own clock.
+        event = dict(event, id=__opts__["id"], signed_at=round(time.time(), 3))
+        kind = event.pop("tag")
+        signature = key.sign(signed_message(kind, event), padding.PKCS1v15(), hashes.SHA256())
+        out.append(dict(event, tag=kind, sig=base64.b64encode(signature).decode()))
+    return out
+
+
+def _load_signing_key():
+    from cryptography.hazmat.primitives import serialization
+
+    with open(os.path.join(__opts__.get("pki_dir", ""), "minion.pem"), "rb") as fh:
+        return serialization.load_pem_private_key(fh.read(), password=None)
 
 
 def _persist(path, state):

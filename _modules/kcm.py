@@ -560,6 +560,17 @@ def _render(config):
         raise _Failure("malformed", f"config has no key {exc} (expected a resolved kcm config)") from None
 
 
+def _systemd_argv(config, binary):
+    """The argv systemd builds from the unit's ExecStart= line, with ``binary`` as argv[0]."""
+    _render(config)
+    try:
+        line = __salt__["kcm_flags.exec_start"](config, binary=binary)
+        # Read as the unit file carries it (continuations included), not as a pre-split list.
+        return __utils__["kcm_systemd.parse_exec_start"](f"[Service]\nExecStart={line}\n")  # noqa: F821
+    except ValueError as exc:
+        raise _Failure("malformed", f"the rendered ExecStart= line is not what systemd would run: {exc}") from None
+
+
 def args(config=None):
     """
     Return the flags the formula renders for KCM (``--name=value``, sorted): the same
@@ -587,7 +598,10 @@ def preflight(binary=None, config=None):
     ``{"ok": False, "error": <the binary's own message>, "binary": ...}`` (non-zero exit).
 
     KCM parses every flag before it handles ``--version``, so a flag the release does
-    not know is refused here without starting anything.
+    not know is refused here without starting anything. The argv is the one systemd
+    builds from the unit's ``ExecStart=`` line (``kcm_flags.exec_start`` parsed by
+    ``kcm_systemd.parse_exec_start``: quoting, ``%%``, ``$$``), with ``binary`` as argv[0],
+    so a value that only breaks after systemd's splitting is refused here too.
 
     binary
         Default: the deployed ``files.binary``.
@@ -606,7 +620,7 @@ def preflight(binary=None, config=None):
         binary = binary or (config.get("files") or {}).get("binary")
         if not binary:
             raise _Failure("not_deployed", "no binary= given and the config has no files.binary")
-        proc = _run([binary, *_render(config), "--version"])
+        proc = _run([*_systemd_argv(config, binary), "--version"])
     except _Failure as exc:
         return _from_exception(exc)
     match = _VERSION_RE.search(proc.stdout or "")

@@ -365,6 +365,23 @@ def render(config):
     return [f"--{name}={_value(value)}" for name, value in sorted(flags(config).items())]
 
 
+def exec_start(config, binary=None):
+    """
+    Return the ``ExecStart=`` value of the unit for a resolved config: ``binary``
+    (default: the active ``files.binary``) and :func:`render`'s flags, each word escaped
+    by systemd's quoting rules (``kcm_systemd.command_line``). The unit template writes
+    this string as it is, and ``kcm.preflight`` runs what systemd makes of it.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' kcm_flags.exec_start "$(salt-call --out=json kcm_config.deployed)"
+    """
+    binary = binary or config["files"]["binary"]
+    return __utils__["kcm_systemd.command_line"]([binary, *render(config)])  # noqa: F821
+
+
 def problems(config):
     """
     Return what the version table knows to be wrong with the final flags of ``config``

@@ -18,7 +18,6 @@ release step is rendered and failover stays what KCM does by itself.
 """
 
 import logging
-import re
 import sys
 
 log = logging.getLogger(__name__)
@@ -29,7 +28,6 @@ DEFAULT_NAMESPACE = "kube-system"
 DEFAULT_NAME = "kube-controller-manager"
 # What the release step may take, connect included; a stop never waits longer on it.
 BUDGET = 2.0
-_PLAIN_ARG = re.compile(r"^[A-Za-z0-9_./:@+,=-]+$")
 
 
 def __virtual__():
@@ -87,14 +85,6 @@ def command(config, python=None):
     return argv
 
 
-def _systemd_quote(arg):
-    # systemd expands %specifiers and $VARIABLES in Exec lines: neither may reach ours.
-    arg = arg.replace("%", "%%").replace("$", "$$")
-    if _PLAIN_ARG.match(arg):
-        return arg
-    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def exec_line(config, python=None):
     """
     Return :func:`command` as the text of a systemd ``ExecStopPost=`` (quoted for systemd),
@@ -106,7 +96,9 @@ def exec_line(config, python=None):
 
         salt '*' kcm_release.exec_line "$(salt-call --out=json kcm_config.deployed)"
     """
-    return " ".join(_systemd_quote(arg) for arg in command(config, python=python))
+    argv = command(config, python=python)
+    # The one systemd escaping of the formula (kcm_systemd), as for ExecStart=.
+    return __utils__["kcm_systemd.command_line"](argv, continuation=False) if argv else ""  # noqa: F821
 
 
 def run(config=None):

@@ -44,6 +44,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 
@@ -66,7 +67,21 @@ DEFAULTS = {
     "condition_ttl": 86400,
     "event_ttl": 3600,
     "dedupe_ttl": 86400,
+    # Who may report: the KCM masters (salt.utils.minions target, matched without greed:
+    # a minion with no cached grains does not match a grain target).
+    "reporters": {"tgt": "role:k8s-master", "tgt_type": "grain"},
+    "signature_window": 300,
 }
+
+MINION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
+# What one report may make the runner keep: strings are cut, nested values dropped, and
+# the store holds at most this many keys, the oldest evicted first.
+MAX_TEXT = 256
+MAX_FIELDS = 40
+MAX_SEEN = 1000
+MAX_OPEN = 200
+# A certificate alert's key is kept until notAfter, but never longer than this.
+MAX_KEEP_SECONDS = 2 * 366 * 86400
 
 ALERTS = {
     "cert_expiring": ("KCMCertExpiring", "warning"),
@@ -150,16 +165,39 @@ def _read_store(path):
     except (OSError, ValueError) as exc:
         log.error("kcm_alert: dedupe file %s unreadable (%s); starting a new one", path, exc)
         store = {}
-    store.setdefault("seen", {})
-    store.setdefault("open", {})
+    return _well_formed(store, path)
+
+
+def _well_formed(store, path):
+    """The store with only what the runner can use; a wrong shape is reset with a warning."""
+    if not isinstance(store, dict):
+        log.warning("kcm_alert: dedupe file %s holds %s, not a mapping; starting a new one",
+                    path, type(store).__name__)
+        store = {}
+    for part in ("seen", "open"):
+        value = store.get(part, {})
+        if not isinstance(value, dict):
+            log.warning("kcm_alert: dedupe file %s: '%s' is %s, not a mapping; reset", path, part,
+                        type(value).__name__)
+            value = {}
+        store[part] = {k: v for k, v in value.items() if isinstance(v, dict)}
     return store
 
 
 def _write_store(path, store):
+    """Write atomically; on failure (a full disk) log, leave no temp file and go on:
+    losing dedupe state risks a duplicate alert, losing the alert is worse."""
     fd, tmp = tempfile.mkstemp(prefix=".dedupe-", dir=os.path.dirname(path))
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(store, handle, sort_keys=True)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(store, handle, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.error("kcm_alert: cannot write dedupe file %s (%s); alerts are still sent", path, exc)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
 
 
 def _prune(store, oldest):
@@ -173,6 +211,11 @@ def _prune(store, oldest):
         slot: entry for slot, entry in store["open"].items()
         if not slot.startswith("cert|") or (entry.get("keep_until") or 0) >= oldest
     }
+    for part, cap in (("seen", MAX_SEEN), ("open", MAX_OPEN)):
+        if len(store[part]) > cap:
+            newest = sorted(store[part].items(), key=lambda item: _number(item[1].get("at")) or 0)[-cap:]
+            log.warning("kcm_alert: dedupe store over %s %s entries; the oldest are dropped", cap, part)
+            store[part] = dict(newest)
 
 
 # --------------------------------------------------------------------------
@@ -357,10 +400,10 @@ def _decide_cert(store, kind, data, reporter, cfg, now):
     key = dedupe_key(kind, data, reporter)
     if not _claimable(store["seen"].get(key), now):
         return [], resolve, None
-    expiry = _epoch(data.get("not_after")) or now
+    expiry = min(_epoch(data.get("not_after")) or now, now + MAX_KEEP_SECONDS)
     store["seen"][key] = {"at": now, "status": "sending", "reporter": reporter, "keep_until": expiry}
     slot = _cert_slot(data, reporter)
-    current = store["open"].setdefault(slot, {"serial": str(data.get("serial")), "alerts": []})
+    current = store["open"].setdefault(slot, {"serial": str(data.get("serial")), "alerts": [], "at": now})
     current["keep_until"] = expiry
     current["alerts"] = [a for a in current["alerts"] if a["labels"] != alert["labels"]] + [alert]
     return [alert], resolve, (key, None)
@@ -412,7 +455,7 @@ def _decide(store, kind, data, reporter, cfg, now):
             return fire, resolve, None
         alert = {name: current[name] for name in ("labels", "annotations", "startsAt", "endsAt")}
     elif kind in CONDITIONS:
-        store["open"][slot] = dict(alert, reporters=[reporter], delivered=False)
+        store["open"][slot] = dict(alert, reporters=[reporter], delivered=False, at=now)
     fire.append(alert)
     return fire, resolve, (key, slot)
 
@@ -491,6 +534,115 @@ def _report(kind, action, alerts, results, reporter):
 
 
 # --------------------------------------------------------------------------
+# trust: is this a report from a KCM master?
+# --------------------------------------------------------------------------
+
+
+def _reporter_of(tag):
+    parts = str(tag or "").split("/")
+    if len(parts) == 5 and parts[:2] == ["salt", "beacon"] and parts[3] == "kcm_leader":
+        return parts[2]
+    return None
+
+
+def _accepted_key(minion_id):
+    return os.path.join(__opts__["pki_dir"], "minions", minion_id)
+
+
+def _is_kcm_master(minion_id, cfg):
+    import salt.utils.minions
+
+    target = cfg["reporters"] or {}
+    found = salt.utils.minions.CkMinions(__opts__).check_minions(
+        target.get("tgt", ""), tgt_type=target.get("tgt_type", "glob"), greedy=False)
+    return minion_id in (found.get("minions") or [])
+
+
+def _signature_problem(key_path, kind, data, now, window):
+    """Why ``data['sig']`` is not the reporter's signature of this event, or None."""
+    import base64
+
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    signed_at = _number(data.get("signed_at"))
+    if not isinstance(data.get("sig"), str) or signed_at is None:
+        return "unsigned"
+    if abs(now - signed_at) > window:
+        return f"signed {int(now - signed_at)} s ago (window {window} s)"
+    try:
+        with open(key_path, "rb") as handle:
+            public = serialization.load_pem_public_key(handle.read())
+        public.verify(base64.b64decode(data["sig"]), signed_message(kind, data), padding.PKCS1v15(),
+                      hashes.SHA256())
+    except (OSError, ValueError, TypeError, InvalidSignature):
+        return "the signature is not the reporter's"
+    return None
+
+
+def signed_message(kind, data):
+    """
+    Return the bytes the kcm_leader beacon signs (its own ``signed_message``): the kind and
+    every field but ``sig`` and the bus's ``_``-prefixed ones, as canonical JSON.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run kcm_alert.signed_message changed '{"id": "master-1", "transitions": 4}'
+    """
+    fields = {k: v for k, v in data.items() if k != "sig" and not str(k).startswith("_")}
+    return json.dumps({"kind": kind, "data": fields}, sort_keys=True, separators=(",", ":")).encode()
+
+
+def refusal(tag, data, cfg=None, now=None):
+    """
+    Say why the event ``tag``/``data`` is not a report the runner may act on, or return
+    ``None``. A report must come from the minion its tag names (a well-formed id with an
+    accepted key, the same ``id`` in the data), that minion must be a KCM master
+    (``kcm_alert:reporters``, default grain ``role:k8s-master``), and the event must carry
+    that minion's signature made within ``signature_window`` seconds: the master relays
+    batched beacon events with the data the minion sent, so only the signature, checked
+    against the key the master accepted, ties a report to its sender.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run kcm_alert.refusal tag=salt/beacon/web-1/kcm_leader/changed data='{"id": "web-1"}'
+    """
+    cfg = cfg or _config()
+    now = _now() if now is None else now
+    data = data if isinstance(data, dict) else {}
+    reporter = _reporter_of(tag)
+    if reporter is None or not MINION_ID_RE.match(reporter):
+        return f"the tag {str(tag)[:80]!r} names no minion"
+    if data.get("id") != reporter:
+        return f"the tag names {reporter} but the event comes from {str(data.get('id'))[:80]!r}"
+    key_path = _accepted_key(reporter)
+    if not os.path.isfile(key_path):
+        return f"{reporter} has no accepted key"
+    if not _is_kcm_master(reporter, cfg):
+        return f"{reporter} is not a KCM master (kcm_alert:reporters {cfg['reporters']})"
+    return _signature_problem(key_path, _kind_of(tag), data, now, float(cfg["signature_window"]))
+
+
+def _bounded(data):
+    """What of a report the runner keeps: scalars and short lists, strings cut to MAX_TEXT."""
+    def cut(value):
+        return value[:MAX_TEXT] if isinstance(value, str) else value
+
+    out = {}
+    for key, value in list(data.items())[:MAX_FIELDS]:
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            out[str(key)[:64]] = cut(value)
+        elif isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value[:10]):
+            out[str(key)[:64]] = [cut(v) for v in value[:10]]
+    return out
+
+
+# --------------------------------------------------------------------------
 # entry point
 # --------------------------------------------------------------------------
 
@@ -517,9 +669,9 @@ def handle(tag, data):
         salt-run kcm_alert.handle tag=salt/beacon/master-1/kcm_leader/changed \\
             data='{"id": "master-1", "cluster": "prod", "transitions": 4, "new_node": "master-2"}'
     """
-    data = dict(data or {})
+    data = dict(data) if isinstance(data, dict) else {}
     kind = _kind_of(tag)
-    reporter = data.get("id") or "unknown"
+    reporter = str(data.get("id") or "unknown")[:MAX_TEXT]
     result = {"kind": kind, "reporter": reporter, "fired": [], "resolved": [], "duplicate": False, "failed": False}
     if kind not in ALERTS and kind not in ("recovered", "cert_renewed"):
         # acquired / lost ride along with changed; nothing to alert on its own.
@@ -527,6 +679,12 @@ def handle(tag, data):
         return result
     cfg = _config()
     now = _now()
+    why = refusal(tag, data, cfg, now)
+    if why:
+        log.warning("kcm_alert: refused %s: %s", str(tag)[:120], why)
+        _fire("kcm/alert/refused", {"tag": str(tag)[:MAX_TEXT], "reporter": reporter, "reason": why})
+        return dict(result, refused=why)
+    data = _bounded(data)
     with _locked_store(cfg["dedupe_file"], cfg["dedupe_ttl"]) as store:
         fire, resolve, claim = _decide(store, kind, data, reporter, cfg, now)
 

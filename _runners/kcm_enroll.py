@@ -9,16 +9,22 @@ Wired by ``kcm.master`` (pillar ``kcm:master:enroll``): the reactor maps
 """
 
 import logging
+import os
+import re
 
 import salt.cache
 import salt.client
 import salt.utils.event
 import salt.utils.files
+import salt.utils.verify
 
 log = logging.getLogger(__name__)
 
 __virtualname__ = "kcm_enroll"
 BANK = "kcm/enroll"
+# Stricter than Salt's valid_id: no glob, space or path characters, so an id can only
+# ever name one minion and one cache entry.
+MINION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
 
 
 def __virtual__():
@@ -26,8 +32,6 @@ def __virtual__():
 
 
 def _lock_path():
-    import os
-
     return os.path.join(__opts__["cachedir"], "kcm-enroll.lock")
 
 
@@ -58,12 +62,66 @@ def forget(minion_id):
     return True
 
 
+def refusal(minion_id):
+    """
+    Say why ``minion_id`` may not be enrolled, or return ``None``: it must be a
+    well-formed minion id (Salt's ``valid_id`` and no glob, space or path characters)
+    whose key this master has accepted.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run kcm_enroll.refusal 'nobody or *'
+    """
+    if not isinstance(minion_id, str) or not MINION_ID_RE.match(minion_id) \
+            or not salt.utils.verify.valid_id(__opts__, minion_id):
+        return f"{str(minion_id)[:80]!r} is not a well-formed minion id"
+    if not os.path.isfile(os.path.join(__opts__["pki_dir"], "minions", minion_id)):
+        return f"{minion_id} has no accepted key"
+    return None
+
+
+def _refused(minion_id, why):
+    log.warning("kcm_enroll: not enrolling %s: %s", str(minion_id)[:80], why)
+    with salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=False) as bus:
+        bus.fire_event({"minion": str(minion_id)[:256], "reason": why}, "kcm/enroll/refused")
+    return {"minion": minion_id, "result": "refused", "reason": why}
+
+
+def on_start(tag, sender=None, grain=None, value=None):
+    """
+    Handle a ``salt/minion/<id>/start`` event (the reactor's entry point): the minion id
+    is taken from the tag, must agree with the ``id`` the master authenticated for the
+    sender (``sender``, the event's ``data['id']``) and pass :func:`refusal`; then
+    :func:`highstate_once`.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run kcm_enroll.on_start salt/minion/master-4/start sender=master-4
+    """
+    parts = str(tag or "").split("/")
+    minion_id = parts[2] if len(parts) == 4 and parts[:2] == ["salt", "minion"] and parts[3] == "start" else None
+    if minion_id is None:
+        return _refused(tag, f"{str(tag)[:80]!r} is not a salt/minion/<id>/start tag")
+    why = refusal(minion_id)
+    if why:
+        return _refused(minion_id, why)
+    if sender is not None and sender != minion_id:
+        return _refused(minion_id, f"the start of {minion_id} was sent by {str(sender)[:80]!r}")
+    return highstate_once(minion_id, grain=grain, value=value)
+
+
 def highstate_once(minion_id, grain=None, value=None):
     """
     Run ``state.highstate`` on ``minion_id`` if it has grain ``grain:value`` and was never
     enrolled before; record it. Returns what was done: ``enrolled`` (with the job id),
-    ``already`` or ``not-a-master``. ``grain`` and ``value`` default to the master config
-    ``kcm_enroll: {grain: role, value: k8s-master}`` that ``kcm.master`` writes.
+    ``already``, ``not-a-master`` or ``refused`` (see :func:`refusal`). ``grain`` and
+    ``value`` default to the master config ``kcm_enroll: {grain: role, value: k8s-master}``
+    that ``kcm.master`` writes. The minion is targeted as a one-item list, and the grain
+    is read from the minion's own (authenticated) return, never from the event.
 
     CLI Example:
 
@@ -74,17 +132,19 @@ def highstate_once(minion_id, grain=None, value=None):
     settings = __opts__.get("kcm_enroll") or {}
     grain = grain or settings.get("grain", "role")
     value = value or settings.get("value", "k8s-master")
+    why = refusal(minion_id)
+    if why:
+        return _refused(minion_id, why)
     cache = salt.cache.factory(__opts__)
     # One reactor thread per event: take the lock so two starts of one minion enroll it once.
     with salt.utils.files.flopen(_lock_path(), "a"):
         if cache.contains(BANK, minion_id):
             return {"minion": minion_id, "result": "already"}
         client = salt.client.LocalClient(mopts=__opts__)
-        target = f"G@{grain}:{value} and L@{minion_id}"
-        matched = client.cmd(target, "test.true", tgt_type="compound", timeout=15)
-        if not matched:
+        answer = client.cmd([minion_id], "grains.get", [grain], tgt_type="list", timeout=15)
+        if str(answer.get(minion_id)) != str(value):
             return {"minion": minion_id, "result": "not-a-master"}
-        jid = client.cmd_async(target, "state.highstate", tgt_type="compound")
+        jid = client.cmd_async([minion_id], "state.highstate", tgt_type="list")
         cache.store(BANK, minion_id, {"jid": jid})
     log.info("kcm_enroll: %s joined as a control-plane master; highstate job %s", minion_id, jid)
     with salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=False) as bus:

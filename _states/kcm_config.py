@@ -16,7 +16,7 @@ def __virtual__():
     return __virtualname__
 
 
-def validated(name, config):
+def validated(name, config, section=None):
     """
     Succeed when the resolved config is valid; fail listing every problem otherwise.
 
@@ -24,6 +24,10 @@ def validated(name, config):
         A label for the state output (``kcm``).
     config
         The resolved config from ``map.jinja``.
+    section
+        ``master``: validate only ``kcm:master`` (``kcm.master`` on the Salt master's own
+        minion, which runs no KCM); ``paths``: only the paths, the service name and the
+        value shapes (``kcm.clean``, which needs no PKI).
 
     .. code-block:: yaml
 
@@ -32,7 +36,12 @@ def validated(name, config):
             - name: kcm
             - config: {{ kcm | json }}
     """
-    problems = __salt__["kcm_config.validate"](config)
+    if section == "master":
+        problems = __salt__["kcm_config.master_problems"](config.get("master"))
+    elif section == "paths":
+        problems = __salt__["kcm_config.path_problems"](config)
+    else:
+        problems = __salt__["kcm_config.validate"](config)
     if problems:
         return {
             "name": name,
@@ -44,5 +53,5 @@ def validated(name, config):
         "name": name,
         "result": True,
         "changes": {},
-        "comment": f"kcm config for {config.get('version')} is valid",
+        "comment": f"kcm:{section} is valid" if section else f"kcm config for {config.get('version')} is valid",
     }

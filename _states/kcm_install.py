@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+import zlib
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,8 @@ def binary_installed(name, source, version, member="", user="root", group="root"
     """
     if not os.path.isfile(source):
         if __opts__.get("test"):
-            return _ret(name, None, f"{version} would be installed from {source} once downloaded")
+            return _ret(name, None, f"{version} would be installed from {source} once downloaded",
+                        {"installed": version})
         return _ret(name, False, f"download {source} is missing")
     stamp = _source_stamp(source, member)
     if os.access(name, os.X_OK) and _read_stamp(name) == stamp:
@@ -108,6 +110,11 @@ def binary_installed(name, source, version, member="", user="root", group="root"
         os.replace(tmp, name)
     except (OSError, RuntimeError, tarfile.TarError, subprocess.SubprocessError) as exc:
         return _ret(name, False, f"cannot install kube-controller-manager {version}: {exc}")
+    except (EOFError, zlib.error) as exc:
+        # A truncated or corrupt archive (its hash can match when the hash file was made
+        # from the same broken download).
+        return _ret(name, False, f"cannot install kube-controller-manager {version}: {source} is truncated or"
+                                 f" corrupt ({exc or type(exc).__name__}); delete it to download it again")
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -129,6 +136,9 @@ def versions_pruned(name, keep=2, active=""):
             - keep: 2
             - active: v1.34.3
     """
+    if __opts__.get("test") and not os.path.lexists(name):
+        # A fresh root: the same run creates the directory and installs the first version.
+        return _ret(name, True, f"{name} does not exist yet; nothing to prune")
     try:
         entries = [e for e in os.scandir(name) if e.is_dir(follow_symlinks=False)]
     except OSError as exc:

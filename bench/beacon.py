@@ -27,7 +27,6 @@ Usage:
 import argparse
 import datetime
 import json
-import subprocess
 import tempfile
 import threading
 import time
@@ -36,8 +35,9 @@ from pathlib import Path
 import requests
 from common import k8s_bin, lab_timings
 
+from kcmlab.alertmanager import Alertmanager
 from kcmlab.cluster import SHORT_ELECTION, LabCluster
-from kcmlab.controlplane import free_port, node_of, wait_until
+from kcmlab.controlplane import node_of, wait_until
 from kcmlab.masterless import kcm_master_config
 from kcmlab.rootfs import SALT_ROOT
 
@@ -60,19 +60,6 @@ def poll_cost(cluster, name, polls):
           f"new TCP connections in {n} polls: {r['new_connections']}")
     print(f"  RSS after 10 polls: {r['rss_10']} KiB; after {polls} polls: {r['rss_n']} KiB "
           f"(ratio {r['rss_n'] / r['rss_10']:.3f})")
-
-
-def start_alertmanager(workdir):
-    port = free_port()
-    config = workdir / "am.yml"
-    config.write_text("route: {receiver: 'null', group_wait: 1s}\nreceivers: [{name: 'null'}]\n")
-    proc = subprocess.Popen(["/usr/bin/prometheus-alertmanager", f"--config.file={config}",
-                             f"--storage.path={workdir / 'am-data'}", f"--web.listen-address=127.0.0.1:{port}",
-                             "--cluster.listen-address="], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: requests.get(url + "/-/ready", timeout=2).ok, 30, "alertmanager")
-    return proc, url
 
 
 def epoch(rfc3339):
@@ -180,9 +167,13 @@ def main():
     interval = INTERVAL[args.election]
     with tempfile.TemporaryDirectory(prefix="kcm-bench-beacon-", dir="/tmp") as tmp:
         workdir = Path(tmp)
-        am, am_url = start_alertmanager(workdir)
+        am = Alertmanager(workdir / "alertmanager").start()
+        am_url = am.url
         try:
-            conf = kcm_master_config(workdir / "master-host", {"alertmanager_urls": [am_url]})
+            # A loopback Alertmanager (http), and the lab's masters as the reporters the runner trusts.
+            conf = kcm_master_config(workdir / "master-host", {
+                "alertmanager_urls": [am_url], "allow_http": True,
+                "reporters": {"tgt": "master-*", "tgt_type": "glob"}})
             # The lab CA lives 7 days: no certificate alerts in a benchmark of leader alerts.
             beacon = {"interval": interval, "cert_thresholds": []}
             with LabCluster(k8s_bin(), workdir / "lab", suite="bench-beacon", election=ELECTIONS[args.election],
@@ -193,8 +184,7 @@ def main():
                     latency(cluster, args.election, interval, am_url)
                 lab_timings(cluster.timings)
         finally:
-            am.terminate()
-            am.wait(10)
+            am.stop()
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import importlib.util
 import ipaddress
 import json
 import logging
@@ -37,6 +38,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 log = logging.getLogger(__name__)
 
@@ -614,29 +617,22 @@ class ControlPlane:
 # ---------------------------------------------------------------------------------------------
 # kube-controller-manager from a rendered unit
 
-_SPECIFIER = re.compile(r"%(.)")
-_ENV_REFERENCE = re.compile(r"\$\{?[A-Za-z_]")
+def _product_systemd():
+    """The formula's own systemd parser (_utils/kcm_systemd.py): one reading of a unit line."""
+    spec = importlib.util.spec_from_file_location("kcm_systemd_support", REPO_ROOT / "_utils" / "kcm_systemd.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_SYSTEMD = _product_systemd()
+_service_directives = _SYSTEMD.service_directives
 
 
 def parse_exec_start(unit_text: str) -> list[str]:
-    """The argv of the single ``ExecStart=`` of a systemd unit's ``[Service]`` section.
-
-    Follows systemd's syntax where a formula's unit can use it: ``\\`` line continuations
-    (comment lines inside a continuation are skipped), quoting, ``%%``, and the ``-``/``:``/
-    ``+``/``!`` prefixes. Anything it cannot reproduce faithfully (other specifiers,
-    ``$VAR`` expansion, ``@``, several commands) is an error, so a test never runs a command
-    that differs from what systemd would run.
-    """
-    values = [value for key, value in _service_directives(unit_text) if key == "ExecStart"]
-    commands = []
-    for value in values:
-        if value.strip() == "":
-            commands = []  # an empty assignment resets the list, as in systemd
-        else:
-            commands.append(value)
-    if len(commands) != 1:
-        raise ValueError(f"expected exactly one ExecStart= in [Service], found {len(commands)}")
-    return _split_command(commands[0])
+    """The argv of the single ``ExecStart=`` of a systemd unit's ``[Service]`` section, read
+    the way systemd reads it (the product's parser; what it cannot reproduce is an error)."""
+    return _SYSTEMD.parse_exec_start(unit_text)
 
 
 def parse_environment(unit_text: str) -> dict:
@@ -649,52 +645,6 @@ def parse_environment(unit_text: str) -> dict:
                 if sep:
                     env[name] = val
     return env
-
-
-def _service_directives(unit_text: str):
-    """(key, value) pairs of the [Service] section, with continuations joined."""
-    section, pending = None, None
-    for raw in unit_text.splitlines():
-        line = raw.strip()
-        if pending is not None:
-            if line.startswith(("#", ";")):
-                continue
-            pending += " " + line
-        elif not line or line.startswith(("#", ";")):
-            continue
-        elif line.startswith("[") and line.endswith("]"):
-            section = line[1:-1]
-            continue
-        else:
-            pending = line
-        if pending.endswith("\\"):
-            pending = pending[:-1]
-            continue
-        if section == "Service" and "=" in pending:
-            key, _, value = pending.partition("=")
-            yield key.strip(), value.strip()
-        pending = None
-    if pending is not None:
-        raise ValueError("unit ends inside a '\\' line continuation")
-
-
-def _split_command(value: str) -> list[str]:
-    if _ENV_REFERENCE.search(value):
-        raise ValueError(f"ExecStart uses $VARIABLE expansion, which this runner does not do: {value[:80]}")
-    for match in _SPECIFIER.finditer(value.replace("%%", "")):
-        raise ValueError(f"ExecStart uses the systemd specifier %{match.group(1)}, which this runner does not expand")
-    argv = shlex.split(value.replace("%%", "%"))
-    while argv and argv[0][:1] in "-:+!@":
-        if argv[0].startswith("@"):
-            raise ValueError("ExecStart with the '@' prefix (separate argv[0]) is not supported")
-        argv[0] = argv[0][1:]
-    if not argv or not argv[0]:
-        raise ValueError("ExecStart= names no command")
-    if ";" in argv:
-        raise ValueError("ExecStart with several ';'-separated commands is not supported")
-    if not os.path.isabs(argv[0]):
-        raise ValueError(f"ExecStart command must be an absolute path, got {argv[0]!r}")
-    return argv
 
 
 def _refuse_other_user(unit_text: str, unit_path: Path) -> None:

@@ -55,6 +55,15 @@ class SaltMaster:
         self.extra = dict(config or {})
         self.daemon: Daemon | None = None
 
+    @classmethod
+    def attach(cls, root: Path, interface: str) -> SaltMaster:
+        """The master another process started under ``root``: its CLIs and its event bus (the
+        ports are read back from its config; stopping it is that process's business)."""
+        master = cls(root, interface)
+        config = yaml.safe_load((master.conf_dir / "master").read_text())
+        master.id, master.ret_port, master.publish_port = config["id"], config["ret_port"], config["publish_port"]
+        return master
+
     @property
     def log_path(self) -> Path:
         # Inside root_dir: Salt prefixes root_dir to any log path outside it.

@@ -25,13 +25,13 @@
 
 kcm-ca-directory:
   file.directory:
-    - name: {{ ca_dir }}
+    - name: {{ ca_dir | json }}
     - mode: '0700'
     - makedirs: true
 
 kcm-ca-cert:
   file.managed:
-    - name: {{ ca_dir }}/ca.pem
+    - name: {{ (ca_dir ~ '/ca.pem') | json }}
     - contents_pillar: kcm_ca:ca_cert
     - mode: '0644'
     - require:
@@ -39,7 +39,7 @@ kcm-ca-cert:
 
 kcm-ca-key:
   file.managed:
-    - name: {{ ca_dir }}/ca-key.pem
+    - name: {{ (ca_dir ~ '/ca-key.pem') | json }}
     - contents_pillar: kcm_ca:ca_key
     - mode: '0600'
     - show_changes: false

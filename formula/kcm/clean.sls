@@ -3,12 +3,22 @@
 {%- from tpldir ~ "/map.jinja" import kcm with context %}
 {%- set files = kcm.files %}
 
+{#- The paths to remove come from pillar: a bad one (a service name with ../) is refused
+    before anything is removed. #}
+kcm-clean-config-validated:
+  kcm_config.validated:
+    - name: kcm
+    - config: {{ kcm | json }}
+    - section: paths
+
 {%- if kcm.service.manage %}
 
 kcm-clean-service-dead:
   service.dead:
-    - name: {{ kcm.service.name }}
+    - name: {{ kcm.service.name | json }}
     - enable: false
+    - require:
+      - kcm_config: kcm-clean-config-validated
     - require_in:
       - file: kcm-clean-files
 {%- endif %}
@@ -16,17 +26,19 @@ kcm-clean-service-dead:
 kcm-clean-files:
   file.absent:
     - names:
-      - {{ files.unit }}
-      - {{ salt['file.dirname'](files.release_program) }}
-      - {{ files.kubeconfig }}
-      - {{ files.ca_cert }}
-      - {{ files.ca_key }}
-      - {{ files.cert }}
-      - {{ files.key }}
-      - {{ files.service_account_key }}
+      - {{ files.unit | json }}
+      - {{ salt['file.dirname'](files.release_program) | json }}
+      - {{ files.kubeconfig | json }}
+      - {{ files.ca_cert | json }}
+      - {{ files.ca_key | json }}
+      - {{ files.cert | json }}
+      - {{ files.key | json }}
+      - {{ files.service_account_key | json }}
 {%- if files.link %}
-      - {{ files.link }}
+      - {{ files.link | json }}
 {%- endif %}
-      - {{ files.binary }}
-      - {{ files.versions }}
-      - {{ files.deployed }}
+      - {{ files.binary | json }}
+      - {{ files.versions | json }}
+      - {{ files.deployed | json }}
+    - require:
+      - kcm_config: kcm-clean-config-validated

@@ -9,7 +9,7 @@ kcm-config-validated:
 
 kcm-config-deployed-facts:
   file.serialize:
-    - name: {{ kcm.files.deployed }}
+    - name: {{ kcm.files.deployed | json }}
     - dataset: {{ salt['kcm_config.public'](kcm) | json }}
     - serializer: json
     - mode: '0600'

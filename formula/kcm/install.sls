@@ -11,15 +11,15 @@ include:
 
 kcm-install-group:
   group.present:
-    - name: {{ kcm.group }}
+    - name: {{ kcm.group | json }}
     - system: true
     - require:
       - kcm_config: kcm-config-validated
 
 kcm-install-user:
   user.present:
-    - name: {{ kcm.user }}
-    - gid: {{ kcm.group }}
+    - name: {{ kcm.user | json }}
+    - gid: {{ kcm.group | json }}
     - system: true
     - createhome: false
     - shell: /usr/sbin/nologin
@@ -32,13 +32,13 @@ kcm-install-user:
 kcm-install-directories:
   file.directory:
     - names:
-      - {{ kcm.paths.install }}
-      - {{ files.versions }}
-      - {{ kcm.paths.bin }}
-      - {{ kcm.paths.logs }}/kube-controller-manager
-      - {{ kcm.paths.conf }}
-    - user: {{ kcm.user }}
-    - group: {{ kcm.group }}
+      - {{ kcm.paths.install | json }}
+      - {{ files.versions | json }}
+      - {{ kcm.paths.bin | json }}
+      - {{ (kcm.paths.logs ~ '/kube-controller-manager') | json }}
+      - {{ kcm.paths.conf | json }}
+    - user: {{ kcm.user | json }}
+    - group: {{ kcm.group | json }}
     - dir_mode: '0755'
     - makedirs: true
     - require:
@@ -46,7 +46,7 @@ kcm-install-directories:
 
 kcm-install-cache-directory:
   file.directory:
-    - name: {{ kcm.paths.cache }}
+    - name: {{ kcm.paths.cache | json }}
     - mode: '0700'
     - makedirs: true
     - require:
@@ -54,9 +54,9 @@ kcm-install-cache-directory:
 
 kcm-install-download:
   file.managed:
-    - name: {{ files.download }}
-    - source: {{ kcm.source.url }}
-    - source_hash: {{ kcm.source.hash }}
+    - name: {{ files.download | json }}
+    - source: {{ kcm.source.url | json }}
+    - source_hash: {{ kcm.source.hash | json }}
     - mode: '0644'
     - show_changes: false
     - require:
@@ -64,20 +64,20 @@ kcm-install-download:
 
 kcm-install-binary:
   kcm_install.binary_installed:
-    - name: {{ files.version_binary }}
-    - source: {{ files.download }}
-    - version: {{ kcm.version }}
-    - member: {{ kcm.source.member if kcm.source.type == 'tarball' else '' }}
-    - user: {{ kcm.user }}
-    - group: {{ kcm.group }}
+    - name: {{ files.version_binary | json }}
+    - source: {{ files.download | json }}
+    - version: {{ kcm.version | json }}
+    - member: {{ (kcm.source.member if kcm.source.type == 'tarball' else '') | json }}
+    - user: {{ kcm.user | json }}
+    - group: {{ kcm.group | json }}
     - require:
       - file: kcm-install-download
       - file: kcm-install-directories
 
 kcm-install-active-link:
   file.symlink:
-    - name: {{ files.binary }}
-    - target: {{ files.version_binary }}
+    - name: {{ files.binary | json }}
+    - target: {{ files.version_binary | json }}
     - atomic: true
     - force: true
     - require:
@@ -87,8 +87,8 @@ kcm-install-active-link:
 
 kcm-install-path-link:
   file.symlink:
-    - name: {{ files.link }}
-    - target: {{ files.binary }}
+    - name: {{ files.link | json }}
+    - target: {{ files.binary | json }}
     - makedirs: true
     - force: true
     - require:
@@ -97,8 +97,8 @@ kcm-install-path-link:
 
 kcm-install-prune-versions:
   kcm_install.versions_pruned:
-    - name: {{ files.versions }}
-    - keep: {{ kcm.keep_versions }}
-    - active: {{ kcm.version }}
+    - name: {{ files.versions | json }}
+    - keep: {{ kcm.keep_versions | json }}
+    - active: {{ kcm.version | json }}
     - require:
       - file: kcm-install-active-link

@@ -9,9 +9,9 @@ include:
 
 kcm-kubeconfig-directory:
   file.directory:
-    - name: {{ kcm.paths.kubeconfig }}
-    - user: {{ kcm.user }}
-    - group: {{ kcm.group }}
+    - name: {{ kcm.paths.kubeconfig | json }}
+    - user: {{ kcm.user | json }}
+    - group: {{ kcm.group | json }}
     - mode: '0755'
     - makedirs: true
     - require:
@@ -19,14 +19,20 @@ kcm-kubeconfig-directory:
 
 kcm-kubeconfig-file:
   kcm_kubeconfig.managed:
-    - name: {{ files.kubeconfig }}
-    - server: {{ kcm.apiserver }}
-    - cluster: {{ kcm.cluster }}
-    - ca_file: {{ files.ca_cert }}
-    - cert_file: {{ files.cert }}
-    - key_file: {{ files.key }}
-    - user: {{ kcm.user }}
-    - group: {{ kcm.group }}
+    - name: {{ files.kubeconfig | json }}
+    - server: {{ kcm.apiserver | json }}
+    - cluster: {{ kcm.cluster | json }}
+    - ca_file: {{ files.ca_cert | json }}
+    - cert_file: {{ files.cert | json }}
+    - key_file: {{ files.key | json }}
+    {#- the PEMs this run writes from pillar: a dry run predicts from them #}
+    - ca_pillar: kcm:pki:ca_cert
+    {%- if kcm.pki.mode == 'pillar' %}
+    - cert_pillar: kcm:pki:cert
+    - key_pillar: kcm:pki:key
+    {%- endif %}
+    - user: {{ kcm.user | json }}
+    - group: {{ kcm.group | json }}
     - require:
       - file: kcm-kubeconfig-directory
       - sls: {{ tpldir }}.pki

@@ -23,6 +23,7 @@
       "webhook_urls": master.webhook_urls,
       "labels": master.labels,
       "ca_bundle": master.ca_bundle,
+      "reporters": master.reporters,
     } %}
 {%- set conf = {
       "reactor": [{"salt/beacon/*/kcm_leader/*": ["salt://reactor/kcm/leader.sls"]}],
@@ -35,19 +36,26 @@
 {%-   do conf.update({"kcm_enroll": enroll}) %}
 {%- endif %}
 
+kcm-master-config-validated:
+  kcm_config.validated:
+    - name: kcm:master
+    - config: {{ {"master": kcm.master} | json }}
+    - section: master
+
 kcm-master-config:
   file.serialize:
-    - name: {{ master.config_dir }}/kcm.conf
+    - name: {{ (master.config_dir ~ '/kcm.conf') | json }}
     - serializer: yaml
     - dataset: {{ conf | json }}
     - mode: '0640'
     - makedirs: true
+    - require:
+      - kcm_config: kcm-master-config-validated
 
 kcm-master-restart-notice:
   test.show_notification:
-    - text: >-
-        {{ master.config_dir }}/kcm.conf changed: restart salt-master to load the
-        kcm_leader reactor mapping and the kcm_alert settings
+    - text: {{ (master.config_dir ~ "/kcm.conf changed: restart salt-master to load the"
+                ~ " kcm_leader reactor mapping and the kcm_alert settings") | json }}
     - onchanges:
       - file: kcm-master-config
 

@@ -11,6 +11,6 @@ kcm-mine-service-account-public-key:
     - mine.send:
       - kcm_service_account_public_key
       - mine_function: kcm_pki.service_account_public_key
-      - path: {{ kcm.files.service_account_key }}
+      - path: {{ kcm.files.service_account_key | json }}
     - onchanges:
       - file: kcm-pki-service-account-key

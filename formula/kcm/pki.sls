@@ -17,9 +17,9 @@ include:
 
 kcm-pki-directory:
   file.directory:
-    - name: {{ kcm.paths.pki }}
-    - user: {{ kcm.user }}
-    - group: {{ kcm.group }}
+    - name: {{ kcm.paths.pki | json }}
+    - user: {{ kcm.user | json }}
+    - group: {{ kcm.group | json }}
     - mode: '0755'
     - makedirs: true
     - require:
@@ -41,10 +41,10 @@ kcm-pki-directory:
 
 kcm-pki-{{ key | replace('_', '-') }}:
   file.managed:
-    - name: {{ path }}
+    - name: {{ path | json }}
     - contents_pillar: kcm:pki:{{ key }}
-    - user: {{ kcm.user }}
-    - group: {{ kcm.group }}
+    - user: {{ kcm.user | json }}
+    - group: {{ kcm.group | json }}
     - mode: '{{ mode }}'
     - show_changes: false
     - require:
@@ -55,35 +55,35 @@ kcm-pki-{{ key | replace('_', '-') }}:
 
 kcm-pki-key:
   x509.private_key_managed:
-    - name: {{ files.key }}
-    - algo: {{ pki.key_algo }}
-    - keysize: {{ pki.key_size }}
-    - user: {{ kcm.user }}
-    - group: {{ kcm.group }}
+    - name: {{ files.key | json }}
+    - algo: {{ pki.key_algo | json }}
+    - keysize: {{ pki.key_size | json }}
+    - user: {{ kcm.user | json }}
+    - group: {{ kcm.group | json }}
     - mode: '0600'
     - require:
       - file: kcm-pki-directory
 
 kcm-pki-cert:
   x509.certificate_managed:
-    - name: {{ files.cert }}
-    - private_key: {{ files.key }}
+    - name: {{ files.cert | json }}
+    - private_key: {{ files.key | json }}
 {%-   if pki.mode == 'local' %}
-    - signing_cert: {{ files.ca_cert }}
-    - signing_private_key: {{ files.ca_key }}
+    - signing_cert: {{ files.ca_cert | json }}
+    - signing_private_key: {{ files.ca_key | json }}
 {%-   else %}
-    - ca_server: {{ pki.ca_server }}
-    - signing_policy: {{ pki.signing_policy }}
+    - ca_server: {{ pki.ca_server | json }}
+    - signing_policy: {{ pki.signing_policy | json }}
 {%-   endif %}
     - CN: system:kube-controller-manager
     - subjectAltName: {{ salt['kcm_config.cert_sans'](kcm) | json }}
     - basicConstraints: critical, CA:false
     - keyUsage: critical, digitalSignature, keyEncipherment
     - extendedKeyUsage: serverAuth, clientAuth
-    - days_valid: {{ pki.days_valid }}
-    - days_remaining: {{ pki.days_remaining }}
-    - user: {{ kcm.user }}
-    - group: {{ kcm.group }}
+    - days_valid: {{ pki.days_valid | json }}
+    - days_remaining: {{ pki.days_remaining | json }}
+    - user: {{ kcm.user | json }}
+    - group: {{ kcm.group | json }}
     - mode: '0644'
     - require:
       - x509: kcm-pki-key

@@ -5,7 +5,7 @@
 
 kcm-pki-peer-config:
   file.managed:
-    - name: {{ conf_dir }}/master.d/kcm-pki-peer.conf
+    - name: {{ (conf_dir ~ '/master.d/kcm-pki-peer.conf') | json }}
     - makedirs: true
     - mode: '0644'
     - contents: |

@@ -15,7 +15,7 @@ include:
 
 kcm-service-preflight:
   kcm.flags_accepted:
-    - name: {{ files.version_binary }}
+    - name: {{ files.version_binary | json }}
     - config: {{ salt['kcm_config.public'](kcm) | json }}
     - require:
       - kcm_install: kcm-install-binary
@@ -26,7 +26,7 @@ kcm-service-preflight:
 {#- Run by the unit's ExecStopPost= (and kcm_orch for control_cmd): releases the Lease. #}
 kcm-service-release-program:
   file.managed:
-    - name: {{ files.release_program }}
+    - name: {{ files.release_program | json }}
     - source: salt://{{ tpldir }}/files/kcm-release-lease.py
     - user: root
     - group: root
@@ -37,18 +37,18 @@ kcm-service-release-program:
 
 kcm-service-unit:
   file.managed:
-    - name: {{ files.unit }}
+    - name: {{ files.unit | json }}
     - source: salt://{{ tpldir }}/files/kube-controller-manager.service.jinja
     - template: jinja
     - mode: '0644'
     - makedirs: true
     - context:
-        binary: {{ files.binary }}
-        args: {{ salt['kcm_flags.render'](kcm) | json }}
-        user: {{ kcm.user }}
-        group: {{ kcm.group }}
-        version: {{ kcm.version }}
-        log_dir: {{ (kcm.paths.logs ~ '/kube-controller-manager') if kcm.log_to_file else '' }}
+        binary: {{ files.binary | json }}
+        exec_start: {{ salt['kcm_flags.exec_start'](kcm) | json }}
+        user: {{ kcm.user | json }}
+        group: {{ kcm.group | json }}
+        version: {{ kcm.version | json }}
+        log_dir: {{ ((kcm.paths.logs ~ '/kube-controller-manager') if kcm.log_to_file else '') | json }}
         release: {{ salt['kcm_release.exec_line'](kcm) | json }}
     - require:
       - kcm_config: kcm-config-validated
@@ -59,7 +59,7 @@ kcm-service-unit:
 
 kcm-service-running:
   service.running:
-    - name: {{ kcm.service.name }}
+    - name: {{ kcm.service.name | json }}
     - enable: true
     - watch:
       - file: kcm-service-unit

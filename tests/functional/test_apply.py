@@ -212,6 +212,22 @@ def tree_digest(root):
     return h.hexdigest()
 
 
+def test_a_truncated_download_whose_hash_matches_fails_cleanly(state, tmp_path, test_pki):
+    version = "v1.34.3"
+    tarball = build_tarball(tmp_path / "dl", version, binary_bytes=os.urandom(200_000))
+    data = tarball.read_bytes()
+    tarball.write_bytes(data[: len(data) // 2])
+    (tarball.parent / (tarball.name + ".sha512")).write_text(hashlib.sha512(tarball.read_bytes()).hexdigest() + "\n")
+
+    ret = state.apply("kcm", pillar=sandbox_pillar(tmp_path, tarball, version, test_pki))
+
+    install = next(r for r in ret if r.id == "kcm-install-binary")
+    assert install.result is False
+    assert "is truncated or corrupt" in install.comment and "Traceback" not in install.comment
+    assert not (Path(sandbox_pillar(tmp_path, tarball, version, test_pki)["kcm"]["paths"]["bin"])
+                / "kube-controller-manager").exists()
+
+
 @pytest.mark.parametrize("version", ["v1.14.2", VERSIONS[-1]])
 def test_the_rendered_unit_is_sandboxed_to_an_exposure_of_at_most_1_5(state, tmp_path, test_pki, version):
     # An unprivileged owner, as on a real master (the sandbox pillar's root would be scored too).

@@ -15,8 +15,8 @@ import pytest
 import requests
 import yaml
 
-from tests.e2e.conftest import SHORT_ELECTION, build_cluster, k8s_bin  # noqa: F401 (fixture)
 from kcmlab.controlplane import ControlPlane, free_port, node_of, wait_until
+from tests.e2e.conftest import SHORT_ELECTION, build_cluster, k8s_bin  # noqa: F401 (fixture)
 from tests.support.masterless import MasterlessMinion
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -107,6 +107,7 @@ def _master_conf(tmp_path_factory, alertmanager):
     root = tmp_path_factory.mktemp("master-host")
     conf_dir = root / "master.d"
     pillar = {"kcm": {"master": {"config_dir": str(conf_dir), "alertmanager_urls": [alertmanager.url],
+                                 "allow_http": True, "reporters": {"tgt": "al-master-*", "tgt_type": "glob"},
                                  "labels": {"env": "it"}, "sync_runners": False}}}
     minion = MasterlessMinion(root, "salt-master-host", pillar)
     ret = minion.apply("kcm.master")

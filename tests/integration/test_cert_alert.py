@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kcmlab.controlplane import wait_until
 from tests.e2e.conftest import k8s_bin  # noqa: F401 (fixture)
 from tests.integration.test_alerts import (  # noqa: F401 (fixtures)
     MINION_ID,
@@ -29,7 +30,6 @@ from tests.integration.test_alerts import (  # noqa: F401 (fixtures)
     minions,
     salt_master,
 )
-from kcmlab.controlplane import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 

@@ -10,9 +10,9 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from kcmlab.controlplane import ControlPlane, KcmProcess, free_port
 from tests.e2e.conftest import _server_tarball, k8s_bin  # noqa: F401 (fixture)
 from tests.support import pki as testpki
-from kcmlab.controlplane import ControlPlane, KcmProcess, free_port
 from tests.support.pillar import REPO, sandbox_pillar
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]

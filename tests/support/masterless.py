@@ -1,4 +1,4 @@
-"""Moved to kcmlab.masterless (the benchmarks use it too, and they import nothing from tests/)."""
+"""The masterless minion lives in ``kcmlab.masterless`` (the demo uses it too); one copy."""
 
 from kcmlab.masterless import REPO, SALT_CALL, MasterlessMinion, SaltCallError
 

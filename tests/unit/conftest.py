@@ -16,9 +16,17 @@ def load(kind, name):
     return module
 
 
+def utils():
+    """``__utils__`` as Salt's loader gives it to modules: the formula's _utils functions."""
+    systemd = load("_utils", "kcm_systemd")
+    return {f"kcm_systemd.{n}": getattr(systemd, n) for n in dir(systemd) if not n.startswith("_")}
+
+
 @pytest.fixture
 def kcm_flags():
-    return load("_modules", "kcm_flags")
+    module = load("_modules", "kcm_flags")
+    module.__utils__ = utils()
+    return module
 
 
 @pytest.fixture

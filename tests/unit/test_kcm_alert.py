@@ -4,6 +4,7 @@ concurrent reactor threads), the Alertmanager v2 payload, resolving, and
 retries that never lose an alert silently.
 """
 
+import base64
 import datetime
 import http.server
 import importlib.util
@@ -12,17 +13,37 @@ import pathlib
 import threading
 
 import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 T0 = 1_800_000_000.0
 REPORTERS = ("master-1", "master-2", "master-3")
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("kcm_alert_under_test", ROOT / "_runners" / "kcm_alert.py")
+def _load(name="kcm_alert_under_test", path=ROOT / "_runners" / "kcm_alert.py"):
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+BEACON = _load("kcm_leader_signer", ROOT / "_beacons" / "kcm_leader.py")
+KEYS = {}
+
+
+def minion_key(minion):
+    """One RSA key per minion id, as each minion has its own Salt key pair."""
+    if minion not in KEYS:
+        KEYS[minion] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return KEYS[minion]
+
+
+def signed(minion, kind, data, at):
+    """The event data as the kcm_leader beacon of ``minion`` sends it: with id, signed_at, sig."""
+    data = dict(data, id=minion, signed_at=at)
+    signature = minion_key(minion).sign(BEACON.signed_message(kind, data), padding.PKCS1v15(), hashes.SHA256())
+    return dict(data, sig=base64.b64encode(signature).decode())
 
 
 class Harness:
@@ -34,11 +55,20 @@ class Harness:
         self.events = []
         self.fail_next = 0
         self.lock = threading.Lock()
+        pki = tmp_path / "pki"
+        (pki / "minions").mkdir(parents=True, exist_ok=True)
+        self.masters = set(REPORTERS)
+        for minion in (*REPORTERS, "web-1"):
+            (pki / "minions" / minion).write_bytes(minion_key(minion).public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
         self.module.__opts__ = {
             "cachedir": str(tmp_path / "cache"),
             "sock_dir": str(tmp_path / "sock"),
+            "pki_dir": str(pki),
             "kcm_alert": dict({"alertmanager_urls": ["http://127.0.0.1:9093"], "labels": {"env": "test"}}, **cfg),
         }
+        # The master's targeting (cached grains) is Salt's; here the KCM masters are a set.
+        monkeypatch.setattr(self.module, "_is_kcm_master", lambda minion, cfg: minion in self.masters)
         monkeypatch.setattr(self.module, "_post", self._post)
         monkeypatch.setattr(self.module, "_fire", lambda tag, data: self.events.append((tag, data)))
         monkeypatch.setattr(self.module, "_sleep", lambda seconds: None)
@@ -56,7 +86,7 @@ class Harness:
 
     def handle(self, reporter, kind, **data):
         data.setdefault("cluster", "prod")
-        return self.module.handle(f"salt/beacon/{reporter}/kcm_leader/{kind}", dict(data, id=reporter))
+        return self.module.handle(f"salt/beacon/{reporter}/kcm_leader/{kind}", signed(reporter, kind, data, self.now))
 
     def alerts(self):
         return [alert for _, payload in self.posts for alert in payload]
@@ -276,16 +306,11 @@ def receiver():
 
 def test_real_http_retry_after_a_500_and_webhook_copy(tmp_path, monkeypatch, receiver):
     base, handler = receiver
-    module = _load()
-    events = []
-    module.__opts__ = {
-        "cachedir": str(tmp_path),
-        "sock_dir": str(tmp_path),
-        "kcm_alert": {"alertmanager_urls": [base + "/"], "webhook_urls": [base + "/hook"], "backoff": 0.01},
-    }
-    monkeypatch.setattr(module, "_fire", lambda tag, data: events.append(tag))
+    h = Harness(tmp_path, monkeypatch, alertmanager_urls=[base + "/"], webhook_urls=[base + "/hook"], backoff=0.01)
+    monkeypatch.setattr(h.module, "_post", _load()._post)  # the real HTTP client
     handler.answers = [500]
-    result = module.handle("salt/beacon/master-1/kcm_leader/changed", dict(CHANGE, id="master-1", cluster="prod"))
+    result = h.handle("master-1", "changed", **CHANGE)
+    events = h.tags()
     assert result["failed"] is False
     assert [path for path, _ in handler.bodies] == ["/api/v2/alerts", "/api/v2/alerts", "/hook"]
     hook = handler.bodies[-1][1]
@@ -419,3 +444,110 @@ def test_an_expired_cert_does_not_arrive_resolved(harness):
 
 def _iso(epoch):
     return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+# --------------------------------------------------------------------------
+# trust: only KCM masters' own, signed reports count
+# --------------------------------------------------------------------------
+
+
+def _forge(h, case):
+    """The tag and data of one forgery (or a replay) against the runner's checks."""
+    data = dict(CHANGE, cluster="prod")
+    if case == "a non-master signs its own report":
+        return "salt/beacon/web-1/kcm_leader/changed", signed("web-1", "changed", data, h.now)
+    if case == "a non-master names a master in the tag":
+        return "salt/beacon/master-1/kcm_leader/changed", signed("web-1", "changed", data, h.now)
+    if case == "a non-master fakes a master's id":
+        forged = signed("web-1", "changed", data, h.now)
+        return "salt/beacon/master-1/kcm_leader/changed", dict(forged, id="master-1")
+    if case == "unsigned":
+        return "salt/beacon/master-1/kcm_leader/changed", dict(data, id="master-1")
+    if case == "a replay of an old signed report":
+        return "salt/beacon/master-1/kcm_leader/changed", signed("master-1", "changed", data, h.now - 3600)
+    if case == "a signed report altered on the way":
+        return "salt/beacon/master-1/kcm_leader/changed", dict(signed("master-1", "changed", data, h.now),
+                                                               new_node="web-1")
+    if case == "a minion without an accepted key":
+        h.masters.add("master-9")
+        return "salt/beacon/master-9/kcm_leader/changed", signed("master-9", "changed", data, h.now)
+    if case == "a path in the tag":
+        return "salt/beacon/../../x/kcm_leader/changed", signed("master-1", "changed", data, h.now)
+    raise AssertionError(case)
+
+
+FORGERIES = ["a non-master signs its own report", "a non-master names a master in the tag",
+             "a non-master fakes a master's id", "unsigned", "a replay of an old signed report",
+             "a signed report altered on the way", "a minion without an accepted key", "a path in the tag"]
+
+
+@pytest.mark.parametrize("case", FORGERIES)
+def test_a_forged_report_neither_alerts_nor_resolves(tmp_path, monkeypatch, case):
+    h = Harness(tmp_path, monkeypatch)
+    h.handle("master-1", "no_leader", **DEAD)
+    assert [a["labels"]["alertname"] for a in h.alerts()] == ["KCMNoLeader"]
+    before = len(h.posts)
+
+    tag, data = _forge(h, case)
+    result = h.module.handle(tag, data)
+
+    assert result.get("refused"), result
+    assert len(h.posts) == before, "a forged report reached Alertmanager"
+    assert "kcm/alert/refused" in h.tags()
+    # the real condition stays open: a real change still resolves it
+    h.handle("master-2", "changed", **CHANGE)
+    assert [a["labels"]["alertname"] for a in h.alerts()[before:]] == ["KCMNoLeader", "KCMLeaderChanged"]
+
+
+def test_the_signed_bytes_are_the_same_on_both_sides():
+    data = {"id": "master-1", "transitions": 4, "thresholds": [30, 7], "signed_at": T0, "_stamp": "x", "sig": "y"}
+    assert _load().signed_message("changed", data) == BEACON.signed_message("changed", data)
+    assert b"_stamp" not in BEACON.signed_message("changed", data)
+
+
+# --------------------------------------------------------------------------
+# the store survives bad files, a full disk and floods
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("content", ["null", "[]", '"text"', '{"seen": [], "open": null}', '{"seen": {"k": 1}}',
+                                     "{not json"])
+def test_a_store_of_the_wrong_shape_is_reset_and_the_alert_sent(tmp_path, monkeypatch, content, caplog):
+    h = Harness(tmp_path, monkeypatch)
+    store = tmp_path / "cache" / "kcm_alert" / "dedupe.json"
+    store.parent.mkdir(parents=True)
+    store.write_text(content)
+
+    result = h.handle("master-1", "changed", **CHANGE)
+
+    assert result["failed"] is False and result["fired"], result
+    assert [a["labels"]["alertname"] for a in h.alerts()] == ["KCMLeaderChanged"]
+    assert isinstance(json.loads(store.read_text())["seen"], dict)
+
+
+def test_a_full_disk_still_sends_the_alert_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    h = Harness(tmp_path, monkeypatch)
+
+    def full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(h.module.os, "fsync", full)
+    result = h.handle("master-1", "no_leader", **DEAD)
+
+    assert result["failed"] is False
+    assert [a["labels"]["alertname"] for a in h.alerts()] == ["KCMNoLeader"]
+    leftovers = [p.name for p in (tmp_path / "cache" / "kcm_alert").iterdir() if p.name.startswith(".dedupe-")]
+    assert leftovers == []
+
+
+def test_the_store_is_bounded_and_a_certs_key_expires(tmp_path, monkeypatch):
+    h = Harness(tmp_path, monkeypatch)
+    monkeypatch.setattr(h.module, "MAX_SEEN", 50)
+    for serial in range(80):
+        h.now += 1
+        h.handle("master-1", "cert_expiring", **dict(EXPIRING, serial=f"{serial:x}", not_after="9999-01-01T00:00:00Z",
+                                                     subject="x" * 5000))
+    store = json.loads((tmp_path / "cache" / "kcm_alert" / "dedupe.json").read_text())
+    assert len(store["seen"]) <= 50
+    assert max(e["keep_until"] for e in store["seen"].values()) <= h.now + 2 * 366 * 86400
+    assert all(len(a["annotations"]["description"]) < 1000 for a in h.alerts())

@@ -3,12 +3,16 @@ The kcm_leader beacon: its state machine (`step`), its validate() messages,
 and the state file that stops a refresh or restart from re-announcing.
 """
 
+import base64
 import datetime
 import importlib.util
 import json
 import pathlib
 
 import pytest
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -24,6 +28,7 @@ kcm_leader = _load("kcm_leader", ROOT / "_beacons" / "kcm_leader.py")
 
 SETTINGS = {"debounce": 2, "stale_after": 3, "retry_period": 1.0, "lease_duration": 4.0, "cluster": "prod"}
 T0 = 1_800_000_000.0
+MINION_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
 def iso(epoch):
@@ -183,6 +188,8 @@ def test_a_released_lease_taken_within_the_grace_announces_only_the_change():
     assert run.poll(released, T0 + 6) == []
     events = run.poll(lease("master-3", renewed=T0 + 7, transitions=2), T0 + 7)
     assert tags(events) == ["changed"]
+    # From the master that released it, not from nobody.
+    assert (events[0]["old_node"], events[0]["new_node"]) == ("master-1", "master-3")
 
 
 def test_a_released_lease_nobody_takes_is_no_leader_after_the_grace_and_debounce():
@@ -287,11 +294,35 @@ def loaded(tmp_path):
         return answers.pop(0)
 
     module = _load("kcm_leader_io", ROOT / "_beacons" / "kcm_leader.py")
-    module.__opts__ = {"id": "master-2", "cachedir": str(tmp_path)}
+    pki_dir = tmp_path / "pki"
+    pki_dir.mkdir()
+    (pki_dir / "minion.pem").write_bytes(MINION_KEY.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()))
+    module.__opts__ = {"id": "master-2", "cachedir": str(tmp_path), "pki_dir": str(pki_dir)}
     module.__salt__ = {"kcm.leader": leader, "kcm_config.deployed": lambda: deployed}
     module.__context__ = {}
     module.__grains__ = {"host": "master-2"}
     return module, answers, calls
+
+
+def test_beacon_events_are_signed_with_the_minions_key(loaded, monkeypatch):
+    module, answers, _ = loaded
+    clock = iter([T0, T0 + 1])
+    monkeypatch.setattr(module, "_now", lambda: next(clock))
+    config = [{"debounce": 2}, {"_beacon_name": "kcm_leader"}]
+    answers.append(lease("master-1", renewed=T0))
+    module.beacon(config)
+    answers.append(lease("master-3", renewed=T0 + 1, transitions=2))
+    [event] = module.beacon(config)
+
+    kind, data = event["tag"], {k: v for k, v in event.items() if k != "tag"}
+    assert data["id"] == "master-2"
+    signature = base64.b64decode(data["sig"])
+    MINION_KEY.public_key().verify(signature, module.signed_message(kind, data), padding.PKCS1v15(), hashes.SHA256())
+    forged = dict(data, new_holder="web-1_x")
+    with pytest.raises(InvalidSignature):
+        MINION_KEY.public_key().verify(signature, module.signed_message(kind, forged), padding.PKCS1v15(),
+                                       hashes.SHA256())
 
 
 def test_beacon_does_one_leader_call_per_poll_and_survives_a_refresh(loaded, tmp_path, monkeypatch):

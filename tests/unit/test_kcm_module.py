@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kcmlab.controlplane import parse_exec_start
+
 REPO = Path(__file__).resolve().parents[2]
 
 CASES = yaml.safe_load((Path(__file__).parent / "cases" / "kcm_leader_records.yaml").read_text())
@@ -379,6 +381,10 @@ FAKE_KCM = r"""#!/bin/sh
 for arg in "$@"; do printf '%s\n' "$arg" >> "$0.argv"; done
 for arg in "$@"; do
   case "$arg" in
+    --*) ;;
+    *) printf 'Error: "kube-controller-manager" does not take any arguments, got ["%s"]\n' "$arg" >&2; exit 1 ;;
+  esac
+  case "$arg" in
     --bogus-*) name="${arg%%=*}"
       printf 'Usage:\n  kube-controller-manager [flags]\n\nDebugging flags:\n\n' >&2
       printf '      --contention-profiling   Enable block profiling\n\nError: unknown flag: %s\n' "$name" >&2
@@ -408,6 +414,8 @@ def resolved(kcm_config, tmp_path):
 @pytest.fixture
 def with_flags(kcm, kcm_flags):
     kcm.__salt__["kcm_flags.render"] = kcm_flags.render
+    kcm.__salt__["kcm_flags.exec_start"] = kcm_flags.exec_start
+    kcm.__utils__ = kcm_flags.__utils__
     return kcm
 
 
@@ -446,6 +454,45 @@ def test_preflight_passes_values_as_argv_not_through_a_shell(with_flags, resolve
 
     assert with_flags.preflight(binary=str(fake_binary), config=config)["ok"] is True
     assert "--feature-gates=A=true; touch /tmp/pwned $(id)" in Path(f"{fake_binary}.argv").read_text().splitlines()
+
+
+UNIT_TEMPLATE = REPO / "formula" / "kcm" / "files" / "kube-controller-manager.service.jinja"
+
+
+def rendered_unit(kcm_flags, config):
+    """The unit as the formula writes it (its template, the context service.sls gives)."""
+    import jinja2
+
+    template = jinja2.Template(UNIT_TEMPLATE.read_text(), keep_trailing_newline=True)
+    return template.render(binary=config["files"]["binary"], exec_start=kcm_flags.exec_start(config), user="k8s",
+                           group="k8s", version=config["version"], log_dir="")
+
+
+@pytest.mark.parametrize("value", ["A=true B=false", "100%", "$HOME", "a'b\"c", "x;y", "#x"])
+def test_preflight_runs_the_argv_systemd_builds_from_the_unit(with_flags, kcm_flags, resolved, fake_binary, value):
+    config = dict(resolved, extra_args={"feature-gates": value})
+
+    assert with_flags.preflight(binary=str(fake_binary), config=config)["ok"] is True
+
+    systemd_argv = parse_exec_start(rendered_unit(kcm_flags, config))
+    recorded = Path(f"{fake_binary}.argv").read_text().splitlines()
+    assert [str(fake_binary), *recorded] == [*systemd_argv, "--version"]
+    assert f"--feature-gates={value}" in recorded
+
+
+def test_preflight_refuses_a_line_that_systemd_would_split(with_flags, resolved, fake_binary):
+    # The unit line of f1aab12's template: flags pasted unquoted. systemd splits the value
+    # at the space; a preflight given the flag list would have passed it as one argument.
+    def naive(config, binary=None):
+        return " ".join([binary or config["files"]["binary"], *with_flags.__salt__["kcm_flags.render"](config)])
+
+    with_flags.__salt__["kcm_flags.exec_start"] = naive
+    config = dict(resolved, extra_args={"feature-gates": "A=true B=false"})
+
+    result = with_flags.preflight(binary=str(fake_binary), config=config)
+
+    assert result["ok"] is False
+    assert 'does not take any arguments, got ["B=false"]' in result["error"]
 
 
 def test_preflight_returns_the_binarys_own_error_without_usage(with_flags, resolved, fake_binary):

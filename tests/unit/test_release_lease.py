@@ -332,6 +332,7 @@ def test_as_the_unit_runs_it_exit_0_and_one_line(tmp_path, kcfg, apiserver, kcm_
 def kcm_release_module(kcm_flags):
     module = load("_modules", "kcm_release")
     module.__salt__ = {f"kcm_flags.{n}": getattr(kcm_flags, n) for n in ("flags", "minor")}
+    module.__utils__ = kcm_flags.__utils__
     module.__grains__ = {"pythonexecutable": "/opt/saltstack/salt/bin/python3.10"}
     return module
 

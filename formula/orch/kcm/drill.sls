@@ -12,16 +12,16 @@ kcm-orch-drill-sync:
   salt.function:
     - name: saltutil.sync_all
     - tgt: {{ orch.tgt | json }}
-    - tgt_type: {{ orch.tgt_type }}
+    - tgt_type: {{ orch.tgt_type | json }}
 
 kcm-orch-drill:
   salt.runner:
     - name: kcm_orch.drill
     - tgt: {{ orch.tgt | json }}
-    - tgt_type: {{ orch.tgt_type }}
-    - count: {{ orch.count }}
-    - min_remaining: {{ orch.min_remaining }}
-    - timeout: {{ orch.timeout }}
-    - interval: {{ orch.interval or 0.5 }}
+    - tgt_type: {{ orch.tgt_type | json }}
+    - count: {{ orch.count | json }}
+    - min_remaining: {{ orch.min_remaining | json }}
+    - timeout: {{ orch.timeout | json }}
+    - interval: {{ (orch.interval or 0.5) | json }}
     - require:
       - salt: kcm-orch-drill-sync

@@ -13,14 +13,14 @@ kcm-orch-upgrade-sync:
   salt.function:
     - name: saltutil.sync_all
     - tgt: {{ orch.tgt | json }}
-    - tgt_type: {{ orch.tgt_type }}
+    - tgt_type: {{ orch.tgt_type | json }}
 
 kcm-orch-upgrade-preflight:
   salt.runner:
     - name: kcm_orch.preflight
     - tgt: {{ orch.tgt | json }}
-    - tgt_type: {{ orch.tgt_type }}
-    - timeout: {{ orch.apply_timeout }}
+    - tgt_type: {{ orch.tgt_type | json }}
+    - timeout: {{ orch.apply_timeout | json }}
 {%- if change %}
     - pillar: {{ {'kcm': change} | json }}
 {%- endif %}
@@ -31,11 +31,11 @@ kcm-orch-upgrade-rolling:
   salt.runner:
     - name: kcm_orch.upgrade
     - tgt: {{ orch.tgt | json }}
-    - tgt_type: {{ orch.tgt_type }}
+    - tgt_type: {{ orch.tgt_type | json }}
     - preflight: false
-    - timeout: {{ orch.timeout }}
-    - interval: {{ orch.interval or 1 }}
-    - apply_timeout: {{ orch.apply_timeout }}
+    - timeout: {{ orch.timeout | json }}
+    - interval: {{ (orch.interval or 1) | json }}
+    - apply_timeout: {{ orch.apply_timeout | json }}
 {%- if change %}
     - pillar: {{ {'kcm': change} | json }}
 {%- endif %}
@@ -46,11 +46,11 @@ kcm-orch-upgrade-leader-elected:
   salt.function:
     - name: state.single
     - tgt: {{ orch.tgt | json }}
-    - tgt_type: {{ orch.tgt_type }}
+    - tgt_type: {{ orch.tgt_type | json }}
     - arg:
       - kcm.leader_elected
     - kwarg:
         name: kube-controller-manager
-        timeout: {{ orch.timeout }}
+        timeout: {{ orch.timeout | json }}
     - require:
       - salt: kcm-orch-upgrade-rolling

@@ -7,6 +7,6 @@
 kcm-alert-handle:
   runner.kcm_alert.handle:
     - args:
-      - tag: {{ tag | json }}
-      - data: {{ data | json }}
+      - tag: {{ tag | tojson }}
+      - data: {{ data | tojson }}
 {%- endif %}
