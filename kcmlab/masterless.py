@@ -1,6 +1,6 @@
 """A real `salt-call --local` minion in a private sandbox, with the repo's formula as its
-file_roots: how the functional tests and the benchmarks lay the formula down without root
-paths, and how the demo applies ``kcm.master`` for its salt-master on the host."""
+file_roots: how the demo, the tests and the benchmarks lay the formula down without root
+paths, and how they render ``kcm.master`` for the salt-master on this host."""
 
 import json
 import os
@@ -83,3 +83,20 @@ class MasterlessMinion:
     def deployed(self):
         path = self.cachedir / "kcm" / "deployed.json"
         return json.loads(path.read_text()) if path.exists() else {}
+
+
+def kcm_master_config(root, master: dict) -> dict:
+    """The master config ``kcm.master`` writes (its ``kcm.conf``) for pillar ``kcm:master`` =
+    ``master``, rendered by the real state with ``salt-call --local`` under ``root``; to pass
+    to a salt-master (``SaltMaster(config=...)``) before it starts, so no restart is needed.
+    The runners are synced by whoever starts the master (``sync_runners`` off here)."""
+    root = Path(root)
+    conf_dir = root / "master.d"
+    pillar = {"kcm": {"master": {**master, "config_dir": str(conf_dir), "sync_runners": False}}}
+    ret = MasterlessMinion(root, "salt-master-host", pillar).apply("kcm.master")
+    from kcmlab.cluster import failed_states
+
+    failed = failed_states(ret)
+    if failed:
+        raise SaltCallError("salt-call --local state.apply kcm.master failed:\n" + "\n".join(failed))
+    return yaml.safe_load((conf_dir / "kcm.conf").read_text())

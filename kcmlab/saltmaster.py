@@ -18,7 +18,6 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -89,6 +88,9 @@ class SaltMaster:
             "pillar_roots": {"base": [str(self.pillar_dir)]},
             "fileserver_list_cache_time": 0,
             "features": {"x509_v2": True},
+            # kcm.master's kcm_alert engine, found as a saltutil.sync_engines + restart would
+            # put it in place (the lab syncs after the master started).
+            "engines_dirs": [str(REPO / "_engines")],
             **self.extra,
         }
 
@@ -258,19 +260,3 @@ class EventRecorder:
         with self._lock:
             return [e for e in self.events if e[0] >= since and fnmatch.fnmatchcase(e[1], pattern)]
 
-
-def formula_master_config(master_pillar: dict, workdir: Path | None = None) -> dict:
-    """What the formula's ``kcm.master`` writes to ``master.d/kcm.conf`` for pillar
-    ``kcm:master`` = ``master_pillar``, applied by ``salt-call --local`` (the master host's own
-    minion) into a private directory; returns the parsed file, to pass as master config."""
-    from kcmlab.cluster import failed_states
-    from kcmlab.masterless import MasterlessMinion
-
-    with tempfile.TemporaryDirectory(prefix="kcm-master-host-", dir=workdir) as tmp:
-        conf_dir = Path(tmp) / "master.d"
-        pillar = {"kcm": {"master": dict(master_pillar, config_dir=str(conf_dir))}}
-        ret = MasterlessMinion(Path(tmp), "salt-master-host", pillar).apply("kcm.master")
-        failed = failed_states(ret)
-        if failed:
-            raise SaltCommandError("salt-call --local state.apply kcm.master failed:\n" + "\n".join(failed))
-        return yaml.safe_load((conf_dir / "kcm.conf").read_text())

@@ -1,114 +1,111 @@
-"""A fourth master joins by highstate on the lab: the enrollment reactor of a salt-master
-configured by ``kcm.master`` highstates a machine that starts with the control-plane grain,
-once; the highstate installs KCM (systemd starts it), which stands by: the leader is not
-disturbed and nobody is alerted. The three masters in service are reporters (grain
-``role:k8s-master``, set after their first start, so only the newcomer enrolls)."""
+"""A fourth master joins on its own: its machine boots, its salt-minion service starts, and the
+enrollment reactor on the real salt-master (``kcm.master`` applied with
+``kcm:master:enroll: {enabled: true, grain: role, value: k8s-master}``) highstates it once.
+systemd then runs its KCM, which stands by: the leader and the Lease transitions are
+untouched, no alert is sent, and a second highstate changes nothing.
+
+The three masters already in service were deployed with ``state.apply kcm`` and carry no
+role grain, so only the newcomer enrolls when the minions start."""
 
 from __future__ import annotations
 
-import copy
 import time
 
 import pytest
 
-from kcmlab.alertmanager import Alertmanager
-from kcmlab.cluster import SHORT_ELECTION
-from kcmlab.controlplane import wait_until
-from kcmlab.saltmaster import REPO, EventRecorder, formula_master_config
-from tests.e2e.conftest import LOG_FILES, start_lab_cluster, stop_lab_cluster
+from kcmlab.cluster import SHORT_ELECTION, UNIT, changed_states, failed_states
+from kcmlab.masterless import kcm_master_config
+from tests.e2e.conftest import start_lab_cluster, stop_lab_cluster
 
 pytestmark = pytest.mark.e2e
 
 NEW = "master-4"
-# The lab CA lives 7 days: expiry warnings would be right, but this is about leader alerts.
-BEACON = {"interval": 1, "debounce": 2, "stale_after": 3, "timeout": 2, "cert_thresholds": []}
+GRAINS = {"role": "k8s-master"}
+# The lab CA lives 7 days: certificate-expiry alerts would be right, but this test is about
+# leader alerts, so the beacon checks no certificate.
+BEACON = {"cert_thresholds": []}
 TOP = """base:
   'role:k8s-master':
     - match: grain
     - kcm
     - kcm.beacon
 """
-WAIT = 120
+
+
+def kcm_master_conf(root) -> dict:
+    """kcm.master's kcm.conf, rendered by the real state on the master host (salt-call --local)."""
+    conf = kcm_master_config(root, {"enroll": {"enabled": True, "grain": "role", "value": "k8s-master"}})
+    assert {"salt/minion/*/start": ["salt://reactor/kcm/enroll.sls"]} in conf["reactor"]
+    return conf
 
 
 @pytest.fixture(scope="module")
-def enroll_lab(k8s_bin, tmp_path_factory, request):
-    workdir = tmp_path_factory.mktemp("lab-enroll")
-    alertmanager = Alertmanager(workdir / "alertmanager").start()
-    LOG_FILES.append(alertmanager.log_path)
-    states = workdir / "states"
-    states.mkdir()
+def enroll_cluster(k8s_bin, tmp_path_factory, request):
+    states = tmp_path_factory.mktemp("states")
     (states / "top.sls").write_text(TOP)
-    conf = formula_master_config({"alertmanager_urls": [alertmanager.url], "allow_http": True,
-                                  "sync_runners": False,
-                                  "enroll": {"enabled": True, "grain": "role", "value": "k8s-master"}}, workdir)
-    assert {"salt/minion/*/start": ["salt://reactor/kcm/enroll.sls"]} in conf["reactor"], conf
-    conf["file_roots"] = {"base": [str(REPO / "formula"), str(states)]}
+    conf = kcm_master_conf(tmp_path_factory.mktemp("master-host"))
+    cluster = start_lab_cluster(k8s_bin, tmp_path_factory.mktemp("lab-enroll"), "enroll", suite="e2e-enroll",
+                                election=SHORT_ELECTION, kcm={"beacon": BEACON}, master_config=conf,
+                                file_roots=[states], spares=[NEW])
     try:
-        cluster = start_lab_cluster(k8s_bin, workdir, "enroll", suite="e2e-enroll", election=SHORT_ELECTION,
-                                    kcm={"beacon": BEACON}, master_config=conf)
-    except BaseException:
-        alertmanager.stop()
-        raise
-    cluster.events = EventRecorder(cluster.master).start()
-    cluster.alertmanager = alertmanager
-    try:
-        marked = cluster.salt("grains.setval", "role", "k8s-master")
-        assert len(marked) == 3 and all(ret == {"role": "k8s-master"} for ret in marked.values()), marked
-        cluster.apply("kcm.beacon")
-        # the newcomer's pillar: the others' (nothing in it is per master), with its
-        # certificate issued on the machine (pki:mode local) so that it names its own address
-        pillar = copy.deepcopy(cluster.pillars["master-1"])
-        cp = cluster.cp
-        pillar["kcm"]["pki"] = {"mode": "local", "ca_cert": cp.ca.cert_pem, "ca_key": cp.ca.key_pem,
-                                "service_account_key": cp.sa_key_pem}
-        cluster.pillars[NEW] = pillar
-        cluster.master.write_pillar(cluster.pillars)
         yield cluster
     finally:
-        cluster.events.stop()
         stop_lab_cluster(cluster, request)
-        alertmanager.stop()
 
 
-def test_a_new_master_joins_by_highstate_as_a_standby(enroll_lab):
-    cluster = enroll_lab
+def wait_for_event(bus, match, timeout: float, seen: list) -> dict:
+    """The data of the first event whose tag satisfies ``match``; every event read goes to ``seen``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        event = bus.get_event(wait=1, full=True)
+        if not event:
+            continue
+        seen.append(event["tag"])
+        if match(event["tag"]):
+            return event["data"]
+    raise TimeoutError(f"no matching event in {timeout:.0f}s; saw {sorted(set(seen))[:40]}")
+
+
+def test_a_new_machine_enrolls_by_the_reactor_and_stands_by_under_systemd(enroll_cluster, record_timing):
+    cluster = enroll_cluster
     before = cluster.lease()["spec"]
-    since = time.time()
-    cluster.lab.boot(NEW, dict(cluster.master.minion_config(NEW), grains={"role": "k8s-master"}))
+    seen: list[str] = []
+    with cluster.master.events() as bus:
+        began = time.monotonic()
+        cluster.boot(NEW, grains=GRAINS)
+        enrolled = wait_for_event(bus, lambda tag: tag == "kcm/enroll/highstate", 120, seen)
+        assert enrolled["minion"] == NEW
+        ret = wait_for_event(bus, lambda tag: tag == f"salt/job/{enrolled['jid']}/ret/{NEW}", 600, seen)["return"]
+        assert failed_states(ret) == [], "the enrollment highstate failed"
+        assert "kcm-beacon-present" in {st.get("__id__") for st in ret.values()}, "highstate applied kcm.beacon too"
+        record_timing("enrollment: boot -> highstate returned", time.monotonic() - began)
 
-    def event(pattern):
-        return wait_until(lambda: cluster.events.find(pattern, since) or None, WAIT, pattern, interval=0.5)
+        # systemd runs the newcomer's KCM: enabled, active, healthy, never restarted.
+        machine = cluster.machine(NEW)
+        assert machine.systemctl("is-enabled", UNIT, check=False).stdout.strip() == "enabled"
+        cluster.wait_healthy([NEW], timeout=60)
+        assert cluster.active(NEW) == "active" and cluster.restarts(NEW) == 0
+        assert 'Attempting to acquire leader lease..." lock="kube-system/kube-controller-manager"' in machine.run(
+            ["journalctl", "--no-pager", "-o", "cat", "-u", UNIT]).stdout
+        time.sleep(3 * cluster.election["retry_period"] + 2)
+        after = cluster.lease()["spec"]
+        assert after["holderIdentity"] == before["holderIdentity"], "the leader was disturbed"
+        assert after.get("leaseTransitions") == before.get("leaseTransitions")
 
-    (_, _, enrolled), = event("kcm/enroll/highstate")
-    assert enrolled["minion"] == NEW
-    (_, _, done), = event(f"salt/job/{enrolled['jid']}/ret/{NEW}")
-    ret = done["return"]
-    assert isinstance(ret, dict), ret
-    failed = [f"{k}: {v['comment']}" for k, v in ret.items() if not v["result"]]
-    assert not failed, failed
-    assert any("kcm-beacon-present" in k for k in ret), "the highstate applied kcm.beacon too"
+        rows = {name: rows[0] for name, rows in cluster.salt("kcm.status").items()}
+        assert sorted(rows) == sorted(cluster.nodes) == ["master-1", "master-2", "master-3", NEW], rows
+        assert [r["leader"] for r in rows.values()].count("yes") == 1, rows
+        assert rows[NEW]["leader"] == "no" and rows[NEW]["healthy"] is True, rows[NEW]
+        assert rows[NEW]["service_active"] == "active", rows[NEW]
 
-    # systemd started the newcomer's KCM: healthy, a standby, the leader undisturbed
-    cluster.nodes = (*cluster.nodes, NEW)
-    cluster.wait_healthy([NEW], timeout=WAIT)
-    time.sleep(3 * cluster.election["retry_period"] + 2)
-    after = cluster.lease()["spec"]
-    assert after["holderIdentity"] == before["holderIdentity"], "the leader was disturbed"
-    assert after.get("leaseTransitions") == before.get("leaseTransitions")
-
-    rows = {mid: rows[0] for mid, rows in cluster.salt("kcm.status").items()}
-    assert sorted(rows) == ["master-1", "master-2", "master-3", NEW], rows
-    assert [r["leader"] for r in rows.values()].count("yes") == 1
-    assert rows[NEW]["leader"] == "no" and rows[NEW]["healthy"] is True
-    assert rows[NEW]["service_active"] == "active"
-
-    # a new standby wakes nobody up, and the runner refused nobody (the reporters are real)
-    time.sleep(BEACON["debounce"] + BEACON["stale_after"])
-    assert cluster.alertmanager.active() == []
-    assert cluster.events.find("kcm/alert/*", since) == []
-
-    again = cluster.master.salt([NEW], "state.highstate", job_timeout=300)[NEW]
-    assert [k for k, v in again.items() if v["changes"]] == [], "highstate with nothing changed"
+        again = cluster.salt("state.highstate", target=[NEW], timeout=600, job_timeout=600)[NEW]
+        assert failed_states(again) == [] and changed_states(again) == [], "a second highstate changes nothing"
+        assert cluster.starts_since(NEW, 0) == 1, "KCM on the newcomer was started once, by the enrollment"
+        # Drain what the bus holds: a new standby must not wake anyone up.
+        while (event := bus.get_event(wait=0.5, full=True)):
+            seen.append(event["tag"])
+    assert [tag for tag in seen if tag.startswith("kcm/alert/")] == [], "a new standby sent an alert"
+    beacons = cluster.salt("beacons.list", target=[NEW], return_yaml=False)[NEW]
+    assert "kcm_leader" in beacons, f"the newcomer watches the leader: {beacons}"
     code, listed = cluster.master.run("kcm_enroll.enrolled")
     assert code == 0 and listed == [NEW], listed

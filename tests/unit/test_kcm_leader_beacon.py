@@ -399,6 +399,33 @@ def test_beacon_turns_a_raising_leader_call_into_unreachable(loaded, monkeypatch
     assert events[0]["reason"] == "kcm.leader raised ConnectionError: connection refused"
 
 
+def test_every_event_carries_the_cluster_id_also_while_the_apiserver_is_down(loaded, monkeypatch):
+    module, answers, _ = loaded
+    clock = iter([T0, T0 + 1, T0 + 2])
+    monkeypatch.setattr(module, "_now", lambda: next(clock))
+    asked = []
+
+    def cluster_id(**kwargs):
+        asked.append(kwargs)
+        return "uid-of-prod-a"
+
+    module.__salt__["kcm.cluster_id"] = cluster_id
+    config = [{"debounce": 1}, {"timeout": 2}, {"_beacon_name": "kcm_leader"}]
+    answers.append(lease("master-1", renewed=T0))
+    module.beacon(config)
+    answers.append(lease("master-3", renewed=T0 + 1, transitions=2))
+    changed = module.beacon(config)
+    answers.append({"error": "unreachable", "detail": "connection refused"})
+    unreachable = module.beacon(config)
+
+    assert [(e["tag"], e["cluster"], e["cluster_id"]) for e in changed + unreachable] == [
+        ("changed", "prod", "uid-of-prod-a"),
+        ("unreachable", "prod", "uid-of-prod-a"),
+    ]
+    # asked after good polls only: with the apiserver down it would be one more blocking GET
+    assert asked == [{"timeout": 2}, {"timeout": 2}]
+
+
 def test_beacon_is_quiet_where_kcm_is_not_deployed(loaded):
     module, _, calls = loaded
     module.__salt__["kcm_config.deployed"] = lambda: {}
