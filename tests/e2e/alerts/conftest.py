@@ -1,6 +1,7 @@
 """The alert path on the lab, all real: the kcm_leader beacon of three systemd machines'
-salt-minions (``kcm.beacon`` applied over the bus, KCM run by systemd), the kcm_alert engine
-(the default) and runner of a salt-master configured by the formula's own ``kcm.master``, and
+salt-minions (``kcm.beacon`` applied over the bus, KCM run by systemd), the reactor
+(``kcm:master:alert_engine: false``: one runner job per report) and the kcm_alert runner of a
+salt-master configured by the formula's own ``kcm.master``, and
 Debian's prometheus-alertmanager on the host, where the runner posts.
 
 The reporters are the formula's default, the minions with grain ``role:k8s-master`` (set as
@@ -40,8 +41,8 @@ def alert_cluster(k8s_bin, alertmanager, tmp_path_factory, request):
     """The lab with the alert path in place; ``cluster.events`` records the master's bus."""
     workdir = tmp_path_factory.mktemp("lab-alerts")
     conf = kcm_master_config(workdir / "master-host", {"alertmanager_urls": [alertmanager.url], "allow_http": True,
-                                                       "labels": {"env": "e2e"}})
-    assert [next(iter(engine)) for engine in conf["engines"]] == ["kcm_alert"], conf
+                                                       "labels": {"env": "e2e"}, "alert_engine": False})
+    assert conf["reactor"] == [{"salt/beacon/*/kcm_leader/*": ["salt://reactor/kcm/leader.sls"]}], conf
     assert conf["kcm_alert"]["reporters"] == {"tgt": "role:k8s-master", "tgt_type": "grain"}, conf
     conf["kcm_alert"]["backoff"] = 0.2
     cluster = start_lab_cluster(k8s_bin, workdir, "alerts", suite="e2e-alerts", election=SHORT_ELECTION,
