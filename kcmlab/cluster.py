@@ -143,6 +143,15 @@ class LabCluster:
             self.nodes = (*self.nodes, name)
         return machine
 
+    def power_on(self, name: str, timeout: float = 120.0) -> None:
+        """Boot master ``name`` again after a power-off and redeploy it over the bus: each boot
+        is a fresh overlay, as a reinstalled master would be (its minion key is kept)."""
+        self.lab.boot(name, salt=self.master.minion_config(name))
+        self.master.wait_for_minions([name], timeout=timeout)
+        self.salt("saltutil.sync_all", target=[name], timeout=300)
+        self.apply("kcm", target=[name])
+        self.wait_healthy([name], timeout=timeout)
+
     def __enter__(self) -> LabCluster:
         return self.start()
 

@@ -202,7 +202,7 @@ class Machine:
                 continue
         return None
 
-    def wait_booted(self, timeout: float = 60.0) -> None:
+    def wait_booted(self, timeout: float = 180.0) -> None:
         """Wait until systemd inside reports ``running`` (``degraded`` accepted)."""
         begin = time.monotonic()
         deadline = begin + timeout
