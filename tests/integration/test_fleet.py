@@ -35,7 +35,7 @@ def alertmanager(tmp_path_factory):
 @pytest.fixture(scope="module")
 def fleet_master(salt_factories, alertmanager, tmp_path_factory):
     conf = kcm_master_conf(tmp_path_factory.mktemp("fleet-host"), alertmanager.url, {"env": "fleet"},
-                           allow_http=True)  # Alertmanager on loopback
+                           allow_http=True, alert_engine=True)  # Alertmanager on loopback; the fleet path
     assert conf["engines"] == [{"kcm_alert": {"batch_wait": 0.2}}]
     # engines_dirs stands in for kcm.master's saltutil.sync_engines + master restart
     overrides = dict(conf, file_roots={"base": [str(REPO / "formula")]}, engines_dirs=[str(REPO / "_engines")])
