@@ -2,7 +2,9 @@
 Beacon ``kcm_leader``: watches the kube-controller-manager leader record and
 fires an event only when its state changes.
 
-Event tags (``salt/beacon/<minion>/<beacon name>/<tail>``):
+Event tags (``salt/beacon/<minion>/<beacon name>/<tail>``); every event carries
+``cluster`` (pillar ``kcm:cluster``) and ``cluster_id`` (``kcm.cluster_id``, the
+``kube-system`` namespace UID: two clusters of one name stay apart):
 
 ``changed``
     The holder moved (``old_*`` / ``new_*`` holder, node and minion, ``transitions``).
@@ -232,6 +234,7 @@ def initial_state():
         "version": STATE_VERSION,
         "seen": False,
         "record": {},
+        "held": {},
         "fingerprint": None,
         "changed_at": None,
         "offset": None,
@@ -377,7 +380,8 @@ def step(previous, observation, now, settings, me=()):
     now
         local wall-clock seconds (``time.time()``)
     settings
-        ``debounce``, ``stale_after``, ``retry_period``, ``lease_duration``, ``cluster``
+        ``debounce``, ``stale_after``, ``retry_period``, ``lease_duration``, ``cluster``,
+        ``cluster_id`` (carried in every event)
     me
         the names this minion goes by (minion id, node name)
 
@@ -400,9 +404,13 @@ def step(previous, observation, now, settings, me=()):
         if current_print != state["fingerprint"]:
             _note_change(state, record, now)
             state["fingerprint"] = current_print
-        old = state["record"]
+        # A released Lease (no holder) between two holders is a handover from the last one
+        # that held it, not from nobody.
+        old = state.get("held") or state["record"]
         if state["seen"] and record.get("holder") and record.get("holder") != old.get("holder"):
             events.extend(_holder_events(old, record, me))
+        if record.get("holder"):
+            state["held"] = record
         state["record"] = record
         state["seen"] = True
         state["polled_at"] = now
@@ -414,7 +422,7 @@ def step(previous, observation, now, settings, me=()):
         state["reason"] = facts.get("reason") if current == "unreachable" else None
     state["condition"] = current
 
-    common = dict(state["record"], cluster=settings.get("cluster"))
+    common = dict(state["record"], cluster=settings.get("cluster"), cluster_id=settings.get("cluster_id"))
     return state, [dict(common, **event) for event in events]
 
 
@@ -468,7 +476,8 @@ def _readable_cert(info):
 
 def _cert_event(tag, name, info, settings, **extra):
     event = {field: info.get(field) for field in CERT_FIELDS}
-    event.update(tag=tag, cert=name, minion=settings.get("minion"), cluster=settings.get("cluster"), **extra)
+    event.update(tag=tag, cert=name, minion=settings.get("minion"), cluster=settings.get("cluster"),
+                 cluster_id=settings.get("cluster_id"), **extra)
     return event
 
 
@@ -484,7 +493,7 @@ def cert_step(previous, status, now, settings):
     now
         local wall-clock seconds
     settings
-        ``cert_thresholds`` (days), ``minion``, ``cluster``
+        ``cert_thresholds`` (days), ``minion``, ``cluster``, ``cluster_id``
 
     Returns ``(state, events)``. For each cert, at most one ``cert_expiring``
     per read: the smallest threshold crossed and not yet announced for its
@@ -595,6 +604,27 @@ def _settings(cfg, deployed):
     }
 
 
+def _cluster_id(key, observation, cfg):
+    """
+    kcm.cluster_id (a memo hit after its first answer), asked only after a good poll: with
+    the apiserver down it would be one more blocking GET in the minion's main loop, and the
+    last answer is as good. None until it was ever had.
+    """
+    remembered = __context__.get(f"{key}.cluster_id")
+    if "error" in observation:
+        return remembered
+    kwargs = {"timeout": cfg["timeout"]} if "timeout" in cfg else {}
+    try:
+        answer = __salt__["kcm.cluster_id"](**kwargs)
+    except Exception:  # pylint: disable=broad-except
+        log.debug("kcm_leader: kcm.cluster_id raised", exc_info=True)
+        answer = None
+    if isinstance(answer, str):
+        __context__[f"{key}.cluster_id"] = answer
+        return answer
+    return remembered
+
+
 def _my_names(deployed):
     names = {__opts__.get("id"), deployed.get("identity") or None}
     grains = globals().get("__grains__") or {}
@@ -677,7 +707,9 @@ def beacon(config):
     previous = _load_cached_state(key, path)
     now = _now()
     settings = _settings(cfg, deployed)
-    state, events = step(previous, _observe(cfg), now, settings, _my_names(deployed))
+    observation = _observe(cfg)
+    settings["cluster_id"] = _cluster_id(key, observation, cfg)
+    state, events = step(previous, observation, now, settings, _my_names(deployed))
     state, cert_events = _check_certs(state, now, settings)
     __context__[key] = state
     if announced_view(state) != announced_view(previous):
@@ -765,4 +797,6 @@ def close(config):
         salt '*' beacons.delete kcm_leader
     """
     cfg = _config_dict(config)
-    __context__.pop(f"kcm_leader.{cfg.get('_beacon_name', __virtualname__)}", None)
+    key = f"kcm_leader.{cfg.get('_beacon_name', __virtualname__)}"
+    __context__.pop(key, None)
+    __context__.pop(f"{key}.cluster_id", None)

@@ -42,6 +42,12 @@ LOCK_NAME = "kube-controller-manager"
 LEASE_PATH = f"/apis/coordination.k8s.io/v1/namespaces/{LOCK_NAMESPACE}/leases/{LOCK_NAME}"
 ENDPOINTS_PATH = f"/api/v1/namespaces/{LOCK_NAMESPACE}/endpoints/{LOCK_NAME}"
 LEADER_ANNOTATION = "control-plane.alpha.kubernetes.io/leader"
+# The cluster's identity: the UID of kube-system, made once when the cluster was created and
+# readable by KCM's own identity (the bootstrap role system:kube-controller-manager may GET
+# namespaces), so two clusters that share a `kcm:cluster` name are still told apart.
+NAMESPACE_PATH = f"/api/v1/namespaces/{LOCK_NAMESPACE}"
+# kubeconfig key -> UID for the life of this process (the beacon asks on every poll).
+_CLUSTER_IDS = {}
 
 # RFC 3339 as Kubernetes writes it: metav1.Time (seconds) and MicroTime (microseconds).
 _TIME_RE = re.compile(
@@ -446,6 +452,100 @@ def is_leader(**kwargs):
 
 
 # ---------------------------------------------------------------------------------------
+# cluster identity
+
+
+def _cluster_id_path():
+    cachedir = __opts__.get("cachedir")
+    return os.path.join(cachedir, "kcm", "cluster-id.json") if cachedir else None
+
+
+def _read_cluster_id_cache():
+    if not _cluster_id_path():
+        return {}
+    try:
+        with open(_cluster_id_path(), encoding="utf-8") as fh:
+            cached = json.load(fh)
+    except (OSError, ValueError):
+        return {}
+    return cached if isinstance(cached, dict) else {}
+
+
+def _write_cluster_id_cache(cached):
+    import salt.utils.atomicfile  # pylint: disable=import-outside-toplevel
+
+    if not _cluster_id_path():
+        return
+    try:
+        os.makedirs(os.path.dirname(_cluster_id_path()), mode=0o700, exist_ok=True)
+        with salt.utils.atomicfile.atomic_open(_cluster_id_path(), "w") as fh:
+            json.dump(cached, fh, sort_keys=True)
+    except OSError as exc:
+        # Only costs one more GET next time; the answer itself is good.
+        log.debug("kcm: cannot write %s: %s", _cluster_id_path(), exc)
+
+
+def _cluster_uid(kwargs):
+    """
+    The ``kube-system`` namespace UID, read once per kubeconfig version and cached in this
+    process and in ``<cachedir>/kcm/cluster-id.json``.
+
+    The kubeconfig's path and mtime are the cache key: a rewritten kubeconfig (another
+    cluster, a renewed certificate) is asked again; when that GET fails, the UID cached
+    for the same path still answers (an unreachable apiserver is when alerts need it).
+    """
+    kubeconfig = _file(kwargs, "kubeconfig")
+    path = os.path.realpath(kubeconfig)
+    try:
+        key = f"{path}@{os.stat(path).st_mtime_ns}"
+    except OSError:
+        key = path
+    if key in _CLUSTER_IDS:
+        return _CLUSTER_IDS[key]
+    cached = _read_cluster_id_cache()
+    if cached.get("key") == key and cached.get("uid"):
+        _CLUSTER_IDS[key] = cached["uid"]
+        return cached["uid"]
+    try:
+        obj = _api_get(NAMESPACE_PATH, kubeconfig, kwargs.get("timeout"))
+    except CommandExecutionError:
+        if cached.get("path") == path and cached.get("uid"):
+            return cached["uid"]
+        raise
+    metadata = obj.get("metadata")
+    uid = metadata.get("uid") if isinstance(metadata, dict) else None
+    if not isinstance(uid, str) or not uid:
+        raise _Failure("malformed", f"namespace {LOCK_NAMESPACE} has no metadata.uid")
+    _write_cluster_id_cache({"key": key, "path": path, "uid": uid})
+    _CLUSTER_IDS[key] = uid
+    return uid
+
+
+def cluster_id(**kwargs):
+    """
+    Return this cluster's stable identity: the UID of the ``kube-system`` namespace.
+
+    Two clusters that both kept ``kcm:cluster: kubernetes`` have different UIDs, so the
+    beacon carries it in every event (``cluster_id``) and the alerts carry it as a label.
+    Read with the KCM kubeconfig (KCM's own RBAC role may GET namespaces) once, then
+    cached under the minion cachedir until the kubeconfig changes.
+
+    kubeconfig
+        Default: the deployed KCM kubeconfig.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'master*' kcm.cluster_id
+    """
+    try:
+        return _cluster_uid(kwargs)
+    except (_Failure, CommandExecutionError) as exc:
+        return _from_exception(exc)
+
+
+# ---------------------------------------------------------------------------------------
 # the local KCM process: health, version, flags
 
 
@@ -675,6 +775,7 @@ def _part(errors, name, func, default):
 def status(**kwargs):
     """
     Return one flat row about this master, made for ``--out=table``: ``minion``,
+    ``cluster`` (pillar ``kcm:cluster``), ``cluster_id`` (:func:`cluster_id`),
     ``version``, ``service_active``, ``healthy``, ``leader`` (yes/no), ``holder``,
     ``lease_age_seconds`` (since the last renewal), ``cert_days_left`` (the KCM
     certificate), and ``errors`` (what could not be answered; the call then exits
@@ -696,6 +797,8 @@ def status(**kwargs):
     health_result = _part(errors, "health", lambda: _health(kwargs), None)
     row = {
         "minion": _minion_id(),
+        "cluster": _deployed().get("cluster"),
+        "cluster_id": _part(errors, "cluster_id", lambda: _cluster_uid(kwargs), None),
         "version": _part(errors, "version", lambda: _version_of(_file(kwargs, "binary")), None),
         "service_active": _service_active(service),
         "healthy": health_result["healthy"] if health_result else None,

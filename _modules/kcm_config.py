@@ -554,7 +554,8 @@ SHAPES = (
     (("master", "alertmanager_urls"), LIST), (("master", "webhook_urls"), LIST),
     (("create_user",), BOOL), (("use_service_account_credentials",), BOOL), (("log_to_file",), BOOL),
     (("service", "manage"), BOOL), (("beacon", "enabled"), BOOL), (("master", "sync_runners"), BOOL),
-    (("master", "enroll", "enabled"), BOOL), (("master", "allow_http"), BOOL),
+    (("master", "enroll", "enabled"), BOOL), (("master", "allow_http"), BOOL), (("master", "alert_engine"), BOOL),
+    (("master", "batch_wait"), NUMBER),
     (("secure_port",), INT), (("keep_versions",), INT), (("verbosity",), INT),
     (("pki", "days_valid"), INT), (("pki", "days_remaining"), INT), (("pki", "key_size"), INT),
     (("beacon", "interval"), NUMBER), (("beacon", "debounce"), INT), (("beacon", "stale_after"), NUMBER),
@@ -862,6 +863,10 @@ def master_problems(master):
                         f" {', '.join(TARGET_TYPES)}")
     if not str(reporters.get("tgt") or "").strip():
         problems.append("kcm:master:reporters:tgt: required (the KCM masters, such as 'role:k8s-master')")
+    batch_wait = master.get("batch_wait")
+    if isinstance(batch_wait, (int, float)) and not isinstance(batch_wait, bool) and not 0 < batch_wait <= 5:
+        # Every event of a batch waits up to this long: past 5 s the alert comes late.
+        problems.append(f"kcm:master:batch_wait: {batch_wait!r} is not seconds in (0, 5], such as 0.2")
     _match(problems, wrapped, ("master", "enroll", "grain"), GRAIN_RE, "a grain name such as role")
     _match(problems, wrapped, ("master", "enroll", "value"), re.compile(r"^[A-Za-z0-9_.:-]+$"),
            "a grain value such as k8s-master (no glob or space)")

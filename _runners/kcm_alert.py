@@ -2,10 +2,13 @@
 Runner ``kcm_alert``: turns ``kcm_leader`` beacon events into Alertmanager
 alerts, once per change although every KCM master reports it.
 
-The reactor (``salt://reactor/kcm/leader.sls``) calls :func:`handle` for each
-``salt/beacon/*/kcm_leader/*`` event. The runner
+The ``kcm_alert`` engine (``_engines/kcm_alert.py``) calls :func:`handle_batch`
+with the ``salt/beacon/*/kcm_leader/*`` events of a short window; with
+``kcm:master:alert_engine: false`` the reactor (``salt://reactor/kcm/leader.sls``)
+calls :func:`handle` for each. The runner
 
-* deduplicates: the key is cluster + kind + the Lease's ``leaseTransitions``
+* deduplicates: the key is cluster (name + ``cluster_id``, the kube-system UID)
+  + kind + the Lease's ``leaseTransitions``
   (+ the last renew time for ``stale`` / ``no_leader``, + the reporting minion
   for ``unreachable``), kept in a JSON file under the master cachedir and
   guarded by ``fcntl`` locking, so concurrent reactor threads agree;
@@ -46,6 +49,7 @@ import logging
 import os
 import re
 import tempfile
+import threading
 import time
 
 import requests
@@ -227,9 +231,19 @@ def _cert_minion(data, reporter):
     return str(data.get("minion") or reporter)
 
 
+def _cluster_key(data):
+    """
+    Which cluster an event is about: its name plus its ``cluster_id`` (the kube-system
+    namespace UID), so two clusters that share a name never dedupe or resolve each
+    other's alerts. Events without an id (beacons before it) fall back to the name.
+    """
+    name = data.get("cluster") or "unknown"
+    return f"{name}#{data['cluster_id']}" if data.get("cluster_id") else name
+
+
 def dedupe_key(kind, data, reporter):
     """The identity of one change: every master that saw it computes the same key."""
-    cluster = data.get("cluster") or "unknown"
+    cluster = _cluster_key(data)
     if kind in ("cert_expiring", "cert_renewed"):
         minion = _cert_minion(data, reporter)
         return f"{cluster}|{kind}|{minion}|{data.get('cert')}|{data.get('serial')}|{data.get('threshold')}"
@@ -245,6 +259,9 @@ def alert_labels(kind, data, extra):
     name, severity = ALERTS[kind]
     labels = {str(k): str(v) for k, v in (extra or {}).items()}
     labels.update(alertname=name, cluster=str(data.get("cluster") or "unknown"), severity=severity)
+    if data.get("cluster_id"):
+        # Alertmanager merges alerts with equal labels: same-named clusters must differ.
+        labels["cluster_id"] = str(data["cluster_id"])
     if kind == "changed":
         labels["old_node"] = str(data.get("old_node") or "none")
         labels["new_node"] = str(data.get("new_node") or "none")
@@ -375,7 +392,7 @@ def _claimable(entry, now):
 
 
 def _cert_slot(data, reporter):
-    cluster = data.get("cluster") or "unknown"
+    cluster = _cluster_key(data)
     return f"cert|{cluster}|{_cert_minion(data, reporter)}|{data.get('cert')}"
 
 
@@ -417,7 +434,7 @@ def _decide(store, kind, data, reporter, cfg, now):
     Called with the lock held. The key is marked `sending` before the lock is
     released, so a concurrent duplicate sees it claimed.
     """
-    cluster = data.get("cluster") or "unknown"
+    cluster = _cluster_key(data)
     fire, resolve = [], []
     if kind in ("cert_expiring", "cert_renewed"):
         return _decide_cert(store, kind, data, reporter, cfg, now)
@@ -460,15 +477,15 @@ def _decide(store, kind, data, reporter, cfg, now):
     return fire, resolve, (key, slot)
 
 
-def _finish(cfg, claim, ok):
-    """Record the outcome of a send: a failed key may be claimed again by a duplicate."""
-    key, slot = claim
+def _finish(cfg, outcomes):
+    """Record the outcome of sends, [(claim, ok)]: a failed key may be claimed again by a duplicate."""
     with _locked_store(cfg["dedupe_file"], cfg["dedupe_ttl"]) as store:
-        entry = store["seen"].get(key)
-        if entry is not None:
-            entry["status"] = "sent" if ok else "failed"
-        if slot is not None and slot in store["open"]:
-            store["open"][slot]["delivered"] = store["open"][slot].get("delivered") or ok
+        for (key, slot), ok in outcomes:
+            entry = store["seen"].get(key)
+            if entry is not None:
+                entry["status"] = "sent" if ok else "failed"
+            if slot is not None and slot in store["open"]:
+                store["open"][slot]["delivered"] = store["open"][slot].get("delivered") or ok
 
 
 # --------------------------------------------------------------------------
@@ -506,20 +523,31 @@ def _send_with_retry(url, payload, cfg):
     return error
 
 
-def _deliver(kind, action, alerts, cfg):
-    """Send `alerts` to every receiver; return {url: error or None}."""
-    results = {}
-    for url in cfg["alertmanager_urls"]:
-        endpoint = _am_endpoint(url)
-        results[endpoint] = _send_with_retry(endpoint, alerts, cfg)
-    for url in cfg["webhook_urls"]:
-        results[url] = _send_with_retry(url, {"kind": kind, "action": action, "alerts": alerts}, cfg)
-    return results
+# The follow-up events of one batch share one connection to the master bus.
+_BUS = threading.local()
+
+
+@contextlib.contextmanager
+def _bus_scope():
+    _BUS.scope = {}
+    try:
+        yield
+    finally:
+        event = _BUS.scope.pop("event", None)
+        _BUS.scope = None
+        if event is not None:
+            event.destroy()
 
 
 def _fire(tag, data):
-    with salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=False) as event:
-        event.fire_event(data, tag)
+    scope = getattr(_BUS, "scope", None)
+    if scope is None:
+        with salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=False) as event:
+            event.fire_event(data, tag)
+        return
+    if scope.get("event") is None:
+        scope["event"] = salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=False)
+    scope["event"].fire_event(data, tag)
 
 
 def _report(kind, action, alerts, results, reporter):
@@ -549,13 +577,24 @@ def _accepted_key(minion_id):
     return os.path.join(__opts__["pki_dir"], "minions", minion_id)
 
 
+# Within one batch the KCM masters are matched once, not once per report: a storm of 900
+# reports would otherwise read every minion's cached grains 900 times.
+_BATCH = threading.local()
+
+
 def _is_kcm_master(minion_id, cfg):
     import salt.utils.minions
 
     target = cfg["reporters"] or {}
-    found = salt.utils.minions.CkMinions(__opts__).check_minions(
-        target.get("tgt", ""), tgt_type=target.get("tgt_type", "glob"), greedy=False)
-    return minion_id in (found.get("minions") or [])
+    key = (target.get("tgt", ""), target.get("tgt_type", "glob"))
+    memo = getattr(_BATCH, "masters", None)
+    if memo is None or key not in memo:
+        found = salt.utils.minions.CkMinions(__opts__).check_minions(key[0], tgt_type=key[1], greedy=False)
+        masters = set(found.get("minions") or [])
+        if memo is None:
+            return minion_id in masters
+        memo[key] = masters
+    return minion_id in memo[key]
 
 
 def _signature_problem(key_path, kind, data, now, window):
@@ -651,6 +690,138 @@ def _kind_of(tag):
     return str(tag or "").rstrip("/").rsplit("/", 1)[-1]
 
 
+def _new_result(tag, data):
+    kind = _kind_of(tag)
+    reporter = str(data.get("id") or "unknown")[:MAX_TEXT]
+    result = {"kind": kind, "reporter": reporter, "fired": [], "resolved": [], "duplicate": False, "failed": False}
+    if kind not in ALERTS and kind not in ("recovered", "cert_renewed"):
+        # acquired / lost ride along with changed; nothing to alert on its own.
+        result["ignored"] = True
+    return result
+
+
+def _admit(events, results, cfg, now):
+    """
+    The events the runner may act on, bounded (see :func:`refusal`); a refused one is
+    logged, reported as ``kcm/alert/refused`` and marked in its result.
+    """
+    admitted = []
+    _BATCH.masters = {}
+    try:
+        for (tag, data), result in zip(events, results):
+            why = None if result.get("ignored") else refusal(tag, data, cfg, now)
+            if why:
+                log.warning("kcm_alert: refused %s: %s", str(tag)[:120], why)
+                _fire("kcm/alert/refused", {"tag": str(tag)[:MAX_TEXT], "reporter": result["reporter"], "reason": why})
+                result["refused"] = why
+            admitted.append((tag, _bounded(data) if not why else data))
+    finally:
+        _BATCH.masters = None
+    return admitted
+
+
+def _acted_on(result):
+    return not result.get("ignored") and not result.get("refused")
+
+
+def _decide_all(cfg, events, results, now):
+    """[(fire, resolve, claim)] for every event acted on, decided under one lock in order."""
+    decisions = []
+    with _locked_store(cfg["dedupe_file"], cfg["dedupe_ttl"]) as store:
+        for (_, data), result in zip(events, results):
+            if not _acted_on(result):
+                decisions.append(([], [], None))
+            else:
+                decisions.append(_decide(store, result["kind"], data, result["reporter"], cfg, now))
+    return decisions
+
+
+def _deliver_grouped(action, items, cfg):
+    """
+    Deliver [(kind, alerts)] for one action: one POST per Alertmanager for all of them,
+    one per webhook and kind (its payload names the kind). Returns {kind: {url: error}}.
+    """
+    items = [(kind, alerts) for kind, alerts in items if alerts]
+    if not items:
+        return {}
+    results = {kind: {} for kind, _ in items}
+    every = [alert for _, alerts in items for alert in alerts]
+    for url in cfg["alertmanager_urls"]:
+        endpoint = _am_endpoint(url)
+        error = _send_with_retry(endpoint, every, cfg)
+        for kind in results:
+            results[kind][endpoint] = error
+    for kind in results:
+        alerts = [alert for k, batch in items if k == kind for alert in batch]
+        for url in cfg["webhook_urls"]:
+            results[kind][url] = _send_with_retry(url, {"kind": kind, "action": action, "alerts": alerts}, cfg)
+    return results
+
+
+def handle_batch(events):
+    """
+    Handle many ``kcm_leader`` beacon events at once, in order: dedupe all of them under
+    one lock, send every resolution and every new alert in one POST per Alertmanager,
+    record the outcomes under one more lock, then report each event as :func:`handle` does.
+
+    The ``kcm_alert`` engine calls this with what arrived on the bus within its
+    ``batch_wait``; a storm of failovers then costs two lock rounds and two POSTs per
+    batch instead of per event, while each event is still decided exactly once.
+
+    events
+        a list of ``[tag, data]`` pairs (or ``{"tag": ..., "data": ...}`` dicts)
+
+    Returns the list of per-event results of :func:`handle`.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run kcm_alert.handle_batch \
+            events='[["salt/beacon/master-1/kcm_leader/changed", {"id": "master-1", "cluster": "prod"}]]'
+    """
+    events = [(e.get("tag"), e.get("data")) if isinstance(e, dict) else tuple(e) for e in events or ()]
+    events = [(tag, dict(data) if isinstance(data, dict) else {}) for tag, data in events]
+    results = [_new_result(tag, data) for tag, data in events]
+    if all(result.get("ignored") for result in results):
+        return results
+    cfg = _config()
+    now = _now()
+    events = _admit(events, results, cfg, now)
+    if not any(_acted_on(result) for result in results):
+        return results
+    decisions = _decide_all(cfg, events, results, now)
+
+    resolved = _deliver_grouped("resolve", [(r["kind"], d[1]) for r, d in zip(results, decisions)], cfg)
+    fired = _deliver_grouped("fire", [(r["kind"], d[0]) for r, d in zip(results, decisions)], cfg)
+    with _bus_scope():
+        outcomes = _report_all(events, results, decisions, resolved, fired)
+    if outcomes:
+        _finish(cfg, outcomes)
+    return results
+
+
+def _report_all(events, results, decisions, resolved, fired):
+    """Fill each event's result and fire its follow-ups; return [(claim, delivered)]."""
+    outcomes = []
+    for (_, data), result, (fire, resolve, claim) in zip(events, results, decisions):
+        kind, reporter = result["kind"], result["reporter"]
+        if not _acted_on(result):
+            continue
+        if resolve:
+            result["failed"] |= not _report(kind, "resolve", resolve, resolved[kind], reporter)
+            result["resolved"] = [alert["labels"] for alert in resolve]
+        if fire:
+            ok = _report(kind, "fire", fire, fired[kind], reporter)
+            outcomes.append((claim, ok))
+            result["failed"] |= not ok
+            result["fired"] = [alert["labels"] for alert in fire]
+        if not fire and not resolve:
+            result["duplicate"] = True
+            _fire("kcm/alert/duplicate", {"kind": kind, "reporter": reporter, "key": dedupe_key(kind, data, reporter)})
+    return outcomes
+
+
 def handle(tag, data):
     """
     Handle one ``kcm_leader`` beacon event: dedupe, alert, resolve, report.
@@ -669,36 +840,4 @@ def handle(tag, data):
         salt-run kcm_alert.handle tag=salt/beacon/master-1/kcm_leader/changed \\
             data='{"id": "master-1", "cluster": "prod", "transitions": 4, "new_node": "master-2"}'
     """
-    data = dict(data) if isinstance(data, dict) else {}
-    kind = _kind_of(tag)
-    reporter = str(data.get("id") or "unknown")[:MAX_TEXT]
-    result = {"kind": kind, "reporter": reporter, "fired": [], "resolved": [], "duplicate": False, "failed": False}
-    if kind not in ALERTS and kind not in ("recovered", "cert_renewed"):
-        # acquired / lost ride along with changed; nothing to alert on its own.
-        result["ignored"] = True
-        return result
-    cfg = _config()
-    now = _now()
-    why = refusal(tag, data, cfg, now)
-    if why:
-        log.warning("kcm_alert: refused %s: %s", str(tag)[:120], why)
-        _fire("kcm/alert/refused", {"tag": str(tag)[:MAX_TEXT], "reporter": reporter, "reason": why})
-        return dict(result, refused=why)
-    data = _bounded(data)
-    with _locked_store(cfg["dedupe_file"], cfg["dedupe_ttl"]) as store:
-        fire, resolve, claim = _decide(store, kind, data, reporter, cfg, now)
-
-    if resolve:
-        results = _deliver(kind, "resolve", resolve, cfg)
-        result["failed"] |= not _report(kind, "resolve", resolve, results, reporter)
-        result["resolved"] = [alert["labels"] for alert in resolve]
-    if fire:
-        results = _deliver(kind, "fire", fire, cfg)
-        ok = _report(kind, "fire", fire, results, reporter)
-        _finish(cfg, claim, ok)
-        result["failed"] |= not ok
-        result["fired"] = [alert["labels"] for alert in fire]
-    if not fire and not resolve:
-        result["duplicate"] = True
-        _fire("kcm/alert/duplicate", {"kind": kind, "reporter": reporter, "key": dedupe_key(kind, data, reporter)})
-    return result
+    return handle_batch([(tag, data)])[0]

@@ -17,11 +17,12 @@ from common import machine
 
 HERE = Path(__file__).resolve().parent
 BENCHES = [
-    ("apply", ["apply.py", "--runs", "5"], "state.apply kcm: first, re-apply, empty-SLS baseline"),
+    ("apply", ["apply.py", "--runs", "5"], "state.apply kcm over the bus: first, re-apply, no-op baseline"),
     ("leader query", ["leader_query.py", "-n", "30"], "kcm.leader vs kubectl get lease (wall, CPU)"),
     ("beacon poll", ["beacon.py", "--latency"], "one kcm_leader poll: CPU, requests, memory growth; detection latency"),
     ("rolling change", ["rolling.py"], "orch.kcm.upgrade vs plain state.apply: leader changes, leaderless window"),
     ("lease release", ["release.py", "--runs", "3"], "controller gap after the leader's exit, release on vs off"),
+    ("fleet", ["fleet.py"], "alert storm of 10/100/300 clusters x 3 reports; the fleet view over 30 masters"),
 ]
 
 

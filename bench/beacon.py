@@ -1,19 +1,24 @@
 #!/usr/bin/env python3
-"""Benchmark of the kcm_leader beacon against a real control plane (not a test).
+"""Benchmark of the kcm_leader beacon on systemd machines against a real control plane (not a test).
+
+A LabCluster (kcmlab): three masters as systemd machines, each a real salt-minion service,
+KCM under systemd, a real salt-master with the formula's reactor and ``kcm_alert`` runner
+(``kcm.master`` rendered for it), a real Alertmanager on the host.
 
 Prints:
-  * the cost of one beacon poll: CPU ms (median), wall ms (median), HTTP requests and
-    new TCP connections per poll (goal: 1 request, 0 new connections once warm);
-  * the beacon's memory: process RSS after 10 polls and after 1,000 polls;
-  * with --latency: detection latency after SIGKILL of the leader's KCM, with the lease
-    settings used: kill -> `stale` -> new leader's acquireTime -> `changed` -> alert
-    visible in a real Alertmanager (the runner is called in-process, so the hop over
-    the master's event bus is not included; it is ~1 s, see salt-api-notes section 4).
-    Goals: stale before acquireTime; changed <= interval + 1 s after acquireTime; the
-    alert <= 1 s after its event.
-
-The beacon and kcm.* run in this process through Salt's loader, with the config of a
-sandboxed minion on which `state.apply kcm` ran, so the poll is exactly what a minion does.
+  * the cost of one beacon poll, measured inside master-1 by its own Salt (loader, config,
+    synced modules; bench/beacon_poll.py): CPU ms (median), wall ms (median), HTTP requests
+    and new TCP connections per poll (goal: 1 request, 0 new connections once warm);
+  * the beacon's memory: process RSS after 10 polls and after --polls polls;
+  * with --latency: detection latency of two leader outages, with the lease settings used,
+    every hop real: the outage -> first ``stale`` beacon event on the master's bus -> new
+    leader's acquireTime -> first ``changed`` event on the bus -> the alert, sent by the
+    reactor's runner, visible in Alertmanager. The outages: ``kill -9`` of the leader's KCM
+    (systemd's stop hook releases the Lease, so a standby takes it at once and nothing is
+    stale), and the leader's machine cut off the network (nothing released: the Lease
+    expires). Goals: changed <= interval + 1 s after acquireTime; the alert <= 1 s after
+    its event; stale before acquireTime when the Lease has to expire.
+Then the lab's timings (boot, first apply, first leader).
 
 Usage:
   python bench/beacon.py [--polls 1000] [--latency] [--election short|default]
@@ -21,168 +26,135 @@ Usage:
 
 import argparse
 import datetime
-import importlib.util
-import os
-import statistics
-import subprocess
-import sys
+import json
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import requests
+from common import k8s_bin, lab_timings
 
-import requests  # noqa: E402
-import salt.config  # noqa: E402
-import salt.loader  # noqa: E402
-import urllib3.connectionpool  # noqa: E402
+from kcmlab.alertmanager import Alertmanager
+from kcmlab.cluster import SHORT_ELECTION, LabCluster
+from kcmlab.controlplane import node_of, wait_until
+from kcmlab.masterless import kcm_master_config
+from kcmlab.rootfs import SALT_ROOT
 
-from kcmlab.controlplane import ControlPlane, free_port, wait_until  # noqa: E402
-from tests.e2e.conftest import SHORT_ELECTION, build_cluster  # noqa: E402
-
+HERE = Path(__file__).resolve().parent
 ELECTIONS = {"short": SHORT_ELECTION, "default": None}
-INTERVAL = {"short": 1.0, "default": 2.0}
+SECONDS = {"short": {"lease_duration": 4, "renew_deadline": 3, "retry_period": 1},
+           "default": {"lease_duration": 15, "renew_deadline": 10, "retry_period": 2}}
+INTERVAL = {"short": 1, "default": 2}
 
 
-class Counters:
-    """Counts HTTP requests and new TCP connections made through requests/urllib3."""
-
-    def __init__(self):
-        self.requests = 0
-        self.connections = 0
-        send = requests.adapters.HTTPAdapter.send
-        new_conn = urllib3.connectionpool.HTTPSConnectionPool._new_conn
-        counters = self
-
-        def counted_send(self, *args, **kwargs):
-            counters.requests += 1
-            return send(self, *args, **kwargs)
-
-        def counted_new_conn(self, *args, **kwargs):
-            counters.connections += 1
-            return new_conn(self, *args, **kwargs)
-
-        requests.adapters.HTTPAdapter.send = counted_send
-        urllib3.connectionpool.HTTPSConnectionPool._new_conn = counted_new_conn
-
-
-def rss_kib():
-    with open("/proc/self/status", encoding="ascii") as handle:
-        for line in handle:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
-def k8s_bin():
-    out = subprocess.run([str(REPO / "scripts" / "k8s-binaries")], stdout=subprocess.PIPE, text=True, check=True)
-    return Path(out.stdout.strip())
-
-
-def load_beacon(node):
-    """The kcm_leader beacon function, loaded by Salt's loader with this minion's config."""
-    opts = salt.config.minion_config(str(node.minion.config_dir / "minion"))
-    opts["grains"] = {"id": node.name, "host": node.name}
-    opts["pillar"] = {}
-    opts["file_client"] = "local"
-    mods = salt.loader.minion_mods(opts)
-    beacons = salt.loader.beacons(opts, mods)
-    return beacons["kcm_leader.beacon"]
-
-
-def load_runner(workdir, alertmanager_url):
-    spec = importlib.util.spec_from_file_location("kcm_alert_bench", REPO / "_runners" / "kcm_alert.py")
-    runner = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(runner)
-    runner.__opts__ = {"cachedir": str(workdir), "sock_dir": str(workdir),
-                       "kcm_alert": {"alertmanager_urls": [alertmanager_url]}}
-    runner._fire = lambda tag, data: None  # no master bus in this process
-    # This measures detection latency; who may report (signed, KCM masters) is unit-tested.
-    runner.refusal = lambda tag, data, cfg=None, now=None: None
-    return runner
-
-
-def poll_cost(beacon, config, polls):
-    counters = Counters()
-    for _ in range(10):
-        beacon(config)
-    rss_10 = rss_kib()
-    cpu, wall = [], []
-    req0, conn0 = counters.requests, counters.connections
-    for _ in range(polls - 10):
-        c0, w0 = time.process_time(), time.perf_counter()
-        beacon(config)
-        cpu.append((time.process_time() - c0) * 1000)
-        wall.append((time.perf_counter() - w0) * 1000)
-    rss_n = rss_kib()
-    n = polls - 10
-    print(f"poll cost over {n} warm polls: CPU median {statistics.median(cpu):.2f} ms "
-          f"(p90 {sorted(cpu)[int(n * 0.9)]:.2f}), wall median {statistics.median(wall):.2f} ms")
-    print(f"  HTTP requests per poll: {(counters.requests - req0) / n:.2f}; "
-          f"new TCP connections in {n} polls: {counters.connections - conn0}")
-    print(f"  RSS after 10 polls: {rss_10} KiB; after {polls} polls: {rss_n} KiB "
-          f"(ratio {rss_n / rss_10:.3f})")
-
-
-def start_alertmanager(workdir):
-    port = free_port()
-    config = workdir / "am.yml"
-    config.write_text("route: {receiver: 'null', group_wait: 1s}\nreceivers: [{name: 'null'}]\n")
-    proc = subprocess.Popen(["/usr/bin/prometheus-alertmanager", f"--config.file={config}",
-                             f"--storage.path={workdir / 'am-data'}", f"--web.listen-address=127.0.0.1:{port}",
-                             "--cluster.listen-address="], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: requests.get(url + "/-/ready", timeout=2).ok, 30, "alertmanager")
-    return proc, url
+def poll_cost(cluster, name, polls):
+    """Run bench/beacon_poll.py inside machine ``name`` with its Salt Python; print its measures."""
+    proc = cluster.machine(name).run([f"{SALT_ROOT}/bin/python3", "-", str(polls)],
+                                     input=(HERE / "beacon_poll.py").read_text(), timeout=900)
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    n = r["polls"]
+    print(f"poll cost over {n} warm polls on {name}: CPU median {r['cpu_median']:.2f} ms "
+          f"(p90 {r['cpu_p90']:.2f}), wall median {r['wall_median']:.2f} ms")
+    print(f"  HTTP requests per poll: {r['requests_per_poll']:.2f}; "
+          f"new TCP connections in {n} polls: {r['new_connections']}")
+    print(f"  RSS after 10 polls: {r['rss_10']} KiB; after {polls} polls: {r['rss_n']} KiB "
+          f"(ratio {r['rss_n'] / r['rss_10']:.3f})")
 
 
 def epoch(rfc3339):
     return datetime.datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
 
 
-def latency(cluster, beacon, config, interval, runner, am_url):
-    old = cluster.wait_for_leader(60)
-    seen = {}
-    stop = threading.Event()
+class BusTimes:
+    """First arrival (epoch) on the master's bus of each kcm_leader beacon event kind."""
 
-    def poll_loop():
-        while not stop.is_set():
-            t0 = time.time()
-            for event in beacon(config):
-                seen.setdefault(event["tag"], time.time())
-                if event["tag"] == "changed":
-                    runner.handle("salt/beacon/bench/kcm_leader/changed", dict(event, id="bench"))
-                    seen["sent"] = time.time()
-            stop.wait(max(0.0, interval - (time.time() - t0)))
+    def __init__(self, master):
+        self.master = master
+        self.first: dict[str, float] = {}
+        self.since = float("inf")
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    thread = threading.Thread(target=poll_loop, daemon=True)
-    thread.start()
-    time.sleep(3 * interval)
-    killed = time.time()
-    cluster.kill(old)
-    new = cluster.wait_for_leader(60, exclude=(old,))
+    def _run(self):
+        with self.master.events() as bus:
+            self._ready.set()
+            while not self._stop.is_set():
+                event = bus.get_event(wait=0.2, full=True)
+                now = time.time()
+                if not event or now < self.since:
+                    continue
+                parts = event["tag"].split("/")
+                if event["tag"].startswith("salt/beacon/") and len(parts) >= 5 and parts[3] == "kcm_leader":
+                    self.first.setdefault(parts[4], now)
 
-    def alert_visible():
-        reply = requests.get(am_url + "/api/v2/alerts", params={"filter": f'new_node="{new}"'}, timeout=2)
-        return reply.json() or None
+    def __enter__(self):
+        self._thread.start()
+        self._ready.wait(30)
+        return self
 
-    wait_until(alert_visible, 60, "alert in Alertmanager", interval=0.05)
-    visible = time.time()
-    stop.set()
-    thread.join(10)
-    acquired = epoch(cluster.control_plane.lease()["spec"]["acquireTime"])
-    e = cluster.election
-    print(f"detection latency (lease {e['lease_duration']:g}s / renew {e['renew_deadline']:g}s / "
-          f"retry {e['retry_period']:g}s, beacon interval {interval:g}s, stale_after 3):")
-    print(f"  SIGKILL {old} -> stale event:        {seen.get('stale', float('nan')) - killed:6.2f} s")
-    print(f"  SIGKILL -> new leader acquireTime:   {acquired - killed:6.2f} s  ({new})")
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(10)
+
+
+def outage(cluster, how, interval, am_url, e):
+    """One leader outage (``kill``: kill -9 of its KCM, which systemd's stop hook follows by
+    releasing the Lease; ``cut``: its machine off the network, nothing released, the Lease
+    expires) and when each hop saw it; the cluster is whole again afterwards."""
+    old_holder = cluster.holder()
+    old = node_of(old_holder)
+    # The alerts of an earlier outage are still active: only a new one counts.
+    earlier = {a["fingerprint"] for a in requests.get(am_url + "/api/v2/alerts", timeout=2).json()}
+    with BusTimes(cluster.master) as bus:
+        time.sleep(3 * interval + 2)  # every beacon has polled its first state
+        began = bus.since = time.time()
+        if how == "kill":
+            cluster.kill(old)
+        else:
+            cluster.machine(old).cut_link()
+        try:
+            new = node_of(cluster.wait_for_new_holder(old_holder, 60))
+
+            def alert_visible():
+                alerts = requests.get(am_url + "/api/v2/alerts", params={"filter": f'new_node="{new}"'},
+                                      timeout=2).json()
+                return [a for a in alerts if a["fingerprint"] not in earlier] or None
+
+            wait_until(alert_visible, 60, "alert in Alertmanager", interval=0.05)
+            visible = time.time()
+        finally:
+            if how == "cut":
+                cluster.machine(old).restore_link()
+    acquired = epoch(cluster.lease()["spec"]["acquireTime"])
+    seen = bus.first
+    what = {"kill": f"kill -9 of {old}'s KCM (the stop hook releases the Lease)",
+            "cut": f"{old}'s link cut (nothing released: the Lease expires)"}[how]
+    stale = f"{seen['stale'] - began:6.2f} s" if "stale" in seen else "  none"
+    print(f"detection latency, {what}:")
+    print(f"  outage -> stale event:               {stale}")
+    print(f"  outage -> new leader acquireTime:    {acquired - began:6.2f} s  ({new})")
     print(f"  acquireTime -> changed event:        {seen['changed'] - acquired:6.2f} s (goal <= {interval + 1:g})")
     print(f"  changed event -> alert visible:      {visible - seen['changed']:6.2f} s (goal <= 1)")
-    print(f"  stale before acquireTime: {'yes' if seen.get('stale', 1e18) < acquired else 'NO'}")
-    cluster.start_all()
+    if how == "cut":
+        print(f"  stale before acquireTime: {'yes' if seen.get('stale', 1e18) < acquired else 'NO'}"
+              " (goal: yes when the Lease has to expire)")
+        print(f"  anchor: lease + retry = {e['lease_duration'] + e['retry_period']:g} s; measured before (SIGKILL"
+              " without systemd, nothing released, runner in-process) at 4s/3s/1s: stale 3.0 s,"
+              " acquireTime 5.3-5.7 s, changed 0.4-0.7 s after it, alert 0.03 s after the event")
+    else:
+        print(f"  anchor: retry + 1 s = {e['retry_period'] + 1:g} s, the release bench's bound for a released Lease")
+    cluster.ensure_running(timeout=120)
+
+
+def latency(cluster, election, interval, am_url):
+    cluster.apply("kcm.beacon")
+    e = SECONDS[election]
+    print(f"lease {e['lease_duration']:g}s / renew {e['renew_deadline']:g}s / retry {e['retry_period']:g}s, "
+          f"beacon interval {interval:g}s, stale_after 3; 3 beacons, their events read on the master's bus")
+    for how in ("kill", "cut"):
+        outage(cluster, how, interval, am_url, e)
 
 
 def main():
@@ -192,26 +164,27 @@ def main():
     parser.add_argument("--election", choices=sorted(ELECTIONS), default="short")
     args = parser.parse_args()
 
-    workdir = Path(tempfile.mkdtemp(prefix="kcm-bench-beacon-"))
-    cp = ControlPlane(k8s_bin(), workdir / "cp").start()
-    cluster = am = None
-    try:
-        cluster = build_cluster(cp, workdir / "kcm", ELECTIONS[args.election], "bench")
-        node = cluster.nodes["master-1"]
-        beacon = load_beacon(node)
-        config = [{"debounce": 2}, {"stale_after": 3}, {"_beacon_name": "kcm_leader"}]
-        poll_cost(beacon, config, args.polls)
-        if args.latency:
-            am, am_url = start_alertmanager(workdir)
-            latency(cluster, beacon, config, INTERVAL[args.election], load_runner(workdir, am_url), am_url)
-    finally:
-        if am is not None:
-            am.terminate()
-        if cluster is not None:
-            cluster.stop_all()
-        cp.stop()
-        if not os.environ.get("KCM_KEEP_TMP"):
-            subprocess.run(["rm", "-rf", str(workdir)], check=False)
+    interval = INTERVAL[args.election]
+    with tempfile.TemporaryDirectory(prefix="kcm-bench-beacon-", dir="/tmp") as tmp:
+        workdir = Path(tmp)
+        am = Alertmanager(workdir / "alertmanager").start()
+        am_url = am.url
+        try:
+            # A loopback Alertmanager (http), and the lab's masters as the reporters the runner trusts.
+            conf = kcm_master_config(workdir / "master-host", {
+                "alertmanager_urls": [am_url], "allow_http": True,
+                "reporters": {"tgt": "master-*", "tgt_type": "glob"}})
+            # The lab CA lives 7 days: no certificate alerts in a benchmark of leader alerts.
+            beacon = {"interval": interval, "cert_thresholds": []}
+            with LabCluster(k8s_bin(), workdir / "lab", suite="bench-beacon", election=ELECTIONS[args.election],
+                            kcm={"beacon": beacon}, master_config=conf) as cluster:
+                cluster.deploy()
+                poll_cost(cluster, "master-1", args.polls)
+                if args.latency:
+                    latency(cluster, args.election, interval, am_url)
+                lab_timings(cluster.timings)
+        finally:
+            am.stop()
 
 
 if __name__ == "__main__":

@@ -34,6 +34,13 @@ def machine():
             f" Salt {salt.version.__version__}")
 
 
+def lab_timings(timings):
+    """Print the lab's own timings (boot, minions answering, first apply, first leader): how
+    loaded this machine was while the measures above were taken."""
+    for name, value in timings.items():
+        print(f"lab: {name}: {value:.2f} s")
+
+
 def k8s_bin():
     env = os.environ.get("KCM_K8S_BIN")
     if env:

@@ -1,18 +1,17 @@
 #!/usr/bin/env python3
 """Benchmark a rolling config change (a restart of every KCM) on three masters:
-`orch.kcm.upgrade` versus a plain apply of all masters at once (what
-`salt 'master*' state.apply kcm` does with systemd: each master restarts as soon as its
-unit changed; here `kcm_orch.apply`, the same apply plus the restart through
-`kcm:service:control_cmd`). Not a test.
+`orch.kcm.upgrade` versus a plain `salt 'master-*' state.apply kcm` of all masters at once
+(systemd restarts each KCM through `watch` as soon as its unit changed). Not a test.
 
-Real salt-master + 3 salt-minions (plain daemons on loopback), a real etcd +
-kube-apiserver, three real KCMs at short leader-election timings (4s/3s/1s) run from the
-rendered units by tests/e2e/orch/kcmctl.py. A thread polls the Lease every 0.2 s.
+A LabCluster (kcmlab): three systemd machines on their own bridge, each a real salt-minion
+service, a real salt-master, etcd and kube-apiserver on the host's bridge address; KCM runs
+under systemd at short leader-election timings (4s/3s/1s). A thread polls the Lease every
+0.2 s.
 
 Prints, per method (medians over --runs): leader changes (leaseTransitions), the longest
 window without a live leader (no holder, or its renewal older than the lease duration),
 the fewest KCMs answering /healthz at any poll, and the wall time until all three are
-healthy under a live leader.
+healthy under a live leader; then the lab's timings (boot, first apply, first leader).
 Goal: one leader change and no window longer than one lease duration (4 s).
 
     python bench/rolling.py [--runs 3]
@@ -20,135 +19,39 @@ Goal: one leader change and no window longer than one lease duration (4 s).
 
 import argparse
 import json
-import os
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
-import yaml  # noqa: E402
-from common import REPO, k8s_bin, machine, median
+from common import k8s_bin, lab_timings, machine, median
 
-from kcmlab.controlplane import ControlPlane, free_port  # noqa: E402
-from tests.e2e.orch.harness import NODES, LeaseWatch, make_nodes  # noqa: E402
-from tests.support.pillar import merge  # noqa: E402
+from kcmlab.cluster import SHORT_ELECTION, LabCluster
+from kcmlab.leasewatch import LeaseWatch
 
-BIN = Path(sys.executable).parent
 LEASE = 4.0
 
 
-class Salt:
-    """A salt-master and one salt-minion per node as plain daemons under ``root``."""
-
-    def __init__(self, root, nodes, pillar_dir):
-        self.root = Path(root)
-        self.conf = self.root / "master-conf"
-        self.procs = []
-        self.nodes = nodes
-        publish, ret = free_port(), free_port()
-        self._write(self.conf / "master", {
-            "id": "bench-master", "root_dir": str(self.root / "master"), "user": "root",
-            "interface": "127.0.0.1", "publish_port": publish, "ret_port": ret, "auto_accept": True,
-            "file_roots": {"base": [str(REPO / "formula")]}, "pillar_roots": {"base": [str(pillar_dir)]},
-            "fileserver_list_cache_time": 0, "features": {"x509_v2": True},
-            "log_file": str(self.root / "master.log"), "log_level_logfile": "info",
-        })
-        for name in nodes:
-            self._write(self.root / f"{name}-conf" / "minion", {
-                "id": name, "root_dir": str(self.root / name), "user": "root",
-                "master": "127.0.0.1", "master_port": ret, "publish_port": publish,
-                "features": {"x509_v2": True}, "acceptance_wait_time": 1,
-                "log_file": str(self.root / f"{name}.log"), "log_level_logfile": "info",
-            })
-
-    @staticmethod
-    def _write(path, config):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(config))
-
-    def _spawn(self, argv):
-        log = open(self.root / "daemons.out", "ab")  # noqa: SIM115 - closed with the process
-        self.procs.append(subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                           start_new_session=True))
-
-    def start(self, timeout=120):
-        self._spawn([str(BIN / "salt-master"), "-c", str(self.conf)])
-        time.sleep(3)
-        for name in self.nodes:
-            self._spawn([str(BIN / "salt-minion"), "-c", str(self.root / f"{name}-conf")])
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            answered = self.salt("test.ping", timeout=5)
-            if sorted(answered) == sorted(self.nodes):
-                return
-            time.sleep(1)
-        raise SystemExit(f"minions did not answer within {timeout}s; see {self.root}/*.log")
-
-    def stop(self):
-        for proc in reversed(self.procs):
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(30)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-
-    def _json(self, argv, timeout):
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 60, check=False)
-        try:
-            return json.loads(proc.stdout) if proc.stdout.strip() else {}
-        except ValueError:
-            return {"_raw": proc.stdout + proc.stderr}
-
-    def salt(self, fun, *args, timeout=600):
-        return self._json([str(BIN / "salt"), "-c", str(self.conf), "--out=json", "--static", "-t", str(timeout),
-                           "master-*", fun, *args], timeout)
-
-    def run(self, fun, *args, timeout=900):
-        return self._json([str(BIN / "salt-run"), "-c", str(self.conf), "--out=json", fun, *args], timeout)
-
-
-def write_pillar(pillar_dir, nodes):
-    top = ["base:"]
-    for name, node in nodes.items():
-        sls = name.replace("-", "_")
-        (pillar_dir / f"{sls}.sls").write_text(json.dumps(node.pillar))
-        top += [f"  '{name}':", f"    - {sls}"]
-    (pillar_dir / "top.sls").write_text("\n".join(top) + "\n")
-
-
-def settled(salt, cp, timeout=120):
+def settled(cluster, timeout=120):
     """Wait until all three are healthy under a live leader."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        health = salt.salt("kcm.health", timeout=20)
-        if all(isinstance(health.get(n), dict) and health[n].get("healthy") for n in NODES) and cp.leader():
-            return
-        time.sleep(0.5)
-    raise SystemExit(f"the KCMs did not settle within {timeout}s: {health}")
+    cluster.wait_healthy(timeout=timeout)
+    cluster.wait_for_leader(timeout)
 
 
-def one_change(salt, cp, nodes, pillar_dir, verbosity, method):
-    for node in nodes.values():
-        node.pillar = merge(node.pillar, {"kcm": {"verbosity": verbosity}})
-    write_pillar(pillar_dir, nodes)
-    holder = cp.lease()["spec"]["holderIdentity"]
-    with LeaseWatch(cp, nodes=nodes) as watch:
+def one_change(cluster, verbosity, method):
+    cluster.change_pillar(verbosity=verbosity)
+    holder = cluster.holder()
+    nodes = {name: SimpleNamespace(healthy=lambda name=name: cluster.healthz(name, timeout=1))
+             for name in cluster.nodes}
+    with LeaseWatch(cluster.cp, nodes=nodes) as watch:
         begin = time.monotonic()
         if method == "orchestration":
-            out = salt.run("state.orchestrate", "orch.kcm.upgrade")
-            if out.get("retcode", 0) != 0:
-                raise SystemExit(f"orch.kcm.upgrade failed: {json.dumps(out)[:3000]}")
+            code, out = cluster.master.run("state.orchestrate", "orch.kcm.upgrade")
+            if code != 0:
+                raise SystemExit(f"orch.kcm.upgrade failed ({code}): {json.dumps(out)[:3000]}")
         else:
-            out = salt.salt("kcm_orch.apply", timeout=900)
-            failed = {m: r for m, r in out.items() if not (isinstance(r, dict) and r.get("result"))}
-            if failed or len(out) != len(nodes):
-                raise SystemExit(f"kcm_orch.apply failed: {json.dumps(out)[:3000]}")
-        settled(salt, cp)
+            cluster.apply("kcm")
+        settled(cluster)
         # Every KCM restarted: the old process's lock must have been taken over.
         watch.wait_for_live_holder_other_than(holder, 60)
         elapsed = time.monotonic() - begin
@@ -162,41 +65,20 @@ def main():
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     bindir = k8s_bin()
-    tarball = next(bindir.glob("kubernetes-server-*-linux-amd64.tar.gz"))
-    version = tarball.name[len("kubernetes-server-"):-len("-linux-amd64.tar.gz")]
+    version = bindir.name
     results = {"orchestration": [], "plain apply": []}
-    with tempfile.TemporaryDirectory(prefix="kcmb-", dir="/tmp") as tmp:
-        tmp = Path(tmp)
-        cp = ControlPlane(bindir, tmp / "cp", nodes=NODES).start()
-        nodes = make_nodes(cp, tmp / "nodes", tarball, version)
-        pillar_dir = tmp / "pillar"
-        pillar_dir.mkdir()
-        write_pillar(pillar_dir, nodes)
-        salt = Salt(tmp / "salt", nodes, pillar_dir)
-        try:
-            salt.start()
-            salt.run("saltutil.sync_all")
-            salt.salt("saltutil.sync_all")
-            applied = salt.salt("state.apply", "kcm", timeout=900)
-            bad = {m: [k for k, v in r.items() if not v.get("result")] if isinstance(r, dict) else r
-                   for m, r in applied.items()}
-            if len(applied) != len(NODES) or any(bad.values()):
-                raise SystemExit(f"first state.apply kcm failed: {bad}")
-            salt.salt("kcm_orch.start", timeout=120)
-            settled(salt, cp)
-            verbosity = 2
-            for _ in range(args.runs):
-                for method in results:
-                    verbosity = 3 if verbosity != 3 else 4
-                    results[method].append(one_change(salt, cp, nodes, pillar_dir, verbosity, method))
-        finally:
-            for node in nodes.values():
-                node.kcmctl("stop")
-            salt.stop()
-            cp.stop()
+    with tempfile.TemporaryDirectory(prefix="kcmb-", dir="/tmp") as tmp, \
+            LabCluster(bindir, Path(tmp), suite="bench-roll", election=SHORT_ELECTION) as cluster:
+        cluster.deploy()
+        verbosity = 2
+        for _ in range(args.runs):
+            for method in results:
+                verbosity = 3 if verbosity != 3 else 4
+                results[method].append(one_change(cluster, verbosity, method))
+        timings = dict(cluster.timings)
     print(f"# bench/rolling: a config change restarting 3 KCMs, {args.runs} run(s) each, KCM {version},"
           f" lease 4s / renew 3s / retry 1s")
-    print(f"# {machine()}")
+    print(f"# {machine()}; KCM under systemd on 3 machines (kcmlab)")
     print(f"{'method':<16}{'leader changes':>16}{'max no-leader s':>17}{'min healthy':>13}{'wall s':>9}"
           "   per run (changes/gap/min healthy)")
     for method, rows in results.items():
@@ -207,6 +89,9 @@ def main():
     met = all(r["changes"] == 1 and r["gap"] <= LEASE for r in orch)
     print(f"goal (orchestration): 1 leader change and no window > {LEASE:.0f} s without a live leader:"
           f" {'met' if met else 'MISSED'}")
+    print(f"anchor: one lease duration = {LEASE:g} s; measured before (KCM run by the test harness, no systemd):"
+          " 1 change, about 1 s without a live leader, min healthy 2; plain apply min healthy 0")
+    lab_timings(timings)
 
 
 if __name__ == "__main__":

@@ -60,10 +60,14 @@ class LabCluster:
 
     def __init__(self, k8s_bin: Path, workdir: Path, *, suite: str = "e2e", nodes=NODES,
                  subnet: str | None = None, version: str | None = None, election: dict | None = None,
-                 kcm: dict | None = None, master_config: dict | None = None):
+                 kcm: dict | None = None, master_config: dict | None = None, file_roots=(), spares=()):
         self.k8s_bin = Path(k8s_bin)
         self.workdir = Path(workdir)
         self.nodes = tuple(nodes)
+        # Masters that join later (``boot``): their addresses, certificate SANs and pillar exist
+        # from the start, as a platform team prepares them before the machine arrives.
+        self.spares = tuple(spares)
+        self.file_roots = tuple(file_roots)
         self.version = version or self.k8s_bin.name
         self.election = dict(election or {})
         self.kcm_overrides = dict(kcm or {})
@@ -80,17 +84,18 @@ class LabCluster:
         begin = time.monotonic()
         try:
             self.lab.open()
-            for name in self.nodes:
+            for name in self.all_names:
                 self.lab.address_of(name)
             self.cp = ControlPlane(self.k8s_bin, self.workdir / "controlplane", nodes=self.nodes,
                                    host=self.lab.host_ip).start()
             self.timings["control plane ready"] = self.cp.timings["apiserver_ready"]
-            self.master = SaltMaster(self.workdir / "salt", self.lab.host_ip, config=self.master_config).start()
+            self.master = SaltMaster(self.workdir / "salt", self.lab.host_ip, config=self.master_config,
+                                     file_roots=self.file_roots).start()
             # The formula's runners (kcm_orch, kcm_alert, ...) on the master, as a user syncs them.
             code, synced = self.master.run("saltutil.sync_all")
             if code != 0:
                 raise RuntimeError(f"salt-run saltutil.sync_all exited {code}: {synced}")
-            self.pillars = {name: self.pillar_for(name) for name in self.nodes}
+            self.pillars = {name: self.pillar_for(name) for name in self.all_names}
             self.master.write_pillar(self.pillars)
             booted = time.monotonic()
             self.lab.boot_many(self.nodes, salt_for=self.master.minion_config)
@@ -102,12 +107,50 @@ class LabCluster:
         self.timings["cluster up (no KCM yet)"] = time.monotonic() - begin
         return self
 
+    def deploy(self) -> LabCluster:
+        """What a user does first: ``saltutil.sync_all`` and ``state.apply kcm`` on every master
+        over the bus, then every KCM healthy under systemd and a leader (timings recorded)."""
+        sync = self.salt("saltutil.sync_all", timeout=300)
+        if sorted(sync) != sorted(self.nodes):
+            raise RuntimeError(f"saltutil.sync_all answered for {sorted(sync)}, not {sorted(self.nodes)}: {sync}")
+        begin = time.monotonic()
+        self.apply("kcm")
+        self.timings[f"salt state.apply kcm on {len(self.nodes)} machines"] = time.monotonic() - begin
+        begin = time.monotonic()
+        self.wait_healthy(timeout=120)
+        self.wait_for_leader(60)
+        self.timings["first leader after the apply"] = time.monotonic() - begin
+        return self
+
     def close(self) -> None:
         self.lab.close()
         if self.master is not None:
             self.master.stop()
         if self.cp is not None:
             self.cp.stop()
+
+    @property
+    def all_names(self) -> tuple[str, ...]:
+        return (*self.nodes, *(n for n in self.spares if n not in self.nodes))
+
+    def boot(self, name: str, grains: dict | None = None):
+        """Boot spare master ``name`` (its minion config carries ``grains``); it joins ``nodes``."""
+        if name not in self.spares:
+            raise ValueError(f"{name} is not one of this lab's spares {self.spares}")
+        config = self.master.minion_config(name) | ({"grains": dict(grains)} if grains else {})
+        machine = self.lab.boot(name, salt=config)
+        if name not in self.nodes:
+            self.nodes = (*self.nodes, name)
+        return machine
+
+    def power_on(self, name: str, timeout: float = 120.0) -> None:
+        """Boot master ``name`` again after a power-off and redeploy it over the bus: each boot
+        is a fresh overlay, as a reinstalled master would be (its minion key is kept)."""
+        self.lab.boot(name, salt=self.master.minion_config(name))
+        self.master.wait_for_minions([name], timeout=timeout)
+        self.salt("saltutil.sync_all", target=[name], timeout=300)
+        self.apply("kcm", target=[name])
+        self.wait_healthy([name], timeout=timeout)
 
     def __enter__(self) -> LabCluster:
         return self.start()
@@ -135,12 +178,12 @@ class LabCluster:
     def pillar_for(self, name: str, version: str | None = None) -> dict:
         """The pillar of master ``name``: defaults everywhere but what this lab decides."""
         url, hash_url = self.tarball(version)
-        addresses = [self.lab.address_of(n) for n in self.nodes]
+        addresses = [self.lab.address_of(n) for n in self.all_names]
         kcm = {
             "version": version or self.version,
             "source": {"type": "tarball", "url": url, "hash": hash_url},
             "apiserver": self.cp.apiserver_url,
-            "pki": dict(self.cp.kcm_pki([*self.nodes, *addresses]), mode="pillar"),
+            "pki": dict(self.cp.kcm_pki([*self.all_names, *addresses]), mode="pillar"),
         }
         if self.election:
             kcm["leader_election"] = dict(self.election)

@@ -1,19 +1,17 @@
-"""A throwaway Kubernetes control plane on loopback, and KCM processes run from rendered units.
+"""A throwaway Kubernetes control plane, and the test PKI it runs on.
 
 ``ControlPlane`` starts a real etcd and a real kube-apiserver (RBAC + Node authorization, a
-client CA, a serving certificate for 127.0.0.1/localhost, service-account keys), all keys and
-certificates made here with ``cryptography``. ``KcmProcess`` starts kube-controller-manager
-from exactly the ``ExecStart=`` line the formula rendered into a systemd unit, in its own UTS
-namespace whose hostname is the minion id, so the Lease holder names the node.
+client CA, a serving certificate for its address, service-account keys) on any address of
+this host (loopback, or a lab bridge's, for masters on machines), all keys and certificates
+made here with ``cryptography``. ``parse_exec_start`` reads a rendered unit's command line
+with the formula's own systemd parser.
 
 Shared by the e2e tests, the demo command and the benchmarks, so nothing here imports pytest.
 
-    with ControlPlane(bin_dir, workdir) as cp:
-        cp.kcm_pki()            # PEMs for the formula's kcm:pki pillar
-        kcm = KcmProcess(unit_path, "master-1", workdir / "logs" / "kcm-master-1.log").start()
+    with ControlPlane(bin_dir, workdir, host="10.77.0.1") as cp:
+        cp.kcm_pki(["master-1", "10.77.0.11"])   # PEMs for the formula's kcm:pki pillar
         cp.wait_for_leader(30)
 """
-
 from __future__ import annotations
 
 import base64
@@ -23,9 +21,7 @@ import ipaddress
 import json
 import logging
 import os
-import pwd
 import re
-import shlex
 import signal
 import socket
 import subprocess
@@ -633,91 +629,6 @@ def parse_exec_start(unit_text: str) -> list[str]:
     """The argv of the single ``ExecStart=`` of a systemd unit's ``[Service]`` section, read
     the way systemd reads it (the product's parser; what it cannot reproduce is an error)."""
     return _SYSTEMD.parse_exec_start(unit_text)
-
-
-def parse_environment(unit_text: str) -> dict:
-    """``Environment=`` assignments of the unit's ``[Service]`` section, as a dict."""
-    env = {}
-    for key, value in _service_directives(unit_text):
-        if key == "Environment":
-            for assignment in shlex.split(value):
-                name, sep, val = assignment.partition("=")
-                if sep:
-                    env[name] = val
-    return env
-
-
-def _refuse_other_user(unit_text: str, unit_path: Path) -> None:
-    """Running as someone other than the unit's ``User=`` would test a different thing."""
-    me = pwd.getpwuid(os.getuid()).pw_name
-    for key, value in _service_directives(unit_text):
-        if key == "User" and value not in ("", me, str(os.getuid())):
-            raise ValueError(f"{unit_path}: User={value}, but this runner runs as {me} and cannot switch")
-
-
-# What systemd gives a service that sets no Environment=.
-SYSTEMD_BASE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
-
-# Runs as: sh -c SCRIPT _ <hostname> <argv...>; the hostname is set inside the new UTS namespace.
-_SET_HOSTNAME_AND_EXEC = 'hostname "$1" && shift && exec "$@"'
-
-
-class KcmProcess(Daemon):
-    """kube-controller-manager started from a rendered unit, under the hostname ``node``.
-
-    The command is the unit's ``ExecStart=`` argv, unchanged; it runs in a new UTS namespace
-    (``unshare --uts``) whose hostname is ``node``, so KCM's Lease identity names that node.
-    Like systemd, it gets a clean environment plus the unit's ``Environment=``.
-    """
-
-    def __init__(self, unit_path, node: str, log_path):
-        self.unit_path = Path(unit_path)
-        self.node = node
-        unit_text = self.unit_path.read_text()
-        self.exec_start = parse_exec_start(unit_text)
-        _refuse_other_user(unit_text, self.unit_path)
-        self.unit_env = {**SYSTEMD_BASE_ENV, **parse_environment(unit_text)}
-        argv = ["unshare", "--uts", "sh", "-c", _SET_HOSTNAME_AND_EXEC, "_", node, *self.exec_start]
-        super().__init__(f"kcm@{node}", argv, log_path, env=self.unit_env)
-
-    def flag(self, name: str) -> str | None:
-        """The value of ``--name=value`` in the rendered command (None when absent)."""
-        prefix = f"--{name}="
-        values = [arg[len(prefix):] for arg in self.exec_start if arg.startswith(prefix)]
-        return values[-1] if values else None
-
-    @property
-    def secure_port(self) -> int:
-        port = self.flag("secure-port")
-        if port is None:
-            raise ValueError(f"{self.unit_path}: ExecStart has no --secure-port=")
-        return int(port)
-
-    def run_once(self, extra_args=(), timeout: float = 60.0) -> subprocess.CompletedProcess:
-        """Run the rendered command plus ``extra_args`` to completion (e.g. ``--version``)."""
-        return subprocess.run(
-            [*self.exec_start, *extra_args], stdin=subprocess.DEVNULL, capture_output=True,
-            text=True, timeout=timeout, check=False, env=self.unit_env)
-
-    def healthz(self, ca_path, timeout: float = 5.0) -> requests.Response:
-        """GET /healthz on the secure port, TLS verified against ``ca_path`` for 127.0.0.1."""
-        with https_session(ca_path) as session:
-            return session.get(f"https://{LOOPBACK}:{self.secure_port}/healthz", timeout=timeout)
-
-    def wait_healthy(self, ca_path, timeout: float = 60.0) -> None:
-        """Wait until /healthz answers ``ok``; raises at once if the process dies."""
-        def ok():
-            reply = self.healthz(ca_path)
-            return reply.status_code == 200 and reply.text.strip() == "ok"
-
-        wait_until(ok, timeout, f"{self.name} /healthz", interval=0.2, alive=self.check_alive)
-
-    def metrics(self, ca_path, cert: tuple[str, str], timeout: float = 10.0) -> str:
-        """GET /metrics with the client certificate ``cert`` = (cert_path, key_path)."""
-        with https_session(ca_path, cert) as session:
-            reply = session.get(f"https://{LOOPBACK}:{self.secure_port}/metrics", timeout=timeout)
-        reply.raise_for_status()
-        return reply.text
 
 
 _METRIC_LINE = re.compile(r'^(?P<name>[a-zA-Z_:][\w:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)')

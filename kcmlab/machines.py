@@ -134,6 +134,30 @@ def leftovers(suite: str, names=()) -> list[str]:
     return found
 
 
+def inside_argv(init_pid: int, argv, env: dict | None = None) -> list[str]:
+    """The host command that runs ``argv`` inside the machine whose init is ``init_pid``: all its
+    namespaces, a clean environment (the host's would leak in through nsenter)."""
+    variables = [f"PATH={INSIDE_PATH}", "LANG=C.UTF-8", *(f"{k}={v}" for k, v in (env or {}).items())]
+    return ["nsenter", "-t", str(init_pid), "-a", "env", "-i", *variables, *[str(a) for a in argv]]
+
+
+def sweep(suite: str, names=()) -> None:
+    """Remove whatever a lab of ``suite`` left, whoever started it: kill and remove its cgroups
+    (its machines die with them), the veths of machines ``names``, the bridge, the runtime dir.
+    Works from the suite name alone, so a lab whose owner has gone can still be taken down."""
+    for path in _cgroup_dirs(suite):
+        if path.exists():
+            _kill_cgroup(path)
+            deadline = time.monotonic() + 10
+            while not _cgroup_empty(path) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            _remove_cgroup_tree(path)
+    _sh(["ip", "link", "del", bridge_name(suite)], check=False)
+    shutil.rmtree(RUNTIME / suite, ignore_errors=True)
+    for name in names:
+        _sh(["ip", "link", "del", f"vb-{machine_name(suite, name)}"], check=False)
+
+
 class Machine:
     """One booted machine: its nspawn process, its init's pid, its address."""
 
@@ -178,7 +202,7 @@ class Machine:
                 continue
         return None
 
-    def wait_booted(self, timeout: float = 60.0) -> None:
+    def wait_booted(self, timeout: float = 180.0) -> None:
         """Wait until systemd inside reports ``running`` (``degraded`` accepted)."""
         begin = time.monotonic()
         deadline = begin + timeout
@@ -209,8 +233,7 @@ class Machine:
         """Run ``argv`` inside the machine (all its namespaces, a clean environment)."""
         if self.init_pid is None:
             raise RuntimeError(f"machine {self.name} is not booted")
-        variables = [f"PATH={INSIDE_PATH}", "LANG=C.UTF-8", *(f"{k}={v}" for k, v in (env or {}).items())]
-        full = ["nsenter", "-t", str(self.init_pid), "-a", "env", "-i", *variables, *[str(a) for a in argv]]
+        full = inside_argv(self.init_pid, argv, env)
         proc = subprocess.run(full, text=True, capture_output=True, timeout=timeout, input=input, check=False)
         if check and proc.returncode != 0:
             raise subprocess.CalledProcessError(proc.returncode, argv, proc.stdout, proc.stderr)
@@ -345,15 +368,7 @@ class Lab:
         self._open = False
 
     def _sweep(self) -> None:
-        for path in _cgroup_dirs(self.suite):
-            if path.exists():
-                _kill_cgroup(path)
-                deadline = time.monotonic() + 10
-                while not _cgroup_empty(path) and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                _remove_cgroup_tree(path)
-        _sh(["ip", "link", "del", self.bridge], check=False)
-        shutil.rmtree(self.state_root, ignore_errors=True)
+        sweep(self.suite, self.machines)
 
     def __enter__(self) -> Lab:
         try:

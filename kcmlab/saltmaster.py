@@ -18,6 +18,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -55,6 +56,15 @@ class SaltMaster:
         self.extra = dict(config or {})
         self.daemon: Daemon | None = None
 
+    @classmethod
+    def attach(cls, root: Path, interface: str) -> SaltMaster:
+        """The master another process started under ``root``: its CLIs and its event bus (the
+        ports are read back from its config; stopping it is that process's business)."""
+        master = cls(root, interface)
+        config = yaml.safe_load((master.conf_dir / "master").read_text())
+        master.id, master.ret_port, master.publish_port = config["id"], config["ret_port"], config["publish_port"]
+        return master
+
     @property
     def log_path(self) -> Path:
         # Inside root_dir: Salt prefixes root_dir to any log path outside it.
@@ -78,6 +88,9 @@ class SaltMaster:
             "pillar_roots": {"base": [str(self.pillar_dir)]},
             "fileserver_list_cache_time": 0,
             "features": {"x509_v2": True},
+            # kcm.master's kcm_alert engine, found as a saltutil.sync_engines + restart would
+            # put it in place (the lab syncs after the master started).
+            "engines_dirs": [str(REPO / "_engines")],
             **self.extra,
         }
 
@@ -203,3 +216,47 @@ class SaltMaster:
             yield bus
         finally:
             bus.destroy()
+
+
+class EventRecorder:
+    """Every event of a master's bus from ``start()`` on, with the host time it arrived.
+
+    ``find("salt/beacon/*/kcm_leader/changed", since)`` -> [(time, tag, data)], oldest first.
+    """
+
+    def __init__(self, master: SaltMaster):
+        self.master = master
+        self.events: list[tuple[float, str, dict]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _listen(self) -> None:
+        with self.master.events() as bus:
+            bus.connect_pub(timeout=10)
+            self._ready.set()
+            while not self._stop.is_set():
+                event = bus.get_event(wait=0.5, full=True)
+                if event:
+                    with self._lock:
+                        self.events.append((time.time(), event["tag"], event["data"]))
+
+    def start(self) -> EventRecorder:
+        self._thread = threading.Thread(target=self._listen, name="salt-events", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(15):
+            raise TimeoutError(f"no connection to the event bus of {self.master.id}")
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def find(self, pattern: str, since: float = 0.0) -> list[tuple[float, str, dict]]:
+        import fnmatch
+
+        with self._lock:
+            return [e for e in self.events if e[0] >= since and fnmatch.fnmatchcase(e[1], pattern)]
+

@@ -1,45 +1,58 @@
-"""The demo behind ``scripts/demo``: the whole story of kcm-formula on one machine.
+"""The demo behind ``scripts/demo``: the whole story of kcm-formula on real systemd machines.
 
-``up`` starts, inside one sandbox directory, a real etcd + kube-apiserver, Alertmanager, a
-salt-master and three salt-minions (master-1..3), applies the formula over the bus from a
-pillar derived from ``pillar.example``, starts the three KCMs from the units it rendered,
-prints ``kcm.status``, then kills the leader and shows the alert event and the alert. It
-returns leaving everything running; ``status`` and ``failover`` work on what it left, and
-``down`` stops every process it started and removes the sandbox.
+``up`` starts etcd + kube-apiserver on a host bridge (``kcmlab``, suite ``demo``), Alertmanager
+on the host's loopback, a real salt-master with the formula's ``kcm.master`` config (reactor +
+kcm_alert), and three systemd machines master-1..3, each running ``salt-minion`` under
+systemd. It applies the formula over the bus (``salt 'master*' state.apply kcm``, pillar from
+``pillar.example`` with the lab's facts, default paths, ``service:manage: true``), then the
+``kcm.beacon``, prints ``kcm.status``, and drives a failover with ``systemctl stop`` of the
+leader's service: the new leader, the ``kcm/alert/changed`` event on the master's bus and the
+``KCMLeaderChanged`` alert in Alertmanager. Everything keeps running after ``up`` returns:
+``status``, ``failover`` and ``shell`` work on it, ``down`` removes it.
 
-Every process is recorded in ``<sandbox>/demo.json`` with its pid, session id and start
-time, so a later ``down`` stops exactly those processes (and whatever they spawned in their
-session), never anything that merely looks similar. ``down`` needs only the standard library.
+The host processes (etcd, kube-apiserver, Alertmanager, salt-master) are recorded in
+``<sandbox>/demo.json`` with pid, session and start time, so ``down`` stops exactly those and
+whatever they spawned in their session. The machines are ``kcmlab``'s: ``down`` removes them,
+their cgroups, veths and the bridge by the lab's suite name, with or without ``demo.json``.
+``down`` and ``shell`` need only the standard library.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import pwd
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from kcmlab.machines import inside_argv, leftovers, sweep  # noqa: E402 - stdlib only, down needs no venv
+
 STATE_NAME = "demo.json"
 NODES = ("master-1", "master-2", "master-3")
+SUITE = os.environ.get("KCM_DEMO_SUITE") or "demo"
+UNIT = "kube-controller-manager"
 # Short timings so the failover fits in seconds (lease / renew deadline / retry period).
 ELECTION = {"lease_duration": "4s", "renew_deadline": "3s", "retry_period": "1s"}
 # Beacon settings for the demo: poll every second (minion loop_interval 1).
 BEACON = {"interval": 1, "debounce": 2, "stale_after": 3, "timeout": 2}
-ALERTMANAGER = Path("/usr/bin/prometheus-alertmanager")
-# AF_UNIX socket paths are limited to 107 bytes; the longest Salt makes is the minion's
-# "<sock_dir>/minion_event_<10 hex>_pull.ipc".
+BEACON_STATE = "/var/cache/salt/minion/kcm/beacon-kcm_leader.json"
+# AF_UNIX socket paths are limited to 107 bytes; the master's live in its root_dir.
 SOCKET_PATH_MAX = 107
 # Upper bounds for things that must happen; exceeding one is an error naming the part.
-WAIT = {"daemon": 60, "minions": 120, "apply": 900, "kcm": 90, "leader": 60, "beacon": 60, "alert": 60}
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+WAIT = {"apply": 900, "kcm": 120, "leader": 60, "beacon": 60, "alert": 60}
+# Stop order of the host processes: the watchers before the watched, the control plane last.
+STOP_ORDER = ("salt-master", "alertmanager", "kube-apiserver", "etcd")
+TOTAL_STEPS = 7
 
 
 class DemoError(RuntimeError):
@@ -60,9 +73,9 @@ class Say:
     def elapsed(self) -> float:
         return time.monotonic() - self.begin
 
-    def step(self, number, total, text: str) -> None:
+    def step(self, number, text: str) -> None:
         self.step_begin = time.monotonic()
-        print(f"\n\033[1m==> [{number}/{total}] {text}\033[0m  (t={self.elapsed():.1f}s)", flush=True)
+        print(f"\n\033[1m==> [{number}/{TOTAL_STEPS}] {text}\033[0m  (t={self.elapsed():.1f}s)", flush=True)
 
     def line(self, text: str) -> None:
         print(f"    {text}", flush=True)
@@ -90,7 +103,7 @@ def sandbox_dir() -> Path:
 def load_state(sandbox: Path) -> dict | None:
     try:
         return json.loads((sandbox / STATE_NAME).read_text())
-    except FileNotFoundError:
+    except (FileNotFoundError, ValueError):
         return None
 
 
@@ -102,7 +115,7 @@ def save_state(sandbox: Path, state: dict) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Processes: identity from /proc, stop by session
+# Host processes: identity from /proc, stop by session
 
 
 def proc_stat(pid: int) -> dict | None:
@@ -113,7 +126,14 @@ def proc_stat(pid: int) -> dict | None:
         return None
     # The command name (field 2) may hold spaces or ')': split after its last ')'.
     fields = raw[raw.rindex(")") + 2:].split()
-    return {"state": fields[0], "pgrp": int(fields[2]), "session": int(fields[3]), "start": int(fields[19])}
+    return {"state": fields[0], "session": int(fields[3]), "start": int(fields[19])}
+
+
+def record_of(name: str, pid: int, log_path) -> dict:
+    stat = proc_stat(pid)
+    if stat is None:
+        raise DemoError(f"{name} (pid {pid}) is gone; log {log_path}")
+    return {"name": name, "pid": pid, "sid": stat["session"], "start": stat["start"], "log": str(log_path)}
 
 
 def alive(record: dict) -> bool:
@@ -122,57 +142,54 @@ def alive(record: dict) -> bool:
     return bool(stat and stat["start"] == record["start"] and stat["state"] != "Z")
 
 
-def session_members(record: dict) -> list[int]:
-    """Live processes of the recorded process's session started no earlier than it.
-
-    Salt daemons fork workers and KCM runs under unshare/sh: they all share the session the
-    recorded process opened. The start-time floor keeps a reused session id from matching.
-    """
-    pids = []
+def _live_pids():
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+        if entry.name.isdigit():
+            stat = proc_stat(int(entry.name))
+            if stat and stat["state"] != "Z":
+                yield int(entry.name), stat
+
+
+def session_members(record: dict) -> list[int]:
+    """Live processes of the recorded process's session started no earlier than it (the
+    start-time floor keeps a reused session id from matching)."""
+    return [pid for pid, stat in _live_pids() if stat["session"] == record["sid"] and stat["start"] >= record["start"]]
+
+
+def orphan_sessions(sandbox: Path) -> list[dict]:
+    """Session leaders whose command line names the sandbox: the demo's host daemons, found
+    without demo.json (an `up` killed before it wrote it). Daemons lead their own session;
+    a user's `less <sandbox>/logs/...` does not."""
+    found = []
+    needle = str(sandbox) + "/"
+    for pid, stat in _live_pids():
+        if stat["session"] != pid or pid == os.getpid():
             continue
-        stat = proc_stat(int(entry.name))
-        if stat and stat["session"] == record["sid"] and stat["start"] >= record["start"] \
-                and stat["state"] != "Z":
-            pids.append(int(entry.name))
-    return pids
+        try:
+            # Split on blanks too: salt-master rewrites its argv into one title string.
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").replace("\0", " ").split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if any(needle in arg for arg in argv):
+            # Named like a recorded one (salt-master runs as "python3 .../salt-master"), so
+            # that it is stopped in its tier.
+            tool = next((t for t in STOP_ORDER if any(Path(a).name.endswith(t) for a in argv[:2])), Path(argv[0]).name)
+            found.append({"name": f"{tool} (not in {STATE_NAME})", "pid": pid, "sid": pid, "start": stat["start"],
+                          "log": ""})
+    return found
 
 
-@contextlib.contextmanager
-def deferred_interrupts():
-    """Hold Ctrl-C / SIGTERM until the block ends: starting a process and recording it is
-    one step, or an interrupt in between leaves a daemon nobody knows about."""
-    pending = []
-
-    def defer(signum, frame):
-        pending.append(signum)
-
-    previous = {sig: signal.signal(sig, defer) for sig in (signal.SIGINT, signal.SIGTERM)}
+def _signal(pid: int, sig: int) -> None:
     try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if pending:
-            raise KeyboardInterrupt
-
-
-def record_of(name: str, pid: int, log_path: Path) -> dict:
-    stat = proc_stat(pid)
-    if stat is None:
-        raise DemoError(f"{name} (pid {pid}) exited right after it started; log {log_path}:\n{tail_of(log_path)}")
-    return {"name": name, "pid": pid, "sid": stat["session"], "start": stat["start"], "log": str(log_path)}
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def stop_record(record: dict, timeout: float = 10.0) -> int:
-    """SIGTERM every process of the record's session, SIGKILL what is left after ``timeout``.
-
-    Returns how many processes were signalled.
-    """
+    """SIGTERM every process of the record's session, SIGKILL what is left after ``timeout``;
+    returns how many processes were signalled."""
     members = session_members(record)
-    if not members:
-        return 0
     for pid in members:
         _signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
@@ -186,796 +203,520 @@ def stop_record(record: dict, timeout: float = 10.0) -> int:
     return len(members)
 
 
-def kill_record(record: dict) -> None:
-    """SIGKILL every process of the record's session at once (the failover drill)."""
-    for pid in session_members(record):
-        _signal(pid, signal.SIGKILL)
+def halt_machines(state: dict, timeout: float = 1.0) -> None:
+    """SIGTERM to each recorded systemd-nspawn (a clean halt), all at once; what is left after
+    ``timeout`` the suite's sweep kills through its cgroups (a thrown-away machine's orderly
+    shutdown takes seconds and buys nothing, as in ``Lab.close``)."""
+    records = [m["nspawn"] for m in (state or {}).get("machines", {}).values() if alive(m["nspawn"])]
+    for record in records:
+        _signal(record["pid"], signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(alive(r) for r in records):
+        time.sleep(0.1)
 
 
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def tail_of(path, lines: int = 25) -> str:
-    try:
-        text = Path(path).read_text(errors="replace")
-    except FileNotFoundError:
-        return f"({path} does not exist)"
-    return "\n".join(text.splitlines()[-lines:])
-
-
-# Stop order: the watchers before the watched, the control plane last.
-STOP_ORDER = ("kcm@", "salt-minion@", "salt-master", "alertmanager", "kube-apiserver", "etcd")
-
-
-def adopt_pidfiles(state: dict) -> None:
-    """Record Salt daemons whose pidfile exists but whose start was never recorded.
-
-    An interrupt can land between `salt-master -d` forking and the demo reading its pidfile;
-    the pidfile (checked against the process's command line) still names the daemon.
-    """
-    sandbox = Path(state["sandbox"])
-    for pidfile in sorted(sandbox.glob("salt/*/salt-*.pid")):
-        text = pidfile.read_text().strip()
-        if not text.isdigit():
-            continue
-        pid = int(text)
-        known = {record["pid"] for record in state["processes"].values()}
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        if pid in known or str(sandbox) not in cmdline:
-            continue
-        tool = pidfile.stem
-        name = tool if tool == "salt-master" else f"{tool}@{pidfile.parent.name}"
-        stat = proc_stat(pid)
-        if stat:
-            state["processes"][name] = {"name": name, "pid": pid, "sid": stat["session"],
-                                        "start": stat["start"], "log": str(pidfile.parent)}
-
-
-def stop_all(state: dict, quiet: bool = False) -> int:
-    """Stop every recorded process, tier by tier (STOP_ORDER), the members of a tier at once."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    adopt_pidfiles(state)
+def take_down(sandbox: Path, state: dict | None, quiet: bool = False) -> list[str]:
+    """Stop the machines and the host processes of a demo; returns what is still there."""
+    suite = (state or {}).get("suite") or SUITE
+    begin = time.monotonic()
+    halt_machines(state)
+    sweep(suite, NODES)
+    if not quiet:
+        say.line(f"machines of lab {suite!r} halted and removed with their cgroups, veths and bridge "
+                 f"({time.monotonic() - begin:.1f}s)")
+    processes = dict((state or {}).get("processes", {}))
+    for orphan in orphan_sessions(sandbox):
+        if not any(r["sid"] == orphan["sid"] for r in processes.values()):
+            key = orphan["name"] if orphan["name"] not in processes else f"{orphan['name']} #{orphan['pid']}"
+            processes[key] = orphan
 
     def rank(name):
-        return next((i for i, prefix in enumerate(STOP_ORDER) if name.startswith(prefix)), len(STOP_ORDER))
+        return next((i for i, prefix in enumerate(STOP_ORDER) if name.startswith(prefix)), -1)
 
-    processes = state.get("processes", {})
-    stopped = 0
-    for tier in sorted({rank(name) for name in processes}):
-        names = sorted(name for name in processes if rank(name) == tier)
+    def stop(name):
         begin = time.monotonic()
+        # The apiserver's graceful drain of open watches (about 10 s) buys nothing here.
+        count = stop_record(processes[name], timeout=3.0)
+        if count and not quiet:
+            extra = f", +{count - 1} in its session" if count > 1 else ""
+            say.line(f"stopped {name} (pid {processes[name]['pid']}{extra}) in {time.monotonic() - begin:.1f}s")
+
+    # Tier by tier (STOP_ORDER), the members of a tier at once.
+    for tier in sorted({rank(name) for name in processes}):
+        names = [name for name in processes if rank(name) == tier]
         with ThreadPoolExecutor(len(names)) as pool:
-            counts = list(pool.map(lambda n: stop_record(processes[n]), names))
-        stopped += sum(counts)
-        for name, count in zip(names, counts, strict=True):
-            if count and not quiet:
-                extra = f", +{count - 1} in its session" if count > 1 else ""
-                say.line(f"stopped {name} (pid {processes[name]['pid']}{extra}) "
-                         f"in {time.monotonic() - begin:.1f}s")
-    return stopped
+            list(pool.map(stop, names))
+    left = leftovers(suite, NODES)
+    left += [f"process {name}" for name, record in processes.items() if session_members(record)]
+    return left
 
 
 # ---------------------------------------------------------------------------------------------
-# Helpers shared by up / status / failover (they need the venv: Salt, requests)
+# The running demo, as any later command sees it
 
 
-def daemon_env() -> dict:
-    """The demo's environment for Salt: loopback never goes through a proxy."""
-    env = dict(os.environ)
-    no_proxy = ",".join(filter(None, [env.get("NO_PROXY") or env.get("no_proxy"), "127.0.0.1", "localhost"]))
-    env["NO_PROXY"] = env["no_proxy"] = no_proxy
-    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
-    return env
+class DemoMachine:
+    """A machine of the running demo: commands run inside through nsenter into its init."""
+
+    def __init__(self, name: str, record: dict):
+        self.name = name
+        self.address = record["address"]
+        self.init = record["init"]
+
+    def check(self) -> None:
+        if not alive(self.init):
+            raise DemoError(f"machine {self.name} is not running (its init, pid {self.init['pid']}, is gone); "
+                            "scripts/demo down, then up")
+
+    def run(self, argv, check: bool = True, timeout: float = 60.0) -> subprocess.CompletedProcess:
+        self.check()
+        proc = subprocess.run(inside_argv(self.init["pid"], argv), capture_output=True, text=True,
+                              timeout=timeout, check=False)
+        if check and proc.returncode != 0:
+            raise DemoError(f"{self.name}: {' '.join(map(str, argv))} exited {proc.returncode}: "
+                            f"{proc.stdout[-800:]}{proc.stderr[-800:]}")
+        return proc
+
+    def systemctl(self, *args, check: bool = True) -> subprocess.CompletedProcess:
+        return self.run(["systemctl", *args], check=check)
+
+    def active(self) -> str:
+        return self.systemctl("is-active", UNIT, check=False).stdout.strip()
+
+    def shell_command(self) -> str:
+        return f"nsenter -t {self.init['pid']} -a env -i TERM=xterm bash -l"
 
 
-def salt_tool(name: str) -> str:
-    return str(Path(sys.executable).with_name(name))
+class Demo:
+    """The demo that ``up`` left: its salt-master, machines, Lease and Alertmanager."""
 
+    def __init__(self, sandbox: Path, state: dict):
+        from kcmlab.saltmaster import SaltMaster
 
-def run_salt(state: dict, tool: str, *args, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run salt / salt-run / salt-key against the demo's master config."""
-    argv = [salt_tool(tool), f"--config-dir={state['salt']['master_conf']}", *args]
-    try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=daemon_env(), check=False)
-    except subprocess.TimeoutExpired as exc:
-        raise DemoError(f"{tool} {' '.join(args)} gave no answer in {timeout:.0f}s; master log "
-                        f"{state['salt']['master_log']}") from exc
+        self.sandbox = sandbox
+        self.state = state
+        self.master = SaltMaster.attach(Path(state["salt"]["root"]), state["salt"]["interface"])
+        self.machines = {name: DemoMachine(name, record) for name, record in state["machines"].items()}
 
+    def salt_text(self, *args, timeout: float = 120) -> subprocess.CompletedProcess:
+        return self.master.command("salt", *args, timeout=timeout)
 
-def shown_command(state: dict, tool: str, *args) -> str:
-    quoted = " ".join(f"'{a}'" if "*" in a else a for a in args)
-    return f"{tool} -c {state['salt']['master_conf']} {quoted}"
+    def shown(self, tool: str, *args) -> str:
+        return self.master.shown(tool, *map(shlex.quote, args))
 
+    def lease(self) -> dict | None:
+        """The KCM Lease as the admin reads it (TLS verified against the demo's CA)."""
+        from kcmlab.controlplane import LEASE_PATH, https_session
 
-def lease(state: dict) -> dict | None:
-    """The KCM Lease as the admin reads it (TLS verified against the demo CA)."""
-    from kcmlab.controlplane import LEASE_PATH, https_session
+        cp = self.state["controlplane"]
+        with https_session(cp["ca"], (cp["admin_cert"], cp["admin_key"])) as session:
+            reply = session.get(cp["apiserver_url"] + LEASE_PATH, timeout=5)
+        if reply.status_code == 404:
+            return None
+        reply.raise_for_status()
+        return reply.json()
 
-    cp = state["controlplane"]
-    with https_session(cp["ca"], (cp["admin_cert"], cp["admin_key"])) as session:
-        reply = session.get(cp["apiserver_url"] + LEASE_PATH, timeout=5)
-    if reply.status_code == 404:
-        return None
-    reply.raise_for_status()
-    return reply.json()
+    def leader(self) -> str | None:
+        from kcmlab.controlplane import node_of
 
+        return node_of(((self.lease() or {}).get("spec") or {}).get("holderIdentity"))
 
-def leader_node(state: dict) -> str | None:
-    from kcmlab.controlplane import node_of
+    def healthy(self, name: str) -> bool:
+        """GET https://<machine>:10257/healthz from the host, TLS verified."""
+        from kcmlab.controlplane import https_session
 
-    record = lease(state)
-    return node_of(((record or {}).get("spec") or {}).get("holderIdentity")) if record else None
+        with https_session(self.state["controlplane"]["ca"]) as session:
+            reply = session.get(f"https://{self.machines[name].address}:{self.state['secure_port']}/healthz",
+                                timeout=3)
+        return reply.status_code == 200 and reply.text.strip() == "ok"
 
+    def wait(self, predicate, timeout: float, what: str, interval: float = 0.2):
+        from kcmlab.controlplane import wait_until
 
-def wait_for(predicate, timeout: float, what: str, where: str, interval: float = 0.2):
-    """Poll ``predicate`` until truthy; a timeout is a DemoError naming ``what`` and ``where``."""
-    from kcmlab.controlplane import wait_until
+        try:
+            return wait_until(predicate, timeout, what, interval=interval)
+        except TimeoutError as exc:
+            raise DemoError(f"{exc}; logs in {self.sandbox / 'lab'} and the machines' journals "
+                            f"(scripts/demo shell master-1 journalctl -u {UNIT})") from None
 
-    try:
-        return wait_until(predicate, timeout, what, interval=interval)
-    except TimeoutError as exc:
-        raise DemoError(f"{exc}; see {where}") from None
+    def ensure_running(self) -> list[str]:
+        """Start KCM where it is not active; wait until all are healthy with a leader."""
+        started = []
+        for name, machine in self.machines.items():
+            if machine.active() != "active":
+                machine.systemctl("start", UNIT)
+                started.append(name)
+        self.wait(lambda: all(self.healthy(n) for n in self.machines), WAIT["kcm"], "KCM /healthz on every master")
+        self.wait(self.leader, WAIT["leader"], "a KCM leader in the Lease")
+        return started
 
+    def print_status(self) -> None:
+        say.line("$ " + self.shown("salt", "master*", "kcm.status", "--out=table"))
+        proc = self.salt_text("--out=table", "--static", "--timeout=30", "master*", "kcm.status", timeout=90)
+        say.block(proc.stdout or proc.stderr, indent="    ")
+        if proc.returncode != 0:
+            say.line(f"(kcm.status exited {proc.returncode}: a master reports errors in the table above)")
 
-def kcm_process(state: dict, node: str):
-    from kcmlab.controlplane import KcmProcess
+    def failover(self, number=None) -> dict:
+        """``systemctl stop`` of the leader's KCM: the new leader, the alert event, the alert;
+        then ``systemctl start`` it again (it rejoins as a standby)."""
+        from kcmlab.alertmanager import active_alerts
 
-    info = state["nodes"][node]
-    return KcmProcess(info["unit"], node, info["kcm_log"])
+        if number is not None:
+            say.step(number, "failover drill: systemctl stop kube-controller-manager on the leader")
+        started = self.ensure_running()
+        if started:
+            say.line(f"started KCM again where it was stopped: {', '.join(started)}")
+        for name, machine in self.machines.items():
+            self.wait(lambda m=machine: m.run(["test", "-e", BEACON_STATE], check=False).returncode == 0,
+                      WAIT["beacon"], f"{name}: the kcm_leader beacon's first poll")
+        old = self.leader()
+        timings = {}
+        with self.master.events() as bus:
+            if not bus.connect_pub(timeout=10):
+                raise DemoError(f"cannot listen on the salt-master's event bus ({self.master.conf_dir})")
+            watch = self.shown("salt-run", "state.event", "tagmatch=kcm/alert/*")
+            say.line(f"listening on the master bus for kcm/alert/* (as `{watch}` would)")
+            say.line(f"leader is {old}: $ scripts/demo shell {old} systemctl stop {UNIT}")
+            begin = time.monotonic()
+            self.machines[old].systemctl("stop", UNIT)
+            timings["stopped"] = time.monotonic() - begin
+            new = self.wait(lambda: (lambda n: n if n and n != old else None)(self.leader()),
+                            WAIT["leader"], f"a new KCM leader other than {old}", interval=0.1)
+            timings["new_leader"] = time.monotonic() - begin
+            say.line(f"leader: {old} -> {new} (new leader {timings['new_leader']:.1f}s after systemctl stop, "
+                     f"which itself took {timings['stopped']:.1f}s)")
+            say.line(f"{old}: systemctl is-active {UNIT} -> {self.machines[old].active()}")
+            event, others = self.alert_event(bus, begin)
+            timings["alert_event"] = time.monotonic() - begin
+        for seen in others:
+            say.line(f"(also on the bus: {seen})")
+        say.line(f"event on the master bus {timings['alert_event']:.1f}s after the stop:")
+        data = {k: v for k, v in event["data"].items() if k != "_stamp"}
+        say.block(f"tag: {event['tag']}\n" + json.dumps(data, indent=2, sort_keys=True))
+        url = self.state["alertmanager_url"]
+        alerts = self.wait(lambda: active_alerts(url, alertname="KCMLeaderChanged", old_node=old, new_node=new),
+                           WAIT["alert"], "the KCMLeaderChanged alert in Alertmanager", interval=0.5)
+        timings["alert_in_alertmanager"] = time.monotonic() - begin
+        say.line(f"the alert as Alertmanager holds it (GET {url}/api/v2/alerts):")
+        keep = ("labels", "annotations", "startsAt", "endsAt", "status")
+        say.block(json.dumps([{k: a[k] for k in keep if k in a} for a in alerts], indent=2, sort_keys=True))
+        self.machines[old].systemctl("start", UNIT)
+        self.wait(lambda: self.healthy(old), WAIT["kcm"], f"KCM /healthz on {old}")
+        say.line(f"systemctl start {UNIT} on {old}: it rejoins as a standby (leader: {self.leader()})")
+        say.line(f"timings: stop -> new leader {timings['new_leader']:.1f}s, -> kcm/alert event "
+                 f"{timings['alert_event']:.1f}s, -> alert in Alertmanager {timings['alert_in_alertmanager']:.1f}s")
+        return {"old": old, "new": new, **timings}
 
+    def alert_event(self, bus, begin: float):
+        """The first kcm/alert/changed event (dedupe sends one); other kcm/alert/* tags seen on the way."""
+        others = []
+        deadline = begin + WAIT["alert"]
+        while time.monotonic() < deadline:
+            event = bus.get_event(wait=1, tag="kcm/alert/", full=True)
+            if not event:
+                continue
+            if event["tag"] == "kcm/alert/changed":
+                return event, others
+            others.append(f"{event['tag']} at +{time.monotonic() - begin:.1f}s")
+        raise DemoError(f"no kcm/alert/changed event within {WAIT['alert']}s of the stop (seen: {others or 'none'}); "
+                        f"see {self.master.log_path}")
 
-def kcm_healthy(state: dict, node: str) -> bool:
-    from kcmlab.controlplane import https_session
-
-    info = state["nodes"][node]
-    with https_session(info["ca"]) as session:
-        reply = session.get(f"https://127.0.0.1:{info['secure_port']}/healthz", timeout=2)
-    return reply.status_code == 200 and reply.text.strip() == "ok"
-
-
-def start_kcm(sandbox: Path, state: dict, node: str) -> None:
-    """Start ``node``'s KCM from the unit the formula rendered (no systemd: its ExecStart)."""
-    with deferred_interrupts():
-        process = kcm_process(state, node).start()
-        state["processes"][f"kcm@{node}"] = record_of(f"kcm@{node}", process.pid, process.log_path)
-        save_state(sandbox, state)
-
-
-def ensure_kcms_running(sandbox: Path, state: dict) -> list[str]:
-    """Start every KCM that is not running (KCM exits when it loses its lease); wait healthy."""
-    started = []
-    for node in NODES:
-        record = state["processes"].get(f"kcm@{node}")
-        if record is None or not alive(record):
-            start_kcm(sandbox, state, node)
-            started.append(node)
-    for node in NODES:
-        wait_for(lambda n=node: kcm_healthy(state, n), WAIT["kcm"], f"kcm@{node} /healthz",
-                 state["nodes"][node]["kcm_log"])
-    return started
+    def print_explore(self) -> None:
+        cp = self.state["controlplane"]
+        shells = "\n".join(f"{m.shell_command():<60} a shell in {m.name} ({m.address})"
+                           for m in self.machines.values())
+        say.block(f"""export PATH={Path(self.state['python']).parent}:$PATH   # the demo's Salt
+scripts/demo status              the kcm.status table and the Lease holder
+scripts/demo failover            systemctl stop the leader's KCM again: the event and the alert
+scripts/demo shell master-1      a shell in master-1 (or: scripts/demo shell master-1 journalctl -u {UNIT})
+scripts/demo down                remove the machines, stop everything, remove {self.sandbox}
+{shells}
+{self.shown('salt', 'master*', 'kcm.leader')}
+{self.shown('salt', 'master*', 'kcm.status', '--out=table')}
+{self.shown('salt', 'master*', 'cmd.run', f'systemctl status {UNIT}')}
+{self.shown('salt-run', 'state.event', 'tagmatch=kcm/alert/*')}
+kubectl --kubeconfig {cp['admin_kubeconfig']} -n kube-system get lease kube-controller-manager -o yaml
+curl -s {self.state['alertmanager_url']}/api/v2/alerts
+logs: {self.sandbox}/lab (control plane, salt-master, machine consoles), journals inside the machines""",
+                  indent="    ")
 
 
 # ---------------------------------------------------------------------------------------------
-# up: the steps
-
-
-TOTAL_STEPS = 9
+# up
 
 
 def check_sandbox(sandbox: Path) -> None:
-    """Refuse a directory that is not ours or a demo that still runs; clear a dead one."""
-    if not sandbox.exists():
-        return
+    """Refuse to start over a running demo; clear the remains of a dead one."""
     state = load_state(sandbox)
-    if state is None:
-        if any(sandbox.iterdir()):
-            raise DemoError(f"{sandbox} exists and is not a demo sandbox (no {STATE_NAME}); "
-                            "choose another KCM_DEMO_DIR or empty it")
-        return
-    running = [name for name, rec in state.get("processes", {}).items() if alive(rec)]
+    running = [name for name, record in (state or {}).get("processes", {}).items() if alive(record)]
+    running += [name for name, m in (state or {}).get("machines", {}).items() if alive(m["nspawn"])]
     if running:
         raise DemoError(f"a demo is already running in {sandbox} ({', '.join(sorted(running))}); "
                         "use scripts/demo status, or scripts/demo down first")
-    say.line(f"removing the remains of an earlier demo in {sandbox}")
-    stop_all(state, quiet=True)
-    shutil.rmtree(sandbox)
-
-
-def check_socket_room(sandbox: Path) -> None:
-    longest = len(str(sandbox / "salt" / "master-1" / "run" / "minion_event_0123456789_pull.ipc"))
+    if state is None and sandbox.is_dir() and any(sandbox.iterdir()) and not (sandbox / "lab").exists():
+        raise DemoError(f"{sandbox} is not empty and holds no demo ({STATE_NAME}): left untouched; "
+                        "set KCM_DEMO_DIR to another directory")
+    if sandbox.exists() or leftovers(SUITE, NODES):
+        say.line(f"removing the remains of an earlier demo ({sandbox}, lab {SUITE!r})")
+        take_down(sandbox, state, quiet=True)
+        shutil.rmtree(sandbox, ignore_errors=True)
+    longest = len(str(sandbox / "lab" / "salt" / "root" / "run" / "master_event_pull.ipc"))
     if longest > SOCKET_PATH_MAX:
-        raise DemoError(f"KCM_DEMO_DIR={sandbox} is too long: Salt's unix sockets under it would need "
+        raise DemoError(f"KCM_DEMO_DIR={sandbox} is too long: the salt-master's unix sockets under it would need "
                         f"{longest} bytes (limit {SOCKET_PATH_MAX}); use a shorter directory")
 
 
-def step_sandbox(sandbox: Path, k8s_bin: Path) -> dict:
-    say.step(2, TOTAL_STEPS, f"creating the sandbox {sandbox}")
-    check_sandbox(sandbox)
-    check_socket_room(sandbox)
-    sandbox.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tarballs = sorted(k8s_bin.glob("kubernetes-server-v*-linux-amd64.tar.gz"))
-    if len(tarballs) != 1 or not Path(f"{tarballs[0]}.sha512").is_file():
-        raise DemoError(f"{k8s_bin} should hold one kubernetes-server-v*-linux-amd64.tar.gz and its .sha512 "
-                        "(scripts/k8s-binaries makes them)")
-    tarball = tarballs[0]
-    state = {
-        "sandbox": str(sandbox),
-        "python": sys.executable,
-        "k8s_bin": str(k8s_bin),
-        "tarball": str(tarball),
-        "version": tarball.name[len("kubernetes-server-"):-len("-linux-amd64.tar.gz")],
-        "started_at": time.time(),
-        "processes": {},
-        "nodes": {},
-    }
-    for sub in ("logs", "pillar", "salt"):
-        (sandbox / sub).mkdir(exist_ok=True)
-    save_state(sandbox, state)
-    say.done(f"sandbox ready; everything the demo writes goes below it (state: {sandbox / STATE_NAME})")
-    return state
+def apply_master_config(sandbox: Path, conf_dir: Path, alertmanager_url: str) -> None:
+    """The formula's kcm.master (reactor + kcm_alert) into the salt-master's master.d, applied
+    with salt-call --local as on a master host, before the master first starts."""
+    from kcmlab.cluster import failed_states
+    from kcmlab.masterless import MasterlessMinion
 
-
-def step_control_plane(sandbox: Path, state: dict):
-    from kcmlab.controlplane import ControlPlane
-
-    say.step(3, TOTAL_STEPS, "starting etcd + kube-apiserver, Alertmanager, a salt-master and three salt-minions")
-    cp = ControlPlane(state["k8s_bin"], sandbox / "controlplane", nodes=NODES)
-    try:
-        cp.start()
-    finally:
-        # Recorded even when the start failed half-way, so a teardown finds what did start.
-        for daemon in (cp.etcd, cp.apiserver):
-            if daemon is not None and daemon.running:
-                state["processes"][daemon.name] = record_of(daemon.name, daemon.pid, daemon.log_path)
-        save_state(sandbox, state)
-    state["controlplane"] = {
-        "apiserver_url": cp.apiserver_url,
-        "ca": str(cp.ca_path),
-        "admin_cert": str(cp.admin_cert_path),
-        "admin_key": str(cp.admin_key_path),
-        "admin_kubeconfig": str(cp.admin_kubeconfig),
-        "logs": [str(p) for p in cp.log_paths()],
-    }
-    save_state(sandbox, state)
-    say.line(f"etcd ready after {cp.timings['etcd_ready']:.1f}s, kube-apiserver at {cp.apiserver_url} "
-             f"ready after {cp.timings['apiserver_ready']:.1f}s (logs in {cp.log_dir})")
-    return cp
-
-
-def step_alertmanager(sandbox: Path, state: dict) -> None:
-    import requests
-    import yaml
-
-    from kcmlab.controlplane import Daemon, free_port
-
-    if not ALERTMANAGER.exists():
-        raise DemoError(f"{ALERTMANAGER} is missing: apt-get install prometheus-alertmanager")
-    port = free_port()
-    config = sandbox / "am.yml"
-    # One receiver that sends nowhere: the demo reads the alerts back over the API.
-    config.write_text(yaml.safe_dump({
-        "route": {"receiver": "null", "group_wait": "1s", "group_interval": "1s"},
-        "receivers": [{"name": "null"}],
-    }))
-    with deferred_interrupts():
-        daemon = Daemon("alertmanager", [
-            ALERTMANAGER, f"--config.file={config}", f"--storage.path={sandbox / 'am'}",
-            f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=",
-        ], sandbox / "logs" / "alertmanager.log", cwd=sandbox).start()
-        state["processes"]["alertmanager"] = record_of("alertmanager", daemon.pid, daemon.log_path)
-        state["alertmanager_url"] = f"http://127.0.0.1:{port}"
-        save_state(sandbox, state)
-
-    def ready():
-        daemon.check_alive()
-        with requests.Session() as session:
-            session.trust_env = False
-            return session.get(f"{state['alertmanager_url']}/-/ready", timeout=2).ok
-
-    wait_for(ready, WAIT["daemon"], "alertmanager /-/ready", daemon.log_path)
-    say.line(f"Alertmanager at {state['alertmanager_url']} (log {daemon.log_path})")
-
-
-def master_config(sandbox: Path, state: dict, ports: dict) -> Path:
-    """The salt-master's config dir, with kcm.master's master.d/kcm.conf in place."""
-    import yaml
-
-    from tests.support.masterless import MasterlessMinion
-
-    conf_dir = sandbox / "salt" / "master-conf"
-    root = sandbox / "salt" / "master"
-    conf_dir.mkdir(parents=True)
-    config = {
-        "id": "demo-salt-master",
-        "user": pwd.getpwuid(os.getuid()).pw_name,
-        "root_dir": str(root),
-        "pidfile": str(root / "salt-master.pid"),
-        # Relative, so Salt puts it under root_dir: an absolute sock_dir longer than its
-        # default cachedir + 10 is silently moved to <cachedir>/.salt-unix, which can push
-        # the minion's event sockets past the 107-byte limit.
-        "sock_dir": "run",
-        # Salt puts root_dir in front of any path outside it: the log lives in root_dir
-        # and logs/ links to it.
-        "log_file": str(root / "salt-master.log"),
-        "log_level_logfile": "info",
-        "interface": "127.0.0.1",
-        "publish_port": ports["publish"],
-        "ret_port": ports["ret"],
-        "auto_accept": True,
-        "file_roots": {"base": [str(REPO / "formula")]},
-        "pillar_roots": {"base": [str(sandbox / "pillar")]},
-        "fileserver_list_cache_time": 0,
-        "features": {"x509_v2": True},
-    }
-    (conf_dir / "master").write_text(yaml.safe_dump(config))
-    link_log(sandbox, "salt-master.log", Path(config["log_file"]))
-    # The formula's own kcm.master state writes master.d/kcm.conf (reactor mapping +
-    # kcm_alert receivers), applied with salt-call --local before the master first starts.
-    pillar = {"kcm": {"master": {"config_dir": str(conf_dir / "master.d"),
-                                 "alertmanager_urls": [state["alertmanager_url"]], "allow_http": True,
-                                 "reporters": {"tgt": "master-*", "tgt_type": "glob"},
+    pillar = {"kcm": {"master": {"config_dir": str(conf_dir / "master.d"), "alertmanager_urls": [alertmanager_url],
+                                 "allow_http": True, "reporters": {"tgt": "master-*", "tgt_type": "glob"},
                                  "labels": {"env": "demo"}, "sync_runners": False}}}
-    host_root = sandbox / "salt" / "master-host"
-    host_log = host_root / "salt" / "salt-call.log"
-    link_log(sandbox, "salt-call-kcm.master.log", host_log)
-    host = MasterlessMinion(host_root, "demo-salt-master", pillar, extra_config={"log_file": str(host_log)})
-    ret = host.apply("kcm.master")
+    host_root = sandbox / "kcm-master"
+    log_path = host_root / "salt" / "salt-call.log"
+    ret = MasterlessMinion(host_root, "demo-salt-master", pillar, extra_config={"log_file": str(log_path)}).apply(
+        "kcm.master")
     failed = failed_states(ret)
     if failed:
         raise DemoError("salt-call --local state.apply kcm.master failed:\n" + "\n".join(failed)
-                        + f"\n(log {host_log})")
+                        + f"\n(log {log_path})")
     say.line(f"kcm.master applied with salt-call --local: {conf_dir / 'master.d' / 'kcm.conf'}")
-    return conf_dir
 
 
-def minion_config(sandbox: Path, node: str, ports: dict) -> Path:
+def demo_pillar(cluster, name: str) -> dict:
+    """pillar.example with the lab's facts in place of the install guide's."""
     import yaml
 
-    conf_dir = sandbox / "salt" / f"{node}-conf"
-    root = sandbox / "salt" / node
-    conf_dir.mkdir(parents=True)
-    config = {
-        "id": node,
-        "user": pwd.getpwuid(os.getuid()).pw_name,
-        "root_dir": str(root),
-        "pidfile": str(root / "salt-minion.pid"),
-        "sock_dir": "run",  # see master_config
-        "log_file": str(root / "salt-minion.log"),
-        "log_level_logfile": "info",
-        "master": "127.0.0.1",
-        "master_port": ports["ret"],
-        "publish_port": ports["publish"],
-        # Beacon intervals are counted in loop_interval units: 1 makes them seconds.
-        "loop_interval": 1,
-        "acceptance_wait_time": 1,
-        "random_reauth_delay": 0,
-        "features": {"x509_v2": True},
-    }
-    (conf_dir / "minion").write_text(yaml.safe_dump(config))
-    link_log(sandbox, f"salt-minion-{node}.log", Path(config["log_file"]))
-    return conf_dir
+    from kcmlab.cluster import merge
 
-
-def link_log(sandbox: Path, name: str, target: Path) -> None:
-    """logs/<name> -> target, so every log of the demo is found in one directory."""
-    link = sandbox / "logs" / name
-    if not link.is_symlink():
-        link.symlink_to(os.path.relpath(target, link.parent))
-
-
-def port_open(port: int) -> bool:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(1)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def start_salt_daemon(sandbox: Path, state: dict, name: str, tool: str, conf_dir: Path, pidfile: Path,
-                      log_path: Path) -> None:
-    """``<tool> -d``: Salt forks into the background; its pidfile names the daemon."""
-
-    def pid():
-        text = pidfile.read_text().strip() if pidfile.exists() else ""
-        return int(text) if text.isdigit() else None
-
-    with deferred_interrupts(), open(sandbox / "logs" / f"{name}.stdout", "ab") as out:
-        # Its own session from the start: a Ctrl-C in the terminal is the demo's to handle.
-        proc = subprocess.run([salt_tool(tool), f"--config-dir={conf_dir}", "-d"], stdin=subprocess.DEVNULL,
-                              stdout=out, stderr=subprocess.STDOUT, env=daemon_env(), timeout=60, check=False,
-                              start_new_session=True)
-        if proc.returncode != 0:
-            raise DemoError(f"{tool} -d exited {proc.returncode}; log {log_path}:\n{tail_of(log_path)}")
-        daemon_pid = wait_for(pid, WAIT["daemon"], f"{name} pidfile {pidfile}", log_path)
-        state["processes"][name] = record_of(name, daemon_pid, log_path)
-        save_state(sandbox, state)
-
-
-def step_salt(sandbox: Path, state: dict) -> None:
-    from kcmlab.controlplane import free_port
-
-    ports = {"publish": free_port(), "ret": free_port()}
-    conf_dir = master_config(sandbox, state, ports)
-    state["salt"] = {"master_conf": str(conf_dir), "master_log": str(sandbox / "logs" / "salt-master.log"),
-                     "ports": ports, "minion_conf": {}}
-    start_salt_daemon(sandbox, state, "salt-master", "salt-master", conf_dir,
-                      sandbox / "salt" / "master" / "salt-master.pid", Path(state["salt"]["master_log"]))
-    for port in (ports["ret"], ports["publish"]):
-        wait_for(lambda p=port: port_open(p), WAIT["daemon"], f"salt-master listening on 127.0.0.1:{port}",
-                 state["salt"]["master_log"])
-    say.line(f"salt-master -d: publish 127.0.0.1:{ports['publish']}, ret 127.0.0.1:{ports['ret']} "
-             f"(log {state['salt']['master_log']})")
-    for node in NODES:
-        mconf = minion_config(sandbox, node, ports)
-        state["salt"]["minion_conf"][node] = str(mconf)
-        start_salt_daemon(sandbox, state, f"salt-minion@{node}", "salt-minion", mconf,
-                          sandbox / "salt" / node / "salt-minion.pid",
-                          sandbox / "logs" / f"salt-minion-{node}.log")
-    say.line("salt-minion -d x3 (master-1..3); the master auto-accepts their keys")
-
-    def all_answer():
-        proc = run_salt(state, "salt", "--out=json", "--static", "--timeout=5", "master*", "test.ping")
-        try:
-            answers = json.loads(proc.stdout or "{}")
-        except ValueError:
-            return None
-        return sorted(answers) == list(NODES) and all(v is True for v in answers.values())
-
-    wait_for(all_answer, WAIT["minions"], "the three minions answering test.ping", sandbox / "logs",
-             interval=1.0)
-    say.done("salt-master and master-1..3 connected")
-
-
-def demo_pillar(sandbox: Path, state: dict, cp, node: str, secure_port: int) -> dict:
-    """pillar.example with the sandbox's facts in place of the install guide's."""
-    import yaml
-
-    from tests.support.pillar import sandbox_paths
-
-    kcm = yaml.safe_load((REPO / "pillar.example").read_text())["kcm"]
-    tarball = state["tarball"]
+    example = yaml.safe_load((REPO / "pillar.example").read_text())["kcm"]
+    example.pop("master", None)  # the Salt master's own settings, not a KCM master's
+    lab = cluster.pillar_for(name)["kcm"]  # version, source, apiserver, pki, leader election
+    kcm = merge(example, {key: value for key, value in lab.items() if key != "pki"})
     kcm.update({
-        "version": state["version"],
-        "source": {"type": "tarball", "url": f"file://{tarball}", "hash": f"file://{tarball}.sha512",
-                   "arch": "amd64"},
-        "user": "root", "group": "root", "create_user": False,
-        "paths": sandbox_paths(sandbox / "nodes" / node),
-        "apiserver": cp.apiserver_url,
-        "bind_address": "127.0.0.1", "bind_interface": "",
-        "secure_port": secure_port,
-        "leader_election": dict(ELECTION),
-        "pki": dict(cp.kcm_pki(NODES), mode="pillar"),
-        "service": dict(kcm.get("service") or {}, manage=False),
-        "beacon": dict(BEACON),
+        "pki": lab["pki"],
+        "bind_address": cluster.lab.address_of(name), "bind_interface": "",
+        "beacon": dict(example.get("beacon") or {}, **BEACON),
+        "service": dict(example.get("service") or {}, manage=True),
     })
     return {"kcm": kcm}
 
 
-def step_pillar(sandbox: Path, state: dict, cp) -> None:
-    from kcmlab.controlplane import free_port
-
-    say.step(4, TOTAL_STEPS, "writing the demo pillar (pillar.example + sandbox paths, demo PKI, free ports)")
-    top = ["base:"]
-    for node in NODES:
-        port = free_port()
-        pillar = demo_pillar(sandbox, state, cp, node, port)
-        sls = node.replace("-", "_")
-        path = sandbox / "pillar" / f"{sls}.sls"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(pillar, handle, indent=2)
-        top += [f"  '{node}':", f"    - {sls}"]
-        paths = pillar["kcm"]["paths"]
-        state["nodes"][node] = {
-            "secure_port": port,
-            "unit": str(Path(paths["unit"]) / f"{pillar['kcm']['service']['name']}.service"),
-            "ca": str(Path(paths["pki"]) / "ca.pem"),
-            "kcm_log": str(sandbox / "logs" / f"kcm-{node}.log"),
-            "pillar": str(path),
-        }
-    (sandbox / "pillar" / "top.sls").write_text("\n".join(top) + "\n")
-    save_state(sandbox, state)
-    say.line(f"version {state['version']} from {state['tarball']}")
-    say.line("user/group root, service.manage false, bind 127.0.0.1, leader election "
-             f"{ELECTION['lease_duration']}/{ELECTION['renew_deadline']}/{ELECTION['retry_period']}, "
-             f"secure ports {', '.join(str(state['nodes'][n]['secure_port']) for n in NODES)}")
-    say.done(f"pillar in {sandbox / 'pillar'} (one file per minion, mode 0600: it holds keys)")
-
-
-def failed_states(ret) -> list[str]:
-    if not isinstance(ret, dict) or not ret:
-        return [f"no state results: {str(ret)[:1500]}"]
-    return [f"{sid}: {(st or {}).get('comment')}" for sid, st in ret.items()
-            if not isinstance(st, dict) or st.get("result") is not True]
-
-
-def apply_states(state: dict, sls: str) -> None:
+def apply(demo: Demo, sls: str) -> None:
     """``salt 'master*' state.apply <sls>`` over the bus; one summary line per minion."""
-    say.line("$ " + shown_command(state, "salt", "master*", "state.apply", sls))
+    from kcmlab.cluster import failed_states
+
+    say.line("$ " + demo.shown("salt", "master*", "state.apply", sls))
     begin = time.monotonic()
-    proc = run_salt(state, "salt", "--out=json", "--static", f"--timeout={WAIT['apply']}", "master*",
-                    "state.apply", sls, timeout=WAIT["apply"] + 60)
-    try:
-        returns = json.loads(proc.stdout)
-    except ValueError:
-        raise DemoError(f"state.apply {sls} gave no JSON (exit {proc.returncode}):\n{proc.stdout[-1500:]}"
-                        f"{proc.stderr[-1500:]}") from None
+    returns = demo.master.salt("master*", "state.apply", sls, timeout=WAIT["apply"] + 60, job_timeout=WAIT["apply"])
     problems = []
-    for node in NODES:
-        ret = returns.get(node)
+    for name in NODES:
+        ret = returns.get(name)
         failed = failed_states(ret)
         if failed:
-            problems.append(f"{node}:\n  " + "\n  ".join(failed))
+            problems.append(f"{name}:\n  " + "\n  ".join(failed))
             continue
         changed = sum(1 for st in ret.values() if st.get("changes"))
         seconds = sum(float(st.get("duration") or 0) for st in ret.values()) / 1000
-        say.line(f"{node}: {len(ret)} states succeeded, {changed} changed ({seconds:.1f}s of state run)")
+        say.line(f"{name}: {len(ret)} states succeeded, {changed} changed ({seconds:.1f}s of state run)")
     if problems:
         raise DemoError(f"state.apply {sls} failed:\n" + "\n".join(problems)
-                        + f"\n(minion logs in {Path(state['sandbox']) / 'logs'})")
+                        + "\n(scripts/demo shell <master> journalctl -u salt-minion)")
     say.line(f"state.apply {sls}: {time.monotonic() - begin:.1f}s wall")
 
 
-def step_apply(sandbox: Path, state: dict) -> None:
-    say.step(5, TOTAL_STEPS, "applying the formula over the bus")
-    say.line("$ " + shown_command(state, "salt", "master*", "saltutil.sync_all"))
-    proc = run_salt(state, "salt", "--out=json", "--static", "--timeout=120", "master*", "saltutil.sync_all",
-                    timeout=180)
-    if proc.returncode != 0:
-        raise DemoError(f"saltutil.sync_all failed (exit {proc.returncode}):\n"
-                        f"{proc.stdout[-1500:]}{proc.stderr[-800:]}")
-    apply_states(state, "kcm")
-    say.line("$ " + shown_command(state, "salt-run", "saltutil.sync_runners"))
-    proc = run_salt(state, "salt-run", "--out=json", "saltutil.sync_runners", timeout=120)
-    if proc.returncode != 0 or "runners.kcm_alert" not in proc.stdout:
-        raise DemoError(f"salt-run saltutil.sync_runners failed:\n{proc.stdout[-800:]}{proc.stderr[-800:]}")
-    say.done("the formula laid down binary, PKI, kubeconfig and unit on master-1..3")
+def start_lab(sandbox: Path, k8s_bin: Path, alertmanager):
+    """The LabCluster (control plane, salt-master, machines) with the demo's pillar written."""
+    from kcmlab.cluster import LabCluster
+
+    cluster = LabCluster(k8s_bin, sandbox / "lab", suite=SUITE, nodes=NODES, election=ELECTION)
+    apply_master_config(sandbox, sandbox / "lab" / "salt" / "conf", alertmanager.url)
+    cluster.start()
+    cluster.pillars = {name: demo_pillar(cluster, name) for name in NODES}
+    cluster.master.write_pillar(cluster.pillars)
+    return cluster
 
 
-def step_start_kcms(sandbox: Path, state: dict) -> None:
-    say.step(6, TOTAL_STEPS, "starting kube-controller-manager on master-1..3")
-    say.line("no systemd runs here, so the demo starts each rendered unit's ExecStart= itself")
-    say.line(f"(under unshare --uts with hostname = the minion id), e.g. {state['nodes']['master-1']['unit']}")
-    for node in NODES:
-        start_kcm(sandbox, state, node)
-    for node in NODES:
-        wait_for(lambda n=node: kcm_healthy(state, n), WAIT["kcm"], f"kcm@{node} /healthz",
-                 state["nodes"][node]["kcm_log"])
-    leader = wait_for(lambda: leader_node(state), WAIT["leader"], "a KCM leader in the Lease",
-                      sandbox / "logs")
-    say.done(f"three KCMs healthy; {leader} holds the lease")
-
-
-def beacon_state_file(state: dict, node: str) -> Path:
-    return Path(state["sandbox"]) / "salt" / node / "var/cache/salt/minion/kcm/beacon-kcm_leader.json"
-
-
-def step_beacon(sandbox: Path, state: dict) -> None:
-    say.step(7, TOTAL_STEPS, "installing the kcm_leader beacon, then asking every master for its status")
-    say.line("(installed once a leader exists, so its first look is a healthy Lease, not a 'no leader')")
-    apply_states(state, "kcm.beacon")
-    for node in NODES:
-        wait_for(beacon_state_file(state, node).exists, WAIT["beacon"], f"{node}: the beacon's first poll",
-                 sandbox / "logs" / f"salt-minion-{node}.log")
-    print_status(state)
-
-
-def print_status(state: dict) -> None:
-    say.line("$ " + shown_command(state, "salt", "master*", "kcm.status", "--out=table"))
-    proc = run_salt(state, "salt", "--out=table", "--static", "--timeout=30", "master*", "kcm.status", timeout=90)
-    say.block(proc.stdout or proc.stderr, indent="    ")
-    if proc.returncode != 0:
-        say.line(f"(kcm.status exited {proc.returncode}: a master reports errors in the table above)")
-
-
-# ---------------------------------------------------------------------------------------------
-# The failover drill (up's step 8, and `failover`)
-
-
-def alert_summary(alert: dict) -> dict:
-    keep = ("labels", "annotations", "startsAt", "endsAt", "status")
-    return {key: alert[key] for key in keep if key in alert}
-
-
-def failover(sandbox: Path, state: dict, number=None) -> dict:
-    """Kill the leader's KCM, show the new leader, the alert event and the alert; rejoin it."""
-    import requests
-    import salt.config
-    import salt.utils.event
-
-    from kcmlab.controlplane import failover_bound
-
-    if number is not None:
-        say.step(number, TOTAL_STEPS, "failover drill: SIGKILL the leader's KCM")
-    restarted = ensure_kcms_running(sandbox, state)
-    if restarted:
-        say.line(f"restarted KCM(s) that had exited: {', '.join(restarted)}")
-    old = wait_for(lambda: leader_node(state), WAIT["leader"], "a KCM leader in the Lease", sandbox / "logs")
-    for node in NODES:
-        wait_for(beacon_state_file(state, node).exists, WAIT["beacon"], f"{node}: the beacon's first poll",
-                 sandbox / "logs" / f"salt-minion-{node}.log")
-    opts = salt.config.master_config(str(Path(state["salt"]["master_conf"]) / "master"))
-    timings = {}
-    with salt.utils.event.get_master_event(opts, opts["sock_dir"], listen=True) as bus:
-        if not bus.connect_pub(timeout=10):
-            raise DemoError(f"cannot listen on the master event bus in {opts['sock_dir']}")
-        watch = shown_command(state, "salt-run", "state.event", "tagmatch=kcm/alert/*")
-        say.line(f"listening on the master bus for kcm/alert/* (as `{watch}` would)")
-        record = state["processes"][f"kcm@{old}"]
-        say.line(f"leader is {old}: kill -KILL {record['pid']} (kcm@{old})")
-        begin = time.monotonic()
-        kill_record(record)
-        bound = failover_bound(float(ELECTION["lease_duration"].rstrip("s")),
-                               float(ELECTION["retry_period"].rstrip("s"))) + 20
-        new = wait_for(lambda: (lambda n: n if n and n != old else None)(leader_node(state)), bound,
-                       f"a new KCM leader other than {old}", sandbox / "logs", interval=0.1)
-        timings["new_leader"] = time.monotonic() - begin
-        say.line(f"leader: {old} -> {new} (new leader {timings['new_leader']:.1f}s after the kill)")
-        event, others = wait_alert_event(bus, begin, sandbox)
-        timings["alert_event"] = time.monotonic() - begin
-    for seen in others:
-        say.line(f"(also on the bus: {seen})")
-    say.line(f"event on the master bus {timings['alert_event']:.1f}s after the kill:")
-    say.block(f"tag: {event['tag']}\n" + json.dumps(strip_stamp(event["data"]), indent=2, sort_keys=True))
-
-    def in_alertmanager():
-        filters = [("filter", f'{k}="{v}"') for k, v in
-                   (("alertname", "KCMLeaderChanged"), ("old_node", old), ("new_node", new))]
-        with requests.Session() as session:
-            session.trust_env = False
-            reply = session.get(f"{state['alertmanager_url']}/api/v2/alerts", params=filters, timeout=5)
-        reply.raise_for_status()
-        return reply.json()
-
-    alerts = wait_for(in_alertmanager, WAIT["alert"], "the KCMLeaderChanged alert in Alertmanager",
-                      sandbox / "logs" / "alertmanager.log", interval=0.5)
-    timings["alert_in_alertmanager"] = time.monotonic() - begin
-    say.line(f"the alert as Alertmanager holds it (GET {state['alertmanager_url']}/api/v2/alerts):")
-    say.block(json.dumps([alert_summary(a) for a in alerts], indent=2, sort_keys=True))
-    start_kcm(sandbox, state, old)
-    wait_for(lambda: kcm_healthy(state, old), WAIT["kcm"], f"kcm@{old} /healthz", state["nodes"][old]["kcm_log"])
-    now_leader = leader_node(state)
-    say.line(f"restarted kcm@{old}: it rejoins as a standby (leader: {now_leader})")
-    say.line(f"timings: kill -> new leader {timings['new_leader']:.1f}s, -> kcm/alert event "
-             f"{timings['alert_event']:.1f}s, -> alert in Alertmanager {timings['alert_in_alertmanager']:.1f}s")
-    return {"old": old, "new": new, **timings}
-
-
-def strip_stamp(data: dict) -> dict:
-    return {k: v for k, v in data.items() if k != "_stamp"}
-
-
-def wait_alert_event(bus, begin: float, sandbox: Path):
-    """The first kcm/alert/changed event (dedupe sends one); other kcm/alert/* tags seen on the way."""
-    others = []
-    deadline = begin + WAIT["alert"]
-    while time.monotonic() < deadline:
-        event = bus.get_event(wait=1, tag="kcm/alert/", full=True)
-        if not event:
-            continue
-        if event["tag"] == "kcm/alert/changed":
-            return event, others
-        others.append(f"{event['tag']} at +{time.monotonic() - begin:.1f}s")
-    raise DemoError(f"no kcm/alert/changed event within {WAIT['alert']}s of the kill (seen: {others or 'none'}); "
-                    f"see {sandbox / 'logs' / 'salt-master.log'} and the minion logs beside it")
-
-
-# ---------------------------------------------------------------------------------------------
-# Commands
-
-
-def print_explore(state: dict) -> None:
-    sandbox = state["sandbox"]
-    conf = state["salt"]["master_conf"]
-    say.step(9, TOTAL_STEPS, "the demo keeps running; explore it")
-    say.block(f"""export PATH={Path(state['python']).parent}:$PATH   # the demo's Salt
-scripts/demo status        the kcm.status table and the Lease holder
-scripts/demo failover      kill the leader again, see the event and the alert
-scripts/demo down          stop everything and remove {sandbox}
-salt -c {conf} 'master*' kcm.leader
-salt -c {conf} 'master*' kcm.status --out=table
-salt-run -c {conf} state.event tagmatch='kcm/alert/*'
-kubectl --kubeconfig {state['controlplane']['admin_kubeconfig']} -n kube-system get lease -o yaml
-curl -s {state['alertmanager_url']}/api/v2/alerts
-logs: {sandbox}/logs/""", indent="    ")
+def record_lab(sandbox: Path, state: dict, cluster) -> None:
+    cp = cluster.cp
+    for daemon in (cp.etcd, cp.apiserver, cluster.master.daemon):
+        state["processes"][daemon.name] = record_of(daemon.name, daemon.pid, daemon.log_path)
+    state["machines"] = {
+        name: {"address": machine.address,
+               "nspawn": record_of(f"nspawn {name}", machine.process.pid, machine.console_log),
+               "init": record_of(f"init {name}", machine.init_pid, machine.console_log)}
+        for name, machine in cluster.lab.machines.items()}
+    state["salt"] = {"root": str(cluster.master.root), "interface": cluster.master.interface}
+    state["controlplane"] = {
+        "apiserver_url": cp.apiserver_url, "ca": str(cp.ca_path), "admin_cert": str(cp.admin_cert_path),
+        "admin_key": str(cp.admin_key_path), "admin_kubeconfig": str(cp.admin_kubeconfig)}
+    state["secure_port"] = cluster.pillars[NODES[0]]["kcm"]["secure_port"]
+    save_state(sandbox, state)
 
 
 def cmd_up(sandbox: Path) -> int:
+    from kcmlab.alertmanager import Alertmanager
+    from kcmlab.rootfs import ensure_rootfs, rootfs_dir
+
     k8s_bin = os.environ.get("KCM_K8S_BIN")
     if not k8s_bin:
         raise DemoError("KCM_K8S_BIN is not set: run the demo through scripts/demo, which builds the binaries")
-    state = None
+    state = {"sandbox": str(sandbox), "python": sys.executable, "suite": SUITE, "started_at": time.time(),
+             "processes": {}, "machines": {}}
+    say.step(2, f"the machines' root filesystem and the sandbox {sandbox}")
+    check_sandbox(sandbox)
+    cluster = alertmanager = None
     try:
-        state = step_sandbox(sandbox, Path(k8s_bin))
-        cp = step_control_plane(sandbox, state)
-        step_alertmanager(sandbox, state)
-        step_salt(sandbox, state)
-        step_pillar(sandbox, state, cp)
-        step_apply(sandbox, state)
-        step_start_kcms(sandbox, state)
-        step_beacon(sandbox, state)
-        result = failover(sandbox, state, number=8)
-        state["last_failover"] = result
+        if not (rootfs_dir() / ".kcmlab-complete").exists():
+            say.line("building the machines' rootfs with mmdebstrap (once, about 1.5 minutes)")
+        try:
+            rootfs = ensure_rootfs()
+        except RuntimeError as exc:
+            raise DemoError(f"the machines' rootfs: {exc}") from None
+        sandbox.mkdir(parents=True, mode=0o700)
         save_state(sandbox, state)
-        print_explore(state)
-        print(f"\n`demo up` finished in {say.elapsed():.1f}s (after the install step); everything keeps running.")
+        say.done(f"rootfs {rootfs} (Debian bookworm, systemd, Salt); state in {sandbox / STATE_NAME}")
+
+        say.step(3, "Alertmanager on the host; the salt-master's kcm.master config")
+        alertmanager = Alertmanager(sandbox / "alertmanager")
+        alertmanager.start()
+        state["processes"]["alertmanager"] = record_of("alertmanager", alertmanager.pid, alertmanager.log_path)
+        state["alertmanager_url"] = alertmanager.url
+        save_state(sandbox, state)
+        say.line(f"Alertmanager at {alertmanager.url} (log {alertmanager.log_path})")
+
+        say.step(4, f"etcd + kube-apiserver on the bridge kcm-{SUITE}, a salt-master, machines master-1..3")
+        cluster = start_lab(sandbox, Path(k8s_bin), alertmanager)
+        record_lab(sandbox, state, cluster)
+        demo = Demo(sandbox, state)
+        say.line(f"kube-apiserver at {cluster.cp.apiserver_url} (serving certificate for {cluster.lab.host_ip})")
+        say.line(f"salt-master on {cluster.lab.host_ip}:{cluster.master.ret_port} (log {cluster.master.log_path})")
+        for name, machine in cluster.lab.machines.items():
+            say.line(f"{name}: {machine.address}, systemd up in {machine.boot_seconds:.1f}s, "
+                     f"salt-minion.service {machine.systemctl('is-active', 'salt-minion', check=False).stdout.strip()}")
+        say.done("the lab is up: " + ", ".join(f"{k} {v:.1f}s" for k, v in cluster.timings.items()))
+
+        say.step(5, "applying the formula over the bus (pillar.example + the lab's facts, service:manage true)")
+        say.line("$ " + demo.shown("salt", "master*", "saltutil.sync_all"))
+        synced = demo.master.salt("master*", "saltutil.sync_all", timeout=300, job_timeout=120)
+        if sorted(synced) != list(NODES):
+            raise DemoError(f"saltutil.sync_all answered for {sorted(synced)}, not {list(NODES)}")
+        apply(demo, "kcm")
+        demo.wait(lambda: all(demo.healthy(n) for n in NODES), WAIT["kcm"], "KCM /healthz on every master")
+        leader = demo.wait(demo.leader, WAIT["leader"], "a KCM leader in the Lease")
+        say.done(f"systemd runs KCM on master-1..3; {leader} holds the lease")
+
+        say.step(6, "the kcm_leader beacon, then every master's status")
+        say.line("(installed once a leader exists, so its first look is a healthy Lease, not a 'no leader')")
+        apply(demo, "kcm.beacon")
+        demo.print_status()
+
+        state["last_failover"] = demo.failover(number=7)
+        save_state(sandbox, state)
+        print("\n\033[1m==> the demo keeps running; explore it\033[0m", flush=True)
+        demo.print_explore()
+        print(f"\n`demo up` finished in {say.elapsed():.1f}s (after the install step); everything keeps running.",
+              flush=True)
         return 0
     except KeyboardInterrupt:
         # A second Ctrl-C must not cut the teardown short.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         print("\ninterrupted: tearing everything down", flush=True)
-        if state is not None:
-            stop_all(state)
-            shutil.rmtree(sandbox, ignore_errors=True)
+        _close(cluster, alertmanager)
+        take_down(sandbox, load_state(sandbox) or state, quiet=True)
+        shutil.rmtree(sandbox, ignore_errors=True)
         return 130
     except BaseException:
-        if state is not None:
-            print(f"\n`demo up` failed: stopping what it started; logs are kept in {sandbox}/logs "
-                  "(scripts/demo down removes them)", file=sys.stderr, flush=True)
-            stop_all(state, quiet=True)
+        print(f"\n`demo up` failed: stopping what it started; logs are kept in {sandbox} "
+              "(scripts/demo down removes them)", file=sys.stderr, flush=True)
+        _keep_journals(sandbox, cluster)
+        _close(cluster, alertmanager)
         raise
 
 
-def require_state(sandbox: Path) -> dict:
+def _close(cluster, alertmanager) -> None:
+    if cluster is not None:
+        cluster.close()
+    if alertmanager is not None:
+        alertmanager.stop()
+
+
+def _keep_journals(sandbox: Path, cluster) -> None:
+    """The machines' KCM and salt-minion journals beside the other logs (the machines go)."""
+    for name, machine in list(getattr(getattr(cluster, "lab", None), "machines", {}).items()):
+        for unit in (UNIT, "salt-minion"):
+            try:
+                (sandbox / f"{name}-{unit}.journal").write_text(machine.journal(unit, lines=400))
+            except Exception:  # noqa: BLE001, S112 - best effort: the teardown must go on
+                continue
+
+
+# ---------------------------------------------------------------------------------------------
+# status, failover, shell, down
+
+
+def require_demo(sandbox: Path) -> Demo:
     state = load_state(sandbox)
     if state is None:
         raise DemoError(f"no demo in {sandbox} (scripts/demo up starts one)")
-    return state
+    if "salt" not in state or "last_failover" not in state:
+        raise DemoError(f"the demo in {sandbox} did not finish starting; scripts/demo down removes it")
+    return Demo(sandbox, state)
 
 
 def cmd_status(sandbox: Path) -> int:
-    state = require_state(sandbox)
-    if "salt" not in state:
-        raise DemoError(f"the demo in {sandbox} did not finish starting; scripts/demo down removes it")
-    down = [name for name, rec in sorted(state["processes"].items()) if not alive(rec)]
-    for name in down:
-        say.line(f"{name} is not running (log {state['processes'][name]['log']})")
-    if down and any(n.startswith("kcm@") for n in down):
-        say.line("(KCM exits when it loses its lease; scripts/demo failover restarts stopped ones first)")
-    print_status(state)
-    record = lease(state) or {}
-    spec = record.get("spec") or {}
+    demo = require_demo(sandbox)
+    for name, record in sorted(demo.state["processes"].items()):
+        if not alive(record):
+            say.line(f"{name} is not running (log {record['log']})")
+    for machine in demo.machines.values():
+        machine.check()
+        say.line(f"{machine.name} ({machine.address}): systemctl is-active {UNIT} -> {machine.active()}")
+    demo.print_status()
+    spec = (demo.lease() or {}).get("spec") or {}
     say.line(f"Lease kube-system/kube-controller-manager: holder {spec.get('holderIdentity')}, "
              f"renewed {spec.get('renewTime')}, transitions {spec.get('leaseTransitions')}")
     return 0
 
 
 def cmd_failover(sandbox: Path) -> int:
-    state = require_state(sandbox)
-    if "salt" not in state or not state["nodes"]:
-        raise DemoError(f"the demo in {sandbox} did not finish starting; scripts/demo down removes it")
-    result = failover(sandbox, state)
-    state["last_failover"] = result
-    save_state(sandbox, state)
+    demo = require_demo(sandbox)
+    demo.state["last_failover"] = demo.failover()
+    save_state(sandbox, demo.state)
     return 0
 
 
-def cmd_down(sandbox: Path) -> int:
-    if not sandbox.exists():
-        say.line(f"nothing to do: {sandbox} does not exist")
-        return 0
+def cmd_shell(sandbox: Path, name: str, command: list[str]) -> int:
     state = load_state(sandbox)
-    if state is None:
-        if any(sandbox.iterdir()):
-            raise DemoError(f"{sandbox} has no {STATE_NAME}: not a demo sandbox, left untouched")
-        sandbox.rmdir()
-        return 0
-    say.line(f"stopping the demo in {sandbox}")
-    stop_all(state)
-    left = [name for name, rec in state.get("processes", {}).items() if session_members(rec)]
+    if state is None or name not in state.get("machines", {}):
+        known = ", ".join(sorted((state or {}).get("machines", {}))) or "none: scripts/demo up starts them"
+        raise DemoError(f"no machine {name!r} in the demo in {sandbox} (machines: {known})")
+    machine = DemoMachine(name, state["machines"][name])
+    machine.check()
+    argv = inside_argv(machine.init["pid"], command or ["bash", "-l"], {"TERM": os.environ.get("TERM", "xterm")})
+    os.execvp(argv[0], argv)
+    return 0  # not reached
+
+
+def cmd_down(sandbox: Path) -> int:
+    state = load_state(sandbox)
+    if state is None and sandbox.exists() and any(sandbox.iterdir()):
+        if not (sandbox / "lab").exists():
+            raise DemoError(f"{sandbox} has no {STATE_NAME} and no lab/: not a demo sandbox, left untouched")
+        say.line(f"{sandbox} has no {STATE_NAME}: removing lab {SUITE!r} by its name")
+    say.line(f"taking down the demo in {sandbox} (lab {(state or {}).get('suite') or SUITE!r})")
+    left = take_down(sandbox, state)
     if left:
-        raise DemoError(f"still running after SIGKILL: {', '.join(left)}; sandbox kept")
-    shutil.rmtree(sandbox)
-    say.line(f"removed {sandbox}")
+        raise DemoError("still there after the teardown: " + "; ".join(left) + f"; {sandbox} kept")
+    if sandbox.exists():
+        shutil.rmtree(sandbox)
+        say.line(f"removed {sandbox}")
+    say.line("nothing of the demo is left on this host")
     return 0
 
 
@@ -986,17 +727,21 @@ def _interrupt(signum, frame):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/demo", description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=("up", "status", "failover", "down"))
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("up", "status", "failover", "down"):
+        sub.add_parser(name)
+    shell = sub.add_parser("shell", help="a shell (or a command) inside a master")
+    shell.add_argument("machine", choices=NODES)
+    shell.add_argument("argv", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     sandbox = sandbox_dir()
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
     signal.signal(signal.SIGTERM, _interrupt)
     # Ctrl-C tears `up` down even when started from a shell that ignores SIGINT in the background.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    commands = {"up": cmd_up, "status": cmd_status, "failover": cmd_failover, "down": cmd_down}
     try:
-        return commands[args.command](sandbox)
+        if args.command == "shell":
+            return cmd_shell(sandbox, args.machine, args.argv)
+        return {"up": cmd_up, "status": cmd_status, "failover": cmd_failover, "down": cmd_down}[args.command](sandbox)
     except DemoError as exc:
         print(f"\033[31mdemo {args.command}: {exc}\033[0m", file=sys.stderr, flush=True)
         return 1

@@ -10,7 +10,6 @@ die() { printf '\033[31m[kcm] ERROR:\033[0m %s\n' "$*" >&2; exit 1; }
 ensure_debian_packages() {
   local missing=()
   command -v prometheus-alertmanager >/dev/null || missing+=(prometheus-alertmanager)
-  command -v unshare >/dev/null || missing+=(util-linux)
   command -v systemd-analyze >/dev/null || missing+=(systemd)
   command -v kubectl >/dev/null || missing+=(kubernetes-client)
   command -v python3 >/dev/null || missing+=(python3 python3-venv)

@@ -1,20 +1,24 @@
 {#- kcm.master: for the Salt master itself (apply it on the master host's own minion).
 
     Installs <config_dir>/kcm.conf (default /etc/salt/master.d/kcm.conf) with
-      reactor:  salt/beacon/*/kcm_leader/*  ->  salt://reactor/kcm/leader.sls
+      engines:  kcm_alert (batch_wait): salt/beacon/*/kcm_leader/* in batches -> the
+                kcm_alert runner's handle_batch (kcm:master:alert_engine, the default), or
+      reactor:  salt/beacon/*/kcm_leader/*  ->  salt://reactor/kcm/leader.sls (one runner
+                job per event; alert_engine: false)
       kcm_alert: receivers and labels for the kcm_alert runner (pillar kcm:master)
-    and syncs salt://_runners (kcm_alert) into the master's extension modules.
+    and syncs salt://_runners (kcm_alert, kcm: the fleet view), salt://_engines (kcm_alert)
+    and salt://_output (the fleet table, kcm_fleet) into the master's extension modules.
 
-    The master reads `reactor:` and `kcm_alert:` only at start: restart salt-master after
-    the first apply or a change of kcm.conf (the state says so when that is needed). The
-    reactor SLS itself is re-read on every event, so formula updates need no restart.
+    The master reads `engines:`, `reactor:` and `kcm_alert:` only at start: restart
+    salt-master after the first apply or a change of kcm.conf (the state says so when that
+    is needed). The reactor SLS itself is re-read on every event.
     master.d files are merged with list merging, so other `reactor:` entries are kept.
 
     With kcm:master:enroll:enabled, also salt/minion/*/start -> salt://reactor/kcm/enroll.sls
     and kcm_enroll: {grain, value} for the kcm_enroll runner (highstate a new master once).
 
     Settings: pillar `kcm:master` (config_dir, alertmanager_urls, webhook_urls, labels,
-    ca_bundle, sync_runners, enroll); defaults in defaults.yaml. TLS to receivers is always
+    ca_bundle, sync_runners, alert_engine, batch_wait, enroll); defaults in defaults.yaml. TLS to receivers is always
     verified (ca_bundle '' = the system store). #}
 {%- from tpldir ~ "/map.jinja" import kcm with context %}
 {%- set master = kcm.master %}
@@ -25,15 +29,21 @@
       "ca_bundle": master.ca_bundle,
       "reporters": master.reporters,
     } %}
-{%- set conf = {
-      "reactor": [{"salt/beacon/*/kcm_leader/*": ["salt://reactor/kcm/leader.sls"]}],
-      "kcm_alert": alert,
-    } %}
+{%- set conf = {"reactor": [], "kcm_alert": alert} %}
+{%- if master.alert_engine %}
+{%-   set engine = {"kcm_alert": {"batch_wait": master.batch_wait} } %}
+{%-   do conf.update({"engines": [engine]}) %}
+{%- else %}
+{%-   do conf.reactor.append({"salt/beacon/*/kcm_leader/*": ["salt://reactor/kcm/leader.sls"]}) %}
+{%- endif %}
 {#- Opt-in enrollment: a starting minion with the control-plane grain is highstated once. #}
 {%- if master.enroll.enabled %}
 {%-   do conf.reactor.append({"salt/minion/*/start": ["salt://reactor/kcm/enroll.sls"]}) %}
 {%-   set enroll = {"grain": master.enroll.grain, "value": master.enroll.value} %}
 {%-   do conf.update({"kcm_enroll": enroll}) %}
+{%- endif %}
+{%- if not conf.reactor %}
+{%-   do conf.pop("reactor") %}
 {%- endif %}
 
 kcm-master-config-validated:
@@ -55,7 +65,7 @@ kcm-master-config:
 kcm-master-restart-notice:
   test.show_notification:
     - text: {{ (master.config_dir ~ "/kcm.conf changed: restart salt-master to load the"
-                ~ " kcm_leader reactor mapping and the kcm_alert settings") | json }}
+                ~ " kcm_alert engine (or the kcm_leader reactor mapping) and the kcm_alert settings") | json }}
     - onchanges:
       - file: kcm-master-config
 
@@ -63,7 +73,10 @@ kcm-master-restart-notice:
 
 kcm-master-sync-runners:
   cmd.run:
-    - name: salt-run saltutil.sync_runners --out=quiet
+    - names:
+      - salt-run saltutil.sync_runners --out=quiet
+      - salt-run saltutil.sync_engines --out=quiet
+      - salt-run saltutil.sync_output --out=quiet
     - require:
       - file: kcm-master-config
 {%- endif %}

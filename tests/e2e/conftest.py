@@ -66,18 +66,10 @@ def start_lab_cluster(k8s_bin, workdir: Path, label: str, **kwargs) -> LabCluste
     CLUSTERS.append(cluster)
     try:
         cluster.start()
+        LOG_FILES.extend(cluster.log_paths())
+        cluster.deploy()
         for name, value in cluster.timings.items():
             TIMINGS[f"{label}: {name}"] = value
-        LOG_FILES.extend(cluster.log_paths())
-        sync = cluster.salt("saltutil.sync_all", timeout=300)
-        assert sorted(sync) == sorted(cluster.nodes), sync
-        begin = time.monotonic()
-        cluster.apply("kcm")
-        TIMINGS[f"{label}: salt state.apply kcm on {len(cluster.nodes)} machines"] = time.monotonic() - begin
-        begin = time.monotonic()
-        cluster.wait_healthy(timeout=120)
-        cluster.wait_for_leader(60)
-        TIMINGS[f"{label}: first leader after the apply"] = time.monotonic() - begin
     except BaseException:
         _keep_journals(cluster)
         cluster.close()

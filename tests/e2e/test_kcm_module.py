@@ -55,6 +55,19 @@ def test_leader_follows_a_kill_9_failover(kcm_cluster):
     assert ok(kcm_cluster, old, "kcm.is_leader") is False
 
 
+def test_cluster_id_is_the_kube_system_uid_read_as_kcm_itself(kcm_cluster):
+    # The masters read it with KCM's own kubeconfig (CN system:kube-controller-manager):
+    # the real apiserver's RBAC must allow that GET, or the beacon carries no cluster_id.
+    uid = kcm_cluster.cp.get_json("/api/v1/namespaces/kube-system")["metadata"]["uid"]
+
+    answers = kcm_cluster.salt("kcm.cluster_id")
+
+    assert sorted(answers) == sorted(kcm_cluster.nodes)
+    assert set(answers.values()) == {uid}, answers
+    for name, rows in kcm_cluster.salt("kcm.status").items():
+        assert rows[0]["cluster_id"] == uid and "cluster_id" not in rows[0]["errors"], f"{name}: {rows}"
+
+
 def test_health_is_ok_on_every_master(kcm_cluster):
     for name, result in kcm_cluster.salt("kcm.health").items():
         assert result["healthy"] is True, f"{name}: {result}"

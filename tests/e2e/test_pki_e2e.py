@@ -1,106 +1,93 @@
-"""pki:mode local against the real control plane: keys made on each master, the KCM
-certificate issued there with x509_v2, accepted by the real kube-apiserver, served on
-/healthz; a renewal rolls through the masters with a leader at every poll.
+"""pki:mode local on systemd machines: each master makes its key and has its KCM certificate
+issued there with x509_v2; the real kube-apiserver accepts it and KCM serves it on the
+machine's own address. A renewal (a pillar change, one master at a time, the leader last)
+re-issues the certificate, and systemd restarts KCM through ``watch`` on the kubeconfig,
+never by hand: one leader change (the leader's restart), at most one short window without a
+live leader, never more than one KCM down."""
 
-No systemd runs here: where production restarts KCM through `service.running` watching the
-kubeconfig, this test restarts the KcmProcess when the state run reports that change."""
+from __future__ import annotations
 
 import ssl
-import threading
 import time
-from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from cryptography import x509
 
-from tests.e2e.conftest import NODES, SHORT_ELECTION, _start_control_plane, build_cluster
+from kcmlab.cluster import SHORT_ELECTION, changed_states
+from kcmlab.leasewatch import LeaseWatch
+from tests.e2e.conftest import start_lab_cluster, stop_lab_cluster
 
 pytestmark = pytest.mark.e2e
 
-
-def local_pki(cp, **over):
-    pems = cp.kcm_pki(NODES)
-    return {"mode": "local", "ca_cert": pems["ca_cert"], "ca_key": pems["ca_key"],
-            "service_account_key": pems["service_account_key"], "days_valid": 5, "days_remaining": 1, **over}
+# Short-lived so that the renewal below (days_remaining 10 > days_valid 5) is due.
+LOCAL_PKI = {"mode": "local", "cert": "", "key": "", "days_valid": 5, "days_remaining": 1}
 
 
 @pytest.fixture(scope="module")
-def local_cluster(k8s_bin, tmp_path_factory):
-    cp = _start_control_plane(k8s_bin, tmp_path_factory.mktemp("cp-pki"), "pki local")
+def local_cluster(k8s_bin, tmp_path_factory, request):
+    cluster = start_lab_cluster(k8s_bin, tmp_path_factory.mktemp("lab-pki"), "pki local", suite="e2e-pki",
+                                election=SHORT_ELECTION, kcm={"pki": LOCAL_PKI})
     try:
-        cluster = build_cluster(cp, tmp_path_factory.mktemp("kcm-pki"), SHORT_ELECTION, "pki local",
-                                pki=local_pki(cp))
-        try:
-            yield cluster
-        finally:
-            cluster.stop_all()
+        yield cluster
     finally:
-        cp.stop()
+        stop_lab_cluster(cluster, request)
 
 
-def served_cert(port):
-    pem = ssl.get_server_certificate(("127.0.0.1", port))
+def served_cert(cluster, name) -> x509.Certificate:
+    port = cluster.pillars[name]["kcm"].get("secure_port", 10257)
+    pem = ssl.get_server_certificate((cluster.lab.address_of(name), port))
     return x509.load_pem_x509_certificate(pem.encode())
 
 
-def file_cert(node):
-    return x509.load_pem_x509_certificate(Path(node.deployed["files"]["cert"]).read_bytes())
+def file_cert(cluster, name) -> x509.Certificate:
+    path = cluster.deployed(name)["files"]["cert"]
+    return x509.load_pem_x509_certificate(cluster.machine(name).read_file(path).encode())
 
 
 def test_issued_certs_serve_healthz_and_lead(local_cluster):
-    cp = local_cluster.control_plane
-    leader = cp.leader()
-    assert leader in NODES
-    for name, node in local_cluster.nodes.items():
-        reply = node.process.healthz(node.ca_path)  # TLS verified against the formula's CA, host 127.0.0.1
-        assert reply.status_code == 200 and reply.text.strip() == "ok", name
-        cert = file_cert(node)
-        assert served_cert(node.secure_port).serial_number == cert.serial_number, "KCM serves the issued cert"
-        key = Path(node.deployed["files"]["key"]).read_text()
-        assert key not in str(node.minion.pillar), "the key was made on the master, not taken from pillar"
+    assert local_cluster.leader() in local_cluster.nodes
+    for name in local_cluster.nodes:
+        assert local_cluster.healthz(name), f"{name}: /healthz over TLS verified against the cluster CA"
+        cert = file_cert(local_cluster, name)
+        assert served_cert(local_cluster, name).serial_number == cert.serial_number, "KCM serves the issued cert"
+        addresses = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert local_cluster.lab.address_of(name) in {str(a) for a in addresses.get_values_for_type(x509.IPAddress)}
+        key_path = local_cluster.deployed(name)["files"]["key"]
+        machine = local_cluster.machine(name)
+        assert machine.run(["stat", "-c", "%a %U", key_path]).stdout.split() == ["600", "k8s"]
+        key = machine.read_file(key_path)
+        assert "PRIVATE KEY" in key
+        assert key not in str(local_cluster.pillars[name]), "the key was made on the master, not taken from pillar"
 
 
-def test_renewal_rolls_through_with_a_leader_throughout(local_cluster):
-    cp = local_cluster.control_plane
-    holders, stop = [], threading.Event()
-
-    def poll():
-        while not stop.is_set():
-            lease = cp.lease() or {}
-            spec = lease.get("spec", {})
-            holders.append((time.monotonic(), spec.get("holderIdentity"), spec.get("renewTime")))
-            time.sleep(0.2)
-
-    watcher = threading.Thread(target=poll, daemon=True)
-    watcher.start()
-    leader = cp.leader()
-    # followers first, the leader last: what orch.kcm.upgrade does for a renewal
-    order = [n for n in NODES if n != leader] + [leader]
-    try:
+def test_renewal_restarts_kcm_through_systemd_with_a_leader_throughout(local_cluster):
+    cluster = local_cluster
+    leader = cluster.leader()
+    # Followers first, the leader last: what orch.kcm.upgrade does for a renewal.
+    order = [n for n in cluster.nodes if n != leader] + [leader]
+    nodes = {name: SimpleNamespace(healthy=lambda name=name: cluster.healthz(name, timeout=1))
+             for name in cluster.nodes}
+    with LeaseWatch(cluster.cp, nodes=nodes) as watch:
         for name in order:
-            node = local_cluster.nodes[name]
-            before = file_cert(node).serial_number
-            pillar = node.minion.pillar
-            pillar["kcm"]["pki"].update(days_valid=30, days_remaining=10)
-            node.minion.set_pillar(pillar)
-            ret = node.minion.apply("kcm")
-            changed = {v["__id__"] for v in ret.values() if v["changes"]}
-            assert {"kcm-pki-cert", "kcm-kubeconfig-file"} <= changed, changed
-            assert file_cert(node).serial_number != before
-            node.process.stop()
-            node.process.start()
-            node.process.wait_healthy(node.ca_path)
-            assert served_cert(node.secure_port).serial_number == file_cert(node).serial_number
-            cp.wait_for_leader(local_cluster.failover_bound + 10)
-        cp.wait_for_leader(local_cluster.failover_bound + 10)
+            before = file_cert(cluster, name).serial_number
+            pid = cluster.main_pid(name)
+            since = time.time()
+            cluster.change_pillar([name], pki={"days_valid": 30, "days_remaining": 10})
+            ret = cluster.apply("kcm", target=[name])[name]
+            assert {"kcm-pki-cert", "kcm-kubeconfig-file"} <= set(changed_states(ret)), changed_states(ret)
+            assert file_cert(cluster, name).serial_number != before
+            # Nobody but systemd restarted it: the state run's watch did, once.
+            assert cluster.starts_since(name, since) == 1, f"{name}: not restarted exactly once"
+            assert cluster.main_pid(name) not in (0, pid)
+            cluster.wait_healthy([name], timeout=60)
+            assert served_cert(cluster, name).serial_number == file_cert(cluster, name).serial_number
+            cluster.wait_for_leader(cluster.failover_bound + 10)
         time.sleep(2)
-    finally:
-        stop.set()
-        watcher.join()
-    identities = [h for _, h, _ in holders]
-    changes = sum(1 for a, b in zip(identities, identities[1:]) if a != b)
-    assert changes <= 1, f"leader changed {changes} times during the renewal"
-    # a holder was named at every poll (a stopped leader keeps the Lease until it expires)
-    assert all(identities), "a poll saw no leader"
-    again = local_cluster.nodes[order[0]].minion.apply("kcm")
-    assert [k for k, v in again.items() if v["changes"]] == [], "nothing is due after the renewal"
+    # The leader's restart is the one handover; the followers' move nothing.
+    assert watch.transitions == 1, watch.holders
+    assert watch.leader_nodes[0] == leader, watch.holders
+    assert len(watch.gaps()) <= 1 and watch.longest_gap <= cluster.failover_bound, watch.gaps()
+    assert watch.min_healthy >= len(cluster.nodes) - 1, watch.healthy_counts  # one master at a time
+    again = cluster.apply("kcm", target=[order[0]])[order[0]]
+    assert changed_states(again) == [], "nothing is due after the renewal"

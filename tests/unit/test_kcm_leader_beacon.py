@@ -188,6 +188,21 @@ def test_a_released_lease_taken_within_the_grace_announces_only_the_change():
     assert run.poll(released, T0 + 6) == []
     events = run.poll(lease("master-3", renewed=T0 + 7, transitions=2), T0 + 7)
     assert tags(events) == ["changed"]
+    # From the master that released it, not from nobody.
+    assert (events[0]["old_node"], events[0]["new_node"]) == ("master-1", "master-3")
+
+
+@pytest.mark.parametrize("me", [("master-1",), ("master-2",)])
+def test_after_a_released_lease_the_change_is_from_the_last_holder(me):
+    run = healthy_run(until=T0 + 3, me=me)
+    released = dict(lease(None, renewed=T0 + 4), holder=None, lease_duration_seconds=1)
+    assert run.poll(released, T0 + 4) == []
+    events = run.poll(lease("master-3", renewed=T0 + 5, transitions=2), T0 + 5)
+    changed = events[0]
+    assert (changed["old_node"], changed["new_node"]) == ("master-1", "master-3")
+    assert changed["old_holder"] == lease("master-1", renewed=T0)["holder"]
+    # the old leader's own minion says it lost the lease; a bystander only sees the change
+    assert tags(events) == (["changed", "lost"] if me == ("master-1",) else ["changed"])
 
 
 def test_a_released_lease_nobody_takes_is_no_leader_after_the_grace_and_debounce():
@@ -382,6 +397,33 @@ def test_beacon_turns_a_raising_leader_call_into_unreachable(loaded, monkeypatch
     events = module.beacon(config)
     assert tags(events) == ["unreachable"]
     assert events[0]["reason"] == "kcm.leader raised ConnectionError: connection refused"
+
+
+def test_every_event_carries_the_cluster_id_also_while_the_apiserver_is_down(loaded, monkeypatch):
+    module, answers, _ = loaded
+    clock = iter([T0, T0 + 1, T0 + 2])
+    monkeypatch.setattr(module, "_now", lambda: next(clock))
+    asked = []
+
+    def cluster_id(**kwargs):
+        asked.append(kwargs)
+        return "uid-of-prod-a"
+
+    module.__salt__["kcm.cluster_id"] = cluster_id
+    config = [{"debounce": 1}, {"timeout": 2}, {"_beacon_name": "kcm_leader"}]
+    answers.append(lease("master-1", renewed=T0))
+    module.beacon(config)
+    answers.append(lease("master-3", renewed=T0 + 1, transitions=2))
+    changed = module.beacon(config)
+    answers.append({"error": "unreachable", "detail": "connection refused"})
+    unreachable = module.beacon(config)
+
+    assert [(e["tag"], e["cluster"], e["cluster_id"]) for e in changed + unreachable] == [
+        ("changed", "prod", "uid-of-prod-a"),
+        ("unreachable", "prod", "uid-of-prod-a"),
+    ]
+    # asked after good polls only: with the apiserver down it would be one more blocking GET
+    assert asked == [{"timeout": 2}, {"timeout": 2}]
 
 
 def test_beacon_is_quiet_where_kcm_is_not_deployed(loaded):

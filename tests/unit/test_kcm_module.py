@@ -18,6 +18,8 @@ CASES = yaml.safe_load((Path(__file__).parent / "cases" / "kcm_leader_records.ya
 DEFAULTS = yaml.safe_load((REPO / "formula/kcm/defaults.yaml").read_text())["kcm"]
 LEASE = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/kube-controller-manager"
 ENDPOINTS = "/api/v1/namespaces/kube-system/endpoints/kube-controller-manager"
+NAMESPACE = "/api/v1/namespaces/kube-system"
+UID = "5f0c6e2a-7d3b-4c1e-9a8f-2b6d4e8c1a07"
 NOW = datetime.datetime(2026, 11, 26, 18, 40, 5, tzinfo=datetime.timezone.utc)
 
 
@@ -75,6 +77,7 @@ def kcm_api():
 def deployed(tmp_path):
     return {
         "identity": "",
+        "cluster": "prod",
         "secure_port": 10257,
         "bind_address": "0.0.0.0",
         "service": {"name": "kube-controller-manager"},
@@ -515,8 +518,8 @@ def test_preflight_of_a_missing_binary_is_an_error(with_flags, resolved, tmp_pat
 # status row
 
 
-ROW_KEYS = ["minion", "version", "service_active", "healthy", "leader", "holder", "lease_age_seconds",
-            "cert_days_left", "errors"]
+ROW_KEYS = ["minion", "cluster", "cluster_id", "version", "service_active", "healthy", "leader", "holder",
+            "lease_age_seconds", "cert_days_left", "errors"]
 
 
 @pytest.fixture
@@ -542,11 +545,15 @@ def test_status_is_one_flat_row(kcm, api, fake_binary, cert_file, monkeypatch):
     api.routes[LEASE] = lease("master-1", renew="2026-11-26T18:40:00.000000Z")
     _probe(kcm, 200, VERBOSE_OK)
 
+    api.routes[NAMESPACE] = {"kind": "Namespace", "metadata": {"name": "kube-system", "uid": UID}}
+
     [row] = kcm.status()
 
     assert list(row) == ROW_KEYS
     assert row == {
         "minion": "master-1",
+        "cluster": "prod",
+        "cluster_id": UID,
         "version": "v1.37.2",
         "service_active": "unknown",
         "healthy": True,
@@ -563,6 +570,7 @@ def test_status_is_one_flat_row(kcm, api, fake_binary, cert_file, monkeypatch):
 def test_status_keeps_the_row_when_parts_fail(kcm, api, fake_binary, cert_file, monkeypatch):
     monkeypatch.setattr(kcm.shutil, "which", lambda name: None)
     api.fail(LEASE, "unreachable")
+    api.routes[NAMESPACE] = {"metadata": {"uid": UID}}
     _probe(kcm, 500, VERBOSE_FAILED)
 
     [row] = kcm.status()
@@ -570,6 +578,57 @@ def test_status_keeps_the_row_when_parts_fail(kcm, api, fake_binary, cert_file, 
     assert (row["leader"], row["holder"], row["healthy"], row["version"]) == ("unknown", None, False, "v1.37.2")
     assert row["errors"] == "leader: unreachable"
     assert kcm.__context__["retcode"] == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# cluster identity
+
+
+@pytest.fixture
+def kubeconfig_file(kcm, deployed, tmp_path):
+    path = tmp_path / "kcm.kubeconfig"
+    path.write_text("apiVersion: v1\n")
+    deployed["files"]["kubeconfig"] = str(path)
+    kcm.__opts__["cachedir"] = str(tmp_path / "cache")
+    return path
+
+
+def test_cluster_id_is_the_kube_system_uid_asked_once(kcm, api, kubeconfig_file):
+    api.routes[NAMESPACE] = {"metadata": {"name": "kube-system", "uid": UID}}
+
+    assert [kcm.cluster_id() for _ in range(3)] == [UID] * 3
+    assert [path for path, _ in api.calls] == [NAMESPACE]
+
+
+def test_cluster_id_survives_a_restart_and_an_unreachable_apiserver(kcm, api, kubeconfig_file):
+    api.routes[NAMESPACE] = {"metadata": {"uid": UID}}
+    assert kcm.cluster_id() == UID
+    kcm._CLUSTER_IDS.clear()  # a new minion process
+    api.fail(NAMESPACE, "unreachable")
+
+    assert kcm.cluster_id() == UID
+    assert "retcode" not in kcm.__context__
+
+
+def test_a_rewritten_kubeconfig_asks_again(kcm, api, kubeconfig_file):
+    import os
+
+    api.routes[NAMESPACE] = {"metadata": {"uid": UID}}
+    assert kcm.cluster_id() == UID
+    api.routes[NAMESPACE] = {"metadata": {"uid": "another-cluster"}}
+    stat = kubeconfig_file.stat()
+    os.utime(kubeconfig_file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+
+    assert kcm.cluster_id() == "another-cluster"
+
+
+def test_cluster_id_without_an_answer_is_an_error(kcm, api, kubeconfig_file):
+    api.fail(NAMESPACE, "forbidden", 403)
+    assert kcm.cluster_id()["error"] == "forbidden"
+    assert kcm.__context__["retcode"] == 1
+
+    api.routes[NAMESPACE] = {"metadata": {}}
+    assert kcm.cluster_id() == {"error": "malformed", "detail": "namespace kube-system has no metadata.uid"}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,106 @@
+"""The alert path on the lab, all real: the kcm_leader beacon of three systemd machines'
+salt-minions (``kcm.beacon`` applied over the bus, KCM run by systemd), the reactor
+(``kcm:master:alert_engine: false``: one runner job per report) and the kcm_alert runner of a
+salt-master configured by the formula's own ``kcm.master``, and
+Debian's prometheus-alertmanager on the host, where the runner posts.
+
+The reporters are the formula's default, the minions with grain ``role:k8s-master`` (set as
+an operator sets it, ``grains.setval``), and the beacon signs every report with its
+minion's key: the runner checks both before it alerts.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from kcmlab.alertmanager import Alertmanager
+from kcmlab.cluster import SHORT_ELECTION
+from kcmlab.controlplane import node_of, wait_until
+from kcmlab.masterless import kcm_master_config
+from kcmlab.saltmaster import EventRecorder
+from tests.e2e.conftest import LOG_FILES, start_lab_cluster, stop_lab_cluster
+
+BEACON = {"interval": 1, "debounce": 2, "stale_after": 3, "timeout": 2}
+BEACON_STATE = "/var/cache/salt/minion/kcm/beacon-kcm_leader.json"
+# Every wait is an upper bound for something that must happen, never a speed claim.
+WAIT = 90
+
+
+@pytest.fixture(scope="package")
+def alertmanager(tmp_path_factory):
+    am = Alertmanager(tmp_path_factory.mktemp("alertmanager")).start()
+    LOG_FILES.append(am.log_path)
+    yield am
+    am.stop()
+
+
+@pytest.fixture(scope="package")
+def alert_cluster(k8s_bin, alertmanager, tmp_path_factory, request):
+    """The lab with the alert path in place; ``cluster.events`` records the master's bus."""
+    workdir = tmp_path_factory.mktemp("lab-alerts")
+    conf = kcm_master_config(workdir / "master-host", {"alertmanager_urls": [alertmanager.url], "allow_http": True,
+                                                       "labels": {"env": "e2e"}, "alert_engine": False})
+    assert conf["reactor"] == [{"salt/beacon/*/kcm_leader/*": ["salt://reactor/kcm/leader.sls"]}], conf
+    assert conf["kcm_alert"]["reporters"] == {"tgt": "role:k8s-master", "tgt_type": "grain"}, conf
+    conf["kcm_alert"]["backoff"] = 0.2
+    cluster = start_lab_cluster(k8s_bin, workdir, "alerts", suite="e2e-alerts", election=SHORT_ELECTION,
+                                kcm={"beacon": BEACON}, master_config=conf)
+    cluster.events = EventRecorder(cluster.master).start()
+    try:
+        marked = cluster.salt("grains.setval", "role", "k8s-master")
+        assert all(ret == {"role": "k8s-master"} for ret in marked.values()) and len(marked) == 3, marked
+        cluster.apply("kcm.beacon")
+        for name in cluster.nodes:
+            machine = cluster.machine(name)
+            wait_until(lambda m=machine: m.run(["test", "-s", BEACON_STATE], check=False).returncode == 0,
+                       WAIT, f"{name}: the first beacon poll")
+        yield cluster
+    finally:
+        cluster.events.stop()
+        stop_lab_cluster(cluster, request)
+
+
+def events(cluster, pattern: str, since: float) -> list[tuple[float, str, dict]]:
+    """Events on the master's bus matching ``pattern`` since ``since``, oldest first."""
+    return cluster.events.find(pattern, since)
+
+
+def wait_events(cluster, pattern: str, since: float, count: int, what: str):
+    def enough():
+        found = events(cluster, pattern, since)
+        return found if len(found) >= count else None
+
+    return wait_until(enough, WAIT, what, interval=0.5)
+
+
+def handled(cluster, kind: str, since: float):
+    """The runner's follow-ups to beacon reports of ``kind`` (sent or duplicate)."""
+    return [e for e in events(cluster, "kcm/alert/*", since)
+            if e[2].get("kind") == kind and e[1] in (f"kcm/alert/{kind}", "kcm/alert/duplicate")]
+
+
+def wait_all_handled(cluster, kind: str, since: float, reporters: int = 3):
+    return wait_until(lambda: len(handled(cluster, kind, since)) >= reporters or None,
+                      WAIT, f"the runner handling {reporters} '{kind}' reports", interval=0.5)
+
+
+def settled(cluster, quiet: float = 5.0) -> str:
+    """Every KCM running, a leader that renews (not the record of a dead process) and
+    ``quiet`` seconds without beacon reports, so the previous scenario is over; returns
+    the leader's node."""
+    cluster.ensure_running()
+
+    def renewing():
+        first = (cluster.lease() or {}).get("spec", {})
+        time.sleep(1.5)
+        second = (cluster.lease() or {}).get("spec", {})
+        same = first.get("holderIdentity") == second.get("holderIdentity")
+        return same and first.get("renewTime") != second.get("renewTime") and node_of(second.get("holderIdentity"))
+
+    leader = wait_until(renewing, WAIT, "a KCM leader that renews its lease")
+    time.sleep(quiet)
+    wait_until(lambda: not events(cluster, "salt/beacon/*/kcm_leader/*", time.time() - quiet), WAIT,
+               f"{quiet:g}s without kcm_leader beacon events", interval=1)
+    return leader
