@@ -75,6 +75,8 @@ def build_failure(log: str) -> str:
     patterns = [
         (r"([\w./-]+@v[\w.+-]+): reading https?://\S+: 403 Forbidden",
          "the Go module proxy refuses {0} (403: this module version is not available)"),
+        (r"verifying module: ([\w./-]+@v[\w.+-]+): reading https?://\S+: 404 Not Found",
+         "the Go checksum database does not know {0} (404), so it cannot be verified"),
         (r"requires go >= ?([\d.]+)", "needs Go >= {0} (this host: {go})"),
         (r"(go\.mod file not found|no go\.mod|missing go\.sum entry[^\n]*)", "{0}"),
         (r"(invalid reference to [\w./]+)", "its dependencies break with {go}: {0} (go:linkname)"),
