@@ -464,15 +464,19 @@ def _decide(store, kind, data, reporter, cfg, now):
     current = store["open"].get(slot)
     if kind == "unreachable" and current:
         # One cluster-wide alert; remember who else sees it for the resolve,
-        # and send it again only if no earlier attempt got through.
+        # and send it again only if no earlier attempt got through and none is
+        # on its way: the reports of one outage arrive together (in one batch of
+        # the engine, or in concurrent reactor jobs) while the first send is out.
         if reporter not in current["reporters"]:
             current["reporters"].append(reporter)
-        if current.get("delivered"):
-            store["seen"][key]["status"] = "sent"
+        if current.get("delivered") or current.get("in_flight_until", 0) > now:
+            store["seen"][key]["status"] = "sent" if current.get("delivered") else "joined"
             return fire, resolve, None
         alert = {name: current[name] for name in ("labels", "annotations", "startsAt", "endsAt")}
+        current["in_flight_until"] = now + IN_FLIGHT_SECONDS
     elif kind in CONDITIONS:
-        store["open"][slot] = dict(alert, reporters=[reporter], delivered=False, at=now)
+        store["open"][slot] = dict(alert, reporters=[reporter], delivered=False, at=now,
+                                   in_flight_until=now + IN_FLIGHT_SECONDS)
     fire.append(alert)
     return fire, resolve, (key, slot)
 
@@ -486,6 +490,7 @@ def _finish(cfg, outcomes):
                 entry["status"] = "sent" if ok else "failed"
             if slot is not None and slot in store["open"]:
                 store["open"][slot]["delivered"] = store["open"][slot].get("delivered") or ok
+                store["open"][slot]["in_flight_until"] = 0  # a failed send may be tried again
 
 
 # --------------------------------------------------------------------------

@@ -317,3 +317,23 @@ def test_the_default_alert_path_settings_are_valid(kcm_config):
 
     defaults = yaml.safe_load((Path(__file__).resolve().parents[2] / "formula/kcm/defaults.yaml").read_text())
     assert kcm_config.master_problems(defaults["kcm"]["master"]) == []
+
+
+def test_unreachable_reported_by_three_masters_in_one_batch_is_one_alert_and_one_event(harness):
+    # An apiserver outage: every master's beacon says so within the same batch_wait.
+    events = [(f"salt/beacon/{r}/kcm_leader/unreachable",
+               signed(r, "unreachable", dict(A, reason="refused"), harness.now)) for r in REPORTERS]
+
+    results = harness.module.handle_batch(events)
+
+    assert [bool(r["fired"]) for r in results] == [True, False, False]
+    assert harness.tags().count("kcm/alert/unreachable") == 1
+    assert [a["labels"]["alertname"] for a in harness.alerts()] == ["KCMApiserverUnreachable"]
+    # every reporter is remembered: the alert resolves only when the last one recovers
+    for reporter in REPORTERS[:-1]:
+        assert harness.module.handle_batch([(f"salt/beacon/{reporter}/kcm_leader/recovered", signed(
+            reporter, "recovered", dict(A, condition="unreachable"), harness.now))])[0]["resolved"] == []
+    last = REPORTERS[-1]
+    [done] = harness.module.handle_batch([(f"salt/beacon/{last}/kcm_leader/recovered", signed(
+        last, "recovered", dict(A, condition="unreachable"), harness.now))])
+    assert len(done["resolved"]) == 1
