@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import datetime
-import importlib.util
 import ipaddress
 import json
 import logging
@@ -34,6 +33,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from kcmlab.formula import load
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -613,15 +614,8 @@ class ControlPlane:
 # ---------------------------------------------------------------------------------------------
 # kube-controller-manager from a rendered unit
 
-def _product_systemd():
-    """The formula's own systemd parser (_utils/kcm_systemd.py): one reading of a unit line."""
-    spec = importlib.util.spec_from_file_location("kcm_systemd_support", REPO_ROOT / "_utils" / "kcm_systemd.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_SYSTEMD = _product_systemd()
+# The formula's own systemd parser (_utils/kcm_systemd.py): one reading of a unit line.
+_SYSTEMD = load("_utils", "kcm_systemd")
 _service_directives = _SYSTEMD.service_directives
 
 

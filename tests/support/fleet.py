@@ -16,11 +16,12 @@ tier and bench/fleet.py.
 """
 
 import datetime
-import importlib.util
 import uuid
 from pathlib import Path
 
 import yaml
+
+from kcmlab.formula import load
 
 REPO = Path(__file__).resolve().parents[2]
 ALERTMANAGER = Path("/usr/bin/prometheus-alertmanager")
@@ -29,14 +30,7 @@ SETTINGS = {"debounce": 2, "stale_after": 3, "retry_period": 2.0, "lease_duratio
 T0 = 1_800_000_000.0
 
 
-def _beacon_module():
-    spec = importlib.util.spec_from_file_location("kcm_leader_for_fleet", REPO / "_beacons" / "kcm_leader.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_BEACON = _beacon_module()
+_BEACON = load("_beacons", "kcm_leader")
 
 
 def new_cluster_id():
