@@ -81,8 +81,24 @@ def _cgroup_empty(path: Path) -> bool:
     return all(not procs.read_text().strip() for procs in path.rglob("cgroup.procs"))
 
 
+def qualified(suite: str) -> str:
+    """``suite`` with ``$KCMLAB_SUITE_PREFIX`` in front, so that two checkouts (two developers,
+    or a developer and CI) can run the same test suite side by side without sharing a bridge,
+    a subnet or machine names. Idempotent."""
+    prefix = os.environ.get("KCMLAB_SUITE_PREFIX", "")
+    if not re.fullmatch(r"[a-z0-9]{0,4}", prefix):
+        raise ValueError(f"KCMLAB_SUITE_PREFIX={prefix!r}: use up to 4 characters of [a-z0-9]")
+    return suite if suite.startswith(prefix) else prefix + suite
+
+
 def bridge_name(suite: str) -> str:
-    return f"kcm-{suite}"[:15]
+    name = f"kcm-{suite}"
+    if len(name) <= 15:
+        return name
+    import hashlib
+
+    # Interface names stop at 15 characters; a cut would let two long suite names collide.
+    return "kcm-" + hashlib.sha256(suite.encode()).hexdigest()[:11]
 
 
 def default_subnet(suite: str) -> str:
@@ -117,6 +133,7 @@ def machine_name(suite: str, name: str) -> str:
 def leftovers(suite: str, names=()) -> list[str]:
     """What a lab of ``suite`` with machines ``names`` left on this host: processes, cgroups,
     the bridge, veths, directories."""
+    suite = qualified(suite)
     veths = {f"vb-{machine_name(suite, name)}" for name in names}
     found = []
     for path in _cgroup_dirs(suite):
@@ -145,6 +162,7 @@ def sweep(suite: str, names=()) -> None:
     """Remove whatever a lab of ``suite`` left, whoever started it: kill and remove its cgroups
     (its machines die with them), the veths of machines ``names``, the bridge, the runtime dir.
     Works from the suite name alone, so a lab whose owner has gone can still be taken down."""
+    suite = qualified(suite)
     for path in _cgroup_dirs(suite):
         if path.exists():
             _kill_cgroup(path)
@@ -310,6 +328,7 @@ class Lab:
                  binds_ro: dict | None = None, log_dir: Path | None = None):
         if not NAME.match(suite):
             raise ValueError(f"suite {suite!r}: use a short name of [a-z0-9-]")
+        suite = qualified(suite)
         self.suite = suite
         self.network = ipaddress.ip_network(subnet or default_subnet(suite))
         self.host_ip = str(self.network.network_address + 1)
