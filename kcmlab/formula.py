@@ -22,8 +22,13 @@ def load(kind: str, name: str):
 
 def utils() -> dict:
     """``__utils__`` as Salt's loader gives it to modules: the formula's _utils functions."""
-    systemd = load("_utils", "kcm_systemd")
-    return {f"kcm_systemd.{n}": getattr(systemd, n) for n in dir(systemd) if not n.startswith("_")}
+    found = {}
+    for path in sorted((REPO / "_utils").glob("*.py")):
+        module = load("_utils", path.stem)
+        found.update({f"{module.__virtualname__}.{n}": getattr(module, n) for n in dir(module)
+                      if not n.startswith("_") and callable(getattr(module, n))
+                      and getattr(getattr(module, n), "__module__", None) == module.__name__})
+    return found
 
 
 def kcm_flags():
