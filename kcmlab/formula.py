@@ -45,4 +45,5 @@ def kcm_config(flags=None):
     module.__salt__ = {f"kcm_flags.{n}": getattr(flags, n) for n in ("normalize_version", "problems", "render")}
     module.__grains__ = {"ip4_interfaces": {"eth2": ["10.10.10.21"], "lo": ["127.0.0.1"]}}
     module.__opts__ = {"cachedir": "/var/cache/salt/minion"}
+    module.__utils__ = utils()
     return module

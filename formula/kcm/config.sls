@@ -10,7 +10,7 @@ kcm-config-validated:
 kcm-config-deployed-facts:
   file.serialize:
     - name: {{ kcm.files.deployed | json }}
-    - dataset: {{ salt['kcm_config.public'](kcm) | json }}
+    - dataset: {{ salt['kcm_config.without_pems'](kcm) | json }}
     - serializer: json
     - mode: '0600'
     - makedirs: true

@@ -16,7 +16,7 @@ include:
 kcm-service-preflight:
   kcm.flags_accepted:
     - name: {{ files.version_binary | json }}
-    - config: {{ salt['kcm_config.public'](kcm) | json }}
+    - config: {{ salt['kcm_config.without_pems'](kcm) | json }}
     - require:
       - kcm_install: kcm-install-binary
     - prereq:

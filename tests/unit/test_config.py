@@ -116,11 +116,11 @@ def test_pki_problems(check, good_pki):
     assert any(m.startswith("kcm:pki:cert: expired on ") for m in msgs)
 
 
-def test_public_view_has_no_pem(kcm_config, good_pki):
+def test_without_pems_has_no_pem(kcm_config, good_pki):
     cfg = kcm_config.resolve(dict(DEFAULTS, pki=dict(good_pki, mode="pillar")), opts={"cachedir": "/c"})
-    text = repr(kcm_config.public(cfg))
+    text = repr(kcm_config.without_pems(cfg))
     assert "BEGIN" not in text
-    assert kcm_config.public(cfg)["pki"] == {"mode": "pillar"}
+    assert kcm_config.without_pems(cfg)["pki"] == {"mode": "pillar"}
 
 
 def test_durations(kcm_config):
@@ -128,3 +128,25 @@ def test_durations(kcm_config):
     assert kcm_config.duration_seconds("87600h") == 87600 * 3600
     with pytest.raises(ValueError):
         kcm_config.duration_seconds("15")
+
+
+def test_setting_prefers_the_deployed_facts_then_pillar_then_the_default(kcm_config, tmp_path):
+    kcm_config.__opts__ = {"cachedir": str(tmp_path)}
+    kcm_config.__pillar__ = {"kcm": {"identity": "from-pillar", "service": {"control_cmd": "/bin/pillar-ctl"}}}
+    # Before the first apply: the pillar answers, and an unset key takes the default.
+    assert kcm_config.setting("service:control_cmd") == "/bin/pillar-ctl"
+    assert kcm_config.setting("service:manage", True) is True
+    (tmp_path / "kcm").mkdir()
+    (tmp_path / "kcm" / "deployed.json").write_text(
+        '{"identity": "", "service": {"control_cmd": "/bin/deployed-ctl", "manage": false}}'
+    )
+    assert kcm_config.setting("service:control_cmd") == "/bin/deployed-ctl"
+    assert kcm_config.setting("service:manage", True) is False
+    # An empty deployed value is not a setting: the pillar's is used.
+    assert kcm_config.setting("identity") == "from-pillar"
+
+
+def test_an_unknown_pki_mode_is_named_alone(check, good_pki):
+    msgs = check(pki=dict(good_pki, mode="vault"))
+    assert "kcm:pki:mode: 'vault' is not one of pillar, local, remote" in msgs
+    assert not any(m.startswith("kcm:pki:") and "mode" not in m for m in msgs)
