@@ -13,6 +13,7 @@ checked here, through ``kcm_flags``, and the durations through ``kcm_time``.
 import json
 import logging
 import os
+import re
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +22,8 @@ __virtualname__ = "kcm_config"
 PEM_KEYS = ("ca_cert", "ca_key", "cert", "key", "service_account_key", "signer_cert", "signer_key")
 OFFICIAL_URL = "https://dl.k8s.io/{version}/kubernetes-server-linux-{arch}.tar.gz"
 TARBALL_MEMBER = "kubernetes/server/bin/kube-controller-manager"
+# A grain value that may name a folder under files/ (a minion id, an os family).
+_SWITCH_DIR_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def __virtual__():
@@ -107,6 +110,8 @@ def resolve(config, grains=None, opts=None, defaults=None):
         "unit": f"{paths.get('unit', '')}/{name}.service",
         "release_program": f"{paths.get('install', '')}/libexec/kcm-release-lease",
         "deployed": deployed_path(opts),
+        # The accounts this formula created (kcm.install.user), the ones kcm.clean removes.
+        "created_accounts": os.path.join(os.path.dirname(deployed_path(opts)), "created-accounts"),
     }
     return cfg
 
@@ -215,6 +220,41 @@ def cert_sans(config, grains=None):
             if value and value not in seen:
                 seen.add(value)
                 out.append({kind: value})
+    return out
+
+
+def template_sources(config, state_id, name, root="kcm", grains=None):
+    """
+    Return the ``source:`` list of a template the formula lays down, so that a site can ship
+    its own without forking (template-formula's TOFS): the names in pillar
+    ``kcm:tofs:source_files:<state_id>`` then ``name``, each looked up in
+    ``salt://<root>/files/<value>/`` for the value of every grain in
+    ``kcm:tofs:files_switch`` (default ``id``, ``os_family``), then in
+    ``salt://<root>/files/default/``. A ``salt://`` URL in ``source_files`` is used as
+    given. ``file.managed`` lays down the first that exists.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' kcm_config.template_sources "$(salt-call --out=json kcm_config.deployed)" \\
+            kcm-service-unit kube-controller-manager.service.jinja
+    """
+    grains = grains if grains is not None else __grains__  # noqa: F821
+    tofs = _mapping(config.get("tofs"))
+    names = _mapping(tofs.get("source_files")).get(state_id) or []
+    names = (names if isinstance(names, list) else [names]) + [name]
+    folders = []
+    for grain in tofs.get("files_switch") or []:
+        value = grains.get(grain)
+        folders += [v for v in (value if isinstance(value, list) else [value])
+                    if isinstance(v, str) and _SWITCH_DIR_RE.match(v)]
+    out = []
+    for folder in folders + ["default"]:
+        for each in names:
+            url = each if each.startswith("salt://") else f"salt://{root}/files/{folder}/{each}"
+            if url not in out:
+                out.append(url)
     return out
 
 

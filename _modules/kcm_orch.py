@@ -16,7 +16,15 @@ Restarts go through one seam, :func:`restart` / :func:`stop` / :func:`start`:
   skipped silently.
 
 Both keys are read from the deployed facts (``kcm_config.deployed``: what the last
-``state.apply kcm`` laid down) and, before the first apply, from pillar.
+``state.apply kcm`` laid down) and, before the first apply, from pillar
+(``kcm_config.setting``).
+
+What a change restarts is decided by the formula's SLS, not here: ``kcm.service.running``
+watches what KCM runs, through ``service.running`` or, for ``control_cmd``,
+``kcm_service.restarted`` (whose ``mod_watch`` calls :func:`restart`). :func:`apply` runs
+the SLS and reads which of them acted; :func:`preflight` runs the SLS's own check
+(``kcm-service-unit-accepted``) with its requisites, which install the new release beside
+the active one.
 """
 
 import logging
@@ -28,13 +36,16 @@ __virtualname__ = "kcm_orch"
 
 SLS = "kcm"
 ACTIONS = ("restart", "stop", "start")
-# State IDs whose changes make the running KCM stale: the same list service.sls watches.
-RESTART_IDS = ("kcm-service-unit", "kcm-install-active-link", "kcm-kubeconfig-file")
-RESTART_SLS = ("kcm.pki",)
+# The states of kcm.service.running that restart KCM (systemd, control_cmd), and the check
+# of kcm.service.unit that the preflight runs.
 SERVICE_ID = "kcm-service-running"
-PREFLIGHT_ID = "kcm-service-preflight"
+RESTARTED_ID = "kcm-service-restarted"
+ACCEPTED_ID = "kcm-service-unit-accepted"
 VALIDATE_ID = "kcm-config-validated"
-INSTALL_ID = "kcm-install-binary"
+UNCONTROLLED = (
+    "kcm:service:manage is false and kcm:service:control_cmd is empty"
+    " (expected a command that takes restart|stop|start as its last argument)"
+)
 CONTROL_TIMEOUT = 120
 
 
@@ -55,22 +66,12 @@ def _deployed():
 
 
 def _service_settings():
-    """``(manage, name, control_cmd)``: deployed facts first, then pillar, then defaults."""
-    pillar_service = ((__pillar__.get("kcm") or {}).get("service") or {}) if isinstance(
-        __pillar__.get("kcm"), dict
-    ) else {}
-    deployed_service = _deployed().get("service") or {}
-
-    def setting(key, default):
-        for source in (deployed_service, pillar_service):
-            if key in source and source[key] not in (None, ""):
-                return source[key]
-        return default
-
+    """``(manage, name, control_cmd)`` in effect on this master: deployed, else pillar."""
+    setting = __salt__["kcm_config.setting"]
     return (
-        bool(setting("manage", True)),
-        str(setting("name", "kube-controller-manager")),
-        str(setting("control_cmd", "")),
+        bool(setting("service:manage", True)),
+        str(setting("service:name", "kube-controller-manager")),
+        str(setting("service:control_cmd", "")),
     )
 
 
@@ -89,10 +90,7 @@ def _control(action):
         return {
             "result": False,
             "how": None,
-            "comment": (
-                f"cannot {action} KCM: kcm:service:manage is false and kcm:service:control_cmd is empty"
-                " (expected a command that takes restart|stop|start as its last argument)"
-            ),
+            "comment": f"cannot {action} KCM: {UNCONTROLLED}",
         }
     if action == "start":
         return _run_control(command, action)
@@ -194,38 +192,23 @@ def _failures(ret):
     ]
 
 
-def _state_arg(high, state_id, key):
-    """One argument of a state in ``state.show_sls`` high data, or None."""
-    body = high.get(state_id) if isinstance(high, dict) else None
-    if not isinstance(body, dict):
-        return None
-    for module, args in body.items():
-        if module.startswith("__") or not isinstance(args, list):
-            continue
-        for arg in args:
-            if isinstance(arg, dict) and key in arg:
-                return arg[key]
-    return None
-
-
-def _flags(config):
-    try:
-        return __salt__["kcm_flags.render"](config)
-    except (KeyError, TypeError, ValueError):
-        return None
+def _chunk(ret, state_id):
+    """The result of ``state_id`` in a state run, or ``{}``."""
+    return next((st for st in ret.values() if isinstance(st, dict) and st.get("__id__") == state_id), {})
 
 
 def preflight(pillar=None, saltenv=None):
     """
-    Check a change on this master before anything that runs is touched: download and
-    verify the release the (current or given) pillar asks for, install it beside the
-    active one (``versions/<version>/``), and run it with the flags the formula renders
-    for the new config plus ``--version`` (``kcm.preflight``). The active symlink, the
-    unit, the deployed facts and the running KCM stay as they are.
+    Check a change on this master before anything that runs is touched: the formula's own
+    check of the unit (``kcm-service-unit-accepted``) with its requisites, which download
+    and verify the release the (current or given) pillar asks for and install it beside the
+    active one (``versions/<version>/``); the new binary then runs the ``ExecStart=`` of the
+    unit the change would lay down, plus ``--version``. The active symlink, the unit, the
+    deployed facts and the running KCM stay as they are.
 
-    Returns ``{"result": True, "version": ..., "binary": ..., "deployed_version": ...,
-    "flags_changed": bool}`` or ``{"result": False, "comment": <why; for a rejected
-    flag the binary's own message>}`` (non-zero exit).
+    Returns ``{"result": True, "version": ..., "binary": ..., "deployed_version": ...}`` or
+    ``{"result": False, "comment": <why; for a rejected flag the binary's own message>}``
+    (non-zero exit).
 
     pillar
         Pillar override, as for ``state.apply`` (e.g. ``{"kcm": {"version": "v1.37.3"}}``).
@@ -240,46 +223,36 @@ def preflight(pillar=None, saltenv=None):
         salt 'master*' kcm_orch.preflight pillar='{"kcm": {"version": "v1.37.3"}}'
     """
     kwargs = _state_kwargs(pillar, saltenv)
-    high = __salt__["state.show_sls"](f"{SLS}.service", **kwargs)
+    ret = __salt__["state.sls_id"](ACCEPTED_ID, SLS, **kwargs)
     __context__.pop("retcode", None)
-    if not isinstance(high, dict):
-        return _done({"result": False, "comment": "kcm.service does not render: " + "; ".join(_failures(high))})
-    config = _state_arg(high, PREFLIGHT_ID, "config")
-    binary = _state_arg(high, PREFLIGHT_ID, "name")
-    if not config or not binary:
-        # service.sls leaves the preflight out when the config is invalid: say why.
-        full = _state_arg(high, VALIDATE_ID, "config") or {}
-        problems = __salt__["kcm_config.validate"](full) if full else ["kcm: the pillar has no kcm config"]
-        return _done({"result": False, "comment": "invalid pillar: " + "; ".join(problems)})
-    installed = __salt__["state.sls_id"](INSTALL_ID, f"{SLS}.install", **kwargs)
-    __context__.pop("retcode", None)
-    failed = _failures(installed)
+    if not isinstance(ret, dict):
+        # kcm.service leaves its check out when the config is invalid: the validation says why.
+        checked = __salt__["state.sls_id"](VALIDATE_ID, SLS, **kwargs)
+        __context__.pop("retcode", None)
+        why = _failures(checked) if isinstance(checked, dict) else []
+        comment = "invalid pillar: " + "; ".join(why) if why else f"{SLS} does not render: " + "; ".join(_failures(ret))
+        return _done({"result": False, "comment": comment})
+    failed = _failures(ret)
     if failed:
-        return _done({"result": False, "comment": f"installing {config.get('version')} failed: " + "; ".join(failed)})
-    report = __salt__["kcm.preflight"](binary=binary, config=config)
+        return _done({"result": False, "comment": "; ".join(failed)[:2000]})
+    binary = _chunk(ret, ACCEPTED_ID).get("name")
+    version = __salt__["kcm.version"](binary=binary)
     __context__.pop("retcode", None)
-    if not (isinstance(report, dict) and report.get("ok")):
-        why = report.get("error") if isinstance(report, dict) else report
-        detail = report.get("detail") if isinstance(report, dict) else None
-        return _done(
-            {"result": False, "binary": binary, "comment": f"{binary} refuses the new flags: {why}"
-             + (f" ({detail})" if detail else "")}
-        )
-    deployed = _deployed()
+    if not isinstance(version, str):
+        return _done({"result": False, "binary": binary, "comment": f"{binary} --version: {version}"})
     return _done(
         {
             "result": True,
-            "version": report.get("version"),
+            "version": version,
             "binary": binary,
-            "deployed_version": deployed.get("version"),
-            "flags_changed": _flags(config) != (_flags(deployed) if deployed else None),
-            "comment": f"{binary} ({report.get('version')}) accepts the new flags",
+            "deployed_version": _deployed().get("version"),
+            "comment": _chunk(ret, ACCEPTED_ID).get("comment") or f"{binary} ({version}) is ready",
         }
     )
 
 
 # ---------------------------------------------------------------------------------------
-# apply: the formula, then the restart its service state would do
+# apply: the formula, whose service states restart KCM
 
 
 def _changed_ids(ret):
@@ -290,21 +263,12 @@ def _changed_ids(ret):
     )
 
 
-def _needs_restart(ret):
-    return any(
-        isinstance(st, dict)
-        and st.get("changes")
-        and (st.get("__id__") in RESTART_IDS or st.get("__sls__") in RESTART_SLS)
-        for st in ret.values()
-    )
-
-
 def apply(pillar=None, saltenv=None):  # pylint: disable=redefined-builtin
     """
-    Run ``state.apply kcm`` and make sure the running KCM matches it: with
-    ``kcm:service:manage`` true the formula's ``service.running`` restarts it (watch);
-    otherwise, when a state the service watches changed, :func:`restart` runs
-    ``kcm:service:control_cmd``.
+    Run ``state.apply kcm``, whose watch of what KCM runs restarts it: ``service.running``
+    with ``kcm:service:manage`` true, ``kcm_service.restarted`` (:func:`restart`, through
+    ``kcm:service:control_cmd``) otherwise. A restart that was needed but that nothing could
+    do (neither of the two) is an error.
 
     Returns ``{"result", "restarted", "how", "changed": [state ids], "comment"}``; on a
     failed state, ``failed`` lists ``<id>: <comment>`` (non-zero exit).
@@ -334,9 +298,12 @@ def apply(pillar=None, saltenv=None):  # pylint: disable=redefined-builtin
         comment = "applied" + (" and restarted by service.running" if restarted else "")
         return _done({"result": True, "restarted": restarted, "how": "service" if restarted else None,
                       "changed": changed, "comment": comment})
-    if not _needs_restart(ret):
+    restart = _chunk(ret, RESTARTED_ID)
+    if not restart.get("changes"):
         return _done({"result": True, "restarted": False, "how": None, "changed": changed,
                       "comment": "applied; nothing the service watches changed"})
-    control = _control("restart")
-    return _done({"result": control["result"], "restarted": control["result"], "how": control["how"],
-                  "changed": changed, "comment": "applied; " + control["comment"]})
+    if restart["changes"].get("restart") == "needed":
+        return _done({"result": False, "restarted": False, "how": None, "changed": changed,
+                      "comment": f"applied; cannot restart KCM: {UNCONTROLLED}"})
+    return _done({"result": True, "restarted": True, "how": "control_cmd", "changed": changed,
+                  "comment": "applied; " + str(restart.get("comment"))})

@@ -3,7 +3,6 @@ States that install the kube-controller-manager binary safely: the new version l
 its own directory, is verified by running it, and only then replaces anything.
 """
 
-import json
 import logging
 import os
 import re
@@ -12,6 +11,8 @@ import subprocess
 import tarfile
 import tempfile
 import zlib
+
+import salt.utils.atomicfile
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +39,7 @@ def _source_stamp(source, member):
 
 
 def _read_stamp(name):
-    try:
-        with open(_stamp_path(name), encoding="utf-8") as fh:
-            return json.load(fh)
-    except (OSError, ValueError):
-        return None
+    return __utils__["kcm_state_file.read_json"](_stamp_path(name))  # noqa: F821
 
 
 def _copy_out(source, member, dest_fh):
@@ -107,7 +104,8 @@ def binary_installed(name, source, version, member="", user="root", group="root"
         if got != version:
             return _ret(name, False, f"the binary from {source} reports {got}, expected {version}; nothing replaced")
         __salt__["file.chown"](tmp, user, group)
-        os.replace(tmp, name)
+        # Verified first, then renamed over: a running KCM keeps its old inode.
+        salt.utils.atomicfile.atomic_rename(tmp, name)
     except (OSError, RuntimeError, tarfile.TarError, subprocess.SubprocessError) as exc:
         return _ret(name, False, f"cannot install kube-controller-manager {version}: {exc}")
     except (EOFError, zlib.error) as exc:
@@ -118,8 +116,7 @@ def binary_installed(name, source, version, member="", user="root", group="root"
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    with open(_stamp_path(name), "w", encoding="utf-8") as fh:
-        json.dump(stamp, fh)
+    __utils__["kcm_state_file.write_json"](_stamp_path(name), stamp, mode=0o644)  # noqa: F821
     return _ret(name, True, f"kube-controller-manager {version} installed and verified", {"installed": version})
 
 
@@ -153,3 +150,34 @@ def versions_pruned(name, keep=2, active=""):
     for path in doomed:
         shutil.rmtree(path)
     return _ret(name, True, f"removed {len(doomed)} old version(s)", {"removed": doomed})
+
+
+def empty_directories_absent(name, directories):
+    """
+    Remove each of ``directories`` (in the order given: children before their parents) that
+    exists and is empty; one that still holds anything (a file the formula did not lay down)
+    is left, and named in the comment.
+
+    .. code-block:: yaml
+
+        kcm-install-clean-directories:
+          kcm_install.empty_directories_absent:
+            - name: kcm
+            - directories:
+              - /data/apps/k8s/kubernetes/sbin
+              - /data/apps/k8s/kubernetes
+    """
+    present = [d for d in directories if os.path.isdir(d) and not os.path.islink(d)]
+    if __opts__.get("test"):
+        doomed = [d for d in present if not os.listdir(d)]
+        return _ret(name, None if doomed else True, f"would remove {len(doomed)} empty directories",
+                    {"removed": doomed} if doomed else None)
+    removed, kept = [], []
+    for directory in present:
+        try:
+            os.rmdir(directory)
+            removed.append(directory)
+        except OSError:
+            kept.append(directory)
+    comment = f"removed {len(removed)} empty directories" + (f"; kept (not empty): {', '.join(kept)}" if kept else "")
+    return _ret(name, True, comment, {"removed": removed} if removed else None)

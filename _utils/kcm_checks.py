@@ -182,6 +182,22 @@ def _check_beacon(cfg, problems):
             problems.append(f"kcm:beacon:cert_thresholds: {item!r} is not a positive number of days")
 
 
+# A template's file name below a files_switch folder, or a salt:// URL: no '..', no scheme.
+TOFS_SOURCE_RE = re.compile(r"^(salt://)?[A-Za-z0-9_+@-][A-Za-z0-9._/+@-]*$")
+
+
+def _check_tofs(cfg, problems):
+    for grain in _get(cfg, "tofs", "files_switch") or []:
+        _match(problems, grain, "kcm:tofs:files_switch", GRAIN_RE, "a grain name such as id or os_family")
+        if not isinstance(grain, str):
+            problems.append(f"kcm:tofs:files_switch: {grain!r} is not a grain name such as id or os_family")
+    for state_id, names in (_get(cfg, "tofs", "source_files") or {}).items():
+        for name in names if isinstance(names, list) else [names]:
+            if not (isinstance(name, str) and TOFS_SOURCE_RE.match(name)) or "/../" in f"/{name}/":
+                problems.append(f"kcm:tofs:source_files:{state_id}: {name!r} is not a file name such as"
+                                " kube-controller-manager.service.jinja or a salt:// URL (a list of them)")
+
+
 def _unwritable(path):
     """Why ``path`` cannot be made a writable directory, or None."""
     probe = path
@@ -255,6 +271,7 @@ def value_problems(cfg):
     _check_source(cfg, problems)
     _check_flags_input(cfg, problems)
     _check_beacon(cfg, problems)
+    _check_tofs(cfg, problems)
     if isinstance(cfg.get("master"), dict):
         problems.extend(p for p in master_problems(cfg["master"]) if not p.startswith("kcm:master:config_dir"))
     _check_scalars(cfg, problems)

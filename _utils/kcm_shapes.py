@@ -16,8 +16,8 @@ MAP, LIST, BOOL, INT, NUMBER, TEXT = "a mapping", "a list", "true or false", "an
 # The kind each pillar key must have, as ``section:key`` paths.
 _KEYS_BY_KIND = {
     MAP: "source paths leader_election pki extra_args service beacon master master:enroll master:labels"
-         " master:reporters",
-    LIST: "controllers beacon:cert_thresholds master:alertmanager_urls master:webhook_urls",
+         " master:reporters tofs tofs:source_files",
+    LIST: "controllers beacon:cert_thresholds master:alertmanager_urls master:webhook_urls tofs:files_switch",
     BOOL: "create_user use_service_account_credentials log_to_file service:manage beacon:enabled"
           " master:sync_runners master:enroll:enabled master:allow_http master:alert_engine",
     NUMBER: "master:batch_wait beacon:interval beacon:stale_after beacon:timeout beacon:cert_check_interval",

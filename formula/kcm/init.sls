@@ -1,4 +1,5 @@
 # kube-controller-manager from pillar `kcm:`: validate, install, PKI, kubeconfig, unit, service.
+# One folder per concern, each with its clean.sls; kcm.clean undoes them in reverse.
 include:
   - .config
   - .install

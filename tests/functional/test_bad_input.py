@@ -131,6 +131,6 @@ def test_clean_refuses_a_service_name_outside_the_unit_directory(state, tmp_path
 
     ret = state.apply("kcm.clean", pillar=bad)
 
-    validated = next(r for r in ret if r.id == "kcm-clean-config-validated")
+    validated = next(r for r in ret if r.id == "kcm-config-paths-validated")
     assert validated.result is False and "kcm:service:name:" in validated.comment
     assert outside.exists(), "kcm.clean removed a file outside paths:unit"

@@ -16,7 +16,7 @@ def predicted(ret):
     # Changes shown, or None ("would run"; Salt's module.run says so for the mine). The
     # preflight of a binary this very run installs is a check that cannot run yet: None,
     # and nothing it would change.
-    return sorted({r.id for r in ret if r.changes or (r.result is None and r.id != "kcm-service-preflight")})
+    return sorted({r.id for r in ret if r.changes or (r.result is None and r.id != "kcm-service-unit-accepted")})
 
 
 def applied(ret):

@@ -459,7 +459,7 @@ def test_preflight_passes_values_as_argv_not_through_a_shell(with_flags, resolve
     assert "--feature-gates=A=true; touch /tmp/pwned $(id)" in Path(f"{fake_binary}.argv").read_text().splitlines()
 
 
-UNIT_TEMPLATE = REPO / "formula" / "kcm" / "files" / "kube-controller-manager.service.jinja"
+UNIT_TEMPLATE = REPO / "formula" / "kcm" / "files" / "default" / "kube-controller-manager.service.jinja"
 
 
 def rendered_unit(kcm_flags, config):

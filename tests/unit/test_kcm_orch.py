@@ -309,19 +309,24 @@ def module():
     return mod
 
 
-def setup(module, service, state_ret=None, run_all=None, show_sls=None, preflight=None):
+def setup(module, service, state_ret=None, run_all=None, sls_id=None):
     rec = Recorder()
+    deployed = {"service": service, "version": "v1.37.2"}
+
+    def setting(key, default=None):
+        section, _, name = key.partition(":")
+        value = (deployed.get(section) or {}).get(name) if name else deployed.get(section)
+        return default if value in (None, "") else value
+
     module.__salt__ = {
-        "kcm_config.deployed": rec("kcm_config.deployed", {"service": service, "version": "v1.37.2"}),
+        "kcm_config.deployed": rec("kcm_config.deployed", deployed),
+        "kcm_config.setting": setting,
         "service.restart": rec("service.restart", True),
         "service.stop": rec("service.stop", True),
         "cmd.run_all": rec("cmd.run_all", run_all or {"retcode": 0, "stdout": "", "stderr": ""}),
         "state.apply": rec("state.apply", state_ret or {}),
-        "state.show_sls": rec("state.show_sls", show_sls or {}),
-        "state.sls_id": rec("state.sls_id", {"kcm_install_|-kcm-install-binary": {"result": True}}),
-        "kcm.preflight": rec("kcm.preflight", preflight or {"ok": True, "version": "v1.37.2"}),
-        "kcm_flags.render": rec("kcm_flags.render", lambda cfg: [f"--v={cfg.get('verbosity')}"]),
-        "kcm_config.validate": rec("kcm_config.validate", ["kcm:secure_port: 'x' is not a port"]),
+        "state.sls_id": rec("state.sls_id", lambda sid, mods, **kw: (sls_id or {}).get(sid, [f"no {sid}"])),
+        "kcm.version": rec("kcm.version", lambda binary: "v1.37.3"),
         "kcm_release.run": rec("kcm_release.run", {"result": True, "released": True,
                                                    "comment": "kcm-release-lease: released Lease"}),
     }
@@ -416,19 +421,21 @@ def state(sid, changes=None, result=True, sls="kcm.service"):
                                    "comment": "c"}}
 
 
-def test_apply_restarts_through_control_cmd_when_the_unit_changed(module):
-    ret = {**state("kcm-service-unit", {"diff": "..."}), **state("kcm-config-deployed-facts", {"x": 1})}
+def test_apply_reports_the_restart_kcm_service_restarted_did(module):
+    ret = {**state("kcm-service-unit", {"diff": "..."}),
+           **state("kcm-service-restarted", {"restart": "done", "released": True})}
     rec = setup(module, {"manage": False, "control_cmd": "kcmctl"}, state_ret=ret)
 
     result = module.apply(pillar={"kcm": {"verbosity": 3}})
 
-    assert result["result"] is True and result["restarted"] is True
+    assert result["result"] is True and result["restarted"] is True and result["how"] == "control_cmd"
     assert rec.calls[0] == ("state.apply", ("kcm",), {"pillar": {"kcm": {"verbosity": 3}}})
-    assert "cmd.run_all" in names(rec)
+    # the restart happened inside the state run (mod_watch), not a second time here
+    assert "cmd.run_all" not in names(rec)
 
 
 def test_apply_restarts_nothing_when_nothing_the_service_watches_changed(module):
-    ret = {**state("kcm-service-unit"), **state("kcm-config-deployed-facts", {"x": 1})}
+    ret = {**state("kcm-service-restarted"), **state("kcm-config-deployed-facts", {"x": 1})}
     rec = setup(module, {"manage": False, "control_cmd": "kcmctl"}, state_ret=ret)
 
     result = module.apply()
@@ -436,6 +443,17 @@ def test_apply_restarts_nothing_when_nothing_the_service_watches_changed(module)
     assert result == {"result": True, "restarted": False, "how": None, "changed": ["kcm-config-deployed-facts"],
                       "comment": "applied; nothing the service watches changed"}
     assert "cmd.run_all" not in names(rec)
+
+
+def test_apply_fails_when_a_needed_restart_has_nobody_to_do_it(module):
+    ret = {**state("kcm-service-unit", {"diff": "..."}), **state("kcm-service-restarted", {"restart": "needed"})}
+    setup(module, {"manage": False}, state_ret=ret)
+
+    result = module.apply()
+
+    assert result["result"] is False and result["restarted"] is False
+    assert "kcm:service:control_cmd is empty" in result["comment"]
+    assert module.__context__["retcode"] == 1
 
 
 def test_apply_leaves_the_restart_to_service_running_when_managed(module):
@@ -449,39 +467,42 @@ def test_apply_leaves_the_restart_to_service_running_when_managed(module):
 
 
 def test_apply_that_fails_restarts_nothing(module):
-    ret = {**state("kcm-service-unit", {"diff": "..."}), **state("kcm-service-preflight", result=False)}
+    ret = {**state("kcm-service-unit", {"diff": "..."}), **state("kcm-service-unit-accepted", result=False)}
     rec = setup(module, {"manage": False, "control_cmd": "kcmctl"}, state_ret=ret)
 
     result = module.apply()
 
-    assert result["result"] is False and result["failed"] == ["kcm-service-preflight: c"]
+    assert result["result"] is False and result["failed"] == ["kcm-service-unit-accepted: c"]
     assert "cmd.run_all" not in names(rec)
     assert module.__context__["retcode"] == 1
 
 
-def high(config, binary="/v/v1.37.2/kube-controller-manager"):
-    return {
-        "kcm-service-preflight": {"kcm": [{"name": binary}, {"config": config}, "flags_accepted"],
-                                  "__sls__": "kcm.service"},
-        "kcm-config-validated": {"kcm_config": [{"name": "kcm"}, {"config": config}, "validated"]},
-    }
+BINARY = "/v/v1.37.3/kube-controller-manager"
 
 
-def test_preflight_installs_then_runs_the_new_binary_with_the_new_config(module):
-    rec = setup(module, {"manage": False}, show_sls=high({"verbosity": 3, "version": "v1.37.2"}))
+def accepted(result=True, comment="accepts the ExecStart= of salt://kcm/files/default/x"):
+    return {"kcm-service-unit-accepted": {
+        "kcm_install_|-kcm-install-binary_|-b_|-binary_installed": {"__id__": "kcm-install-binary", "result": True},
+        "kcm_service_|-kcm-service-unit-accepted_|-b_|-unit_accepted": {
+            "__id__": "kcm-service-unit-accepted", "name": BINARY, "result": result, "comment": comment},
+    }}
 
-    result = module.preflight(pillar={"kcm": {"verbosity": 3}})
 
-    assert result["result"] is True and result["flags_changed"] is True
-    assert names(rec)[:3] == ["state.show_sls", "state.sls_id", "kcm.preflight"]
-    assert rec.calls[1][2] == {"pillar": {"kcm": {"verbosity": 3}}}
-    [(_, _, kwargs)] = [c for c in rec.calls if c[0] == "kcm.preflight"]
-    assert kwargs == {"binary": "/v/v1.37.2/kube-controller-manager", "config": {"verbosity": 3, "version": "v1.37.2"}}
+def test_preflight_runs_the_formulas_own_check_of_the_unit(module):
+    rec = setup(module, {"manage": False}, sls_id=accepted())
+
+    result = module.preflight(pillar={"kcm": {"version": "v1.37.3"}})
+
+    assert result["result"] is True
+    assert (result["version"], result["deployed_version"], result["binary"]) == ("v1.37.3", "v1.37.2", BINARY)
+    assert rec.calls[0] == ("state.sls_id", ("kcm-service-unit-accepted", "kcm"),
+                            {"pillar": {"kcm": {"version": "v1.37.3"}}})
+    assert "state.apply" not in names(rec)
 
 
 def test_preflight_passes_the_binarys_refusal_through(module):
-    setup(module, {"manage": False}, show_sls=high({"verbosity": 3}),
-          preflight={"ok": False, "error": "Error: unknown flag: --port"})
+    refusal = f"{BINARY} refuses the ExecStart=: Error: unknown flag: --port"
+    setup(module, {"manage": False}, sls_id=accepted(False, refusal))
 
     result = module.preflight()
 
@@ -491,11 +512,13 @@ def test_preflight_passes_the_binarys_refusal_through(module):
 
 
 def test_preflight_on_an_invalid_pillar_names_the_key_and_installs_nothing(module):
-    show = high({"secure_port": "x"})
-    del show["kcm-service-preflight"]
-    rec = setup(module, {"manage": False}, show_sls=show)
+    invalid = {"kcm-config-validated": {"kcm_config_|-kcm-config-validated_|-kcm_|-validated": {
+        "__id__": "kcm-config-validated", "result": False,
+        "comment": "Invalid pillar, nothing was changed:\n- kcm:secure_port: 'x' is not a port"}}}
+    rec = setup(module, {"manage": False}, sls_id=invalid)
 
     result = module.preflight()
 
     assert result["result"] is False and "kcm:secure_port" in result["comment"]
-    assert "state.sls_id" not in names(rec)
+    assert [c[1][0] for c in rec.calls if c[0] == "state.sls_id"] == ["kcm-service-unit-accepted",
+                                                                      "kcm-config-validated"]

@@ -20,7 +20,8 @@
     Settings: pillar `kcm:master` (config_dir, alertmanager_urls, webhook_urls, labels,
     ca_bundle, sync_runners, alert_engine, batch_wait, enroll); defaults in defaults.yaml. TLS to receivers is always
     verified (ca_bundle '' = the system store). #}
-{%- from tpldir ~ "/map.jinja" import kcm with context %}
+{%- set tplroot = tpldir.split('/')[0] %}
+{%- from tplroot ~ "/map.jinja" import kcm with context %}
 {%- set master = kcm.master %}
 {%- set alert = {
       "alertmanager_urls": master.alertmanager_urls,

@@ -1,11 +1,12 @@
 {#- One kubeconfig, CA and client certificate and key embedded from the PKI files, used
     for --kubeconfig, --authentication-kubeconfig and --authorization-kubeconfig. #}
-{%- from tpldir ~ "/map.jinja" import kcm with context %}
+{%- set tplroot = tpldir.split('/')[0] %}
+{%- from tplroot ~ "/map.jinja" import kcm with context %}
 {%- set files = kcm.files %}
 
 include:
-  - .config
-  - .pki
+  - {{ tplroot }}.config
+  - {{ tplroot }}.pki
 
 kcm-kubeconfig-directory:
   file.directory:
@@ -35,4 +36,4 @@ kcm-kubeconfig-file:
     - group: {{ kcm.group | json }}
     - require:
       - file: kcm-kubeconfig-directory
-      - sls: {{ tpldir }}.pki
+      - sls: {{ tplroot }}.pki.files

@@ -1,10 +1,11 @@
 {#- Publish the service-account public key to the mine, for kube-apiserver's
     --service-account-key-file (salt-run mine.get 'master*' kcm_service_account_public_key).
     Kept apart from kcm.pki so that nothing KCM needs waits on the mine. #}
-{%- from tpldir ~ "/map.jinja" import kcm with context %}
+{%- set tplroot = tpldir.split('/')[0] %}
+{%- from tplroot ~ "/map.jinja" import kcm with context %}
 
 include:
-  - .pki
+  - {{ tplroot }}.pki
 
 kcm-mine-service-account-public-key:
   module.run:

@@ -6,14 +6,15 @@
             x509_v2 signing policy (see kcm.ca and kcm.pki_peer).
     Keys 0600, certificates 0644, owned by the KCM user, never shown in state output.
     A renewed certificate changes the kubeconfig's embedded copy and restarts KCM via watch. #}
-{%- from tpldir ~ "/map.jinja" import kcm with context %}
+{%- set tplroot = tpldir.split('/')[0] %}
+{%- from tplroot ~ "/map.jinja" import kcm with context %}
 {%- set files = kcm.files %}
 {%- set pki = kcm.pki %}
 {%- set owner = {'user': kcm.user, 'group': kcm.group} %}
 
 include:
-  - .config
-  - .install
+  - {{ tplroot }}.config
+  - {{ tplroot }}.install
 
 kcm-pki-directory:
   file.directory:

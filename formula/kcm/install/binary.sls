@@ -1,33 +1,13 @@
 {#- Binary: download (hash checked) -> versions/<version>/ (only the KCM member of the
     tarball, verified by running it) -> active symlink -> optional link; older versions
     beyond keep_versions are pruned. #}
-{%- from tpldir ~ "/map.jinja" import kcm with context %}
+{%- set tplroot = tpldir.split('/')[0] %}
+{%- from tplroot ~ "/map.jinja" import kcm with context %}
 {%- set files = kcm.files %}
 
 include:
-  - .config
-
-{%- if kcm.create_user and kcm.user != 'root' %}
-
-kcm-install-group:
-  group.present:
-    - name: {{ kcm.group | json }}
-    - system: true
-    - require:
-      - kcm_config: kcm-config-validated
-
-kcm-install-user:
-  user.present:
-    - name: {{ kcm.user | json }}
-    - gid: {{ kcm.group | json }}
-    - system: true
-    - createhome: false
-    - shell: /usr/sbin/nologin
-    - require:
-      - group: kcm-install-group
-    - require_in:
-      - file: kcm-install-directories
-{%- endif %}
+  - {{ tplroot }}.config
+  - .user
 
 kcm-install-directories:
   file.directory:
@@ -43,6 +23,9 @@ kcm-install-directories:
     - makedirs: true
     - require:
       - kcm_config: kcm-config-validated
+{%- if kcm.create_user and kcm.user != 'root' %}
+      - user: kcm-install-user
+{%- endif %}
 
 kcm-install-cache-directory:
   file.directory:
