@@ -463,7 +463,7 @@ UNIT_TEMPLATE = REPO / "formula" / "kcm" / "files" / "default" / "kube-controlle
 
 
 def rendered_unit(kcm_flags, config):
-    """The unit as the formula writes it (its template, the context service.sls gives)."""
+    """The unit as the formula writes it (its template, the context kcm.service.unit gives)."""
     import jinja2
 
     template = jinja2.Template(UNIT_TEMPLATE.read_text(), keep_trailing_newline=True)
