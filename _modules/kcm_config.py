@@ -5,7 +5,7 @@ of it at once (each naming its pillar key and the expected form) before anything
 changes, and :func:`deployed` / :func:`setting` read back what the last ``state.apply kcm``
 laid down on this minion.
 
-The checks themselves are data-free functions in ``_utils/``: ``kcm_shapes`` (types and
+The checks themselves are pure functions in ``_utils/``: ``kcm_shapes`` (types and
 text), ``kcm_checks`` (values), ``kcm_pki_checks`` (the PEMs); the version and the flags are
 checked here, through ``kcm_flags``, and the durations through ``kcm_time``.
 """
