@@ -150,3 +150,21 @@ def test_an_unknown_pki_mode_is_named_alone(check, good_pki):
     msgs = check(pki=dict(good_pki, mode="vault"))
     assert "kcm:pki:mode: 'vault' is not one of pillar, local, remote" in msgs
     assert not any(m.startswith("kcm:pki:") and "mode" not in m for m in msgs)
+
+
+def test_template_sources_put_the_sites_files_before_the_formulas(kcm_config):
+    config = {"tofs": {"files_switch": ["id", "os_family", "roles"],
+                       "source_files": {"kcm-service-unit": ["site.jinja", "salt://elsewhere/unit.jinja"]}}}
+    grains = {"id": "master-1", "os_family": "Debian", "roles": ["kcm", "bad/../name"]}
+
+    sources = kcm_config.template_sources(config, "kcm-service-unit", "unit.jinja", grains=grains)
+
+    assert sources == [
+        "salt://kcm/files/master-1/site.jinja", "salt://elsewhere/unit.jinja", "salt://kcm/files/master-1/unit.jinja",
+        "salt://kcm/files/Debian/site.jinja", "salt://kcm/files/Debian/unit.jinja",
+        "salt://kcm/files/kcm/site.jinja", "salt://kcm/files/kcm/unit.jinja",
+        "salt://kcm/files/default/site.jinja", "salt://kcm/files/default/unit.jinja",
+    ]
+    # without kcm:tofs (no switch, no site file) only the formula's own file is looked up
+    assert kcm_config.template_sources({}, "kcm-service-unit", "unit.jinja", grains=grains) == [
+        "salt://kcm/files/default/unit.jinja"]
