@@ -839,3 +839,16 @@ def test_the_reconcile_asks_the_listed_masters_only_and_reads_their_answers_only
     assert calls == [(["master-1", "master-2"], ["kcm.leader", "kcm.status"], [[], []], 7, "list")]
     assert list(answers) == ["master-1"]
     assert utils()["kcm_alert_decide.ask_masters"]({}, [], 7) == {} and len(calls) == 1
+
+
+@pytest.mark.parametrize("master, message", [
+    ({"reconcile_interval": 0}, "kcm:master:reconcile_interval: 0 is not a positive number of seconds"),
+    ({"flush_interval": -10}, "kcm:master:flush_interval: -10 is not a positive number of seconds"),
+    ({"flush_interval": "10"}, "kcm:master:flush_interval: '10' is not an integer"),
+    ({"reconcile_interval": 1.5}, "kcm:master:reconcile_interval: 1.5 is not an integer"),
+])
+def test_the_schedule_intervals_are_validated_naming_the_key(kcm_config, master, message):
+    settings = dict({"config_dir": "/etc/salt/master.d", "reporters": {"tgt": "role:k8s-master",
+                                                                      "tgt_type": "grain"}}, **master)
+    problems = kcm_config.master_problems(settings)
+    assert any(p.startswith(message) for p in problems), problems
