@@ -12,7 +12,7 @@ Called as ``__utils__["kcm_alert_decide.decide"](...)`` from the runner.
 
 import logging
 
-import salt.utils.compat
+import salt.loader
 
 __virtualname__ = "kcm_alert_decide"
 
@@ -27,18 +27,20 @@ MAX_KEEP_SECONDS = 2 * 366 * 86400
 
 
 def __virtual__():
-    # The loader packs no __utils__ into utils modules; Salt's helper for a util that calls
-    # others (kcm_time, ...) builds it from this module's __opts__.
-    salt.utils.compat.pack_dunder(__name__)
     return __virtualname__
 
 
-def _rule(name):
-    return __utils__[f"kcm_alert_rules.{name}"]  # noqa: F821
+def _rule(name, module="kcm_alert_rules"):
+    # No __utils__ is packed into utils modules by Salt, so the rules come from a utils
+    # loader of this module's own, made on first use.
+    global __utils__
+    if "__utils__" not in globals():
+        __utils__ = salt.loader.utils(__opts__)  # noqa: F821
+    return __utils__[f"{module}.{name}"]
 
 
 def _epoch(text):
-    return __utils__["kcm_time.epoch"](text)  # noqa: F821
+    return _rule("epoch", "kcm_time")(text)
 
 
 def prune(store, oldest, caps=None):

@@ -12,7 +12,7 @@ the minion signed its report.
 Called as ``__utils__["kcm_alert_rules.build_alert"](...)`` from the runner.
 """
 
-import salt.utils.compat
+import salt.loader
 
 __virtualname__ = "kcm_alert_rules"
 
@@ -34,14 +34,15 @@ MAX_FIELDS = 40
 
 
 def __virtual__():
-    # The loader packs no __utils__ into utils modules; Salt's helper for a util that calls
-    # others (kcm_time, ...) builds it from this module's __opts__.
-    salt.utils.compat.pack_dunder(__name__)
     return __virtualname__
 
 
 def _time(name):
-    return __utils__[f"kcm_time.{name}"]  # noqa: F821
+    # Salt packs no __utils__ into a utils module: this one builds its own loader once.
+    global __utils__
+    if "__utils__" not in globals():
+        __utils__ = salt.loader.utils(__opts__)  # noqa: F821
+    return __utils__[f"kcm_time.{name}"]
 
 
 def conditions():

@@ -28,7 +28,7 @@ import json
 import logging
 import os
 
-import salt.utils.compat
+import salt.loader
 
 __virtualname__ = "kcm_outbox"
 
@@ -40,14 +40,16 @@ MAX_OUTBOX = 1000
 
 
 def __virtual__():
-    # The loader packs no __utils__ into utils modules; Salt's helper for a util that calls
-    # others (kcm_time, ...) builds it from this module's __opts__.
-    salt.utils.compat.pack_dunder(__name__)
     return __virtualname__
 
 
 def _util(name):
-    return __utils__[name]  # noqa: F821
+    # kcm_state_file and kcm_time, through a utils loader made here on first use: Salt
+    # gives a utils module no __utils__ of its own.
+    global __utils__
+    if "__utils__" not in globals():
+        __utils__ = salt.loader.utils(__opts__)  # noqa: F821
+    return __utils__[name]
 
 
 # --------------------------------------------------------------------------
