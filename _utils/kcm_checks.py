@@ -317,6 +317,9 @@ def master_problems(master):
     if isinstance(batch_wait, (int, float)) and not isinstance(batch_wait, bool) and not 0 < batch_wait <= 5:
         # Every event of a batch waits up to this long: past 5 s the alert comes late.
         problems.append(f"kcm:master:batch_wait: {batch_wait!r} is not seconds in (0, 5], such as 0.2")
+    for key in ("reconcile_interval", "flush_interval"):
+        if _is_int(master.get(key)) and master[key] < 1:
+            problems.append(f"kcm:master:{key}: {master[key]} is not a positive number of seconds")
     _match(problems, _get(master, "enroll", "grain"), "kcm:master:enroll:grain", GRAIN_RE,
            "a grain name such as role")
     _match(problems, _get(master, "enroll", "value"), "kcm:master:enroll:value", re.compile(r"^[A-Za-z0-9_.:-]+$"),

@@ -1,35 +1,38 @@
 """
-The kcm_alert runner: one alert per change across reporters (also under
-concurrent reactor threads), the Alertmanager v2 payload, resolving, and
-retries that never lose an alert silently.
+The kcm_alert runner: one alert per change across reporters (also under concurrent reactor
+threads), the Alertmanager v2 payload, resolving, the outbox that keeps an alert until a
+receiver accepts it (across a restart, bounded by the alert's endsAt), and the reconcile
+that raises what no event brought, under the same key.
 """
 
 import base64
 import datetime
 import http.server
-import importlib.util
 import json
-import pathlib
 import threading
 
 import pytest
+import salt.utils.atomicfile
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+from kcmlab.formula import load, utils
+
 T0 = 1_800_000_000.0
 REPORTERS = ("master-1", "master-2", "master-3")
+AM = "http://127.0.0.1:9093/api/v2/alerts"
 
-
-def _load(name="kcm_alert_under_test", path=ROOT / "_runners" / "kcm_alert.py"):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-BEACON = _load("kcm_leader_signer", ROOT / "_beacons" / "kcm_leader.py")
+kcm_alert = load("_runners", "kcm_alert")
+# A second instance of the runner: a salt-master restarted over the same cachedir, or
+# the other master of a multi-master pair (over its own).
+kcm_alert_other = load("_runners", "kcm_alert")
+BEACON = load("_beacons", "kcm_leader")
 KEYS = {}
+
+
+@pytest.fixture
+def configure_loader_modules():
+    return {module: {"__opts__": {}, "__utils__": utils()} for module in (kcm_alert, kcm_alert_other)}
 
 
 def minion_key(minion):
@@ -47,10 +50,12 @@ def signed(minion, kind, data, at):
 
 
 class Harness:
-    """The runner with its receivers and the master bus replaced by recorders."""
+    """The runner with its receivers and the master bus replaced by recorders; ``module``
+    defaults to a fresh instance with its own loader dunders (for callers without a
+    ``configure_loader_modules``)."""
 
-    def __init__(self, tmp_path, monkeypatch, **cfg):
-        self.module = _load()
+    def __init__(self, tmp_path, monkeypatch, module=None, cache="cache", **cfg):
+        self.module = module or load("_runners", "kcm_alert")
         self.posts = []
         self.events = []
         self.fail_next = 0
@@ -61,14 +66,17 @@ class Harness:
         for minion in (*REPORTERS, "web-1"):
             (pki / "minions" / minion).write_bytes(minion_key(minion).public_key().public_bytes(
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-        self.module.__opts__ = {
-            "cachedir": str(tmp_path / "cache"),
+        self.cachedir = tmp_path / cache
+        monkeypatch.setattr(self.module, "__opts__", {
+            "cachedir": str(self.cachedir),
             "sock_dir": str(tmp_path / "sock"),
             "pki_dir": str(pki),
             "kcm_alert": dict({"alertmanager_urls": ["http://127.0.0.1:9093"], "labels": {"env": "test"}}, **cfg),
-        }
+        }, raising=False)
+        if not getattr(self.module, "__utils__", None):
+            monkeypatch.setattr(self.module, "__utils__", utils(), raising=False)
         # The master's targeting (cached grains) is Salt's; here the KCM masters are a set.
-        monkeypatch.setattr(self.module, "_is_kcm_master", lambda minion, cfg: minion in self.masters)
+        monkeypatch.setattr(self.module, "_kcm_masters", lambda cfg: set(self.masters))
         monkeypatch.setattr(self.module, "_post", self._post)
         monkeypatch.setattr(self.module, "_fire", lambda tag, data: self.events.append((tag, data)))
         monkeypatch.setattr(self.module, "_sleep", lambda seconds: None)
@@ -94,6 +102,9 @@ class Harness:
     def tags(self):
         return [tag for tag, _ in self.events]
 
+    def store(self):
+        return json.loads((self.cachedir / "kcm_alert" / "dedupe.json").read_text())
+
 
 CHANGE = {
     "transitions": 4,
@@ -110,7 +121,7 @@ DEAD = {"transitions": 4, "holder": "master-2_bbbb", "node": "master-2", "renew_
 
 @pytest.fixture
 def harness(tmp_path, monkeypatch):
-    return Harness(tmp_path, monkeypatch)
+    return Harness(tmp_path, monkeypatch, module=kcm_alert)
 
 
 def test_three_reporters_of_one_change_give_one_alert(harness):
@@ -130,7 +141,7 @@ def test_a_new_transition_is_a_new_alert(harness):
 
 
 def test_dedupe_holds_under_concurrent_reactor_threads(tmp_path, monkeypatch):
-    harness = Harness(tmp_path, monkeypatch)
+    harness = Harness(tmp_path, monkeypatch, module=kcm_alert)
     original = harness._post
 
     def slow_post(url, payload, cfg):
@@ -248,7 +259,7 @@ def test_acquired_and_lost_are_not_alerts(harness):
 
 
 def test_a_send_failure_is_retried_with_backoff(tmp_path, monkeypatch):
-    harness = Harness(tmp_path, monkeypatch, retries=3, backoff=0.5)
+    harness = Harness(tmp_path, monkeypatch, module=kcm_alert, retries=3, backoff=0.5)
     sleeps = []
     monkeypatch.setattr(harness.module, "_sleep", sleeps.append)
     harness.fail_next = 2
@@ -257,24 +268,27 @@ def test_a_send_failure_is_retried_with_backoff(tmp_path, monkeypatch):
     assert sleeps == [0.5, 1.0]
 
 
-def test_an_undeliverable_alert_is_reported_and_retried_by_the_next_reporter(harness):
+def test_an_undeliverable_alert_is_kept_and_sent_by_the_next_flush(harness):
     harness.fail_next = 3
     result = harness.handle("master-1", "changed", **CHANGE)
     assert result["failed"] is True and harness.alerts() == []
     failed = [d for t, d in harness.events if t == "kcm/alert/send_failed"]
     assert len(failed) == 1
-    assert "connection refused" in failed[0]["failed"]["http://127.0.0.1:9093/api/v2/alerts"]
-    # the same change from another master is not swallowed as a duplicate
-    assert harness.handle("master-2", "changed", **CHANGE)["fired"]
-    assert len(harness.alerts()) == 1
+    assert "connection refused" in failed[0]["failed"][AM]
+    # the same change from another master is a duplicate, and its flush delivers the kept alert
+    assert harness.handle("master-2", "changed", **CHANGE)["duplicate"] is True
+    assert [a["labels"]["new_node"] for a in harness.alerts()] == ["master-2"]
+    assert harness.tags().count("kcm/alert/send_failed") == 1
+    assert harness.tags().count("kcm/alert/delivered") == 1
+    assert harness.store()["outbox"] == {}
 
 
-def test_an_undelivered_unreachable_alert_is_sent_by_the_next_reporter(harness):
+def test_an_undelivered_unreachable_alert_is_sent_once_when_the_receiver_is_back(harness):
     harness.fail_next = 3
-    harness.handle("master-1", "unreachable", reason="refused")
-    assert harness.handle("master-2", "unreachable", reason="refused")["fired"]
+    assert harness.handle("master-1", "unreachable", reason="refused")["failed"] is True
+    assert harness.handle("master-2", "unreachable", reason="refused")["fired"] == []
     assert harness.handle("master-3", "unreachable", reason="refused")["duplicate"] is True
-    assert len(harness.alerts()) == 1
+    assert [a["labels"]["alertname"] for a in harness.alerts()] == ["KCMApiserverUnreachable"]
 
 
 class _Receiver(http.server.BaseHTTPRequestHandler):
@@ -306,8 +320,9 @@ def receiver():
 
 def test_real_http_retry_after_a_500_and_webhook_copy(tmp_path, monkeypatch, receiver):
     base, handler = receiver
-    h = Harness(tmp_path, monkeypatch, alertmanager_urls=[base + "/"], webhook_urls=[base + "/hook"], backoff=0.01)
-    monkeypatch.setattr(h.module, "_post", _load()._post)  # the real HTTP client
+    h = Harness(tmp_path, monkeypatch, module=kcm_alert, alertmanager_urls=[base + "/"],
+                webhook_urls=[base + "/hook"], backoff=0.01)
+    monkeypatch.setattr(h.module, "_post", load("_runners", "kcm_alert")._post)  # the real HTTP client
     handler.answers = [500]
     result = h.handle("master-1", "changed", **CHANGE)
     events = h.tags()
@@ -377,7 +392,7 @@ def test_cert_expiring_once_per_cluster_minion_cert_serial_threshold(harness):
 
 
 def test_cert_expiring_dedupe_holds_under_concurrent_reactor_threads(tmp_path, monkeypatch):
-    harness = Harness(tmp_path, monkeypatch)
+    harness = Harness(tmp_path, monkeypatch, module=kcm_alert)
     original = harness._post
 
     def slow_post(url, payload, cfg):
@@ -483,7 +498,7 @@ FORGERIES = ["a non-master signs its own report", "a non-master names a master i
 
 @pytest.mark.parametrize("case", FORGERIES)
 def test_a_forged_report_neither_alerts_nor_resolves(tmp_path, monkeypatch, case):
-    h = Harness(tmp_path, monkeypatch)
+    h = Harness(tmp_path, monkeypatch, module=kcm_alert)
     h.handle("master-1", "no_leader", **DEAD)
     assert [a["labels"]["alertname"] for a in h.alerts()] == ["KCMNoLeader"]
     before = len(h.posts)
@@ -501,7 +516,7 @@ def test_a_forged_report_neither_alerts_nor_resolves(tmp_path, monkeypatch, case
 
 def test_the_signed_bytes_are_the_same_on_both_sides():
     data = {"id": "master-1", "transitions": 4, "thresholds": [30, 7], "signed_at": T0, "_stamp": "x", "sig": "y"}
-    assert _load().signed_message("changed", data) == BEACON.signed_message("changed", data)
+    assert kcm_alert.signed_message("changed", data) == BEACON.signed_message("changed", data)
     assert b"_stamp" not in BEACON.signed_message("changed", data)
 
 
@@ -513,7 +528,7 @@ def test_the_signed_bytes_are_the_same_on_both_sides():
 @pytest.mark.parametrize("content", ["null", "[]", '"text"', '{"seen": [], "open": null}', '{"seen": {"k": 1}}',
                                      "{not json"])
 def test_a_store_of_the_wrong_shape_is_reset_and_the_alert_sent(tmp_path, monkeypatch, content, caplog):
-    h = Harness(tmp_path, monkeypatch)
+    h = Harness(tmp_path, monkeypatch, module=kcm_alert)
     store = tmp_path / "cache" / "kcm_alert" / "dedupe.json"
     store.parent.mkdir(parents=True)
     store.write_text(content)
@@ -526,23 +541,28 @@ def test_a_store_of_the_wrong_shape_is_reset_and_the_alert_sent(tmp_path, monkey
 
 
 def test_a_full_disk_still_sends_the_alert_and_leaves_no_temp_file(tmp_path, monkeypatch):
-    h = Harness(tmp_path, monkeypatch)
+    h = Harness(tmp_path, monkeypatch, module=kcm_alert)
+    real = salt.utils.atomicfile.atomic_open
 
-    def full(fd):
-        raise OSError(28, "No space left on device")
+    def full(path, mode="w"):
+        handle = real(path, mode)
 
-    monkeypatch.setattr(h.module.os, "fsync", full)
+        def write(text):
+            raise OSError(28, "No space left on device")
+
+        handle.write = write
+        return handle
+
+    monkeypatch.setattr(salt.utils.atomicfile, "atomic_open", full)
     result = h.handle("master-1", "no_leader", **DEAD)
 
     assert result["failed"] is False
     assert [a["labels"]["alertname"] for a in h.alerts()] == ["KCMNoLeader"]
-    leftovers = [p.name for p in (tmp_path / "cache" / "kcm_alert").iterdir() if p.name.startswith(".dedupe-")]
-    assert leftovers == []
+    assert sorted(p.name for p in (tmp_path / "cache" / "kcm_alert").iterdir()) == ["dedupe.json.lock"]
 
 
 def test_the_store_is_bounded_and_a_certs_key_expires(tmp_path, monkeypatch):
-    h = Harness(tmp_path, monkeypatch)
-    monkeypatch.setattr(h.module, "MAX_SEEN", 50)
+    h = Harness(tmp_path, monkeypatch, module=kcm_alert, max_seen=50)
     for serial in range(80):
         h.now += 1
         h.handle("master-1", "cert_expiring", **dict(EXPIRING, serial=f"{serial:x}", not_after="9999-01-01T00:00:00Z",
@@ -551,3 +571,284 @@ def test_the_store_is_bounded_and_a_certs_key_expires(tmp_path, monkeypatch):
     assert len(store["seen"]) <= 50
     assert max(e["keep_until"] for e in store["seen"].values()) <= h.now + 2 * 366 * 86400
     assert all(len(a["annotations"]["description"]) < 1000 for a in h.alerts())
+
+
+# --------------------------------------------------------------------------
+# the outbox: kept until accepted, bounded by endsAt, across restarts
+# --------------------------------------------------------------------------
+
+
+def test_an_alertmanager_that_refuses_then_accepts_gets_the_alert_once(harness):
+    harness.fail_next = 3 * 2  # the report's own attempt and the first flush
+    assert harness.handle("master-1", "changed", **CHANGE)["failed"] is True
+    assert harness.module.flush() == {"delivered": 0, "pending": 1, "expired": 0}
+    assert harness.module.flush() == {"delivered": 1, "pending": 0, "expired": 0}
+    assert harness.module.flush() == {"delivered": 0, "pending": 0, "expired": 0}
+    assert [a["labels"]["alertname"] for a in harness.alerts()] == ["KCMLeaderChanged"]
+    assert harness.tags().count("kcm/alert/send_failed") == 1
+    (delivered,) = [d for t, d in harness.events if t == "kcm/alert/delivered"]
+    assert delivered["entries"] == [{"kind": "changed", "action": "fire", "attempts": 3}]
+    assert delivered["alerts"] == harness.alerts()
+
+
+def test_an_alert_whose_end_passed_undelivered_is_dropped_and_reported_once(tmp_path, monkeypatch):
+    h = Harness(tmp_path, monkeypatch, module=kcm_alert, event_ttl=600)
+    h.fail_next = 3
+    h.handle("master-1", "changed", **CHANGE)
+    h.now = T0 + 599
+    h.fail_next = 3
+    assert h.module.flush() == {"delivered": 0, "pending": 1, "expired": 0}
+    h.now = T0 + 601
+    assert h.module.flush() == {"delivered": 0, "pending": 0, "expired": 1}
+    assert h.module.flush() == {"delivered": 0, "pending": 0, "expired": 0}
+    assert h.alerts() == []
+    (expired,) = [d for t, d in h.events if t == "kcm/alert/expired"]
+    assert expired["alert"]["labels"]["alertname"] == "KCMLeaderChanged"
+    assert "connection refused" in expired["errors"][AM] and expired["attempts"] == 2
+
+
+def test_a_restarted_master_delivers_what_its_outbox_held(tmp_path, monkeypatch):
+    before = Harness(tmp_path, monkeypatch, module=kcm_alert)
+    before.fail_next = 3
+    assert before.handle("master-1", "no_leader", **DEAD)["failed"] is True
+
+    after = Harness(tmp_path, monkeypatch, module=kcm_alert_other)  # a new process, the same cachedir
+    assert after.module.flush() == {"delivered": 1, "pending": 0, "expired": 0}
+    assert [a["labels"]["alertname"] for a in after.alerts()] == ["KCMNoLeader"]
+    # what it had decided survived too: the condition is a duplicate, and still resolvable
+    assert after.handle("master-2", "no_leader", **DEAD)["duplicate"] is True
+    assert after.handle("master-2", "recovered", condition="no_leader", **DEAD)["resolved"]
+
+
+def test_a_resolution_is_posted_after_the_firing_it_ends(harness):
+    harness.fail_next = 3 + 3  # the firing's attempt, then the resolution's flush
+    harness.handle("master-1", "stale", **DEAD)
+    harness.now = T0 + 5
+    harness.handle("master-1", "recovered", condition="stale", **DEAD)
+    assert harness.alerts() == []
+    assert harness.module.flush()["delivered"] == 2
+    ((url, (fired, resolved)),) = harness.posts
+    assert url == AM and fired["labels"] == resolved["labels"]
+    assert resolved["endsAt"] == "2027-01-15T08:00:05Z" < fired["endsAt"]
+
+
+def _holding(h, monkeypatch):
+    """Make the next POSTs wait for the returned gate; `started` is set when one is waiting."""
+    gate, started, original = threading.Event(), threading.Event(), h._post
+
+    def held(url, payload, cfg):
+        started.set()
+        assert gate.wait(10)
+        original(url, payload, cfg)
+
+    monkeypatch.setattr(h.module, "_post", held)
+    return gate, started
+
+
+def test_two_flushes_at_once_post_an_entry_once(harness, monkeypatch):
+    harness.fail_next = 3
+    harness.handle("master-1", "changed", **CHANGE)
+    gate, started = _holding(harness, monkeypatch)
+    first = []
+    thread = threading.Thread(target=lambda: first.append(harness.module.flush()))
+    thread.start()
+    assert started.wait(10)
+    second = harness.module.flush()  # while the first one is posting
+    gate.set()
+    thread.join(10)
+    assert second == {"delivered": 0, "pending": 1, "expired": 0}
+    assert first == [{"delivered": 1, "pending": 0, "expired": 0}]
+    assert len(harness.alerts()) == 1
+
+
+def test_a_resolution_waits_while_another_sender_posts_its_firing(harness, monkeypatch):
+    harness.fail_next = 3
+    harness.handle("master-1", "no_leader", **DEAD)
+    gate, started = _holding(harness, monkeypatch)
+    thread = threading.Thread(target=harness.module.flush)
+    thread.start()
+    assert started.wait(10)
+    resolving = harness.handle("master-2", "recovered", condition="no_leader", **DEAD)
+    assert resolving["failed"] is True and harness.posts == []  # queued behind the firing
+    gate.set()
+    thread.join(10)
+    harness.module.flush()
+    assert [(a["labels"]["alertname"], a["endsAt"] > a["startsAt"]) for a in harness.alerts()] == [
+        ("KCMNoLeader", True), ("KCMNoLeader", False)]
+
+
+def test_a_webhook_that_was_down_gets_its_copy_later_and_alertmanager_only_one(tmp_path, monkeypatch):
+    hook = "https://hooks.example/kcm"
+    h = Harness(tmp_path, monkeypatch, module=kcm_alert, webhook_urls=[hook])
+    down, original = {hook}, h._post
+
+    def post(url, payload, cfg):
+        if url in down:
+            raise ConnectionError("connection refused")
+        original(url, payload, cfg)
+
+    monkeypatch.setattr(h.module, "_post", post)
+    assert h.handle("master-1", "changed", **CHANGE)["failed"] is True
+    assert list(h.store()["outbox"].values())[0]["pending"] == [hook]
+    down.clear()
+    assert h.module.flush()["delivered"] == 1
+    assert [url for url, _ in h.posts] == [AM, hook]
+    assert h.posts[1][1]["alerts"] == h.posts[0][1]
+
+
+# --------------------------------------------------------------------------
+# two Salt masters (multi-master): the same report, the same alert
+# --------------------------------------------------------------------------
+
+
+def test_two_salt_masters_post_identical_labels_and_starts_at(tmp_path, monkeypatch):
+    one = Harness(tmp_path, monkeypatch, module=kcm_alert, cache="cache-1")
+    two = Harness(tmp_path, monkeypatch, module=kcm_alert_other, cache="cache-2")
+    lost = dict(DEAD, renew_time="2027-01-15T07:59:30.5Z", lease_duration_seconds=15)
+    change = dict(CHANGE, transitions=5, acquire_time="2027-01-15T07:59:58.123456Z")
+    reports = [(f"salt/beacon/{r}/kcm_leader/{kind}", signed(r, kind, dict(data, cluster="prod"), T0 - 1))
+               for kind, data in (("no_leader", lost), ("unreachable", {"reason": "timeout"}), ("changed", change),
+                                  ("stale", DEAD)) for r in REPORTERS]
+    for h, delay in ((one, 0.4), (two, 2.7)):  # each master handles them at its own time
+        h.now = T0 + delay
+        for tag, data in reports:
+            h.module.handle(tag, data)
+
+    def posted(h):
+        return [(a["labels"], a["startsAt"]) for a in h.alerts()]
+
+    assert posted(one) == posted(two)
+    starts = {labels["alertname"]: start for labels, start in posted(one)}
+    assert starts == {"KCMNoLeader": "2027-01-15T07:59:45Z", "KCMApiserverUnreachable": "2027-01-15T07:59:59Z",
+                      "KCMLeaderChanged": "2027-01-15T07:59:58Z", "KCMLeaderStale": "2027-01-15T07:59:59Z"}
+
+
+# --------------------------------------------------------------------------
+# reconcile: the Lease the masters read, against what was alerted
+# --------------------------------------------------------------------------
+
+CID = "6f1c0d3e-0000-4000-8000-00000000c1d0"
+HOLDERS = {"master-1": "master-1_aaaa", "master-2": "master-2_bbbb", "master-3": "master-3_cccc"}
+
+
+def lease(node, transitions, renewed=T0, expired=False):
+    """A kcm.leader record as the masters return it."""
+    text = datetime.datetime.fromtimestamp(renewed, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return {"holder": HOLDERS[node], "node": node, "minion": node, "transitions": transitions,
+            "acquire_time": text, "renew_time": text, "lease_duration_seconds": 15, "expired": expired,
+            "source": "lease"}
+
+
+class Masters:
+    """The answers of the KCM masters to the reconcile's one publish."""
+
+    def __init__(self, h, monkeypatch):
+        self.record, self.answering, self.erroring, self.asked = None, set(REPORTERS), set(), []
+        monkeypatch.setitem(h.module.__utils__, "kcm_alert_decide.ask_masters", self.ask)
+
+    def ask(self, opts, masters, timeout):
+        self.asked.append(list(masters))
+        return {m: {"kcm.leader": {"error": "unreachable", "detail": "timed out"} if m in self.erroring
+                    else self.record,
+                    "kcm.status": [{"minion": m, "cluster": "prod", "cluster_id": CID}]}
+                for m in masters if m in self.answering}
+
+
+@pytest.fixture
+def masters(harness, monkeypatch):
+    return Masters(harness, monkeypatch)
+
+
+def test_a_missed_transition_is_raised_once_and_its_late_event_is_a_duplicate(harness, masters):
+    masters.record = lease("master-1", 4)
+    first = harness.module.reconcile()
+    assert first["clusters"] == {f"prod#{CID}": "baseline"} and harness.posts == []
+    assert masters.asked == [sorted(REPORTERS)]
+
+    masters.record = lease("master-2", 5, renewed=T0 + 20)  # the failover's event never came
+    harness.now = T0 + 30
+    second = harness.module.reconcile()
+    assert second["clusters"] == {f"prod#{CID}": "changed"} and second["delivered"] == 1
+    ((_, (alert,)),) = harness.posts
+    assert alert["labels"] == {"alertname": "KCMLeaderChanged", "cluster": "prod", "cluster_id": CID,
+                               "severity": "warning", "old_node": "master-1", "new_node": "master-2", "env": "test"}
+    assert alert["startsAt"] == "2027-01-15T08:00:20Z"  # the Lease's acquireTime
+
+    # the event that the minion held through the outage arrives now: the same key
+    late = harness.handle("master-3", "changed", **dict(CHANGE, transitions=5, cluster_id=CID))
+    assert late["duplicate"] is True
+    assert harness.module.reconcile()["clusters"] == {f"prod#{CID}": "in step"}
+    assert len(harness.alerts()) == 1
+
+
+def test_a_transition_an_event_brought_is_not_raised_again_by_the_reconcile(harness, masters):
+    masters.record = lease("master-1", 4)
+    harness.module.reconcile()
+    assert harness.handle("master-1", "changed", **dict(CHANGE, transitions=5, cluster_id=CID))["fired"]
+    masters.record = lease("master-2", 5)
+    assert harness.module.reconcile()["raised"] == []
+    assert len(harness.alerts()) == 1
+
+
+def test_the_unreachable_alert_of_a_master_that_died_is_resolved_when_the_others_read_the_lease(
+        harness, masters):
+    masters.record = lease("master-2", 5)
+    harness.handle("master-3", "unreachable", reason="timeout", cluster_id=CID)
+    masters.erroring = {"master-3"}  # still there, still failing: stays open
+    assert harness.module.reconcile()["resolved"] == []
+    masters.answering = {"master-1", "master-2"}  # then its machine is gone
+    masters.erroring = set()
+    harness.now = T0 + 60
+    done = harness.module.reconcile()
+    assert [labels["alertname"] for labels in done["resolved"]] == ["KCMApiserverUnreachable"]
+    resolved = harness.alerts()[-1]
+    assert resolved["endsAt"] == "2027-01-15T08:01:00Z"
+    assert harness.module.reconcile()["resolved"] == []
+
+
+def test_the_reconcile_resolves_stale_only_once_the_leader_renewed(harness, masters):
+    harness.handle("master-1", "stale", cluster_id=CID, **dict(DEAD, renew_time=lease("master-2", 4)["renew_time"]))
+    masters.record = lease("master-2", 4)
+    assert harness.module.reconcile()["resolved"] == []
+    masters.record = lease("master-2", 4, renewed=T0 + 10)
+    assert [labels["alertname"] for labels in harness.module.reconcile()["resolved"]] == ["KCMLeaderStale"]
+
+
+def test_no_leader_stays_open_while_no_master_reads_a_live_lease(harness, masters):
+    harness.handle("master-1", "no_leader", cluster_id=CID, **DEAD)
+    masters.record = lease("master-2", 4, expired=True)
+    assert harness.module.reconcile()["resolved"] == []
+    masters.erroring = set(REPORTERS)
+    assert harness.module.reconcile()["clusters"] == {f"prod#{CID}": "no master could read the Lease"}
+    masters.erroring, masters.record = set(), lease("master-2", 5)
+    assert [labels["alertname"] for labels in harness.module.reconcile()["resolved"]] == ["KCMNoLeader"]
+
+
+def test_the_reconcile_asks_the_listed_masters_only_and_reads_their_answers_only(monkeypatch):
+    calls = []
+
+    class Client:
+        def cmd(self, tgt, fun, arg, timeout, tgt_type):
+            calls.append((tgt, fun, arg, timeout, tgt_type))
+            return {"master-1": {"kcm.leader": {}}, "web-1": {"kcm.leader": {}}}
+
+    import salt.client
+
+    monkeypatch.setattr(salt.client, "get_local_client", lambda mopts: Client())
+    answers = utils()["kcm_alert_decide.ask_masters"]({}, ["master-1", "master-2"], 7)
+    assert calls == [(["master-1", "master-2"], ["kcm.leader", "kcm.status"], [[], []], 7, "list")]
+    assert list(answers) == ["master-1"]
+    assert utils()["kcm_alert_decide.ask_masters"]({}, [], 7) == {} and len(calls) == 1
+
+
+@pytest.mark.parametrize("master, message", [
+    ({"reconcile_interval": 0}, "kcm:master:reconcile_interval: 0 is not a positive number of seconds"),
+    ({"flush_interval": -10}, "kcm:master:flush_interval: -10 is not a positive number of seconds"),
+    ({"flush_interval": "10"}, "kcm:master:flush_interval: '10' is not an integer"),
+    ({"reconcile_interval": 1.5}, "kcm:master:reconcile_interval: 1.5 is not an integer"),
+])
+def test_the_schedule_intervals_are_validated_naming_the_key(kcm_config, master, message):
+    settings = dict({"config_dir": "/etc/salt/master.d", "reporters": {"tgt": "role:k8s-master",
+                                                                      "tgt_type": "grain"}}, **master)
+    problems = kcm_config.master_problems(settings)
+    assert any(p.startswith(message) for p in problems), problems

@@ -6,10 +6,13 @@
       reactor:  salt/beacon/*/kcm_leader/*  ->  salt://reactor/kcm/leader.sls (one runner
                 job per event; alert_engine: false)
       kcm_alert: receivers and labels for the kcm_alert runner (pillar kcm:master)
-    and syncs salt://_runners (kcm_alert, kcm: the fleet view), salt://_engines (kcm_alert)
+      schedule: kcm_alert.reconcile at start and every kcm:master:reconcile_interval s, and
+                kcm_alert.flush (the outbox) every kcm:master:flush_interval s, on both paths
+    and syncs salt://_utils (the runners' helpers), salt://_runners (kcm_alert, kcm: the fleet
+    view), salt://_engines (kcm_alert)
     and salt://_output (the fleet table, kcm_fleet) into the master's extension modules.
 
-    The master reads `engines:`, `reactor:` and `kcm_alert:` only at start: restart
+    The master reads `engines:`, `reactor:`, `schedule:` and `kcm_alert:` only at start: restart
     salt-master after the first apply or a change of kcm.conf (the state says so when that
     is needed). The reactor SLS itself is re-read on every event.
     master.d files are merged with list merging, so other `reactor:` entries are kept.
@@ -18,7 +21,8 @@
     and kcm_enroll: {grain, value} for the kcm_enroll runner (highstate a new master once).
 
     Settings: pillar `kcm:master` (config_dir, alertmanager_urls, webhook_urls, labels,
-    ca_bundle, sync_runners, alert_engine, batch_wait, enroll); defaults in defaults.yaml. TLS to receivers is always
+    ca_bundle, sync_runners, alert_engine, batch_wait, reconcile_interval, flush_interval,
+    enroll); defaults in defaults.yaml. TLS to receivers is always
     verified (ca_bundle '' = the system store). #}
 {%- set tplroot = tpldir.split('/')[0] %}
 {%- from tplroot ~ "/map.jinja" import kcm with context %}
@@ -30,7 +34,15 @@
       "ca_bundle": master.ca_bundle,
       "reporters": master.reporters,
     } %}
-{%- set conf = {"reactor": [], "kcm_alert": alert} %}
+{#- The runners the master's own scheduler runs, whichever path handles the events: the
+    reconcile finds what no event brought (and runs when the master starts), the flush
+    retries the outbox. maxrunning 1: a slow run is not stacked by the next. #}
+{%- set schedule = {
+      "kcm_alert_reconcile": {"function": "kcm_alert.reconcile", "seconds": master.reconcile_interval,
+                              "run_on_start": True, "maxrunning": 1},
+      "kcm_alert_flush": {"function": "kcm_alert.flush", "seconds": master.flush_interval, "maxrunning": 1},
+    } %}
+{%- set conf = {"reactor": [], "kcm_alert": alert, "schedule": schedule} %}
 {%- if master.alert_engine %}
 {%-   set engine = {"kcm_alert": {"batch_wait": master.batch_wait} } %}
 {%-   do conf.update({"engines": [engine]}) %}
@@ -66,7 +78,8 @@ kcm-master-config:
 kcm-master-restart-notice:
   test.show_notification:
     - text: {{ (master.config_dir ~ "/kcm.conf changed: restart salt-master to load the"
-                ~ " kcm_alert engine (or the kcm_leader reactor mapping) and the kcm_alert settings") | json }}
+                ~ " kcm_alert engine (or the kcm_leader reactor mapping), the kcm_alert settings and the"
+                ~ " schedule of kcm_alert.reconcile / kcm_alert.flush") | json }}
     - onchanges:
       - file: kcm-master-config
 
@@ -75,6 +88,7 @@ kcm-master-restart-notice:
 kcm-master-sync-runners:
   cmd.run:
     - names:
+      - salt-run saltutil.sync_utils --out=quiet
       - salt-run saltutil.sync_runners --out=quiet
       - salt-run saltutil.sync_engines --out=quiet
       - salt-run saltutil.sync_output --out=quiet
