@@ -22,6 +22,8 @@ Both keys are read from the deployed facts (``kcm_config.deployed``: what the la
 import logging
 import shlex
 
+from salt.exceptions import CommandExecutionError
+
 log = logging.getLogger(__name__)
 
 __virtualname__ = "kcm_orch"
@@ -42,11 +44,13 @@ def __virtual__():
     return __virtualname__
 
 
-def _done(result):
-    """Set the call's exit code from ``result['result']`` and return ``result``."""
-    __context__.pop("retcode", None)
-    if not result.get("result"):
-        __context__["retcode"] = 1
+def _with_exit_code(result):
+    """
+    Return ``result`` with the call's exit code set from ``result['result']``: the one
+    decision of each function here, whatever the Salt functions it called (``state.*``,
+    ``cmd.run_all``, ``service.*``) left in ``__context__`` on the way.
+    """
+    __context__["retcode"] = 0 if result.get("result") else 1
     return result
 
 
@@ -79,7 +83,6 @@ def _control(action):
     manage, name, command = _service_settings()
     if manage:
         ok = bool(__salt__[f"service.{action}"](name))
-        __context__.pop("retcode", None)
         return {
             "result": ok,
             "how": "service",
@@ -115,7 +118,6 @@ def _control(action):
 def _run_control(command, action):
     argv = shlex.split(command) + [action]
     proc = __salt__["cmd.run_all"](argv, python_shell=False, timeout=CONTROL_TIMEOUT, ignore_retcode=True)
-    __context__.pop("retcode", None)
     ok = proc.get("retcode") == 0
     detail = (proc.get("stderr") or proc.get("stdout") or "").strip().splitlines()
     return {
@@ -137,7 +139,7 @@ def restart():
 
         salt 'master1' kcm_orch.restart
     """
-    return _done(_control("restart"))
+    return _with_exit_code(_control("restart"))
 
 
 def stop():
@@ -151,7 +153,7 @@ def stop():
 
         salt 'master1' kcm_orch.stop
     """
-    return _done(_control("stop"))
+    return _with_exit_code(_control("stop"))
 
 
 def start():
@@ -165,7 +167,7 @@ def start():
 
         salt 'master1' kcm_orch.start
     """
-    return _done(_control("start"))
+    return _with_exit_code(_control("start"))
 
 
 # ---------------------------------------------------------------------------------------
@@ -241,32 +243,31 @@ def preflight(pillar=None, saltenv=None):
     """
     kwargs = _state_kwargs(pillar, saltenv)
     high = __salt__["state.show_sls"](f"{SLS}.service", **kwargs)
-    __context__.pop("retcode", None)
     if not isinstance(high, dict):
-        return _done({"result": False, "comment": "kcm.service does not render: " + "; ".join(_failures(high))})
+        failures = "; ".join(_failures(high))
+        return _with_exit_code({"result": False, "comment": f"kcm.service does not render: {failures}"})
     config = _state_arg(high, PREFLIGHT_ID, "config")
     binary = _state_arg(high, PREFLIGHT_ID, "name")
     if not config or not binary:
         # service.sls leaves the preflight out when the config is invalid: say why.
         full = _state_arg(high, VALIDATE_ID, "config") or {}
         problems = __salt__["kcm_config.validate"](full) if full else ["kcm: the pillar has no kcm config"]
-        return _done({"result": False, "comment": "invalid pillar: " + "; ".join(problems)})
+        return _with_exit_code({"result": False, "comment": "invalid pillar: " + "; ".join(problems)})
     installed = __salt__["state.sls_id"](INSTALL_ID, f"{SLS}.install", **kwargs)
-    __context__.pop("retcode", None)
     failed = _failures(installed)
     if failed:
-        return _done({"result": False, "comment": f"installing {config.get('version')} failed: " + "; ".join(failed)})
-    report = __salt__["kcm.preflight"](binary=binary, config=config)
-    __context__.pop("retcode", None)
-    if not (isinstance(report, dict) and report.get("ok")):
-        why = report.get("error") if isinstance(report, dict) else report
-        detail = report.get("detail") if isinstance(report, dict) else None
-        return _done(
-            {"result": False, "binary": binary, "comment": f"{binary} refuses the new flags: {why}"
-             + (f" ({detail})" if detail else "")}
+        failures = "; ".join(failed)
+        return _with_exit_code({"result": False, "comment": f"installing {config.get('version')} failed: {failures}"})
+    try:
+        report = __salt__["kcm.preflight"](binary=binary, config=config)
+    except CommandExecutionError as exc:
+        return _with_exit_code({"result": False, "binary": binary, "comment": f"cannot check {binary}: {exc}"})
+    if not report.get("ok"):
+        return _with_exit_code(
+            {"result": False, "binary": binary, "comment": f"{binary} refuses the new flags: {report.get('error')}"}
         )
     deployed = _deployed()
-    return _done(
+    return _with_exit_code(
         {
             "result": True,
             "version": report.get("version"),
@@ -322,21 +323,20 @@ def apply(pillar=None, saltenv=None):  # pylint: disable=redefined-builtin
         salt 'master1' kcm_orch.apply pillar='{"kcm": {"version": "v1.37.3"}}'
     """
     ret = __salt__["state.apply"](SLS, **_state_kwargs(pillar, saltenv))
-    __context__.pop("retcode", None)
     failed = _failures(ret)
     if failed:
-        return _done({"result": False, "restarted": False, "how": None, "changed": [], "failed": failed,
+        return _with_exit_code({"result": False, "restarted": False, "how": None, "changed": [], "failed": failed,
                       "comment": f"state.apply {SLS} failed: " + "; ".join(failed)[:2000]})
     changed = _changed_ids(ret)
     manage, _, _ = _service_settings()
     if manage:
         restarted = SERVICE_ID in changed
         comment = "applied" + (" and restarted by service.running" if restarted else "")
-        return _done({"result": True, "restarted": restarted, "how": "service" if restarted else None,
+        return _with_exit_code({"result": True, "restarted": restarted, "how": "service" if restarted else None,
                       "changed": changed, "comment": comment})
     if not _needs_restart(ret):
-        return _done({"result": True, "restarted": False, "how": None, "changed": changed,
+        return _with_exit_code({"result": True, "restarted": False, "how": None, "changed": changed,
                       "comment": "applied; nothing the service watches changed"})
     control = _control("restart")
-    return _done({"result": control["result"], "restarted": control["result"], "how": control["how"],
+    return _with_exit_code({"result": control["result"], "restarted": control["result"], "how": control["how"],
                   "changed": changed, "comment": "applied; " + control["comment"]})

@@ -127,9 +127,11 @@ def _observation(answer):
                 "transitions": None, "error": "no answer"}
     health = answer.get("kcm.health")
     record = answer.get("kcm.leader")
-    record = record if isinstance(record, dict) and "error" not in record else {}
-    errors = [f"{fun}: {ret.get('error')}" for fun, ret in answer.items()
-              if isinstance(ret, dict) and "error" in ret]
+    record = record if isinstance(record, dict) else {}
+    # kcm.* raise when they cannot answer; in a compound job Salt returns the traceback as
+    # text, whose last line is the exception's own "<reason>: <detail>".
+    errors = [f"{fun}: {ret.strip().splitlines()[-1].split(': ', 1)[-1]}" for fun, ret in answer.items()
+              if isinstance(ret, str) and ret.strip()]
     return {
         "healthy": isinstance(health, dict) and health.get("healthy") is True,
         "leader": answer.get("kcm.is_leader") is True,

@@ -4,7 +4,8 @@
       engines:  kcm_alert (batch_wait): salt/beacon/*/kcm_leader/* in batches -> the
                 kcm_alert runner's handle_batch (kcm:master:alert_engine, the default), or
       reactor:  salt/beacon/*/kcm_leader/*  ->  salt://reactor/kcm/leader.sls (one runner
-                job per event; alert_engine: false)
+                job per event; alert_engine: false), and always
+                salt/beacon/*/kcm_cert/*  ->  salt://reactor/kcm/cert.sls
       kcm_alert: receivers and labels for the kcm_alert runner (pillar kcm:master)
     and syncs salt://_runners (kcm_alert, kcm: the fleet view), salt://_engines (kcm_alert)
     and salt://_output (the fleet table, kcm_fleet) into the master's extension modules.
@@ -29,7 +30,8 @@
       "ca_bundle": master.ca_bundle,
       "reporters": master.reporters,
     } %}
-{%- set conf = {"reactor": [], "kcm_alert": alert} %}
+{#- Certificate events (kcm_cert) are rare: the reactor takes them on either path. #}
+{%- set conf = {"reactor": [{"salt/beacon/*/kcm_cert/*": ["salt://reactor/kcm/cert.sls"]}], "kcm_alert": alert} %}
 {%- if master.alert_engine %}
 {%-   set engine = {"kcm_alert": {"batch_wait": master.batch_wait} } %}
 {%-   do conf.update({"engines": [engine]}) %}

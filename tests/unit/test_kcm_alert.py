@@ -28,7 +28,7 @@ def _load(name="kcm_alert_under_test", path=ROOT / "_runners" / "kcm_alert.py"):
     return module
 
 
-BEACON = _load("kcm_leader_signer", ROOT / "_beacons" / "kcm_leader.py")
+BEACON = _load("kcm_beacon_signer", ROOT / "_modules" / "kcm_beacon.py")  # signs for both kcm beacons
 KEYS = {}
 
 

@@ -1,12 +1,16 @@
 """
 The kcm_orch runner against a simulated three-master cluster (a fake LocalClient with
 client-go's lease rules on a fake clock), and the kcm_orch execution module's restart seam
-and its reading of state returns.
+and its reading of state returns. Both get their dunders from pytest-salt-factories'
+``configure_loader_modules``.
 """
 
 import pytest
 
 from tests.unit.conftest import load
+
+RUNNER = load("_runners", "kcm_orch")
+MODULE = load("_modules", "kcm_orch")
 
 MASTERS = ("master-1", "master-2", "master-3")
 LEASE = 4.0
@@ -135,10 +139,14 @@ def cluster():
 
 
 @pytest.fixture
+def configure_loader_modules():
+    return {RUNNER: {"__opts__": {}, "__context__": {}},
+            MODULE: {"__context__": {}, "__pillar__": {}, "__salt__": {}}}
+
+
+@pytest.fixture
 def runner(cluster, monkeypatch):
-    module = load("_runners", "kcm_orch")
-    module.__opts__ = {}
-    module.__context__ = {}
+    module = RUNNER
     monkeypatch.setattr(module, "_local_client", lambda: cluster)
     monkeypatch.setattr(module, "_expected_minions", lambda tgt, tgt_type: list(MASTERS))
     monkeypatch.setattr(module, "_now", lambda: cluster.now)
@@ -303,15 +311,12 @@ class Recorder:
 
 @pytest.fixture
 def module():
-    mod = load("_modules", "kcm_orch")
-    mod.__context__ = {}
-    mod.__pillar__ = {}
-    return mod
+    return MODULE
 
 
 def setup(module, service, state_ret=None, run_all=None, show_sls=None, preflight=None):
     rec = Recorder()
-    module.__salt__ = {
+    module.__salt__.update({
         "kcm_config.deployed": rec("kcm_config.deployed", {"service": service, "version": "v1.37.2"}),
         "service.restart": rec("service.restart", True),
         "service.stop": rec("service.stop", True),
@@ -324,7 +329,7 @@ def setup(module, service, state_ret=None, run_all=None, show_sls=None, prefligh
         "kcm_config.validate": rec("kcm_config.validate", ["kcm:secure_port: 'x' is not a port"]),
         "kcm_release.run": rec("kcm_release.run", {"result": True, "released": True,
                                                    "comment": "kcm-release-lease: released Lease"}),
-    }
+    })
     return rec
 
 
@@ -499,3 +504,33 @@ def test_preflight_on_an_invalid_pillar_names_the_key_and_installs_nothing(modul
 
     assert result["result"] is False and "kcm:secure_port" in result["comment"]
     assert "state.sls_id" not in names(rec)
+
+
+def test_a_preflight_that_cannot_run_says_why_and_exits_non_zero(module):
+    rec = setup(module, {"manage": False}, show_sls=high({"verbosity": 3}))
+    failure = load("_utils", "kcm_error").failure("binary", "/v/v1.37.2/kube-controller-manager does not exist")
+
+    def raising(**kwargs):
+        raise failure
+
+    module.__salt__["kcm.preflight"] = rec("kcm.preflight", raising)
+
+    result = module.preflight()
+
+    assert result["result"] is False
+    assert result["comment"] == ("cannot check /v/v1.37.2/kube-controller-manager: "
+                                 "binary: /v/v1.37.2/kube-controller-manager does not exist")
+    assert module.__context__["retcode"] == 1
+
+
+def test_the_exit_code_is_the_result_whatever_the_salt_functions_left_behind(module):
+    rec = setup(module, {"manage": True, "name": "kube-controller-manager"})
+
+    def apply_that_sets_a_retcode(*args, **kwargs):
+        module.__context__["retcode"] = 2  # as state.apply's _set_retcode may
+        return state("kcm-config-validated")
+
+    module.__salt__["state.apply"] = rec("state.apply", apply_that_sets_a_retcode)
+
+    assert module.apply()["result"] is True
+    assert module.__context__["retcode"] == 0

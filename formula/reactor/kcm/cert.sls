@@ -1,0 +1,15 @@
+{#- Reactor for salt/beacon/<minion>/kcm_cert/<kind> (cert_expiring, cert_renewed): hand the
+    event to the kcm_alert runner, like leader.sls. Certificate events are a few a day, so
+    they come here with or without the kcm_alert engine (which batches the Lease events).
+    The runner reads the reporter and the kind from a `.../kcm_leader/<kind>` tag (the
+    signature covers the kind and the data, not the beacon's name), so the tag is handed
+    over in that form. #}
+{%- set parts = tag.split("/") %}
+{%- if parts | length == 5 and parts[0] == "salt" and parts[1] == "beacon" and parts[3] == "kcm_cert"
+      and parts[4] in ("cert_expiring", "cert_renewed") %}
+kcm-alert-handle-cert:
+  runner.kcm_alert.handle:
+    - args:
+      - tag: {{ ("salt/beacon/" ~ parts[2] ~ "/kcm_leader/" ~ parts[4]) | tojson }}
+      - data: {{ data | tojson }}
+{%- endif %}
