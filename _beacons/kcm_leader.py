@@ -254,10 +254,7 @@ def step(previous, observation, now, settings, me=()):
     facts = {}
     if "error" in observation:
         observed = "unreachable"
-        reason = observation.get("error")
-        if observation.get("detail"):
-            reason = f"{reason}: {observation['detail']}"
-        facts["reason"] = str(reason)[:200]
+        facts["reason"] = str(observation.get("error"))[:200]
     else:
         record = _record_of(observation)
         current_print = fingerprint(record)

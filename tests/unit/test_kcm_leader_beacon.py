@@ -230,7 +230,8 @@ def test_a_released_lease_nobody_takes_is_no_leader_after_the_grace_and_debounce
 
 def test_unreachable_is_debounced_and_carries_a_short_reason():
     run = healthy_run(until=T0 + 3)
-    down = {"error": "unreachable", "detail": "GET https://127.0.0.1:6443/apis/...: Connection refused " + "x" * 500}
+    # what _observe makes of kcm.leader's CommandExecutionError: its one line "<reason>: <detail>"
+    down = {"error": "unreachable: GET https://127.0.0.1:6443/apis/...: Connection refused " + "x" * 500}
     assert run.poll(down, T0 + 4) == []
     events = run.poll(down, T0 + 5)
     assert tags(events) == ["unreachable"]
