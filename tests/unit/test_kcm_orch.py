@@ -534,3 +534,17 @@ def test_the_exit_code_is_the_result_whatever_the_salt_functions_left_behind(mod
 
     assert module.apply()["result"] is True
     assert module.__context__["retcode"] == 0
+
+
+def test_a_master_whose_kcm_calls_raise_is_observed_with_their_reasons():
+    # In a compound job Salt returns a raising function's traceback as text.
+    trace = ("The minion function caused an exception: Traceback (most recent call last):\n  ...\n"
+             "salt.loaded.ext.utils.kcm_error.KcmCommandError: unreachable: GET https://10.0.0.1:6443/...: "
+             "Connection refused\n")
+    answer = {"kcm.health": {"healthy": True, "checks": {}}, "kcm.is_leader": trace, "kcm.leader": trace}
+
+    observed = RUNNER._observation(answer)
+
+    assert (observed["healthy"], observed["leader"], observed["live"]) == (True, False, False)
+    assert observed["error"] == ("kcm.is_leader: unreachable: GET https://10.0.0.1:6443/...: Connection refused, "
+                                 "kcm.leader: unreachable: GET https://10.0.0.1:6443/...: Connection refused")
