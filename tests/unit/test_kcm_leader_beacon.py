@@ -539,3 +539,9 @@ def test_validate_never_raises_on_garbage():
             raise RuntimeError("nope")
 
     assert kcm_leader.validate([Weird(a=1)])[0] is False
+
+
+def test_a_config_from_before_the_split_still_validates():
+    # minion.d/beacons.conf keeps the cert keys under kcm_leader until kcm.beacon is applied again
+    config = [{"interval": 2}, {"cert_thresholds": [30, 7]}, {"cert_check_interval": 3600}]
+    assert kcm_leader.validate(config) == (True, "Valid beacon configuration")
