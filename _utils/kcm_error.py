@@ -54,15 +54,3 @@ def reason_of(exc):
     """
     info = getattr(exc, "info", None)
     return info.get("reason", "error") if isinstance(info, dict) else "error"
-
-
-def detail_of(exc):
-    """The one line of detail of a ``CommandExecutionError`` (its message without the reason).
-
-    Example:
-
-    .. code-block:: python
-
-        __utils__["kcm_error.detail_of"](exc)
-    """
-    return str(getattr(exc, "error", None) or exc).splitlines()[0] if str(exc) else ""
