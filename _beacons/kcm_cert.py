@@ -210,11 +210,14 @@ def beacon(config):
         salt '*' beacons.list
     """
     cfg = salt.utils.beacons.list_to_dict(config)
+    name = cfg.get("_beacon_name", __virtualname__)
+    key = f"kcm_cert.{name}"
+    # Most polls only look at the clock: no need to read the deployed facts for that.
+    if key in __context__ and not cert_check_due(__context__[key], _now(), cfg.get("cert_check_interval", 0)):
+        return []
     settings = __salt__["kcm_beacon.settings"](__virtualname__, cfg)
     if not settings or not settings["cert_thresholds"]:
         return []
-    name = cfg.get("_beacon_name", __virtualname__)
-    key = f"kcm_cert.{name}"
     path = cfg.get("state_file") or __salt__["kcm_beacon.state_path"](name)
     # After a restart the announced set comes back, the time of the last read does not.
     previous = __context__.get(key) or dict(
