@@ -20,7 +20,8 @@ What it does:
   ``tempfile.mkdtemp()`` directory only for as long as ``ssl`` needs a path to load
   them into the session's TLS context, then the directory is removed (so a process
   killed later, or a minion job ending with ``os._exit``, leaves nothing behind);
-- maps every failure to :class:`KubeAPIError` with a short ``reason``: ``unreachable``,
+- raises ``CommandExecutionError`` for every failure, with ``info`` holding a short
+  ``reason`` (and the HTTP ``status`` when there was one): ``unreachable``,
   ``timeout``, ``tls``, ``unauthorized`` (401), ``forbidden`` (403), ``not_found``
   (404), ``http`` (other statuses), ``malformed`` (not a JSON object), ``kubeconfig``.
   Messages never contain key material or tokens.
@@ -38,8 +39,6 @@ import threading
 
 import requests
 import requests.adapters
-import yaml
-from salt.exceptions import CommandExecutionError
 
 log = logging.getLogger(__name__)
 
@@ -58,19 +57,6 @@ _PROBES = {}
 
 def __virtual__():
     return __virtualname__
-
-
-class KubeAPIError(CommandExecutionError):
-    """
-    A failed API call. ``reason`` is one short token (see the module docstring),
-    ``status`` the HTTP status when there was one.
-    """
-
-    def __init__(self, reason, detail, status=None):
-        self.reason = reason
-        self.status = status
-        self.detail = detail
-        super().__init__(f"{reason}: {detail}")
 
 
 class _PinnedContextAdapter(requests.adapters.HTTPAdapter):
@@ -105,46 +91,13 @@ class _Client:
         self.session.close()
 
 
+def _failed(reason, detail, status=None):
+    """The error of every failed call: reason and status in ``info`` (``_utils/kcm_error.py``)."""
+    return __utils__["kcm_error.failure"](reason, detail, status=status)  # noqa: F821
+
+
 def _kubeconfig_error(path, what):
-    return KubeAPIError("kubeconfig", f"{path}: {what}")
-
-
-def _load_kubeconfig(path):
-    try:
-        with open(path, encoding="utf-8") as fh:
-            doc = yaml.safe_load(fh)
-    except OSError as exc:
-        raise _kubeconfig_error(path, f"cannot read it ({exc.strerror})") from None
-    except yaml.YAMLError:
-        raise _kubeconfig_error(path, "is not valid YAML") from None
-    if not isinstance(doc, dict):
-        raise _kubeconfig_error(path, "expected a mapping with clusters, users and contexts")
-    return doc
-
-
-def _named(doc, path, section, name):
-    for item in doc.get(section) or []:
-        if isinstance(item, dict) and item.get("name") == name:
-            key = section[:-1]  # clusters -> cluster, users -> user, contexts -> context
-            value = item.get(key)
-            if not isinstance(value, dict):
-                raise _kubeconfig_error(path, f"{section}[name={name}].{key} must be a mapping")
-            return value
-    raise _kubeconfig_error(path, f"{section} has no entry named {name!r}")
-
-
-def _current(doc, path):
-    """The (cluster, user) mappings of the current context (or the only context)."""
-    name = doc.get("current-context")
-    if not name:
-        contexts = doc.get("contexts") or []
-        if len(contexts) != 1:
-            raise _kubeconfig_error(path, "current-context is not set and there is not exactly one context")
-        name = contexts[0].get("name")
-    context = _named(doc, path, "contexts", name)
-    cluster = _named(doc, path, "clusters", context.get("cluster"))
-    user = _named(doc, path, "users", context.get("user")) if context.get("user") else {}
-    return cluster, user
+    return _failed("kubeconfig", f"{path}: {what}")
 
 
 def _decoded(path, key, value):
@@ -240,8 +193,10 @@ def _bearer(path, user):
 
 
 def _build_client(path, mtime):
-    doc = _load_kubeconfig(path)
-    cluster, user = _current(doc, path)
+    try:
+        cluster, user = __utils__["kcm_kubeconfig.current"](path)  # noqa: F821
+    except ValueError as exc:
+        raise _failed("kubeconfig", str(exc)) from None
     if user.get("exec") or user.get("auth-provider"):
         raise _kubeconfig_error(path, "exec and auth-provider credentials are not supported")
     server = str(cluster.get("server") or "").rstrip("/")
@@ -300,17 +255,17 @@ def _timeout(timeout):
 
 
 def _send(session, url, timeout):
-    """GET ``url``; transport failures become KubeAPIError, any HTTP status is returned."""
+    """GET ``url``; transport failures raise, any HTTP status is returned."""
     try:
         return session.get(url, timeout=_timeout(timeout), allow_redirects=False)
     except requests.exceptions.SSLError as exc:
-        raise KubeAPIError("tls", f"GET {url}: {_ssl_reason(exc)}") from None
+        raise _failed("tls", f"GET {url}: {_ssl_reason(exc)}") from None
     except requests.exceptions.Timeout:
-        raise KubeAPIError("timeout", f"GET {url}: no answer within {_timeout(timeout)} s (connect, read)") from None
+        raise _failed("timeout", f"GET {url}: no answer within {_timeout(timeout)} s (connect, read)") from None
     except requests.exceptions.ConnectionError as exc:
-        raise KubeAPIError("unreachable", f"GET {url}: {_connect_reason(exc)}") from None
+        raise _failed("unreachable", f"GET {url}: {_connect_reason(exc)}") from None
     except requests.exceptions.RequestException as exc:
-        raise KubeAPIError("unreachable", f"GET {url}: {exc.__class__.__name__}") from None
+        raise _failed("unreachable", f"GET {url}: {exc.__class__.__name__}") from None
 
 
 def _ssl_reason(exc):
@@ -336,13 +291,13 @@ _STATUS_REASONS = {401: "unauthorized", 403: "forbidden", 404: "not_found"}
 def _checked_json(response, url):
     if response.status_code != 200:
         reason = _STATUS_REASONS.get(response.status_code, "http")
-        raise KubeAPIError(reason, f"GET {url}: HTTP {response.status_code}", status=response.status_code)
+        raise _failed(reason, f"GET {url}: HTTP {response.status_code}", status=response.status_code)
     try:
         data = response.json()
     except ValueError:
-        raise KubeAPIError("malformed", f"GET {url}: the body is not JSON", status=200) from None
+        raise _failed("malformed", f"GET {url}: the body is not JSON", status=200) from None
     if not isinstance(data, dict):
-        raise KubeAPIError("malformed", f"GET {url}: expected a JSON object", status=200)
+        raise _failed("malformed", f"GET {url}: expected a JSON object", status=200)
     return data
 
 
@@ -350,7 +305,7 @@ def request_json(path, kubeconfig, timeout=None):
     """
     GET ``path`` from the API server of ``kubeconfig`` and return the JSON object.
 
-    Raises :class:`KubeAPIError` (a ``CommandExecutionError``) on any failure.
+    Raises ``CommandExecutionError`` (``info["reason"]``, ``info["status"]``) on any failure.
     ``kcm.*`` calls this through ``__salt__``; from the CLI use :func:`get`.
 
     CLI Example:
@@ -368,7 +323,7 @@ def _default_kubeconfig():
     deployed = __salt__["kcm_config.deployed"]() if "kcm_config.deployed" in __salt__ else {}
     path = (deployed.get("files") or {}).get("kubeconfig")
     if not path:
-        raise KubeAPIError("kubeconfig", "no kubeconfig= given and no deployed kcm (run state.apply kcm first)")
+        raise _failed("kubeconfig", "no kubeconfig= given and no deployed kcm (run state.apply kcm first)")
     return path
 
 
@@ -401,12 +356,12 @@ def get(path, kubeconfig=None, timeout=None):
 
 def _probe_session(ca_cert):
     if not ca_cert:
-        raise KubeAPIError("tls", "no CA certificate given to verify the server with (ca_cert=)")
+        raise _failed("tls", "no CA certificate given to verify the server with (ca_cert=)")
     path = os.path.realpath(ca_cert)
     try:
         key = (path, os.stat(path).st_mtime_ns)
     except OSError as exc:
-        raise KubeAPIError("tls", f"cannot read CA certificate {ca_cert} ({exc.strerror})") from None
+        raise _failed("tls", f"cannot read CA certificate {ca_cert} ({exc.strerror})") from None
     with _CLIENTS_LOCK:
         session = _PROBES.get(key)
         if session is None:
@@ -416,7 +371,7 @@ def _probe_session(ca_cert):
             try:
                 context.load_verify_locations(cafile=path)
             except (ssl.SSLError, ValueError):
-                raise KubeAPIError("tls", f"{ca_cert} is not a PEM CA certificate") from None
+                raise _failed("tls", f"{ca_cert} is not a PEM CA certificate") from None
             session = requests.Session()
             session.trust_env = False
             session.mount("https://", _PinnedContextAdapter(context))
@@ -439,6 +394,6 @@ def probe(url, ca_cert, timeout=None):
         salt-call kcm_api.probe 'https://127.0.0.1:10257/healthz?verbose' ca_cert=/etc/k8s/ssl/ca.pem
     """
     if not str(url).startswith("https://"):
-        raise KubeAPIError("tls", f"url must be https://, got {url!r}")
+        raise _failed("tls", f"url must be https://, got {url!r}")
     response = _send(_probe_session(ca_cert), url, timeout)
     return {"status": response.status_code, "body": response.text}

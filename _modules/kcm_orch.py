@@ -30,6 +30,8 @@ the active one.
 import logging
 import shlex
 
+from salt.exceptions import CommandExecutionError
+
 log = logging.getLogger(__name__)
 
 __virtualname__ = "kcm_orch"
@@ -53,11 +55,13 @@ def __virtual__():
     return __virtualname__
 
 
-def _done(result):
-    """Set the call's exit code from ``result['result']`` and return ``result``."""
-    __context__.pop("retcode", None)
-    if not result.get("result"):
-        __context__["retcode"] = 1
+def _with_exit_code(result):
+    """
+    Return ``result`` with the call's exit code set from ``result['result']``: the one
+    decision of each function here, whatever the Salt functions it called (``state.*``,
+    ``cmd.run_all``, ``service.*``) left in ``__context__`` on the way.
+    """
+    __context__["retcode"] = 0 if result.get("result") else 1
     return result
 
 
@@ -80,7 +84,6 @@ def _control(action):
     manage, name, command = _service_settings()
     if manage:
         ok = bool(__salt__[f"service.{action}"](name))
-        __context__.pop("retcode", None)
         return {
             "result": ok,
             "how": "service",
@@ -113,7 +116,6 @@ def _control(action):
 def _run_control(command, action):
     argv = shlex.split(command) + [action]
     proc = __salt__["cmd.run_all"](argv, python_shell=False, timeout=CONTROL_TIMEOUT, ignore_retcode=True)
-    __context__.pop("retcode", None)
     ok = proc.get("retcode") == 0
     detail = (proc.get("stderr") or proc.get("stdout") or "").strip().splitlines()
     return {
@@ -135,7 +137,7 @@ def restart():
 
         salt 'master1' kcm_orch.restart
     """
-    return _done(_control("restart"))
+    return _with_exit_code(_control("restart"))
 
 
 def stop():
@@ -149,7 +151,7 @@ def stop():
 
         salt 'master1' kcm_orch.stop
     """
-    return _done(_control("stop"))
+    return _with_exit_code(_control("stop"))
 
 
 def start():
@@ -163,7 +165,7 @@ def start():
 
         salt 'master1' kcm_orch.start
     """
-    return _done(_control("start"))
+    return _with_exit_code(_control("start"))
 
 
 # ---------------------------------------------------------------------------------------
@@ -224,23 +226,21 @@ def preflight(pillar=None, saltenv=None):
     """
     kwargs = _state_kwargs(pillar, saltenv)
     ret = __salt__["state.sls_id"](ACCEPTED_ID, SLS, **kwargs)
-    __context__.pop("retcode", None)
     if not isinstance(ret, dict):
         # kcm.service leaves its check out when the config is invalid: the validation says why.
         checked = __salt__["state.sls_id"](VALIDATE_ID, SLS, **kwargs)
-        __context__.pop("retcode", None)
         why = _failures(checked) if isinstance(checked, dict) else []
         comment = "invalid pillar: " + "; ".join(why) if why else f"{SLS} does not render: " + "; ".join(_failures(ret))
-        return _done({"result": False, "comment": comment})
+        return _with_exit_code({"result": False, "comment": comment})
     failed = _failures(ret)
     if failed:
-        return _done({"result": False, "comment": "; ".join(failed)[:2000]})
+        return _with_exit_code({"result": False, "comment": "; ".join(failed)[:2000]})
     binary = _chunk(ret, ACCEPTED_ID).get("name")
-    version = __salt__["kcm.version"](binary=binary)
-    __context__.pop("retcode", None)
-    if not isinstance(version, str):
-        return _done({"result": False, "binary": binary, "comment": f"{binary} --version: {version}"})
-    return _done(
+    try:
+        version = __salt__["kcm.version"](binary=binary)
+    except CommandExecutionError as exc:
+        return _with_exit_code({"result": False, "binary": binary, "comment": f"{binary} --version: {exc}"})
+    return _with_exit_code(
         {
             "result": True,
             "version": version,
@@ -286,24 +286,23 @@ def apply(pillar=None, saltenv=None):  # pylint: disable=redefined-builtin
         salt 'master1' kcm_orch.apply pillar='{"kcm": {"version": "v1.37.3"}}'
     """
     ret = __salt__["state.apply"](SLS, **_state_kwargs(pillar, saltenv))
-    __context__.pop("retcode", None)
     failed = _failures(ret)
     if failed:
-        return _done({"result": False, "restarted": False, "how": None, "changed": [], "failed": failed,
+        return _with_exit_code({"result": False, "restarted": False, "how": None, "changed": [], "failed": failed,
                       "comment": f"state.apply {SLS} failed: " + "; ".join(failed)[:2000]})
     changed = _changed_ids(ret)
     manage, _, _ = _service_settings()
     if manage:
         restarted = SERVICE_ID in changed
         comment = "applied" + (" and restarted by service.running" if restarted else "")
-        return _done({"result": True, "restarted": restarted, "how": "service" if restarted else None,
+        return _with_exit_code({"result": True, "restarted": restarted, "how": "service" if restarted else None,
                       "changed": changed, "comment": comment})
     restart = _chunk(ret, RESTARTED_ID)
     if not restart.get("changes"):
-        return _done({"result": True, "restarted": False, "how": None, "changed": changed,
+        return _with_exit_code({"result": True, "restarted": False, "how": None, "changed": changed,
                       "comment": "applied; nothing the service watches changed"})
     if restart["changes"].get("restart") == "needed":
-        return _done({"result": False, "restarted": False, "how": None, "changed": changed,
+        return _with_exit_code({"result": False, "restarted": False, "how": None, "changed": changed,
                       "comment": f"applied; cannot restart KCM: {UNCONTROLLED}"})
-    return _done({"result": True, "restarted": True, "how": "control_cmd", "changed": changed,
+    return _with_exit_code({"result": True, "restarted": True, "how": "control_cmd", "changed": changed,
                   "comment": "applied; " + str(restart.get("comment"))})

@@ -78,14 +78,14 @@ def _progress(message):
             log.debug("kcm_orch: progress event failed", exc_info=True)
 
 
-def _finish(report):
+def _with_exit_code(report):
     """Set the exit code of ``salt-run`` and the result of ``salt.runner`` from ``report``."""
     report["retcode"] = 0 if report.get("result") else 1
     __context__["retcode"] = report["retcode"]
     return report
 
 
-class _Failed(Exception):
+class _StepFailed(Exception):
     """A step that failed; its message goes into the summary's comment."""
 
 
@@ -105,7 +105,7 @@ class _Cluster:
         ) or {}
         missing = sorted(set(minions) - set(out))
         if missing:
-            raise _Failed(f"{', '.join(missing)} did not answer {fun} within {timeout or self.call_timeout} s")
+            raise _StepFailed(f"{', '.join(missing)} did not answer {fun} within {timeout or self.call_timeout} s")
         return {m: out[m] for m in minions}
 
     def observe(self, minions=None):
@@ -127,9 +127,11 @@ def _observation(answer):
                 "transitions": None, "error": "no answer"}
     health = answer.get("kcm.health")
     record = answer.get("kcm.leader")
-    record = record if isinstance(record, dict) and "error" not in record else {}
-    errors = [f"{fun}: {ret.get('error')}" for fun, ret in answer.items()
-              if isinstance(ret, dict) and "error" in ret]
+    record = record if isinstance(record, dict) else {}
+    # kcm.* raise when they cannot answer; in a compound job Salt returns the traceback as
+    # text, whose last line is the exception's own "<reason>: <detail>".
+    errors = [f"{fun}: {ret.strip().splitlines()[-1].split(': ', 1)[-1]}" for fun, ret in answer.items()
+              if isinstance(ret, str) and ret.strip()]
     return {
         "healthy": isinstance(health, dict) and health.get("healthy") is True,
         "leader": answer.get("kcm.is_leader") is True,
@@ -196,7 +198,7 @@ def _wait(cluster, watch, condition, timeout, interval, what):
                 f"{m}: healthy={o['healthy']} leader={o['leader']}" + (f" ({o['error']})" if o["error"] else "")
                 for m, o in observations.items()
             )
-            raise _Failed(f"{what}: not reached within {timeout} s ({detail})")
+            raise _StepFailed(f"{what}: not reached within {timeout} s ({detail})")
         _sleep(interval)
 
 
@@ -207,7 +209,7 @@ def _wait(cluster, watch, condition, timeout, interval, what):
 def _targets(tgt, tgt_type):
     minions = _expected_minions(tgt, tgt_type)
     if not minions:
-        raise _Failed(f"tgt={tgt!r} (tgt_type={tgt_type}) matches no accepted minion")
+        raise _StepFailed(f"tgt={tgt!r} (tgt_type={tgt_type}) matches no accepted minion")
     return minions
 
 
@@ -215,7 +217,7 @@ def _state_kwarg(pillar, saltenv):
     kwarg = {}
     if pillar:
         if not isinstance(pillar, dict):
-            raise _Failed(f"pillar: expected a mapping such as {{'kcm': {{'version': 'v1.37.3'}}}}, got {pillar!r}")
+            raise _StepFailed(f"pillar: expected a mapping such as {{'kcm': {{'version': 'v1.37.3'}}}}, got {pillar!r}")
         kwarg["pillar"] = pillar
     if saltenv:
         kwarg["saltenv"] = saltenv
@@ -263,12 +265,12 @@ def preflight(tgt=DEFAULT_TGT, tgt_type="glob", pillar=None, saltenv=None, timeo
     try:
         cluster = _Cluster(_local_client(), _targets(tgt, tgt_type), timeout)
         masters, problems = _preflight(cluster, _state_kwarg(pillar, saltenv), timeout)
-    except _Failed as exc:
-        return _finish({"result": False, "comment": f"preflight: {exc}", "masters": {}})
+    except _StepFailed as exc:
+        return _with_exit_code({"result": False, "comment": f"preflight: {exc}", "masters": {}})
     if problems:
-        return _finish({"result": False, "masters": masters,
+        return _with_exit_code({"result": False, "masters": masters,
                         "comment": "preflight failed, nothing was restarted: " + "; ".join(problems)})
-    return _finish({"result": True, "masters": masters,
+    return _with_exit_code({"result": True, "masters": masters,
                     "comment": f"preflight passed on {len(masters)} masters"})
 
 
@@ -299,7 +301,7 @@ class _Rollout:
         ret = self.cluster.call([minion], "kcm_orch.apply", kwarg=self.kwarg, timeout=self.apply_timeout)[minion]
         if not (isinstance(ret, dict) and ret.get("result") is True):
             comment = ret.get("comment") if isinstance(ret, dict) else str(ret)
-            raise _Failed(f"{minion}: {comment}")
+            raise _StepFailed(f"{minion}: {comment}")
         return ret
 
     def step(self, minion, observations):
@@ -400,7 +402,7 @@ def upgrade(tgt=DEFAULT_TGT, tgt_type="glob", pillar=None, saltenv=None, timeout
         if preflight:
             masters, problems = _preflight(cluster, kwarg, apply_timeout)
             if problems:
-                raise _Failed("preflight failed, nothing was restarted: " + "; ".join(problems))
+                raise _StepFailed("preflight failed, nothing was restarted: " + "; ".join(problems))
         rollout = _Rollout(cluster, kwarg, timeout, interval, apply_timeout)
         before = rollout.versions()
         first = cluster.observe()
@@ -411,7 +413,7 @@ def upgrade(tgt=DEFAULT_TGT, tgt_type="glob", pillar=None, saltenv=None, timeout
             last = rollout.run()
             report["result"] = True
             report["comment"] = f"rolled over {len(cluster.minions)} masters, the leader last"
-        except _Failed as exc:
+        except _StepFailed as exc:
             last = cluster.observe()
             done = [s["minion"] for s in rollout.steps]
             untouched = sorted(set(cluster.minions) - set(done))
@@ -429,7 +431,7 @@ def upgrade(tgt=DEFAULT_TGT, tgt_type="glob", pillar=None, saltenv=None, timeout
             for m in cluster.minions
         }
         report["order"] = [s["minion"] for s in rollout.steps]
-    except _Failed as exc:
+    except _StepFailed as exc:
         report["comment"] = str(exc)
     report["seconds"] = round(_now() - begin, 1)
     if rollout is not None:
@@ -444,7 +446,7 @@ def upgrade(tgt=DEFAULT_TGT, tgt_type="glob", pillar=None, saltenv=None, timeout
             f"{report['longest_no_leader_seconds']} s, {report['seconds']} s in all",
         ]
     _progress(report["comment"])
-    return _finish(report)
+    return _with_exit_code(report)
 
 
 # ---------------------------------------------------------------------------------------
@@ -463,14 +465,14 @@ def _drill(cluster, count, min_remaining, timeout, interval):
     leader = _leader_minion(observations)
     old_holder = observations[leader]["holder"] if leader else None
     if not leader or not observations[leader]["live"]:
-        raise _Failed("refused: no live KCM leader among the targeted masters")
+        raise _StepFailed("refused: no live KCM leader among the targeted masters")
     healthy = sorted(m for m, o in observations.items() if o["healthy"])
     victims = _victims(observations, leader, count)
     remaining = len([m for m in healthy if m not in victims])
     if len(victims) < count:
-        raise _Failed(f"refused: count={count} but only {len(victims)} healthy masters can be stopped")
+        raise _StepFailed(f"refused: count={count} but only {len(victims)} healthy masters can be stopped")
     if remaining < min_remaining:
-        raise _Failed(
+        raise _StepFailed(
             f"refused: stopping {len(victims)} of {len(healthy)} healthy masters would leave {remaining};"
             f" the drill needs at least min_remaining={min_remaining} (pillar kcm_orch:min_remaining)"
         )
@@ -486,7 +488,7 @@ def _drill(cluster, count, min_remaining, timeout, interval):
         refused = [f"{m}: {r.get('comment') if isinstance(r, dict) else r}" for m, r in answers.items()
                    if not (isinstance(r, dict) and r.get("result"))]
         if refused:
-            raise _Failed("stop failed: " + "; ".join(refused))
+            raise _StepFailed("stop failed: " + "; ".join(refused))
         survivor_cluster = _Cluster(cluster.client, survivors, cluster.call_timeout)
         observations = _wait(
             survivor_cluster, watch,
@@ -503,7 +505,7 @@ def _drill(cluster, count, min_remaining, timeout, interval):
         answers = cluster.call(victims, "kcm_orch.start")
         failed = [m for m, r in answers.items() if not (isinstance(r, dict) and r.get("result"))]
         if failed:
-            raise _Failed(f"{', '.join(failed)} did not start again: {answers}")
+            raise _StepFailed(f"{', '.join(failed)} did not start again: {answers}")
     observations = _wait(cluster, watch, lambda obs: all(obs[m]["healthy"] for m in healthy),
                          timeout, interval, "every master healthy again after the drill")
     result["healthy_after"] = sorted(m for m, o in observations.items() if o["healthy"])
@@ -548,13 +550,13 @@ def drill(tgt=DEFAULT_TGT, tgt_type="glob", count=1, min_remaining=2, timeout=12
     try:
         count, min_remaining = int(count), int(min_remaining)
         if count < 1:
-            raise _Failed(f"count: expected a positive number of KCMs to stop, got {count}")
+            raise _StepFailed(f"count: expected a positive number of KCMs to stop, got {count}")
         cluster = _Cluster(_local_client(), _targets(tgt, tgt_type), POLL_TIMEOUT)
         report = _drill(cluster, count, min_remaining, timeout, interval)
         report.update(result=True, comment=(
             f"stopped {', '.join(report['stopped'])}; new leader {report['leader_after']} after "
             f"{report['failover_seconds']} s; all started again"))
-    except (_Failed, ValueError, TypeError) as exc:
+    except (_StepFailed, ValueError, TypeError) as exc:
         report = {"result": False, "comment": str(exc)}
     report["seconds"] = round(_now() - begin, 1)
     if report["result"]:
@@ -567,4 +569,4 @@ def drill(tgt=DEFAULT_TGT, tgt_type="glob", count=1, min_remaining=2, timeout=12
             f"{'healthy after':<24}{', '.join(report['healthy_after'])}",
         ]
     _progress(report["comment"])
-    return _finish(report)
+    return _with_exit_code(report)

@@ -23,6 +23,8 @@ import logging
 import os
 import time
 
+from salt.exceptions import CommandExecutionError
+
 log = logging.getLogger(__name__)
 
 __virtualname__ = "kcm"
@@ -34,23 +36,24 @@ def __virtual__():
     return __virtualname__
 
 
-def _call(fun, *args, **kwargs):
-    """Call ``kcm.<fun>``; its non-zero retcode is the state's result, not the run's."""
+def _read_leader(query):
+    """``kcm.leader``, or ``{"failed": <reason: detail>}`` when the lock cannot be read."""
     try:
-        return __salt__[f"kcm.{fun}"](*args, **kwargs)
-    finally:
-        __context__.pop("retcode", None)
+        return __salt__["kcm.leader"](**query)
+    except CommandExecutionError as exc:
+        return {"failed": str(exc)}
 
 
 def _live(record):
-    return isinstance(record, dict) and "error" not in record and record.get("holder") and not record.get("expired")
+    return isinstance(record, dict) and "failed" not in record and record.get("holder") and not record.get("expired")
 
 
-def _describe(record):
+def _leader_summary(record):
+    """One line on who holds the lock, for the state's comment."""
     if not isinstance(record, dict):
         return f"unexpected answer {record!r}"
-    if "error" in record:
-        return f"no answer ({record['error']}: {record.get('detail')})"
+    if "failed" in record:
+        return f"no answer ({record['failed']})"
     if not record.get("holder"):
         return "no leader (the lock is released or empty)"
     if record.get("expired"):
@@ -79,20 +82,20 @@ def leader_elected(name, timeout=60, interval=1, **kwargs):
     query = {k: v for k, v in kwargs.items() if not k.startswith("__") and k != "api_timeout"}
     if kwargs.get("api_timeout") is not None:
         query["timeout"] = kwargs["api_timeout"]
-    record = _call("leader", **query)
+    record = _read_leader(query)
     if __opts__.get("test"):
         ret["result"] = True if _live(record) else None
-        ret["comment"] = _describe(record) + ("" if _live(record) else f"; would wait up to {timeout} s")
+        ret["comment"] = _leader_summary(record) + ("" if _live(record) else f"; would wait up to {timeout} s")
         return ret
     deadline = time.monotonic() + float(timeout)
     while not _live(record) and time.monotonic() < deadline:
         time.sleep(max(0.05, min(float(interval), deadline - time.monotonic())))
-        record = _call("leader", **query)
+        record = _read_leader(query)
     if _live(record):
         ret["result"] = True
-        ret["comment"] = _describe(record)
+        ret["comment"] = _leader_summary(record)
     else:
-        ret["comment"] = f"no live KCM leader after {timeout} s: {_describe(record)}"
+        ret["comment"] = f"no live KCM leader after {timeout} s: {_leader_summary(record)}"
     return ret
 
 
@@ -117,12 +120,15 @@ def flags_accepted(name, config=None):
         else:
             ret["comment"] = f"{name} does not exist; cannot check the rendered flags"
         return ret
-    report = _call("preflight", binary=name, config=config)
-    if isinstance(report, dict) and report.get("ok"):
+    try:
+        report = __salt__["kcm.preflight"](binary=name, config=config)
+    except CommandExecutionError as exc:
+        ret["comment"] = f"cannot check {name}: {exc}"
+        return ret
+    # A refusal also sets the call's retcode; state.apply derives its own from the results.
+    if report.get("ok"):
         ret["result"] = True
         ret["comment"] = f"{name} ({report.get('version')}) accepts the rendered flags"
-    elif isinstance(report, dict) and "ok" in report:
-        ret["comment"] = f"{name} refuses the rendered flags: {report.get('error')}"
     else:
-        ret["comment"] = f"cannot check {name}: {report.get('error')}: {report.get('detail')}"
+        ret["comment"] = f"{name} refuses the rendered flags: {report.get('error')}"
     return ret

@@ -5,20 +5,17 @@ its own directory, is verified by running it, and only then replaces anything.
 
 import logging
 import os
-import re
 import shutil
-import subprocess
 import tarfile
 import tempfile
 import zlib
 
 import salt.utils.atomicfile
+from salt.exceptions import CommandExecutionError
 
 log = logging.getLogger(__name__)
 
 __virtualname__ = "kcm_install"
-
-VERSION_TIMEOUT = 30
 
 
 def __virtual__():
@@ -56,17 +53,6 @@ def _copy_out(source, member, dest_fh):
     raise FileNotFoundError(f"{member} is not in {source}")
 
 
-def _reported_version(binary):
-    """Return the version a KCM binary prints for ``--version`` (``v1.34.3``) or raise."""
-    proc = subprocess.run(
-        [binary, "--version"], capture_output=True, text=True, timeout=VERSION_TIMEOUT, check=False
-    )
-    match = re.search(r"Kubernetes (v\S+)", proc.stdout + proc.stderr)
-    if proc.returncode != 0 or not match:
-        raise RuntimeError(f"{binary} --version failed: {(proc.stderr or proc.stdout).strip()[:300]}")
-    return match.group(1)
-
-
 def binary_installed(name, source, version, member="", user="root", group="root"):
     """
     Install the KCM binary at ``name`` from a verified local download: the tarball member
@@ -100,13 +86,13 @@ def binary_installed(name, source, version, member="", user="root", group="root"
         with os.fdopen(fd, "wb") as out:
             _copy_out(source, member, out)
         os.chmod(tmp, 0o755)
-        got = _reported_version(tmp)
+        got = __salt__["kcm.version"](binary=tmp)
         if got != version:
             return _ret(name, False, f"the binary from {source} reports {got}, expected {version}; nothing replaced")
         __salt__["file.chown"](tmp, user, group)
         # Verified first, then renamed over: a running KCM keeps its old inode.
         salt.utils.atomicfile.atomic_rename(tmp, name)
-    except (OSError, RuntimeError, tarfile.TarError, subprocess.SubprocessError) as exc:
+    except (OSError, RuntimeError, CommandExecutionError, tarfile.TarError) as exc:
         return _ret(name, False, f"cannot install kube-controller-manager {version}: {exc}")
     except (EOFError, zlib.error) as exc:
         # A truncated or corrupt archive (its hash can match when the hash file was made

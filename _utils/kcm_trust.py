@@ -25,12 +25,18 @@ def __virtual__():
     return __virtualname__
 
 
+# The beacon each kind of report comes from: a kind under the other beacon's name is no report.
+_CERT_KINDS = ("cert_expiring", "cert_renewed")
+
+
 def reporter_of(tag):
-    """The minion a ``salt/beacon/<minion>/kcm_leader/<kind>`` tag names, or None."""
+    """The minion a ``salt/beacon/<minion>/kcm_leader/<kind>`` (or ``.../kcm_cert/cert_*``) tag
+    names, or None."""
     parts = str(tag or "").split("/")
-    if len(parts) == 5 and parts[:2] == ["salt", "beacon"] and parts[3] == "kcm_leader":
-        return parts[2]
-    return None
+    if len(parts) != 5 or parts[:2] != ["salt", "beacon"]:
+        return None
+    beacon = "kcm_cert" if parts[4] in _CERT_KINDS else "kcm_leader"
+    return parts[2] if parts[3] == beacon else None
 
 
 def kind_of(tag):

@@ -89,7 +89,7 @@ def test_a_burst_of_30_clusters_times_3_reports_is_exactly_30_alerts(
 
 def test_fleet_view_through_the_real_master_lists_a_minion_without_kcm(fleet_master, stand_in):
     # the stand-in has no KCM deployed: it answers, and is listed as not a KCM master
-    ret = fleet_master.salt_cli(timeout=120).run("saltutil.sync_modules", minion_tgt=STAND_IN)
+    ret = fleet_master.salt_cli(timeout=120).run("saltutil.sync_all", minion_tgt=STAND_IN)
     assert ret.returncode == 0, ret
     ret = fleet_master.salt_run_cli(timeout=60).run("kcm.status", f"tgt={STAND_IN}", "timeout=20")
     (row,) = ret.data["masters"]

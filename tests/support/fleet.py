@@ -4,8 +4,8 @@ salt-minion: it is not a real KCM.
 
 The events are made by the kcm_leader beacon's own pure `step()` from two Lease
 records (old holder, new holder), so their tail and data are exactly what a beacon
-fires on a failover (signed with the stand-in minion's key by the beacon's own code
-when the beacon signs); `id` is the stand-in minion's, as Salt's beacon framework adds it.
+fires on a failover (signed with the stand-in minion's key by the beacons' own code,
+kcm_beacon.sign); `id` is the stand-in minion's, as Salt's beacon framework adds it.
 They reach the master the way beacon events do: a `__beacons_return` event on the
 minion's local bus, which the running salt-minion forwards to the master as a
 `_minion_event` with an `events` list (salt/minion.py), where the kcm_alert engine (or
@@ -31,6 +31,8 @@ T0 = 1_800_000_000.0
 
 
 _BEACON = load("_beacons", "kcm_leader")
+# The beacons sign through this execution module (kcm_beacon.sign), with the minion's key.
+_SIGNER = load("_modules", "kcm_beacon")
 
 
 def new_cluster_id():
@@ -70,13 +72,10 @@ class BeaconStandIn:
         self.bus = salt.utils.event.get_event("minion", opts=self.opts, listen=False)
 
     def _signed(self, events):
-        # A beacon that signs its events (with this minion's key) signs these too.
-        sign = getattr(_BEACON, "_signed", None)
-        if sign is None:
-            return events
-        _BEACON.__opts__ = {"id": self.id, "pki_dir": self.opts.get("pki_dir", "")}
-        _BEACON.__context__ = self.context
-        return sign([dict(event) for event in events])
+        # Signed as the beacons sign theirs (kcm_beacon.sign, this minion's key).
+        _SIGNER.__opts__ = {"id": self.id, "pki_dir": self.opts.get("pki_dir", "")}
+        _SIGNER.__context__ = self.context
+        return _SIGNER.sign([dict(event) for event in events])
 
     def returns(self, events):
         """The beacon return for `events` as the minion sends it (signed when the beacon signs)."""

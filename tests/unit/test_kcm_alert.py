@@ -26,7 +26,7 @@ kcm_alert = load("_runners", "kcm_alert")
 # A second instance of the runner: a salt-master restarted over the same cachedir, or
 # the other master of a multi-master pair (over its own).
 kcm_alert_other = load("_runners", "kcm_alert")
-BEACON = load("_beacons", "kcm_leader")
+BEACON = load("_modules", "kcm_beacon")  # signs for both kcm beacons
 KEYS = {}
 
 
@@ -94,7 +94,8 @@ class Harness:
 
     def handle(self, reporter, kind, **data):
         data.setdefault("cluster", "prod")
-        return self.module.handle(f"salt/beacon/{reporter}/kcm_leader/{kind}", signed(reporter, kind, data, self.now))
+        beacon = "kcm_cert" if kind.startswith("cert_") else "kcm_leader"
+        return self.module.handle(f"salt/beacon/{reporter}/{beacon}/{kind}", signed(reporter, kind, data, self.now))
 
     def alerts(self):
         return [alert for _, payload in self.posts for alert in payload]
@@ -852,3 +853,13 @@ def test_the_schedule_intervals_are_validated_naming_the_key(kcm_config, master,
                                                                       "tgt_type": "grain"}}, **master)
     problems = kcm_config.master_problems(settings)
     assert any(p.startswith(message) for p in problems), problems
+
+
+@pytest.mark.parametrize("tag", ["salt/beacon/master-2/kcm_leader/cert_expiring",
+                                 "salt/beacon/master-2/kcm_cert/changed"])
+def test_a_report_under_the_other_beacons_name_is_refused(harness, tag):
+    kind = tag.rsplit("/", 1)[1]
+    data = dict(EXPIRING, cluster="prod") if kind.startswith("cert_") else {"cluster": "prod", "holder": "master-2"}
+    result = harness.module.handle(tag, signed("master-2", kind, data, harness.now))
+
+    assert not result.get("fired") and harness.alerts() == []

@@ -1,34 +1,29 @@
 """
 The kcm_leader beacon: its state machine (`step`), its validate() messages,
 and the state file that stops a refresh or restart from re-announcing.
+
+The beacon and ``kcm_beacon`` (the execution functions it calls) get their dunders from
+pytest-salt-factories' ``configure_loader_modules``.
 """
 
 import base64
 import datetime
-import importlib.util
 import json
-import pathlib
 
 import pytest
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+from kcmlab import formula
+from tests.unit.conftest import MINION_KEY
 
-
-def _load(name, path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-kcm_leader = _load("kcm_leader", ROOT / "_beacons" / "kcm_leader.py")
+kcm_leader = formula.load("_beacons", "kcm_leader")
+KCM_BEACON = formula.load("_modules", "kcm_beacon")
+UTILS = formula.utils()
 
 SETTINGS = {"debounce": 2, "stale_after": 3, "retry_period": 1.0, "lease_duration": 4.0, "cluster": "prod"}
 T0 = 1_800_000_000.0
-MINION_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
 def iso(epoch):
@@ -36,8 +31,9 @@ def iso(epoch):
 
 
 def lease(node, renewed, transitions=1, acquired=None, duration=4):
-    """A kcm.leader result as the execution module documents it."""
+    """A kcm.leader result as the execution module documents it, with the beacon's ``renewed_at``."""
     return {
+        "renewed_at": float(renewed),
         "holder": f"{node}_0c9d3f0e-8a51-4b8e-9b55-{node[-1] * 12}" if node else None,
         "node": node,
         "minion": node,
@@ -47,6 +43,24 @@ def lease(node, renewed, transitions=1, acquired=None, duration=4):
         "transitions": transitions,
         "expired": False,
         "source": "lease",
+    }
+
+
+@pytest.fixture
+def deployed(beacon_deployed):
+    return beacon_deployed
+
+
+@pytest.fixture
+def configure_loader_modules(beacon_opts, deployed):
+    salt = {"kcm_config.deployed": lambda: deployed}
+    salt.update({f"kcm_beacon.{name}": getattr(KCM_BEACON, name) for name in
+                 ("settings", "state_path", "read_state", "write_state", "sign", "epoch", "validate")})
+    opts = beacon_opts
+    context = {}
+    return {
+        kcm_leader: {"__salt__": salt, "__opts__": opts, "__context__": context, "__grains__": {"host": "master-2"}},
+        KCM_BEACON: {"__salt__": salt, "__opts__": opts, "__context__": context, "__utils__": UTILS},
     }
 
 
@@ -216,7 +230,8 @@ def test_a_released_lease_nobody_takes_is_no_leader_after_the_grace_and_debounce
 
 def test_unreachable_is_debounced_and_carries_a_short_reason():
     run = healthy_run(until=T0 + 3)
-    down = {"error": "unreachable", "detail": "GET https://127.0.0.1:6443/apis/...: Connection refused " + "x" * 500}
+    # what _observe makes of kcm.leader's CommandExecutionError: its one line "<reason>: <detail>"
+    down = {"error": "unreachable: GET https://127.0.0.1:6443/apis/...: Connection refused " + "x" * 500}
     assert run.poll(down, T0 + 4) == []
     events = run.poll(down, T0 + 5)
     assert tags(events) == ["unreachable"]
@@ -265,7 +280,7 @@ def test_state_survives_a_restart_through_the_state_file(tmp_path):
     path = str(tmp_path / "kcm" / "beacon-kcm_leader.json")
     run = healthy_run(until=T0 + 3)
     run.poll(lease("master-3", renewed=T0 + 8, transitions=2), T0 + 8)
-    kcm_leader.save_state(path, run.state)
+    KCM_BEACON.write_state(path, run.state)
 
     restarted = Run(state=kcm_leader.load_state(path))
     # same leader, healthy: nothing to say after the restart
@@ -279,7 +294,7 @@ def test_an_announced_condition_is_not_announced_again_after_a_restart(tmp_path)
     run = healthy_run(until=T0 + 3)
     run.poll({"error": "refused"}, T0 + 4)
     assert tags(run.poll({"error": "refused"}, T0 + 5)) == ["unreachable"]
-    kcm_leader.save_state(path, run.state)
+    KCM_BEACON.write_state(path, run.state)
     restarted = Run(state=kcm_leader.load_state(path))
     assert restarted.poll({"error": "refused"}, T0 + 9) == []
     assert restarted.poll({"error": "refused"}, T0 + 10) == []
@@ -287,35 +302,38 @@ def test_an_announced_condition_is_not_announced_again_after_a_restart(tmp_path)
 
 def test_state_file_write_is_atomic_and_unreadable_files_are_ignored(tmp_path):
     path = tmp_path / "kcm" / "beacon-x.json"
-    kcm_leader.save_state(str(path), kcm_leader.initial_state())
+    assert KCM_BEACON.write_state(str(path), kcm_leader.initial_state()) is True
     assert [p.name for p in path.parent.iterdir()] == ["beacon-x.json"]
+    assert oct(path.stat().st_mode & 0o777) == "0o600" and oct(path.parent.stat().st_mode & 0o777) == "0o700"
     path.write_text("{half a fi")
     assert kcm_leader.load_state(str(path)) is None
     assert kcm_leader.load_state(str(tmp_path / "missing.json")) is None
 
 
+def test_a_state_file_from_before_the_split_loads_without_its_certificates(tmp_path):
+    path = tmp_path / "beacon.json"
+    run = healthy_run(until=T0 + 3)
+    path.write_text(json.dumps(dict(run.state, version=1, certs={"checked_at": T0, "announced": {"cert": {}}})))
+    state = kcm_leader.load_state(str(path))
+    assert "certs" not in state and state["record"]["node"] == "master-1"
+
+
 @pytest.fixture
-def loaded(tmp_path):
-    """The beacon module with Salt's dunders, kcm.leader answering from a list."""
+def loaded(configure_loader_modules):
+    """The beacon with Salt's dunders, kcm.leader answering (or raising) from a list."""
     answers = []
-    deployed = {"cluster": "prod", "leader_election": {"retry_period": "1s", "lease_duration": "4s"}}
     calls = {"leader": 0}
 
     def leader(**kwargs):
         assert kwargs.get("map_minion") is False  # no mine round trip from the minion loop
         calls["leader"] += 1
-        return answers.pop(0)
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
 
-    module = _load("kcm_leader_io", ROOT / "_beacons" / "kcm_leader.py")
-    pki_dir = tmp_path / "pki"
-    pki_dir.mkdir()
-    (pki_dir / "minion.pem").write_bytes(MINION_KEY.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()))
-    module.__opts__ = {"id": "master-2", "cachedir": str(tmp_path), "pki_dir": str(pki_dir)}
-    module.__salt__ = {"kcm.leader": leader, "kcm_config.deployed": lambda: deployed}
-    module.__context__ = {}
-    module.__grains__ = {"host": "master-2"}
-    return module, answers, calls
+    kcm_leader.__salt__["kcm.leader"] = leader
+    return kcm_leader, answers, calls
 
 
 def test_beacon_events_are_signed_with_the_minions_key(loaded, monkeypatch):
@@ -331,10 +349,11 @@ def test_beacon_events_are_signed_with_the_minions_key(loaded, monkeypatch):
     kind, data = event["tag"], {k: v for k, v in event.items() if k != "tag"}
     assert data["id"] == "master-2"
     signature = base64.b64decode(data["sig"])
-    MINION_KEY.public_key().verify(signature, module.signed_message(kind, data), padding.PKCS1v15(), hashes.SHA256())
+    MINION_KEY.public_key().verify(signature, KCM_BEACON.signed_message(kind, data), padding.PKCS1v15(),
+                                   hashes.SHA256())
     forged = dict(data, new_holder="web-1_x")
     with pytest.raises(InvalidSignature):
-        MINION_KEY.public_key().verify(signature, module.signed_message(kind, forged), padding.PKCS1v15(),
+        MINION_KEY.public_key().verify(signature, KCM_BEACON.signed_message(kind, forged), padding.PKCS1v15(),
                                        hashes.SHA256())
 
 
@@ -415,7 +434,7 @@ def test_every_event_carries_the_cluster_id_also_while_the_apiserver_is_down(loa
     module.beacon(config)
     answers.append(lease("master-3", renewed=T0 + 1, transitions=2))
     changed = module.beacon(config)
-    answers.append({"error": "unreachable", "detail": "connection refused"})
+    answers.append(UTILS["kcm_error.failure"]("unreachable", "connection refused"))
     unreachable = module.beacon(config)
 
     assert [(e["tag"], e["cluster"], e["cluster_id"]) for e in changed + unreachable] == [
@@ -426,11 +445,53 @@ def test_every_event_carries_the_cluster_id_also_while_the_apiserver_is_down(loa
     assert asked == [{"timeout": 2}, {"timeout": 2}]
 
 
+def test_a_failing_leader_call_is_unreachable_with_its_one_line_reason(loaded, monkeypatch):
+    module, answers, _ = loaded
+    monkeypatch.setattr(module, "_now", lambda: T0)
+    answers.append(UTILS["kcm_error.failure"]("unreachable", "GET https://10.0.0.1:6443/apis/...: Connection refused"))
+    [event] = module.beacon([{"debounce": 1}, {"_beacon_name": "kcm_leader"}])
+    assert (event["tag"], event["reason"]) == ("unreachable", "unreachable: GET https://10.0.0.1:6443/apis/...: "
+                                                              "Connection refused")
+
+
+def test_a_key_left_out_of_the_config_comes_from_the_deployed_kcm_beacon(loaded, deployed, monkeypatch):
+    module, answers, _ = loaded
+    monkeypatch.setattr(module, "_now", lambda: T0)
+    deployed["beacon"]["debounce"] = 1
+    answers.append(UTILS["kcm_error.failure"]("unreachable", "connection refused"))
+    assert tags(module.beacon([{"_beacon_name": "kcm_leader"}])) == ["unreachable"]
+    deployed["beacon"]["debounce"] = 5  # the config wins over the deployed value
+    module.__context__.clear()
+    answers.append(UTILS["kcm_error.failure"]("unreachable", "connection refused"))
+    assert module.beacon([{"_beacon_name": "kcm_other"}, {"debounce": 1}]) != []
+
+
+def test_the_lease_timings_come_from_the_deployed_leader_election(loaded, deployed, monkeypatch):
+    module, answers, _ = loaded
+    deployed["leader_election"] = {"retry_period": "2s", "lease_duration": "1m"}
+    clock = iter([T0, T0 + 1, T0 + 6, T0 + 8])
+    monkeypatch.setattr(module, "_now", lambda: next(clock))
+    answers.extend([lease("master-1", renewed=T0)] + [lease("master-1", renewed=T0 + 1)] * 3)
+    config = [{"_beacon_name": "kcm_leader"}]
+    assert module.beacon(config) == [] and module.beacon(config) == []
+    # 5 s without a renewal: stale with a 1 s retry period, not yet with the deployed 2 s (3 x 2 s)
+    assert module.beacon(config) == []
+    assert tags(module.beacon(config)) == ["stale"]
+
+
 def test_beacon_is_quiet_where_kcm_is_not_deployed(loaded):
     module, _, calls = loaded
     module.__salt__["kcm_config.deployed"] = lambda: {}
     assert module.beacon([{"_beacon_name": "kcm_leader"}]) == []
     assert calls["leader"] == 0
+
+
+def test_beacon_is_quiet_and_says_why_when_the_deployed_timings_are_unusable(loaded, deployed, caplog):
+    module, _, calls = loaded
+    deployed["leader_election"] = {"retry_period": "soon"}
+    assert module.beacon([{"_beacon_name": "kcm_leader"}]) == []
+    assert calls["leader"] == 0
+    assert "leader_election.retry_period is not a duration" in caplog.text
 
 
 # --------------------------------------------------------------------------
@@ -480,208 +541,7 @@ def test_validate_never_raises_on_garbage():
     assert kcm_leader.validate([Weird(a=1)])[0] is False
 
 
-@pytest.mark.parametrize(
-    "text, seconds",
-    [("2s", 2.0), ("1m30s", 90.0), ("500ms", 0.5), ("15s", 15.0), (3, 3.0), ("bogus", 7.0), ("", 7.0)],
-)
-def test_parse_duration(text, seconds):
-    assert kcm_leader.parse_duration(text, 7.0) == seconds
-
-
-# --------------------------------------------------------------------------
-# certificate expiry: cert_step, cert_check_due, and the beacon's I/O
-# --------------------------------------------------------------------------
-
-CERTS = {"cert_thresholds": [30, 7], "minion": "master-2", "cluster": "prod"}
-
-
-def status(days, serial="5eed01", name="cert", **more):
-    """A kcm_pki.cert_status result with one certificate (plus `more` entries)."""
-    entry = {"source": "/etc/k8s/ssl/kube-controller-manager.pem", "subject": "system:kube-controller-manager",
-             "not_after": "2027-01-15T08:00:00Z", "days_left": days, "serial": serial}
-    return dict({name: entry}, **more)
-
-
-class CertRun:
-    """Feeds cert_status results through cert_step() one read at a time."""
-
-    def __init__(self, settings=None, state=None):
-        self.state = state
-        self.settings = dict(CERTS, **(settings or {}))
-
-    def read(self, result, now=T0):
-        self.state, events = kcm_leader.cert_step(self.state, result, now, self.settings)
-        return events
-
-
-def crossed(events):
-    return [(e["tag"], e["cert"], e.get("threshold")) for e in events]
-
-
-def test_each_threshold_is_announced_once_as_the_days_run_out():
-    run = CertRun()
-    assert run.read(status(45)) == []
-    events = run.read(status(29.5))
-    assert crossed(events) == [("cert_expiring", "cert", 30)]
-    assert {k: events[0][k] for k in ("subject", "serial", "not_after", "days_left", "minion", "cluster")} == {
-        "subject": "system:kube-controller-manager", "serial": "5eed01", "not_after": "2027-01-15T08:00:00Z",
-        "days_left": 29.5, "minion": "master-2", "cluster": "prod"}
-    assert events[0]["thresholds"] == [30, 7]
-    assert run.read(status(20)) == [] and run.read(status(7.0)) == []  # 7.0 is not below 7
-    assert crossed(run.read(status(6.9))) == [("cert_expiring", "cert", 7)]
-    assert run.read(status(1)) == [] and run.read(status(-2)) == []
-
-
-def test_a_cert_already_past_several_thresholds_is_one_event_for_the_smallest():
-    run = CertRun()
-    assert crossed(run.read(status(3))) == [("cert_expiring", "cert", 7)]
-    assert run.read(status(2.5)) == []  # 30 counts as announced with it
-
-
-def test_each_cert_is_judged_on_its_own():
-    run = CertRun()
-    both = status(29, **status(6, name="kubeconfig:client", serial="c11e47"))
-    assert sorted(crossed(run.read(both))) == [("cert_expiring", "cert", 30), ("cert_expiring", "kubeconfig:client", 7)]
-
-
-def test_announced_thresholds_survive_a_restart_through_the_state_file(tmp_path):
-    path = str(tmp_path / "beacon.json")
-    run = CertRun()
-    run.read(status(29))
-    kcm_leader.save_state(path, run.state)
-    restarted = CertRun(state=kcm_leader.load_state(path))
-    assert kcm_leader.cert_check_due(restarted.state, T0 + 1, 3600)  # re-read at once after a restart ...
-    assert restarted.read(status(28.9), T0 + 1) == []  # ... without announcing 30 again
-    assert crossed(restarted.read(status(6), T0 + 2)) == [("cert_expiring", "cert", 7)]
-
-
-def test_a_renewed_cert_starts_over_and_says_so():
-    run = CertRun()
-    run.read(status(29, serial="01d"))
-    events = run.read(status(365, serial="2e3"))
-    assert [(e["tag"], e["old_serial"], e["serial"]) for e in events] == [("cert_renewed", "01d", "2e3")]
-    assert crossed(run.read(status(29, serial="2e3"))) == [("cert_expiring", "cert", 30)]
-
-
-def test_a_new_serial_that_was_never_announced_is_not_news():
-    run = CertRun()
-    run.read(status(200, serial="01d"))
-    assert run.read(status(365, serial="2e3")) == []
-
-
-def test_an_unreadable_cert_keeps_what_was_announced_for_it():
-    run = CertRun()
-    run.read(status(29))
-    assert run.read({"cert": {"source": "/etc/k8s/ssl/kcm.pem", "error": "unreadable: OSError"}}) == []
-    assert run.read(None) == [] and run.read({"error": "kcm is not deployed here"}) == []
-    assert run.read(status(28)) == []
-
-
-def test_cert_check_due_honours_the_interval():
-    state = kcm_leader.initial_state()
-    assert kcm_leader.cert_check_due(state, T0, 3600)
-    state, _ = kcm_leader.cert_step(state, status(100), T0, CERTS)
-    assert not kcm_leader.cert_check_due(state, T0 + 3599, 3600)
-    assert kcm_leader.cert_check_due(state, T0 + 3600, 3600)
-    assert kcm_leader.cert_check_due(state, T0 - 60, 3600)  # the clock stepped back
-
-
-@pytest.fixture
-def pki_files(tmp_path):
-    """Real PEM files as the formula lays them down: a 20-day KCM cert, its key, a 300-day CA, a kubeconfig."""
-    import base64
-
-    import yaml
-
-    from tests.support import pki as testpki
-
-    ca_cert, ca_key = testpki.make_ca(days=300)
-    cert, key = testpki.issue(ca_cert, ca_key, days=20)
-    ssl = tmp_path / "ssl"
-    ssl.mkdir()
-    files = {"ca_cert": ssl / "ca.pem", "ca_key": ssl / "ca-key.pem", "cert": ssl / "kcm.pem",
-             "key": ssl / "kcm-key.pem", "kubeconfig": tmp_path / "kcm.kubeconfig"}
-    files["ca_cert"].write_text(testpki.cert_pem(ca_cert))
-    files["ca_key"].write_text(testpki.key_pem(ca_key))
-    files["cert"].write_text(testpki.cert_pem(cert))
-    files["key"].write_text(testpki.key_pem(key))
-    b64 = lambda text: base64.b64encode(text.encode()).decode()  # noqa: E731
-    files["kubeconfig"].write_text(yaml.safe_dump({
-        "clusters": [{"name": "k", "cluster": {"certificate-authority-data": b64(testpki.cert_pem(ca_cert))}}],
-        "users": [{"name": "u", "user": {"client-certificate-data": b64(testpki.cert_pem(cert)),
-                                         "client-key-data": b64(testpki.key_pem(key))}}],
-    }))
-    return {name: str(path) for name, path in files.items()}
-
-
-def test_beacon_reads_certs_once_per_interval_and_sends_no_pem(loaded, pki_files, monkeypatch):
-    module, answers, _ = loaded
-    kcm_pki = _load("kcm_pki_for_beacon", ROOT / "_modules" / "kcm_pki.py")
-    deployed = {"cluster": "prod", "files": pki_files}
-    reads = []
-
-    def cert_status():
-        reads.append(1)
-        return kcm_pki.cert_status(deployed)
-
-    module.__salt__["kcm_pki.cert_status"] = cert_status
-    now = {"t": T0}
-    monkeypatch.setattr(module, "_now", lambda: now["t"])
-    config = [{"_beacon_name": "kcm_leader"}, {"cert_thresholds": [30, 7]}, {"cert_check_interval": 10}]
-    all_events = []
-    for second in range(25):
-        now["t"] = T0 + second
-        answers.append(lease("master-1", renewed=now["t"]))
-        all_events += module.beacon(config)
-    assert len(reads) == 3  # at T0, T0+10, T0+20
-    expiring = [e for e in all_events if e["tag"] == "cert_expiring"]
-    assert sorted((e["cert"], e["threshold"]) for e in expiring) == [("cert", 30), ("kubeconfig:client", 30)]
-    assert all(e["minion"] == "master-2" and e["cluster"] == "prod" and 19.9 <= e["days_left"] <= 20 for e in expiring)
-    text = json.dumps(all_events)
-    assert "BEGIN" not in text and "PRIVATE KEY" not in text and "MII" not in text
-
-    # a refresh reloads the state file: it re-reads, and announces nothing again
-    module.__context__.clear()
-    answers.append(lease("master-1", renewed=T0 + 30))
-    now["t"] = T0 + 30
-    assert module.beacon(config) == [] and len(reads) == 4
-
-
-def test_beacon_without_thresholds_never_reads_certs(loaded, monkeypatch):
-    module, answers, _ = loaded
-    module.__salt__["kcm_pki.cert_status"] = lambda: pytest.fail("cert_status called with cert_thresholds: []")
-    monkeypatch.setattr(module, "_now", lambda: T0)
-    answers.append(lease("master-1", renewed=T0))
-    assert module.beacon([{"_beacon_name": "kcm_leader"}, {"cert_thresholds": []}]) == []
-
-
-def test_beacon_survives_a_raising_cert_status(loaded, monkeypatch):
-    module, answers, _ = loaded
-
-    def boom():
-        raise OSError("disk on fire")
-
-    module.__salt__["kcm_pki.cert_status"] = boom
-    monkeypatch.setattr(module, "_now", lambda: T0)
-    answers.append(lease("master-1", renewed=T0))
-    assert module.beacon([{"_beacon_name": "kcm_leader"}]) == []
-
-
-@pytest.mark.parametrize(
-    "config, message",
-    [
-        ([{"cert_thresholds": 30}], "cert_thresholds must be a list of days > 0, e.g. [30, 7]"),
-        ([{"cert_thresholds": [30, "7"]}], "cert_thresholds must be a list of days > 0"),
-        ([{"cert_thresholds": [0]}], "cert_thresholds must be a list of days > 0"),
-        ([{"cert_check_interval": 0}], "cert_check_interval must be a number of seconds > 0"),
-        ([{"cert_check_interval": "1h"}], "cert_check_interval must be a number of seconds > 0"),
-    ],
-)
-def test_validate_cert_keys(config, message):
-    valid, comment = kcm_leader.validate(config)
-    assert valid is False and message in comment
-
-
-def test_validate_accepts_cert_keys():
-    assert kcm_leader.validate([{"cert_thresholds": [30, 7]}, {"cert_check_interval": 3600}])[0] is True
-    assert kcm_leader.validate([{"cert_thresholds": []}, {"cert_check_interval": 0.5}])[0] is True
+def test_a_config_from_before_the_split_still_validates():
+    # minion.d/beacons.conf keeps the cert keys under kcm_leader until kcm.beacon is applied again
+    config = [{"interval": 2}, {"cert_thresholds": [30, 7]}, {"cert_check_interval": 3600}]
+    assert kcm_leader.validate(config) == (True, "Valid beacon configuration")

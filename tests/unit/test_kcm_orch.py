@@ -1,12 +1,16 @@
 """
 The kcm_orch runner against a simulated three-master cluster (a fake LocalClient with
 client-go's lease rules on a fake clock), and the kcm_orch execution module's restart seam
-and its reading of state returns.
+and its reading of state returns. Both get their dunders from pytest-salt-factories'
+``configure_loader_modules``.
 """
 
 import pytest
 
 from tests.unit.conftest import load
+
+RUNNER = load("_runners", "kcm_orch")
+MODULE = load("_modules", "kcm_orch")
 
 MASTERS = ("master-1", "master-2", "master-3")
 LEASE = 4.0
@@ -135,10 +139,14 @@ def cluster():
 
 
 @pytest.fixture
+def configure_loader_modules():
+    return {RUNNER: {"__opts__": {}, "__context__": {}},
+            MODULE: {"__context__": {}, "__pillar__": {}, "__salt__": {}}}
+
+
+@pytest.fixture
 def runner(cluster, monkeypatch):
-    module = load("_runners", "kcm_orch")
-    module.__opts__ = {}
-    module.__context__ = {}
+    module = RUNNER
     monkeypatch.setattr(module, "_local_client", lambda: cluster)
     monkeypatch.setattr(module, "_expected_minions", lambda tgt, tgt_type: list(MASTERS))
     monkeypatch.setattr(module, "_now", lambda: cluster.now)
@@ -303,10 +311,7 @@ class Recorder:
 
 @pytest.fixture
 def module():
-    mod = load("_modules", "kcm_orch")
-    mod.__context__ = {}
-    mod.__pillar__ = {}
-    return mod
+    return MODULE
 
 
 def setup(module, service, state_ret=None, run_all=None, sls_id=None):
@@ -318,7 +323,7 @@ def setup(module, service, state_ret=None, run_all=None, sls_id=None):
         value = (deployed.get(section) or {}).get(name) if name else deployed.get(section)
         return default if value in (None, "") else value
 
-    module.__salt__ = {
+    module.__salt__.update({
         "kcm_config.deployed": rec("kcm_config.deployed", deployed),
         "kcm_config.setting": setting,
         "service.restart": rec("service.restart", True),
@@ -329,7 +334,7 @@ def setup(module, service, state_ret=None, run_all=None, sls_id=None):
         "kcm.version": rec("kcm.version", lambda binary: "v1.37.3"),
         "kcm_release.run": rec("kcm_release.run", {"result": True, "released": True,
                                                    "comment": "kcm-release-lease: released Lease"}),
-    }
+    })
     return rec
 
 
@@ -522,3 +527,46 @@ def test_preflight_on_an_invalid_pillar_names_the_key_and_installs_nothing(modul
     assert result["result"] is False and "kcm:secure_port" in result["comment"]
     assert [c[1][0] for c in rec.calls if c[0] == "state.sls_id"] == ["kcm-service-unit-accepted",
                                                                       "kcm-config-validated"]
+
+
+def test_a_preflight_that_cannot_run_says_why_and_exits_non_zero(module):
+    rec = setup(module, {"manage": False}, sls_id=accepted())
+    failure = load("_utils", "kcm_error").failure("binary", f"{BINARY} does not exist")
+
+    def raising(**kwargs):
+        raise failure
+
+    module.__salt__["kcm.version"] = rec("kcm.version", raising)
+
+    result = module.preflight()
+
+    assert result["result"] is False
+    assert result["comment"] == f"{BINARY} --version: binary: {BINARY} does not exist"
+    assert module.__context__["retcode"] == 1
+
+
+def test_the_exit_code_is_the_result_whatever_the_salt_functions_left_behind(module):
+    rec = setup(module, {"manage": True, "name": "kube-controller-manager"})
+
+    def apply_that_sets_a_retcode(*args, **kwargs):
+        module.__context__["retcode"] = 2  # as state.apply's _set_retcode may
+        return state("kcm-config-validated")
+
+    module.__salt__["state.apply"] = rec("state.apply", apply_that_sets_a_retcode)
+
+    assert module.apply()["result"] is True
+    assert module.__context__["retcode"] == 0
+
+
+def test_a_master_whose_kcm_calls_raise_is_observed_with_their_reasons():
+    # In a compound job Salt returns a raising function's traceback as text.
+    trace = ("The minion function caused an exception: Traceback (most recent call last):\n  ...\n"
+             "salt.loaded.ext.utils.kcm_error.KcmCommandError: unreachable: GET https://10.0.0.1:6443/...: "
+             "Connection refused\n")
+    answer = {"kcm.health": {"healthy": True, "checks": {}}, "kcm.is_leader": trace, "kcm.leader": trace}
+
+    observed = RUNNER._observation(answer)
+
+    assert (observed["healthy"], observed["leader"], observed["live"]) == (True, False, False)
+    assert observed["error"] == ("kcm.is_leader: unreachable: GET https://10.0.0.1:6443/...: Connection refused, "
+                                 "kcm.leader: unreachable: GET https://10.0.0.1:6443/...: Connection refused")

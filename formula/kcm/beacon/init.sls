@@ -1,56 +1,64 @@
-{#- kcm.beacon: the kcm_leader beacon on this master, watching the KCM leader Lease.
+{#- kcm.beacon: the kcm_leader beacon on this master, watching the KCM leader Lease, and the
+    kcm_cert beacon, watching the expiry of its certificates.
 
     Where the beacon config lives, and why:
     Salt runs beacons from ONE place. When pillar defines `beacons:`, the beacons of the
     minion config (minion.d) are silently not run (salt/modules/config.py merge with
     omit_opts; see docs/salt-api-notes section 1). So:
     - no pillar `beacons:` (the usual case): `beacon.present` with `save: True` adds
-      kcm_leader to the running minion at once (no restart) and persists it in
+      each beacon to the running minion at once (no restart) and persists it in
       <conf_dir>/minion.d/beacons.conf, the file Salt's own beacons.save manages;
     - pillar `beacons:` present: the formula cannot write pillar, so this state checks
-      that pillar carries a kcm_leader entry and fails, printing the entry to add, when
+      that pillar carries both entries and fails, printing the entry to add, when
       it does not (adding it to minion.d would look fine and never run).
-    Settings: pillar `kcm:beacon` (enabled, interval, debounce, stale_after, timeout,
-    cert_thresholds, cert_check_interval);
-    defaults in defaults.yaml. interval is in seconds with the minion's default loop_interval: 1.
+    Settings: pillar `kcm:beacon` (enabled, interval; debounce, stale_after, timeout for
+    kcm_leader; cert_thresholds, cert_check_interval for kcm_cert); defaults in
+    defaults.yaml. interval is in seconds with the minion's default loop_interval: 1.
     Needs a running salt-minion (beacons live in its main loop), not salt-call --local. #}
 {%- from tpldir ~ "/map.jinja" import kcm with context %}
 {%- set beacon = kcm.beacon %}
-{%- set settings = [
-      {"interval": beacon.interval},
-      {"debounce": beacon.debounce},
-      {"stale_after": beacon.stale_after},
-      {"timeout": beacon.timeout},
-      {"cert_thresholds": beacon.cert_thresholds},
-      {"cert_check_interval": beacon.cert_check_interval},
-      {"disable_during_state_run": false},
-    ] %}
+{%- set beacons = {
+      "kcm_leader": [
+        {"interval": beacon.interval},
+        {"debounce": beacon.debounce},
+        {"stale_after": beacon.stale_after},
+        {"timeout": beacon.timeout},
+        {"disable_during_state_run": false},
+      ],
+      "kcm_cert": [
+        {"interval": beacon.interval},
+        {"cert_thresholds": beacon.cert_thresholds},
+        {"cert_check_interval": beacon.cert_check_interval},
+        {"disable_during_state_run": false},
+      ],
+    } %}
 {%- set pillar_beacons = salt["pillar.get"]("beacons", none) %}
 
 kcm-beacon-sync-beacons:
   saltutil.sync_beacons:
     - refresh: true
 
+{%- for name, settings in beacons | dictsort %}
 {%- if pillar_beacons is not none %}
 
-kcm-beacon-config-in-pillar:
-  {%- if "kcm_leader" in pillar_beacons %}
+kcm-beacon-config-in-pillar-{{ name }}:
+  {%- if name in pillar_beacons %}
   test.succeed_without_changes:
-    - comment: kcm_leader is configured by pillar `beacons:kcm_leader` (pillar beacons replace minion-config beacons)
+    - comment: {{ name }} is configured by pillar `beacons:{{ name }}` (pillar beacons replace minion-config beacons)
   {%- else %}
   test.fail_without_changes:
     - comment: >-
         pillar `beacons:` is set, so Salt ignores beacons from the minion config: add
-        `kcm_leader: {{ settings | json }}` under pillar `beacons:` instead
+        `{{ name }}: {{ settings | json }}` under pillar `beacons:` instead
   {%- endif %}
     - require:
       - saltutil: kcm-beacon-sync-beacons
 
 {%- elif beacon.enabled %}
 
-kcm-beacon-present:
+kcm-beacon-present-{{ name }}:
   beacon.present:
-    - name: kcm_leader
+    - name: {{ name }}
     - save: true
     {%- for item in settings %}
     {%- for key, value in item.items() %}
@@ -67,8 +75,9 @@ kcm-beacon-present:
 
 {%- else %}
 
-kcm-beacon-absent:
+kcm-beacon-absent-{{ name }}:
   beacon.absent:
-    - name: kcm_leader
+    - name: {{ name }}
     - save: true
 {%- endif %}
+{%- endfor %}

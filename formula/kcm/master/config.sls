@@ -4,7 +4,8 @@
       engines:  kcm_alert (batch_wait): salt/beacon/*/kcm_leader/* in batches -> the
                 kcm_alert runner's handle_batch (kcm:master:alert_engine, the default), or
       reactor:  salt/beacon/*/kcm_leader/*  ->  salt://reactor/kcm/leader.sls (one runner
-                job per event; alert_engine: false)
+                job per event; alert_engine: false), and always
+                salt/beacon/*/kcm_cert/*  ->  salt://reactor/kcm/cert.sls
       kcm_alert: receivers and labels for the kcm_alert runner (pillar kcm:master)
       schedule: kcm_alert.reconcile at start and every kcm:master:reconcile_interval s, and
                 kcm_alert.flush (the outbox) every kcm:master:flush_interval s, on both paths
@@ -42,7 +43,9 @@
                               "run_on_start": True, "maxrunning": 1},
       "kcm_alert_flush": {"function": "kcm_alert.flush", "seconds": master.flush_interval, "maxrunning": 1},
     } %}
-{%- set conf = {"reactor": [], "kcm_alert": alert, "schedule": schedule} %}
+{#- Certificate events (kcm_cert) are rare: the reactor takes them on either path. #}
+{%- set conf = {"reactor": [{"salt/beacon/*/kcm_cert/*": ["salt://reactor/kcm/cert.sls"]}], "kcm_alert": alert,
+              "schedule": schedule} %}
 {%- if master.alert_engine %}
 {%-   set engine = {"kcm_alert": {"batch_wait": master.batch_wait} } %}
 {%-   do conf.update({"engines": [engine]}) %}

@@ -42,7 +42,8 @@ def alert_cluster(k8s_bin, alertmanager, tmp_path_factory, request):
     workdir = tmp_path_factory.mktemp("lab-alerts")
     conf = kcm_master_config(workdir / "master-host", {"alertmanager_urls": [alertmanager.url], "allow_http": True,
                                                        "labels": {"env": "e2e"}, "alert_engine": False})
-    assert conf["reactor"] == [{"salt/beacon/*/kcm_leader/*": ["salt://reactor/kcm/leader.sls"]}], conf
+    assert conf["reactor"] == [{"salt/beacon/*/kcm_cert/*": ["salt://reactor/kcm/cert.sls"]},
+                               {"salt/beacon/*/kcm_leader/*": ["salt://reactor/kcm/leader.sls"]}], conf
     assert conf["kcm_alert"]["reporters"] == {"tgt": "role:k8s-master", "tgt_type": "grain"}, conf
     conf["kcm_alert"]["backoff"] = 0.2
     cluster = start_lab_cluster(k8s_bin, workdir, "alerts", suite="e2e-alerts", election=SHORT_ELECTION,

@@ -18,7 +18,7 @@ SETTLE = 6 * BEACON["interval"]
 
 
 def _cert_reports(cluster, since, cert="cert", threshold=THRESHOLD):
-    found = events(cluster, f"salt/beacon/{NODE}/kcm_leader/cert_expiring", since)
+    found = events(cluster, f"salt/beacon/{NODE}/kcm_cert/cert_expiring", since)
     return [e for e in found if e[2].get("cert") == cert and e[2].get("threshold") == threshold]
 
 
@@ -33,7 +33,7 @@ def _with_cert_thresholds(cluster, thresholds, interval=1):
     cluster.change_pillar([NODE], beacon={"cert_thresholds": thresholds, "cert_check_interval": interval})
     cluster.apply("kcm.beacon", target=[NODE])
     listed = cluster.salt("beacons.list", target=[NODE], return_yaml=False)[NODE]
-    settings = {k: v for item in listed["kcm_leader"] for k, v in item.items()}
+    settings = {k: v for item in listed["kcm_cert"] for k, v in item.items()}
     assert settings["cert_thresholds"] == thresholds and settings["cert_check_interval"] == interval, listed
 
 
@@ -92,7 +92,7 @@ def test_a_certificate_below_a_threshold_gives_one_alert_also_across_a_restart(a
         wait_until(lambda: _cert_reports(cluster, restarted, threshold=300) or None, WAIT,
                    f"cert_expiring for 'cert' below 300 days from the restarted {NODE}")
         time.sleep(SETTLE)
-        again = events(cluster, f"salt/beacon/{NODE}/kcm_leader/cert_*", restarted)
+        again = events(cluster, f"salt/beacon/{NODE}/kcm_cert/cert_*", restarted)
         assert sorted(e[2]["threshold"] for e in again if e[2]["cert"] == "cert") == [300], again
         assert len(_cert_reports(cluster, since)) == 1
         assert len(_cert_alerts_sent(cluster, since)) == 1

@@ -1,0 +1,257 @@
+"""
+What the formula's beacons (``kcm_leader``, ``kcm_cert``) need from the minion, as execution
+functions because Salt's loader gives beacons ``__salt__`` but no ``__utils__``: their
+settings from the deployed facts (durations parsed by ``kcm_time``), their state files
+(written atomically by ``kcm_state_file``), and the signature on their events.
+
+The signature: the master fires batched beacon events with the data the minion sent, so any
+minion could send one naming another; each event is signed with this minion's Salt key
+(``pki_dir/minion.pem``), and the ``kcm_alert`` runner checks it against the accepted key of
+the minion the tag names, which tells a real report from a forged one.
+"""
+
+import base64
+import json
+import logging
+import os
+import time
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "kcm_beacon"
+
+STATE_VERSION = 1
+
+# Keys Salt's beacon framework itself understands; validate() sees them too.
+FRAMEWORK_KEYS = ("interval", "disable_during_state_run", "beacon_module", "run_once", "enabled")
+OWN_KEYS = {
+    "kcm_leader": ("debounce", "stale_after", "state_file", "timeout"),
+    "kcm_cert": ("cert_thresholds", "cert_check_interval", "state_file"),
+}
+# Keys another kcm beacon reads, accepted (and ignored) so a config from before the split validates.
+FORMER_KEYS = {"kcm_leader": ("cert_thresholds", "cert_check_interval")}
+EXAMPLES = {"kcm_leader": "[{interval: 2}, {debounce: 2}, {stale_after: 3}]",
+            "kcm_cert": "[{interval: 10}, {cert_thresholds: [30, 7]}, {cert_check_interval: 3600}]"}
+
+
+def _number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# key -> (accepts(value), what is expected)
+RULES = {
+    "interval": (lambda v: _number(v) and v > 0, "a number of seconds > 0"),
+    "debounce": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+                 "an integer >= 1 (polls in a row)"),
+    "stale_after": (lambda v: _number(v) and v > 0, "a number of retry periods > 0"),
+    "timeout": (lambda v: _number(v) and 0 < v <= 10, "seconds in (0, 10] (the poll blocks the minion loop)"),
+    "cert_thresholds": (lambda v: isinstance(v, list) and all(_number(days) and days > 0 for days in v),
+                        "a list of days > 0, e.g. [30, 7] ([] = no checks)"),
+    "cert_check_interval": (lambda v: _number(v) and v > 0,
+                            "a number of seconds > 0 (how often certificates are read)"),
+    "state_file": (lambda v: isinstance(v, str) and os.path.isabs(v), "an absolute path"),
+}
+for _flag in ("disable_during_state_run", "run_once", "enabled"):
+    RULES[_flag] = (lambda v: isinstance(v, bool), "true or false")
+
+
+def __virtual__():
+    return __virtualname__
+
+
+def _problem(beacon, config):
+    if not isinstance(config, list) or not all(isinstance(item, dict) for item in config):
+        return f"{beacon}: configuration must be a list of one-key dicts, e.g. {EXAMPLES[beacon]}"
+    known = FRAMEWORK_KEYS + OWN_KEYS[beacon]
+    for item in config:
+        for key, value in item.items():
+            if key.startswith("_") or key in FORMER_KEYS.get(beacon, ()):
+                continue
+            if key not in known:
+                return f"{beacon}: unknown key {key!r}; known keys: {', '.join(known)}"
+            accepts, expected = RULES.get(key, (lambda v: True, ""))
+            if not accepts(value):
+                return f"{beacon}: {key} must be {expected}, got {value!r}"
+    return None
+
+
+def validate(beacon, config):
+    """
+    Check the configuration of the kcm beacon ``beacon`` (``kcm_leader`` or ``kcm_cert``);
+    never raises. Returns ``(True, "Valid beacon configuration")`` or ``(False, message)``
+    where the message names the key and the expected form.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'master*' kcm_beacon.validate kcm_leader '[{"debounce": 0}]'
+    """
+    try:
+        problem = _problem(beacon, config)
+    except Exception as exc:  # pylint: disable=broad-except
+        # A raising validate() drops every beacon's events for the cycle.
+        problem = f"{beacon}: configuration could not be checked: {exc}"
+    return (False, problem) if problem else (True, "Valid beacon configuration")
+
+
+# The keys each beacon cannot run without (all in defaults.yaml, so in the deployed facts).
+NEEDS = {"kcm_leader": ("debounce", "stale_after"), "kcm_cert": ("cert_thresholds", "cert_check_interval")}
+
+
+def settings(beacon, config=None):
+    """
+    Return the settings of the kcm beacon ``beacon`` (``kcm_leader`` or ``kcm_cert``): its
+    ``config`` (a dict) over the deployed ``kcm:beacon`` (pillar merged with
+    ``defaults.yaml``, so no beacon keeps its own copy of a default), plus ``cluster``,
+    ``identity``, ``minion`` and the leader election's ``retry_period`` and
+    ``lease_duration`` in seconds. ``{}`` where there is nothing to watch: KCM not deployed
+    here, or deployed facts it cannot use (logged, with what to do). Never raises: the
+    beacons call it in the minion's main loop.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'master*' kcm_beacon.settings kcm_leader
+        salt 'master*' kcm_beacon.settings kcm_cert '{"cert_thresholds": [60]}'
+    """
+    deployed = __salt__["kcm_config.deployed"]() or {}
+    if not deployed:
+        log.debug("%s: KCM not deployed here (no deployed facts); nothing to watch", beacon)
+        return {}
+    election = deployed.get("leader_election") or {}
+    out = dict(deployed.get("beacon") or {}, **(config or {}))
+    out.update(cluster=deployed.get("cluster"), identity=deployed.get("identity") or None, minion=__opts__.get("id"))
+    try:
+        for key in ("retry_period", "lease_duration"):
+            out[key] = __utils__["kcm_time.parse_duration"](election.get(key))  # noqa: F821
+    except ValueError as exc:
+        log.warning("%s: the deployed leader_election.%s is not a duration (%s); run state.apply kcm", beacon, key, exc)
+        return {}
+    missing = [key for key in NEEDS.get(beacon, ()) if key not in out]
+    if missing:
+        log.warning("%s: the deployed kcm:beacon has no %s; run state.apply kcm", beacon, ", ".join(missing))
+        return {}
+    return out
+
+
+def state_path(name):
+    """
+    Return the default state file of the beacon configured as ``name``:
+    ``<cachedir>/kcm/beacon-<name>.json``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'master*' kcm_beacon.state_path kcm_leader
+    """
+    return os.path.join(__opts__["cachedir"], "kcm", f"beacon-{name}.json")
+
+
+def read_state(path):
+    """
+    Return the beacon state saved at ``path``, or None when there is none, it is unreadable
+    or it was written by another state version.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'master*' kcm_beacon.read_state /var/cache/salt/minion/kcm/beacon-kcm_leader.json
+    """
+    state = __utils__["kcm_state_file.read_json"](path)  # noqa: F821
+    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+        return None
+    return state
+
+
+def write_state(path, state):
+    """
+    Replace the beacon state at ``path`` atomically (0600, the directory 0700), so a crash
+    never leaves half a file or a temporary file beside it. Returns True, or False (logged)
+    when it cannot be written: a lost file only risks one repeated announcement.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'master*' kcm_beacon.write_state /tmp/beacon.json '{"version": 1}'
+    """
+    try:
+        __utils__["kcm_state_file.write_json"](path, dict(state, version=STATE_VERSION))  # noqa: F821
+    except OSError as exc:
+        log.warning("kcm beacon: could not write state file %s: %s", path, exc)
+        return False
+    return True
+
+
+def signed_message(kind, data):
+    """
+    Return the bytes an event signature covers: the kind (the tag's last part) and every
+    field but ``sig`` and the bus's own ``_``-prefixed ones, as canonical JSON. The
+    kcm_alert runner rebuilds the same bytes to verify.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call kcm_beacon.signed_message changed '{"id": "master-1"}'
+    """
+    fields = {k: v for k, v in data.items() if k != "sig" and not str(k).startswith("_")}
+    return json.dumps({"kind": kind, "data": fields}, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _signing_key():
+    from cryptography.hazmat.primitives import serialization
+
+    with open(os.path.join(__opts__.get("pki_dir", ""), "minion.pem"), "rb") as fh:
+        return serialization.load_pem_private_key(fh.read(), password=None)
+
+
+def sign(events):
+    """
+    Return ``events`` (dicts with a ``tag`` tail) each with this minion's ``id``, ``signed_at``
+    (wall clock, which the runner compares with its own) and ``sig``. Without a readable
+    key the events go unsigned (logged), so the runner refuses them rather than the beacon
+    losing them.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call kcm_beacon.sign '[{"tag": "changed", "cluster": "prod"}]'
+    """
+    if not events:
+        return events
+    try:
+        key = __context__.get("kcm_beacon.signing_key") or _signing_key()
+        __context__["kcm_beacon.signing_key"] = key
+    except (OSError, ValueError) as exc:
+        log.warning("kcm beacon: cannot read this minion's key to sign events (%s); sending them unsigned", exc)
+        return events
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    out = []
+    for event in events:
+        event = dict(event, id=__opts__["id"], signed_at=round(time.time(), 3))
+        kind = event.pop("tag")
+        signature = key.sign(signed_message(kind, event), padding.PKCS1v15(), hashes.SHA256())
+        out.append(dict(event, tag=kind, sig=base64.b64encode(signature).decode()))
+    return out
+
+
+def epoch(value):
+    """
+    Return the epoch seconds of an RFC 3339 time (a Lease's ``renewTime``), or None when
+    ``value`` is not one (``kcm_time.epoch``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call kcm_beacon.epoch 2026-11-26T18:40:00.000000Z
+    """
+    return __utils__["kcm_time.epoch"](value)  # noqa: F821

@@ -1,0 +1,75 @@
+"""kcm_pki: days left on the certificates the formula manages, the kubeconfig's copies read
+from its current context (the one kubectl and the API client use), and its errors."""
+
+import base64
+
+import pytest
+import yaml
+from salt.exceptions import CommandExecutionError
+
+from kcmlab import formula
+from tests.support import pki as testpki
+
+KCM_PKI = formula.load("_modules", "kcm_pki")
+
+
+def b64(text):
+    return base64.b64encode(text.encode()).decode()
+
+
+@pytest.fixture
+def deployed():
+    return {}
+
+
+@pytest.fixture
+def configure_loader_modules(deployed):
+    return {KCM_PKI: {"__salt__": {"kcm_config.deployed": lambda: deployed}, "__utils__": formula.utils()}}
+
+
+@pytest.fixture
+def kubeconfig(tmp_path, deployed):
+    """Two users and two clusters; the current context names the second of each."""
+    ca_cert, ca_key = testpki.make_ca(days=300)
+    old, _ = testpki.issue(ca_cert, ca_key, days=3)
+    current, _ = testpki.issue(ca_cert, ca_key, days=20)
+    path = tmp_path / "kcm.kubeconfig"
+    path.write_text(yaml.safe_dump({
+        "clusters": [{"name": "old", "cluster": {"certificate-authority-data": b64(testpki.cert_pem(old))}},
+                     {"name": "k", "cluster": {"certificate-authority-data": b64(testpki.cert_pem(ca_cert))}}],
+        "users": [{"name": "old", "user": {"client-certificate-data": b64(testpki.cert_pem(old))}},
+                  {"name": "u", "user": {"client-certificate-data": b64(testpki.cert_pem(current))}}],
+        "contexts": [{"name": "old", "context": {"cluster": "old", "user": "old"}},
+                     {"name": "c", "context": {"cluster": "k", "user": "u"}}],
+        "current-context": "c",
+    }))
+    deployed["files"] = {"kubeconfig": str(path)}
+    return path
+
+
+def test_the_kubeconfig_copies_are_those_of_its_current_context(kubeconfig):
+    status = KCM_PKI.cert_status()
+    assert 19.9 <= status["kubeconfig:client"]["days_left"] <= 20
+    assert 299.9 <= status["kubeconfig:ca"]["days_left"] <= 300
+
+
+def test_an_unreadable_kubeconfig_is_reported_inside_the_answer(kubeconfig):
+    kubeconfig.write_text("current-context: nowhere\ncontexts: []\n")
+    assert KCM_PKI.cert_status()["kubeconfig:client"]["error"] == "unreadable: ValueError"
+
+
+def test_not_deployed_raises_with_its_reason():
+    with pytest.raises(CommandExecutionError) as excinfo:
+        KCM_PKI.cert_status()
+    assert excinfo.value.info["reason"] == "not_deployed"
+    assert str(excinfo.value) == "not_deployed: kcm is not deployed on this minion (run state.apply kcm first)"
+
+
+def test_certificate_days_left_and_its_errors(tmp_path):
+    ca_cert, ca_key = testpki.make_ca(days=10)
+    path = tmp_path / "ca.pem"
+    path.write_text(testpki.cert_pem(ca_cert))
+    assert 9.9 <= KCM_PKI.certificate(str(path))["days_left"] <= 10
+    path.write_text("not a certificate")
+    with pytest.raises(CommandExecutionError, match=f"cert: {path} is not a PEM certificate"):
+        KCM_PKI.certificate(str(path))
