@@ -6,7 +6,7 @@ and its reading of state returns.
 
 import pytest
 
-from tests.unit.conftest import load
+from tests.unit.conftest import load, utils
 
 MASTERS = ("master-1", "master-2", "master-3")
 LEASE = 4.0
@@ -138,6 +138,7 @@ def cluster():
 def runner(cluster, monkeypatch):
     module = load("_runners", "kcm_orch")
     module.__opts__ = {}
+    module.__utils__ = utils()
     module.__context__ = {}
     monkeypatch.setattr(module, "_local_client", lambda: cluster)
     monkeypatch.setattr(module, "_expected_minions", lambda tgt, tgt_type: list(MASTERS))
