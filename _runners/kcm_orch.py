@@ -29,9 +29,8 @@ masters already changed apply with no changes and are not restarted.
 The next master is chosen at each step: a master that is not the current leader, in
 name order, and the current leader only when no other master is left.
 
-What the masters say is read by ``_utils/kcm_orch_poll.py``, the summary tables are made by
-``_utils/kcm_orch_report.py``: the master needs the formula's utils synced as well as its
-runners (``salt-run saltutil.sync_all``, which both orchestrations run first).
+The masters are read by ``_utils/kcm_orch_poll.py``, the summaries made by ``kcm_orch_report.py``
+there: the master needs the formula's utils synced with its runners (``saltutil.sync_all``).
 """
 
 import logging
@@ -93,12 +92,18 @@ def _masters(minions, call_timeout=None, client=None):
     return __utils__["kcm_orch_poll.masters"](client or _local_client(), minions, call_timeout)
 
 
-def _watch():
-    return __utils__["kcm_orch_poll.watch"](_now)
-
-
 def _wait(masters, watch, condition, timeout, interval, what):
-    return __utils__["kcm_orch_poll.wait"](masters, watch, condition, timeout, interval, what, _sleep)
+    """Poll every master until ``condition(observations)`` holds; return the observations. The
+    loop is here, not in _utils, because Salt runs a util without ``__utils__`` for ``condition``."""
+    deadline = _now() + float(timeout)
+    while True:
+        observations = masters.observe()
+        watch.record(observations)
+        if condition(observations):
+            return observations
+        if _now() >= deadline:
+            raise __utils__["kcm_orch_poll.not_reached"](what, timeout, observations)
+        _sleep(interval)
 
 
 def _live_holder(observations, exclude=None):
@@ -107,10 +112,6 @@ def _live_holder(observations, exclude=None):
 
 def _leader_minion(observations):
     return __utils__["kcm_orch_poll.leader_minion"](observations)
-
-
-def _transitions(observations):
-    return __utils__["kcm_orch_poll.transitions"](observations)
 
 
 # ---------------------------------------------------------------------------------------
@@ -197,7 +198,7 @@ class _Rollout:
         self.timeout = timeout
         self.interval = interval
         self.apply_timeout = apply_timeout
-        self.watch = _watch()
+        self.watch = __utils__["kcm_orch_poll.watch"](_now)
         self.steps = []
 
     def versions(self):
@@ -308,7 +309,7 @@ def upgrade(tgt=DEFAULT_TGT, tgt_type="glob", pillar=None, saltenv=None, timeout
         first = cluster.observe()
         rollout.watch.record(first)
         report["leader_before"] = _leader_minion(first)
-        start_transitions = _transitions(first)
+        start_transitions = __utils__["kcm_orch_poll.transitions"](first)
         try:
             last = rollout.run()
             report["result"] = True
@@ -321,7 +322,7 @@ def upgrade(tgt=DEFAULT_TGT, tgt_type="glob", pillar=None, saltenv=None, timeout
                                  f"not touched: {', '.join(untouched) or 'none'}. Re-run to resume.")
         after = rollout.versions()
         report["leader_after"] = _leader_minion(last)
-        end_transitions = _transitions(last)
+        end_transitions = __utils__["kcm_orch_poll.transitions"](last)
         if start_transitions is not None and end_transitions is not None:
             report["leader_changes"] = end_transitions - start_transitions
         steps = {s["minion"]: s for s in rollout.steps}
@@ -350,7 +351,7 @@ def upgrade(tgt=DEFAULT_TGT, tgt_type="glob", pillar=None, saltenv=None, timeout
 
 
 def _drill(cluster, count, min_remaining, timeout, interval):
-    watch = _watch()
+    watch = __utils__["kcm_orch_poll.watch"](_now)
     observations = cluster.observe()
     watch.record(observations)
     leader, victims, healthy = __utils__["kcm_orch_poll.drill_victims"](observations, count, min_remaining)
@@ -376,7 +377,7 @@ def _drill(cluster, count, min_remaining, timeout, interval):
         )
         result["failover_seconds"] = round(_now() - stopped_at, 2)
         result["leader_after"] = _leader_minion(observations)
-        end = _transitions(observations)
+        end = __utils__["kcm_orch_poll.transitions"](observations)
         result["leader_changes"] = None if end is None or start_transitions is None else end - start_transitions
         _progress(f"new leader {result['leader_after']} after {result['failover_seconds']} s")
     finally:

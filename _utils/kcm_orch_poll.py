@@ -5,7 +5,9 @@ as ``{minion: {healthy, leader, holder, live, transitions, error}}``, and a watc
 poll of a run (the leaders seen, the longest stretch with no live leader).
 
 Called from the runner as ``__utils__["kcm_orch_poll.masters"](client, minions, timeout)``.
-The clock (``now``, ``sleep``) comes from the caller, so the runner's tests can drive it.
+The watch's clock comes from the caller, so the runner's tests can drive it. The runner keeps
+the polling loop: Salt runs a util's code without ``__utils__``, so no callback of the runner
+may run inside one.
 A step that does not come about raises :class:`StepFailed`, a ``CommandExecutionError``.
 """
 
@@ -135,22 +137,13 @@ def watch(now):
     return _Watch(now)
 
 
-def wait(masters_, watch_, condition, timeout, interval, what, sleep):
-    """Poll every master until ``condition(observations)`` holds and return the observations;
-    raise :class:`StepFailed` naming ``what`` and each master's state after ``timeout``."""
-    deadline = watch_.now() + float(timeout)
-    while True:
-        observations = masters_.observe()
-        watch_.record(observations)
-        if condition(observations):
-            return observations
-        if watch_.now() >= deadline:
-            detail = "; ".join(
-                f"{m}: healthy={o['healthy']} leader={o['leader']}" + (f" ({o['error']})" if o["error"] else "")
-                for m, o in observations.items()
-            )
-            raise StepFailed(f"{what}: not reached within {timeout} s ({detail})")
-        sleep(interval)
+def not_reached(what, timeout, observations):
+    """The :class:`StepFailed` for a wait that timed out: ``what`` and each master's state."""
+    detail = "; ".join(
+        f"{m}: healthy={o['healthy']} leader={o['leader']}" + (f" ({o['error']})" if o["error"] else "")
+        for m, o in observations.items()
+    )
+    return StepFailed(f"{what}: not reached within {timeout} s ({detail})")
 
 
 def drill_victims(observations, count, min_remaining):
