@@ -1,7 +1,7 @@
 import pytest
 
 from kcmlab import formula
-from kcmlab.controlplane import CertificateAuthority
+from kcmlab.pki import CertificateAuthority
 
 REPO = formula.REPO
 load = formula.load

@@ -4,7 +4,6 @@ on disk of the key material.  Also ``kcm.leader``/``kcm.health`` wired to the re
 
 import base64
 import http.server
-import importlib.util
 import json
 import os
 import socket
@@ -19,20 +18,43 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
-from kcmlab.controlplane import CertificateAuthority  # noqa: E402
-from tests.support.tls import server_context  # noqa: E402
+from kcmlab.formula import load, utils  # noqa: E402
+from kcmlab.pki import CertificateAuthority, server_context  # noqa: E402
 
 LEASE_PATH = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/kube-controller-manager"
 KCM_CN = "system:kube-controller-manager"
 TOKEN = "s3cr3t-bearer-token-value"
 
 
-def load(kind, name):
-    """Import a custom Salt module from the repo as a plain module (dunders set by the test)."""
-    spec = importlib.util.spec_from_file_location(f"kcmtest_api_{name}", REPO / kind / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+KCM_API = load("_modules", "kcm_api")
+KCM = load("_modules", "kcm")
+
+
+@pytest.fixture
+def configure_loader_modules(tmp_path):
+    """kcm wired to the real kcm_api, as the loader wires them, with deployed facts that point
+    at the ``kubeconfig`` fixture's file and the CA the ``kcm`` fixture writes."""
+    deployed = {
+        "identity": "",
+        "secure_port": None,
+        "bind_address": "0.0.0.0",
+        "files": {"kubeconfig": str(tmp_path / "kcm.kubeconfig"), "ca_cert": str(tmp_path / "ca.pem")},
+    }
+    return {
+        KCM_API: {"__salt__": {}},
+        KCM: {
+            "__salt__": {
+                "kcm_api.request_json": KCM_API.request_json,
+                "kcm_api.probe": KCM_API.probe,
+                "kcm_config.deployed": lambda: deployed,
+            },
+            "__utils__": utils(),
+            "__opts__": {"id": "master-1", "file_client": "local"},
+            "__grains__": {"id": "master-1"},
+            "__pillar__": {},
+            "__context__": {},
+        },
+    }
 
 
 def _lease(holder="master-2_0b8e5c1a-6a1f-4d1e-9d55-3a3f3f0e2a11", renew=None):
@@ -115,10 +137,8 @@ def server(tmp_path, ca):
 
 @pytest.fixture
 def kcm_api():
-    module = load("_modules", "kcm_api")
-    module.__salt__ = {}
-    yield module
-    module._close_all()
+    yield KCM_API
+    KCM_API._close_all()
 
 
 def _b64(text):
@@ -441,24 +461,7 @@ def test_probe_returns_status_and_body_and_verifies_the_ca(kcm_api, server, tmp_
 @pytest.fixture
 def kcm(kcm_api, tmp_path, kubeconfig, ca):
     (tmp_path / "ca.pem").write_text(ca.cert_pem)
-    module = load("_modules", "kcm")
-    deployed = {
-        "identity": "",
-        "secure_port": None,
-        "bind_address": "0.0.0.0",
-        "files": {"kubeconfig": kubeconfig, "ca_cert": str(tmp_path / "ca.pem")},
-    }
-    module.__salt__ = {
-        "kcm_api.request_json": kcm_api.request_json,
-        "kcm_api.probe": kcm_api.probe,
-        "kcm_config.deployed": lambda: deployed,
-    }
-    module.__opts__ = {"id": "master-1", "file_client": "local"}
-    module.__grains__ = {"id": "master-1"}
-    module.__pillar__ = {}
-    module.__context__ = {}
-    module.deployed = deployed
-    return module
+    return KCM
 
 
 def test_kcm_leader_reads_the_lease_through_the_client(kcm, server):
