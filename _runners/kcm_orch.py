@@ -28,6 +28,9 @@ masters already changed apply with no changes and are not restarted.
 
 The next master is chosen at each step: a master that is not the current leader, in
 name order, and the current leader only when no other master is left.
+
+The masters are read by ``_utils/kcm_orch_poll.py``, the summaries made by ``kcm_orch_report.py``
+there: the master needs the formula's utils synced with its runners (``saltutil.sync_all``).
 """
 
 import logging
@@ -35,14 +38,13 @@ import time
 
 import salt.client
 import salt.utils.minions
+from salt.exceptions import CommandExecutionError
 
 log = logging.getLogger(__name__)
 
 __virtualname__ = "kcm_orch"
 
 DEFAULT_TGT = "*"
-POLL_TIMEOUT = 15
-POLL_FUNS = ("kcm.health", "kcm.is_leader", "kcm.leader")
 
 
 def __virtual__():
@@ -85,121 +87,31 @@ def _with_exit_code(report):
     return report
 
 
-class _StepFailed(Exception):
-    """A step that failed; its message goes into the summary's comment."""
+# What the masters say, read by _utils/kcm_orch_poll.py on the clock above.
+def _masters(minions, call_timeout=None, client=None):
+    return __utils__["kcm_orch_poll.masters"](client or _local_client(), minions, call_timeout)
 
 
-class _Cluster:
-    """The targeted masters as ``LocalClient`` sees them; every call lists who did not answer."""
-
-    def __init__(self, client, minions, call_timeout):
-        self.client = client
-        self.minions = list(minions)
-        self.call_timeout = call_timeout
-
-    def call(self, minions, fun, kwarg=None, timeout=None):
-        """``{minion: return}`` of ``fun`` on ``minions``; raise naming those that did not answer."""
-        minions = list(minions)
-        out = self.client.cmd(
-            minions, fun, kwarg=kwarg or {}, tgt_type="list", timeout=timeout or self.call_timeout,
-        ) or {}
-        missing = sorted(set(minions) - set(out))
-        if missing:
-            raise _StepFailed(f"{', '.join(missing)} did not answer {fun} within {timeout or self.call_timeout} s")
-        return {m: out[m] for m in minions}
-
-    def observe(self, minions=None):
-        """
-        ``{minion: {healthy, leader, holder, live, transitions, error}}`` from one compound
-        publish of ``kcm.health``, ``kcm.is_leader`` and ``kcm.leader``. A master that does
-        not answer is reported as not healthy, not an error: it may be restarting.
-        """
-        minions = list(minions or self.minions)
-        out = self.client.cmd(
-            minions, list(POLL_FUNS), [[] for _ in POLL_FUNS], tgt_type="list", timeout=POLL_TIMEOUT,
-        ) or {}
-        return {m: _observation(out.get(m)) for m in minions}
-
-
-def _observation(answer):
-    if not isinstance(answer, dict):
-        return {"healthy": False, "leader": False, "holder": None, "live": False,
-                "transitions": None, "error": "no answer"}
-    health = answer.get("kcm.health")
-    record = answer.get("kcm.leader")
-    record = record if isinstance(record, dict) else {}
-    # kcm.* raise when they cannot answer; in a compound job Salt returns the traceback as
-    # text, whose last line is the exception's own "<reason>: <detail>".
-    errors = [f"{fun}: {ret.strip().splitlines()[-1].split(': ', 1)[-1]}" for fun, ret in answer.items()
-              if isinstance(ret, str) and ret.strip()]
-    return {
-        "healthy": isinstance(health, dict) and health.get("healthy") is True,
-        "leader": answer.get("kcm.is_leader") is True,
-        "holder": record.get("holder"),
-        "live": bool(record.get("holder")) and record.get("expired") is False,
-        "transitions": record.get("transitions"),
-        "error": ", ".join(errors),
-    }
-
-
-def _live_holder(observations, exclude=None):
-    """The live holder any master reads (not ``exclude``), or None."""
-    for obs in observations.values():
-        if obs["live"] and obs["holder"] and obs["holder"] != exclude:
-            return obs["holder"]
-    return None
-
-
-def _leader_minion(observations):
-    leaders = sorted(m for m, obs in observations.items() if obs["leader"])
-    return leaders[0] if leaders else None
-
-
-def _transitions(observations):
-    values = [obs["transitions"] for obs in observations.values() if obs["transitions"] is not None]
-    return max(values) if values else None
-
-
-class _Watch:
-    """Every poll of a run: leader holders seen, and the longest stretch with no live leader."""
-
-    def __init__(self):
-        self.polls = 0
-        self.polls_without_leader = 0
-        self.holders = []
-        self.longest_gap = 0.0
-        self._gap_since = None
-
-    def record(self, observations):
-        now = _now()
-        self.polls += 1
-        holder = _live_holder(observations)
-        if holder is None:
-            self.polls_without_leader += 1
-            if self._gap_since is None:
-                self._gap_since = now
-            self.longest_gap = max(self.longest_gap, now - self._gap_since)
-            return
-        self._gap_since = None
-        if not self.holders or self.holders[-1] != holder:
-            self.holders.append(holder)
-
-
-def _wait(cluster, watch, condition, timeout, interval, what):
-    """Poll every master until ``condition(observations)`` holds; return the observations."""
+def _wait(masters, watch, condition, timeout, interval, what):
+    """Poll every master until ``condition(observations)`` holds; return the observations. The
+    loop is here, not in _utils, because Salt runs a util without ``__utils__`` for ``condition``."""
     deadline = _now() + float(timeout)
     while True:
-        observations = cluster.observe()
+        observations = masters.observe()
         watch.record(observations)
         if condition(observations):
             return observations
         if _now() >= deadline:
-            detail = "; ".join(
-                f"{m}: healthy={o['healthy']} leader={o['leader']}" + (f" ({o['error']})" if o["error"] else "")
-                for m, o in observations.items()
-            )
-            raise _StepFailed(f"{what}: not reached within {timeout} s ({detail})")
+            raise __utils__["kcm_orch_poll.not_reached"](what, timeout, observations)
         _sleep(interval)
+
+
+def _live_holder(observations, exclude=None):
+    return __utils__["kcm_orch_poll.live_holder"](observations, exclude)
+
+
+def _leader_minion(observations):
+    return __utils__["kcm_orch_poll.leader_minion"](observations)
 
 
 # ---------------------------------------------------------------------------------------
@@ -209,7 +121,7 @@ def _wait(cluster, watch, condition, timeout, interval, what):
 def _targets(tgt, tgt_type):
     minions = _expected_minions(tgt, tgt_type)
     if not minions:
-        raise _StepFailed(f"tgt={tgt!r} (tgt_type={tgt_type}) matches no accepted minion")
+        raise CommandExecutionError(f"tgt={tgt!r} (tgt_type={tgt_type}) matches no accepted minion")
     return minions
 
 
@@ -217,7 +129,8 @@ def _state_kwarg(pillar, saltenv):
     kwarg = {}
     if pillar:
         if not isinstance(pillar, dict):
-            raise _StepFailed(f"pillar: expected a mapping such as {{'kcm': {{'version': 'v1.37.3'}}}}, got {pillar!r}")
+            raise CommandExecutionError(
+                f"pillar: expected a mapping such as {{'kcm': {{'version': 'v1.37.3'}}}}, got {pillar!r}")
         kwarg["pillar"] = pillar
     if saltenv:
         kwarg["saltenv"] = saltenv
@@ -234,7 +147,7 @@ def _preflight(cluster, kwarg, timeout):
             problems.append(f"{minion}: {comment}")
             masters[minion] = {"result": False, "comment": comment}
         else:
-            masters[minion] = {k: ret.get(k) for k in ("result", "version", "deployed_version", "flags_changed")}
+            masters[minion] = {k: ret.get(k) for k in ("result", "version", "deployed_version")}
     return masters, problems
 
 
@@ -263,9 +176,9 @@ def preflight(tgt=DEFAULT_TGT, tgt_type="glob", pillar=None, saltenv=None, timeo
         salt-run kcm_orch.preflight tgt='master*' pillar='{"kcm": {"extra_args": {"v": 4}}}'
     """
     try:
-        cluster = _Cluster(_local_client(), _targets(tgt, tgt_type), timeout)
+        cluster = _masters(_targets(tgt, tgt_type), timeout)
         masters, problems = _preflight(cluster, _state_kwarg(pillar, saltenv), timeout)
-    except _StepFailed as exc:
+    except CommandExecutionError as exc:
         return _with_exit_code({"result": False, "comment": f"preflight: {exc}", "masters": {}})
     if problems:
         return _with_exit_code({"result": False, "masters": masters,
@@ -285,7 +198,7 @@ class _Rollout:
         self.timeout = timeout
         self.interval = interval
         self.apply_timeout = apply_timeout
-        self.watch = _Watch()
+        self.watch = __utils__["kcm_orch_poll.watch"](_now)
         self.steps = []
 
     def versions(self):
@@ -301,7 +214,7 @@ class _Rollout:
         ret = self.cluster.call([minion], "kcm_orch.apply", kwarg=self.kwarg, timeout=self.apply_timeout)[minion]
         if not (isinstance(ret, dict) and ret.get("result") is True):
             comment = ret.get("comment") if isinstance(ret, dict) else str(ret)
-            raise _StepFailed(f"{minion}: {comment}")
+            raise CommandExecutionError(f"{minion}: {comment}")
         return ret
 
     def step(self, minion, observations):
@@ -346,18 +259,6 @@ class _Rollout:
         return observations
 
 
-def _table(masters, rollout_steps):
-    by_minion = {s["minion"]: s for s in rollout_steps}
-    rows = [f"{'master':<20}{'before':<12}{'after':<12}{'role':<10}{'restarted':<11}{'seconds':>8}"]
-    for minion, row in sorted(masters.items()):
-        step = by_minion.get(minion, {})
-        rows.append(
-            f"{minion:<20}{str(row.get('version_before')):<12}{str(row.get('version_after')):<12}"
-            f"{step.get('role', '-'):<10}{str(step.get('restarted', '-')):<11}{str(step.get('seconds', '-')):>8}"
-        )
-    return rows
-
-
 def upgrade(tgt=DEFAULT_TGT, tgt_type="glob", pillar=None, saltenv=None, timeout=120, interval=1,
             preflight=True, apply_timeout=300):  # pylint: disable=redefined-outer-name
     """
@@ -398,22 +299,22 @@ def upgrade(tgt=DEFAULT_TGT, tgt_type="glob", pillar=None, saltenv=None, timeout
     rollout = None
     try:
         kwarg = _state_kwarg(pillar, saltenv)
-        cluster = _Cluster(_local_client(), _targets(tgt, tgt_type), POLL_TIMEOUT)
+        cluster = _masters(_targets(tgt, tgt_type))
         if preflight:
             masters, problems = _preflight(cluster, kwarg, apply_timeout)
             if problems:
-                raise _StepFailed("preflight failed, nothing was restarted: " + "; ".join(problems))
+                raise CommandExecutionError("preflight failed, nothing was restarted: " + "; ".join(problems))
         rollout = _Rollout(cluster, kwarg, timeout, interval, apply_timeout)
         before = rollout.versions()
         first = cluster.observe()
         rollout.watch.record(first)
         report["leader_before"] = _leader_minion(first)
-        start_transitions = _transitions(first)
+        start_transitions = __utils__["kcm_orch_poll.transitions"](first)
         try:
             last = rollout.run()
             report["result"] = True
             report["comment"] = f"rolled over {len(cluster.minions)} masters, the leader last"
-        except _StepFailed as exc:
+        except CommandExecutionError as exc:
             last = cluster.observe()
             done = [s["minion"] for s in rollout.steps]
             untouched = sorted(set(cluster.minions) - set(done))
@@ -421,7 +322,7 @@ def upgrade(tgt=DEFAULT_TGT, tgt_type="glob", pillar=None, saltenv=None, timeout
                                  f"not touched: {', '.join(untouched) or 'none'}. Re-run to resume.")
         after = rollout.versions()
         report["leader_after"] = _leader_minion(last)
-        end_transitions = _transitions(last)
+        end_transitions = __utils__["kcm_orch_poll.transitions"](last)
         if start_transitions is not None and end_transitions is not None:
             report["leader_changes"] = end_transitions - start_transitions
         steps = {s["minion"]: s for s in rollout.steps}
@@ -431,7 +332,7 @@ def upgrade(tgt=DEFAULT_TGT, tgt_type="glob", pillar=None, saltenv=None, timeout
             for m in cluster.minions
         }
         report["order"] = [s["minion"] for s in rollout.steps]
-    except _StepFailed as exc:
+    except CommandExecutionError as exc:
         report["comment"] = str(exc)
     report["seconds"] = round(_now() - begin, 1)
     if rollout is not None:
@@ -440,11 +341,7 @@ def upgrade(tgt=DEFAULT_TGT, tgt_type="glob", pillar=None, saltenv=None, timeout
             polls=rollout.watch.polls,
             polls_without_leader=rollout.watch.polls_without_leader,
         )
-        report["summary"] = _table(report["masters"], rollout.steps) + [
-            f"leader {report['leader_before']} -> {report['leader_after']}, "
-            f"{report['leader_changes']} leader change(s), longest without a live leader "
-            f"{report['longest_no_leader_seconds']} s, {report['seconds']} s in all",
-        ]
+        report["summary"] = __utils__["kcm_orch_report.upgrade_summary"](report, rollout.steps)
     _progress(report["comment"])
     return _with_exit_code(report)
 
@@ -453,29 +350,12 @@ def upgrade(tgt=DEFAULT_TGT, tgt_type="glob", pillar=None, saltenv=None, timeout
 # the failover drill
 
 
-def _victims(observations, leader, count):
-    followers = sorted(m for m, o in observations.items() if m != leader and o["healthy"])
-    return [leader] + followers[: max(0, count - 1)]
-
-
 def _drill(cluster, count, min_remaining, timeout, interval):
-    watch = _Watch()
+    watch = __utils__["kcm_orch_poll.watch"](_now)
     observations = cluster.observe()
     watch.record(observations)
-    leader = _leader_minion(observations)
-    old_holder = observations[leader]["holder"] if leader else None
-    if not leader or not observations[leader]["live"]:
-        raise _StepFailed("refused: no live KCM leader among the targeted masters")
-    healthy = sorted(m for m, o in observations.items() if o["healthy"])
-    victims = _victims(observations, leader, count)
-    remaining = len([m for m in healthy if m not in victims])
-    if len(victims) < count:
-        raise _StepFailed(f"refused: count={count} but only {len(victims)} healthy masters can be stopped")
-    if remaining < min_remaining:
-        raise _StepFailed(
-            f"refused: stopping {len(victims)} of {len(healthy)} healthy masters would leave {remaining};"
-            f" the drill needs at least min_remaining={min_remaining} (pillar kcm_orch:min_remaining)"
-        )
+    leader, victims, healthy = __utils__["kcm_orch_poll.drill_victims"](observations, count, min_remaining)
+    old_holder = observations[leader]["holder"]
     survivors = [m for m in cluster.minions if m not in victims]
     start_transitions = observations[leader]["transitions"]
     result = {"leader_before": leader, "stopped": victims, "healthy_before": healthy}
@@ -488,8 +368,8 @@ def _drill(cluster, count, min_remaining, timeout, interval):
         refused = [f"{m}: {r.get('comment') if isinstance(r, dict) else r}" for m, r in answers.items()
                    if not (isinstance(r, dict) and r.get("result"))]
         if refused:
-            raise _StepFailed("stop failed: " + "; ".join(refused))
-        survivor_cluster = _Cluster(cluster.client, survivors, cluster.call_timeout)
+            raise CommandExecutionError("stop failed: " + "; ".join(refused))
+        survivor_cluster = _masters(survivors, cluster.call_timeout, client=cluster.client)
         observations = _wait(
             survivor_cluster, watch,
             lambda obs: _live_holder(obs, exclude=old_holder) and _leader_minion(obs),
@@ -497,7 +377,7 @@ def _drill(cluster, count, min_remaining, timeout, interval):
         )
         result["failover_seconds"] = round(_now() - stopped_at, 2)
         result["leader_after"] = _leader_minion(observations)
-        end = _transitions(observations)
+        end = __utils__["kcm_orch_poll.transitions"](observations)
         result["leader_changes"] = None if end is None or start_transitions is None else end - start_transitions
         _progress(f"new leader {result['leader_after']} after {result['failover_seconds']} s")
     finally:
@@ -505,7 +385,7 @@ def _drill(cluster, count, min_remaining, timeout, interval):
         answers = cluster.call(victims, "kcm_orch.start")
         failed = [m for m, r in answers.items() if not (isinstance(r, dict) and r.get("result"))]
         if failed:
-            raise _StepFailed(f"{', '.join(failed)} did not start again: {answers}")
+            raise CommandExecutionError(f"{', '.join(failed)} did not start again: {answers}")
     observations = _wait(cluster, watch, lambda obs: all(obs[m]["healthy"] for m in healthy),
                          timeout, interval, "every master healthy again after the drill")
     result["healthy_after"] = sorted(m for m, o in observations.items() if o["healthy"])
@@ -550,23 +430,16 @@ def drill(tgt=DEFAULT_TGT, tgt_type="glob", count=1, min_remaining=2, timeout=12
     try:
         count, min_remaining = int(count), int(min_remaining)
         if count < 1:
-            raise _StepFailed(f"count: expected a positive number of KCMs to stop, got {count}")
-        cluster = _Cluster(_local_client(), _targets(tgt, tgt_type), POLL_TIMEOUT)
+            raise CommandExecutionError(f"count: expected a positive number of KCMs to stop, got {count}")
+        cluster = _masters(_targets(tgt, tgt_type))
         report = _drill(cluster, count, min_remaining, timeout, interval)
         report.update(result=True, comment=(
             f"stopped {', '.join(report['stopped'])}; new leader {report['leader_after']} after "
             f"{report['failover_seconds']} s; all started again"))
-    except (_StepFailed, ValueError, TypeError) as exc:
+    except (CommandExecutionError, ValueError, TypeError) as exc:
         report = {"result": False, "comment": str(exc)}
     report["seconds"] = round(_now() - begin, 1)
     if report["result"]:
-        report["summary"] = [
-            f"{'leader before':<24}{report['leader_before']}",
-            f"{'stopped':<24}{', '.join(report['stopped'])}",
-            f"{'leader after':<24}{report['leader_after']}",
-            f"{'failover seconds':<24}{report['failover_seconds']}",
-            f"{'leader changes':<24}{report['leader_changes']}",
-            f"{'healthy after':<24}{', '.join(report['healthy_after'])}",
-        ]
+        report["summary"] = __utils__["kcm_orch_report.drill_summary"](report)
     _progress(report["comment"])
     return _with_exit_code(report)

@@ -320,13 +320,7 @@ def fleet_view(salt, masters, runs=3):
 
 def render_cost(clusters):
     """In-process cost of grouping and drawing C clusters x 3 rows (the runner's own work)."""
-    import importlib.util
-
-    def load(kind, name):
-        spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / kind / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
+    from kcmlab.formula import load
 
     runner, outputter = load("_runners", "kcm"), load("_output", "kcm_fleet")
     rows = [{"minion": f"c{c:03d}-m{m}", "cluster": "kubernetes", "cluster_id": f"{c:08d}-uid",

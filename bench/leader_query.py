@@ -12,7 +12,6 @@ per call, and the CPU ratio. Goal: kcm.leader >= 20x cheaper in CPU once warm.
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import resource
@@ -27,16 +26,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from kcmlab.controlplane import ControlPlane  # noqa: E402
+from kcmlab.formula import load, utils  # noqa: E402
 
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases"
 GOAL = 20.0
-
-
-def load(name):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "_modules" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def k8s_bin_dir():
@@ -73,12 +66,13 @@ def create_lease(cp):
 
 
 def kcm_module(kubeconfig):
-    kcm_api, kcm = load("kcm_api"), load("kcm")
+    kcm_api, kcm = load("_modules", "kcm_api"), load("_modules", "kcm")
     kcm_api.__salt__ = {}
     kcm.__salt__ = {
         "kcm_api.request_json": kcm_api.request_json,
         "kcm_config.deployed": lambda: {"files": {"kubeconfig": str(kubeconfig)}},
     }
+    kcm.__utils__ = utils()
     kcm.__opts__ = {"id": "bench", "file_client": "local"}
     kcm.__grains__ = {"id": "bench"}
     kcm.__pillar__ = {}

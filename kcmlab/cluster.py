@@ -21,7 +21,8 @@ import os
 import time
 from pathlib import Path
 
-from kcmlab.controlplane import ControlPlane, node_of, wait_until
+from kcmlab.controlplane import ControlPlane, failover_bound, node_of, wait_until
+from kcmlab.formula import REPO, load
 from kcmlab.machines import Lab
 from kcmlab.saltmaster import SaltMaster
 
@@ -77,6 +78,23 @@ class LabCluster:
         self.master: SaltMaster | None = None
         self.pillars: dict[str, dict] = {}
         self.timings: dict[str, float] = {}
+
+    @property
+    def election_seconds(self) -> dict[str, float]:
+        """The leader election in seconds: ``election`` (pillar strings) over the formula's
+        defaults (``formula/kcm/defaults.yaml``), for waits and bounds; the pillar keeps the strings."""
+        import yaml
+
+        defaults = yaml.safe_load((REPO / "formula" / "kcm" / "defaults.yaml").read_text())["kcm"]["leader_election"]
+        parse = load("_utils", "kcm_time").parse_duration
+        return {key: parse(value) for key, value in dict(defaults, **self.election).items()
+                if key in ("lease_duration", "renew_deadline", "retry_period")}
+
+    @property
+    def failover_bound(self) -> float:
+        """Upper bound for a new leader after the leader's KCM is killed, at these timings."""
+        election = self.election_seconds
+        return failover_bound(election["lease_duration"], election["retry_period"])
 
     # -- lifecycle ----------------------------------------------------------------------------
 

@@ -1,9 +1,9 @@
-"""A throwaway Kubernetes control plane, and the test PKI it runs on.
+"""A throwaway Kubernetes control plane.
 
 ``ControlPlane`` starts a real etcd and a real kube-apiserver (RBAC + Node authorization, a
 client CA, a serving certificate for its address, service-account keys) on any address of
 this host (loopback, or a lab bridge's, for masters on machines), all keys and certificates
-made here with ``cryptography``. ``parse_exec_start`` reads a rendered unit's command line
+from ``kcmlab.pki``. ``parse_exec_start`` reads a rendered unit's command line
 with the formula's own systemd parser.
 
 Shared by the e2e tests, the demo command and the benchmarks, so nothing here imports pytest.
@@ -14,7 +14,6 @@ Shared by the e2e tests, the demo command and the benchmarks, so nothing here im
 """
 from __future__ import annotations
 
-import base64
 import datetime
 import ipaddress
 import json
@@ -29,14 +28,9 @@ import time
 from pathlib import Path
 
 import requests
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from kcmlab.formula import load
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from kcmlab.pki import CertificateAuthority, kcm_pillar_pki, kubeconfig, service_account_keypair
 
 log = logging.getLogger(__name__)
 
@@ -131,141 +125,6 @@ def node_of(holder_identity: str | None) -> str | None:
         return None
     node, sep, _ = holder_identity.rpartition("_")
     return node if sep else holder_identity
-
-
-# ---------------------------------------------------------------------------------------------
-# PKI
-
-
-def _pem_key(key) -> str:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-
-
-def _pem_cert(cert: x509.Certificate) -> str:
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
-
-
-def _name(common_name: str, organizations=()) -> x509.Name:
-    attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, org) for org in organizations]
-    attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
-    return x509.Name(attrs)
-
-
-def _san(names) -> x509.SubjectAlternativeName:
-    entries = []
-    for name in names:
-        try:
-            entries.append(x509.IPAddress(ipaddress.ip_address(name)))
-        except ValueError:
-            entries.append(x509.DNSName(name))
-    return x509.SubjectAlternativeName(entries)
-
-
-class CertificateAuthority:
-    """A self-signed CA (ECDSA P-256) that issues server and client certificates."""
-
-    def __init__(self, common_name: str, days: int = 7):
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
-        self.cert = (
-            x509.CertificateBuilder()
-            .subject_name(_name(common_name))
-            .issuer_name(_name(common_name))
-            .public_key(self.key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=days))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True, content_commitment=False, key_encipherment=False,
-                    data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                    crl_sign=True, encipher_only=False, decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(self.key.public_key()), critical=False)
-            .sign(self.key, hashes.SHA256())
-        )
-        self.days = days
-
-    @property
-    def cert_pem(self) -> str:
-        return _pem_cert(self.cert)
-
-    @property
-    def key_pem(self) -> str:
-        return _pem_key(self.key)
-
-    def issue(self, common_name: str, organizations=(), *, server: bool = False,
-              client: bool = False, names=()) -> tuple[str, str]:
-        """Issue a leaf certificate; return ``(cert_pem, key_pem)``.
-
-        ``organizations`` become O= entries (Kubernetes groups); ``names`` are SANs (IPs or
-        DNS names); ``server``/``client`` select the extended key usages.
-        """
-        if not (server or client):
-            raise ValueError("issue(): ask for server=True and/or client=True")
-        key = ec.generate_private_key(ec.SECP256R1())
-        usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + (
-            [ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])
-        now = datetime.datetime.now(datetime.timezone.utc)
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(_name(common_name, organizations))
-            .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=self.days))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True, content_commitment=False, key_encipherment=False,
-                    data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                    crl_sign=False, encipher_only=False, decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
-        )
-        if names:
-            builder = builder.add_extension(_san(names), critical=False)
-        cert = builder.sign(self.key, hashes.SHA256())
-        return _pem_cert(cert), _pem_key(key)
-
-
-def service_account_keypair() -> tuple[str, str]:
-    """An RSA key pair for service-account tokens: ``(private_pem, public_pem)``."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    public = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    return _pem_key(key), public
-
-
-def _b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
-
-
-def kubeconfig(server: str, ca_pem: str, cert_pem: str, key_pem: str, user: str,
-               cluster: str = "kubernetes") -> dict:
-    """A kubeconfig with one cluster, one user (embedded client cert) and one current context."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": cluster, "cluster": {
-            "server": server, "certificate-authority-data": _b64(ca_pem)}}],
-        "users": [{"name": user, "user": {
-            "client-certificate-data": _b64(cert_pem), "client-key-data": _b64(key_pem)}}],
-        "contexts": [{"name": f"{user}@{cluster}", "context": {"cluster": cluster, "user": user}}],
-        "current-context": f"{user}@{cluster}",
-    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -462,17 +321,8 @@ class ControlPlane:
         """
         names = tuple(nodes) if nodes is not None else self.nodes
         if self._kcm_pki is None or self._kcm_pki["_names"] != names:
-            cert, key = self.ca.issue(
-                "system:kube-controller-manager", server=True, client=True,
-                names=[LOOPBACK, "localhost", *names])
-            self._kcm_pki = {
-                "_names": names,
-                "ca_cert": self.ca.cert_pem,
-                "ca_key": self.ca.key_pem,
-                "cert": cert,
-                "key": key,
-                "service_account_key": self.sa_key_pem,
-            }
+            self._kcm_pki = dict(kcm_pillar_pki(self.ca, [LOOPBACK, "localhost", *names], self.sa_key_pem),
+                                 _names=names)
         return {k: v for k, v in self._kcm_pki.items() if not k.startswith("_")}
 
     def write_kubeconfig(self, path, cn: str = "admin", groups=("system:masters",)) -> Path:

@@ -13,8 +13,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def load(kind: str, name: str):
-    """Import a custom Salt module from the repo (e.g. _modules/kcm_flags.py) as a plain module."""
-    spec = importlib.util.spec_from_file_location(f"kcmtest_{kind}_{name}", REPO / kind / f"{name}.py")
+    """Import a custom Salt module from the repo (e.g. _modules/kcm_flags.py) as a plain module;
+    ``kind`` may be any directory of the repo (``formula/kcm/files`` for the Lease release program)."""
+    module_name = "kcmtest_" + "".join(c if c.isalnum() else "_" for c in f"{kind}_{name}")
+    spec = importlib.util.spec_from_file_location(module_name, REPO / kind / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

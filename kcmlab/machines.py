@@ -6,7 +6,8 @@ named like their minions, each with systemd as PID 1, its own hostname, a fixed 
 nothing a machine writes survives it), and its own cgroup in both hierarchies of this
 host's hybrid layout (else every machine would share nspawn's ``payload`` cgroup). The host
 runs no systemd, hence ``--register=no --keep-unit``; commands run inside through
-``nsenter`` into the machine's init (facts: ``shared/reference/machines.md``).
+``nsenter`` into the machine's init (facts: ``shared/reference/machines.md``). The host side
+(names, cgroups, the sweep, ``leftovers``) is ``kcmlab.hostside``.
 
 ``Lab.close()`` removes every machine, cgroup, veth and the bridge, also after a failure,
 and ``leftovers(suite)`` lists whatever is still there (a test asserts it is empty).
@@ -31,149 +32,30 @@ import tempfile
 import time
 from pathlib import Path
 
+from kcmlab.hostside import (
+    RUNTIME,
+    addresses_in,
+    bridge_name,
+    cgroup_dirs,
+    cgroup_empty,
+    default_subnet,
+    inside_argv,
+    kill_cgroup,
+    leftovers,
+    machine_name,
+    qualified,
+    remove_cgroup_tree,
+    sh,
+    sweep,
+)
+
+# Importable from here too, as they were before the host side had its own module.
+__all__ = ["Lab", "Machine", "bridge_name", "default_subnet", "host_tempdir", "inside_argv", "leftovers",
+           "machine_name", "qualified", "sweep"]
+
 log = logging.getLogger(__name__)
 
-CGROUP_ROOTS = (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup/systemd"))
-RUNTIME = Path("/run/kcmlab")
-INSIDE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NAME = re.compile(r"^[a-z][a-z0-9-]{0,11}$")
-
-
-def _sh(argv, check=True, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([str(a) for a in argv], check=check, text=True, capture_output=True, **kwargs)
-
-
-def _cgroup_dirs(suite: str, name: str | None = None) -> list[Path]:
-    tail = f"kcmlab-{suite}" + (f"/{name}" if name else "")
-    return [root / tail for root in CGROUP_ROOTS]
-
-
-def _remove_cgroup_tree(path: Path) -> None:
-    """rmdir a cgroup directory and its children, deepest first (cgroupfs refuses rm -r)."""
-    if not path.is_dir():
-        return
-    for sub in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
-        try:
-            sub.rmdir()
-        except OSError:
-            pass
-    try:
-        path.rmdir()
-    except OSError as exc:
-        log.warning("cgroup %s not removed: %s", path, exc)
-
-
-def _kill_cgroup(path: Path) -> None:
-    """Kill every process in a cgroup tree (cgroup v2 ``cgroup.kill``, else one by one)."""
-    kill = path / "cgroup.kill"
-    if kill.exists():
-        kill.write_text("1")
-        return
-    for procs in path.rglob("cgroup.procs"):
-        for pid in procs.read_text().split():
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
-def _cgroup_empty(path: Path) -> bool:
-    return all(not procs.read_text().strip() for procs in path.rglob("cgroup.procs"))
-
-
-def qualified(suite: str) -> str:
-    """``suite`` with ``$KCMLAB_SUITE_PREFIX`` in front, so that two checkouts (two developers,
-    or a developer and CI) can run the same test suite side by side without sharing a bridge,
-    a subnet or machine names. Idempotent."""
-    prefix = os.environ.get("KCMLAB_SUITE_PREFIX", "")
-    if not re.fullmatch(r"[a-z0-9]{0,4}", prefix):
-        raise ValueError(f"KCMLAB_SUITE_PREFIX={prefix!r}: use up to 4 characters of [a-z0-9]")
-    return suite if suite.startswith(prefix) else prefix + suite
-
-
-def bridge_name(suite: str) -> str:
-    name = f"kcm-{suite}"
-    if len(name) <= 15:
-        return name
-    import hashlib
-
-    # Interface names stop at 15 characters; a cut would let two long suite names collide.
-    return "kcm-" + hashlib.sha256(suite.encode()).hexdigest()[:11]
-
-
-def default_subnet(suite: str) -> str:
-    """A /24 in 10.64.0.0/10 derived from the suite name, so that labs of different suites
-    (a test run, the demo, a benchmark) can run side by side."""
-    import hashlib
-
-    digest = hashlib.sha256(suite.encode()).digest()
-    return f"10.{64 + digest[0] % 64}.{digest[1]}.0/24"
-
-
-def _addresses_in(network) -> list[str]:
-    """Interfaces of this host that hold an address inside ``network``."""
-    found = []
-    for line in _sh(["ip", "-o", "-4", "addr", "show"], check=False).stdout.splitlines():
-        fields = line.split()
-        address = ipaddress.ip_interface(fields[3])
-        if address.ip in network:
-            found.append(f"{fields[1]} {fields[3]}")
-    return found
-
-
-def machine_name(suite: str, name: str) -> str:
-    """nspawn's name for machine ``name`` of lab ``suite``: unique on the host, because nspawn
-    names the host side of its veth after it (vb-<name>, 15 characters at most) and two labs
-    may both boot a master-1 (the hostname inside stays ``name``)."""
-    import hashlib
-
-    return "kl-" + hashlib.sha256(f"{suite}/{name}".encode()).hexdigest()[:8]
-
-
-def leftovers(suite: str, names=()) -> list[str]:
-    """What a lab of ``suite`` with machines ``names`` left on this host: processes, cgroups,
-    the bridge, veths, directories."""
-    suite = qualified(suite)
-    veths = {f"vb-{machine_name(suite, name)}" for name in names}
-    found = []
-    for path in _cgroup_dirs(suite):
-        if path.exists():
-            busy = "" if _cgroup_empty(path) else " (with processes)"
-            found.append(f"cgroup {path}{busy}")
-    links = _sh(["ip", "-o", "link", "show"], check=False).stdout
-    for line in links.splitlines():
-        link = line.split(": ")[1].split("@")[0] if ": " in line else ""
-        # A veth outlives a killed machine until it is deleted.
-        if link == bridge_name(suite) or link in veths:
-            found.append(f"link {link}")
-    if (RUNTIME / suite).exists():
-        found.append(f"directory {RUNTIME / suite}")
-    return found
-
-
-def inside_argv(init_pid: int, argv, env: dict | None = None) -> list[str]:
-    """The host command that runs ``argv`` inside the machine whose init is ``init_pid``: all its
-    namespaces, a clean environment (the host's would leak in through nsenter)."""
-    variables = [f"PATH={INSIDE_PATH}", "LANG=C.UTF-8", *(f"{k}={v}" for k, v in (env or {}).items())]
-    return ["nsenter", "-t", str(init_pid), "-a", "env", "-i", *variables, *[str(a) for a in argv]]
-
-
-def sweep(suite: str, names=()) -> None:
-    """Remove whatever a lab of ``suite`` left, whoever started it: kill and remove its cgroups
-    (its machines die with them), the veths of machines ``names``, the bridge, the runtime dir.
-    Works from the suite name alone, so a lab whose owner has gone can still be taken down."""
-    suite = qualified(suite)
-    for path in _cgroup_dirs(suite):
-        if path.exists():
-            _kill_cgroup(path)
-            deadline = time.monotonic() + 10
-            while not _cgroup_empty(path) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            _remove_cgroup_tree(path)
-    _sh(["ip", "link", "del", bridge_name(suite)], check=False)
-    shutil.rmtree(RUNTIME / suite, ignore_errors=True)
-    for name in names:
-        _sh(["ip", "link", "del", f"vb-{machine_name(suite, name)}"], check=False)
 
 
 class Machine:
@@ -272,13 +154,13 @@ class Machine:
 
     def cut_link(self) -> None:
         """Take the machine off the network (its veth down on the host side)."""
-        _sh(["ip", "link", "set", self.veth, "down"])
+        sh(["ip", "link", "set", self.veth, "down"])
 
     def restore_link(self, timeout: float = 10.0) -> float:
         """Put the machine back on the network; returns the seconds until its route is back
         (networkd inside drops the address with the carrier and configures it again)."""
         begin = time.monotonic()
-        _sh(["ip", "link", "set", self.veth, "up"])
+        sh(["ip", "link", "set", self.veth, "up"])
         while time.monotonic() - begin < timeout:
             if self.run(["ip", "route", "get", self.lab.host_ip], check=False).returncode == 0:
                 return time.monotonic() - begin
@@ -287,9 +169,9 @@ class Machine:
 
     def power_off(self) -> None:
         """Pull the plug: every process of the machine killed at once, no shutdown."""
-        for path in _cgroup_dirs(self.lab.suite, self.name):
+        for path in cgroup_dirs(self.lab.suite, self.name):
             if path.exists():
-                _kill_cgroup(path)
+                kill_cgroup(path)
         try:
             self.process.kill()
         except ProcessLookupError:
@@ -311,13 +193,13 @@ class Machine:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             log.warning("systemd-nspawn of %s did not exit after SIGKILL", self.name)
-        for path in _cgroup_dirs(self.lab.suite, self.name):
+        for path in cgroup_dirs(self.lab.suite, self.name):
             deadline = time.monotonic() + 10
-            while path.exists() and not _cgroup_empty(path) and time.monotonic() < deadline:
+            while path.exists() and not cgroup_empty(path) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            _remove_cgroup_tree(path)
+            remove_cgroup_tree(path)
         shutil.rmtree(Path("/run/systemd/nspawn/propagate") / self.machine_name, ignore_errors=True)
-        _sh(["ip", "link", "del", self.veth], check=False)
+        sh(["ip", "link", "del", self.veth], check=False)
         self.init_pid = None
 
 
@@ -351,16 +233,16 @@ class Lab:
         if leftovers(self.suite):
             log.warning("removing what an earlier lab %r left: %s", self.suite, leftovers(self.suite))
         self._sweep()
-        taken = _addresses_in(self.network)
+        taken = addresses_in(self.network)
         if taken:
             raise RuntimeError(f"lab {self.suite}: {self.network} is already in use on this host ({', '.join(taken)}); "
                                "give the lab another subnet")
         self._open = True
-        _sh(["ip", "link", "add", self.bridge, "type", "bridge"])
-        _sh(["ip", "addr", "add", f"{self.host_ip}/{self.network.prefixlen}", "dev", self.bridge])
-        _sh(["ip", "link", "set", self.bridge, "up"])
+        sh(["ip", "link", "add", self.bridge, "type", "bridge"])
+        sh(["ip", "addr", "add", f"{self.host_ip}/{self.network.prefixlen}", "dev", self.bridge])
+        sh(["ip", "link", "set", self.bridge, "up"])
         self.state_root.mkdir(parents=True, exist_ok=True)
-        for path in _cgroup_dirs(self.suite):
+        for path in cgroup_dirs(self.suite):
             path.mkdir(parents=True, exist_ok=True)
         return self
 
@@ -434,8 +316,8 @@ class Lab:
         minion_d.mkdir(parents=True, exist_ok=True)
         config = {"id": name, "enable_fqdns_grains": False, **(salt or {})}
         (minion_d / "00-lab.conf").write_text(json.dumps(config, indent=2) + "\n")
-        _sh(["ip", "link", "del", f"vb-{machine_name(self.suite, name)}"], check=False)  # a stale one blocks nspawn
-        cgroups = _cgroup_dirs(self.suite, name)
+        sh(["ip", "link", "del", f"vb-{machine_name(self.suite, name)}"], check=False)  # a stale one blocks nspawn
+        cgroups = cgroup_dirs(self.suite, name)
         for path in cgroups:
             path.mkdir(parents=True, exist_ok=True)
         argv = [

@@ -21,19 +21,12 @@ from pathlib import Path
 import pytest
 
 from kcmlab.cluster import NODES, SHORT_ELECTION, LabCluster
-from kcmlab.controlplane import failover_bound
 
 REPO = Path(__file__).resolve().parents[2]
 
 TIMINGS: dict[str, float] = {}
 LOG_FILES: list[Path] = []
 CLUSTERS: list[LabCluster] = []
-
-
-def seconds(duration: str) -> float:
-    """'4s' -> 4.0 (the pillar's Go durations in these fixtures are whole seconds)."""
-    assert duration.endswith("s") and duration[:-1].isdigit(), duration
-    return float(duration[:-1])
 
 
 @pytest.fixture(scope="session")
@@ -74,10 +67,6 @@ def start_lab_cluster(k8s_bin, workdir: Path, label: str, **kwargs) -> LabCluste
         _keep_journals(cluster)
         cluster.close()
         raise
-    election = {k: seconds(v) for k, v in (kwargs.get("election") or {
-        "lease_duration": "15s", "renew_deadline": "10s", "retry_period": "2s"}).items()}
-    cluster.election = election
-    cluster.failover_bound = failover_bound(election["lease_duration"], election["retry_period"])
     return cluster
 
 

@@ -48,12 +48,12 @@ def test_exactly_one_leader_and_two_standbys(kcm_cluster):
 
     assert leader in kcm_cluster.nodes
     assert holder.startswith(f"{leader}_"), f"holderIdentity {holder!r} is not <hostname>_<uuid>"
-    assert lease["spec"]["leaseDurationSeconds"] == int(kcm_cluster.election["lease_duration"])
+    assert lease["spec"]["leaseDurationSeconds"] == int(kcm_cluster.election_seconds["lease_duration"])
     assert kcm_cluster.running() == list(kcm_cluster.nodes)
 
     # The standbys keep running without taking the lock: after two lease durations the
     # same process (same identity, same transition count) still holds it.
-    time.sleep(2 * kcm_cluster.election["lease_duration"])
+    time.sleep(2 * kcm_cluster.election_seconds["lease_duration"])
     later = cp.lease()["spec"]
     assert later["holderIdentity"] == holder
     assert later.get("leaseTransitions") == lease["spec"].get("leaseTransitions")
@@ -151,7 +151,7 @@ def test_the_running_binary_is_the_release_and_rejects_a_bogus_flag(kcm_cluster)
 
 def test_failover_at_default_timings(kcm_cluster_default_timings, record_timing):
     cluster = kcm_cluster_default_timings
-    assert cluster.election == {"lease_duration": 15.0, "renew_deadline": 10.0, "retry_period": 2.0}
+    assert cluster.election_seconds == {"lease_duration": 15.0, "renew_deadline": 10.0, "retry_period": 2.0}
     assert "--leader-elect-lease-duration=15s" in cluster.cmdline(cluster.nodes[0])
     bound = cluster.failover_bound
     old = cluster.wait_for_leader(bound)

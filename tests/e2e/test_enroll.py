@@ -87,7 +87,7 @@ def test_a_new_machine_enrolls_by_the_reactor_and_stands_by_under_systemd(enroll
         assert cluster.active(NEW) == "active" and cluster.restarts(NEW) == 0
         assert 'Attempting to acquire leader lease..." lock="kube-system/kube-controller-manager"' in machine.run(
             ["journalctl", "--no-pager", "-o", "cat", "-u", UNIT]).stdout
-        time.sleep(3 * cluster.election["retry_period"] + 2)
+        time.sleep(3 * cluster.election_seconds["retry_period"] + 2)
         after = cluster.lease()["spec"]
         assert after["holderIdentity"] == before["holderIdentity"], "the leader was disturbed"
         assert after.get("leaseTransitions") == before.get("leaseTransitions")

@@ -26,7 +26,7 @@ def test_every_master_names_the_real_leader(kcm_cluster):
         assert record["minion"] == leader
         assert record["source"] == "lease"
         assert record["expired"] is False
-        assert record["lease_duration_seconds"] == int(kcm_cluster.election["lease_duration"])
+        assert record["lease_duration_seconds"] == int(kcm_cluster.election_seconds["lease_duration"])
 
 
 def test_is_leader_is_true_on_exactly_the_leader(kcm_cluster):

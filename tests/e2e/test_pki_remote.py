@@ -12,7 +12,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from kcmlab.cluster import SHORT_ELECTION, LabCluster, changed_states, failed_states
-from kcmlab.controlplane import CertificateAuthority
+from kcmlab.pki import CertificateAuthority
 from tests.e2e.conftest import CLUSTERS, LOG_FILES, stop_lab_cluster
 
 pytestmark = pytest.mark.e2e

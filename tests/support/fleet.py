@@ -23,7 +23,6 @@ import yaml
 
 from kcmlab.formula import load
 
-REPO = Path(__file__).resolve().parents[2]
 ALERTMANAGER = Path("/usr/bin/prometheus-alertmanager")
 # The lease timings of the formula's defaults (15s/10s/2s), as deployed facts carry them.
 SETTINGS = {"debounce": 2, "stale_after": 3, "retry_period": 2.0, "lease_duration": 15.0}

@@ -4,7 +4,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from kcmlab import formula
-from kcmlab.controlplane import CertificateAuthority
+from kcmlab.pki import CertificateAuthority
 
 REPO = formula.REPO
 load = formula.load

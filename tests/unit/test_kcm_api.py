@@ -20,8 +20,7 @@ from salt.exceptions import CommandExecutionError
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 from kcmlab import formula  # noqa: E402
-from kcmlab.controlplane import CertificateAuthority  # noqa: E402
-from tests.support.tls import server_context  # noqa: E402
+from kcmlab.pki import CertificateAuthority, server_context  # noqa: E402
 
 LEASE_PATH = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/kube-controller-manager"
 KCM_CN = "system:kube-controller-manager"

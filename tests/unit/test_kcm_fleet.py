@@ -5,7 +5,12 @@ apart in dedupe and in Alertmanager's labels.
 
 import pytest
 
+from kcmlab.formula import load
 from tests.unit.test_kcm_alert import CHANGE, DEAD, REPORTERS, Harness, signed
+
+FLEET_RUNNER = load("_runners", "kcm")
+FLEET_OUTPUT = load("_output", "kcm_fleet")
+ENGINE = load("_engines", "kcm_alert")
 
 # Two clusters that both kept the default name, as two teams would.
 A = {"cluster": "kubernetes", "cluster_id": "0b7c2d6e-aaaa-4c1e-9a8f-2b6d4e8c1a07"}
@@ -74,15 +79,9 @@ def test_events_without_a_cluster_id_still_dedupe_by_name(harness):
 # the fleet view: salt-run kcm.status
 
 
-def _load(kind, name):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / kind / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"kcmtest_fleet_{kind[1:]}_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture
+def configure_loader_modules():
+    return {FLEET_RUNNER: {"__opts__": {"conf_file": "/etc/salt/master"}, "__context__": {}}}
 
 
 def status_row(minion, cluster, leader, holder, **more):
@@ -96,9 +95,7 @@ def status_row(minion, cluster, leader, holder, **more):
 
 @pytest.fixture
 def fleet(monkeypatch):
-    runner = _load("_runners", "kcm")
-    runner.__opts__ = {"conf_file": "/etc/salt/master"}
-    runner.__context__ = {}
+    runner = FLEET_RUNNER
     asked = []
     answers = {}
     expected = []
@@ -129,7 +126,7 @@ def test_fleet_table_flags_the_cluster_without_a_leader(fleet):
         (A["cluster_id"], True, "a-2", 1), (B["cluster_id"], False, None, 0)]
     assert data["ok"] is False and data["retcode"] == 1  # what salt-run exits with
 
-    table = _load("_output", "kcm_fleet").output(data).splitlines()
+    table = FLEET_OUTPUT.output(data).splitlines()
     header, rows = table[0], table[1:]
     assert header.split()[:3] == ["CLUSTER", "CLUSTER", "ID"]
     # grouped: a cluster's three rows, then its verdict line
@@ -236,7 +233,7 @@ class Clock:
 
 
 def test_engine_batches_close_batch_wait_after_their_first_event():
-    engine = _load("_engines", "kcm_alert")
+    engine = ENGINE
     clock = Clock()
     arrivals = [(0.05, "salt/beacon/m1/kcm_leader/changed"), (0.1, "salt/beacon/m2/kcm_leader/changed"),
                 (0.15, "salt/beacon/m1/other/changed"), (0.3, "salt/beacon/m3/kcm_leader/changed"),
@@ -263,14 +260,14 @@ def test_engine_batches_close_batch_wait_after_their_first_event():
 
 
 def test_engine_closes_a_batch_at_max_batch():
-    engine = _load("_engines", "kcm_alert")
+    engine = ENGINE
     events = iter([{"tag": f"salt/beacon/m{n}/kcm_leader/changed", "data": {}} for n in range(7)])
     gen = engine._batches(lambda timeout: next(events), batch_wait=60, max_batch=3, clock=lambda: 0.0)
     assert [len(next(gen)), len(next(gen))] == [3, 3]
 
 
-def test_engine_hands_a_failed_batch_over_again_and_never_stops():
-    engine = _load("_engines", "kcm_alert")
+def test_engine_hands_a_failed_batch_over_again_and_never_stops(monkeypatch):
+    engine = ENGINE
     calls = []
 
     def handle_batch(batch):
@@ -278,12 +275,13 @@ def test_engine_hands_a_failed_batch_over_again_and_never_stops():
         if len(calls) < 2:
             raise OSError("No space left on device")
 
-    engine.__runners__ = {"kcm_alert.handle_batch": handle_batch}
+    # Engines get __runners__, which the loader mock does not know.
+    monkeypatch.setattr(engine, "__runners__", {"kcm_alert.handle_batch": handle_batch}, raising=False)
     batch = [("salt/beacon/m1/kcm_leader/changed", {"id": "m1"})]
     assert engine._handle(batch, sleep=lambda s: None) is True
     assert calls == [batch, batch]
 
-    engine.__runners__ = {"kcm_alert.handle_batch": lambda b: 1 / 0}
+    monkeypatch.setattr(engine, "__runners__", {"kcm_alert.handle_batch": lambda b: 1 / 0})
     assert engine._handle(batch, sleep=lambda s: None) is False  # logged, and the engine goes on
 
 

@@ -7,7 +7,7 @@ and its reading of state returns. Both get their dunders from pytest-salt-factor
 
 import pytest
 
-from tests.unit.conftest import load
+from tests.unit.conftest import load, utils
 
 RUNNER = load("_runners", "kcm_orch")
 MODULE = load("_modules", "kcm_orch")
@@ -147,6 +147,7 @@ def configure_loader_modules():
 @pytest.fixture
 def runner(cluster, monkeypatch):
     module = RUNNER
+    module.__utils__ = utils()
     monkeypatch.setattr(module, "_local_client", lambda: cluster)
     monkeypatch.setattr(module, "_expected_minions", lambda tgt, tgt_type: list(MASTERS))
     monkeypatch.setattr(module, "_now", lambda: cluster.now)
@@ -565,7 +566,7 @@ def test_a_master_whose_kcm_calls_raise_is_observed_with_their_reasons():
              "Connection refused\n")
     answer = {"kcm.health": {"healthy": True, "checks": {}}, "kcm.is_leader": trace, "kcm.leader": trace}
 
-    observed = RUNNER._observation(answer)
+    observed = load("_utils", "kcm_orch_poll").observation(answer)
 
     assert (observed["healthy"], observed["leader"], observed["live"]) == (True, False, False)
     assert observed["error"] == ("kcm.is_leader: unreachable: GET https://10.0.0.1:6443/...: Connection refused, "

@@ -8,7 +8,6 @@ builds its command line for the unit.
 import copy
 import datetime
 import http.server
-import importlib.util
 import json
 import os
 import socket
@@ -21,21 +20,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kcmlab.controlplane import CertificateAuthority, free_port, kubeconfig
-from tests.support.tls import server_context
+from kcmlab.controlplane import free_port
+from kcmlab.pki import CertificateAuthority, kubeconfig, server_context
 from tests.unit.conftest import load
 
 REPO = Path(__file__).resolve().parents[2]
 PROGRAM = REPO / "formula" / "kcm" / "files" / "kcm-release-lease.py"
+KCM_RELEASE = load("_modules", "kcm_release")
 LEASE_PATH = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/kube-controller-manager"
 KCM_CN = "system:kube-controller-manager"
-
-
-def load_program():
-    spec = importlib.util.spec_from_file_location("kcm_release_lease", PROGRAM)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def lease(holder, rv="7", transitions=3, duration=15):
@@ -130,7 +123,7 @@ def kcfg(tmp_path, apiserver, ca, client_pem):
 
 @pytest.fixture
 def program():
-    return load_program()
+    return load("formula/kcm/files", "kcm-release-lease")
 
 
 def run(program, capsys, kcfg, *extra, identity="master-1"):
@@ -329,12 +322,17 @@ def test_as_the_unit_runs_it_exit_0_and_one_line(tmp_path, kcfg, apiserver, kcm_
 
 
 @pytest.fixture
-def kcm_release_module(kcm_flags):
-    module = load("_modules", "kcm_release")
-    module.__salt__ = {f"kcm_flags.{n}": getattr(kcm_flags, n) for n in ("flags", "minor")}
-    module.__utils__ = kcm_flags.__utils__
-    module.__grains__ = {"pythonexecutable": "/opt/saltstack/salt/bin/python3.10"}
-    return module
+def configure_loader_modules(kcm_flags):
+    return {KCM_RELEASE: {
+        "__salt__": {f"kcm_flags.{n}": getattr(kcm_flags, n) for n in ("flags", "minor")},
+        "__utils__": kcm_flags.__utils__,
+        "__grains__": {"pythonexecutable": "/opt/saltstack/salt/bin/python3.10"},
+    }}
+
+
+@pytest.fixture
+def kcm_release_module():
+    return KCM_RELEASE
 
 
 def release_config(module, version="v1.37.2", **over):

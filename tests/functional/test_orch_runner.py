@@ -1,0 +1,90 @@
+"""
+The kcm_orch runner as Salt's own loader runs it on a master (``_runners`` with the formula's
+``_utils`` behind ``__utils__``), against a LocalClient stand-in whose Lease moves at once: the
+drill and the rolling change finish with their reports. The unit tests drive the same runner
+as a plain module; this one catches what only the loader does (a util's code runs without
+``__utils__``, so nothing of the runner may be called back from inside one).
+"""
+
+import pytest
+import salt.client
+import salt.config
+import salt.loader
+import salt.utils.minions
+
+from tests.support.pillar import REPO
+
+MASTERS = ("master-1", "master-2", "master-3")
+
+
+class InstantMasters:
+    """Three masters; a stopped leader's Lease goes to the next running master at once."""
+
+    def __init__(self):
+        self.leader = "master-1"
+        self.transitions = 0
+        self.running = set(MASTERS)
+        self.calls = []
+
+    def cmd(self, tgt, fun, arg=None, kwarg=None, tgt_type="glob", timeout=None):
+        if isinstance(fun, list):  # the runner's compound poll
+            return {m: self._poll(m) for m in tgt if m in self.running}
+        self.calls.append((fun, tuple(tgt)))
+        if fun == "kcm_orch.stop":
+            self.running -= set(tgt)
+            if self.leader not in self.running:
+                self.leader = sorted(self.running)[0]
+                self.transitions += 1
+        elif fun == "kcm_orch.start":
+            self.running |= set(tgt)
+        elif fun == "kcm.version":
+            return {m: "v1.37.2" for m in tgt}
+        return {m: {"result": True, "restarted": False, "version": "v1.37.2"} for m in tgt}
+
+    def _poll(self, minion):
+        holder = f"{self.leader}_{self.transitions}"
+        return {"kcm.health": {"healthy": True}, "kcm.is_leader": minion == self.leader,
+                "kcm.leader": {"holder": holder, "expired": False, "transitions": self.transitions}}
+
+
+class AllMinions:
+    def __init__(self, opts):
+        pass
+
+    def check_minions(self, tgt, tgt_type):
+        return {"minions": list(MASTERS)}
+
+
+@pytest.fixture
+def masters(monkeypatch):
+    fake = InstantMasters()
+    monkeypatch.setattr(salt.client, "get_local_client", lambda **kwargs: fake)
+    monkeypatch.setattr(salt.utils.minions, "CkMinions", AllMinions)
+    return fake
+
+
+@pytest.fixture
+def runners(tmp_path):
+    opts = dict(salt.config.DEFAULT_MASTER_OPTS, cachedir=str(tmp_path / "cache"),
+                extension_modules=str(tmp_path / "extmods"), runner_dirs=[str(REPO / "_runners")],
+                utils_dirs=[str(REPO / "_utils")])
+    return salt.loader.runner(opts, utils=salt.loader.utils(opts))
+
+
+def test_the_drill_stops_the_leader_and_reports_the_new_one(runners, masters):
+    report = runners["kcm_orch.drill"](tgt="master*", interval=0.01, timeout=5)
+
+    assert report["result"] is True, report["comment"]
+    assert (report["leader_before"], report["stopped"], report["leader_after"]) == (
+        "master-1", ["master-1"], "master-2")
+    assert report["summary"][0].split() == ["leader", "before", "master-1"]
+    assert ("kcm_orch.start", ("master-1",)) in masters.calls
+
+
+def test_the_rolling_change_goes_over_every_master_the_leader_last(runners, masters):
+    report = runners["kcm_orch.upgrade"](tgt="master*", interval=0.01, timeout=5)
+
+    assert report["result"] is True, report["comment"]
+    assert report["order"] == ["master-2", "master-3", "master-1"]
+    assert report["retcode"] == 0
+    assert report["summary"][-1].startswith("leader master-1 -> master-1, 0 leader change(s)")
