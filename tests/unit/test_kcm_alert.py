@@ -1,35 +1,38 @@
 """
-The kcm_alert runner: one alert per change across reporters (also under
-concurrent reactor threads), the Alertmanager v2 payload, resolving, and
-retries that never lose an alert silently.
+The kcm_alert runner: one alert per change across reporters (also under concurrent reactor
+threads), the Alertmanager v2 payload, resolving, the outbox that keeps an alert until a
+receiver accepts it (across a restart, bounded by the alert's endsAt), and the reconcile
+that raises what no event brought, under the same key.
 """
 
 import base64
 import datetime
 import http.server
-import importlib.util
 import json
-import pathlib
 import threading
 
 import pytest
+import salt.utils.atomicfile
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+from kcmlab.formula import load, utils
+
 T0 = 1_800_000_000.0
 REPORTERS = ("master-1", "master-2", "master-3")
+AM = "http://127.0.0.1:9093/api/v2/alerts"
 
-
-def _load(name="kcm_alert_under_test", path=ROOT / "_runners" / "kcm_alert.py"):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-BEACON = _load("kcm_leader_signer", ROOT / "_beacons" / "kcm_leader.py")
+kcm_alert = load("_runners", "kcm_alert")
+# A second instance of the runner: a salt-master restarted over the same cachedir, or
+# the other master of a multi-master pair (over its own).
+kcm_alert_other = load("_runners", "kcm_alert")
+BEACON = load("_beacons", "kcm_leader")
 KEYS = {}
+
+
+@pytest.fixture
+def configure_loader_modules():
+    return {module: {"__opts__": {}, "__utils__": utils()} for module in (kcm_alert, kcm_alert_other)}
 
 
 def minion_key(minion):
@@ -47,10 +50,12 @@ def signed(minion, kind, data, at):
 
 
 class Harness:
-    """The runner with its receivers and the master bus replaced by recorders."""
+    """The runner with its receivers and the master bus replaced by recorders; ``module``
+    defaults to a fresh instance with its own loader dunders (for callers without a
+    ``configure_loader_modules``)."""
 
-    def __init__(self, tmp_path, monkeypatch, **cfg):
-        self.module = _load()
+    def __init__(self, tmp_path, monkeypatch, module=None, cache="cache", **cfg):
+        self.module = module or load("_runners", "kcm_alert")
         self.posts = []
         self.events = []
         self.fail_next = 0
@@ -61,14 +66,17 @@ class Harness:
         for minion in (*REPORTERS, "web-1"):
             (pki / "minions" / minion).write_bytes(minion_key(minion).public_key().public_bytes(
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-        self.module.__opts__ = {
-            "cachedir": str(tmp_path / "cache"),
+        self.cachedir = tmp_path / cache
+        monkeypatch.setattr(self.module, "__opts__", {
+            "cachedir": str(self.cachedir),
             "sock_dir": str(tmp_path / "sock"),
             "pki_dir": str(pki),
             "kcm_alert": dict({"alertmanager_urls": ["http://127.0.0.1:9093"], "labels": {"env": "test"}}, **cfg),
-        }
+        }, raising=False)
+        if not getattr(self.module, "__utils__", None):
+            monkeypatch.setattr(self.module, "__utils__", utils(), raising=False)
         # The master's targeting (cached grains) is Salt's; here the KCM masters are a set.
-        monkeypatch.setattr(self.module, "_is_kcm_master", lambda minion, cfg: minion in self.masters)
+        monkeypatch.setattr(self.module, "_kcm_masters", lambda cfg: set(self.masters))
         monkeypatch.setattr(self.module, "_post", self._post)
         monkeypatch.setattr(self.module, "_fire", lambda tag, data: self.events.append((tag, data)))
         monkeypatch.setattr(self.module, "_sleep", lambda seconds: None)
@@ -94,6 +102,9 @@ class Harness:
     def tags(self):
         return [tag for tag, _ in self.events]
 
+    def store(self):
+        return json.loads((self.cachedir / "kcm_alert" / "dedupe.json").read_text())
+
 
 CHANGE = {
     "transitions": 4,
@@ -110,7 +121,7 @@ DEAD = {"transitions": 4, "holder": "master-2_bbbb", "node": "master-2", "renew_
 
 @pytest.fixture
 def harness(tmp_path, monkeypatch):
-    return Harness(tmp_path, monkeypatch)
+    return Harness(tmp_path, monkeypatch, module=kcm_alert)
 
 
 def test_three_reporters_of_one_change_give_one_alert(harness):
@@ -130,7 +141,7 @@ def test_a_new_transition_is_a_new_alert(harness):
 
 
 def test_dedupe_holds_under_concurrent_reactor_threads(tmp_path, monkeypatch):
-    harness = Harness(tmp_path, monkeypatch)
+    harness = Harness(tmp_path, monkeypatch, module=kcm_alert)
     original = harness._post
 
     def slow_post(url, payload, cfg):
@@ -248,7 +259,7 @@ def test_acquired_and_lost_are_not_alerts(harness):
 
 
 def test_a_send_failure_is_retried_with_backoff(tmp_path, monkeypatch):
-    harness = Harness(tmp_path, monkeypatch, retries=3, backoff=0.5)
+    harness = Harness(tmp_path, monkeypatch, module=kcm_alert, retries=3, backoff=0.5)
     sleeps = []
     monkeypatch.setattr(harness.module, "_sleep", sleeps.append)
     harness.fail_next = 2
@@ -257,24 +268,27 @@ def test_a_send_failure_is_retried_with_backoff(tmp_path, monkeypatch):
     assert sleeps == [0.5, 1.0]
 
 
-def test_an_undeliverable_alert_is_reported_and_retried_by_the_next_reporter(harness):
+def test_an_undeliverable_alert_is_kept_and_sent_by_the_next_flush(harness):
     harness.fail_next = 3
     result = harness.handle("master-1", "changed", **CHANGE)
     assert result["failed"] is True and harness.alerts() == []
     failed = [d for t, d in harness.events if t == "kcm/alert/send_failed"]
     assert len(failed) == 1
-    assert "connection refused" in failed[0]["failed"]["http://127.0.0.1:9093/api/v2/alerts"]
-    # the same change from another master is not swallowed as a duplicate
-    assert harness.handle("master-2", "changed", **CHANGE)["fired"]
-    assert len(harness.alerts()) == 1
+    assert "connection refused" in failed[0]["failed"][AM]
+    # the same change from another master is a duplicate, and its flush delivers the kept alert
+    assert harness.handle("master-2", "changed", **CHANGE)["duplicate"] is True
+    assert [a["labels"]["new_node"] for a in harness.alerts()] == ["master-2"]
+    assert harness.tags().count("kcm/alert/send_failed") == 1
+    assert harness.tags().count("kcm/alert/delivered") == 1
+    assert harness.store()["outbox"] == {}
 
 
-def test_an_undelivered_unreachable_alert_is_sent_by_the_next_reporter(harness):
+def test_an_undelivered_unreachable_alert_is_sent_once_when_the_receiver_is_back(harness):
     harness.fail_next = 3
-    harness.handle("master-1", "unreachable", reason="refused")
-    assert harness.handle("master-2", "unreachable", reason="refused")["fired"]
+    assert harness.handle("master-1", "unreachable", reason="refused")["failed"] is True
+    assert harness.handle("master-2", "unreachable", reason="refused")["fired"] == []
     assert harness.handle("master-3", "unreachable", reason="refused")["duplicate"] is True
-    assert len(harness.alerts()) == 1
+    assert [a["labels"]["alertname"] for a in harness.alerts()] == ["KCMApiserverUnreachable"]
 
 
 class _Receiver(http.server.BaseHTTPRequestHandler):
@@ -306,8 +320,9 @@ def receiver():
 
 def test_real_http_retry_after_a_500_and_webhook_copy(tmp_path, monkeypatch, receiver):
     base, handler = receiver
-    h = Harness(tmp_path, monkeypatch, alertmanager_urls=[base + "/"], webhook_urls=[base + "/hook"], backoff=0.01)
-    monkeypatch.setattr(h.module, "_post", _load()._post)  # the real HTTP client
+    h = Harness(tmp_path, monkeypatch, module=kcm_alert, alertmanager_urls=[base + "/"],
+                webhook_urls=[base + "/hook"], backoff=0.01)
+    monkeypatch.setattr(h.module, "_post", load("_runners", "kcm_alert")._post)  # the real HTTP client
     handler.answers = [500]
     result = h.handle("master-1", "changed", **CHANGE)
     events = h.tags()
@@ -377,7 +392,7 @@ def test_cert_expiring_once_per_cluster_minion_cert_serial_threshold(harness):
 
 
 def test_cert_expiring_dedupe_holds_under_concurrent_reactor_threads(tmp_path, monkeypatch):
-    harness = Harness(tmp_path, monkeypatch)
+    harness = Harness(tmp_path, monkeypatch, module=kcm_alert)
     original = harness._post
 
     def slow_post(url, payload, cfg):
@@ -483,7 +498,7 @@ FORGERIES = ["a non-master signs its own report", "a non-master names a master i
 
 @pytest.mark.parametrize("case", FORGERIES)
 def test_a_forged_report_neither_alerts_nor_resolves(tmp_path, monkeypatch, case):
-    h = Harness(tmp_path, monkeypatch)
+    h = Harness(tmp_path, monkeypatch, module=kcm_alert)
     h.handle("master-1", "no_leader", **DEAD)
     assert [a["labels"]["alertname"] for a in h.alerts()] == ["KCMNoLeader"]
     before = len(h.posts)
@@ -501,7 +516,7 @@ def test_a_forged_report_neither_alerts_nor_resolves(tmp_path, monkeypatch, case
 
 def test_the_signed_bytes_are_the_same_on_both_sides():
     data = {"id": "master-1", "transitions": 4, "thresholds": [30, 7], "signed_at": T0, "_stamp": "x", "sig": "y"}
-    assert _load().signed_message("changed", data) == BEACON.signed_message("changed", data)
+    assert kcm_alert.signed_message("changed", data) == BEACON.signed_message("changed", data)
     assert b"_stamp" not in BEACON.signed_message("changed", data)
 
 
@@ -513,7 +528,7 @@ def test_the_signed_bytes_are_the_same_on_both_sides():
 @pytest.mark.parametrize("content", ["null", "[]", '"text"', '{"seen": [], "open": null}', '{"seen": {"k": 1}}',
                                      "{not json"])
 def test_a_store_of_the_wrong_shape_is_reset_and_the_alert_sent(tmp_path, monkeypatch, content, caplog):
-    h = Harness(tmp_path, monkeypatch)
+    h = Harness(tmp_path, monkeypatch, module=kcm_alert)
     store = tmp_path / "cache" / "kcm_alert" / "dedupe.json"
     store.parent.mkdir(parents=True)
     store.write_text(content)
@@ -526,23 +541,28 @@ def test_a_store_of_the_wrong_shape_is_reset_and_the_alert_sent(tmp_path, monkey
 
 
 def test_a_full_disk_still_sends_the_alert_and_leaves_no_temp_file(tmp_path, monkeypatch):
-    h = Harness(tmp_path, monkeypatch)
+    h = Harness(tmp_path, monkeypatch, module=kcm_alert)
+    real = salt.utils.atomicfile.atomic_open
 
-    def full(fd):
-        raise OSError(28, "No space left on device")
+    def full(path, mode="w"):
+        handle = real(path, mode)
 
-    monkeypatch.setattr(h.module.os, "fsync", full)
+        def write(text):
+            raise OSError(28, "No space left on device")
+
+        handle.write = write
+        return handle
+
+    monkeypatch.setattr(salt.utils.atomicfile, "atomic_open", full)
     result = h.handle("master-1", "no_leader", **DEAD)
 
     assert result["failed"] is False
     assert [a["labels"]["alertname"] for a in h.alerts()] == ["KCMNoLeader"]
-    leftovers = [p.name for p in (tmp_path / "cache" / "kcm_alert").iterdir() if p.name.startswith(".dedupe-")]
-    assert leftovers == []
+    assert sorted(p.name for p in (tmp_path / "cache" / "kcm_alert").iterdir()) == ["dedupe.json.lock"]
 
 
 def test_the_store_is_bounded_and_a_certs_key_expires(tmp_path, monkeypatch):
-    h = Harness(tmp_path, monkeypatch)
-    monkeypatch.setattr(h.module, "MAX_SEEN", 50)
+    h = Harness(tmp_path, monkeypatch, module=kcm_alert, max_seen=50)
     for serial in range(80):
         h.now += 1
         h.handle("master-1", "cert_expiring", **dict(EXPIRING, serial=f"{serial:x}", not_after="9999-01-01T00:00:00Z",

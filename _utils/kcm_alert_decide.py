@@ -1,0 +1,289 @@
+"""
+The ``kcm_alert`` runner's decisions, made on its store (see ``kcm_outbox``) with the lock
+held: which report is new (once per dedupe key, whichever master or the reconcile saw it
+first), which condition it opens or ends, and what the reconcile learns from the Lease the
+KCM masters read. Pure functions of (store, report, config, now); nothing is sent here.
+
+Each decision returns ``(fire, resolve)``: the alerts to fire, and ``(alert, expires)``
+pairs of resolutions (``expires``: when the alert they end would have ended by itself).
+
+Called as ``__utils__["kcm_alert_decide.decide"](...)`` from the runner.
+"""
+
+import logging
+
+import salt.utils.compat
+
+__virtualname__ = "kcm_alert_decide"
+
+log = logging.getLogger(__name__)
+
+# The store holds at most this many keys, the oldest evicted first.
+MAX_SEEN = 1000
+MAX_OPEN = 200
+MAX_LEASES = 1000
+# A certificate alert's key is kept until notAfter, but never longer than this.
+MAX_KEEP_SECONDS = 2 * 366 * 86400
+
+
+def __virtual__():
+    # The loader packs no __utils__ into utils modules; Salt's helper for a util that calls
+    # others (kcm_time, ...) builds it from this module's __opts__.
+    salt.utils.compat.pack_dunder(__name__)
+    return __virtualname__
+
+
+def _rule(name):
+    return __utils__[f"kcm_alert_rules.{name}"]  # noqa: F821
+
+
+def _epoch(text):
+    return __utils__["kcm_time.epoch"](text)  # noqa: F821
+
+
+def prune(store, oldest, caps=None):
+    """Forget keys older than ``oldest`` (a cert's key lives until notAfter) and cap each part."""
+    caps = caps or {"seen": MAX_SEEN, "open": MAX_OPEN, "leases": MAX_LEASES}
+    store["seen"] = {
+        key: entry for key, entry in store["seen"].items()
+        if max(entry.get("at", 0), entry.get("keep_until") or 0) >= oldest
+    }
+    store["open"] = {
+        slot: entry for slot, entry in store["open"].items()
+        if not slot.startswith("cert|") or (entry.get("keep_until") or 0) >= oldest
+    }
+    for part, cap in caps.items():
+        if len(store[part]) > cap:
+            newest = sorted(store[part].items(), key=lambda item: _rule("number")(item[1].get("at")) or 0)[-cap:]
+            log.warning("kcm_alert: state over %s %s entries; the oldest are dropped", cap, part)
+            store[part] = dict(newest)
+
+
+def _claimable(entry):
+    # "failed" is a key of a store written before the outbox: its alert was never kept.
+    return entry is None or entry.get("status") == "failed"
+
+
+def _ending(open_alert, now):
+    return _rule("resolution")(open_alert, now), _epoch(open_alert.get("endsAt")) or now
+
+
+def _cert_slot(data, reporter):
+    return f"cert|{_rule('cluster_key')(data)}|{_rule('cert_minion')(data, reporter)}|{data.get('cert')}"
+
+
+def _resolve_old_serial(store, data, reporter, now, keep_labels=None):
+    """Resolutions for the open alerts of this cert's previous serial (a renewal ended them)."""
+    slot = _cert_slot(data, reporter)
+    current = store["open"].get(slot)
+    if not current or current.get("serial") == str(data.get("serial")):
+        return []
+    store["open"].pop(slot)
+    # An alert with the very labels about to fire again is replaced by that firing, not resolved first.
+    return [_ending(alert, now) for alert in current["alerts"] if alert["labels"] != keep_labels]
+
+
+def _decide_cert(store, kind, data, reporter, cfg, now):
+    if kind == "cert_renewed":
+        return [], _resolve_old_serial(store, data, reporter, now)
+    alert = _rule("build_alert")(kind, data, reporter, cfg, now)
+    resolve = _resolve_old_serial(store, data, reporter, now, keep_labels=alert["labels"])
+    key = _rule("dedupe_key")(kind, data, reporter)
+    if not _claimable(store["seen"].get(key)):
+        return [], resolve
+    expiry = min(_epoch(data.get("not_after")) or now, now + MAX_KEEP_SECONDS)
+    store["seen"][key] = {"at": now, "status": "queued", "reporter": reporter, "keep_until": expiry}
+    slot = _cert_slot(data, reporter)
+    current = store["open"].setdefault(slot, {"serial": str(data.get("serial")), "alerts": [], "at": now})
+    current["keep_until"] = expiry
+    current["alerts"] = [a for a in current["alerts"] if a["labels"] != alert["labels"]] + [alert]
+    return [alert], resolve
+
+
+def _recovered(store, cluster, data, reporter, now):
+    condition = data.get("condition")
+    slot = f"{cluster}|{condition}"
+    current = store["open"].get(slot)
+    if current and condition == "unreachable":
+        current["reporters"] = [r for r in current["reporters"] if r != reporter]
+        if current["reporters"]:
+            return [], []
+    if current:
+        return [], [_ending(store["open"].pop(slot), now)]
+    return [], []
+
+
+def note_lease(store, data, now):
+    """Remember the newest Lease holder of the cluster ``data`` names (the reconcile compares with it)."""
+    try:
+        transitions = int(data.get("transitions"))
+    except (TypeError, ValueError):
+        return
+    cluster = _rule("cluster_key")(data)
+    known = store["leases"].get(cluster)
+    if known is None or transitions >= known.get("transitions", -1):
+        store["leases"][cluster] = {"transitions": transitions, "at": now, **{
+            field: data.get(f"new_{field}", data.get(field)) for field in ("holder", "node", "minion")}}
+
+
+def decide(store, kind, data, reporter, cfg, now):
+    """
+    Update the store for one report; return ``(fire, resolve)`` (see the module docstring).
+
+    The key is recorded as queued in the same locked write that puts the alert into the
+    outbox, so a concurrent duplicate (another master's report, or the reconcile) finds
+    it taken, and the alert is never dropped once decided.
+    """
+    if kind in ("cert_expiring", "cert_renewed"):
+        return _decide_cert(store, kind, data, reporter, cfg, now)
+    cluster = _rule("cluster_key")(data)
+    if kind == "recovered":
+        return _recovered(store, cluster, data, reporter, now)
+    fire, resolve = [], []
+    key = _rule("dedupe_key")(kind, data, reporter)
+    if kind == "changed":
+        note_lease(store, data, now)
+        for condition in _rule("cleared_by_change")():
+            current = store["open"].pop(f"{cluster}|{condition}", None)
+            if current:
+                resolve.append(_ending(current, now))
+    if not _claimable(store["seen"].get(key)):
+        return fire, resolve
+    store["seen"][key] = {"at": now, "status": "queued", "reporter": reporter}
+    slot = f"{cluster}|{kind}"
+    current = store["open"].get(slot)
+    if kind == "unreachable" and current:
+        # One cluster-wide alert, already in the outbox: remember who else sees it, for the resolve.
+        if reporter not in current["reporters"]:
+            current["reporters"].append(reporter)
+        store["seen"][key]["status"] = "joined"
+        return fire, resolve
+    alert = _rule("build_alert")(kind, data, reporter, cfg, now)
+    if kind in _rule("conditions")():
+        store["open"][slot] = dict(alert, reporters=[reporter], at=now,
+                                   facts={"holder": data.get("holder"), "renew_time": data.get("renew_time")})
+    fire.append(alert)
+    return fire, resolve
+
+
+# --------------------------------------------------------------------------
+# the reconcile: the Lease as the KCM masters read it, against the store
+# --------------------------------------------------------------------------
+
+
+def _live(lease):
+    return bool(lease.get("holder")) and lease.get("expired") is False
+
+
+def _missed_change(store, view, cfg, now):
+    """A KCMLeaderChanged for a Lease transition no report brought, under the event path's key."""
+    lease, cluster = view["lease"], _rule("cluster_key")(view["data"])
+    known = store["leases"].get(cluster)
+    try:
+        transitions = int(lease.get("transitions"))
+    except (TypeError, ValueError):
+        return [], [], None
+    if not lease.get("holder"):
+        return [], [], None
+    if known is None:
+        # First sight: nothing to compare with, so this Lease is where counting starts.
+        note_lease(store, dict(view["data"], **lease), now)
+        return [], [], "baseline"
+    if transitions < known["transitions"] or (transitions, lease["holder"]) == (known["transitions"],
+                                                                               known.get("holder")):
+        return [], [], None  # what a report already brought, or an older read than it
+    data = dict(view["data"], transitions=transitions, acquire_time=lease.get("acquire_time"),
+                renew_time=lease.get("renew_time"), holder=lease["holder"],
+                new_holder=lease["holder"], new_node=lease.get("node"), new_minion=lease.get("minion"),
+                old_holder=known.get("holder"), old_node=known.get("node"), old_minion=known.get("minion"))
+    fire, resolve = decide(store, "changed", data, view["reporter"], cfg, now)
+    log.info("kcm_alert: reconcile: %s leaseTransitions %s -> %s (%s)", cluster, known["transitions"],
+             transitions, "raised" if fire else "already alerted")
+    return fire, resolve, "changed" if fire else None
+
+
+def _gone_conditions(store, view, now):
+    """Resolutions of the conditions the masters' answers show over (a live Lease)."""
+    cluster, lease = _rule("cluster_key")(view["data"]), view["lease"]
+    if not _live(lease):
+        return []
+    resolve = []
+    for condition in _rule("conditions")():
+        current = store["open"].get(f"{cluster}|{condition}")
+        if not current:
+            continue
+        facts = current.get("facts") or {}
+        if condition == "stale" and (facts.get("holder"), facts.get("renew_time")) == \
+                (lease.get("holder"), lease.get("renew_time")):
+            continue  # the same unrenewed record: not over
+        if condition == "unreachable":
+            # Its reporters that answer now, or are gone (no answer at all) while the others
+            # read a live Lease, no longer see it; those still failing keep it open.
+            current["reporters"] = [r for r in current["reporters"] if r in view["erroring"]]
+            if current["reporters"]:
+                continue
+        resolve.append(_ending(store["open"].pop(f"{cluster}|{condition}"), now))
+    return resolve
+
+
+def reconcile_cluster(store, view, cfg, now):
+    """
+    Compare one cluster's Lease, as its masters answered, with the store. ``view``:
+    ``data`` (``cluster``, ``cluster_id``), ``lease`` (the newest ``kcm.leader`` record),
+    ``erroring`` (masters that could not read it), ``reporter`` (for the annotations).
+    Returns ``(fire, resolve, what)``; ``what`` is "changed", "baseline" or None.
+    """
+    fire, resolve, what = _missed_change(store, view, cfg, now)
+    resolve = resolve + _gone_conditions(store, view, now)
+    return fire, resolve, what
+
+
+def ask_masters(opts, masters, timeout):
+    """
+    ``kcm.leader`` and ``kcm.status`` of the minions ``masters`` (a list target), in one
+    publish through the master's LocalClient; ``{minion: {function: answer}}`` of those
+    that answered within ``timeout`` seconds, only minions of the list.
+    """
+    import salt.client
+
+    if not masters:
+        return {}
+    client = salt.client.get_local_client(mopts=opts)
+    answers = client.cmd(list(masters), ["kcm.leader", "kcm.status"], [[], []], timeout=timeout,
+                         tgt_type="list") or {}
+    return {minion: answers[minion] for minion in masters if minion in answers}
+
+
+def _row(status):
+    if isinstance(status, list) and status and isinstance(status[0], dict):
+        return status[0]
+    return status if isinstance(status, dict) else {}
+
+
+def views(answers, reporter):
+    """
+    One view per cluster (see :func:`reconcile_cluster`) from the masters' answers,
+    ``{minion: {"kcm.leader": record, "kcm.status": [row]}}``: the newest Lease they read
+    (by leaseTransitions, then renewal), and which of them could not read it.
+    """
+    bounded, number = _rule("bounded"), _rule("number")
+    found = {}
+    for minion, answer in sorted(answers.items()):
+        if not isinstance(answer, dict):
+            continue  # kcm not synced there: a string
+        row = _row(answer.get("kcm.status"))
+        if not row.get("cluster") or not row.get("cluster_id"):
+            continue  # not deployed, or a cluster it cannot name as its reports do
+        data = bounded({"cluster": row["cluster"], "cluster_id": row["cluster_id"]})
+        view = found.setdefault(_rule("cluster_key")(data), {"data": data, "lease": None, "erroring": set(),
+                                                             "answered": [], "reporter": reporter})
+        view["answered"].append(minion)
+        leader = answer.get("kcm.leader")
+        if not isinstance(leader, dict) or "error" in leader:
+            view["erroring"].add(minion)
+            continue
+        lease = bounded(leader)
+        order = (number(lease.get("transitions")) or -1, _epoch(lease.get("renew_time")) or 0)
+        if view["lease"] is None or order > view["order"]:
+            view["lease"], view["order"] = lease, order
+    return found

@@ -1,0 +1,232 @@
+"""
+What an alert of the ``kcm_alert`` runner says, decided from a report alone (pure: no store,
+no network): its dedupe key, labels, annotations, severity, ``startsAt`` and ``endsAt``.
+
+Every Salt master that sees a report computes the same alert from it: nothing here depends
+on the master that computes it (its clock only bounds ``endsAt``), so two masters of one
+multi-master setup post identical label sets and ``startsAt``, which Alertmanager holds as
+one alert. ``startsAt`` is a fact of the cluster where one exists (the Lease's
+``acquireTime`` for a new leader, its last renewal for a stale or lost one), else the time
+the minion signed its report.
+
+Called as ``__utils__["kcm_alert_rules.build_alert"](...)`` from the runner.
+"""
+
+import salt.utils.compat
+
+__virtualname__ = "kcm_alert_rules"
+
+ALERTS = {
+    "cert_expiring": ("KCMCertExpiring", "warning"),
+    "changed": ("KCMLeaderChanged", "warning"),
+    "no_leader": ("KCMNoLeader", "critical"),
+    "stale": ("KCMLeaderStale", "warning"),
+    "unreachable": ("KCMApiserverUnreachable", "critical"),
+}
+CONDITIONS = ("no_leader", "stale", "unreachable")
+# A new leader ends these conditions; unreachable is about the reporter's own path.
+CLEARED_BY_CHANGE = ("no_leader", "stale")
+# Fewer days left than this make any KCMCertExpiring critical.
+CERT_CRITICAL_DAYS = 7
+# What one report may make the runner keep: strings are cut, nested values dropped.
+MAX_TEXT = 256
+MAX_FIELDS = 40
+
+
+def __virtual__():
+    # The loader packs no __utils__ into utils modules; Salt's helper for a util that calls
+    # others (kcm_time, ...) builds it from this module's __opts__.
+    salt.utils.compat.pack_dunder(__name__)
+    return __virtualname__
+
+
+def _time(name):
+    return __utils__[f"kcm_time.{name}"]  # noqa: F821
+
+
+def conditions():
+    """The kinds that open a condition (alive until resolved), not a one-off event."""
+    return CONDITIONS
+
+
+def cleared_by_change():
+    """The conditions a new leader ends."""
+    return CLEARED_BY_CHANGE
+
+
+def number(value):
+    """``value`` as a float, or None when it is not a number."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def cert_minion(data, reporter):
+    """The minion a certificate report is about (the beacon names it; else its reporter)."""
+    return str(data.get("minion") or reporter)
+
+
+def cluster_key(data):
+    """
+    Which cluster an event is about: its name plus its ``cluster_id`` (the kube-system
+    namespace UID), so two clusters that share a name never dedupe or resolve each
+    other's alerts. Events without an id (beacons before it) fall back to the name.
+    """
+    name = data.get("cluster") or "unknown"
+    return f"{name}#{data['cluster_id']}" if data.get("cluster_id") else name
+
+
+def dedupe_key(kind, data, reporter):
+    """The identity of one change: every master that saw it, and the reconcile, compute the same key."""
+    cluster = cluster_key(data)
+    if kind in ("cert_expiring", "cert_renewed"):
+        minion = cert_minion(data, reporter)
+        return f"{cluster}|{kind}|{minion}|{data.get('cert')}|{data.get('serial')}|{data.get('threshold')}"
+    if kind == "changed":
+        return f"{cluster}|changed|{data.get('transitions')}|{data.get('new_holder')}"
+    if kind == "unreachable":
+        return f"{cluster}|unreachable|{reporter}"
+    return f"{cluster}|{kind}|{data.get('transitions')}|{data.get('renew_time')}"
+
+
+def cert_severity(data):
+    """critical at the smallest configured threshold or under CERT_CRITICAL_DAYS left, else warning."""
+    threshold = number(data.get("threshold"))
+    days_left = number(data.get("days_left"))
+    configured = [days for days in map(number, data.get("thresholds") or ()) if days is not None]
+    smallest = min(configured) if configured else threshold
+    if days_left is not None and days_left < CERT_CRITICAL_DAYS:
+        return "critical"
+    if threshold is not None and smallest is not None and threshold <= smallest:
+        return "critical"
+    return "warning"
+
+
+def alert_labels(kind, data, extra):
+    """Labels of the alert for `kind`; resolving re-sends exactly these."""
+    name, severity = ALERTS[kind]
+    labels = {str(k): str(v) for k, v in (extra or {}).items()}
+    labels.update(alertname=name, cluster=str(data.get("cluster") or "unknown"), severity=severity)
+    if data.get("cluster_id"):
+        # Alertmanager merges alerts with equal labels: same-named clusters must differ.
+        labels["cluster_id"] = str(data["cluster_id"])
+    if kind == "changed":
+        labels["old_node"] = str(data.get("old_node") or "none")
+        labels["new_node"] = str(data.get("new_node") or "none")
+    elif kind == "stale":
+        labels["node"] = str(data.get("node") or "none")
+    elif kind == "cert_expiring":
+        labels.update(
+            severity=cert_severity(data),
+            minion=cert_minion(data, data.get("id")),
+            cert=str(data.get("cert")),
+            threshold=str(data.get("threshold")),
+        )
+    return labels
+
+
+def _summary_and_description(kind, data, reporter):
+    cluster = data.get("cluster") or "unknown"
+    if kind == "changed":
+        return (
+            f"KCM leader of {cluster} moved from {data.get('old_node') or 'nobody'} to {data.get('new_node')}",
+            f"Lease holder {data.get('old_holder')} -> {data.get('new_holder')} "
+            f"(minion {data.get('old_minion')} -> {data.get('new_minion')}), "
+            f"leaseTransitions {data.get('transitions')}; first reported by {reporter}.",
+        )
+    if kind == "no_leader":
+        return (
+            f"KCM of {cluster} has no leader",
+            f"The lease is expired or released (last holder {data.get('holder')}, "
+            f"last renewal {data.get('renew_time')}); first reported by {reporter}.",
+        )
+    if kind == "cert_expiring":
+        minion = cert_minion(data, reporter)
+        return (
+            f"{data.get('cert')} certificate of KCM on {minion} ({cluster}) expires in {data.get('days_left')} days",
+            f"Subject {data.get('subject')}, serial {data.get('serial')}, notAfter {data.get('not_after')}: "
+            f"{data.get('days_left')} days left, below the {data.get('threshold')}-day threshold.",
+        )
+    if kind == "stale":
+        return (
+            f"KCM leader {data.get('node')} of {cluster} stopped renewing its lease",
+            f"No renewal for {data.get('age_seconds')} s (judged by {data.get('basis')}); "
+            f"last renewal {data.get('renew_time')}; first reported by {reporter}.",
+        )
+    return f"{reporter} cannot read the KCM leader lease of {cluster}", f"{reporter}: {data.get('reason')}"
+
+
+def annotations(kind, data, reporter):
+    """summary and description of the alert for `kind`."""
+    summary, description = _summary_and_description(kind, data, reporter)
+    return {"summary": summary, "description": description}
+
+
+def starts_at(kind, data, now):
+    """
+    When the thing alerted on began, from the report's own facts (see the module
+    docstring): equal on every master that handles the report.
+    """
+    epoch = _time("epoch")
+    began = None
+    if kind == "changed":
+        began = epoch(data.get("acquire_time"))
+    elif kind == "no_leader":
+        renewed = epoch(data.get("renew_time"))
+        duration = number(data.get("lease_duration_seconds"))
+        began = renewed + duration if renewed is not None and duration is not None else None
+    elif kind == "stale":
+        began = epoch(data.get("renew_time"))
+    if began is None:
+        began = number(data.get("signed_at"))
+    # A time in the future (a skewed clock) would make Alertmanager hold the alert back.
+    return min(began, now) if began is not None else now
+
+
+def ends_at(kind, data, cfg, now):
+    """Epoch seconds the alert ends by itself unless resolved earlier."""
+    if kind == "cert_expiring":
+        # Until the cert expires; an already expired one (or an unreadable
+        # notAfter) must not arrive resolved, so it gets the condition TTL.
+        expiry = _time("epoch")(data.get("not_after"))
+        return expiry if expiry is not None and expiry > now else now + cfg["condition_ttl"]
+    return now + (cfg["event_ttl"] if kind == "changed" else cfg["condition_ttl"])
+
+
+def build_alert(kind, data, reporter, cfg, now):
+    """One Alertmanager v2 alert (postableAlert) for a firing condition or event."""
+    fmt = _time("format_rfc3339")
+    return {
+        "labels": alert_labels(kind, data, cfg["labels"]),
+        "annotations": annotations(kind, data, reporter),
+        "startsAt": fmt(starts_at(kind, data, now)),
+        # Explicit endsAt: without it Alertmanager resolves an alert that is
+        # not re-sent after resolve_timeout (5 min), and we send only once.
+        "endsAt": fmt(ends_at(kind, data, cfg, now)),
+    }
+
+
+def resolution(open_alert, now):
+    """The alert `open_alert` again, ended at `now`: what Alertmanager takes as resolved."""
+    return {
+        "labels": open_alert["labels"],
+        "annotations": open_alert.get("annotations", {}),
+        "startsAt": open_alert["startsAt"],
+        "endsAt": _time("format_rfc3339")(max(now, _time("epoch")(open_alert["startsAt"]) or now)),
+    }
+
+
+def bounded(data):
+    """What of a report the runner keeps: scalars and short lists, strings cut to MAX_TEXT."""
+
+    def cut(value):
+        return value[:MAX_TEXT] if isinstance(value, str) else value
+
+    out = {}
+    for key, value in list(data.items())[:MAX_FIELDS]:
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            out[str(key)[:64]] = cut(value)
+        elif isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value[:10]):
+            out[str(key)[:64]] = [cut(v) for v in value[:10]]
+    return out
