@@ -555,7 +555,7 @@ SHAPES = (
     (("create_user",), BOOL), (("use_service_account_credentials",), BOOL), (("log_to_file",), BOOL),
     (("service", "manage"), BOOL), (("beacon", "enabled"), BOOL), (("master", "sync_runners"), BOOL),
     (("master", "enroll", "enabled"), BOOL), (("master", "allow_http"), BOOL), (("master", "alert_engine"), BOOL),
-    (("master", "batch_wait"), NUMBER),
+    (("master", "batch_wait"), NUMBER), (("master", "reconcile_interval"), INT), (("master", "flush_interval"), INT),
     (("secure_port",), INT), (("keep_versions",), INT), (("verbosity",), INT),
     (("pki", "days_valid"), INT), (("pki", "days_remaining"), INT), (("pki", "key_size"), INT),
     (("beacon", "interval"), NUMBER), (("beacon", "debounce"), INT), (("beacon", "stale_after"), NUMBER),
@@ -867,6 +867,9 @@ def master_problems(master):
     if isinstance(batch_wait, (int, float)) and not isinstance(batch_wait, bool) and not 0 < batch_wait <= 5:
         # Every event of a batch waits up to this long: past 5 s the alert comes late.
         problems.append(f"kcm:master:batch_wait: {batch_wait!r} is not seconds in (0, 5], such as 0.2")
+    for key in ("reconcile_interval", "flush_interval"):
+        if _KINDS[INT](master.get(key)) and master[key] < 1:
+            problems.append(f"kcm:master:{key}: {master[key]} is not a positive number of seconds")
     _match(problems, wrapped, ("master", "enroll", "grain"), GRAIN_RE, "a grain name such as role")
     _match(problems, wrapped, ("master", "enroll", "value"), re.compile(r"^[A-Za-z0-9_.:-]+$"),
            "a grain value such as k8s-master (no glob or space)")

@@ -178,10 +178,11 @@ def starts_at(kind, data, now):
         began = renewed + duration if renewed is not None and duration is not None else None
     elif kind == "stale":
         began = epoch(data.get("renew_time"))
-    if began is None:
-        began = number(data.get("signed_at"))
-    # A time in the future (a skewed clock) would make Alertmanager hold the alert back.
-    return min(began, now) if began is not None else now
+    # Never after the report itself (a skewed clock); the time it was signed is the same
+    # on every master, "now" is not.
+    signed = number(data.get("signed_at"))
+    latest = signed if signed is not None else now
+    return min(began, latest) if began is not None else latest
 
 
 def ends_at(kind, data, cfg, now):

@@ -6,6 +6,8 @@
       reactor:  salt/beacon/*/kcm_leader/*  ->  salt://reactor/kcm/leader.sls (one runner
                 job per event; alert_engine: false)
       kcm_alert: receivers and labels for the kcm_alert runner (pillar kcm:master)
+      schedule: kcm_alert.reconcile at start and every kcm:master:reconcile_interval s, and
+                kcm_alert.flush (the outbox) every kcm:master:flush_interval s, on both paths
     and syncs salt://_runners (kcm_alert, kcm: the fleet view), salt://_engines (kcm_alert)
     and salt://_output (the fleet table, kcm_fleet) into the master's extension modules.
 
@@ -18,7 +20,8 @@
     and kcm_enroll: {grain, value} for the kcm_enroll runner (highstate a new master once).
 
     Settings: pillar `kcm:master` (config_dir, alertmanager_urls, webhook_urls, labels,
-    ca_bundle, sync_runners, alert_engine, batch_wait, enroll); defaults in defaults.yaml. TLS to receivers is always
+    ca_bundle, sync_runners, alert_engine, batch_wait, reconcile_interval, flush_interval,
+    enroll); defaults in defaults.yaml. TLS to receivers is always
     verified (ca_bundle '' = the system store). #}
 {%- from tpldir ~ "/map.jinja" import kcm with context %}
 {%- set master = kcm.master %}
@@ -29,7 +32,15 @@
       "ca_bundle": master.ca_bundle,
       "reporters": master.reporters,
     } %}
-{%- set conf = {"reactor": [], "kcm_alert": alert} %}
+{#- The runners the master's own scheduler runs, whichever path handles the events: the
+    reconcile finds what no event brought (and runs when the master starts), the flush
+    retries the outbox. maxrunning 1: a slow run is not stacked by the next. #}
+{%- set schedule = {
+      "kcm_alert_reconcile": {"function": "kcm_alert.reconcile", "seconds": master.reconcile_interval,
+                              "run_on_start": True, "maxrunning": 1},
+      "kcm_alert_flush": {"function": "kcm_alert.flush", "seconds": master.flush_interval, "maxrunning": 1},
+    } %}
+{%- set conf = {"reactor": [], "kcm_alert": alert, "schedule": schedule} %}
 {%- if master.alert_engine %}
 {%-   set engine = {"kcm_alert": {"batch_wait": master.batch_wait} } %}
 {%-   do conf.update({"engines": [engine]}) %}

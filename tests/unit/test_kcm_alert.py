@@ -571,3 +571,284 @@ def test_the_store_is_bounded_and_a_certs_key_expires(tmp_path, monkeypatch):
     assert len(store["seen"]) <= 50
     assert max(e["keep_until"] for e in store["seen"].values()) <= h.now + 2 * 366 * 86400
     assert all(len(a["annotations"]["description"]) < 1000 for a in h.alerts())
+
+
+# --------------------------------------------------------------------------
+# the outbox: kept until accepted, bounded by endsAt, across restarts
+# --------------------------------------------------------------------------
+
+
+def test_an_alertmanager_that_refuses_then_accepts_gets_the_alert_once(harness):
+    harness.fail_next = 3 * 2  # the report's own attempt and the first flush
+    assert harness.handle("master-1", "changed", **CHANGE)["failed"] is True
+    assert harness.module.flush() == {"delivered": 0, "pending": 1, "expired": 0}
+    assert harness.module.flush() == {"delivered": 1, "pending": 0, "expired": 0}
+    assert harness.module.flush() == {"delivered": 0, "pending": 0, "expired": 0}
+    assert [a["labels"]["alertname"] for a in harness.alerts()] == ["KCMLeaderChanged"]
+    assert harness.tags().count("kcm/alert/send_failed") == 1
+    (delivered,) = [d for t, d in harness.events if t == "kcm/alert/delivered"]
+    assert delivered["entries"] == [{"kind": "changed", "action": "fire", "attempts": 3}]
+    assert delivered["alerts"] == harness.alerts()
+
+
+def test_an_alert_whose_end_passed_undelivered_is_dropped_and_reported_once(tmp_path, monkeypatch):
+    h = Harness(tmp_path, monkeypatch, module=kcm_alert, event_ttl=600)
+    h.fail_next = 3
+    h.handle("master-1", "changed", **CHANGE)
+    h.now = T0 + 599
+    h.fail_next = 3
+    assert h.module.flush() == {"delivered": 0, "pending": 1, "expired": 0}
+    h.now = T0 + 601
+    assert h.module.flush() == {"delivered": 0, "pending": 0, "expired": 1}
+    assert h.module.flush() == {"delivered": 0, "pending": 0, "expired": 0}
+    assert h.alerts() == []
+    (expired,) = [d for t, d in h.events if t == "kcm/alert/expired"]
+    assert expired["alert"]["labels"]["alertname"] == "KCMLeaderChanged"
+    assert "connection refused" in expired["errors"][AM] and expired["attempts"] == 2
+
+
+def test_a_restarted_master_delivers_what_its_outbox_held(tmp_path, monkeypatch):
+    before = Harness(tmp_path, monkeypatch, module=kcm_alert)
+    before.fail_next = 3
+    assert before.handle("master-1", "no_leader", **DEAD)["failed"] is True
+
+    after = Harness(tmp_path, monkeypatch, module=kcm_alert_other)  # a new process, the same cachedir
+    assert after.module.flush() == {"delivered": 1, "pending": 0, "expired": 0}
+    assert [a["labels"]["alertname"] for a in after.alerts()] == ["KCMNoLeader"]
+    # what it had decided survived too: the condition is a duplicate, and still resolvable
+    assert after.handle("master-2", "no_leader", **DEAD)["duplicate"] is True
+    assert after.handle("master-2", "recovered", condition="no_leader", **DEAD)["resolved"]
+
+
+def test_a_resolution_is_posted_after_the_firing_it_ends(harness):
+    harness.fail_next = 3 + 3  # the firing's attempt, then the resolution's flush
+    harness.handle("master-1", "stale", **DEAD)
+    harness.now = T0 + 5
+    harness.handle("master-1", "recovered", condition="stale", **DEAD)
+    assert harness.alerts() == []
+    assert harness.module.flush()["delivered"] == 2
+    ((url, (fired, resolved)),) = harness.posts
+    assert url == AM and fired["labels"] == resolved["labels"]
+    assert resolved["endsAt"] == "2027-01-15T08:00:05Z" < fired["endsAt"]
+
+
+def _holding(h, monkeypatch):
+    """Make the next POSTs wait for the returned gate; `started` is set when one is waiting."""
+    gate, started, original = threading.Event(), threading.Event(), h._post
+
+    def held(url, payload, cfg):
+        started.set()
+        assert gate.wait(10)
+        original(url, payload, cfg)
+
+    monkeypatch.setattr(h.module, "_post", held)
+    return gate, started
+
+
+def test_two_flushes_at_once_post_an_entry_once(harness, monkeypatch):
+    harness.fail_next = 3
+    harness.handle("master-1", "changed", **CHANGE)
+    gate, started = _holding(harness, monkeypatch)
+    first = []
+    thread = threading.Thread(target=lambda: first.append(harness.module.flush()))
+    thread.start()
+    assert started.wait(10)
+    second = harness.module.flush()  # while the first one is posting
+    gate.set()
+    thread.join(10)
+    assert second == {"delivered": 0, "pending": 1, "expired": 0}
+    assert first == [{"delivered": 1, "pending": 0, "expired": 0}]
+    assert len(harness.alerts()) == 1
+
+
+def test_a_resolution_waits_while_another_sender_posts_its_firing(harness, monkeypatch):
+    harness.fail_next = 3
+    harness.handle("master-1", "no_leader", **DEAD)
+    gate, started = _holding(harness, monkeypatch)
+    thread = threading.Thread(target=harness.module.flush)
+    thread.start()
+    assert started.wait(10)
+    resolving = harness.handle("master-2", "recovered", condition="no_leader", **DEAD)
+    assert resolving["failed"] is True and harness.posts == []  # queued behind the firing
+    gate.set()
+    thread.join(10)
+    harness.module.flush()
+    assert [(a["labels"]["alertname"], a["endsAt"] > a["startsAt"]) for a in harness.alerts()] == [
+        ("KCMNoLeader", True), ("KCMNoLeader", False)]
+
+
+def test_a_webhook_that_was_down_gets_its_copy_later_and_alertmanager_only_one(tmp_path, monkeypatch):
+    hook = "https://hooks.example/kcm"
+    h = Harness(tmp_path, monkeypatch, module=kcm_alert, webhook_urls=[hook])
+    down, original = {hook}, h._post
+
+    def post(url, payload, cfg):
+        if url in down:
+            raise ConnectionError("connection refused")
+        original(url, payload, cfg)
+
+    monkeypatch.setattr(h.module, "_post", post)
+    assert h.handle("master-1", "changed", **CHANGE)["failed"] is True
+    assert list(h.store()["outbox"].values())[0]["pending"] == [hook]
+    down.clear()
+    assert h.module.flush()["delivered"] == 1
+    assert [url for url, _ in h.posts] == [AM, hook]
+    assert h.posts[1][1]["alerts"] == h.posts[0][1]
+
+
+# --------------------------------------------------------------------------
+# two Salt masters (multi-master): the same report, the same alert
+# --------------------------------------------------------------------------
+
+
+def test_two_salt_masters_post_identical_labels_and_starts_at(tmp_path, monkeypatch):
+    one = Harness(tmp_path, monkeypatch, module=kcm_alert, cache="cache-1")
+    two = Harness(tmp_path, monkeypatch, module=kcm_alert_other, cache="cache-2")
+    lost = dict(DEAD, renew_time="2027-01-15T07:59:30.5Z", lease_duration_seconds=15)
+    change = dict(CHANGE, transitions=5, acquire_time="2027-01-15T07:59:58.123456Z")
+    reports = [(f"salt/beacon/{r}/kcm_leader/{kind}", signed(r, kind, dict(data, cluster="prod"), T0 - 1))
+               for kind, data in (("no_leader", lost), ("unreachable", {"reason": "timeout"}), ("changed", change),
+                                  ("stale", DEAD)) for r in REPORTERS]
+    for h, delay in ((one, 0.4), (two, 2.7)):  # each master handles them at its own time
+        h.now = T0 + delay
+        for tag, data in reports:
+            h.module.handle(tag, data)
+
+    def posted(h):
+        return [(a["labels"], a["startsAt"]) for a in h.alerts()]
+
+    assert posted(one) == posted(two)
+    starts = {labels["alertname"]: start for labels, start in posted(one)}
+    assert starts == {"KCMNoLeader": "2027-01-15T07:59:45Z", "KCMApiserverUnreachable": "2027-01-15T07:59:59Z",
+                      "KCMLeaderChanged": "2027-01-15T07:59:58Z", "KCMLeaderStale": "2027-01-15T07:59:59Z"}
+
+
+# --------------------------------------------------------------------------
+# reconcile: the Lease the masters read, against what was alerted
+# --------------------------------------------------------------------------
+
+CID = "6f1c0d3e-0000-4000-8000-00000000c1d0"
+HOLDERS = {"master-1": "master-1_aaaa", "master-2": "master-2_bbbb", "master-3": "master-3_cccc"}
+
+
+def lease(node, transitions, renewed=T0, expired=False):
+    """A kcm.leader record as the masters return it."""
+    text = datetime.datetime.fromtimestamp(renewed, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return {"holder": HOLDERS[node], "node": node, "minion": node, "transitions": transitions,
+            "acquire_time": text, "renew_time": text, "lease_duration_seconds": 15, "expired": expired,
+            "source": "lease"}
+
+
+class Masters:
+    """The answers of the KCM masters to the reconcile's one publish."""
+
+    def __init__(self, h, monkeypatch):
+        self.record, self.answering, self.erroring, self.asked = None, set(REPORTERS), set(), []
+        monkeypatch.setitem(h.module.__utils__, "kcm_alert_decide.ask_masters", self.ask)
+
+    def ask(self, opts, masters, timeout):
+        self.asked.append(list(masters))
+        return {m: {"kcm.leader": {"error": "unreachable", "detail": "timed out"} if m in self.erroring
+                    else self.record,
+                    "kcm.status": [{"minion": m, "cluster": "prod", "cluster_id": CID}]}
+                for m in masters if m in self.answering}
+
+
+@pytest.fixture
+def masters(harness, monkeypatch):
+    return Masters(harness, monkeypatch)
+
+
+def test_a_missed_transition_is_raised_once_and_its_late_event_is_a_duplicate(harness, masters):
+    masters.record = lease("master-1", 4)
+    first = harness.module.reconcile()
+    assert first["clusters"] == {f"prod#{CID}": "baseline"} and harness.posts == []
+    assert masters.asked == [sorted(REPORTERS)]
+
+    masters.record = lease("master-2", 5, renewed=T0 + 20)  # the failover's event never came
+    harness.now = T0 + 30
+    second = harness.module.reconcile()
+    assert second["clusters"] == {f"prod#{CID}": "changed"} and second["delivered"] == 1
+    ((_, (alert,)),) = harness.posts
+    assert alert["labels"] == {"alertname": "KCMLeaderChanged", "cluster": "prod", "cluster_id": CID,
+                               "severity": "warning", "old_node": "master-1", "new_node": "master-2", "env": "test"}
+    assert alert["startsAt"] == "2027-01-15T08:00:20Z"  # the Lease's acquireTime
+
+    # the event that the minion held through the outage arrives now: the same key
+    late = harness.handle("master-3", "changed", **dict(CHANGE, transitions=5, cluster_id=CID))
+    assert late["duplicate"] is True
+    assert harness.module.reconcile()["clusters"] == {f"prod#{CID}": "in step"}
+    assert len(harness.alerts()) == 1
+
+
+def test_a_transition_an_event_brought_is_not_raised_again_by_the_reconcile(harness, masters):
+    masters.record = lease("master-1", 4)
+    harness.module.reconcile()
+    assert harness.handle("master-1", "changed", **dict(CHANGE, transitions=5, cluster_id=CID))["fired"]
+    masters.record = lease("master-2", 5)
+    assert harness.module.reconcile()["raised"] == []
+    assert len(harness.alerts()) == 1
+
+
+def test_the_unreachable_alert_of_a_master_that_died_is_resolved_when_the_others_read_the_lease(
+        harness, masters):
+    masters.record = lease("master-2", 5)
+    harness.handle("master-3", "unreachable", reason="timeout", cluster_id=CID)
+    masters.erroring = {"master-3"}  # still there, still failing: stays open
+    assert harness.module.reconcile()["resolved"] == []
+    masters.answering = {"master-1", "master-2"}  # then its machine is gone
+    masters.erroring = set()
+    harness.now = T0 + 60
+    done = harness.module.reconcile()
+    assert [labels["alertname"] for labels in done["resolved"]] == ["KCMApiserverUnreachable"]
+    resolved = harness.alerts()[-1]
+    assert resolved["endsAt"] == "2027-01-15T08:01:00Z"
+    assert harness.module.reconcile()["resolved"] == []
+
+
+def test_the_reconcile_resolves_stale_only_once_the_leader_renewed(harness, masters):
+    harness.handle("master-1", "stale", cluster_id=CID, **dict(DEAD, renew_time=lease("master-2", 4)["renew_time"]))
+    masters.record = lease("master-2", 4)
+    assert harness.module.reconcile()["resolved"] == []
+    masters.record = lease("master-2", 4, renewed=T0 + 10)
+    assert [labels["alertname"] for labels in harness.module.reconcile()["resolved"]] == ["KCMLeaderStale"]
+
+
+def test_no_leader_stays_open_while_no_master_reads_a_live_lease(harness, masters):
+    harness.handle("master-1", "no_leader", cluster_id=CID, **DEAD)
+    masters.record = lease("master-2", 4, expired=True)
+    assert harness.module.reconcile()["resolved"] == []
+    masters.erroring = set(REPORTERS)
+    assert harness.module.reconcile()["clusters"] == {f"prod#{CID}": "no master could read the Lease"}
+    masters.erroring, masters.record = set(), lease("master-2", 5)
+    assert [labels["alertname"] for labels in harness.module.reconcile()["resolved"]] == ["KCMNoLeader"]
+
+
+def test_the_reconcile_asks_the_listed_masters_only_and_reads_their_answers_only(monkeypatch):
+    calls = []
+
+    class Client:
+        def cmd(self, tgt, fun, arg, timeout, tgt_type):
+            calls.append((tgt, fun, arg, timeout, tgt_type))
+            return {"master-1": {"kcm.leader": {}}, "web-1": {"kcm.leader": {}}}
+
+    import salt.client
+
+    monkeypatch.setattr(salt.client, "get_local_client", lambda mopts: Client())
+    answers = utils()["kcm_alert_decide.ask_masters"]({}, ["master-1", "master-2"], 7)
+    assert calls == [(["master-1", "master-2"], ["kcm.leader", "kcm.status"], [[], []], 7, "list")]
+    assert list(answers) == ["master-1"]
+    assert utils()["kcm_alert_decide.ask_masters"]({}, [], 7) == {} and len(calls) == 1
+
+
+@pytest.mark.parametrize("master, message", [
+    ({"reconcile_interval": 0}, "kcm:master:reconcile_interval: 0 is not a positive number of seconds"),
+    ({"flush_interval": -10}, "kcm:master:flush_interval: -10 is not a positive number of seconds"),
+    ({"flush_interval": "10"}, "kcm:master:flush_interval: '10' is not an integer"),
+    ({"reconcile_interval": 1.5}, "kcm:master:reconcile_interval: 1.5 is not an integer"),
+])
+def test_the_schedule_intervals_are_validated_naming_the_key(kcm_config, master, message):
+    settings = dict({"config_dir": "/etc/salt/master.d", "reporters": {"tgt": "role:k8s-master",
+                                                                      "tgt_type": "grain"}}, **master)
+    problems = kcm_config.master_problems(settings)
+    assert any(p.startswith(message) for p in problems), problems
