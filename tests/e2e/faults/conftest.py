@@ -3,10 +3,11 @@ case) running the formula's reactor and ``kcm_alert`` runner, Debian's Alertmana
 real etcd and kube-apiserver, three KCMs under systemd on systemd machines (``state.apply kcm``
 over the bus), the ``kcm_leader`` beacon on each, short leader election (4s/3s/1s).
 
-One lab serves the module; ``fault`` puts it back together before each test (every machine
-powered on and linked, every daemon up, Alertmanager restarted empty, so that what a test
-sees in it is its own incident) and leaves the check that nothing is left on the host to the
-end of the module (``kcmlab.machines.leftovers``), failed or not.
+One lab serves the module; ``fault`` puts it back together before each test (every link up,
+every daemon up, Alertmanager restarted empty, so that what a test sees in it is its own
+incident); a machine powered off stays gone, as a dead master does, and the tests after it
+run on the masters left (the power-off tests come last). The end of the module checks that
+nothing is left on the host (``kcmlab.machines.leftovers``), failed or not.
 
 ``AlertWatch`` polls Alertmanager's API through the whole test: an alert is one
 (fingerprint, startsAt) pair, so a condition that fires, resolves and fires again counts
@@ -160,10 +161,11 @@ def fault_lab(k8s_bin, alertmanager, tmp_path_factory, request):
         "alertmanager_urls": [alertmanager.url], "allow_http": True, "labels": {"env": "e2e"},
         "alert_engine": False, **delivery_pillar()})
     conf["kcm_alert"]["backoff"] = 0.2
-    cluster = None
+    cluster, names = None, ()
     try:
         cluster = start_lab_cluster(k8s_bin, workdir, "faults", suite=SUITE, election=SHORT_ELECTION,
                                     kcm={"beacon": dict(BEACON, cert_thresholds=[])}, master_config=conf)
+        names = cluster.all_names
         cluster.recorders = {cluster.master.id: EventRecorder(cluster.master).start()}
         cluster.events = cluster.recorders[cluster.master.id]
         marked = cluster.salt("grains.setval", "role", "k8s-master")
@@ -174,7 +176,6 @@ def fault_lab(k8s_bin, alertmanager, tmp_path_factory, request):
                        WAIT, f"{name}: the first beacon poll")
         yield cluster
     finally:
-        names = cluster.all_names if cluster else ()
         if cluster is not None:
             for recorder in getattr(cluster, "recorders", {}).values():
                 recorder.stop()
@@ -184,8 +185,9 @@ def fault_lab(k8s_bin, alertmanager, tmp_path_factory, request):
 
 
 def restore(cluster, alertmanager) -> None:
-    """Whatever the last fault took down, up again; Alertmanager restarted (it keeps no
-    alerts across a restart), so the next test starts with none."""
+    """Whatever the last fault took down, up again, but a machine powered off: it leaves the
+    lab's masters; Alertmanager restarted (it keeps no alerts across a restart), so the next
+    test starts with none."""
     cp = cluster.cp
     for daemon in (cp.etcd, cp.apiserver):
         if not daemon.running:
@@ -198,12 +200,9 @@ def restore(cluster, alertmanager) -> None:
             cluster.recorders[master.id].start()
     alertmanager.stop()
     alertmanager.start()
+    cluster.nodes = tuple(name for name in cluster.nodes if cluster.machine(name).running)
     for name in cluster.nodes:
-        machine = cluster.machine(name)
-        if not machine.running:
-            cluster.power_on(name)
-        else:
-            machine.restore_link()
+        cluster.machine(name).restore_link()
     for master in cluster.masters:
         master.wait_for_minions(cluster.nodes)
 
