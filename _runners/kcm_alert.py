@@ -106,15 +106,12 @@ def _u(name):
 
 @contextlib.contextmanager
 def _store(cfg, saved=None):
-    with _u("kcm_outbox.locked_store")(cfg["dedupe_file"], saved) as store:
+    with _u("kcm_outbox.locked_store")(cfg["dedupe_file"], _u("kcm_state_file.read_json"),
+                                       _u("kcm_state_file.write_json"), saved) as store:
         caps = {"seen": int(cfg["max_seen"]), "open": int(cfg["max_open"]), "leases": int(cfg["max_seen"])}
         _u("kcm_alert_decide.prune")(store, _now() - cfg["dedupe_ttl"], caps)
         yield store
 
-
-# --------------------------------------------------------------------------
-# the master bus
-# --------------------------------------------------------------------------
 
 # The follow-up events of one call share one connection to the master bus.
 _BUS = threading.local()
@@ -310,7 +307,8 @@ def _decide_all(cfg, events, results, now):
                 continue
             fire, resolve = _u("kcm_alert_decide.decide")(store, result["kind"], data, result["reporter"], cfg, now)
             group = f"{now}:{index}:{uuid.uuid4().hex[:8]}"
-            made = _u("kcm_outbox.items")(result["kind"], result["reporter"], group, fire, resolve)
+            made = _u("kcm_outbox.items")(result["kind"], result["reporter"], group, fire, resolve,
+                                          _u("kcm_time.epoch"))
             entries = _u("kcm_outbox.add")(store, made, receivers, now)
             decisions.append((fire, resolve, [dict(entry) for entry in entries]))
     return decisions, not saved
@@ -429,7 +427,7 @@ def reconcile():
     views = _u("kcm_alert_decide.views")(answers, RECONCILER)
     summary = {"asked": masters, "answered": sorted(answers), "clusters": {}, "raised": [], "resolved": []}
     saved, new = [], []
-    receivers, items = _u("kcm_outbox.receivers")(cfg), _u("kcm_outbox.items")
+    receivers, items, epoch = _u("kcm_outbox.receivers")(cfg), _u("kcm_outbox.items"), _u("kcm_time.epoch")
     with _store(cfg, saved) as store:
         for key, view in sorted(views.items()):
             if view["lease"] is None:
@@ -437,8 +435,9 @@ def reconcile():
                 continue
             fire, resolve, what = _u("kcm_alert_decide.reconcile_cluster")(store, view, cfg, now)
             group = f"{now}:{key}:{uuid.uuid4().hex[:8]}"
-            new += _u("kcm_outbox.add")(store, items("changed", RECONCILER, group, fire, [])
-                                        + items("recovered", RECONCILER, group + ":r", [], resolve), receivers, now)
+            made = items("changed", RECONCILER, group, fire, [], epoch)
+            made += items("recovered", RECONCILER, group + ":r", [], resolve, epoch)
+            new += _u("kcm_outbox.add")(store, made, receivers, now)
             summary["clusters"][key] = what or "in step"
             summary["raised"] += [alert["labels"] for alert in fire]
             summary["resolved"] += [alert["labels"] for alert, _ in resolve]

@@ -4,6 +4,11 @@ held: which report is new (once per dedupe key, whichever master or the reconcil
 first), which condition it opens or ends, and what the reconcile learns from the Lease the
 KCM masters read. Pure functions of (store, report, config, now); nothing is sent here.
 
+Here too the alert itself: ``startsAt`` is a fact of the cluster where one exists (the
+Lease's ``acquireTime`` for a new leader, its last renewal for a stale or lost one), else
+the time the minion signed its report, never this master's clock, so two Salt masters post
+the same ``startsAt`` for one report; ``endsAt`` bounds the alert by the master's clock.
+
 Each decision returns ``(fire, resolve)``: the alerts to fire, and ``(alert, expires)``
 pairs of resolutions (``expires``: when the alert they end would have ended by itself).
 
@@ -12,7 +17,7 @@ Called as ``__utils__["kcm_alert_decide.decide"](...)`` from the runner.
 
 import logging
 
-import salt.utils.compat
+import salt.loader
 
 __virtualname__ = "kcm_alert_decide"
 
@@ -27,18 +32,84 @@ MAX_KEEP_SECONDS = 2 * 366 * 86400
 
 
 def __virtual__():
-    # The loader packs no __utils__ into utils modules; Salt's helper for a util that calls
-    # others (kcm_time, ...) builds it from this module's __opts__.
-    salt.utils.compat.pack_dunder(__name__)
     return __virtualname__
 
 
-def _rule(name):
-    return __utils__[f"kcm_alert_rules.{name}"]  # noqa: F821
+def _rule(name, module="kcm_alert_rules"):
+    # No __utils__ is packed into utils modules by Salt, so the rules come from a utils
+    # loader of this module's own, made on first use.
+    global __utils__
+    if "__utils__" not in globals():
+        __utils__ = salt.loader.utils(__opts__)  # noqa: F821
+    return __utils__[f"{module}.{name}"]
 
 
 def _epoch(text):
-    return __utils__["kcm_time.epoch"](text)  # noqa: F821
+    return _rule("epoch", "kcm_time")(text)
+
+
+# --------------------------------------------------------------------------
+# the alert itself: startsAt from the report's facts, endsAt from the master's clock
+# --------------------------------------------------------------------------
+
+
+def starts_at(kind, data, now):
+    """
+    When the thing alerted on began, from the report's own facts (see the module
+    docstring): equal on every master that handles the report.
+    """
+    began = None
+    if kind == "changed":
+        began = _epoch(data.get("acquire_time"))
+    elif kind == "no_leader":
+        renewed = _epoch(data.get("renew_time"))
+        duration = _rule("number")(data.get("lease_duration_seconds"))
+        began = renewed + duration if renewed is not None and duration is not None else None
+    elif kind == "stale":
+        began = _epoch(data.get("renew_time"))
+    # Never after the report itself (a skewed clock); the time it was signed is the same
+    # on every master, "now" is not.
+    signed = _rule("number")(data.get("signed_at"))
+    latest = signed if signed is not None else now
+    return min(began, latest) if began is not None else latest
+
+
+def ends_at(kind, data, cfg, now):
+    """Epoch seconds the alert ends by itself unless resolved earlier."""
+    if kind == "cert_expiring":
+        # Until the cert expires; an already expired one (or an unreadable
+        # notAfter) must not arrive resolved, so it gets the condition TTL.
+        expiry = _epoch(data.get("not_after"))
+        return expiry if expiry is not None and expiry > now else now + cfg["condition_ttl"]
+    return now + (cfg["event_ttl"] if kind == "changed" else cfg["condition_ttl"])
+
+
+def build_alert(kind, data, reporter, cfg, now):
+    """One Alertmanager v2 alert (postableAlert) for a firing condition or event."""
+    fmt = _rule("format_rfc3339", "kcm_time")
+    return {
+        "labels": _rule("alert_labels")(kind, data, cfg["labels"]),
+        "annotations": _rule("annotations")(kind, data, reporter),
+        "startsAt": fmt(starts_at(kind, data, now)),
+        # Explicit endsAt: without it Alertmanager resolves an alert that is
+        # not re-sent after resolve_timeout (5 min), and we send only once.
+        "endsAt": fmt(ends_at(kind, data, cfg, now)),
+    }
+
+
+def resolution(open_alert, now):
+    """The alert `open_alert` again, ended at `now`: what Alertmanager takes as resolved."""
+    return {
+        "labels": open_alert["labels"],
+        "annotations": open_alert.get("annotations", {}),
+        "startsAt": open_alert["startsAt"],
+        "endsAt": _rule("format_rfc3339", "kcm_time")(max(now, _epoch(open_alert["startsAt"]) or now)),
+    }
+
+
+# --------------------------------------------------------------------------
+# the store
+# --------------------------------------------------------------------------
 
 
 def prune(store, oldest, caps=None):
@@ -65,7 +136,7 @@ def _claimable(entry):
 
 
 def _ending(open_alert, now):
-    return _rule("resolution")(open_alert, now), _epoch(open_alert.get("endsAt")) or now
+    return resolution(open_alert, now), _epoch(open_alert.get("endsAt")) or now
 
 
 def _cert_slot(data, reporter):
@@ -86,7 +157,7 @@ def _resolve_old_serial(store, data, reporter, now, keep_labels=None):
 def _decide_cert(store, kind, data, reporter, cfg, now):
     if kind == "cert_renewed":
         return [], _resolve_old_serial(store, data, reporter, now)
-    alert = _rule("build_alert")(kind, data, reporter, cfg, now)
+    alert = build_alert(kind, data, reporter, cfg, now)
     resolve = _resolve_old_serial(store, data, reporter, now, keep_labels=alert["labels"])
     key = _rule("dedupe_key")(kind, data, reporter)
     if not _claimable(store["seen"].get(key)):
@@ -158,7 +229,7 @@ def decide(store, kind, data, reporter, cfg, now):
             current["reporters"].append(reporter)
         store["seen"][key]["status"] = "joined"
         return fire, resolve
-    alert = _rule("build_alert")(kind, data, reporter, cfg, now)
+    alert = build_alert(kind, data, reporter, cfg, now)
     if kind in _rule("conditions")():
         store["open"][slot] = dict(alert, reporters=[reporter], at=now,
                                    facts={"holder": data.get("holder"), "renew_time": data.get("renew_time")})
@@ -266,7 +337,7 @@ def views(answers, reporter):
     ``{minion: {"kcm.leader": record, "kcm.status": [row]}}``: the newest Lease they read
     (by leaseTransitions, then renewal), and which of them could not read it.
     """
-    bounded, number = _rule("bounded"), _rule("number")
+    bounded = _rule("bounded")
     found = {}
     for minion, answer in sorted(answers.items()):
         if not isinstance(answer, dict):
@@ -283,7 +354,7 @@ def views(answers, reporter):
             view["erroring"].add(minion)
             continue
         lease = bounded(leader)
-        order = (number(lease.get("transitions")) or -1, _epoch(lease.get("renew_time")) or 0)
+        order = (_rule("number")(lease.get("transitions")) or -1, _epoch(lease.get("renew_time")) or 0)
         if view["lease"] is None or order > view["order"]:
             view["lease"], view["order"] = lease, order
     return found

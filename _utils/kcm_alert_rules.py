@@ -1,18 +1,14 @@
 """
 What an alert of the ``kcm_alert`` runner says, decided from a report alone (pure: no store,
-no network): its dedupe key, labels, annotations, severity, ``startsAt`` and ``endsAt``.
+no clock, no network): its dedupe key, labels, annotations and severity.
 
-Every Salt master that sees a report computes the same alert from it: nothing here depends
-on the master that computes it (its clock only bounds ``endsAt``), so two masters of one
-multi-master setup post identical label sets and ``startsAt``, which Alertmanager holds as
-one alert. ``startsAt`` is a fact of the cluster where one exists (the Lease's
-``acquireTime`` for a new leader, its last renewal for a stale or lost one), else the time
-the minion signed its report.
+Every Salt master that sees a report computes the same labels from it (nothing here depends
+on the master that computes it), so two masters of one multi-master setup post identical
+label sets, which Alertmanager holds as one alert.
 
-Called as ``__utils__["kcm_alert_rules.build_alert"](...)`` from the runner.
+Called as ``__utils__["kcm_alert_rules.dedupe_key"](...)`` from the runner and
+``kcm_alert_decide``.
 """
-
-import salt.utils.compat
 
 __virtualname__ = "kcm_alert_rules"
 
@@ -34,14 +30,7 @@ MAX_FIELDS = 40
 
 
 def __virtual__():
-    # The loader packs no __utils__ into utils modules; Salt's helper for a util that calls
-    # others (kcm_time, ...) builds it from this module's __opts__.
-    salt.utils.compat.pack_dunder(__name__)
     return __virtualname__
-
-
-def _time(name):
-    return __utils__[f"kcm_time.{name}"]  # noqa: F821
 
 
 def conditions():
@@ -161,61 +150,6 @@ def annotations(kind, data, reporter):
     """summary and description of the alert for `kind`."""
     summary, description = _summary_and_description(kind, data, reporter)
     return {"summary": summary, "description": description}
-
-
-def starts_at(kind, data, now):
-    """
-    When the thing alerted on began, from the report's own facts (see the module
-    docstring): equal on every master that handles the report.
-    """
-    epoch = _time("epoch")
-    began = None
-    if kind == "changed":
-        began = epoch(data.get("acquire_time"))
-    elif kind == "no_leader":
-        renewed = epoch(data.get("renew_time"))
-        duration = number(data.get("lease_duration_seconds"))
-        began = renewed + duration if renewed is not None and duration is not None else None
-    elif kind == "stale":
-        began = epoch(data.get("renew_time"))
-    # Never after the report itself (a skewed clock); the time it was signed is the same
-    # on every master, "now" is not.
-    signed = number(data.get("signed_at"))
-    latest = signed if signed is not None else now
-    return min(began, latest) if began is not None else latest
-
-
-def ends_at(kind, data, cfg, now):
-    """Epoch seconds the alert ends by itself unless resolved earlier."""
-    if kind == "cert_expiring":
-        # Until the cert expires; an already expired one (or an unreadable
-        # notAfter) must not arrive resolved, so it gets the condition TTL.
-        expiry = _time("epoch")(data.get("not_after"))
-        return expiry if expiry is not None and expiry > now else now + cfg["condition_ttl"]
-    return now + (cfg["event_ttl"] if kind == "changed" else cfg["condition_ttl"])
-
-
-def build_alert(kind, data, reporter, cfg, now):
-    """One Alertmanager v2 alert (postableAlert) for a firing condition or event."""
-    fmt = _time("format_rfc3339")
-    return {
-        "labels": alert_labels(kind, data, cfg["labels"]),
-        "annotations": annotations(kind, data, reporter),
-        "startsAt": fmt(starts_at(kind, data, now)),
-        # Explicit endsAt: without it Alertmanager resolves an alert that is
-        # not re-sent after resolve_timeout (5 min), and we send only once.
-        "endsAt": fmt(ends_at(kind, data, cfg, now)),
-    }
-
-
-def resolution(open_alert, now):
-    """The alert `open_alert` again, ended at `now`: what Alertmanager takes as resolved."""
-    return {
-        "labels": open_alert["labels"],
-        "annotations": open_alert.get("annotations", {}),
-        "startsAt": open_alert["startsAt"],
-        "endsAt": _time("format_rfc3339")(max(now, _time("epoch")(open_alert["startsAt"]) or now)),
-    }
 
 
 def bounded(data):

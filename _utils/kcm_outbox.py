@@ -18,7 +18,9 @@ settle of a sender that saw it accepted, so none is lost. Entries are posted in 
 they were decided, and an entry whose labels are held by another sender waits: a resolution
 never overtakes the firing it ends (Alertmanager would take the later firing as a re-open).
 
-Called as ``__utils__["kcm_outbox.locked_store"](...)`` and so on from the runner.
+Called as ``__utils__["kcm_outbox.locked_store"](...)`` and so on from the runner, which
+hands in the ``kcm_state_file`` and ``kcm_time`` functions it uses (Salt packs no
+``__utils__`` into a utils module).
 """
 
 import contextlib
@@ -27,8 +29,6 @@ import hashlib
 import json
 import logging
 import os
-
-import salt.utils.compat
 
 __virtualname__ = "kcm_outbox"
 
@@ -40,14 +40,7 @@ MAX_OUTBOX = 1000
 
 
 def __virtual__():
-    # The loader packs no __utils__ into utils modules; Salt's helper for a util that calls
-    # others (kcm_time, ...) builds it from this module's __opts__.
-    salt.utils.compat.pack_dunder(__name__)
     return __virtualname__
-
-
-def _util(name):
-    return __utils__[name]  # noqa: F821
 
 
 # --------------------------------------------------------------------------
@@ -74,9 +67,10 @@ def well_formed(store, path):
 
 
 @contextlib.contextmanager
-def locked_store(path, saved=None):
+def locked_store(path, read_json, write_json, saved=None):
     """
-    Yield the store dict under an exclusive lock and write it back atomically on exit.
+    Yield the store dict under an exclusive lock and write it back atomically on exit,
+    through ``read_json`` / ``write_json`` (the caller's ``kcm_state_file`` functions).
 
     flock() on a separate lock file serializes reactor threads (each opens its own file
     description) and several processes alike. A write that fails (a full disk) is logged
@@ -87,10 +81,10 @@ def locked_store(path, saved=None):
     with open(path + ".lock", "a", encoding="utf-8") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            store = well_formed(_util("kcm_state_file.read_json")(path, {}), path)
+            store = well_formed(read_json(path, {}), path)
             yield store
             try:
-                _util("kcm_state_file.write_json")(path, store)
+                write_json(path, store)
             except OSError as exc:
                 log.error("kcm_alert: cannot write state file %s (%s); alerts are still sent", path, exc)
                 if saved is not None:
@@ -104,10 +98,10 @@ def locked_store(path, saved=None):
 # --------------------------------------------------------------------------
 
 
-def items(kind, reporter, group, fire, resolve):
-    """Outbox items for one decision, resolutions first: firings last until their endsAt,
-    resolutions (``(alert, expires)`` pairs) until the endsAt of the firing they end."""
-    epoch = _util("kcm_time.epoch")
+def items(kind, reporter, group, fire, resolve, epoch):
+    """Outbox items for one decision, resolutions first: firings last until their endsAt
+    (read with ``epoch``, the caller's ``kcm_time.epoch``), resolutions (``(alert,
+    expires)`` pairs) until the endsAt of the firing they end."""
     made = [{"alert": alert, "action": "resolve", "kind": kind, "reporter": reporter, "group": group,
              "expires": expires} for alert, expires in resolve]
     return made + [{"alert": alert, "action": "fire", "kind": kind, "reporter": reporter, "group": group,

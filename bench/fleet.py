@@ -368,7 +368,7 @@ def main():
         progress(f"started salt-master, Alertmanager and {args.fleet_masters + 1} salt-minions; waiting for them")
         salt.wait_minions("*", args.fleet_masters + 1)
         progress("all minions answer")
-        for fun in ("saltutil.sync_runners", "saltutil.sync_output"):
+        for fun in ("saltutil.sync_utils", "saltutil.sync_runners", "saltutil.sync_output"):
             proc, _ = salt.cli("salt-run", "--out=json", fun)
             assert proc.returncode == 0, proc.stdout + proc.stderr
         proc, _ = salt.cli("salt", "--timeout=60", "fleet-m*", "saltutil.sync_modules")

@@ -8,7 +8,8 @@
       kcm_alert: receivers and labels for the kcm_alert runner (pillar kcm:master)
       schedule: kcm_alert.reconcile at start and every kcm:master:reconcile_interval s, and
                 kcm_alert.flush (the outbox) every kcm:master:flush_interval s, on both paths
-    and syncs salt://_runners (kcm_alert, kcm: the fleet view), salt://_engines (kcm_alert)
+    and syncs salt://_utils (the runners' helpers), salt://_runners (kcm_alert, kcm: the fleet
+    view), salt://_engines (kcm_alert)
     and salt://_output (the fleet table, kcm_fleet) into the master's extension modules.
 
     The master reads `engines:`, `reactor:` and `kcm_alert:` only at start: restart
@@ -85,6 +86,7 @@ kcm-master-restart-notice:
 kcm-master-sync-runners:
   cmd.run:
     - names:
+      - salt-run saltutil.sync_utils --out=quiet
       - salt-run saltutil.sync_runners --out=quiet
       - salt-run saltutil.sync_engines --out=quiet
       - salt-run saltutil.sync_output --out=quiet

@@ -41,7 +41,7 @@ def fleet_master(salt_factories, alertmanager, tmp_path_factory):
     overrides = dict(conf, file_roots={"base": [str(REPO / "formula")]}, engines_dirs=[str(REPO / "_engines")])
     master = salt_factories.salt_master_daemon("kcm-fleet-master", overrides=overrides)
     with master.started():
-        ret = master.salt_run_cli(timeout=120).run("saltutil.sync_runners")
+        ret = master.salt_run_cli(timeout=120).run("saltutil.sync_all")  # the runners and their _utils
         assert "runners.kcm_alert" in json.dumps(ret.data), ret
         yield master
 

@@ -59,7 +59,7 @@ def salt_master(salt_factories, receiver, tmp_path_factory):
     overrides = dict(conf, file_roots={"base": [str(REPO / "formula")]})
     master = salt_factories.salt_master_daemon("kcm-forged-master", overrides=overrides)
     with master.started(start_timeout=120):
-        ret = master.salt_run_cli(timeout=120).run("saltutil.sync_runners")
+        ret = master.salt_run_cli(timeout=120).run("saltutil.sync_all")  # the runners and their _utils
         assert "runners.kcm_enroll" in json.dumps(ret.data), ret
         yield master
 
