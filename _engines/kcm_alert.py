@@ -8,7 +8,9 @@ its main thread, and runs a runner job (with its own job events and job-cache wr
 When 100 clusters fail over at once, 300 reports cost the master about 50 ms of CPU each
 that way, and the last alert leaves after more than 10 s (bench/fleet.py). A single
 worker that takes the events in batches decides them under one lock and posts them to
-Alertmanager in one request, still once per change.
+Alertmanager in one request, still once per change. What a post could not deliver stays
+in the runner's outbox; the master's schedule (``kcm_alert.flush``, ``kcm_alert.reconcile``)
+runs on this path as on the reactor's.
 
 Configuration (master config, written by ``kcm.master``):
 

@@ -176,11 +176,12 @@ def _flush(cfg, unsaved=()):
 
 def _deliver_now(cfg, new_ids, unsaved):
     """Flush after a decision; wait a little for new entries another sender holds (ordering)."""
-    waited, result = 0.0, _flush(cfg, unsaved)
+    result, deadline = _flush(cfg, unsaved), time.monotonic() + WAIT_FOR_HELD
     attempted = dict(result["attempted"])
-    while new_ids - set(attempted) and waited < WAIT_FOR_HELD and result["pending"]:
+    for _ in range(int(WAIT_FOR_HELD / 0.2)):
+        if not new_ids - set(attempted) or not result["pending"] or time.monotonic() > deadline:
+            break
         _sleep(0.2)
-        waited += 0.2
         result = _flush(cfg)
         attempted.update(result["attempted"])
     return attempted

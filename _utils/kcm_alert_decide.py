@@ -2,7 +2,8 @@
 The ``kcm_alert`` runner's decisions, made on its store (see ``kcm_outbox``) with the lock
 held: which report is new (once per dedupe key, whichever master or the reconcile saw it
 first), which condition it opens or ends, and what the reconcile learns from the Lease the
-KCM masters read. Pure functions of (store, report, config, now); nothing is sent here.
+KCM masters read. Pure functions of (store, report, config, now); nothing is sent here
+but the reconcile's one question to the masters (:func:`ask_masters`).
 
 Here too the alert itself: ``startsAt`` is a fact of the cluster where one exists (the
 Lease's ``acquireTime`` for a new leader, its last renewal for a stale or lost one), else

@@ -12,7 +12,7 @@
     view), salt://_engines (kcm_alert)
     and salt://_output (the fleet table, kcm_fleet) into the master's extension modules.
 
-    The master reads `engines:`, `reactor:` and `kcm_alert:` only at start: restart
+    The master reads `engines:`, `reactor:`, `schedule:` and `kcm_alert:` only at start: restart
     salt-master after the first apply or a change of kcm.conf (the state says so when that
     is needed). The reactor SLS itself is re-read on every event.
     master.d files are merged with list merging, so other `reactor:` entries are kept.
@@ -77,7 +77,8 @@ kcm-master-config:
 kcm-master-restart-notice:
   test.show_notification:
     - text: {{ (master.config_dir ~ "/kcm.conf changed: restart salt-master to load the"
-                ~ " kcm_alert engine (or the kcm_leader reactor mapping) and the kcm_alert settings") | json }}
+                ~ " kcm_alert engine (or the kcm_leader reactor mapping), the kcm_alert settings and the"
+                ~ " schedule of kcm_alert.reconcile / kcm_alert.flush") | json }}
     - onchanges:
       - file: kcm-master-config
 
