@@ -172,10 +172,18 @@ def _decide_cert(store, kind, data, reporter, cfg, now):
     return [alert], resolve
 
 
+def _forget_unreachable(store, data, reporters):
+    """The outage of ``reporters`` is over: their next one is a new incident, not a duplicate."""
+    for reporter in reporters:
+        store["seen"].pop(_rule("dedupe_key")("unreachable", data, reporter), None)
+
+
 def _recovered(store, cluster, data, reporter, now):
     condition = data.get("condition")
     slot = f"{cluster}|{condition}"
     current = store["open"].get(slot)
+    if condition == "unreachable":
+        _forget_unreachable(store, data, [reporter])
     if current and condition == "unreachable":
         current["reporters"] = [r for r in current["reporters"] if r != reporter]
         if current["reporters"]:
@@ -291,6 +299,8 @@ def _gone_conditions(store, view, now):
         if condition == "unreachable":
             # Its reporters that answer now, or are gone (no answer at all) while the others
             # read a live Lease, no longer see it; those still failing keep it open.
+            over = [r for r in current["reporters"] if r not in view["erroring"]]
+            _forget_unreachable(store, view["data"], over)
             current["reporters"] = [r for r in current["reporters"] if r in view["erroring"]]
             if current["reporters"]:
                 continue

@@ -76,6 +76,8 @@ class LabCluster:
         self.master_config = dict(master_config or {})
         self.cp: ControlPlane | None = None
         self.master: SaltMaster | None = None
+        # Further salt-masters of a multi-master setup (``add_master``), after ``master``.
+        self.more_masters: list[SaltMaster] = []
         self.pillars: dict[str, dict] = {}
         self.timings: dict[str, float] = {}
 
@@ -142,8 +144,8 @@ class LabCluster:
 
     def close(self) -> None:
         self.lab.close()
-        if self.master is not None:
-            self.master.stop()
+        for master in self.masters:
+            master.stop()
         if self.cp is not None:
             self.cp.stop()
 
@@ -155,7 +157,7 @@ class LabCluster:
         """Boot spare master ``name`` (its minion config carries ``grains``); it joins ``nodes``."""
         if name not in self.spares:
             raise ValueError(f"{name} is not one of this lab's spares {self.spares}")
-        config = self.master.minion_config(name) | ({"grains": dict(grains)} if grains else {})
+        config = self.minion_config(name) | ({"grains": dict(grains)} if grains else {})
         machine = self.lab.boot(name, salt=config)
         if name not in self.nodes:
             self.nodes = (*self.nodes, name)
@@ -164,8 +166,9 @@ class LabCluster:
     def power_on(self, name: str, timeout: float = 120.0) -> None:
         """Boot master ``name`` again after a power-off and redeploy it over the bus: each boot
         is a fresh overlay, as a reinstalled master would be (its minion key is kept)."""
-        self.lab.boot(name, salt=self.master.minion_config(name))
-        self.master.wait_for_minions([name], timeout=timeout)
+        self.lab.boot(name, salt=self.minion_config(name))
+        for master in self.masters:
+            master.wait_for_minions([name], timeout=timeout)
         self.salt("saltutil.sync_all", target=[name], timeout=300)
         self.apply("kcm", target=[name])
         self.wait_healthy([name], timeout=timeout)
@@ -178,9 +181,7 @@ class LabCluster:
 
     def log_paths(self) -> list[Path]:
         paths = list(self.cp.log_paths()) if self.cp else []
-        if self.master is not None:
-            paths.append(self.master.log_path)
-        return paths
+        return paths + [master.log_path for master in self.masters]
 
     # -- pillar -------------------------------------------------------------------------------
 
@@ -211,9 +212,49 @@ class LabCluster:
         """Edit the pillar of ``names`` (all masters by default) on the salt-master."""
         for name in names or self.nodes:
             self.pillars[name] = merge(self.pillars[name], {"kcm": kcm})
-        self.master.write_pillar(self.pillars)
+        for master in self.masters:
+            master.write_pillar(self.pillars)
 
     # -- Salt ---------------------------------------------------------------------------------
+
+    @property
+    def masters(self) -> list[SaltMaster]:
+        return [m for m in (self.master, *self.more_masters) if m is not None]
+
+    def minion_config(self, name: str) -> dict:
+        """The minion config of machine ``name``: every salt-master of the lab."""
+        if self.more_masters:
+            return self.master.multi_master_config(name, self.more_masters)
+        return self.master.minion_config(name)
+
+    def add_master(self, offset: int = 2, master_id: str = "kcm-salt-master-2") -> SaltMaster:
+        """A second salt-master, as Salt's multi-master has it: on a second host address of
+        the bridge (to the machines another host) with the first one's ports, key pair,
+        config (reactor, kcm_alert), file roots, runners and pillar; then every minion is
+        restarted connected to both, and both see every minion answer."""
+        address = self.lab.add_host_address(offset)
+        second = SaltMaster(self.workdir / f"salt-{len(self.masters) + 1}", address, master_id=master_id,
+                            config=self.master_config, file_roots=self.file_roots,
+                            ports=(self.master.ret_port, self.master.publish_port))
+        second.share_key(self.master)
+        self.more_masters.append(second)
+        second.start()
+        code, synced = second.run("saltutil.sync_all")
+        if code != 0:
+            raise RuntimeError(f"{master_id}: salt-run saltutil.sync_all exited {code}: {synced}")
+        second.write_pillar(self.pillars)
+        for name in self.nodes:
+            self.machine(name).set_minion_config(self.minion_config(name))
+        self.restart_minions()
+        for master in self.masters:
+            master.wait_for_minions(self.nodes)
+        return second
+
+    def restart_minions(self, names=None) -> None:
+        """``systemctl restart salt-minion`` on machines ``names`` (default: every node): what a
+        minion held for a master it could not reach is gone; returns once each old one exited."""
+        for name in names or self.nodes:
+            self.machine(name).systemctl("restart", "salt-minion")
 
     @property
     def target(self) -> list[str]:

@@ -460,6 +460,28 @@ class ControlPlane:
         return wait_until(new_leader, timeout, f"KCM leader (not one of {sorted(excluded)})",
                           interval=interval)
 
+    # -- faults -------------------------------------------------------------------------------
+
+    def restart_etcd(self, down: float = 0.0, timeout: float = 60.0) -> float:
+        """Stop etcd, keep it down ``down`` seconds, start it again on the same port and data;
+        returns the seconds from the stop until the apiserver is ready again."""
+        return self._restart(self.etcd, down, timeout)
+
+    def restart_apiserver(self, down: float = 0.0, timeout: float = 60.0) -> float:
+        """The same for kube-apiserver (same port, certificates and etcd)."""
+        return self._restart(self.apiserver, down, timeout)
+
+    def _restart(self, daemon: Daemon, down: float, timeout: float) -> float:
+        begin = time.monotonic()
+        daemon.stop(timeout=3)
+        time.sleep(down)
+        daemon.start()
+        # Readiness checks etcd too: either restart ends when the API serves again.
+        wait_until(lambda: self.request("GET", "/readyz", timeout=3).ok, timeout,
+                   f"kube-apiserver /readyz after {daemon.name} restarted", interval=0.3,
+                   alive=daemon.check_alive)
+        return time.monotonic() - begin
+
 
 # ---------------------------------------------------------------------------------------------
 # kube-controller-manager from a rendered unit

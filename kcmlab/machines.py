@@ -152,6 +152,15 @@ class Machine:
     def read_file(self, path: str) -> str:
         return self.run(["cat", path]).stdout
 
+    def set_minion_config(self, config: dict) -> None:
+        """Replace the minion config the lab wrote at boot (it takes effect at the minion's
+        next start): the file lives on the host, bound into the machine's /etc/salt."""
+        path = self.salt_dir / "minion.d" / "00-lab.conf"
+        text = json.dumps({"id": self.name, "enable_fqdns_grains": False, **config}, indent=2) + "\n"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+
     def cut_link(self) -> None:
         """Take the machine off the network (its veth down on the host side)."""
         sh(["ip", "link", "set", self.veth, "down"])
@@ -288,6 +297,16 @@ class Lab:
         if name not in self._addresses:
             self._addresses[name] = str(self.network.network_address + 11 + len(self._addresses))
         return self._addresses[name]
+
+    def add_host_address(self, offset: int = 2) -> str:
+        """Give the host a second address on the bridge (``<subnet>.<offset>``), for a second
+        daemon that must look like another host to the machines (a second salt-master);
+        it goes with the bridge in ``close()``."""
+        address = str(self.network.network_address + offset)
+        if address == self.host_ip or address in self._addresses.values():
+            raise ValueError(f"lab {self.suite}: {address} is taken")
+        _sh(["ip", "addr", "replace", f"{address}/{self.network.prefixlen}", "dev", self.bridge])
+        return address
 
     def hosts_file(self) -> str:
         lines = ["127.0.0.1 localhost", f"{self.host_ip} lab-host"]

@@ -45,13 +45,15 @@ class SaltMaster:
     """One salt-master process (foreground, in its own process group) and its CLIs."""
 
     def __init__(self, root: Path, interface: str, *, master_id: str = "kcm-salt-master",
-                 file_roots=(), config: dict | None = None):
+                 file_roots=(), config: dict | None = None, ports: tuple[int, int] | None = None):
+        # ``ports``: (ret, publish); a second master of a multi-master pair on another
+        # address takes the first one's, because the minions have one ``master_port``.
         self.root = Path(root)
         self.interface = interface
         self.id = master_id
         self.conf_dir = self.root / "conf"
         self.pillar_dir = self.root / "pillar"
-        self.ret_port, self.publish_port = free_port(), free_port()
+        self.ret_port, self.publish_port = ports or (free_port(), free_port())
         self.file_roots = [str(REPO / "formula"), *map(str, file_roots)]
         self.extra = dict(config or {})
         self.daemon: Daemon | None = None
@@ -94,6 +96,24 @@ class SaltMaster:
             **self.extra,
         }
 
+    @property
+    def pki_dir(self) -> Path:
+        return self.root / "root" / "etc" / "salt" / "pki" / "master"
+
+    def share_key(self, other: SaltMaster) -> None:
+        """Take ``other``'s master key pair before the first start: Salt's multi-master needs
+        one key pair on every master, as minions cache a single master public key."""
+        self.pki_dir.mkdir(parents=True, exist_ok=True)
+        for name, mode in (("master.pem", 0o600), ("master.pub", 0o644)):
+            text = (other.pki_dir / name).read_bytes()
+            fd = os.open(self.pki_dir / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(text)
+
+    @property
+    def running(self) -> bool:
+        return self.daemon is not None and self.daemon.running
+
     def minion_config(self, minion_id: str) -> dict:
         """The ``minion.d`` config a machine needs to join this master."""
         return {
@@ -110,6 +130,16 @@ class SaltMaster:
             # 2048-bit keys: a 4096-bit pair costs a booting machine over 5 s of CPU.
             "keysize": 2048,
         }
+
+    def multi_master_config(self, minion_id: str, others) -> dict:
+        """The ``minion.d`` config for Salt's multi-master: this master and ``others`` (on
+        other addresses, same ports), all connected at once, each receiving every event."""
+        others = list(others)
+        for other in others:
+            if (other.ret_port, other.publish_port) != (self.ret_port, self.publish_port):
+                raise ValueError(f"{other.id}: ports {other.ret_port}/{other.publish_port} differ from "
+                                 f"{self.id}'s {self.ret_port}/{self.publish_port}; a minion has one master_port")
+        return self.minion_config(minion_id) | {"master": [self.interface, *(o.interface for o in others)]}
 
     def start(self, timeout: float = 60.0) -> SaltMaster:
         self.conf_dir.mkdir(parents=True, exist_ok=True)
@@ -243,6 +273,10 @@ class EventRecorder:
                         self.events.append((time.time(), event["tag"], event["data"]))
 
     def start(self) -> EventRecorder:
+        """Listen (again, after ``stop()``: a master restart ends the old connection); the
+        events recorded so far are kept."""
+        self._stop.clear()
+        self._ready.clear()
         self._thread = threading.Thread(target=self._listen, name="salt-events", daemon=True)
         self._thread.start()
         if not self._ready.wait(15):

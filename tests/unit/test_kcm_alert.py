@@ -253,6 +253,26 @@ def test_unreachable_is_one_alert_resolved_when_every_reporter_recovered(harness
     assert len(harness.alerts()) == 2
 
 
+def test_a_second_outage_of_the_same_master_is_a_second_alert(harness):
+    harness.handle("master-1", "unreachable", reason="connection refused")
+    harness.handle("master-1", "recovered", condition="unreachable")
+    harness.now += 30
+    again = harness.handle("master-1", "unreachable", reason="connection refused")
+
+    assert again["fired"] and not again.get("duplicate")
+    fired = [a for a in harness.alerts() if a["labels"]["alertname"] == "KCMApiserverUnreachable"]
+    assert len(fired) == 3  # fired, resolved, fired again
+
+
+def test_an_outage_the_reconcile_ended_is_a_new_incident_next_time(harness, masters):
+    masters.record = lease("master-2", 5)
+    harness.handle("master-3", "unreachable", reason="timeout", cluster_id=CID)
+    assert harness.module.reconcile()["resolved"]  # master-3 answers again: over
+    harness.now += 30
+
+    assert harness.handle("master-3", "unreachable", reason="timeout", cluster_id=CID)["fired"]
+
+
 def test_acquired_and_lost_are_not_alerts(harness):
     assert harness.handle("master-2", "acquired", holder="master-2_bbbb")["ignored"] is True
     assert harness.handle("master-1", "lost", holder="master-1_aaaa")["ignored"] is True

@@ -1,0 +1,271 @@
+"""Six faults of a real cluster, each ending in exactly one alert per incident in Alertmanager
+(resolved when the incident ends) and a live leader; each test prints its ``FAULT`` line.
+
+Alert counts are Alertmanager's (``fault.watch``); the runner's ``kcm/alert/<kind>`` events on
+each master's bus show which master sent what.
+"""
+
+from __future__ import annotations
+
+import time
+
+from kcmlab.cluster import SHORT_ELECTION, UNIT
+from kcmlab.controlplane import node_of, wait_until
+from kcmlab.formula import utils
+from kcmlab.saltmaster import EventRecorder
+from tests.e2e.alerts.conftest import WAIT, events, settled, wait_events
+
+from .conftest import CONDITIONS, beacon_state, report_fault
+
+LEASE = float(SHORT_ELECTION["lease_duration"].rstrip("s"))
+RENEW_DEADLINE = float(SHORT_ELECTION["renew_deadline"].rstrip("s"))
+RETRY = float(SHORT_ELECTION["retry_period"].rstrip("s"))
+EPOCH = utils()["kcm_time.epoch"]
+# The beacon reports that open an alert of their own.
+REPORTED_AS = {"unreachable": "KCMApiserverUnreachable", "no_leader": "KCMNoLeader", "changed": "KCMLeaderChanged"}
+# An outage longer than the runner's old retry window (3 tries in about 1.5 s).
+RECEIVER_OUTAGE = 25.0
+
+
+def spec(cluster) -> dict:
+    return (cluster.lease() or {}).get("spec") or {}
+
+
+def live_leader_after(cluster, began: float, exclude=(), timeout: float = WAIT) -> tuple[str, float]:
+    """The node that holds the Lease and has renewed it since ``began`` (epoch seconds), not one
+    of ``exclude``, and the seconds from ``began`` to its acquisition (or to its first renewal
+    after ``began`` when it kept the Lease through the fault)."""
+    def live():
+        current = spec(cluster)
+        node = node_of(current.get("holderIdentity"))
+        if node and node not in exclude and current.get("renewTime") and EPOCH(current["renewTime"]) > began:
+            return node, current
+        return None
+
+    node, current = wait_until(live, timeout, f"a leader renewing after {began:.1f}", interval=0.2)
+    acquired = EPOCH(current["acquireTime"])
+    return node, (acquired if acquired > began else EPOCH(current["renewTime"])) - began
+
+
+def reported_incidents(cluster, kind: str, since: float) -> int:
+    """How many incidents of ``kind`` the beacons reported since ``since``: one per Lease
+    transition for ``changed`` (every master reports each), else one if any reported it."""
+    found = events(cluster, f"salt/beacon/*/kcm_leader/{kind}", since)
+    if kind == "changed":
+        return len({(e[2].get("transitions"), e[2].get("new_holder")) for e in found})
+    return int(bool(found))
+
+
+def kcm_exit_after(cluster, name: str, began: float, timeout: float) -> float:
+    """Seconds from ``began`` (epoch) until KCM's main process on ``name`` exited, read from
+    systemd inside the machine (it shares the host's monotonic clock)."""
+    def exited():
+        mono = int(cluster.machine(name).unit_property(UNIT, "ExecMainExitTimestampMonotonic") or 0) / 1e6
+        at = time.time() - (time.monotonic() - mono) if mono else None
+        return at if at and at > began else None
+
+    return wait_until(exited, timeout, f"{name}: KCM's exit", interval=0.2) - began
+
+
+def one_leader_changed(cluster, old: str, new: str, timeout: float = WAIT) -> list[dict]:
+    """Every KCMLeaderChanged seen, once the one of old -> new is in Alertmanager (or after
+    ``timeout`` without it: the caller reports the loss, then fails), a few polls later so that
+    a second one (another startsAt) would be seen too."""
+    try:
+        wait_until(lambda: cluster.watch.open("KCMLeaderChanged", old_node=old, new_node=new), timeout,
+                   f"KCMLeaderChanged {old} -> {new} in Alertmanager", interval=0.3)
+    except TimeoutError:
+        return cluster.watch.alerts("KCMLeaderChanged")
+    time.sleep(3)
+    return cluster.watch.alerts("KCMLeaderChanged")
+
+
+def test_leader_cut_off_the_network(fault):
+    cluster = fault
+    old = settled(cluster)
+    before = spec(cluster)
+    machine = cluster.machine(old)
+    began = time.time()
+    machine.cut_link()
+    try:
+        stopped = kcm_exit_after(cluster, old, began, RENEW_DEADLINE + RETRY + 10)
+        new, leader_after = live_leader_after(cluster, began, exclude=(old,))
+        # nothing was released: the standby waited for the Lease to expire
+        assert EPOCH(spec(cluster)["acquireTime"]) >= EPOCH(before["renewTime"]) + LEASE - 0.1
+        wait_until(lambda: beacon_state(cluster, old)["condition"] == "unreachable", WAIT,
+                   f"{old}'s beacon recording unreachable for itself", interval=0.5)
+        assert beacon_state(cluster, old)["reason"], beacon_state(cluster, old)
+    finally:
+        cut_for = time.time() - began
+        machine.restore_link()
+    back = time.time()
+    # it rejoins as a standby: it reports the change it missed, which is no second alert
+    wait_events(cluster, f"salt/beacon/{old}/kcm_leader/changed", back, 1, f"{old} reporting the new leader")
+    cluster.ensure_running()
+    alerts = one_leader_changed(cluster, old, new)
+    assert cluster.leader() == new and cluster.active(old) == "active"
+    cluster.watch.wait_closed()
+    sent = events(cluster, "kcm/alert/changed", began)
+    report_fault("cut_link", leader_after, cluster.watch, lost=int(not alerts), stopped_leading=f"{stopped:.1f}",
+                 cut_for=f"{cut_for:.0f}")
+    assert stopped <= RENEW_DEADLINE + RETRY + 1.0, f"{old} led {stopped:.1f}s into the cut"
+    assert len(alerts) == 1, alerts
+    assert len(sent) == 1, [e[2] for e in sent]
+    assert len(cluster.watch.alerts("KCMApiserverUnreachable")) <= 1
+
+
+def test_salt_master_down_while_the_minions_restart(fault):
+    """The beacons' reports of the failover are lost for good (held by minions that restart
+    while the master is away); the master learns of the transition when it is back."""
+    cluster = fault
+    old = settled(cluster)
+    old_holder = cluster.holder()
+    recorder = cluster.recorders[cluster.master.id]
+    recorder.stop()
+    cluster.master.stop()
+    began = time.time()
+    try:
+        cluster.kill(old)
+        new_holder = cluster.wait_for_new_holder(old_holder, WAIT)
+        new, leader_after = live_leader_after(cluster, began, exclude=(old,))
+        # every beacon saw it and raised its report for a master that is away ...
+        wait_until(lambda: all(beacon_state(cluster, n)["held"].get("holder") == new_holder for n in cluster.nodes),
+                   WAIT, "every beacon recording the new holder", interval=0.5)
+        # ... and loses it: a restarted minion has nothing of what it held
+        cluster.restart_minions()
+    finally:
+        down_for = time.time() - began
+        cluster.master.start()
+        recorder.start()
+    cluster.master.wait_for_minions(cluster.nodes)
+    alerts = one_leader_changed(cluster, old, new)
+    reports = events(cluster, "salt/beacon/*/kcm_leader/changed", began)
+    report_fault("salt_master_down", leader_after, cluster.watch, lost=int(not alerts),
+                 reports_dropped=len(cluster.nodes) - len(reports), master_down=f"{down_for:.0f}")
+    assert reports == [], "the scenario needs the reports lost; the minions delivered them"
+    assert len(alerts) == 1, alerts
+
+
+def test_alertmanager_down_across_a_failover(fault, alertmanager):
+    cluster = fault
+    old = settled(cluster)
+    alertmanager.stop()
+    began = time.time()
+    try:
+        cluster.kill(old)
+        new, leader_after = live_leader_after(cluster, began, exclude=(old,))
+        wait_events(cluster, "salt/beacon/*/kcm_leader/changed", began, len(cluster.nodes),
+                    "a 'changed' report from every minion")
+        failed = wait_events(cluster, "kcm/alert/send_failed", began, 1, "kcm/alert/send_failed")
+        time.sleep(max(0.0, RECEIVER_OUTAGE - (time.time() - began)))
+    finally:
+        down_for = time.time() - began
+        alertmanager.start()
+    alerts = one_leader_changed(cluster, old, new, timeout=WAIT)
+    report_fault("alertmanager_down", leader_after, cluster.watch, lost=int(not alerts), am_down=f"{down_for:.0f}")
+    assert len(alerts) == 1, alerts
+    # the first failed send is told once, not once per retry
+    assert len(events(cluster, "kcm/alert/send_failed", began)) == len(failed) == 1
+
+
+def test_etcd_and_apiserver_restarted(fault):
+    """etcd, then kube-apiserver, each down longer than the Lease: each incident the beacons
+    report in an outage (unreachable, no leader, a new holder) is one alert, resolved, and
+    a leader renews again after each."""
+    cluster = fault
+    settled(cluster)
+    problems = {}
+    for name, restart in (("etcd", cluster.cp.restart_etcd), ("apiserver", cluster.cp.restart_apiserver)):
+        began = time.time()
+        down_for = restart(down=LEASE + 2)
+        _, leader_after = live_leader_after(cluster, began)
+        cluster.watch.wait_closed()
+        settled(cluster, quiet=3)
+        window = (began, time.time())
+        alerted = cluster.watch.by_name(window)
+        incidents = {alert: reported_incidents(cluster, kind, began) for kind, alert in REPORTED_AS.items()}
+        lost = sum(max(0, count - alerted.get(alert, 0)) for alert, count in incidents.items())
+        report_fault(f"{name}_restart", leader_after, cluster.watch, lost=lost, window=window,
+                     api_back_after=f"{down_for:.1f}",
+                     reported=",".join(f"{a}:{n}" for a, n in incidents.items() if n) or "none")
+        problems[name] = {alert: (count, alerted.get(alert, 0)) for alert, count in incidents.items()
+                          if alerted.get(alert, 0) != count}
+    assert problems == {"etcd": {}, "apiserver": {}}, f"(incidents reported, alerts) per outage: {problems}"
+    assert not [a for n in CONDITIONS for a in cluster.watch.open(n)]
+    assert cluster.leader() in cluster.nodes
+
+
+def test_leader_powered_off(fault):
+    cluster = fault
+    old = settled(cluster)
+    before = spec(cluster)
+    began = time.time()
+    cluster.machine(old).power_off()
+    new, leader_after = live_leader_after(cluster, began, exclude=(old,))
+    assert EPOCH(spec(cluster)["acquireTime"]) >= EPOCH(before["renewTime"]) + LEASE - 0.1
+    alerts = one_leader_changed(cluster, old, new)
+    # nothing stays open for the machine that is gone (a stale leader, no leader)
+    cluster.watch.wait_closed()
+    report_fault("power_off", leader_after, cluster.watch, lost=int(not alerts))
+    assert len(alerts) == 1, alerts
+
+
+def test_two_salt_masters_give_one_alert_per_incident(fault, alertmanager):
+    """Salt's multi-master: every minion connected to both, both run the reactor and the
+    runner, each with its own store; Alertmanager merges their identical alerts into one.
+    The second master stays until the lab goes."""
+    cluster = fault
+    second = cluster.add_master()
+    cluster.recorders[second.id] = EventRecorder(second).start()
+    old = settled(cluster)
+    began = time.time()
+    cluster.kill(old)
+    new, leader_after = live_leader_after(cluster, began, exclude=(old,))
+    sent = {}
+    for master_id, recorder in cluster.recorders.items():
+        def every_report(r=recorder):
+            found = r.find("salt/beacon/*/kcm_leader/changed", began)
+            return found if len(found) >= len(cluster.nodes) else None
+
+        reports = wait_until(every_report, WAIT, f"{master_id}: a 'changed' report from every minion", interval=0.5)
+        assert sorted(e[2]["id"] for e in reports) == sorted(cluster.nodes), (master_id, reports)
+        sent[master_id] = wait_until(lambda r=recorder: r.find("kcm/alert/changed", began), WAIT,
+                                     f"{master_id}'s runner sending KCMLeaderChanged", interval=0.5)
+    alerts = one_leader_changed(cluster, old, new)
+    listed = alertmanager.active(alertname="KCMLeaderChanged", old_node=old, new_node=new)
+    report_fault("two_masters", leader_after, cluster.watch, lost=int(not alerts),
+                 sends=sum(len(found) for found in sent.values()))
+    assert {master_id: len(found) for master_id, found in sent.items()} == {m: 1 for m in cluster.recorders}
+    assert len(alerts) == 1 and len(listed) == 1, (alerts, listed)
+
+
+def test_a_master_that_dies_while_it_reports_unreachable_leaves_nothing_open(fault):
+    """The apiserver goes away, every master reports unreachable, one of them is then
+    powered off for good: the others' recovery, and what the masters answer, resolve it.
+    Last in the module: it leaves one KCM master."""
+    cluster = fault
+    leader = settled(cluster)
+    victim = next(n for n in cluster.nodes if n != leader)
+    began = time.time()
+    cluster.cp.apiserver.stop()
+    try:
+        wait_events(cluster, "salt/beacon/*/kcm_leader/unreachable", began, len(cluster.nodes),
+                    "'unreachable' from every minion")
+        wait_until(lambda: cluster.watch.open("KCMApiserverUnreachable"), WAIT, "KCMApiserverUnreachable open")
+        cluster.machine(victim).power_off()
+    finally:
+        cluster.cp.apiserver.start()
+    wait_until(lambda: cluster.cp.request("GET", "/readyz", timeout=3).ok, WAIT, "kube-apiserver back")
+    back = time.time()
+    _, leader_after = live_leader_after(cluster, began, exclude=(victim,))
+    closed = True
+    try:
+        cluster.watch.wait_closed(timeout=WAIT)
+    except TimeoutError:
+        closed = False
+    resolved_after = time.time() - back
+    unreachable = cluster.watch.alerts("KCMApiserverUnreachable")
+    report_fault("dies_while_unreachable", leader_after, cluster.watch, lost=0,
+                 resolved_after=f"{resolved_after:.1f}" if closed else "never")
+    assert closed, [a for n in CONDITIONS for a in cluster.watch.open(n)]
+    assert len(unreachable) == 1, unreachable
