@@ -103,6 +103,10 @@ def alert_labels(kind, data, extra):
     if kind == "changed":
         labels["old_node"] = str(data.get("old_node") or "none")
         labels["new_node"] = str(data.get("new_node") or "none")
+        # Each failover is its own alert: A->B twice within the alert's lifetime would
+        # otherwise merge in Alertmanager into one, and the second would notify nobody.
+        if data.get("transitions") is not None:
+            labels["transitions"] = str(data["transitions"])
     elif kind == "stale":
         labels["node"] = str(data.get("node") or "none")
     elif kind == "cert_expiring":

@@ -188,6 +188,7 @@ def test_payload_is_an_alertmanager_v2_postable_alert(harness):
         "severity": "warning",
         "old_node": "master-1",
         "new_node": "master-2",
+        "transitions": str(CHANGE["transitions"]),
         "env": "test",
     }
     assert "from master-1 to master-2" in alert["annotations"]["summary"]
@@ -792,7 +793,8 @@ def test_a_missed_transition_is_raised_once_and_its_late_event_is_a_duplicate(ha
     assert second["clusters"] == {f"prod#{CID}": "changed"} and second["delivered"] == 1
     ((_, (alert,)),) = harness.posts
     assert alert["labels"] == {"alertname": "KCMLeaderChanged", "cluster": "prod", "cluster_id": CID,
-                               "severity": "warning", "old_node": "master-1", "new_node": "master-2", "env": "test"}
+                               "severity": "warning", "old_node": "master-1", "new_node": "master-2", "transitions": "5",
+                               "env": "test"}
     assert alert["startsAt"] == "2027-01-15T08:00:20Z"  # the Lease's acquireTime
 
     # the event that the minion held through the outage arrives now: the same key
@@ -883,3 +885,12 @@ def test_a_report_under_the_other_beacons_name_is_refused(harness, tag):
     result = harness.module.handle(tag, signed("master-2", kind, data, harness.now))
 
     assert not result.get("fired") and harness.alerts() == []
+
+
+def test_two_failovers_between_the_same_nodes_are_two_alerts(harness):
+    first = harness.handle("master-1", "changed", **CHANGE)
+    back = harness.handle("master-1", "changed", **dict(CHANGE, transitions=CHANGE["transitions"] + 2))
+
+    assert first["fired"] and back["fired"]
+    fingerprints = {tuple(sorted(a["labels"].items())) for a in harness.alerts()}
+    assert len(fingerprints) == 2, "Alertmanager would merge them into one alert"
