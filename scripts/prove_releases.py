@@ -251,7 +251,8 @@ def prove(version: str, apiserver_bin: Path, suite: str = "prove") -> dict:
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="scripts/prove-releases", description=__doc__.splitlines()[0])
-    parser.add_argument("minors", nargs="*", help="v1.MINOR (default: v1.37 down to v1.19)")
+    parser.add_argument("minors", nargs="*", help="v1.MINOR (default: v1.37 down to v1.19), or v1.MINOR.PATCH: "
+                        "that older patch, only when the newest patch of its minor does not build")
     parser.add_argument("--build-until", metavar="HH:MM", help="start no build at or after this time of day")
     parser.add_argument("--apiserver", metavar="DIR", type=Path, default=K8S_CACHE / "v1.37.2",
                         help="the control plane's binaries (default: the pinned v1.37.2 build)")
@@ -262,7 +263,25 @@ def parse_args(argv):
         args.minor_numbers = sorted({releases.minor_key(m) for m in args.minors or DEFAULT_MINORS}, reverse=True)
     except ValueError as exc:
         parser.error(str(exc))
+    explicit = [m for m in args.minors if re.fullmatch(r"v1\.\d+\.\d+", m)]
+    args.patches = {releases.minor_key(m): m for m in explicit}
+    if len(args.patches) != len(explicit):
+        parser.error("give at most one release per minor")
     return args
+
+
+def older_patch(version: str, newest: str) -> str:
+    """Why ``version`` stands for its minor instead of ``newest``; refuses when the newest builds.
+
+    The record proves the newest patch of each minor; an older one only when the newest was tried
+    and did not build (its failure is in the build log an earlier run left).
+    """
+    rc = WORK / newest / "build.rc"
+    if not rc.is_file() or rc.read_text().strip() == "0":
+        raise SystemExit(f"{version}: not the newest patch of its minor ({newest}); prove {newest} first "
+                         f"(scripts/prove-releases v1.{releases.minor_key(newest)}): only a newest patch "
+                         "that does not build makes way for an older one")
+    return f"not the newest patch: {newest} {build_failure((WORK / newest / 'build.log').read_text())}"
 
 
 def record(row: releases.Row) -> None:
@@ -275,14 +294,20 @@ def record(row: releases.Row) -> None:
 def main(argv) -> int:
     args = parse_args(argv)
     listed = listed_versions()
+    newest = {number: newest_patch(number, listed) for number in args.minor_numbers}
+    # Checked before any build: a refused older patch must not cost the builds queued before it.
+    why_older = {number: older_patch(patch, newest[number]) for number, patch in args.patches.items()
+                 if newest[number] not in (None, patch)}
     table = []
     for number in args.minor_numbers:
         minor = f"v1.{number}"
-        version = newest_patch(number, listed)
+        version = args.patches[number] if number in why_older else newest[number]
         if version is None:
             record(releases.Row(minor, build="not on the Go module proxy"))
             continue
         ok, build_text = build(version, args.until)
+        if number in why_older and build_text != releases.NOT_BUILT:
+            build_text = f"{build_text}; {why_older[number]}"
         if not ok:
             if build_text == releases.NOT_BUILT and releases.parse(releases.RECORD.read_text())[minor].proven:
                 say(f"{version}: not built in this session; its proven row is kept")
