@@ -124,6 +124,13 @@ def build(version: str, until: datetime.time | None) -> tuple[bool, str]:
     return True, f"ok, {took} s"
 
 
+def wrapper_fixes(version: str) -> list[str]:
+    """The wrapper module's replaces beyond the staging ones: fixes this host's Go or proxy needed."""
+    gomod = CACHE / "src" / f"kubernetes-{version}" / "go.mod"
+    lines = re.findall(r"^\s*(?:replace\s+)?(\S+) => (.+)$", gomod.read_text(), re.M) if gomod.is_file() else []
+    return [f"{old} => {new.strip()}" for old, new in lines if not old.startswith("k8s.io/")]
+
+
 def binary_facts(version: str) -> dict:
     binary = K8S_CACHE / version / "kube-controller-manager"
     toolchain = go("version", str(binary)).stdout.strip().rsplit(" ", 1)[-1]
@@ -306,6 +313,8 @@ def main(argv) -> int:
             record(releases.Row(minor, build="not on the Go module proxy"))
             continue
         ok, build_text = build(version, args.until)
+        if ok and wrapper_fixes(version):
+            build_text += "; built with replace " + ", ".join(wrapper_fixes(version)) + " (scripts/k8s-binaries)"
         if number in why_older and build_text != releases.NOT_BUILT:
             build_text = f"{build_text}; {why_older[number]}"
         if not ok:
