@@ -288,7 +288,7 @@ def older_patch(version: str, newest: str) -> str:
         raise SystemExit(f"{version}: not the newest patch of its minor ({newest}); prove {newest} first "
                          f"(scripts/prove-releases v1.{releases.minor_key(newest)}): only a newest patch "
                          "that does not build makes way for an older one")
-    return f"not the newest patch: {newest} {build_failure((WORK / newest / 'build.log').read_text())}"
+    return f"not the newest patch: {newest} does not build: {build_failure((WORK / newest / 'build.log').read_text())}"
 
 
 def record(row: releases.Row) -> None:
