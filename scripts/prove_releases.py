@@ -197,6 +197,11 @@ def table_findings(version: str) -> list[str]:
         refused = sorted(c for c in controllers if table.controllers_problem([c], version))
         if refused:
             out.append("controllers the binary has and the table refuses: " + ", ".join(refused))
+        names = set(table.CONTROLLER_ALIASES.values()) | table.CANONICAL_ONLY | table.CONTROLLERS_BEFORE_1_28
+        accepted = {c for c in names if table.controllers_problem([c], version) is None}
+        lacking = sorted(set(table.controller_names(sorted(accepted), version)) - controllers)
+        if lacking:
+            out.append("controllers the table accepts and the binary lacks: " + ", ".join(lacking))
     else:
         out.append("--help lists no controllers")
     out = out or ["--help agrees with the flag table"]
