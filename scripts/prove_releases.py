@@ -269,6 +269,9 @@ def parse_args(argv):
     parser.add_argument("--apiserver", metavar="DIR", type=Path, default=K8S_CACHE / "v1.37.2",
                         help="the control plane's binaries (default: the pinned v1.37.2 build)")
     parser.add_argument("--suite", default="prove", help="the lab's suite name (its subnet derives from it)")
+    parser.add_argument("--recheck-table", action="store_true",
+                        help="no build, no lab: compare the flag table again with the --help of the proven "
+                             "rows' cached binaries and rewrite that part of their notes")
     args = parser.parse_args(argv)
     args.until = datetime.time.fromisoformat(args.build_until) if args.build_until else None
     try:
@@ -303,8 +306,28 @@ def record(row: releases.Row) -> None:
     releases.RECORD.write_text(releases.rewrite(releases.RECORD.read_text(), rows))
 
 
+# The notes table_findings writes, told from what the lab run wrote (notes are joined by "; ").
+TABLE_NOTES = ("--help ", "table says ", "controllers the ", "hidden from --help ")
+
+
+def recheck_table(numbers: list[int]) -> int:
+    """Rewrite the table part of the proven rows' notes from their cached binaries' ``--help``."""
+    rows = releases.parse(releases.RECORD.read_text())
+    for number in numbers:
+        row = rows.get(f"v1.{number}")
+        if row is None or not row.proven or not built(row.release):
+            continue
+        lab = [note for note in row.notes.split("; ") if not note.startswith(TABLE_NOTES)]
+        row.notes = "; ".join(table_findings(row.release) + lab)
+        say(f"{row.release}: {row.notes}")
+        record(row)
+    return 0
+
+
 def main(argv) -> int:
     args = parse_args(argv)
+    if args.recheck_table:
+        return recheck_table(args.minor_numbers)
     listed = listed_versions()
     newest = {number: newest_patch(number, listed) for number in args.minor_numbers}
     # Checked before any build: a refused older patch must not cost the builds queued before it.
