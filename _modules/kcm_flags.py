@@ -119,8 +119,8 @@ CONTROLLER_ALIASES = {
     "ttl-after-finished": "ttl-after-finished-controller",
     "tokencleaner": "token-cleaner-controller",
 }
-# Names that exist before 1.28 but have no canonical twin in 1.28+ (the cloud controllers
-# moved out: service-lb, route, cloud-node-lifecycle; removed from KCM in 1.32, #128197).
+# Names that exist before 1.28 but have no canonical twin in 1.28+ (the cloud controllers:
+# service-lb, route, cloud-node-lifecycle; CONTROLLER_HISTORY says when they left).
 CONTROLLERS_BEFORE_1_28 = frozenset(CONTROLLER_ALIASES) | {"cloud-node-lifecycle", "route", "service"}
 CANONICAL_ONLY = frozenset(
     {
@@ -142,6 +142,28 @@ CANONICAL_ONLY = frozenset(
     }
 )
 CANONICAL_BY_ALIAS_REVERSED = {v: k for k, v in CONTROLLER_ALIASES.items()}
+# Controllers not every release knows: name -> (first minor that has it or None, first minor
+# without it or None), in the spelling of those releases. Source: the "All controllers:" list of
+# `kube-controller-manager --help` of the real binaries in docs/releases.md. v1.28 (and older)
+# lists a feature-gated controller only with its gate on (resourceclaim-, storageversion-garbage-
+# collector-, validatingadmissionpolicy-status-, legacy-serviceaccount-token-cleaner-controller;
+# storage-version-gc): those stay accepted and the binary judges the gate.
+CONTROLLER_HISTORY = {
+    "legacy-service-account-token-cleaner": (28, None),
+    "service-cidr-controller": (29, None),
+    "taint-eviction-controller": (29, None),
+    "storage-version-migrator-controller": (30, None),
+    "kube-apiserver-serving-clustertrustbundle-publisher-controller": (32, None),
+    "selinux-warning-controller": (32, None),
+    "volumeattributesclass-protection-controller": (32, None),
+    "device-taint-eviction-controller": (33, None),
+    "podcertificaterequest-cleaner-controller": (34, None),
+    "podgroup-protection-controller": (36, None),
+    "resourcepoolstatusrequest-controller": (36, None),
+    "service-lb-controller": (None, 37),
+    "node-route-controller": (None, 37),
+    "cloud-node-lifecycle-controller": (None, 37),
+}
 
 VERSION_RE = re.compile(r"^v?1\.(\d+)\.(\d+)(-[0-9A-Za-z.-]+)?$")
 OLDEST_MINOR = 14
@@ -253,6 +275,11 @@ def controller_names(controllers, version):
     return out
 
 
+def _controller_exists(name, ver):
+    first, gone = CONTROLLER_HISTORY.get(name, (None, None))
+    return (first is None or ver >= first) and (gone is None or ver < gone)
+
+
 def controllers_problem(controllers, version):
     """
     Say which controller names ``version`` does not know, or return ``None``.
@@ -263,8 +290,9 @@ def controllers_problem(controllers, version):
 
         salt '*' kcm_flags.controllers_problem '["*", "nosuch"]' v1.34.3
     """
-    new_names = minor(version) >= 28
-    known = (set(CONTROLLER_ALIASES.values()) | CANONICAL_ONLY) if new_names else CONTROLLERS_BEFORE_1_28
+    ver = minor(version)
+    known = (set(CONTROLLER_ALIASES.values()) | CANONICAL_ONLY) if ver >= 28 else CONTROLLERS_BEFORE_1_28
+    known = {name for name in known if _controller_exists(name, ver)}
     unknown = [
         item for item in controller_names(controllers, version) if item.lstrip("-") not in known | {"*"}
     ]

@@ -124,6 +124,13 @@ def build(version: str, until: datetime.time | None) -> tuple[bool, str]:
     return True, f"ok, {took} s"
 
 
+def wrapper_fixes(version: str) -> list[str]:
+    """The wrapper module's replaces beyond the staging ones: fixes this host's Go or proxy needed."""
+    gomod = CACHE / "src" / f"kubernetes-{version}" / "go.mod"
+    lines = re.findall(r"^\s*(?:replace\s+)?(\S+) => (.+)$", gomod.read_text(), re.M) if gomod.is_file() else []
+    return [f"{old} => {new.strip()}" for old, new in lines if not old.startswith("k8s.io/")]
+
+
 def binary_facts(version: str) -> dict:
     binary = K8S_CACHE / version / "kube-controller-manager"
     toolchain = go("version", str(binary)).stdout.strip().rsplit(" ", 1)[-1]
@@ -190,6 +197,11 @@ def table_findings(version: str) -> list[str]:
         refused = sorted(c for c in controllers if table.controllers_problem([c], version))
         if refused:
             out.append("controllers the binary has and the table refuses: " + ", ".join(refused))
+        names = set(table.CONTROLLER_ALIASES.values()) | table.CANONICAL_ONLY | table.CONTROLLERS_BEFORE_1_28
+        accepted = {c for c in names if table.controllers_problem([c], version) is None}
+        lacking = sorted(set(table.controller_names(sorted(accepted), version)) - controllers)
+        if lacking:
+            out.append("controllers the table accepts and the binary lacks: " + ", ".join(lacking))
     else:
         out.append("--help lists no controllers")
     out = out or ["--help agrees with the flag table"]
@@ -251,18 +263,40 @@ def prove(version: str, apiserver_bin: Path, suite: str = "prove") -> dict:
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="scripts/prove-releases", description=__doc__.splitlines()[0])
-    parser.add_argument("minors", nargs="*", help="v1.MINOR (default: v1.37 down to v1.19)")
+    parser.add_argument("minors", nargs="*", help="v1.MINOR (default: v1.37 down to v1.19), or v1.MINOR.PATCH: "
+                        "that older patch, only when the newest patch of its minor does not build")
     parser.add_argument("--build-until", metavar="HH:MM", help="start no build at or after this time of day")
     parser.add_argument("--apiserver", metavar="DIR", type=Path, default=K8S_CACHE / "v1.37.2",
                         help="the control plane's binaries (default: the pinned v1.37.2 build)")
     parser.add_argument("--suite", default="prove", help="the lab's suite name (its subnet derives from it)")
+    parser.add_argument("--recheck-table", action="store_true",
+                        help="no build, no lab: compare the flag table again with the --help of the proven "
+                             "rows' cached binaries and rewrite that part of their notes")
     args = parser.parse_args(argv)
     args.until = datetime.time.fromisoformat(args.build_until) if args.build_until else None
     try:
         args.minor_numbers = sorted({releases.minor_key(m) for m in args.minors or DEFAULT_MINORS}, reverse=True)
     except ValueError as exc:
         parser.error(str(exc))
+    explicit = [m for m in args.minors if re.fullmatch(r"v1\.\d+\.\d+", m)]
+    args.patches = {releases.minor_key(m): m for m in explicit}
+    if len(args.patches) != len(explicit):
+        parser.error("give at most one release per minor")
     return args
+
+
+def older_patch(version: str, newest: str) -> str:
+    """Why ``version`` stands for its minor instead of ``newest``; refuses when the newest builds.
+
+    The record proves the newest patch of each minor; an older one only when the newest was tried
+    and did not build (its failure is in the build log an earlier run left).
+    """
+    rc = WORK / newest / "build.rc"
+    if not rc.is_file() or rc.read_text().strip() == "0":
+        raise SystemExit(f"{version}: not the newest patch of its minor ({newest}); prove {newest} first "
+                         f"(scripts/prove-releases v1.{releases.minor_key(newest)}): only a newest patch "
+                         "that does not build makes way for an older one")
+    return f"not the newest patch: {newest} does not build: {build_failure((WORK / newest / 'build.log').read_text())}"
 
 
 def record(row: releases.Row) -> None:
@@ -272,17 +306,45 @@ def record(row: releases.Row) -> None:
     releases.RECORD.write_text(releases.rewrite(releases.RECORD.read_text(), rows))
 
 
+# The notes table_findings writes, told from what the lab run wrote (notes are joined by "; ").
+TABLE_NOTES = ("--help ", "table says ", "controllers the ", "hidden from --help ")
+
+
+def recheck_table(numbers: list[int]) -> int:
+    """Rewrite the table part of the proven rows' notes from their cached binaries' ``--help``."""
+    rows = releases.parse(releases.RECORD.read_text())
+    for number in numbers:
+        row = rows.get(f"v1.{number}")
+        if row is None or not row.proven or not built(row.release):
+            continue
+        lab = [note for note in row.notes.split("; ") if not note.startswith(TABLE_NOTES)]
+        row.notes = "; ".join(table_findings(row.release) + lab)
+        say(f"{row.release}: {row.notes}")
+        record(row)
+    return 0
+
+
 def main(argv) -> int:
     args = parse_args(argv)
+    if args.recheck_table:
+        return recheck_table(args.minor_numbers)
     listed = listed_versions()
+    newest = {number: newest_patch(number, listed) for number in args.minor_numbers}
+    # Checked before any build: a refused older patch must not cost the builds queued before it.
+    why_older = {number: older_patch(patch, newest[number]) for number, patch in args.patches.items()
+                 if newest[number] not in (None, patch)}
     table = []
     for number in args.minor_numbers:
         minor = f"v1.{number}"
-        version = newest_patch(number, listed)
+        version = args.patches[number] if number in why_older else newest[number]
         if version is None:
             record(releases.Row(minor, build="not on the Go module proxy"))
             continue
         ok, build_text = build(version, args.until)
+        if ok and wrapper_fixes(version):
+            build_text += "; built with replace " + ", ".join(wrapper_fixes(version)) + " (scripts/k8s-binaries)"
+        if number in why_older and build_text != releases.NOT_BUILT:
+            build_text = f"{build_text}; {why_older[number]}"
         if not ok:
             if build_text == releases.NOT_BUILT and releases.parse(releases.RECORD.read_text())[minor].proven:
                 say(f"{version}: not built in this session; its proven row is kept")

@@ -131,6 +131,21 @@ def test_the_dra_claim_controller_is_named_as_the_real_binaries_list_it(kcm_flag
     assert "resource-claim-controller" in kcm_flags.controllers_problem(["resource-claim-controller"], "v1.37.2")
 
 
+@pytest.mark.parametrize(("pillar", "refused_by", "known_to"), [
+    # (controllers, a release whose real binary does not list it, the nearest one that does)
+    (["*", "-taint-eviction-controller"], "v1.28.15", "v1.29.15"),
+    (["*", "-selinux-warning-controller"], "v1.31.13", "v1.32.9"),
+    (["*", "-podgroup-protection-controller"], "v1.35.4", "v1.36.3"),
+    (["*", "-service-lb-controller"], "v1.37.2", "v1.36.3"),
+    (["*", "-legacy-service-account-token-cleaner"], "v1.26.13", "v1.28.15"),
+])
+def test_a_controller_is_known_only_to_the_releases_whose_binary_lists_it(kcm_flags, pillar, refused_by, known_to):
+    # The "All controllers:" lists of the real binaries in docs/releases.md: the table used to accept
+    # every canonical name for every release from v1.28, which those binaries refuse at start.
+    assert pillar[1][1:] in kcm_flags.controllers_problem(pillar, refused_by)
+    assert kcm_flags.controllers_problem(pillar, known_to) is None
+
+
 @pytest.mark.parametrize("text", ["1.34", "v2.0.0", "v1.13.9", "latest", "v1.34.x"])
 def test_bad_versions_are_refused(kcm_flags, text):
     with pytest.raises(ValueError):
