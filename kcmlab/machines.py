@@ -305,7 +305,7 @@ class Lab:
         address = str(self.network.network_address + offset)
         if address == self.host_ip or address in self._addresses.values():
             raise ValueError(f"lab {self.suite}: {address} is taken")
-        _sh(["ip", "addr", "replace", f"{address}/{self.network.prefixlen}", "dev", self.bridge])
+        sh(["ip", "addr", "replace", f"{address}/{self.network.prefixlen}", "dev", self.bridge])
         return address
 
     def hosts_file(self) -> str:

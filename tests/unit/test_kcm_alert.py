@@ -793,8 +793,8 @@ def test_a_missed_transition_is_raised_once_and_its_late_event_is_a_duplicate(ha
     assert second["clusters"] == {f"prod#{CID}": "changed"} and second["delivered"] == 1
     ((_, (alert,)),) = harness.posts
     assert alert["labels"] == {"alertname": "KCMLeaderChanged", "cluster": "prod", "cluster_id": CID,
-                               "severity": "warning", "old_node": "master-1", "new_node": "master-2", "transitions": "5",
-                               "env": "test"}
+                               "severity": "warning", "old_node": "master-1", "new_node": "master-2",
+                               "transitions": "5", "env": "test"}
     assert alert["startsAt"] == "2027-01-15T08:00:20Z"  # the Lease's acquireTime
 
     # the event that the minion held through the outage arrives now: the same key
