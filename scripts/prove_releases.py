@@ -155,6 +155,9 @@ def journal_findings(journal: str) -> list[str]:
     failed = sorted({a or b for a, b in FAILED.findall(journal)})
     listed = sorted(set(re.findall(r"failed to list \*?([\w./]+)", journal)))
     out = [f"{len(started)} controllers started"]
+    lock = re.search(r"error retrieving resource lock [\w/-]+: ([^\n]{0,200})", journal)
+    if lock:
+        out.append(f"cannot take the lock: {lock.group(1).strip()}")
     if failed:
         out.append("failed to start: " + ", ".join(failed))
     if listed:
