@@ -57,7 +57,7 @@ FLAG_HISTORY = {
             "add-dir-header",
         )
     },
-    # klog's --one-output came with v1.20 (the v1.19.16 binary lacks it, v1.21.14 has it).
+    # klog's --one-output came with v1.20 (the v1.19.16 binary lacks it, v1.20.15 has it).
     "one-output": (20, 26, "RN-1.20, RN-1.26 #112120"),
     "deployment-controller-sync-period": (None, 24, "RN-1.24 #107178"),
     "deleting-pods-qps": (None, 25, "RN-1.25 #109612"),
