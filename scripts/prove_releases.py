@@ -1,6 +1,7 @@
 """Prove releases by their real binary; ``scripts/prove-releases`` runs this in the project's venv.
 
-For each minor: the newest patch on the Go module proxy, its kube-controller-manager built
+For each minor: the newest patch on the Go module proxy (or an older one named on the command
+line, once the newest has failed to build: the row says which and why), its kube-controller-manager built
 alone (``scripts/k8s-binaries --kcm-only``, under ``nice -n 19``, one build at a time), then one
 systemd machine of the lab deployed at that release by a real ``state.apply kcm`` against the
 pinned control plane, and what the binary did with the flags the formula rendered: accepted
