@@ -53,11 +53,12 @@ FLAG_HISTORY = {
             "skip-headers",
             "skip-log-headers",
             "stderrthreshold",
-            "one-output",
             "log-backtrace-at",
             "add-dir-header",
         )
     },
+    # klog's --one-output came with v1.20 (the v1.19.16 binary lacks it, v1.20.15 has it).
+    "one-output": (20, 26, "RN-1.20, RN-1.26 #112120"),
     "deployment-controller-sync-period": (None, 24, "RN-1.24 #107178"),
     "deleting-pods-qps": (None, 25, "RN-1.25 #109612"),
     "deleting-pods-burst": (None, 25, "RN-1.25 #109612"),

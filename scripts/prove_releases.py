@@ -1,6 +1,7 @@
 """Prove releases by their real binary; ``scripts/prove-releases`` runs this in the project's venv.
 
-For each minor: the newest patch on the Go module proxy, its kube-controller-manager built
+For each minor: the newest patch on the Go module proxy (or an older one named on the command
+line, once the newest has failed to build: the row says which and why), its kube-controller-manager built
 alone (``scripts/k8s-binaries --kcm-only``, under ``nice -n 19``, one build at a time), then one
 systemd machine of the lab deployed at that release by a real ``state.apply kcm`` against the
 pinned control plane, and what the binary did with the flags the formula rendered: accepted
@@ -147,6 +148,10 @@ def binary_facts(version: str) -> dict:
 STARTED = re.compile(r'(?:Controller starting\.\.\."|Started controller"|Started) controller="([\w-]+)"'
                      r'|Started \\?"([\w-]+)\\?"')
 FAILED = re.compile(r'Error starting controller" controller="([\w-]+)"|Error starting \\?"([\w-]+)\\?"')
+# Skipped: no cloud provider, no cluster CIDR, a gate off, or (old releases) the API it needs gone.
+SKIPPED = re.compile(r'Skipping \\?"([\w-]+)\\?"|skipping controller" controller="([\w-]+)"')
+API_GONE = re.compile(r'Not starting ([\w-]+) since ([\w./-]+) resources are not available'
+                      r'|Refusing to start ([\w-]+) because resource \\?"(\w+)\\?" in group \\?"([\w./-]+)\\?"')
 
 
 def journal_findings(journal: str) -> list[str]:
@@ -155,10 +160,19 @@ def journal_findings(journal: str) -> list[str]:
     failed = sorted({a or b for a, b in FAILED.findall(journal)})
     listed = sorted(set(re.findall(r"failed to list \*?([\w./]+)", journal)))
     out = [f"{len(started)} controllers started"]
+    lock = re.search(r"error retrieving resource lock [\w/-]+: ([^\n]{0,200})", journal)
+    if lock:
+        out.append(f"cannot take the lock: {lock.group(1).strip()}")
     if failed:
         out.append("failed to start: " + ", ".join(failed))
     if listed:
         out.append("cannot list (API gone from the v1.37 apiserver): " + ", ".join(listed))
+    gone = sorted({f"{a or c} ({b or f'{e} {d}'})" for a, b, c, d, e in API_GONE.findall(journal)})
+    if gone:
+        out.append("not started, its API gone from the v1.37 apiserver: " + ", ".join(gone))
+    skipped = sorted({a or b for a, b in SKIPPED.findall(journal)})
+    if skipped:
+        out.append("skipped: " + ", ".join(skipped))
     return out
 
 
@@ -269,9 +283,9 @@ def parse_args(argv):
     parser.add_argument("--apiserver", metavar="DIR", type=Path, default=K8S_CACHE / "v1.37.2",
                         help="the control plane's binaries (default: the pinned v1.37.2 build)")
     parser.add_argument("--suite", default="prove", help="the lab's suite name (its subnet derives from it)")
-    parser.add_argument("--recheck-table", action="store_true",
-                        help="no build, no lab: compare the flag table again with the --help of the proven "
-                             "rows' cached binaries and rewrite that part of their notes")
+    parser.add_argument("--recheck", action="store_true",
+                        help="no build, no lab: rewrite the notes of the proven rows from their cached "
+                             "binaries' --help (against today's table) and the journals of their lab runs")
     args = parser.parse_args(argv)
     args.until = datetime.time.fromisoformat(args.build_until) if args.build_until else None
     try:
@@ -306,19 +320,21 @@ def record(row: releases.Row) -> None:
     releases.RECORD.write_text(releases.rewrite(releases.RECORD.read_text(), rows))
 
 
-# The notes table_findings writes, told from what the lab run wrote (notes are joined by "; ").
-TABLE_NOTES = ("--help ", "table says ", "controllers the ", "hidden from --help ")
+# The notes table_findings and journal_findings write, told from the others (joined by "; ").
+DERIVED = re.compile(r"--help |table says |controllers the |hidden from --help |\d+ controllers started|"
+                     r"cannot take the lock: |failed to start: |cannot list |not started, |skipped: ")
 
 
-def recheck_table(numbers: list[int]) -> int:
-    """Rewrite the table part of the proven rows' notes from their cached binaries' ``--help``."""
+def recheck(numbers: list[int]) -> int:
+    """Rewrite the derived notes of the proven rows from their cached binary and saved journal."""
     rows = releases.parse(releases.RECORD.read_text())
     for number in numbers:
         row = rows.get(f"v1.{number}")
-        if row is None or not row.proven or not built(row.release):
+        journal = WORK / row.release / "journal.txt" if row else None
+        if row is None or not row.proven or not built(row.release) or not journal.is_file():
             continue
-        lab = [note for note in row.notes.split("; ") if not note.startswith(TABLE_NOTES)]
-        row.notes = "; ".join(table_findings(row.release) + lab)
+        lab = [note for note in row.notes.split("; ") if not DERIVED.match(note)]
+        row.notes = "; ".join(table_findings(row.release) + lab + journal_findings(journal.read_text()))
         say(f"{row.release}: {row.notes}")
         record(row)
     return 0
@@ -326,8 +342,8 @@ def recheck_table(numbers: list[int]) -> int:
 
 def main(argv) -> int:
     args = parse_args(argv)
-    if args.recheck_table:
-        return recheck_table(args.minor_numbers)
+    if args.recheck:
+        return recheck(args.minor_numbers)
     listed = listed_versions()
     newest = {number: newest_patch(number, listed) for number in args.minor_numbers}
     # Checked before any build: a refused older patch must not cost the builds queued before it.

@@ -146,6 +146,12 @@ def test_a_controller_is_known_only_to_the_releases_whose_binary_lists_it(kcm_fl
     assert kcm_flags.controllers_problem(pillar, known_to) is None
 
 
+def test_klog_one_output_is_refused_before_v1_20(kcm_flags):
+    # The real v1.19.16 binary has no --one-output (docs/releases.md); v1.20.15's has it.
+    assert "v1.19.16 lacks it" in kcm_flags.flag_problem("one-output", "v1.19.16")
+    assert kcm_flags.flag_problem("one-output", "v1.20.15") is None
+
+
 @pytest.mark.parametrize("text", ["1.34", "v2.0.0", "v1.13.9", "latest", "v1.34.x"])
 def test_bad_versions_are_refused(kcm_flags, text):
     with pytest.raises(ValueError):

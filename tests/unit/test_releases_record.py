@@ -1,6 +1,7 @@
 """The release record (docs/releases.md) against today's flag table: a proof cannot drift."""
 
 import re
+import subprocess
 
 import pytest
 
@@ -64,3 +65,37 @@ def test_rows_survive_a_rewrite_with_pipes_in_their_notes():
     rows["v1.14"] = releases.Row("v1.14", notes="a | b")
     again = releases.parse(releases.rewrite(releases.RECORD.read_text(), rows))
     assert again == rows
+
+
+@pytest.fixture
+def prove(tmp_path, monkeypatch):
+    module = formula.load("scripts", "prove_releases")
+    monkeypatch.setattr(module, "WORK", tmp_path)
+    # The unit tier needs no Go: build_failure only asks it its version.
+    monkeypatch.setattr(module, "go", lambda *args, **kw: subprocess.CompletedProcess(args, 0, "go1.26.8\n", ""))
+    return module
+
+
+def failed_build(work, version, log):
+    (work / version).mkdir()
+    (work / version / "build.rc").write_text("1\n")
+    (work / version / "build.log").write_text(log)
+
+
+def test_an_older_patch_is_refused_while_the_newest_is_not_known_to_fail(prove, tmp_path):
+    with pytest.raises(SystemExit, match=r"v1\.31\.13: not the newest patch of its minor \(v1\.31\.14\)"):
+        prove.older_patch("v1.31.13", "v1.31.14")
+    (tmp_path / "v1.31.14").mkdir()
+    (tmp_path / "v1.31.14" / "build.rc").write_text("0\n")
+    with pytest.raises(SystemExit, match="prove v1.31.14 first"):
+        prove.older_patch("v1.31.13", "v1.31.14")
+
+
+def test_an_older_patch_names_the_newest_and_the_module_the_proxy_refused(prove, tmp_path):
+    failed_build(tmp_path, "v1.31.14", "go: k8s.io/kube-controller-manager@v0.31.14: reading "
+                 "https://proxy.golang.org/k8s.io/kube-controller-manager/@v/v0.31.14.zip: 403 Forbidden\n")
+    said = prove.older_patch("v1.31.13", "v1.31.14")
+    assert said == ("not the newest patch: v1.31.14 does not build: the Go module proxy refuses "
+                    "k8s.io/kube-controller-manager@v0.31.14 (403: this module version is not available)")
+    # what the record test above demands of such a row
+    assert re.search(r"not the newest patch: (v1\.31\.14) does not build: (.+)$", f"ok, 894 s; {said}")
