@@ -131,6 +131,9 @@ def restart():
     Restart this master's KCM: ``service.restart`` when ``kcm:service:manage`` is true,
     otherwise ``<kcm:service:control_cmd> restart``. Returns ``{result, how, comment}``.
 
+    The SLS calls it too: ``kcm_service.restarted``'s ``mod_watch``, when something the
+    service watches changed and Salt does not manage the unit.
+
     CLI Example:
 
     .. code-block:: bash
@@ -150,6 +153,7 @@ def stop():
     .. code-block:: bash
 
         salt 'master1' kcm_orch.stop
+        salt -L 'master1,master2' kcm_orch.stop    # two of three: the survivor must lead
     """
     return _with_exit_code(_control("stop"))
 
@@ -157,7 +161,8 @@ def stop():
 def start():
     """
     Start this master's KCM (``service.start`` or ``<kcm:service:control_cmd> start``).
-    Returns ``{result, how, comment}``.
+    Returns ``{result, how, comment}``. The drill's last step, on the KCMs it stopped;
+    starting a running KCM changes nothing.
 
     CLI Example:
 
@@ -273,10 +278,8 @@ def apply(pillar=None, saltenv=None):  # pylint: disable=redefined-builtin
     Returns ``{"result", "restarted", "how", "changed": [state ids], "comment"}``; on a
     failed state, ``failed`` lists ``<id>: <comment>`` (non-zero exit).
 
-    pillar
-        Pillar override, as for ``state.apply``.
-    saltenv
-        Salt fileserver environment (default: the minion's).
+    pillar, saltenv
+        As for :func:`preflight`: the pillar override and the fileserver environment.
 
     CLI Example:
 

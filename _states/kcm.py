@@ -126,9 +126,7 @@ def flags_accepted(name, config=None):
         ret["comment"] = f"cannot check {name}: {exc}"
         return ret
     # A refusal also sets the call's retcode; state.apply derives its own from the results.
-    if report.get("ok"):
-        ret["result"] = True
-        ret["comment"] = f"{name} ({report.get('version')}) accepts the rendered flags"
-    else:
-        ret["comment"] = f"{name} refuses the rendered flags: {report.get('error')}"
-    return ret
+    accepted = bool(report.get("ok"))
+    verdict = f"({report.get('version')}) accepts" if accepted else "refuses"
+    detail = "" if accepted else f": {report.get('error')}"
+    return dict(ret, result=accepted, comment=f"{name} {verdict} the rendered flags{detail}")
