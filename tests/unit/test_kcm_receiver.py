@@ -271,3 +271,15 @@ def test_tls_is_verified_against_the_ca_bundle(tls_receiver):
     assert str(failed.value).isprintable()
     post(receiver.url, ca_bundle=ca_bundle)
     assert [line for line, _ in receiver.requests] == ["POST / HTTP/1.1"]
+
+
+@pytest.mark.parametrize("proxy, problem", [
+    ("http://127.0.0.1:3128", None),
+    ("socks5://127.0.0.1:1080", "kcm:master:proxy: 'socks5://127.0.0.1:1080' must start with http:// or https://"),
+    ("http://user:pw@proxy:3128", "kcm:master:proxy: 'http://user:pw@proxy:3128' carries credentials"),
+])
+def test_the_proxy_setting_is_checked_naming_its_key(proxy, problem):
+    checks = load("_utils", "kcm_checks")
+    found = [p for p in checks.master_problems({"config_dir": "/etc/salt/master.d", "proxy": proxy,
+                                                "reporters": {"tgt": "master-*"}}) if "proxy" in p]
+    assert [p[:len(problem)] for p in found] == ([problem] if problem else [])
