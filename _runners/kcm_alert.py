@@ -146,10 +146,15 @@ def _fire(tag, data):
 # --------------------------------------------------------------------------
 
 
+# kcm_outbox.deliver calls _post from inside a util, where Salt's loader gives no __utils__:
+# _flush looks the sender up first, for its thread.
+_SENDER = threading.local()
+
+
 def _post(url, payload, cfg):
     """One POST (``_utils/kcm_receiver``: no redirect followed, no proxy from the environment,
     the whole request within ``timeout``); raises with one escaped line on any failure."""
-    _u("kcm_receiver.post")(url, payload, cfg)
+    (getattr(_SENDER, "post", None) or _u("kcm_receiver.post"))(url, payload, cfg)
 
 
 def _flush(cfg, unsaved=()):
@@ -162,6 +167,7 @@ def _flush(cfg, unsaved=()):
         claimed, expired, done = _u("kcm_outbox.claim")(store, _u("kcm_outbox.receivers")(cfg), token, now,
                                                         CLAIM_SECONDS)
     claimed += [dict(entry) for entry in unsaved]
+    _SENDER.post = _u("kcm_receiver.post")
     outcomes = _u("kcm_outbox.deliver")(claimed, cfg, _post, _sleep) if claimed else {}
     with _store(cfg) as store:
         settled = _u("kcm_outbox.settle")(store, token, claimed, outcomes) if claimed else []
