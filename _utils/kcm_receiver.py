@@ -46,25 +46,27 @@ def __virtual__():
 
 def printable(text, limit=SHOWN):
     """
-    ``text`` (str or bytes) as one printable line of at most ``limit`` characters (plus a
-    note of what was cut): control and format characters, line and paragraph separators
-    are written as escapes (``\\x0a``, ``\\x1b``, ``\\u2028``), so a receiver's answer can
-    neither start a forged log line nor drive a terminal.
+    ``text`` (str or bytes) as one printable line of at most ``limit`` characters, escapes
+    included, then ``...`` when it was cut: control and format characters, line and
+    paragraph separators are written as escapes (``\\x0a``, ``\\x1b``, ``\\u2028``), so a
+    receiver's answer can neither start a forged log line nor drive a terminal.
     """
     if isinstance(text, bytes):
         text = text.decode("utf-8", errors="replace")
-    text = str(text)
-    out = []
-    for char in text[:limit]:
+    out, size = [], 0
+    for char in str(text):
         if char == "\\":
-            out.append("\\\\")
+            piece = "\\\\"
         elif unicodedata.category(char)[0] in "CZ" and char != " ":
             code = ord(char)
-            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+            piece = f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
         else:
-            out.append(char)
-    if len(text) > limit:
-        out.append(f"... (cut at {limit} characters)")
+            piece = char
+        if size + len(piece) > limit:
+            out.append("...")
+            break
+        out.append(piece)
+        size += len(piece)
     return "".join(out)
 
 
