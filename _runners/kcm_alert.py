@@ -30,10 +30,11 @@ Master configuration (``/etc/salt/master.d/kcm.conf``, written by ``kcm.master``
       webhook_urls: []
       labels: {team: platform}        # added to every alert
       ca_bundle: ''                   # CA file for https receivers ('' = system CAs)
+      proxy: ''                       # proxy URL for the receivers ('' = none; the environment's is ignored)
       dedupe_file: ''                 # '' = <cachedir>/kcm_alert/dedupe.json (with the outbox)
       retries: 3                      # attempts per receiver and flush
       backoff: 0.5                    # seconds before the 2nd attempt, doubling
-      timeout: 5                      # seconds per HTTP request
+      timeout: 5                      # seconds for one whole HTTP request (answer included)
       condition_ttl: 86400            # endsAt of a condition alert until it is resolved
       event_ttl: 3600                 # endsAt of a KCMLeaderChanged alert
       reconcile_timeout: 10           # seconds the reconcile waits for the masters' answers
@@ -46,7 +47,6 @@ import threading
 import time
 import uuid
 
-import requests
 import salt.utils.event
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ DEFAULTS = {
     "webhook_urls": [],
     "labels": {},
     "ca_bundle": "",
+    "proxy": "",
     "dedupe_file": "",
     "retries": 3,
     "backoff": 0.5,
@@ -145,12 +146,15 @@ def _fire(tag, data):
 # --------------------------------------------------------------------------
 
 
+# kcm_outbox.deliver calls _post from inside a util, where Salt's loader gives no __utils__:
+# _flush looks the sender up first, for its thread.
+_SENDER = threading.local()
+
+
 def _post(url, payload, cfg):
-    """One POST; raises on a transport error or a non-2xx answer."""
-    verify = cfg["ca_bundle"] or True
-    response = requests.post(url, json=payload, timeout=cfg["timeout"], verify=verify)
-    if response.status_code // 100 != 2:
-        raise RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
+    """One POST (``_utils/kcm_receiver``: no redirect followed, no proxy from the environment,
+    the whole request within ``timeout``); raises with one escaped line on any failure."""
+    (getattr(_SENDER, "post", None) or _u("kcm_receiver.post"))(url, payload, cfg)
 
 
 def _flush(cfg, unsaved=()):
@@ -163,6 +167,7 @@ def _flush(cfg, unsaved=()):
         claimed, expired, done = _u("kcm_outbox.claim")(store, _u("kcm_outbox.receivers")(cfg), token, now,
                                                         CLAIM_SECONDS)
     claimed += [dict(entry) for entry in unsaved]
+    _SENDER.post = _u("kcm_receiver.post")
     outcomes = _u("kcm_outbox.deliver")(claimed, cfg, _post, _sleep) if claimed else {}
     with _store(cfg) as store:
         settled = _u("kcm_outbox.settle")(store, token, claimed, outcomes) if claimed else []

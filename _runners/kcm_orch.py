@@ -131,6 +131,13 @@ def _state_kwarg(pillar, saltenv):
         if not isinstance(pillar, dict):
             raise CommandExecutionError(
                 f"pillar: expected a mapping such as {{'kcm': {{'version': 'v1.37.3'}}}}, got {pillar!r}")
+        secrets = __utils__["kcm_publish.secret_paths"](pillar)
+        if secrets:
+            # Published to every minion and kept in the job cache (see _utils/kcm_publish.py).
+            raise CommandExecutionError(
+                f"{', '.join(secrets)}: PEM or private-key material in a pillar override, which every minion"
+                " receives and the master's job cache keeps; put it in the masters' pillar (targeted by minion"
+                " id) and run again without it")
         kwarg["pillar"] = pillar
     if saltenv:
         kwarg["saltenv"] = saltenv
@@ -164,6 +171,8 @@ def preflight(tgt=DEFAULT_TGT, tgt_type="glob", pillar=None, saltenv=None, timeo
         The KCM masters. Default ``*`` / ``glob``.
     pillar
         Pillar override sent to every master (e.g. ``{"kcm": {"version": "v1.37.3"}}``).
+        Never a PEM or a private key: refused, naming the key (a publication reaches every
+        minion and stays in the master's job cache).
     saltenv
         Salt fileserver environment on the masters.
     timeout
@@ -176,8 +185,9 @@ def preflight(tgt=DEFAULT_TGT, tgt_type="glob", pillar=None, saltenv=None, timeo
         salt-run kcm_orch.preflight tgt='master*' pillar='{"kcm": {"extra_args": {"v": 4}}}'
     """
     try:
+        kwarg = _state_kwarg(pillar, saltenv)
         cluster = _masters(_targets(tgt, tgt_type), timeout)
-        masters, problems = _preflight(cluster, _state_kwarg(pillar, saltenv), timeout)
+        masters, problems = _preflight(cluster, kwarg, timeout)
     except CommandExecutionError as exc:
         return _with_exit_code({"result": False, "comment": f"preflight: {exc}", "masters": {}})
     if problems:
@@ -275,7 +285,8 @@ def upgrade(tgt=DEFAULT_TGT, tgt_type="glob", pillar=None, saltenv=None, timeout
         The KCM masters. Default ``*`` / ``glob``.
     pillar
         Pillar override for every master, as for ``state.apply``; without it the masters'
-        own (changed) pillar is applied.
+        own (changed) pillar is applied. Never a PEM or a private key (refused, as for
+        :func:`preflight`).
     saltenv
         Salt fileserver environment on the masters.
     timeout

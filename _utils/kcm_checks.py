@@ -301,6 +301,11 @@ def master_problems(master):
             problems.append(f"kcm:master:labels: '{name}' is not a label name ([a-zA-Z_][a-zA-Z0-9_]*)")
         if not isinstance(value, str):
             problems.append(f"kcm:master:labels:{name}: {value!r} is not a string (quote it)")
+    proxy = master.get("proxy")
+    if isinstance(proxy, str) and proxy:
+        why = url_problem(proxy, ("http", "https"))
+        if why:
+            problems.append(f"kcm:master:proxy: {why}")
     for key in ("config_dir", "ca_bundle"):
         value = master.get(key)
         if isinstance(value, str) and value and not (PATH_RE.match(value) and "/../" not in value + "/"):

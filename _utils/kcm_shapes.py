@@ -26,7 +26,7 @@ _KEYS_BY_KIND = {
     TEXT: "version identity cluster user group apiserver bind_address bind_interface service_cluster_ip_range"
           " cluster_signing_duration service:name service:control_cmd source:type source:url source:hash"
           " source:arch pki:mode pki:ca_server pki:signing_policy pki:key_algo master:config_dir"
-          " master:ca_bundle master:enroll:grain master:enroll:value master:reporters:tgt"
+          " master:ca_bundle master:proxy master:enroll:grain master:enroll:value master:reporters:tgt"
           " master:reporters:tgt_type",
 }
 # Sections before their keys: a section of the wrong kind hides what is under it.

@@ -81,6 +81,7 @@ CASES = [
      "kcm:master:alertmanager_urls:"),
     ("webhook with credentials", {"master": {"webhook_urls": ["https://u:p@hooks.example/x"]}},
      "kcm:master:webhook_urls:"),
+    ("receivers' proxy not an http(s) URL", {"master": {"proxy": "socks5://127.0.0.1:1080"}}, "kcm:master:proxy:"),
     ("enrollment grain value glob", {"master": {"enroll": {"value": "k8s-*"}}}, "kcm:master:enroll:value:"),
     ("unknown reporters target type", {"master": {"reporters": {"tgt": "x", "tgt_type": "nodegroup"}}},
      "kcm:master:reporters:tgt_type:"),

@@ -88,3 +88,25 @@ def test_the_rolling_change_goes_over_every_master_the_leader_last(runners, mast
     assert report["order"] == ["master-2", "master-3", "master-1"]
     assert report["retcode"] == 0
     assert report["summary"][-1].startswith("leader master-1 -> master-1, 0 leader change(s)")
+
+
+# Audit L13: a pillar override is published to every minion and kept in the job cache.
+KEY_PEM = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----\n"
+
+
+@pytest.mark.parametrize("function", ["kcm_orch.upgrade", "kcm_orch.preflight"])
+@pytest.mark.parametrize("override, named", [
+    ({"kcm": {"version": "v1.37.3", "pki": {"ca_key": KEY_PEM}}}, "pillar:kcm:pki:ca_key"),
+    ({"kcm": {"pki": {"service_account_key": "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC"}}},
+     "pillar:kcm:pki:service_account_key"),
+    ({"kcm": {"extra_args": {"x": ["a", KEY_PEM]}}}, "pillar:kcm:extra_args:x:1"),
+])
+def test_a_pillar_override_carrying_a_private_key_is_refused_before_anything_is_published(
+        runners, masters, function, override, named):
+    report = runners[function](tgt="master*", pillar=override, interval=0.01, timeout=5) \
+        if function == "kcm_orch.upgrade" else runners[function](tgt="master*", pillar=override)
+
+    assert report["result"] is False and report["retcode"] == 1
+    assert f"{named}: PEM or private-key material in a pillar override" in report["comment"]
+    assert "BEGIN" not in report["comment"] and "MIIE" not in report["comment"]
+    assert masters.calls == []

@@ -344,7 +344,9 @@ def test_real_http_retry_after_a_500_and_webhook_copy(tmp_path, monkeypatch, rec
     base, handler = receiver
     h = Harness(tmp_path, monkeypatch, module=kcm_alert, alertmanager_urls=[base + "/"],
                 webhook_urls=[base + "/hook"], backoff=0.01)
-    monkeypatch.setattr(h.module, "_post", load("_runners", "kcm_alert")._post)  # the real HTTP client
+    real = load("_runners", "kcm_alert")
+    real.__utils__ = utils()
+    monkeypatch.setattr(h.module, "_post", real._post)  # the real HTTP client
     handler.answers = [500]
     result = h.handle("master-1", "changed", **CHANGE)
     events = h.tags()

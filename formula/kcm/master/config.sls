@@ -22,7 +22,7 @@
     and kcm_enroll: {grain, value} for the kcm_enroll runner (highstate a new master once).
 
     Settings: pillar `kcm:master` (config_dir, alertmanager_urls, webhook_urls, labels,
-    ca_bundle, sync_runners, alert_engine, batch_wait, reconcile_interval, flush_interval,
+    ca_bundle, proxy, sync_runners, alert_engine, batch_wait, reconcile_interval, flush_interval,
     enroll); defaults in defaults.yaml. TLS to receivers is always
     verified (ca_bundle '' = the system store). #}
 {%- set tplroot = tpldir.split('/')[0] %}
@@ -33,6 +33,7 @@
       "webhook_urls": master.webhook_urls,
       "labels": master.labels,
       "ca_bundle": master.ca_bundle,
+      "proxy": master.proxy,
       "reporters": master.reporters,
     } %}
 {#- The runners the master's own scheduler runs, whichever path handles the events: the
