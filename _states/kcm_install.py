@@ -211,7 +211,7 @@ def _make_root_owned(directory):
         os.close(fd)
 
 
-def directories_owned(name, directories, user="root"):
+def directories_owned(name, directories, user="root", existing=None):
     """
     Make each of ``directories`` (``{pillar key: path}``) and every directory above it a
     directory root owns and only root may write: missing ones are created ``root:root
@@ -219,7 +219,8 @@ def directories_owned(name, directories, user="root"):
     directory owned by the KCM ``user`` (what earlier releases of the formula made) is
     taken back, ``root:root 0755``. Any other owner, a directory others may write (not
     sticky), or a symlink in place of the directory itself fails the state, naming the key,
-    before anything changes.
+    before anything changes. ``existing`` (same form) are directories earlier releases made
+    and this one no longer uses: checked the same way when they exist, never created.
 
     .. code-block:: yaml
 
@@ -236,7 +237,9 @@ def directories_owned(name, directories, user="root"):
     except KeyError:
         kcm_uid = None
     create, reclaim, refused = [], [], []
-    for key, path in directories.items():
+    wanted = dict(directories)
+    wanted.update({k: v for k, v in (existing or {}).items() if os.path.lexists(v)})
+    for key, path in wanted.items():
         new, old, why = _directory_plan(path, kcm_uid)
         if why:
             refused.append(f"{key}: {why}")

@@ -20,7 +20,11 @@ kcm-install-directories:
         'kcm:paths:install (libexec/)': salt['file.dirname'](files.release_program),
         'kcm:paths:bin': kcm.paths.bin,
         'kcm:paths:conf': kcm.paths.conf,
+        'kcm:paths:cache (its parent)': salt['file.dirname'](kcm.paths.cache),
       } | json }}
+    {#- where releases before root-owned installs wrote klog files (now LogsDirectory=) #}
+    - existing: {{ {'kcm:paths:logs': kcm.paths.logs,
+                    'kcm:paths:logs (kube-controller-manager/)': kcm.paths.logs ~ '/kube-controller-manager'} | json }}
     - user: {{ kcm.user | json }}
     - require:
       - kcm_config: kcm-config-validated
@@ -31,10 +35,11 @@ kcm-install-directories:
 kcm-install-cache-directory:
   file.directory:
     - name: {{ kcm.paths.cache | json }}
+    - user: root
+    - group: root
     - mode: '0700'
-    - makedirs: true
     - require:
-      - kcm_config: kcm-config-validated
+      - kcm_install: kcm-install-directories
 
 kcm-install-download:
   file.managed:
