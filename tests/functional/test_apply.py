@@ -246,5 +246,6 @@ def test_the_rendered_unit_is_sandboxed_to_an_exposure_of_at_most_1_5(state, ope
                               capture_output=True, text=True, cwd=unit_path.parent)
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", analyzed.stdout)
     assert match, analyzed.stdout + analyzed.stderr
+    print(f"systemd-analyze security exposure ({version}): {match.group(1)}")
     assert float(match.group(1)) <= 1.5, analyzed.stdout
     assert "User=nobody" in unit_path.read_text()
