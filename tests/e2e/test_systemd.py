@@ -88,6 +88,7 @@ def test_the_unit_sandbox_scores_at_most_1_5_while_kcm_works_under_it(kcm_cluste
     for name in kcm_cluster.nodes:
         out = kcm_cluster.machine(name).run(["systemd-analyze", "security", "--no-pager", UNIT]).stdout
         score = float(re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out).group(1))
+        print(f"{name}: systemd-analyze security exposure {score}")
         assert score <= SECURITY_BOUND, f"{name}: exposure {score}\n{out[-3000:]}"
         user = kcm_cluster.machine(name).unit_property(UNIT, "User")
         assert user == "k8s"
@@ -106,7 +107,9 @@ def _find(machine, tests, user=None):
     if user:
         argv = ["runuser", "-u", user, "--", *argv]
     proc = machine.run(argv, check=False, timeout=300)
-    # find reports directories it may not enter on stderr: those hold nothing the user can write
+    # find exits 1 for the directories the user may not enter (they hold nothing it can write)
+    others = [line for line in proc.stderr.splitlines() if not line.endswith("Permission denied")]
+    assert proc.returncode in (0, 1) and others == [], proc.stderr[-2000:]
     return proc.stdout.split()
 
 
@@ -116,6 +119,15 @@ def test_the_kcm_user_owns_and_may_write_nothing_and_kcm_leads_on_its_credential
     leader = kcm_cluster.leader()
     for name in kcm_cluster.nodes:
         machine = kcm_cluster.machine(name)
+        # the same searches find what they look for: root's unit, and a file made the user's
+        unit = "/usr/lib/systemd/system/kube-controller-manager.service"
+        assert _find(machine, ["-user", "root", "-path", unit]) == [unit]
+        machine.run(["install", "-o", "k8s", "-m", "0600", "/dev/null", "/var/lib/kcm-probe"])
+        try:
+            assert _find(machine, ["-user", "k8s"]) == ["/var/lib/kcm-probe"]
+            assert _find(machine, ["-writable"], user="k8s") == ["/var/lib/kcm-probe"]
+        finally:
+            machine.run(["rm", "-f", "/var/lib/kcm-probe"])
         assert _find(machine, ["-user", "k8s"]) == [], name
         assert _find(machine, ["-writable"], user="k8s") == [], name
         argv = kcm_cluster.cmdline(name)
