@@ -149,10 +149,15 @@ def test_a_directory_of_another_user_is_refused_and_left_alone(state, open_tmp, 
 
 @pytest.fixture
 def old_systemd(loaders):
-    saved = loaders.grains.get("systemd")
-    loaders.grains["systemd"] = {"version": "239", "features": ""}
+    """The minion's systemd grain says 239 (RHEL 8), in the grains the state run renders with
+    (the loaders' grains and the module loader's opts: Salt 3006 renders with the latter)."""
+    grains = [loaders.grains, loaders.modules.opts["grains"]]
+    saved = [g.get("systemd") for g in grains]
+    for each in grains:
+        each["systemd"] = {"version": "239", "features": ""}
     yield
-    loaders.grains["systemd"] = saved
+    for each, value in zip(grains, saved):
+        each["systemd"] = value
 
 
 def test_before_systemd_247_the_kcm_group_reads_root_owned_secrets(state, open_tmp, test_pki, old_systemd):
@@ -162,9 +167,9 @@ def test_before_systemd_247_the_kcm_group_reads_root_owned_secrets(state, open_t
     paths = pillar["kcm"]["paths"]
     nogroup = nobody()[1]
     kubeconfig = Path(paths["kubeconfig"]) / "kube-controller-manager.kubeconfig"
-    for path in [kubeconfig, *(Path(paths["pki"]) / n for n in SECRETS[1:])]:
-        st = path.lstat()
-        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, nogroup, 0o640), path
+    owners = {p.name: (p.lstat().st_uid, p.lstat().st_gid, stat.S_IMODE(p.lstat().st_mode))
+              for p in [kubeconfig, *(Path(paths["pki"]) / n for n in SECRETS[1:])]}
+    assert owners == {n: (0, nogroup, 0o640) for n in SECRETS}
     unit_path = Path(paths["unit"]) / "kube-controller-manager.service"
     unit = unit_path.read_text()
     assert "LoadCredential=" not in unit
