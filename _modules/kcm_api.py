@@ -9,7 +9,10 @@ What it does:
 
 - reads the kubeconfig's current context: ``certificate-authority-data`` or
   ``certificate-authority``; ``client-certificate-data``/``client-key-data`` or the
-  file-path forms; a bearer ``token`` or ``tokenFile``;
+  file-path forms; a bearer ``token`` (never a ``tokenFile``: root would read a file the
+  kubeconfig names and send it away). Root runs this, so the kubeconfig and every file it
+  names are read only when they are regular files of root's in directories only root may
+  write (``kcm_kubeconfig.read_trusted``: no symlink, no FIFO, bounded size);
 - always verifies the server certificate (chain and host name) against the
   kubeconfig's CA (or the system store when it names none); a kubeconfig asking for
   ``insecure-skip-tls-verify`` is refused;
@@ -145,7 +148,8 @@ def _ssl_context(path, cluster, user):
             pem = _decoded(path, "certificate-authority-data", cluster["certificate-authority-data"])
             context.load_verify_locations(cadata=pem.decode("ascii", "replace"))
         elif cluster.get("certificate-authority"):
-            context.load_verify_locations(cafile=_relative(path, cluster["certificate-authority"]))
+            pem = _trusted(path, cluster["certificate-authority"])
+            context.load_verify_locations(cadata=pem.decode("ascii", "replace"))
         else:
             context.load_default_certs(ssl.Purpose.SERVER_AUTH)
     except (ssl.SSLError, OSError, ValueError) as exc:
@@ -163,16 +167,10 @@ def _add_client_cert(context, path, user):
         raise _kubeconfig_error(path, "a client certificate needs both its certificate and its key")
     tmpdir = tempfile.mkdtemp(prefix="kcm-api-")
     try:
-        certfile = (
-            _write_private(tmpdir, "client.crt", _decoded(path, "client-certificate-data", cert_data))
-            if cert_data
-            else _relative(path, cert_file)
-        )
-        keyfile = (
-            _write_private(tmpdir, "client.key", _decoded(path, "client-key-data", key_data))
-            if key_data
-            else _relative(path, key_file)
-        )
+        certfile = _write_private(tmpdir, "client.crt", _decoded(path, "client-certificate-data", cert_data)
+                                  if cert_data else _trusted(path, cert_file))
+        keyfile = _write_private(tmpdir, "client.key", _decoded(path, "client-key-data", key_data)
+                                 if key_data else _trusted(path, key_file))
         _load_cert_chain(context, certfile, keyfile)
     except (ssl.SSLError, OSError) as exc:
         # The exception text can quote file names but never key bytes.
@@ -181,15 +179,18 @@ def _add_client_cert(context, path, user):
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
+def _trusted(path, value):
+    """The bytes of a file the kubeconfig at ``path`` names, if root may trust it."""
+    try:
+        return __utils__["kcm_kubeconfig.read_trusted"](_relative(path, value))  # noqa: F821
+    except ValueError as exc:
+        raise _kubeconfig_error(path, str(exc)) from None
+
+
 def _bearer(path, user):
-    token = user.get("token")
-    if not token and user.get("tokenFile"):
-        try:
-            with open(_relative(path, user["tokenFile"]), encoding="utf-8") as fh:
-                token = fh.read().strip()
-        except OSError as exc:
-            raise _kubeconfig_error(path, f"cannot read tokenFile ({exc.strerror})") from None
-    return token or None
+    if user.get("tokenFile"):
+        raise _kubeconfig_error(path, "tokenFile is not supported (give token or a client certificate)")
+    return user.get("token") or None
 
 
 def _build_client(path, mtime):
@@ -369,7 +370,11 @@ def _probe_session(ca_cert):
                 _PROBES.pop(old).close()
             context = _verifying_context()
             try:
-                context.load_verify_locations(cafile=path)
+                pem = __utils__["kcm_kubeconfig.read_trusted"](path)  # noqa: F821
+            except ValueError as exc:
+                raise _failed("tls", f"cannot read CA certificate: {exc}") from None
+            try:
+                context.load_verify_locations(cadata=pem.decode("ascii", "replace"))
             except (ssl.SSLError, ValueError):
                 raise _failed("tls", f"{ca_cert} is not a PEM CA certificate") from None
             session = requests.Session()

@@ -112,7 +112,10 @@ def resolve(config, grains=None, opts=None, defaults=None):
         "deployed": deployed_path(opts),
         # The accounts this formula created (kcm.install.user), the ones kcm.clean removes.
         "created_accounts": os.path.join(os.path.dirname(deployed_path(opts)), "created-accounts"),
+        # systemd's LogsDirectory= (log_to_file): the one place the KCM user may write.
+        "log_dir": f"/var/log/{name}",
     }
+    cfg["credentials"] = __utils__["kcm_systemd.credentials"](cfg["files"], name, grains)  # noqa: F821
     return cfg
 
 

@@ -324,20 +324,22 @@ def base_flags(config):
     version = config["version"]
     ver = minor(version)
     files = config["files"]
+    # The secrets through systemd's copies of root-only files (kcm_systemd.credentials).
+    opened = dict(files, **((config.get("credentials") or {}).get("paths") or {}))
     election = config["leader_election"]
     flags = {
         "bind-address": config["bind_address"],
         "secure-port": config["secure_port"],
-        "kubeconfig": files["kubeconfig"],
-        "authentication-kubeconfig": files["kubeconfig"],
-        "authorization-kubeconfig": files["kubeconfig"],
+        "kubeconfig": opened["kubeconfig"],
+        "authentication-kubeconfig": opened["kubeconfig"],
+        "authorization-kubeconfig": opened["kubeconfig"],
         "tls-cert-file": files["cert"],
-        "tls-private-key-file": files["key"],
+        "tls-private-key-file": opened["key"],
         "client-ca-file": files["ca_cert"],
         "root-ca-file": files["ca_cert"],
         "cluster-signing-cert-file": files["signer_cert"],
-        "cluster-signing-key-file": files["signer_key"],
-        "service-account-private-key-file": files["service_account_key"],
+        "cluster-signing-key-file": opened["signer_key"],
+        "service-account-private-key-file": opened["service_account_key"],
         "service-cluster-ip-range": config["service_cluster_ip_range"],
         "use-service-account-credentials": bool(config["use_service_account_credentials"]),
         "controllers": controller_names(config["controllers"], version),
@@ -356,7 +358,8 @@ def base_flags(config):
         flags["port"] = 0
     if config.get("log_to_file") and ver < 26:
         flags["logtostderr"] = False
-        flags["log-dir"] = config["paths"]["logs"] + "/kube-controller-manager"
+        # systemd's LogsDirectory= of the unit, the one place the KCM user may write.
+        flags["log-dir"] = files.get("log_dir") or "/var/log/kube-controller-manager"
     return flags
 
 

@@ -54,11 +54,17 @@ def _complaint(stderr, stdout=""):
     return text[:1000] or "exited non-zero without a message"
 
 
-def _run(argv):
+def _runas(runas, config=None):
+    # The binary runs as the KCM user: its files are root's, but root still never executes
+    # what it did not verify, and this one serves kcm.status every reconcile.
+    return runas or (config or _deployed()).get("user") or "root"
+
+
+def _run(argv, runas):
     try:
-        return subprocess.run(
-            argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=TIMEOUT, check=False
-        )
+        return __utils__["kcm_systemd.run_as"](argv, runas, TIMEOUT)  # noqa: F821
+    except KeyError:
+        raise _failure("binary", f"cannot run {argv[0]} as {runas}: no such user") from None
     except FileNotFoundError:
         raise _failure("binary", f"{argv[0]} does not exist") from None
     except PermissionError:
@@ -75,12 +81,15 @@ def _reported(proc):
     return match.group(1) if proc.returncode == 0 and match else None
 
 
-def version(binary=None):
+def version(binary=None, runas=None):
     """
-    Return the version the KCM binary reports for ``--version``, e.g. ``v1.37.2``.
+    Return the version the KCM binary reports for ``--version``, e.g. ``v1.37.2``, run as
+    the KCM user.
 
     binary
         Default: the deployed ``files.binary``.
+    runas
+        Default: the deployed ``user`` (root when nothing is deployed).
 
     CLI Example:
 
@@ -94,7 +103,7 @@ def version(binary=None):
         raise _failure(
             "not_deployed", "no binary= given and kcm is not deployed on this minion (run state.apply kcm first)"
         )
-    proc = _run([binary, "--version"])
+    proc = _run([binary, "--version"], _runas(runas))
     found = _reported(proc)
     if not found:
         raise _failure("binary", f"{binary} --version: {_complaint(proc.stderr, proc.stdout)}")
@@ -147,7 +156,7 @@ def args(config=None):
 
 def preflight(binary=None, config=None):
     """
-    Run ``binary`` with the flags the formula renders plus ``--version`` and report
+    Run ``binary`` as the config's KCM user with the flags the formula renders plus ``--version`` and report
     whether it accepts them: ``{"ok": True, "version": "v1.37.2", "binary": ...}`` or
     ``{"ok": False, "error": <the binary's own message>, "binary": ...}`` (non-zero exit).
 
@@ -173,7 +182,7 @@ def preflight(binary=None, config=None):
     binary = binary or (config.get("files") or {}).get("binary")
     if not binary:
         raise _failure("not_deployed", "no binary= given and the config has no files.binary")
-    proc = _run([*_systemd_argv(config, binary), "--version"])
+    proc = _run([*_systemd_argv(config, binary), "--version"], _runas(None, config))
     found = _reported(proc)
     if found:
         return {"ok": True, "version": found, "binary": binary}

@@ -22,6 +22,11 @@ def __virtual__():
     return __virtualname__
 
 
+def _read(path):
+    # Root reads these (the kcm_cert beacon too): a regular file of root's, never a FIFO or a link.
+    return __utils__["kcm_kubeconfig.read_trusted"](path)  # noqa: F821
+
+
 def _failure(reason, detail):
     return __utils__["kcm_error.failure"](reason, detail)  # noqa: F821
 
@@ -52,8 +57,7 @@ def service_account_public_key(path=None):
     if not path:
         raise _failure("not_deployed", "kcm is not deployed here (no service-account key path)")
     try:
-        with open(path, "rb") as fh:
-            key = serialization.load_pem_private_key(fh.read(), password=None)
+        key = serialization.load_pem_private_key(_read(path), password=None)
     except (OSError, ValueError, TypeError) as exc:
         raise _failure("cert", f"cannot read the service-account key {path}: {type(exc).__name__}") from None
     return key.public_key().public_bytes(
@@ -97,10 +101,11 @@ def certificate(path):
         salt 'master*' kcm_pki.certificate /etc/k8s/ssl/kube-controller-manager.pem
     """
     try:
-        with open(path, "rb") as fh:
-            return _facts(fh.read(), path, _now())
-    except OSError as exc:
-        raise _failure("cert", f"cannot read {path} ({exc.strerror})") from None
+        pem = _read(path)
+    except ValueError as exc:
+        raise _failure("cert", f"cannot read {exc}") from None
+    try:
+        return _facts(pem, path, _now())
     except ValueError:
         raise _failure("cert", f"{path} is not a PEM certificate") from None
 
@@ -139,8 +144,7 @@ def cert_status(deployed=None):
         if not path or (name == "signer_cert" and path == files.get("ca_cert")):
             continue
         try:
-            with open(path, "rb") as fh:
-                out[name] = _facts(fh.read(), path, now)
+            out[name] = _facts(_read(path), path, now)
         except (OSError, ValueError) as exc:
             out[name] = {"source": path, "error": f"unreadable: {type(exc).__name__}"}
     if files.get("kubeconfig"):

@@ -29,8 +29,8 @@ def _b64(path, pillar_key=None):
         if text and not text.endswith("\n"):
             text += "\n"
         return base64.b64encode(text.encode()).decode()
-    with open(path, "rb") as fh:
-        return base64.b64encode(fh.read()).decode()
+    # Root reads it: a regular file of root's, never through a link or from a FIFO.
+    return base64.b64encode(__utils__["kcm_kubeconfig.read_trusted"](path)).decode()  # noqa: F821
 
 
 def _render(server, cluster, ca_file, cert_file, key_file, user_name="system:kube-controller-manager",
@@ -95,8 +95,11 @@ def managed(name, server, cluster, ca_file, cert_file, key_file, user="root", gr
             "changes": {},
             "comment": f"cannot write kubeconfig {name}: missing {', '.join(missing)}",
         }
-    contents = _render(server, cluster, ca_file, cert_file, key_file,
-                       pillar_keys={"ca": ca_pillar, "cert": cert_pillar, "key": key_pillar})
+    try:
+        contents = _render(server, cluster, ca_file, cert_file, key_file,
+                           pillar_keys={"ca": ca_pillar, "cert": cert_pillar, "key": key_pillar})
+    except ValueError as exc:
+        return {"name": name, "result": False, "changes": {}, "comment": f"cannot write kubeconfig {name}: {exc}"}
     ret = __states__["file.managed"](
         name=name,
         contents=contents,
@@ -104,6 +107,7 @@ def managed(name, server, cluster, ca_file, cert_file, key_file, user="root", gr
         group=group,
         mode=mode,
         makedirs=True,
+        follow_symlinks=False,
         show_changes=False,
     )
     ret["name"] = name

@@ -5,7 +5,8 @@ restart of a KCM that Salt does not supervise.
 - ``kcm_service.unit_accepted``: renders the unit from the same ``source:`` list and
   context as the ``file.managed`` that lays it down (a site's own unit included, see
   ``kcm_config.template_sources``), and runs the ``ExecStart=`` systemd would run from it,
-  with the new binary as argv[0] and ``--version`` added. KCM parses every flag before it
+  with the new binary as argv[0] and ``--version`` added, as the unit's ``User=`` (never as
+  root). KCM parses every flag before it
   handles ``--version``, so a flag the release does not know is refused here, before the
   unit or the active link changes.
 - ``kcm_service.restarted``: for ``kcm:service:manage: false``, under the same ``watch:``
@@ -34,6 +35,7 @@ restart of a KCM that Salt does not supervise.
 
 import logging
 import os
+import subprocess
 
 from salt.exceptions import CommandExecutionError
 
@@ -107,11 +109,13 @@ def unit_accepted(name, source, context, active_binary):
         return _ret(name, False, f"the unit is not what systemd would run: {exc}")
     if argv[0] != active_binary:
         return _ret(name, False, f"the ExecStart= of {chosen} runs {argv[0]}, not {active_binary}")
-    proc = __salt__["cmd.run_all"](  # noqa: F821
-        [name, *argv[1:], "--version"], python_shell=False, timeout=BINARY_TIMEOUT, ignore_retcode=True,
-        output_loglevel="quiet",
-    )
-    __context__.pop("retcode", None)  # noqa: F821
+    try:
+        # As the unit's User=, never as root.
+        done = __utils__["kcm_systemd.run_as"](  # noqa: F821
+            [name, *argv[1:], "--version"], context.get("user") or "root", BINARY_TIMEOUT)
+    except (OSError, KeyError, subprocess.TimeoutExpired) as exc:
+        return _ret(name, False, f"cannot run {name}: {exc}")
+    proc = {"retcode": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
     if proc.get("retcode") != 0:
         return _ret(name, False, f"{name} refuses the ExecStart= of {chosen}: {_refusal(proc)}")
     version = (proc.get("stdout") or "").strip().rsplit(" ", 1)[-1]

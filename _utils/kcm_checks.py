@@ -84,6 +84,21 @@ PATH_RE = re.compile(r"^/[A-Za-z0-9._/+@-]*$")
 UNIT_NAME_RE = re.compile(r"^[A-Za-z0-9:_.\\-]{1,248}$")
 
 
+# Directories of the system itself: the formula makes its own directories root's alone, and
+# must never take over one of these (or put KCM's files where root's PATH or units live).
+SYSTEM_DIRS = frozenset((
+    "/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32", "/media", "/mnt",
+    "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/usr/bin", "/usr/sbin",
+    "/usr/lib", "/usr/lib64", "/usr/libexec", "/usr/local", "/usr/local/bin", "/usr/local/sbin",
+    "/usr/local/lib", "/usr/share", "/usr/include", "/var", "/var/lib", "/var/log", "/var/tmp", "/var/run",
+    "/var/cache", "/var/spool", "/etc/systemd", "/etc/systemd/system", "/usr/lib/systemd",
+    "/usr/lib/systemd/system", "/lib/systemd/system", "/run/systemd/system", "/etc/salt",
+))
+# The directories a unit may be installed in (kcm:paths:unit): systemd's own.
+UNIT_DIRS = frozenset(("/etc/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/system",
+                       "/run/systemd/system", "/usr/local/lib/systemd/system"))
+
+
 def path_problems(cfg):
     """What decides which files the formula touches: the service name and the paths."""
     problems = []
@@ -94,6 +109,12 @@ def path_problems(cfg):
                                                      and "/./" not in value + "/"):
             problems.append(
                 f"kcm:paths:{key}: '{value}' is not a plain absolute path (letters, digits, . _ / + @ -; no .. or .)"
+            )
+        elif isinstance(value, str) and key not in ("link", "logs") and (value.rstrip("/") or "/") in SYSTEM_DIRS \
+                and not (key == "unit" and value.rstrip("/") in UNIT_DIRS):
+            problems.append(
+                f"kcm:paths:{key}: '{value}' is a system directory; give a directory of the formula's own"
+                " such as /data/apps/k8s/kubernetes (it is made root's, 0755)"
             )
     return problems
 
@@ -131,7 +152,8 @@ def _check_names(cfg, problems):
         problems.append(f"kcm:version: '{version}' is not in canonical form such as v1.37.2 (no leading zeros)")
 
 
-HASH_RE = re.compile(r"^((md5|sha1|sha224|sha256|sha384|sha512)=)?[0-9a-fA-F]{32,128}$")
+# sha256 or sha512 only (64 or 128 hex digits): md5 and sha1 collide, so they prove nothing.
+HASH_RE = re.compile(r"^(sha256=[0-9a-fA-F]{64}|sha512=[0-9a-fA-F]{128}|[0-9a-fA-F]{64}|[0-9a-fA-F]{128})$")
 
 
 def _check_source(cfg, problems):
@@ -148,7 +170,8 @@ def _check_source(cfg, problems):
                 problems.append(f"kcm:source:hash: {why}")
         elif not HASH_RE.match(digest):
             problems.append(
-                f"kcm:source:hash: '{digest}' is not 'sha512=<hex>', a hex digest or the URL of a hash file"
+                f"kcm:source:hash: '{digest}' is not 'sha512=<hex>' or 'sha256=<hex>', a sha256/sha512 hex digest"
+                " or the URL of a hash file (md5 and sha1 are refused)"
             )
 
 
@@ -238,7 +261,7 @@ def _check_network(cfg, problems):
 
 
 def _check_scalars(cfg, problems):
-    for key in sorted(set(cfg) - TOP_KEYS - {"files", "shape_problems"}):
+    for key in sorted(set(cfg) - TOP_KEYS - {"files", "credentials", "shape_problems"}):
         problems.append(f"kcm:{key}: unknown key (see pillar.example for the keys the formula reads)")
     _check_network(cfg, problems)
     if not isinstance(cfg.get("controllers"), list) or not cfg.get("controllers"):

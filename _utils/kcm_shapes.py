@@ -48,7 +48,7 @@ PEM_KEYS = ("ca_cert", "ca_key", "cert", "key", "service_account_key", "signer_c
 # Values that may hold a newline: PEM text only.
 _MULTILINE = {("pki", k) for k in PEM_KEYS}
 # Keys resolve() adds: not pillar, never checked as such.
-_RESOLVED = ("files", "shape_problems")
+_RESOLVED = ("files", "credentials", "shape_problems")
 
 
 def __virtual__():

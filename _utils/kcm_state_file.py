@@ -1,16 +1,16 @@
 """
 Small JSON state files (what the alert runner has sent, what the demo started), written so
 that a crash or a full disk leaves the old file or the new one, never half of one and never a
-temporary file beside it: ``salt.utils.atomicfile`` writes a sibling and renames it over.
+temporary file beside it: a sibling is written, synced and renamed over.
 
 Called as ``__utils__["kcm_state_file.write_json"](path, data)`` from modules and runners.
 """
 
+import contextlib
 import json
 import logging
 import os
-
-import salt.utils.atomicfile
+import tempfile
 
 __virtualname__ = "kcm_state_file"
 
@@ -35,12 +35,26 @@ def read_json(path, default=None):
 
 
 def write_json(path, data, mode=0o600):
-    """Replace ``path`` with ``data`` as JSON, atomically, then set ``mode`` (owner only by
+    """Replace ``path`` with ``data`` as JSON, atomically, with ``mode`` (owner only by
     default). Creates the parent directory (0700) when missing. The umask is left alone: the
-    master runs runners in threads, and these files hold no secret."""
+    master runs runners in threads, and these files hold no secret.
+
+    The mode is set on the new file's own descriptor before the rename, and the rename
+    replaces the name itself: nothing here follows a symlink someone put at ``path``
+    (``atomic_open`` copies the old file's mode and owner through one, and a chmod after
+    the rename would follow one swapped in meanwhile)."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, mode=0o700, exist_ok=True)
     text = json.dumps(data, sort_keys=True)
-    with salt.utils.atomicfile.atomic_open(path, "w") as handle:
-        handle.write(text)
-    os.chmod(path, mode)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            os.fchmod(handle.fileno(), mode)
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -10,7 +10,10 @@ breaks after systemd's splitting, ``$`` expansion or ``%`` specifiers is caught 
 Called as ``__utils__["kcm_systemd.command_line"](argv)`` from modules and states.
 """
 
+import os
+import pwd
 import re
+import subprocess
 import unicodedata
 
 __virtualname__ = "kcm_systemd"
@@ -23,6 +26,10 @@ _WHITESPACE = " \t\n\r"
 _ESCAPES = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v",
             "\\": "\\", '"': '"', "'": "'", "s": " "}
 _CONTINUATION = " \\\n  "
+# The files of ``files`` (kcm_config.resolve) that hold a secret: KCM gets them through
+# LoadCredential= (systemd 247 and later), so their sources stay root's alone (0600).
+SECRET_FILES = ("kubeconfig", "key", "service_account_key", "signer_key")
+CREDENTIALS_SINCE = 247
 
 
 def __virtual__():
@@ -87,6 +94,78 @@ def command_line(argv, continuation=True):
     if not argv or not str(argv[0]).startswith("/"):
         raise ValueError(f"the command must be an absolute path, got {argv[0] if argv else None!r}")
     return (_CONTINUATION if continuation else " ").join(escape_word(word) for word in argv)
+
+
+def systemd_version(grains):
+    """
+    Return the major version of the minion's systemd from Salt's ``systemd`` grain
+    (``{"version": "252", ...}``), or ``None`` when the grain does not say.
+
+    Example:
+
+    .. code-block:: python
+
+        __utils__["kcm_systemd.systemd_version"](__grains__)  # 252
+    """
+    match = re.match(r"\d+", str((grains.get("systemd") or {}).get("version") or ""))
+    return int(match.group()) if match else None
+
+
+def credentials(files, unit_name, grains):
+    """
+    Return how KCM gets its secrets (the kubeconfig and the private keys of ``files``) for
+    the unit ``<unit_name>.service`` on a minion with ``grains``:
+
+    - ``mode: systemd`` (systemd 247 and later, or a version the grains do not name):
+      ``LoadCredential=<id>:<source>`` for each (``load``), the sources root-owned 0600,
+      and KCM opens systemd's copies in ``dir``, ``/run/credentials/<unit>`` (what ``%d``
+      expands to for a system service; written out so that the preflight's argv is the
+      one systemd runs without expanding specifiers);
+    - ``mode: group`` (older systemd, e.g. RHEL 8's 239): KCM opens the sources, which
+      are root-owned and readable by the KCM group (0640) in root-owned directories.
+
+    ``paths`` maps each secret's ``files`` key to the path KCM opens.
+
+    Example:
+
+    .. code-block:: python
+
+        __utils__["kcm_systemd.credentials"](cfg["files"], "kube-controller-manager", __grains__)
+    """
+    version = systemd_version(grains)
+    directory = f"/run/credentials/{unit_name}.service"
+    if version is not None and version < CREDENTIALS_SINCE:
+        return {"mode": "group", "systemd": version, "dir": "", "load": [],
+                "paths": {key: files[key] for key in SECRET_FILES}}
+    load, paths = [], {}
+    for key in SECRET_FILES:
+        ident = os.path.basename(files[key])
+        if [ident, files[key]] not in load:
+            load.append([ident, files[key]])
+        paths[key] = f"{directory}/{ident}"
+    return {"mode": "systemd", "systemd": version, "dir": directory, "load": load, "paths": paths}
+
+
+def run_as(argv, user, timeout):
+    """
+    Run ``argv`` (no shell, stdin closed, output captured as text) as ``user`` with that
+    user's primary group and no other groups, as the unit's ``User=`` runs KCM, when the
+    caller is root and ``user`` is not: root never executes the KCM binary itself. Returns
+    the ``subprocess.CompletedProcess``; raises ``subprocess.TimeoutExpired``, ``OSError``,
+    ``KeyError`` (no such user).
+
+    Example:
+
+    .. code-block:: python
+
+        __utils__["kcm_systemd.run_as"](["/usr/local/bin/kube-controller-manager", "--version"], "k8s", 30)
+    """
+    drop = {}
+    if os.geteuid() == 0 and user and user != "root":
+        entry = pwd.getpwnam(user)
+        drop = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": [], "cwd": "/"}
+    return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
+                          check=False, **drop)
 
 
 # ---------------------------------------------------------------------------------------

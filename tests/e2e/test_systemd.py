@@ -88,8 +88,61 @@ def test_the_unit_sandbox_scores_at_most_1_5_while_kcm_works_under_it(kcm_cluste
     for name in kcm_cluster.nodes:
         out = kcm_cluster.machine(name).run(["systemd-analyze", "security", "--no-pager", UNIT]).stdout
         score = float(re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out).group(1))
+        print(f"{name}: systemd-analyze security exposure {score}")
         assert score <= SECURITY_BOUND, f"{name}: exposure {score}\n{out[-3000:]}"
         user = kcm_cluster.machine(name).unit_property(UNIT, "User")
         assert user == "k8s"
         assert kcm_cluster.healthz(name)
     assert kcm_cluster.leader() in kcm_cluster.nodes
+
+
+# Mount points of the kernel and of systemd's runtime state, and the system's temporary
+# directories (sticky, everyone's): the only places the KCM user may own or write to.
+OUTSIDE = ["/proc", "/sys", "/dev", "/run", "/tmp", "/var/tmp"]
+
+
+def _find(machine, tests, user=None):
+    prune = [arg for path in OUTSIDE for arg in ("-o", "-path", path)][1:]
+    argv = ["find", "/", "-xdev", "(", *prune, ")", "-prune", "-o", "!", "-type", "l", *tests, "-print"]
+    if user:
+        argv = ["runuser", "-u", user, "--", *argv]
+    proc = machine.run(argv, check=False, timeout=300)
+    # find exits 1 for the directories the user may not enter (they hold nothing it can write)
+    others = [line for line in proc.stderr.splitlines() if not line.endswith("Permission denied")]
+    assert proc.returncode in (0, 1) and others == [], proc.stderr[-2000:]
+    return proc.stdout.split()
+
+
+def test_the_kcm_user_owns_and_may_write_nothing_and_kcm_leads_on_its_credentials(kcm_cluster):
+    # issue 24: after state.apply kcm, nothing outside /proc /sys /dev /run /tmp is the KCM user's
+    kcm_cluster.apply("kcm")
+    leader = kcm_cluster.leader()
+    for name in kcm_cluster.nodes:
+        machine = kcm_cluster.machine(name)
+        # the same searches find what they look for: root's unit, and a file made the user's
+        unit = "/usr/lib/systemd/system/kube-controller-manager.service"
+        assert _find(machine, ["-user", "root", "-path", unit]) == [unit]
+        machine.run(["install", "-o", "k8s", "-m", "0600", "/dev/null", "/var/lib/kcm-probe"])
+        try:
+            assert _find(machine, ["-user", "k8s"]) == ["/var/lib/kcm-probe"]
+            assert _find(machine, ["-writable"], user="k8s") == ["/var/lib/kcm-probe"]
+        finally:
+            machine.run(["rm", "-f", "/var/lib/kcm-probe"])
+        assert _find(machine, ["-user", "k8s"]) == [], name
+        assert _find(machine, ["-writable"], user="k8s") == [], name
+        argv = kcm_cluster.cmdline(name)
+        assert "--kubeconfig=/run/credentials/kube-controller-manager.service/kube-controller-manager.kubeconfig" \
+            in argv, argv
+        assert "--service-account-private-key-file=/run/credentials/kube-controller-manager.service/sa.key" in argv
+        listed = machine.run(["ls", "/run/credentials/kube-controller-manager.service"]).stdout.split()
+        assert sorted(listed) == sorted(["kube-controller-manager.kubeconfig", "kube-controller-manager-key.pem",
+                                         "sa.key", "ca-key.pem"]), listed
+        st = machine.run(["stat", "-c", "%U:%G %a", "/etc/k8s/kubeconfig/kube-controller-manager.kubeconfig",
+                          "/etc/k8s/ssl/sa.key", "/usr/lib/systemd/system/kube-controller-manager.service"]).stdout
+        assert st.split("\n")[:2] == ["root:root 600", "root:root 600"], st
+    # the leader renews the Lease with the kubeconfig systemd handed it
+    renewed = (kcm_cluster.lease() or {}).get("spec", {}).get("renewTime")
+    wait_until(lambda: (kcm_cluster.lease() or {}).get("spec", {}).get("renewTime") != renewed, 30,
+               "the leader renewing the Lease")
+    assert leader in kcm_cluster.nodes and kcm_cluster.leader() == leader
+    kcm_cluster.wait_healthy(timeout=30)

@@ -1,3 +1,7 @@
+import shutil
+import tempfile
+from pathlib import Path
+
 import pytest
 from saltfactories.utils.functional import Loaders
 
@@ -39,3 +43,13 @@ def state(loaders):
 @pytest.fixture
 def modules(loaders):
     return loaders.modules
+
+
+@pytest.fixture
+def open_tmp():
+    """A temporary root other users may enter (tmp_path is root's 0700): for a KCM user other
+    than root, who runs the new binary's --version there."""
+    path = Path(tempfile.mkdtemp(prefix="kcm-func-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)

@@ -81,8 +81,11 @@ def test_apply_lays_down_a_working_kcm(state, tmp_path, test_pki, version):
     assert argv[0] == str(binary)
     flags = dict(a[2:].split("=", 1) for a in argv[1:])
     assert flags["secure-port"] == "10257"
+    # KCM reads the kubeconfig through systemd's copy of the root-only file (LoadCredential=)
+    credentials = "/run/credentials/kube-controller-manager.service"
     for name in ("kubeconfig", "authentication-kubeconfig", "authorization-kubeconfig"):
-        assert flags[name] == str(kubeconfig)
+        assert flags[name] == f"{credentials}/kube-controller-manager.kubeconfig"
+    assert f"LoadCredential=kube-controller-manager.kubeconfig:{kubeconfig}" in unit.splitlines()
     minor = int(version.split(".")[1])
     # the insecure port is closed with --port=0 before v1.22; later releases reject or ignore it
     assert flags.get("port") == ("0" if minor < 22 else None)
@@ -92,7 +95,8 @@ def test_apply_lays_down_a_working_kcm(state, tmp_path, test_pki, version):
     assert stat.S_IMODE(program.stat().st_mode) == 0o755 and program.stat().st_uid == 0
     stop_post = release_line(unit)
     if minor >= 20:
-        assert stop_post == [f"-{sys.executable}", "-I", str(program), "--kubeconfig", str(kubeconfig),
+        # '+': root runs it on the root-only kubeconfig (no credentials in ExecStopPost= on systemd 257)
+        assert stop_post == [f"-+{sys.executable}", "-I", str(program), "--kubeconfig", str(kubeconfig),
                              "--namespace", "kube-system", "--name", "kube-controller-manager", "--budget", "2"]
     else:
         assert stop_post is None
@@ -229,8 +233,9 @@ def test_a_truncated_download_whose_hash_matches_fails_cleanly(state, tmp_path, 
 
 
 @pytest.mark.parametrize("version", ["v1.14.2", VERSIONS[-1]])
-def test_the_rendered_unit_is_sandboxed_to_an_exposure_of_at_most_1_5(state, tmp_path, test_pki, version):
+def test_the_rendered_unit_is_sandboxed_to_an_exposure_of_at_most_1_5(state, open_tmp, test_pki, version):
     # An unprivileged owner, as on a real master (the sandbox pillar's root would be scored too).
+    tmp_path = open_tmp
     tarball = build_tarball(tmp_path / "dl", version)
     pillar = sandbox_pillar(tmp_path, tarball, version, test_pki, user="nobody", group="nogroup")
     ret = state.apply("kcm", pillar=pillar)
@@ -241,5 +246,6 @@ def test_the_rendered_unit_is_sandboxed_to_an_exposure_of_at_most_1_5(state, tmp
                               capture_output=True, text=True, cwd=unit_path.parent)
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", analyzed.stdout)
     assert match, analyzed.stdout + analyzed.stderr
+    print(f"systemd-analyze security exposure ({version}): {match.group(1)}")
     assert float(match.group(1)) <= 1.5, analyzed.stdout
     assert "User=nobody" in unit_path.read_text()

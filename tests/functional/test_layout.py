@@ -77,7 +77,8 @@ def fresh_account():
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="creates and removes a system account (the test runs as root in CI)")
-def test_clean_leaves_nothing_the_formula_created(state, minion_opts, tmp_path, test_pki, fresh_account):
+def test_clean_leaves_nothing_the_formula_created(state, minion_opts, open_tmp, test_pki, fresh_account):
+    tmp_path = open_tmp
     signer_cert, signer_key = testpki.make_ca("kcm-test-cluster-signer")
     pillar = sandbox_pillar(
         tmp_path, build_tarball(tmp_path / "dl", VERSION), VERSION,
@@ -116,7 +117,8 @@ def test_clean_leaves_nothing_the_formula_created(state, minion_opts, tmp_path, 
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="creates and removes a system account (the test runs as root in CI)")
-def test_clean_keeps_an_account_that_was_there_before(state, tmp_path, test_pki, fresh_account):
+def test_clean_keeps_an_account_that_was_there_before(state, open_tmp, test_pki, fresh_account):
+    tmp_path = open_tmp
     assert os.system(f"groupadd -r {fresh_account} && useradd -r -g {fresh_account} {fresh_account}") == 0  # noqa: S605
     pillar = sandbox_pillar(tmp_path, build_tarball(tmp_path / "dl", VERSION), VERSION, test_pki,
                             user=fresh_account, group=fresh_account, create_user=True)

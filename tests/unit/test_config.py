@@ -168,3 +168,38 @@ def test_template_sources_put_the_sites_files_before_the_formulas(kcm_config):
     # without kcm:tofs (no switch, no site file) only the formula's own file is looked up
     assert kcm_config.template_sources({}, "kcm-service-unit", "unit.jinja", grains=grains) == [
         "salt://kcm/files/default/unit.jinja"]
+
+
+@pytest.mark.parametrize("digest", [
+    "md5=" + "a" * 32, "sha1=" + "a" * 40, "a" * 32, "a" * 40, "sha224=" + "a" * 56, "sha512=" + "a" * 64,
+])
+def test_a_weak_or_malformed_source_hash_is_refused(check, digest):
+    # L8: md5/sha1 (and bare 32/40-hex digests) were accepted
+    problems = check(source=dict(DEFAULTS["source"], hash=digest))
+    assert [p for p in problems if p.startswith("kcm:source:hash:")] == [
+        f"kcm:source:hash: '{digest}' is not 'sha512=<hex>' or 'sha256=<hex>', a sha256/sha512 hex digest"
+        " or the URL of a hash file (md5 and sha1 are refused)"]
+
+
+@pytest.mark.parametrize("digest", ["sha256=" + "a" * 64, "sha512=" + "B" * 128, "c" * 64, "d" * 128])
+def test_a_sha256_or_sha512_source_hash_passes(check, digest):
+    assert check(source=dict(DEFAULTS["source"], hash=digest)) == []
+
+
+@pytest.mark.parametrize("key, path", [
+    ("bin", "/usr/local/bin"), ("install", "/opt"), ("pki", "/etc"), ("kubeconfig", "/etc/"), ("conf", "/root"),
+    ("cache", "/tmp"), ("install", "/usr"), ("bin", "/usr/bin"), ("pki", "/var"), ("unit", "/etc"),
+    ("kubeconfig", "/usr/lib/systemd/system"), ("install", "/home"), ("bin", "/"),
+])
+def test_a_system_directory_as_a_path_is_refused_naming_the_key(check, key, path):
+    # M6: paths:bin=/usr/local/bin was accepted and then chowned to the KCM user
+    problems = check(paths=dict(DEFAULTS["paths"], **{key: path}))
+    assert [p for p in problems if p.startswith("kcm:paths:")] == [
+        f"kcm:paths:{key}: '{path}' is a system directory; give a directory of the formula's own"
+        " such as /data/apps/k8s/kubernetes (it is made root's, 0755)"]
+
+
+@pytest.mark.parametrize("key, path", [("unit", "/etc/systemd/system"), ("link", "/usr/local/bin"),
+                                       ("link", "/usr/bin"), ("install", "/opt/kcm"), ("cache", "/root/software")])
+def test_systemd_unit_directories_and_link_directories_pass(check, key, path):
+    assert check(paths=dict(DEFAULTS["paths"], **{key: path})) == []

@@ -1,5 +1,6 @@
 """The version table: which flags KCM gets for each release (expectations in cases/)."""
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -47,7 +48,19 @@ def test_rendered_values_come_from_the_config(kcm_flags, resolved):
     assert got["leader-elect-lease-duration"] == "15s"
     assert got["use-service-account-credentials"] == "true"
     assert got["kubeconfig"] == got["authentication-kubeconfig"] == got["authorization-kubeconfig"]
-    assert got["kubeconfig"].endswith("/etc/k8s/kubeconfig/kube-controller-manager.kubeconfig")
+    # the secrets through systemd's copies of root-only files (LoadCredential=)
+    assert got["kubeconfig"] == "/run/credentials/kube-controller-manager.service/kube-controller-manager.kubeconfig"
+    assert got["service-account-private-key-file"] == "/run/credentials/kube-controller-manager.service/sa.key"
+    assert got["tls-private-key-file"].endswith(".service/kube-controller-manager-key.pem")
+    assert got["cluster-signing-key-file"].endswith(".service/ca-key.pem")
+    assert got["tls-cert-file"] == "/etc/k8s/ssl/kube-controller-manager.pem"
+
+
+def test_before_systemd_247_the_secrets_are_read_where_they_lie(kcm_config, kcm_flags):
+    cfg = dict(copy.deepcopy(DEFAULTS), version="v1.34.3")
+    got = as_map(kcm_flags.render(kcm_config.resolve(cfg, grains={"systemd": {"version": "239"}},
+                                                     opts={"cachedir": "/c"})))
+    assert got["kubeconfig"] == "/etc/k8s/kubeconfig/kube-controller-manager.kubeconfig"
     assert got["service-account-private-key-file"] == "/etc/k8s/ssl/sa.key"
 
 
@@ -106,7 +119,7 @@ def test_extra_args_the_release_accepts_pass(kcm_flags, resolved, version, flag,
 def test_log_to_file_only_before_1_26(kcm_flags, resolved):
     got = as_map(kcm_flags.render(resolved("v1.25.0", log_to_file=True)))
     assert got["logtostderr"] == "false"
-    assert got["log-dir"].endswith("/logs/kube-controller-manager")
+    assert got["log-dir"] == "/var/log/kube-controller-manager"  # the unit's LogsDirectory=
     problems = kcm_flags.problems(resolved("v1.26.0", log_to_file=True))
     assert problems == [
         "kcm:log_to_file: v1.26.0 has no klog file flags (removed in v1.26, #112120);"

@@ -9,10 +9,10 @@ import base64
 import datetime
 import http.server
 import json
+import os
 import threading
 
 import pytest
-import salt.utils.atomicfile
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
@@ -566,18 +566,12 @@ def test_a_store_of_the_wrong_shape_is_reset_and_the_alert_sent(tmp_path, monkey
 
 def test_a_full_disk_still_sends_the_alert_and_leaves_no_temp_file(tmp_path, monkeypatch):
     h = Harness(tmp_path, monkeypatch, module=kcm_alert)
-    real = salt.utils.atomicfile.atomic_open
 
-    def full(path, mode="w"):
-        handle = real(path, mode)
+    def full(fd):
+        raise OSError(28, "No space left on device")
 
-        def write(text):
-            raise OSError(28, "No space left on device")
-
-        handle.write = write
-        return handle
-
-    monkeypatch.setattr(salt.utils.atomicfile, "atomic_open", full)
+    # The state file is written, then synced: a full disk fails the sync at the latest.
+    monkeypatch.setattr(os, "fsync", full)
     result = h.handle("master-1", "no_leader", **DEAD)
 
     assert result["failed"] is False

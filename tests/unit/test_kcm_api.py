@@ -201,20 +201,43 @@ def test_file_path_forms_resolve_relative_to_the_kubeconfig(kcm_api, server, tmp
     assert server.seen[-1]["cn"] == KCM_CN
 
 
-@pytest.mark.parametrize("form", ["token", "tokenFile"])
-def test_bearer_token_is_sent(kcm_api, server, tmp_path, ca, form):
-    if form == "token":
-        user = {"token": TOKEN}
-    else:
-        (tmp_path / "token").write_text(TOKEN + "\n")
-        user = {"tokenFile": str(tmp_path / "token")}
-    path = write_kubeconfig(tmp_path / "kc", server.url, ca.cert_pem, user=user)
+def test_bearer_token_is_sent(kcm_api, server, tmp_path, ca):
+    path = write_kubeconfig(tmp_path / "kc", server.url, ca.cert_pem, user={"token": TOKEN})
     server.routes["/version"] = (200, "{}")
 
     kcm_api.get("/version", kubeconfig=path)
 
     assert server.seen[-1]["auth"] == f"Bearer {TOKEN}"
     assert server.seen[-1]["cn"] is None
+
+
+def test_a_token_file_is_never_read_nor_sent(kcm_api, server, tmp_path, ca):
+    # H3 e: root read the tokenFile a kubeconfig named and sent it to the kubeconfig's server
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    path = write_kubeconfig(tmp_path / "kc", server.url, ca.cert_pem, user={"tokenFile": str(tmp_path / "token")})
+    server.routes["/version"] = (200, "{}")
+
+    with pytest.raises(CommandExecutionError, match="tokenFile is not supported"):
+        kcm_api.get("/version", kubeconfig=path)
+    assert not any(seen.get("auth") for seen in server.seen)
+
+
+def test_a_kubeconfig_someone_else_owns_or_a_fifo_is_refused_at_once(kcm_api, server, tmp_path, ca):
+    # H3 e: a kubeconfig or a file it names that the KCM user can change is not root's to read;
+    # a FIFO planted as a file must not hang the reader
+    path = write_kubeconfig(tmp_path / "kc", server.url, ca.cert_pem)
+    os.chown(path, 65534, 65534)
+    with pytest.raises(CommandExecutionError, match="owned by uid 65534"):
+        kcm_api.get("/version", kubeconfig=path)
+    fifo = tmp_path / "fifo.pem"
+    os.mkfifo(fifo)
+    named = write_kubeconfig(tmp_path / "kc2", server.url, ca.cert_pem,
+                             user={"client-certificate": str(fifo), "client-key": str(fifo)})
+    started = time.monotonic()
+    with pytest.raises(CommandExecutionError, match="not a regular file"):
+        kcm_api.get("/version", kubeconfig=named)
+    assert time.monotonic() - started < 5
+    assert not server.seen
 
 
 # ---------------------------------------------------------------------------------------------

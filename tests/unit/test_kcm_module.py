@@ -8,6 +8,8 @@ The modules are loaded the way Salt's loader shows them: ``_modules/kcm.py`` and
 
 import datetime
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -447,7 +449,8 @@ def fake_binary(deployed):
 
 @pytest.fixture
 def resolved(kcm_config, tmp_path):
-    config = dict(DEFAULTS, paths=dict(DEFAULTS["paths"], bin=str(tmp_path)))
+    # user root: the fake binary records its argv in tmp_path (root's 0700)
+    config = dict(DEFAULTS, user="root", paths=dict(DEFAULTS["paths"], bin=str(tmp_path)))
     return kcm_config.resolve(config, opts={"cachedir": str(tmp_path / "cache")})
 
 
@@ -748,3 +751,23 @@ def test_flags_accepted_for_a_binary_not_yet_installed(states, resolved, tmp_pat
     assert states.flags_accepted(missing, config=resolved)["result"] is False
     states.__opts__["test"] = True
     assert states.flags_accepted(missing, config=resolved)["result"] is None
+
+
+@pytest.fixture
+def shared_dir():
+    """A directory the KCM user (nobody) can enter: tmp_path is root's 0700."""
+    path = Path(tempfile.mkdtemp(prefix="kcm-runas-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)
+
+
+def test_the_binary_runs_as_the_kcm_user_never_as_root(kcm, with_flags, resolved, shared_dir):
+    # H3 a/b: kcm.status (every reconcile) and the preflight ran the KCM user's binary as root
+    spy = shared_dir / "kube-controller-manager"
+    spy.write_text('#!/bin/sh\n[ "$(id -u)" = 0 ] && { echo "ran as root" >&2; exit 1; }\necho "Kubernetes v1.37.2"\n')
+    spy.chmod(0o755)
+    assert kcm.version(binary=str(spy), runas="nobody") == "v1.37.2"
+    assert with_flags.preflight(binary=str(spy), config=dict(resolved, user="nobody"))["ok"] is True
+    with pytest.raises(CommandExecutionError, match="ran as root"):
+        kcm.version(binary=str(spy), runas="root")

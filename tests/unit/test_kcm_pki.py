@@ -2,6 +2,8 @@
 from its current context (the one kubectl and the API client use), and its errors."""
 
 import base64
+import os
+import time
 
 import pytest
 import yaml
@@ -73,3 +75,20 @@ def test_certificate_days_left_and_its_errors(tmp_path):
     path.write_text("not a certificate")
     with pytest.raises(CommandExecutionError, match=f"cert: {path} is not a PEM certificate"):
         KCM_PKI.certificate(str(path))
+
+
+def test_a_fifo_or_a_link_planted_as_a_certificate_is_refused_at_once(tmp_path, deployed):
+    # H3 e: a FIFO planted as kube-controller-manager.pem blocked kcm.cert_status (and the kcm_cert beacon)
+    fifo = tmp_path / "kube-controller-manager.pem"
+    os.mkfifo(fifo)
+    link = tmp_path / "ca.pem"
+    ca_cert, _ = testpki.make_ca(days=10)
+    (tmp_path / "real.pem").write_text(testpki.cert_pem(ca_cert))
+    link.symlink_to(tmp_path / "real.pem")
+    deployed["files"] = {"cert": str(fifo), "ca_cert": str(link)}
+    started = time.monotonic()
+    status = KCM_PKI.cert_status()
+    assert time.monotonic() - started < 5
+    assert status["cert"]["error"] == status["ca_cert"]["error"] == "unreadable: ValueError", status
+    with pytest.raises(CommandExecutionError, match="is not a regular file"):
+        KCM_PKI.certificate(str(fifo))

@@ -1,6 +1,6 @@
 {#- Binary: download (hash checked) -> versions/<version>/ (only the KCM member of the
-    tarball, verified by running it) -> active symlink -> optional link; older versions
-    beyond keep_versions are pruned. #}
+    tarball, verified by running it as the KCM user) -> active symlink -> optional link;
+    older versions beyond keep_versions are pruned. All of it root's, writable by root alone. #}
 {%- set tplroot = tpldir.split('/')[0] %}
 {%- from tplroot ~ "/map.jinja" import kcm with context %}
 {%- set files = kcm.files %}
@@ -9,18 +9,23 @@ include:
   - {{ tplroot }}.config
   - .user
 
+{#- root:root 0755, every one and every directory above it: root runs what they hold. #}
 kcm-install-directories:
-  file.directory:
-    - names:
-      - {{ kcm.paths.install | json }}
-      - {{ files.versions | json }}
-      - {{ kcm.paths.bin | json }}
-      - {{ (kcm.paths.logs ~ '/kube-controller-manager') | json }}
-      - {{ kcm.paths.conf | json }}
+  kcm_install.directories_owned:
+    - name: kcm-install
+    - directories: {{ {
+        'kcm:paths:install': kcm.paths.install,
+        'kcm:paths:install (versions/)': files.versions,
+        'kcm:paths:install (versions/' ~ kcm.version ~ '/)': files.version_dir,
+        'kcm:paths:install (libexec/)': salt['file.dirname'](files.release_program),
+        'kcm:paths:bin': kcm.paths.bin,
+        'kcm:paths:conf': kcm.paths.conf,
+        'kcm:paths:cache (its parent)': salt['file.dirname'](kcm.paths.cache),
+      } | json }}
+    {#- where releases before root-owned installs wrote klog files (now LogsDirectory=) #}
+    - existing: {{ {'kcm:paths:logs': kcm.paths.logs,
+                    'kcm:paths:logs (kube-controller-manager/)': kcm.paths.logs ~ '/kube-controller-manager'} | json }}
     - user: {{ kcm.user | json }}
-    - group: {{ kcm.group | json }}
-    - dir_mode: '0755'
-    - makedirs: true
     - require:
       - kcm_config: kcm-config-validated
 {%- if kcm.create_user and kcm.user != 'root' %}
@@ -30,10 +35,11 @@ kcm-install-directories:
 kcm-install-cache-directory:
   file.directory:
     - name: {{ kcm.paths.cache | json }}
+    - user: root
+    - group: root
     - mode: '0700'
-    - makedirs: true
     - require:
-      - kcm_config: kcm-config-validated
+      - kcm_install: kcm-install-directories
 
 kcm-install-download:
   file.managed:
@@ -52,10 +58,9 @@ kcm-install-binary:
     - version: {{ kcm.version | json }}
     - member: {{ (kcm.source.member if kcm.source.type == 'tarball' else '') | json }}
     - user: {{ kcm.user | json }}
-    - group: {{ kcm.group | json }}
     - require:
       - file: kcm-install-download
-      - file: kcm-install-directories
+      - kcm_install: kcm-install-directories
 
 kcm-install-active-link:
   file.symlink:

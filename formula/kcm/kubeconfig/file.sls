@@ -1,5 +1,6 @@
 {#- One kubeconfig, CA and client certificate and key embedded from the PKI files, used
-    for --kubeconfig, --authentication-kubeconfig and --authorization-kubeconfig. #}
+    for --kubeconfig, --authentication-kubeconfig and --authorization-kubeconfig (through
+    systemd's LoadCredential= copy, kcm_systemd.credentials). #}
 {%- set tplroot = tpldir.split('/')[0] %}
 {%- from tplroot ~ "/map.jinja" import kcm with context %}
 {%- set files = kcm.files %}
@@ -9,12 +10,10 @@ include:
   - {{ tplroot }}.pki
 
 kcm-kubeconfig-directory:
-  file.directory:
-    - name: {{ kcm.paths.kubeconfig | json }}
+  kcm_install.directories_owned:
+    - name: kcm-kubeconfig
+    - directories: {{ {'kcm:paths:kubeconfig': kcm.paths.kubeconfig} | json }}
     - user: {{ kcm.user | json }}
-    - group: {{ kcm.group | json }}
-    - mode: '0755'
-    - makedirs: true
     - require:
       - kcm_config: kcm-config-validated
 
@@ -32,8 +31,10 @@ kcm-kubeconfig-file:
     - cert_pillar: kcm:pki:cert
     - key_pillar: kcm:pki:key
     {%- endif %}
-    - user: {{ kcm.user | json }}
-    - group: {{ kcm.group | json }}
+    {#- root's alone; KCM reads systemd's copy, or (systemd < 247) it as the KCM group #}
+    - user: root
+    - group: {{ ('root' if kcm.credentials.mode == 'systemd' else kcm.group) | json }}
+    - mode: {{ ('0600' if kcm.credentials.mode == 'systemd' else '0640') | json }}
     - require:
-      - file: kcm-kubeconfig-directory
+      - kcm_install: kcm-kubeconfig-directory
       - sls: {{ tplroot }}.pki.files

@@ -20,7 +20,9 @@ include:
         "user": kcm.user,
         "group": kcm.group,
         "version": kcm.version,
-        "log_dir": (kcm.paths.logs ~ '/kube-controller-manager') if kcm.log_to_file else '',
+        "log_dir": files.log_dir if kcm.log_to_file else '',
+        "logs_directory": (files.log_dir | replace('/var/log/', '', 1)) if kcm.log_to_file else '',
+        "credentials": kcm.credentials.load,
         "release": salt['kcm_release.exec_line'](kcm),
       } %}
 
@@ -44,16 +46,21 @@ kcm-service-release-program:
     - user: root
     - group: root
     - mode: '0755'
+    - follow_symlinks: false
     - makedirs: true
     - require:
       - kcm_config: kcm-config-validated
+      - kcm_install: kcm-install-directories
 
 kcm-service-unit:
   file.managed:
     - name: {{ files.unit | json }}
     - source: {{ sources | json }}
     - template: jinja
+    - user: root
+    - group: root
     - mode: '0644'
+    - follow_symlinks: false
     - makedirs: true
     - context: {{ context | json }}
     - require:
