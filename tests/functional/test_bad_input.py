@@ -81,9 +81,9 @@ CASES = [
      "kcm:master:alertmanager_urls:"),
     ("webhook with credentials", {"master": {"webhook_urls": ["https://u:p@hooks.example/x"]}},
      "kcm:master:webhook_urls:"),
-    ("enrollment grain value glob", {"master": {"enroll": {"value": "k8s-*"}}}, "kcm:master:enroll:value:"),
-    ("unknown reporters target type", {"master": {"reporters": {"tgt": "x", "tgt_type": "nodegroup"}}},
-     "kcm:master:reporters:tgt_type:"),
+    ("list where the clusters mapping belongs", {"master": {"clusters": ["prod"]}}, "kcm:master:clusters:"),
+    ("control character in the KCM masters' ids", {"master": {"masters": "master-*\nweb-*"}},
+     "kcm:master:masters:"),
 ]
 
 

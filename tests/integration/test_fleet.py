@@ -21,7 +21,6 @@ pytestmark = [pytest.mark.integration]
 
 STAND_IN = "fleet-standin"
 # The grain a KCM master carries in the README's targeting.
-GRAINS = {"role": "k8s-master"}
 WAIT = 90
 
 
@@ -35,7 +34,7 @@ def alertmanager(tmp_path_factory):
 @pytest.fixture(scope="module")
 def fleet_master(salt_factories, alertmanager, tmp_path_factory):
     conf = kcm_master_conf(tmp_path_factory.mktemp("fleet-host"), alertmanager.url, {"env": "fleet"},
-                           allow_http=True, alert_engine=True)  # Alertmanager on loopback; the fleet path
+                           allow_http=True, masters=[STAND_IN])  # Alertmanager on loopback
     assert conf["engines"] == [{"kcm_alert": {"batch_wait": 0.2}}]
     # engines_dirs stands in for kcm.master's saltutil.sync_engines + master restart
     overrides = dict(conf, file_roots={"base": [str(REPO / "formula")]}, engines_dirs=[str(REPO / "_engines")])
@@ -48,7 +47,7 @@ def fleet_master(salt_factories, alertmanager, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def stand_in(fleet_master):
-    minion = fleet_master.salt_minion_daemon(STAND_IN, overrides={"grains": GRAINS})
+    minion = fleet_master.salt_minion_daemon(STAND_IN)
     with minion.started():
         bus = BeaconStandIn(minion.config)
         yield bus
