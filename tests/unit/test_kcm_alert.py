@@ -1,6 +1,6 @@
 """
-The kcm_alert runner: one alert per change across reporters (also under concurrent reactor
-threads), the Alertmanager v2 payload, resolving, the outbox that keeps an alert until a
+The kcm_alert runner: one alert per change across reporters (also under concurrent
+callers), the Alertmanager v2 payload, resolving, the outbox that keeps an alert until a
 receiver accepts it (across a restart, bounded by the alert's endsAt), and the reconcile
 that raises what no event brought, under the same key.
 """
@@ -153,8 +153,13 @@ def test_a_new_transition_is_a_new_alert(harness):
     assert [a["labels"]["new_node"] for a in harness.alerts()] == ["master-2", "master-3"]
 
 
-def test_dedupe_holds_under_concurrent_reactor_threads(tmp_path, monkeypatch):
-    harness = Harness(tmp_path, monkeypatch, module=kcm_alert)
+def test_dedupe_holds_under_concurrent_callers(tmp_path, monkeypatch):
+    # 30 KCM masters (10 clusters' worth) report at once from as many threads.
+    senders = [f"master-{t}-{i}" for t in range(10, 20) for i in (1, 2, 3)]
+    harness = Harness(tmp_path, monkeypatch, module=kcm_alert, masters=["master-*"])
+    for minion in senders:
+        (tmp_path / "pki" / "minions" / minion).write_bytes(minion_key(minion).public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
     original = harness._post
 
     def slow_post(url, payload, cfg):
@@ -173,11 +178,7 @@ def test_dedupe_holds_under_concurrent_reactor_threads(tmp_path, monkeypatch):
         except Exception as exc:  # noqa: BLE001 - surfaced by the assert below
             errors.append(exc)
 
-    threads = [
-        threading.Thread(target=report, args=(reporter, transitions))
-        for transitions in range(10, 20)
-        for reporter in REPORTERS
-    ]
+    threads = [threading.Thread(target=report, args=(sender, int(sender.split("-")[1]))) for sender in senders]
     for thread in threads:
         thread.start()
     for thread in threads:
