@@ -86,6 +86,16 @@ def _handle(batch, sleep=time.sleep):
     return False
 
 
+def _warn_self_pick():
+    """Log what lets a new minion pick a KCM master's id itself (``kcm_alert.masters``)."""
+    try:
+        for warning in __runners__["kcm_alert.masters"]()["warnings"]:
+            log.warning("kcm_alert engine: %s", warning)
+    except Exception as exc:  # pylint: disable=broad-except
+        log.warning("kcm_alert engine: could not read kcm_alert:masters: %s", exc)
+    return True
+
+
 def start(batch_wait=BATCH_WAIT, max_batch=MAX_BATCH):
     """
     Run the engine: batch the kcm_leader and kcm_cert beacon events and hand them to the runner.
@@ -99,11 +109,7 @@ def start(batch_wait=BATCH_WAIT, max_batch=MAX_BATCH):
           - kcm_alert: {batch_wait: 0.2}
     """
     batch_wait, max_batch = float(batch_wait), int(max_batch)
-    try:
-        for warning in __runners__["kcm_alert.masters"]()["warnings"]:
-            log.warning("kcm_alert engine: %s", warning)
-    except Exception:  # pylint: disable=broad-except
-        log.exception("kcm_alert engine: could not read kcm_alert:masters")
+    warned = False
     with salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=True) as bus:
 
         def next_event(timeout):
@@ -112,4 +118,6 @@ def start(batch_wait=BATCH_WAIT, max_batch=MAX_BATCH):
         log.info("kcm_alert engine: batching %s (batch_wait %s s, max_batch %s)", ", ".join(TAGS), batch_wait,
                  max_batch)
         for batch in _batches(next_event, batch_wait, max_batch):
+            # Once, at the first batch: the runners may be synced only after the master started.
+            warned = warned or _warn_self_pick()
             _handle(batch)

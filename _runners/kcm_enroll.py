@@ -140,6 +140,9 @@ def on_start(tag, sender=None):
     minion_id = parts[2] if len(parts) == 4 and parts[:2] == ["salt", "minion"] and parts[3] == "start" else None
     if minion_id is None:
         return _refused(tag, f"{_u('printable')(tag, 80)!r} is not a salt/minion/<id>/start tag")
+    why = refusal(minion_id)
+    if why:
+        return _refused(minion_id, why)
     if sender is not None and sender != minion_id:
         return _refused(minion_id, f"the start of {minion_id} was sent by {_u('printable')(sender, 80)!r}")
     return highstate_once(minion_id)
