@@ -361,7 +361,7 @@ def answer_problem(key_path, minion, answer, nonce, now, window):
 
 
 # --------------------------------------------------------------------------
-# the signing side (on the minion; the beacons and kcm_beacon.signed_answer)
+# the signing side (on the minion: the beacons, and kcm_beacon.answer)
 # --------------------------------------------------------------------------
 
 
