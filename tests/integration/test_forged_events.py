@@ -176,3 +176,24 @@ def test_the_fleet_view_shows_a_minion_answering_as_a_master_as_refused(salt_mas
     # the default target is the KCM masters by id: WEB is not even asked
     ret = salt_master.salt_run_cli(timeout=90).run("kcm.status", "timeout=20")
     assert [row["minion"] for row in ret.data["masters"]] == [MASTER], ret.data
+
+
+def test_a_batched_start_forged_in_a_masters_name_enrolls_nothing_more(salt_master, minions, event_listener):
+    # L1: a batched event carries any tag and data; the master re-fires them as the minion sent them.
+    web, _ = minions
+    run = salt_master.salt_run_cli(timeout=60)
+    _wait_for(f"{MASTER}'s own enrollment at its start", lambda: run.run("kcm_enroll.enrolled").data == [MASTER])
+    forger = BeaconStandIn(web.config)
+    try:
+        since = time.time()
+        forger.send([{"tag": f"salt/minion/{MASTER}/start", "data": {"id": MASTER}},
+                     {"tag": f"salt/minion/{WEB}/start", "data": {"id": WEB}}])
+        time.sleep(5)  # the reactor has handed both to kcm_enroll by now
+    finally:
+        forger.close()
+    starts = event_listener.get_events([(salt_master.id, f"salt/minion/{MASTER}/start")], after_time=since)
+    assert starts, "the forged start did not reach the master bus"
+    assert not event_listener.get_events([(salt_master.id, "kcm/enroll/highstate")], after_time=since)
+    jobs = event_listener.get_events([(salt_master.id, "salt/job/*/new")], after_time=since)
+    assert [e.data.get("tgt") for e in jobs if e.data.get("fun") == "state.highstate"] == []
+    assert run.run("kcm_enroll.enrolled").data == [MASTER]

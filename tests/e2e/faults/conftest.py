@@ -1,5 +1,5 @@
 """The faults real clusters have, on the lab: a real salt-master (two for the multi-master
-case) running the formula's reactor and ``kcm_alert`` runner, Debian's Alertmanager on the host,
+case) running the formula's ``kcm_alert`` engine and runner, Debian's Alertmanager on the host,
 real etcd and kube-apiserver, three KCMs under systemd on systemd machines (``state.apply kcm``
 over the bus), the ``kcm_leader`` beacon on each, short leader election (4s/3s/1s).
 
