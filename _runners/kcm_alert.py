@@ -279,7 +279,7 @@ _REFUSED_LOCK = threading.Lock()
 
 def _refused(tag, reporter, why, cfg):
     """Log and fire a refusal once per sender per ``refusal_log_interval``; the rest are counted."""
-    sender = _u("kcm_trust.reporter_of")(tag) or "?"
+    sender = str(_u("kcm_trust.reporter_of")(tag) or "?")[:256]
     now = time.monotonic()
     with _REFUSED_LOCK:
         last = _REFUSED_LOGGED.get(sender)
