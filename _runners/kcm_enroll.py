@@ -169,8 +169,9 @@ def highstate_once(minion_id):
     cache = salt.cache.factory(__opts__)
     # Two starts of one minion (two reactor threads) enroll it once: claim under the lock.
     with salt.utils.files.flopen(_lock_path(), "a"):
+        # localfs gives {} for no record; a record of an older version has no key: that key.
         known = cache.fetch(BANK, minion_id)
-        if isinstance(known, dict) and known.get("key") in (fingerprint, None):
+        if isinstance(known, dict) and known and known.get("key", fingerprint) == fingerprint:
             return {"minion": minion_id, "result": "already"}
         cache.store(BANK, minion_id, {"key": fingerprint, "jid": None, "at": time.time()})
     jid = salt.client.LocalClient(mopts=__opts__).cmd_async([minion_id], "state.highstate", tgt_type="list")

@@ -119,7 +119,7 @@ def test_forged_events_highstate_nothing_and_alert_nobody(salt_master, minions, 
     assert any("is not a well-formed minion id" in why for why in enroll), enroll
     # WEB's own start is refused (also when it started), and remembered: refused again quietly
     run = salt_master.salt_run_cli(timeout=60)
-    assert f"{WEB} is not a KCM master" in run.run("kcm_enroll.refusal", WEB).data
+    assert f"{WEB} is not a KCM master" in run.run("kcm_enroll.refusal", WEB).stdout
     for _ in range(2):
         again = run.run("kcm_enroll.on_start", f"salt/minion/{WEB}/start", f"sender={WEB}").data
     assert again["result"] == "refused" and again.get("remembered") is True, again

@@ -33,7 +33,8 @@ class FakeCache:
         self.banks = {}
 
     def fetch(self, bank, key):
-        return self.banks.get(bank, {}).get(key)
+        # as salt.cache's localfs: {} when there is no record
+        return self.banks.get(bank, {}).get(key, {})
 
     def flush(self, bank, key):
         self.banks.get(bank, {}).pop(key, None)
