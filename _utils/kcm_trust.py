@@ -311,19 +311,38 @@ def sequence(data):
     return epoch, counter
 
 
+# How far behind the newest counter of a sender a report may arrive (concurrent callers) and
+# still count once; older ones are refused.
+REPLAY_WINDOW = 64
+
+
 def replay_problem(senders, reporter, data):
     """
-    Why a signed report of ``reporter`` is a replay, or None; records it as the newest one
-    of its sender in ``senders`` (``{minion: {"epoch", "counter"}}``, the master's store). A
-    newer epoch is a minion with a fresh disk (reinstalled, same key): its counter restarts.
+    Why a signed report of ``reporter`` is a replay, or None; records it in ``senders``
+    (``{minion: {"epoch", "counter", "seen"}}``, the master's store): the newest counter of
+    the sender's epoch and the counters seen within ``REPLAY_WINDOW`` below it, so a report
+    counts once even when it arrives a little out of order. A newer epoch is a minion with a
+    fresh disk (reinstalled, same key): its counter restarts.
     """
     seq = sequence(data)
-    last = sequence(senders.get(reporter) or {})
+    entry = senders.get(reporter) or {}
+    last = sequence(entry)
     if seq is None:
         return "no (epoch, counter) replay guard in the report"
-    if last is not None and seq <= last:
-        return f"a replay: (epoch, counter) {seq} is not newer than {last}, the last one of {reporter}"
-    senders[reporter] = {"epoch": seq[0], "counter": seq[1]}
+    if last is None or seq[0] > last[0]:
+        senders[reporter] = {"epoch": seq[0], "counter": seq[1], "seen": []}
+        return None
+    seen = [c for c in entry.get("seen") or [] if isinstance(c, int)]
+    epoch, newest = last
+    counter = seq[1]
+    if seq[0] < epoch or counter == newest or counter in seen or counter <= newest - REPLAY_WINDOW:
+        return f"a replay: (epoch, counter) {seq} was seen, or is older than {last} of {reporter} allows"
+    if counter > newest:
+        seen, newest = seen + [newest], counter
+    else:
+        seen.append(counter)
+    kept = sorted(c for c in seen if c > newest - REPLAY_WINDOW)
+    senders[reporter] = {"epoch": epoch, "counter": newest, "seen": kept}
     return None
 
 

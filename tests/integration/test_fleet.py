@@ -58,11 +58,11 @@ def test_a_burst_of_30_clusters_times_3_reports_is_exactly_30_alerts(
         fleet_master, stand_in, alertmanager, event_listener):
     clusters = [new_cluster_id() for _ in range(30)]
     # every cluster kept the default name: only the cluster_id tells them apart
-    reports = [stand_in.returns(failover_events("kubernetes", cid)) for cid in clusters for _ in range(3)]
+    reports = [failover_events("kubernetes", cid) for cid in clusters for _ in range(3)]
     random.Random(16).shuffle(reports)
     since = time.time()
-    for returns in reports:  # 90 beacon returns within about a second
-        stand_in.send(returns)
+    for events in reports:  # 90 beacon returns within about a second, each signed as it is sent
+        stand_in.send(stand_in.returns(events))
         time.sleep(1.0 / len(reports))
 
     def ours():

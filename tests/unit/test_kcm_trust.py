@@ -126,6 +126,16 @@ def test_l2_a_reinstalled_master_same_key_fresh_disk_passes_with_a_new_epoch(har
     assert "a replay" in harness.raw(tag, older_epoch)["refused"]
 
 
+def test_l2_reports_a_little_out_of_order_count_once_each_and_never_twice():
+    senders, check = {}, TRUST["kcm_trust.replay_problem"]
+    report = {n: {"epoch": 7, "counter": n} for n in range(1, 200)}
+    assert [check(senders, "master-1", report[n]) for n in (5, 3, 4, 9)] == [None] * 4
+    assert all("a replay" in check(senders, "master-1", report[n]) for n in (3, 4, 5, 9))
+    assert check(senders, "master-1", report[199]) is None
+    assert "a replay" in check(senders, "master-1", report[8])  # far behind the newest: refused
+    assert "a replay" in check(senders, "master-1", {"epoch": 6, "counter": 500})  # an older epoch
+
+
 @pytest.mark.parametrize("signed_at", [math.nan, "NaN", math.inf, "-inf", 1e309])
 def test_l3_a_report_signed_at_no_finite_time_is_refused(harness, signed_at):
     data = signed("master-1", "no_leader", dict(DEAD, cluster="prod"), signed_at)
