@@ -41,6 +41,7 @@ import copy
 import logging
 import time
 
+import salt.loader
 import salt.utils.beacons
 from salt.exceptions import CommandExecutionError
 
@@ -196,6 +197,13 @@ def _cluster_id():
         return None
 
 
+def _signed(events):
+    # Beacons get no __utils__, and signing must be no execution function: a utils loader of its own.
+    utils = __context__.get("kcm_trust.utils") or salt.loader.utils(__opts__)
+    __context__["kcm_trust.utils"] = utils
+    return utils["kcm_trust.sign_beacon_events"](__opts__, events, utils) if events else events
+
+
 def beacon(config):
     """
     Read the certificates when ``cert_check_interval`` has passed and return the events for
@@ -236,7 +244,7 @@ def beacon(config):
             "kcm_cert: %s: %s (serial %s) has %s days left (threshold %s)",
             event["tag"], event["cert"], event["serial"], event["days_left"], event.get("threshold"),
         )
-    return __salt__["kcm_beacon.sign"](events)
+    return _signed(events)
 
 
 def close(config):

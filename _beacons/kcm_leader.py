@@ -50,6 +50,7 @@ import json
 import logging
 import time
 
+import salt.loader
 import salt.utils.beacons
 from salt.exceptions import CommandExecutionError
 
@@ -377,6 +378,13 @@ def _observe(cfg):
     return dict(result, renewed_at=__salt__["kcm_beacon.epoch"](result.get("renew_time")))
 
 
+def _signed(events):
+    # Beacons get no __utils__, and signing must be no execution function: a utils loader of its own.
+    utils = __context__.get("kcm_trust.utils") or salt.loader.utils(__opts__)
+    __context__["kcm_trust.utils"] = utils
+    return utils["kcm_trust.sign_beacon_events"](__opts__, events, utils) if events else events
+
+
 def beacon(config):
     """
     Poll the leader record once and return the events for what changed.
@@ -407,7 +415,7 @@ def beacon(config):
         __salt__["kcm_beacon.write_state"](path, state)
     for event in events:
         log.info("kcm_leader: %s (holder %s)", event["tag"], event.get("holder"))
-    return __salt__["kcm_beacon.sign"](events)
+    return _signed(events)
 
 
 def close(config):

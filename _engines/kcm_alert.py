@@ -1,16 +1,19 @@
 """
-Engine ``kcm_alert``: the alert path of a fleet. It listens on the master's event bus for
-``salt/beacon/*/kcm_leader/*`` and hands what arrived within ``batch_wait`` seconds to the
-``kcm_alert.handle_batch`` runner function in one call.
+Engine ``kcm_alert``: the only alert path. It listens on the master's event bus for
+``salt/beacon/*/kcm_leader/*`` and ``salt/beacon/*/kcm_cert/*`` and hands what arrived
+within ``batch_wait`` seconds to the ``kcm_alert.handle_batch`` runner function in one call.
 
 Why not the reactor: the reactor renders its SLS for every event, one after another in
-its main thread, and runs a runner job (with its own job events and job-cache write) each.
-When 100 clusters fail over at once, 300 reports cost the master about 50 ms of CPU each
-that way, and the last alert leaves after more than 10 s (bench/fleet.py). A single
+its main thread, and runs a runner job (with its own job events and job-cache write) each,
+before any code of the formula can look at the event. A forged report from any minion
+would cost that much to refuse; here the runner refuses a sender that is no KCM master by
+its id, in memory, within the same process (bench/refusal.py), and logs it once per
+interval. When 100 clusters fail over at once, 300 reports cost the reactor about 50 ms of
+CPU each, and the last alert leaves after more than 10 s (bench/fleet.py); a single
 worker that takes the events in batches decides them under one lock and posts them to
 Alertmanager in one request, still once per change. What a post could not deliver stays
 in the runner's outbox; the master's schedule (``kcm_alert.flush``, ``kcm_alert.reconcile``)
-runs on this path as on the reactor's.
+retries and reconciles.
 
 Configuration (master config, written by ``kcm.master``):
 
@@ -32,7 +35,7 @@ log = logging.getLogger(__name__)
 
 __virtualname__ = "kcm_alert"
 
-TAG = "salt/beacon/*/kcm_leader/*"
+TAGS = ("salt/beacon/*/kcm_leader/*", "salt/beacon/*/kcm_cert/*")
 # Long enough to gather one beacon round of a storm, short against the 5 s alert goal.
 BATCH_WAIT = 0.2
 MAX_BATCH = 500
@@ -44,7 +47,7 @@ def __virtual__():
 
 def _batches(next_event, batch_wait=BATCH_WAIT, max_batch=MAX_BATCH, clock=time.monotonic):
     """
-    Yield lists of (tag, data) of the kcm_leader events from ``next_event(timeout)``
+    Yield lists of (tag, data) of the kcm_leader and kcm_cert events from ``next_event(timeout)``
     (which returns one ``{"tag", "data"}`` event or None), each list closed
     ``batch_wait`` seconds after its first event or at ``max_batch`` events; pure.
     """
@@ -52,7 +55,7 @@ def _batches(next_event, batch_wait=BATCH_WAIT, max_batch=MAX_BATCH, clock=time.
     while True:
         timeout = batch_wait if not pending else max(0.01, first + batch_wait - clock())
         event = next_event(timeout)
-        if event and fnmatch.fnmatch(str(event.get("tag")), TAG):
+        if event and any(fnmatch.fnmatchcase(str(event.get("tag")), tag) for tag in TAGS):
             if not pending:
                 first = clock()
             pending.append((event["tag"], event.get("data") or {}))
@@ -75,17 +78,27 @@ def _handle(batch, sleep=time.sleep):
             return True
         except Exception:  # pylint: disable=broad-except
             # One broken batch must not stop the engine (Salt would restart it, losing more).
-            log.exception("kcm_alert engine: a batch of %s kcm_leader events failed (attempt %s of %s)",
+            log.exception("kcm_alert engine: a batch of %s beacon events failed (attempt %s of %s)",
                           len(batch), attempt, ATTEMPTS)
             if attempt < ATTEMPTS:
                 sleep(RETRY_DELAY)
-    log.error("kcm_alert engine: gave up on a batch of %s kcm_leader events", len(batch))
+    log.error("kcm_alert engine: gave up on a batch of %s beacon events", len(batch))
     return False
+
+
+def _warn_self_pick():
+    """Log what lets a new minion pick a KCM master's id itself (``kcm_alert.masters``)."""
+    try:
+        for warning in __runners__["kcm_alert.masters"]()["warnings"]:
+            log.warning("kcm_alert engine: %s", warning)
+    except Exception as exc:  # pylint: disable=broad-except
+        log.warning("kcm_alert engine: could not read kcm_alert:masters: %s", exc)
+    return True
 
 
 def start(batch_wait=BATCH_WAIT, max_batch=MAX_BATCH):
     """
-    Run the engine: batch the kcm_leader beacon events and hand them to the runner.
+    Run the engine: batch the kcm_leader and kcm_cert beacon events and hand them to the runner.
 
     CLI Example:
 
@@ -96,11 +109,15 @@ def start(batch_wait=BATCH_WAIT, max_batch=MAX_BATCH):
           - kcm_alert: {batch_wait: 0.2}
     """
     batch_wait, max_batch = float(batch_wait), int(max_batch)
+    warned = False
     with salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=True) as bus:
 
         def next_event(timeout):
             return bus.get_event(wait=timeout, tag="salt/beacon/", full=True)
 
-        log.info("kcm_alert engine: batching %s (batch_wait %s s, max_batch %s)", TAG, batch_wait, max_batch)
+        log.info("kcm_alert engine: batching %s (batch_wait %s s, max_batch %s)", ", ".join(TAGS), batch_wait,
+                 max_batch)
         for batch in _batches(next_event, batch_wait, max_batch):
+            # Once, at the first batch: the runners may be synced only after the master started.
+            warned = warned or _warn_self_pick()
             _handle(batch)

@@ -134,9 +134,7 @@ def identity(**kwargs):
     Precedence: ``identity=``, the deployed ``kcm:identity``, the current pillar
     ``kcm:identity``, then the kernel hostname (``socket.gethostname()``, the same
     value KCM's ``os.Hostname()`` reads; not shortened). Without a configured identity,
-    :func:`is_leader` also accepts the minion id as this minion's name. Add this
-    function to the Salt mine (``mine_functions: {kcm.identity: []}``) so
-    ``kcm.leader`` on any master can name the leader's minion id.
+    :func:`is_leader` also accepts the minion id as this minion's name.
 
     CLI Example:
 
@@ -147,28 +145,11 @@ def identity(**kwargs):
     return _identities(kwargs)[0]
 
 
-def _mined_minion(node):
-    """The minion whose mined ``kcm.identity`` equals ``node``, or None."""
-    if __opts__.get("file_client") == "local" or "mine.get" not in __salt__:
-        return None
-    try:
-        mined = __salt__["mine.get"]("*", "kcm.identity") or {}
-    except Exception:  # pylint: disable=broad-except
-        # The mine is a convenience here; a master that does not answer must not fail kcm.leader.
-        log.debug("kcm: mine.get kcm.identity failed", exc_info=True)
-        return None
-    matches = sorted(minion for minion, ident in mined.items() if ident == node)
-    return matches[0] if matches else None
-
-
 def _minion_for(node, kwargs):
+    # Only "this minion" is known for sure: a mine entry is what any minion says about itself.
     if node is None:
         return None
-    if node in _identities(kwargs):
-        return _minion_id()
-    if kwargs.get("map_minion", True):
-        return _mined_minion(node) or node
-    return node
+    return _minion_id() if node in _identities(kwargs) else node
 
 
 def _api_get(path, kubeconfig, timeout):
@@ -234,8 +215,8 @@ def leader(**kwargs):
 
     Returns ``holder`` (the full identity, ``<hostname>_<uuid>``; None when released),
     ``node`` (the hostname part), ``minion`` (this minion's id when ``node`` is this
-    minion's :func:`identity`; otherwise the minion whose mined ``kcm.identity`` matches;
-    otherwise the node name itself), ``acquire_time``, ``renew_time``,
+    minion's :func:`identity`; otherwise the node name itself: a mined name is what any
+    minion may say, so none is taken), ``acquire_time``, ``renew_time``,
     ``lease_duration_seconds``, ``transitions``, ``expired`` and ``source``
     (``lease`` | ``endpoints``).
 
@@ -248,7 +229,7 @@ def leader(**kwargs):
     timeout
         Seconds for connect and read. Default 2.
     map_minion
-        False skips the mine lookup for the leader's minion id. Default True.
+        Ignored (kept for callers of older versions: the mine is no longer read).
 
     CLI Example:
 

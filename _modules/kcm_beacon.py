@@ -2,19 +2,18 @@
 What the formula's beacons (``kcm_leader``, ``kcm_cert``) need from the minion, as execution
 functions because Salt's loader gives beacons ``__salt__`` but no ``__utils__``: their
 settings from the deployed facts (durations parsed by ``kcm_time``), their state files
-(written atomically by ``kcm_state_file``), and the signature on their events.
+(written atomically by ``kcm_state_file``), and the signed answer to the master's reconcile.
 
-The signature: the master fires batched beacon events with the data the minion sent, so any
-minion could send one naming another; each event is signed with this minion's Salt key
-(``pki_dir/minion.pem``), and the ``kcm_alert`` runner checks it against the accepted key of
-the minion the tag names, which tells a real report from a forged one.
+The signature on the beacons' events is no execution function (anyone allowed to run
+``kcm_beacon.*`` could otherwise sign any report in this minion's name): the beacons call
+``kcm_trust.sign_events`` through a utils loader of their own. The master fires batched
+beacon events with the data the minion sent, so any minion could send one naming another;
+each event is signed with this minion's Salt key (``pki_dir/minion.pem``), and the
+``kcm_alert`` runner checks it against the accepted key of the minion the tag names.
 """
 
-import base64
-import json
 import logging
 import os
-import time
 
 log = logging.getLogger(__name__)
 
@@ -199,48 +198,34 @@ def signed_message(kind, data):
 
         salt-call kcm_beacon.signed_message changed '{"id": "master-1"}'
     """
-    fields = {k: v for k, v in data.items() if k != "sig" and not str(k).startswith("_")}
-    return json.dumps({"kind": kind, "data": fields}, sort_keys=True, separators=(",", ":")).encode()
+    return __utils__["kcm_trust.signed_message"](kind, data)  # noqa: F821
 
 
-def _signing_key():
-    from cryptography.hazmat.primitives import serialization
+def _reading(function, **kwargs):
+    try:
+        return __salt__[function](**kwargs)  # noqa: F821
+    except Exception as exc:  # pylint: disable=broad-except
+        # Its first line only: no stack, no secrets.
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        return {"error": first}
 
-    with open(os.path.join(__opts__.get("pki_dir", ""), "minion.pem"), "rb") as fh:
-        return serialization.load_pem_private_key(fh.read(), password=None)
 
-
-def sign(events):
+def answer(nonce):
     """
-    Return ``events`` (dicts with a ``tag`` tail) each with this minion's ``id``, ``signed_at``
-    (wall clock, which the runner compares with its own) and ``sig``. Without a readable
-    key the events go unsigned (logged), so the runner refuses them rather than the beacon
-    losing them.
+    Return this minion's ``kcm.leader`` (``leader``) and ``kcm.status`` (``status``),
+    signed with its Salt key for the master's question ``nonce``: the reconcile of the
+    kcm_alert runner reads only such answers (a job return on the master bus may come from
+    another minion). Nothing but this minion's own reading is signed, and under the kind
+    ``answer``, which no report has.
 
     CLI Example:
 
     .. code-block:: bash
 
-        salt-call kcm_beacon.sign '[{"tag": "changed", "cluster": "prod"}]'
+        salt 'master-*' kcm_beacon.answer 0123abcd
     """
-    if not events:
-        return events
-    try:
-        key = __context__.get("kcm_beacon.signing_key") or _signing_key()
-        __context__["kcm_beacon.signing_key"] = key
-    except (OSError, ValueError) as exc:
-        log.warning("kcm beacon: cannot read this minion's key to sign events (%s); sending them unsigned", exc)
-        return events
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import padding
-
-    out = []
-    for event in events:
-        event = dict(event, id=__opts__["id"], signed_at=round(time.time(), 3))
-        kind = event.pop("tag")
-        signature = key.sign(signed_message(kind, event), padding.PKCS1v15(), hashes.SHA256())
-        out.append(dict(event, tag=kind, sig=base64.b64encode(signature).decode()))
-    return out
+    reading = {"leader": _reading("kcm.leader", map_minion=False), "status": _reading("kcm.status")}
+    return __utils__["kcm_trust.sign_answer"](__opts__, reading, nonce)  # noqa: F821
 
 
 def epoch(value):

@@ -362,7 +362,8 @@ def master_problems(master):
     """
     Return the problems of the ``kcm:master`` mapping (the Salt master's alert and
     enrollment settings): label names Alertmanager accepts, lists of https URLs
-    (``http://`` only for a loopback receiver with ``allow_http: true``), paths.
+    (``http://`` only for a loopback receiver with ``allow_http: true``), paths, and the KCM
+    masters by minion id (``kcm:master:masters``, ``kcm:master:clusters``).
 
     CLI Example:
 
@@ -375,7 +376,9 @@ def master_problems(master):
     if shapes or not isinstance(master, dict):
         return shapes or ["kcm:master: expected a mapping"]
     texts = [m for _, m in __utils__["kcm_shapes.text_problems"](wrapped)]  # noqa: F821
-    return texts + __utils__["kcm_checks.master_problems"](master)  # noqa: F821
+    # Who the KCM masters are (by minion id only) is kcm_trust's: the same rules as the master reads.
+    return texts + __utils__["kcm_checks.master_problems"](master) + \
+        __utils__["kcm_trust.masters_problems"](master)  # noqa: F821
 
 
 def check_pki(pki):

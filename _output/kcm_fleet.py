@@ -26,14 +26,20 @@ def __virtual__():
     return __virtualname__
 
 
+def _printable(text):
+    # What a row says reaches the terminal: no escape sequence, no line of its own.
+    return "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"
+                   for ch in str(text))
+
+
 def _cell(key, value):
     if value is None or value == "":
         return "-"
     if key == "cluster_id":
-        return str(value)[:ID_WIDTH]
+        return _printable(str(value)[:ID_WIDTH])
     if isinstance(value, bool):
         return "yes" if value else "no"
-    return str(value)
+    return _printable(value)
 
 
 def render(data):
@@ -54,9 +60,11 @@ def render(data):
     out = [line([title for _, title in COLUMNS])]
     for summary, rows in groups:
         out.extend(line([_cell(key, row.get(key)) for key, _ in COLUMNS]) for row in rows)
-        out.append(f"  {'ok  ' if summary['ok'] else '!!  '}{summary['verdict']}")
+        out.append(f"  {'ok  ' if summary['ok'] else '!!  '}{_printable(summary['verdict'])}")
     if not groups:
         out.append("  (no masters matched)")
+    if data.get("problem"):
+        out.append(f"  !!  {_printable(data['problem'])}")
     return "\n".join(out)
 
 

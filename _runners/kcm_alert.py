@@ -2,11 +2,11 @@
 Runner ``kcm_alert``: turns ``kcm_leader`` beacon events into Alertmanager alerts, once per
 change although every KCM master reports it, and delivers them through a durable outbox.
 
-Callers: the ``kcm_alert`` engine (:func:`handle_batch`, the events of a short window), or
-the reactor (``salt://reactor/kcm/leader.sls``, :func:`handle` per event); the master's
-schedule (written by ``kcm.master``): :func:`reconcile` at start and every
-``reconcile_interval`` s, :func:`flush` every ``flush_interval`` s. The parts, in
-``_utils/``: ``kcm_trust`` (only signed reports of the KCM masters count),
+Callers: the ``kcm_alert`` engine (:func:`handle_batch`, the events of a short window; the
+only path of the reports); the master's schedule (written by ``kcm.master``):
+:func:`reconcile` at start and every ``reconcile_interval`` s, :func:`flush` every
+``flush_interval`` s. The parts, in ``_utils/``: ``kcm_trust`` (only signed, fresh reports
+of the KCM masters, by minion id, count),
 ``kcm_alert_rules`` (dedupe key, labels, ``startsAt``), ``kcm_alert_decide`` (what opens,
 ends or was missed) and ``kcm_outbox`` (the locked store and the outbox, one JSON file
 under the master cachedir). Follow-ups on the master bus: ``kcm/alert/<kind>`` with what
@@ -38,6 +38,8 @@ Master configuration (``/etc/salt/master.d/kcm.conf``, written by ``kcm.master``
       condition_ttl: 86400            # endsAt of a condition alert until it is resolved
       event_ttl: 3600                 # endsAt of a KCMLeaderChanged alert
       reconcile_timeout: 10           # seconds the reconcile waits for the masters' answers
+      masters: 'master-*'             # the KCM masters by minion id (kcm_trust; required)
+      clusters: {}                    # {cluster name: its masters' ids}, optional
 """
 
 import contextlib
@@ -66,9 +68,11 @@ DEFAULTS = {
     "condition_ttl": 86400,
     "event_ttl": 3600,
     "dedupe_ttl": 86400,
-    # Who may report: the KCM masters (salt.utils.minions target, matched without greed:
-    # a minion with no cached grains does not match a grain target).
-    "reporters": {"tgt": "role:k8s-master", "tgt_type": "grain"},
+    # Who may report: the KCM masters by minion id (kcm_trust); no default, none without it.
+    "masters": None,
+    "clusters": {},
+    # A refused sender is logged (and its refusal fired) once per this many seconds.
+    "refusal_log_interval": 60,
     "signature_window": 300,
     "reconcile_timeout": 10,
     "max_seen": 1000,
@@ -217,30 +221,32 @@ def flush():
 # reports
 # --------------------------------------------------------------------------
 
-# Within one batch the KCM masters are matched once, not once per report: a storm of 900
-# reports would otherwise read every minion's cached grains 900 times.
-_BATCH = threading.local()
+def _trust():
+    return _u("kcm_trust.trust")(__opts__)
 
 
-def _kcm_masters(cfg):
-    import salt.utils.minions
+def masters():
+    """
+    Return who this Salt master takes for the KCM masters: ``kcm_alert:masters`` (and
+    ``clusters``), the accepted minion ids that match it, and ``warnings``: a setting that
+    lets a new minion pick such an id itself (``auto_accept``, autosign grains or file), or a
+    target that is no id target. The engine logs the warnings when it starts.
 
-    target = cfg["reporters"] or {}
-    key = (target.get("tgt", ""), target.get("tgt_type", "glob"))
-    memo = getattr(_BATCH, "masters", None)
-    if memo is not None and key in memo:
-        return memo[key]
-    found = salt.utils.minions.CkMinions(__opts__).check_minions(key[0], tgt_type=key[1], greedy=False)
-    masters = set(found.get("minions") or [])
-    if memo is not None:
-        memo[key] = masters
-    return masters
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run kcm_alert.masters
+    """
+    trust = _trust()
+    return {"target": trust.target, "clusters": {name: list(globs) for name, globs in trust.clusters.items()},
+            "masters": trust.accepted_masters(), "warnings": _u("kcm_trust.self_pick_warnings")(__opts__, trust)}
 
 
 def signed_message(kind, data):
     """
-    Return the bytes the kcm_leader beacon signs (its own ``signed_message``): the kind and
-    every field but ``sig`` and the bus's ``_``-prefixed ones, as canonical JSON.
+    Return the bytes the beacons sign (``kcm_trust.signed_message``): the kind and every
+    field but ``sig`` and the bus's ``_``-prefixed ones, as canonical JSON.
 
     CLI Example:
 
@@ -255,9 +261,10 @@ def refusal(tag, data, cfg=None, now=None):
     """
     Say why the event ``tag``/``data`` is not a report the runner may act on, or return
     ``None``. A report must come from the minion its tag names (a well-formed id with an
-    accepted key, the same ``id`` in the data), that minion must be a KCM master
-    (``kcm_alert:reporters``, default grain ``role:k8s-master``), and the event must carry
-    that minion's signature made within ``signature_window`` seconds.
+    accepted key, the same ``id`` in the data), that minion's id must be one of the KCM
+    masters (``kcm_alert:masters``; of its cluster with ``kcm_alert:clusters``), and the
+    event must carry that minion's signature made within ``signature_window`` seconds.
+    Replays and pins are judged with the store (:func:`handle_batch`).
 
     CLI Example:
 
@@ -267,8 +274,31 @@ def refusal(tag, data, cfg=None, now=None):
     """
     cfg = cfg or _config()
     now = _now() if now is None else now
-    return _u("kcm_trust.refusal")(tag, data, __opts__["pki_dir"], lambda minion: minion in _kcm_masters(cfg),
-                                   cfg["reporters"], now, cfg["signature_window"])
+    return _u("kcm_trust.refusal")(tag, data, _trust(), now, cfg["signature_window"])
+
+
+# When each sender's refusal was last logged: a refused minion cannot fill the log or the bus.
+_REFUSED_LOGGED = {}
+_REFUSED_LOCK = threading.Lock()
+
+
+def _refused(tag, reporter, why, cfg):
+    """Log and fire a refusal once per sender per ``refusal_log_interval``; the rest are counted."""
+    sender = str(_u("kcm_trust.reporter_of")(tag) or "?")[:256]
+    now = time.monotonic()
+    with _REFUSED_LOCK:
+        last = _REFUSED_LOGGED.get(sender)
+        if last is not None and now - last[0] < float(cfg["refusal_log_interval"]):
+            last[1] += 1
+            return
+        if len(_REFUSED_LOGGED) > 10_000:
+            _REFUSED_LOGGED.clear()
+        _REFUSED_LOGGED[sender] = [now, 0]
+        skipped = last[1] if last else 0
+    printable = _u("kcm_trust.printable")
+    log.warning("kcm_alert: refused %s: %s%s", printable(tag, 120), printable(why),
+                f" ({skipped} more refused since the last line)" if skipped else "")
+    _fire("kcm/alert/refused", {"tag": printable(tag), "reporter": printable(reporter), "reason": why})
 
 
 def _new_result(tag, data):
@@ -284,17 +314,12 @@ def _new_result(tag, data):
 def _admit(events, results, cfg, now):
     """The events the runner may act on, bounded; a refused one is logged, reported and marked."""
     admitted = []
-    _BATCH.masters = {}
-    try:
-        for (tag, data), result in zip(events, results):
-            why = None if result.get("ignored") else refusal(tag, data, cfg, now)
-            if why:
-                log.warning("kcm_alert: refused %s: %s", str(tag)[:120], why)
-                _fire("kcm/alert/refused", {"tag": str(tag)[:256], "reporter": result["reporter"], "reason": why})
-                result["refused"] = why
-            admitted.append((tag, _u("kcm_alert_rules.bounded")(data) if not why else data))
-    finally:
-        _BATCH.masters = None
+    for (tag, data), result in zip(events, results):
+        why = None if result.get("ignored") else refusal(tag, data, cfg, now)
+        if why:
+            _refused(tag, result["reporter"], why, cfg)
+            result["refused"] = why
+        admitted.append((tag, _u("kcm_alert_rules.bounded")(data) if not why else data))
     return admitted
 
 
@@ -307,7 +332,15 @@ def _decide_all(cfg, events, results, now):
     decisions, saved = [], []
     receivers = _u("kcm_outbox.receivers")(cfg)
     with _store(cfg, saved) as store:
-        for index, ((_, data), result) in enumerate(zip(events, results)):
+        for index, ((tag, data), result) in enumerate(zip(events, results)):
+            why = None
+            if _acted_on(result):
+                # A replay, or a report for another cluster than the one pinned: judged on the store.
+                why = _u("kcm_trust.replay_problem")(store.setdefault("senders", {}), result["reporter"], data) \
+                    or _u("kcm_trust.pin_problem")(store.setdefault("pins", {}), _trust(), data)
+                if why:
+                    result["refused"] = why
+                    _refused(tag, result["reporter"], why, cfg)
             if not _acted_on(result):
                 decisions.append(None)
                 continue
@@ -374,25 +407,20 @@ def _fill_results(events, results, decisions, attempted):
             _fire("kcm/alert/duplicate", {"kind": result["kind"], "reporter": result["reporter"], "key": key})
 
 
-def handle(tag, data):
+def unpin(cluster):
     """
-    Handle one ``kcm_leader`` beacon event: dedupe, alert, resolve, report.
-
-    tag
-        the beacon event tag, ``salt/beacon/<minion>/kcm_leader/<kind>``
-    data
-        the beacon event data (``id`` is the reporting minion)
-
-    Returns what was done: ``{"kind", "fired", "resolved", "duplicate", "failed"}``.
+    Forget the ``cluster_id`` pinned for the cluster named ``cluster`` (one of
+    ``kcm_alert:clusters``; its first genuine report pinned it): the next genuine report
+    pins the new one, after a cluster was rebuilt. Returns the forgotten ``cluster_id``.
 
     CLI Example:
 
     .. code-block:: bash
 
-        salt-run kcm_alert.handle tag=salt/beacon/master-1/kcm_leader/changed \\
-            data='{"id": "master-1", "cluster": "prod", "transitions": 4, "new_node": "master-2"}'
+        salt-run kcm_alert.unpin prod
     """
-    return handle_batch([(tag, data)])[0]
+    with _store(_config()) as store:
+        return (store.setdefault("pins", {}).pop(str(cluster), None) or {}).get("cluster_id")
 
 
 # --------------------------------------------------------------------------
@@ -426,11 +454,15 @@ def reconcile():
         salt-run kcm_alert.reconcile
     """
     cfg, now = _config(), _now()
-    # The target is the list of minions matching kcm_alert:reporters on the cached grains,
-    # never a string made of minion data; only their answers are read.
-    masters = sorted(_kcm_masters(cfg))
-    answers = _u("kcm_alert_decide.ask_masters")(__opts__, masters, cfg["reconcile_timeout"])
-    views = _u("kcm_alert_decide.views")(answers, RECONCILER)
+    # The KCM masters by id (kcm_alert:masters over the accepted keys), asked as a list;
+    # only their signed answers to this very question are read.
+    trust = _trust()
+    masters = trust.accepted_masters()
+    answers = _u("kcm_alert_decide.ask_masters")(__opts__, masters, cfg["reconcile_timeout"], trust, now,
+                                                 cfg["signature_window"])
+    with _store(cfg) as store:
+        pins = dict(store.get("pins") or {})
+    views = _u("kcm_alert_decide.views")(answers, RECONCILER, trust, pins)
     summary = {"asked": masters, "answered": sorted(answers), "clusters": {}, "raised": [], "resolved": []}
     saved, new = [], []
     receivers, items, epoch = _u("kcm_outbox.receivers")(cfg), _u("kcm_outbox.items"), _u("kcm_time.epoch")

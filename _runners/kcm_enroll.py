@@ -1,16 +1,21 @@
 """
-Opt-in enrollment: when a control-plane minion starts for the first time, run its
-highstate once, so a new master joins the KCM cluster the Salt way (as a standby).
+Opt-in enrollment: when a KCM master starts for the first time, run its highstate once, so a
+new master joins the KCM cluster the Salt way (as a standby).
 
 Wired by ``kcm.master`` (pillar ``kcm:master:enroll``): the reactor maps
-``salt/minion/*/start`` to ``salt://reactor/kcm/enroll.sls``, which calls
-:func:`highstate_once`. Minions already enrolled are remembered in the master cache
-(bank ``kcm/enroll``), so later restarts do not re-run highstate.
+``salt/minion/*/start`` to ``salt://reactor/kcm/enroll.sls``, which calls :func:`on_start`.
+Who is a KCM master is the master's own configuration, by minion id
+(``kcm_alert:masters``, ``kcm_trust``): nothing is asked of the minion, so no event (a
+start the minion fired itself, or one forged in a batch in another's name) can enroll
+anything else, or hold a lock while a minion answers. A minion is enrolled once per
+accepted key (bank ``kcm/enroll``, with the key's fingerprint); a refused sender is
+remembered (bank ``kcm/enroll-refused``) and logged once per ``REFUSAL_LOG_INTERVAL``.
 """
 
+import hashlib
 import logging
 import os
-import re
+import time
 
 import salt.cache
 import salt.client
@@ -22,9 +27,8 @@ log = logging.getLogger(__name__)
 
 __virtualname__ = "kcm_enroll"
 BANK = "kcm/enroll"
-# Stricter than Salt's valid_id: no glob, space or path characters, so an id can only
-# ever name one minion and one cache entry.
-MINION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
+REFUSED_BANK = "kcm/enroll-refused"
+REFUSAL_LOG_INTERVAL = 300
 
 
 def __virtual__():
@@ -33,6 +37,14 @@ def __virtual__():
 
 def _lock_path():
     return os.path.join(__opts__["cachedir"], "kcm-enroll.lock")
+
+
+def _u(name):
+    return __utils__[f"kcm_trust.{name}"]  # noqa: F821
+
+
+def _trust():
+    return _u("trust")(__opts__)
 
 
 def enrolled():
@@ -50,7 +62,7 @@ def enrolled():
 
 def forget(minion_id):
     """
-    Forget that ``minion_id`` was enrolled, so its next start runs highstate again.
+    Forget that ``minion_id`` was enrolled (or refused), so its next start is judged again.
 
     CLI Example:
 
@@ -58,15 +70,25 @@ def forget(minion_id):
 
         salt-run kcm_enroll.forget master-4
     """
-    salt.cache.factory(__opts__).flush(BANK, minion_id)
+    cache = salt.cache.factory(__opts__)
+    cache.flush(BANK, minion_id)
+    cache.flush(REFUSED_BANK, minion_id)
     return True
+
+
+def _key_fingerprint(minion_id):
+    try:
+        with open(os.path.join(__opts__["pki_dir"], "minions", minion_id), "rb") as handle:
+            return hashlib.sha256(handle.read()).hexdigest()
+    except OSError:
+        return None
 
 
 def refusal(minion_id):
     """
     Say why ``minion_id`` may not be enrolled, or return ``None``: it must be a
     well-formed minion id (Salt's ``valid_id`` and no glob, space or path characters)
-    whose key this master has accepted.
+    that is a KCM master by id (``kcm_alert:masters``) and whose key this master accepted.
 
     CLI Example:
 
@@ -74,27 +96,39 @@ def refusal(minion_id):
 
         salt-run kcm_enroll.refusal 'nobody or *'
     """
-    if not isinstance(minion_id, str) or not MINION_ID_RE.match(minion_id) \
-            or not salt.utils.verify.valid_id(__opts__, minion_id):
-        return f"{str(minion_id)[:80]!r} is not a well-formed minion id"
-    if not os.path.isfile(os.path.join(__opts__["pki_dir"], "minions", minion_id)):
+    trust = _trust()
+    if not _u("well_formed")(minion_id) or not salt.utils.verify.valid_id(__opts__, minion_id):
+        return f"{_u('printable')(minion_id, 80)!r} is not a well-formed minion id"
+    if not trust.is_master(minion_id):
+        return trust.why_not_master(minion_id)
+    if _key_fingerprint(minion_id) is None:
         return f"{minion_id} has no accepted key"
     return None
 
 
 def _refused(minion_id, why):
-    log.warning("kcm_enroll: not enrolling %s: %s", str(minion_id)[:80], why)
+    """Remember, and log and fire once per interval, a refused start; cheap when repeated."""
+    printable = _u("printable")
+    name = printable(minion_id, 80)
+    cache, now = salt.cache.factory(__opts__), time.time()
+    known = _u("well_formed")(minion_id)
+    last = cache.fetch(REFUSED_BANK, minion_id) if known else None
+    if isinstance(last, dict) and now - float(last.get("at") or 0) < REFUSAL_LOG_INTERVAL:
+        return {"minion": minion_id, "result": "refused", "reason": why, "remembered": True}
+    if known:
+        cache.store(REFUSED_BANK, minion_id, {"at": now, "reason": why})
+    log.warning("kcm_enroll: not enrolling %s: %s", name, printable(why))
     with salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=False) as bus:
-        bus.fire_event({"minion": str(minion_id)[:256], "reason": why}, "kcm/enroll/refused")
+        bus.fire_event({"minion": printable(minion_id), "reason": why}, "kcm/enroll/refused")
     return {"minion": minion_id, "result": "refused", "reason": why}
 
 
-def on_start(tag, sender=None, grain=None, value=None):
+def on_start(tag, sender=None):
     """
     Handle a ``salt/minion/<id>/start`` event (the reactor's entry point): the minion id
-    is taken from the tag, must agree with the ``id`` the master authenticated for the
-    sender (``sender``, the event's ``data['id']``) and pass :func:`refusal`; then
-    :func:`highstate_once`.
+    is taken from the tag, must agree with the event's ``data['id']`` (``sender``) and
+    pass :func:`refusal`; then :func:`highstate_once`. A start forged in a batched event
+    gains nothing: only a KCM master by id is highstated, once per key, whoever fired it.
 
     CLI Example:
 
@@ -105,47 +139,43 @@ def on_start(tag, sender=None, grain=None, value=None):
     parts = str(tag or "").split("/")
     minion_id = parts[2] if len(parts) == 4 and parts[:2] == ["salt", "minion"] and parts[3] == "start" else None
     if minion_id is None:
-        return _refused(tag, f"{str(tag)[:80]!r} is not a salt/minion/<id>/start tag")
+        return _refused(tag, f"{_u('printable')(tag, 80)!r} is not a salt/minion/<id>/start tag")
     why = refusal(minion_id)
     if why:
         return _refused(minion_id, why)
     if sender is not None and sender != minion_id:
-        return _refused(minion_id, f"the start of {minion_id} was sent by {str(sender)[:80]!r}")
-    return highstate_once(minion_id, grain=grain, value=value)
+        return _refused(minion_id, f"the start of {minion_id} was sent by {_u('printable')(sender, 80)!r}")
+    return highstate_once(minion_id)
 
 
-def highstate_once(minion_id, grain=None, value=None):
+def highstate_once(minion_id):
     """
-    Run ``state.highstate`` on ``minion_id`` if it has grain ``grain:value`` and was never
-    enrolled before; record it. Returns what was done: ``enrolled`` (with the job id),
-    ``already``, ``not-a-master`` or ``refused`` (see :func:`refusal`). ``grain`` and
-    ``value`` default to the master config ``kcm_enroll: {grain: role, value: k8s-master}``
-    that ``kcm.master`` writes. The minion is targeted as a one-item list, and the grain
-    is read from the minion's own (authenticated) return, never from the event.
+    Run ``state.highstate`` on ``minion_id`` if it is a KCM master by id
+    (``kcm_alert:masters``) and was never enrolled with its current key; record it.
+    Returns what was done: ``enrolled`` (with the job id), ``already`` or ``refused``
+    (see :func:`refusal`). The minion is targeted as a one-item list; the lock is held
+    only while the record is read and claimed, never while a minion is asked anything.
 
     CLI Example:
 
     .. code-block:: bash
 
-        salt-run kcm_enroll.highstate_once master-4 grain=role value=k8s-master
+        salt-run kcm_enroll.highstate_once master-4
     """
-    settings = __opts__.get("kcm_enroll") or {}
-    grain = grain or settings.get("grain", "role")
-    value = value or settings.get("value", "k8s-master")
     why = refusal(minion_id)
     if why:
         return _refused(minion_id, why)
+    fingerprint = _key_fingerprint(minion_id)
     cache = salt.cache.factory(__opts__)
-    # One reactor thread per event: take the lock so two starts of one minion enroll it once.
+    # Two starts of one minion (two reactor threads) enroll it once: claim under the lock.
     with salt.utils.files.flopen(_lock_path(), "a"):
-        if cache.contains(BANK, minion_id):
+        # localfs gives {} for no record; a record of an older version has no key: that key.
+        known = cache.fetch(BANK, minion_id)
+        if isinstance(known, dict) and known and known.get("key", fingerprint) == fingerprint:
             return {"minion": minion_id, "result": "already"}
-        client = salt.client.LocalClient(mopts=__opts__)
-        answer = client.cmd([minion_id], "grains.get", [grain], tgt_type="list", timeout=15)
-        if str(answer.get(minion_id)) != str(value):
-            return {"minion": minion_id, "result": "not-a-master"}
-        jid = client.cmd_async([minion_id], "state.highstate", tgt_type="list")
-        cache.store(BANK, minion_id, {"jid": jid})
+        cache.store(BANK, minion_id, {"key": fingerprint, "jid": None, "at": time.time()})
+    jid = salt.client.LocalClient(mopts=__opts__).cmd_async([minion_id], "state.highstate", tgt_type="list")
+    cache.store(BANK, minion_id, {"key": fingerprint, "jid": jid, "at": time.time()})
     log.info("kcm_enroll: %s joined as a control-plane master; highstate job %s", minion_id, jid)
     with salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=False) as bus:
         bus.fire_event({"minion": minion_id, "jid": jid}, "kcm/enroll/highstate")

@@ -26,7 +26,8 @@ def validated(name, config, section=None):
         The resolved config from ``map.jinja``.
     section
         ``master``: validate only ``kcm:master`` (``kcm.master`` on the Salt master's own
-        minion, which runs no KCM); ``paths``: only the paths, the service name and the
+        minion, which runs no KCM); ``master_clean``: the same but who the KCM masters are
+        (``kcm.master.clean`` removes the config that names them); ``paths``: only the paths, the service name and the
         value shapes (``kcm.clean``, which needs no PKI).
 
     .. code-block:: yaml
@@ -36,8 +37,10 @@ def validated(name, config, section=None):
             - name: kcm
             - config: {{ kcm | json }}
     """
-    if section == "master":
+    if section in ("master", "master_clean"):
         problems = __salt__["kcm_config.master_problems"](config.get("master"))
+        if section == "master_clean":
+            problems = [p for p in problems if not p.startswith(("kcm:master:masters", "kcm:master:clusters"))]
     elif section == "paths":
         problems = __salt__["kcm_config.path_problems"](config)
     else:

@@ -320,20 +320,37 @@ def reconcile_cluster(store, view, cfg, now):
     return fire, resolve, what
 
 
-def ask_masters(opts, masters, timeout):
+def ask_masters(opts, masters, timeout, trust, now, window):
     """
     ``kcm.leader`` and ``kcm.status`` of the minions ``masters`` (a list target), in one
-    publish through the master's LocalClient; ``{minion: {function: answer}}`` of those
-    that answered within ``timeout`` seconds, only minions of the list.
+    publish of ``kcm_beacon.answer`` through the master's LocalClient;
+    ``{minion: {function: answer}}`` of those whose answer within ``timeout`` seconds is
+    their own, signed for this question: the master bus also carries job returns that any
+    minion fires in another's name (Salt core, saltstack/salt#29273), so an unsigned or
+    foreign answer is dropped.
     """
+    import os
+    import uuid
+
     import salt.client
 
     if not masters:
         return {}
+    nonce = uuid.uuid4().hex
     client = salt.client.get_local_client(mopts=opts)
-    answers = client.cmd(list(masters), ["kcm.leader", "kcm.status"], [[], []], timeout=timeout,
-                         tgt_type="list") or {}
-    return {minion: answers[minion] for minion in masters if minion in answers}
+    answers = client.cmd(list(masters), "kcm_beacon.answer", [nonce], timeout=timeout, tgt_type="list") or {}
+    found = {}
+    for minion in masters:
+        answer = answers.get(minion)
+        if minion not in answers:
+            continue
+        why = _rule("answer_problem", "kcm_trust")(os.path.join(trust.pki_dir, "minions", minion), minion, answer,
+                                                    nonce, now, window)
+        if why:
+            log.warning("kcm_alert: reconcile: the answer of %s is dropped: %s", minion, why)
+            continue
+        found[minion] = {"kcm.leader": answer.get("leader"), "kcm.status": answer.get("status")}
+    return found
 
 
 def _row(status):
@@ -342,21 +359,27 @@ def _row(status):
     return status if isinstance(status, dict) else {}
 
 
-def views(answers, reporter):
+def views(answers, reporter, trust, pins):
     """
     One view per cluster (see :func:`reconcile_cluster`) from the masters' answers,
     ``{minion: {"kcm.leader": record, "kcm.status": [row]}}``: the newest Lease they read
-    (by leaseTransitions, then renewal), and which of them could not read it.
+    (by leaseTransitions, then renewal), and which of them could not read it. Only the
+    answers of KCM masters (``trust``) about a cluster they may speak for and its pinned
+    ``cluster_id`` (``pins``, read only: the reports pin) count.
     """
     bounded = _rule("bounded")
     found = {}
     for minion, answer in sorted(answers.items()):
-        if not isinstance(answer, dict):
-            continue  # kcm not synced there: a string
+        if not isinstance(answer, dict) or not trust.is_master(minion):
+            continue  # kcm not synced there (a string), or no KCM master at all
         row = _row(answer.get("kcm.status"))
         if not row.get("cluster") or not row.get("cluster_id"):
             continue  # not deployed, or a cluster it cannot name as its reports do
         data = bounded({"cluster": row["cluster"], "cluster_id": row["cluster_id"]})
+        if _rule("pin_problem", "kcm_trust")(dict(pins), trust, data) or not trust.may_report(minion, data["cluster"]):
+            log.warning("kcm_alert: reconcile: %s speaks for a cluster it may not (%s)", minion,
+                        _rule("printable", "kcm_trust")(_rule("cluster_key")(data)))
+            continue
         view = found.setdefault(_rule("cluster_key")(data), {"data": data, "lease": None, "erroring": set(),
                                                              "answered": [], "reporter": reporter})
         view["answered"].append(minion)

@@ -52,8 +52,10 @@ def number(value):
 
 
 def cert_minion(data, reporter):
-    """The minion a certificate report is about (the beacon names it; else its reporter)."""
-    return str(data.get("minion") or reporter)
+    """The minion a certificate report is about: its verified sender, whatever ``data`` says
+    (a KCM master reports its own certificates, never another minion's)."""
+    del data
+    return str(reporter)
 
 
 def cluster_key(data):

@@ -303,13 +303,10 @@ def value_problems(cfg):
 
 LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 GRAIN_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$")
-TARGET_TYPES = ("glob", "list", "grain", "pcre", "compound")
-
-
 def master_problems(master):
     """The value problems of a shape-checked ``kcm:master`` mapping: label names Alertmanager
     accepts, https receiver URLs (``http://`` only for a loopback receiver with
-    ``allow_http: true``), paths, the reporters' target, the batch wait, the enrollment grain."""
+    ``allow_http: true``), paths, the batch wait (the KCM masters: ``kcm_trust.masters_problems``)."""
     problems = []
     allow_http = master.get("allow_http") is True
     for key in ("alertmanager_urls", "webhook_urls"):
@@ -335,12 +332,6 @@ def master_problems(master):
             problems.append(f"kcm:master:{key}: '{value}' is not a plain absolute path")
     if not master.get("config_dir"):
         problems.append("kcm:master:config_dir: required (the master's config directory, such as /etc/salt/master.d)")
-    reporters = master.get("reporters") or {}
-    if reporters.get("tgt_type", "glob") not in TARGET_TYPES:
-        problems.append(f"kcm:master:reporters:tgt_type: '{reporters.get('tgt_type')}' is not one of"
-                        f" {', '.join(TARGET_TYPES)}")
-    if not str(reporters.get("tgt") or "").strip():
-        problems.append("kcm:master:reporters:tgt: required (the KCM masters, such as 'role:k8s-master')")
     batch_wait = master.get("batch_wait")
     if isinstance(batch_wait, (int, float)) and not isinstance(batch_wait, bool) and not 0 < batch_wait <= 5:
         # Every event of a batch waits up to this long: past 5 s the alert comes late.
@@ -348,8 +339,4 @@ def master_problems(master):
     for key in ("reconcile_interval", "flush_interval"):
         if _is_int(master.get(key)) and master[key] < 1:
             problems.append(f"kcm:master:{key}: {master[key]} is not a positive number of seconds")
-    _match(problems, _get(master, "enroll", "grain"), "kcm:master:enroll:grain", GRAIN_RE,
-           "a grain name such as role")
-    _match(problems, _get(master, "enroll", "value"), "kcm:master:enroll:value", re.compile(r"^[A-Za-z0-9_.:-]+$"),
-           "a grain value such as k8s-master (no glob or space)")
     return problems

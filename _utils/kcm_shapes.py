@@ -16,18 +16,17 @@ MAP, LIST, BOOL, INT, NUMBER, TEXT = "a mapping", "a list", "true or false", "an
 # The kind each pillar key must have, as ``section:key`` paths.
 _KEYS_BY_KIND = {
     MAP: "source paths leader_election pki extra_args service beacon master master:enroll master:labels"
-         " master:reporters tofs tofs:source_files",
+         " master:clusters tofs tofs:source_files",
     LIST: "controllers beacon:cert_thresholds master:alertmanager_urls master:webhook_urls tofs:files_switch",
     BOOL: "create_user use_service_account_credentials log_to_file service:manage beacon:enabled"
-          " master:sync_runners master:enroll:enabled master:allow_http master:alert_engine",
+          " master:sync_runners master:enroll:enabled master:allow_http",
     NUMBER: "master:batch_wait beacon:interval beacon:stale_after beacon:timeout beacon:cert_check_interval",
     INT: "secure_port keep_versions verbosity pki:days_valid pki:days_remaining pki:key_size beacon:debounce"
          " master:reconcile_interval master:flush_interval",
     TEXT: "version identity cluster user group apiserver bind_address bind_interface service_cluster_ip_range"
           " cluster_signing_duration service:name service:control_cmd source:type source:url source:hash"
           " source:arch pki:mode pki:ca_server pki:signing_policy pki:key_algo master:config_dir"
-          " master:ca_bundle master:proxy master:enroll:grain master:enroll:value master:reporters:tgt"
-          " master:reporters:tgt_type",
+          " master:ca_bundle master:proxy",
 }
 # Sections before their keys: a section of the wrong kind hides what is under it.
 SHAPES = tuple(sorted(

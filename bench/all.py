@@ -23,6 +23,7 @@ BENCHES = [
     ("rolling change", ["rolling.py"], "orch.kcm.upgrade vs plain state.apply: leader changes, leaderless window"),
     ("lease release", ["release.py", "--runs", "3"], "controller gap after the leader's exit, release on vs off"),
     ("fleet", ["fleet.py"], "alert storm of 10/100/300 clusters x 3 reports; the fleet view over 30 masters"),
+    ("refusal", ["refusal.py"], "CPU to refuse a forged report with 2,000 cached minions: 5f6804a vs now"),
 ]
 
 

@@ -170,10 +170,9 @@ def main():
         am = Alertmanager(workdir / "alertmanager").start()
         am_url = am.url
         try:
-            # A loopback Alertmanager (http), and the lab's masters as the reporters the runner trusts.
+            # A loopback Alertmanager (http), and the lab's masters (by id) as the KCM masters the runner trusts.
             conf = kcm_master_config(workdir / "master-host", {
-                "alertmanager_urls": [am_url], "allow_http": True,
-                "reporters": {"tgt": "master-*", "tgt_type": "glob"}})
+                "alertmanager_urls": [am_url], "allow_http": True, "masters": "master-*"})
             # The lab CA lives 7 days: no certificate alerts in a benchmark of leader alerts.
             beacon = {"interval": interval, "cert_thresholds": []}
             with LabCluster(k8s_bin(), workdir / "lab", suite="bench-beacon", election=ELECTIONS[args.election],

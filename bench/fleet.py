@@ -2,7 +2,7 @@
 """Benchmark of a fleet on one Salt master (not a test): the alert storm and the fleet view.
 
 How the load is made: a real salt-master (configured by the formula's kcm.master state:
-reactor -> kcm_alert runner), a real Alertmanager, and one real salt-minion standing in
+kcm_alert engine -> kcm_alert runner), a real Alertmanager, and one real salt-minion standing in
 for the 3 masters of every cluster. It fires exactly the events a kcm_leader beacon fires
 on a failover (computed by the beacon's own step(), sent as beacon returns through the
 running minion: tests/support/fleet.py). These are not real KCMs. The master finds the
@@ -18,11 +18,11 @@ salt-minion whose kcm.status answers from deployed facts without an apiserver), 
 `salt <tgt> kcm.status` (which also waits for the slowest master): goal within 2 s of it.
 Then how the cost grows from 10 to 300.
 
---path reactor measures the reactor path (one runner job per event) instead of the
-kcm_alert engine (batches), the default.
+The kcm_alert engine is the only alert path (the reactor path of 5f6804a and before, one
+runner job per event, is gone; its numbers are in the README).
 
 Usage:
-  python bench/fleet.py [--clusters 10,100,300] [--fleet-masters 30] [--path engine|reactor]
+  python bench/fleet.py [--clusters 10,100,300] [--fleet-masters 30]
 """
 
 import argparse
@@ -53,7 +53,6 @@ from tests.support.fleet import (  # noqa: E402
 )
 
 STAND_IN = "fleet-standin"
-GRAINS = {"role": "k8s-master"}
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 WAIT = 180
@@ -152,11 +151,11 @@ def base_conf(root, name):
 
 
 class Salt:
-    def __init__(self, sandbox, alertmanager, alert_path):
+    def __init__(self, sandbox, alertmanager):
         self.sandbox = sandbox
         self.ports = {"publish": free_port(), "ret": free_port()}
         conf = kcm_master_conf(sandbox / "host", alertmanager.url, {"env": "bench"}, allow_http=True,
-                               alert_engine=alert_path == "engine")
+                               masters=[STAND_IN, "fleet-m*"])
         self.master_dir = sandbox / "master-conf"
         self.master_dir.mkdir()
         root = sandbox / "master"
@@ -341,21 +340,19 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clusters", default="10,100,300")
     parser.add_argument("--fleet-masters", type=int, default=30)
-    parser.add_argument("--path", choices=("engine", "reactor"), default="engine",
-                        help="the alert path kcm.master configures (kcm:master:alert_engine true / false)")
     args = parser.parse_args()
     sizes = [int(c) for c in args.clusters.split(",")]
-    print(f"# bench/fleet.py --path {args.path} on {machine()}")
+    print(f"# bench/fleet.py on {machine()}")
     print("load: one real salt-minion stands in for 3 masters per cluster, firing the kcm_leader beacon's own")
     print("      failover events (tag salt/beacon/<minion>/kcm_leader/changed, data from its step()); not real KCMs")
     sandbox = Path(tempfile.mkdtemp(prefix="kcmfleet-"))
     am = Alertmanager(sandbox).start()
-    salt = Salt(sandbox, am, args.path)
+    salt = Salt(sandbox, am)
     try:
-        salt.minion(STAND_IN, grains=GRAINS)
+        salt.minion(STAND_IN)
         for n in range(args.fleet_masters):
             cluster = f"fleet-{n // 3:02d}"
-            salt.minion(f"fleet-m{n:02d}", grains=GRAINS, deployed={
+            salt.minion(f"fleet-m{n:02d}", deployed={
                 "cluster": cluster, "service": {"name": "kube-controller-manager"}, "secure_port": 10257,
                 "files": {"kubeconfig": str(sandbox / "absent.kubeconfig"), "binary": str(sandbox / "absent"),
                           "ca_cert": str(sandbox / "absent.pem"), "cert": str(sandbox / "absent.pem")}})
@@ -365,7 +362,8 @@ def main():
         for fun in ("saltutil.sync_utils", "saltutil.sync_runners", "saltutil.sync_output"):
             proc, _ = salt.cli("salt-run", "--out=json", fun)
             assert proc.returncode == 0, proc.stdout + proc.stderr
-        proc, _ = salt.cli("salt", "--timeout=60", "fleet-m*", "saltutil.sync_modules")
+        # the fleet view asks kcm_beacon.answer, which signs with kcm_trust (a util)
+        proc, _ = salt.cli("salt", "--timeout=60", "fleet-m*", "saltutil.sync_all")
         stand_in = BeaconStandIn(salt_minion_opts(salt, STAND_IN))
         followups = Followups(salt.master_opts)
         followups.start()
@@ -383,7 +381,7 @@ def main():
         salt.stop()
         am.stop()
         shutil.rmtree(sandbox, ignore_errors=True)
-    report(results, view, sizes, args.path)
+    report(results, view, sizes, "engine")
 
 
 def salt_minion_opts(salt, name):

@@ -46,7 +46,7 @@ def apply_master_config(sandbox: Path, conf_dir: Path, alertmanager_url: str) ->
     from kcmlab.masterless import MasterlessMinion
 
     pillar = {"kcm": {"master": {"config_dir": str(conf_dir / "master.d"), "alertmanager_urls": [alertmanager_url],
-                                 "allow_http": True, "reporters": {"tgt": "master-*", "tgt_type": "glob"},
+                                 "allow_http": True, "masters": "master-*",
                                  "labels": {"env": "demo"}, "sync_runners": False}}}
     host_root = sandbox / "kcm-master"
     log_path = host_root / "salt" / "salt-call.log"

@@ -1,11 +1,13 @@
 """A fourth master joins on its own: its machine boots, its salt-minion service starts, and the
 enrollment reactor on the real salt-master (``kcm.master`` applied with
-``kcm:master:enroll: {enabled: true, grain: role, value: k8s-master}``) highstates it once.
+``kcm:master:enroll: {enabled: true}``) highstates it once, because its minion id is one of
+``kcm:master:masters`` (no grain is read).
 systemd then runs its KCM, which stands by: the leader and the Lease transitions are
 untouched, no alert is sent, and a second highstate changes nothing.
 
-The three masters already in service were deployed with ``state.apply kcm`` and carry no
-role grain, so only the newcomer enrolls when the minions start."""
+The three masters already in service were deployed with ``state.apply kcm`` by the lab; only
+the newcomer is named in ``kcm:master:masters`` here, so only it enrolls (the lab's own apply
+and an enrollment highstate of the others would otherwise run at once)."""
 
 from __future__ import annotations
 
@@ -20,13 +22,11 @@ from tests.e2e.conftest import start_lab_cluster, stop_lab_cluster
 pytestmark = pytest.mark.e2e
 
 NEW = "master-4"
-GRAINS = {"role": "k8s-master"}
 # The lab CA lives 7 days: certificate-expiry alerts would be right, but this test is about
 # leader alerts, so the beacon checks no certificate.
 BEACON = {"cert_thresholds": []}
 TOP = """base:
-  'role:k8s-master':
-    - match: grain
+  'master-*':
     - kcm
     - kcm.beacon
 """
@@ -34,7 +34,7 @@ TOP = """base:
 
 def kcm_master_conf(root) -> dict:
     """kcm.master's kcm.conf, rendered by the real state on the master host (salt-call --local)."""
-    conf = kcm_master_config(root, {"enroll": {"enabled": True, "grain": "role", "value": "k8s-master"}})
+    conf = kcm_master_config(root, {"masters": [NEW], "enroll": {"enabled": True}})
     assert {"salt/minion/*/start": ["salt://reactor/kcm/enroll.sls"]} in conf["reactor"]
     return conf
 
@@ -72,7 +72,7 @@ def test_a_new_machine_enrolls_by_the_reactor_and_stands_by_under_systemd(enroll
     seen: list[str] = []
     with cluster.master.events() as bus:
         began = time.monotonic()
-        cluster.boot(NEW, grains=GRAINS)
+        cluster.boot(NEW)
         enrolled = wait_for_event(bus, lambda tag: tag == "kcm/enroll/highstate", 120, seen)
         assert enrolled["minion"] == NEW
         ret = wait_for_event(bus, lambda tag: tag == f"salt/job/{enrolled['jid']}/ret/{NEW}", 600, seen)["return"]

@@ -82,9 +82,9 @@ CASES = [
     ("webhook with credentials", {"master": {"webhook_urls": ["https://u:p@hooks.example/x"]}},
      "kcm:master:webhook_urls:"),
     ("receivers' proxy not an http(s) URL", {"master": {"proxy": "socks5://127.0.0.1:1080"}}, "kcm:master:proxy:"),
-    ("enrollment grain value glob", {"master": {"enroll": {"value": "k8s-*"}}}, "kcm:master:enroll:value:"),
-    ("unknown reporters target type", {"master": {"reporters": {"tgt": "x", "tgt_type": "nodegroup"}}},
-     "kcm:master:reporters:tgt_type:"),
+    ("list where the clusters mapping belongs", {"master": {"clusters": ["prod"]}}, "kcm:master:clusters:"),
+    ("control character in the KCM masters' ids", {"master": {"masters": "master-*\nweb-*"}},
+     "kcm:master:masters:"),
 ]
 
 
@@ -135,3 +135,22 @@ def test_clean_refuses_a_service_name_outside_the_unit_directory(state, tmp_path
     validated = next(r for r in ret if r.id == "kcm-config-paths-validated")
     assert validated.result is False and "kcm:service:name:" in validated.comment
     assert outside.exists(), "kcm.clean removed a file outside paths:unit"
+
+
+@pytest.mark.parametrize("masters, message", [
+    (None, "kcm:master:masters: required"),
+    ("role:k8s-master", "kcm:master:masters: 'role:k8s-master' is not a minion id glob"),
+    ("G@role:k8s-master or master-*", "kcm:master:masters: 'G@role:k8s-master or master-*' is not"),
+    (["master-1", "I@kcm:cluster:prod"], "kcm:master:masters: 'I@kcm:cluster:prod' is not"),
+])
+def test_kcm_master_trusts_no_grain_and_fails_naming_the_key(state, tmp_path, masters, message):
+    # H1: the KCM masters are named by minion id in the master's own configuration, or nothing is written.
+    master = {"config_dir": str(tmp_path / "master.d"), "sync_runners": False}
+    if masters is not None:
+        master["masters"] = masters
+
+    ret = state.apply("kcm.master", pillar={"kcm": {"master": master}})
+
+    validated = next(r for r in ret if r.id == "kcm-master-config-validated")
+    assert validated.result is False and f"- {message}" in validated.comment, validated.comment
+    assert not (tmp_path / "master.d" / "kcm.conf").exists()

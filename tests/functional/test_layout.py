@@ -84,7 +84,7 @@ def test_clean_leaves_nothing_the_formula_created(state, minion_opts, open_tmp, 
         tmp_path, build_tarball(tmp_path / "dl", VERSION), VERSION,
         dict(test_pki, signer_cert=testpki.cert_pem(signer_cert), signer_key=testpki.key_pem(signer_key)),
         user=fresh_account, group=fresh_account, create_user=True,
-        master={"config_dir": str(tmp_path / "master.d"), "sync_runners": False},
+        master={"config_dir": str(tmp_path / "master.d"), "sync_runners": False, "masters": "master-*"},
     )
     cache = Path(minion_opts["cachedir"]) / "kcm"
     conf = Path(minion_opts["config_dir"])

@@ -1,6 +1,6 @@
 """
 Delivery that survives outages, on real daemons: a salt-master configured by kcm.master (the
-reactor path, its schedule flushing the outbox every 2 s), Debian's prometheus-alertmanager,
+kcm_alert engine, its schedule flushing the outbox every 2 s), Debian's prometheus-alertmanager,
 a real etcd + kube-apiserver holding the Lease, and two real salt-minions as the KCM masters,
 whose own kcm.leader / kcm.status read that Lease when the reconcile asks them.
 
@@ -49,11 +49,12 @@ def alertmanager(tmp_path_factory):
 def salt_master(salt_factories, alertmanager, tmp_path_factory):
     conf = kcm_master_conf(tmp_path_factory.mktemp("dl-host"), alertmanager.url, {"env": "it"}, allow_http=True,
                            flush_interval=2, reconcile_interval=3600,
-                           reporters={"tgt": ",".join(MASTERS), "tgt_type": "list"})
+                           masters=list(MASTERS))
     assert conf["schedule"]["kcm_alert_flush"] == {"function": "kcm_alert.flush", "seconds": 2, "maxrunning": 1}
     assert conf["schedule"]["kcm_alert_reconcile"]["run_on_start"] is True
     master = salt_factories.salt_master_daemon(
-        "kcm-delivery-master", overrides=dict(conf, file_roots={"base": [str(REPO / "formula")]}))
+        "kcm-delivery-master", overrides=dict(conf, file_roots={"base": [str(REPO / "formula")]},
+                                              engines_dirs=[str(REPO / "_engines")]))
     with master.started(start_timeout=120):
         ret = master.salt_run_cli(timeout=120).run("saltutil.sync_all")  # what kcm.master's sync does
         assert "utils.kcm_outbox" in json.dumps(ret.data) and "runners.kcm_alert" in json.dumps(ret.data), ret
@@ -63,8 +64,7 @@ def salt_master(salt_factories, alertmanager, tmp_path_factory):
 @pytest.fixture(scope="module")
 def kcm_masters(salt_master, control_plane):
     """The two minions, deployed as the formula leaves a master: kcm.* read this kubeconfig's cluster."""
-    factories = [salt_master.salt_minion_daemon(mid, overrides={"grains": {"role": "k8s-master"}})
-                 for mid in MASTERS]
+    factories = [salt_master.salt_minion_daemon(mid) for mid in MASTERS]
     started = []
     try:
         for factory in factories:

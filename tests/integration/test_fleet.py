@@ -21,7 +21,6 @@ pytestmark = [pytest.mark.integration]
 
 STAND_IN = "fleet-standin"
 # The grain a KCM master carries in the README's targeting.
-GRAINS = {"role": "k8s-master"}
 WAIT = 90
 
 
@@ -35,7 +34,7 @@ def alertmanager(tmp_path_factory):
 @pytest.fixture(scope="module")
 def fleet_master(salt_factories, alertmanager, tmp_path_factory):
     conf = kcm_master_conf(tmp_path_factory.mktemp("fleet-host"), alertmanager.url, {"env": "fleet"},
-                           allow_http=True, alert_engine=True)  # Alertmanager on loopback; the fleet path
+                           allow_http=True, masters=[STAND_IN])  # Alertmanager on loopback
     assert conf["engines"] == [{"kcm_alert": {"batch_wait": 0.2}}]
     # engines_dirs stands in for kcm.master's saltutil.sync_engines + master restart
     overrides = dict(conf, file_roots={"base": [str(REPO / "formula")]}, engines_dirs=[str(REPO / "_engines")])
@@ -48,7 +47,7 @@ def fleet_master(salt_factories, alertmanager, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def stand_in(fleet_master):
-    minion = fleet_master.salt_minion_daemon(STAND_IN, overrides={"grains": GRAINS})
+    minion = fleet_master.salt_minion_daemon(STAND_IN)
     with minion.started():
         bus = BeaconStandIn(minion.config)
         yield bus
@@ -59,11 +58,11 @@ def test_a_burst_of_30_clusters_times_3_reports_is_exactly_30_alerts(
         fleet_master, stand_in, alertmanager, event_listener):
     clusters = [new_cluster_id() for _ in range(30)]
     # every cluster kept the default name: only the cluster_id tells them apart
-    reports = [stand_in.returns(failover_events("kubernetes", cid)) for cid in clusters for _ in range(3)]
+    reports = [failover_events("kubernetes", cid) for cid in clusters for _ in range(3)]
     random.Random(16).shuffle(reports)
     since = time.time()
-    for returns in reports:  # 90 beacon returns within about a second
-        stand_in.send(returns)
+    for events in reports:  # 90 beacon returns within about a second, each signed as it is sent
+        stand_in.send(stand_in.returns(events))
         time.sleep(1.0 / len(reports))
 
     def ours():

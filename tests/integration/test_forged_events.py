@@ -1,9 +1,13 @@
 """
-Forged events on a real salt-master: a minion that is no KCM master fires a start event
-for an id made to widen a target, a start and a leader report in a KCM master's name, and a
-leader report of its own. Nothing is highstated, nothing reaches the receiver, and each
-forgery is refused with its reason on the master bus. Real salt-master and minions, the
-master configured by kcm.master; no control plane is needed for this.
+Forged events on a real salt-master: a minion that is no KCM master (its id is not in
+``kcm:master:masters``) claims the control-plane grain, fires a start event for an id made to
+widen a target, a start and a leader report in a KCM master's name, signed reports of its
+own, a replay of a KCM master's genuine report (as a batched beacon return, which the master
+re-fires with the minion's tag and data), and answers the fleet view as a KCM master. Nothing
+is highstated but the KCM master itself, nothing forged reaches the receiver, each forgery is
+refused with its reason on the master bus, and the fleet view shows the row as refused.
+Real salt-master (configured by kcm.master, the kcm_alert engine loaded) and real minions;
+no control plane is needed for this.
 """
 
 import http.server
@@ -14,6 +18,7 @@ import time
 import pytest
 import yaml
 
+from tests.support.fleet import BeaconStandIn
 from tests.support.masterless import MasterlessMinion
 from tests.support.pillar import REPO
 
@@ -51,12 +56,15 @@ def salt_master(salt_factories, receiver, tmp_path_factory):
     host = tmp_path_factory.mktemp("forged-master-host")
     pillar = {"kcm": {"master": {
         "config_dir": str(host / "master.d"), "alertmanager_urls": [receiver], "allow_http": True,
-        "sync_runners": False, "reporters": {"tgt": MASTER, "tgt_type": "list"},
-        "enroll": {"enabled": True, "grain": "role", "value": "k8s-master"}}}}
+        "sync_runners": False, "masters": [MASTER], "enroll": {"enabled": True}}}}
     ret = MasterlessMinion(host, "forged-salt-master-host", pillar).apply("kcm.master")
     assert isinstance(ret, dict) and all(s["result"] for s in ret.values()), ret
     conf = yaml.safe_load((host / "master.d" / "kcm.conf").read_text())
-    overrides = dict(conf, file_roots={"base": [str(REPO / "formula")]})
+    assert conf["kcm_alert"]["masters"] == [MASTER] and conf["engines"], conf
+    # Each forgery's refusal on the bus, not once per sender per minute as in production.
+    conf["kcm_alert"]["refusal_log_interval"] = 1
+    # engines_dirs stands in for kcm.master's saltutil.sync_engines + master restart
+    overrides = dict(conf, file_roots={"base": [str(REPO / "formula")]}, engines_dirs=[str(REPO / "_engines")])
     master = salt_factories.salt_master_daemon("kcm-forged-master", overrides=overrides)
     with master.started(start_timeout=120):
         ret = master.salt_run_cli(timeout=120).run("saltutil.sync_all")  # the runners and their _utils
@@ -66,10 +74,12 @@ def salt_master(salt_factories, receiver, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def minions(salt_master):
-    # Neither carries the enrollment grain: their own starts enroll nothing.
-    web = salt_master.salt_minion_daemon(WEB, overrides={"grains": {"role": "web"}})
-    kcm_master = salt_master.salt_minion_daemon(MASTER, overrides={"grains": {"role": "kcm"}})
+    # WEB claims the control-plane grain: it makes it nothing. MASTER is one by its id.
+    web = salt_master.salt_minion_daemon(WEB, overrides={"grains": {"role": "k8s-master"}})
+    kcm_master = salt_master.salt_minion_daemon(MASTER, overrides={"grains": {"role": "web"}})
     with web.started(start_timeout=120), kcm_master.started(start_timeout=120):
+        for minion in (web, kcm_master):  # the grains reach the master's cache, as in H1
+            assert minion.salt_call_cli(timeout=120).run("saltutil.sync_all").returncode == 0
         yield web, kcm_master
 
 
@@ -89,26 +99,101 @@ def _refusals(event_listener, master, tag, since, count):
     return [e.data["reason"] for e in matches]
 
 
+def _wait_for(what, check):
+    deadline = time.monotonic() + WAIT
+    while not check():
+        assert time.monotonic() < deadline, f"no {what} within {WAIT} s"
+        time.sleep(0.5)
+
+
 def test_forged_events_highstate_nothing_and_alert_nobody(salt_master, minions, event_listener):
     web, _ = minions
     since = time.time()
     Receiver.posts.clear()
 
     _send(web, "salt/minion/nobody or */start", {"id": "nobody or *"})
-    _send(web, f"salt/minion/{MASTER}/start", {"id": MASTER})
+    _send(web, f"salt/minion/{WEB}/start", {"id": WEB})  # H1/M1: its grain says k8s-master
     _send(web, f"salt/beacon/{MASTER}/kcm_leader/no_leader", dict(DEAD, id=MASTER))
-    _send(web, f"salt/beacon/{WEB}/kcm_leader/changed", {"cluster": "prod", "transitions": 5})
 
-    enroll = _refusals(event_listener, salt_master, "kcm/enroll/refused", since, 2)
+    enroll = _refusals(event_listener, salt_master, "kcm/enroll/refused", since, 1)
     assert any("is not a well-formed minion id" in why for why in enroll), enroll
-    assert any(f"the start of {MASTER} was sent by '{WEB}'" in why for why in enroll), enroll
-    alerts = _refusals(event_listener, salt_master, "kcm/alert/refused", since, 2)
+    # WEB's own start is refused (also when it started), and remembered: refused again quietly
+    run = salt_master.salt_run_cli(timeout=60)
+    assert f"{WEB} is not a KCM master" in run.run("kcm_enroll.refusal", WEB).stdout
+    for _ in range(2):
+        again = run.run("kcm_enroll.on_start", f"salt/minion/{WEB}/start", f"sender={WEB}").data
+    assert again["result"] == "refused" and again.get("remembered") is True, again
+    alerts = _refusals(event_listener, salt_master, "kcm/alert/refused", since, 1)
     assert any(f"the tag names {MASTER} but the event comes from '{WEB}'" in why for why in alerts), alerts
-    assert any(f"{WEB} is not a KCM master" in why for why in alerts), alerts
 
     time.sleep(3)  # any job the forgeries started would be published by now
     jobs = event_listener.get_events([(salt_master.id, "salt/job/*/new")], after_time=since)
-    assert [e.data.get("fun") for e in jobs if e.data.get("fun") == "state.highstate"] == []
-    assert not list(event_listener.get_events([(salt_master.id, "kcm/enroll/highstate")], after_time=since))
-    assert salt_master.salt_run_cli(timeout=60).run("kcm_enroll.enrolled").data == []
+    assert [e.data.get("tgt") for e in jobs if e.data.get("fun") == "state.highstate" and WEB in str(
+        e.data.get("tgt"))] == []
+    assert WEB not in salt_master.salt_run_cli(timeout=60).run("kcm_enroll.enrolled").data
     assert Receiver.posts == [], "a forged report reached the receiver"
+
+
+def test_signed_reports_of_a_minion_claiming_the_grain_and_a_replay_are_refused(
+        salt_master, minions, event_listener):
+    web, kcm_master = minions
+    Receiver.posts.clear()
+    forger, genuine = BeaconStandIn(web.config), BeaconStandIn(kcm_master.config)
+    try:
+        since = time.time()
+        # H1: WEB (grain role:k8s-master, in the master's cache) signs reports of its own, every kind
+        for kind, data in (("no_leader", DEAD), ("changed", dict(DEAD, new_node=WEB, transitions=9)),
+                           ("cert_expiring", {"cluster": "prod", "cert": "kcm", "serial": "1", "threshold": 7,
+                                              "days_left": 1, "minion": MASTER})):
+            returns = forger.returns([dict(data, tag=kind)])
+            if kind.startswith("cert_"):
+                returns = [dict(r, tag=r["tag"].replace("/kcm_leader/", "/kcm_cert/")) for r in returns]
+            forger.send(returns)
+        refused = _refusals(event_listener, salt_master, "kcm/alert/refused", since, 1)
+        assert f"{WEB} is not a KCM master (kcm_alert:masters ['{MASTER}'])" in refused, refused
+
+        # the KCM master's genuine report alerts; WEB captured it and replays it as a batched event
+        captured = genuine.returns([dict(DEAD, tag="no_leader")])
+        genuine.send(captured)
+        _wait_for("genuine KCMNoLeader at the receiver", lambda: Receiver.posts)
+        assert len(Receiver.posts) == 1 and b"KCMNoLeader" in Receiver.posts[0][1]
+        since = time.time()
+        forger.send(captured)
+        replay = _refusals(event_listener, salt_master, "kcm/alert/refused", since, 1)
+        assert any("a replay" in why for why in replay), replay
+        time.sleep(2)
+        assert len(Receiver.posts) == 1, "a replay reached the receiver"
+    finally:
+        forger.close()
+        genuine.close()
+
+
+def test_the_fleet_view_shows_a_minion_answering_as_a_master_as_refused(salt_master, minions):
+    ret = salt_master.salt_run_cli(timeout=90).run("kcm.status", "tgt=*", "timeout=20")
+    rows = {row["minion"]: row for row in ret.data["masters"]}
+    assert rows[WEB]["cluster"] == "(refused)" and f"{WEB} is not a KCM master" in rows[WEB]["errors"], rows
+    assert rows[MASTER]["cluster"] != "(refused)", rows  # signed by its own key; no kcm deployed there
+    # the default target is the KCM masters by id: WEB is not even asked
+    ret = salt_master.salt_run_cli(timeout=90).run("kcm.status", "timeout=20")
+    assert [row["minion"] for row in ret.data["masters"]] == [MASTER], ret.data
+
+
+def test_a_batched_start_forged_in_a_masters_name_enrolls_nothing_more(salt_master, minions, event_listener):
+    # L1: a batched event carries any tag and data; the master re-fires them as the minion sent them.
+    web, _ = minions
+    run = salt_master.salt_run_cli(timeout=60)
+    _wait_for(f"{MASTER}'s own enrollment at its start", lambda: run.run("kcm_enroll.enrolled").data == [MASTER])
+    forger = BeaconStandIn(web.config)
+    try:
+        since = time.time()
+        forger.send([{"tag": f"salt/minion/{MASTER}/start", "data": {"id": MASTER}},
+                     {"tag": f"salt/minion/{WEB}/start", "data": {"id": WEB}}])
+        time.sleep(5)  # the reactor has handed both to kcm_enroll by now
+    finally:
+        forger.close()
+    starts = event_listener.get_events([(salt_master.id, f"salt/minion/{MASTER}/start")], after_time=since)
+    assert starts, "the forged start did not reach the master bus"
+    assert not event_listener.get_events([(salt_master.id, "kcm/enroll/highstate")], after_time=since)
+    jobs = event_listener.get_events([(salt_master.id, "salt/job/*/new")], after_time=since)
+    assert [e.data.get("tgt") for e in jobs if e.data.get("fun") == "state.highstate"] == []
+    assert run.run("kcm_enroll.enrolled").data == [MASTER]

@@ -5,7 +5,7 @@ salt-minion: it is not a real KCM.
 The events are made by the kcm_leader beacon's own pure `step()` from two Lease
 records (old holder, new holder), so their tail and data are exactly what a beacon
 fires on a failover (signed with the stand-in minion's key by the beacons' own code,
-kcm_beacon.sign); `id` is the stand-in minion's, as Salt's beacon framework adds it.
+kcm_trust.sign_events); `id` is the stand-in minion's, as Salt's beacon framework adds it.
 They reach the master the way beacon events do: a `__beacons_return` event on the
 minion's local bus, which the running salt-minion forwards to the master as a
 `_minion_event` with an `events` list (salt/minion.py), where the kcm_alert engine (or
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from kcmlab.formula import load
+from kcmlab.formula import load, utils
 
 ALERTMANAGER = Path("/usr/bin/prometheus-alertmanager")
 # The lease timings of the formula's defaults (15s/10s/2s), as deployed facts carry them.
@@ -30,8 +30,8 @@ T0 = 1_800_000_000.0
 
 
 _BEACON = load("_beacons", "kcm_leader")
-# The beacons sign through this execution module (kcm_beacon.sign), with the minion's key.
-_SIGNER = load("_modules", "kcm_beacon")
+# The beacons sign through kcm_trust.sign_events, with the minion's key and its counter.
+_UTILS = utils()
 
 
 def new_cluster_id():
@@ -71,10 +71,10 @@ class BeaconStandIn:
         self.bus = salt.utils.event.get_event("minion", opts=self.opts, listen=False)
 
     def _signed(self, events):
-        # Signed as the beacons sign theirs (kcm_beacon.sign, this minion's key).
-        _SIGNER.__opts__ = {"id": self.id, "pki_dir": self.opts.get("pki_dir", "")}
-        _SIGNER.__context__ = self.context
-        return _SIGNER.sign([dict(event) for event in events])
+        # Signed as the beacons sign theirs (this minion's key, its counter in its cachedir).
+        opts = {"id": self.id, "pki_dir": self.opts.get("pki_dir", ""), "cachedir": self.opts["cachedir"]}
+        return _UTILS["kcm_trust.sign_events"](opts, [dict(event) for event in events],
+                                               _UTILS["kcm_state_file.read_json"], _UTILS["kcm_state_file.write_json"])
 
     def returns(self, events):
         """The beacon return for `events` as the minion sends it (signed when the beacon signs)."""

@@ -1,6 +1,6 @@
 """
-The kcm_alert runner: one alert per change across reporters (also under concurrent reactor
-threads), the Alertmanager v2 payload, resolving, the outbox that keeps an alert until a
+The kcm_alert runner: one alert per change across reporters (also under concurrent
+callers), the Alertmanager v2 payload, resolving, the outbox that keeps an alert until a
 receiver accepts it (across a restart, bounded by the alert's endsAt), and the reconcile
 that raises what no event brought, under the same key.
 """
@@ -8,6 +8,7 @@ that raises what no event brought, under the same key.
 import base64
 import datetime
 import http.server
+import itertools
 import json
 import os
 import threading
@@ -26,7 +27,8 @@ kcm_alert = load("_runners", "kcm_alert")
 # A second instance of the runner: a salt-master restarted over the same cachedir, or
 # the other master of a multi-master pair (over its own).
 kcm_alert_other = load("_runners", "kcm_alert")
-BEACON = load("_modules", "kcm_beacon")  # signs for both kcm beacons
+BEACON = load("_modules", "kcm_beacon")  # the minion side of the signed bytes
+BEACON.__utils__ = utils()
 KEYS = {}
 
 
@@ -42,9 +44,13 @@ def minion_key(minion):
     return KEYS[minion]
 
 
-def signed(minion, kind, data, at):
-    """The event data as the kcm_leader beacon of ``minion`` sends it: with id, signed_at, sig."""
-    data = dict(data, id=minion, signed_at=at)
+# Each minion's signing counter, as the beacons keep it (one epoch per test session).
+COUNTER = itertools.count(1)
+
+
+def signed(minion, kind, data, at, epoch=1, counter=None):
+    """The event data as the beacons of ``minion`` send it: with id, signed_at, epoch, counter, sig."""
+    data = dict(data, id=minion, signed_at=at, epoch=epoch, counter=next(COUNTER) if counter is None else counter)
     signature = minion_key(minion).sign(BEACON.signed_message(kind, data), padding.PKCS1v15(), hashes.SHA256())
     return dict(data, sig=base64.b64encode(signature).decode())
 
@@ -62,7 +68,6 @@ class Harness:
         self.lock = threading.Lock()
         pki = tmp_path / "pki"
         (pki / "minions").mkdir(parents=True, exist_ok=True)
-        self.masters = set(REPORTERS)
         for minion in (*REPORTERS, "web-1"):
             (pki / "minions" / minion).write_bytes(minion_key(minion).public_key().public_bytes(
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
@@ -71,15 +76,18 @@ class Harness:
             "cachedir": str(self.cachedir),
             "sock_dir": str(tmp_path / "sock"),
             "pki_dir": str(pki),
-            "kcm_alert": dict({"alertmanager_urls": ["http://127.0.0.1:9093"], "labels": {"env": "test"}}, **cfg),
+            "kcm_alert": dict({"alertmanager_urls": ["http://127.0.0.1:9093"], "labels": {"env": "test"},
+                               "masters": list(REPORTERS)}, **cfg),
         }, raising=False)
+        # The KCM masters by id: the list in the master's own configuration.
+        self.masters = self.module.__opts__["kcm_alert"]["masters"]
         if not getattr(self.module, "__utils__", None):
             monkeypatch.setattr(self.module, "__utils__", utils(), raising=False)
-        # The master's targeting (cached grains) is Salt's; here the KCM masters are a set.
-        monkeypatch.setattr(self.module, "_kcm_masters", lambda cfg: set(self.masters))
         monkeypatch.setattr(self.module, "_post", self._post)
         monkeypatch.setattr(self.module, "_fire", lambda tag, data: self.events.append((tag, data)))
         monkeypatch.setattr(self.module, "_sleep", lambda seconds: None)
+        # The refusals logged (once per sender per interval) so far: none, in a new harness.
+        monkeypatch.setattr(self.module, "_REFUSED_LOGGED", {})
         self.now = T0
         monkeypatch.setattr(self.module, "_now", lambda: self.now)
 
@@ -92,10 +100,14 @@ class Harness:
                 raise ConnectionError("connection refused")
             self.posts.append((url, wire))
 
+    def raw(self, tag, data):
+        """One event through the engine's entry point (a batch of one)."""
+        return self.module.handle_batch([(tag, data)])[0]
+
     def handle(self, reporter, kind, **data):
         data.setdefault("cluster", "prod")
         beacon = "kcm_cert" if kind.startswith("cert_") else "kcm_leader"
-        return self.module.handle(f"salt/beacon/{reporter}/{beacon}/{kind}", signed(reporter, kind, data, self.now))
+        return self.raw(f"salt/beacon/{reporter}/{beacon}/{kind}", signed(reporter, kind, data, self.now))
 
     def alerts(self):
         return [alert for _, payload in self.posts for alert in payload]
@@ -141,8 +153,13 @@ def test_a_new_transition_is_a_new_alert(harness):
     assert [a["labels"]["new_node"] for a in harness.alerts()] == ["master-2", "master-3"]
 
 
-def test_dedupe_holds_under_concurrent_reactor_threads(tmp_path, monkeypatch):
-    harness = Harness(tmp_path, monkeypatch, module=kcm_alert)
+def test_dedupe_holds_under_concurrent_callers(tmp_path, monkeypatch):
+    # 30 KCM masters (10 clusters' worth) report at once from as many threads.
+    senders = [f"master-{t}-{i}" for t in range(10, 20) for i in (1, 2, 3)]
+    harness = Harness(tmp_path, monkeypatch, module=kcm_alert, masters=["master-*"])
+    for minion in senders:
+        (tmp_path / "pki" / "minions" / minion).write_bytes(minion_key(minion).public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
     original = harness._post
 
     def slow_post(url, payload, cfg):
@@ -161,11 +178,7 @@ def test_dedupe_holds_under_concurrent_reactor_threads(tmp_path, monkeypatch):
         except Exception as exc:  # noqa: BLE001 - surfaced by the assert below
             errors.append(exc)
 
-    threads = [
-        threading.Thread(target=report, args=(reporter, transitions))
-        for transitions in range(10, 20)
-        for reporter in REPORTERS
-    ]
+    threads = [threading.Thread(target=report, args=(sender, int(sender.split("-")[1]))) for sender in senders]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -508,7 +521,7 @@ def _forge(h, case):
         return "salt/beacon/master-1/kcm_leader/changed", dict(signed("master-1", "changed", data, h.now),
                                                                new_node="web-1")
     if case == "a minion without an accepted key":
-        h.masters.add("master-9")
+        h.masters.append("master-9")
         return "salt/beacon/master-9/kcm_leader/changed", signed("master-9", "changed", data, h.now)
     if case == "a path in the tag":
         return "salt/beacon/../../x/kcm_leader/changed", signed("master-1", "changed", data, h.now)
@@ -528,7 +541,7 @@ def test_a_forged_report_neither_alerts_nor_resolves(tmp_path, monkeypatch, case
     before = len(h.posts)
 
     tag, data = _forge(h, case)
-    result = h.module.handle(tag, data)
+    result = h.raw(tag, data)
 
     assert result.get("refused"), result
     assert len(h.posts) == before, "a forged report reached Alertmanager"
@@ -730,7 +743,7 @@ def test_two_salt_masters_post_identical_labels_and_starts_at(tmp_path, monkeypa
     for h, delay in ((one, 0.4), (two, 2.7)):  # each master handles them at its own time
         h.now = T0 + delay
         for tag, data in reports:
-            h.module.handle(tag, data)
+            h.raw(tag, data)
 
     def posted(h):
         return [(a["labels"], a["startsAt"]) for a in h.alerts()]
@@ -764,7 +777,7 @@ class Masters:
         self.record, self.answering, self.erroring, self.asked = None, set(REPORTERS), set(), []
         monkeypatch.setitem(h.module.__utils__, "kcm_alert_decide.ask_masters", self.ask)
 
-    def ask(self, opts, masters, timeout):
+    def ask(self, opts, masters, timeout, trust, now, window):
         self.asked.append(list(masters))
         return {m: {"kcm.leader": {"error": "unreachable", "detail": "timed out"} if m in self.erroring
                     else self.record,
@@ -843,21 +856,39 @@ def test_no_leader_stays_open_while_no_master_reads_a_live_lease(harness, master
     assert [labels["alertname"] for labels in harness.module.reconcile()["resolved"]] == ["KCMNoLeader"]
 
 
-def test_the_reconcile_asks_the_listed_masters_only_and_reads_their_answers_only(monkeypatch):
+def signed_answer(minion, nonce, at, signer=None, **reading):
+    """A kcm_beacon.answer as ``signer`` (default: ``minion``) signs it."""
+    answer = dict(reading, id=minion, nonce=nonce, signed_at=at)
+    signature = minion_key(signer or minion).sign(BEACON.signed_message("answer", answer), padding.PKCS1v15(),
+                                                  hashes.SHA256())
+    return dict(answer, sig=base64.b64encode(signature).decode())
+
+
+def test_the_reconcile_reads_only_the_listed_masters_own_signed_answers(tmp_path, monkeypatch):
+    # L11: a job return on the master bus can be fired by any minion in another's name.
+    h = Harness(tmp_path, monkeypatch, module=kcm_alert)
     calls = []
+    record = lease("master-2", 5)
 
     class Client:
         def cmd(self, tgt, fun, arg, timeout, tgt_type):
-            calls.append((tgt, fun, arg, timeout, tgt_type))
-            return {"master-1": {"kcm.leader": {}}, "web-1": {"kcm.leader": {}}}
+            calls.append((tgt, fun, timeout, tgt_type))
+            nonce = arg[0]
+            row = [{"cluster": "prod", "cluster_id": CID}]
+            return {"master-1": signed_answer("master-1", nonce, T0, leader=record, status=row),
+                    "master-2": signed_answer("master-2", nonce, T0, signer="web-1", leader=record, status=row),
+                    "master-3": signed_answer("master-3", "an-old-question", T0, leader=record, status=row),
+                    "web-1": signed_answer("web-1", nonce, T0, leader=record, status=row)}
 
     import salt.client
 
     monkeypatch.setattr(salt.client, "get_local_client", lambda mopts: Client())
-    answers = utils()["kcm_alert_decide.ask_masters"]({}, ["master-1", "master-2"], 7)
-    assert calls == [(["master-1", "master-2"], ["kcm.leader", "kcm.status"], [[], []], 7, "list")]
+    trust = h.module._trust()
+    answers = utils()["kcm_alert_decide.ask_masters"]({}, ["master-1", "master-2", "master-3"], 7, trust, T0, 300)
+    assert calls == [(["master-1", "master-2", "master-3"], "kcm_beacon.answer", 7, "list")]
     assert list(answers) == ["master-1"]
-    assert utils()["kcm_alert_decide.ask_masters"]({}, [], 7) == {} and len(calls) == 1
+    assert answers["master-1"]["kcm.leader"] == record
+    assert utils()["kcm_alert_decide.ask_masters"]({}, [], 7, trust, T0, 300) == {} and len(calls) == 1
 
 
 @pytest.mark.parametrize("master, message", [
@@ -867,8 +898,7 @@ def test_the_reconcile_asks_the_listed_masters_only_and_reads_their_answers_only
     ({"reconcile_interval": 1.5}, "kcm:master:reconcile_interval: 1.5 is not an integer"),
 ])
 def test_the_schedule_intervals_are_validated_naming_the_key(kcm_config, master, message):
-    settings = dict({"config_dir": "/etc/salt/master.d", "reporters": {"tgt": "role:k8s-master",
-                                                                      "tgt_type": "grain"}}, **master)
+    settings = dict({"config_dir": "/etc/salt/master.d", "masters": "master-*"}, **master)
     problems = kcm_config.master_problems(settings)
     assert any(p.startswith(message) for p in problems), problems
 
@@ -878,7 +908,7 @@ def test_the_schedule_intervals_are_validated_naming_the_key(kcm_config, master,
 def test_a_report_under_the_other_beacons_name_is_refused(harness, tag):
     kind = tag.rsplit("/", 1)[1]
     data = dict(EXPIRING, cluster="prod") if kind.startswith("cert_") else {"cluster": "prod", "holder": "master-2"}
-    result = harness.module.handle(tag, signed("master-2", kind, data, harness.now))
+    result = harness.raw(tag, signed("master-2", kind, data, harness.now))
 
     assert not result.get("fired") and harness.alerts() == []
 

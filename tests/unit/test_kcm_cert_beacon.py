@@ -34,9 +34,10 @@ def configure_loader_modules(beacon_opts, deployed):
     salt = {"kcm_config.deployed": lambda: deployed, "kcm_pki.cert_status": KCM_PKI.cert_status,
             "kcm.cluster_id": lambda: "uid-of-prod-a"}
     salt.update({f"kcm_beacon.{name}": getattr(KCM_BEACON, name) for name in
-                 ("settings", "state_path", "read_state", "write_state", "sign", "validate")})
+                 ("settings", "state_path", "read_state", "write_state", "validate")})
     opts = beacon_opts
-    context = {}
+    # The beacons sign through a utils loader of their own (the formula's _utils here).
+    context = {"kcm_trust.utils": UTILS}
     common = {"__salt__": salt, "__opts__": opts, "__context__": context}
     return {kcm_cert: common, KCM_BEACON: dict(common, __utils__=UTILS), KCM_PKI: dict(common, __utils__=UTILS)}
 
@@ -193,6 +194,7 @@ def test_beacon_reads_certs_once_per_interval_and_sends_no_pem(pki_files, reads,
 
     # a refresh reloads the state file: it re-reads at once, and announces nothing again
     kcm_cert.__context__.clear()
+    kcm_cert.__context__["kcm_trust.utils"] = UTILS
     now["t"] = T0 + 30
     assert kcm_cert.beacon(config) == [] and len(reads) == 4
 

@@ -1,13 +1,15 @@
 """
 The kcm_enroll runner trusts no start event: the id comes from the tag, must be a
-well-formed id with an accepted key and agree with the sender, and is targeted as a list.
+well-formed id with an accepted key, agree with the sender and be a KCM master by id
+(kcm_alert:masters); it is targeted as a list, once per key, and nothing is asked of any
+minion (no lock is held while one answers).
 """
 
 import contextlib
 
 import pytest
 
-from tests.unit.conftest import load
+from tests.unit.conftest import load, utils
 
 
 class FakeClient:
@@ -30,8 +32,12 @@ class FakeCache:
     def __init__(self):
         self.banks = {}
 
-    def contains(self, bank, key):
-        return key in self.banks.get(bank, {})
+    def fetch(self, bank, key):
+        # as salt.cache's localfs: {} when there is no record
+        return self.banks.get(bank, {}).get(key, {})
+
+    def flush(self, bank, key):
+        self.banks.get(bank, {}).pop(key, None)
 
     def store(self, bank, key, data):
         self.banks.setdefault(bank, {})[key] = data
@@ -42,10 +48,12 @@ def enroll(tmp_path, monkeypatch):
     module = load("_runners", "kcm_enroll")
     (tmp_path / "pki" / "minions").mkdir(parents=True)
     for minion in ("master-4", "web-1"):
-        (tmp_path / "pki" / "minions" / minion).write_text("-----BEGIN PUBLIC KEY-----\n")
+        (tmp_path / "pki" / "minions" / minion).write_text(f"-----BEGIN PUBLIC KEY----- {minion}\n")
     module.__opts__ = {"cachedir": str(tmp_path), "sock_dir": str(tmp_path), "pki_dir": str(tmp_path / "pki"),
-                       "id": "salt-master", "kcm_enroll": {"grain": "role", "value": "k8s-master"}}
-    client = FakeClient({"master-4": {"role": "k8s-master"}, "web-1": {"role": "web"}})
+                       "id": "salt-master", "kcm_alert": {"masters": "master-*"}}
+    module.__utils__ = utils()
+    # web-1 says it has the control-plane grain: it changes nothing (no grain is read).
+    client = FakeClient({"master-4": {"role": "k8s-master"}, "web-1": {"role": "k8s-master"}})
     cache, events = FakeCache(), []
 
     class Bus:
@@ -77,7 +85,7 @@ def test_a_forged_start_highstates_nothing(enroll, tag, sender, reason):
 
     assert result["result"] == "refused" and reason in result["reason"], result
     assert enroll.client.calls == [], "nothing may be targeted"
-    assert enroll.cache.banks == {}
+    assert not enroll.cache.banks.get("kcm/enroll")
     assert [tag for tag, _ in enroll.events] == ["kcm/enroll/refused"]
 
 
@@ -88,6 +96,28 @@ def test_a_real_master_is_targeted_as_a_list_and_enrolled_once(enroll):
     assert len(highstated(enroll)) == 1
 
 
-def test_a_minion_without_the_grain_is_not_highstated(enroll):
-    assert enroll.on_start("salt/minion/web-1/start", sender="web-1")["result"] == "not-a-master"
-    assert highstated(enroll) == []
+def test_a_minion_claiming_the_grain_is_refused_without_being_asked_and_remembered(enroll):
+    # H1/M1: web-1's grain says k8s-master; its id is no KCM master. Nothing is asked of it
+    # (no grains.get, so no lock held while it answers), and its next starts are refused quietly.
+    first = enroll.on_start("salt/minion/web-1/start", sender="web-1")
+    assert first["result"] == "refused" and "web-1 is not a KCM master" in first["reason"], first
+    for _ in range(50):
+        assert enroll.on_start("salt/minion/web-1/start", sender="web-1")["remembered"] is True
+    assert enroll.client.calls == [], "no minion is asked anything"
+    assert [tag for tag, _ in enroll.events] == ["kcm/enroll/refused"], "logged and fired once per interval"
+
+
+def test_a_batched_start_in_a_masters_name_gains_nothing(enroll):
+    # L1: web-1 fires salt/minion/master-4/start with data.id master-4 in a batch: the master
+    # enrolls master-4 (a KCM master by id) once, as its own start would; nothing else.
+    assert enroll.on_start("salt/minion/master-4/start", sender="master-4")["result"] == "enrolled"
+    for _ in range(3):
+        assert enroll.on_start("salt/minion/master-4/start", sender="master-4")["result"] == "already"
+    assert len(highstated(enroll)) == 1
+
+
+def test_a_reinstalled_master_with_a_new_key_is_enrolled_again(enroll, tmp_path):
+    assert enroll.on_start("salt/minion/master-4/start", sender="master-4")["result"] == "enrolled"
+    (tmp_path / "pki" / "minions" / "master-4").write_text("-----BEGIN PUBLIC KEY----- new\n")
+    assert enroll.on_start("salt/minion/master-4/start", sender="master-4")["result"] == "enrolled"
+    assert len(highstated(enroll)) == 2

@@ -3,10 +3,13 @@ Many clusters on one Salt master: two clusters that share a `kcm:cluster` name s
 apart in dedupe and in Alertmanager's labels.
 """
 
-import pytest
+import time
 
-from kcmlab.formula import load
-from tests.unit.test_kcm_alert import CHANGE, DEAD, REPORTERS, Harness, signed
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from kcmlab.formula import load, utils
+from tests.unit.test_kcm_alert import CHANGE, DEAD, REPORTERS, Harness, minion_key, signed, signed_answer
 
 FLEET_RUNNER = load("_runners", "kcm")
 FLEET_OUTPUT = load("_output", "kcm_fleet")
@@ -93,16 +96,39 @@ def status_row(minion, cluster, leader, holder, **more):
     return [row]
 
 
+FLEET_MASTERS = ["a-*", "b-*", "c-*", "salt-master-host"]
+
+
+def accept_key(pki, minion):
+    (pki / "minions").mkdir(parents=True, exist_ok=True)
+    (pki / "minions" / minion).write_bytes(minion_key(minion).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+
+
 @pytest.fixture
-def fleet(monkeypatch):
+def fleet(monkeypatch, tmp_path):
+    """The fleet runner; ``answers``: what each minion's kcm.status says (signed by that
+    minion on the way unless ``signers`` names another key, or it is a plain string)."""
     runner = FLEET_RUNNER
     asked = []
     answers = {}
     expected = []
+    pki = tmp_path / "pki"
+    monkeypatch.setattr(runner, "__opts__", {"pki_dir": str(pki), "kcm_alert": {"masters": FLEET_MASTERS}},
+                        raising=False)
+    monkeypatch.setattr(runner, "__utils__", utils(), raising=False)
+    for minion in ("a-1", "a-2", "a-3", "b-1", "b-2", "b-3", "c-1", "salt-master-host", "web-7"):
+        accept_key(pki, minion)  # the keys this master accepted
 
-    def ask(tgt, tgt_type, timeout):
+    def ask(tgt, tgt_type, timeout, nonce):
         asked.append((tgt, tgt_type, timeout))
-        return answers
+        out = {}
+        for minion, answer in answers.items():
+            out[minion] = answer if isinstance(answer, str) else signed_answer(
+                minion, nonce, time.time(), signer=runner.signers.get(minion), status=answer)
+        return out
+
+    monkeypatch.setattr(runner, "signers", {}, raising=False)
 
     monkeypatch.setattr(runner, "_ask", ask)
     monkeypatch.setattr(runner, "_expected", lambda tgt, tgt_type: list(expected))
@@ -192,10 +218,10 @@ def test_a_batch_of_a_storm_is_one_post_and_still_one_alert_per_cluster(harness)
     assert sum(1 for r in results if r["duplicate"]) == 200
     assert results[5].get("ignored") is True
     assert harness.tags().count("kcm/alert/changed") == 100
-    # the same storm again (a re-sent batch) is all duplicates
+    # the same storm again (a re-sent batch) is all replays: refused, nothing posted
     harness.posts.clear()
     again = harness.module.handle_batch(events)
-    assert harness.posts == [] and sum(1 for r in again if r["duplicate"]) == 300
+    assert harness.posts == [] and sum(1 for r in again if "a replay" in str(r.get("refused"))) == 300
 
 
 def test_a_failed_post_of_a_batch_is_retried_by_the_next_report(harness):
@@ -235,7 +261,7 @@ class Clock:
 def test_engine_batches_close_batch_wait_after_their_first_event():
     engine = ENGINE
     clock = Clock()
-    arrivals = [(0.05, "salt/beacon/m1/kcm_leader/changed"), (0.1, "salt/beacon/m2/kcm_leader/changed"),
+    arrivals = [(0.05, "salt/beacon/m1/kcm_leader/changed"), (0.1, "salt/beacon/m2/kcm_cert/cert_expiring"),
                 (0.15, "salt/beacon/m1/other/changed"), (0.3, "salt/beacon/m3/kcm_leader/changed"),
                 (1.0, "salt/beacon/m1/kcm_leader/stale")]
 
@@ -255,7 +281,8 @@ def test_engine_batches_close_batch_wait_after_their_first_event():
             batches.append([tag.split("/")[2] for tag, _ in batch])
     except RuntimeError:  # StopIteration inside a generator
         pass
-    # the other beacon's event is not ours; 0.3 s is past the first batch's 0.2 s
+    # kcm_cert's events ride with kcm_leader's (one alert path); another beacon's event is not
+    # ours; 0.3 s is past the first batch's 0.2 s
     assert batches == [["m1", "m2"], ["m3"], ["m1"]]
 
 
@@ -300,11 +327,9 @@ def test_minions_without_kcm_are_listed_but_do_not_fail_the_view(fleet):
     ({"batch_wait": 0}, "kcm:master:batch_wait: 0 is not seconds in (0, 5], such as 0.2"),
     ({"batch_wait": 30}, "kcm:master:batch_wait: 30 is not seconds in (0, 5], such as 0.2"),
     ({"batch_wait": "0.2"}, "kcm:master:batch_wait: '0.2' is not a number"),
-    ({"alert_engine": "false"}, "kcm:master:alert_engine: 'false' is not true or false"),
 ])
 def test_the_alert_path_settings_are_validated_naming_the_key(kcm_config, master, message):
-    settings = dict({"config_dir": "/etc/salt/master.d", "reporters": {"tgt": "role:k8s-master",
-                                                                      "tgt_type": "grain"}}, **master)
+    settings = dict({"config_dir": "/etc/salt/master.d", "masters": "master-*"}, **master)
     problems = kcm_config.master_problems(settings)
     assert any(p.startswith(message) for p in problems), problems
 
@@ -315,7 +340,11 @@ def test_the_default_alert_path_settings_are_valid(kcm_config):
     import yaml
 
     defaults = yaml.safe_load((Path(__file__).resolve().parents[2] / "formula/kcm/defaults.yaml").read_text())
-    assert kcm_config.master_problems(defaults["kcm"]["master"]) == []
+    # Valid but for the one setting without a default: who the KCM masters are (by minion id).
+    assert kcm_config.master_problems(defaults["kcm"]["master"]) == [
+        "kcm:master:masters: required (a minion id glob such as master-*, a list of ids or N@<nodegroup of ids>):"
+        " the KCM masters by minion id"]
+    assert kcm_config.master_problems(dict(defaults["kcm"]["master"], masters="master-*")) == []
 
 
 def test_unreachable_reported_by_three_masters_in_one_batch_is_one_alert_and_one_event(harness):
@@ -336,3 +365,48 @@ def test_unreachable_reported_by_three_masters_in_one_batch_is_one_alert_and_one
     [done] = harness.module.handle_batch([(f"salt/beacon/{last}/kcm_leader/recovered", signed(
         last, "recovered", dict(A, condition="unreachable"), harness.now))])
     assert len(done["resolved"]) == 1
+
+
+# --------------------------------------------------------------------------
+# M5: the fleet view believes no row
+# --------------------------------------------------------------------------
+
+
+def test_m5_a_row_from_a_minion_that_is_no_kcm_master_neither_counts_nor_reaches_the_terminal(fleet):
+    runner, answers, expected, _ = fleet
+    lost = {"cluster": "kubernetes", "cluster_id": A["cluster_id"]}
+    for n in (1, 2, 3):
+        answers[f"a-{n}"] = status_row(f"a-{n}", lost, "no", "a-1_1")
+    # web-7 answers as "a-3, the live leader"; a-2's row claims to be a-3's
+    answers["web-7"] = status_row("a-3", lost, "yes", "a-3_1", version="\x1b]0;owned\x07v1")
+    answers["a-2"] = status_row("a-3", lost, "yes", "a-3_1")
+    runner.signers["a-2"] = "a-2"
+    expected.extend(answers)
+
+    ret = runner.status(tgt="*", timeout=5)
+    data = ret["data"]
+    group = next(c for c in data["clusters"] if c["cluster"] == "kubernetes")
+    assert group["live_leaders"] == 1 and group["leader"] == "a-2"  # a-2's row, under its own id
+    assert [r["minion"] for r in data["masters"] if r["cluster"] == "(refused)"] == ["web-7"]
+    table = FLEET_OUTPUT.output(data)
+    assert "\x1b" not in table and "\x07" not in table
+
+
+def test_m5_a_row_signed_by_another_key_is_refused(fleet):
+    runner, answers, expected, _ = fleet
+    answers["a-1"] = status_row("a-1", A, "yes", "a-1_1")
+    runner.signers["a-1"] = "web-7"  # web-7 put a return of a-1 on the bus (L11)
+    expected.extend(answers)
+    data = runner.status(tgt="*", timeout=5)["data"]
+    assert [(r["minion"], r["cluster"]) for r in data["masters"]] == [("a-1", "(refused)")]
+    assert data["clusters"][0]["live_leaders"] == 0
+
+
+def test_m5_the_view_fails_when_a_cluster_has_no_live_leader_whatever_a_spoofer_says(fleet):
+    runner, answers, expected, _ = fleet
+    for n in (1, 2, 3):
+        answers[f"a-{n}"] = status_row(f"a-{n}", A, "no", "a-1_1")
+    answers["web-7"] = status_row("a-3", A, "yes", "a-3_1")
+    expected.extend(answers)
+    ret = runner.status(tgt="*", timeout=5)
+    assert ret["data"]["retcode"] == 1 and "NO LIVE LEADER" in FLEET_OUTPUT.output(ret["data"])

@@ -55,9 +55,10 @@ def deployed(beacon_deployed):
 def configure_loader_modules(beacon_opts, deployed):
     salt = {"kcm_config.deployed": lambda: deployed}
     salt.update({f"kcm_beacon.{name}": getattr(KCM_BEACON, name) for name in
-                 ("settings", "state_path", "read_state", "write_state", "sign", "epoch", "validate")})
+                 ("settings", "state_path", "read_state", "write_state", "epoch", "validate")})
     opts = beacon_opts
-    context = {}
+    # The beacons sign through a utils loader of their own (the formula's _utils here).
+    context = {"kcm_trust.utils": UTILS}
     return {
         kcm_leader: {"__salt__": salt, "__opts__": opts, "__context__": context, "__grains__": {"host": "master-2"}},
         KCM_BEACON: {"__salt__": salt, "__opts__": opts, "__context__": context, "__utils__": UTILS},
@@ -371,6 +372,7 @@ def test_beacon_does_one_leader_call_per_poll_and_survives_a_refresh(loaded, tmp
     assert (tmp_path / "kcm" / "beacon-kcm_leader.json").exists()
 
     module.__context__.clear()  # what a beacons_refresh / pillar refresh does
+    module.__context__["kcm_trust.utils"] = UTILS
     answers.append(lease("master-3", renewed=T0 + 2, transitions=2))
     assert module.beacon(config) == []
 
@@ -462,6 +464,7 @@ def test_a_key_left_out_of_the_config_comes_from_the_deployed_kcm_beacon(loaded,
     assert tags(module.beacon([{"_beacon_name": "kcm_leader"}])) == ["unreachable"]
     deployed["beacon"]["debounce"] = 5  # the config wins over the deployed value
     module.__context__.clear()
+    module.__context__["kcm_trust.utils"] = UTILS
     answers.append(UTILS["kcm_error.failure"]("unreachable", "connection refused"))
     assert module.beacon([{"_beacon_name": "kcm_other"}, {"debounce": 1}]) != []
 

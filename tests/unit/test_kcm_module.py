@@ -298,12 +298,13 @@ def test_identity_precedence(kcm, deployed):
     assert kcm.identity() == "host-a"
 
 
-def test_the_mine_maps_another_node_to_its_minion(kcm, api):
+def test_a_mined_identity_never_names_the_leaders_minion(kcm, api):
+    # L7: any minion can mine-publish another node's identity; kcm.leader reads no mine.
     kcm.__opts__["file_client"] = "remote"
-    kcm.__salt__["mine.get"] = lambda tgt, fun: {"m-a.example.org": "k8s-01", "m-b.example.org": "k8s-02"}
+    kcm.__salt__["mine.get"] = lambda tgt, fun: {"web-7": "k8s-02", "m-b.example.org": "k8s-02"}
     api.routes[LEASE] = lease("k8s-02")
 
-    assert kcm.leader()["minion"] == "m-b.example.org"
+    assert kcm.leader()["minion"] == "k8s-02"
 
 
 def test_a_failing_mine_does_not_fail_leader(kcm, api):

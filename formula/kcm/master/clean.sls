@@ -10,7 +10,7 @@ kcm-master-clean-config-validated:
   kcm_config.validated:
     - name: kcm:master
     - config: {{ {"master": kcm.master} | json }}
-    - section: master
+    - section: master_clean
     - require:
       - kcm_config: kcm-config-paths-validated
 

@@ -1,30 +1,28 @@
 {#- kcm.master: for the Salt master itself (apply it on the master host's own minion).
 
     Installs <config_dir>/kcm.conf (default /etc/salt/master.d/kcm.conf) with
-      engines:  kcm_alert (batch_wait): salt/beacon/*/kcm_leader/* in batches -> the
-                kcm_alert runner's handle_batch (kcm:master:alert_engine, the default), or
-      reactor:  salt/beacon/*/kcm_leader/*  ->  salt://reactor/kcm/leader.sls (one runner
-                job per event; alert_engine: false), and always
-                salt/beacon/*/kcm_cert/*  ->  salt://reactor/kcm/cert.sls
-      kcm_alert: receivers and labels for the kcm_alert runner (pillar kcm:master)
+      engines:  kcm_alert (batch_wait): salt/beacon/*/kcm_leader/* and salt/beacon/*/kcm_cert/*
+                in batches -> the kcm_alert runner's handle_batch (the only alert path: it
+                refuses a minion that is no KCM master by its id, in memory)
+      kcm_alert: receivers and labels for the kcm_alert runner, and `masters` / `clusters`: the
+                KCM masters by minion id (pillar kcm:master:masters, required; no grain default)
       schedule: kcm_alert.reconcile at start and every kcm:master:reconcile_interval s, and
-                kcm_alert.flush (the outbox) every kcm:master:flush_interval s, on both paths
+                kcm_alert.flush (the outbox) every kcm:master:flush_interval s
     and syncs salt://_utils (the runners' helpers), salt://_runners (kcm_alert, kcm: the fleet
-    view), salt://_engines (kcm_alert)
-    and salt://_output (the fleet table, kcm_fleet) into the master's extension modules.
+    view, kcm_enroll), salt://_engines (kcm_alert) and salt://_output (the fleet table, kcm_fleet)
+    into the master's extension modules.
 
     The master reads `engines:`, `reactor:`, `schedule:` and `kcm_alert:` only at start: restart
     salt-master after the first apply or a change of kcm.conf (the state says so when that
-    is needed). The reactor SLS itself is re-read on every event.
-    master.d files are merged with list merging, so other `reactor:` entries are kept.
+    is needed). master.d files are merged with list merging, so other `reactor:` entries are kept.
 
-    With kcm:master:enroll:enabled, also salt/minion/*/start -> salt://reactor/kcm/enroll.sls
-    and kcm_enroll: {grain, value} for the kcm_enroll runner (highstate a new master once).
+    With kcm:master:enroll:enabled, also salt/minion/*/start -> salt://reactor/kcm/enroll.sls:
+    the kcm_enroll runner highstates a minion of kcm:master:masters once (by id).
 
     Settings: pillar `kcm:master` (config_dir, alertmanager_urls, webhook_urls, labels,
-    ca_bundle, proxy, sync_runners, alert_engine, batch_wait, reconcile_interval, flush_interval,
-    enroll); defaults in defaults.yaml. TLS to receivers is always
-    verified (ca_bundle '' = the system store). #}
+    ca_bundle, proxy, sync_runners, batch_wait, reconcile_interval, flush_interval, masters, clusters,
+    enroll); defaults in defaults.yaml. TLS to receivers is always verified (ca_bundle '' = the
+    system store). #}
 {%- set tplroot = tpldir.split('/')[0] %}
 {%- from tplroot ~ "/map.jinja" import kcm with context %}
 {%- set master = kcm.master %}
@@ -34,33 +32,22 @@
       "labels": master.labels,
       "ca_bundle": master.ca_bundle,
       "proxy": master.proxy,
-      "reporters": master.reporters,
+      "masters": master.masters,
+      "clusters": master.clusters,
     } %}
-{#- The runners the master's own scheduler runs, whichever path handles the events: the
-    reconcile finds what no event brought (and runs when the master starts), the flush
-    retries the outbox. maxrunning 1: a slow run is not stacked by the next. #}
+{#- The runners the master's own scheduler runs: the reconcile finds what no event brought
+    (and runs when the master starts), the flush retries the outbox. maxrunning 1: a slow
+    run is not stacked by the next. #}
 {%- set schedule = {
       "kcm_alert_reconcile": {"function": "kcm_alert.reconcile", "seconds": master.reconcile_interval,
                               "run_on_start": True, "maxrunning": 1},
       "kcm_alert_flush": {"function": "kcm_alert.flush", "seconds": master.flush_interval, "maxrunning": 1},
     } %}
-{#- Certificate events (kcm_cert) are rare: the reactor takes them on either path. #}
-{%- set conf = {"reactor": [{"salt/beacon/*/kcm_cert/*": ["salt://reactor/kcm/cert.sls"]}], "kcm_alert": alert,
-              "schedule": schedule} %}
-{%- if master.alert_engine %}
-{%-   set engine = {"kcm_alert": {"batch_wait": master.batch_wait} } %}
-{%-   do conf.update({"engines": [engine]}) %}
-{%- else %}
-{%-   do conf.reactor.append({"salt/beacon/*/kcm_leader/*": ["salt://reactor/kcm/leader.sls"]}) %}
-{%- endif %}
-{#- Opt-in enrollment: a starting minion with the control-plane grain is highstated once. #}
+{%- set engine = {"kcm_alert": {"batch_wait": master.batch_wait} } %}
+{%- set conf = {"engines": [engine], "kcm_alert": alert, "schedule": schedule} %}
+{#- Opt-in enrollment: a starting KCM master (by id) is highstated once. #}
 {%- if master.enroll.enabled %}
-{%-   do conf.reactor.append({"salt/minion/*/start": ["salt://reactor/kcm/enroll.sls"]}) %}
-{%-   set enroll = {"grain": master.enroll.grain, "value": master.enroll.value} %}
-{%-   do conf.update({"kcm_enroll": enroll}) %}
-{%- endif %}
-{%- if not conf.reactor %}
-{%-   do conf.pop("reactor") %}
+{%-   do conf.update({"reactor": [{"salt/minion/*/start": ["salt://reactor/kcm/enroll.sls"]}]}) %}
 {%- endif %}
 
 kcm-master-config-validated:
@@ -82,7 +69,7 @@ kcm-master-config:
 kcm-master-restart-notice:
   test.show_notification:
     - text: {{ (master.config_dir ~ "/kcm.conf changed: restart salt-master to load the"
-                ~ " kcm_alert engine (or the kcm_leader reactor mapping), the kcm_alert settings and the"
+                ~ " kcm_alert engine, the kcm_alert settings (the KCM masters by id) and the"
                 ~ " schedule of kcm_alert.reconcile / kcm_alert.flush") | json }}
     - onchanges:
       - file: kcm-master-config

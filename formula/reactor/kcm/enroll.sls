@@ -1,6 +1,6 @@
 {#- Opt-in (kcm:master:enroll:enabled): a minion that starts is handed to the kcm_enroll
-    runner, which highstates it once if it has the control-plane grain. The runner takes
-    the id from the tag and checks it against the sender's authenticated id (data.id). #}
+    runner, which highstates it once if its id is one of the KCM masters (kcm_alert:masters);
+    the event itself proves nothing (a batched event can carry any tag and data). #}
 {%- if tag.startswith("salt/minion/") and tag.endswith("/start") %}
 kcm-enroll-highstate-once:
   runner.kcm_enroll.on_start:

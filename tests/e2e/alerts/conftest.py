@@ -1,12 +1,10 @@
 """The alert path on the lab, all real: the kcm_leader beacon of three systemd machines'
-salt-minions (``kcm.beacon`` applied over the bus, KCM run by systemd), the reactor
-(``kcm:master:alert_engine: false``: one runner job per report) and the kcm_alert runner of a
-salt-master configured by the formula's own ``kcm.master``, and
-Debian's prometheus-alertmanager on the host, where the runner posts.
+salt-minions (``kcm.beacon`` applied over the bus, KCM run by systemd), the kcm_alert engine
+(the only alert path) and the kcm_alert runner of a salt-master configured by the formula's
+own ``kcm.master``, and Debian's prometheus-alertmanager on the host, where the runner posts.
 
-The reporters are the formula's default, the minions with grain ``role:k8s-master`` (set as
-an operator sets it, ``grains.setval``), and the beacon signs every report with its
-minion's key: the runner checks both before it alerts.
+The KCM masters are named by minion id (``kcm:master:masters: master-*``), and the beacon
+signs every report with its minion's key: the runner checks both before it alerts.
 """
 
 from __future__ import annotations
@@ -41,17 +39,14 @@ def alert_cluster(k8s_bin, alertmanager, tmp_path_factory, request):
     """The lab with the alert path in place; ``cluster.events`` records the master's bus."""
     workdir = tmp_path_factory.mktemp("lab-alerts")
     conf = kcm_master_config(workdir / "master-host", {"alertmanager_urls": [alertmanager.url], "allow_http": True,
-                                                       "labels": {"env": "e2e"}, "alert_engine": False})
-    assert conf["reactor"] == [{"salt/beacon/*/kcm_cert/*": ["salt://reactor/kcm/cert.sls"]},
-                               {"salt/beacon/*/kcm_leader/*": ["salt://reactor/kcm/leader.sls"]}], conf
-    assert conf["kcm_alert"]["reporters"] == {"tgt": "role:k8s-master", "tgt_type": "grain"}, conf
+                                                       "labels": {"env": "e2e"}, "masters": "master-*"})
+    assert conf["engines"] == [{"kcm_alert": {"batch_wait": 0.2}}] and "reactor" not in conf, conf
+    assert conf["kcm_alert"]["masters"] == "master-*", conf
     conf["kcm_alert"]["backoff"] = 0.2
     cluster = start_lab_cluster(k8s_bin, workdir, "alerts", suite="e2e-alerts", election=SHORT_ELECTION,
                                 kcm={"beacon": BEACON}, master_config=conf)
     cluster.events = EventRecorder(cluster.master).start()
     try:
-        marked = cluster.salt("grains.setval", "role", "k8s-master")
-        assert all(ret == {"role": "k8s-master"} for ret in marked.values()) and len(marked) == 3, marked
         cluster.apply("kcm.beacon")
         for name in cluster.nodes:
             machine = cluster.machine(name)

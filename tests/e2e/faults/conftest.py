@@ -1,5 +1,5 @@
 """The faults real clusters have, on the lab: a real salt-master (two for the multi-master
-case) running the formula's reactor and ``kcm_alert`` runner, Debian's Alertmanager on the host,
+case) running the formula's ``kcm_alert`` engine and runner, Debian's Alertmanager on the host,
 real etcd and kube-apiserver, three KCMs under systemd on systemd machines (``state.apply kcm``
 over the bus), the ``kcm_leader`` beacon on each, short leader election (4s/3s/1s).
 
@@ -159,7 +159,7 @@ def fault_lab(k8s_bin, alertmanager, tmp_path_factory, request):
     workdir = tmp_path_factory.mktemp("lab-faults")
     conf = kcm_master_config(workdir / "master-host", {
         "alertmanager_urls": [alertmanager.url], "allow_http": True, "labels": {"env": "e2e"},
-        "alert_engine": False, **delivery_pillar()})
+        "masters": "master-*", **delivery_pillar()})
     conf["kcm_alert"]["backoff"] = 0.2
     cluster, names = None, ()
     try:
@@ -168,8 +168,6 @@ def fault_lab(k8s_bin, alertmanager, tmp_path_factory, request):
         names = cluster.all_names
         cluster.recorders = {cluster.master.id: EventRecorder(cluster.master).start()}
         cluster.events = cluster.recorders[cluster.master.id]
-        marked = cluster.salt("grains.setval", "role", "k8s-master")
-        assert len(marked) == 3 and all(r == {"role": "k8s-master"} for r in marked.values()), marked
         cluster.apply("kcm.beacon")
         for name in cluster.nodes:
             wait_until(lambda n=name: cluster.machine(n).run(["test", "-s", BEACON_STATE], check=False).returncode == 0,

@@ -211,7 +211,7 @@ def test_leader_powered_off(fault):
 
 
 def test_two_salt_masters_give_one_alert_per_incident(fault, alertmanager):
-    """Salt's multi-master: every minion connected to both, both run the reactor and the
+    """Salt's multi-master: every minion connected to both, both run the kcm_alert engine and the
     runner, each with its own store; Alertmanager merges their identical alerts into one.
     The second master stays until the lab goes."""
     cluster = fault
