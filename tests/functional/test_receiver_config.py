@@ -17,7 +17,7 @@ URL = "https://alertmanager.example:9093"
 
 def rendered_alert_config(state, tmp_path, **master):
     pillar = {"kcm": {"master": dict({"config_dir": str(tmp_path / "master.d"), "sync_runners": False,
-                                      "alertmanager_urls": [URL]}, **master)}}
+                                      "alertmanager_urls": [URL], "masters": "master-*"}, **master)}}
     ret = state.apply("kcm.master", pillar=pillar)
     assert all(step["result"] for step in ret.raw.values()), ret.raw
     return yaml.safe_load((tmp_path / "master.d" / "kcm.conf").read_text())["kcm_alert"]
