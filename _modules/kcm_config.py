@@ -10,6 +10,7 @@ text), ``kcm_checks`` (values), ``kcm_pki_checks`` (the PEMs); the version and t
 checked here, through ``kcm_flags``, and the durations through ``kcm_time``.
 """
 
+import hashlib
 import json
 import logging
 import os
@@ -135,6 +136,51 @@ def without_pems(config):
     out = dict(config)
     out["pki"] = {k: v for k, v in _mapping(config.get("pki")).items() if k not in PEM_KEYS}
     return out
+
+
+def pem_fingerprints(config):
+    """
+    Return ``{pem key: "sha256:<hex>"}`` for every PEM of ``kcm:pki`` that is set: what the
+    validate state shows in place of the PEM text, and checks against the PEMs it reads
+    from pillar itself.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' kcm_config.pem_fingerprints "$(salt-call --out=json pillar.get kcm unmask=True)"
+    """
+    pki = _mapping(config.get("pki"))
+    return {
+        key: "sha256:" + hashlib.sha256(str(pki[key]).encode("utf-8")).hexdigest()
+        for key in PEM_KEYS
+        if pki.get(key)
+    }
+
+
+def pillar_pems():
+    """
+    Return the PEM text of ``kcm:pki`` the way ``map.jinja`` merges it (defaults ``''``,
+    then pillar ``kcm:lookup:pki``, then ``kcm:pki``), read from this minion's pillar. The
+    validate state takes the PEMs from here, so that they never are state arguments
+    (``state.show_sls`` and ``show_lowstate`` print those).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call kcm_config.pillar_pems
+    """
+    out = {}
+    for section in ("kcm:lookup:pki", "kcm:pki"):
+        found = __salt__["pillar.get"](section, {})  # noqa: F821
+        if isinstance(found, dict):
+            out.update({key: found[key] for key in PEM_KEYS if key in found})
+        else:
+            # defaults.merge replaces the section; resolve() then repairs a wrong type with
+            # the defaults, which hold no PEM.
+            out = {}
+    return {key: out.get(key, "") for key in PEM_KEYS}
 
 
 def deployed_path(opts=None):
