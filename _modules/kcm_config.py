@@ -158,25 +158,25 @@ def pem_fingerprints(config):
     }
 
 
-def pillar_pems():
+def merged_pems(lookup_pki, pki):
     """
-    Return the PEM text of ``kcm:pki`` the way ``map.jinja`` merges it (defaults ``''``,
-    then pillar ``kcm:lookup:pki``, then ``kcm:pki``), read from this minion's pillar. The
-    validate state takes the PEMs from here, so that they never are state arguments
-    (``state.show_sls`` and ``show_lowstate`` print those).
+    Return the PEM text of ``kcm:pki`` the way ``map.jinja`` merges it: defaults ``''``,
+    then ``lookup_pki`` (pillar ``kcm:lookup:pki``), then ``pki`` (pillar ``kcm:pki``). The
+    validate state reads those two from pillar itself and merges them here, so that the
+    PEMs never are state arguments (``state.show_sls`` and ``show_lowstate`` print those).
 
     CLI Example:
 
     .. code-block:: bash
 
-        salt-call kcm_config.pillar_pems
+        salt-call kcm_config.merged_pems "$(salt-call --out=json pillar.get kcm:lookup:pki)" \\
+            "$(salt-call --out=json pillar.get kcm:pki)"
     """
     out = {}
-    for section in ("kcm:lookup:pki", "kcm:pki"):
-        found = __salt__["pillar.get"](section, {})  # noqa: F821
-        if isinstance(found, dict):
-            out.update({key: found[key] for key in PEM_KEYS if key in found})
-        else:
+    for section in (lookup_pki, pki):
+        if isinstance(section, dict):
+            out.update({key: section[key] for key in PEM_KEYS if key in section})
+        elif section is not None:
             # defaults.merge replaces the section; resolve() then repairs a wrong type with
             # the defaults, which hold no PEM.
             out = {}

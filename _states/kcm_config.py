@@ -6,7 +6,7 @@ run changes nothing, and its comment lists every problem with its pillar key.
 
 The state's arguments carry no secret: the SLS passes the resolved config without PEM
 text (``kcm_config.without_pems``) and the PEMs' SHA-256 fingerprints, and this state reads
-the PEMs from pillar itself (``kcm_config.pillar_pems``). ``state.show_sls``,
+the PEMs from pillar itself (``kcm_config.merged_pems``). ``state.show_sls``,
 ``show_lowstate`` and the rendered SLS in the minion's log therefore never show a key.
 """
 
@@ -30,10 +30,20 @@ def _failed(name, problems):
     }
 
 
+def _pillar(key):
+    """Pillar ``key`` as written: Salt 3008 masks pillar values read during a state run unless
+    asked (``unmask``, as ``file.managed``'s ``contents_pillar`` does); Salt 3006 has no such
+    argument and no masking."""
+    try:
+        return __salt__["pillar.get"](key, None, unmask=True)
+    except TypeError:
+        return __salt__["pillar.get"](key, None)
+
+
 def _config_with_pems(config, pems):
     """The full config for validation: ``config`` with the pillar's PEM text, or a problem
     when that text is not the one the SLS was rendered with (``pems`` fingerprints)."""
-    pillar = __salt__["kcm_config.pillar_pems"]()
+    pillar = __salt__["kcm_config.merged_pems"](_pillar("kcm:lookup:pki"), _pillar("kcm:pki"))
     full = dict(config)
     full["pki"] = dict(config.get("pki") if isinstance(config.get("pki"), dict) else {}, **pillar)
     got = __salt__["kcm_config.pem_fingerprints"](full)

@@ -21,7 +21,8 @@ _KEYS_BY_KIND = {
     BOOL: "create_user use_service_account_credentials log_to_file profiling service:manage beacon:enabled"
           " master:sync_runners master:enroll:enabled master:allow_http master:alert_engine",
     NUMBER: "master:batch_wait beacon:interval beacon:stale_after beacon:timeout beacon:cert_check_interval",
-    INT: "secure_port keep_versions verbosity terminated_pod_gc_threshold pki:days_valid pki:days_remaining pki:key_size beacon:debounce"
+    INT: "secure_port keep_versions verbosity terminated_pod_gc_threshold pki:days_valid pki:days_remaining"
+         " pki:key_size beacon:debounce"
          " master:reconcile_interval master:flush_interval",
     TEXT: "version identity cluster user group apiserver bind_address bind_interface service_cluster_ip_range"
           " cluster_signing_duration service:name service:control_cmd source:type source:url source:hash"
