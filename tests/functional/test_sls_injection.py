@@ -23,10 +23,13 @@ from tests.support.pillar import defaults, merge, sandbox_pillar
 # flow YAML), a Jinja expression a second render would evaluate, and a Salt slot (a function
 # call in a state argument).
 HOSTILE = {
-    "newline-yaml-jinja": "x\nkcm-pwned:\n  cmd.run:\n    - name: id\n{{ 7*7 }}{% do salt['cmd.run']('id') %}",
+    # the second audit's H4 payload: valid YAML wherever it lands bare, the sink taking the
+    # template's own requisite lines
+    "newline-yaml": "k8s\nkcm-pwned:\n  cmd.run:\n    - name: id\nkcm-sink:\n  test.nop:\n    - name: sink",
+    "jinja": "{{ 7*7 }}{% do salt['cmd.run']('id') %}",
     "slot-flow-yaml": "__slot__:salt:cmd.run(id) x: {kcm-pwned: {cmd.run: [{name: id}]}}",
 }
-PWNED = HOSTILE["newline-yaml-jinja"]
+PWNED = HOSTILE["newline-yaml"]
 # Every SLS of the formula is included by one of these. kcm.beacon.clean (in kcm.clean) is
 # rendered for the valid pillar only: its one input is pillar `beacons`, not `kcm`, and it asks
 # the minion's event bus (2 s without a running minion) on every render.
@@ -177,7 +180,7 @@ def test_no_hostile_string_becomes_a_state(loaders, valid_pillar, baseline, name
 
 def test_the_h4_payload_in_the_user_adds_no_state(state, valid_pillar, baseline):
     pillar = copy.deepcopy(valid_pillar)
-    pillar["kcm"]["user"] = "k8s\n" + PWNED
+    pillar["kcm"]["user"] = PWNED
     high = state.show_sls("kcm", pillar=pillar)
     assert isinstance(high, dict), high  # it renders (validation refuses the user when it runs)
     assert "kcm-pwned" not in high
