@@ -23,33 +23,51 @@ What it does:
   ``tempfile.mkdtemp()`` directory only for as long as ``ssl`` needs a path to load
   them into the session's TLS context, then the directory is removed (so a process
   killed later, or a minion job ending with ``os._exit``, leaves nothing behind);
+- bounds every request as a whole: one deadline covers connect, TLS, the headers and the
+  body (a watchdog shuts the socket down when it passes, so a server that drips its answer
+  a byte at a time cannot hold the caller, the kcm_leader beacon in salt-minion's main loop
+  included), and a body larger than ``MAX_BODY`` bytes is refused;
 - raises ``CommandExecutionError`` for every failure, with ``info`` holding a short
   ``reason`` (and the HTTP ``status`` when there was one): ``unreachable``,
   ``timeout``, ``tls``, ``unauthorized`` (401), ``forbidden`` (403), ``not_found``
-  (404), ``http`` (other statuses), ``malformed`` (not a JSON object), ``kubeconfig``.
+  (404), ``http`` (other statuses), ``too_large`` (body over ``MAX_BODY``),
+  ``malformed`` (not a JSON object), ``kubeconfig``.
   Messages never contain key material or tokens.
 """
 
 import atexit
 import base64
 import binascii
+import json
 import logging
 import os
 import shutil
+import socket
 import ssl
 import tempfile
 import threading
+import time
 
 import requests
 import requests.adapters
+import urllib3
 
 log = logging.getLogger(__name__)
 
 __virtualname__ = "kcm_api"
 
-# (connect, read) seconds: the beacon runs in the minion's main loop, so a stuck
-# apiserver must cost seconds, not minutes.
-DEFAULT_TIMEOUT = (2.0, 2.0)
+# Seconds one request may take as a whole: the beacon runs in the minion's main loop, so a
+# stuck or dripping apiserver must cost seconds, not minutes.
+DEFAULT_TIMEOUT = 2.0
+# Bytes of body read at most: a Lease, /version or /healthz?verbose is a few KiB; anything
+# this large is not an answer this client asked for.
+MAX_BODY = 4 * 1024 * 1024
+_CHUNK = 16 * 1024
+
+# The connections the requests of this thread use, so that the request's watchdog can shut
+# them down when its deadline passes (a socket timeout alone applies to each read, which a
+# server sending a byte at a time never trips).
+_IN_FLIGHT = threading.local()
 
 # path -> _Client; one live client per kubeconfig path (its mtime is part of the client).
 _CLIENTS = {}
@@ -62,6 +80,17 @@ def __virtual__():
     return __virtualname__
 
 
+class _WatchedPool(urllib3.HTTPSConnectionPool):
+    """A pool that tells the current request's watchdog which connection it hands out."""
+
+    def _get_conn(self, *args, **kwargs):
+        conn = super()._get_conn(*args, **kwargs)
+        watched = getattr(_IN_FLIGHT, "conns", None)
+        if watched is not None:
+            watched.append(conn)
+        return conn
+
+
 class _PinnedContextAdapter(requests.adapters.HTTPAdapter):
     """An adapter whose every connection uses one prepared ``ssl.SSLContext``."""
 
@@ -72,6 +101,7 @@ class _PinnedContextAdapter(requests.adapters.HTTPAdapter):
     def init_poolmanager(self, *args, **kwargs):
         kwargs["ssl_context"] = self._ssl_context
         super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = dict(self.poolmanager.pool_classes_by_scheme, https=_WatchedPool)
 
     def cert_verify(self, conn, url, verify, cert):
         # requests would otherwise add its own CA bundle to our context and so
@@ -208,6 +238,8 @@ def _build_client(path, mtime):
     session.trust_env = False
     session.mount("https://", _PinnedContextAdapter(_ssl_context(path, cluster, user)))
     session.headers["Accept"] = "application/json"
+    # MAX_BODY counts what arrives: no compressed body that inflates past it.
+    session.headers["Accept-Encoding"] = "identity"
     session.headers["User-Agent"] = "kcm-formula/kcm_api"
     token = _bearer(path, user)
     if token:
@@ -248,25 +280,109 @@ atexit.register(_close_all)
 
 
 def _timeout(timeout):
+    """``(connect, total)`` seconds: one number bounds both; ``[connect, read]`` bounds the
+    connect by the first and the whole request by their sum."""
     if timeout is None:
-        return DEFAULT_TIMEOUT
+        timeout = DEFAULT_TIMEOUT
     if isinstance(timeout, (list, tuple)):
-        return (float(timeout[0]), float(timeout[1]))
-    return (float(timeout), float(timeout))
+        connect, read = float(timeout[0]), float(timeout[1])
+        return connect, connect + read
+    return float(timeout), float(timeout)
+
+
+class _Watchdog:
+    """Shuts down the sockets of this thread's request when ``seconds`` have passed."""
+
+    def __init__(self, seconds):
+        self.fired = False
+        self._conns = []
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+
+    def __enter__(self):
+        _IN_FLIGHT.conns = self._conns
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._timer.cancel()
+        _IN_FLIGHT.conns = None
+
+    def _fire(self):
+        self.fired = True
+        for conn in list(self._conns):
+            sock = getattr(conn, "sock", None)
+            if sock is None:
+                continue
+            try:
+                # The plain socket's shutdown, not SSLSocket's: it only wakes the blocked
+                # read in the other thread and leaves the TLS object to that thread.
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class _Answer:
+    """What :func:`_send` returns: the status and at most ``MAX_BODY`` bytes of body."""
+
+    def __init__(self, status_code, content, encoding):
+        self.status_code = status_code
+        self.content = content
+        self.encoding = encoding or "utf-8"
+
+    @property
+    def text(self):
+        return self.content.decode(self.encoding, "replace")
+
+    def json(self):
+        return json.loads(self.content)
+
+
+def _read_body(response, url, deadline):
+    declared = response.headers.get("Content-Length")
+    if declared and declared.isdigit() and int(declared) > MAX_BODY:
+        raise _failed("too_large", f"GET {url}: the body has {declared} bytes, more than {MAX_BODY}",
+                      status=response.status_code)
+    body = bytearray()
+    for chunk in response.iter_content(_CHUNK):
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise _failed("too_large", f"GET {url}: the body is larger than {MAX_BODY} bytes",
+                          status=response.status_code)
+        if time.monotonic() > deadline:
+            raise requests.exceptions.ReadTimeout()
+    return bytes(body)
 
 
 def _send(session, url, timeout):
-    """GET ``url``; transport failures raise, any HTTP status is returned."""
+    """GET ``url`` within one deadline; transport failures raise, any HTTP status is returned."""
+    connect, total = _timeout(timeout)
+    deadline = time.monotonic() + total
+    watchdog = _Watchdog(total)
     try:
-        return session.get(url, timeout=_timeout(timeout), allow_redirects=False)
+        with watchdog:
+            response = session.get(url, timeout=(connect, total), allow_redirects=False, stream=True)
+            try:
+                return _Answer(response.status_code, _read_body(response, url, deadline), response.encoding)
+            finally:
+                response.close()
     except requests.exceptions.SSLError as exc:
+        if watchdog.fired:
+            raise _timed_out(url, total) from None
         raise _failed("tls", f"GET {url}: {_ssl_reason(exc)}") from None
     except requests.exceptions.Timeout:
-        raise _failed("timeout", f"GET {url}: no answer within {_timeout(timeout)} s (connect, read)") from None
-    except requests.exceptions.ConnectionError as exc:
-        raise _failed("unreachable", f"GET {url}: {_connect_reason(exc)}") from None
-    except requests.exceptions.RequestException as exc:
+        raise _timed_out(url, total) from None
+    except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+        # The watchdog's shutdown surfaces as a reset, an EOF or a protocol error.
+        if watchdog.fired:
+            raise _timed_out(url, total) from None
+        if isinstance(exc, requests.exceptions.ConnectionError):
+            raise _failed("unreachable", f"GET {url}: {_connect_reason(exc)}") from None
         raise _failed("unreachable", f"GET {url}: {exc.__class__.__name__}") from None
+
+
+def _timed_out(url, total):
+    return _failed("timeout", f"GET {url}: no complete answer within {total:g} s")
 
 
 def _ssl_reason(exc):
@@ -338,7 +454,9 @@ def get(path, kubeconfig=None, timeout=None):
         Kubeconfig file; default: the KCM kubeconfig of the deployed formula
         (``files.kubeconfig`` in the deployed facts).
     timeout
-        Seconds for connect and for read (one number), or ``[connect, read]``. Default 2.
+        Seconds the whole request may take, connect included (one number), or
+        ``[connect, read]`` (the connect within the first, the whole request within their
+        sum). Default 2.
 
     On failure the function raises an error whose text starts with the short reason
     (``unreachable``, ``timeout``, ``tls``, ``unauthorized``, ``forbidden``,
@@ -379,6 +497,7 @@ def _probe_session(ca_cert):
                 raise _failed("tls", f"{ca_cert} is not a PEM CA certificate") from None
             session = requests.Session()
             session.trust_env = False
+            session.headers["Accept-Encoding"] = "identity"
             session.mount("https://", _PinnedContextAdapter(context))
             _PROBES[key] = session
         return session

@@ -10,6 +10,7 @@ text), ``kcm_checks`` (values), ``kcm_pki_checks`` (the PEMs); the version and t
 checked here, through ``kcm_flags``, and the durations through ``kcm_time``.
 """
 
+import hashlib
 import json
 import logging
 import os
@@ -138,6 +139,51 @@ def without_pems(config):
     out = dict(config)
     out["pki"] = {k: v for k, v in _mapping(config.get("pki")).items() if k not in PEM_KEYS}
     return out
+
+
+def pem_fingerprints(config):
+    """
+    Return ``{pem key: "sha256:<hex>"}`` for every PEM of ``kcm:pki`` that is set: what the
+    validate state shows in place of the PEM text, and checks against the PEMs it reads
+    from pillar itself.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' kcm_config.pem_fingerprints "$(salt-call --out=json pillar.get kcm unmask=True)"
+    """
+    pki = _mapping(config.get("pki"))
+    return {
+        key: "sha256:" + hashlib.sha256(str(pki[key]).encode("utf-8")).hexdigest()
+        for key in PEM_KEYS
+        if pki.get(key)
+    }
+
+
+def merged_pems(lookup_pki, pki):
+    """
+    Return the PEM text of ``kcm:pki`` the way ``map.jinja`` merges it: defaults ``''``,
+    then ``lookup_pki`` (pillar ``kcm:lookup:pki``), then ``pki`` (pillar ``kcm:pki``). The
+    validate state reads those two from pillar itself and merges them here, so that the
+    PEMs never are state arguments (``state.show_sls`` and ``show_lowstate`` print those).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call kcm_config.merged_pems "$(salt-call --out=json pillar.get kcm:lookup:pki)" \\
+            "$(salt-call --out=json pillar.get kcm:pki)"
+    """
+    out = {}
+    for section in (lookup_pki, pki):
+        if isinstance(section, dict):
+            out.update({key: section[key] for key in PEM_KEYS if key in section})
+        elif section is not None:
+            # defaults.merge replaces the section; resolve() then repairs a wrong type with
+            # the defaults, which hold no PEM.
+            out = {}
+    return {key: out.get(key, "") for key in PEM_KEYS}
 
 
 def deployed_path(opts=None):

@@ -348,6 +348,10 @@ def base_flags(config):
         "leader-elect-renew-deadline": election["renew_deadline"],
         "leader-elect-retry-period": election["retry_period"],
         "v": config.get("verbosity", 2),
+        # CIS 1.3.2: no /debug/pprof unless kcm:profiling asks for it (KCM's default is on).
+        "profiling": bool(config.get("profiling", False)),
+        # CIS 1.3.1: the threshold is stated, not left implicit (12500 is KCM's own default).
+        "terminated-pod-gc-threshold": config.get("terminated_pod_gc_threshold", 12500),
     }
     if ver >= 19:
         flags["cluster-signing-duration"] = config["cluster_signing_duration"]

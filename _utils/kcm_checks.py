@@ -19,7 +19,8 @@ TOP_KEYS = {
     "version", "identity", "cluster", "source", "user", "group", "create_user", "paths",
     "keep_versions", "apiserver", "bind_address", "bind_interface", "secure_port",
     "service_cluster_ip_range", "cluster_signing_duration", "controllers",
-    "use_service_account_credentials", "leader_election", "log_to_file", "verbosity", "pki",
+    "use_service_account_credentials", "leader_election", "log_to_file", "verbosity", "profiling",
+    "terminated_pod_gc_threshold", "pki",
     "extra_args", "service", "beacon", "master", "lookup", "tofs",
 }
 

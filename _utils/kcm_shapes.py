@@ -18,10 +18,11 @@ _KEYS_BY_KIND = {
     MAP: "source paths leader_election pki extra_args service beacon master master:enroll master:labels"
          " master:clusters tofs tofs:source_files",
     LIST: "controllers beacon:cert_thresholds master:alertmanager_urls master:webhook_urls tofs:files_switch",
-    BOOL: "create_user use_service_account_credentials log_to_file service:manage beacon:enabled"
+    BOOL: "create_user use_service_account_credentials log_to_file profiling service:manage beacon:enabled"
           " master:sync_runners master:enroll:enabled master:allow_http",
     NUMBER: "master:batch_wait beacon:interval beacon:stale_after beacon:timeout beacon:cert_check_interval",
-    INT: "secure_port keep_versions verbosity pki:days_valid pki:days_remaining pki:key_size beacon:debounce"
+    INT: "secure_port keep_versions verbosity terminated_pod_gc_threshold pki:days_valid pki:days_remaining"
+         " pki:key_size beacon:debounce"
          " master:reconcile_interval master:flush_interval",
     TEXT: "version identity cluster user group apiserver bind_address bind_interface service_cluster_ip_range"
           " cluster_signing_duration service:name service:control_cmd source:type source:url source:hash"
@@ -46,6 +47,9 @@ _EXAMPLES = {MAP: "{}", LIST: "[]", BOOL: "true (unquoted)", INT: "2 (unquoted)"
 PEM_KEYS = ("ca_cert", "ca_key", "cert", "key", "service_account_key", "signer_cert", "signer_key")
 # Values that may hold a newline: PEM text only.
 _MULTILINE = {("pki", k) for k in PEM_KEYS}
+# Salt evaluates a state argument (or a first-level value of one) that starts with this as a
+# function call (salt/state.py format_slots): pillar text must never start so.
+SLOT_PREFIX = "__slot__:"
 # Keys resolve() adds: not pillar, never checked as such.
 _RESOLVED = ("files", "credentials", "shape_problems")
 
@@ -116,6 +120,12 @@ def text_problems(cfg):
     for path, text in _walk_text({k: v for k, v in cfg.items() if k not in _RESOLVED}, ()):
         if path[:2] in _MULTILINE:
             text = text.replace("\r\n", "\n").replace("\n", "")
+        if text.startswith(SLOT_PREFIX):
+            is_name = str(path[-1]).startswith("<key ")
+            key = pillar_key(path[:-1]) if is_name else pillar_key(path)
+            problems.append((key, f"{key}: starts with {SLOT_PREFIX!r}, Salt's slot syntax, which would run"
+                                  " a function when the value reaches a state argument; expected plain text"))
+            continue
         for char in text:
             if unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp"):
                 is_name = str(path[-1]).startswith("<key ")

@@ -298,19 +298,34 @@ class LabCluster:
     def active(self, name: str) -> str:
         return self.machine(name).systemctl("is-active", UNIT, check=False).stdout.strip()
 
-    def healthz(self, name: str, timeout: float = 3.0) -> bool:
-        """GET https://<machine>:<port>/healthz from the host, TLS verified against the cluster CA."""
-        import requests
+    def kcm_https(self, name: str, path: str, cert: tuple | None = None, timeout: float = 3.0) -> dict:
+        """GET ``path`` from KCM's secure port on machine ``name``, TLS verified against the
+        cluster CA, from inside the machine (its loopback, where the formula's default
+        ``bind_address: 127.0.0.1`` puts the port): ``{"status", "text", "cert"}`` or ``{"error"}``."""
+        import json
+        import subprocess
+        import sys
 
-        from kcmlab.controlplane import https_session
-
-        port = self.pillars[name]["kcm"].get("secure_port", 10257)
+        kcm = self.pillars[name]["kcm"]
+        port = kcm.get("secure_port", 10257)
+        address = kcm.get("bind_address") or "127.0.0.1"
+        host = "127.0.0.1" if address in ("127.0.0.1", "0.0.0.0") else address
+        argv = ["nsenter", "-t", str(self.machine(name).init_pid), "-n", sys.executable, "-m", "kcmlab.inside_https",
+                f"https://{host}:{port}{path}", str(self.cp.ca_path), *[str(p) for p in cert or ()],
+                "--timeout", str(timeout)]
         try:
-            with https_session(self.cp.ca_path) as session:
-                reply = session.get(f"https://{self.lab.address_of(name)}:{port}/healthz", timeout=timeout)
-            return reply.status_code == 200 and reply.text.strip() == "ok"
-        except requests.RequestException:
-            return False
+            proc = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=timeout + 20, check=False)
+        except subprocess.TimeoutExpired:
+            return {"error": "timeout"}
+        try:
+            return json.loads(proc.stdout)
+        except ValueError:
+            return {"error": (proc.stderr or proc.stdout).strip()[-300:]}
+
+    def healthz(self, name: str, timeout: float = 3.0) -> bool:
+        """GET /healthz of KCM on ``name`` from inside the machine (see :meth:`kcm_https`)."""
+        reply = self.kcm_https(name, "/healthz", timeout=timeout)
+        return reply.get("status") == 200 and str(reply.get("text", "")).strip() == "ok"
 
     def wait_healthy(self, names=None, timeout: float = 90.0) -> None:
         names = list(names or self.nodes)

@@ -1,19 +1,20 @@
 """Three real KCMs on three systemd machines, deployed by the formula over the bus.
 
 What an operator checks on a fresh HA control plane: one leader and two standbys, the health
-endpoint over TLS with the formula's certificate, the leader metric, failover when the leader
+endpoint over TLS with the formula's certificate (on the machine's loopback, where the
+formula's default bind address puts it; nothing else reaches it), the leader metric, failover when the leader
 dies (and when two of three go away), the RBAC objects, and that the real binary accepts the
 rendered flags. Every start, stop and restart here goes through systemd.
 """
 
 from __future__ import annotations
 
-import ssl
+import socket
 import time
 
 from cryptography import x509
 
-from kcmlab.controlplane import https_session, metric_values, node_of, wait_until, write_private
+from kcmlab.controlplane import metric_values, node_of, wait_until, write_private
 
 EXPECTED_VERSION = "v1.37.2"
 LEADER_METRIC = "leader_election_master_status"
@@ -26,15 +27,16 @@ def _metrics_identity(cp, tmp_path, cn, groups):
 
 
 def _metrics(cluster, name, client_cert):
-    with https_session(cluster.cp.ca_path, client_cert) as session:
-        return session.get(f"https://{cluster.lab.address_of(name)}:{PORT}/metrics", timeout=10)
+    reply = cluster.kcm_https(name, "/metrics", cert=client_cert, timeout=10)
+    assert "error" not in reply, f"{name}: {reply['error']}"
+    return reply
 
 
 def _leader_status(cluster, name, client_cert) -> float:
     """This KCM's own ``leader_election_master_status{name="kube-controller-manager"}``."""
     reply = _metrics(cluster, name, client_cert)
-    reply.raise_for_status()
-    values = [v for labels, v in metric_values(reply.text, LEADER_METRIC)
+    assert reply["status"] == 200, f"{name}: /metrics answered {reply['status']}"
+    values = [v for labels, v in metric_values(reply["text"], LEADER_METRIC)
               if labels.get("name") == "kube-controller-manager"]
     assert len(values) == 1, f"{name}: expected one {LEADER_METRIC} sample, got {values}"
     return values[0]
@@ -62,16 +64,22 @@ def test_exactly_one_leader_and_two_standbys(kcm_cluster):
 
 def test_healthz_ok_over_tls_with_the_formulas_certificate(kcm_cluster):
     for name in kcm_cluster.nodes:
-        address = kcm_cluster.lab.address_of(name)
-        with https_session(kcm_cluster.cp.ca_path) as session:  # verifies the chain and the IP
-            reply = session.get(f"https://{address}:{PORT}/healthz", timeout=5)
-        assert (reply.status_code, reply.text) == (200, "ok"), f"{name}: {reply.status_code} {reply.text!r}"
+        reply = kcm_cluster.kcm_https(name, "/healthz", timeout=5)  # verifies the chain and 127.0.0.1
+        assert (reply.get("status"), reply.get("text")) == (200, "ok"), f"{name}: {reply}"
 
-        served = x509.load_pem_x509_certificate(
-            ssl.get_server_certificate((address, PORT), ca_certs=str(kcm_cluster.cp.ca_path)).encode())
+        served = x509.load_pem_x509_certificate(reply["cert"].encode())
         installed = x509.load_pem_x509_certificate(
             kcm_cluster.machine(name).read_file("/etc/k8s/ssl/kube-controller-manager.pem").encode())
         assert served == installed, f"{name} serves a certificate other than the formula's"
+
+
+def test_the_secure_port_is_closed_to_the_network_by_default(kcm_cluster):
+    # CIS 1.3.7: --bind-address=127.0.0.1. From the host, over the lab's bridge, nothing answers.
+    for name in kcm_cluster.nodes:
+        assert "--bind-address=127.0.0.1" in kcm_cluster.cmdline(name)
+        with socket.socket() as sock:
+            sock.settimeout(3)
+            assert sock.connect_ex((kcm_cluster.lab.address_of(name), PORT)) != 0, f"{name}:{PORT} is reachable"
 
 
 def test_metrics_show_leader_status_one_on_leader_zero_elsewhere(kcm_cluster, tmp_path):
@@ -88,7 +96,7 @@ def test_metrics_show_leader_status_one_on_leader_zero_elsewhere(kcm_cluster, tm
 
 def test_metrics_refuse_a_client_without_rights(kcm_cluster, tmp_path):
     nobody = _metrics_identity(kcm_cluster.cp, tmp_path, "nobody", [])
-    assert _metrics(kcm_cluster, kcm_cluster.nodes[0], nobody).status_code == 403
+    assert _metrics(kcm_cluster, kcm_cluster.nodes[0], nobody)["status"] == 403
 
 
 def test_failover_after_sigkill_then_last_one_standing_leads(kcm_cluster, record_timing):

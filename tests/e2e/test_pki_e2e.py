@@ -7,7 +7,6 @@ live leader, never more than one KCM down."""
 
 from __future__ import annotations
 
-import ssl
 import time
 from types import SimpleNamespace
 
@@ -35,9 +34,9 @@ def local_cluster(k8s_bin, tmp_path_factory, request):
 
 
 def served_cert(cluster, name) -> x509.Certificate:
-    port = cluster.pillars[name]["kcm"].get("secure_port", 10257)
-    pem = ssl.get_server_certificate((cluster.lab.address_of(name), port))
-    return x509.load_pem_x509_certificate(pem.encode())
+    reply = cluster.kcm_https(name, "/healthz")  # inside the machine: KCM binds 127.0.0.1
+    assert "cert" in reply, f"{name}: {reply}"
+    return x509.load_pem_x509_certificate(reply["cert"].encode())
 
 
 def file_cert(cluster, name) -> x509.Certificate:

@@ -71,7 +71,9 @@ def test_the_ca_minion_signs_the_ca_key_stays_there_and_kcm_leads(remote_lab):
     cert.verify_directly_issued_by(x509.load_pem_x509_certificate(cluster.cp.ca.cert_pem.encode()))
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "system:kube-controller-manager"
     sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert cluster.lab.address_of(MASTER) in [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)]
+    # The bind address (127.0.0.1 by default, CIS 1.3.7) and the host's names.
+    assert "127.0.0.1" in [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)]
+    assert MASTER in sans.get_values_for_type(x509.DNSName)
     master = cluster.machine(MASTER)
     assert master.run(["test", "-e", files["ca_key"]], check=False).returncode != 0, \
         "the CA key never reaches a master in remote mode"

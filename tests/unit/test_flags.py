@@ -65,10 +65,10 @@ def test_before_systemd_247_the_secrets_are_read_where_they_lie(kcm_config, kcm_
 
 
 def test_extra_args_add_override_and_remove(kcm_flags, resolved):
-    cfg = resolved("v1.34.3", extra_args={"v": 4, "profiling": False, "client-ca-file": None})
+    cfg = resolved("v1.34.3", extra_args={"v": 4, "profiling": True, "client-ca-file": None})
     got = as_map(kcm_flags.render(cfg))
     assert got["v"] == "4"
-    assert got["profiling"] == "false"
+    assert got["profiling"] == "true"
     assert "client-ca-file" not in got
 
 

@@ -89,12 +89,36 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if status == "sleep":
             time.sleep(float(body))
             status, body = 200, "{}"
+        if status in ("drip-head", "drip-body", "unsized"):
+            return self._misbehave(status, body)
         data = body.encode() if isinstance(body, str) else body
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+    def _misbehave(self, how, body):
+        """An answer no well-behaved apiserver gives: the status line and headers or the body
+        a byte every 0.5 s (so that every single read finishes well inside any timeout), or a
+        body with no length that only ends when the connection does."""
+        data = body.encode()
+        head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+        try:
+            if how == "unsized":
+                self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n")
+                self.wfile.write(data)
+                self.close_connection = True
+                return
+            drip, rest = (head.encode() + data, b"") if how == "drip-head" else (data, head.encode())
+            self.wfile.write(rest)
+            self.wfile.flush()
+            for byte in drip:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(0.5)
+        except OSError:  # the client gave up, as it should
+            self.close_connection = True
 
     def log_message(self, *args):
         pass
@@ -335,6 +359,58 @@ def test_a_listener_that_never_completes_tls_times_out(kcm_api, tmp_path, ca):
             kcm_api.get("/version", kubeconfig=path, timeout=0.3)
 
     assert _reason(excinfo) == "timeout"
+
+
+# A server that answers a byte at a time (M4 of the second audit): every read returns within
+# the timeout, so only a deadline for the whole request bounds it. Dripping the 64-byte body
+# (or the ~90 bytes of head) takes 30 s or more; the bound below is a generous "it stopped".
+DRIP = json.dumps({"kind": "Status", "padding": "x" * 32})
+
+
+@pytest.mark.parametrize("how", ["drip-head", "drip-body"])
+def test_a_dripping_server_cannot_hold_a_request_past_its_timeout(kcm_api, server, tmp_path, ca, how):
+    path = write_kubeconfig(tmp_path / "kc", server.url, ca.cert_pem, user={"token": TOKEN})
+    server.routes["/drip"] = (how, DRIP)
+
+    started = time.monotonic()
+    with pytest.raises(CommandExecutionError) as excinfo:
+        kcm_api.get("/drip", kubeconfig=path, timeout=2)
+    took = time.monotonic() - started
+
+    assert _reason(excinfo) == "timeout"
+    assert took < 6, f"a 2 s request took {took:.1f} s"
+
+
+def test_a_dripping_apiserver_cannot_hold_kcm_leader(kcm, server):
+    server.routes[LEASE_PATH] = ("drip-body", json.dumps(_lease()))
+
+    started = time.monotonic()
+    with pytest.raises(CommandExecutionError) as excinfo:
+        kcm["kcm.leader"](timeout=2)
+
+    assert _reason(excinfo) == "timeout"
+    assert time.monotonic() - started < 6
+
+
+@pytest.mark.parametrize("how", [200, "unsized"])
+def test_a_body_over_the_cap_is_refused(kcm_api, server, tmp_path, ca, how):
+    path = write_kubeconfig(tmp_path / "kc", server.url, ca.cert_pem, user={"token": TOKEN})
+    big = json.dumps({"kind": "Lease", "padding": "x" * (kcm_api.MAX_BODY + 1)})
+    server.routes["/big"] = (how, big)
+
+    with pytest.raises(CommandExecutionError) as excinfo:
+        kcm_api.get("/big", kubeconfig=path, timeout=10)
+
+    assert _reason(excinfo) == "too_large"
+    assert "x" * 64 not in str(excinfo.value)
+
+
+def test_a_body_under_the_cap_is_read_whole(kcm_api, server, tmp_path, ca):
+    path = write_kubeconfig(tmp_path / "kc", server.url, ca.cert_pem, user={"token": TOKEN})
+    body = {"kind": "Lease", "padding": "x" * (kcm_api.MAX_BODY // 2)}
+    server.routes["/unsized"] = ("unsized", json.dumps(body))
+
+    assert kcm_api.get("/unsized", kubeconfig=path, timeout=10) == body
 
 
 @pytest.mark.parametrize(

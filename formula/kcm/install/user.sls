@@ -8,7 +8,7 @@ include:
   - {{ tplroot }}.config
 
 {%- if kcm.create_user and kcm.user != 'root' %}
-{%-   for kind, name, database in [('group', kcm.group, 'group'), ('user', kcm.user, 'passwd')] %}
+{%-   for kind, name in [('group', kcm.group), ('user', kcm.user)] %}
 
 kcm-install-{{ kind }}-created-marker:
   file.managed:
@@ -16,8 +16,11 @@ kcm-install-{{ kind }}-created-marker:
     - contents: {{ name | json }}
     - mode: '0600'
     - makedirs: true
-    {#- name is checked (letters, digits, _ . -) by kcm-config-validated before this runs #}
-    - unless: getent {{ database }} {{ name }}
+    {#- No shell: the account is looked up by Salt's own user.info / group.info, with the
+        name passed as data, so no pillar text ever reaches a command line. #}
+    - unless:
+      - fun: {{ (kind ~ '.info') | json }}
+        name: {{ name | json }}
     - require:
       - kcm_config: kcm-config-validated
     - require_in:
