@@ -27,6 +27,7 @@ SAFE_IN = {
         "key": "loop over literal PEM key names",
         "key | replace('_', '-')": "loop over literal PEM key names",
         "mode": "literal '0644' / '0600' of the same loop",
+        "key_mode": "a literal mode chosen in the template ('0600' or '0640')",
     },
     "kcm/beacon/init.sls": {
         "name": "keys of the template's own literal dict (kcm_leader, kcm_cert)",
@@ -48,7 +49,11 @@ SAFE_IN = {
         "group": "rendered only after kcm-config-validated passed: letters, digits, _ . - only",
         "version": "rendered only after kcm-config-validated passed: v1.X.Y only",
         "log_dir": "rendered only after kcm-config-validated passed: a plain absolute path",
+        "id": "kcm_systemd.credentials: a credential id from the formula's own fixed names",
+        "path": "kcm_systemd.credentials: a files path, rendered only after kcm-config-validated passed",
+        "logs_directory": "kcm_config.resolve: the unit name, validated (no '/', letters, digits, - _ . @)",
     },
+
 }
 
 
