@@ -20,6 +20,7 @@ import pytest
 
 from kcmlab.alertmanager import Alertmanager
 from kcmlab.controlplane import LEASE_PATH, ControlPlane, wait_until
+from tests.support.bus import bus_marker
 from tests.support.fleet import BeaconStandIn, failover_events, kcm_master_conf, new_cluster_id
 from tests.support.pillar import REPO
 
@@ -131,7 +132,10 @@ def test_a_failover_while_alertmanager_is_down_arrives_once_when_it_is_back(
     beacon.fire(failover_events(CLUSTER, cluster_id, old="dl-master-1", new="dl-master-2", transitions=7))
     (failed,) = _wait_events(event_listener, salt_master, "kcm/alert/send_failed", since, cluster_id)
     assert failed.data["alerts"][0]["labels"]["alertname"] == "KCMLeaderChanged"
-    time.sleep(6)  # three scheduled flushes, each refused
+    flush = salt_master.salt_run_cli(timeout=60)
+    for _ in range(2):  # two more flushes, each refused (the outbox keeps the alert) ...
+        assert set(flush.run("kcm_alert.flush").data) == {"delivered", "pending", "expired"}
+    bus_marker(salt_master, event_listener)  # ... and what they told is on the bus by now
     assert len(_events(event_listener, salt_master, "kcm/alert/send_failed", since, cluster_id)) == 1
 
     alertmanager.daemon.start()  # the same port and storage
@@ -140,7 +144,9 @@ def test_a_failover_while_alertmanager_is_down_arrives_once_when_it_is_back(
     (delivered,) = _wait_events(event_listener, salt_master, "kcm/alert/delivered", since, cluster_id)
     assert [a["labels"] for a in delivered.data["alerts"]] == [alerts[0]["labels"]]
     assert alerts[0]["labels"]["new_node"] == "dl-master-2" and alerts[0]["labels"]["env"] == "it"
-    time.sleep(4)  # later flushes have nothing left to post
+    # a later flush has nothing left to post
+    assert set(salt_master.salt_run_cli(timeout=60).run("kcm_alert.flush").data) == {"delivered", "pending", "expired"}
+    bus_marker(salt_master, event_listener)
     assert len(alertmanager.active(alertname="KCMLeaderChanged", cluster_id=cluster_id)) == 1
     assert len(_events(event_listener, salt_master, "kcm/alert/delivered", since, cluster_id)) == 1
     assert salt_master.salt_run_cli(timeout=60).run("kcm_alert.flush").data == {

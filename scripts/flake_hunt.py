@@ -1,0 +1,165 @@
+#!/usr/bin/env python3
+"""The flake hunt behind ``scripts/flake-hunt`` (its usage is there).
+
+Each tier run is ``scripts/test tests/e2e`` under ``flock /tmp/kcm-lab.lock`` with
+``KCM_LEASE_REPORT`` set: tests/e2e/conftest.py writes there, per lab cluster, the Lease
+transitions and those that fell in no window of the lab's own disturbances (spontaneous).
+``--soak`` starts one lab cluster (kcmlab.LabCluster, the e2e timings or ``--election``),
+leaves it idle and counts the same, to compare timings without a whole tier.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+LOCK = "/tmp/kcm-lab.lock"
+OUT = Path(os.environ.get("KCM_FLAKE_DIR", Path.home() / ".cache" / "kcm-formula" / "flake-hunt"))
+
+
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+class Load:
+    """``stress-ng --cpu N`` for the duration of a ``with`` (installed with apt-get when missing)."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self.proc = None
+
+    def __enter__(self):
+        if not self.workers:
+            return self
+        if not shutil.which("stress-ng"):
+            subprocess.run(["apt-get", "install", "-y", "-q", "stress-ng"], check=True,
+                           env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+        self.proc = subprocess.Popen(["stress-ng", "--cpu", str(self.workers), "--quiet"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc is not None:
+            os.killpg(self.proc.pid, 15)
+            self.proc.wait(30)
+
+    @property
+    def label(self) -> str:
+        return f"stress-ng --cpu {self.workers}" if self.workers else "none"
+
+
+def tier_run(number: int, pytest_args: list[str], load: int, election: str | None) -> dict:
+    report = OUT / f"lease-{os.getpid()}-{number}.json"
+    report.unlink(missing_ok=True)
+    env = dict(os.environ, KCM_LEASE_REPORT=str(report), CI=os.environ.get("CI", "true"))
+    if election:
+        env["KCM_LAB_ELECTION"] = election
+    log = OUT / f"run-{datetime.datetime.now():%Y%m%d-%H%M%S}-{number}.log"
+    print(f"run {number}: {' '.join(pytest_args)} (load: {Load(load).label}), log {log}", flush=True)
+    with open(log, "w") as out:
+        # The lab lock first, then the load: another session's lab never runs under our stress.
+        argv = ["flock", LOCK, sys.executable, __file__, "_locked", "--load", str(load), "--",
+                str(REPO / "scripts" / "test"), *pytest_args]
+        begin = time.monotonic()
+        code = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO, check=False).returncode
+        seconds = time.monotonic() - begin
+    counts = json.loads(report.read_text()) if report.exists() else {}
+    tail = log.read_text().splitlines()[-1:] or [""]
+    return {"run": number, "started": datetime.datetime.now().isoformat(timespec="seconds"),
+            "args": pytest_args, "load": Load(load).label, "election": election or "default",
+            "seconds": round(seconds), "exit": code, "result": tail[0][-200:],
+            "spontaneous": sum(c["spontaneous"] for c in counts.values()) if counts else None,
+            "transitions": sum(c["transitions"] for c in counts.values()) if counts else None,
+            "per_cluster": counts, "log": str(log)}
+
+
+def soak(seconds: float, load: int, election: str | None) -> dict:
+    """One lab cluster, deployed, idle for ``seconds`` (under ``load``): its spontaneous transitions."""
+    if election:
+        os.environ["KCM_LAB_ELECTION"] = election
+    sys.path.insert(0, str(REPO))
+    from kcmlab.cluster import SHORT_ELECTION, LabCluster
+
+    k8s = subprocess.run([str(REPO / "scripts" / "k8s-binaries")], capture_output=True, text=True, check=True)
+    with tempfile.TemporaryDirectory(prefix="kcm-soak-") as tmp, \
+            LabCluster(Path(k8s.stdout.strip()), Path(tmp), suite="soak", election=SHORT_ELECTION) as cluster:
+        cluster.deploy()
+        cluster.ensure_running()
+        begin = time.time()
+        with Load(load):
+            time.sleep(seconds)
+            loadavg = load_average()
+        found = cluster.lease_log.classified()
+        return {"soak": round(seconds), "load": Load(load).label, "loadavg": loadavg,
+                "election": "/".join(SHORT_ELECTION.values()),
+                "spontaneous": sum(t.count for t in found if t.cause is None and t.at >= begin),
+                "transitions": sum(t.count for t in found if t.at >= begin),
+                "which": [str(t) for t in found if t.cause is None and t.at >= begin]}
+
+
+def table(rows: list[dict]) -> str:
+    lines = [f"{'run':>3} {'load':<18} {'election':<9} {'time':>7} {'exit':>4} {'spont.':>6} {'trans.':>6}  result"]
+    for r in rows:
+        minutes = f"{r['seconds'] // 60}m{r['seconds'] % 60:02d}s"
+        spont = "?" if r["spontaneous"] is None else r["spontaneous"]
+        trans = "?" if r["transitions"] is None else r["transitions"]
+        lines.append(f"{r['run']:>3} {r['load']:<18} {r['election']:<9} {minutes:>7} {r['exit']:>4} {spont:>6} "
+                     f"{trans:>6}  {r['result']}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "_locked":  # inside flock: the load, then the tier
+        args = sys.argv[2:]
+        load, command = int(args[1]), args[3:]
+        with Load(load):
+            return subprocess.run(command, check=False).returncode
+    parser = argparse.ArgumentParser(description="run the e2e tier again and again; count spontaneous Lease moves")
+    parser.add_argument("-n", "--runs", type=int, default=5)
+    parser.add_argument("--load", action="store_true", help="one more run under stress-ng --cpu 2")
+    parser.add_argument("--soak", type=float, help="seconds of one idle lab cluster instead of tier runs")
+    parser.add_argument("--election", help="lease/renew/retry of the lab clusters, e.g. 4s/3s/1s")
+    parser.add_argument("pytest_args", nargs="*", default=None)
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    results = OUT / "runs.jsonl"
+    if args.soak:
+        env_args = ["flock", LOCK, sys.executable, __file__, "_soak", str(args.soak), str(2 if args.load else 0),
+                    args.election or ""]
+        return subprocess.run(env_args, check=False).returncode
+    pytest_args = args.pytest_args or ["tests/e2e", "-q", "-p", "no:cacheprovider"]
+    rows = []
+    plan = [0] * args.runs + ([2] if args.load else [])
+    for number, load in enumerate(plan, 1):
+        row = tier_run(number, pytest_args, load, args.election)
+        rows.append(row)
+        with open(results, "a") as out:
+            out.write(json.dumps(row) + "\n")
+        print(table(rows[-1:]).splitlines()[-1], flush=True)
+    print(f"\n# flake hunt on {os.uname().nodename}, {os.cpu_count()} cpus; results appended to {results}")
+    print(table(rows))
+    # Every run green; without load, no spontaneous transition either (the loaded run reports it).
+    green = all(r["exit"] == 0 for r in rows)
+    quiet = all(r["spontaneous"] == 0 for r in rows if r["load"] == "none")
+    return 0 if green and quiet else 1
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "_soak":
+        seconds, load, election = float(sys.argv[2]), int(sys.argv[3]), sys.argv[4] or None
+        result = soak(seconds, load, election)
+        OUT.mkdir(parents=True, exist_ok=True)
+        with open(OUT / "soaks.jsonl", "a") as out:
+            out.write(json.dumps(result) + "\n")
+        print(json.dumps(result, indent=1))
+        sys.exit(0)
+    sys.exit(main())
