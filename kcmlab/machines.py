@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 NAME = re.compile(r"^[a-z][a-z0-9-]{0,11}$")
 # systemctl verbs that can end or start a KCM, and so move its Lease (see Lab.marks).
 DISTURBING = ("start", "stop", "restart", "kill", "try-restart", "reload-or-restart")
+KCM_UNIT = "kube-controller-manager"
 
 
 class Machine:
@@ -142,7 +143,7 @@ class Machine:
         return proc
 
     def systemctl(self, *args, check: bool = True) -> subprocess.CompletedProcess:
-        if self.lab.marks is not None and args and args[0] in DISTURBING:
+        if self.lab.marks is not None and args and args[0] in DISTURBING and any(KCM_UNIT in a for a in args):
             self.lab.marks.mark(f"{self.name}: systemctl {' '.join(args)}")
         return self.run(["systemctl", *args], check=check)
 

@@ -11,6 +11,7 @@ leaves it idle and counts the same, to compare timings without a whole tier.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -82,28 +83,36 @@ def tier_run(number: int, pytest_args: list[str], load: int, election: str | Non
             "per_cluster": counts, "log": str(log)}
 
 
-def soak(seconds: float, load: int, election: str | None) -> dict:
-    """One lab cluster, deployed, idle for ``seconds`` (under ``load``): its spontaneous transitions."""
-    if election:
-        os.environ["KCM_LAB_ELECTION"] = election
+def soak(seconds: float, load: int, elections: list[str]) -> list[dict]:
+    """One lab cluster per election (``8s/6s/1s``), deployed, then all idle together for
+    ``seconds`` (under ``load``): the same machine and moment for each; their spontaneous
+    transitions."""
     sys.path.insert(0, str(REPO))
-    from kcmlab.cluster import SHORT_ELECTION, LabCluster
+    from kcmlab.cluster import SHORT_ELECTION, LabCluster, _election
 
-    k8s = subprocess.run([str(REPO / "scripts" / "k8s-binaries")], capture_output=True, text=True, check=True)
-    with tempfile.TemporaryDirectory(prefix="kcm-soak-") as tmp, \
-            LabCluster(Path(k8s.stdout.strip()), Path(tmp), suite="soak", election=SHORT_ELECTION) as cluster:
-        cluster.deploy()
-        cluster.ensure_running()
+    k8s = Path(subprocess.run([str(REPO / "scripts" / "k8s-binaries")], capture_output=True, text=True,
+                              check=True).stdout.strip())
+    with tempfile.TemporaryDirectory(prefix="kcm-soak-") as tmp, contextlib.ExitStack() as stack:
+        clusters = []
+        for number, text in enumerate(elections or ["/".join(SHORT_ELECTION.values())], 1):
+            cluster = stack.enter_context(LabCluster(k8s, Path(tmp) / str(number), suite=f"soak-{number}",
+                                                     election=_election(text)))
+            cluster.deploy()
+            clusters.append((text, cluster))
+        for _, cluster in clusters:
+            cluster.ensure_running()
         begin = time.time()
         with Load(load):
             time.sleep(seconds)
             loadavg = load_average()
-        found = cluster.lease_log.classified()
-        return {"soak": round(seconds), "load": Load(load).label, "loadavg": loadavg,
-                "election": "/".join(SHORT_ELECTION.values()),
-                "spontaneous": sum(t.count for t in found if t.cause is None and t.at >= begin),
-                "transitions": sum(t.count for t in found if t.at >= begin),
-                "which": [str(t) for t in found if t.cause is None and t.at >= begin]}
+        out = []
+        for text, cluster in clusters:
+            found = [t for t in cluster.lease_log.classified() if t.at >= begin]
+            out.append({"soak": round(seconds), "load": Load(load).label, "loadavg": loadavg, "election": text,
+                        "clusters": len(clusters), "spontaneous": sum(t.count for t in found if t.cause is None),
+                        "transitions": sum(t.count for t in found),
+                        "which": [str(t) for t in found if t.cause is None]})
+        return out
 
 
 def table(rows: list[dict]) -> str:
@@ -127,7 +136,8 @@ def main() -> int:
     parser.add_argument("-n", "--runs", type=int, default=5)
     parser.add_argument("--load", action="store_true", help="one more run under stress-ng --cpu 2")
     parser.add_argument("--soak", type=float, help="seconds of one idle lab cluster instead of tier runs")
-    parser.add_argument("--election", help="lease/renew/retry of the lab clusters, e.g. 4s/3s/1s")
+    parser.add_argument("--election", help="lease/renew/retry of the lab clusters, e.g. 4s/3s/1s; "
+                                           "with --soak a comma-separated list: one cluster each, side by side")
     parser.add_argument("pytest_args", nargs="*", default=None)
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -155,11 +165,15 @@ def main() -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_soak":
-        seconds, load, election = float(sys.argv[2]), int(sys.argv[3]), sys.argv[4] or None
-        result = soak(seconds, load, election)
+        seconds, load, elections = float(sys.argv[2]), int(sys.argv[3]), [e for e in sys.argv[4].split(",") if e]
+        results = soak(seconds, load, elections)
         OUT.mkdir(parents=True, exist_ok=True)
         with open(OUT / "soaks.jsonl", "a") as out:
-            out.write(json.dumps(result) + "\n")
-        print(json.dumps(result, indent=1))
+            for result in results:
+                out.write(json.dumps(result) + "\n")
+        for result in results:
+            print(f"soak {result['soak']} s, {result['clusters']} lab clusters side by side, load {result['load']} "
+                  f"(loadavg {result['loadavg']}), election {result['election']}: {result['spontaneous']} "
+                  f"spontaneous of {result['transitions']} Lease transitions {result['which'] or ''}")
         sys.exit(0)
     sys.exit(main())
