@@ -128,7 +128,7 @@ class LeaseWatch:
         stamps = [stamp for stamp, _, _ in self.polls]
         return max((b - a for a, b in zip(stamps, stamps[1:])), default=float("inf"))
 
-    def assert_sound(self, min_rate: float = 2.0, max_interval: float = 1.5) -> None:
+    def assert_sound(self, min_rate: float = 1.0, max_interval: float = 2.0) -> None:
         """Fail unless every poll answered and they came often enough for the gaps to mean
         something (``min_rate`` polls a second, none more than ``max_interval`` s apart)."""
         assert self.errors == 0, f"{self.errors} Lease polls failed: {self.error_log[:5]}"
