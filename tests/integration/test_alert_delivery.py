@@ -63,9 +63,13 @@ def salt_master(salt_factories, alertmanager, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def kcm_masters(salt_master, control_plane):
-    """The two minions, deployed as the formula leaves a master: kcm.* read this kubeconfig's cluster."""
+    """The two minions, deployed as the formula leaves a master: kcm.* read this cluster with
+    KCM's own credentials (CN system:kube-controller-manager, no group: through the real
+    apiserver's RBAC, as on a master)."""
     factories = [salt_master.salt_minion_daemon(mid, overrides={"grains": {"role": "k8s-master"}})
                  for mid in MASTERS]
+    kcm_kubeconfig = control_plane.write_kubeconfig(control_plane.workdir / "kcm.kubeconfig",
+                                                    cn="system:kube-controller-manager", groups=())
     started = []
     try:
         for factory in factories:
@@ -74,7 +78,7 @@ def kcm_masters(salt_master, control_plane):
             deployed = Path(factory.config["cachedir"]) / "kcm" / "deployed.json"
             deployed.parent.mkdir(parents=True, exist_ok=True)
             deployed.write_text(json.dumps({"cluster": CLUSTER,
-                                            "files": {"kubeconfig": str(control_plane.admin_kubeconfig)}}))
+                                            "files": {"kubeconfig": str(kcm_kubeconfig)}}))
         ret = salt_master.salt_cli(timeout=120).run("saltutil.sync_all", minion_tgt="dl-master-*")
         assert ret.returncode == 0, ret
         yield factories
