@@ -221,6 +221,8 @@ class LeaseLog:
         self.windows: list[Window] = []
         self.errors = 0
         self._open: dict[str, Window] = {}
+        self._last_count: int | None = None
+        self._last_holder: str | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -268,28 +270,33 @@ class LeaseLog:
 
     def _run(self) -> None:
         read = self.cp.lease_reader()
-        last_count = last_holder = None
         try:
-            while not self._stop.is_set():
-                try:
-                    spec = (read() or {}).get("spec") or {}
-                except Exception:  # noqa: BLE001 - an outage the lab caused; the counter catches up
-                    self.errors += 1
-                else:
-                    count = spec.get("leaseTransitions") or 0
-                    holder = spec.get("holderIdentity") or None
-                    if last_count is not None and count > last_count:
-                        acquired = _parse_time(spec.get("acquireTime"))
-                        at = acquired.timestamp() if acquired else time.time()
-                        with self._lock:
-                            self.transitions.append(Transition(at, last_holder, holder, count - last_count))
-                    if spec:
-                        last_count = count
-                    if holder:
-                        last_holder = holder
-                self._stop.wait(self.interval)
+            while True:
+                self._poll(read)
+                # One last poll after the stop: a transition right before a cluster closes counts.
+                if self._stop.wait(self.interval):
+                    self._poll(read)
+                    break
         finally:
             read.close()
+
+    def _poll(self, read) -> None:
+        try:
+            spec = (read() or {}).get("spec") or {}
+        except Exception:  # noqa: BLE001 - an outage the lab caused; the counter catches up
+            self.errors += 1
+            return
+        count = spec.get("leaseTransitions") or 0
+        holder = spec.get("holderIdentity") or None
+        if self._last_count is not None and count > self._last_count:
+            acquired = _parse_time(spec.get("acquireTime"))
+            at = acquired.timestamp() if acquired else time.time()
+            with self._lock:
+                self.transitions.append(Transition(at, self._last_holder, holder, count - self._last_count))
+        if spec:
+            self._last_count = count
+        if holder:
+            self._last_holder = holder
 
     def cause_of(self, transition: Transition) -> str | None:
         with self._lock:
