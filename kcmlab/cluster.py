@@ -39,10 +39,12 @@ def _election(text: str | None) -> dict:
     return {"lease_duration": lease, "renew_deadline": renew, "retry_period": retry}
 
 
-# Short enough that a failover test waits seconds, long enough that a leader on a busy
-# 2-core machine (six labs' worth of processes) is not voted out by a slow renewal: a
-# leader gives up when it could not renew for renew_deadline. KCM_LAB_ELECTION overrides
-# it (scripts/flake-hunt --soak compares timings with it).
+# Short enough that a failover test waits seconds (8 s at most for an expiry, the defaults'
+# 15 s halved), with room on a busy 2-core machine: a leader gives up when it could not
+# renew for renew_deadline (6 s, twice 4s/3s/1s's), and lease_duration exceeds
+# renew_deadline + retry_period, so a leader cut off stops before a standby may take the
+# Lease (at 4s/3s/1s both come at the same moment). KCM_LAB_ELECTION overrides it;
+# `scripts/flake-hunt --soak 300 --load --election 4s/3s/1s,8s/6s/1s` compares timings.
 SHORT_ELECTION = _election(os.environ.get("KCM_LAB_ELECTION"))
 UNIT = "kube-controller-manager"
 RESTART_SEC = 5  # the unit's RestartSec=
