@@ -130,8 +130,8 @@ def test_salt_master_down_while_the_minions_restart(fault):
     """The beacons' reports of the failover are lost for good (held by minions that restart
     while the master is away); the master learns of the transition when it is back."""
     cluster = fault
-    old = settled(cluster)
-    old_holder = cluster.holder()
+    settled(cluster)
+    old, old_holder, _, _ = cluster.consistent()  # the node and its process, read at one moment
     recorder = cluster.recorders[cluster.master.id]
     recorder.stop()
     cluster.master.stop()
