@@ -60,8 +60,11 @@ class Load:
 
 def tier_run(number: int, pytest_args: list[str], load: int, election: str | None) -> dict:
     report = OUT / f"lease-{os.getpid()}-{number}.json"
+    timing = OUT / f"time-{os.getpid()}-{number}"
     report.unlink(missing_ok=True)
-    env = dict(os.environ, KCM_LEASE_REPORT=str(report), CI=os.environ.get("CI", "true"))
+    timing.unlink(missing_ok=True)
+    env = dict(os.environ, KCM_LEASE_REPORT=str(report), KCM_FLAKE_TIMING=str(timing),
+               CI=os.environ.get("CI", "true"))
     if election:
         env["KCM_LAB_ELECTION"] = election
     log = OUT / f"run-{datetime.datetime.now():%Y%m%d-%H%M%S}-{number}.log"
@@ -72,12 +75,15 @@ def tier_run(number: int, pytest_args: list[str], load: int, election: str | Non
                 str(REPO / "scripts" / "test"), *pytest_args]
         begin = time.monotonic()
         code = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO, check=False).returncode
-        seconds = time.monotonic() - begin
+        waited = time.monotonic() - begin
+    # The run's own time, from inside the lock (waiting for another session's lab is not it).
+    seconds = float(timing.read_text()) if timing.exists() else waited
     counts = json.loads(report.read_text()) if report.exists() else {}
     tail = log.read_text().splitlines()[-1:] or [""]
     return {"run": number, "started": datetime.datetime.now().isoformat(timespec="seconds"),
             "args": pytest_args, "load": Load(load).label, "election": election or "default",
-            "seconds": round(seconds), "exit": code, "result": tail[0][-200:],
+            "seconds": round(seconds), "waited_for_lock": round(waited - seconds), "exit": code,
+            "result": tail[0][-200:],
             "spontaneous": sum(c["spontaneous"] for c in counts.values()) if counts else None,
             "transitions": sum(c["transitions"] for c in counts.values()) if counts else None,
             "per_cluster": counts, "log": str(log)}
@@ -130,8 +136,12 @@ def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "_locked":  # inside flock: the load, then the tier
         args = sys.argv[2:]
         load, command = int(args[1]), args[3:]
+        begin = time.monotonic()
         with Load(load):
-            return subprocess.run(command, check=False).returncode
+            code = subprocess.run(command, check=False).returncode
+        if os.environ.get("KCM_FLAKE_TIMING"):
+            Path(os.environ["KCM_FLAKE_TIMING"]).write_text(f"{time.monotonic() - begin:.1f}")
+        return code
     parser = argparse.ArgumentParser(description="run the e2e tier again and again; count spontaneous Lease moves")
     parser.add_argument("-n", "--runs", type=int, default=5)
     parser.add_argument("--load", action="store_true", help="one more run under stress-ng --cpu 2")
