@@ -8,6 +8,7 @@ before the marker was sent is on the listener before the marker is.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
@@ -17,12 +18,12 @@ def bus_marker(master, event_listener, timeout: float = 60.0) -> float:
     ``event_listener`` has it; returns the listener's stamp of the marker."""
     token = uuid.uuid4().hex
     since = time.time()
-    ret = master.salt_run_cli(timeout=timeout).run("event.send", "kcm/test/marker", data={"token": token})
+    ret = master.salt_run_cli(timeout=int(timeout)).run("event.send", "kcm/test/marker", f'data={{"token": "{token}"}}')
     assert ret.returncode == 0, ret
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for event in event_listener.get_events([(master.id, "kcm/test/marker")], after_time=since):
-            if (event.data or {}).get("token") == token or (event.data or {}).get("data", {}).get("token") == token:
+            if token in json.dumps(event.data, default=str):
                 return event.stamp
         time.sleep(0.2)
     raise AssertionError(f"the marker event never came back through {master.id}'s bus in {timeout:.0f}s")
