@@ -22,6 +22,7 @@ BENCHES = [
     ("beacon poll", ["beacon.py", "--latency"], "one kcm_leader poll: CPU, requests, memory growth; detection latency"),
     ("rolling change", ["rolling.py"], "orch.kcm.upgrade vs plain state.apply: leader changes, leaderless window"),
     ("lease release", ["release.py", "--runs", "3"], "controller gap after the leader's exit, release on vs off"),
+    ("release budget", ["release_budget.py"], "kcm-release-lease against a refused and a silent apiserver vs --budget"),
     ("fleet", ["fleet.py"], "alert storm of 10/100/300 clusters x 3 reports; the fleet view over 30 masters"),
     ("refusal", ["refusal.py"], "CPU to refuse a forged report with 2,000 cached minions: 5f6804a vs now"),
 ]

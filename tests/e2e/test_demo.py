@@ -95,16 +95,35 @@ def check_failover(output: str) -> tuple[str, str]:
     return old, new
 
 
-def check_one_leader(output: str) -> str:
+def check_masters(output: str) -> list[dict]:
     rows = status_rows(output)
     assert sorted(row["Minion"] for row in rows) == list(NODES), rows
-    leaders = [row["Minion"] for row in rows if row["Leader"] == "yes"]
-    assert len(leaders) == 1, rows
     assert all(row["Healthy"] == "True" and row["Errors"] == "" for row in rows), rows
     # systemd runs KCM on every master, and kcm.status reads that from systemd.
     assert [row["Service Active"] for row in rows] == ["active"] * len(NODES), rows
-    assert {row["Holder"].rpartition("_")[0] for row in rows} == set(leaders), rows
-    return leaders[0]
+    return rows
+
+
+def one_leader(rows: list[dict]) -> str | None:
+    """The leader every row agrees on (each master read the Lease itself; None when they read
+    it at moments with different holders)."""
+    leaders = [row["Minion"] for row in rows if row["Leader"] == "yes"]
+    holders = {row["Holder"].rpartition("_")[0] for row in rows}
+    return leaders[0] if len(leaders) == 1 and holders == set(leaders) else None
+
+
+def check_one_leader(output: str, sandbox: Path, k8s_bin: Path, tries: int = 3, holder_line: bool = False) -> str:
+    """The one leader of a status table: every master's row names the same holder, the only
+    one that says ``Leader: yes`` (and, with ``holder_line``, the Lease's holder the status
+    command prints). The masters read the Lease one after the other: when it moved in
+    between, ``scripts/demo status`` is asked again (``tries`` times in all)."""
+    for _ in range(tries):
+        rows = check_masters(output)
+        leader = one_leader(rows)
+        if leader and (not holder_line or f"holder {leader}_" in output):
+            return leader
+        output = run_demo("status", sandbox, k8s_bin)
+    raise AssertionError(f"{tries} status tables without one leader all masters agree on: {rows}")
 
 
 def live_processes_mentioning(text: str) -> list[str]:
@@ -190,14 +209,13 @@ def test_demo_up_status_failover_shell_down(k8s_bin, tmp_path_factory):
         for node in NODES:
             assert re.search(rf"{node}: \d+ states succeeded", up), f"no state.apply kcm summary for {node}"
             assert re.search(rf"nsenter -t \d+ -a .* a shell in {node} ", up), f"no shell command for {node}"
-        check_one_leader(up)
+        check_one_leader(up, sandbox, k8s_bin)
         old, new = check_failover(up)
         assert len(alerts_in_alertmanager(up, old, new)) == 1
 
         # `up` has exited: the machines and KCM under systemd live on.
         status = run_demo("status", sandbox, k8s_bin)
-        leader = check_one_leader(status)
-        assert f"holder {leader}_" in status
+        leader = check_one_leader(status, sandbox, k8s_bin, holder_line=True)
         for node in NODES:
             assert f"{node} (" in status and "kube-controller-manager -> active" in status
         shell = run_demo("shell", sandbox, k8s_bin, leader, "sh", "-c", "hostname; systemctl is-active "
@@ -206,10 +224,11 @@ def test_demo_up_status_failover_shell_down(k8s_bin, tmp_path_factory):
         assert (name, active) == (leader, "active") and int(main_pid) > 0, shell
 
         failover = run_demo("failover", sandbox, k8s_bin)
+        # The leader it stopped is the one of that moment (the alert must name it: check_failover),
+        # not necessarily the one a status command found earlier.
         old, new = check_failover(failover)
-        assert old == leader
         assert len(alerts_in_alertmanager(failover, old, new)) == 1
-        check_one_leader(run_demo("status", sandbox, k8s_bin))
+        check_one_leader(run_demo("status", sandbox, k8s_bin), sandbox, k8s_bin)
     finally:
         keep_logs(sandbox, k8s_bin)
         if sandbox.exists():

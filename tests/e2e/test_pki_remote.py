@@ -105,5 +105,6 @@ def test_a_refusing_policy_fails_the_run_with_its_reason(remote_lab):
     assert isinstance(ret, dict), returns
     cert_state = next(v for k, v in ret.items() if "kcm-pki-cert" in k)
     assert cert_state["result"] is False
-    assert "nosuchpolicy" in cert_state["comment"] or "policy" in cert_state["comment"].lower(), cert_state
+    # x509_v2 on the CA minion: the policy the master asked for is not one it has.
+    assert "signing_policy must be specified and defined on signing minion" in cert_state["comment"], cert_state
     assert cluster.active(MASTER) == "active", "a refused renewal leaves the running KCM alone"

@@ -76,7 +76,17 @@ def fresh_account():
     os.system(f"userdel {name} >/dev/null 2>&1; groupdel {name} >/dev/null 2>&1")  # noqa: S605
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="creates and removes a system account (the test runs as root in CI)")
+@pytest.fixture
+def as_root():
+    """These tests create and remove system accounts: root only. CI runs as root (CI=true):
+    there a missing root is a failure, not a skip."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true but not root: the account tests of kcm.clean cannot run", pytrace=False)
+        pytest.skip("creates and removes a system account (root only; CI runs them)")
+
+
+@pytest.mark.usefixtures("as_root")
 def test_clean_leaves_nothing_the_formula_created(state, minion_opts, open_tmp, test_pki, fresh_account):
     tmp_path = open_tmp
     signer_cert, signer_key = testpki.make_ca("kcm-test-cluster-signer")
@@ -116,7 +126,7 @@ def test_clean_leaves_nothing_the_formula_created(state, minion_opts, open_tmp, 
     assert any(download_cache.iterdir()), "the download cache is kept"
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="creates and removes a system account (the test runs as root in CI)")
+@pytest.mark.usefixtures("as_root")
 def test_clean_keeps_an_account_that_was_there_before(state, open_tmp, test_pki, fresh_account):
     tmp_path = open_tmp
     assert os.system(f"groupadd -r {fresh_account} && useradd -r -g {fresh_account} {fresh_account}") == 0  # noqa: S605

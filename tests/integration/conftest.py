@@ -1,15 +1,30 @@
 """A real salt-master with three real salt-minions (pytest-salt-factories), each minion
-laying the formula down into its own temporary root."""
+laying the formula down into its own temporary root from the real release tarball that
+``scripts/k8s-binaries`` built (``KCM_K8S_BIN``, exported by ``scripts/test``)."""
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
 from tests.support import pki as testpki
 from tests.support.pillar import REPO, sandbox_pillar
-from tests.support.tarball import build_tarball
 
 MINIONS = ("master-1", "master-2", "master-3")
+
+
+def real_release() -> tuple[Path, str]:
+    """(server tarball, version) of the release scripts/k8s-binaries built; a missing one fails."""
+    if not os.environ.get("KCM_K8S_BIN"):
+        pytest.fail("KCM_K8S_BIN is not set: run the tier with scripts/test (it builds the release)", pytrace=False)
+    directory = Path(os.environ["KCM_K8S_BIN"])
+    version = directory.name
+    tarball = directory / f"kubernetes-server-{version}-linux-amd64.tar.gz"
+    missing = [str(p) for p in (tarball, Path(f"{tarball}.sha512")) if not p.is_file()]
+    if missing:
+        pytest.fail(f"{directory} lacks {missing}: run scripts/k8s-binaries", pytrace=False)
+    return tarball, version
 
 
 @pytest.fixture(scope="package")
@@ -32,8 +47,7 @@ def formula_master(salt_factories, tmp_path_factory):
 @pytest.fixture(scope="package")
 def formula_minions(formula_master, tmp_path_factory):
     """Three started minions; `pillars[id]` is each one's `kcm:` pillar (written to the master)."""
-    version = "v1.34.3"
-    tarball = build_tarball(tmp_path_factory.mktemp("dl"), version)
+    tarball, version = real_release()
     pki = testpki.kcm_pki(MINIONS)
     top = ["base:"]
     pillars, factories = {}, {}

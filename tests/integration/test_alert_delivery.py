@@ -20,6 +20,7 @@ import pytest
 
 from kcmlab.alertmanager import Alertmanager
 from kcmlab.controlplane import LEASE_PATH, ControlPlane, wait_until
+from tests.support.bus import bus_marker
 from tests.support.fleet import BeaconStandIn, failover_events, kcm_master_conf, new_cluster_id
 from tests.support.pillar import REPO
 
@@ -63,8 +64,12 @@ def salt_master(salt_factories, alertmanager, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def kcm_masters(salt_master, control_plane):
-    """The two minions, deployed as the formula leaves a master: kcm.* read this kubeconfig's cluster."""
+    """The two minions, deployed as the formula leaves a master: kcm.* read this cluster with
+    KCM's own credentials (CN system:kube-controller-manager, no group: through the real
+    apiserver's RBAC, as on a master)."""
     factories = [salt_master.salt_minion_daemon(mid) for mid in MASTERS]
+    kcm_kubeconfig = control_plane.write_kubeconfig(control_plane.workdir / "kcm.kubeconfig",
+                                                    cn="system:kube-controller-manager", groups=())
     started = []
     try:
         for factory in factories:
@@ -73,7 +78,7 @@ def kcm_masters(salt_master, control_plane):
             deployed = Path(factory.config["cachedir"]) / "kcm" / "deployed.json"
             deployed.parent.mkdir(parents=True, exist_ok=True)
             deployed.write_text(json.dumps({"cluster": CLUSTER,
-                                            "files": {"kubeconfig": str(control_plane.admin_kubeconfig)}}))
+                                            "files": {"kubeconfig": str(kcm_kubeconfig)}}))
         ret = salt_master.salt_cli(timeout=120).run("saltutil.sync_all", minion_tgt="dl-master-*")
         assert ret.returncode == 0, ret
         yield factories
@@ -131,7 +136,10 @@ def test_a_failover_while_alertmanager_is_down_arrives_once_when_it_is_back(
     beacon.fire(failover_events(CLUSTER, cluster_id, old="dl-master-1", new="dl-master-2", transitions=7))
     (failed,) = _wait_events(event_listener, salt_master, "kcm/alert/send_failed", since, cluster_id)
     assert failed.data["alerts"][0]["labels"]["alertname"] == "KCMLeaderChanged"
-    time.sleep(6)  # three scheduled flushes, each refused
+    flush = salt_master.salt_run_cli(timeout=60)
+    for _ in range(2):  # two more flushes, each refused (the outbox keeps the alert) ...
+        assert set(flush.run("kcm_alert.flush").data) == {"delivered", "pending", "expired"}
+    bus_marker(salt_master, event_listener)  # ... and what they told is on the bus by now
     assert len(_events(event_listener, salt_master, "kcm/alert/send_failed", since, cluster_id)) == 1
 
     alertmanager.daemon.start()  # the same port and storage
@@ -140,7 +148,9 @@ def test_a_failover_while_alertmanager_is_down_arrives_once_when_it_is_back(
     (delivered,) = _wait_events(event_listener, salt_master, "kcm/alert/delivered", since, cluster_id)
     assert [a["labels"] for a in delivered.data["alerts"]] == [alerts[0]["labels"]]
     assert alerts[0]["labels"]["new_node"] == "dl-master-2" and alerts[0]["labels"]["env"] == "it"
-    time.sleep(4)  # later flushes have nothing left to post
+    # a later flush has nothing left to post
+    assert set(salt_master.salt_run_cli(timeout=60).run("kcm_alert.flush").data) == {"delivered", "pending", "expired"}
+    bus_marker(salt_master, event_listener)
     assert len(alertmanager.active(alertname="KCMLeaderChanged", cluster_id=cluster_id)) == 1
     assert len(_events(event_listener, salt_master, "kcm/alert/delivered", since, cluster_id)) == 1
     assert salt_master.salt_run_cli(timeout=60).run("kcm_alert.flush").data == {

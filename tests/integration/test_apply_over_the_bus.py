@@ -28,10 +28,12 @@ def test_state_apply_kcm_on_all_masters_then_nothing_changes(formula_master, for
         assert "--secure-port=10257" in unit.read_text()
 
     second = cli.run("state.apply", "kcm", minion_tgt="master*")
+    assert set(second.data) == {"master-1", "master-2", "master-3"}, second.stdout
     for mid, ret in second.data.items():
         assert not state_failures(ret), (mid, state_failures(ret))
         assert state_changes(ret) == [], (mid, state_changes(ret))
 
     args = cli.run("kcm.args", minion_tgt="master*")
+    assert set(args.data) == {"master-1", "master-2", "master-3"}, args.stdout
     for mid, flags in args.data.items():
         assert "--leader-elect=true" in flags, (mid, flags)

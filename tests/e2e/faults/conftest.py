@@ -1,7 +1,7 @@
 """The faults real clusters have, on the lab: a real salt-master (two for the multi-master
 case) running the formula's ``kcm_alert`` engine and runner, Debian's Alertmanager on the host,
 real etcd and kube-apiserver, three KCMs under systemd on systemd machines (``state.apply kcm``
-over the bus), the ``kcm_leader`` beacon on each, short leader election (4s/3s/1s).
+over the bus), the ``kcm_leader`` beacon on each, short leader election (``SHORT_ELECTION``).
 
 One lab serves the module; ``fault`` puts it back together before each test (every link up,
 every daemon up, Alertmanager restarted empty, so that what a test sees in it is its own
@@ -46,10 +46,14 @@ FAULTS: list[str] = []
 
 
 def delivery_pillar() -> dict:
-    """The ``kcm:master`` delivery settings this checkout's ``kcm.master`` knows (its defaults
-    list them); the others would be refused by its validation, and the lab not built."""
+    """The ``kcm:master`` delivery settings; each must be one this checkout's ``kcm.master``
+    knows (its defaults list them): one it does not know is a missing part, and fails."""
     known = yaml.safe_load((REPO / "formula" / "kcm" / "defaults.yaml").read_text())["kcm"]["master"]
-    return {key: value for key, value in DELIVERY.items() if key in known}
+    unknown = sorted(set(DELIVERY) - set(known))
+    if unknown:
+        pytest.fail(f"kcm:master has no {unknown} in formula/kcm/defaults.yaml: the delivery schedule "
+                    "the fault tests rely on is missing", pytrace=False)
+    return dict(DELIVERY)
 
 
 class AlertWatch:
@@ -160,6 +164,7 @@ def fault_lab(k8s_bin, alertmanager, tmp_path_factory, request):
     conf = kcm_master_config(workdir / "master-host", {
         "alertmanager_urls": [alertmanager.url], "allow_http": True, "labels": {"env": "e2e"},
         "masters": "master-*", **delivery_pillar()})
+    # A stand-in for the rendered retry backoff: a test waits fractions of a second, not seconds.
     conf["kcm_alert"]["backoff"] = 0.2
     cluster, names = None, ()
     try:

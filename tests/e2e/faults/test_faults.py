@@ -67,17 +67,27 @@ def kcm_exit_after(cluster, name: str, began: float, timeout: float) -> float:
     return wait_until(exited, timeout, f"{name}: KCM's exit", interval=0.2) - began
 
 
-def one_leader_changed(cluster, old: str, new: str, timeout: float = WAIT) -> list[dict]:
-    """Every KCMLeaderChanged seen, once the one of old -> new is in Alertmanager (or after
-    ``timeout`` without it: the caller reports the loss, then fails), a few polls later so that
-    a second one (another startsAt) would be seen too."""
+def leader_changes_alerted(cluster, old: str, new: str, timeout: float = WAIT) -> tuple[list, str]:
+    """(old_node, new_node) of every KCMLeaderChanged Alertmanager listed during the test, once
+    the one of old -> new is there and a few polls later (a second one, another startsAt,
+    would be seen too), and why it is missing ('' when it is there). The caller prints its
+    FAULT line with the loss, then asserts exactly ``[(old, new)]``: a timeout, a wrongly
+    labelled or a second alert fails the test."""
+    why = ""
     try:
         wait_until(lambda: cluster.watch.open("KCMLeaderChanged", old_node=old, new_node=new), timeout,
                    f"KCMLeaderChanged {old} -> {new} in Alertmanager", interval=0.3)
-    except TimeoutError:
-        return cluster.watch.alerts("KCMLeaderChanged")
-    time.sleep(3)
-    return cluster.watch.alerts("KCMLeaderChanged")
+    except TimeoutError as exc:
+        why = str(exc)
+    else:
+        time.sleep(3)
+    alerts = [(a["labels"].get("old_node"), a["labels"].get("new_node"))
+              for a in cluster.watch.alerts("KCMLeaderChanged")]
+    return alerts, why
+
+
+def lost(alerts, old: str, new: str) -> int:
+    return int((old, new) not in alerts)
 
 
 def test_leader_cut_off_the_network(fault):
@@ -102,14 +112,16 @@ def test_leader_cut_off_the_network(fault):
     # it rejoins as a standby: it reports the change it missed, which is no second alert
     wait_events(cluster, f"salt/beacon/{old}/kcm_leader/changed", back, 1, f"{old} reporting the new leader")
     cluster.ensure_running()
-    alerts = one_leader_changed(cluster, old, new)
-    assert cluster.leader() == new and cluster.active(old) == "active"
+    alerts, why = leader_changes_alerted(cluster, old, new)
+    assert cluster.renewing_leader() == new, cluster.lease_log.summary()
+    assert cluster.active(old) == "active"
     cluster.watch.wait_closed()
     sent = events(cluster, "kcm/alert/changed", began)
-    report_fault("cut_link", leader_after, cluster.watch, lost=int(not alerts), stopped_leading=f"{stopped:.1f}",
-                 cut_for=f"{cut_for:.0f}")
-    assert stopped <= RENEW_DEADLINE + RETRY + 1.0, f"{old} led {stopped:.1f}s into the cut"
-    assert len(alerts) == 1, alerts
+    report_fault("cut_link", leader_after, cluster.watch, lost=lost(alerts, old, new),
+                 stopped_leading=f"{stopped:.1f}", cut_for=f"{cut_for:.0f}")
+    # Never two leaders: the cut-off one stopped before the other one took the Lease.
+    assert stopped < leader_after, f"{old} led {stopped:.1f}s into the cut, {new} from {leader_after:.1f}s"
+    assert alerts == [(old, new)], why or alerts
     assert len(sent) == 1, [e[2] for e in sent]
     assert len(cluster.watch.alerts("KCMApiserverUnreachable")) <= 1
 
@@ -118,8 +130,8 @@ def test_salt_master_down_while_the_minions_restart(fault):
     """The beacons' reports of the failover are lost for good (held by minions that restart
     while the master is away); the master learns of the transition when it is back."""
     cluster = fault
-    old = settled(cluster)
-    old_holder = cluster.holder()
+    settled(cluster)
+    old, old_holder, _, _ = cluster.consistent()  # the node and its process, read at one moment
     recorder = cluster.recorders[cluster.master.id]
     recorder.stop()
     cluster.master.stop()
@@ -138,12 +150,12 @@ def test_salt_master_down_while_the_minions_restart(fault):
         cluster.master.start()
         recorder.start()
     cluster.master.wait_for_minions(cluster.nodes)
-    alerts = one_leader_changed(cluster, old, new)
+    alerts, why = leader_changes_alerted(cluster, old, new)
     reports = events(cluster, "salt/beacon/*/kcm_leader/changed", began)
-    report_fault("salt_master_down", leader_after, cluster.watch, lost=int(not alerts),
+    report_fault("salt_master_down", leader_after, cluster.watch, lost=lost(alerts, old, new),
                  reports_dropped=len(cluster.nodes) - len(reports), master_down=f"{down_for:.0f}")
     assert reports == [], "the scenario needs the reports lost; the minions delivered them"
-    assert len(alerts) == 1, alerts
+    assert alerts == [(old, new)], why or alerts
 
 
 def test_alertmanager_down_across_a_failover(fault, alertmanager):
@@ -161,9 +173,10 @@ def test_alertmanager_down_across_a_failover(fault, alertmanager):
     finally:
         down_for = time.time() - began
         alertmanager.start()
-    alerts = one_leader_changed(cluster, old, new, timeout=WAIT)
-    report_fault("alertmanager_down", leader_after, cluster.watch, lost=int(not alerts), am_down=f"{down_for:.0f}")
-    assert len(alerts) == 1, alerts
+    alerts, why = leader_changes_alerted(cluster, old, new, timeout=WAIT)
+    report_fault("alertmanager_down", leader_after, cluster.watch, lost=lost(alerts, old, new),
+                 am_down=f"{down_for:.0f}")
+    assert alerts == [(old, new)], why or alerts
     # the first failed send is told once, not once per retry
     assert len(events(cluster, "kcm/alert/send_failed", began)) == len(failed) == 1
 
@@ -190,9 +203,12 @@ def test_etcd_and_apiserver_restarted(fault):
                      reported=",".join(f"{a}:{n}" for a, n in incidents.items() if n) or "none")
         problems[name] = {alert: (count, alerted.get(alert, 0)) for alert, count in incidents.items()
                           if alerted.get(alert, 0) != count}
+        # An outage longer than the Lease that no beacon reported is a loss too, not a pass.
+        if not incidents["KCMApiserverUnreachable"] + incidents["KCMNoLeader"]:
+            problems[name]["nothing reported"] = incidents
     assert problems == {"etcd": {}, "apiserver": {}}, f"(incidents reported, alerts) per outage: {problems}"
     assert not [a for n in CONDITIONS for a in cluster.watch.open(n)]
-    assert cluster.leader() in cluster.nodes
+    assert cluster.renewing_leader() in cluster.nodes
 
 
 def test_leader_powered_off(fault):
@@ -203,11 +219,11 @@ def test_leader_powered_off(fault):
     cluster.machine(old).power_off()
     new, leader_after = live_leader_after(cluster, began, exclude=(old,))
     assert EPOCH(spec(cluster)["acquireTime"]) >= EPOCH(before["renewTime"]) + LEASE - 0.1
-    alerts = one_leader_changed(cluster, old, new)
+    alerts, why = leader_changes_alerted(cluster, old, new)
     # nothing stays open for the machine that is gone (a stale leader, no leader)
     cluster.watch.wait_closed()
-    report_fault("power_off", leader_after, cluster.watch, lost=int(not alerts))
-    assert len(alerts) == 1, alerts
+    report_fault("power_off", leader_after, cluster.watch, lost=lost(alerts, old, new))
+    assert alerts == [(old, new)], why or alerts
 
 
 def test_two_salt_masters_give_one_alert_per_incident(fault, alertmanager):
@@ -231,12 +247,12 @@ def test_two_salt_masters_give_one_alert_per_incident(fault, alertmanager):
         assert sorted(e[2]["id"] for e in reports) == sorted(cluster.nodes), (master_id, reports)
         sent[master_id] = wait_until(lambda r=recorder: r.find("kcm/alert/changed", began), WAIT,
                                      f"{master_id}'s runner sending KCMLeaderChanged", interval=0.5)
-    alerts = one_leader_changed(cluster, old, new)
+    alerts, why = leader_changes_alerted(cluster, old, new)
     listed = alertmanager.active(alertname="KCMLeaderChanged", old_node=old, new_node=new)
-    report_fault("two_masters", leader_after, cluster.watch, lost=int(not alerts),
+    report_fault("two_masters", leader_after, cluster.watch, lost=lost(alerts, old, new),
                  sends=sum(len(found) for found in sent.values()))
     assert {master_id: len(found) for master_id, found in sent.items()} == {m: 1 for m in cluster.recorders}
-    assert len(alerts) == 1 and len(listed) == 1, (alerts, listed)
+    assert alerts == [(old, new)] and len(listed) == 1, why or (alerts, listed)
 
 
 def test_a_master_that_dies_while_it_reports_unreachable_leaves_nothing_open(fault):

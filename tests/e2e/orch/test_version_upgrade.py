@@ -19,7 +19,7 @@ import pytest
 
 from kcmlab.cluster import UNIT
 from tests.e2e.orch.cluster import built_release, deployed_cluster, release_of
-from tests.e2e.orch.harness import BOUND, LeaseWatch, runner_return, starts, steps
+from tests.e2e.orch.harness import LeaseWatch, runner_return, starts, steps
 
 pytestmark = pytest.mark.e2e
 
@@ -79,13 +79,15 @@ def release_pillar(cluster, version: str) -> dict:
 
 
 def run_upgrade(cluster, version: str) -> Rollout:
-    leader, holder = cluster.leader(), cluster.cp.lease()["spec"]["holderIdentity"]
+    """The upgrade under a LeaseWatch; ``leader``/``holder``: the first the watch saw."""
+    cluster.lab.renewing_leader()
     since = time.time()
     with LeaseWatch(cluster.cp, nodes=cluster.nodes) as watch:
         begin = time.monotonic()
         result = cluster.salt_run("state.orchestrate", "orch.kcm.upgrade", pillar=release_pillar(cluster, version))
         seconds = time.monotonic() - begin
-    return Rollout(result, watch, since, leader, holder, seconds)
+    watch.assert_sound()
+    return Rollout(result, watch, since, watch.leader_nodes[0], watch.holders[0], seconds)
 
 
 @pytest.fixture(scope="module")
@@ -148,10 +150,11 @@ def test_rolling_version_upgrade_moves_every_master_to_the_new_release_with_one_
 
     assert starts(vup, run.since) == {name: 1 for name in vup.nodes}
     assert summary["order"][-1] == run.leader and summary["leader_before"] == run.leader, summary["order"]
-    assert run.watch.transitions == 1 and summary["leader_changes"] == 1
-    assert len(run.watch.holders) == 2 and run.watch.leader_nodes[0] == run.leader, run.watch.holders
+    assert run.watch.transitions == 1 and summary["leader_changes"] == 1, vup.lab.lease_log.summary()
+    assert len(run.watch.holders) == 2, run.watch.holders
     assert run.watch.min_healthy >= len(vup.nodes) - 1, run.watch.healthy_counts
-    assert run.watch.longest_gap <= BOUND, run.watch.gaps()
+    # One window without a live leader, in the handover (how long: bench/rolling.py).
+    assert len(run.watch.gaps()) <= 1, run.watch.gaps()
     assert states["kcm-orch-upgrade-leader-elected"]["result"] is True
     record_timing("version upgrade: longest window without a live leader", run.watch.longest_gap)
 
@@ -173,7 +176,7 @@ def test_running_the_same_upgrade_again_changes_and_restarts_nothing(vup, first_
     assert starts(vup, again.since) == {name: 0 for name in vup.nodes}
     assert {name: node.exec_start() for name, node in vup.nodes.items()} == units
     assert {name: versions_kept(node) for name, node in vup.nodes.items()} == kept
-    assert summary["leader_changes"] == 0 and again.watch.transitions == 0
+    assert summary["leader_changes"] == 0 and again.watch.transitions == 0, vup.lab.lease_log.summary()
     assert vup.cp.lease()["spec"]["holderIdentity"] == again.holder
 
 
@@ -198,7 +201,7 @@ def test_a_rollback_by_pillar_is_rolling_too_and_runs_the_kept_release(vup, firs
     assert kept == {n: sorted([PREVIOUS, target]) for n in vup.nodes}
     assert starts(vup, back.since) == {name: 1 for name in vup.nodes}
     assert summary["order"][-1] == back.leader, summary["order"]
-    assert back.watch.transitions == 1 and summary["leader_changes"] == 1
+    assert back.watch.transitions == 1 and summary["leader_changes"] == 1, vup.lab.lease_log.summary()
     assert back.watch.min_healthy >= len(vup.nodes) - 1, back.watch.healthy_counts
     for node in vup.nodes.values():
         assert node.machine.systemctl("is-active", UNIT).stdout.strip() == "active"
