@@ -14,7 +14,7 @@ import time
 
 from cryptography import x509
 
-from kcmlab.controlplane import https_session, metric_values, node_of, wait_until, write_private
+from kcmlab.controlplane import metric_values, wait_until, write_private
 
 EXPECTED_VERSION = "v1.37.2"
 LEADER_METRIC = "leader_election_master_status"
