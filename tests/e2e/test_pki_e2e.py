@@ -51,10 +51,13 @@ def test_issued_certs_serve_healthz_and_lead(local_cluster):
         cert = file_cert(local_cluster, name)
         assert served_cert(local_cluster, name).serial_number == cert.serial_number, "KCM serves the issued cert"
         addresses = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        assert local_cluster.lab.address_of(name) in {str(a) for a in addresses.get_values_for_type(x509.IPAddress)}
+        # the bind address (127.0.0.1 by default, CIS 1.3.7) and the host's name
+        assert "127.0.0.1" in {str(a) for a in addresses.get_values_for_type(x509.IPAddress)}
+        assert name in addresses.get_values_for_type(x509.DNSName)
         key_path = local_cluster.deployed(name)["files"]["key"]
         machine = local_cluster.machine(name)
-        assert machine.run(["stat", "-c", "%a %U", key_path]).stdout.split() == ["600", "k8s"]
+        # root's alone; KCM reads systemd's copy (LoadCredential=), the KCM user owns nothing
+        assert machine.run(["stat", "-c", "%a %U", key_path]).stdout.split() == ["600", "root"]
         key = machine.read_file(key_path)
         assert "PRIVATE KEY" in key
         assert key not in str(local_cluster.pillars[name]), "the key was made on the master, not taken from pillar"
