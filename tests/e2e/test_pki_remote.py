@@ -84,7 +84,11 @@ def test_the_ca_minion_signs_the_ca_key_stays_there_and_kcm_leads(remote_lab):
     assert ca_key_line not in json.dumps(returns)
     assert ca_key_line in cluster.machine(CA).read_file(f"{CA_DIR}/ca-key.pem")
     unit = master.read_file("/usr/lib/systemd/system/kube-controller-manager.service")
-    assert f"--cluster-signing-key-file={files['signer_key']}" in unit
+    # the signer key reaches KCM as a systemd credential: its root-only source, systemd's copy
+    signer = files["signer_key"]
+    assert f"LoadCredential={signer.rsplit('/', 1)[1]}:{signer}" in unit
+    assert f"--cluster-signing-key-file=/run/credentials/kube-controller-manager.service/{signer.rsplit('/', 1)[1]}" \
+        in unit
 
     again = cluster.apply("kcm", target=[MASTER])
     assert changed_states(again[MASTER]) == []

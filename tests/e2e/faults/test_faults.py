@@ -255,6 +255,13 @@ def test_two_salt_masters_give_one_alert_per_incident(fault, alertmanager):
     assert alerts == [(old, new)] and len(listed) == 1, why or (alerts, listed)
 
 
+# An upper bound for recovery after this test's outage, not a speed claim: with the apiserver
+# gone, every KCM crash-loops (RestartSec=5) and one master is powered off for good, so at the
+# lab's 8s/6s/1s the new leader came 62 s and the resolve 90 s after the apiserver (measured
+# alone on 2 cores; bench/ measures recovery speed).
+RECOVERY_WAIT = 3 * WAIT
+
+
 def test_a_master_that_dies_while_it_reports_unreachable_leaves_nothing_open(fault):
     """The apiserver goes away, every master reports unreachable, one of them is then
     powered off for good: the others' recovery, and what the masters answer, resolve it.
@@ -267,7 +274,7 @@ def test_a_master_that_dies_while_it_reports_unreachable_leaves_nothing_open(fau
     try:
         wait_events(cluster, "salt/beacon/*/kcm_leader/unreachable", began, len(cluster.nodes),
                     "'unreachable' from every minion")
-        wait_until(lambda: cluster.watch.open("KCMApiserverUnreachable"), WAIT, "KCMApiserverUnreachable open")
+        wait_until(lambda: cluster.watch.open("KCMApiserverUnreachable"), RECOVERY_WAIT, "KCMApiserverUnreachable open")
         cluster.machine(victim).power_off()
     finally:
         cluster.cp.apiserver.start()
@@ -276,7 +283,7 @@ def test_a_master_that_dies_while_it_reports_unreachable_leaves_nothing_open(fau
     _, leader_after = live_leader_after(cluster, began, exclude=(victim,))
     closed = True
     try:
-        cluster.watch.wait_closed(timeout=WAIT)
+        cluster.watch.wait_closed(timeout=RECOVERY_WAIT)
     except TimeoutError:
         closed = False
     resolved_after = time.time() - back
