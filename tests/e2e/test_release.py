@@ -176,7 +176,10 @@ def test_with_the_apiserver_down_the_stop_and_the_restart_happen_on_time(kcm_clu
         record_timing("systemctl restart of a KCM with the apiserver down", took)
         assert took < STOP_TIMEOUT, f"restart took {took:.1f}s with the apiserver down"
         assert "not released" in line, line
-        assert kcm_cluster.active(name) == "active"
+        # systemd started a new KCM after the restart (with no apiserver, KCM may give up and
+        # exit again soon after, by design: its state then is no proof either way)
+        started = int(kcm_cluster.machine(name).unit_property(UNIT, "ExecMainStartTimestampMonotonic")) / 1e6
+        assert started >= began, f"no KCM started after the restart ({started:.1f} < {began:.1f})"
         began = time.monotonic()
         kcm_cluster.machine(name).systemctl("stop", UNIT)
         assert time.monotonic() - began < STOP_TIMEOUT
