@@ -1,7 +1,7 @@
 """The faults real clusters have, on the lab: a real salt-master (two for the multi-master
 case) running the formula's ``kcm_alert`` engine and runner, Debian's Alertmanager on the host,
 real etcd and kube-apiserver, three KCMs under systemd on systemd machines (``state.apply kcm``
-over the bus), the ``kcm_leader`` beacon on each, short leader election (``SHORT_ELECTION``).
+over the bus), the ``kcm_leader`` beacon on each, short leader election (``FAULTS_ELECTION``, 4s/3s/1s).
 
 One lab serves the module; ``fault`` puts it back together before each test (every link up,
 every daemon up, Alertmanager restarted empty, so that what a test sees in it is its own
@@ -19,6 +19,7 @@ Each test prints one line ``FAULT <name> leader_after=<s> fired=<n> resolved=<n>
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -28,13 +29,21 @@ import requests
 import yaml
 
 from kcmlab.alertmanager import Alertmanager
-from kcmlab.cluster import SHORT_ELECTION
+from kcmlab.cluster import _election
 from kcmlab.controlplane import wait_until
 from kcmlab.machines import leftovers
 from kcmlab.masterless import kcm_master_config
 from kcmlab.saltmaster import EventRecorder
 from tests.e2e.alerts.conftest import BEACON, BEACON_STATE, WAIT, settled
 from tests.e2e.conftest import LOG_FILES, start_lab_cluster, stop_lab_cluster
+
+# The faults module keeps the 4s/3s/1s it was proven with (KCM_FAULTS_ELECTION overrides it).
+# At the shared clusters' 8s/6s/1s the whole module measured 7 of 7 at 4s/3s/1s (6 min) but
+# its last test failed twice in a row (11 min): after the six faults before it, no
+# KCMApiserverUnreachable opened within 270 s although every minion reported unreachable;
+# that test passes alone at 8s/6s/1s. An open finding, not explained yet (closing note of
+# the session that set this).
+FAULTS_ELECTION = _election(os.environ.get("KCM_FAULTS_ELECTION", "4s/3s/1s"))
 
 REPO = Path(__file__).resolve().parents[3]
 SUITE = "e2e-faults"
@@ -168,7 +177,7 @@ def fault_lab(k8s_bin, alertmanager, tmp_path_factory, request):
     conf["kcm_alert"]["backoff"] = 0.2
     cluster, names = None, ()
     try:
-        cluster = start_lab_cluster(k8s_bin, workdir, "faults", suite=SUITE, election=SHORT_ELECTION,
+        cluster = start_lab_cluster(k8s_bin, workdir, "faults", suite=SUITE, election=FAULTS_ELECTION,
                                     kcm={"beacon": dict(BEACON, cert_thresholds=[])}, master_config=conf)
         names = cluster.all_names
         cluster.recorders = {cluster.master.id: EventRecorder(cluster.master).start()}
