@@ -14,20 +14,26 @@ def test_pki():
     return testpki.kcm_pki()
 
 
-@pytest.fixture(scope="module")
-def minion_opts(salt_factories, tmp_path_factory):
-    root = tmp_path_factory.mktemp("func-minion")
+def local_minion_opts(salt_factories, minion_id: str, file_roots: list, pillar_root) -> dict:
+    """The opts of a masterless minion (local file client) reading ``file_roots`` and
+    ``pillar_root``, with x509_v2: what every functional tier's loader starts from."""
     factory = salt_factories.salt_minion_daemon(
-        "func-minion",
+        minion_id,
         overrides={
             "file_client": "local",
-            "file_roots": {"base": [str(REPO / "formula")]},
-            "pillar_roots": {"base": [str(root / "pillar")]},
+            "file_roots": {"base": [str(path) for path in file_roots]},
+            "pillar_roots": {"base": [str(pillar_root)]},
             "fileserver_list_cache_time": 0,
             "features": {"x509_v2": True},
         },
     )
     return factory.config.copy()
+
+
+@pytest.fixture(scope="module")
+def minion_opts(salt_factories, tmp_path_factory):
+    root = tmp_path_factory.mktemp("func-minion")
+    return local_minion_opts(salt_factories, "func-minion", [REPO / "formula"], root / "pillar")
 
 
 @pytest.fixture(scope="module")

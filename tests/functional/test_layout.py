@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.functional.conftest import local_minion_opts
 from tests.functional.test_apply import failed
 from tests.support import pki as testpki
 from tests.support.pillar import REPO, sandbox_pillar
@@ -39,17 +40,7 @@ def site_root(tmp_path_factory):
 @pytest.fixture(scope="module")
 def minion_opts(salt_factories, tmp_path_factory, site_root):
     root = tmp_path_factory.mktemp("func-layout")
-    factory = salt_factories.salt_minion_daemon(
-        "func-layout-minion",
-        overrides={
-            "file_client": "local",
-            "file_roots": {"base": [str(site_root), str(REPO / "formula")]},
-            "pillar_roots": {"base": [str(root / "pillar")]},
-            "fileserver_list_cache_time": 0,
-            "features": {"x509_v2": True},
-        },
-    )
-    opts = factory.config.copy()
+    opts = local_minion_opts(salt_factories, "func-layout-minion", [site_root, REPO / "formula"], root / "pillar")
     # kcm.pki_peer writes below the minion's config_dir: keep it inside the test.
     opts["config_dir"] = str(root / "etc-salt")
     return opts

@@ -11,6 +11,7 @@ import tarfile
 import pytest
 from saltfactories.utils.functional import Loaders
 
+from tests.functional.conftest import local_minion_opts
 from tests.functional.test_apply import failed
 from tests.functional.test_ownership import NOBODY, kcm_writable, nobody
 from tests.support.pillar import REPO, sandbox_pillar
@@ -37,17 +38,8 @@ def previous_tree(tmp_path_factory):
 @pytest.fixture(scope="module")
 def previous_state(salt_factories, tmp_path_factory, previous_tree):
     pillar_root = tmp_path_factory.mktemp("previous-pillar")
-    factory = salt_factories.salt_minion_daemon(
-        "previous-minion",
-        overrides={
-            "file_client": "local",
-            "file_roots": {"base": [str(previous_tree / "formula")]},
-            "pillar_roots": {"base": [str(pillar_root)]},
-            "fileserver_list_cache_time": 0,
-            "features": {"x509_v2": True},
-        },
-    )
-    return Loaders(factory.config.copy(), loaded_base_name=f"{__name__}.previous").modules.state
+    opts = local_minion_opts(salt_factories, "previous-minion", [previous_tree / "formula"], pillar_root)
+    return Loaders(opts, loaded_base_name=f"{__name__}.previous").modules.state
 
 
 def test_an_install_of_the_previous_release_is_taken_back_for_root(previous_state, state, open_tmp, test_pki):
