@@ -2,9 +2,9 @@
 CIS (cis-1.12) controller-manager checks on what a real ``state.apply kcm`` lays down with the
 formula's defaults (only the PEMs, the apiserver and the sandbox's paths given), judged the
 way kube-bench judges them: the flags of the unit's ``ExecStart=`` (1.3.1-1.3.7), the
-kubeconfig's mode (1.1.17) and the PKI files' modes (1.1.20, 1.1.21). The unit's mode and the
-owners (1.1.3, 1.1.4, 1.1.18, 1.1.19) are the root-ownership tests' (issue #24); here
-everything runs as root in a sandbox.
+unit's mode (1.1.3), the kubeconfig's mode (1.1.17) and the PKI files' modes (1.1.20, 1.1.21).
+The owners (1.1.4, 1.1.18, 1.1.19) are the root-ownership tests' (issue #24); here everything
+runs as root in a sandbox.
 """
 
 import stat
@@ -26,7 +26,9 @@ def test_the_defaults_lay_down_a_benchmark_clean_kcm(state, tmp_path, test_pki):
     assert not failed(ret), failed(ret)
     paths = pillar["kcm"]["paths"]
 
-    unit = (Path(paths["unit"]) / "kube-controller-manager.service").read_text()
+    unit_file = Path(paths["unit"]) / "kube-controller-manager.service"
+    assert stat.S_IMODE(unit_file.stat().st_mode) & 0o177 == 0, "1.1.3: unit file 600 or stricter"
+    unit = unit_file.read_text()
     flags = as_map([word for word in exec_start(unit)[1:] if word.startswith("--")])
     assert cis_failures(flags) == []
     assert (flags["bind-address"], flags["profiling"], flags["terminated-pod-gc-threshold"]) == (

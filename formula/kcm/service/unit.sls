@@ -59,7 +59,7 @@ kcm-service-unit:
     - template: jinja
     - user: root
     - group: root
-    - mode: '0644'
+    - mode: '0600'
     - follow_symlinks: false
     - makedirs: true
     - context: {{ context | json }}
