@@ -231,6 +231,8 @@ class SaltMaster:
                 answers = self.salt(list(minion_ids), "test.ping", job_timeout=5, timeout=30)
             except SaltCommandError:  # "No minions matched": keys not accepted yet
                 return False
+            except subprocess.TimeoutExpired:  # a salt CLI stuck on a busy host: ask again
+                return False
             return all(answers.get(m) is True for m in minion_ids)
 
         try:
