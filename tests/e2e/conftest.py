@@ -142,7 +142,9 @@ def spontaneous_transitions() -> dict[str, dict]:
         if cluster.lease_log is None:
             continue
         found = cluster.lease_log.classified()
-        out[cluster.label] = {"transitions": sum(t.count for t in found),
+        seconds = cluster.election_seconds
+        election = "/".join(f"{seconds[k]:g}s" for k in ("lease_duration", "renew_deadline", "retry_period"))
+        out[cluster.label] = {"election": election, "transitions": sum(t.count for t in found),
                               "spontaneous": sum(t.count for t in found if t.cause is None),
                               "which": [str(t) for t in found if t.cause is None]}
     return out
@@ -155,10 +157,10 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.write_line(f"{name}: {value:.2f}s")
     counts = spontaneous_transitions()
     if counts:
-        election = "/".join(SHORT_ELECTION[k] for k in ("lease_duration", "renew_deadline", "retry_period"))
-        terminalreporter.section(f"kcm e2e Lease transitions no test caused (short timings {election})")
+        terminalreporter.section("kcm e2e Lease transitions no test caused (lab: its leader election)")
         for label, count in counts.items():
-            terminalreporter.write_line(f"{label}: {count['spontaneous']} spontaneous of {count['transitions']}"
+            terminalreporter.write_line(f"{label} ({count['election']}): {count['spontaneous']} spontaneous"
+                                        f" of {count['transitions']}"
                                         + (f": {', '.join(count['which'])}" if count["which"] else ""))
         terminalreporter.write_line(f"total spontaneous: {sum(c['spontaneous'] for c in counts.values())}")
         # scripts/flake-hunt reads the counts of each run from here.
