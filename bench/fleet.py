@@ -18,11 +18,17 @@ salt-minion whose kcm.status answers from deployed facts without an apiserver), 
 `salt <tgt> kcm.status` (which also waits for the slowest master): goal within 2 s of it.
 Then how the cost grows from 10 to 300.
 
+With --forged-rate R (issue #25), every storm runs twice: once as above, once with a second
+real salt-minion that is no KCM master (its id is not in kcm_alert:masters) firing R reports a
+second for the whole storm, signed with its own key, half in its own name and half in the
+stand-in's (a forged tag). Goal: the genuine alerts still exact, p99 within 10 % of the
+run without them.
+
 The kcm_alert engine is the only alert path (the reactor path of 5f6804a and before, one
 runner job per event, is gone; its numbers are in the README).
 
 Usage:
-  python bench/fleet.py [--clusters 10,100,300] [--fleet-masters 30]
+  python bench/fleet.py [--clusters 10,100,300] [--fleet-masters 30] [--forged-rate 100]
 """
 
 import argparse
@@ -53,6 +59,7 @@ from tests.support.fleet import (  # noqa: E402
 )
 
 STAND_IN = "fleet-standin"
+INTRUDER = "bench-intruder"  # no KCM master: not in kcm_alert:masters
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 WAIT = 180
@@ -239,17 +246,49 @@ def quantile(values, q):
     return ordered[min(len(ordered) - 1, max(0, int(round(q * (len(ordered) - 1)))))]
 
 
-def storm(salt, stand_in, followups, alertmanager, clusters):
+class Forger(threading.Thread):
+    """Sends ``rate`` forged reports a second through the intruder's salt-minion until stopped."""
+
+    def __init__(self, intruder, cluster_ids, rate):
+        super().__init__(daemon=True)
+        self.rate, self.running, self.sent = rate, True, 0
+        # signed before the clock starts, as the genuine ones: the storm is the sending
+        changed = [e for e in failover_events("kubernetes", cluster_ids[0], new=INTRUDER, transitions=9)
+                   if e["tag"] == "changed"]
+        own = intruder.returns(changed)
+        forged_tag = [dict(r, tag=r["tag"].replace(f"/{INTRUDER}/", f"/{STAND_IN}/"),
+                           data=dict(r["data"], id=STAND_IN)) for r in own]
+        self.batches = [own, forged_tag]
+        self.intruder = intruder
+
+    def run(self):
+        begin = time.time()
+        while self.running:
+            delay = begin + self.sent / self.rate - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            self.intruder.send(self.batches[self.sent % 2])
+            self.sent += 1
+
+
+def storm(salt, stand_in, followups, alertmanager, clusters, intruder=None, forged_rate=0):
     ids = [new_cluster_id() for _ in range(clusters)]
-    # signed (when the beacon signs) before the clock starts: the storm is the sending
-    reports = [(cid, stand_in.returns(failover_events("kubernetes", cid))) for cid in ids for _ in range(3)]
-    random.Random(clusters).shuffle(reports)
+    plan = [(cid, failover_events("kubernetes", cid)) for cid in ids for _ in range(3)]
+    random.Random(clusters).shuffle(plan)
+    # Signed (as the beacon signs) before the clock starts, the storm being the sending, and in
+    # the order they are sent: the master's replay guard takes each signer's counters in order
+    # (within a window of 64), as one beacon sends them. Signed first and shuffled after, most
+    # of the stand-in's reports were refused as replays.
+    reports = [(cid, stand_in.returns(events)) for cid, events in plan]
     sid = session_of(salt.master.proc.pid)
     cpu0, _ = session_usage(sid)
     sampler = Sampler(sid)
     sampler.start()
     seen_from = len(followups.seen)
     first_fired = {}
+    forger = Forger(intruder, ids, forged_rate) if forged_rate else None
+    if forger:
+        forger.start()
     begin = time.time()
     for n, (cid, events) in enumerate(reports):
         # spread over one second, as 3 masters per cluster polling every 1-2 s would
@@ -273,6 +312,9 @@ def storm(salt, stand_in, followups, alertmanager, clusters):
         time.sleep(0.5)
     sampler.running = False
     sampler.join()
+    if forger:
+        forger.running = False
+        forger.join()
     cpu1, _ = session_usage(sid)
     alerts = ours()
     sent = [e for e in handled() if e[1] == "kcm/alert/changed"]
@@ -282,6 +324,8 @@ def storm(salt, stand_in, followups, alertmanager, clusters):
         per_cluster[alert["labels"]["cluster_id"]] = per_cluster.get(alert["labels"]["cluster_id"], 0) + 1
     return {
         "clusters": clusters,
+        "forged": forger.sent if forger else 0,
+        "forged_rate": forged_rate,
         "reports": len(reports),
         "fired_in": fired_in,
         "alerts": len(alerts),
@@ -340,6 +384,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clusters", default="10,100,300")
     parser.add_argument("--fleet-masters", type=int, default=30)
+    parser.add_argument("--forged-rate", type=float, default=0,
+                        help="also run each storm with this many forged reports a second mixed in")
     args = parser.parse_args()
     sizes = [int(c) for c in args.clusters.split(",")]
     print(f"# bench/fleet.py on {machine()}")
@@ -350,14 +396,18 @@ def main():
     salt = Salt(sandbox, am)
     try:
         salt.minion(STAND_IN)
+        minions = args.fleet_masters + 1
+        if args.forged_rate:
+            salt.minion(INTRUDER)
+            minions += 1
         for n in range(args.fleet_masters):
             cluster = f"fleet-{n // 3:02d}"
             salt.minion(f"fleet-m{n:02d}", deployed={
                 "cluster": cluster, "service": {"name": "kube-controller-manager"}, "secure_port": 10257,
                 "files": {"kubeconfig": str(sandbox / "absent.kubeconfig"), "binary": str(sandbox / "absent"),
                           "ca_cert": str(sandbox / "absent.pem"), "cert": str(sandbox / "absent.pem")}})
-        progress(f"started salt-master, Alertmanager and {args.fleet_masters + 1} salt-minions; waiting for them")
-        salt.wait_minions("*", args.fleet_masters + 1)
+        progress(f"started salt-master, Alertmanager and {minions} salt-minions; waiting for them")
+        salt.wait_minions("*", minions)
         progress("all minions answer")
         for fun in ("saltutil.sync_utils", "saltutil.sync_runners", "saltutil.sync_output"):
             proc, _ = salt.cli("salt-run", "--out=json", fun)
@@ -365,6 +415,7 @@ def main():
         # the fleet view asks kcm_beacon.answer, which signs with kcm_trust (a util)
         proc, _ = salt.cli("salt", "--timeout=60", "fleet-m*", "saltutil.sync_all")
         stand_in = BeaconStandIn(salt_minion_opts(salt, STAND_IN))
+        intruder = BeaconStandIn(salt_minion_opts(salt, INTRUDER)) if args.forged_rate else None
         followups = Followups(salt.master_opts)
         followups.start()
         # the storms are measured one after another on the same master, like a day of them
@@ -372,11 +423,16 @@ def main():
         for clusters in sizes:
             results.append(storm(salt, stand_in, followups, am, clusters))
             progress(f"storm of {clusters} clusters done")
+            if intruder:
+                results.append(storm(salt, stand_in, followups, am, clusters, intruder, args.forged_rate))
+                progress(f"storm of {clusters} clusters with {args.forged_rate:g} forged reports/s done")
         view = fleet_view(salt, args.fleet_masters)
         followups.running = False
         followups.join()
         followups.bus.destroy()
         stand_in.close()
+        if intruder:
+            intruder.close()
     finally:
         salt.stop()
         am.stop()
@@ -390,22 +446,36 @@ def salt_minion_opts(salt, name):
     return salt_config.minion_config(str(salt.minions[name][1] / "minion"))
 
 
+def plain_runs_of(results):
+    return [r for r in results if not r["forged"]]
+
+
 def report(results, view, sizes, path):
-    print("\n| clusters | reports | alerts | duplicated | lost | p50 s | p99 s | max s | master CPU s | peak RSS MiB |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("\n| clusters | reports | forged | alerts | duplicated | lost | p50 s | p99 s | max s | master CPU s"
+          " | peak RSS MiB |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
-        print(f"| {r['clusters']} | {r['reports']} (in {r['fired_in']:.2f} s) | {r['alerts']} | {r['duplicates_sent']}"
+        print(f"| {r['clusters']} | {r['reports']} (in {r['fired_in']:.2f} s) | {r['forged']} | {r['alerts']}"
+              f" | {r['duplicates_sent']}"
               f" | {r['lost']} | {r['p50']:.2f} | {r['p99']:.2f} | {r['max']:.2f} | {r['cpu']:.1f}"
               f" | {r['peak_rss_mib']:.0f} |")
-    for r in results:
+    for r in plain_runs_of(results):
         exact = r["alerts"] == r["clusters"] and r["duplicates_sent"] == 0 and r["lost"] == 0
         goal = "p99 <= 5 s" if r["clusters"] == 100 else "nothing lost"
         met = exact and (r["p99"] <= 5 if r["clusters"] == 100 else True)
         print(f"storm C={r['clusters']} ({path}): {r['alerts']}/{r['clusters']} alerts,"
               f" {r['duplicates_sent']} duplicated, {r['lost']} lost, p99 {r['p99']:.2f} s"
               f" (goal: exactly C, {goal}): {'met' if met else 'NOT met'}")
-    if len(results) >= 2:
-        a, b = results[0], results[-1]
+    for plain, mixed in ((p, m) for p in results for m in results
+                         if m["forged"] and not p["forged"] and m["clusters"] == p["clusters"]):
+        exact = mixed["alerts"] == mixed["clusters"] and mixed["duplicates_sent"] == 0 and mixed["lost"] == 0
+        ratio = mixed["p99"] / max(plain["p99"], 1e-9)
+        print(f"storm C={mixed['clusters']} with {mixed['forged']} forged reports ({mixed['forged_rate']:g}/s):"
+              f" genuine {mixed['alerts']}/{mixed['clusters']}, p99 {mixed['p99']:.2f} s vs {plain['p99']:.2f} s"
+              f" without (x{ratio:.2f}; goal: exact, within 10 %): {'met' if exact and ratio <= 1.1 else 'NOT met'}")
+    plain_runs = plain_runs_of(results)
+    if len(plain_runs) >= 2:
+        a, b = plain_runs[0], plain_runs[-1]
         scale = b["clusters"] / a["clusters"]
         cpu_growth = b["cpu"] / max(a["cpu"], 1e-9)
         print(f"growth {a['clusters']} -> {b['clusters']} clusters (x{scale:g}): CPU x{cpu_growth:.1f},"
