@@ -44,6 +44,8 @@ def alert_cluster(k8s_bin, alertmanager, tmp_path_factory, request):
     assert conf["kcm_alert"]["masters"] == "master-*", conf
     # A stand-in for the rendered retry backoff: a test waits fractions of a second, not seconds.
     conf["kcm_alert"]["backoff"] = 0.2
+    # Each forgery's refusal on the bus (test_intruder), not once per sender per minute as in production.
+    conf["kcm_alert"]["refusal_log_interval"] = 1
     cluster = start_lab_cluster(k8s_bin, workdir, "alerts", suite="e2e-alerts", election=SHORT_ELECTION,
                                 kcm={"beacon": BEACON}, master_config=conf)
     cluster.events = EventRecorder(cluster.master).start()
