@@ -19,6 +19,7 @@ version.
 import logging
 import os
 
+import yaml
 from salt.exceptions import CommandExecutionError
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,25 @@ def _kubeconfig(given):
         if path and os.path.exists(path):
             return path
     return None
+
+
+def _setting(key, default):
+    """``kcm:<key>`` as ``map.jinja`` merges it: pillar ``kcm``, then ``kcm:lookup``, then
+    ``default`` (a callable, asked only when pillar sets neither)."""
+    for prefix in ("kcm:", "kcm:lookup:"):
+        value = __salt__["pillar.get"](prefix + key, None)  # noqa: F821
+        if value not in (None, ""):
+            return value
+    return default()
+
+
+def _default_version():
+    """The formula's default release (``defaults.yaml``), for a pillar that sets none."""
+    text = __salt__["cp.get_file_str"]("salt://kcm/defaults.yaml") or ""  # noqa: F821
+    try:
+        return str(((yaml.safe_load(text) or {}).get("kcm") or {}).get("version") or "")
+    except (yaml.YAMLError, AttributeError):
+        return ""
 
 
 def apiserver_version(kubeconfig=None, timeout=TIMEOUT):
@@ -75,11 +95,13 @@ def apiserver_version(kubeconfig=None, timeout=TIMEOUT):
 
 def facts(version=None, kubeconfig=None, override_reason=None):
     """
-    Return what the skew decision needs on this master: ``version`` (default pillar
-    ``kcm:version``) and its ``version_minor``, ``deployed`` (the version the last
+    Return what the skew decision needs on this master: ``version`` (default: pillar
+    ``kcm:version``, then ``kcm:lookup:version``, then the formula's default) and its
+    ``version_minor``, ``deployed`` (the version the last
     ``state.apply kcm`` laid down, None before the first), ``apiserver`` and
     ``apiserver_minor`` (None when ``/version`` could not be read, ``why`` saying why), and
-    ``override_reason`` (default pillar ``kcm:skew:override_reason``).
+    ``override_reason`` (default pillar ``kcm:skew:override_reason``, then
+    ``kcm:lookup:skew:override_reason``).
 
     CLI Example:
 
@@ -88,9 +110,9 @@ def facts(version=None, kubeconfig=None, override_reason=None):
         salt 'master*' kcm_skew.facts version=v1.37.2
     """
     if version is None:
-        version = __salt__["pillar.get"]("kcm:version", "")  # noqa: F821
+        version = _setting("version", _default_version)
     if override_reason is None:
-        override_reason = __salt__["pillar.get"]("kcm:skew:override_reason", "")  # noqa: F821
+        override_reason = _setting("skew:override_reason", str)
     try:
         version = __salt__["kcm_flags.normalize_version"](version)  # noqa: F821
         version_minor = _minor(version)
