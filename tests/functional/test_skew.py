@@ -159,3 +159,21 @@ def test_after_the_apiserver_upgrade_the_change_is_applied_and_an_older_kcm_too(
     link = Path(old["kcm"]["paths"]["bin"]) / "kube-controller-manager"
     assert os.readlink(link) == str(versions / OLD / "kube-controller-manager")
     assert json.loads(fresh_master.read_text())["version"] == OLD
+
+
+def test_a_stated_reason_lets_the_change_through_and_the_state_says_so(
+        state, open_tmp, control_plane, binaries, fresh_master):
+    cp = serving(control_plane, binaries, OLD)
+    assert not failed(state.apply("kcm", pillar=pillar_for(open_tmp, cp, OLD)))
+    new = pillar_for(open_tmp, cp, NEW)
+    reason = "apiserver v1.37 rollout paused on this site, CHG-1234"
+    new["kcm"]["skew"]["override_reason"] = reason
+
+    ret = by_id(state.apply("kcm", pillar=new))
+
+    assert not failed(ret.values()), failed(ret.values())
+    refusal = REFUSED.split("- ", 1)[1].split(" (or set")[0]
+    assert ret[VALIDATED].comment == (f"kcm config for {NEW} is valid; {refusal}; allowed by"
+                                      f" kcm:skew:override_reason: {reason}")
+    assert ret[VALIDATED].warnings == [f"{refusal}; allowed by kcm:skew:override_reason: {reason}"]
+    assert json.loads(fresh_master.read_text())["version"] == NEW
