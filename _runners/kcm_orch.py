@@ -11,9 +11,14 @@ kube-controller-manager (KCM) HA cluster, driven from the master over ``LocalCli
 
 A rolling change (:func:`upgrade`):
 
-1. preflight on every master (``kcm_orch.preflight``: the new release downloaded,
+1. the version skew check (``kcm_skew.facts`` on every master): the KCM release asked
+   for, judged against the OLDEST kube-apiserver any master reports (never newer, a
+   warning when more than one minor older, a version change refused on a master that
+   cannot read ``/version``; ``kcm:skew:override_reason`` overrides with a stated reason);
+   then the preflight on every master (``kcm_orch.preflight``: the new release downloaded,
    verified and installed beside the active one, and run with the new flags); any
-   failure stops here and nothing that runs has changed;
+   failure stops here and nothing on the masters has changed (a skew refusal downloads
+   nothing) and nothing that runs has changed;
 2. the followers, one at a time: ``kcm_orch.apply`` (``state.apply kcm`` plus the
    restart the service state does), then wait until that master is healthy, standing
    by, and a live leader exists;
@@ -144,7 +149,51 @@ def _state_kwarg(pillar, saltenv):
     return kwarg
 
 
+def _skew_facts_kwarg(kwarg):
+    """``kcm_skew.facts`` arguments from a pillar override: its version and override reason;
+    what it leaves out each master reads from its own pillar."""
+    change = (kwarg.get("pillar") or {}).get("kcm")
+    change = change if isinstance(change, dict) else {}
+    skew = change.get("skew") if isinstance(change.get("skew"), dict) else {}
+    out = {"version": change.get("version"), "override_reason": skew.get("override_reason")}
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _skew_refusals(cluster, kwarg, timeout):
+    """``{minion: why}`` for every master whose change the version skew policy refuses, judged
+    against the OLDEST kube-apiserver any master reports (the apiservers of an HA control plane
+    are upgraded one by one: the KCM must suit the oldest). A master that could not read
+    ``/version`` itself is judged as its own ``state.apply kcm`` would judge it (a version
+    change refused), so that the rollout cannot stop half-way on it."""
+    _progress(f"version skew check on {', '.join(cluster.minions)}")
+    answers = cluster.call(cluster.minions, "kcm_skew.facts", kwarg=_skew_facts_kwarg(kwarg), timeout=timeout)
+    facts, refused = {}, {}
+    for minion, ret in answers.items():
+        if isinstance(ret, dict) and "version_minor" in ret:
+            facts[minion] = ret
+        else:
+            refused[minion] = f"kcm_skew.facts failed: {str(ret)[:500]}"
+    oldest = __utils__["kcm_skew.oldest"](  # noqa: F821
+        [(f["apiserver"], f["apiserver_minor"], m) for m, f in facts.items() if f.get("apiserver")])
+    for minion, found in sorted(facts.items()):
+        apiserver = minor = None
+        if found.get("apiserver") and oldest:
+            apiserver, minor = f"{oldest[0]} on {oldest[2]}", oldest[1]
+        decision = __utils__["kcm_skew.decide"](  # noqa: F821
+            found["version"], found["version_minor"], apiserver, minor, found.get("deployed"), found.get("why"),
+            found.get("override_reason") or "")
+        if not decision["allowed"]:
+            refused[minion] = decision["comment"]
+        elif decision["warnings"]:
+            _progress(f"{minion}: {decision['comment']}")
+    return refused
+
+
 def _preflight(cluster, kwarg, timeout):
+    refused = _skew_refusals(cluster, kwarg, timeout)
+    if refused:
+        return ({m: {"result": False, "comment": why} for m, why in refused.items()},
+                [f"{m}: {why}" for m, why in sorted(refused.items())])
     _progress(f"preflight on {', '.join(cluster.minions)}")
     answers = cluster.call(cluster.minions, "kcm_orch.preflight", kwarg=kwarg, timeout=timeout)
     masters, problems = {}, []
@@ -160,8 +209,10 @@ def _preflight(cluster, kwarg, timeout):
 
 def preflight(tgt=DEFAULT_TGT, tgt_type="glob", pillar=None, saltenv=None, timeout=300):
     """
-    Check a change on every targeted master before anything that runs is touched
-    (``kcm_orch.preflight`` on each, in parallel): the release is downloaded, verified and
+    Check a change on every targeted master before anything that runs is touched: first the
+    version skew policy against the oldest kube-apiserver any master reports
+    (``kcm_skew.facts`` on each; a refusal stops here, before any download), then
+    ``kcm_orch.preflight`` on each, in parallel: the release is downloaded, verified and
     installed beside the active one, and accepts the flags rendered for it.
 
     Returns ``{"result", "comment", "masters": {minion: {...}}}``; the comment quotes the

@@ -2,7 +2,9 @@
 State that refuses a bad ``kcm:`` pillar before anything on disk changes.
 
 Every other state of the formula requires ``kcm_config.validated``: when it fails, the
-run changes nothing, and its comment lists every problem with its pillar key.
+run changes nothing, and its comment lists every problem with its pillar key. A valid
+config then passes the version skew guard (``kcm_skew.check``: KCM never newer than the live
+kube-apiserver, a version change refused when its ``/version`` cannot be read) the same way.
 
 The state's arguments carry no secret: the SLS passes the resolved config without PEM
 text (``kcm_config.without_pems``) and the PEMs' SHA-256 fingerprints, and this state reads
@@ -11,6 +13,8 @@ the PEMs from pillar itself (``kcm_config.merged_pems``). ``state.show_sls``,
 """
 
 import logging
+
+from salt.exceptions import CommandExecutionError
 
 log = logging.getLogger(__name__)
 
@@ -21,12 +25,12 @@ def __virtual__():
     return __virtualname__
 
 
-def _failed(name, problems):
+def _failed(name, problems, why="Invalid pillar, nothing was changed"):
     return {
         "name": name,
         "result": False,
         "changes": {},
-        "comment": "Invalid pillar, nothing was changed:\n" + "\n".join(f"- {p}" for p in problems),
+        "comment": f"{why}:\n" + "\n".join(f"- {p}" for p in problems),
     }
 
 
@@ -66,7 +70,9 @@ def validated(name, config, section=None, pems=None):
         pillar string is a top-level value of a state argument, where Salt would evaluate
         its ``__slot__:`` syntax before this state can refuse it.
     section
-        ``master``: validate only ``kcm:master`` (``kcm.master`` on the Salt master's own
+        None (the whole config): validate it, then run the version skew guard
+        (``kcm_skew.check``), whose refusal fails this state the same way, test mode
+        included. ``master``: validate only ``kcm:master`` (``kcm.master`` on the Salt master's own
         minion, which runs no KCM); ``master_clean``: the same but who the KCM masters are
         (``kcm.master.clean`` removes the config that names them); ``paths``: only the paths, the service name and the
         value shapes (``kcm.clean``, which needs no PKI).
@@ -98,9 +104,24 @@ def validated(name, config, section=None, pems=None):
         problems = problems + __salt__["kcm_config.validate"](full)
     if problems:
         return _failed(name, problems)
-    return {
-        "name": name,
-        "result": True,
-        "changes": {},
-        "comment": f"kcm:{section} is valid" if section else f"kcm config for {kcm.get('version')} is valid",
-    }
+    if section is None:
+        return _skew_checked(name, kcm)
+    return {"name": name, "result": True, "changes": {}, "comment": f"kcm:{section} is valid"}
+
+
+def _skew_checked(name, kcm):
+    """The version skew guard (``kcm_skew.check``) on a valid config: refused like an invalid
+    pillar, before anything on disk changes, and the same in test mode."""
+    skew = kcm.get("skew") if isinstance(kcm.get("skew"), dict) else {}
+    try:
+        decision = __salt__["kcm_skew.check"](
+            kcm.get("version"), (kcm.get("files") or {}).get("kubeconfig"), skew.get("override_reason") or "")
+    except CommandExecutionError as exc:
+        return _failed(name, [str(exc)], "Version skew not checked, nothing was changed")
+    if not decision["allowed"]:
+        return _failed(name, [decision["comment"]], "Refused by the version skew guard, nothing was changed")
+    ret = {"name": name, "result": True, "changes": {},
+           "comment": f"kcm config for {kcm.get('version')} is valid; {decision['comment']}"}
+    if decision["warnings"]:
+        ret["warnings"] = decision["warnings"]
+    return ret

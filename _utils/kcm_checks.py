@@ -21,7 +21,7 @@ TOP_KEYS = {
     "service_cluster_ip_range", "cluster_signing_duration", "controllers",
     "use_service_account_credentials", "leader_election", "log_to_file", "verbosity", "profiling",
     "terminated_pod_gc_threshold", "pki",
-    "extra_args", "service", "beacon", "master", "lookup", "tofs",
+    "extra_args", "service", "beacon", "master", "lookup", "tofs", "skew",
 }
 
 

@@ -15,7 +15,7 @@ __virtualname__ = "kcm_shapes"
 MAP, LIST, BOOL, INT, NUMBER, TEXT = "a mapping", "a list", "true or false", "an integer", "a number", "a string"
 # The kind each pillar key must have, as ``section:key`` paths.
 _KEYS_BY_KIND = {
-    MAP: "source paths leader_election pki extra_args service beacon master master:enroll master:labels"
+    MAP: "source skew paths leader_election pki extra_args service beacon master master:enroll master:labels"
          " master:clusters tofs tofs:source_files",
     LIST: "controllers beacon:cert_thresholds master:alertmanager_urls master:webhook_urls tofs:files_switch",
     BOOL: "create_user use_service_account_credentials log_to_file profiling service:manage beacon:enabled"
@@ -26,7 +26,7 @@ _KEYS_BY_KIND = {
          " master:reconcile_interval master:flush_interval",
     TEXT: "version identity cluster user group apiserver bind_address bind_interface service_cluster_ip_range"
           " cluster_signing_duration service:name service:control_cmd source:type source:url source:hash"
-          " source:arch pki:mode pki:ca_server pki:signing_policy pki:key_algo master:config_dir"
+          " source:arch skew:override_reason pki:mode pki:ca_server pki:signing_policy pki:key_algo master:config_dir"
           " master:ca_bundle master:proxy",
 }
 # Sections before their keys: a section of the wrong kind hides what is under it.

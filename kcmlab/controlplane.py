@@ -493,6 +493,15 @@ class ControlPlane:
         """The same for kube-apiserver (same port, certificates and etcd)."""
         return self._restart(self.apiserver, down, timeout)
 
+    def replace_apiserver(self, bin_dir, timeout: float = 60.0) -> float:
+        """Restart kube-apiserver from ``bin_dir``'s binary with the same flags, port,
+        certificates and etcd (an apiserver upgrade in place); returns the seconds it took."""
+        binary = Path(bin_dir) / "kube-apiserver"
+        if not os.access(binary, os.X_OK):
+            raise FileNotFoundError(f"{binary} is missing or not executable; run scripts/k8s-binaries")
+        self.apiserver.argv[0] = str(binary)
+        return self.restart_apiserver(timeout=timeout)
+
     def _restart(self, daemon: Daemon, down: float, timeout: float) -> float:
         begin = time.monotonic()
         daemon.stop(timeout=3)

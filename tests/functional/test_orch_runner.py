@@ -39,6 +39,9 @@ class InstantMasters:
             self.running |= set(tgt)
         elif fun == "kcm.version":
             return {m: "v1.37.2" for m in tgt}
+        elif fun == "kcm_skew.facts":
+            return {m: {"version": "v1.37.2", "version_minor": 37, "deployed": "v1.37.2", "apiserver": "v1.37.2",
+                        "apiserver_minor": 37, "why": None, "override_reason": ""} for m in tgt}
         return {m: {"result": True, "restarted": False, "version": "v1.37.2"} for m in tgt}
 
     def _poll(self, minion):

@@ -7,12 +7,14 @@ and its reading of state returns. Both get their dunders from pytest-salt-factor
 
 import pytest
 
+from kcmlab import formula
 from tests.unit.conftest import load, utils
 
 RUNNER = load("_runners", "kcm_orch")
 MODULE = load("_modules", "kcm_orch")
 
 MASTERS = ("master-1", "master-2", "master-3")
+MINOR = formula.kcm_flags().minor
 LEASE = 4.0
 RETRY = 1.0
 START_TO_HEALTHY = 1.5
@@ -32,6 +34,8 @@ class FakeCluster:
         self.preflight_error = {}
         self.silent = set()
         self.target = {"config": 1, "version": version}
+        # What each master's kube-apiserver answers at /version (None: it cannot be read).
+        self.apiserver = {m: "v1.37.3" for m in MASTERS}
         self.uuid = 0
         for m in MASTERS:
             self._start(m, healthy_now=True)
@@ -105,6 +109,8 @@ class FakeCluster:
             return {"holder": self.holder, "expired": not self.live(), "transitions": self.transitions}
         if fun == "kcm.version":
             return self.version[minion]
+        if fun == "kcm_skew.facts":
+            return self._skew_facts(minion, kwarg)
         if fun == "kcm_orch.preflight":
             if minion in self.preflight_error:
                 return {"result": False, "comment": self.preflight_error[minion]}
@@ -118,6 +124,15 @@ class FakeCluster:
             self._start(minion)
             return {"result": True}
         raise AssertionError(f"unexpected call {fun}")
+
+    def _skew_facts(self, minion, kwarg):
+        """What ``kcm_skew.facts`` says on ``minion``: the versions, parsed by the formula's parser."""
+        version = kwarg.get("version") or self.target["version"]
+        served = self.apiserver[minion]
+        return {"version": version, "version_minor": MINOR(version), "deployed": self.version[minion],
+                "apiserver": served, "apiserver_minor": MINOR(served) if served else None,
+                "why": None if served else "unreachable: GET https://10.0.0.1:6443/version: Connection refused",
+                "override_reason": kwarg.get("override_reason", "")}
 
     def _apply(self, minion):
         if minion in self.fail_apply:
@@ -229,7 +244,7 @@ def test_a_master_that_does_not_answer_fails_the_preflight(runner, cluster):
     report = runner.upgrade(tgt="master*")
 
     assert report["result"] is False
-    assert "master-3 did not answer kcm_orch.preflight" in report["comment"]
+    assert "master-3 did not answer kcm_skew.facts" in report["comment"]
     assert applied(cluster) == []
 
 
@@ -571,3 +586,58 @@ def test_a_master_whose_kcm_calls_raise_is_observed_with_their_reasons():
     assert (observed["healthy"], observed["leader"], observed["live"]) == (True, False, False)
     assert observed["error"] == ("kcm.is_leader: unreachable: GET https://10.0.0.1:6443/...: Connection refused, "
                                  "kcm.leader: unreachable: GET https://10.0.0.1:6443/...: Connection refused")
+
+
+def skew_calls(cluster):
+    return [m for m, fun in cluster.calls if fun in ("kcm_orch.preflight", "kcm_orch.apply")]
+
+
+def test_upgrade_is_refused_against_the_oldest_apiserver_before_any_master_changes(runner, cluster):
+    # master-3's apiserver is still v1.36 while the others run v1.37: v1.37.3 is newer than the oldest
+    cluster.apiserver["master-3"] = "v1.36.3"
+    cluster.target["version"] = "v1.37.3"
+
+    report = runner.upgrade(tgt="master*", pillar={"kcm": {"version": "v1.37.3"}})
+
+    assert report["result"] is False and report["retcode"] == 1
+    newer = ("kcm:version: v1.37.3 is newer than the kube-apiserver (v1.36.3 on master-3); the skew policy allows"
+             " KCM at most one minor older than the apiserver, never newer: upgrade the apiservers first"
+             " (or set kcm:skew:override_reason to a reason to override)")
+    assert report["comment"] == ("preflight failed, nothing was restarted: " + "; ".join(
+        f"{m}: {newer}" for m in MASTERS))
+    # no preflight (no download) and no apply anywhere
+    assert skew_calls(cluster) == [] and cluster.starts == {m: 0 for m in MASTERS}
+
+
+def test_preflight_runner_refuses_a_version_change_where_a_master_cannot_read_its_apiserver(runner, cluster):
+    cluster.apiserver["master-1"] = None
+
+    report = runner.preflight(tgt="master*", pillar={"kcm": {"version": "v1.37.3"}})
+
+    assert report["result"] is False
+    assert report["masters"]["master-1"]["comment"].startswith(
+        "kcm:version: v1.37.3 cannot replace the deployed v1.37.2: the kube-apiserver's /version could not be read"
+        " (unreachable: GET https://10.0.0.1:6443/version: Connection refused)")
+    assert set(report["masters"]) == {"master-1"} and skew_calls(cluster) == []
+
+
+def test_a_stated_reason_lets_the_upgrade_go_over_the_skew(runner, cluster):
+    cluster.apiserver["master-2"] = "v1.36.3"
+    cluster.target["version"] = "v1.37.3"
+    pillar = {"kcm": {"version": "v1.37.3", "skew": {"override_reason": "apiservers at v1.37 by CHG-1234"}}}
+
+    report = runner.upgrade(tgt="master*", pillar=pillar)
+
+    assert report["result"] is True, report["comment"]
+    assert cluster.starts == {m: 1 for m in MASTERS}
+
+
+def test_kcm_within_the_skew_of_the_oldest_apiserver_is_rolled(runner, cluster):
+    # one minor older than the oldest apiserver (v1.37): allowed
+    cluster.apiserver["master-1"] = "v1.38.0"
+    cluster.target["version"] = "v1.36.3"
+
+    report = runner.upgrade(tgt="master*", pillar={"kcm": {"version": "v1.36.3"}})
+
+    assert report["result"] is True, report["comment"]
+    assert {m: r["version_after"] for m, r in report["masters"].items()} == {m: "v1.36.3" for m in MASTERS}

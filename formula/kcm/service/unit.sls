@@ -62,6 +62,9 @@ kcm-service-unit:
     - mode: '0600'
     - follow_symlinks: false
     - makedirs: true
+    {#- Salt would give the directories it makes the file's mode plus x (0700): systemd's unit
+        directory is 0755 like every directory the formula makes. #}
+    - dir_mode: '0755'
     - context: {{ context | json }}
     - require:
       - kcm_config: kcm-config-validated

@@ -121,6 +121,61 @@ def running_binary(node) -> str:
     return node.machine.run(["readlink", f"/proc/{pid}/exe"]).stdout.strip()
 
 
+@pytest.fixture
+def apiserver_at_previous(request, vup, target_bin):
+    """The lab's kube-apiserver downgraded in place to PREVIOUS for one test, then back to the target."""
+    vup.cp.replace_apiserver(built_release(request, PREVIOUS))
+    assert vup.cp.get_json("/version")["gitVersion"] == PREVIOUS
+    # KCMs that lost their Lease while the apiserver was down are back before the test counts starts
+    vup.ensure_running()
+    try:
+        yield vup
+    finally:
+        vup.cp.replace_apiserver(target_bin)
+        vup.ensure_running()
+
+
+def test_an_upgrade_past_the_apiserver_is_refused_on_every_master_before_any_changes(
+        apiserver_at_previous, target_bin):
+    # Issue 28: KCM is never newer than its kube-apiserver; here every apiserver is PREVIOUS.
+    vup, target = apiserver_at_previous, release_of(target_bin)
+    units = {name: node.exec_start() for name, node in vup.nodes.items()}
+    kept = {name: versions_kept(node) for name, node in vup.nodes.items()}
+    active = {name: active_binary(node) for name, node in vup.nodes.items()}
+    since = time.time()
+
+    result = vup.salt_run("state.orchestrate", "orch.kcm.upgrade", pillar=release_pillar(vup, target))
+
+    states = steps(result)
+    assert result.returncode != 0
+    preflight = runner_return(states["kcm-orch-upgrade-preflight"])
+    refusal = (f"kcm:version: {target} is newer than the kube-apiserver ({PREVIOUS} on master-1); the skew policy"
+               " allows KCM at most one minor older than the apiserver, never newer: upgrade the apiservers first"
+               " (or set kcm:skew:override_reason to a reason to override)")
+    assert preflight["comment"] == "preflight failed, nothing was restarted: " + "; ".join(
+        f"{name}: {refusal}" for name in sorted(vup.nodes))
+    assert states["kcm-orch-upgrade-preflight"]["result"] is False
+    assert states["kcm-orch-upgrade-rolling"]["result"] is False
+    # nothing downloaded, installed, rewritten or restarted on any master
+    assert {name: versions_kept(node) for name, node in vup.nodes.items()} == kept
+    assert {name: active_binary(node) for name, node in vup.nodes.items()} == active
+    assert {name: node.exec_start() for name, node in vup.nodes.items()} == units
+    assert starts(vup, since) == {name: 0 for name in vup.nodes}
+    assert vup.salt("kcm.version", timeout=60).data == {name: PREVIOUS for name in vup.nodes}
+
+    # state.apply on each master, test mode included, says the same through the formula's own guard
+    own = "Refused by the version skew guard, nothing was changed:\n- " + refusal.replace(
+        f"({PREVIOUS} on master-1)", f"({PREVIOUS})")
+    for test in (True, False):
+        applied = vup.salt("state.apply", "kcm", test=test, pillar=release_pillar(vup, target), timeout=300).data
+        assert {name: [(st["result"], st["comment"]) for st in applied[name].values()
+                       if st["__id__"] == "kcm-config-validated"] for name in vup.nodes} == {
+            name: [(False, own)] for name in vup.nodes}
+    assert {name: versions_kept(node) for name, node in vup.nodes.items()} == kept
+    assert {name: node.exec_start() for name, node in vup.nodes.items()} == units
+    assert starts(vup, since) == {name: 0 for name in vup.nodes}
+
+
 def test_rolling_version_upgrade_moves_every_master_to_the_new_release_with_one_leader_change(
         vup, first_rollout, target_bin, record_timing):
     target = release_of(target_bin)

@@ -1,0 +1,154 @@
+"""
+The version skew guard: is the KCM release pillar asks for allowed next to the live
+kube-apiserver? The Kubernetes skew policy allows KCM at most one minor older than the
+apiserver, never newer.
+
+- :func:`apiserver_version` reads the apiserver's ``/version`` through the KCM kubeconfig
+  (``kcm_api``: TLS verified, the kubeconfig trusted only when root's);
+- :func:`facts` gathers what the decision needs on this master: the version asked for, the
+  version deployed (``kcm_config.deployed``), the apiserver's version or why it could not
+  be read, and the override (pillar ``kcm:skew:override_reason``);
+- :func:`check` returns the decision (``_utils/kcm_skew.py``): ``kcm-config-validated``
+  runs it before anything on disk changes, and the ``kcm_orch`` runner makes the same
+  decision for every master against the oldest apiserver any of them reports.
+
+Versions are parsed by ``kcm_flags.minor``, the formula's one parser of a Kubernetes
+version.
+"""
+
+import logging
+import os
+
+import yaml
+from salt.exceptions import CommandExecutionError
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "kcm_skew"
+
+# Seconds the /version request may take: a state run waits for it, once.
+TIMEOUT = 5
+
+
+def __virtual__():
+    return __virtualname__
+
+
+def _minor(version):
+    """The minor of a version as a server reports it; build metadata (``+k3s1``) is not part
+    of the release (semver), a pre-release suffix is understood by ``kcm_flags``."""
+    return __salt__["kcm_flags.minor"](str(version).split("+", 1)[0])  # noqa: F821
+
+
+def _kubeconfig(given):
+    deployed = (__salt__["kcm_config.deployed"]().get("files") or {}).get("kubeconfig")  # noqa: F821
+    for path in (given, deployed):
+        if path and os.path.exists(path):
+            return path
+    return None
+
+
+def _setting(key, default):
+    """``kcm:<key>`` as ``map.jinja`` merges it: pillar ``kcm``, then ``kcm:lookup``, then
+    ``default`` (a callable, asked only when pillar sets neither)."""
+    for prefix in ("kcm:", "kcm:lookup:"):
+        value = __salt__["pillar.get"](prefix + key, None)  # noqa: F821
+        if value not in (None, ""):
+            return value
+    return default()
+
+
+def _default_version():
+    """The formula's default release (``defaults.yaml``), for a pillar that sets none."""
+    text = __salt__["cp.get_file_str"]("salt://kcm/defaults.yaml") or ""  # noqa: F821
+    try:
+        return str(((yaml.safe_load(text) or {}).get("kcm") or {}).get("version") or "")
+    except (yaml.YAMLError, AttributeError):
+        return ""
+
+
+def apiserver_version(kubeconfig=None, timeout=TIMEOUT):
+    """
+    Return the ``gitVersion`` the kube-apiserver reports at ``/version`` (``v1.37.2``),
+    read through ``kubeconfig`` (default: the deployed KCM kubeconfig) with TLS verified.
+    Raises ``CommandExecutionError`` when it cannot be read or is not a Kubernetes version.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'master*' kcm_skew.apiserver_version
+    """
+    path = _kubeconfig(kubeconfig)
+    if not path:
+        raise __utils__["kcm_error.failure"](  # noqa: F821
+            "kubeconfig", f"no kubeconfig to reach the kube-apiserver with ({kubeconfig or 'none deployed yet'})")
+    answer = __salt__["kcm_api.request_json"]("/version", path, timeout=timeout)  # noqa: F821
+    version = answer.get("gitVersion")
+    try:
+        _minor(version)
+    except (TypeError, ValueError) as exc:
+        raise __utils__["kcm_error.failure"](  # noqa: F821
+            "malformed", f"/version gitVersion {str(version)[:80]!r} is not understood ({exc})") from None
+    return version
+
+
+def facts(version=None, kubeconfig=None, override_reason=None):
+    """
+    Return what the skew decision needs on this master: ``version`` (default: pillar
+    ``kcm:version``, then ``kcm:lookup:version``, then the formula's default) and its
+    ``version_minor``, ``deployed`` (the version the last
+    ``state.apply kcm`` laid down, None before the first), ``apiserver`` and
+    ``apiserver_minor`` (None when ``/version`` could not be read, ``why`` saying why), and
+    ``override_reason`` (default pillar ``kcm:skew:override_reason``, then
+    ``kcm:lookup:skew:override_reason``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'master*' kcm_skew.facts version=v1.37.2
+    """
+    if version is None:
+        version = _setting("version", _default_version)
+    if override_reason is None:
+        override_reason = _setting("skew:override_reason", str)
+    try:
+        version = __salt__["kcm_flags.normalize_version"](version)  # noqa: F821
+        version_minor = _minor(version)
+    except ValueError as exc:
+        raise CommandExecutionError(f"kcm:version: {exc}") from None
+    out = {"version": version, "version_minor": version_minor,
+           "deployed": __salt__["kcm_config.deployed"]().get("version") or None,  # noqa: F821
+           "apiserver": None, "apiserver_minor": None, "why": None,
+           "override_reason": override_reason if isinstance(override_reason, str) else ""}
+    try:
+        out["apiserver"] = apiserver_version(kubeconfig)
+        out["apiserver_minor"] = _minor(out["apiserver"])
+    except CommandExecutionError as exc:
+        out["why"] = str(exc)
+        log.info("kcm_skew: the kube-apiserver's /version could not be read: %s", exc)
+    return out
+
+
+def check(version=None, kubeconfig=None, override_reason=None):
+    """
+    Return ``{"allowed", "comment", "warnings", "facts"}``: may KCM ``version`` (default
+    pillar ``kcm:version``) run next to the kube-apiserver this master reaches? Newer than
+    the apiserver is refused, two or more minors older is allowed with a warning; when
+    ``/version`` cannot be read a version change is refused and the first install allowed
+    with a warning. ``override_reason`` (default pillar ``kcm:skew:override_reason``), when
+    non-empty, allows what would be refused, quoting the reason.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'master*' kcm_skew.check
+        salt 'master*' kcm_skew.check version=v1.38.0
+    """
+    found = facts(version, kubeconfig, override_reason)
+    decision = __utils__["kcm_skew.decide"](  # noqa: F821
+        found["version"], found["version_minor"], found["apiserver"], found["apiserver_minor"],
+        found["deployed"], found["why"], found["override_reason"])
+    return dict(decision, facts=found)
