@@ -28,7 +28,12 @@ WAIT = 90
 
 @pytest.fixture(scope="package")
 def alertmanager(tmp_path_factory):
-    am = Alertmanager(tmp_path_factory.mktemp("alertmanager")).start()
+    yield from running_alertmanager(tmp_path_factory)
+
+
+def running_alertmanager(tmp_path_factory, name: str = "alertmanager"):
+    """Debian's Alertmanager started, its log listed on failure; yields it and stops it."""
+    am = Alertmanager(tmp_path_factory.mktemp(name)).start()
     LOG_FILES.append(am.log_path)
     yield am
     am.stop()

@@ -15,11 +15,10 @@ import time
 
 import pytest
 
-from kcmlab.alertmanager import Alertmanager
 from kcmlab.cluster import UNIT
 from kcmlab.rootfs import ensure_rootfs
-from tests.e2e.alerts.conftest import alert_lab, events, failover_alerted_once, settled
-from tests.e2e.conftest import LOG_FILES, TIMINGS
+from tests.e2e.alerts.conftest import alert_lab, events, failover_alerted_once, running_alertmanager, settled
+from tests.e2e.conftest import TIMINGS
 from tests.e2e.test_release import wait_hook_line
 
 CREDENTIALS = f"/run/credentials/{UNIT}.service"
@@ -27,10 +26,7 @@ CREDENTIALS = f"/run/credentials/{UNIT}.service"
 
 @pytest.fixture(scope="module")
 def alertmanager(tmp_path_factory):
-    am = Alertmanager(tmp_path_factory.mktemp("alertmanager-trixie")).start()
-    LOG_FILES.append(am.log_path)
-    yield am
-    am.stop()
+    yield from running_alertmanager(tmp_path_factory, "alertmanager-trixie")
 
 
 @pytest.fixture(scope="module")
