@@ -87,7 +87,8 @@ class LabCluster:
 
     def __init__(self, k8s_bin: Path, workdir: Path, *, suite: str = "e2e", nodes=NODES,
                  subnet: str | None = None, version: str | None = None, election: dict | None = None,
-                 kcm: dict | None = None, master_config: dict | None = None, file_roots=(), spares=()):
+                 kcm: dict | None = None, master_config: dict | None = None, file_roots=(), spares=(),
+                 rootfs: Path | None = None):
         self.k8s_bin = Path(k8s_bin)
         self.workdir = Path(workdir)
         self.nodes = tuple(nodes)
@@ -98,7 +99,9 @@ class LabCluster:
         self.version = version or self.k8s_bin.name
         self.election = dict(election or {})
         self.kcm_overrides = dict(kcm or {})
-        self.lab = Lab(suite, subnet, binds_ro={K8S_CACHE: INSIDE_K8S}, log_dir=self.workdir / "machines")
+        # The machines' rootfs (kcmlab.rootfs.ensure_rootfs): bookworm unless given.
+        self.lab = Lab(suite, subnet, rootfs=rootfs, binds_ro={K8S_CACHE: INSIDE_K8S},
+                       log_dir=self.workdir / "machines")
         self.master_config = dict(master_config or {})
         self.cp: ControlPlane | None = None
         self.master: SaltMaster | None = None

@@ -25,12 +25,13 @@ ensure_debian_packages() {
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 || die "apt-get install ${missing[*]} failed"
 }
 
-# The machines' rootfs (Debian bookworm + systemd + Salt), built once into the cache.
+# The machines' rootfs (Debian + systemd + Salt), built once into the cache:
+# ensure_rootfs <salt line> [suite: bookworm (default) or trixie].
 ensure_rootfs() {
   local venv; venv=$(ensure_venv "${1:-3008}")
   [[ $(id -u) -eq 0 ]] || die "the lab's machines (systemd-nspawn) need root"
-  (cd "$REPO" && "$venv/bin/python" -m kcmlab.rootfs "${1:-3008}" >/dev/null) \
-    || die "building the machines' rootfs failed (python -m kcmlab.rootfs; mmdebstrap from Debian's registry)"
+  (cd "$REPO" && "$venv/bin/python" -m kcmlab.rootfs "${1:-3008}" ${2:+"$2"} >/dev/null) \
+    || die "building the machines' ${2:-bookworm} rootfs failed (python -m kcmlab.rootfs ${1:-3008} ${2:-}; mmdebstrap from Debian's registry, wheels from PyPI)"
 }
 
 # A venv per Salt line, rebuilt when setup.cfg changes. Prints the venv path.

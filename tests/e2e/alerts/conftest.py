@@ -28,7 +28,12 @@ WAIT = 90
 
 @pytest.fixture(scope="package")
 def alertmanager(tmp_path_factory):
-    am = Alertmanager(tmp_path_factory.mktemp("alertmanager")).start()
+    yield from running_alertmanager(tmp_path_factory)
+
+
+def running_alertmanager(tmp_path_factory, name: str = "alertmanager"):
+    """Debian's Alertmanager started, its log listed on failure; yields it and stops it."""
+    am = Alertmanager(tmp_path_factory.mktemp(name)).start()
     LOG_FILES.append(am.log_path)
     yield am
     am.stop()
@@ -37,7 +42,13 @@ def alertmanager(tmp_path_factory):
 @pytest.fixture(scope="package")
 def alert_cluster(k8s_bin, alertmanager, tmp_path_factory, request):
     """The lab with the alert path in place; ``cluster.events`` records the master's bus."""
-    workdir = tmp_path_factory.mktemp("lab-alerts")
+    yield from alert_lab(k8s_bin, alertmanager, tmp_path_factory.mktemp("lab-alerts"), request,
+                         "alerts", suite="e2e-alerts")
+
+
+def alert_lab(k8s_bin, alertmanager, workdir, request, label, **lab):
+    """A lab cluster (``lab``: LabCluster's keywords) whose salt-master alerts ``alertmanager``,
+    every beacon polling; yields it and removes it (a fixture's body)."""
     conf = kcm_master_config(workdir / "master-host", {"alertmanager_urls": [alertmanager.url], "allow_http": True,
                                                        "labels": {"env": "e2e"}, "masters": "master-*"})
     assert conf["engines"] == [{"kcm_alert": {"batch_wait": 0.2}}] and "reactor" not in conf, conf
@@ -46,8 +57,8 @@ def alert_cluster(k8s_bin, alertmanager, tmp_path_factory, request):
     conf["kcm_alert"]["backoff"] = 0.2
     # Each forgery's refusal on the bus (test_intruder), not once per sender per minute as in production.
     conf["kcm_alert"]["refusal_log_interval"] = 1
-    cluster = start_lab_cluster(k8s_bin, workdir, "alerts", suite="e2e-alerts", election=SHORT_ELECTION,
-                                kcm={"beacon": BEACON}, master_config=conf)
+    cluster = start_lab_cluster(k8s_bin, workdir, label, election=SHORT_ELECTION, kcm={"beacon": BEACON},
+                                master_config=conf, **lab)
     cluster.events = EventRecorder(cluster.master).start()
     try:
         cluster.apply("kcm.beacon")
@@ -93,3 +104,26 @@ def settled(cluster, quiet: float = 5.0) -> str:
     wait_until(lambda: not events(cluster, "salt/beacon/*/kcm_leader/*", time.time() - quiet), WAIT,
                f"{quiet:g}s without kcm_leader beacon events", interval=1)
     return cluster.renewing_leader(WAIT)
+
+
+def failover_alerted_once(cluster, alertmanager, old, since):
+    """The new leader, after the three minions' reports of old -> new gave one alert."""
+    new = cluster.wait_for_leader(WAIT, exclude=(old,))
+    reports = wait_events(cluster, "salt/beacon/*/kcm_leader/changed", since, len(cluster.nodes),
+                          "a 'changed' report from every minion")
+    assert sorted(e[2]["id"] for e in reports) == sorted(cluster.nodes)
+    assert {(e[2]["old_node"], e[2]["new_node"]) for e in reports} == {(old, new)}
+    assert all(e[2].get("sig") for e in reports), "every report is signed by its minion"
+    wait_all_handled(cluster, "changed", since, len(cluster.nodes))
+    sent = events(cluster, "kcm/alert/changed", since)
+    assert len(sent) == 1, [e[2] for e in sent]
+    # This failover's own alert: an earlier one between the same nodes is another alert.
+    transitions = str(reports[0][2]["transitions"])
+    alerts = wait_until(lambda: alertmanager.active(alertname="KCMLeaderChanged", old_node=old, new_node=new,
+                                                    transitions=transitions),
+                        WAIT, "KCMLeaderChanged in Alertmanager")
+    assert len(alerts) == 1, alerts
+    assert alerts[0]["labels"]["cluster"] and alerts[0]["labels"]["env"] == "e2e"
+    assert f"from {old} to {new}" in alerts[0]["annotations"]["summary"]
+    assert events(cluster, "kcm/alert/refused", since) == []
+    return new, reports

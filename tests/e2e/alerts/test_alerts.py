@@ -10,39 +10,16 @@ import yaml
 
 from kcmlab.controlplane import wait_until
 
-from .conftest import BEACON, WAIT, events, settled, wait_all_handled, wait_events
+from .conftest import BEACON, WAIT, events, failover_alerted_once, settled, wait_all_handled, wait_events
 
 CONDITION_KINDS = ("changed", "stale", "no_leader", "unreachable", "recovered", "acquired", "lost")
-
-
-def _failover_alerted_once(cluster, alertmanager, old, since):
-    """The new leader, after the three minions' reports of old -> new gave one alert."""
-    new = cluster.wait_for_leader(WAIT, exclude=(old,))
-    reports = wait_events(cluster, "salt/beacon/*/kcm_leader/changed", since, 3,
-                          "a 'changed' report from every minion")
-    assert sorted(e[2]["id"] for e in reports) == sorted(cluster.nodes)
-    assert {(e[2]["old_node"], e[2]["new_node"]) for e in reports} == {(old, new)}
-    assert all(e[2].get("sig") for e in reports), "every report is signed by its minion"
-    wait_all_handled(cluster, "changed", since)
-    sent = events(cluster, "kcm/alert/changed", since)
-    assert len(sent) == 1, [e[2] for e in sent]
-    # This failover's own alert: an earlier one between the same nodes is another alert.
-    transitions = str(reports[0][2]["transitions"])
-    alerts = wait_until(lambda: alertmanager.active(alertname="KCMLeaderChanged", old_node=old, new_node=new,
-                                                    transitions=transitions),
-                        WAIT, "KCMLeaderChanged in Alertmanager")
-    assert len(alerts) == 1, alerts
-    assert alerts[0]["labels"]["cluster"] and alerts[0]["labels"]["env"] == "e2e"
-    assert f"from {old} to {new}" in alerts[0]["annotations"]["summary"]
-    assert events(cluster, "kcm/alert/refused", since) == []
-    return new, reports
 
 
 def test_kill_9_of_the_leader_gives_exactly_one_leader_changed_alert(alert_cluster, alertmanager, record_timing):
     old = settled(alert_cluster)
     since = time.time()
     alert_cluster.kill(old)
-    new, reports = _failover_alerted_once(alert_cluster, alertmanager, old, since)
+    new, reports = failover_alerted_once(alert_cluster, alertmanager, old, since)
     record_timing("alerts: kill -9 of the leader -> KCMLeaderChanged in Alertmanager", time.time() - since)
 
     # the new leader's minion said 'acquired', the old one's 'lost'
@@ -75,7 +52,7 @@ def test_systemctl_stop_of_the_leader_is_one_alert_and_no_no_leader(alert_cluste
     old = settled(alert_cluster)
     since = time.time()
     alert_cluster.stop(old)
-    _failover_alerted_once(alert_cluster, alertmanager, old, since)
+    failover_alerted_once(alert_cluster, alertmanager, old, since)
     time.sleep(BEACON["stale_after"] + BEACON["debounce"] + 2)  # past the grace of an expired Lease
     reports_after(alert_cluster, time.time())  # a handover too: it may not say no_leader either
     assert events(alert_cluster, "salt/beacon/*/kcm_leader/no_leader", since) == []
