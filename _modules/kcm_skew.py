@@ -19,6 +19,7 @@ version.
 import logging
 import os
 
+import salt.utils.data
 import yaml
 from salt.exceptions import CommandExecutionError
 
@@ -52,7 +53,9 @@ def _setting(key, default):
     """``kcm:<key>`` as ``map.jinja`` merges it: pillar ``kcm``, then ``kcm:lookup``, then
     ``default`` (a callable, asked only when pillar sets neither)."""
     for prefix in ("kcm:", "kcm:lookup:"):
-        value = __salt__["pillar.get"](prefix + key, None)  # noqa: F821
+        # __pillar__, not pillar.get: Salt 3008's pillar.get masks the values it returns
+        # (``**********``) unless asked not to, which Salt 3006's does not understand.
+        value = salt.utils.data.traverse_dict_and_list(__pillar__, prefix + key, None, delimiter=":")  # noqa: F821
         if value not in (None, ""):
             return value
     return default()

@@ -52,10 +52,10 @@ def skew(apiserver, tmp_path):
         "kcm_flags.normalize_version": flags.normalize_version,
         "kcm_api.request_json": apiserver,
         "kcm_config.deployed": lambda: module.deployed,
-        "pillar.get": lambda key, default=None: module.pillar.get(key, default),
         "cp.get_file_str": lambda url: (formula.REPO / "formula/kcm/defaults.yaml").read_text(),
     }
-    module.pillar = {"kcm:version": "v1.37.2"}
+    # The minion's pillar as Salt hands it to the module (unmasked; pillar.get masks on 3008).
+    module.__pillar__ = {"kcm": {"version": "v1.37.2"}}
     module.kubeconfig = str(kubeconfig)
     return module
 
@@ -137,10 +137,10 @@ def test_defaults_come_from_pillar_and_a_bad_version_names_the_key(skew, apiserv
     apiserver.version = "v1.36.3"
     assert skew.check(kubeconfig=skew.kubeconfig)["facts"]["version"] == "v1.37.2"
     # merged as map.jinja merges: kcm, then kcm:lookup, then the formula's defaults.yaml
-    skew.pillar = {"kcm:lookup:version": "1.35.4", "kcm:lookup:skew:override_reason": "CHG-9"}
+    skew.__pillar__ = {"kcm": {"lookup": {"version": "1.35.4", "skew": {"override_reason": "CHG-9"}}}}
     assert {k: skew.check(kubeconfig=skew.kubeconfig)["facts"][k] for k in ("version", "override_reason")} == {
         "version": "v1.35.4", "override_reason": "CHG-9"}
-    skew.pillar = {}
+    skew.__pillar__ = {}
     default = yaml.safe_load((formula.REPO / "formula/kcm/defaults.yaml").read_text())["kcm"]["version"]
     assert skew.check(kubeconfig=skew.kubeconfig)["facts"]["version"] == default
     with pytest.raises(CommandExecutionError, match=r"^kcm:version: 'v2' is not a Kubernetes release"):
