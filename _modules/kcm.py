@@ -40,9 +40,22 @@ log = logging.getLogger(__name__)
 
 __virtualname__ = "kcm"
 
-LOCK_NAME = "kube-controller-manager"
-LEASE_PATH = f"/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/{LOCK_NAME}"
-ENDPOINTS_PATH = f"/api/v1/namespaces/kube-system/endpoints/{LOCK_NAME}"
+# Where each kind of lock keeps the leader record; a kind names the objects KCM writes, in the
+# order they are read (the Lease first: on "<x>leases" locks it is the one KCM trusts). Kind
+# None (not deployed): a Lease, or the Endpoints of v1.14-v1.16.
+LOCK_OBJECTS = {
+    None: ("lease", "endpoints"),
+    "leases": ("lease",),
+    "endpointsleases": ("lease", "endpoints"),
+    "configmapsleases": ("lease", "configmap"),
+    "endpoints": ("endpoints",),
+    "configmaps": ("configmap",),
+}
+OBJECT_PATHS = {
+    "lease": "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}",
+    "endpoints": "/api/v1/namespaces/{namespace}/endpoints/{name}",
+    "configmap": "/api/v1/namespaces/{namespace}/configmaps/{name}",
+}
 # The cluster's identity: the UID of kube-system, made once when the cluster was created and
 # readable by KCM's own identity (the bootstrap role system:kube-controller-manager may GET
 # namespaces), so two clusters that share a `kcm:cluster` name are still told apart.
@@ -162,31 +175,51 @@ def _reason(exc):
     return __utils__["kcm_error.reason_of"](exc)  # noqa: F821
 
 
+def _lock():
+    """
+    The lock KCM takes with the deployed config: ``kcm_release.lock``, the one answer the
+    release hook reads too, so a custom ``leader-elect-resource-*`` in ``extra_args`` is read
+    where KCM writes it. Not deployed yet: KCM's default lock, a Lease or (v1.14-v1.16) the
+    Endpoints.
+    """
+    if "kcm_release.lock" not in __salt__:
+        raise _failure("not_deployed", "the kcm_release module is not available (run saltutil.sync_modules)")
+    try:
+        lock = __salt__["kcm_release.lock"](_deployed())
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _failure("not_deployed", f"the deployed facts name no lock ({exc}); run state.apply kcm") from None
+    if lock is None:
+        raise _failure("not_found", "leader election is off (kcm:extra_args leader-elect: false): there is no lock")
+    if lock["kind"] not in LOCK_OBJECTS:
+        raise _failure("malformed", f"--leader-elect-resource-lock={lock['kind']} is no lock kind KCM knows")
+    return lock
+
+
 def _read_lock(kwargs):
-    """The raw leader record: the Lease, or the Endpoints annotation when no Lease exists."""
+    """The raw leader record from the first object of the lock that exists."""
     kubeconfig = _file(kwargs, "kubeconfig")
     timeout = kwargs.get("timeout")
-    lock = f"kube-system/{LOCK_NAME}"
-    try:
-        return _lease("parse_lease", _api_get(LEASE_PATH, kubeconfig, timeout))
-    except CommandExecutionError as exc:
-        if _reason(exc) != "not_found":
-            raise
-    except ValueError as exc:
-        raise _failure("malformed", f"Lease {lock}: {exc}") from None
-    # No Lease: KCM v1.14-v1.16 keep the record only in the Endpoints annotation.
-    try:
-        return _lease("parse_endpoints", _api_get(ENDPOINTS_PATH, kubeconfig, timeout))
-    except CommandExecutionError as exc:
-        if _reason(exc) == "not_found":
-            raise _failure(
-                "not_found", f"neither Lease nor Endpoints {lock} exists (no KCM has run leader election)"
-            ) from None
-        raise
-    except LookupError as exc:
-        raise _failure("not_found", str(exc)) from None
-    except ValueError as exc:
-        raise _failure("malformed", f"Endpoints {lock}: {exc}") from None
+    lock = _lock()
+    where = f"{lock['namespace']}/{lock['name']}"
+    objects = LOCK_OBJECTS[lock["kind"]]
+    for kind in objects:
+        try:
+            obj = _api_get(OBJECT_PATHS[kind].format(**lock), kubeconfig, timeout)
+        except CommandExecutionError as exc:
+            if _reason(exc) != "not_found":
+                raise
+            continue
+        try:
+            if kind == "lease":
+                return _lease("parse_lease", obj)
+            # Endpoints and ConfigMap locks keep the record in the same annotation.
+            return dict(_lease("parse_endpoints", obj), source=kind)
+        except LookupError as exc:
+            raise _failure("not_found", f"{kind} {where}: {exc}") from None
+        except ValueError as exc:
+            raise _failure("malformed", f"{kind} {where}: {exc}") from None
+    raise _failure(
+        "not_found", f"no {' or '.join(objects)} {where} exists (no KCM has run leader election with this lock)")
 
 
 def _leader(kwargs):
@@ -210,15 +243,17 @@ def leader(**kwargs):
     """
     Return who holds the KCM leader lock.
 
-    Reads the Lease ``kube-system/kube-controller-manager``; when there is none (KCM
-    v1.14-v1.16), the Endpoints annotation ``control-plane.alpha.kubernetes.io/leader``.
+    Reads the lock KCM takes with the deployed config (``kcm_release.lock``, which the
+    release hook reads too): by default the Lease ``kube-system/kube-controller-manager``,
+    on v1.14-v1.16 the Endpoints annotation ``control-plane.alpha.kubernetes.io/leader``;
+    ``extra_args`` ``leader-elect-resource-lock``/``-namespace``/``-name`` move it.
 
     Returns ``holder`` (the full identity, ``<hostname>_<uuid>``; None when released),
     ``node`` (the hostname part), ``minion`` (this minion's id when ``node`` is this
     minion's :func:`identity`; otherwise the node name itself: a mined name is what any
     minion may say, so none is taken), ``acquire_time``, ``renew_time``,
     ``lease_duration_seconds``, ``transitions``, ``expired`` and ``source``
-    (``lease`` | ``endpoints``).
+    (``lease`` | ``endpoints`` | ``configmap``).
 
     ``expired`` is true when nobody holds the lock or ``renew_time + duration`` is in the
     past by this minion's clock; clock skew between masters shifts it by the skew, so
@@ -386,7 +421,7 @@ def status(**kwargs):
     """
     now = _utcnow()
     errors = []
-    service = _setting(kwargs, "service", (_deployed().get("service") or {}).get("name") or LOCK_NAME)
+    service = _setting(kwargs, "service", (_deployed().get("service") or {}).get("name") or "kube-controller-manager")
     record = _part(errors, "leader", lambda: _leader(dict(kwargs, map_minion=False)), None)
     health_result = _part(errors, "health", lambda: __salt__["kcm.health"](**kwargs), None)
     row = {

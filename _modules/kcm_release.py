@@ -38,7 +38,9 @@ def lock(config):
     """
     Return the leader-election lock KCM uses with ``config``: ``{"kind", "namespace",
     "name"}`` (``kind`` as ``--leader-elect-resource-lock`` spells it), or ``None`` when
-    leader election is off.
+    leader election is off. The one answer to "which lock": the release hook and
+    ``kcm.leader`` both ask it. Without a config (KCM not deployed), KCM's default lock
+    with ``kind`` None (a Lease, or the Endpoints of v1.14-v1.16).
 
     CLI Example:
 
@@ -46,6 +48,8 @@ def lock(config):
 
         salt '*' kcm_release.lock "$(salt-call --out=json kcm_config.deployed)"
     """
+    if not config:
+        return {"kind": None, "namespace": DEFAULT_NAMESPACE, "name": DEFAULT_NAME}
     flags = __salt__["kcm_flags.flags"](config)  # noqa: F821
     if str(flags.get("leader-elect", True)).lower() in ("false", "0"):
         return None

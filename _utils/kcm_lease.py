@@ -15,8 +15,6 @@ import re
 
 __virtualname__ = "kcm_lease"
 
-NAMESPACE = "kube-system"
-NAME = "kube-controller-manager"
 LEADER_ANNOTATION = "control-plane.alpha.kubernetes.io/leader"
 
 _CHECK = re.compile(r"^\[([+-])\](\S+)\s*(.*)$")
@@ -85,7 +83,7 @@ def parse_endpoints(obj, parse_time):
         raise ValueError("Endpoints: expected an object")
     raw = ((obj.get("metadata") or {}).get("annotations") or {}).get(LEADER_ANNOTATION)
     if raw is None:
-        raise LookupError(f"Endpoints {NAMESPACE}/{NAME} has no {LEADER_ANNOTATION} annotation")
+        raise LookupError(f"no {LEADER_ANNOTATION} annotation")
     try:
         data = json.loads(raw)
     except ValueError:

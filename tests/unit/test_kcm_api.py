@@ -31,6 +31,7 @@ UTILS = formula.utils()
 KCM_API = formula.load("_modules", "kcm_api")
 KCM = formula.load("_modules", "kcm")
 KCM_LOCAL = formula.load("_modules", "kcm_local")
+KCM_RELEASE = formula.load("_modules", "kcm_release")
 
 
 @pytest.fixture
@@ -47,6 +48,8 @@ def configure_loader_modules(deployed):
         "kcm_config.deployed": lambda: deployed,
         "kcm.leader": KCM.leader,
         "kcm.health": KCM_LOCAL.health,
+        # These facts name no release: KCM's default lock, a Lease or the Endpoints of v1.14-v1.16.
+        "kcm_release.lock": lambda config: KCM_RELEASE.lock({}),
     }
     dunders = {"__salt__": salt, "__opts__": {"id": "master-1", "file_client": "local"},
                "__grains__": {"id": "master-1"}, "__pillar__": {}, "__context__": {}, "__utils__": UTILS}

@@ -33,6 +33,7 @@ UTILS = formula.utils()
 KCM = formula.load("_modules", "kcm")
 KCM_LOCAL = formula.load("_modules", "kcm_local")
 KCM_PKI = formula.load("_modules", "kcm_pki")
+KCM_RELEASE = formula.load("_modules", "kcm_release")
 KCM_STATES = formula.load("_states", "kcm")
 
 
@@ -100,6 +101,9 @@ class Loaded:
 @pytest.fixture
 def deployed(tmp_path):
     return {
+        **DEFAULTS,
+        "version": "v1.37.2",
+        "user": "root",  # the stand-in binary lives in tmp_path
         "identity": "",
         "cluster": "prod",
         "secure_port": 10257,
@@ -109,6 +113,10 @@ def deployed(tmp_path):
             "kubeconfig": "/etc/k8s/kubeconfig/kube-controller-manager.kubeconfig",
             "ca_cert": "/etc/k8s/ssl/ca.pem",
             "cert": str(tmp_path / "kcm.pem"),
+            "key": str(tmp_path / "kcm-key.pem"),
+            "signer_cert": "/etc/k8s/ssl/ca.pem",
+            "signer_key": "/etc/k8s/ssl/ca-key.pem",
+            "service_account_key": "/etc/k8s/ssl/sa.key",
             "binary": str(tmp_path / "kube-controller-manager"),
         },
     }
@@ -120,8 +128,11 @@ def api():
 
 
 @pytest.fixture
-def salt_functions(api, deployed):
+def salt_functions(api, deployed, kcm_flags):
+    # The lock comes from the module the release hook asks, with the real flag table.
+    KCM_RELEASE.__salt__ = {f"kcm_flags.{n}": getattr(kcm_flags, n) for n in ("flags", "minor")}
     functions = {
+        "kcm_release.lock": KCM_RELEASE.lock,
         "kcm_api.request_json": api,
         "kcm_api.probe": lambda url, ca_cert, timeout=None: {"status": 200, "body": "ok"},
         "kcm_config.deployed": lambda: deployed,
@@ -162,10 +173,17 @@ def kcm(configure_loader_modules):
 # Leader records from the documented formats
 
 
-@pytest.mark.parametrize("case", CASES["valid"], ids=[c["name"] for c in CASES["valid"]])
-def test_leader_reports_each_documented_record(kcm, api, monkeypatch, case):
-    monkeypatch.setattr(KCM, "_utcnow", lambda: at(case["now"]))
+def in_lock(api, deployed, case):
+    """Serve a case's object where its release keeps the lock: the Endpoints up to v1.16."""
+    if case["kind"] != "lease":
+        deployed["version"] = "v1.16.15"
     api.routes[LEASE if case["kind"] == "lease" else ENDPOINTS] = case["object"]
+
+
+@pytest.mark.parametrize("case", CASES["valid"], ids=[c["name"] for c in CASES["valid"]])
+def test_leader_reports_each_documented_record(kcm, api, deployed, monkeypatch, case):
+    monkeypatch.setattr(KCM, "_utcnow", lambda: at(case["now"]))
+    in_lock(api, deployed, case)
 
     result = kcm.leader()
 
@@ -174,8 +192,8 @@ def test_leader_reports_each_documented_record(kcm, api, monkeypatch, case):
 
 
 @pytest.mark.parametrize("case", CASES["malformed"], ids=[c["name"] for c in CASES["malformed"]])
-def test_malformed_records_are_an_error_naming_the_field(kcm, api, case):
-    api.routes[LEASE if case["kind"] == "lease" else ENDPOINTS] = case["object"]
+def test_malformed_records_are_an_error_naming_the_field(kcm, api, deployed, case):
+    in_lock(api, deployed, case)
 
     reason, detail = raised(kcm.leader)
 
@@ -211,12 +229,51 @@ def test_the_lease_wins_over_a_stale_endpoints_record(kcm, api):
 def test_no_lock_at_all_is_not_found(kcm, api):
     assert raised(kcm.leader) == (
         "not_found",
-        "neither Lease nor Endpoints kube-system/kube-controller-manager exists (no KCM has run leader election)",
+        "no lease kube-system/kube-controller-manager exists (no KCM has run leader election with this lock)",
     )
     assert "retcode" not in kcm.__context__
 
 
-def test_endpoints_without_the_annotation_is_not_found(kcm, api):
+def test_a_custom_lock_in_extra_args_is_read_where_kcm_and_the_release_hook_find_it(kcm, api, deployed):
+    # 5f6804a read kube-system/kube-controller-manager whatever extra_args said, while the
+    # release hook honoured them: the beacons raised KCMApiserverUnreachable for a lock that
+    # does not exist.
+    deployed["extra_args"] = {"leader-elect-resource-namespace": "kcm-ha",
+                              "leader-elect-resource-name": "kcm-prod"}
+    custom = "/apis/coordination.k8s.io/v1/namespaces/kcm-ha/leases/kcm-prod"
+    api.routes[custom] = lease("master-3")
+    api.routes[LEASE] = lease("someone-else")
+
+    assert kcm.leader()["node"] == "master-3"
+    assert [path for path, _ in api.calls] == [custom]
+    hook = KCM_RELEASE.lock(deployed)
+    assert (hook["namespace"], hook["name"]) == ("kcm-ha", "kcm-prod")
+
+
+def test_a_configmaps_lock_of_v1_18_is_read_from_its_configmap(kcm, api, deployed):
+    deployed.update(version="v1.18.20", extra_args={"leader-elect-resource-lock": "configmaps"})
+    api.routes["/api/v1/namespaces/kube-system/configmaps/kube-controller-manager"] = {"metadata": {"annotations": {
+        "control-plane.alpha.kubernetes.io/leader": json.dumps({
+            "holderIdentity": "master-2_1", "leaseDurationSeconds": 15, "acquireTime": "2026-11-26T18:31:12Z",
+            "renewTime": "2026-11-26T18:40:00Z", "leaderTransitions": 2})}}}
+
+    result = kcm.leader()
+
+    assert (result["node"], result["source"], result["transitions"]) == ("master-2", "configmap", 2)
+    assert api.calls[0][0] == "/api/v1/namespaces/kube-system/configmaps/kube-controller-manager"
+
+
+def test_leader_election_off_has_no_lock_to_read(kcm, api, deployed):
+    deployed["extra_args"] = {"leader-elect": False}
+
+    reason, detail = raised(kcm.leader)
+
+    assert reason == "not_found" and "leader election is off" in detail
+    assert api.calls == []
+
+
+def test_endpoints_without_the_annotation_is_not_found(kcm, api, deployed):
+    deployed["version"] = "v1.16.15"
     api.routes[ENDPOINTS] = {"kind": "Endpoints", "metadata": {"name": "kube-controller-manager"}}
 
     reason, detail = raised(kcm.leader)
