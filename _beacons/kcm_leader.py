@@ -362,10 +362,8 @@ def _now():
 
 def _observe(cfg):
     """One kcm.leader call: the record with ``renewed_at``, or ``{"error": <reason: detail>}``."""
-    # map_minion=False: the mine lookup would be a second, blocking round trip
-    # to the master inside the minion's main loop.
     try:
-        result = __salt__["kcm.leader"](map_minion=False, **_timeout(cfg))
+        result = __salt__["kcm.leader"](**_timeout(cfg))
     except CommandExecutionError as exc:
         # The function's own one-line "<reason>: <detail>": no stack, no secrets.
         return {"error": str(exc).splitlines()[0] if str(exc) else "error"}

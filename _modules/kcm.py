@@ -263,8 +263,6 @@ def leader(**kwargs):
         Default: the deployed KCM kubeconfig.
     timeout
         Seconds for connect and read. Default 2.
-    map_minion
-        Ignored (kept for callers of older versions: the mine is no longer read).
 
     CLI Example:
 
@@ -289,7 +287,6 @@ def is_leader(**kwargs):
 
         salt 'master*' kcm.is_leader
     """
-    kwargs = dict(kwargs, map_minion=False)
     record = _leader(kwargs)
     return bool(record["node"] in _identities(kwargs) and not record["expired"])
 
@@ -422,7 +419,7 @@ def status(**kwargs):
     now = _utcnow()
     errors = []
     service = _setting(kwargs, "service", (_deployed().get("service") or {}).get("name") or "kube-controller-manager")
-    record = _part(errors, "leader", lambda: _leader(dict(kwargs, map_minion=False)), None)
+    record = _part(errors, "leader", lambda: _leader(kwargs), None)
     health_result = _part(errors, "health", lambda: __salt__["kcm.health"](**kwargs), None)
     row = {
         "minion": _minion_id(),

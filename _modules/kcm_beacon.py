@@ -224,7 +224,7 @@ def answer(nonce):
 
         salt 'master-*' kcm_beacon.answer 0123abcd
     """
-    reading = {"leader": _reading("kcm.leader", map_minion=False), "status": _reading("kcm.status")}
+    reading = {"leader": _reading("kcm.leader"), "status": _reading("kcm.status")}
     return __utils__["kcm_trust.sign_answer"](__opts__, reading, nonce)  # noqa: F821
 
 

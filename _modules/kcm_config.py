@@ -16,6 +16,8 @@ import logging
 import os
 import re
 
+import yaml
+
 log = logging.getLogger(__name__)
 
 __virtualname__ = "kcm_config"
@@ -244,6 +246,31 @@ def setting(key, default=None):
     return default
 
 
+def requested(key):
+    """
+    Return ``kcm:<key>`` as the pillar asks for it, merged the way ``map.jinja`` merges:
+    pillar ``kcm``, then ``kcm:lookup``, then the formula's ``defaults.yaml``; ``None`` when
+    none sets it. Unlike :func:`setting`, the deployed facts are not asked: this is the
+    change a run is about to make (the skew guard judges it before anything changes).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'master*' kcm_config.requested version
+    """
+    # __pillar__, not pillar.get: Salt 3008's pillar.get masks the values it returns.
+    for source in (__pillar__.get("kcm"), _at(__pillar__, "kcm:lookup")):  # noqa: F821
+        value = _at(source, key)
+        if value not in (None, ""):
+            return value
+    text = __salt__["cp.get_file_str"]("salt://kcm/defaults.yaml") or ""  # noqa: F821
+    try:
+        return _at((yaml.safe_load(text) or {}).get("kcm"), key)
+    except (yaml.YAMLError, AttributeError):
+        return None
+
+
 def cert_sans(config, grains=None):
     """
     Return the subjectAltNames for the KCM serving+client certificate: hostname, FQDN,
@@ -425,19 +452,3 @@ def master_problems(master):
     # Who the KCM masters are (by minion id only) is kcm_trust's: the same rules as the master reads.
     return texts + __utils__["kcm_checks.master_problems"](master) + \
         __utils__["kcm_trust.masters_problems"](master)  # noqa: F821
-
-
-def check_pki(pki):
-    """
-    Return the problems of a ``kcm:pki`` mapping for its mode: missing PEMs, a key that
-    does not match its certificate, a CA that is not a CA, a certificate not signed by the
-    CA, an expired certificate, a CN other than ``system:kube-controller-manager``, issuing
-    settings x509_v2 would loop on.
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt '*' kcm_config.check_pki "$(salt-call --out=json pillar.get kcm:pki unmask=True)"
-    """
-    return __utils__["kcm_pki_checks.check_pki"](pki)  # noqa: F821

@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 __virtualname__ = "kcm_orch"
 
 SLS = "kcm"
-ACTIONS = ("restart", "stop", "start")
 # The states of kcm.service.running that restart KCM (systemd, control_cmd), and the check
 # of kcm.service.unit that the preflight runs.
 SERVICE_ID = "kcm-service-running"

@@ -19,8 +19,6 @@ version.
 import logging
 import os
 
-import salt.utils.data
-import yaml
 from salt.exceptions import CommandExecutionError
 
 log = logging.getLogger(__name__)
@@ -47,27 +45,6 @@ def _kubeconfig(given):
         if path and os.path.exists(path):
             return path
     return None
-
-
-def _setting(key, default):
-    """``kcm:<key>`` as ``map.jinja`` merges it: pillar ``kcm``, then ``kcm:lookup``, then
-    ``default`` (a callable, asked only when pillar sets neither)."""
-    for prefix in ("kcm:", "kcm:lookup:"):
-        # __pillar__, not pillar.get: Salt 3008's pillar.get masks the values it returns
-        # (``**********``) unless asked not to, which Salt 3006's does not understand.
-        value = salt.utils.data.traverse_dict_and_list(__pillar__, prefix + key, None, delimiter=":")  # noqa: F821
-        if value not in (None, ""):
-            return value
-    return default()
-
-
-def _default_version():
-    """The formula's default release (``defaults.yaml``), for a pillar that sets none."""
-    text = __salt__["cp.get_file_str"]("salt://kcm/defaults.yaml") or ""  # noqa: F821
-    try:
-        return str(((yaml.safe_load(text) or {}).get("kcm") or {}).get("version") or "")
-    except (yaml.YAMLError, AttributeError):
-        return ""
 
 
 def apiserver_version(kubeconfig=None, timeout=TIMEOUT):
@@ -113,9 +90,9 @@ def facts(version=None, kubeconfig=None, override_reason=None):
         salt 'master*' kcm_skew.facts version=v1.37.2
     """
     if version is None:
-        version = _setting("version", _default_version)
+        version = __salt__["kcm_config.requested"]("version")  # noqa: F821
     if override_reason is None:
-        override_reason = _setting("skew:override_reason", str)
+        override_reason = __salt__["kcm_config.requested"]("skew:override_reason") or ""  # noqa: F821
     try:
         version = __salt__["kcm_flags.normalize_version"](version)  # noqa: F821
         version_minor = _minor(version)

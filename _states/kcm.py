@@ -3,15 +3,8 @@ States for a kube-controller-manager cluster, built on the ``kcm`` execution mod
 
 - ``kcm.leader_elected``: wait until a live leader holds the lock (orchestration steps
   that must not run while the cluster has no leader).
-- ``kcm.flags_accepted``: the preflight as a state; ``service.running`` requires it, so a
-  binary that refuses a rendered flag never gets restarted into a crash loop.
 
 .. code-block:: yaml
-
-    kcm-service-flags-accepted:
-      kcm.flags_accepted:
-        - name: /data/apps/k8s/kubernetes/versions/v1.37.2/kube-controller-manager
-        - config: {{ kcm | json }}
 
     kcm-leader-elected:
       kcm.leader_elected:
@@ -20,7 +13,6 @@ States for a kube-controller-manager cluster, built on the ``kcm`` execution mod
 """
 
 import logging
-import os
 import time
 
 from salt.exceptions import CommandExecutionError
@@ -97,36 +89,3 @@ def leader_elected(name, timeout=60, interval=1, **kwargs):
     else:
         ret["comment"] = f"no live KCM leader after {timeout} s: {_leader_summary(record)}"
     return ret
-
-
-def flags_accepted(name, config=None):
-    """
-    Succeed when the KCM binary ``name`` accepts every flag the formula renders for
-    ``config`` (``kcm.preflight``); fail with the binary's own message otherwise.
-
-    name
-        Path of the KCM binary to check (the version about to become active).
-    config
-        The resolved config (default: the deployed one).
-
-    Makes no changes. In test mode, a binary that does not exist yet (it is installed by
-    the same run) gives result None.
-    """
-    ret = {"name": name, "changes": {}, "result": False, "comment": ""}
-    if not os.path.exists(name):
-        if __opts__.get("test"):
-            ret["result"] = None
-            ret["comment"] = f"{name} is not installed yet; its flags will be checked when it is"
-        else:
-            ret["comment"] = f"{name} does not exist; cannot check the rendered flags"
-        return ret
-    try:
-        report = __salt__["kcm.preflight"](binary=name, config=config)
-    except CommandExecutionError as exc:
-        ret["comment"] = f"cannot check {name}: {exc}"
-        return ret
-    # A refusal also sets the call's retcode; state.apply derives its own from the results.
-    accepted = bool(report.get("ok"))
-    verdict = f"({report.get('version')}) accepts" if accepted else "refuses"
-    detail = "" if accepted else f": {report.get('error')}"
-    return dict(ret, result=accepted, comment=f"{name} {verdict} the rendered flags{detail}")

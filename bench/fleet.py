@@ -5,7 +5,7 @@ How the load is made: a real salt-master (configured by the formula's kcm.master
 kcm_alert engine -> kcm_alert runner), a real Alertmanager, and one real salt-minion standing in
 for the 3 masters of every cluster. It fires exactly the events a kcm_leader beacon fires
 on a failover (computed by the beacon's own step(), sent as beacon returns through the
-running minion: tests/support/fleet.py). These are not real KCMs. The master finds the
+running minion: kcmlab/fleet.py). These are not real KCMs. The master finds the
 kcm_alert engine through `engines_dirs` (what kcm.master's sync_engines + a restart do).
 
 For C = 10, 100, 300 clusters, each failover reported by 3 masters within one second:
@@ -51,7 +51,7 @@ from common import REPO, machine
 
 from kcmlab.alertmanager import Alertmanager  # noqa: E402
 from kcmlab.controlplane import free_port, wait_until  # noqa: E402
-from tests.support.fleet import (  # noqa: E402
+from kcmlab.fleet import (  # noqa: E402
     BeaconStandIn,
     failover_events,
     kcm_master_conf,

@@ -6,7 +6,7 @@ whose own kcm.leader / kcm.status read that Lease when the reconcile asks them.
 
 No KCM runs: the test writes the Lease as a KCM would (holder, leaseTransitions), so it
 decides when a transition happens and that its event is lost; the events it does send are
-the kcm_leader beacon's own (tests/support/fleet.py), signed with the minion's key.
+the kcm_leader beacon's own (kcmlab/fleet.py), signed with the minion's key.
 """
 
 import datetime
@@ -20,8 +20,8 @@ import pytest
 
 from kcmlab.alertmanager import Alertmanager
 from kcmlab.controlplane import LEASE_PATH, ControlPlane, wait_until
+from kcmlab.fleet import BeaconStandIn, failover_events, kcm_master_conf, new_cluster_id
 from tests.support.bus import bus_marker
-from tests.support.fleet import BeaconStandIn, failover_events, kcm_master_conf, new_cluster_id
 from tests.support.pillar import REPO
 
 pytestmark = [pytest.mark.integration]
@@ -95,7 +95,7 @@ def beacon(kcm_masters):
 
 
 def _holder(node):
-    # the identity tests/support/fleet.py gives a node's KCM, so the beacon's events name it
+    # the identity kcmlab/fleet.py gives a node's KCM, so the beacon's events name it
     return f"{node}_{uuid.uuid5(uuid.NAMESPACE_DNS, node)}"
 
 

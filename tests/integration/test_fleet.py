@@ -3,7 +3,7 @@ A fleet on one Salt master: a burst of failovers in many clusters, all reported 
 every master, reaches Alertmanager once per cluster. Real salt-master (configured by
 kcm.master), real kcm_alert engine and runner, real Alertmanager; the reports come
 from one real salt-minion standing in for 3 masters of each cluster, with exactly the
-events its kcm_leader beacon fires (tests/support/fleet.py), not from real KCMs.
+events its kcm_leader beacon fires (kcmlab/fleet.py), not from real KCMs.
 """
 
 import json
@@ -14,7 +14,7 @@ import pytest
 
 from kcmlab.alertmanager import Alertmanager
 from kcmlab.controlplane import wait_until
-from tests.support.fleet import BeaconStandIn, failover_events, kcm_master_conf, new_cluster_id
+from kcmlab.fleet import BeaconStandIn, failover_events, kcm_master_conf, new_cluster_id
 from tests.support.pillar import REPO
 
 pytestmark = [pytest.mark.integration]

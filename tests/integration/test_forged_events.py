@@ -18,8 +18,8 @@ import time
 import pytest
 import yaml
 
+from kcmlab.fleet import BeaconStandIn
 from tests.support.bus import bus_marker
-from tests.support.fleet import BeaconStandIn
 from tests.support.masterless import MasterlessMinion
 from tests.support.pillar import REPO
 

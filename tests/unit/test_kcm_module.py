@@ -792,25 +792,6 @@ def test_leader_elected_in_test_mode_reports_without_waiting(states, api, monkey
     assert "unreachable" in ret["comment"] and "would wait up to 60 s" in ret["comment"]
 
 
-def test_flags_accepted_passes_and_fails_with_the_binarys_message(states, with_flags, resolved, fake_binary):
-    ok = states.flags_accepted(str(fake_binary), config=resolved)
-    bad = states.flags_accepted(str(fake_binary), config=dict(resolved, extra_args={"bogus-gate": "x"}))
-
-    assert (ok["result"], ok["changes"]) == (True, {})
-    assert ok["comment"] == f"{fake_binary} (v1.37.2) accepts the rendered flags"
-    assert bad["result"] is False
-    assert bad["comment"] == f"{fake_binary} refuses the rendered flags: Error: unknown flag: --bogus-gate"
-    # kcm.preflight's verdict sets retcode 1 on the way; state.apply sets its own from the results.
-
-
-def test_flags_accepted_for_a_binary_not_yet_installed(states, resolved, tmp_path):
-    missing = str(tmp_path / "versions" / "v1.38.0" / "kube-controller-manager")
-
-    assert states.flags_accepted(missing, config=resolved)["result"] is False
-    states.__opts__["test"] = True
-    assert states.flags_accepted(missing, config=resolved)["result"] is None
-
-
 @pytest.fixture
 def shared_dir():
     """A directory the KCM user (nobody) can enter: tmp_path is root's 0700."""

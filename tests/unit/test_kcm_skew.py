@@ -45,6 +45,13 @@ def skew(apiserver, tmp_path):
     kubeconfig.write_text("{}")
     flags = formula.kcm_flags()
     module = formula.load("_modules", "kcm_skew")
+    config = formula.load("_modules", "kcm_config")
+    config.__salt__ = {"cp.get_file_str": lambda url: (formula.REPO / "formula/kcm/defaults.yaml").read_text()}
+
+    def requested(key):
+        config.__pillar__ = module.__pillar__  # the pillar a test sets on the module
+        return config.requested(key)
+
     module.deployed = {}
     module.__utils__ = formula.utils()
     module.__salt__ = {
@@ -52,7 +59,7 @@ def skew(apiserver, tmp_path):
         "kcm_flags.normalize_version": flags.normalize_version,
         "kcm_api.request_json": apiserver,
         "kcm_config.deployed": lambda: module.deployed,
-        "cp.get_file_str": lambda url: (formula.REPO / "formula/kcm/defaults.yaml").read_text(),
+        "kcm_config.requested": requested,
     }
     # The minion's pillar as Salt hands it to the module (unmasked; pillar.get masks on 3008).
     module.__pillar__ = {"kcm": {"version": "v1.37.2"}}

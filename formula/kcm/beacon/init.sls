@@ -4,7 +4,7 @@
     Where the beacon config lives, and why:
     Salt runs beacons from ONE place. When pillar defines `beacons:`, the beacons of the
     minion config (minion.d) are silently not run (salt/modules/config.py merge with
-    omit_opts; see docs/salt-api-notes section 1). So:
+    omit_opts). So:
     - no pillar `beacons:` (the usual case): `beacon.present` with `save: True` adds
       each beacon to the running minion at once (no restart) and persists it in
       <conf_dir>/minion.d/beacons.conf, the file Salt's own beacons.save manages;
