@@ -126,10 +126,6 @@ NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._:-]{0,251}[A-Za-z0-9])?$")
 MINION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
 ARCH_RE = re.compile(r"^[a-z0-9_]{1,16}$")
 
-# A version that looks like one but is not spelled as the release tags are.
-VERSION_LIKE_RE = re.compile(r"^v1\.\d+\.\d+")
-CANONICAL_VERSION_RE = re.compile(r"^v1\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(-[0-9A-Za-z.-]+)?$")
-
 
 def _check_names(cfg, problems):
     _match(problems, cfg.get("user"), "kcm:user", USER_RE,
@@ -149,9 +145,6 @@ def _check_names(cfg, problems):
            allow_empty=True)
     _match(problems, _get(cfg, "pki", "signing_policy"), "kcm:pki:signing_policy", MINION_ID_RE,
            "an x509_v2 signing policy name such as kcm", allow_empty=True)
-    version = cfg.get("version")
-    if isinstance(version, str) and VERSION_LIKE_RE.match(version) and not CANONICAL_VERSION_RE.match(version):
-        problems.append(f"kcm:version: '{version}' is not in canonical form such as v1.37.2 (no leading zeros)")
 
 
 # sha256 or sha512 only (64 or 128 hex digits): md5 and sha1 collide, so they prove nothing.

@@ -89,6 +89,18 @@ def test_what_a_beacon_refuses_the_pillar_validation_refuses_naming_the_key(chec
         assert any(p.startswith(f"kcm:beacon:{key}: ") for p in problems), (key, value, problems)
 
 
+@pytest.mark.parametrize("version", ["v1.34.3", "1.34.3", "v1.37.2-rc.0", "v1.034.3", "1.034.3", "v1.34.03"])
+def test_the_config_validation_accepts_a_version_exactly_when_its_parser_does(check, kcm_flags, version):
+    # kcm_flags.normalize_version is the one parser: the validation must not spell versions its own way.
+    try:
+        kcm_flags.normalize_version(version)
+        parsed = True
+    except ValueError:
+        parsed = False
+    assert parsed == (version in ("v1.34.3", "1.34.3", "v1.37.2-rc.0"))
+    assert parsed == (not [p for p in check(version=version) if p.startswith("kcm:version")])
+
+
 def test_bind_interface_takes_its_first_ipv4(kcm_config):
     cfg = kcm_config.resolve(dict(DEFAULTS, bind_interface="eth2"), opts={"cachedir": "/c"})
     assert cfg["bind_address"] == "10.10.10.21"
