@@ -27,31 +27,8 @@ OWN_KEYS = {
     "kcm_leader": ("debounce", "stale_after", "state_file", "timeout"),
     "kcm_cert": ("cert_thresholds", "cert_check_interval", "state_file"),
 }
-# Keys another kcm beacon reads, accepted (and ignored) so a config from before the split validates.
-FORMER_KEYS = {"kcm_leader": ("cert_thresholds", "cert_check_interval")}
 EXAMPLES = {"kcm_leader": "[{interval: 2}, {debounce: 2}, {stale_after: 3}]",
             "kcm_cert": "[{interval: 10}, {cert_thresholds: [30, 7]}, {cert_check_interval: 3600}]"}
-
-
-def _number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-# key -> (accepts(value), what is expected)
-RULES = {
-    "interval": (lambda v: _number(v) and v > 0, "a number of seconds > 0"),
-    "debounce": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
-                 "an integer >= 1 (polls in a row)"),
-    "stale_after": (lambda v: _number(v) and v > 0, "a number of retry periods > 0"),
-    "timeout": (lambda v: _number(v) and 0 < v <= 10, "seconds in (0, 10] (the poll blocks the minion loop)"),
-    "cert_thresholds": (lambda v: isinstance(v, list) and all(_number(days) and days > 0 for days in v),
-                        "a list of days > 0, e.g. [30, 7] ([] = no checks)"),
-    "cert_check_interval": (lambda v: _number(v) and v > 0,
-                            "a number of seconds > 0 (how often certificates are read)"),
-    "state_file": (lambda v: isinstance(v, str) and os.path.isabs(v), "an absolute path"),
-}
-for _flag in ("disable_during_state_run", "run_once", "enabled"):
-    RULES[_flag] = (lambda v: isinstance(v, bool), "true or false")
 
 
 def __virtual__():
@@ -64,12 +41,13 @@ def _problem(beacon, config):
     known = FRAMEWORK_KEYS + OWN_KEYS[beacon]
     for item in config:
         for key, value in item.items():
-            if key.startswith("_") or key in FORMER_KEYS.get(beacon, ()):
+            if key.startswith("_"):
                 continue
             if key not in known:
                 return f"{beacon}: unknown key {key!r}; known keys: {', '.join(known)}"
-            accepts, expected = RULES.get(key, (lambda v: True, ""))
-            if not accepts(value):
+            # The rules are kcm_checks', which the pillar validation of kcm:beacon applies too.
+            expected = __utils__["kcm_checks.beacon_value_problem"](key, value)  # noqa: F821
+            if expected:
                 return f"{beacon}: {key} must be {expected}, got {value!r}"
     return None
 

@@ -166,7 +166,8 @@ CONTROLLER_HISTORY = {
     "cloud-node-lifecycle-controller": (None, 37),
 }
 
-VERSION_RE = re.compile(r"^v?1\.(\d+)\.(\d+)(-[0-9A-Za-z.-]+)?$")
+# The formula's one parser of a Kubernetes version: spelled as the release tags are (no leading zeros).
+VERSION_RE = re.compile(r"^v?1\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(-[0-9A-Za-z.-]+)?$")
 OLDEST_MINOR = 14
 
 

@@ -6,9 +6,9 @@ flags the formula renders for it, whether it accepts them (the preflight), and w
 This file is part of the ``kcm`` execution module (``__virtualname__`` ``kcm``: Salt's
 loader puts the functions of every file with that name under ``kcm.``), so these are
 ``kcm.version``, ``kcm.args``, ``kcm.preflight`` and ``kcm.health``; ``_modules/kcm.py``
-answers the questions about the leader lock. The install state calls ``kcm.version`` too,
-so the binary's ``--version`` is read by one function. Defaults come from the deployed facts
-(``kcm_config.deployed``).
+answers the questions about the leader lock. The install state calls ``kcm.version`` too;
+what the binary prints is read by ``_utils/kcm_binary.py``, as the unit state reads it.
+Defaults come from the deployed facts (``kcm_config.deployed``).
 
 Errors raise ``CommandExecutionError`` with ``info={"reason": ...}`` (``not_deployed``,
 ``binary``, ``malformed``, and the ``kcm_api`` reasons; ``_utils/kcm_error.py``). Two answers
@@ -17,7 +17,6 @@ are verdicts, returned with exit code 1: a binary that refuses the flags
 """
 
 import logging
-import re
 import subprocess
 
 log = logging.getLogger(__name__)
@@ -25,8 +24,6 @@ log = logging.getLogger(__name__)
 __virtualname__ = "kcm"
 
 TIMEOUT = 30
-# `kube-controller-manager --version` prints `Kubernetes v1.37.2` (Go's -ldflags version).
-_VERSION = re.compile(r"\bKubernetes (v\d+\.\d+\.\d+[\w.+-]*)")
 
 
 def __virtual__():
@@ -41,17 +38,6 @@ def _deployed():
     if "kcm_config.deployed" not in __salt__:
         return {}
     return __salt__["kcm_config.deployed"]() or {}
-
-
-def _complaint(stderr, stdout=""):
-    """
-    The binary's own complaint. Cobra prints the whole usage text (hundreds of lines)
-    around ``Error: ...``, so keep the ``Error:`` lines; without any, the last lines.
-    """
-    lines = [line.rstrip() for line in (stderr or stdout or "").splitlines() if line.strip()]
-    errors = list(dict.fromkeys(line for line in lines if line.lower().startswith("error:")))
-    text = "\n".join(errors or lines[-5:]).strip()
-    return text[:1000] or "exited non-zero without a message"
 
 
 def _runas(runas, config=None):
@@ -75,10 +61,8 @@ def _run(argv, runas):
         raise _failure("binary", f"{argv[0]} cannot run ({exc.strerror})") from None
 
 
-def _reported(proc):
-    """The version in a finished ``--version`` run, or None when it failed or printed none."""
-    match = _VERSION.search(f"{proc.stdout or ''}\n{proc.stderr or ''}")
-    return match.group(1) if proc.returncode == 0 and match else None
+def _said(proc):
+    return __utils__["kcm_binary.version_or_complaint"](proc.returncode, proc.stdout, proc.stderr)  # noqa: F821
 
 
 def version(binary=None, runas=None):
@@ -103,10 +87,9 @@ def version(binary=None, runas=None):
         raise _failure(
             "not_deployed", "no binary= given and kcm is not deployed on this minion (run state.apply kcm first)"
         )
-    proc = _run([binary, "--version"], _runas(runas))
-    found = _reported(proc)
+    found, complaint = _said(_run([binary, "--version"], _runas(runas)))
     if not found:
-        raise _failure("binary", f"{binary} --version: {_complaint(proc.stderr, proc.stdout)}")
+        raise _failure("binary", f"{binary} --version: {complaint}")
     return found
 
 
@@ -182,12 +165,11 @@ def preflight(binary=None, config=None):
     binary = binary or (config.get("files") or {}).get("binary")
     if not binary:
         raise _failure("not_deployed", "no binary= given and the config has no files.binary")
-    proc = _run([*_systemd_argv(config, binary), "--version"], _runas(None, config))
-    found = _reported(proc)
+    found, complaint = _said(_run([*_systemd_argv(config, binary), "--version"], _runas(None, config)))
     if found:
         return {"ok": True, "version": found, "binary": binary}
     __context__["retcode"] = 1
-    return {"ok": False, "error": _complaint(proc.stderr, proc.stdout), "binary": binary}
+    return {"ok": False, "error": complaint, "binary": binary}
 
 
 def _probe_host(bind_address):

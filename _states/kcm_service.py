@@ -68,13 +68,6 @@ def _rendered_unit(source, context):
         os.unlink(rendered)
 
 
-def _refusal(proc):
-    """The binary's own reason: its ``Error:`` line, else its last lines (no usage text)."""
-    text = [line.strip() for line in (proc.get("stderr") or proc.get("stdout") or "").splitlines() if line.strip()]
-    reasons = [line for line in text if line.lower().startswith("error:")]
-    return (reasons[0] if reasons else " ".join(text[-3:]) or f"exit {proc.get('retcode')}")[:1000]
-
-
 def _ret(name, result, comment, changes=None):
     return {"name": name, "result": result, "comment": comment, "changes": changes or {}}
 
@@ -115,10 +108,10 @@ def unit_accepted(name, source, context, active_binary):
             [name, *argv[1:], "--version"], context.get("user") or "root", BINARY_TIMEOUT)
     except (OSError, KeyError, subprocess.TimeoutExpired) as exc:
         return _ret(name, False, f"cannot run {name}: {exc}")
-    proc = {"retcode": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
-    if proc.get("retcode") != 0:
-        return _ret(name, False, f"{name} refuses the ExecStart= of {chosen}: {_refusal(proc)}")
-    version = (proc.get("stdout") or "").strip().rsplit(" ", 1)[-1]
+    version, complaint = __utils__["kcm_binary.version_or_complaint"](  # noqa: F821
+        done.returncode, done.stdout, done.stderr)
+    if not version:
+        return _ret(name, False, f"{name} refuses the ExecStart= of {chosen}: {complaint}")
     return _ret(name, True, f"{name} ({version}) accepts the ExecStart= of {chosen}")
 
 

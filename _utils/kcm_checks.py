@@ -4,7 +4,8 @@ and the Salt master's alert settings. Each problem is a message that names its p
 and the expected form, so ``kcm_config.validate`` can list every one at once.
 
 Pure functions over an already shape-checked config (``kcm_shapes``); called as
-``__utils__["kcm_checks.value_problems"](config)`` from ``kcm_config``.
+``__utils__["kcm_checks.value_problems"](config)`` from ``kcm_config``, and
+``beacon_value_problem`` from ``kcm_beacon.validate`` (the beacons' rules are these).
 """
 
 import ipaddress
@@ -125,10 +126,6 @@ NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._:-]{0,251}[A-Za-z0-9])?$")
 MINION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
 ARCH_RE = re.compile(r"^[a-z0-9_]{1,16}$")
 
-# A version that looks like one but is not spelled as the release tags are.
-VERSION_LIKE_RE = re.compile(r"^v1\.\d+\.\d+")
-CANONICAL_VERSION_RE = re.compile(r"^v1\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(-[0-9A-Za-z.-]+)?$")
-
 
 def _check_names(cfg, problems):
     _match(problems, cfg.get("user"), "kcm:user", USER_RE,
@@ -148,9 +145,6 @@ def _check_names(cfg, problems):
            allow_empty=True)
     _match(problems, _get(cfg, "pki", "signing_policy"), "kcm:pki:signing_policy", MINION_ID_RE,
            "an x509_v2 signing policy name such as kcm", allow_empty=True)
-    version = cfg.get("version")
-    if isinstance(version, str) and VERSION_LIKE_RE.match(version) and not CANONICAL_VERSION_RE.match(version):
-        problems.append(f"kcm:version: '{version}' is not in canonical form such as v1.37.2 (no leading zeros)")
 
 
 # sha256 or sha512 only (64 or 128 hex digits): md5 and sha1 collide, so they prove nothing.
@@ -195,15 +189,38 @@ def _check_flags_input(cfg, problems):
             problems.append(f"kcm:extra_args:{name}: expected a string, number, boolean, list of those, or null")
 
 
+def _positive(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+# The one rule set of the kcm beacons' settings, key -> (accepts(value), expected form): kcm_beacon.validate
+# (what beacon.present runs) and the pillar validation of kcm:beacon both ask beacon_value_problem.
+BEACON_RULES = {
+    "interval": (_positive, "a number of seconds > 0"),
+    "debounce": (lambda v: _is_int(v) and v >= 1, "an integer >= 1 (polls in a row)"),
+    "stale_after": (_positive, "a number of retry periods > 0"),
+    "timeout": (lambda v: _positive(v) and v <= 10, "seconds in (0, 10] (the poll blocks the minion loop)"),
+    "cert_thresholds": (lambda v: isinstance(v, list) and all(map(_positive, v)),
+                        "a list of days > 0, e.g. [30, 7] ([] = no checks)"),
+    "cert_check_interval": (_positive, "a number of seconds > 0 (how often certificates are read)"),
+    "state_file": (lambda v: isinstance(v, str) and os.path.isabs(v), "an absolute path"),
+    **dict.fromkeys(("enabled", "disable_during_state_run", "run_once"),
+                    (lambda v: isinstance(v, bool), "true or false")),
+}
+
+
+def beacon_value_problem(key, value):
+    """The form the kcm beacons' setting ``key`` expects when ``value`` lacks it, else None
+    (a key without a rule takes any value)."""
+    accepts, expected = BEACON_RULES.get(key, (None, None))
+    return None if accepts is None or accepts(value) else expected
+
+
 def _check_beacon(cfg, problems):
-    beacon = _get(cfg, "beacon") or {}
-    for key in ("interval", "debounce", "stale_after", "timeout", "cert_check_interval"):
-        value = beacon.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
-            problems.append(f"kcm:beacon:{key}: {value} must be above 0")
-    for item in beacon.get("cert_thresholds") or []:
-        if not _is_int(item) or item < 1:
-            problems.append(f"kcm:beacon:cert_thresholds: {item!r} is not a positive number of days")
+    for key, value in (_get(cfg, "beacon") or {}).items():
+        expected = beacon_value_problem(key, value)
+        if expected:
+            problems.append(f"kcm:beacon:{key}: expected {expected}, got {value!r}")
 
 
 # A template's file name below a files_switch folder, or a salt:// URL: no '..', no scheme.

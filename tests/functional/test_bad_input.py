@@ -70,6 +70,7 @@ CASES = [
     ("extra_args name with a space", {"extra_args": {"feature gates": "A=true"}}, "kcm:extra_args:"),
     ("interface name with a shell word", {"bind_interface": "eth0;id"}, "kcm:bind_interface:"),
     ("beacon interval 0", {"beacon": {"interval": 0}}, "kcm:beacon:interval:"),
+    ("beacon timeout the beacon refuses", {"beacon": {"timeout": 30}}, "kcm:beacon:timeout:"),
     ("list where beacon belongs", {"beacon": [2]}, "kcm:beacon:"),
     # kcm:master, validated like kcm:
     ("label name Alertmanager refuses", {"master": {"labels": {"team-name": "x"}}}, "kcm:master:labels:"),

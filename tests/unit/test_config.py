@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from kcmlab import formula  # noqa: E402
 from tests.support import pki as testpki  # noqa: E402
 
 DEFAULTS = yaml.safe_load((Path(__file__).resolve().parents[2] / "formula/kcm/defaults.yaml").read_text())["kcm"]
@@ -61,10 +62,43 @@ def test_good_config_has_no_problem(check):
         ({"source": {"type": "tarball", "url": "ftp://x/y"}},
          "kcm:source:url: 'ftp://x/y' must start with https://, salt:// or file://"),
         ({"colour": "blue"}, "kcm:colour: unknown key (see pillar.example for the keys the formula reads)"),
+        # The kcm_leader beacon refuses it at beacon.present, after the install changed the disk.
+        ({"beacon": dict(DEFAULTS["beacon"], timeout=30)},
+         "kcm:beacon:timeout: expected seconds in (0, 10] (the poll blocks the minion loop), got 30"),
     ],
 )
 def test_each_bad_value_is_named(check, over, expected):
     assert expected in check(**over)
+
+
+KCM_BEACON = formula.load("_modules", "kcm_beacon")
+KCM_BEACON.__utils__ = formula.utils()
+# Values of every type and edge: each key's rule refuses some of them.
+CANDIDATES = [0, -1, 0.5, 2, 10, 11, 30, True, "2", "yes", None, [], [30, 7], [0], [30, "7"], {"a": 1},
+              "/var/cache/kcm.json", "relative.json"]
+
+
+@pytest.mark.parametrize("key", sorted(formula.load("_utils", "kcm_checks").BEACON_RULES))
+def test_what_a_beacon_refuses_the_pillar_validation_refuses_naming_the_key(check, key):
+    # kcm-config-validated runs before anything on disk changes; beacon.present runs last.
+    beacon = "kcm_leader" if key in KCM_BEACON.FRAMEWORK_KEYS + KCM_BEACON.OWN_KEYS["kcm_leader"] else "kcm_cert"
+    refused = [value for value in CANDIDATES if not KCM_BEACON.validate(beacon, [{key: value}])[0]]
+    assert refused, f"no candidate value shows {key}'s rule"
+    for value in refused:
+        problems = check(beacon=dict(DEFAULTS["beacon"], **{key: value}))
+        assert any(p.startswith(f"kcm:beacon:{key}: ") for p in problems), (key, value, problems)
+
+
+@pytest.mark.parametrize("version", ["v1.34.3", "1.34.3", "v1.37.2-rc.0", "v1.034.3", "1.034.3", "v1.34.03"])
+def test_the_config_validation_accepts_a_version_exactly_when_its_parser_does(check, kcm_flags, version):
+    # kcm_flags.normalize_version is the one parser: the validation must not spell versions its own way.
+    try:
+        kcm_flags.normalize_version(version)
+        parsed = True
+    except ValueError:
+        parsed = False
+    assert parsed == (version in ("v1.34.3", "1.34.3", "v1.37.2-rc.0"))
+    assert parsed == (not [p for p in check(version=version) if p.startswith("kcm:version")])
 
 
 def test_bind_interface_takes_its_first_ipv4(kcm_config):

@@ -165,7 +165,7 @@ def test_klog_one_output_is_refused_before_v1_20(kcm_flags):
     assert kcm_flags.flag_problem("one-output", "v1.20.15") is None
 
 
-@pytest.mark.parametrize("text", ["1.34", "v2.0.0", "v1.13.9", "latest", "v1.34.x"])
+@pytest.mark.parametrize("text", ["1.34", "v2.0.0", "v1.13.9", "latest", "v1.34.x", "v1.034.3", "1.34.03"])
 def test_bad_versions_are_refused(kcm_flags, text):
     with pytest.raises(ValueError):
         kcm_flags.normalize_version(text)

@@ -544,7 +544,6 @@ def test_validate_never_raises_on_garbage():
     assert kcm_leader.validate([Weird(a=1)])[0] is False
 
 
-def test_a_config_from_before_the_split_still_validates():
-    # minion.d/beacons.conf keeps the cert keys under kcm_leader until kcm.beacon is applied again
-    config = [{"interval": 2}, {"cert_thresholds": [30, 7]}, {"cert_check_interval": 3600}]
-    assert kcm_leader.validate(config) == (True, "Valid beacon configuration")
+def test_the_cert_keys_are_the_cert_beacons_not_the_leader_beacons():
+    valid, comment = kcm_leader.validate([{"interval": 2}, {"cert_thresholds": [30, 7]}])
+    assert valid is False and "unknown key 'cert_thresholds'" in comment
