@@ -16,8 +16,11 @@ Versions are parsed by ``kcm_flags.minor``, the formula's one parser of a Kubern
 version.
 """
 
+import json
 import logging
 import os
+import shutil
+import tempfile
 
 from salt.exceptions import CommandExecutionError
 
@@ -47,11 +50,44 @@ def _kubeconfig(given):
     return None
 
 
+def _public_version(timeout):
+    """
+    ``/version`` as anyone may read it (the apiserver's ``system:public-info-viewer`` role),
+    for a first install: no kubeconfig exists yet, but pillar names the apiserver and its CA
+    (``kcm:apiserver``, ``kcm:pki:ca_cert``). TLS is verified against that CA, written for
+    the request to a private directory of root's, as ``kcm_api.probe`` reads a CA from a file.
+    """
+    url, ca_pem = (__salt__["kcm_config.requested"](key) for key in ("apiserver", "pki:ca_cert"))  # noqa: F821
+    if not (isinstance(url, str) and url.startswith("https://") and isinstance(ca_pem, str) and ca_pem.strip()):
+        raise __utils__["kcm_error.failure"](  # noqa: F821
+            "kubeconfig", "no kubeconfig deployed yet, and pillar gives no https kcm:apiserver with kcm:pki:ca_cert")
+    scratch = tempfile.mkdtemp(prefix="kcm-skew-", dir=__opts__.get("cachedir"))  # noqa: F821
+    try:
+        ca_path = os.path.join(scratch, "ca.pem")
+        with open(ca_path, "w", encoding="ascii", errors="replace") as handle:
+            handle.write(ca_pem)
+        reply = __salt__["kcm_api.probe"](url.rstrip("/") + "/version", ca_path, timeout=timeout)  # noqa: F821
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if reply["status"] != 200:
+        raise __utils__["kcm_error.failure"](  # noqa: F821
+            "http", f"{url}/version answered HTTP {reply['status']} to a client without credentials"
+            " (anonymous requests off?) and no kubeconfig is deployed yet")
+    try:
+        answer = json.loads(reply["body"])
+    except ValueError:
+        raise __utils__["kcm_error.failure"]("malformed", f"{url}/version is not JSON") from None  # noqa: F821
+    return answer if isinstance(answer, dict) else {}
+
+
 def apiserver_version(kubeconfig=None, timeout=TIMEOUT):
     """
     Return the ``gitVersion`` the kube-apiserver reports at ``/version`` (``v1.37.2``),
     read through ``kubeconfig`` (default: the deployed KCM kubeconfig) with TLS verified.
-    Raises ``CommandExecutionError`` when it cannot be read or is not a Kubernetes version.
+    Before the first install, when no kubeconfig exists yet, ``/version`` is read without
+    credentials (``system:public-info-viewer``) from pillar ``kcm:apiserver``, verified
+    against pillar ``kcm:pki:ca_cert``. Raises ``CommandExecutionError`` when it cannot be
+    read or is not a Kubernetes version.
 
     CLI Example:
 
@@ -60,10 +96,10 @@ def apiserver_version(kubeconfig=None, timeout=TIMEOUT):
         salt 'master*' kcm_skew.apiserver_version
     """
     path = _kubeconfig(kubeconfig)
-    if not path:
-        raise __utils__["kcm_error.failure"](  # noqa: F821
-            "kubeconfig", f"no kubeconfig to reach the kube-apiserver with ({kubeconfig or 'none deployed yet'})")
-    answer = __salt__["kcm_api.request_json"]("/version", path, timeout=timeout)  # noqa: F821
+    if path:
+        answer = __salt__["kcm_api.request_json"]("/version", path, timeout=timeout)  # noqa: F821
+    else:
+        answer = _public_version(timeout)
     version = answer.get("gitVersion")
     try:
         _minor(version)

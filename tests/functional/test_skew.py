@@ -132,6 +132,20 @@ def test_a_kcm_newer_than_the_apiserver_is_refused_before_anything_changes(
     assert "kcm-service-restarted" in ret and ret["kcm-service-restarted"].changes == {}
 
 
+def test_a_first_install_newer_than_the_apiserver_is_refused_too(state, open_tmp, control_plane, binaries,
+                                                                  fresh_master):
+    # No kubeconfig yet: the guard reads /version as anyone may, verified against the pillar's CA.
+    cp = serving(control_plane, binaries, OLD)
+    new = pillar_for(open_tmp, cp, NEW)
+
+    ret = by_id(state.apply("kcm", pillar=new))
+
+    assert (ret[VALIDATED].result, ret[VALIDATED].comment) == (False, REFUSED)
+    assert {sid: r.changes for sid, r in ret.items() if r.changes} == {}
+    assert not fresh_master.exists()
+    assert not Path(new["kcm"]["paths"]["install"]).exists()
+
+
 def test_after_the_apiserver_upgrade_the_change_is_applied_and_an_older_kcm_too(
         state, open_tmp, control_plane, binaries, fresh_master):
     cp = serving(control_plane, binaries, OLD)

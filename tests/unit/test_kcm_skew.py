@@ -6,6 +6,9 @@ first install go ahead with a warning; a stated reason overrides a refusal.
 ``_utils/kcm_skew.py``; the apiserver's ``/version`` is a stand-in for ``kcm_api.request_json``
 (the real apiserver: tests/functional/test_skew.py)."""
 
+import json
+from pathlib import Path
+
 import pytest
 import yaml
 from salt.exceptions import CommandExecutionError
@@ -116,8 +119,42 @@ def test_no_kubeconfig_yet_is_unreadable_and_never_reads_another_file(skew, apis
     apiserver.version = "v1.36.3"
     got = skew.check("v1.37.2", str(tmp_path / "absent.kubeconfig"), "")
     assert got["allowed"] is True and "(first install) without a skew check" in got["comment"]
-    assert "kubeconfig: no kubeconfig to reach the kube-apiserver with" in got["comment"]
+    assert "kubeconfig: no kubeconfig deployed yet, and pillar gives no https kcm:apiserver" in got["comment"]
     assert apiserver.calls == []
+
+
+@pytest.fixture
+def public(skew, tmp_path):
+    """The apiserver's /version as a client without credentials reads it (kcm_api.probe)."""
+    seen = []
+
+    def probe(url, ca_cert, timeout=None):
+        seen.append((url, Path(ca_cert).read_text(), str(Path(ca_cert).parent)))
+        return {"status": public.status, "body": json.dumps({"gitVersion": "v1.36.3"})}
+
+    public = type("Public", (), {"status": 200, "seen": seen})
+    skew.__salt__["kcm_api.probe"] = probe
+    skew.__opts__ = {"cachedir": str(tmp_path)}
+    skew.__pillar__ = {"kcm": {"version": "v1.37.2", "apiserver": "https://10.0.0.1:6443",
+                               "pki": {"ca_cert": "-----BEGIN CERTIFICATE-----\nCA\n"}}}
+    return public
+
+
+def test_a_first_install_reads_the_public_version_with_the_pillars_ca_and_is_refused_when_newer(skew, public, tmp_path):
+    got = skew.check("v1.37.2", str(tmp_path / "absent.kubeconfig"), "")
+
+    assert got["allowed"] is False and "newer than the kube-apiserver (v1.36.3)" in got["comment"]
+    [(url, ca, scratch)] = public.seen
+    assert (url, ca) == ("https://10.0.0.1:6443/version", "-----BEGIN CERTIFICATE-----\nCA\n")
+    assert not Path(scratch).exists()  # the CA's copy is gone with its private directory
+
+
+def test_a_first_install_where_anonymous_requests_are_off_goes_ahead_with_a_warning(skew, public, tmp_path):
+    public.status = 401
+    got = skew.check("v1.37.2", str(tmp_path / "absent.kubeconfig"), "")
+
+    assert got["allowed"] is True and "(first install) without a skew check" in got["comment"]
+    assert "HTTP 401 to a client without credentials" in got["comment"]
 
 
 def test_an_apiserver_version_that_is_not_a_release_counts_as_unreadable(skew, apiserver):
