@@ -82,7 +82,6 @@ DEFAULTS = {
 CLAIM_SECONDS = 120
 # How long a report waits for its alerts that another sender holds, before leaving them queued.
 WAIT_FOR_HELD = 5.0
-KINDS = ("cert_expiring", "changed", "no_leader", "stale", "unreachable", "recovered", "cert_renewed")
 
 
 def __virtual__():
@@ -274,7 +273,8 @@ def refusal(tag, data, cfg=None, now=None):
     """
     cfg = cfg or _config()
     now = _now() if now is None else now
-    return _u("kcm_trust.refusal")(tag, data, _trust(), now, cfg["signature_window"])
+    return _u("kcm_trust.refusal")(tag, data, _trust(), now, cfg["signature_window"],
+                                   _u("kcm_alert_rules.beacons")())
 
 
 # When each sender's refusal was last logged: a refused minion cannot fill the log or the bus.
@@ -284,7 +284,7 @@ _REFUSED_LOCK = threading.Lock()
 
 def _refused(tag, reporter, why, cfg):
     """Log and fire a refusal once per sender per ``refusal_log_interval``; the rest are counted."""
-    sender = str(_u("kcm_trust.reporter_of")(tag) or "?")[:256]
+    sender = str(_u("kcm_trust.reporter_of")(tag, _u("kcm_alert_rules.beacons")()) or "?")[:256]
     now = time.monotonic()
     with _REFUSED_LOCK:
         last = _REFUSED_LOGGED.get(sender)
@@ -305,7 +305,7 @@ def _new_result(tag, data):
     kind = _u("kcm_trust.kind_of")(tag)
     reporter = str(data.get("id") or "unknown")[:256]
     result = {"kind": kind, "reporter": reporter, "fired": [], "resolved": [], "duplicate": False, "failed": False}
-    if kind not in KINDS:
+    if kind not in _u("kcm_alert_rules.beacons")():
         # acquired / lost ride along with changed; nothing to alert on its own.
         result["ignored"] = True
     return result

@@ -5,9 +5,11 @@ kube-controller-manager (KCM) HA cluster, driven from the master over ``LocalCli
 
 .. code-block:: bash
 
-    salt-run kcm_orch.preflight tgt='master*' pillar='{"kcm": {"version": "v1.37.3"}}'
-    salt-run kcm_orch.upgrade tgt='master*' pillar='{"kcm": {"version": "v1.37.3"}}'
-    salt-run kcm_orch.drill tgt='master*' count=1
+    salt-run kcm_orch.preflight pillar='{"kcm": {"version": "v1.37.3"}}'
+    salt-run kcm_orch.upgrade pillar='{"kcm": {"version": "v1.37.3"}}'
+    salt-run kcm_orch.drill count=1
+
+Without ``tgt`` they act on the KCM masters this Salt master trusts (:func:`target`).
 
 A rolling change (:func:`upgrade`):
 
@@ -48,8 +50,6 @@ from salt.exceptions import CommandExecutionError
 log = logging.getLogger(__name__)
 
 __virtualname__ = "kcm_orch"
-
-DEFAULT_TGT = "*"
 
 
 def __virtual__():
@@ -123,10 +123,37 @@ def _leader_minion(observations):
 # preflight
 
 
+def target(tgt=None, tgt_type="glob"):
+    """
+    Return ``{"tgt", "tgt_type"}``, the minions this runner and every step of the
+    orchestrations (``orch/kcm/settings.jinja`` asks) act on: ``tgt`` when given, else the
+    KCM masters this Salt master trusts (``kcm_alert:masters`` over the accepted keys, as
+    ``salt-run kcm_alert.masters`` lists them) as a list. Raises naming the key without them.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run kcm_orch.target
+    """
+    if tgt:
+        return {"tgt": tgt, "tgt_type": tgt_type or "glob"}
+    trust = __utils__["kcm_trust.trust"](__opts__)
+    if trust.problem:
+        raise CommandExecutionError(f"no tgt given and no KCM masters configured: {trust.problem} (kcm_alert:masters"
+                                    " in the Salt master's configuration, written by kcm.master)")
+    masters = trust.accepted_masters()
+    if not masters:
+        raise CommandExecutionError(f"no tgt given, and kcm_alert:masters {trust.target!r} (pillar"
+                                    " kcm:master:masters) matches no accepted minion key")
+    return {"tgt": masters, "tgt_type": "list"}
+
+
 def _targets(tgt, tgt_type):
-    minions = _expected_minions(tgt, tgt_type)
+    chosen = target(tgt, tgt_type)
+    minions = _expected_minions(**chosen)
     if not minions:
-        raise CommandExecutionError(f"tgt={tgt!r} (tgt_type={tgt_type}) matches no accepted minion")
+        raise CommandExecutionError(f"tgt={chosen['tgt']!r} (tgt_type={chosen['tgt_type']}) matches no accepted minion")
     return minions
 
 
@@ -207,7 +234,7 @@ def _preflight(cluster, kwarg, timeout):
     return masters, problems
 
 
-def preflight(tgt=DEFAULT_TGT, tgt_type="glob", pillar=None, saltenv=None, timeout=300):
+def preflight(tgt=None, tgt_type="glob", pillar=None, saltenv=None, timeout=300):
     """
     Check a change on every targeted master before anything that runs is touched: first the
     version skew policy against the oldest kube-apiserver any master reports
@@ -219,7 +246,7 @@ def preflight(tgt=DEFAULT_TGT, tgt_type="glob", pillar=None, saltenv=None, timeo
     binary's own message for a refused flag. Exits non-zero on any failure.
 
     tgt, tgt_type
-        The KCM masters. Default ``*`` / ``glob``.
+        The KCM masters. Default: those this Salt master trusts (:func:`target`).
     pillar
         Pillar override sent to every master (e.g. ``{"kcm": {"version": "v1.37.3"}}``).
         Never a PEM or a private key: refused, naming the key (a publication reaches every
@@ -320,7 +347,7 @@ class _Rollout:
         return observations
 
 
-def upgrade(tgt=DEFAULT_TGT, tgt_type="glob", pillar=None, saltenv=None, timeout=120, interval=1,
+def upgrade(tgt=None, tgt_type="glob", pillar=None, saltenv=None, timeout=120, interval=1,
             preflight=True, apply_timeout=300):  # pylint: disable=redefined-outer-name
     """
     Roll a change (a new version, or a config change that needs a restart) over the
@@ -333,7 +360,7 @@ def upgrade(tgt=DEFAULT_TGT, tgt_type="glob", pillar=None, saltenv=None, timeout
     "seconds", "summary": [table lines]}``. Exits non-zero on failure.
 
     tgt, tgt_type
-        The KCM masters. Default ``*`` / ``glob``.
+        The KCM masters. Default: those this Salt master trusts (:func:`target`).
     pillar
         Pillar override for every master, as for ``state.apply``; without it the masters'
         own (changed) pillar is applied. Never a PEM or a private key (refused, as for
@@ -353,7 +380,7 @@ def upgrade(tgt=DEFAULT_TGT, tgt_type="glob", pillar=None, saltenv=None, timeout
 
     .. code-block:: bash
 
-        salt-run kcm_orch.upgrade tgt='master*' pillar='{"kcm": {"version": "v1.37.3"}}'
+        salt-run kcm_orch.upgrade pillar='{"kcm": {"version": "v1.37.3"}}'
     """
     begin = _now()
     report = {"result": False, "masters": {}, "order": [], "leader_before": None, "leader_after": None,
@@ -455,7 +482,7 @@ def _drill(cluster, count, min_remaining, timeout, interval):
     return result
 
 
-def drill(tgt=DEFAULT_TGT, tgt_type="glob", count=1, min_remaining=2, timeout=120, interval=0.5):
+def drill(tgt=None, tgt_type="glob", count=1, min_remaining=2, timeout=120, interval=0.5):
     """
     The HA check as a command: stop the leader's KCM (and ``count - 1`` followers), time
     how long until another master holds a live leader lock, start them again, and report.
@@ -471,7 +498,7 @@ def drill(tgt=DEFAULT_TGT, tgt_type="glob", count=1, min_remaining=2, timeout=12
     than a Lease, about the lease duration plus up to two retry periods.
 
     tgt, tgt_type
-        The KCM masters. Default ``*`` / ``glob``.
+        The KCM masters. Default: those this Salt master trusts (:func:`target`).
     count
         How many KCMs to stop: the leader first, then healthy followers by name. Default 1.
     min_remaining
@@ -485,7 +512,7 @@ def drill(tgt=DEFAULT_TGT, tgt_type="glob", count=1, min_remaining=2, timeout=12
 
     .. code-block:: bash
 
-        salt-run kcm_orch.drill tgt='master*'
+        salt-run kcm_orch.drill
         salt-run kcm_orch.drill tgt='master*' count=2 min_remaining=1
     """
     begin = _now()

@@ -1,6 +1,7 @@
 """
 What an alert of the ``kcm_alert`` runner says, decided from a report alone (pure: no store,
-no clock, no network): its dedupe key, labels, annotations and severity.
+no clock, no network): its dedupe key, labels, annotations and severity; and :data:`KINDS`,
+the one list of the kinds of report, which the runner and kcm_trust (through its caller) ask.
 
 Every Salt master that sees a report computes the same labels from it (nothing here depends
 on the master that computes it), so two masters of one multi-master setup post identical
@@ -12,12 +13,17 @@ Called as ``__utils__["kcm_alert_rules.dedupe_key"](...)`` from the runner and
 
 __virtualname__ = "kcm_alert_rules"
 
-ALERTS = {
-    "cert_expiring": ("KCMCertExpiring", "warning"),
-    "changed": ("KCMLeaderChanged", "warning"),
-    "no_leader": ("KCMNoLeader", "critical"),
-    "stale": ("KCMLeaderStale", "warning"),
-    "unreachable": ("KCMApiserverUnreachable", "critical"),
+# Every kind of report the runner acts on: kind -> (the beacon that sends it, the alert it
+# raises and its severity, or None: it only ends alerts). The runner ignores any other kind
+# (acquired / lost ride along with changed) and kcm_trust refuses one under another beacon.
+KINDS = {
+    "changed": ("kcm_leader", "KCMLeaderChanged", "warning"),
+    "no_leader": ("kcm_leader", "KCMNoLeader", "critical"),
+    "stale": ("kcm_leader", "KCMLeaderStale", "warning"),
+    "unreachable": ("kcm_leader", "KCMApiserverUnreachable", "critical"),
+    "recovered": ("kcm_leader", None, None),
+    "cert_expiring": ("kcm_cert", "KCMCertExpiring", "warning"),
+    "cert_renewed": ("kcm_cert", None, None),
 }
 CONDITIONS = ("no_leader", "stale", "unreachable")
 # A new leader ends these conditions; unreachable is about the reporter's own path.
@@ -31,6 +37,11 @@ MAX_FIELDS = 40
 
 def __virtual__():
     return __virtualname__
+
+
+def beacons():
+    """``{kind: the beacon that sends it}``: the kinds the runner acts on (callers hand it to kcm_trust)."""
+    return {kind: row[0] for kind, row in KINDS.items()}
 
 
 def conditions():
@@ -71,7 +82,7 @@ def cluster_key(data):
 def dedupe_key(kind, data, reporter):
     """The identity of one change: every master that saw it, and the reconcile, compute the same key."""
     cluster = cluster_key(data)
-    if kind in ("cert_expiring", "cert_renewed"):
+    if KINDS[kind][0] == "kcm_cert":
         minion = cert_minion(data, reporter)
         return f"{cluster}|{kind}|{minion}|{data.get('cert')}|{data.get('serial')}|{data.get('threshold')}"
     if kind == "changed":
@@ -96,7 +107,7 @@ def cert_severity(data):
 
 def alert_labels(kind, data, extra):
     """Labels of the alert for `kind`; resolving re-sends exactly these."""
-    name, severity = ALERTS[kind]
+    _, name, severity = KINDS[kind]
     labels = {str(k): str(v) for k, v in (extra or {}).items()}
     labels.update(alertname=name, cluster=str(data.get("cluster") or "unknown"), severity=severity)
     if data.get("cluster_id"):

@@ -46,10 +46,6 @@ def __virtual__():
     return __virtualname__
 
 
-# The beacon each kind of report comes from: a kind under the other beacon's name is no report.
-_CERT_KINDS = ("cert_expiring", "cert_renewed")
-
-
 # --------------------------------------------------------------------------
 # the target: ids only
 # --------------------------------------------------------------------------
@@ -220,14 +216,14 @@ def self_pick_warnings(opts, trust_=None):
 # --------------------------------------------------------------------------
 
 
-def reporter_of(tag):
-    """The minion a ``salt/beacon/<minion>/kcm_leader/<kind>`` (or ``.../kcm_cert/cert_*``) tag
-    names, or None."""
+def reporter_of(tag, beacons):
+    """The minion a ``salt/beacon/<minion>/<beacon>/<kind>`` tag names, or None unless
+    ``<beacon>`` is the one that sends ``<kind>`` (``beacons``: ``{kind: beacon}``, the table
+    of ``kcm_alert_rules``, handed over by the caller)."""
     parts = str(tag or "").split("/")
     if len(parts) != 5 or parts[:2] != ["salt", "beacon"]:
         return None
-    beacon = "kcm_cert" if parts[4] in _CERT_KINDS else "kcm_leader"
-    return parts[2] if parts[3] == beacon else None
+    return parts[2] if beacons.get(parts[4]) == parts[3] else None
 
 
 def kind_of(tag):
@@ -278,14 +274,14 @@ def signature_problem(key_path, kind, data, now, window):
     return None
 
 
-def refusal(tag, data, trust_, now, window):
+def refusal(tag, data, trust_, now, window, beacons):
     """
     Why the event ``tag``/``data`` is not a report to act on, or None (see the module
-    docstring). The id checks come first and cost no I/O: a minion that is no KCM master
-    is refused before its key or signature is looked at.
+    docstring; ``beacons`` as for :func:`reporter_of`). The id checks come first and cost
+    no I/O: a minion that is no KCM master is refused before its key or signature is looked at.
     """
     data = data if isinstance(data, dict) else {}
-    reporter = reporter_of(tag)
+    reporter = reporter_of(tag, beacons)
     if reporter is None or not MINION_ID_RE.match(reporter):
         return f"the tag {str(tag)[:80]!r} names no minion"
     if data.get("id") != reporter:

@@ -311,6 +311,59 @@ def test_drill_of_two_when_allowed(runner, cluster):
 
 
 # ---------------------------------------------------------------------------------------
+# the target: the KCM masters the Salt master trusts (issue #26: the SLS said master*, the runner *)
+
+
+@pytest.fixture
+def trusting(runner, monkeypatch, tmp_path):
+    """The runner on a Salt master that accepted the three masters' keys and web-7's, with
+    ``kcm_alert:masters: master-*`` (what kcm.master writes); records what it targets."""
+    for minion in (*MASTERS, "web-7"):
+        (tmp_path / "minions").mkdir(exist_ok=True)
+        (tmp_path / "minions" / minion).write_text("an accepted key\n")
+    monkeypatch.setattr(runner, "__opts__", {"pki_dir": str(tmp_path), "kcm_alert": {"masters": "master-*"}})
+    targeted = []
+
+    def expected(tgt, tgt_type):
+        targeted.append((tgt, tgt_type))
+        return list(tgt) if tgt_type == "list" else list(MASTERS)
+
+    monkeypatch.setattr(runner, "_expected_minions", expected)
+    return targeted
+
+
+@pytest.mark.parametrize("function", ["preflight", "upgrade", "drill"])
+def test_without_tgt_the_runner_targets_exactly_the_kcm_masters_it_trusts(runner, trusting, function):
+    report = getattr(runner, function)()
+
+    assert report["result"] is True, report["comment"]
+    assert trusting == [(list(MASTERS), "list")]
+
+
+def test_an_explicit_tgt_wins(runner, trusting):
+    report = runner.drill(tgt="master-[12]", tgt_type="glob", min_remaining=1)
+
+    assert report["result"] is True, report["comment"]
+    assert trusting == [("master-[12]", "glob")]
+
+
+@pytest.mark.parametrize("kcm_alert, named", [
+    ({}, "no KCM masters configured: kcm:master:masters: required"),
+    ({"masters": "*"}, "kcm:master:masters: '*' matches every minion"),
+    ({"masters": "db-*"}, "kcm_alert:masters 'db-*' (pillar kcm:master:masters) matches no accepted minion key"),
+])
+def test_without_tgt_and_without_trusted_masters_nothing_is_touched_and_the_key_is_named(
+        runner, trusting, cluster, monkeypatch, kcm_alert, named):
+    monkeypatch.setitem(runner.__opts__, "kcm_alert", kcm_alert)
+
+    report = runner.upgrade()
+
+    assert report["result"] is False and report["retcode"] == 1
+    assert named in report["comment"]
+    assert trusting == [] and cluster.calls == []
+
+
+# ---------------------------------------------------------------------------------------
 # the execution module
 
 

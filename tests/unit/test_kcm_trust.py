@@ -152,8 +152,8 @@ def test_l4_no_execution_function_signs_fields_a_caller_chooses():
     assert "sign" not in public, public
     # the one function that signs (the reconcile's answer) signs this minion's own reading, under a
     # kind no report has: its signature cannot pass as a report
-    assert TRUST["kcm_trust.kind_of"]("salt/beacon/master-1/kcm_leader/answer") not in load(
-        "_runners", "kcm_alert").KINDS
+    assert TRUST["kcm_trust.kind_of"]("salt/beacon/master-1/kcm_leader/answer") not in TRUST[
+        "kcm_alert_rules.beacons"]()
 
 
 # --------------------------------------------------------------------------

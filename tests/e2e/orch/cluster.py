@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from kcmlab.cluster import SHORT_ELECTION, UNIT
+from kcmlab.cluster import NODES, SHORT_ELECTION, UNIT
 from tests.e2e.conftest import start_lab_cluster, stop_lab_cluster
 
 REPO = Path(__file__).resolve().parents[3]
@@ -125,8 +125,10 @@ def deployed_cluster(request, tmp_path_factory, cp_bin: Path, version: str, suit
     """A control plane from ``cp_bin`` and three machines deployed at ``version`` by
     ``state.apply kcm`` over the bus, KCM running under systemd with a leader."""
     begin = time.monotonic()
+    # The orchestrations target the KCM masters the salt-master trusts: kcm.master's kcm_alert:masters.
     lab_cluster = start_lab_cluster(cp_bin, tmp_path_factory.mktemp(suite), f"orch {suite}", suite=suite,
-                                    version=version, election=SHORT_ELECTION)
+                                    version=version, election=SHORT_ELECTION,
+                                    master_config={"kcm_alert": {"masters": list(NODES)}})
     print(f"{suite}: deployed {version} on 3 machines in {time.monotonic() - begin:.1f}s")
     try:
         yield OrchCluster(lab_cluster)
