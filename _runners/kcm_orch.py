@@ -149,6 +149,44 @@ def target(tgt=None, tgt_type="glob"):
     return {"tgt": masters, "tgt_type": "list"}
 
 
+def _setting(name, given):
+    """This run's ``name``: the argument when given, else the master's ``kcm_orch:<name>``
+    (written by kcm.master from defaults.yaml ``kcm:master:orch``); the runner keeps no
+    default of its own."""
+    if given is not None:
+        return given
+    value = (__opts__.get("kcm_orch") or {}).get(name)
+    if value is None:
+        raise CommandExecutionError(
+            f"no {name}= given and kcm_orch:{name} is not in the Salt master's configuration: apply kcm.master"
+            f" (pillar kcm:master:orch:{name}) and restart salt-master")
+    return value
+
+
+def settings(tgt=None, tgt_type=None, timeout=None, interval=None, apply_timeout=None, count=None,
+             min_remaining=None):
+    """
+    Return every setting of an orchestration run: :func:`target`'s ``tgt`` and
+    ``tgt_type``, then ``timeout``, ``interval`` (a rolling change's), ``drill_interval``,
+    ``apply_timeout``, ``count`` and ``min_remaining``, each as given (the orchestration's
+    pillar ``kcm_orch:``) or else the master's ``kcm_orch:`` (kcm.master writes it from
+    ``kcm:master:orch``). ``orch/kcm/settings.jinja`` asks it, so the orchestrations and
+    this runner cannot disagree.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run kcm_orch.settings
+        salt-run kcm_orch.settings count=2
+    """
+    given = {"timeout": timeout, "apply_timeout": apply_timeout, "count": count, "min_remaining": min_remaining}
+    out = dict(target(tgt, tgt_type or "glob"), **{name: _setting(name, value) for name, value in given.items()})
+    out["interval"] = _setting("interval", interval)
+    out["drill_interval"] = _setting("drill_interval", interval)
+    return out
+
+
 def _targets(tgt, tgt_type):
     chosen = target(tgt, tgt_type)
     minions = _expected_minions(**chosen)
@@ -234,7 +272,7 @@ def _preflight(cluster, kwarg, timeout):
     return masters, problems
 
 
-def preflight(tgt=None, tgt_type="glob", pillar=None, saltenv=None, timeout=300):
+def preflight(tgt=None, tgt_type="glob", pillar=None, saltenv=None, timeout=None):
     """
     Check a change on every targeted master before anything that runs is touched: first the
     version skew policy against the oldest kube-apiserver any master reports
@@ -254,7 +292,8 @@ def preflight(tgt=None, tgt_type="glob", pillar=None, saltenv=None, timeout=300)
     saltenv
         Salt fileserver environment on the masters.
     timeout
-        Seconds for the masters to answer (download and install included). Default 300.
+        Seconds for the masters to answer (download and install included). Default: the
+        master's ``kcm_orch:apply_timeout`` (300).
 
     CLI Example:
 
@@ -263,6 +302,7 @@ def preflight(tgt=None, tgt_type="glob", pillar=None, saltenv=None, timeout=300)
         salt-run kcm_orch.preflight tgt='master*' pillar='{"kcm": {"extra_args": {"v": 4}}}'
     """
     try:
+        timeout = _setting("apply_timeout", timeout)
         kwarg = _state_kwarg(pillar, saltenv)
         cluster = _masters(_targets(tgt, tgt_type), timeout)
         masters, problems = _preflight(cluster, kwarg, timeout)
@@ -347,8 +387,8 @@ class _Rollout:
         return observations
 
 
-def upgrade(tgt=None, tgt_type="glob", pillar=None, saltenv=None, timeout=120, interval=1,
-            preflight=True, apply_timeout=300):  # pylint: disable=redefined-outer-name
+def upgrade(tgt=None, tgt_type="glob", pillar=None, saltenv=None, timeout=None, interval=None,
+            preflight=True, apply_timeout=None):  # pylint: disable=redefined-outer-name
     """
     Roll a change (a new version, or a config change that needs a restart) over the
     targeted KCM masters: preflight on all, then the followers one at a time, the leader
@@ -368,13 +408,15 @@ def upgrade(tgt=None, tgt_type="glob", pillar=None, saltenv=None, timeout=120, i
     saltenv
         Salt fileserver environment on the masters.
     timeout
-        Seconds each step may wait for health and a live leader. Default 120.
+        Seconds each step may wait for health and a live leader. Default: the master's
+        ``kcm_orch:timeout`` (120).
     interval
-        Seconds between polls. Default 1.
+        Seconds between polls. Default: ``kcm_orch:interval`` (1).
     preflight
         False skips the preflight (``orch.kcm.upgrade`` runs it as its own step).
     apply_timeout
-        Seconds for one master's preflight or ``state.apply``. Default 300.
+        Seconds for one master's preflight or ``state.apply``. Default:
+        ``kcm_orch:apply_timeout`` (300).
 
     CLI Example:
 
@@ -387,6 +429,8 @@ def upgrade(tgt=None, tgt_type="glob", pillar=None, saltenv=None, timeout=120, i
               "leader_changes": None}
     rollout = None
     try:
+        timeout, interval = _setting("timeout", timeout), _setting("interval", interval)
+        apply_timeout = _setting("apply_timeout", apply_timeout)
         kwarg = _state_kwarg(pillar, saltenv)
         cluster = _masters(_targets(tgt, tgt_type))
         if preflight:
@@ -482,7 +526,7 @@ def _drill(cluster, count, min_remaining, timeout, interval):
     return result
 
 
-def drill(tgt=None, tgt_type="glob", count=1, min_remaining=2, timeout=120, interval=0.5):
+def drill(tgt=None, tgt_type="glob", count=None, min_remaining=None, timeout=None, interval=None):
     """
     The HA check as a command: stop the leader's KCM (and ``count - 1`` followers), time
     how long until another master holds a live leader lock, start them again, and report.
@@ -500,13 +544,15 @@ def drill(tgt=None, tgt_type="glob", count=1, min_remaining=2, timeout=120, inte
     tgt, tgt_type
         The KCM masters. Default: those this Salt master trusts (:func:`target`).
     count
-        How many KCMs to stop: the leader first, then healthy followers by name. Default 1.
+        How many KCMs to stop: the leader first, then healthy followers by name. Default:
+        the master's ``kcm_orch:count`` (1).
     min_remaining
-        Healthy masters that must stay running. Default 2.
+        Healthy masters that must stay running. Default: ``kcm_orch:min_remaining`` (2).
     timeout
-        Seconds to wait for a new leader, and for health after the restart. Default 120.
+        Seconds to wait for a new leader, and for health after the restart. Default:
+        ``kcm_orch:timeout`` (120).
     interval
-        Seconds between polls. Default 0.5.
+        Seconds between polls. Default: ``kcm_orch:drill_interval`` (0.5).
 
     CLI Example:
 
@@ -517,7 +563,8 @@ def drill(tgt=None, tgt_type="glob", count=1, min_remaining=2, timeout=120, inte
     """
     begin = _now()
     try:
-        count, min_remaining = int(count), int(min_remaining)
+        count, min_remaining = int(_setting("count", count)), int(_setting("min_remaining", min_remaining))
+        timeout, interval = _setting("timeout", timeout), _setting("drill_interval", interval)
         if count < 1:
             raise CommandExecutionError(f"count: expected a positive number of KCMs to stop, got {count}")
         cluster = _masters(_targets(tgt, tgt_type))

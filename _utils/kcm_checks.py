@@ -357,4 +357,9 @@ def master_problems(master):
     for key in ("reconcile_interval", "flush_interval"):
         if _is_int(master.get(key)) and master[key] < 1:
             problems.append(f"kcm:master:{key}: {master[key]} is not a positive number of seconds")
+    orch = master.get("orch") if isinstance(master.get("orch"), dict) else {}
+    for key, value in orch.items():
+        least = 0 if key == "min_remaining" else 1e-9  # every other setting is seconds or KCMs > 0
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < least:
+            problems.append(f"kcm:master:orch:{key}: {value!r} is not {'>= 0' if least == 0 else 'above 0'}")
     return problems

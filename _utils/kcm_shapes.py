@@ -16,14 +16,15 @@ MAP, LIST, BOOL, INT, NUMBER, TEXT = "a mapping", "a list", "true or false", "an
 # The kind each pillar key must have, as ``section:key`` paths.
 _KEYS_BY_KIND = {
     MAP: "source skew paths leader_election pki extra_args service beacon master master:enroll master:labels"
-         " master:clusters tofs tofs:source_files",
+         " master:clusters master:orch tofs tofs:source_files",
     LIST: "controllers beacon:cert_thresholds master:alertmanager_urls master:webhook_urls tofs:files_switch",
     BOOL: "create_user use_service_account_credentials log_to_file profiling service:manage beacon:enabled"
           " master:sync_runners master:enroll:enabled master:allow_http",
-    NUMBER: "master:batch_wait beacon:interval beacon:stale_after beacon:timeout beacon:cert_check_interval",
+    NUMBER: "master:batch_wait beacon:interval beacon:stale_after beacon:timeout beacon:cert_check_interval"
+            " master:orch:timeout master:orch:interval master:orch:drill_interval master:orch:apply_timeout",
     INT: "secure_port keep_versions verbosity terminated_pod_gc_threshold pki:days_valid pki:days_remaining"
          " pki:key_size beacon:debounce"
-         " master:reconcile_interval master:flush_interval",
+         " master:reconcile_interval master:flush_interval master:orch:count master:orch:min_remaining",
     TEXT: "version identity cluster user group apiserver bind_address bind_interface service_cluster_ip_range"
           " cluster_signing_duration service:name service:control_cmd source:type source:url source:hash"
           " source:arch skew:override_reason pki:mode pki:ca_server pki:signing_policy pki:key_algo master:config_dir"

@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -51,3 +53,9 @@ def kcm_config(flags=None):
     module.__opts__ = {"cachedir": "/var/cache/salt/minion"}
     module.__utils__ = utils()
     return module
+
+
+def orch_settings() -> dict:
+    """``kcm_orch:`` as kcm.master writes it into a Salt master's configuration (the
+    defaults of ``kcm:master:orch``): what the kcm_orch runner and the orchestrations read."""
+    return dict(yaml.safe_load((REPO / "formula" / "kcm" / "defaults.yaml").read_text())["kcm"]["master"]["orch"])

@@ -12,6 +12,7 @@ import salt.config
 import salt.loader
 import salt.utils.minions
 
+from kcmlab.formula import orch_settings
 from tests.support.pillar import REPO
 
 MASTERS = ("master-1", "master-2", "master-3")
@@ -68,7 +69,7 @@ def masters(monkeypatch):
 
 @pytest.fixture
 def runners(tmp_path):
-    opts = dict(salt.config.DEFAULT_MASTER_OPTS, cachedir=str(tmp_path / "cache"),
+    opts = dict(salt.config.DEFAULT_MASTER_OPTS, cachedir=str(tmp_path / "cache"), kcm_orch=orch_settings(),
                 extension_modules=str(tmp_path / "extmods"), runner_dirs=[str(REPO / "_runners")],
                 utils_dirs=[str(REPO / "_utils")])
     return salt.loader.runner(opts, utils=salt.loader.utils(opts))

@@ -15,6 +15,8 @@ MODULE = load("_modules", "kcm_orch")
 
 MASTERS = ("master-1", "master-2", "master-3")
 MINOR = formula.kcm_flags().minor
+# What kcm.master writes into the Salt master's configuration for the runner: the defaults.
+ORCH = formula.orch_settings()
 LEASE = 4.0
 RETRY = 1.0
 START_TO_HEALTHY = 1.5
@@ -155,7 +157,7 @@ def cluster():
 
 @pytest.fixture
 def configure_loader_modules():
-    return {RUNNER: {"__opts__": {}, "__context__": {}},
+    return {RUNNER: {"__opts__": {"kcm_orch": dict(ORCH)}, "__context__": {}},
             MODULE: {"__context__": {}, "__pillar__": {}, "__salt__": {}}}
 
 
@@ -321,7 +323,8 @@ def trusting(runner, monkeypatch, tmp_path):
     for minion in (*MASTERS, "web-7"):
         (tmp_path / "minions").mkdir(exist_ok=True)
         (tmp_path / "minions" / minion).write_text("an accepted key\n")
-    monkeypatch.setattr(runner, "__opts__", {"pki_dir": str(tmp_path), "kcm_alert": {"masters": "master-*"}})
+    monkeypatch.setattr(runner, "__opts__", {"pki_dir": str(tmp_path), "kcm_alert": {"masters": "master-*"},
+                                             "kcm_orch": dict(ORCH)})
     targeted = []
 
     def expected(tgt, tgt_type):
@@ -694,3 +697,37 @@ def test_kcm_within_the_skew_of_the_oldest_apiserver_is_rolled(runner, cluster):
 
     assert report["result"] is True, report["comment"]
     assert {m: r["version_after"] for m, r in report["masters"].items()} == {m: "v1.36.3" for m in MASTERS}
+
+
+# ---------------------------------------------------------------------------------------
+# settings: one owner (defaults.yaml kcm:master:orch, through the master's kcm_orch:)
+
+
+def test_settings_are_the_masters_kcm_orch_and_what_a_run_gives_wins(runner, trusting, monkeypatch):
+    monkeypatch.setitem(runner.__opts__, "kcm_orch", dict(ORCH, timeout=77))
+
+    got = runner.settings(count=2)
+
+    assert got == {"tgt": list(MASTERS), "tgt_type": "list", "timeout": 77, "apply_timeout": ORCH["apply_timeout"],
+                   "count": 2, "min_remaining": ORCH["min_remaining"], "interval": ORCH["interval"],
+                   "drill_interval": ORCH["drill_interval"]}
+
+
+def test_the_runner_keeps_no_default_of_its_own_and_names_the_missing_key(runner, cluster, monkeypatch):
+    monkeypatch.setitem(runner.__opts__, "kcm_orch", {k: v for k, v in ORCH.items() if k != "min_remaining"})
+
+    report = runner.drill(tgt="master*")
+
+    assert report["result"] is False and cluster.calls == []
+    assert "kcm_orch:min_remaining is not in the Salt master's configuration" in report["comment"]
+    assert "kcm:master:orch:min_remaining" in report["comment"]
+
+
+def test_no_default_is_written_in_the_runners_signatures():
+    # The settings have one owner: a default in a signature would be a second, silent one.
+    import inspect
+
+    for name in ("preflight", "upgrade", "drill", "settings"):
+        for param in inspect.signature(getattr(RUNNER, name)).parameters.values():
+            if param.name in ORCH or param.name == "timeout":
+                assert param.default is None, f"kcm_orch.{name}({param.name}={param.default!r})"

@@ -6,6 +6,7 @@
                 refuses a minion that is no KCM master by its id, in memory)
       kcm_alert: receivers and labels for the kcm_alert runner, and `masters` / `clusters`: the
                 KCM masters by minion id (pillar kcm:master:masters, required; no grain default)
+      kcm_orch: the orchestrations' and the kcm_orch runner's settings (kcm:master:orch)
       schedule: kcm_alert.reconcile at start and every kcm:master:reconcile_interval s, and
                 kcm_alert.flush (the outbox) every kcm:master:flush_interval s
     and syncs salt://_utils (the runners' helpers), salt://_runners (kcm_alert, kcm: the fleet
@@ -21,7 +22,7 @@
 
     Settings: pillar `kcm:master` (config_dir, alertmanager_urls, webhook_urls, labels,
     ca_bundle, proxy, sync_runners, batch_wait, reconcile_interval, flush_interval, masters, clusters,
-    enroll); defaults in defaults.yaml. TLS to receivers is always verified (ca_bundle '' = the
+    orch, enroll); defaults in defaults.yaml. TLS to receivers is always verified (ca_bundle '' = the
     system store). #}
 {%- set tplroot = tpldir.split('/')[0] %}
 {%- from tplroot ~ "/map.jinja" import kcm with context %}
@@ -44,7 +45,7 @@
       "kcm_alert_flush": {"function": "kcm_alert.flush", "seconds": master.flush_interval, "maxrunning": 1},
     } %}
 {%- set engine = {"kcm_alert": {"batch_wait": master.batch_wait} } %}
-{%- set conf = {"engines": [engine], "kcm_alert": alert, "schedule": schedule} %}
+{%- set conf = {"engines": [engine], "kcm_alert": alert, "kcm_orch": master.orch, "schedule": schedule} %}
 {#- Opt-in enrollment: a starting KCM master (by id) is highstated once. #}
 {%- if master.enroll.enabled %}
 {%-   do conf.update({"reactor": [{"salt/minion/*/start": ["salt://reactor/kcm/enroll.sls"]}]}) %}

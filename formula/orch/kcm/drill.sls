@@ -22,6 +22,6 @@ kcm-orch-drill:
     - count: {{ orch.count | json }}
     - min_remaining: {{ orch.min_remaining | json }}
     - timeout: {{ orch.timeout | json }}
-    - interval: {{ (orch.interval or 0.5) | json }}
+    - interval: {{ orch.drill_interval | json }}
     - require:
       - salt: kcm-orch-drill-sync

@@ -34,7 +34,7 @@ kcm-orch-upgrade-rolling:
     - tgt_type: {{ orch.tgt_type | json }}
     - preflight: false
     - timeout: {{ orch.timeout | json }}
-    - interval: {{ (orch.interval or 1) | json }}
+    - interval: {{ orch.interval | json }}
     - apply_timeout: {{ orch.apply_timeout | json }}
 {%- if change %}
     - pillar: {{ {'kcm': change} | json }}
