@@ -9,7 +9,7 @@ kube-controller-manager (KCM) HA cluster, driven from the master over ``LocalCli
     salt-run kcm_orch.upgrade pillar='{"kcm": {"version": "v1.37.3"}}'
     salt-run kcm_orch.drill count=1
 
-Without ``tgt`` they act on the KCM masters this Salt master trusts (:func:`target`).
+Without ``tgt`` they act on the KCM masters this Salt master trusts (:func:`settings`).
 
 A rolling change (:func:`upgrade`):
 
@@ -123,19 +123,9 @@ def _leader_minion(observations):
 # preflight
 
 
-def target(tgt=None, tgt_type="glob"):
-    """
-    Return ``{"tgt", "tgt_type"}``, the minions this runner and every step of the
-    orchestrations (``orch/kcm/settings.jinja`` asks) act on: ``tgt`` when given, else the
-    KCM masters this Salt master trusts (``kcm_alert:masters`` over the accepted keys, as
-    ``salt-run kcm_alert.masters`` lists them) as a list. Raises naming the key without them.
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt-run kcm_orch.target
-    """
+def _target(tgt, tgt_type):
+    # tgt when given, else the KCM masters this Salt master trusts (kcm_alert:masters over the
+    # accepted keys, as salt-run kcm_alert.masters lists them), as a list.
     if tgt:
         return {"tgt": tgt, "tgt_type": tgt_type or "glob"}
     trust = __utils__["kcm_trust.trust"](__opts__)
@@ -166,8 +156,9 @@ def _setting(name, given):
 def settings(tgt=None, tgt_type=None, timeout=None, interval=None, apply_timeout=None, count=None,
              min_remaining=None):
     """
-    Return every setting of an orchestration run: :func:`target`'s ``tgt`` and
-    ``tgt_type``, then ``timeout``, ``interval`` (a rolling change's), ``drill_interval``,
+    Return every setting of an orchestration run: ``tgt`` and ``tgt_type`` (as given, else
+    the KCM masters this Salt master trusts, ``kcm_alert:masters`` over the accepted keys,
+    as a list), then ``timeout``, ``interval`` (a rolling change's), ``drill_interval``,
     ``apply_timeout``, ``count`` and ``min_remaining``, each as given (the orchestration's
     pillar ``kcm_orch:``) or else the master's ``kcm_orch:`` (kcm.master writes it from
     ``kcm:master:orch``). ``orch/kcm/settings.jinja`` asks it, so the orchestrations and
@@ -181,14 +172,14 @@ def settings(tgt=None, tgt_type=None, timeout=None, interval=None, apply_timeout
         salt-run kcm_orch.settings count=2
     """
     given = {"timeout": timeout, "apply_timeout": apply_timeout, "count": count, "min_remaining": min_remaining}
-    out = dict(target(tgt, tgt_type or "glob"), **{name: _setting(name, value) for name, value in given.items()})
+    out = dict(_target(tgt, tgt_type or "glob"), **{name: _setting(name, value) for name, value in given.items()})
     out["interval"] = _setting("interval", interval)
     out["drill_interval"] = _setting("drill_interval", interval)
     return out
 
 
 def _targets(tgt, tgt_type):
-    chosen = target(tgt, tgt_type)
+    chosen = _target(tgt, tgt_type)
     minions = _expected_minions(**chosen)
     if not minions:
         raise CommandExecutionError(f"tgt={chosen['tgt']!r} (tgt_type={chosen['tgt_type']}) matches no accepted minion")
@@ -284,7 +275,7 @@ def preflight(tgt=None, tgt_type="glob", pillar=None, saltenv=None, timeout=None
     binary's own message for a refused flag. Exits non-zero on any failure.
 
     tgt, tgt_type
-        The KCM masters. Default: those this Salt master trusts (:func:`target`).
+        The KCM masters. Default: those this Salt master trusts (:func:`settings`).
     pillar
         Pillar override sent to every master (e.g. ``{"kcm": {"version": "v1.37.3"}}``).
         Never a PEM or a private key: refused, naming the key (a publication reaches every
@@ -400,7 +391,7 @@ def upgrade(tgt=None, tgt_type="glob", pillar=None, saltenv=None, timeout=None, 
     "seconds", "summary": [table lines]}``. Exits non-zero on failure.
 
     tgt, tgt_type
-        The KCM masters. Default: those this Salt master trusts (:func:`target`).
+        The KCM masters. Default: those this Salt master trusts (:func:`settings`).
     pillar
         Pillar override for every master, as for ``state.apply``; without it the masters'
         own (changed) pillar is applied. Never a PEM or a private key (refused, as for
@@ -542,7 +533,7 @@ def drill(tgt=None, tgt_type="glob", count=None, min_remaining=None, timeout=Non
     than a Lease, about the lease duration plus up to two retry periods.
 
     tgt, tgt_type
-        The KCM masters. Default: those this Salt master trusts (:func:`target`).
+        The KCM masters. Default: those this Salt master trusts (:func:`settings`).
     count
         How many KCMs to stop: the leader first, then healthy followers by name. Default:
         the master's ``kcm_orch:count`` (1).

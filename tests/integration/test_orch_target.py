@@ -1,7 +1,7 @@
 """
 Which minions the orchestrations target, on a real salt-master: one owner, the KCM masters
 the master trusts (``kcm_alert:masters`` over the accepted keys), asked by the kcm_orch
-runner (``kcm_orch.target``) and, through ``saltutil.runner`` while ``state.orchestrate``
+runner (``kcm_orch.settings``) and, through ``saltutil.runner`` while ``state.orchestrate``
 renders on the master, by ``orch/kcm/settings.jinja`` for every step of ``orch.kcm.upgrade``
 and ``orch.kcm.drill``. Before, the SLS defaulted to ``master*`` and the runner to ``*``.
 
@@ -70,8 +70,8 @@ def targets(master, sls, pillar=None):
 
 @pytest.mark.parametrize("sls", sorted(STEPS))
 def test_every_step_targets_what_the_runner_targets_by_default(master, sls):
-    answer = master.salt_run_cli(timeout=60).run("kcm_orch.target")
-    assert answer.data == {"tgt": ["master-1", "master-2"], "tgt_type": "list"}, answer
+    answer = master.salt_run_cli(timeout=60).run("kcm_orch.settings")
+    assert (answer.data["tgt"], answer.data["tgt_type"]) == (["master-1", "master-2"], "list"), answer
 
     assert targets(master, sls) == {step: (answer.data["tgt"], "list") for step in STEPS[sls]}
 
@@ -83,7 +83,7 @@ def test_an_explicit_kcm_orch_tgt_wins(master):
 
 
 def test_without_kcm_alert_masters_the_orchestrations_name_the_missing_key(unset_master):
-    answer = unset_master.salt_run_cli(timeout=60).run("kcm_orch.target")
+    answer = unset_master.salt_run_cli(timeout=60).run("kcm_orch.settings")
     assert answer.returncode != 0 and "kcm:master:masters: required" in answer.stdout, answer
 
     ret = unset_master.salt_run_cli(timeout=120).run("state.orchestrate", "orch.kcm.upgrade")
