@@ -25,7 +25,7 @@ stand-in's (a forged tag). Goal: the genuine alerts still exact, p99 within 10 %
 run without them.
 
 The kcm_alert engine is the only alert path (the reactor path of 5f6804a and before, one
-runner job per event, is gone; its numbers are in the README).
+runner job per event, is gone; its numbers are in docs/bench.md).
 
 Usage:
   python bench/fleet.py [--clusters 10,100,300] [--fleet-masters 30] [--forged-rate 100]

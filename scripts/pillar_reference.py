@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Print the README's pillar reference (a Markdown table) from formula/kcm/defaults.yaml:
-every key, its default, and the comment above it. `--check README.md` fails when the
-README's copy (between the markers) differs, so the reference cannot drift."""
+"""Print the pillar reference (a Markdown table, docs/pillar.md) from formula/kcm/defaults.yaml:
+every key, its default, and the comment above it. `--check docs/pillar.md` fails when the
+document's copy (between the markers) differs, so the reference cannot drift."""
 
 import re
 import sys
