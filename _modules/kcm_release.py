@@ -39,7 +39,7 @@ def lock(config):
     Return the leader-election lock KCM uses with ``config``: ``{"kind", "namespace",
     "name"}`` (``kind`` as ``--leader-elect-resource-lock`` spells it), or ``None`` when
     leader election is off. The one answer to "which lock": the release hook and
-    ``kcm.leader`` both ask it. Without a config (KCM not deployed), KCM's default lock
+    ``kcm.leader`` both ask it. Without a version (KCM not deployed), KCM's default lock
     with ``kind`` None (a Lease, or the Endpoints of v1.14-v1.16).
 
     CLI Example:
@@ -48,15 +48,17 @@ def lock(config):
 
         salt '*' kcm_release.lock "$(salt-call --out=json kcm_config.deployed)"
     """
-    if not config:
-        return {"kind": None, "namespace": DEFAULT_NAMESPACE, "name": DEFAULT_NAME}
-    flags = __salt__["kcm_flags.flags"](config)  # noqa: F821
-    if str(flags.get("leader-elect", True)).lower() in ("false", "0"):
+    # Only the version and extra_args decide the lock (the formula renders --leader-elect=true
+    # and no --leader-elect-resource-*), so facts without the rest still answer.
+    flags = {str(name).lstrip("-"): value for name, value in ((config or {}).get("extra_args") or {}).items()}
+    if str(flags.get("leader-elect")).lower() in ("false", "0"):
         return None
-    ver = __salt__["kcm_flags.minor"](config["version"])  # noqa: F821
-    default = "endpoints" if ver < 17 else "endpointsleases" if ver < 20 else "leases"
+    version = (config or {}).get("version")
+    ver = __salt__["kcm_flags.minor"](version) if version else None  # noqa: F821
+    default = None if ver is None else "endpoints" if ver < 17 else "endpointsleases" if ver < 20 else "leases"
+    kind = flags.get("leader-elect-resource-lock") or default
     return {
-        "kind": str(flags.get("leader-elect-resource-lock") or default),
+        "kind": str(kind) if kind else None,
         "namespace": str(flags.get("leader-elect-resource-namespace") or DEFAULT_NAMESPACE),
         "name": str(flags.get("leader-elect-resource-name") or DEFAULT_NAME),
     }

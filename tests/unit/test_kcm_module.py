@@ -263,6 +263,15 @@ def test_a_configmaps_lock_of_v1_18_is_read_from_its_configmap(kcm, api, deploye
     assert api.calls[0][0] == "/api/v1/namespaces/kube-system/configmaps/kube-controller-manager"
 
 
+def test_facts_that_name_only_a_kubeconfig_read_kcms_default_lock(kcm, api, deployed):
+    # What a hand-made or partial deployed.json holds: the lock still has its one answer.
+    for key in [k for k in deployed if k not in ("files", "cluster")]:
+        del deployed[key]
+    api.routes[LEASE] = lease("master-2")
+
+    assert kcm.leader()["node"] == "master-2"
+
+
 def test_leader_election_off_has_no_lock_to_read(kcm, api, deployed):
     deployed["extra_args"] = {"leader-elect": False}
 
