@@ -35,7 +35,8 @@ Master configuration (``/etc/salt/master.d/kcm.conf``, written by ``kcm.master``
       retries: 3                      # attempts per receiver and flush
       backoff: 0.5                    # seconds before the 2nd attempt, doubling
       timeout: 5                      # seconds for one whole HTTP request (answer included)
-      condition_ttl: 86400            # endsAt of a condition alert until it is resolved
+      resend_interval: 60             # seconds between re-sends of an open condition (endsAt: 4 of them ahead)
+      runbook_url: ''                 # base of each alert's runbook_url ('' = docs/runbook.md in the project)
       event_ttl: 3600                 # endsAt of a KCMLeaderChanged alert
       reconcile_timeout: 10           # seconds the reconcile waits for the masters' answers
       masters: 'master-*'             # the KCM masters by minion id (kcm_trust; required)
@@ -65,7 +66,9 @@ DEFAULTS = {
     "retries": 3,
     "backoff": 0.5,
     "timeout": 5,
-    "condition_ttl": 86400,
+    # An open condition is re-sent (flush) this often, its endsAt renewed to 4 intervals ahead.
+    "resend_interval": 60,
+    "runbook_url": "",
     "event_ttl": 3600,
     "dedupe_ttl": 86400,
     # Who may report: the KCM masters by minion id (kcm_trust); no default, none without it.
@@ -160,13 +163,17 @@ def _post(url, payload, cfg):
     (getattr(_SENDER, "post", None) or _u("kcm_receiver.post"))(url, payload, cfg)
 
 
-def _flush(cfg, unsaved=()):
+def _flush(cfg, unsaved=(), resend=False):
     """
     Claim what the outbox holds, post it, settle it; ``unsaved``: entries a failed write
-    could not keep, sent once from memory. Returns the counts and the ids attempted.
+    could not keep, sent once from memory; ``resend``: first queue the re-sends of the open
+    alerts that are due. Returns the counts and the ids attempted.
     """
     now, token = _now(), uuid.uuid4().hex
     with _store(cfg) as store:
+        if resend:
+            _u("kcm_outbox.add_resends")(store, _u("kcm_alert_decide.resends")(store, cfg, now), cfg, now,
+                                         _u("kcm_time.epoch"))
         claimed, expired, done = _u("kcm_outbox.claim")(store, _u("kcm_outbox.receivers")(cfg), token, now,
                                                         CLAIM_SECONDS)
     claimed += [dict(entry) for entry in unsaved]
@@ -199,6 +206,9 @@ def flush():
     """
     Deliver what the outbox holds: every alert and resolution not yet accepted by each
     configured receiver, oldest first; drop (and report) those whose ``endsAt`` passed.
+    First, re-send each open condition not sent for ``kcm:master:resend_interval`` seconds
+    to the Alertmanagers (same labels and ``startsAt``, ``endsAt`` renewed): Alertmanager
+    keeps alerts in memory only, so one that restarted has them back within an interval.
     The master's schedule calls it every ``kcm:master:flush_interval`` seconds; it is
     safe beside the reactor, the engine and another flush (entries are claimed).
 
@@ -211,7 +221,7 @@ def flush():
         salt-run kcm_alert.flush
     """
     with _bus_scope():
-        result = _flush(_config())
+        result = _flush(_config(), resend=True)
     result.pop("attempted")
     return result
 

@@ -75,14 +75,17 @@ def starts_at(kind, data, now):
     return min(began, latest) if began is not None else latest
 
 
+# An open condition's endsAt is this many re-send intervals ahead: a re-send renews it long
+# before it passes, and an alert whose Salt master stopped re-sending ends by itself.
+RESEND_WINDOWS = 4
+
+
 def ends_at(kind, data, cfg, now):
-    """Epoch seconds the alert ends by itself unless resolved earlier."""
-    if kind == "cert_expiring":
-        # Until the cert expires; an already expired one (or an unreadable
-        # notAfter) must not arrive resolved, so it gets the condition TTL.
-        expiry = _epoch(data.get("not_after"))
-        return expiry if expiry is not None and expiry > now else now + cfg["condition_ttl"]
-    return now + (cfg["event_ttl"] if kind == "changed" else cfg["condition_ttl"])
+    """Epoch seconds the alert ends by itself unless re-sent or resolved earlier: an event
+    (``KCMLeaderChanged``) after ``event_ttl``, a condition (re-sent while open, even a
+    certificate that expired already) after RESEND_WINDOWS ``resend_interval`` s."""
+    del data
+    return now + (cfg["event_ttl"] if kind == "changed" else RESEND_WINDOWS * cfg["resend_interval"])
 
 
 def build_alert(kind, data, reporter, cfg, now):
@@ -90,10 +93,9 @@ def build_alert(kind, data, reporter, cfg, now):
     fmt = _rule("format_rfc3339", "kcm_time")
     return {
         "labels": _rule("alert_labels")(kind, data, cfg["labels"]),
-        "annotations": _rule("annotations")(kind, data, reporter),
+        "annotations": _rule("annotations")(kind, data, reporter, cfg.get("runbook_url")),
         "startsAt": fmt(starts_at(kind, data, now)),
-        # Explicit endsAt: without it Alertmanager resolves an alert that is
-        # not re-sent after resolve_timeout (5 min), and we send only once.
+        # Explicit endsAt: Alertmanager ends the alert then unless a re-send renews it.
         "endsAt": fmt(ends_at(kind, data, cfg, now)),
     }
 
@@ -106,6 +108,30 @@ def resolution(open_alert, now):
         "startsAt": open_alert["startsAt"],
         "endsAt": _rule("format_rfc3339", "kcm_time")(max(now, _epoch(open_alert["startsAt"]) or now)),
     }
+
+
+def _open_alerts(store):
+    """The alerts of ``store["open"]`` (a condition's alert, a certificate's alerts), as stored."""
+    for entry in store["open"].values():
+        yield from entry.get("alerts") or ([entry] if "labels" in entry else [])
+
+
+def resends(store, cfg, now):
+    """
+    The open alerts due for a re-send (Alertmanager keeps alerts in memory only, so what it
+    lost in a restart comes back): those not sent for ``resend_interval`` s, each the same
+    labels, annotations and ``startsAt`` with ``endsAt`` renewed to RESEND_WINDOWS intervals
+    ahead. Their stored copy takes the new ``endsAt`` and ``sent_at`` (so a resolution lasts
+    as long as the last re-send, and each alert goes once per interval). A resolution pops
+    the open alert under the same lock: no re-send is decided after the resolution.
+    """
+    due = []
+    for alert in _open_alerts(store):
+        if now - (_rule("number")(alert.get("sent_at")) or 0) < cfg["resend_interval"]:
+            continue
+        alert.update(sent_at=now, endsAt=_rule("format_rfc3339", "kcm_time")(ends_at("resend", {}, cfg, now)))
+        due.append({key: alert[key] for key in ("labels", "annotations", "startsAt", "endsAt")})
+    return due
 
 
 # --------------------------------------------------------------------------
@@ -137,7 +163,12 @@ def _claimable(entry):
 
 
 def _ending(open_alert, now):
-    return resolution(open_alert, now), _epoch(open_alert.get("endsAt")) or now
+    """The resolution of ``open_alert`` and when its outbox entry expires: when the last
+    re-send ends, and never sooner than a re-send made now would (a schedule that did not
+    run for a while must not drop the resolution a webhook waits for)."""
+    ends = _epoch(open_alert.get("endsAt")) or now
+    window = ends - (_rule("number")(open_alert.get("sent_at")) or ends)
+    return resolution(open_alert, now), max(ends, now + window)
 
 
 def _cert_slot(data, reporter):
@@ -168,7 +199,7 @@ def _decide_cert(store, kind, data, reporter, cfg, now):
     slot = _cert_slot(data, reporter)
     current = store["open"].setdefault(slot, {"serial": str(data.get("serial")), "alerts": [], "at": now})
     current["keep_until"] = expiry
-    current["alerts"] = [a for a in current["alerts"] if a["labels"] != alert["labels"]] + [alert]
+    current["alerts"] = [a for a in current["alerts"] if a["labels"] != alert["labels"]] + [dict(alert, sent_at=now)]
     return [alert], resolve
 
 
@@ -240,7 +271,7 @@ def decide(store, kind, data, reporter, cfg, now):
         return fire, resolve
     alert = build_alert(kind, data, reporter, cfg, now)
     if kind in _rule("conditions")():
-        store["open"][slot] = dict(alert, reporters=[reporter], at=now,
+        store["open"][slot] = dict(alert, reporters=[reporter], at=now, sent_at=now,
                                    facts={"holder": data.get("holder"), "renew_time": data.get("renew_time")})
     fire.append(alert)
     return fire, resolve

@@ -11,6 +11,8 @@ Called as ``__utils__["kcm_alert_rules.dedupe_key"](...)`` from the runner and
 ``kcm_alert_decide``.
 """
 
+import re
+
 __virtualname__ = "kcm_alert_rules"
 
 # Every kind of report the runner acts on: kind -> (the beacon that sends it, the alert it
@@ -30,6 +32,12 @@ CONDITIONS = ("no_leader", "stale", "unreachable")
 CLEARED_BY_CHANGE = ("no_leader", "stale")
 # Fewer days left than this make any KCMCertExpiring critical.
 CERT_CRITICAL_DAYS = 7
+# Where the runbook is when the master config names none (kcm:master:runbook_url): one
+# section per alert name, its anchor the name in lower case (docs/runbook.md).
+RUNBOOK_URL = "https://github.com/kcm-formula/kcm-formula/blob/main/docs/runbook.md"
+# What an annotation never shows: credentials in a URL, a bearer token, a token= or password= value.
+_SECRET_RE = re.compile(r"(?i)(//)[^/\s@]+@|(bearer\s+|(?:token|password|secret)[=:]\s*)[^\s,;&]+")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 # What one report may make the runner keep: strings are cut, nested values dropped.
 MAX_TEXT = 256
 MAX_FIELDS = 40
@@ -163,10 +171,24 @@ def _summary_and_description(kind, data, reporter):
     return f"{reporter} cannot read the KCM leader lease of {cluster}", f"{reporter}: {data.get('reason')}"
 
 
-def annotations(kind, data, reporter):
-    """summary and description of the alert for `kind`."""
+def runbook_anchor(alertname):
+    """The anchor of ``alertname``'s section in docs/runbook.md (its ``## <name>`` heading)."""
+    return str(alertname).lower()
+
+
+def _clean(text):
+    """One line a person may read anywhere: secrets filtered, control characters escaped."""
+    text = _SECRET_RE.sub(lambda m: (m.group(1) or m.group(2)) + "[filtered]" + ("@" if m.group(1) else ""), text)
+    return _CONTROL_RE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else
+                           f"\\u{ord(m.group()):04x}", text)
+
+
+def annotations(kind, data, reporter, runbook_url=""):
+    """summary, description and runbook_url (``runbook_url`` or :data:`RUNBOOK_URL`, plus the
+    alert's anchor) of the alert for `kind`."""
     summary, description = _summary_and_description(kind, data, reporter)
-    return {"summary": summary, "description": description}
+    return {"summary": _clean(summary), "description": _clean(description),
+            "runbook_url": f"{runbook_url or RUNBOOK_URL}#{runbook_anchor(KINDS[kind][1])}"}
 
 
 def bounded(data):

@@ -354,7 +354,7 @@ def master_problems(master):
     if isinstance(batch_wait, (int, float)) and not isinstance(batch_wait, bool) and not 0 < batch_wait <= 5:
         # Every event of a batch waits up to this long: past 5 s the alert comes late.
         problems.append(f"kcm:master:batch_wait: {batch_wait!r} is not seconds in (0, 5], such as 0.2")
-    for key in ("reconcile_interval", "flush_interval"):
+    for key in ("reconcile_interval", "flush_interval", "resend_interval"):
         if _is_int(master.get(key)) and master[key] < 1:
             problems.append(f"kcm:master:{key}: {master[key]} is not a positive number of seconds")
     orch = master.get("orch") if isinstance(master.get("orch"), dict) else {}
@@ -362,4 +362,14 @@ def master_problems(master):
         least = 0 if key == "min_remaining" else 1e-9  # every other setting is seconds or KCMs > 0
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value < least:
             problems.append(f"kcm:master:orch:{key}: {value!r} is not {'>= 0' if least == 0 else 'above 0'}")
+    resend, flush = master.get("resend_interval"), master.get("flush_interval")
+    if _is_int(resend) and _is_int(flush) and 0 < resend < flush:
+        # The flush re-sends: a shorter interval would not be kept, and endsAt (4 of them) could pass between flushes.
+        problems.append(f"kcm:master:resend_interval: {resend} is shorter than kcm:master:flush_interval ({flush}),"
+                        " which runs the re-sends")
+    runbook = master.get("runbook_url")
+    if isinstance(runbook, str) and runbook:
+        why = url_problem(runbook, ("https", "http"))
+        if why or "#" in runbook:
+            problems.append(f"kcm:master:runbook_url: {why or repr(runbook) + ' holds a #: the anchor is added'}")
     return problems

@@ -17,6 +17,8 @@ died), so two flushes never post one entry at once, and an entry is removed only
 settle of a sender that saw it accepted, so none is lost. Entries are posted in the order
 they were decided, and an entry whose labels are held by another sender waits: a resolution
 never overtakes the firing it ends (Alertmanager would take the later firing as a re-open).
+The re-sends of open alerts (:func:`add_resends`) are firings like any other: a re-send is
+queued only while its alert is open, so it always precedes the resolution that ends it.
 
 Called as ``__utils__["kcm_outbox.locked_store"](...)`` and so on from the runner, which
 hands in the ``kcm_state_file`` and ``kcm_time`` functions it uses (Salt packs no
@@ -139,6 +141,22 @@ def add(store, items, receivers, now):
     return added
 
 
+def add_resends(store, alerts, cfg, now, epoch):
+    """
+    Queue the re-sends of open alerts (``kcm_alert_decide.resends``) for the Alertmanagers
+    only (a webhook gets each change once): each replaces its alert's earlier re-send still
+    waiting unclaimed, so a receiver that is down costs one entry per open alert. They are
+    ordinary firings in the outbox's order, silent in the follow-ups. Returns the entries.
+    """
+    fresh = {json.dumps(alert["labels"], sort_keys=True) for alert in alerts}
+    for entry in list(store["outbox"].values()):
+        if entry.get("resend") and entry["claimed_until"] <= now and _fingerprint(entry) in fresh:
+            store["outbox"].pop(entry["id"])
+    made = [{"alert": alert, "action": "fire", "kind": "resend", "reporter": "", "group": "resend",
+             "expires": epoch(alert["endsAt"]), "resend": True} for alert in alerts]
+    return add(store, made, [am_endpoint(url) for url in cfg["alertmanager_urls"]], now)
+
+
 def _fingerprint(entry):
     return json.dumps(entry["alert"]["labels"], sort_keys=True)
 
@@ -196,6 +214,9 @@ def follow_ups(settled, expired):
     ``kcm/alert/expired`` for each entry dropped undelivered.
     """
     events, groups = [], {}
+    # A re-send is news to nobody: what it carries was reported when it was decided.
+    settled = [item for item in settled if not item[0].get("resend")]
+    expired = [entry for entry in expired if not entry.get("resend")]
     for entry, first, _ in settled:
         if first:
             groups.setdefault((entry["group"], entry["action"]), []).append(entry)

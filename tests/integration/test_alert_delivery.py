@@ -7,6 +7,9 @@ whose own kcm.leader / kcm.status read that Lease when the reconcile asks them.
 No KCM runs: the test writes the Lease as a KCM would (holder, leaseTransitions), so it
 decides when a transition happens and that its event is lost; the events it does send are
 the kcm_leader beacon's own (kcmlab/fleet.py), signed with the minion's key.
+
+Last, an open condition survives an Alertmanager restart: the schedule's flush re-sends it
+within one resend interval (issue #27, item 4). It stays open to the end of the module.
 """
 
 import datetime
@@ -29,6 +32,8 @@ pytestmark = [pytest.mark.integration]
 MASTERS = ("dl-master-1", "dl-master-2")
 CLUSTER = "dl-prod"
 WAIT = 60
+# The schedule's flush runs every FLUSH s and re-sends an open condition every RESEND s.
+FLUSH, RESEND = 2, 3
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +54,11 @@ def alertmanager(tmp_path_factory):
 @pytest.fixture(scope="module")
 def salt_master(salt_factories, alertmanager, tmp_path_factory):
     conf = kcm_master_conf(tmp_path_factory.mktemp("dl-host"), alertmanager.url, {"env": "it"}, allow_http=True,
-                           flush_interval=2, reconcile_interval=3600,
-                           masters=list(MASTERS))
-    assert conf["schedule"]["kcm_alert_flush"] == {"function": "kcm_alert.flush", "seconds": 2, "maxrunning": 1}
+                           flush_interval=FLUSH, resend_interval=RESEND, reconcile_interval=3600,
+                           runbook_url="https://wiki.example.com/kcm/runbook", masters=list(MASTERS))
+    assert conf["schedule"]["kcm_alert_flush"] == {"function": "kcm_alert.flush", "seconds": FLUSH, "maxrunning": 1}
+    assert (conf["kcm_alert"]["resend_interval"], conf["kcm_alert"]["runbook_url"]) == (
+        RESEND, "https://wiki.example.com/kcm/runbook")
     assert conf["schedule"]["kcm_alert_reconcile"]["run_on_start"] is True
     master = salt_factories.salt_master_daemon(
         "kcm-delivery-master", overrides=dict(conf, file_roots={"base": [str(REPO / "formula")]},
@@ -180,3 +187,28 @@ def test_a_transition_whose_event_was_lost_is_raised_by_the_reconcile_once(
     assert run.run("kcm_alert.reconcile").data["clusters"] == {key: "in step"}
     assert not _events(event_listener, salt_master, "kcm/alert/changed", since, cluster_id)
     assert len(alertmanager.active(alertname="KCMLeaderChanged", cluster_id=cluster_id)) == 1
+
+
+def test_an_open_condition_is_back_within_a_resend_interval_after_alertmanager_restarts(
+        salt_master, kcm_masters, beacon, alertmanager):
+    cluster_id = new_cluster_id()
+    lost = _micro(time.time() - 30)
+    beacon.fire([{"tag": "no_leader", "cluster": CLUSTER, "cluster_id": cluster_id, "holder": _holder("dl-master-1"),
+                  "node": "dl-master-1", "transitions": 11, "renew_time": lost, "lease_duration_seconds": 15}])
+    (alert,) = wait_until(lambda: alertmanager.active(alertname="KCMNoLeader", cluster_id=cluster_id) or None,
+                          WAIT, "KCMNoLeader", interval=0.5)
+    assert alert["annotations"]["runbook_url"] == "https://wiki.example.com/kcm/runbook#kcmnoleader"
+    ends = datetime.datetime.fromisoformat(alert["endsAt"].replace("Z", "+00:00")).timestamp()
+    assert ends - time.time() <= 4 * RESEND + 1  # it ends by itself unless re-sent
+
+    alertmanager.stop()
+    alertmanager.start()  # the same port and storage: the alerts were in its memory only
+    restarted = time.monotonic()
+    assert alertmanager.active(alertname="KCMNoLeader", cluster_id=cluster_id) == []
+    (back,) = wait_until(lambda: alertmanager.active(alertname="KCMNoLeader", cluster_id=cluster_id) or None,
+                         WAIT, "the re-sent KCMNoLeader", interval=0.2)
+    took = time.monotonic() - restarted
+    assert (back["labels"], back["startsAt"], back["annotations"]) == (
+        alert["labels"], alert["startsAt"], alert["annotations"])
+    # one resend interval, plus the flush that runs it
+    assert took <= RESEND + FLUSH + 1, f"back after {took:.1f} s"

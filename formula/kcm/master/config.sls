@@ -4,7 +4,8 @@
       engines:  kcm_alert (batch_wait): salt/beacon/*/kcm_leader/* and salt/beacon/*/kcm_cert/*
                 in batches -> the kcm_alert runner's handle_batch (the only alert path: it
                 refuses a minion that is no KCM master by its id, in memory)
-      kcm_alert: receivers and labels for the kcm_alert runner, and `masters` / `clusters`: the
+      kcm_alert: receivers and labels for the kcm_alert runner, resend_interval (open conditions
+                re-sent by kcm_alert.flush), runbook_url, and `masters` / `clusters`: the
                 KCM masters by minion id (pillar kcm:master:masters, required; no grain default)
       kcm_orch: the orchestrations' and the kcm_orch runner's settings (kcm:master:orch)
       schedule: kcm_alert.reconcile at start and every kcm:master:reconcile_interval s, and
@@ -21,9 +22,9 @@
     the kcm_enroll runner highstates a minion of kcm:master:masters once (by id).
 
     Settings: pillar `kcm:master` (config_dir, alertmanager_urls, webhook_urls, labels,
-    ca_bundle, proxy, sync_runners, batch_wait, reconcile_interval, flush_interval, masters, clusters,
-    orch, enroll); defaults in defaults.yaml. TLS to receivers is always verified (ca_bundle '' = the
-    system store). #}
+    ca_bundle, proxy, sync_runners, batch_wait, reconcile_interval, flush_interval, resend_interval,
+    runbook_url, masters, clusters, orch, enroll); defaults in defaults.yaml. TLS to receivers is
+    always verified (ca_bundle '' = the system store). #}
 {%- set tplroot = tpldir.split('/')[0] %}
 {%- from tplroot ~ "/map.jinja" import kcm with context %}
 {%- set master = kcm.master %}
@@ -35,6 +36,8 @@
       "proxy": master.proxy,
       "masters": master.masters,
       "clusters": master.clusters,
+      "resend_interval": master.resend_interval,
+      "runbook_url": master.runbook_url,
     } %}
 {#- The runners the master's own scheduler runs: the reconcile finds what no event brought
     (and runs when the master starts), the flush retries the outbox. maxrunning 1: a slow
