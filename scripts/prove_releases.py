@@ -132,9 +132,11 @@ def wrapper_fixes(version: str) -> list[str]:
     kept as generated in ``go.mod.godeps``, are the release's own and no fix.
     """
     src = CACHE / "src" / f"kubernetes-{version}"
-    pattern = r"^\s*(?:replace\s+)?(\S+) => (.+)$"
-    lines = re.findall(pattern, (src / "go.mod").read_text(), re.M) if (src / "go.mod").is_file() else []
-    own = set(re.findall(pattern, (src / "go.mod.godeps").read_text(), re.M)) if (src / "go.mod.godeps").is_file() else set()
+    def replaces(name: str) -> list[tuple[str, str]]:
+        path = src / name
+        return re.findall(r"^\s*(?:replace\s+)?(\S+) => (.+)$", path.read_text(), re.M) if path.is_file() else []
+
+    lines, own = replaces("go.mod"), set(replaces("go.mod.godeps"))
     return [f"{old} => {new.strip()}" for old, new in lines if not old.startswith("k8s.io/") and (old, new) not in own]
 
 
