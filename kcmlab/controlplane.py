@@ -119,6 +119,24 @@ def write_private(path: Path, text: str) -> Path:
     return path
 
 
+def binary_minor(binary) -> int | None:
+    """The minor of a Kubernetes binary, from its ``--version`` (``Kubernetes v1.14.2``); None
+    when it does not say."""
+    try:
+        said = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=30,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = re.search(r"Kubernetes v1\.(\d+)\.", said.stdout + said.stderr)
+    return int(match.group(1)) if match else None
+
+
+def readiness_path(minor: int | None) -> str:
+    """Where a kube-apiserver of ``minor`` says it serves: ``/readyz`` came with v1.16, before it
+    only ``/healthz`` (which also checks etcd). Unknown: the current one."""
+    return "/healthz" if minor is not None and minor < 16 else "/readyz"
+
+
 def node_of(holder_identity: str | None) -> str | None:
     """Node name in a KCM ``holderIdentity`` (``<hostname>_<uuid>``); None for no holder."""
     if not holder_identity:
@@ -234,6 +252,8 @@ class ControlPlane:
         self.apiserver: Daemon | None = None
         self.etcd_port = self.etcd_peer_port = self.apiserver_port = None
         self.timings: dict[str, float] = {}
+        # /readyz, or /healthz for an apiserver older than v1.16 (set from its --version at start).
+        self.ready_path = "/readyz"
         self._session: requests.Session | None = None
         self._kcm_pki: dict | None = None
         for binary in ("etcd", "kube-apiserver"):
@@ -418,11 +438,13 @@ class ControlPlane:
             "--profiling=false",
         ], self.log_dir / "kube-apiserver.log", cwd=self.workdir).start()
 
+        self.ready_path = readiness_path(binary_minor(self.apiserver.argv[0]))
+
         def ready():
-            reply = self.request("GET", "/readyz", timeout=5)
+            reply = self.request("GET", self.ready_path, timeout=5)
             return reply.status_code == 200 and reply.text.strip() == "ok"
 
-        wait_until(ready, timeout, "kube-apiserver /readyz", interval=0.3,
+        wait_until(ready, timeout, f"kube-apiserver {self.ready_path}", interval=0.3,
                    alive=self.apiserver.check_alive)
 
     # -- API access (admin identity, TLS verified against the cluster CA) ----------------------
@@ -500,6 +522,7 @@ class ControlPlane:
         if not os.access(binary, os.X_OK):
             raise FileNotFoundError(f"{binary} is missing or not executable; run scripts/k8s-binaries")
         self.apiserver.argv[0] = str(binary)
+        self.ready_path = readiness_path(binary_minor(binary))
         return self.restart_apiserver(timeout=timeout)
 
     def _restart(self, daemon: Daemon, down: float, timeout: float) -> float:
@@ -508,8 +531,8 @@ class ControlPlane:
         time.sleep(down)
         daemon.start()
         # Readiness checks etcd too: either restart ends when the API serves again.
-        wait_until(lambda: self.request("GET", "/readyz", timeout=3).ok, timeout,
-                   f"kube-apiserver /readyz after {daemon.name} restarted", interval=0.3,
+        wait_until(lambda: self.request("GET", self.ready_path, timeout=3).ok, timeout,
+                   f"kube-apiserver {self.ready_path} after {daemon.name} restarted", interval=0.3,
                    alive=daemon.check_alive)
         return time.monotonic() - begin
 

@@ -126,10 +126,18 @@ def build(version: str, until: datetime.time | None) -> tuple[bool, str]:
 
 
 def wrapper_fixes(version: str) -> list[str]:
-    """The wrapper module's replaces beyond the staging ones: fixes this host's Go or proxy needed."""
-    gomod = CACHE / "src" / f"kubernetes-{version}" / "go.mod"
-    lines = re.findall(r"^\s*(?:replace\s+)?(\S+) => (.+)$", gomod.read_text(), re.M) if gomod.is_file() else []
-    return [f"{old} => {new.strip()}" for old, new in lines if not old.startswith("k8s.io/")]
+    """The wrapper module's replaces beyond the staging ones: fixes this host's Go or proxy needed.
+
+    A release built from its Godeps.json (v1.14) pins every dependency by a replace; those pins,
+    kept as generated in ``go.mod.godeps``, are the release's own and no fix.
+    """
+    src = CACHE / "src" / f"kubernetes-{version}"
+    def replaces(name: str) -> list[tuple[str, str]]:
+        path = src / name
+        return re.findall(r"^\s*(?:replace\s+)?(\S+) => (.+)$", path.read_text(), re.M) if path.is_file() else []
+
+    lines, own = replaces("go.mod"), set(replaces("go.mod.godeps"))
+    return [f"{old} => {new.strip()}" for old, new in lines if not old.startswith("k8s.io/") and (old, new) not in own]
 
 
 def binary_facts(version: str) -> dict:

@@ -117,3 +117,18 @@ def test_an_older_patch_names_the_newest_and_the_module_the_proxy_refused(prove,
                     "k8s.io/kube-controller-manager@v0.31.14 (403: this module version is not available)")
     # what the record test above demands of such a row
     assert re.search(r"not the newest patch: (v1\.31\.14) does not build: (.+)$", f"ok, 894 s; {said}")
+
+
+def test_wrapper_fixes_of_a_godeps_release_are_only_what_changed_after_its_own_pins(prove, tmp_path, monkeypatch):
+    src = tmp_path / "src" / "kubernetes-v1.14.2"
+    src.mkdir(parents=True)
+    pins = ("replace (\n\tgolang.org/x/net => golang.org/x/net v0.0.0-20190206173232-65e2d4e15006\n"
+            "\tgithub.com/modern-go/reflect2 => github.com/modern-go/reflect2 v1.0.1\n"
+            "\tk8s.io/api => ./staging/api\n)\n")
+    (src / "go.mod.godeps").write_text(pins)
+    (src / "go.mod").write_text(pins.replace("reflect2 v1.0.1", "reflect2 v1.0.2"))
+    monkeypatch.setattr(prove, "CACHE", tmp_path)
+    assert prove.wrapper_fixes("v1.14.2") == ["github.com/modern-go/reflect2 => github.com/modern-go/reflect2 v1.0.2"]
+    # a release with a go.mod of its own: every replace beyond the staging ones is a fix
+    (src / "go.mod.godeps").unlink()
+    assert len(prove.wrapper_fixes("v1.14.2")) == 2
