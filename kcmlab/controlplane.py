@@ -36,6 +36,25 @@ log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
 LEASE_PATH = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/kube-controller-manager"
+# KCM v1.14-v1.16 lock on Endpoints only: the record is this annotation's JSON.
+ENDPOINTS_PATH = "/api/v1/namespaces/kube-system/endpoints/kube-controller-manager"
+LEADER_ANNOTATION = "control-plane.alpha.kubernetes.io/leader"
+
+
+def leader_record(get) -> dict | None:
+    """The Lease (``get(path)``: its JSON, None for a 404), or, where KCM locks on Endpoints
+    alone (v1.14-v1.16), the Endpoints' leader annotation in a Lease's shape; None before
+    the first election."""
+    lease = get(LEASE_PATH)
+    if lease:
+        return lease
+    raw = (((get(ENDPOINTS_PATH) or {}).get("metadata") or {}).get("annotations") or {}).get(LEADER_ANNOTATION)
+    if not raw:
+        return None
+    record = json.loads(raw)
+    keys = ("holderIdentity", "leaseDurationSeconds", "acquireTime", "renewTime")
+    return {"kind": "Endpoints", "spec": dict({k: record.get(k) for k in keys},
+                                              leaseTransitions=record.get("leaderTransitions") or 0)}
 DEFAULT_NODES = ("master-1", "master-2", "master-3")
 # client-go waits a random [retry, retry * (1 + JitterFactor)] between attempts.
 LEADER_ELECTION_JITTER = 1.2
@@ -462,12 +481,15 @@ class ControlPlane:
         not shared between threads."""
         session = https_session(self.ca_path, (self.admin_cert_path, self.admin_key_path))
 
-        def read() -> dict | None:
-            reply = session.get(self.apiserver_url + LEASE_PATH, timeout=5)
+        def get(path):
+            reply = session.get(self.apiserver_url + path, timeout=5)
             if reply.status_code == 404:
                 return None
             reply.raise_for_status()
             return reply.json()
+
+        def read() -> dict | None:
+            return leader_record(get)
 
         read.close = session.close
         return read
@@ -483,8 +505,9 @@ class ControlPlane:
     # -- leader election ----------------------------------------------------------------------
 
     def lease(self) -> dict | None:
-        """The Lease ``kube-system/kube-controller-manager`` (None before the first election)."""
-        return self.get_json(LEASE_PATH)
+        """The Lease ``kube-system/kube-controller-manager`` (None before the first election);
+        for KCM v1.14-v1.16, the Endpoints' leader record in a Lease's shape."""
+        return leader_record(self.get_json)
 
     def leader(self) -> str | None:
         """Node name of the Lease holder, or None when there is no Lease or no holder."""
