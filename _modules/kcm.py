@@ -93,9 +93,10 @@ def _setting(kwargs, name, default=None):
     return default if value in (None, "") else value
 
 
-def _file(kwargs, key):
-    """A deployed file path (``files.<key>``), overridable by the kwarg of the same name."""
-    value = _setting(kwargs, key) or (_deployed().get("files") or {}).get(key)
+def _file(kwargs, key, deployed=None):
+    """A deployed file path (``files.<key>``), overridable by the kwarg of the same name;
+    ``deployed``: the facts when the caller has read them already."""
+    value = _setting(kwargs, key) or ((deployed if deployed is not None else _deployed()).get("files") or {}).get(key)
     if not value:
         raise _failure(
             "not_deployed",
@@ -174,7 +175,7 @@ def _reason(exc):
     return __utils__["kcm_error.reason_of"](exc)  # noqa: F821
 
 
-def _lock():
+def _lock(deployed):
     """
     The lock KCM takes with the deployed config: ``kcm_release.lock``, the one answer the
     release hook reads too, so a custom ``leader-elect-resource-*`` in ``extra_args`` is read
@@ -184,7 +185,7 @@ def _lock():
     if "kcm_release.lock" not in __salt__:
         raise _failure("not_deployed", "the kcm_release module is not available (run saltutil.sync_modules)")
     try:
-        lock = __salt__["kcm_release.lock"](_deployed())
+        lock = __salt__["kcm_release.lock"](deployed)
     except (KeyError, TypeError, ValueError) as exc:
         raise _failure("not_deployed", f"the deployed facts name no lock ({exc}); run state.apply kcm") from None
     if lock is None:
@@ -196,9 +197,11 @@ def _lock():
 
 def _read_lock(kwargs):
     """The raw leader record from the first object of the lock that exists."""
-    kubeconfig = _file(kwargs, "kubeconfig")
+    # One read of the deployed facts for both: the beacon asks this every poll.
+    deployed = _deployed()
+    kubeconfig = _file(kwargs, "kubeconfig", deployed)
     timeout = kwargs.get("timeout")
-    lock = _lock()
+    lock = _lock(deployed)
     where = f"{lock['namespace']}/{lock['name']}"
     objects = LOCK_OBJECTS[lock["kind"]]
     for kind in objects:
