@@ -4,17 +4,21 @@ master (``kcm_pki.cert_status``: ``cert``, ``ca_cert``, ``signer_cert``,
 ``kubeconfig:client``, ``kubeconfig:ca``) and fires an event only when one crosses a
 threshold or is renewed. The leader Lease is the ``kcm_leader`` beacon's.
 
-Event tags (``salt/beacon/<minion>/kcm_cert/<tail>``); every event carries ``cert``,
-``subject``, ``serial``, ``not_after``, ``days_left``, ``minion``, ``cluster`` and
-``cluster_id``, never PEM or key text:
+One certificate is one report, wherever it is used: the certificates are grouped by their
+SHA-256 fingerprint, so the CA in ``ca_cert`` and in the kubeconfig is one certificate.
+
+Event tags (``salt/beacon/<minion>/kcm_cert/<tail>``); every event carries ``fingerprint``,
+``files`` (the names above that hold it on this master), ``subject``, ``serial``,
+``not_after``, ``days_left``, ``minion``, ``cluster`` and ``cluster_id``, never PEM or key
+text:
 
 ``cert_expiring``
     A certificate has fewer days left than a threshold not yet announced for it:
     ``threshold`` (the smallest one newly crossed; the larger ones crossed with it count
     as announced) and ``thresholds`` (all configured).
 ``cert_renewed``
-    A certificate announced above now has another serial (``old_serial``): its
-    thresholds start over, and the runner resolves the old alerts.
+    A certificate announced above is in none of its files any more (each of them read):
+    the runner resolves its alert once every master that reported it has renewed.
 
 Configuration (minion config or pillar ``beacons:``); a key left out takes its value from
 the deployed ``kcm:beacon`` (``defaults.yaml`` under the pillar):
@@ -24,11 +28,11 @@ the deployed ``kcm:beacon`` (``defaults.yaml`` under the pillar):
     beacons:
       kcm_cert:
         - interval: 10               # seconds between looks at the clock (with loop_interval: 1)
-        - cert_thresholds: [30, 7]   # days; [] = no certificate checks
+        - cert_thresholds: [21, 7]   # days; [] = no certificate checks
         - cert_check_interval: 3600  # seconds between reads of the certificates (file reads only)
         - state_file: /var/cache/salt/minion/kcm/beacon-kcm_cert.json   # optional
 
-The (cert, serial, threshold) set already announced is kept in ``state_file`` (default
+The (fingerprint, threshold) set already announced is kept in ``state_file`` (default
 ``<cachedir>/kcm/beacon-<beacon name>.json``), so a refresh or a restart does not announce
 it again; the first poll after a restart reads the certificates (a renewal may be what the
 restart was for).
@@ -50,7 +54,7 @@ log = logging.getLogger(__name__)
 __virtualname__ = "kcm_cert"
 
 # Fields of a cert_status entry copied into cert events: names and dates only.
-CERT_FIELDS = ("subject", "serial", "not_after", "days_left")
+CERT_FIELDS = ("fingerprint", "subject", "serial", "not_after", "days_left")
 
 
 def __virtual__():
@@ -66,7 +70,7 @@ def validate(config):
 
     .. code-block:: bash
 
-        salt '*' beacons.add kcm_cert '[{"interval": 10}, {"cert_thresholds": [30, 7]}]'
+        salt '*' beacons.add kcm_cert '[{"interval": 10}, {"cert_thresholds": [21, 7]}]'
     """
     try:
         check = __salt__["kcm_beacon.validate"]
@@ -96,13 +100,25 @@ def _readable_cert(info):
         and "error" not in info
         and isinstance(info.get("days_left"), (int, float))
         and not isinstance(info.get("days_left"), bool)
-        and info.get("serial") is not None
+        and isinstance(info.get("fingerprint"), str)
     )
 
 
-def _cert_event(tag, name, info, settings, **extra):
+def _by_fingerprint(status):
+    """``{fingerprint: (facts, [names of the files holding it])}`` of the readable
+    certificates, and the set of names that could not be read."""
+    found, unreadable = {}, set()
+    for name in sorted(status):
+        if _readable_cert(status[name]):
+            found.setdefault(status[name]["fingerprint"], (status[name], []))[1].append(name)
+        else:
+            unreadable.add(name)
+    return found, unreadable
+
+
+def _cert_event(tag, info, files, settings, **extra):
     event = {field: info.get(field) for field in CERT_FIELDS}
-    event.update(tag=tag, cert=name, minion=settings.get("minion"), cluster=settings.get("cluster"),
+    event.update(tag=tag, files=list(files), minion=settings.get("minion"), cluster=settings.get("cluster"),
                  cluster_id=settings.get("cluster_id"), **extra)
     return event
 
@@ -119,19 +135,18 @@ def cert_step(previous, status, now, settings):
     previous
         the state returned by the last call (or :func:`initial_state`)
     status
-        what ``kcm_pki.cert_status`` returned (cert name -> subject, serial,
-        not_after, days_left), or None when it could not be read
+        what ``kcm_pki.cert_status`` returned (file name -> subject, serial, not_after,
+        days_left, fingerprint), or None when it could not be read
     now
         local wall-clock seconds
     settings
         ``cert_thresholds`` (days), ``minion``, ``cluster``, ``cluster_id``
 
-    Returns ``(state, events)``. For each cert, at most one ``cert_expiring``
-    per read: the smallest threshold crossed and not yet announced for its
-    serial; every threshold it has crossed is then announced. A new serial
-    (a renewal) starts over, with ``cert_renewed`` when the old one had been
-    announced. Unreadable certs keep what was announced for them, so a file
-    caught mid-rewrite does not announce it all again.
+    Returns ``(state, events)``. For each certificate (fingerprint), at most one
+    ``cert_expiring`` per read: the smallest threshold crossed and not yet announced for
+    it; every threshold it has crossed is then announced. An announced certificate that
+    none of its files holds any more (a renewal) gives ``cert_renewed``; while one of
+    those files cannot be read (caught mid-rewrite) it is kept, not announced again.
     """
     state = copy.deepcopy(previous) if previous else initial_state()
     state["checked_at"] = now
@@ -140,25 +155,24 @@ def cert_step(previous, status, now, settings):
     events = []
     if not isinstance(status, dict):
         return state, events
-    for name in sorted(status):
-        info = status[name]
-        if not _readable_cert(info):
+    found, unreadable = _by_fingerprint(status)
+    for fingerprint, entry in sorted(announced.items()):
+        if fingerprint in found or unreadable & set(entry.get("files") or ()):
             continue
-        serial = str(info["serial"])
-        entry = announced.get(name)
-        if entry and entry.get("serial") != serial:
-            if entry.get("thresholds"):
-                events.append(_cert_event("cert_renewed", name, info, settings, old_serial=entry["serial"]))
-            entry = None
-        if entry is None:
-            entry = announced[name] = {"serial": serial, "thresholds": []}
+        del announced[fingerprint]
+        if entry.get("thresholds"):
+            events.append(_cert_event("cert_renewed", dict(entry, fingerprint=fingerprint, days_left=None),
+                                      entry.get("files") or (), settings))
+    for fingerprint, (info, files) in sorted(found.items()):
+        entry = announced.setdefault(fingerprint, {"thresholds": []})
+        entry.update({field: info.get(field) for field in ("subject", "serial", "not_after")}, files=files)
         crossed = [days for days in thresholds if info["days_left"] < days and days not in entry["thresholds"]]
         if not crossed:
             continue
         entry["thresholds"] = sorted(set(entry["thresholds"]) | set(crossed), reverse=True)
         events.append(
             _cert_event(
-                "cert_expiring", name, info, settings,
+                "cert_expiring", info, files, settings,
                 threshold=_plain(min(crossed)), thresholds=[_plain(days) for days in thresholds],
             )
         )
@@ -241,8 +255,9 @@ def beacon(config):
         __salt__["kcm_beacon.write_state"](path, {"announced": state["announced"]})
     for event in events:
         log.warning(
-            "kcm_cert: %s: %s (serial %s) has %s days left (threshold %s)",
-            event["tag"], event["cert"], event["serial"], event["days_left"], event.get("threshold"),
+            "kcm_cert: %s: %s (%s, serial %s) has %s days left (threshold %s)",
+            event["tag"], event["subject"], ", ".join(event["files"]), event["serial"], event["days_left"],
+            event.get("threshold"),
         )
     return _signed(events)
 

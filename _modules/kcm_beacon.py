@@ -28,7 +28,7 @@ OWN_KEYS = {
     "kcm_cert": ("cert_thresholds", "cert_check_interval", "state_file"),
 }
 EXAMPLES = {"kcm_leader": "[{interval: 2}, {debounce: 2}, {stale_after: 3}]",
-            "kcm_cert": "[{interval: 10}, {cert_thresholds: [30, 7]}, {cert_check_interval: 3600}]"}
+            "kcm_cert": "[{interval: 10}, {cert_thresholds: [21, 7]}, {cert_check_interval: 3600}]"}
 
 
 def __virtual__():

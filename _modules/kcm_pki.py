@@ -66,8 +66,9 @@ def service_account_public_key(path=None):
 
 
 def _facts(pem_bytes, source, now):
-    """Subject, serial, notAfter and days left (two decimals) of one PEM certificate."""
+    """Subject, serial, notAfter, days left (two decimals) and SHA-256 fingerprint of one PEM certificate."""
     from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
     from cryptography.x509.oid import NameOID
 
     cert = x509.load_pem_x509_certificate(pem_bytes)
@@ -81,6 +82,8 @@ def _facts(pem_bytes, source, now):
         "not_after": not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "days_left": round((not_after - now).total_seconds() / 86400, 2),
         "serial": format(cert.serial_number, "x"),
+        # The certificate's identity wherever it is used: a CA in two files is one certificate.
+        "fingerprint": cert.fingerprint(hashes.SHA256()).hex(),
     }
 
 
@@ -90,9 +93,10 @@ def _now():
 
 def certificate(path):
     """
-    Return ``source``, ``subject``, ``serial``, ``not_after`` and ``days_left`` (two
-    decimals) of the PEM certificate at ``path``; raise (reason ``cert``) when it cannot be
-    read. The one place the formula computes days left on a certificate.
+    Return ``source``, ``subject``, ``serial``, ``not_after``, ``days_left`` (two
+    decimals) and ``fingerprint`` (SHA-256, hex) of the PEM certificate at ``path``; raise
+    (reason ``cert``) when it cannot be read. The one place the formula computes days left
+    on a certificate.
 
     CLI Example:
 

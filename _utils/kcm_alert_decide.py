@@ -171,35 +171,76 @@ def _ending(open_alert, now):
     return resolution(open_alert, now), max(ends, now + window)
 
 
-def _cert_slot(data, reporter):
-    return f"cert|{_rule('cluster_key')(data)}|{_rule('cert_minion')(data, reporter)}|{data.get('cert')}"
+def _cert_slot(data):
+    return f"cert|{_rule('cluster_key')(data)}|{data.get('fingerprint')}"
 
 
-def _resolve_old_serial(store, data, reporter, now, keep_labels=None):
-    """Resolutions for the open alerts of this cert's previous serial (a renewal ended them)."""
-    slot = _cert_slot(data, reporter)
+def _used_by(users):
+    return "; ".join(f"{minion} ({', '.join(files)})" for minion, files in sorted(users.items()))
+
+
+def _cert_annotations(entry, cfg):
+    """The certificate's annotations as ``entry`` (its worst report, the masters using it) says now."""
+    facts = dict(entry["report"], used_by=_used_by(entry["users"]))
+    return _rule("annotations")("cert_expiring", facts, entry["reporter"], cfg.get("runbook_url"))
+
+
+def _reannotated(entry, cfg, now):
+    """The alerts of ``entry`` whose annotations change (a master joined or renewed), to post
+    again at once: same labels, so the same alert, and a notification not yet sent names them all."""
+    fresh = _cert_annotations(entry, cfg)
+    ends = _rule("format_rfc3339", "kcm_time")(ends_at("cert_expiring", {}, cfg, now))
+    changed = []
+    for alert in entry["alerts"]:
+        if alert["annotations"] != fresh:
+            alert.update(annotations=fresh, sent_at=now, endsAt=ends)
+            changed.append({key: alert[key] for key in ("labels", "annotations", "startsAt", "endsAt")})
+    return changed
+
+
+# A certificate's alert is replaced (and the old one resolved) only when its severity rises.
+_SEVERITY_RANK = {"warning": 0, "critical": 1}
+
+
+def _cert_renewed(store, data, reporter, cfg, now):
+    """``reporter`` no longer uses the certificate: its alert ends when no master that
+    reported it still does (until then its ``used_by`` names the rest)."""
+    slot = _cert_slot(data)
     current = store["open"].get(slot)
-    if not current or current.get("serial") == str(data.get("serial")):
-        return []
+    if not current or reporter not in current["users"]:
+        return [], []
+    del current["users"][reporter]
+    if current["users"]:
+        return _reannotated(current, cfg, now), []
     store["open"].pop(slot)
-    # An alert with the very labels about to fire again is replaced by that firing, not resolved first.
-    return [_ending(alert, now) for alert in current["alerts"] if alert["labels"] != keep_labels]
+    return [], [_ending(alert, now) for alert in current["alerts"]]
 
 
 def _decide_cert(store, kind, data, reporter, cfg, now):
+    """
+    One alert per certificate (fingerprint) and cluster, whichever masters and files use it:
+    a master's first report of a threshold joins it (the alert is posted again with the
+    master in its ``used_by``); a worse severity replaces it, the old one resolved in the
+    same post.
+    """
     if kind == "cert_renewed":
-        return [], _resolve_old_serial(store, data, reporter, now)
-    alert = build_alert(kind, data, reporter, cfg, now)
-    resolve = _resolve_old_serial(store, data, reporter, now, keep_labels=alert["labels"])
+        return _cert_renewed(store, data, reporter, cfg, now)
     key = _rule("dedupe_key")(kind, data, reporter)
     if not _claimable(store["seen"].get(key)):
-        return [], resolve
+        return [], []
     expiry = min(_epoch(data.get("not_after")) or now, now + MAX_KEEP_SECONDS)
     store["seen"][key] = {"at": now, "status": "queued", "reporter": reporter, "keep_until": expiry}
-    slot = _cert_slot(data, reporter)
-    current = store["open"].setdefault(slot, {"serial": str(data.get("serial")), "alerts": [], "at": now})
+    current = store["open"].setdefault(_cert_slot(data), {"users": {}, "alerts": [], "at": now})
     current["keep_until"] = expiry
-    current["alerts"] = [a for a in current["alerts"] if a["labels"] != alert["labels"]] + [dict(alert, sent_at=now)]
+    current["users"][reporter] = sorted(str(name) for name in data.get("files") or ())
+    severity = _rule("cert_severity")(data)
+    if current.get("report") and _SEVERITY_RANK[severity] <= _SEVERITY_RANK[_rule("cert_severity")(current["report"])]:
+        store["seen"][key]["status"] = "joined"
+        return _reannotated(current, cfg, now), []
+    current.update(report=_rule("bounded")(data), reporter=reporter)
+    alert = dict(build_alert(kind, data, reporter, cfg, now), annotations=_cert_annotations(current, cfg))
+    resolve = [_ending(old, now) for old in current["alerts"]]
+    current["alerts"] = [dict(alert, sent_at=now)]
     return [alert], resolve
 
 

@@ -70,13 +70,6 @@ def number(value):
         return None
 
 
-def cert_minion(data, reporter):
-    """The minion a certificate report is about: its verified sender, whatever ``data`` says
-    (a KCM master reports its own certificates, never another minion's)."""
-    del data
-    return str(reporter)
-
-
 def cluster_key(data):
     """
     Which cluster an event is about: its name plus its ``cluster_id`` (the kube-system
@@ -90,9 +83,11 @@ def cluster_key(data):
 def dedupe_key(kind, data, reporter):
     """The identity of one change: every master that saw it, and the reconcile, compute the same key."""
     cluster = cluster_key(data)
-    if KINDS[kind][0] == "kcm_cert":
-        minion = cert_minion(data, reporter)
-        return f"{cluster}|{kind}|{minion}|{data.get('cert')}|{data.get('serial')}|{data.get('threshold')}"
+    if kind == "cert_expiring":
+        # Each master's report of each threshold once; the alert itself is the certificate's.
+        return f"{cluster}|cert_expiring|{data.get('fingerprint')}|{reporter}|{data.get('threshold')}"
+    if kind == "cert_renewed":
+        return f"{cluster}|cert_renewed|{data.get('fingerprint')}|{reporter}"
     if kind == "changed":
         return f"{cluster}|changed|{data.get('transitions')}|{data.get('new_holder')}"
     if kind == "unreachable":
@@ -131,12 +126,9 @@ def alert_labels(kind, data, extra):
     elif kind == "stale":
         labels["node"] = str(data.get("node") or "none")
     elif kind == "cert_expiring":
-        labels.update(
-            severity=cert_severity(data),
-            minion=cert_minion(data, data.get("id")),
-            cert=str(data.get("cert")),
-            threshold=str(data.get("threshold")),
-        )
+        # One alert per certificate and cluster: where it is used is an annotation (used_by),
+        # so a master joining or renewing does not make it another alert.
+        labels.update(severity=cert_severity(data), fingerprint=str(data.get("fingerprint")))
     return labels
 
 
@@ -156,11 +148,11 @@ def _summary_and_description(kind, data, reporter):
             f"last renewal {data.get('renew_time')}); first reported by {reporter}.",
         )
     if kind == "cert_expiring":
-        minion = cert_minion(data, reporter)
         return (
-            f"{data.get('cert')} certificate of KCM on {minion} ({cluster}) expires in {data.get('days_left')} days",
-            f"Subject {data.get('subject')}, serial {data.get('serial')}, notAfter {data.get('not_after')}: "
-            f"{data.get('days_left')} days left, below the {data.get('threshold')}-day threshold.",
+            f"KCM certificate {data.get('subject')} of {cluster} expires in {data.get('days_left')} days",
+            f"Serial {data.get('serial')}, notAfter {data.get('not_after')}, SHA-256 {data.get('fingerprint')}: "
+            f"{data.get('days_left')} days left, below the {data.get('threshold')}-day threshold; "
+            f"renewal did not replace it. Used by {data.get('used_by') or reporter}.",
         )
     if kind == "stale":
         return (
@@ -185,10 +177,14 @@ def _clean(text):
 
 def annotations(kind, data, reporter, runbook_url=""):
     """summary, description and runbook_url (``runbook_url`` or :data:`RUNBOOK_URL`, plus the
-    alert's anchor) of the alert for `kind`."""
+    alert's anchor) of the alert for `kind`; a certificate's also ``used_by`` (its masters
+    and files, ``data["used_by"]``)."""
     summary, description = _summary_and_description(kind, data, reporter)
-    return {"summary": _clean(summary), "description": _clean(description),
-            "runbook_url": f"{runbook_url or RUNBOOK_URL}#{runbook_anchor(KINDS[kind][1])}"}
+    out = {"summary": _clean(summary), "description": _clean(description),
+           "runbook_url": f"{runbook_url or RUNBOOK_URL}#{runbook_anchor(KINDS[kind][1])}"}
+    if data.get("used_by"):
+        out["used_by"] = _clean(str(data["used_by"]))
+    return out
 
 
 def bounded(data):

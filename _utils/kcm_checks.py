@@ -201,7 +201,7 @@ BEACON_RULES = {
     "stale_after": (_positive, "a number of retry periods > 0"),
     "timeout": (lambda v: _positive(v) and v <= 10, "seconds in (0, 10] (the poll blocks the minion loop)"),
     "cert_thresholds": (lambda v: isinstance(v, list) and all(map(_positive, v)),
-                        "a list of days > 0, e.g. [30, 7] ([] = no checks)"),
+                        "a list of days > 0, e.g. [21, 7] ([] = no checks)"),
     "cert_check_interval": (_positive, "a number of seconds > 0 (how often certificates are read)"),
     "state_file": (lambda v: isinstance(v, str) and os.path.isabs(v), "an absolute path"),
     **dict.fromkeys(("enabled", "disable_during_state_run", "run_once"),
@@ -221,6 +221,12 @@ def _check_beacon(cfg, problems):
         expected = beacon_value_problem(key, value)
         if expected:
             problems.append(f"kcm:beacon:{key}: expected {expected}, got {value!r}")
+    thresholds, remaining = _get(cfg, "beacon", "cert_thresholds"), _get(cfg, "pki", "days_remaining")
+    if _get(cfg, "pki", "mode") in ("local", "remote") and not beacon_value_problem("cert_thresholds", thresholds) \
+            and thresholds and _is_int(remaining) and max(thresholds) >= remaining:
+        # The formula renews these at days_remaining: a warning must mean that renewal failed.
+        problems.append(f"kcm:beacon:cert_thresholds: {thresholds!r}: each must be below kcm:pki:days_remaining"
+                        f" ({remaining}), where the {_get(cfg, 'pki', 'mode')} mode renews the certificate")
 
 
 # A template's file name below a files_switch folder, or a salt:// URL: no '..', no scheme.

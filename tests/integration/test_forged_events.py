@@ -146,7 +146,7 @@ def test_signed_reports_of_a_minion_claiming_the_grain_and_a_replay_are_refused(
         since = time.time()
         # H1: WEB (grain role:k8s-master, in the master's cache) signs reports of its own, every kind
         for kind, data in (("no_leader", DEAD), ("changed", dict(DEAD, new_node=WEB, transitions=9)),
-                           ("cert_expiring", {"cluster": "prod", "cert": "kcm", "serial": "1", "threshold": 7,
+                           ("cert_expiring", {"cluster": "prod", "fingerprint": "f0" * 32, "threshold": 7,
                                               "days_left": 1, "minion": MASTER})):
             returns = forger.returns([dict(data, tag=kind)])
             if kind.startswith("cert_"):

@@ -79,8 +79,8 @@ def leader_beacon_kinds():
 def cert_beacon_kinds():
     beacon = load("_beacons", "kcm_cert")
     settings = {"cert_thresholds": [30, 7]}
-    state, first = beacon.cert_step(None, {"cert": {"serial": "1", "days_left": 20}}, 0, settings)
-    _, second = beacon.cert_step(state, {"cert": {"serial": "2", "days_left": 300}}, 1, settings)
+    state, first = beacon.cert_step(None, {"cert": {"fingerprint": "1", "days_left": 20}}, 0, settings)
+    _, second = beacon.cert_step(state, {"cert": {"fingerprint": "2", "days_left": 300}}, 1, settings)
     return {e["tag"] for e in first + second}
 
 

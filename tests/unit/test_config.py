@@ -237,3 +237,20 @@ def test_a_system_directory_as_a_path_is_refused_naming_the_key(check, key, path
                                        ("link", "/usr/bin"), ("install", "/opt/kcm"), ("cache", "/root/software")])
 def test_systemd_unit_directories_and_link_directories_pass(check, key, path):
     assert check(paths=dict(DEFAULTS["paths"], **{key: path})) == []
+
+
+@pytest.mark.parametrize("mode", ["local", "remote"])
+def test_a_cert_warning_at_or_above_the_renewal_point_is_refused_where_the_formula_renews(check, good_pki, mode):
+    # renewal at days_remaining (30) happens first: a warning at 30 days would page for a certificate
+    # that is about to be renewed, not for a renewal that failed
+    pki = dict(good_pki, mode=mode, ca_server="ca-1", days_remaining=30)
+    problems = check(pki=pki, beacon=dict(DEFAULTS["beacon"], cert_thresholds=[30, 7]))
+    assert ("kcm:beacon:cert_thresholds: [30, 7]: each must be below kcm:pki:days_remaining (30), where the"
+            f" {mode} mode renews the certificate") in problems
+    assert not [p for p in check(pki=pki) if p.startswith("kcm:beacon:")]  # the defaults sit below it
+
+
+def test_pillar_certificates_take_any_threshold(check):
+    # pillar mode: nothing renews by itself, so the thresholds are the site's whole warning
+    assert not [p for p in check(beacon=dict(DEFAULTS["beacon"], cert_thresholds=[90, 30, 7]))
+                if p.startswith("kcm:beacon:")]

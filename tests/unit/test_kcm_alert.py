@@ -376,8 +376,13 @@ def test_real_http_retry_after_a_500_and_webhook_copy(tmp_path, monkeypatch, rec
 # --------------------------------------------------------------------------
 
 NOT_AFTER = "2027-02-04T08:00:00Z"  # about 20 days after T0
-EXPIRING = {"cert": "cert", "subject": "system:kube-controller-manager", "serial": "5eed01",
-            "not_after": NOT_AFTER, "days_left": 20.0, "threshold": 30, "thresholds": [30, 7], "minion": "master-2"}
+CLIENT_FP = "c1" * 32
+CA_FP = "ca" * 32
+EXPIRING = {"fingerprint": CLIENT_FP, "files": ["cert", "kubeconfig:client"],
+            "subject": "system:kube-controller-manager", "serial": "5eed01", "not_after": NOT_AFTER,
+            "days_left": 20.0, "threshold": 21, "thresholds": [21, 7], "minion": "master-2"}
+CA = dict(EXPIRING, fingerprint=CA_FP, files=["ca_cert", "kubeconfig:ca"], subject="kcm-lab-ca", serial="ca01")
+CRITICAL = {"threshold": 7, "days_left": 6.0}
 
 
 def test_cert_expiring_payload(harness):
@@ -385,11 +390,13 @@ def test_cert_expiring_payload(harness):
     assert result["fired"] and not result["failed"]
     ((url, (alert,)),) = harness.posts
     assert url == "http://127.0.0.1:9093/api/v2/alerts"
+    # the certificate and the cluster are its identity: no master, file or threshold in the labels
     assert alert["labels"] == {"alertname": "KCMCertExpiring", "cluster": "prod", "severity": "warning",
-                               "minion": "master-2", "cert": "cert", "threshold": "30", "env": "test"}
+                               "fingerprint": CLIENT_FP, "env": "test"}
     text = alert["annotations"]["summary"] + " " + alert["annotations"]["description"]
-    for part in ("system:kube-controller-manager", NOT_AFTER, "20.0 days", "5eed01", "master-2"):
+    for part in ("system:kube-controller-manager", NOT_AFTER, "20.0 days", "5eed01", CLIENT_FP, "21-day"):
         assert part in text
+    assert alert["annotations"]["used_by"] == "master-2 (cert, kubeconfig:client)"
     ends = datetime.datetime.fromisoformat(alert["endsAt"].replace("Z", "+00:00"))
     assert ends.timestamp() == pytest.approx(T0 + 4 * 60)  # re-sent while open: 4 intervals ahead
     starts = datetime.datetime.fromisoformat(alert["startsAt"].replace("Z", "+00:00"))
@@ -401,9 +408,9 @@ def test_cert_expiring_payload(harness):
 @pytest.mark.parametrize(
     "threshold, thresholds, days_left, severity",
     [
-        (30, [30, 7], 20.0, "warning"),
-        (7, [30, 7], 6.5, "critical"),  # the smallest threshold
-        (30, [30, 7], 5.0, "critical"),  # under 7 days, whatever the threshold
+        (21, [21, 7], 20.0, "warning"),
+        (7, [21, 7], 6.5, "critical"),  # the smallest threshold
+        (21, [21, 7], 5.0, "critical"),  # under 7 days, whatever the threshold
         (60, [60, 30, 14], 13.0, "warning"),  # 14 is the smallest here
         (14, [60, 30, 14], 13.0, "critical"),
         (400, [400], 6.9, "critical"),
@@ -415,17 +422,40 @@ def test_cert_expiring_severity(harness, threshold, thresholds, days_left, sever
     assert harness.alerts()[0]["labels"]["severity"] == severity
 
 
-def test_cert_expiring_once_per_cluster_minion_cert_serial_threshold(harness):
-    assert harness.handle("master-2", "cert_expiring", **EXPIRING)["fired"]
-    assert harness.handle("master-2", "cert_expiring", **EXPIRING)["duplicate"] is True
-    harness.now = T0 + 5 * 86400  # long after the ordinary dedupe TTL, before the cert expires
-    assert harness.handle("master-2", "cert_expiring", **EXPIRING)["duplicate"] is True
-    assert harness.handle("master-2", "cert_expiring", **dict(EXPIRING, threshold=7, days_left=6.0))["fired"]
-    assert harness.handle("master-3", "cert_expiring", **dict(EXPIRING, minion="master-3"))["fired"]
-    assert harness.handle("master-2", "cert_expiring", **dict(EXPIRING, cert="kubeconfig:client"))["fired"]
-    assert harness.handle("master-2", "cert_expiring", **dict(EXPIRING, cluster="other"))["fired"]
-    assert len(harness.alerts()) == 5
-    assert harness.tags().count("kcm/alert/cert_expiring") == 5
+def test_one_alert_per_certificate_whichever_masters_and_files_use_it(harness):
+    # the shared CA, reported by each of three masters; each master's own client certificate
+    for master in ("master-1", "master-2", "master-3"):
+        harness.handle(master, "cert_expiring", **dict(CA, minion=master))
+        harness.handle(master, "cert_expiring", **dict(EXPIRING, minion=master, fingerprint=master[-1] * 64))
+    identities = {tuple(sorted(a["labels"].items())) for a in harness.alerts()}
+    assert sorted(dict(i)["fingerprint"] for i in identities) == sorted([CA_FP, "1" * 64, "2" * 64, "3" * 64])
+    # each master that joins is posted at once in the alert's used_by (same labels: the same alert)
+    ca = [a for a in harness.alerts() if a["labels"]["fingerprint"] == CA_FP]
+    assert [a["annotations"]["used_by"] for a in ca] == [
+        "master-1 (ca_cert, kubeconfig:ca)",
+        "master-1 (ca_cert, kubeconfig:ca); master-2 (ca_cert, kubeconfig:ca)",
+        "master-1 (ca_cert, kubeconfig:ca); master-2 (ca_cert, kubeconfig:ca); master-3 (ca_cert, kubeconfig:ca)"]
+    assert len({a["startsAt"] for a in ca}) == 1
+    # the same report again, even days later: nothing; another cluster's certificate: its own alert
+    posted = len(harness.alerts())
+    harness.now = T0 + 5 * 86400
+    assert harness.handle("master-2", "cert_expiring", **CA)["duplicate"] is True
+    assert harness.handle("master-2", "cert_expiring", **dict(CA, cluster="other"))["fired"]
+    assert len(harness.alerts()) == posted + 1
+
+
+def test_a_rising_severity_replaces_the_warning_in_the_same_post(harness):
+    harness.handle("master-1", "cert_expiring", **dict(CA, minion="master-1"))
+    result = harness.handle("master-2", "cert_expiring", **dict(CA, **CRITICAL))
+    assert [labels["severity"] for labels in result["fired"]] == ["critical"]
+    assert [labels["severity"] for labels in result["resolved"]] == ["warning"]
+    (_, last_post) = harness.posts[-1]
+    assert sorted(a["labels"]["severity"] for a in last_post) == ["critical", "warning"]
+    warning = next(a for a in last_post if a["labels"]["severity"] == "warning")
+    assert warning["endsAt"].startswith(_iso(T0))
+    # a master still at the warning threshold joins the critical alert, it does not bring the warning back
+    joined = harness.handle("master-3", "cert_expiring", **dict(CA, minion="master-3"))
+    assert [labels["severity"] for labels in joined["fired"]] == ["critical"] and joined["resolved"] == []
 
 
 def test_cert_expiring_dedupe_holds_under_concurrent_reactor_threads(tmp_path, monkeypatch):
@@ -437,54 +467,48 @@ def test_cert_expiring_dedupe_holds_under_concurrent_reactor_threads(tmp_path, m
         original(url, payload, cfg)
 
     monkeypatch.setattr(harness.module, "_post", slow_post)
-    certs = ("cert", "ca_cert", "kubeconfig:client", "kubeconfig:ca", "signer_cert")
+    fingerprints = [f"{n}" * 64 for n in range(5)]
     barrier = threading.Barrier(30)
     errors = []
 
-    def report(cert, threshold):
+    def report(fingerprint, master):
         try:
             barrier.wait()
-            harness.handle("master-2", "cert_expiring", **dict(EXPIRING, cert=cert, threshold=threshold))
+            harness.handle(master, "cert_expiring", **dict(EXPIRING, fingerprint=fingerprint, minion=master))
         except Exception as exc:  # noqa: BLE001 - surfaced by the assert below
             errors.append(exc)
 
-    threads = [threading.Thread(target=report, args=(cert, threshold))
-               for cert in certs for threshold in (30, 7) for _ in range(3)]
+    threads = [threading.Thread(target=report, args=(fingerprint, master))
+               for fingerprint in fingerprints for master in ("master-1", "master-2", "master-3") for _ in range(2)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(30)
     assert errors == []
-    sent = sorted((a["labels"]["cert"], a["labels"]["threshold"]) for a in harness.alerts())
-    assert sent == sorted((cert, str(threshold)) for cert in certs for threshold in (30, 7))
+    # one alert each, posted once per master that joined it (its used_by grows), never per repeat
+    posted = [a["labels"]["fingerprint"] for a in harness.alerts()]
+    assert sorted(set(posted)) == fingerprints and all(posted.count(fp) == 3 for fp in fingerprints)
+    assert {a["labels"]["severity"] for a in harness.alerts()} == {"warning"}
 
 
-def test_a_renewal_resolves_the_old_serials_alerts(harness):
-    harness.handle("master-2", "cert_expiring", **EXPIRING)
-    harness.handle("master-2", "cert_expiring", **dict(EXPIRING, threshold=7, days_left=6.0))
-    other = harness.handle("master-2", "cert_expiring", **dict(EXPIRING, cert="ca_cert"))
+def test_a_certificate_alert_ends_when_every_master_using_it_has_renewed(harness):
+    for master in ("master-1", "master-2", "master-3"):
+        harness.handle(master, "cert_expiring", **dict(CA, minion=master))
     harness.now = T0 + 3600
-    renewed = dict(EXPIRING, serial="2e3", old_serial="5eed01", days_left=365.0, not_after="2028-01-15T08:00:00Z")
-    result = harness.handle("master-2", "cert_renewed", **renewed)
-    assert sorted(labels["threshold"] for labels in result["resolved"]) == ["30", "7"]
-    assert all(labels["cert"] == "cert" for labels in result["resolved"])
-    resolved = [a for a in harness.alerts()[3:]]
-    assert all(a["endsAt"].startswith(_iso(T0 + 3600)) for a in resolved) and len(resolved) == 2
+    renewed = dict(CA, days_left=None)
+    assert harness.handle("master-1", "cert_renewed", **renewed)["resolved"] == []
+    assert harness.handle("master-2", "cert_renewed", **renewed)["resolved"] == []
+    # posted again at once, naming the master still using it
+    assert harness.alerts()[-1]["annotations"]["used_by"] == "master-3 (ca_cert, kubeconfig:ca)"
+    harness.now = T0 + 3700
+    result = harness.handle("master-3", "cert_renewed", **renewed)
+    assert [labels["fingerprint"] for labels in result["resolved"]] == [CA_FP]
+    assert harness.alerts()[-1]["endsAt"].startswith(_iso(T0 + 3700))
     assert "kcm/alert/resolved" in harness.tags()
-    # the other cert's alert stays; a second report of the renewal has nothing left to do
-    assert other["fired"] and harness.handle("master-2", "cert_renewed", **renewed)["duplicate"] is True
-    # the new serial is alerted afresh when it runs low
-    assert harness.handle("master-2", "cert_expiring", **dict(EXPIRING, serial="2e3"))["fired"]
-
-
-def test_a_new_serial_below_the_same_threshold_replaces_the_old_alert(harness):
-    harness.handle("master-2", "cert_expiring", **dict(EXPIRING, threshold=7, days_left=6.0))
-    harness.handle("master-2", "cert_expiring", **EXPIRING)
-    result = harness.handle("master-2", "cert_expiring", **dict(EXPIRING, serial="2e3"))
-    # threshold 30 fires again for the new serial (same labels: it replaces the old one),
-    # threshold 7 of the old serial is resolved
-    assert [labels["threshold"] for labels in result["fired"]] == ["30"]
-    assert [labels["threshold"] for labels in result["resolved"]] == ["7"]
+    # a second report of the renewal has nothing left to do
+    assert harness.handle("master-3", "cert_renewed", **renewed)["duplicate"] is True
+    # its successor is alerted afresh when it runs low
+    assert harness.handle("master-3", "cert_expiring", **dict(CA, fingerprint="ce" * 32, serial="ca02"))["fired"]
 
 
 def test_an_expired_cert_does_not_arrive_resolved(harness):
@@ -596,8 +620,8 @@ def test_the_store_is_bounded_and_a_certs_key_expires(tmp_path, monkeypatch):
     h = Harness(tmp_path, monkeypatch, module=kcm_alert, max_seen=50)
     for serial in range(80):
         h.now += 1
-        h.handle("master-1", "cert_expiring", **dict(EXPIRING, serial=f"{serial:x}", not_after="9999-01-01T00:00:00Z",
-                                                     subject="x" * 5000))
+        h.handle("master-1", "cert_expiring", **dict(EXPIRING, serial=f"{serial:x}", fingerprint=f"{serial:064x}",
+                                                     not_after="9999-01-01T00:00:00Z", subject="x" * 5000))
     store = json.loads((tmp_path / "cache" / "kcm_alert" / "dedupe.json").read_text())
     assert len(store["seen"]) <= 50
     assert max(e["keep_until"] for e in store["seen"].values()) <= h.now + 2 * 366 * 86400

@@ -11,6 +11,7 @@ import json
 
 import pytest
 import yaml
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 
@@ -46,9 +47,10 @@ CERTS = {"cert_thresholds": [30, 7], "minion": "master-2", "cluster": "prod"}
 
 
 def status(days, serial="5eed01", name="cert", **more):
-    """A kcm_pki.cert_status result with one certificate (plus `more` entries)."""
+    """A kcm_pki.cert_status result with one certificate (plus `more` entries); a serial
+    stands for one certificate, so it makes the fingerprint too."""
     entry = {"source": "/etc/k8s/ssl/kube-controller-manager.pem", "subject": "system:kube-controller-manager",
-             "not_after": "2027-01-15T08:00:00Z", "days_left": days, "serial": serial}
+             "not_after": "2027-01-15T08:00:00Z", "days_left": days, "serial": serial, "fingerprint": f"fp-{serial}"}
     return dict({name: entry}, **more)
 
 
@@ -65,33 +67,44 @@ class CertRun:
 
 
 def crossed(events):
-    return [(e["tag"], e["cert"], e.get("threshold")) for e in events]
+    return [(e["tag"], tuple(e["files"]), e.get("threshold")) for e in events]
 
 
 def test_each_threshold_is_announced_once_as_the_days_run_out():
     run = CertRun()
     assert run.read(status(45)) == []
     events = run.read(status(29.5))
-    assert crossed(events) == [("cert_expiring", "cert", 30)]
-    assert {k: events[0][k] for k in ("subject", "serial", "not_after", "days_left", "minion", "cluster")} == {
-        "subject": "system:kube-controller-manager", "serial": "5eed01", "not_after": "2027-01-15T08:00:00Z",
-        "days_left": 29.5, "minion": "master-2", "cluster": "prod"}
+    assert crossed(events) == [("cert_expiring", ("cert",), 30)]
+    assert {k: events[0][k] for k in ("fingerprint", "subject", "serial", "not_after", "days_left", "minion",
+                                      "cluster")} == {
+        "fingerprint": "fp-5eed01", "subject": "system:kube-controller-manager", "serial": "5eed01",
+        "not_after": "2027-01-15T08:00:00Z", "days_left": 29.5, "minion": "master-2", "cluster": "prod"}
     assert events[0]["thresholds"] == [30, 7]
     assert run.read(status(20)) == [] and run.read(status(7.0)) == []  # 7.0 is not below 7
-    assert crossed(run.read(status(6.9))) == [("cert_expiring", "cert", 7)]
+    assert crossed(run.read(status(6.9))) == [("cert_expiring", ("cert",), 7)]
     assert run.read(status(1)) == [] and run.read(status(-2)) == []
 
 
 def test_a_cert_already_past_several_thresholds_is_one_event_for_the_smallest():
     run = CertRun()
-    assert crossed(run.read(status(3))) == [("cert_expiring", "cert", 7)]
+    assert crossed(run.read(status(3))) == [("cert_expiring", ("cert",), 7)]
     assert run.read(status(2.5)) == []  # 30 counts as announced with it
 
 
 def test_each_cert_is_judged_on_its_own():
     run = CertRun()
     both = status(29, **status(6, name="kubeconfig:client", serial="c11e47"))
-    assert sorted(crossed(run.read(both))) == [("cert_expiring", "cert", 30), ("cert_expiring", "kubeconfig:client", 7)]
+    assert sorted(crossed(run.read(both))) == [("cert_expiring", ("cert",), 30),
+                                               ("cert_expiring", ("kubeconfig:client",), 7)]
+
+
+def test_one_certificate_in_several_files_is_one_report():
+    # the CA as ca_cert and inside the kubeconfig, the client certificate as file and inside it
+    ca = status(6, serial="ca", name="ca_cert", **status(6, serial="ca", name="kubeconfig:ca"))
+    client = status(20, serial="c1", name="cert", **status(20, serial="c1", name="kubeconfig:client"))
+    run = CertRun()
+    assert sorted(crossed(run.read(dict(ca, **client)))) == [
+        ("cert_expiring", ("ca_cert", "kubeconfig:ca"), 7), ("cert_expiring", ("cert", "kubeconfig:client"), 30)]
 
 
 def test_announced_thresholds_survive_a_restart_through_the_state_file(tmp_path):
@@ -102,21 +115,33 @@ def test_announced_thresholds_survive_a_restart_through_the_state_file(tmp_path)
     restarted = CertRun(state=dict(KCM_BEACON.read_state(path), checked_at=None))  # as beacon() loads it
     assert kcm_cert.cert_check_due(restarted.state, T0 + 1, 3600)  # re-read at once after a restart ...
     assert restarted.read(status(28.9), T0 + 1) == []  # ... without announcing 30 again
-    assert crossed(restarted.read(status(6), T0 + 2)) == [("cert_expiring", "cert", 7)]
+    assert crossed(restarted.read(status(6), T0 + 2)) == [("cert_expiring", ("cert",), 7)]
 
 
-def test_a_renewed_cert_starts_over_and_says_so():
+def test_a_renewed_cert_says_so_and_its_successor_starts_over():
     run = CertRun()
     run.read(status(29, serial="01d"))
     events = run.read(status(365, serial="2e3"))
-    assert [(e["tag"], e["old_serial"], e["serial"]) for e in events] == [("cert_renewed", "01d", "2e3")]
-    assert crossed(run.read(status(29, serial="2e3"))) == [("cert_expiring", "cert", 30)]
+    assert [(e["tag"], e["fingerprint"], e["serial"], e["files"]) for e in events] == [
+        ("cert_renewed", "fp-01d", "01d", ["cert"])]
+    assert crossed(run.read(status(29, serial="2e3"))) == [("cert_expiring", ("cert",), 30)]
 
 
-def test_a_new_serial_that_was_never_announced_is_not_news():
+def test_a_new_certificate_replacing_one_never_announced_is_not_news():
     run = CertRun()
     run.read(status(200, serial="01d"))
     assert run.read(status(365, serial="2e3")) == []
+
+
+def test_a_renewal_is_told_only_once_every_file_of_the_certificate_is_read():
+    run = CertRun()
+    run.read(status(29, serial="01d", **status(29, serial="01d", name="kubeconfig:client")))
+    # the file is renewed, the kubeconfig is caught mid-rewrite: the old certificate may still be there
+    half = status(365, serial="2e3", **{"kubeconfig:client": {"source": "/etc/k8s/kcm.kubeconfig",
+                                                               "error": "unreadable: ValueError"}})
+    assert run.read(half) == []
+    renewed = run.read(status(365, serial="2e3", **status(365, serial="2e3", name="kubeconfig:client")))
+    assert [(e["tag"], e["fingerprint"]) for e in renewed] == [("cert_renewed", "fp-01d")]
 
 
 def test_an_unreadable_cert_keeps_what_was_announced_for_it():
@@ -186,7 +211,11 @@ def test_beacon_reads_certs_once_per_interval_and_sends_no_pem(pki_files, reads,
         all_events += kcm_cert.beacon(config)
     assert len(reads) == 3  # at T0, T0+10, T0+20
     expiring = [e for e in all_events if e["tag"] == "cert_expiring"]
-    assert sorted((e["cert"], e["threshold"]) for e in expiring) == [("cert", 30), ("kubeconfig:client", 30)]
+    # the KCM certificate as a file and inside the kubeconfig: one certificate, one report
+    assert [(e["files"], e["threshold"]) for e in expiring] == [(["cert", "kubeconfig:client"], 30)]
+    with open(pki_files["cert"], "rb") as pem:
+        assert expiring[0]["fingerprint"] == x509.load_pem_x509_certificate(pem.read()).fingerprint(
+            hashes.SHA256()).hex()
     assert all(e["minion"] == "master-2" and e["cluster"] == "prod" and e["cluster_id"] == "uid-of-prod-a"
                and 19.9 <= e["days_left"] <= 20 for e in expiring)
     text = json.dumps(all_events)
@@ -201,7 +230,7 @@ def test_beacon_reads_certs_once_per_interval_and_sends_no_pem(pki_files, reads,
 
 def test_cert_events_are_signed_with_the_minions_key(pki_files, reads, monkeypatch):
     monkeypatch.setattr(kcm_cert, "_now", lambda: T0)
-    [event, _] = kcm_cert.beacon([{"_beacon_name": "kcm_cert"}, {"cert_thresholds": [30]}])
+    [event] = kcm_cert.beacon([{"_beacon_name": "kcm_cert"}, {"cert_thresholds": [30]}])
     kind, data = event["tag"], {k: v for k, v in event.items() if k != "tag"}
     assert data["id"] == "master-2"
     MINION_KEY.public_key().verify(base64.b64decode(data["sig"]), KCM_BEACON.signed_message(kind, data),
@@ -212,7 +241,7 @@ def test_a_key_left_out_comes_from_the_deployed_kcm_beacon(pki_files, reads, dep
     monkeypatch.setattr(kcm_cert, "_now", lambda: T0)
     deployed["beacon"]["cert_thresholds"] = [25]
     events = kcm_cert.beacon([{"_beacon_name": "kcm_cert"}])
-    assert {(e["cert"], e["threshold"]) for e in events} == {("cert", 25), ("kubeconfig:client", 25)}
+    assert [(e["files"], e["threshold"]) for e in events] == [(["cert", "kubeconfig:client"], 25)]
 
 
 def test_beacon_without_thresholds_never_reads_certs(monkeypatch):
@@ -243,7 +272,7 @@ def test_beacon_is_quiet_where_kcm_is_not_deployed(deployed):
 @pytest.mark.parametrize(
     "config, message",
     [
-        ([{"cert_thresholds": 30}], "kcm_cert: cert_thresholds must be a list of days > 0, e.g. [30, 7]"),
+        ([{"cert_thresholds": 30}], "kcm_cert: cert_thresholds must be a list of days > 0, e.g. [21, 7]"),
         ([{"cert_thresholds": [30, "7"]}], "cert_thresholds must be a list of days > 0"),
         ([{"cert_thresholds": [0]}], "cert_thresholds must be a list of days > 0"),
         ([{"cert_check_interval": 0}], "cert_check_interval must be a number of seconds > 0"),

@@ -13,7 +13,8 @@ from kcmlab.formula import load, utils
 from tests.unit.test_kcm_alert import CHANGE, DEAD, T0, Harness, signed
 
 TRUST = utils()
-EXPIRING = {"cert": "kcm-client", "serial": "0a1b", "threshold": 30, "thresholds": [30, 7], "days_left": 29,
+EXPIRING = {"fingerprint": "0a1b" * 16, "files": ["cert", "kubeconfig:client"], "serial": "0a1b", "threshold": 21,
+            "thresholds": [21, 7], "days_left": 20,
             "not_after": "2027-02-14T08:00:00Z", "cluster": "prod"}
 
 
@@ -69,12 +70,12 @@ def test_h1_the_old_grain_setting_is_refused_naming_its_replacement(kcm_config):
 
 def test_h1_a_cert_alert_names_its_verified_sender_not_the_minion_the_report_names(harness):
     harness.handle("master-1", "cert_expiring", **EXPIRING)
-    # master-2 (a real KCM master) says master-1's certificate was renewed: it cannot end that alert
-    renewed = harness.handle("master-2", "cert_renewed", **dict(EXPIRING, serial="ffff", minion="master-1"))
+    # master-2 (a real KCM master) says master-1 renewed the certificate: it cannot end that alert
+    renewed = harness.handle("master-2", "cert_renewed", **dict(EXPIRING, minion="master-1"))
     assert renewed["resolved"] == []
-    # ... and an expiring certificate "of master-1" it reports is its own
-    result = harness.handle("master-2", "cert_expiring", **dict(EXPIRING, minion="master-1"))
-    assert [labels["minion"] for labels in result["fired"]] == ["master-2"]
+    # ... and the use of the certificate "by master-1" it reports is its own
+    harness.handle("master-2", "cert_expiring", **dict(EXPIRING, minion="master-1", files=["ca_cert"]))
+    assert harness.alerts()[-1]["annotations"]["used_by"] == "master-1 (cert, kubeconfig:client); master-2 (ca_cert)"
 
 
 def test_h1_a_master_of_one_cluster_cannot_speak_for_another(tmp_path, monkeypatch):

@@ -100,7 +100,7 @@ def test_reports_it_signs_in_its_name_or_a_masters_alert_nobody(alert_cluster, a
     kinds = [("kcm_leader", kind, dict(MARK, cluster=CLUSTER, node=INTRUDER, old_node="master-1",
                                        new_node=INTRUDER, condition="unreachable"))
              for kind in ("changed", "no_leader", "stale", "unreachable", "acquired", "recovered")]
-    kinds.append(("kcm_cert", "cert_expiring", {"cluster": CLUSTER, "cert": "kcm", "serial": "997",
+    kinds.append(("kcm_cert", "cert_expiring", {"cluster": CLUSTER, "fingerprint": "f0" * 32, "serial": "997",
                                                  "threshold": 7, "days_left": 1, "minion": INTRUDER}))
     for name in (INTRUDER, "master-1"):
         forge(intruder, sign=[(beacon, name, dict(data, tag=kind)) for beacon, kind, data in kinds])
