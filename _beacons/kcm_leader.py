@@ -17,8 +17,16 @@ Event tags (``salt/beacon/<minion>/<beacon name>/<tail>``); every event carries
     The lease expired or was released and nobody holds it.
 ``unreachable``
     ``kcm.leader`` failed (apiserver down, lock unreadable); ``reason`` says why.
+``restarting``
+    KCM on this master is in a crash loop: systemd restarted it (``NRestarts``)
+    ``restarts`` times within ``window_seconds`` with no healthy ``/healthz`` between, as a
+    KCM that exits on start does (KCM also exits when it loses the Lease, and comes back
+    healthy: that is no crash loop; nor is it announced while this master is ``unreachable``).
+    With ``exit_status`` and ``last_error`` (its journal's last error line, secrets
+    filtered, ``kcm.restarts``).
 ``recovered``
-    A condition above cleared; ``condition`` names it.
+    A condition above cleared; ``condition`` names it (``restarting``: /healthz stayed
+    healthy for ``healthy_for`` seconds).
 Certificate expiry is the ``kcm_cert`` beacon's (``salt/beacon/<minion>/kcm_cert/...``).
 
 Configuration (minion config or pillar ``beacons:``):
@@ -31,6 +39,7 @@ Configuration (minion config or pillar ``beacons:``):
         - debounce: 2            # polls in a row before unreachable / no_leader is announced
         - stale_after: 3         # retry periods without renewal before "stale"
         - timeout: 2             # seconds for the one GET (the poll runs in the minion's main loop)
+        - healthy_for: 60        # seconds of healthy /healthz that end a crash loop
         - state_file: /var/cache/salt/minion/kcm/beacon-kcm_leader.json   # optional
         - disable_during_state_run: false
 
@@ -42,7 +51,9 @@ The last announced state is kept in ``state_file`` (default
 ``<cachedir>/kcm/beacon-<beacon name>.json``), so a beacon refresh, a pillar
 refresh or a minion restart does not announce the same thing twice.
 
-The decision logic is the pure function :func:`step`; :func:`beacon` does the I/O.
+The decision logic is the pure function :func:`step`; :func:`beacon` does the I/O: one
+``kcm.leader`` per poll, and every ``SERVICE_CHECK_SECONDS`` one ``kcm.restarts`` (a
+``systemctl show``), with ``kcm.health`` only while restarts are being counted.
 """
 
 import copy
@@ -60,7 +71,15 @@ __virtualname__ = "kcm_leader"
 
 # Need `debounce` observations in a row: one slow GET or missed renewal must not page anybody.
 DEBOUNCED = ("unreachable", "no_leader")
-BAD_CONDITIONS = ("stale", "no_leader", "unreachable")
+# "restarting" is this master's own (its KCM service), kept apart from the Lease's in state["service"].
+BAD_CONDITIONS = ("stale", "no_leader", "unreachable", "restarting")
+
+# A crash loop: `restarts` restarts by systemd within `window` seconds with no healthy /healthz
+# seen between them (issue #27). At most `kept` restart times are kept (the state file stays small).
+CRASH_LOOP = {"restarts": 3, "window": 600, "kept": 100}
+# Seconds between reads of systemd's restart counter: each read starts a systemctl process (a
+# leader poll starts none), and the counter misses no restart between two reads.
+SERVICE_CHECK_SECONDS = 10
 
 # Any change of these is a renewal or a takeover (what client-go's expiry rule watches).
 FINGERPRINT_FIELDS = ("holder", "renew_time", "acquire_time", "transitions", "lease_duration_seconds")
@@ -102,11 +121,19 @@ def fingerprint(record):
     return json.dumps([record.get(field) for field in FINGERPRINT_FIELDS], sort_keys=True, default=str)
 
 
+def _initial_service():
+    """What the crash-loop watch knows before reading systemd: ``restarts`` (the last NRestarts
+    read), ``times`` (of the restarts since the last healthy /healthz), ``healthy_since``,
+    ``exit_status`` (the last one read: a read while a process runs has none)."""
+    return {"checked_at": None, "restarts": None, "times": [], "healthy_since": None, "condition": None,
+            "exit_status": None}
+
+
 def initial_state():
     """The state before anything was observed."""
     return {"seen": False, "record": {}, "held": {}, "fingerprint": None, "changed_at": None, "offset": None,
             "polled_at": None, "history": False, "condition": None, "reason": None,
-            "pending": {"condition": None, "count": 0}}
+            "pending": {"condition": None, "count": 0}, "service": _initial_service()}
 
 
 def _record_of(observation):
@@ -229,7 +256,68 @@ def _condition_events(previous, current, facts):
     return events
 
 
-def step(previous, observation, now, settings, me=()):
+def service_due(state, now):
+    """Whether systemd's restart counter is to be read at this poll (every SERVICE_CHECK_SECONDS)."""
+    checked = ((state or {}).get("service") or {}).get("checked_at")
+    return checked is None or not 0 <= now - checked < SERVICE_CHECK_SECONDS
+
+
+def _new_restarts(watch, unit):
+    """Restarts since the last read: NRestarts is a counter, so none is missed between two
+    reads. The first read is the baseline; a start by hand resets the counter to 0, so a
+    smaller one counts the restarts since that start."""
+    seen, count = watch.get("restarts"), unit.get("restarts")
+    if not isinstance(seen, int) or not isinstance(count, int):
+        return 0
+    return count - seen if count >= seen else count
+
+
+def wants_health(state, unit):
+    """Whether /healthz is worth asking after systemd answered ``unit`` (``kcm.restarts``):
+    only while restarts are counted (a new one, or older ones no healthy answer followed)
+    or a crash loop is announced."""
+    watch = (state or {}).get("service") or _initial_service()
+    return bool(_new_restarts(watch, unit) or watch["times"] or watch["condition"] == "restarting")
+
+
+def _crash_loop(watch, unit, now, settings, unreachable=False):
+    """The crash-loop condition ("restarting" or "ok") after one reading ``unit`` (``kcm.restarts``,
+    with ``healthy`` when asked) and the facts of its event; updates ``watch``. While this master
+    cannot reach the apiserver (``unreachable``) a loop is counted but not announced: KCM exits at
+    start then (it reads the apiserver's authentication config), KCMApiserverUnreachable says why."""
+    new = _new_restarts(watch, unit)
+    for field in ("restarts", "exit_status"):
+        if isinstance(unit.get(field), int):
+            watch[field] = unit[field]
+    times = [t for t in watch["times"] + [now] * new if t > now - CRASH_LOOP["window"]]
+    if unit.get("healthy"):
+        # Up and healthy after its restarts, as after a lost Lease: not a loop (yet).
+        times = []
+        watch["healthy_since"] = now if new or watch["healthy_since"] is None else watch["healthy_since"]
+    else:
+        watch["healthy_since"] = None
+    watch["times"] = times[-CRASH_LOOP["kept"]:]
+    facts = {"restarts": len(times), "window_seconds": CRASH_LOOP["window"], "unit": unit.get("unit"),
+             "exit_status": watch.get("exit_status")}
+    if watch["condition"] == "restarting":
+        since = watch["healthy_since"]
+        return ("ok" if since is not None and now - since >= settings["healthy_for"] else "restarting"), facts
+    return ("restarting" if len(times) >= CRASH_LOOP["restarts"] and not unreachable else "ok"), facts
+
+
+def _service_events(state, unit, now, settings):
+    """Events for one reading of the service (None: not read at this poll)."""
+    if unit is None:
+        return []
+    watch = state.setdefault("service", _initial_service())
+    watch["checked_at"] = now
+    current, facts = _crash_loop(watch, unit, now, settings, state["condition"] == "unreachable")
+    events = _condition_events(watch["condition"], current, facts)
+    watch["condition"] = current
+    return events
+
+
+def step(previous, observation, now, settings, me=(), service=None):
     """
     Advance the beacon's state by one observation; pure, no I/O.
 
@@ -245,6 +333,10 @@ def step(previous, observation, now, settings, me=()):
         ``cluster_id`` (carried in every event)
     me
         the names this minion goes by (minion id, node name)
+    service
+        what ``kcm.restarts`` returned, with ``healthy`` (``kcm.health``) where
+        :func:`wants_health`; None when systemd was not read at this poll
+        (:func:`service_due`). ``settings`` then needs ``healthy_for``.
 
     Returns ``(state, events)``; each event is a dict with a ``tag`` tail.
     The first sight of a healthy record announces nothing: a beacon that just
@@ -280,6 +372,7 @@ def step(previous, observation, now, settings, me=()):
     if current != state["condition"]:
         state["reason"] = facts.get("reason") if current == "unreachable" else None
     state["condition"] = current
+    events.extend(_service_events(state, service, now, settings))
 
     common = dict(state["record"], cluster=settings.get("cluster"), cluster_id=settings.get("cluster_id"))
     return state, [dict(common, **event) for event in events]
@@ -292,6 +385,7 @@ def announced_view(state):
         "seen": state.get("seen"),
         "condition": state.get("condition"),
         "holder": [record.get(field) for field in ("holder", "node", "minion", "transitions")],
+        "restarting": (state.get("service") or {}).get("condition"),
     }
 
 
@@ -303,6 +397,8 @@ def forget_clock(state):
     """
     state = dict(state, fingerprint=None, changed_at=None, offset=None, polled_at=None, history=False)
     state["pending"] = {"condition": None, "count": 0}
+    # Restarts are counted again from the next read; an announced crash loop stays announced.
+    state["service"] = dict(_initial_service(), condition=(state.get("service") or {}).get("condition"))
     return state
 
 
@@ -376,6 +472,37 @@ def _observe(cfg):
     return dict(result, renewed_at=__salt__["kcm_beacon.epoch"](result.get("renew_time")))
 
 
+def _service(cfg, settings, previous, now):
+    """
+    ``kcm.restarts`` when :func:`service_due`, with ``healthy`` (``kcm.health``) when
+    :func:`wants_health`; None when not due, or where it cannot be read (logged at debug: the
+    leader watch goes on) or the deployed ``kcm:beacon`` predates ``healthy_for``.
+    """
+    if "healthy_for" not in settings or not service_due(previous, now):
+        return None
+    try:
+        unit = __salt__["kcm.restarts"]()
+    except Exception:  # pylint: disable=broad-except
+        log.debug("kcm_leader: kcm.restarts raised", exc_info=True)
+        return None
+    if wants_health(previous, unit):
+        try:
+            unit["healthy"] = bool(__salt__["kcm.health"](**_timeout(cfg)).get("healthy"))
+        except Exception:  # pylint: disable=broad-except
+            unit["healthy"] = False  # not answering: down between two restarts
+    return unit
+
+
+def _with_last_error(event):
+    """A ``restarting`` event with its journal's last error line (read once per crash loop)."""
+    if event["tag"] == "restarting":
+        try:
+            event["last_error"] = __salt__["kcm.restarts"](last_error=True).get("last_error")
+        except Exception:  # pylint: disable=broad-except
+            log.debug("kcm_leader: kcm.restarts raised", exc_info=True)
+    return event
+
+
 def _signed(events):
     # Beacons get no __utils__, and signing must be no execution function: a utils loader of its own.
     utils = __context__.get("kcm_trust.utils") or salt.loader.utils(__opts__)
@@ -407,7 +534,9 @@ def beacon(config):
     now = _now()
     observation = _observe(cfg)
     settings["cluster_id"] = _cluster_id(key, observation, cfg)
-    state, events = step(previous, observation, now, settings, settings["me"])
+    service = _service(cfg, settings, previous, now)
+    state, events = step(previous, observation, now, settings, settings["me"], service)
+    events = [_with_last_error(event) for event in events]
     __context__[key] = state
     if announced_view(state) != announced_view(previous):
         __salt__["kcm_beacon.write_state"](path, state)

@@ -370,20 +370,76 @@ def cluster_id(**kwargs):
 
 
 # ---------------------------------------------------------------------------------------
-# status: one row for --out=table
+# the service, as systemd sees it
+
+# What `systemctl show` is asked about the unit, and the keys :func:`restarts` answers with.
+UNIT_PROPERTIES = {"ActiveState": "active", "NRestarts": "restarts", "ExecMainStatus": "exit_status"}
+# How much of the unit's journal is searched for its last error line, and how much of it is shown.
+JOURNAL_LINES = 300
+ERROR_CHARS = 200
 
 
-def _service_active(name):
-    # No systemd as PID 1 (containers, tests): say so instead of failing.
-    if not (os.path.isdir("/run/systemd/system") and shutil.which("systemctl")):
-        return "unknown"
+def _unit_name(kwargs):
+    return _setting(kwargs, "service", (_deployed().get("service") or {}).get("name") or "kube-controller-manager")
+
+
+def _systemd_output(argv):
+    """What ``argv`` (systemctl, journalctl) prints, or None where no systemd runs (containers,
+    tests) or it could not be run: an answer of "unknown", never a failure."""
+    if not (os.path.isdir("/run/systemd/system") and shutil.which(argv[0])):
+        return None
     try:
-        proc = subprocess.run(
-            ["systemctl", "is-active", name], capture_output=True, text=True, timeout=10, check=False
-        )
+        return subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False).stdout
     except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return proc.stdout.strip() or "unknown"
+        return None
+
+
+def _unit(name):
+    """{key of UNIT_PROPERTIES: value} of the unit ``name`` (one ``systemctl show``)."""
+    out = _systemd_output(["systemctl", "show", f"--property={','.join(UNIT_PROPERTIES)}", "--", name])
+    shown = __utils__["kcm_systemd.show_properties"](out or "")  # noqa: F821
+    return {key: shown.get(prop) or None for prop, key in UNIT_PROPERTIES.items()}
+
+
+def _count(value):
+    return int(value) if str(value).isdigit() else None
+
+
+def restarts(last_error=False, **kwargs):
+    """
+    Return what systemd says of the KCM service: ``unit``, ``active`` (its ActiveState,
+    ``unknown`` without systemd), ``restarts`` (NRestarts: the restarts systemd made since the
+    unit was last started by hand, after a crash or a lost Lease) and ``exit_status``
+    (ExecMainStatus: the exit code of its last process; None while one runs), both None
+    without systemd. With ``last_error=True`` also ``last_error``: the last line of its
+    journal that says why KCM stopped (a klog error, a flag error, systemd failing to start
+    it), secrets filtered, control characters escaped and cut to 200 characters, or None.
+    The kcm_leader beacon reads it to tell a crash loop (KCMRestarting) from the exit on a
+    lost Lease.
+
+    service
+        Default: the deployed ``service:name``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'master*' kcm.restarts last_error=True
+    """
+    name = _unit_name(kwargs)
+    unit = _unit(name)
+    row = {"unit": name, "active": unit["active"] or "unknown", "restarts": _count(unit["restarts"]),
+           # A running process has no exit status yet: systemd shows 0 for it.
+           "exit_status": None if unit["active"] == "active" else _count(unit["exit_status"])}
+    if last_error:
+        journal = _systemd_output(["journalctl", "--no-pager", "-o", "cat", "-n", str(JOURNAL_LINES), "-u", name])
+        line = __utils__["kcm_systemd.last_error_line"](journal or "")  # noqa: F821
+        row["last_error"] = __utils__["kcm_alert_rules.one_line"](line, ERROR_CHARS) if line else None  # noqa: F821
+    return row
+
+
+# ---------------------------------------------------------------------------------------
+# status: one row for --out=table
 
 
 def _cert_days_left(path):
@@ -421,7 +477,7 @@ def status(**kwargs):
     """
     now = _utcnow()
     errors = []
-    service = _setting(kwargs, "service", (_deployed().get("service") or {}).get("name") or "kube-controller-manager")
+    service = _unit_name(kwargs)
     record = _part(errors, "leader", lambda: _leader(kwargs), None)
     health_result = _part(errors, "health", lambda: __salt__["kcm.health"](**kwargs), None)
     row = {
@@ -429,7 +485,7 @@ def status(**kwargs):
         "cluster": _deployed().get("cluster"),
         "cluster_id": _part(errors, "cluster_id", lambda: _cluster_uid(kwargs), None),
         "version": _part(errors, "version", lambda: __salt__["kcm.version"](binary=kwargs.get("binary")), None),
-        "service_active": _service_active(service),
+        "service_active": _unit(service)["active"] or "unknown",
         "healthy": health_result["healthy"] if health_result else None,
         "leader": "unknown",
         "holder": None,

@@ -24,7 +24,7 @@ STATE_VERSION = 1
 # Keys Salt's beacon framework itself understands; validate() sees them too.
 FRAMEWORK_KEYS = ("interval", "disable_during_state_run", "beacon_module", "run_once", "enabled")
 OWN_KEYS = {
-    "kcm_leader": ("debounce", "stale_after", "state_file", "timeout"),
+    "kcm_leader": ("debounce", "stale_after", "state_file", "timeout", "healthy_for"),
     "kcm_cert": ("cert_thresholds", "cert_check_interval", "state_file"),
 }
 EXAMPLES = {"kcm_leader": "[{interval: 2}, {debounce: 2}, {stale_after: 3}]",

@@ -244,18 +244,24 @@ def _decide_cert(store, kind, data, reporter, cfg, now):
     return [alert], resolve
 
 
-def _forget_unreachable(store, data, reporters):
-    """The outage of ``reporters`` is over: their next one is a new incident, not a duplicate."""
+def _forget(store, kind, data, reporters):
+    """The condition ``kind`` of ``reporters`` (an outage, a crash loop) is over: their next
+    one is a new incident, not a duplicate."""
     for reporter in reporters:
-        store["seen"].pop(_rule("dedupe_key")("unreachable", data, reporter), None)
+        store["seen"].pop(_rule("dedupe_key")(kind, data, reporter), None)
+
+
+def _slot(cluster, kind, reporter):
+    """Where an open condition is kept: one per cluster, or one per master for a master's own."""
+    return f"{cluster}|{kind}|{reporter}" if kind in _rule("per_master")() else f"{cluster}|{kind}"
 
 
 def _recovered(store, cluster, data, reporter, now):
     condition = data.get("condition")
-    slot = f"{cluster}|{condition}"
+    slot = _slot(cluster, condition, reporter)
     current = store["open"].get(slot)
-    if condition == "unreachable":
-        _forget_unreachable(store, data, [reporter])
+    if condition == "unreachable" or condition in _rule("per_master")():
+        _forget(store, condition, data, [reporter])
     if current and condition == "unreachable":
         current["reporters"] = [r for r in current["reporters"] if r != reporter]
         if current["reporters"]:
@@ -302,7 +308,7 @@ def decide(store, kind, data, reporter, cfg, now):
     if not _claimable(store["seen"].get(key)):
         return fire, resolve
     store["seen"][key] = {"at": now, "status": "queued", "reporter": reporter}
-    slot = f"{cluster}|{kind}"
+    slot = _slot(cluster, kind, reporter)
     current = store["open"].get(slot)
     if kind == "unreachable" and current:
         # One cluster-wide alert, already in the outbox: remember who else sees it, for the resolve.
@@ -372,7 +378,7 @@ def _gone_conditions(store, view, now):
             # Its reporters that answer now, or are gone (no answer at all) while the others
             # read a live Lease, no longer see it; those still failing keep it open.
             over = [r for r in current["reporters"] if r not in view["erroring"]]
-            _forget_unreachable(store, view["data"], over)
+            _forget(store, "unreachable", view["data"], over)
             current["reporters"] = [r for r in current["reporters"] if r in view["erroring"]]
             if current["reporters"]:
                 continue

@@ -24,10 +24,14 @@ KINDS = {
     "stale": ("kcm_leader", "KCMLeaderStale", "warning"),
     "unreachable": ("kcm_leader", "KCMApiserverUnreachable", "critical"),
     "recovered": ("kcm_leader", None, None),
+    "restarting": ("kcm_leader", "KCMRestarting", "warning"),
     "cert_expiring": ("kcm_cert", "KCMCertExpiring", "warning"),
     "cert_renewed": ("kcm_cert", None, None),
 }
-CONDITIONS = ("no_leader", "stale", "unreachable")
+CONDITIONS = ("no_leader", "stale", "unreachable", "restarting")
+# Conditions of one master, not of its cluster: one alert per master (its `minion` label),
+# opened and ended by that master's own reports.
+PER_MASTER = ("restarting",)
 # A new leader ends these conditions; unreachable is about the reporter's own path.
 CLEARED_BY_CHANGE = ("no_leader", "stale")
 # Fewer days left than this make any KCMCertExpiring critical.
@@ -62,6 +66,11 @@ def cleared_by_change():
     return CLEARED_BY_CHANGE
 
 
+def per_master():
+    """The conditions of one master (alerted and kept per reporter), not of its cluster."""
+    return PER_MASTER
+
+
 def number(value):
     """``value`` as a float, or None when it is not a number."""
     try:
@@ -92,6 +101,8 @@ def dedupe_key(kind, data, reporter):
         return f"{cluster}|changed|{data.get('transitions')}|{data.get('new_holder')}"
     if kind == "unreachable":
         return f"{cluster}|unreachable|{reporter}"
+    if kind in PER_MASTER:
+        return f"{cluster}|{kind}|{reporter}"
     return f"{cluster}|{kind}|{data.get('transitions')}|{data.get('renew_time')}"
 
 
@@ -123,6 +134,8 @@ def alert_labels(kind, data, extra):
         # otherwise merge in Alertmanager into one, and the second would notify nobody.
         if data.get("transitions") is not None:
             labels["transitions"] = str(data["transitions"])
+    elif kind in PER_MASTER:
+        labels["minion"] = str(data.get("id") or "unknown")  # the verified sender (kcm_trust)
     elif kind == "stale":
         labels["node"] = str(data.get("node") or "none")
     elif kind == "cert_expiring":
@@ -140,6 +153,14 @@ def _summary_and_description(kind, data, reporter):
             f"Lease holder {data.get('old_holder')} -> {data.get('new_holder')} "
             f"(minion {data.get('old_minion')} -> {data.get('new_minion')}), "
             f"leaseTransitions {data.get('transitions')}; first reported by {reporter}.",
+        )
+    if kind == "restarting":
+        return (
+            f"KCM on {reporter} ({cluster}) keeps restarting: {data.get('restarts')} restarts "
+            f"in {data.get('window_seconds')} s, never healthy",
+            f"systemd restarted {data.get('unit')} {data.get('restarts')} times within "
+            f"{data.get('window_seconds')} s with no healthy /healthz between; last exit status "
+            f"{data.get('exit_status')}; last error: {data.get('last_error') or 'none in its journal'}",
         )
     if kind == "no_leader":
         return (
@@ -166,6 +187,12 @@ def _summary_and_description(kind, data, reporter):
 def runbook_anchor(alertname):
     """The anchor of ``alertname``'s section in docs/runbook.md (its ``## <name>`` heading)."""
     return str(alertname).lower()
+
+
+def one_line(text, limit=MAX_TEXT):
+    """``text`` as an annotation shows it (:func:`_clean`), cut to ``limit`` characters after
+    the secrets are filtered (a cut first could leave half a secret the filter misses)."""
+    return _clean(str(text))[:limit]
 
 
 def _clean(text):

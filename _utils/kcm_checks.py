@@ -203,6 +203,7 @@ BEACON_RULES = {
     "cert_thresholds": (lambda v: isinstance(v, list) and all(map(_positive, v)),
                         "a list of days > 0, e.g. [21, 7] ([] = no checks)"),
     "cert_check_interval": (_positive, "a number of seconds > 0 (how often certificates are read)"),
+    "healthy_for": (_positive, "a number of seconds > 0 (of healthy /healthz that end a crash loop)"),
     "state_file": (lambda v: isinstance(v, str) and os.path.isabs(v), "an absolute path"),
     **dict.fromkeys(("enabled", "disable_during_state_run", "run_once"),
                     (lambda v: isinstance(v, bool), "true or false")),

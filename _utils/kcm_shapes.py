@@ -21,6 +21,7 @@ _KEYS_BY_KIND = {
     BOOL: "create_user use_service_account_credentials log_to_file profiling service:manage beacon:enabled"
           " master:sync_runners master:enroll:enabled master:allow_http",
     NUMBER: "master:batch_wait beacon:interval beacon:stale_after beacon:timeout beacon:cert_check_interval"
+            " beacon:healthy_for"
             " master:orch:timeout master:orch:interval master:orch:drill_interval master:orch:apply_timeout",
     INT: "secure_port keep_versions verbosity terminated_pod_gc_threshold pki:days_valid pki:days_remaining"
          " pki:key_size beacon:debounce"

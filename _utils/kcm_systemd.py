@@ -6,6 +6,8 @@ One function writes an argv as an ``ExecStart=`` value (:func:`command_line`), o
 a unit's ``ExecStart=`` back into the argv systemd will execute (:func:`parse_exec_start`).
 The preflight runs what the parser returns for the rendered line, so a value that only
 breaks after systemd's splitting, ``$`` expansion or ``%`` specifiers is caught there.
+Two read what systemd says of the running unit: ``systemctl show`` (:func:`show_properties`)
+and the last error line of its journal (:func:`last_error_line`).
 
 Called as ``__utils__["kcm_systemd.command_line"](argv)`` from modules and states.
 """
@@ -30,6 +32,10 @@ _CONTINUATION = " \\\n  "
 # LoadCredential= (systemd 247 and later), so their sources stay root's alone (0600).
 SECRET_FILES = ("kubeconfig", "key", "service_account_key", "signer_key")
 CREDENTIALS_SINCE = 247
+# The lines of a unit's journal that say why KCM stopped: klog's error and fatal lines, a flag
+# error (printed after the usage text), a Go panic, and systemd failing to run it at all
+# (credentials, exec). Not systemd's "Main process exited" and "Failed with result" lines.
+_ERROR_LINE = re.compile(r"^(?:[EF]\d{4} |Error: |panic: |\S+\.service: Failed (?:to|at) )")
 
 
 def __virtual__():
@@ -325,3 +331,31 @@ def parse_exec_start(unit_text):
     if len(commands) != 1:
         raise ValueError(f"expected exactly one ExecStart= in [Service], found {len(commands)}")
     return split_command(commands[0])
+
+
+def show_properties(text):
+    """
+    Return the ``Key=value`` lines of ``systemctl show`` output as a dict of strings.
+
+    Example:
+
+    .. code-block:: python
+
+        __utils__["kcm_systemd.show_properties"]("NRestarts=3\\nExecMainStatus=1\\n")
+    """
+    return dict(line.split("=", 1) for line in str(text).splitlines() if "=" in line)
+
+
+def last_error_line(text):
+    """
+    Return the last line of a unit's journal (``journalctl -o cat``) that says why KCM
+    stopped (see ``_ERROR_LINE``), or None.
+
+    Example:
+
+    .. code-block:: python
+
+        __utils__["kcm_systemd.last_error_line"](journal_text)
+    """
+    found = [line for line in str(text).splitlines() if _ERROR_LINE.match(line)]
+    return found[-1] if found else None

@@ -61,6 +61,7 @@ def test_an_open_condition_is_re_sent_once_per_interval_with_its_identity_and_a_
 
 @pytest.mark.parametrize("kind, data", [
     ("stale", DEAD),
+    ("restarting", {"restarts": 3, "window_seconds": 600, "exit_status": 1}),
     ("unreachable", {"reason": "connection refused"}),
     ("cert_expiring", EXPIRING),
 ])

@@ -287,6 +287,33 @@ def test_an_outage_the_reconcile_ended_is_a_new_incident_next_time(harness, mast
     assert harness.handle("master-3", "unreachable", reason="timeout", cluster_id=CID)["fired"]
 
 
+LOOP = {"restarts": 3, "window_seconds": 600, "unit": "kube-controller-manager", "exit_status": 1,
+        "last_error": 'E1207 run.go:72] "command failed" err="open /etc/k8s/kcm.kubeconfig: permission denied"'}
+
+
+def test_a_crash_loop_is_one_alert_per_master_each_ended_by_its_own_recovered(harness):
+    harness.handle("master-2", "restarting", **LOOP)
+    harness.handle("master-2", "restarting", **LOOP)  # the same report again (another path)
+    harness.handle("master-3", "restarting", **dict(LOOP, exit_status=243, last_error=None))
+    fired = harness.alerts()
+
+    assert [(a["labels"]["alertname"], a["labels"]["minion"], a["labels"]["severity"]) for a in fired] == [
+        ("KCMRestarting", "master-2", "warning"), ("KCMRestarting", "master-3", "warning")]
+    assert "KCM on master-2 (prod) keeps restarting: 3 restarts in 600 s" in fired[0]["annotations"]["summary"]
+    description = fired[0]["annotations"]["description"]
+    assert "last exit status 1" in description and LOOP["last_error"] in description
+    assert "none in its journal" in fired[1]["annotations"]["description"]
+
+    harness.now += 120
+    ended = harness.handle("master-2", "recovered", condition="restarting")
+    assert [(r["alertname"], r["minion"]) for r in ended["resolved"]] == [("KCMRestarting", "master-2")]
+    assert harness.alerts()[-1]["labels"] == fired[0]["labels"]
+    assert [entry["labels"].get("minion") for entry in harness.store()["open"].values()] == ["master-3"]
+    # master-2's next crash loop is a new incident
+    harness.now += 600
+    assert harness.handle("master-2", "restarting", **LOOP)["fired"]
+
+
 def test_acquired_and_lost_are_not_alerts(harness):
     assert harness.handle("master-2", "acquired", holder="master-2_bbbb")["ignored"] is True
     assert harness.handle("master-1", "lost", holder="master-1_aaaa")["ignored"] is True

@@ -22,7 +22,8 @@ kcm_leader = formula.load("_beacons", "kcm_leader")
 KCM_BEACON = formula.load("_modules", "kcm_beacon")
 UTILS = formula.utils()
 
-SETTINGS = {"debounce": 2, "stale_after": 3, "retry_period": 1.0, "lease_duration": 4.0, "cluster": "prod"}
+SETTINGS = {"debounce": 2, "stale_after": 3, "retry_period": 1.0, "lease_duration": 4.0, "cluster": "prod",
+            "healthy_for": 60}
 T0 = 1_800_000_000.0
 
 
@@ -73,13 +74,27 @@ class Run:
         self.me = me
         self.settings = dict(SETTINGS, **(settings or {}))
 
-    def poll(self, observation, now):
-        self.state, events = kcm_leader.step(self.state, observation, now, self.settings, self.me)
+    def poll(self, observation, now, service=None):
+        self.state, events = kcm_leader.step(self.state, observation, now, self.settings, self.me, service)
         return events
+
+    def read(self, now, restarts, healthy=None, exit_status=1):
+        """One poll of a renewing master-1 that also reads systemd (``kcm.restarts``, and
+        ``kcm.health`` when the beacon would ask it) at ``now``."""
+        reading = unit(restarts, exit_status)
+        if kcm_leader.wants_health(self.state, reading):
+            reading["healthy"] = bool(healthy)
+        return self.poll(lease("master-1", renewed=now), now, reading)
 
 
 def tags(events):
     return [event["tag"] for event in events]
+
+
+def unit(restarts, exit_status=1):
+    """What kcm.restarts answers: NRestarts and the last exit status of the KCM unit."""
+    return {"unit": "kube-controller-manager", "active": "activating", "restarts": restarts,
+            "exit_status": exit_status}
 
 
 def healthy_run(node="master-1", until=T0 + 3, me=("master-2",)):
@@ -495,6 +510,177 @@ def test_beacon_is_quiet_and_says_why_when_the_deployed_timings_are_unusable(loa
     assert module.beacon([{"_beacon_name": "kcm_leader"}]) == []
     assert calls["leader"] == 0
     assert "leader_election.retry_period is not a duration" in caplog.text
+
+
+# --------------------------------------------------------------------------
+# a crash loop: restarts by systemd with no healthy /healthz between them
+# --------------------------------------------------------------------------
+
+
+def looping_run(restarts=3):
+    """A beacon that read 0 restarts at T0 and then one more, never healthy, every 10 s."""
+    run = Run()
+    events = run.read(T0, 0)
+    for count in range(1, restarts + 1):
+        events += run.read(T0 + 10 * count, count)
+    return run, events
+
+
+def test_a_kcm_that_exits_on_start_is_announced_once_with_its_exit_status():
+    run, events = looping_run(restarts=2)
+    assert events == []
+    [event] = run.read(T0 + 30, 3, exit_status=1)
+
+    assert event["tag"] == "restarting"
+    assert (event["restarts"], event["window_seconds"], event["exit_status"]) == (3, 600, 1)
+    assert (event["unit"], event["cluster"]) == ("kube-controller-manager", "prod")
+    assert [run.read(T0 + 30 + 10 * n, 3 + n) for n in range(1, 20)] == [[]] * 19  # it keeps looping
+
+
+def test_a_read_while_the_next_process_runs_keeps_the_last_exit_status():
+    run, _ = looping_run(restarts=2)
+    [event] = run.read(T0 + 30, 3, exit_status=None)  # kcm.restarts has none while a process runs
+    assert event["exit_status"] == 1
+
+
+def test_the_exit_on_a_lost_lease_is_no_crash_loop():
+    """KCM exits by design when it loses the Lease and comes back healthy as a standby."""
+    run = Run()
+    run.read(T0, 0)
+    for count in range(1, 11):  # ten lost Leases within 10 minutes
+        assert run.read(T0 + 20 * count, count) == []  # down, between its exit and its start
+        assert run.read(T0 + 20 * count + 10, count, healthy=True) == []
+    # a restart and healthy again by the next read: as good
+    assert [run.read(T0 + 300 + 10 * n, 10 + n, healthy=True) for n in range(1, 6)] == [[]] * 5
+
+
+def test_restarts_further_apart_than_the_window_are_no_crash_loop():
+    run = Run()
+    run.read(T0, 0)
+    assert run.read(T0 + 10, 1) == [] and run.read(T0 + 300, 2) == [] and run.read(T0 + 611, 3) == []
+    assert tags(run.read(T0 + 620, 4)) == ["restarting"]  # T0+300, T0+611, T0+620: three within 600 s
+
+
+def test_several_restarts_between_two_reads_all_count():
+    run = Run()
+    run.read(T0, 0)
+    assert tags(run.read(T0 + 10, 3)) == ["restarting"]
+
+
+def test_a_crash_loop_ends_after_healthy_for_and_a_new_one_is_announced_again():
+    run, events = looping_run()
+    assert tags(events) == ["restarting"]
+    t = T0 + 40
+    assert run.read(t, 3, healthy=True) == []
+    assert run.read(t + 50, 3, healthy=True) == []
+    assert run.read(t + 55, 4) == []  # it crashed again: the healthy time starts over
+    assert run.read(t + 65, 4, healthy=True) == []
+    assert run.read(t + 115, 4, healthy=True) == []
+    events = run.read(t + 125, 4, healthy=True)  # healthy for 60 s
+    assert tags(events) == ["recovered"] and events[0]["condition"] == "restarting"
+    assert run.read(t + 135, 4, healthy=True) == []
+
+    later = t + 1000
+    assert [tags(run.read(later + 10 * n, 4 + n)) for n in range(1, 4)] == [[], [], ["restarting"]]
+
+
+def test_a_loop_while_the_apiserver_is_unreachable_is_announced_only_if_it_outlasts_the_outage():
+    """KCM exits at start when it cannot read the apiserver: KCMApiserverUnreachable says why."""
+    run = Run(settings={"debounce": 1})
+    run.read(T0, 0)
+    down = {"error": "unreachable: connection refused"}
+    assert tags(run.poll(down, T0 + 1)) == ["unreachable"]
+    assert [run.poll(down, T0 + 10 * n, unit(n)) for n in range(1, 6)] == [[]] * 5
+    assert tags(run.read(T0 + 60, 6)) == ["recovered", "restarting"]  # back, and still looping
+
+
+def test_the_first_read_is_the_baseline_and_a_start_by_hand_resets_the_counter():
+    run = Run()
+    assert run.read(T0, 57) == [] and run.read(T0 + 10, 57) == []  # restarts from before the beacon
+    # `systemctl restart` by hand puts NRestarts back to 0; what is above 0 are new restarts
+    assert run.read(T0 + 20, 1) == [] and run.read(T0 + 30, 2) == []
+    assert tags(run.read(T0 + 40, 3)) == ["restarting"]
+
+
+def test_healthz_is_asked_only_while_restarts_are_counted_and_systemd_every_ten_seconds():
+    run = Run()
+    run.read(T0, 4)
+    assert not kcm_leader.wants_health(run.state, unit(4))
+    assert kcm_leader.wants_health(run.state, unit(5))
+    run.read(T0 + 10, 5)
+    assert kcm_leader.wants_health(run.state, unit(5))  # no healthy answer since that restart
+    run.read(T0 + 20, 5, healthy=True)
+    assert not kcm_leader.wants_health(run.state, unit(5))
+    assert [kcm_leader.service_due(run.state, T0 + d) for d in (21, 29.9, 30, 45)] == [False, False, True, True]
+    assert kcm_leader.service_due(run.state, T0 + 5)  # the clock went back: read rather than wait
+
+
+def test_an_announced_crash_loop_survives_a_minion_restart_and_still_ends(tmp_path):
+    path = str(tmp_path / "beacon.json")
+    run, events = looping_run()
+    KCM_BEACON.write_state(path, run.state)
+    restarted = Run(state=kcm_leader.load_state(path))
+
+    assert [restarted.read(T0 + 100 + 10 * n, 4 + n) for n in range(5)] == [[]] * 5
+    assert restarted.read(T0 + 200, 9, healthy=True) == []
+    assert tags(restarted.read(T0 + 260, 9, healthy=True)) == ["recovered"]
+
+
+LAST_ERROR = 'E1207 run.go:72] "command failed" err="open kubeconfig: permission denied"'
+
+
+@pytest.fixture
+def systemd(loaded):
+    """The beacon with kcm.restarts (NRestarts from a list, one per read) and kcm.health answering."""
+    module, answers, _ = loaded
+    readings = {"restarts": [], "calls": [], "health": [], "healthy": False}
+
+    def restarts(last_error=False):
+        readings["calls"].append(last_error)
+        reading = unit(readings["restarts"][0] if readings["restarts"] else 0)
+        if last_error:
+            return dict(reading, last_error=LAST_ERROR)
+        readings["restarts"] = readings["restarts"][1:] or readings["restarts"]
+        return reading
+
+    def health(**kwargs):
+        readings["health"].append(kwargs)
+        if not readings["healthy"]:
+            raise UTILS["kcm_error.failure"]("unreachable", "connection refused")
+        return {"healthy": True}
+
+    module.__salt__.update({"kcm.restarts": restarts, "kcm.health": health})
+    return module, answers, readings
+
+
+def test_the_beacon_reads_systemd_every_ten_seconds_and_healthz_only_after_a_restart(systemd, monkeypatch):
+    module, answers, readings = systemd
+    clock = iter(T0 + n for n in range(41))
+    monkeypatch.setattr(module, "_now", lambda: next(clock))
+    answers.extend(lease("master-1", renewed=T0 + n) for n in range(41))
+    readings["restarts"] = [2, 2, 3, 3]
+    for _ in range(21):
+        assert module.beacon([{"_beacon_name": "kcm_leader"}]) == []
+
+    assert readings["calls"] == [False, False, False]  # at T0, T0+10, T0+20: not every poll
+    assert len(readings["health"]) == 1  # at T0+20, after the restart T0+10 did not see
+
+
+def test_the_restarting_event_carries_the_journals_last_error_and_is_signed(systemd, monkeypatch):
+    module, answers, readings = systemd
+    clock = iter(T0 + 10 * n for n in range(5))
+    monkeypatch.setattr(module, "_now", lambda: next(clock))
+    answers.extend(lease("master-1", renewed=T0 + 10 * n) for n in range(5))
+    readings["restarts"] = [0, 1, 2, 3]
+    sent = [module.beacon([{"_beacon_name": "kcm_leader"}]) for _ in range(4)]
+
+    assert [tags(events) for events in sent] == [[], [], [], ["restarting"]]
+    event = sent[-1][0]
+    assert event["last_error"] == LAST_ERROR
+    assert readings["calls"] == [False, False, False, False, True]  # the journal once, for the event
+    data = {k: v for k, v in event.items() if k != "tag"}
+    MINION_KEY.public_key().verify(base64.b64decode(data["sig"]), KCM_BEACON.signed_message("restarting", data),
+                                   padding.PKCS1v15(), hashes.SHA256())
 
 
 # --------------------------------------------------------------------------

@@ -9,6 +9,7 @@ The modules are loaded the way Salt's loader shows them: ``_modules/kcm.py`` and
 import datetime
 import json
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -692,6 +693,56 @@ def test_status_keeps_the_row_when_parts_fail(kcm, api, fake_binary, cert_file, 
     assert (row["leader"], row["holder"], row["healthy"], row["version"]) == ("unknown", None, False, "v1.37.2")
     assert row["errors"] == "leader: unreachable"
     assert kcm.__context__["retcode"] == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# restarts: what systemd says of the service
+
+
+@pytest.fixture
+def systemd(monkeypatch):
+    """systemctl and journalctl answering from ``outputs`` (by program); records each argv."""
+    calls, outputs = [], {}
+
+    def run(argv, **kwargs):
+        calls.append(argv)
+        return subprocess.CompletedProcess(argv, 0, outputs[argv[0]], "")
+
+    monkeypatch.setattr(KCM.os.path, "isdir", lambda path: path == "/run/systemd/system")
+    monkeypatch.setattr(KCM.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(KCM.subprocess, "run", run)
+    return calls, outputs
+
+
+def test_restarts_says_what_systemd_counted_and_the_journals_last_error_line(kcm, systemd):
+    calls, outputs = systemd
+    outputs["systemctl"] = "ActiveState=activating\nNRestarts=4\nExecMainStatus=1\n"
+    error = ('E1207 06:32:36.223029 2119 run.go:72] "command failed" err="Get https://kcm:s3cr3t@10.0.0.1:6443/api:'
+             ' x509: certificate signed by unknown authority\x1b[31m' + "x" * 300 + '"')
+    outputs["journalctl"] = f"Started kube-controller-manager.service.\n{error}\nkube-controller-manager.service: " \
+                            "Main process exited, code=exited, status=1/FAILURE\n"
+
+    assert kcm.restarts() == {"unit": "kube-controller-manager", "active": "activating", "restarts": 4,
+                              "exit_status": 1}
+    assert calls == [["systemctl", "show", "--property=ActiveState,NRestarts,ExecMainStatus", "--",
+                      "kube-controller-manager"]]
+    line = kcm.restarts(last_error=True)["last_error"]
+
+    assert line.startswith('E1207 06:32:36.223029 2119 run.go:72] "command failed" err="Get https://[filtered]@10.0.0.1')
+    assert "s3cr3t" not in line and "\x1b" not in line and "\\x1b[31m" in line and len(line) == 200
+    assert calls[-1] == ["journalctl", "--no-pager", "-o", "cat", "-n", "300", "-u", "kube-controller-manager"]
+
+
+def test_a_running_kcm_has_no_exit_status_yet(kcm, systemd):
+    _, outputs = systemd
+    outputs["systemctl"] = "ActiveState=active\nNRestarts=4\nExecMainStatus=0\n"
+    assert kcm.restarts()["exit_status"] is None
+
+
+def test_restarts_without_systemd_is_unknown_not_an_error(kcm, monkeypatch):
+    monkeypatch.setattr(KCM.shutil, "which", lambda name: None)
+    assert kcm.restarts(last_error=True, service="kcm-test") == {
+        "unit": "kcm-test", "active": "unknown", "restarts": None, "exit_status": None, "last_error": None}
 
 
 # ---------------------------------------------------------------------------------------------

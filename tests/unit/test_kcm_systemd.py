@@ -69,3 +69,43 @@ def test_a_control_character_is_refused_not_written(value):
 def test_each_flag_stays_on_its_own_continuation_line():
     line = systemd.command_line(["/usr/bin/kcm", "--a=1", "--b=x y"])
     assert line == '/usr/bin/kcm \\\n  --a=1 \\\n  "--b=x y"'
+
+
+# A crash-looping KCM's journal (journalctl -o cat): a bad flag prints the usage text, then the error.
+LOOP_JOURNAL = """\
+Started kube-controller-manager.service - Kubernetes Controller Manager v1.37.2.
+I1207 06:32:36.215615    2119 serving.go:411] Generated self-signed cert in-memory
+E1207 06:32:36.223029    2119 run.go:72] "command failed" err="stat /etc/k8s/kcm.kubeconfig: permission denied"
+kube-controller-manager.service: Main process exited, code=exited, status=1/FAILURE
+kube-controller-manager.service: Failed with result 'exit-code'.
+kube-controller-manager.service: Scheduled restart job, restart counter is at 3.
+Started kube-controller-manager.service - Kubernetes Controller Manager v1.37.2.
+Usage:
+  kube-controller-manager [flags]
+      --version version[=true]   --version, --version=raw prints version information and quits
+W1207 06:32:41.000000    2120 client_config.go:667] Failed to load kubeconfig, retrying
+Error: unknown flag: --no-such-flag
+kube-controller-manager.service: Main process exited, code=exited, status=1/FAILURE
+kube-controller-manager.service: Failed with result 'exit-code'.
+"""
+
+
+@pytest.mark.parametrize("journal, line", [
+    (LOOP_JOURNAL, "Error: unknown flag: --no-such-flag"),
+    (LOOP_JOURNAL.split("Usage:")[0], 'E1207 06:32:36.223029    2119 run.go:72] "command failed" '
+                                      'err="stat /etc/k8s/kcm.kubeconfig: permission denied"'),
+    ("kube-controller-manager.service: Failed to set up credentials: No such file or directory\n"
+     "kube-controller-manager.service: Main process exited, code=exited, status=243/CREDENTIALS\n",
+     "kube-controller-manager.service: Failed to set up credentials: No such file or directory"),
+    ("F1207 06:32:36.1 1 x.go:1] unable to start\ngoroutine 1 [running]:\n",
+     "F1207 06:32:36.1 1 x.go:1] unable to start"),
+    ("Started kube-controller-manager.service.\nI1207 06:32:36.2 1 leaderelection.go:1] attempting to acquire\n", None),
+    ("", None),
+])
+def test_the_last_error_line_is_what_kcm_or_systemd_said_when_it_stopped(journal, line):
+    assert systemd.last_error_line(journal) == line
+
+
+def test_show_properties_reads_systemctl_show():
+    shown = systemd.show_properties("ActiveState=activating\nNRestarts=3\nExecMainStatus=1\nStatusText=\n")
+    assert shown == {"ActiveState": "activating", "NRestarts": "3", "ExecMainStatus": "1", "StatusText": ""}

@@ -11,8 +11,8 @@
     - pillar `beacons:` present: the formula cannot write pillar, so this state checks
       that pillar carries both entries and fails, printing the entry to add, when
       it does not (adding it to minion.d would look fine and never run).
-    Settings: pillar `kcm:beacon` (enabled, interval; debounce, stale_after, timeout for
-    kcm_leader; cert_thresholds, cert_check_interval for kcm_cert); defaults in
+    Settings: pillar `kcm:beacon` (enabled, interval; debounce, stale_after, timeout,
+    healthy_for for kcm_leader; cert_thresholds, cert_check_interval for kcm_cert); defaults in
     defaults.yaml. interval is in seconds with the minion's default loop_interval: 1.
     Needs a running salt-minion (beacons live in its main loop), not salt-call --local. #}
 {%- from tpldir ~ "/map.jinja" import kcm with context %}
@@ -23,6 +23,7 @@
         {"debounce": beacon.debounce},
         {"stale_after": beacon.stale_after},
         {"timeout": beacon.timeout},
+        {"healthy_for": beacon.healthy_for},
         {"disable_during_state_run": false},
       ],
       "kcm_cert": [
