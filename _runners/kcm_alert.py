@@ -5,9 +5,10 @@ change although every KCM master reports it, and delivers them through a durable
 Callers: the ``kcm_alert`` engine (:func:`handle_batch`, the events of a short window; the
 only path of the reports); the master's schedule (written by ``kcm.master``):
 :func:`reconcile` at start and every ``reconcile_interval`` s, :func:`flush` every
-``flush_interval`` s. The parts, in ``_utils/``: ``kcm_trust`` (only signed, fresh reports
-of the KCM masters, by minion id, count),
-``kcm_alert_rules`` (dedupe key, labels, ``startsAt``), ``kcm_alert_decide`` (what opens,
+``flush_interval`` s; the orchestrations (``kcm_orch``): :func:`plan` and :func:`unplan`
+around each restart they make, so its leader change is alerted as planned. The parts, in
+``_utils/``: ``kcm_trust`` (only signed, fresh reports of the KCM masters, by minion id,
+count), ``kcm_alert_rules`` (dedupe key, labels, ``startsAt``), ``kcm_alert_decide`` (what opens,
 ends or was missed) and ``kcm_outbox`` (the locked store and the outbox, one JSON file
 under the master cachedir). Follow-ups on the master bus: ``kcm/alert/<kind>`` with what
 was sent (``resolved``, ``duplicate``, ``refused``), ``send_failed`` once when the first
@@ -431,6 +432,50 @@ def unpin(cluster):
     """
     with _store(_config()) as store:
         return (store.setdefault("pins", {}).pop(str(cluster), None) or {}).get("cluster_id")
+
+
+# --------------------------------------------------------------------------
+# planned restarts: this Salt master says which leader change it causes
+# --------------------------------------------------------------------------
+
+
+def plan(minion, seconds, holder=None, by="maintenance"):
+    """
+    Mark the restart of ``minion``'s KCM that a command on this Salt master is about to make,
+    for ``seconds``: a leader change away from ``minion`` (its report's ``old_minion``, or
+    ``old_holder`` equal to ``holder``, the Lease identity of the KCM it stops) within that
+    time is alerted as ``KCMLeaderChanged`` with ``planned="true"`` and severity ``info``. A
+    change away from any other master still pages. ``kcm_orch.upgrade`` and
+    ``kcm_orch.drill`` mark each master before they restart or stop it and end the mark
+    (:func:`unplan`) after the step; marks live in this runner's store on this Salt master
+    only (a minion cannot write one). Returns the mark.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run kcm_alert.plan master-1 seconds=600 by='kernel update'
+        salt-run kcm_alert.unplan master-1
+    """
+    printable, now = _u("kcm_trust.printable"), _now()
+    with _store(_config()) as store:
+        return _u("kcm_alert_decide.mark_planned")(store, printable(minion), holder and printable(holder),
+                                                   now + float(seconds), printable(by, 120), now)
+
+
+def unplan(minion):
+    """
+    End the mark :func:`plan` made for ``minion``: a leader change away from it pages again.
+    Returns the mark ended, or None.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run kcm_alert.unplan master-1
+    """
+    with _store(_config()) as store:
+        return _u("kcm_alert_decide.end_planned")(store, _u("kcm_trust.printable")(minion))
 
 
 # --------------------------------------------------------------------------

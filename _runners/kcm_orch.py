@@ -33,6 +33,11 @@ Each step waits for the previous one; the first failure stops the run, so the ma
 not reached yet keep their old version and keep running. Running it again resumes:
 masters already changed apply with no changes and are not restarted.
 
+Each step marks the master it restarts (the drill: those it stops) on this Salt master
+before it touches it (``kcm_alert.plan``, until the step's deadline) and ends the mark after
+the step: the leader change it causes is alerted as planned (``planned="true"``, severity
+info); a change away from any other master meanwhile pages as always.
+
 The next master is chosen at each step: a master that is not the current leader, in
 name order, and the current leader only when no other master is left.
 
@@ -40,6 +45,7 @@ The masters are read by ``_utils/kcm_orch_poll.py``, the summaries made by ``kcm
 there: the master needs the formula's utils synced with its runners (``saltutil.sync_all``).
 """
 
+import contextlib
 import logging
 import time
 
@@ -109,6 +115,31 @@ def _wait(masters, watch, condition, timeout, interval, what):
         if _now() >= deadline:
             raise __utils__["kcm_orch_poll.not_reached"](what, timeout, observations)
         _sleep(interval)
+
+
+@contextlib.contextmanager
+def _planned(minions, seconds, holders, by):
+    """
+    This step restarts or stops ``minions``: the alert runner labels a leader change away
+    from them ``planned="true"``, severity info (``kcm_alert.plan``: a mark in its store on
+    this Salt master) until the step ends or ``seconds`` (its deadline) pass. ``holders``:
+    ``{minion: Lease identity}`` of the one that leads, whose change may be reported late.
+    """
+    for minion in minions:
+        _alert_call("kcm_alert.plan", minion, float(seconds), holder=holders.get(minion), by=by)
+    try:
+        yield
+    finally:
+        for minion in minions:
+            _alert_call("kcm_alert.unplan", minion)
+
+
+def _alert_call(fun, minion, *args, **kwargs):
+    try:
+        __salt__[fun](minion, *args, **kwargs)  # noqa: F821 (the runner loader packs itself as __salt__)
+    except Exception as exc:  # pylint: disable=broad-except
+        # The alert runner missing or its store unwritable must not stop a restart half-way.
+        _progress(f"{minion}: {fun} failed ({exc}); its leader change pages as an unplanned one")
 
 
 def _live_holder(observations, exclude=None):
@@ -342,30 +373,36 @@ class _Rollout:
         old_holder = observations[minion]["holder"] if was_leader else None
         role = "leader" if was_leader else "follower"
         _progress(f"{minion} ({role}): applying")
-        ret = self.apply(minion)
-        restarted = bool(ret.get("restarted"))
-        if was_leader and restarted:
-            # Only another holder identity counts (a new process here has a new uuid): the old
-            # one's Lease is released on exit (release_on_exit) or else has to expire.
-            what = f"{minion} (old leader): a new live leader and {minion} healthy again"
-            observations = _wait(
-                self.cluster, self.watch,
-                lambda obs: _live_holder(obs, exclude=old_holder) and obs[minion]["healthy"],
-                self.timeout, self.interval, what,
-            )
-        else:
-            what = f"{minion} ({role}): healthy and standing by under a live leader"
-            observations = _wait(
-                self.cluster, self.watch,
-                lambda obs: obs[minion]["healthy"] and _live_holder(obs) and (was_leader or not obs[minion]["leader"]),
-                self.timeout, self.interval, what,
-            )
+        with _planned([minion], float(self.apply_timeout) + float(self.timeout), {minion: old_holder},
+                      "kcm_orch.upgrade"):
+            ret = self.apply(minion)
+            restarted = bool(ret.get("restarted"))
+            observations = self.settle(minion, was_leader and restarted, old_holder, role)
         seconds = round(_now() - begin, 1)
         self.steps.append({"minion": minion, "role": role, "restarted": restarted, "seconds": seconds,
                            "leader_after": _leader_minion(observations)})
         _progress(f"{minion} ({role}): done in {seconds} s, restarted={restarted}, "
                   f"leader now {_leader_minion(observations)}")
         return observations
+
+    def settle(self, minion, leader_restarted, old_holder, role):
+        """Wait until the step on ``minion`` is over; return the last observations."""
+        if leader_restarted:
+            # Only another holder identity counts (a new process here has a new uuid): the old
+            # one's Lease is released on exit (release_on_exit) or else has to expire.
+            what = f"{minion} (old leader): a new live leader and {minion} healthy again"
+            return _wait(
+                self.cluster, self.watch,
+                lambda obs: _live_holder(obs, exclude=old_holder) and obs[minion]["healthy"],
+                self.timeout, self.interval, what,
+            )
+        was_leader = role == "leader"
+        what = f"{minion} ({role}): healthy and standing by under a live leader"
+        return _wait(
+            self.cluster, self.watch,
+            lambda obs: obs[minion]["healthy"] and _live_holder(obs) and (was_leader or not obs[minion]["leader"]),
+            self.timeout, self.interval, what,
+        )
 
     def run(self):
         observations = _wait(self.cluster, self.watch, _live_holder, self.timeout, self.interval,
@@ -483,6 +520,14 @@ def _drill(cluster, count, min_remaining, timeout, interval):
     survivors = [m for m in cluster.minions if m not in victims]
     start_transitions = observations[leader]["transitions"]
     result = {"leader_before": leader, "stopped": victims, "healthy_before": healthy}
+    # The step's deadline: the stop, the failover, the start and the wait for health.
+    with _planned(victims, 2 * (float(timeout) + cluster.call_timeout), {leader: old_holder}, "kcm_orch.drill"):
+        return _failover(cluster, watch, result, old_holder, survivors, start_transitions, timeout, interval)
+
+
+def _failover(cluster, watch, result, old_holder, survivors, start_transitions, timeout, interval):
+    """Stop the victims, time the failover, start them again and wait for health (see :func:`drill`)."""
+    leader, victims, healthy = result["leader_before"], result["stopped"], result["healthy_before"]
     _progress(f"stopping {', '.join(victims)} (leader {leader})")
     stop_begin = _now()
     try:

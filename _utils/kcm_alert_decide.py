@@ -284,6 +284,52 @@ def note_lease(store, data, now):
             field: data.get(f"new_{field}", data.get(field)) for field in ("holder", "node", "minion")}}
 
 
+# --------------------------------------------------------------------------
+# planned restarts: marks that only this Salt master's own commands write (kcm_alert.plan)
+# --------------------------------------------------------------------------
+
+
+def mark_planned(store, minion, holder, until, by, now):
+    """
+    Mark the restart of ``minion``'s KCM that a command on this Salt master makes now, until
+    ``until`` (epoch): a leader change away from ``minion``, or from ``holder`` (the Lease
+    identity of its running KCM when it leads), is then planned. Returns the mark.
+    """
+    store["planned"] = {key: mark for key, mark in store["planned"].items()
+                        if (_rule("number")(mark.get("until")) or 0) > now}
+    mark = {"minion": minion, "until": until, "by": by, "at": now}
+    store["planned"][f"minion|{minion}"] = mark
+    if holder:
+        # A holder identity names one process: no later crash of that master can match it.
+        store["planned"][f"holder|{holder}"] = dict(mark, holder=holder)
+    return mark
+
+
+def end_planned(store, minion):
+    """The step restarting ``minion`` is over: a change away from that master pages again. The
+    mark of the process it stopped stays until its deadline (a late report of that change)."""
+    return store["planned"].pop(f"minion|{minion}", None)
+
+
+def planned_mark(store, data, now):
+    """The unexpired mark a leader change ``data`` leaves (its ``old_holder`` or
+    ``old_minion``), or None. Nothing else of the report counts."""
+    for part in ("holder", "minion"):
+        value = data.get(f"old_{part}")
+        mark = store["planned"].get(f"{part}|{value}") if value else None
+        if mark and (_rule("number")(mark.get("until")) or 0) > now:
+            return mark
+    return None
+
+
+def _as_planned(alert, mark):
+    """A planned change's alert: ``planned="true"``, severity info, and who planned it."""
+    if mark:
+        alert["labels"].update(planned="true", severity="info")
+        alert["annotations"]["description"] += f" Planned: {mark.get('by')} restarted {mark.get('minion')}."
+    return alert
+
+
 def decide(store, kind, data, reporter, cfg, now):
     """
     Update the store for one report; return ``(fire, resolve)`` (see the module docstring).
@@ -317,6 +363,8 @@ def decide(store, kind, data, reporter, cfg, now):
         store["seen"][key]["status"] = "joined"
         return fire, resolve
     alert = build_alert(kind, data, reporter, cfg, now)
+    if kind == "changed":
+        _as_planned(alert, planned_mark(store, data, now))
     if kind in _rule("conditions")():
         store["open"][slot] = dict(alert, reporters=[reporter], at=now, sent_at=now,
                                    facts={"holder": data.get("holder"), "renew_time": data.get("renew_time")})

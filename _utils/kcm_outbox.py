@@ -37,8 +37,9 @@ __virtualname__ = "kcm_outbox"
 log = logging.getLogger(__name__)
 
 # senders: the newest (epoch, counter) accepted from each KCM master (replays are refused);
-# pins: the cluster_id of each cluster name of kcm_alert:clusters.
-PARTS = ("seen", "open", "leases", "outbox", "senders", "pins")
+# pins: the cluster_id of each cluster name of kcm_alert:clusters; planned: the restarts this
+# Salt master's own commands mark (kcm_alert.plan), never anything a minion sent.
+PARTS = ("seen", "open", "leases", "outbox", "senders", "pins", "planned")
 # More pending entries than this are a receiver gone for good: the oldest are dropped.
 MAX_OUTBOX = 1000
 

@@ -6,6 +6,8 @@ as a plain module; this one catches what only the loader does (a util's code run
 ``__utils__``, so nothing of the runner may be called back from inside one).
 """
 
+import json
+
 import pytest
 import salt.client
 import salt.config
@@ -92,6 +94,16 @@ def test_the_rolling_change_goes_over_every_master_the_leader_last(runners, mast
     assert report["order"] == ["master-2", "master-3", "master-1"]
     assert report["retcode"] == 0
     assert report["summary"][-1].startswith("leader master-1 -> master-1, 0 leader change(s)")
+
+
+def test_the_drill_marks_the_leader_it_stops_in_the_alert_runners_store(runners, masters, tmp_path):
+    # The runner loader gives kcm_orch the kcm_alert runner as __salt__: the mark is written.
+    report = runners["kcm_orch.drill"](tgt="master*", interval=0.01, timeout=5)
+
+    assert report["result"] is True, report["comment"]
+    store = json.loads((tmp_path / "cache" / "kcm_alert" / "dedupe.json").read_text())
+    # Ended with the step but for the stopped process, whose late report is still planned.
+    assert {key: mark["by"] for key, mark in store["planned"].items()} == {"holder|master-1_0": "kcm_orch.drill"}
 
 
 # Audit L13: a pillar override is published to every minion and kept in the job cache.
