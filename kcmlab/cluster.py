@@ -26,6 +26,7 @@ from kcmlab.controlplane import ControlPlane, failover_bound, node_of, wait_unti
 from kcmlab.formula import REPO, load
 from kcmlab.leasewatch import LeaseLog, is_live
 from kcmlab.machines import Lab
+from kcmlab.pki import DAYS
 from kcmlab.saltmaster import SaltMaster
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ class LabCluster:
     def __init__(self, k8s_bin: Path, workdir: Path, *, suite: str = "e2e", nodes=NODES,
                  subnet: str | None = None, version: str | None = None, election: dict | None = None,
                  kcm: dict | None = None, master_config: dict | None = None, file_roots=(), spares=(),
-                 rootfs: Path | None = None):
+                 rootfs: Path | None = None, cert_days: int = DAYS):
         self.k8s_bin = Path(k8s_bin)
         self.workdir = Path(workdir)
         self.nodes = tuple(nodes)
@@ -99,6 +100,7 @@ class LabCluster:
         self.version = version or self.k8s_bin.name
         self.election = dict(election or {})
         self.kcm_overrides = dict(kcm or {})
+        self.cert_days = cert_days
         # The machines' rootfs (kcmlab.rootfs.ensure_rootfs): bookworm unless given.
         self.lab = Lab(suite, subnet, rootfs=rootfs, binds_ro={K8S_CACHE: INSIDE_K8S},
                        log_dir=self.workdir / "machines")
@@ -138,7 +140,7 @@ class LabCluster:
             for name in self.all_names:
                 self.lab.address_of(name)
             self.cp = ControlPlane(self.k8s_bin, self.workdir / "controlplane", nodes=self.nodes,
-                                   host=self.lab.host_ip).start()
+                                   host=self.lab.host_ip, cert_days=self.cert_days).start()
             self.timings["control plane ready"] = self.cp.timings["apiserver_ready"]
             # A new leader after a disturbance: one failover, after KCM's restart at worst.
             self.lease_log = LeaseLog(self.cp, grace=self.failover_bound + RESTART_SEC + 2).start()

@@ -30,7 +30,7 @@ from pathlib import Path
 import requests
 
 from kcmlab.formula import load
-from kcmlab.pki import CertificateAuthority, kcm_pillar_pki, kubeconfig, service_account_keypair
+from kcmlab.pki import DAYS, CertificateAuthority, kcm_pillar_pki, kubeconfig, service_account_keypair
 
 log = logging.getLogger(__name__)
 
@@ -258,9 +258,11 @@ class ControlPlane:
     """
 
     def __init__(self, bin_dir, workdir, *, service_cluster_ip_range: str = "10.254.0.0/22",
-                 nodes=DEFAULT_NODES, host: str = LOOPBACK):
+                 nodes=DEFAULT_NODES, host: str = LOOPBACK, cert_days: int = DAYS):
         # ``host``: where etcd and kube-apiserver listen (a lab bridge's address for machines).
         self.host = host
+        # How long the CAs and every certificate they issue are valid.
+        self.cert_days = cert_days
         self.bin_dir = Path(bin_dir)
         self.workdir = Path(workdir)
         self.service_cluster_ip_range = service_cluster_ip_range
@@ -320,7 +322,7 @@ class ControlPlane:
     # -- PKI ----------------------------------------------------------------------------------
 
     def _make_pki(self) -> None:
-        self.ca = CertificateAuthority("kcm-formula-test-ca")
+        self.ca = CertificateAuthority("kcm-formula-test-ca", days=self.cert_days)
         self.ca_path = self._write("ca.pem", self.ca.cert_pem, private=False)
         self.sa_key_pem, sa_pub_pem = service_account_keypair()
         self.sa_key_path = self._write("sa.key", self.sa_key_pem)
@@ -335,7 +337,7 @@ class ControlPlane:
         self.apiserver_key_path = self._write("apiserver-key.pem", key)
         # The aggregation layer's front proxy, as on a kubeadm cluster: KCM's delegated
         # authentication reads this CA from kube-system/extension-apiserver-authentication.
-        front_proxy = CertificateAuthority("kcm-formula-test-front-proxy-ca")
+        front_proxy = CertificateAuthority("kcm-formula-test-front-proxy-ca", days=self.cert_days)
         self.front_proxy_ca_path = self._write("front-proxy-ca.pem", front_proxy.cert_pem, private=False)
         cert, key = front_proxy.issue("front-proxy-client", client=True)
         self.proxy_client_cert_path = self._write("front-proxy-client.pem", cert, private=False)

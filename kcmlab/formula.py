@@ -55,7 +55,12 @@ def kcm_config(flags=None):
     return module
 
 
+def defaults() -> dict:
+    """``kcm:`` of ``formula/kcm/defaults.yaml``: every default of the formula."""
+    return yaml.safe_load((REPO / "formula" / "kcm" / "defaults.yaml").read_text())["kcm"]
+
+
 def orch_settings() -> dict:
     """``kcm_orch:`` as kcm.master writes it into a Salt master's configuration (the
     defaults of ``kcm:master:orch``): what the kcm_orch runner and the orchestrations read."""
-    return dict(yaml.safe_load((REPO / "formula" / "kcm" / "defaults.yaml").read_text())["kcm"]["master"]["orch"])
+    return dict(defaults()["master"]["orch"])

@@ -29,6 +29,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 KCM_CN = "system:kube-controller-manager"
 # Backdated so that a clock a little behind on the other side still accepts a new certificate.
 BACKDATE = datetime.timedelta(minutes=5)
+# The lab's certificates live a week: below the formula's default expiry thresholds, so the
+# certificate alert tests see them near expiry; the demo asks for long-lived ones instead.
+DAYS = 7
 
 
 def pem_key(key) -> str:
@@ -78,7 +81,7 @@ class CertificateAuthority:
     CA:FALSE), for the tests of the formula's refusal of one.
     """
 
-    def __init__(self, common_name: str, days: int = 7, is_ca: bool = True):
+    def __init__(self, common_name: str, days: int = DAYS, is_ca: bool = True):
         self.key = ec.generate_private_key(ec.SECP256R1())
         now = _now()
         self.cert = (
@@ -97,7 +100,7 @@ class CertificateAuthority:
         self.days = days
 
     @classmethod
-    def from_pair(cls, cert: x509.Certificate, key, days: int = 7) -> CertificateAuthority:
+    def from_pair(cls, cert: x509.Certificate, key, days: int = DAYS) -> CertificateAuthority:
         """A CA around an existing certificate and key (objects), e.g. one read back from a pillar."""
         ca = cls.__new__(cls)
         ca.cert, ca.key, ca.days = cert, key, days

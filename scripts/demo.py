@@ -44,7 +44,8 @@ def cmd_status(sandbox: Path) -> int:
             say.line(f"{name} is not running (log {record['log']})")
     for machine in demo.machines.values():
         machine.check()
-        say.line(f"{machine.name} ({machine.address}): systemctl is-active {UNIT} -> {machine.active()}")
+        if say.verbose:
+            say.line(f"{machine.name} ({machine.address}): systemctl is-active {UNIT} -> {machine.active()}")
     demo.print_status()
     spec = (demo.lease() or {}).get("spec") or {}
     say.line(f"Lease kube-system/kube-controller-manager: holder {spec.get('holderIdentity')}, "
@@ -96,13 +97,16 @@ def _interrupt(signum, frame):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/demo", description=kcmdemo.__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("up", "status", "failover", "down"):
-        sub.add_parser(name)
+    for name in ("up", "status", "failover"):
+        sub.add_parser(name).add_argument("-v", "--verbose", action="store_true",
+                                          help="every command, each master's own lines, whole events and alerts")
+    sub.add_parser("down")
     shell = sub.add_parser("shell", help="a shell (or a command) inside a master")
     shell.add_argument("machine", choices=NODES)
     shell.add_argument("argv", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     sandbox = sandbox_dir()
+    say.verbose = getattr(args, "verbose", False)
     signal.signal(signal.SIGTERM, _interrupt)
     # Ctrl-C tears `up` down even when started from a shell that ignores SIGINT in the background.
     signal.signal(signal.SIGINT, signal.default_int_handler)

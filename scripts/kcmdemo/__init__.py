@@ -5,10 +5,11 @@ on the host's loopback, a real salt-master with the formula's ``kcm.master`` con
 kcm_alert), and three systemd machines master-1..3, each running ``salt-minion`` under
 systemd. It applies the formula over the bus (``salt 'master*' state.apply kcm``, pillar from
 ``pillar.example`` with the lab's facts, default paths, ``service:manage: true``), then the
-``kcm.beacon``, prints ``kcm.status``, and drives a failover with ``systemctl stop`` of the
-leader's service: the new leader, the ``kcm/alert/changed`` event on the master's bus and the
-``KCMLeaderChanged`` alert in Alertmanager. Everything keeps running after ``up`` returns:
-``status``, ``failover`` and ``shell`` work on it, ``down`` removes it.
+``kcm.beacon``, prints the fleet table (``salt-run kcm.status``), and drives a failover with
+``systemctl stop`` of the leader's service: the new leader, the ``kcm/alert/changed`` event on
+the master's bus and the ``KCMLeaderChanged`` alert in Alertmanager (its only alert: the
+certificates live a year). Everything keeps running after ``up`` returns: ``status``,
+``failover`` and ``shell`` work on it, ``down`` removes it. ``--verbose`` adds the detail.
 
 The host processes (etcd, kube-apiserver, Alertmanager, salt-master) are recorded in
 ``<sandbox>/demo.json`` with pid, session and start time, so ``down`` stops exactly those and

@@ -15,6 +15,12 @@ from kcmdemo.state import alive
 from kcmlab.machines import inside_argv
 
 
+def alert_line(alert: dict) -> str:
+    """One alert as a person reads it: its name, severity and summary."""
+    labels = alert.get("labels") or {}
+    return f"{labels.get('alertname')} ({labels.get('severity')}): {(alert.get('annotations') or {}).get('summary')}"
+
+
 class DemoMachine:
     """A machine of the running demo: commands run inside through nsenter into its init."""
 
@@ -111,11 +117,17 @@ class Demo:
         return started
 
     def print_status(self) -> None:
-        say.line("$ " + self.shown("salt", "master*", "kcm.status", "--out=table"))
-        proc = self.salt_text("--out=table", "--static", "--timeout=30", "master*", "kcm.status", timeout=90)
+        """The fleet view (``salt-run kcm.status``: one table, one row per master, the
+        cluster's verdict); with --verbose also each master's own ``kcm.status`` table."""
+        say.line("$ " + self.shown("salt-run", "kcm.status"))
+        proc = self.master.command("salt-run", "kcm.status", timeout=90)
         say.block(proc.stdout or proc.stderr, indent="    ")
         if proc.returncode != 0:
-            say.line(f"(kcm.status exited {proc.returncode}: a master reports errors in the table above)")
+            say.line(f"(salt-run kcm.status exited {proc.returncode}: the table above says what is wrong)")
+        if say.verbose:
+            say.line("$ " + self.shown("salt", "master*", "kcm.status", "--out=table"))
+            proc = self.salt_text("--out=table", "--static", "--timeout=30", "master*", "kcm.status", timeout=90)
+            say.block(proc.stdout or proc.stderr, indent="    ")
 
     def failover(self, number=None) -> dict:
         """``systemctl stop`` of the leader's KCM: the new leader, the alert event, the alert;
@@ -136,7 +148,7 @@ class Demo:
             if not bus.connect_pub(timeout=10):
                 raise DemoError(f"cannot listen on the salt-master's event bus ({self.master.conf_dir})")
             watch = self.shown("salt-run", "state.event", "tagmatch=kcm/alert/*")
-            say.line(f"listening on the master bus for kcm/alert/* (as `{watch}` would)")
+            say.line(f"listening on the master bus for kcm/alert/* (as `{watch}` would)", detail=True)
             say.line(f"leader is {old}: $ scripts/demo shell {old} systemctl stop {UNIT}")
             begin = time.monotonic()
             self.machines[old].systemctl("stop", UNIT)
@@ -146,26 +158,35 @@ class Demo:
             timings["new_leader"] = time.monotonic() - begin
             say.line(f"leader: {old} -> {new} (new leader {timings['new_leader']:.1f}s after systemctl stop, "
                      f"which itself took {timings['stopped']:.1f}s)")
-            say.line(f"{old}: systemctl is-active {UNIT} -> {self.machines[old].active()}")
+            say.line(f"{old}: systemctl is-active {UNIT} -> {self.machines[old].active()}", detail=True)
             event, others = self.alert_event(bus, begin)
             timings["alert_event"] = time.monotonic() - begin
         for seen in others:
             say.line(f"(also on the bus: {seen})")
-        say.line(f"event on the master bus {timings['alert_event']:.1f}s after the stop:")
         data = {k: v for k, v in event["data"].items() if k != "_stamp"}
-        say.block(f"tag: {event['tag']}\n" + json.dumps(data, indent=2, sort_keys=True))
+        receivers = data.get("receivers") or {}
+        delivered = sum(1 for error in receivers.values() if error is None)
+        say.line(f"event on the master bus {timings['alert_event']:.1f}s after the stop: {event['tag']} "
+                 f"({data.get('action')}, delivered to {delivered} of {len(receivers)} receivers)")
+        say.block(f"tag: {event['tag']}\n" + json.dumps(data, indent=2, sort_keys=True), detail=True)
         url = self.state["alertmanager_url"]
         alerts = self.wait(lambda: active_alerts(url, alertname="KCMLeaderChanged", old_node=old, new_node=new),
                            WAIT["alert"], "the KCMLeaderChanged alert in Alertmanager", interval=0.5)
         timings["alert_in_alertmanager"] = time.monotonic() - begin
-        say.line(f"the alert as Alertmanager holds it (GET {url}/api/v2/alerts):")
+        held = active_alerts(url)
+        say.line(f"Alertmanager holds {len(held)} alert{'s' * (len(held) != 1)} "
+                 f"{timings['alert_in_alertmanager']:.1f}s after the stop (GET {url}/api/v2/alerts):")
+        say.block("\n".join(map(alert_line, held)))
+        say.line("this failover's alert as Alertmanager holds it:", detail=True)
         keep = ("labels", "annotations", "startsAt", "endsAt", "status")
-        say.block(json.dumps([{k: a[k] for k in keep if k in a} for a in alerts], indent=2, sort_keys=True))
+        say.block(json.dumps([{k: a[k] for k in keep if k in a} for a in alerts], indent=2, sort_keys=True),
+                  detail=True)
         self.machines[old].systemctl("start", UNIT)
         self.wait(lambda: self.healthy(old), WAIT["kcm"], f"KCM /healthz on {old}")
         say.line(f"systemctl start {UNIT} on {old}: it rejoins as a standby (leader: {self.leader()})")
         say.line(f"timings: stop -> new leader {timings['new_leader']:.1f}s, -> kcm/alert event "
-                 f"{timings['alert_event']:.1f}s, -> alert in Alertmanager {timings['alert_in_alertmanager']:.1f}s")
+                 f"{timings['alert_event']:.1f}s, -> alert in Alertmanager {timings['alert_in_alertmanager']:.1f}s",
+                 detail=True)
         return {"old": old, "new": new, **timings}
 
     def alert_event(self, bus, begin: float):
@@ -187,17 +208,18 @@ class Demo:
         shells = "\n".join(f"{m.shell_command():<60} a shell in {m.name} ({m.address})"
                            for m in self.machines.values())
         say.block(f"""export PATH={Path(self.state['python']).parent}:$PATH   # the demo's Salt
-scripts/demo status              the kcm.status table and the Lease holder
+scripts/demo status              the fleet table and the Lease holder (--verbose: each master's own table)
 scripts/demo failover            systemctl stop the leader's KCM again: the event and the alert
 scripts/demo shell master-1      a shell in master-1 (or: scripts/demo shell master-1 journalctl -u {UNIT})
 scripts/demo down                remove the machines, stop everything, remove {self.sandbox}
-{shells}
 {self.shown('salt', 'master*', 'kcm.leader')}
-{self.shown('salt', 'master*', 'kcm.status', '--out=table')}
-{self.shown('salt', 'master*', 'cmd.run', f'systemctl status {UNIT}')}
-{self.shown('salt-run', 'state.event', 'tagmatch=kcm/alert/*')}
-kubectl --kubeconfig {cp['admin_kubeconfig']} -n kube-system get lease kube-controller-manager -o yaml
 curl -s {self.state['alertmanager_url']}/api/v2/alerts
 logs: {self.sandbox}/lab (control plane, salt-master, machine consoles), journals inside the machines""",
                   indent="    ")
+        say.block(f"""{shells}
+{self.shown('salt', 'master*', 'kcm.status', '--out=table')}
+{self.shown('salt', 'master*', 'cmd.run', f'systemctl status {UNIT}')}
+{self.shown('salt-run', 'state.event', 'tagmatch=kcm/alert/*')}
+kubectl --kubeconfig {cp['admin_kubeconfig']} -n kube-system get lease kube-controller-manager -o yaml""",
+                  indent="    ", detail=True)
 

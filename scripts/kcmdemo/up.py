@@ -56,7 +56,7 @@ def apply_master_config(sandbox: Path, conf_dir: Path, alertmanager_url: str) ->
     if failed:
         raise DemoError("salt-call --local state.apply kcm.master failed:\n" + "\n".join(failed)
                         + f"\n(log {log_path})")
-    say.line(f"kcm.master applied with salt-call --local: {conf_dir / 'master.d' / 'kcm.conf'}")
+    say.line(f"kcm.master applied with salt-call --local: {conf_dir / 'master.d' / 'kcm.conf'}", detail=True)
 
 
 def demo_pillar(cluster, name: str) -> dict:
@@ -79,13 +79,14 @@ def demo_pillar(cluster, name: str) -> dict:
 
 
 def apply(demo: Demo, sls: str) -> None:
-    """``salt 'master*' state.apply <sls>`` over the bus; one summary line per minion."""
+    """``salt 'master*' state.apply <sls>`` over the bus; one summary line for the masters
+    (with --verbose, one per master with its state run's time)."""
     from kcmlab.cluster import failed_states
 
     say.line("$ " + demo.shown("salt", "master*", "state.apply", sls))
     begin = time.monotonic()
     returns = demo.master.salt("master*", "state.apply", sls, timeout=WAIT["apply"] + 60, job_timeout=WAIT["apply"])
-    problems = []
+    problems, summary = [], []
     for name in NODES:
         ret = returns.get(name)
         failed = failed_states(ret)
@@ -94,18 +95,24 @@ def apply(demo: Demo, sls: str) -> None:
             continue
         changed = sum(1 for st in ret.values() if st.get("changes"))
         seconds = sum(float(st.get("duration") or 0) for st in ret.values()) / 1000
-        say.line(f"{name}: {len(ret)} states succeeded, {changed} changed ({seconds:.1f}s of state run)")
+        summary.append(f"{name}: {len(ret)} states succeeded, {changed} changed")
+        say.line(f"{summary[-1]} ({seconds:.1f}s of state run)", detail=True)
     if problems:
         raise DemoError(f"state.apply {sls} failed:\n" + "\n".join(problems)
                         + "\n(scripts/demo shell <master> journalctl -u salt-minion)")
-    say.line(f"state.apply {sls}: {time.monotonic() - begin:.1f}s wall")
+    wall = f"{time.monotonic() - begin:.1f}s wall"
+    say.line(f"state.apply {sls}: {wall}" if say.verbose else "; ".join(summary) + f" ({wall})")
 
 
 def start_lab(sandbox: Path, k8s_bin: Path, alertmanager):
     """The LabCluster (control plane, salt-master, machines) with the demo's pillar written."""
     from kcmlab.cluster import LabCluster
+    from kcmlab.formula import defaults
 
-    cluster = LabCluster(k8s_bin, sandbox / "lab", suite=SUITE, nodes=NODES, election=ELECTION)
+    # Certificates as long-lived as the formula issues its own (kcm:pki:days_valid): the lab's
+    # week-long ones would raise KCMCertExpiring for every certificate, which is not this story.
+    cluster = LabCluster(k8s_bin, sandbox / "lab", suite=SUITE, nodes=NODES, election=ELECTION,
+                         cert_days=defaults()["pki"]["days_valid"])
     apply_master_config(sandbox, sandbox / "lab" / "salt" / "conf", alertmanager.url)
     cluster.start()
     cluster.pillars = {name: demo_pillar(cluster, name) for name in NODES}
@@ -165,15 +172,17 @@ def cmd_up(sandbox: Path) -> int:
         cluster = start_lab(sandbox, Path(k8s_bin), alertmanager)
         record_lab(sandbox, state, cluster)
         demo = Demo(sandbox, state)
-        say.line(f"kube-apiserver at {cluster.cp.apiserver_url} (serving certificate for {cluster.lab.host_ip})")
-        say.line(f"salt-master on {cluster.lab.host_ip}:{cluster.master.ret_port} (log {cluster.master.log_path})")
-        for name, machine in cluster.lab.machines.items():
+        say.line(f"kube-apiserver at {cluster.cp.apiserver_url} (serving certificate for {cluster.lab.host_ip})",
+                 detail=True)
+        say.line(f"salt-master on {cluster.lab.host_ip}:{cluster.master.ret_port} (log {cluster.master.log_path})",
+                 detail=True)
+        for name, machine in cluster.lab.machines.items() if say.verbose else ():
             say.line(f"{name}: {machine.address}, systemd up in {machine.boot_seconds:.1f}s, "
                      f"salt-minion.service {machine.systemctl('is-active', 'salt-minion', check=False).stdout.strip()}")
         say.done("the lab is up: " + ", ".join(f"{k} {v:.1f}s" for k, v in cluster.timings.items()))
 
         say.step(5, "applying the formula over the bus (pillar.example + the lab's facts, service:manage true)")
-        say.line("$ " + demo.shown("salt", "master*", "saltutil.sync_all"))
+        say.line("$ " + demo.shown("salt", "master*", "saltutil.sync_all"), detail=True)
         synced = demo.master.salt("master*", "saltutil.sync_all", timeout=300, job_timeout=120)
         if sorted(synced) != list(NODES):
             raise DemoError(f"saltutil.sync_all answered for {sorted(synced)}, not {list(NODES)}")
@@ -182,8 +191,9 @@ def cmd_up(sandbox: Path) -> int:
         leader = demo.wait(demo.leader, WAIT["leader"], "a KCM leader in the Lease")
         say.done(f"systemd runs KCM on master-1..3; {leader} holds the lease")
 
-        say.step(6, "the kcm_leader beacon, then every master's status")
-        say.line("(installed once a leader exists, so its first look is a healthy Lease, not a 'no leader')")
+        say.step(6, "the kcm_leader and kcm_cert beacons, then the fleet view")
+        say.line("(installed once a leader exists, so its first look is a healthy Lease, not a 'no leader')",
+                 detail=True)
         apply(demo, "kcm.beacon")
         demo.print_status()
 
