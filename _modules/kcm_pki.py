@@ -154,3 +154,35 @@ def cert_status(deployed=None):
     if files.get("kubeconfig"):
         out.update(_embedded(files["kubeconfig"], now))
     return out
+
+
+# The PKI modes (kcm:pki:mode) in which state.apply kcm issues the KCM certificate itself.
+RENEWED_BY_APPLY = ("local", "remote")
+
+
+def renewal_due():
+    """
+    Return whether ``state.apply kcm`` would renew this master's KCM certificate now:
+    ``{"due", "cluster", "mode", "days_remaining", "days_left"}``. In the ``local`` and
+    ``remote`` PKI modes (``kcm:pki:mode``) it is due when the certificate, or the kubeconfig's
+    embedded copy of it, has fewer than ``kcm:pki:days_remaining`` days left or cannot be read;
+    in ``pillar`` mode never (the certificate comes from pillar: renew it there). The settings
+    are the pillar's, which the next apply follows. The Salt master's ``kcm_orch.renew`` asks
+    it before a rolling renewal.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'master*' kcm_pki.renewal_due
+    """
+    _files()  # raises when kcm is not deployed here
+    requested = __salt__["kcm_config.requested"]  # noqa: F821
+    mode, days_remaining = requested("pki:mode"), requested("pki:days_remaining")
+    status = cert_status()
+    used = [status[name] for name in ("cert", "kubeconfig:client") if name in status]
+    days_left = min((facts["days_left"] for facts in used if "days_left" in facts), default=None)
+    due = mode in RENEWED_BY_APPLY and (not used or any("error" in facts for facts in used)
+                                        or days_left < float(days_remaining))
+    return {"due": bool(due), "cluster": requested("cluster"), "mode": mode,
+            "days_remaining": days_remaining, "days_left": days_left}

@@ -342,8 +342,9 @@ def preflight(tgt=None, tgt_type="glob", pillar=None, saltenv=None, timeout=None
 
 
 class _Rollout:
-    def __init__(self, cluster, kwarg, timeout, interval, apply_timeout):
+    def __init__(self, cluster, kwarg, timeout, interval, apply_timeout, by="kcm_orch.upgrade"):
         self.cluster = cluster
+        self.by = by
         self.kwarg = kwarg
         self.timeout = timeout
         self.interval = interval
@@ -374,7 +375,7 @@ class _Rollout:
         role = "leader" if was_leader else "follower"
         _progress(f"{minion} ({role}): applying")
         with _planned([minion], float(self.apply_timeout) + float(self.timeout), {minion: old_holder},
-                      "kcm_orch.upgrade"):
+                      self.by):
             ret = self.apply(minion)
             restarted = bool(ret.get("restarted"))
             observations = self.settle(minion, was_leader and restarted, old_holder, role)
@@ -452,6 +453,11 @@ def upgrade(tgt=None, tgt_type="glob", pillar=None, saltenv=None, timeout=None, 
 
         salt-run kcm_orch.upgrade pillar='{"kcm": {"version": "v1.37.3"}}'
     """
+    return _with_exit_code(_upgrade(tgt, tgt_type, pillar, saltenv, timeout, interval, preflight, apply_timeout))
+
+
+def _upgrade(tgt, tgt_type, pillar, saltenv, timeout, interval, preflight, apply_timeout,  # pylint: disable=redefined-outer-name
+             by="kcm_orch.upgrade"):
     begin = _now()
     report = {"result": False, "masters": {}, "order": [], "leader_before": None, "leader_after": None,
               "leader_changes": None}
@@ -465,7 +471,7 @@ def upgrade(tgt=None, tgt_type="glob", pillar=None, saltenv=None, timeout=None, 
             masters, problems = _preflight(cluster, kwarg, apply_timeout)
             if problems:
                 raise CommandExecutionError("preflight failed, nothing was restarted: " + "; ".join(problems))
-        rollout = _Rollout(cluster, kwarg, timeout, interval, apply_timeout)
+        rollout = _Rollout(cluster, kwarg, timeout, interval, apply_timeout, by)
         before = rollout.versions()
         first = cluster.observe()
         rollout.watch.record(first)
@@ -503,6 +509,77 @@ def upgrade(tgt=None, tgt_type="glob", pillar=None, saltenv=None, timeout=None, 
             polls_without_leader=rollout.watch.polls_without_leader,
         )
         report["summary"] = __utils__["kcm_orch_report.upgrade_summary"](report, rollout.steps)
+    _progress(report["comment"])
+    return report
+
+
+def _renewal_groups(answers, trust):
+    """``({cluster: [minion]}, {minion: days_left}, {minion: why not asked})`` from each
+    master's ``kcm_pki.renewal_due``: a master rolls with the cluster it reports only where this
+    Salt master's own configuration lets it report that cluster."""
+    groups, due, skipped = {}, {}, {}
+    for minion, answer in sorted(answers.items()):
+        if not (isinstance(answer, dict) and "due" in answer):
+            skipped[minion] = f"kcm_pki.renewal_due failed: {str(answer)[:300]}"
+        elif not trust.may_report(minion, answer.get("cluster")):
+            skipped[minion] = f"not a master of cluster {answer.get('cluster')!r} in kcm_alert:clusters"
+        else:
+            groups.setdefault(answer.get("cluster"), []).append(minion)
+            if answer["due"]:
+                due[minion] = answer.get("days_left")
+    return groups, due, skipped
+
+
+def renew(tgt=None, tgt_type="glob", timeout=None, interval=None, apply_timeout=None):
+    """
+    Renew the KCM certificates that are due, with no page: ask every targeted master
+    (``kcm_pki.renewal_due``) whether its certificate has fewer than ``kcm:pki:days_remaining``
+    days left; in each cluster where one has, roll ``state.apply kcm`` over its masters as
+    :func:`upgrade` does (preflight, the followers first, the leader last), each restart
+    marked planned by ``kcm_orch.renew``. Where nothing is due, nothing is touched. The apply
+    also lays down any pillar change not yet applied, as any ``state.apply kcm`` does.
+
+    The Salt master's scheduler runs it every ``kcm:master:renew_interval`` seconds (daily;
+    kcm.master writes the schedule), so a ``KCMCertExpiring`` warning, whose threshold sits
+    below ``kcm:pki:days_remaining``, means this renewal failed.
+
+    Returns ``{"result", "comment", "due": {minion: days_left}, "skipped": {minion: why},
+    "clusters": {cluster: upgrade report}}``. Exits non-zero on failure.
+
+    tgt, tgt_type
+        The KCM masters. Default: those this Salt master trusts (:func:`settings`).
+    timeout, interval, apply_timeout
+        As for :func:`upgrade`.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run kcm_orch.renew
+    """
+    report = {"result": False, "due": {}, "skipped": {}, "clusters": {}}
+    try:
+        minions = _targets(tgt, tgt_type)
+        answers = _masters(minions).call(minions, "kcm_pki.renewal_due",
+                                         timeout=_setting("apply_timeout", apply_timeout))
+        groups, report["due"], report["skipped"] = _renewal_groups(answers, __utils__["kcm_trust.trust"](__opts__))
+    except CommandExecutionError as exc:
+        report["comment"] = f"renew: {exc}"
+        return _with_exit_code(report)
+    failed = []
+    for cluster, members in sorted(groups.items()):
+        if not set(members) & set(report["due"]):
+            continue
+        _progress(f"cluster {cluster}: renewing ({', '.join(m for m in members if m in report['due'])} due)")
+        rolled = _upgrade(members, "list", None, None, timeout, interval, True, apply_timeout, "kcm_orch.renew")
+        report["clusters"][cluster] = rolled
+        if not rolled.get("result"):
+            failed.append(f"{cluster}: {rolled.get('comment')}")
+    report["result"] = not failed and not report["skipped"]
+    report["comment"] = "; ".join(
+        failed + [f"{m}: {why}" for m, why in report["skipped"].items()]
+        + [f"renewed in {', '.join(sorted(report['clusters']))}" if report["clusters"] else
+           f"no certificate due for renewal on {len(minions)} masters"])
     _progress(report["comment"])
     return _with_exit_code(report)
 

@@ -364,6 +364,9 @@ def master_problems(master):
     for key in ("reconcile_interval", "flush_interval", "resend_interval"):
         if _is_int(master.get(key)) and master[key] < 1:
             problems.append(f"kcm:master:{key}: {master[key]} is not a positive number of seconds")
+    if _is_int(master.get("renew_interval")) and master["renew_interval"] < 0:
+        problems.append(f"kcm:master:renew_interval: {master['renew_interval']} is not seconds"
+                        " (0 turns the renewal off)")
     orch = master.get("orch") if isinstance(master.get("orch"), dict) else {}
     for key, value in orch.items():
         least = 0 if key == "min_remaining" else 1e-9  # every other setting is seconds or KCMs > 0

@@ -25,7 +25,8 @@ _KEYS_BY_KIND = {
             " master:orch:timeout master:orch:interval master:orch:drill_interval master:orch:apply_timeout",
     INT: "secure_port keep_versions verbosity terminated_pod_gc_threshold pki:days_valid pki:days_remaining"
          " pki:key_size beacon:debounce"
-         " master:reconcile_interval master:flush_interval master:resend_interval master:orch:count"
+         " master:reconcile_interval master:flush_interval master:resend_interval master:renew_interval"
+         " master:orch:count"
          " master:orch:min_remaining",
     TEXT: "version identity cluster user group apiserver bind_address bind_interface service_cluster_ip_range"
           " cluster_signing_duration service:name service:control_cmd source:type source:url source:hash"

@@ -14,6 +14,7 @@ import pytest
 from cryptography import x509
 
 from kcmlab.cluster import SHORT_ELECTION, changed_states
+from kcmlab.formula import orch_settings
 from kcmlab.leasewatch import LeaseWatch
 from tests.e2e.conftest import start_lab_cluster, stop_lab_cluster
 
@@ -25,8 +26,10 @@ LOCAL_PKI = {"mode": "local", "cert": "", "key": "", "days_valid": 5, "days_rema
 
 @pytest.fixture(scope="module")
 def local_cluster(k8s_bin, tmp_path_factory, request):
+    # The renewal runner targets the KCM masters the salt-master trusts (kcm.master's kcm_alert:masters).
     cluster = start_lab_cluster(k8s_bin, tmp_path_factory.mktemp("lab-pki"), "pki local", suite="e2e-pki",
-                                election=SHORT_ELECTION, kcm={"pki": LOCAL_PKI})
+                                election=SHORT_ELECTION, kcm={"pki": LOCAL_PKI},
+                                master_config={"kcm_alert": {"masters": "master-*"}, "kcm_orch": orch_settings()})
     try:
         yield cluster
     finally:
@@ -95,3 +98,33 @@ def test_renewal_restarts_kcm_through_systemd_with_a_leader_throughout(local_clu
     assert watch.min_healthy >= len(cluster.nodes) - 1, watch.healthy_counts  # one master at a time
     again = cluster.apply("kcm", target=[order[0]])[order[0]]
     assert changed_states(again) == [], "nothing is due after the renewal"
+
+
+def test_the_salt_masters_renewal_rolls_the_due_certificates_the_leader_last(local_cluster):
+    """What kcm.master's schedule runs daily: ``salt-run kcm_orch.renew``."""
+    cluster = local_cluster
+    pids = {name: cluster.main_pid(name) for name in cluster.nodes}
+    code, report = cluster.master.run("kcm_orch.renew", timeout=600)
+    assert (code, report["clusters"], report["due"]) == (0, {}, {}), report
+    assert {name: cluster.main_pid(name) for name in cluster.nodes} == pids, "nothing due, nothing restarted"
+
+    # The certificates (30 days) fall under a renewal threshold of 45 days.
+    cluster.change_pillar(pki={"days_valid": 60, "days_remaining": 45})
+    before = {name: file_cert(cluster, name).serial_number for name in cluster.nodes}
+    leader = cluster.renewing_leader()
+    nodes = {name: SimpleNamespace(healthy=lambda name=name: cluster.healthz(name, timeout=1))
+             for name in cluster.nodes}
+    with LeaseWatch(cluster.cp, nodes=nodes) as watch:
+        code, report = cluster.master.run("kcm_orch.renew", timeout=900)
+        assert code == 0, report
+        cluster.wait_for_leader(cluster.failover_bound + 10)
+    assert sorted(report["due"]) == sorted(cluster.nodes), report
+    (rolled,) = report["clusters"].values()
+    assert rolled["order"][-1] == leader, rolled
+    for name in cluster.nodes:
+        assert file_cert(cluster, name).serial_number != before[name], f"{name}: not renewed"
+        assert served_cert(cluster, name).serial_number == file_cert(cluster, name).serial_number
+    assert watch.transitions == 1, (watch.holders, cluster.lease_log.summary())
+    assert watch.min_healthy >= len(cluster.nodes) - 1, watch.healthy_counts
+    code, report = cluster.master.run("kcm_orch.renew", timeout=600)
+    assert (code, report["due"]) == (0, {}), "nothing is due after the renewal"

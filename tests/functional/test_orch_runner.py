@@ -13,6 +13,7 @@ import salt.client
 import salt.config
 import salt.loader
 import salt.utils.minions
+import yaml
 
 from kcmlab.formula import orch_settings
 from tests.support.pillar import REPO
@@ -28,6 +29,7 @@ class InstantMasters:
         self.transitions = 0
         self.running = set(MASTERS)
         self.calls = []
+        self.due = set()  # masters whose certificate is due for renewal
 
     def cmd(self, tgt, fun, arg=None, kwarg=None, tgt_type="glob", timeout=None):
         if isinstance(fun, list):  # the runner's compound poll
@@ -40,6 +42,9 @@ class InstantMasters:
                 self.transitions += 1
         elif fun == "kcm_orch.start":
             self.running |= set(tgt)
+        elif fun == "kcm_pki.renewal_due":
+            return {m: {"due": m in self.due, "cluster": "prod", "days_left": 20.0 if m in self.due else 300.0}
+                    for m in tgt}
         elif fun == "kcm.version":
             return {m: "v1.37.2" for m in tgt}
         elif fun == "kcm_skew.facts":
@@ -104,6 +109,43 @@ def test_the_drill_marks_the_leader_it_stops_in_the_alert_runners_store(runners,
     store = json.loads((tmp_path / "cache" / "kcm_alert" / "dedupe.json").read_text())
     # Ended with the step but for the stopped process, whose late report is still planned.
     assert {key: mark["by"] for key, mark in store["planned"].items()} == {"holder|master-1_0": "kcm_orch.drill"}
+
+
+def test_renew_touches_nothing_while_no_certificate_is_due(runners, masters):
+    report = runners["kcm_orch.renew"](tgt="master*", interval=0.01, timeout=5)
+
+    assert (report["result"], report["clusters"]) == (True, {}), report
+    assert report["comment"] == "no certificate due for renewal on 3 masters"
+    assert [fun for fun, _ in masters.calls] == ["kcm_pki.renewal_due"]
+
+
+def test_renew_rolls_the_whole_cluster_the_leader_last_when_one_certificate_is_due(runners, masters, tmp_path):
+    masters.due = {"master-3"}
+
+    report = runners["kcm_orch.renew"](tgt="master*", interval=0.01, timeout=5)
+
+    assert report["result"] is True, report["comment"]
+    assert report["due"] == {"master-3": 20.0}
+    assert report["clusters"]["prod"]["order"] == ["master-2", "master-3", "master-1"]
+    applied = [tgt for fun, tgt in masters.calls if fun == "kcm_orch.apply"]
+    assert applied == [("master-2",), ("master-3",), ("master-1",)]
+    # the leader's restart is marked planned by the renewal, not by an upgrade
+    store = json.loads((tmp_path / "cache" / "kcm_alert" / "dedupe.json").read_text())
+    assert {mark["by"] for mark in store["planned"].values()} == {"kcm_orch.renew"}
+
+
+@pytest.mark.parametrize(("master", "expected"), [
+    ({}, {"function": "kcm_orch.renew", "seconds": 86400, "maxrunning": 1}),  # daily by default
+    ({"renew_interval": 0}, None),
+])
+def test_kcm_master_schedules_the_renewal_on_the_salt_master_unless_turned_off(state, tmp_path, master, expected):
+    pillar = {"kcm": {"master": dict({"config_dir": str(tmp_path / "master.d"), "sync_runners": False,
+                                      "masters": "master-*"}, **master)}}
+    ret = state.apply("kcm.master", pillar=pillar)
+    assert all(step["result"] for step in ret.raw.values()), ret.raw
+
+    schedule = yaml.safe_load((tmp_path / "master.d" / "kcm.conf").read_text())["schedule"]
+    assert schedule.get("kcm_orch_renew") == expected
 
 
 # Audit L13: a pillar override is published to every minion and kept in the job cache.

@@ -947,6 +947,8 @@ def test_the_reconcile_reads_only_the_listed_masters_own_signed_answers(tmp_path
     ({"flush_interval": -10}, "kcm:master:flush_interval: -10 is not a positive number of seconds"),
     ({"flush_interval": "10"}, "kcm:master:flush_interval: '10' is not an integer"),
     ({"reconcile_interval": 1.5}, "kcm:master:reconcile_interval: 1.5 is not an integer"),
+    ({"renew_interval": -1}, "kcm:master:renew_interval: -1 is not seconds (0 turns the renewal off)"),
+    ({"renew_interval": "daily"}, "kcm:master:renew_interval: 'daily' is not an integer"),
 ])
 def test_the_schedule_intervals_are_validated_naming_the_key(kcm_config, master, message):
     settings = dict({"config_dir": "/etc/salt/master.d", "masters": "master-*"}, **master)

@@ -2,6 +2,7 @@
 from its current context (the one kubectl and the API client use), and its errors."""
 
 import base64
+import functools
 import os
 import time
 
@@ -25,8 +26,17 @@ def deployed():
 
 
 @pytest.fixture
-def configure_loader_modules(deployed):
-    return {KCM_PKI: {"__salt__": {"kcm_config.deployed": lambda: deployed}, "__utils__": formula.utils()}}
+def pillar():
+    """``kcm:`` as kcm_config.requested merges it (pillar over defaults)."""
+    return {}
+
+
+@pytest.fixture
+def configure_loader_modules(deployed, pillar):
+    return {KCM_PKI: {"__salt__": {"kcm_config.deployed": lambda: deployed,
+                                   "kcm_config.requested": lambda key: functools.reduce(
+                                       lambda node, part: (node or {}).get(part), key.split(":"), pillar)},
+                      "__utils__": formula.utils()}}
 
 
 @pytest.fixture
@@ -92,3 +102,39 @@ def test_a_fifo_or_a_link_planted_as_a_certificate_is_refused_at_once(tmp_path, 
     assert status["cert"]["error"] == status["ca_cert"]["error"] == "unreadable: ValueError", status
     with pytest.raises(CommandExecutionError, match="is not a regular file"):
         KCM_PKI.certificate(str(fifo))
+
+
+@pytest.fixture
+def kcm_cert(tmp_path, deployed, pillar, kubeconfig):
+    """The KCM certificate file, 40 days left; the kubeconfig's copy has 20."""
+    ca_cert, ca_key = testpki.make_ca(days=300)
+    cert, _ = testpki.issue(ca_cert, ca_key, days=40)
+    path = tmp_path / "kcm.pem"
+    path.write_text(testpki.cert_pem(cert))
+    # what the last apply laid down; the pillar, which the next apply follows, may differ
+    deployed.update(cluster="prod", pki={"mode": "pillar", "days_remaining": 5})
+    pillar.update(cluster="prod", pki={"mode": "local", "days_remaining": 30})
+    deployed["files"]["cert"] = str(path)
+    return path
+
+
+@pytest.mark.parametrize(("mode", "days_remaining", "due"), [
+    ("local", 30, True),    # the kubeconfig's copy (20 days) is due even though the file (40) is not
+    ("remote", 30, True),
+    ("local", 10, False),
+    ("pillar", 30, False),  # pillar brings the certificate: state.apply cannot renew it
+])
+def test_renewal_is_due_when_state_apply_would_issue_the_certificate_again(kcm_cert, pillar, mode,
+                                                                           days_remaining, due):
+    pillar["pki"] = {"mode": mode, "days_remaining": days_remaining}
+
+    answer = KCM_PKI.renewal_due()
+
+    assert (answer["due"], answer["cluster"], answer["mode"]) == (due, "prod", mode)
+    assert 19.9 <= answer["days_left"] <= 20
+
+
+def test_an_unreadable_certificate_is_due_for_renewal(kcm_cert, pillar):
+    pillar["pki"]["days_remaining"] = 10
+    kcm_cert.write_text("gone")
+    assert KCM_PKI.renewal_due()["due"] is True

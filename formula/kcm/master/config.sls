@@ -8,8 +8,9 @@
                 re-sent by kcm_alert.flush), runbook_url, and `masters` / `clusters`: the
                 KCM masters by minion id (pillar kcm:master:masters, required; no grain default)
       kcm_orch: the orchestrations' and the kcm_orch runner's settings (kcm:master:orch)
-      schedule: kcm_alert.reconcile at start and every kcm:master:reconcile_interval s, and
-                kcm_alert.flush (the outbox) every kcm:master:flush_interval s
+      schedule: kcm_alert.reconcile at start and every kcm:master:reconcile_interval s,
+                kcm_alert.flush (the outbox) every kcm:master:flush_interval s, and
+                kcm_orch.renew (the due certificates, rolled) every kcm:master:renew_interval s
     and syncs salt://_utils (the runners' helpers), salt://_runners (kcm_alert, kcm: the fleet
     view, kcm_enroll), salt://_engines (kcm_alert) and salt://_output (the fleet table, kcm_fleet)
     into the master's extension modules.
@@ -22,7 +23,7 @@
     the kcm_enroll runner highstates a minion of kcm:master:masters once (by id).
 
     Settings: pillar `kcm:master` (config_dir, alertmanager_urls, webhook_urls, labels,
-    ca_bundle, proxy, sync_runners, batch_wait, reconcile_interval, flush_interval, resend_interval,
+    ca_bundle, proxy, sync_runners, batch_wait, reconcile_interval, flush_interval, resend_interval, renew_interval,
     runbook_url, masters, clusters, orch, enroll); defaults in defaults.yaml. TLS to receivers is
     always verified (ca_bundle '' = the system store). #}
 {%- set tplroot = tpldir.split('/')[0] %}
@@ -47,6 +48,12 @@
                               "run_on_start": True, "maxrunning": 1},
       "kcm_alert_flush": {"function": "kcm_alert.flush", "seconds": master.flush_interval, "maxrunning": 1},
     } %}
+{#- The daily certificate renewal: a rolling change the Salt master plans (its restarts do not
+    page), never a schedule on the masters themselves, whose restart of a leader would. #}
+{%- if master.renew_interval %}
+{%-   do schedule.update({"kcm_orch_renew": {"function": "kcm_orch.renew", "seconds": master.renew_interval,
+                                            "maxrunning": 1}}) %}
+{%- endif %}
 {%- set engine = {"kcm_alert": {"batch_wait": master.batch_wait} } %}
 {%- set conf = {"engines": [engine], "kcm_alert": alert, "kcm_orch": master.orch, "schedule": schedule} %}
 {#- Opt-in enrollment: a starting KCM master (by id) is highstated once. #}
@@ -74,7 +81,7 @@ kcm-master-restart-notice:
   test.show_notification:
     - text: {{ (master.config_dir ~ "/kcm.conf changed: restart salt-master to load the"
                 ~ " kcm_alert engine, the kcm_alert settings (the KCM masters by id) and the"
-                ~ " schedule of kcm_alert.reconcile / kcm_alert.flush") | json }}
+                ~ " schedule of kcm_alert.reconcile / kcm_alert.flush / kcm_orch.renew") | json }}
     - onchanges:
       - file: kcm-master-config
 
