@@ -147,9 +147,9 @@ class CertificateAuthority:
         return builder.sign(self.key, hashes.SHA256()), key
 
     def issue(self, common_name: str, organizations=(), *, server: bool = False,
-              client: bool = False, names=()) -> tuple[str, str]:
+              client: bool = False, names=(), days: int | None = None) -> tuple[str, str]:
         """Issue a leaf certificate (see :meth:`sign`); return ``(cert_pem, key_pem)``."""
-        cert, key = self.sign(common_name, organizations, server=server, client=client, names=names)
+        cert, key = self.sign(common_name, organizations, server=server, client=client, names=names, days=days)
         return pem_cert(cert), pem_key(key)
 
 

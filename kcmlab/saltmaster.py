@@ -216,11 +216,7 @@ class SaltMaster:
         """``salt-run FUN ARGS`` (JSON out); returns (exit code, parsed return)."""
         args = [*args, *(f"{key}={json.dumps(value)}" for key, value in kwargs.items())]
         proc = self.command("salt-run", "--out=json", fun, *args, timeout=timeout)
-        try:
-            data = json.loads(proc.stdout) if proc.stdout.strip() else None
-        except ValueError:
-            data = proc.stdout
-        return proc.returncode, data
+        return proc.returncode, _runner_return(proc.stdout)
 
     def wait_for_minions(self, minion_ids, timeout: float = 90.0) -> float:
         """Until every minion answers test.ping; returns the seconds it took."""
@@ -302,3 +298,16 @@ class EventRecorder:
         with self._lock:
             return [e for e in self.events if e[0] >= since and fnmatch.fnmatchcase(e[1], pattern)]
 
+
+
+def _runner_return(stdout: str):
+    """The JSON return in ``salt-run --out=json`` output (``None`` when empty); the progress
+    lines a runner fires while it runs come before it. The text itself when it holds none."""
+    lines = stdout.strip().splitlines()
+    for first, line in enumerate(lines):
+        if line.startswith(("{", "[", '"')) or first == 0:
+            try:
+                return json.loads("\n".join(lines[first:])) if lines else None
+            except ValueError:
+                continue
+    return stdout if lines else None

@@ -28,7 +28,9 @@ LOCAL_PKI = {"mode": "local", "cert": "", "key": "", "days_valid": 5, "days_rema
 def local_cluster(k8s_bin, tmp_path_factory, request):
     # The renewal runner targets the KCM masters the salt-master trusts (kcm.master's kcm_alert:masters).
     cluster = start_lab_cluster(k8s_bin, tmp_path_factory.mktemp("lab-pki"), "pki local", suite="e2e-pki",
-                                election=SHORT_ELECTION, kcm={"pki": LOCAL_PKI},
+                                election=SHORT_ELECTION,
+                                # no certificate alert here: its thresholds must sit below days_remaining
+                                kcm={"pki": LOCAL_PKI, "beacon": {"cert_thresholds": []}},
                                 master_config={"kcm_alert": {"masters": "master-*"}, "kcm_orch": orch_settings()})
     try:
         yield cluster

@@ -39,6 +39,8 @@ def remote_lab(k8s_bin, tmp_path_factory, request):
             "mode": "remote", "ca_server": CA, "signing_policy": "kcm", "days_valid": 30, "days_remaining": 7,
             "ca_cert": cp.ca.cert_pem, "service_account_key": cp.sa_key_pem,
             "signer_cert": signer.cert_pem, "signer_key": signer.key_pem}
+        # a certificate alert's thresholds sit below days_remaining, where the renewal runs
+        cluster.pillars[MASTER]["kcm"]["beacon"] = {"cert_thresholds": [3]}
         # the CA minion signs with the cluster CA, the one kube-apiserver trusts for clients
         cluster.pillars[CA] = {
             "kcm_ca": {"dir": CA_DIR, "ca_cert": cp.ca.cert_pem, "ca_key": cp.ca.key_pem},

@@ -28,6 +28,8 @@ def local_pillar(tmp_path, test_pki, **pki):
     base = {k: test_pki[k] for k in ("ca_cert", "ca_key", "service_account_key")}
     pillar = sandbox_pillar(tmp_path, build_tarball(tmp_path / "dl", VERSION), VERSION, base)
     pillar["kcm"]["pki"].update({"mode": "local", "days_valid": 30, "days_remaining": 7, **pki})
+    # no certificate alert: its thresholds would have to sit below days_remaining
+    pillar["kcm"].setdefault("beacon", {})["cert_thresholds"] = []
     return pillar
 
 

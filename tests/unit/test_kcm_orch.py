@@ -35,6 +35,8 @@ class FakeCluster:
         self.fail_apply = {}
         self.preflight_error = {}
         self.silent = set()
+        # {minion: [victims]}: KCMs that crash (and systemd restarts) while minion's step applies
+        self.crash_while_applying = {}
         self.target = {"config": 1, "version": version}
         # What each master's kube-apiserver answers at /version (None: it cannot be read).
         self.apiserver = {m: "v1.37.3" for m in MASTERS}
@@ -147,6 +149,12 @@ class FakeCluster:
         self._stop(minion)
         self.advance(0.3)
         self._start(minion)
+        if minion in self.crash_while_applying:
+            self.advance(START_TO_HEALTHY)  # minion is healthy again; then the victims crash
+            for victim in self.crash_while_applying.pop(minion):
+                self._stop(victim)
+                self.renew = self.now - LEASE - 1  # the unit's ExecStopPost= released the Lease
+                self._start(victim)  # systemd starts it again
         return {"result": True, "restarted": True}
 
 
@@ -213,6 +221,20 @@ def test_followers_never_take_the_lead_and_only_the_leaders_step_has_no_live_lea
     assert len(cluster.holders) == 2
     # The old leader's lock outlives its process by at most one lease duration (+ a retry).
     assert report["longest_no_leader_seconds"] <= LEASE + 2 * RETRY
+
+
+def test_a_follower_that_takes_the_lease_after_a_crash_elsewhere_does_not_stop_the_rollout(runner, cluster):
+    # The leader crashes once master-1's step has it healthy again: master-1 takes the Lease.
+    cluster.target["config"] = 2
+    cluster.crash_while_applying["master-1"] = ["master-2"]
+
+    report = runner.upgrade(tgt="master*")
+
+    assert report["result"] is True, report["comment"]
+    assert [h.rsplit("_", 1)[0] for h in cluster.holders] == ["master-2", "master-1"]
+    # master-1 already runs the change: the others follow, no leader step is left to do
+    assert report["order"] == ["master-1", "master-2", "master-3"]
+    assert cluster.config == {m: 2 for m in MASTERS}
 
 
 def test_preflight_failure_restarts_nothing_and_quotes_the_binary(runner, cluster):

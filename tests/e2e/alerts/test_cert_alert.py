@@ -159,7 +159,7 @@ def test_the_alert_ends_once_every_master_using_the_certificate_has_renewed_it(a
         sans = [*cluster.all_names, *(cluster.lab.address_of(n) for n in cluster.all_names), "127.0.0.1",
                 "localhost"]
         for master in MASTERS:
-            cert, key = cluster.cp.ca.issue(KCM_CN, server=True, client=True, names=sans)  # a year, from the lab CA
+            cert, key = cluster.cp.ca.issue(KCM_CN, server=True, client=True, names=sans, days=365)
             renewed[master] = _fingerprint(cert)
             cluster.change_pillar([master], pki={"cert": cert, "key": key})
         assert names["ca_cert"] == cluster.pillars[NODE]["kcm"]["pki"]["ca_cert"]
