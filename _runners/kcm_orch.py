@@ -118,20 +118,23 @@ def _wait(masters, watch, condition, timeout, interval, what):
 
 
 @contextlib.contextmanager
-def _planned(minions, seconds, holders, by):
+def _planned(minions, seconds, holders, by, keep=lambda: False):
     """
     This step restarts or stops ``minions``: the alert runner labels a leader change away
     from them ``planned="true"``, severity info (``kcm_alert.plan``: a mark in its store on
     this Salt master) until the step ends or ``seconds`` (its deadline) pass. ``holders``:
     ``{minion: Lease identity}`` of the one that leads, whose change may be reported late.
+    When ``keep()`` is true at the end (the Lease moved during the step), the marks last to
+    the deadline: the beacons' late report of that change is still the step's.
     """
     for minion in minions:
         _alert_call("kcm_alert.plan", minion, float(seconds), holder=holders.get(minion), by=by)
     try:
         yield
     finally:
-        for minion in minions:
-            _alert_call("kcm_alert.unplan", minion)
+        if not keep():
+            for minion in minions:
+                _alert_call("kcm_alert.unplan", minion)
 
 
 def _alert_call(fun, minion, *args, **kwargs):
@@ -374,11 +377,18 @@ class _Rollout:
         old_holder = observations[minion]["holder"] if was_leader else None
         role = "leader" if was_leader else "follower"
         _progress(f"{minion} ({role}): applying")
+        before = __utils__["kcm_orch_poll.transitions"](observations)
+        moved = []
+        # A follower may take the Lease during its own step (the leader crashed) and lose it to
+        # the restart: its old process was unknown at the start, so the mark on the master stays.
         with _planned([minion], float(self.apply_timeout) + float(self.timeout), {minion: old_holder},
-                      self.by):
+                      self.by, keep=lambda: bool(moved)):
             ret = self.apply(minion)
             restarted = bool(ret.get("restarted"))
             observations = self.settle(minion, was_leader and restarted, old_holder, role)
+            after = __utils__["kcm_orch_poll.transitions"](observations)
+            if restarted and not was_leader and None not in (before, after) and after != before:
+                moved.append(after)
         seconds = round(_now() - begin, 1)
         self.steps.append({"minion": minion, "role": role, "restarted": restarted, "seconds": seconds,
                            "leader_after": _leader_minion(observations)})
@@ -533,9 +543,9 @@ def _renewal_groups(answers, trust):
 
 def renew(tgt=None, tgt_type="glob", timeout=None, interval=None, apply_timeout=None):
     """
-    Renew the KCM certificates that are due, with no page: ask every targeted master
-    (``kcm_pki.renewal_due``) whether its certificate has fewer than ``kcm:pki:days_remaining``
-    days left; in each cluster where one has, roll ``state.apply kcm`` over its masters as
+    Renew the KCM certificates that are due, with no page: refresh every targeted master's
+    pillar and ask it (``kcm_pki.renewal_due``) whether its certificate has fewer than
+    ``kcm:pki:days_remaining`` days left; in each cluster where one has, roll ``state.apply kcm`` over its masters as
     :func:`upgrade` does (preflight, the followers first, the leader last), each restart
     marked planned by ``kcm_orch.renew``. Where nothing is due, nothing is touched. The apply
     also lays down any pillar change not yet applied, as any ``state.apply kcm`` does.
@@ -561,8 +571,10 @@ def renew(tgt=None, tgt_type="glob", timeout=None, interval=None, apply_timeout=
     report = {"result": False, "due": {}, "skipped": {}, "clusters": {}}
     try:
         minions = _targets(tgt, tgt_type)
-        answers = _masters(minions).call(minions, "kcm_pki.renewal_due",
-                                         timeout=_setting("apply_timeout", apply_timeout))
+        masters, wait = _masters(minions), _setting("apply_timeout", apply_timeout)
+        # A minion keeps the pillar it compiled last: judge by the one the next apply compiles.
+        masters.call(minions, "saltutil.refresh_pillar", kwarg={"wait": True}, timeout=wait)
+        answers = masters.call(minions, "kcm_pki.renewal_due", timeout=wait)
         groups, report["due"], report["skipped"] = _renewal_groups(answers, __utils__["kcm_trust.trust"](__opts__))
     except CommandExecutionError as exc:
         report["comment"] = f"renew: {exc}"

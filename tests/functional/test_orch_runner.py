@@ -116,7 +116,7 @@ def test_renew_touches_nothing_while_no_certificate_is_due(runners, masters):
 
     assert (report["result"], report["clusters"]) == (True, {}), report
     assert report["comment"] == "no certificate due for renewal on 3 masters"
-    assert [fun for fun, _ in masters.calls] == ["kcm_pki.renewal_due"]
+    assert [fun for fun, _ in masters.calls] == ["saltutil.refresh_pillar", "kcm_pki.renewal_due"]
 
 
 def test_renew_rolls_the_whole_cluster_the_leader_last_when_one_certificate_is_due(runners, masters, tmp_path):

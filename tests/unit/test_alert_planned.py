@@ -179,6 +179,25 @@ def test_a_crash_of_another_master_during_an_upgrade_step_pages(h, orch, monkeyp
     assert [(a["severity"], a.get("planned")) for a in labels_of(crashes)] == [("warning", None)]
 
 
+def test_a_follower_that_took_the_lease_during_its_step_stays_marked_for_the_late_report(h, orch, monkeypatch):
+    orch.target["config"] = 2
+
+    def apply_while_the_leader_crashes(minion):
+        if minion == "master-1":  # master-2 crashes; master-1's old process takes the Lease at once
+            orch.holder, orch.renew = orch.proc["master-1"]["identity"], orch.now
+            orch.transitions += 1
+            orch.holders.append(orch.holder)
+            orch.proc["master-2"] = None
+        return FakeCluster._apply(orch, minion)  # ... which this step's restart then moves on
+
+    monkeypatch.setattr(orch, "_apply", apply_while_the_leader_crashes)
+
+    assert RUNNER.upgrade(tgt="master*")["result"] is True
+    assert "minion|master-1" in planned_keys(h)  # unknown at the start, its process's change is planned
+    late = changed(h, "master-1_1", "master-3_3", transitions=9, reporter="master-3")
+    assert [(a["severity"], a.get("planned")) for a in labels_of([late])] == [("info", "true")]
+
+
 def labels_of(results):
     return [alert for result in results for alert in result["fired"]]
 
