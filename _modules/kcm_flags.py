@@ -150,6 +150,9 @@ CANONICAL_BY_ALIAS_REVERSED = {v: k for k, v in CONTROLLER_ALIASES.items()}
 # collector-, validatingadmissionpolicy-status-, legacy-serviceaccount-token-cleaner-controller;
 # storage-version-gc): those stay accepted and the binary judges the gate.
 CONTROLLER_HISTORY = {
+    # The v1.16.15 to v1.18.19 binaries lack both; v1.19.16 has them.
+    "endpointslicemirroring": (19, None),
+    "ephemeral-volume": (19, None),
     "legacy-service-account-token-cleaner": (28, None),
     "service-cidr-controller": (29, None),
     "taint-eviction-controller": (29, None),

@@ -31,10 +31,11 @@ from kcmlab.cluster import K8S_CACHE, SHORT_ELECTION, UNIT, LabCluster  # noqa: 
 
 CACHE = K8S_CACHE.parent
 WORK = CACHE / "prove"
-DEFAULT_MINORS = [f"v1.{m}" for m in range(37, 18, -1)]
+DEFAULT_MINORS = [f"v1.{m}" for m in range(37, 15, -1)]
 # The last patch of each minor the proxy's version list leaves out (it lists v1.29 to v1.37 and
 # few older tags); each is confirmed with `go list -m` before it is used.
-LAST_PATCHES = {19: 16, 20: 15, 21: 14, 22: 17, 23: 17, 24: 17, 25: 16, 26: 15, 27: 16, 28: 15, 29: 15}
+LAST_PATCHES = {16: 15, 17: 17, 18: 20, 19: 16, 20: 15, 21: 14, 22: 17, 23: 17, 24: 17, 25: 16, 26: 15, 27: 16,
+                28: 15, 29: 15}
 OBSERVE = 20.0  # seconds KCM must stay up, without a restart, after it answers /healthz
 
 
@@ -285,7 +286,7 @@ def prove(version: str, apiserver_bin: Path, suite: str = "prove") -> dict:
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="scripts/prove-releases", description=__doc__.splitlines()[0])
-    parser.add_argument("minors", nargs="*", help="v1.MINOR (default: v1.37 down to v1.19), or v1.MINOR.PATCH: "
+    parser.add_argument("minors", nargs="*", help="v1.MINOR (default: v1.37 down to v1.16), or v1.MINOR.PATCH: "
                         "that older patch, only when the newest patch of its minor does not build")
     parser.add_argument("--build-until", metavar="HH:MM", help="start no build at or after this time of day")
     parser.add_argument("--apiserver", metavar="DIR", type=Path, default=K8S_CACHE / "v1.37.2",
