@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -29,6 +30,36 @@ OUT = Path(os.environ.get("KCM_FLAKE_DIR", Path.home() / ".cache" / "kcm-formula
 
 def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+class LoadSampler:
+    """The machine's 1-minute load average every ``interval`` s during a ``with``: what else
+    ran beside a tier run is recorded with it, not assumed."""
+
+    def __init__(self, interval: float = 15.0):
+        self.interval = interval
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self):
+        while not self._stop.wait(self.interval):
+            self.samples.append(float(load_average().split()[0]))
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def summary(self) -> dict:
+        if not self.samples:
+            return {}
+        ordered = sorted(self.samples)
+        return {"loadavg_median": ordered[len(ordered) // 2], "loadavg_max": ordered[-1]}
 
 
 class Load:
@@ -69,7 +100,8 @@ def tier_run(number: int, pytest_args: list[str], load: int, election: str | Non
         env["KCM_LAB_ELECTION"] = election
     log = OUT / f"run-{datetime.datetime.now():%Y%m%d-%H%M%S}-{number}.log"
     print(f"run {number}: {' '.join(pytest_args)} (load: {Load(load).label}), log {log}", flush=True)
-    with open(log, "w") as out:
+    started = datetime.datetime.now().isoformat(timespec="seconds")
+    with open(log, "w") as out, LoadSampler() as sampler:
         # The lab lock first, then the load: another session's lab never runs under our stress.
         argv = ["flock", LOCK, sys.executable, __file__, "_locked", "--load", str(load), "--",
                 str(REPO / "scripts" / "test"), *pytest_args]
@@ -80,8 +112,8 @@ def tier_run(number: int, pytest_args: list[str], load: int, election: str | Non
     seconds = float(timing.read_text()) if timing.exists() else waited
     counts = json.loads(report.read_text()) if report.exists() else {}
     tail = log.read_text().splitlines()[-1:] or [""]
-    return {"run": number, "started": datetime.datetime.now().isoformat(timespec="seconds"),
-            "args": pytest_args, "load": Load(load).label, "election": election or "default",
+    return {"run": number, "started": started,
+            "args": pytest_args, "load": Load(load).label, **sampler.summary, "election": election or "default",
             "seconds": round(seconds), "waited_for_lock": round(waited - seconds), "exit": code,
             "result": tail[0][-200:],
             "spontaneous": sum(c["spontaneous"] for c in counts.values()) if counts else None,
@@ -122,13 +154,16 @@ def soak(seconds: float, load: int, elections: list[str]) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    lines = [f"{'run':>3} {'load':<18} {'election':<9} {'time':>7} {'exit':>4} {'spont.':>6} {'trans.':>6}  result"]
+    # loadavg: the 1-minute load average's median/max over the run (sampled every 15 s).
+    lines = [f"{'run':>3} {'load':<18} {'loadavg':>9} {'election':<9} {'time':>7} {'exit':>4} {'spont.':>6} "
+             f"{'trans.':>6}  result"]
     for r in rows:
         minutes = f"{r['seconds'] // 60}m{r['seconds'] % 60:02d}s"
         spont = "?" if r["spontaneous"] is None else r["spontaneous"]
         trans = "?" if r["transitions"] is None else r["transitions"]
-        lines.append(f"{r['run']:>3} {r['load']:<18} {r['election']:<9} {minutes:>7} {r['exit']:>4} {spont:>6} "
-                     f"{trans:>6}  {r['result']}")
+        loadavg = f"{r['loadavg_median']}/{r['loadavg_max']}" if "loadavg_max" in r else "?"
+        lines.append(f"{r['run']:>3} {r['load']:<18} {loadavg:>9} {r['election']:<9} {minutes:>7} {r['exit']:>4} "
+                     f"{spont:>6} {trans:>6}  {r['result']}")
     return "\n".join(lines)
 
 
