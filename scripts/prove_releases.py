@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from kcmlab import formula, releases  # noqa: E402
+from kcmlab import formula, kcm_help, releases  # noqa: E402
 from kcmlab.cluster import K8S_CACHE, SHORT_ELECTION, UNIT, LabCluster  # noqa: E402
 
 CACHE = K8S_CACHE.parent
@@ -190,18 +190,22 @@ def help_facts(version: str) -> tuple[set[str], set[str]]:
     binary = K8S_CACHE / version / "kube-controller-manager"
     text = subprocess.run([str(binary), "--help"], capture_output=True, text=True, check=False, timeout=60)
     text = text.stdout + text.stderr
-    flags = set(re.findall(r"^\s+(?:-\w, )?--([a-z0-9-]+)", text, re.M))
     listed = re.search(r"All controllers: ([^\n]+)", text)
     controllers = {c.strip() for c in listed.group(1).split(",")} if listed else set()
-    return flags, controllers
+    return kcm_help.listed(text)[0], controllers
 
 
 def accepts(version: str, flag: str) -> bool:
     """Whether the binary parses ``--flag`` (deprecated flags are hidden from --help, yet parsed)."""
+    return kcm_help.parses_flag(K8S_CACHE / version / "kube-controller-manager", flag)
+
+
+def capture(version: str) -> None:
+    """Keep the binary's ``--help`` and unlisted names in kcmlab/kcm_help/ and regenerate the
+    flag and gate table from them (commit both: the formula refuses by that table)."""
     binary = K8S_CACHE / version / "kube-controller-manager"
-    said = subprocess.run([str(binary), f"--{flag}=0", "--version"], capture_output=True, text=True,
-                          check=False, timeout=60)
-    return f"unknown flag: --{flag}" not in said.stdout + said.stderr
+    kcm_help.capture_hidden(binary, kcm_help.capture_help(binary))
+    kcm_help.TABLE.write_text(kcm_help.table_source())
 
 
 def table_findings(version: str) -> list[str]:
@@ -379,6 +383,7 @@ def main(argv) -> int:
             continue
         say(f"{version}: deploying on a lab machine (state.apply kcm) against {args.apiserver.name}")
         began = time.monotonic()
+        capture(version)
         facts, outcome = binary_facts(version), prove(version, args.apiserver, args.suite)
         outcome["notes"] = table_findings(version) + outcome["notes"]
         say(f"{version}: proven in {time.monotonic() - began:.0f} s: {json.dumps(outcome)}")
