@@ -231,6 +231,101 @@ RELEASES = {
             WindowsRunAsUserName
         """.split()),
     ),
+    25: (
+        "v1.25.10",
+        frozenset("""
+            add-dir-header allocate-node-cidrs allow-metric-labels alsologtostderr
+            attach-detach-reconcile-sync-period authentication-kubeconfig authentication-skip-lookup
+            authentication-token-webhook-cache-ttl authentication-tolerate-lookup-failure
+            authorization-always-allow-paths authorization-kubeconfig
+            authorization-webhook-cache-authorized-ttl authorization-webhook-cache-unauthorized-ttl
+            bind-address cert-dir cidr-allocator-type client-ca-file cloud-config cloud-provider
+            cluster-cidr cluster-name cluster-signing-cert-file cluster-signing-duration
+            cluster-signing-key-file cluster-signing-kube-apiserver-client-cert-file
+            cluster-signing-kube-apiserver-client-key-file cluster-signing-kubelet-client-cert-file
+            cluster-signing-kubelet-client-key-file cluster-signing-kubelet-serving-cert-file
+            cluster-signing-kubelet-serving-key-file cluster-signing-legacy-unknown-cert-file
+            cluster-signing-legacy-unknown-key-file concurrent-deployment-syncs
+            concurrent-endpoint-syncs concurrent-ephemeralvolume-syncs concurrent-gc-syncs
+            concurrent-namespace-syncs concurrent-rc-syncs concurrent-replicaset-syncs
+            concurrent-resource-quota-syncs concurrent-service-endpoint-syncs
+            concurrent-service-syncs concurrent-serviceaccount-token-syncs
+            concurrent-statefulset-syncs concurrent-ttl-after-finished-syncs concurrent_rc_syncs
+            configure-cloud-routes contention-profiling controller-start-interval controllers
+            disable-attach-detach-reconcile-sync disabled-metrics enable-dynamic-provisioning
+            enable-garbage-collector enable-hostpath-provisioner enable-leader-migration
+            enable-taint-manager endpoint-updates-batch-period endpointslice-updates-batch-period
+            external-cloud-volume-plugin feature-gates flex-volume-plugin-dir help
+            horizontal-pod-autoscaler-cpu-initialization-period
+            horizontal-pod-autoscaler-downscale-delay
+            horizontal-pod-autoscaler-downscale-stabilization
+            horizontal-pod-autoscaler-initial-readiness-delay horizontal-pod-autoscaler-sync-period
+            horizontal-pod-autoscaler-tolerance horizontal-pod-autoscaler-upscale-delay
+            http2-max-streams-per-connection kube-api-burst kube-api-content-type kube-api-qps
+            kubeconfig large-cluster-size-threshold leader-elect leader-elect-lease-duration
+            leader-elect-renew-deadline leader-elect-resource-lock leader-elect-resource-name
+            leader-elect-resource-namespace leader-elect-retry-period leader-migration-config
+            log-backtrace-at log-dir log-file log-file-max-size log-flush-frequency
+            log-json-info-buffer-size log-json-split-stream logging-format logtostderr master
+            max-endpoints-per-slice min-resync-period mirroring-concurrent-service-endpoint-syncs
+            mirroring-endpointslice-updates-batch-period mirroring-max-endpoints-per-subset
+            namespace-sync-period node-cidr-mask-size node-cidr-mask-size-ipv4
+            node-cidr-mask-size-ipv6 node-eviction-rate node-monitor-grace-period
+            node-monitor-period node-startup-grace-period one-output permit-address-sharing
+            permit-port-sharing pod-eviction-timeout profiling pv-recycler-increment-timeout-nfs
+            pv-recycler-minimum-timeout-hostpath pv-recycler-minimum-timeout-nfs
+            pv-recycler-pod-template-filepath-hostpath pv-recycler-pod-template-filepath-nfs
+            pv-recycler-timeout-increment-hostpath pvclaimbinder-sync-period
+            requestheader-allowed-names requestheader-client-ca-file
+            requestheader-extra-headers-prefix requestheader-group-headers
+            requestheader-username-headers resource-quota-sync-period root-ca-file
+            route-reconciliation-period secondary-node-eviction-rate secure-port
+            service-account-private-key-file service-cluster-ip-range
+            show-hidden-metrics-for-version skip-headers skip-log-headers stderrthreshold
+            terminated-pod-gc-threshold tls-cert-file tls-cipher-suites tls-min-version
+            tls-private-key-file tls-sni-cert-key unhealthy-zone-threshold
+            use-service-account-credentials v version vmodule volume-host-allow-local-loopback
+            volume-host-cidr-denylist
+        """.split()),
+        frozenset("""
+            APIListChunking APIPriorityAndFairness APIResponseCompression APIServerIdentity
+            APIServerTracing AllAlpha AllBeta AnyVolumeDataSource AppArmor CPUManager
+            CPUManagerPolicyAlphaOptions CPUManagerPolicyBetaOptions CPUManagerPolicyOptions
+            CSIInlineVolume CSIMigration CSIMigrationAWS CSIMigrationAzureDisk CSIMigrationAzureFile
+            CSIMigrationGCE CSIMigrationOpenStack CSIMigrationPortworx CSIMigrationRBD
+            CSIMigrationvSphere CSINodeExpandSecret CSIVolumeHealth ContainerCheckpoint
+            ContextualLogging CronJobTimeZone CustomCPUCFSQuotaPeriod
+            CustomResourceValidationExpressions DelegateFSGroupToCSIDriver DevicePlugins
+            DisableCloudProviders DisableKubeletCloudCredentialProviders DownwardAPIHugePages DryRun
+            DynamicKubeletConfig EndpointSliceTerminatingCondition EphemeralContainers
+            ExpandCSIVolumes ExpandInUsePersistentVolumes ExpandPersistentVolumes ExpandedDNSConfig
+            ExperimentalHostUserNamespaceDefaulting GRPCContainerProbe GracefulNodeShutdown
+            GracefulNodeShutdownBasedOnPodPriority HPAContainerMetrics HPAScaleToZero
+            HonorPVReclaimPolicy IPTablesOwnershipCleanup IPv6DualStack InTreePluginAWSUnregister
+            InTreePluginAzureDiskUnregister InTreePluginAzureFileUnregister
+            InTreePluginGCEUnregister InTreePluginOpenStackUnregister InTreePluginPortworxUnregister
+            InTreePluginRBDUnregister InTreePluginvSphereUnregister
+            JobMutableNodeSchedulingDirectives JobPodFailurePolicy JobReadyPods
+            JobTrackingWithFinalizers KMSv2 KubeletCredentialProviders KubeletInUserNamespace
+            KubeletPodResources KubeletPodResourcesGetAllocatable KubeletTracing
+            LegacyServiceAccountTokenNoAutoGeneration LocalStorageCapacityIsolation
+            LocalStorageCapacityIsolationFSQuotaMonitoring LogarithmicScaleDown LoggingAlphaOptions
+            LoggingBetaOptions MatchLabelKeysInPodTopologySpread MaxUnavailableStatefulSet
+            MemoryManager MemoryQoS MinDomainsInPodTopologySpread MixedProtocolLBService
+            MultiCIDRRangeAllocator NetworkPolicyStatus NodeInclusionPolicyInPodTopologySpread
+            NodeOutOfServiceVolumeDetach NodeSwap NonPreemptingPriority OpenAPIEnums OpenAPIV3
+            PodAndContainerStatsFromCRI PodDeletionCost PodDisruptionConditions
+            PodHasNetworkCondition PodOverhead ProbeTerminationGracePeriod ProcMountType
+            ProxyTerminatingEndpoints QOSReserved ReadWriteOncePod RecoverVolumeExpansionFailure
+            RemainingItemCount RemoveSelfLink RetroactiveDefaultStorageClass
+            RotateKubeletServerCertificate SELinuxMountReadWriteOncePod SeccompDefault
+            ServerSideApply ServerSideFieldValidation ServiceIPStaticSubrange
+            ServiceInternalTrafficPolicy SizeMemoryBackedVolumes StatefulSetAutoDeletePVC
+            StorageVersionAPI StorageVersionHash TopologyAwareHints TopologyManager
+            UserNamespacesStatelessPodsSupport VolumeCapacityPriority WatchBookmark WinDSR
+            WinOverlay WindowsHostProcessContainers
+        """.split()),
+    ),
     36: (
         "v1.36.3",
         frozenset("""
@@ -291,12 +386,13 @@ RELEASES = {
             vmodule
         """.split()),
         frozenset("""
-            APIResponseCompression APIServerIdentity APIServingWithRoutine AllAlpha AllBeta
-            AllowParsingUserUIDFromCertAuth AllowUnsafeMalformedObjectDeletion AnyVolumeDataSource
-            AtomicFIFO AuthorizePodWebsocketUpgradeCreatePermission CBORServingAndStorage
-            CPUManagerPolicyAlphaOptions CPUManagerPolicyBetaOptions CRDObservedGenerationTracking
-            CRIListStreaming CSIVolumeHealth ClearingNominatedNodeNameAfterBinding
-            ClientsAllowCARotation ClientsAllowCBOR ClientsAllowTLSCacheGC ClientsPreferCBOR
+            APIResponseCompression APIServerIdentity APIServerTracing APIServingWithRoutine AllAlpha
+            AllBeta AllowParsingUserUIDFromCertAuth AllowUnsafeMalformedObjectDeletion
+            AnyVolumeDataSource AtomicFIFO AuthorizePodWebsocketUpgradeCreatePermission
+            CBORServingAndStorage CPUManagerPolicyAlphaOptions CPUManagerPolicyBetaOptions
+            CPUManagerPolicyOptions CRDObservedGenerationTracking CRIListStreaming CSIVolumeHealth
+            ClearingNominatedNodeNameAfterBinding ClientsAllowCARotation ClientsAllowCBOR
+            ClientsAllowTLSCacheGC ClientsPreferCBOR
             CloudControllerManagerWatchBasedRoutesReconciliation CloudControllerManagerWebhook
             ClusterTrustBundle ClusterTrustBundleProjection ComponentFlagz ComponentStatusz
             ConcurrentWatchObjectDecode ConstrainedImpersonation ContainerCheckpoint
@@ -315,28 +411,30 @@ RELEASES = {
             InPlacePodVerticalScalingExclusiveCPUs InPlacePodVerticalScalingExclusiveMemory
             InPlacePodVerticalScalingInitContainers KubeletCrashLoopBackOffMax
             KubeletEnsureSecretPulledImages KubeletInUserNamespace KubeletSeparateDiskGC
-            KubeletServiceAccountTokenForCredentialProviders ListFromCacheSnapshot
-            LocalStorageCapacityIsolationFSQuotaMonitoring LoggingAlphaOptions LoggingBetaOptions
-            ManifestBasedAdmissionControlConfig MatchLabelKeysInPodTopologySpread
+            KubeletServiceAccountTokenForCredentialProviders KubeletTracing ListFromCacheSnapshot
+            LocalStorageCapacityIsolationFSQuotaMonitoring LogarithmicScaleDown LoggingAlphaOptions
+            LoggingBetaOptions ManifestBasedAdmissionControlConfig MatchLabelKeysInPodTopologySpread
             MatchLabelKeysInPodTopologySpreadSelectorMerge MaxUnavailableStatefulSet MemoryQoS
             MutablePVNodeAffinity MutablePodResourcesForSuspendedJobs
             MutableSchedulingDirectivesForSuspendedJobs NativeHistograms NodeDeclaredFeatures
-            NominatedNodeNameForExpectation OpenAPIEnums OpportunisticBatching PLEGOnDemandRelist
+            NodeInclusionPolicyInPodTopologySpread NodeSwap NominatedNodeNameForExpectation
+            OpenAPIEnums OpportunisticBatching PLEGOnDemandRelist
             PersistentVolumeClaimUnusedSinceTime PodAndContainerStatsFromCRI PodCertificateRequest
             PodDeletionCost PodLevelResourceManagers PodLevelResources PodLogsQuerySplitStreams
             PodReadyToStartContainersCondition PodTopologyLabelsAdmission PodsAPI
             PortForwardWebsockets PreventStaticPodAPIReferences ProcMountType QOSReserved
-            ReduceDefaultCrashLoopBackOffDecay RelaxedServiceNameValidation
-            ReloadKubeletClientCAFile ReloadKubeletServerCertificateFile RemoteRequestHeaderUID
-            ResourceHealthStatus ResourceHealthStatusMessage RestartAllContainersOnContainerExits
+            RecoverVolumeExpansionFailure ReduceDefaultCrashLoopBackOffDecay
+            RelaxedServiceNameValidation ReloadKubeletClientCAFile
+            ReloadKubeletServerCertificateFile RemoteRequestHeaderUID ResourceHealthStatus
+            ResourceHealthStatusMessage RestartAllContainersOnContainerExits
             RotateKubeletServerCertificate RuntimeClassInImageCriApi SELinuxMount
-            SchedulerAsyncAPICalls SchedulerAsyncPreemption SchedulerPopFromBackoffQ
-            ServiceAccountNodeAudienceRestriction ShardedListAndWatch SizeBasedListCostEstimate
-            StaleControllerConsistencyDaemonSet StaleControllerConsistencyJob
-            StaleControllerConsistencyReplicaSet StaleControllerConsistencyStatefulSet
-            StatefulSetSemanticRevisionComparison StorageCapacityScoring StorageVersionAPI
-            StorageVersionHash StorageVersionMigrator StrictIPCIDRValidation
-            StructuredAuthenticationConfigurationEgressSelector
+            SELinuxMountReadWriteOncePod SchedulerAsyncAPICalls SchedulerAsyncPreemption
+            SchedulerPopFromBackoffQ ServiceAccountNodeAudienceRestriction ShardedListAndWatch
+            SizeBasedListCostEstimate StaleControllerConsistencyDaemonSet
+            StaleControllerConsistencyJob StaleControllerConsistencyReplicaSet
+            StaleControllerConsistencyStatefulSet StatefulSetSemanticRevisionComparison
+            StorageCapacityScoring StorageVersionAPI StorageVersionHash StorageVersionMigrator
+            StrictIPCIDRValidation StructuredAuthenticationConfigurationEgressSelector
             StructuredAuthenticationConfigurationJWKSMetrics TaintTolerationComparisonOperators
             TokenRequestServiceAccountUIDValidation TopologyAwareWorkloadScheduling
             TopologyManagerPolicyAlphaOptions TopologyManagerPolicyBetaOptions
@@ -411,9 +509,10 @@ RELEASES = {
             APIServingWithRoutine AllAlpha AllBeta AllowParsingUserUIDFromCertAuth
             AllowUnsafeMalformedObjectDeletion AtomicFIFO AtomicWriteVolumeUserFields
             AuthorizePodWebsocketUpgradeCreatePermission CBORServingAndStorage
-            CPUManagerPolicyAlphaOptions CPUManagerPolicyBetaOptions CRDObservedGenerationTracking
-            CRIListStreaming CSIVolumeHealth ClearingNominatedNodeNameAfterBinding
-            ClientsAllowCARotation ClientsAllowCBOR ClientsAllowTLSCacheGC ClientsPreferCBOR
+            CPUManagerPolicyAlphaOptions CPUManagerPolicyBetaOptions CPUManagerPolicyOptions
+            CRDObservedGenerationTracking CRIListStreaming CSIVolumeHealth
+            ClearingNominatedNodeNameAfterBinding ClientsAllowCARotation ClientsAllowCBOR
+            ClientsAllowTLSCacheGC ClientsPreferCBOR
             CloudControllerManagerWatchBasedRoutesReconciliation CloudControllerManagerWebhook
             ClusterTrustBundle ClusterTrustBundleProjection ComponentFlagz ComponentStatusz
             CompositePodGroup ConcurrentWatchObjectDecode ConsistentListFromCacheSkipTimeoutFallback
@@ -439,26 +538,27 @@ RELEASES = {
             InPlacePodVerticalScalingSchedulerPreemption InterPodAffinityHostnameFastPath
             KubeProxyNFTablesLocalhostNodePorts KubeletAllocatedPodsEndpoint
             KubeletCrashLoopBackOffMax KubeletEnsureSecretPulledImages KubeletInUserNamespace
-            KubeletSeparateDiskGC KubeletServiceAccountTokenForCredentialProviders
+            KubeletSeparateDiskGC KubeletServiceAccountTokenForCredentialProviders KubeletTracing
             ListFromCacheSnapshot LocalStorageCapacityIsolationFSQuotaMonitoring LoggingAlphaOptions
             LoggingBetaOptions ManifestBasedAdmissionControlConfig MatchLabelKeysInPodTopologySpread
             MatchLabelKeysInPodTopologySpreadSelectorMerge MaxUnavailableStatefulSet MemoryQoS
             MutablePVNodeAffinity MutablePodResourcesForSuspendedJobs
             MutableSchedulingDirectivesForSuspendedJobs NFTablesNetlink NativeHistograms
-            NodeControllerLeaseCircuitBreaker NodeDeclaredFeatures NodeLifecycleConditions
+            NodeControllerLeaseCircuitBreaker NodeDeclaredFeatures
+            NodeInclusionPolicyInPodTopologySpread NodeLifecycleConditions NodeSwap
             NominatedNodeNameForExpectation OpenAPIEnums OpportunisticBatching PLEGOnDemandRelist
             PersistentVolumeClaimUnusedSinceTime PodAndContainerStatsFromCRI PodCertificateRequest
             PodDeletionCost PodGroupPreemptionPolicy PodLevelResourceManagers PodLevelResources
             PodLevelResourcesFixDefaulting PodLevelResourcesFixKubeletQOSClass
             PodLogsQuerySplitStreams PodReadyToStartContainersCondition PodTopologyLabelsAdmission
-            PodsAPI PortForwardWebsockets ProcMountType QOSReserved
+            PodsAPI PortForwardWebsockets ProcMountType QOSReserved RecoverVolumeExpansionFailure
             ReduceDefaultCrashLoopBackOffDecay RelaxedServiceNameValidation
             ReloadKubeletClientCAFile ReloadKubeletServerCertificateFile RemoteRequestHeaderUID
             ResourceHealthStatus ResourceHealthStatusMessage RestartAllContainersOnContainerExits
             RotateKubeletServerCertificate RuntimeClassInImageCriApi SELinuxMount
-            SchedulerAsyncAPICalls SchedulerAsyncPreemption SchedulerPopFromBackoffQ
-            SchedulerPreQueueingHints ServiceAccountNodeAudienceRestriction ShardedListAndWatch
-            SizeBasedListCostEstimate StaleControllerConsistencyDaemonSet
+            SELinuxMountReadWriteOncePod SchedulerAsyncAPICalls SchedulerAsyncPreemption
+            SchedulerPopFromBackoffQ SchedulerPreQueueingHints ServiceAccountNodeAudienceRestriction
+            ShardedListAndWatch SizeBasedListCostEstimate StaleControllerConsistencyDaemonSet
             StaleControllerConsistencyHPA StaleControllerConsistencyJob
             StaleControllerConsistencyReplicaSet StaleControllerConsistencyStatefulSet
             StatefulSetRecreateStrategy StatefulSetSemanticRevisionComparison StorageCapacityScoring

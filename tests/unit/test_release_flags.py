@@ -18,7 +18,7 @@ def test_the_generated_table_is_what_the_committed_binaries_said():
 
 def test_every_captured_binary_has_its_help_and_its_unlisted_names():
     captured = kcm_help.committed()
-    assert {"v1.16.15", "v1.17.17", "v1.18.19", "v1.36.3", "v1.37.2"} <= set(captured)
+    assert {"v1.16.15", "v1.17.17", "v1.18.19", "v1.25.10", "v1.36.3", "v1.37.2"} <= set(captured)
     for version, (text, _, _) in captured.items():
         flags, gates = kcm_help.listed(text)
         assert "leader-elect" in flags and "feature-gates" in flags, version
@@ -46,14 +46,17 @@ def test_the_hand_written_rows_agree_with_every_binary_captured(kcm_flags):
          "--concurrent-disruption-syncs comes in v1.37 (v1.37.2's binary has it, v1.36.3's does not);"
          " v1.36.0 rejects it"),
         ("v1.17.3", {"concurrent-job-syncs": 5}, "kcm:extra_args:concurrent-job-syncs",
-         "--concurrent-job-syncs comes between v1.19 and v1.36 (v1.36.3's binary has it, v1.18.19's does not)"),
+         "--concurrent-job-syncs comes between v1.26 and v1.36 (v1.36.3's binary has it, v1.25.10's does not)"),
         ("v1.37.2", {"feature-gates": "NodeLease=true"}, "kcm:extra_args:feature-gates",
-         "feature gate NodeLease was removed between v1.19 and v1.36 (v1.18.19's binary has it, v1.36.3's"
+         "feature gate NodeLease was removed between v1.19 and v1.25 (v1.18.19's binary has it, v1.25.10's"
          " does not); v1.37.2 rejects it"),
         ("v1.37.2", {"feature-gates": ["APIServerIdentity=true", "kube:VolumeSnapshotDataSource=true"]},
-         "kcm:extra_args:feature-gates", "feature gate VolumeSnapshotDataSource was removed between v1.19 and v1.36"),
+         "kcm:extra_args:feature-gates", "feature gate VolumeSnapshotDataSource was removed between v1.19 and v1.25"),
         ("v1.18.19", {"feature-gates": "WatchList=true"}, "kcm:extra_args:feature-gates",
-         "feature gate WatchList comes between v1.19 and v1.36"),
+         "feature gate WatchList comes between v1.26 and v1.36"),
+        # v1.30 has no captured binary, but v1.25.10's already lacked it: gone for later minors too
+        ("v1.30.0", {"feature-gates": "NodeLease=true"}, "kcm:extra_args:feature-gates",
+         "feature gate NodeLease was removed between v1.19 and v1.25"),
     ],
 )
 def test_a_flag_or_gate_the_release_lacks_is_refused_naming_the_key_and_the_releases(check, version,
@@ -71,8 +74,8 @@ def test_a_flag_or_gate_the_release_lacks_is_refused_naming_the_key_and_the_rele
         ("v1.18.19", {"feature-gates": "NodeLease=true"}),
         ("v1.18.19", {"horizontal-pod-autoscaler-use-rest-clients": True}),  # deprecated: unlisted, parsed
         ("v1.37.2", {"concurrent-disruption-syncs": 5}),
-        # v1.30 has no captured binary: the binaries tell only what went before v1.18.19 ... v1.36.3
-        ("v1.30.0", {"feature-gates": "NodeLease=true"}),
+        # v1.22 has no captured binary: what v1.18.19 had and v1.25.10 lacks may still be there
+        ("v1.22.0", {"feature-gates": "NodeLease=true"}),
         ("v1.30.0", {"no-flag-any-binary-lists": 1}),  # left to the binary's own preflight
     ],
 )
