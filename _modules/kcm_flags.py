@@ -140,6 +140,8 @@ CANONICAL_ONLY = frozenset(
         "service-lb-controller",
         "node-route-controller",
         "cloud-node-lifecycle-controller",
+        "evictionrequest-controller",
+        "imperative-eviction-responder-controller",
     }
 )
 CANONICAL_BY_ALIAS_REVERSED = {v: k for k, v in CONTROLLER_ALIASES.items()}
@@ -164,6 +166,9 @@ CONTROLLER_HISTORY = {
     "podcertificaterequest-cleaner-controller": (34, None),
     "podgroup-protection-controller": (36, None),
     "resourcepoolstatusrequest-controller": (36, None),
+    # Listed by the v1.38.0-beta.0 binary, not by v1.37.2's.
+    "evictionrequest-controller": (38, None),
+    "imperative-eviction-responder-controller": (38, None),
     "service-lb-controller": (None, 37),
     "node-route-controller": (None, 37),
     "cloud-node-lifecycle-controller": (None, 37),

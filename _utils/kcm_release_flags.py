@@ -232,7 +232,7 @@ RELEASES = {
         """.split()),
     ),
     25: (
-        "v1.25.10",
+        "v1.25.15",
         frozenset("""
             add-dir-header allocate-node-cidrs allow-metric-labels alsologtostderr
             attach-detach-reconcile-sync-period authentication-kubeconfig authentication-skip-lookup
@@ -322,8 +322,109 @@ RELEASES = {
             ServerSideApply ServerSideFieldValidation ServiceIPStaticSubrange
             ServiceInternalTrafficPolicy SizeMemoryBackedVolumes StatefulSetAutoDeletePVC
             StorageVersionAPI StorageVersionHash TopologyAwareHints TopologyManager
-            UserNamespacesStatelessPodsSupport VolumeCapacityPriority WatchBookmark WinDSR
-            WinOverlay WindowsHostProcessContainers
+            UnauthenticatedHTTP2DOSMitigation UserNamespacesStatelessPodsSupport
+            VolumeCapacityPriority WatchBookmark WinDSR WinOverlay WindowsHostProcessContainers
+        """.split()),
+    ),
+    27: (
+        "v1.27.16",
+        frozenset("""
+            allocate-node-cidrs allow-metric-labels attach-detach-reconcile-sync-period
+            authentication-kubeconfig authentication-skip-lookup
+            authentication-token-webhook-cache-ttl authentication-tolerate-lookup-failure
+            authorization-always-allow-paths authorization-kubeconfig
+            authorization-webhook-cache-authorized-ttl authorization-webhook-cache-unauthorized-ttl
+            bind-address cert-dir cidr-allocator-type client-ca-file cloud-config cloud-provider
+            cluster-cidr cluster-name cluster-signing-cert-file cluster-signing-duration
+            cluster-signing-key-file cluster-signing-kube-apiserver-client-cert-file
+            cluster-signing-kube-apiserver-client-key-file cluster-signing-kubelet-client-cert-file
+            cluster-signing-kubelet-client-key-file cluster-signing-kubelet-serving-cert-file
+            cluster-signing-kubelet-serving-key-file cluster-signing-legacy-unknown-cert-file
+            cluster-signing-legacy-unknown-key-file concurrent-deployment-syncs
+            concurrent-endpoint-syncs concurrent-ephemeralvolume-syncs concurrent-gc-syncs
+            concurrent-horizontal-pod-autoscaler-syncs concurrent-namespace-syncs
+            concurrent-rc-syncs concurrent-replicaset-syncs concurrent-resource-quota-syncs
+            concurrent-service-endpoint-syncs concurrent-service-syncs
+            concurrent-serviceaccount-token-syncs concurrent-statefulset-syncs
+            concurrent-ttl-after-finished-syncs concurrent_rc_syncs configure-cloud-routes
+            contention-profiling controller-start-interval controllers
+            disable-attach-detach-reconcile-sync disabled-metrics enable-dynamic-provisioning
+            enable-garbage-collector enable-hostpath-provisioner enable-leader-migration
+            endpoint-updates-batch-period endpointslice-updates-batch-period
+            external-cloud-volume-plugin feature-gates flex-volume-plugin-dir help
+            horizontal-pod-autoscaler-cpu-initialization-period
+            horizontal-pod-autoscaler-downscale-delay
+            horizontal-pod-autoscaler-downscale-stabilization
+            horizontal-pod-autoscaler-initial-readiness-delay horizontal-pod-autoscaler-sync-period
+            horizontal-pod-autoscaler-tolerance horizontal-pod-autoscaler-upscale-delay
+            http2-max-streams-per-connection kube-api-burst kube-api-content-type kube-api-qps
+            kubeconfig large-cluster-size-threshold leader-elect leader-elect-lease-duration
+            leader-elect-renew-deadline leader-elect-resource-lock leader-elect-resource-name
+            leader-elect-resource-namespace leader-elect-retry-period leader-migration-config
+            log-flush-frequency log-json-info-buffer-size log-json-split-stream logging-format
+            master max-endpoints-per-slice min-resync-period
+            mirroring-concurrent-service-endpoint-syncs mirroring-endpointslice-updates-batch-period
+            mirroring-max-endpoints-per-subset namespace-sync-period node-cidr-mask-size
+            node-cidr-mask-size-ipv4 node-cidr-mask-size-ipv6 node-eviction-rate
+            node-monitor-grace-period node-monitor-period node-startup-grace-period
+            permit-address-sharing permit-port-sharing profiling pv-recycler-increment-timeout-nfs
+            pv-recycler-minimum-timeout-hostpath pv-recycler-minimum-timeout-nfs
+            pv-recycler-pod-template-filepath-hostpath pv-recycler-pod-template-filepath-nfs
+            pv-recycler-timeout-increment-hostpath pvclaimbinder-sync-period
+            requestheader-allowed-names requestheader-client-ca-file
+            requestheader-extra-headers-prefix requestheader-group-headers
+            requestheader-username-headers resource-quota-sync-period root-ca-file
+            route-reconciliation-period secondary-node-eviction-rate secure-port
+            service-account-private-key-file service-cluster-ip-range
+            show-hidden-metrics-for-version terminated-pod-gc-threshold tls-cert-file
+            tls-cipher-suites tls-min-version tls-private-key-file tls-sni-cert-key
+            unhealthy-zone-threshold use-service-account-credentials v version vmodule
+            volume-host-allow-local-loopback volume-host-cidr-denylist
+        """.split()),
+        frozenset("""
+            APIListChunking APIPriorityAndFairness APIResponseCompression APISelfSubjectReview
+            APIServerIdentity APIServerTracing AdmissionWebhookMatchConditions
+            AggregatedDiscoveryEndpoint AllAlpha AllBeta AnyVolumeDataSource AppArmor CPUManager
+            CPUManagerPolicyAlphaOptions CPUManagerPolicyBetaOptions CPUManagerPolicyOptions
+            CSIMigrationAzureFile CSIMigrationGCE CSIMigrationPortworx CSIMigrationRBD
+            CSIMigrationvSphere CSINodeExpandSecret CSIVolumeHealth CloudControllerManagerWebhook
+            CloudDualStackNodeIPs ClusterTrustBundle ComponentSLIs ContainerCheckpoint
+            ContextualLogging CronJobTimeZone CrossNamespaceVolumeDataSource CustomCPUCFSQuotaPeriod
+            CustomResourceValidationExpressions DelegateFSGroupToCSIDriver DevicePlugins
+            DisableCloudProviders DisableKubeletCloudCredentialProviders DownwardAPIHugePages DryRun
+            DynamicResourceAllocation ElasticIndexedJob EndpointSliceTerminatingCondition
+            EventedPLEG ExpandedDNSConfig ExperimentalHostUserNamespaceDefaulting GRPCContainerProbe
+            GracefulNodeShutdown GracefulNodeShutdownBasedOnPodPriority HPAContainerMetrics
+            HPAScaleToZero HonorPVReclaimPolicy IPTablesOwnershipCleanup InPlacePodVerticalScaling
+            InTreePluginAWSUnregister InTreePluginAzureDiskUnregister
+            InTreePluginAzureFileUnregister InTreePluginGCEUnregister
+            InTreePluginOpenStackUnregister InTreePluginPortworxUnregister InTreePluginRBDUnregister
+            InTreePluginvSphereUnregister JobMutableNodeSchedulingDirectives JobPodFailurePolicy
+            JobReadyPods JobTrackingWithFinalizers KMSv2 KubeletCredentialProviders
+            KubeletInUserNamespace KubeletPodResources KubeletPodResourcesDynamicResources
+            KubeletPodResourcesGet KubeletPodResourcesGetAllocatable KubeletTracing
+            LegacyServiceAccountTokenNoAutoGeneration LegacyServiceAccountTokenTracking
+            LocalStorageCapacityIsolationFSQuotaMonitoring LogarithmicScaleDown LoggingAlphaOptions
+            LoggingBetaOptions MatchLabelKeysInPodTopologySpread MaxUnavailableStatefulSet
+            MemoryManager MemoryQoS MinDomainsInPodTopologySpread MinimizeIPTablesRestore
+            MixedProtocolLBService MultiCIDRRangeAllocator MultiCIDRServiceAllocator
+            NetworkPolicyStatus NewVolumeManagerReconstruction
+            NodeInclusionPolicyInPodTopologySpread NodeLogQuery NodeOutOfServiceVolumeDetach
+            NodeSwap OpenAPIEnums OpenAPIV3 PDBUnhealthyPodEvictionPolicy
+            PodAndContainerStatsFromCRI PodDeletionCost PodDisruptionConditions
+            PodHasNetworkCondition PodSchedulingReadiness ProbeTerminationGracePeriod ProcMountType
+            ProxyTerminatingEndpoints QOSReserved ReadWriteOncePod RecoverVolumeExpansionFailure
+            RemainingItemCount RemoveSelfLink RetroactiveDefaultStorageClass
+            RotateKubeletServerCertificate SELinuxMountReadWriteOncePod SeccompDefault
+            SecurityContextDeny ServerSideApply ServerSideFieldValidation ServiceIPStaticSubrange
+            ServiceInternalTrafficPolicy ServiceNodePortStaticSubrange SizeMemoryBackedVolumes
+            StableLoadBalancerNodeSet StatefulSetAutoDeletePVC StatefulSetStartOrdinal
+            StorageVersionAPI StorageVersionHash TopologyAwareHints TopologyManager
+            TopologyManagerPolicyAlphaOptions TopologyManagerPolicyBetaOptions
+            TopologyManagerPolicyOptions UnauthenticatedHTTP2DOSMitigation
+            UserNamespacesStatelessPodsSupport ValidatingAdmissionPolicy VolumeCapacityPriority
+            WatchBookmark WatchFromStorageWithoutResourceVersion WatchList WinDSR WinOverlay
+            WindowsHostNetwork WindowsHostProcessContainers
         """.split()),
     ),
     36: (
@@ -404,25 +505,27 @@ RELEASES = {
             DRAResourceClaimDeviceStatus DRAResourceClaimGranularStatusAuthorization
             DRAResourcePoolStatus DRASchedulerFilterTimeout DRAWorkloadResourceClaims
             DeclarativeValidationBeta DeploymentReplicaSetTerminatingReplicas
-            DetectCacheInconsistency EnvFiles EventedPLEG ExtendWebSocketsToKubelet GangScheduling
-            GenericWorkload GracefulNodeShutdown GracefulNodeShutdownBasedOnPodPriority
-            HPAConfigurableTolerance HPAScaleToZero HostnameOverride ImageVolumeWithDigest
-            InOrderInformersBatchProcess InPlacePodLevelResourcesVerticalScaling
+            DetectCacheInconsistency DynamicResourceAllocation EnvFiles EventedPLEG
+            ExtendWebSocketsToKubelet GangScheduling GenericWorkload GracefulNodeShutdown
+            GracefulNodeShutdownBasedOnPodPriority HPAConfigurableTolerance HPAScaleToZero
+            HostnameOverride ImageVolumeWithDigest InOrderInformersBatchProcess
+            InPlacePodLevelResourcesVerticalScaling InPlacePodVerticalScaling
             InPlacePodVerticalScalingExclusiveCPUs InPlacePodVerticalScalingExclusiveMemory
             InPlacePodVerticalScalingInitContainers KubeletCrashLoopBackOffMax
-            KubeletEnsureSecretPulledImages KubeletInUserNamespace KubeletSeparateDiskGC
+            KubeletEnsureSecretPulledImages KubeletInUserNamespace
+            KubeletPodResourcesDynamicResources KubeletPodResourcesGet KubeletSeparateDiskGC
             KubeletServiceAccountTokenForCredentialProviders KubeletTracing ListFromCacheSnapshot
             LocalStorageCapacityIsolationFSQuotaMonitoring LogarithmicScaleDown LoggingAlphaOptions
             LoggingBetaOptions ManifestBasedAdmissionControlConfig MatchLabelKeysInPodTopologySpread
             MatchLabelKeysInPodTopologySpreadSelectorMerge MaxUnavailableStatefulSet MemoryQoS
-            MutablePVNodeAffinity MutablePodResourcesForSuspendedJobs
+            MultiCIDRServiceAllocator MutablePVNodeAffinity MutablePodResourcesForSuspendedJobs
             MutableSchedulingDirectivesForSuspendedJobs NativeHistograms NodeDeclaredFeatures
-            NodeInclusionPolicyInPodTopologySpread NodeSwap NominatedNodeNameForExpectation
-            OpenAPIEnums OpportunisticBatching PLEGOnDemandRelist
+            NodeInclusionPolicyInPodTopologySpread NodeLogQuery NodeSwap
+            NominatedNodeNameForExpectation OpenAPIEnums OpportunisticBatching PLEGOnDemandRelist
             PersistentVolumeClaimUnusedSinceTime PodAndContainerStatsFromCRI PodCertificateRequest
             PodDeletionCost PodLevelResourceManagers PodLevelResources PodLogsQuerySplitStreams
-            PodReadyToStartContainersCondition PodTopologyLabelsAdmission PodsAPI
-            PortForwardWebsockets PreventStaticPodAPIReferences ProcMountType QOSReserved
+            PodReadyToStartContainersCondition PodSchedulingReadiness PodTopologyLabelsAdmission
+            PodsAPI PortForwardWebsockets PreventStaticPodAPIReferences ProcMountType QOSReserved
             RecoverVolumeExpansionFailure ReduceDefaultCrashLoopBackOffDecay
             RelaxedServiceNameValidation ReloadKubeletClientCAFile
             ReloadKubeletServerCertificateFile RemoteRequestHeaderUID ResourceHealthStatus
@@ -438,12 +541,12 @@ RELEASES = {
             StructuredAuthenticationConfigurationJWKSMetrics TaintTolerationComparisonOperators
             TokenRequestServiceAccountUIDValidation TopologyAwareWorkloadScheduling
             TopologyManagerPolicyAlphaOptions TopologyManagerPolicyBetaOptions
-            TranslateStreamCloseWebsocketRequests UnauthenticatedHTTP2DOSMitigation
-            UnknownVersionInteroperabilityProxy UnlockWhileProcessingFIFO
-            UserNamespacesHostNetworkSupport VolumeLimitScaling
+            TopologyManagerPolicyOptions TranslateStreamCloseWebsocketRequests
+            UnauthenticatedHTTP2DOSMitigation UnknownVersionInteroperabilityProxy
+            UnlockWhileProcessingFIFO UserNamespacesHostNetworkSupport VolumeLimitScaling
             WatchCacheInitializationPostStartHook WatchList WatchListClient WinDSR WinOverlay
-            WindowsCPUAndMemoryAffinity WindowsGracefulNodeShutdown WorkloadAwarePreemption
-            WorkloadWithJob
+            WindowsCPUAndMemoryAffinity WindowsGracefulNodeShutdown WindowsHostNetwork
+            WorkloadAwarePreemption WorkloadWithJob
         """.split()),
     ),
     37: (
@@ -526,35 +629,37 @@ RELEASES = {
             DRAResourceClaimDeviceStatus DRAResourceClaimGranularStatusAuthorization
             DRAResourcePoolStatus DRASchedulerFilterTimeout DRAWorkloadResourceClaims
             DeclarativeValidationBeta DefaultPodSysctls DeploymentReplicaSetTerminatingReplicas
-            DetectCacheInconsistency EmptyDirVolumeMode EnvFiles EtcdRangeStream EventedPLEG
-            EvictionRequestAPI ExcludeAdmissionWebhookVirtualResources ExtendWebSocketsToKubelet
-            GRPCContainerProbeTLS GenericWorkload GracefulNodeShutdown
+            DetectCacheInconsistency DynamicResourceAllocation EmptyDirVolumeMode EnvFiles
+            EtcdRangeStream EventedPLEG EvictionRequestAPI ExcludeAdmissionWebhookVirtualResources
+            ExtendWebSocketsToKubelet GRPCContainerProbeTLS GenericWorkload GracefulNodeShutdown
             GracefulNodeShutdownBasedOnPodPriority H2CContainerProbe HPAConfigurableTolerance
             HPAGeneration HPAOptimizedSelectorStore HPAScaleToZero HostnameOverride
             HugepageAwareEviction ImageVolumeWithDigest InOrderInformersBatchProcess
-            InPlacePodLevelResourcesVerticalScaling InPlacePodVerticalScalingExclusiveCPUs
-            InPlacePodVerticalScalingExclusiveMemory InPlacePodVerticalScalingInitContainers
-            InPlacePodVerticalScalingMemoryBackedVolumes
+            InPlacePodLevelResourcesVerticalScaling InPlacePodVerticalScaling
+            InPlacePodVerticalScalingExclusiveCPUs InPlacePodVerticalScalingExclusiveMemory
+            InPlacePodVerticalScalingInitContainers InPlacePodVerticalScalingMemoryBackedVolumes
             InPlacePodVerticalScalingSchedulerPreemption InterPodAffinityHostnameFastPath
             KubeProxyNFTablesLocalhostNodePorts KubeletAllocatedPodsEndpoint
             KubeletCrashLoopBackOffMax KubeletEnsureSecretPulledImages KubeletInUserNamespace
-            KubeletSeparateDiskGC KubeletServiceAccountTokenForCredentialProviders KubeletTracing
-            ListFromCacheSnapshot LocalStorageCapacityIsolationFSQuotaMonitoring LoggingAlphaOptions
-            LoggingBetaOptions ManifestBasedAdmissionControlConfig MatchLabelKeysInPodTopologySpread
+            KubeletPodResourcesDynamicResources KubeletPodResourcesGet KubeletSeparateDiskGC
+            KubeletServiceAccountTokenForCredentialProviders KubeletTracing ListFromCacheSnapshot
+            LocalStorageCapacityIsolationFSQuotaMonitoring LoggingAlphaOptions LoggingBetaOptions
+            ManifestBasedAdmissionControlConfig MatchLabelKeysInPodTopologySpread
             MatchLabelKeysInPodTopologySpreadSelectorMerge MaxUnavailableStatefulSet MemoryQoS
-            MutablePVNodeAffinity MutablePodResourcesForSuspendedJobs
+            MultiCIDRServiceAllocator MutablePVNodeAffinity MutablePodResourcesForSuspendedJobs
             MutableSchedulingDirectivesForSuspendedJobs NFTablesNetlink NativeHistograms
             NodeControllerLeaseCircuitBreaker NodeDeclaredFeatures
-            NodeInclusionPolicyInPodTopologySpread NodeLifecycleConditions NodeSwap
+            NodeInclusionPolicyInPodTopologySpread NodeLifecycleConditions NodeLogQuery NodeSwap
             NominatedNodeNameForExpectation OpenAPIEnums OpportunisticBatching PLEGOnDemandRelist
             PersistentVolumeClaimUnusedSinceTime PodAndContainerStatsFromCRI PodCertificateRequest
             PodDeletionCost PodGroupPreemptionPolicy PodLevelResourceManagers PodLevelResources
             PodLevelResourcesFixDefaulting PodLevelResourcesFixKubeletQOSClass
-            PodLogsQuerySplitStreams PodReadyToStartContainersCondition PodTopologyLabelsAdmission
-            PodsAPI PortForwardWebsockets ProcMountType QOSReserved RecoverVolumeExpansionFailure
-            ReduceDefaultCrashLoopBackOffDecay RelaxedServiceNameValidation
-            ReloadKubeletClientCAFile ReloadKubeletServerCertificateFile RemoteRequestHeaderUID
-            ResourceHealthStatus ResourceHealthStatusMessage RestartAllContainersOnContainerExits
+            PodLogsQuerySplitStreams PodReadyToStartContainersCondition PodSchedulingReadiness
+            PodTopologyLabelsAdmission PodsAPI PortForwardWebsockets ProcMountType QOSReserved
+            RecoverVolumeExpansionFailure ReduceDefaultCrashLoopBackOffDecay
+            RelaxedServiceNameValidation ReloadKubeletClientCAFile
+            ReloadKubeletServerCertificateFile RemoteRequestHeaderUID ResourceHealthStatus
+            ResourceHealthStatusMessage RestartAllContainersOnContainerExits
             RotateKubeletServerCertificate RuntimeClassInImageCriApi SELinuxMount
             SELinuxMountReadWriteOncePod SchedulerAsyncAPICalls SchedulerAsyncPreemption
             SchedulerPopFromBackoffQ SchedulerPreQueueingHints ServiceAccountNodeAudienceRestriction
@@ -567,12 +672,152 @@ RELEASES = {
             StructuredAuthenticationConfigurationJWKSMetrics TaintTolerationComparisonOperators
             TokenRequestServiceAccountUIDValidation TopologyAwareWorkloadScheduling
             TopologyManagerPolicyAlphaOptions TopologyManagerPolicyBetaOptions
-            TranslateStreamCloseWebsocketRequests UnauthenticatedHTTP2DOSMitigation
-            UnknownVersionInteroperabilityProxy UnlockWhileProcessingFIFO
-            UserNamespacesHostNetworkSupport VolumeBindMountOptions VolumeLimitScaling
-            WatchCacheInitializationPostStartHook WatchList WatchListClient WatchListCompression
-            WebhookRoundTripLoadBalancing WinDSR WinOverlay WindowsCPUAndMemoryAffinity
-            WindowsGracefulNodeShutdown WorkloadWithJob
+            TopologyManagerPolicyOptions TranslateStreamCloseWebsocketRequests
+            UnauthenticatedHTTP2DOSMitigation UnknownVersionInteroperabilityProxy
+            UnlockWhileProcessingFIFO UserNamespacesHostNetworkSupport VolumeBindMountOptions
+            VolumeLimitScaling WatchCacheInitializationPostStartHook WatchList WatchListClient
+            WatchListCompression WebhookRoundTripLoadBalancing WinDSR WinOverlay
+            WindowsCPUAndMemoryAffinity WindowsGracefulNodeShutdown WindowsHostNetwork
+            WorkloadWithJob
+        """.split()),
+    ),
+    38: (
+        "v1.38.0-beta.0",
+        frozenset("""
+            allocate-node-cidrs allow-metric-labels allow-metric-labels-manifest
+            attach-detach-reconcile-sync-period authentication-kubeconfig authentication-skip-lookup
+            authentication-token-webhook-cache-ttl authentication-tolerate-lookup-failure
+            authorization-always-allow-paths authorization-kubeconfig
+            authorization-webhook-cache-authorized-ttl authorization-webhook-cache-unauthorized-ttl
+            bind-address cert-dir cidr-allocator-type client-ca-file cloud-config cloud-provider
+            cluster-cidr cluster-name cluster-signing-cert-file cluster-signing-duration
+            cluster-signing-key-file cluster-signing-kube-apiserver-client-cert-file
+            cluster-signing-kube-apiserver-client-key-file cluster-signing-kubelet-client-cert-file
+            cluster-signing-kubelet-client-key-file cluster-signing-kubelet-serving-cert-file
+            cluster-signing-kubelet-serving-key-file cluster-signing-legacy-unknown-cert-file
+            cluster-signing-legacy-unknown-key-file concurrent-cron-job-syncs
+            concurrent-daemonset-syncs concurrent-deployment-syncs
+            concurrent-device-taint-eviction-syncs concurrent-disruption-syncs
+            concurrent-endpoint-syncs concurrent-ephemeralvolume-syncs
+            concurrent-eviction-request-syncs concurrent-gc-syncs
+            concurrent-horizontal-pod-autoscaler-syncs
+            concurrent-imperative-eviction-responder-syncs concurrent-job-syncs
+            concurrent-namespace-syncs concurrent-rc-syncs concurrent-replicaset-syncs
+            concurrent-resource-quota-syncs concurrent-resourceclaim-syncs
+            concurrent-service-endpoint-syncs concurrent-serviceaccount-token-syncs
+            concurrent-statefulset-syncs concurrent-ttl-after-finished-syncs
+            concurrent-validating-admission-policy-status-syncs concurrent_rc_syncs
+            configure-cloud-routes contention-profiling controller-shutdown-timeout
+            controller-start-interval controllers disable-attach-detach-reconcile-sync
+            disable-force-detach-on-timeout disable-http2-serving disabled-metrics emulated-version
+            enable-dynamic-provisioning enable-garbage-collector enable-hostpath-provisioner
+            enable-leader-migration endpoint-updates-batch-period endpointslice-updates-batch-period
+            external-cloud-volume-plugin feature-gates flex-volume-plugin-dir help
+            horizontal-pod-autoscaler-cpu-initialization-period
+            horizontal-pod-autoscaler-downscale-stabilization
+            horizontal-pod-autoscaler-initial-readiness-delay horizontal-pod-autoscaler-sync-period
+            horizontal-pod-autoscaler-tolerance http2-max-streams-per-connection kube-api-burst
+            kube-api-content-type kube-api-qps kubeconfig large-cluster-size-threshold leader-elect
+            leader-elect-lease-duration leader-elect-renew-deadline leader-elect-resource-lock
+            leader-elect-resource-name leader-elect-resource-namespace leader-elect-retry-period
+            leader-migration-config legacy-service-account-token-clean-up-period log-flush-frequency
+            log-json-info-buffer-size log-json-split-stream log-text-info-buffer-size
+            log-text-split-stream logging-format master max-endpoints-per-slice
+            min-compatibility-version min-resync-period mirroring-concurrent-service-endpoint-syncs
+            mirroring-endpointslice-updates-batch-period mirroring-max-endpoints-per-subset
+            namespace-sync-period node-cidr-mask-size node-cidr-mask-size-ipv4
+            node-cidr-mask-size-ipv6 node-eviction-rate node-monitor-grace-period
+            node-monitor-period node-startup-grace-period permit-address-sharing permit-port-sharing
+            profiling pv-recycler-increment-timeout-nfs pv-recycler-minimum-timeout-hostpath
+            pv-recycler-minimum-timeout-nfs pv-recycler-pod-template-filepath-hostpath
+            pv-recycler-pod-template-filepath-nfs pv-recycler-timeout-increment-hostpath
+            pvclaimbinder-sync-period requestheader-allowed-names requestheader-client-ca-file
+            requestheader-extra-headers-prefix requestheader-group-headers requestheader-uid-headers
+            requestheader-username-headers resource-quota-sync-period root-ca-file
+            route-reconciliation-period secondary-node-eviction-rate secure-port
+            service-account-private-key-file service-cluster-ip-range
+            show-hidden-metrics-for-version terminated-pod-gc-threshold tls-cert-file
+            tls-cipher-suites tls-curve-preferences tls-min-version tls-private-key-file
+            tls-sni-cert-key unhealthy-zone-threshold use-service-account-credentials v version
+            vmodule
+        """.split()),
+        frozenset("""
+            APIResponseCompression APIServerIdentity APIServerWebhookAuthenticationToken
+            APIServingWithRoutine AllAlpha AllBeta AllocatorPoolBufferCap
+            AllowParsingUserUIDFromCertAuth AllowUnsafeMalformedObjectDeletion AtomicFIFO
+            AtomicWriteVolumeUserFields AuthorizePodWebsocketUpgradeCreatePermission
+            CBORServingAndStorage CPUManagerPolicyAlphaOptions CPUManagerPolicyBetaOptions
+            CPUManagerPolicyOptions CRDObservedGenerationTracking CRIListStreaming CSIVolumeHealth
+            CertificateSigningRequestMLDSA ClearingNominatedNodeNameAfterBinding
+            ClientsAllowCARotation ClientsAllowCBOR ClientsAllowConnectionPool
+            ClientsAllowTLSCacheGC ClientsPreferCBOR
+            CloudControllerManagerWatchBasedRoutesReconciliation CloudControllerManagerWebhook
+            CloudNodeAdditionalLabelsReconciliation ClusterTrustBundle ClusterTrustBundleProjection
+            ComponentFlagz ComponentStatusz CompositePodGroup ConcurrentWatchObjectDecode
+            ConditionalAuthorization ConsistentGetFromCache
+            ConsistentListFromCacheSkipTimeoutFallback ConstrainedImpersonation ContainerCheckpoint
+            ContainerRestartRules ContainerStopSignals ContextualLogging
+            ControllerManagerReleaseLeaderElectionLockOnExit CoordinatedLeaderElection
+            CrossNamespaceVolumeDataSource CustomCPUCFSQuotaPeriod DRAConsumableCapacity
+            DRADerivedAttributes DRADeviceBindingConditions DRADeviceCompatibilityGroups
+            DRADeviceTaintRules DRADeviceTaints DRAExtendedResource DRAFractionalCapacityRange
+            DRAListTypeAttributes DRANodeAllocatableResources DRAOptionalNodeOperations
+            DRAPartitionableDevices DRAPartitionableDevicesType DRAResourceClaimDeviceStatus
+            DRAResourceClaimGranularStatusAuthorization DRAResourcePoolStatus
+            DRASchedulerFilterTimeout DRAWorkloadResourceClaims DeclarativeValidationBeta
+            DefaultPodSysctls DeploymentReplicaSetTerminatingReplicas DetectCacheInconsistency
+            DynamicNodeLocalEphemeralVolumes EmptyDirVolumeMode EnvFiles EtcdRangeStream EventedPLEG
+            EvictionRequestAPI ExcludeAdmissionWebhookVirtualResources ExtendWebSocketsToKubelet
+            GRPCContainerProbeTLS GenericWorkload GracefulNodeShutdown
+            GracefulNodeShutdownBasedOnPodPriority H2CContainerProbe HPAConfigurableTolerance
+            HPAGeneration HPAOptimizedSelectorStore HPAScaleToZero HostnameOverride
+            HugepageAwareEviction ImageVolumeWithDigest InOrderInformersBatchProcess
+            InPlacePodLevelResourcesVerticalScaling InPlacePodVerticalScalingExclusiveCPUs
+            InPlacePodVerticalScalingExclusiveMemory InPlacePodVerticalScalingInitContainers
+            InPlacePodVerticalScalingMemoryBackedVolumes
+            InPlacePodVerticalScalingSchedulerPreemption InterPodAffinityHostnameFastPath
+            KubeAPIServerWorkloadsTrust KubeProxyNFTablesLocalhostNodePorts
+            KubeletAllocatedPodsEndpoint KubeletCrashLoopBackOffMax KubeletEnsureSecretPulledImages
+            KubeletInUserNamespace KubeletPodResourcesDynamicResources KubeletPodResourcesGet
+            KubeletSeparateDiskGC KubeletServiceAccountTokenForCredentialProviders
+            ListFromCacheSnapshot LocalStorageCapacityIsolationFSQuotaMonitoring LoggingAlphaOptions
+            LoggingBetaOptions ManagedFieldsOptOut ManagedFieldsOptOutClient
+            ManifestBasedAdmissionControlConfig MatchLabelKeysInPodTopologySpread
+            MatchLabelKeysInPodTopologySpreadSelectorMerge MaxUnavailableStatefulSet MemoryQoS
+            MutablePVNodeAffinity MutablePodResourcesForSuspendedJobs
+            MutableSchedulingDirectivesForSuspendedJobs NFTablesNetlink NativeHistograms
+            NodeControllerLeaseCircuitBreaker NodeDeclaredFeatures
+            NodeInclusionPolicyInPodTopologySpread NodeLifecycleConditions NodeLogQuery
+            NominatedNodeNameForExpectation OpenAPIEnums OpenAPIV2LazyBuild OpportunisticBatching
+            PLEGOnDemandRelist PersistentVolumeClaimUnusedSinceTime PodAndContainerStatsFromCRI
+            PodCertificateMLDSA PodCertificateRequest PodDeletionCost PodLevelResourceManagers
+            PodLevelResources PodLevelResourcesFixDefaulting PodLevelResourcesFixKubeletQOSClass
+            PodLogsQuerySplitStreams PodReadyToStartContainersCondition PodTopologyLabelsAdmission
+            PodsAPI PortForwardWebsockets ProcMountType QOSReserved
+            ReduceDefaultCrashLoopBackOffDecay RelaxedServiceNameValidation
+            ReloadKubeletClientCAFile ReloadKubeletServerCertificateFile RemoteRequestHeaderUID
+            RequestCostAggregation ResourceHealthStatus ResourceHealthStatusMessage
+            RestartAllContainersOnContainerExits RotateKubeletServerCertificate
+            RuntimeClassInImageCriApi SELinuxMount SELinuxMountReadWriteOncePod
+            SchedulerAsyncAPICalls SchedulerAsyncPreemption SchedulerPopFromBackoffQ
+            SchedulerPreQueueingHints SecurityProfileOCI ServiceAccountNodeAudienceRestriction
+            ServiceAccountTokenMLDSA ShardedListAndWatch SizeBasedListCostEstimate
+            StaleControllerConsistencyDaemonSet StaleControllerConsistencyHPA
+            StaleControllerConsistencyJob StaleControllerConsistencyReplicaSet
+            StaleControllerConsistencyStatefulSet StatefulSetRecreateStrategy
+            StatefulSetSemanticRevisionComparison StorageCapacityScoring StorageVersionAPI
+            StorageVersionHash StorageVersionMigrator StrictIPCIDRValidation
+            StructuredAuthenticationConfigurationEgressSelector
+            StructuredAuthenticationConfigurationJWKSMetrics TaintTolerationComparisonOperators
+            TokenRequestServiceAccountUIDValidation TopologyAwareWorkloadScheduling
+            TopologyManagerPolicyAlphaOptions TopologyManagerPolicyBetaOptions
+            TopologyManagerPolicyOptions TranslateStreamCloseWebsocketRequests
+            UnauthenticatedHTTP2DOSMitigation UnknownVersionInteroperabilityProxy
+            UnlockWhileProcessingFIFO UserNamespacesHostNetworkSupport VolumeBindMountOptions
+            VolumeLimitScaling WatchCacheInitializationPostStartHook WatchFromStorageWithoutPrevKV
+            WatchList WatchListClient WatchListClientConcurrentDecoding WatchListCompression
+            WebhookRoundTripLoadBalancing WindowsCPUAndMemoryAffinity WindowsGracefulNodeShutdown
+            WorkloadWithJob
         """.split()),
     ),
 }

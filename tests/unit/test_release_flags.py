@@ -2,6 +2,7 @@
 before anything is downloaded, naming the pillar key and the releases between which it went:
 by the table generated from the real binaries' ``--help`` kept in kcmlab/kcm_help/."""
 
+import re
 import sys
 from pathlib import Path
 
@@ -18,7 +19,8 @@ def test_the_generated_table_is_what_the_committed_binaries_said():
 
 def test_every_captured_binary_has_its_help_and_its_unlisted_names():
     captured = kcm_help.committed()
-    assert {"v1.16.15", "v1.17.17", "v1.18.19", "v1.25.10", "v1.36.3", "v1.37.2"} <= set(captured)
+    assert {"v1.16.15", "v1.17.17", "v1.18.19", "v1.25.15", "v1.27.16", "v1.36.3", "v1.37.2",
+            "v1.38.0-beta.0"} <= set(captured)
     for version, (text, _, _) in captured.items():
         flags, gates = kcm_help.listed(text)
         assert "leader-elect" in flags and "feature-gates" in flags, version
@@ -38,32 +40,58 @@ def test_the_hand_written_rows_agree_with_every_binary_captured(kcm_flags):
     assert not disagree
 
 
+SAID = re.compile(r"(?P<what>--[\w-]+|feature gate \w+) (?P<verb>comes|was removed) (?:in v1\.(?P<in>\d+)|between"
+                  r" v1\.(?P<low>\d+) and v1\.(?P<high>\d+)) \((?P<has>v[\w.-]+)'s binary has it, (?P<lacks>v[\w.-]+)'s"
+                  r" does not\); (?P<version>v[\w.-]+) rejects it")
+
+
+def bracket_holds(said, name, gate):
+    """What a refusal says of two captured binaries is what their committed --help files say,
+    and no captured binary lies between them: the releases named are the nearest there are."""
+    captured = {v: kcm_help.listed(text)[1 if gate else 0] | (hidden_gates if gate else hidden_flags)
+                for v, (text, hidden_flags, hidden_gates) in kcm_help.committed().items()}
+    has, lacks = said["has"], said["lacks"]
+    minor = {v: int(v.split(".")[1]) for v in captured}
+    low, high = sorted((minor[has], minor[lacks]))
+    between = [v for v in captured if low < minor[v] < high]
+    return name in captured[has] and name not in captured[lacks] and not between
+
+
 @pytest.mark.parametrize(
-    "version, extra_args, key, said",
+    "version, extra_args, key, name, verb",
     [
         # No hand-written row knows these: only the binaries do.
         ("v1.36.0", {"concurrent-disruption-syncs": 5}, "kcm:extra_args:concurrent-disruption-syncs",
-         "--concurrent-disruption-syncs comes in v1.37 (v1.37.2's binary has it, v1.36.3's does not);"
-         " v1.36.0 rejects it"),
-        ("v1.17.3", {"concurrent-job-syncs": 5}, "kcm:extra_args:concurrent-job-syncs",
-         "--concurrent-job-syncs comes between v1.26 and v1.36 (v1.36.3's binary has it, v1.25.10's does not)"),
-        ("v1.37.2", {"feature-gates": "NodeLease=true"}, "kcm:extra_args:feature-gates",
-         "feature gate NodeLease was removed between v1.19 and v1.25 (v1.18.19's binary has it, v1.25.10's"
-         " does not); v1.37.2 rejects it"),
+         "concurrent-disruption-syncs", "comes"),
+        ("v1.17.3", {"concurrent-job-syncs": 5}, "kcm:extra_args:concurrent-job-syncs", "concurrent-job-syncs",
+         "comes"),
+        ("v1.37.2", {"feature-gates": "NodeLease=true"}, "kcm:extra_args:feature-gates", "NodeLease", "was removed"),
         ("v1.37.2", {"feature-gates": ["APIServerIdentity=true", "kube:VolumeSnapshotDataSource=true"]},
-         "kcm:extra_args:feature-gates", "feature gate VolumeSnapshotDataSource was removed between v1.19 and v1.25"),
-        ("v1.18.19", {"feature-gates": "WatchList=true"}, "kcm:extra_args:feature-gates",
-         "feature gate WatchList comes between v1.26 and v1.36"),
-        # v1.30 has no captured binary, but v1.25.10's already lacked it: gone for later minors too
-        ("v1.30.0", {"feature-gates": "NodeLease=true"}, "kcm:extra_args:feature-gates",
-         "feature gate NodeLease was removed between v1.19 and v1.25"),
+         "kcm:extra_args:feature-gates", "VolumeSnapshotDataSource", "was removed"),
+        ("v1.18.19", {"feature-gates": "WatchList=true"}, "kcm:extra_args:feature-gates", "WatchList", "comes"),
+        # v1.30 has no captured binary, but an older captured one already lacked it: gone for later minors too
+        ("v1.30.0", {"feature-gates": "NodeLease=true"}, "kcm:extra_args:feature-gates", "NodeLease", "was removed"),
     ],
 )
-def test_a_flag_or_gate_the_release_lacks_is_refused_naming_the_key_and_the_releases(check, version,
-                                                                                    extra_args, key, said):
+def test_a_flag_or_gate_the_release_lacks_is_refused_naming_the_key_and_the_releases(check, version, extra_args,
+                                                                                    key, name, verb):
     problems = check(version=version, extra_args=extra_args)
-    assert [p for p in problems if p.startswith(f"{key}: ")] == [p for p in problems], problems
-    assert len(problems) == 1 and said in problems[0], problems
+    assert len(problems) == 1 and problems[0].startswith(f"{key}: "), problems
+    said = SAID.search(problems[0])
+    assert said and said["verb"] == verb and said["version"] == version, problems
+    assert said["what"] in (f"--{name}", f"feature gate {name}"), problems
+    assert bracket_holds(said, name, gate=said["what"].startswith("feature gate")), problems
+    older, newer = sorted((int(said["has"].split(".")[1]), int(said["lacks"].split(".")[1])))
+    # "in v1.N" when the two binaries are neighbours, else the range between them
+    assert (said["in"], said["low"], said["high"]) == ((str(newer), None, None) if newer == older + 1
+                                                      else (None, str(older + 1), str(newer))), problems
+
+
+def test_a_removal_names_the_key_and_both_releases_in_words_a_person_reads(check):
+    # One exact sentence, with the binaries this repository has kept since v1.37.2 and v1.36.3.
+    problems = check(version="v1.36.0", extra_args={"concurrent-disruption-syncs": 5})
+    assert problems == ["kcm:extra_args:concurrent-disruption-syncs: --concurrent-disruption-syncs comes in v1.37"
+                        " (v1.37.2's binary has it, v1.36.3's does not); v1.36.0 rejects it"]
 
 
 @pytest.mark.parametrize(
