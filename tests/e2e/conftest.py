@@ -80,7 +80,7 @@ def _keep_journals(cluster: LabCluster) -> None:
             continue
         for unit in ("kube-controller-manager", "salt-minion"):
             try:
-                text = machine.journal(unit, lines=400)
+                text = machine.journal(unit, lines=3000)
             except Exception:  # noqa: BLE001 - best effort, the teardown must go on
                 continue
             path = cluster.workdir / "machines" / f"{name}-{unit}.journal"
@@ -90,7 +90,9 @@ def _keep_journals(cluster: LabCluster) -> None:
 
 
 def stop_lab_cluster(cluster: LabCluster, request) -> None:
-    if request.session.testsfailed:
+    # A Lease transition no test caused is kept for reading too: its KCM journals say why it
+    # lost the Lease (a renewal past its deadline, an exit) while the lab ran.
+    if request.session.testsfailed or (cluster.lease_log is not None and cluster.lease_log.spontaneous()):
         _keep_journals(cluster)
     cluster.close()
 
@@ -166,7 +168,8 @@ def pytest_terminal_summary(terminalreporter):
         # scripts/flake-hunt reads the counts of each run from here.
         if os.environ.get("KCM_LEASE_REPORT"):
             Path(os.environ["KCM_LEASE_REPORT"]).write_text(json.dumps(counts, indent=1))
-    if LOG_FILES and (terminalreporter.stats.get("failed") or terminalreporter.stats.get("error")):
+    unexplained = any(count["spontaneous"] for count in counts.values())
+    if LOG_FILES and (terminalreporter.stats.get("failed") or terminalreporter.stats.get("error") or unexplained):
         terminalreporter.section("kcm e2e logs (kept)")
         for path in dict.fromkeys(LOG_FILES):
             terminalreporter.write_line(str(path))
