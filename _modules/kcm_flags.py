@@ -140,6 +140,8 @@ CANONICAL_ONLY = frozenset(
         "service-lb-controller",
         "node-route-controller",
         "cloud-node-lifecycle-controller",
+        "evictionrequest-controller",
+        "imperative-eviction-responder-controller",
     }
 )
 CANONICAL_BY_ALIAS_REVERSED = {v: k for k, v in CONTROLLER_ALIASES.items()}
@@ -164,6 +166,9 @@ CONTROLLER_HISTORY = {
     "podcertificaterequest-cleaner-controller": (34, None),
     "podgroup-protection-controller": (36, None),
     "resourcepoolstatusrequest-controller": (36, None),
+    # Listed by the v1.38.0-beta.0 binary, not by v1.37.2's.
+    "evictionrequest-controller": (38, None),
+    "imperative-eviction-responder-controller": (38, None),
     "service-lb-controller": (None, 37),
     "node-route-controller": (None, 37),
     "cloud-node-lifecycle-controller": (None, 37),
@@ -211,8 +216,9 @@ def minor(version):
 
 def flag_problem(flag, version):
     """
-    Say why ``--flag`` cannot be given to KCM ``version``, or return ``None`` when the table
-    knows no reason (flags the table does not list are left to the binary's preflight).
+    Say why ``--flag`` cannot be given to KCM ``version``, or return ``None`` when neither the
+    hand-written table nor the binaries captured know a reason (a flag no captured binary
+    lists is left to the binary's preflight).
 
     CLI Example:
 
@@ -220,16 +226,64 @@ def flag_problem(flag, version):
 
         salt '*' kcm_flags.flag_problem port v1.34.3
     """
-    row = FLAG_HISTORY.get(flag.lstrip("-"))
-    if not row:
-        return None
-    added, removed, source = row
+    flag = flag.lstrip("-")
+    row = FLAG_HISTORY.get(flag)
+    if row:
+        added, removed, source = row
+        ver = minor(version)
+        if added is not None and ver < added:
+            return f"--{flag} does not exist before v1.{added} ({source}); {version} lacks it"
+        if removed is not None and ver >= removed:
+            return f"--{flag} was removed in v1.{removed} ({source}); {version} rejects it"
+    why = _binaries_refuse(1, flag, version)
+    return f"--{flag} {why}; {version} rejects it" if why else None
+
+
+def gates_problem(gates, version):
+    """
+    Say which feature gates of a ``--feature-gates`` value (``A=true,kube:B=false``) KCM
+    ``version`` no longer (or does not yet) have, by the binaries captured, or return ``None``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' kcm_flags.gates_problem 'VolumeSnapshotDataSource=true' v1.37.2
+    """
+    out = []
+    for item in _value(gates).split(","):
+        name = item.split("=", 1)[0].strip()
+        component, _, gate = name.rpartition(":")
+        if component not in ("", "kube"):
+            continue  # another component's gate: not KCM's to judge
+        why = _binaries_refuse(2, gate, version)
+        if why:
+            out.append(f"feature gate {gate} {why}")
+    return f"{'; '.join(out)}; {version} rejects it" if out else None
+
+
+def _binaries_refuse(column, name, version):
+    """Why the captured binaries say ``version`` lacks ``name`` (column 1: a flag, 2: a feature
+    gate), naming the releases between which it went or came; ``None`` when they cannot tell.
+    A minor whose binary was not captured lacks only what an older captured binary lost."""
+    spoken = __utils__["kcm_release_flags.spoken"]  # noqa: F821
+    minors = __utils__["kcm_release_flags.minors"]()  # noqa: F821
     ver = minor(version)
-    if added is not None and ver < added:
-        return f"--{flag} does not exist before v1.{added} ({source}); {version} lacks it"
-    if removed is not None and ver >= removed:
-        return f"--{flag} was removed in v1.{removed} ({source}); {version} rejects it"
-    return None
+    having = [m for m in minors if name in spoken(m)[column]]
+    lacking = [m for m in minors if name not in spoken(m)[column]]
+    if not having or ver in having:
+        return None
+    older = [m for m in having if m < ver]
+    gone = [m for m in lacking if older and max(older) < m <= ver]
+    if gone:
+        has, lacks, verb = max(older), min(gone), "was removed"
+    elif ver in lacking:
+        has, lacks, verb = min(having), max(m for m in lacking if m < min(having)), "comes"
+    else:
+        return None
+    first, last = sorted((has, lacks))
+    when = f"in v1.{last}" if last == first + 1 else f"between v1.{first + 1} and v1.{last}"
+    return f"{verb} {when} ({spoken(has)[0]}'s binary has it, {spoken(lacks)[0]}'s does not)"
 
 
 def value_problem(flag, value, version):
@@ -252,6 +306,8 @@ def value_problem(flag, value, version):
         return f"--port may only be 0 in {version} (insecure serving removed in v1.22, #96216)"
     if flag == "controllers":
         return controllers_problem(str(value).split(","), version)
+    if flag == "feature-gates":
+        return gates_problem(value, version)
     return None
 
 

@@ -399,13 +399,15 @@ def unpin(cluster):
 # --------------------------------------------------------------------------
 
 
-def plan(minion, seconds, holder=None, by="maintenance"):
+def plan(minion, seconds, holder=None, by="maintenance", transitions=None):
     """
     Mark the restart of ``minion``'s KCM that a command on this Salt master is about to make,
     for ``seconds``: a leader change away from ``minion`` (its report's ``old_minion``, or
     ``old_holder`` equal to ``holder``, the Lease identity of the KCM it stops) within that
     time is alerted as ``KCMLeaderChanged`` with ``planned="true"`` and severity ``info``. A
-    change away from any other master still pages. ``kcm_orch.upgrade`` and
+    change away from any other master still pages, and so does one counted at or below
+    ``transitions`` (the Lease's ``leaseTransitions`` read before the restart, when given): it
+    happened before the restart, as a crash reported late does. ``kcm_orch.upgrade`` and
     ``kcm_orch.drill`` mark each master before they restart or stop it and end the mark
     (:func:`unplan`) after the step; marks live in this runner's store on this Salt master
     only (a minion cannot write one). Returns the mark.
@@ -420,7 +422,8 @@ def plan(minion, seconds, holder=None, by="maintenance"):
     printable, now = _u("kcm_trust.printable"), _now()
     with _store(_config()) as store:
         return _u("kcm_alert_decide.mark_planned")(store, printable(minion), holder and printable(holder),
-                                                   now + float(seconds), printable(by, 120), now)
+                                                   now + float(seconds), printable(by, 120), now,
+                                                   transitions=transitions)
 
 
 def unplan(minion):

@@ -118,7 +118,7 @@ def _wait(masters, watch, condition, timeout, interval, what):
 
 
 @contextlib.contextmanager
-def _planned(minions, seconds, holders, by, keep=lambda: False):
+def _planned(minions, seconds, holders, by, transitions, keep=lambda: False):
     """
     This step restarts or stops ``minions``: the alert runner labels a leader change away
     from them ``planned="true"``, severity info (``kcm_alert.plan``: a mark in its store on
@@ -126,9 +126,12 @@ def _planned(minions, seconds, holders, by, keep=lambda: False):
     ``{minion: Lease identity}`` of the one that leads, whose change may be reported late.
     When ``keep()`` is true at the end (the Lease moved during the step), the marks last to
     the deadline: the beacons' late report of that change is still the step's.
+    ``transitions``: the Lease's count read before the step; a change the beacons report late
+    from before it (a crash of the leader during the previous step) still pages.
     """
     for minion in minions:
-        _alert_call("kcm_alert.plan", minion, float(seconds), holder=holders.get(minion), by=by)
+        _alert_call("kcm_alert.plan", minion, float(seconds), holder=holders.get(minion), by=by,
+                    transitions=transitions)
     try:
         yield
     finally:
@@ -377,7 +380,7 @@ class _Rollout:
         # A follower may take the Lease during its own step (the leader crashed) and lose it to
         # the restart: its old process was unknown at the start, so the mark on the master stays.
         with _planned([minion], float(self.apply_timeout) + float(self.timeout), {minion: old_holder},
-                      self.by, keep=lambda: bool(moved)):
+                      self.by, before, keep=lambda: bool(moved)):
             ret = self.apply(minion)
             restarted = bool(ret.get("restarted"))
             observations = self.settle(minion, was_leader and restarted, old_holder, role)
@@ -606,7 +609,8 @@ def _drill(cluster, count, min_remaining, timeout, interval):
     start_transitions = observations[leader]["transitions"]
     result = {"leader_before": leader, "stopped": victims, "healthy_before": healthy}
     # The step's deadline: the stop, the failover, the start and the wait for health.
-    with _planned(victims, 2 * (float(timeout) + cluster.call_timeout), {leader: old_holder}, "kcm_orch.drill"):
+    with _planned(victims, 2 * (float(timeout) + cluster.call_timeout), {leader: old_holder}, "kcm_orch.drill",
+                  start_transitions):
         return _failover(cluster, watch, result, old_holder, survivors, start_transitions, timeout, interval)
 
 

@@ -285,15 +285,17 @@ def note_lease(store, data, now):
 # --------------------------------------------------------------------------
 
 
-def mark_planned(store, minion, holder, until, by, now):
+def mark_planned(store, minion, holder, until, by, now, transitions=None):
     """
     Mark the restart of ``minion``'s KCM that a command on this Salt master makes now, until
     ``until`` (epoch): a leader change away from ``minion``, or from ``holder`` (the Lease
-    identity of its running KCM when it leads), is then planned. Returns the mark.
+    identity of its running KCM when it leads), is then planned. ``transitions``: the Lease's
+    ``leaseTransitions`` the command read before it began; a change counted at or below it
+    happened before the command and is not its doing. Returns the mark.
     """
     store["planned"] = {key: mark for key, mark in store["planned"].items()
                         if (_rule("number")(mark.get("until")) or 0) > now}
-    mark = {"minion": minion, "until": until, "by": by, "at": now}
+    mark = {"minion": minion, "until": until, "by": by, "at": now, "transitions": _count(transitions)}
     store["planned"][f"minion|{minion}"] = mark
     if holder:
         # A holder identity names one process: no later crash of that master can match it.
@@ -307,14 +309,27 @@ def end_planned(store, minion):
     return store["planned"].pop(f"minion|{minion}", None)
 
 
+def _count(value):
+    """A ``leaseTransitions`` count, or None when ``value`` is not one."""
+    try:
+        return int(value) if value is not None and not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        return None
+
+
 def planned_mark(store, data, now):
     """The unexpired mark a leader change ``data`` leaves (its ``old_holder`` or
-    ``old_minion``), or None. Nothing else of the report counts."""
+    ``old_minion``), or None. A change whose ``transitions`` is at or below the count the mark
+    was made over happened before the command (a crash reported late): not the mark's."""
     for part in ("holder", "minion"):
         value = data.get(f"old_{part}")
         mark = store["planned"].get(f"{part}|{value}") if value else None
-        if mark and (_rule("number")(mark.get("until")) or 0) > now:
-            return mark
+        if not mark or (_rule("number")(mark.get("until")) or 0) <= now:
+            continue
+        before, counted = _count(mark.get("transitions")), _count(data.get("transitions"))
+        if before is not None and counted is not None and counted <= before:
+            continue
+        return mark
     return None
 
 

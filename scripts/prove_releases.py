@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from kcmlab import formula, releases  # noqa: E402
+from kcmlab import formula, kcm_help, releases  # noqa: E402
 from kcmlab.cluster import K8S_CACHE, SHORT_ELECTION, UNIT, LabCluster  # noqa: E402
 
 CACHE = K8S_CACHE.parent
@@ -190,18 +190,22 @@ def help_facts(version: str) -> tuple[set[str], set[str]]:
     binary = K8S_CACHE / version / "kube-controller-manager"
     text = subprocess.run([str(binary), "--help"], capture_output=True, text=True, check=False, timeout=60)
     text = text.stdout + text.stderr
-    flags = set(re.findall(r"^\s+(?:-\w, )?--([a-z0-9-]+)", text, re.M))
     listed = re.search(r"All controllers: ([^\n]+)", text)
     controllers = {c.strip() for c in listed.group(1).split(",")} if listed else set()
-    return flags, controllers
+    return kcm_help.listed(text)[0], controllers
 
 
 def accepts(version: str, flag: str) -> bool:
     """Whether the binary parses ``--flag`` (deprecated flags are hidden from --help, yet parsed)."""
+    return kcm_help.parses_flag(K8S_CACHE / version / "kube-controller-manager", flag)
+
+
+def capture(version: str) -> None:
+    """Keep the binary's ``--help`` and unlisted names in kcmlab/kcm_help/ and regenerate the
+    flag and gate table from them (commit both: the formula refuses by that table)."""
     binary = K8S_CACHE / version / "kube-controller-manager"
-    said = subprocess.run([str(binary), f"--{flag}=0", "--version"], capture_output=True, text=True,
-                          check=False, timeout=60)
-    return f"unknown flag: --{flag}" not in said.stdout + said.stderr
+    kcm_help.capture_hidden(binary, kcm_help.capture_help(binary))
+    kcm_help.TABLE.write_text(kcm_help.table_source())
 
 
 def table_findings(version: str) -> list[str]:
@@ -284,6 +288,46 @@ def prove(version: str, apiserver_bin: Path, suite: str = "prove") -> dict:
     return result
 
 
+def prove_prerelease(version: str, apiserver_bin: Path, suite: str = "prove") -> list[str]:
+    """A pre-release on its first day, on one lab machine: deployed at the control plane's own
+    release, upgraded to ``version`` by ``state.apply kcm``, and back. Each step must leave KCM
+    running its release without a restart, answering ``/healthz`` and holding the Lease; the
+    lines say what each did. The control plane is older than the pre-release, so the pillar states
+    why the skew guard is overridden (kcm:skew:override_reason), as an operator would."""
+    base = apiserver_bin.name
+    workdir = WORK / version / f"lab-{suite}"
+    shutil.rmtree(workdir, ignore_errors=True)
+    reason = f"{version} proven against the {base} control plane before a {version} apiserver exists here"
+    cluster = LabCluster(apiserver_bin, workdir, suite=suite, version=base, nodes=("master-1",),
+                         election=SHORT_ELECTION, kcm={"skew": {"override_reason": reason}})
+    node, lines = "master-1", []
+    try:
+        cluster.start()
+        cluster.salt("saltutil.sync_all", timeout=300)
+        for step, release in (("deploy", base), ("upgrade", version), ("back", base)):
+            url, hash_url = cluster.tarball(release)
+            cluster.change_pillar(version=release, source={"type": "tarball", "url": url, "hash": hash_url})
+            began = time.monotonic()
+            cluster.apply("kcm")
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline and not cluster.healthz(node):
+                time.sleep(0.5)
+            leader = cluster.wait_for_leader(60) if cluster.healthz(node) else None
+            running = cluster.salt("kcm.version", timeout=60).get(node)
+            journal = cluster.machine(node).journal(UNIT, lines=400)
+            rejected = sorted(set(re.findall(r"unknown flag: \S+", journal)))
+            ok = running == release and leader == node and cluster.active(node) == "active" and not rejected
+            lines.append(f"{step} to {release}: {'ok' if ok else 'FAILED'} in {time.monotonic() - began:.0f} s"
+                         f" (running {running}, leader {leader}, systemd {cluster.active(node)},"
+                         f" restarts {cluster.restarts(node)}{', ' + '; '.join(rejected) if rejected else ''})")
+            say(f"{version}: {lines[-1]}")
+            if not ok:
+                break
+    finally:
+        cluster.close()
+    return lines
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="scripts/prove-releases", description=__doc__.splitlines()[0])
     parser.add_argument("minors", nargs="*", help="v1.MINOR (default: v1.37 down to v1.16), or v1.MINOR.PATCH: "
@@ -292,6 +336,9 @@ def parse_args(argv):
     parser.add_argument("--apiserver", metavar="DIR", type=Path, default=K8S_CACHE / "v1.37.2",
                         help="the control plane's binaries (default: the pinned v1.37.2 build)")
     parser.add_argument("--suite", default="prove", help="the lab's suite name (its subnet derives from it)")
+    parser.add_argument("--prerelease", metavar="VERSION",
+                        help="a pre-release (v1.38.0-beta.0): build it, capture its --help, deploy it by an upgrade"
+                             " from the control plane's release and back; prints what each step did")
     parser.add_argument("--recheck", action="store_true",
                         help="no build, no lab: rewrite the notes of the proven rows from their cached "
                              "binaries' --help (against today's table) and the journals of their lab runs")
@@ -353,6 +400,14 @@ def main(argv) -> int:
     args = parse_args(argv)
     if args.recheck:
         return recheck(args.minor_numbers)
+    if args.prerelease:
+        ok, build_text = build(args.prerelease, args.until)
+        if not ok:
+            raise SystemExit(f"{args.prerelease}: {build_text}")
+        capture(args.prerelease)
+        lines = prove_prerelease(args.prerelease, args.apiserver, args.suite)
+        print("\n".join([f"{args.prerelease} ({build_text})", *table_findings(args.prerelease), *lines]))
+        return 0 if lines and all(": ok " in line for line in lines) and len(lines) == 3 else 1
     listed = listed_versions()
     newest = {number: newest_patch(number, listed) for number in args.minor_numbers}
     # Checked before any build: a refused older patch must not cost the builds queued before it.
@@ -379,6 +434,7 @@ def main(argv) -> int:
             continue
         say(f"{version}: deploying on a lab machine (state.apply kcm) against {args.apiserver.name}")
         began = time.monotonic()
+        capture(version)
         facts, outcome = binary_facts(version), prove(version, args.apiserver, args.suite)
         outcome["notes"] = table_findings(version) + outcome["notes"]
         say(f"{version}: proven in {time.monotonic() - began:.0f} s: {json.dumps(outcome)}")

@@ -22,6 +22,28 @@ def kcm_config(kcm_flags):
 
 
 @pytest.fixture(scope="module")
+def good_pki():
+    """A valid ``kcm:pki`` for the ``pillar`` mode (CA, client and service-account PEMs)."""
+    from tests.support import pki as testpki
+
+    return testpki.kcm_pki()
+
+
+@pytest.fixture
+def check(kcm_config, good_pki):
+    """What kcm-config-validated says of defaults.yaml's ``kcm:`` with ``good_pki`` and the
+    given keys replaced: every problem, each naming its pillar key."""
+    defaults = yaml.safe_load((REPO / "formula/kcm/defaults.yaml").read_text())["kcm"]
+
+    def run(**over):
+        cfg = dict(defaults, pki=dict(good_pki, mode="pillar"))
+        cfg.update(over)
+        return kcm_config.validate(kcm_config.resolve(cfg, opts={"cachedir": "/c"}))
+
+    return run
+
+
+@pytest.fixture(scope="module")
 def ca():
     """A cluster CA for the loopback HTTPS stand-ins."""
     return CertificateAuthority("unit-test-cluster-ca")

@@ -65,6 +65,15 @@ def test_a_mark_ends_at_its_deadline(h):
     assert labels(h.handle("master-3", "changed", **CHANGE))["severity"] == "warning"
 
 
+@pytest.mark.parametrize("counted, severity", [(3, "warning"), (4, "warning"), (5, "info")])
+def test_a_change_counted_before_the_mark_was_made_is_not_the_marks(h, counted, severity):
+    # The mark is made over leaseTransitions 4: the change counted 4 (or less) happened
+    # before the restart began (a crash decided late); only a later count is the restart's.
+    h.module.plan("master-1", 300, holder="master-1_aaaa", by="kcm_orch.upgrade", transitions=4)
+
+    assert labels(h.handle("master-3", "changed", **dict(CHANGE, transitions=counted)))["severity"] == severity
+
+
 def test_after_the_step_only_the_stopped_process_is_planned_not_the_master(h):
     h.module.plan("master-1", 300, holder="master-1_aaaa", by="kcm_orch.upgrade")
     assert h.module.unplan("master-1")["by"] == "kcm_orch.upgrade"
@@ -196,6 +205,48 @@ def test_a_follower_that_took_the_lease_during_its_step_stays_marked_for_the_lat
     assert "minion|master-1" in planned_keys(h)  # unknown at the start, its process's change is planned
     late = changed(h, "master-1_1", "master-3_3", transitions=9, reporter="master-3")
     assert [(a["severity"], a.get("planned")) for a in labels_of([late])] == [("info", "true")]
+
+
+class LateReportingCluster(ReportingCluster):
+    """The cluster whose beacons' reports reach the alert runner only once ``late_until``'s
+    step has begun (its mark written): a loaded Salt master deciding a change late."""
+
+    def __init__(self, h, late_until):
+        super().__init__(h)
+        self.late_until = late_until
+        self.held = True
+
+    def advance(self, seconds):
+        if self.held:
+            super(ReportingCluster, self).advance(seconds)
+        else:
+            super().advance(seconds)
+
+    def call(self, minion, fun, kwarg):
+        answer = super().call(minion, fun, kwarg)
+        if fun == "kcm_orch.apply" and minion == self.late_until:
+            self.held = False
+        return answer
+
+
+def test_a_crash_of_the_leader_reported_after_the_next_step_marked_it_still_pages(h, runner, monkeypatch):
+    # master-1's step: the leader master-2 crashes and master-1 takes the Lease; the change is
+    # decided only when master-2's own step (now a follower's) has marked master-2.
+    late = LateReportingCluster(h, late_until="master-2")
+    late.crash_while_applying["master-1"] = ["master-2"]
+    late.target["config"] = 2
+    for name, value in (("_local_client", lambda: late), ("_now", lambda: late.now), ("_sleep", late.advance)):
+        monkeypatch.setattr(runner, name, value)
+    monkeypatch.setattr(runner, "__salt__", {"kcm_alert.plan": h.module.plan, "kcm_alert.unplan": h.module.unplan},
+                        raising=False)
+
+    report = RUNNER.upgrade(tgt="master*")
+
+    assert report["result"] is True, report["comment"]
+    assert report["order"] == ["master-1", "master-2", "master-3"]
+    assert "minion|master-2" in dict(late.marks_at)["master-2"]
+    crash = late.results[0]["fired"]
+    assert [(a["old_node"], a["severity"], a.get("planned")) for a in crash] == [("master-2", "warning", None)]
 
 
 def labels_of(results):

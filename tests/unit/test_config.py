@@ -14,21 +14,6 @@ from tests.support import pki as testpki  # noqa: E402
 DEFAULTS = yaml.safe_load((Path(__file__).resolve().parents[2] / "formula/kcm/defaults.yaml").read_text())["kcm"]
 
 
-@pytest.fixture(scope="module")
-def good_pki():
-    return testpki.kcm_pki()
-
-
-@pytest.fixture
-def check(kcm_config, good_pki):
-    def run(**over):
-        cfg = dict(DEFAULTS, pki=dict(good_pki, mode="pillar"))
-        cfg.update(over)
-        return kcm_config.validate(kcm_config.resolve(cfg, opts={"cachedir": "/c"}))
-
-    return run
-
-
 def test_good_config_has_no_problem(check):
     assert check() == []
 

@@ -153,6 +153,8 @@ def test_the_dra_claim_controller_is_named_as_the_real_binaries_list_it(kcm_flag
     (["*", "-legacy-service-account-token-cleaner"], "v1.26.13", "v1.28.15"),
     (["*", "-endpointslicemirroring"], "v1.18.19", "v1.19.16"),
     (["*", "-ephemeral-volume"], "v1.16.15", "v1.19.16"),
+    (["*", "-evictionrequest-controller"], "v1.37.2", "v1.38.0-beta.0"),
+    (["*", "-imperative-eviction-responder-controller"], "v1.37.2", "v1.38.0-beta.0"),
 ])
 def test_a_controller_is_known_only_to_the_releases_whose_binary_lists_it(kcm_flags, pillar, refused_by, known_to):
     # The "All controllers:" lists of the real binaries in docs/releases.md: the table used to accept
