@@ -15,7 +15,9 @@ Alertmanager in one request, still once per change. What a post could not delive
 in the runner's outbox; the master's schedule (``kcm_alert.flush``, ``kcm_alert.reconcile``)
 retries and reconciles.
 
-Configuration (master config, written by ``kcm.master``):
+Configuration (master config, written by ``kcm.master`` from pillar ``kcm:master:batch_wait``
+and ``kcm:master:max_batch``, whose defaults are in ``formula/kcm/defaults.yaml``; the
+engine keeps none and does not start without them):
 
 .. code-block:: yaml
 
@@ -36,16 +38,13 @@ log = logging.getLogger(__name__)
 __virtualname__ = "kcm_alert"
 
 TAGS = ("salt/beacon/*/kcm_leader/*", "salt/beacon/*/kcm_cert/*")
-# Long enough to gather one beacon round of a storm, short against the 5 s alert goal.
-BATCH_WAIT = 0.2
-MAX_BATCH = 500
 
 
 def __virtual__():
     return __virtualname__
 
 
-def _batches(next_event, batch_wait=BATCH_WAIT, max_batch=MAX_BATCH, clock=time.monotonic):
+def _batches(next_event, batch_wait, max_batch, clock=time.monotonic):
     """
     Yield lists of (tag, data) of the kcm_leader and kcm_cert events from ``next_event(timeout)``
     (which returns one ``{"tag", "data"}`` event or None), each list closed
@@ -96,9 +95,11 @@ def _warn_self_pick():
     return True
 
 
-def start(batch_wait=BATCH_WAIT, max_batch=MAX_BATCH):
+def start(batch_wait=None, max_batch=None):
     """
     Run the engine: batch the kcm_leader and kcm_cert beacon events and hand them to the runner.
+    ``batch_wait`` and ``max_batch`` come from its entry in ``engines:`` (kcm.master writes
+    both); without one it stops, naming it.
 
     CLI Example:
 
@@ -106,8 +107,11 @@ def start(batch_wait=BATCH_WAIT, max_batch=MAX_BATCH):
 
         # master config; restart salt-master after salt-run saltutil.sync_engines
         engines:
-          - kcm_alert: {batch_wait: 0.2}
+          - kcm_alert: {batch_wait: 0.2, max_batch: 500}
     """
+    for name, value in (("batch_wait", batch_wait), ("max_batch", max_batch)):
+        if value is None:
+            raise __utils__["kcm_error.missing_setting"](f"engines:kcm_alert:{name}", f"kcm:master:{name}")
     batch_wait, max_batch = float(batch_wait), int(max_batch)
     warned = False
     with salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=True) as bus:

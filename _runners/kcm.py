@@ -38,7 +38,6 @@ NO_ANSWER = "(no answer)"
 NO_CLUSTER = "(no cluster)"
 # A row this view does not believe: no KCM master by id, or not its signed answer.
 REFUSED = "(refused)"
-SIGNATURE_WINDOW = 300
 
 
 def __virtual__():
@@ -75,8 +74,10 @@ def _row(minion, answer, timeout, trust=None, nonce=None, now=None):
     if trust is not None and answer is not None and not trust.is_master(minion):
         return _refused_row(minion, trust.why_not_master(minion))
     if trust is not None and isinstance(answer, dict):
+        # The alert runner's window (kcm_alert:signature_window, written by kcm.master).
+        cfg = __utils__["kcm_error.master_settings"](__opts__, "kcm_alert", "kcm:master")  # noqa: F821
         why = __utils__["kcm_trust.answer_problem"](key_path, minion, answer, nonce, now,  # noqa: F821
-                                                    SIGNATURE_WINDOW)
+                                                    cfg["signature_window"])
         if why:
             return _refused_row(minion, why)
         answer = answer.get("status")

@@ -22,26 +22,11 @@ every receiver accepted it, and Alertmanager keeps one alert per label set, so a
 after a lost answer changes nothing. A second Salt master computes the same labels and
 ``startsAt`` from the same report and Alertmanager merges its post with the first.
 
-Master configuration (``/etc/salt/master.d/kcm.conf``, written by ``kcm.master``):
-
-.. code-block:: yaml
-
-    kcm_alert:
-      alertmanager_urls: [http://127.0.0.1:9093]
-      webhook_urls: []
-      labels: {team: platform}        # added to every alert
-      ca_bundle: ''                   # CA file for https receivers ('' = system CAs)
-      proxy: ''                       # proxy URL for the receivers ('' = none; the environment's is ignored)
-      dedupe_file: ''                 # '' = <cachedir>/kcm_alert/dedupe.json (with the outbox)
-      retries: 3                      # attempts per receiver and flush
-      backoff: 0.5                    # seconds before the 2nd attempt, doubling
-      timeout: 5                      # seconds for one whole HTTP request (answer included)
-      resend_interval: 60             # seconds between re-sends of an open condition (endsAt: 4 of them ahead)
-      runbook_url: ''                 # base of each alert's runbook_url ('' = docs/runbook.md in the project)
-      event_ttl: 3600                 # endsAt of a KCMLeaderChanged alert
-      reconcile_timeout: 10           # seconds the reconcile waits for the masters' answers
-      masters: 'master-*'             # the KCM masters by minion id (kcm_trust; required)
-      clusters: {}                    # {cluster name: its masters' ids}, optional
+Master configuration: ``kcm_alert:`` in ``/etc/salt/master.d/kcm.conf``, written by
+``kcm.master`` from pillar ``kcm:master`` (every key and its default: ``formula/kcm/defaults.yaml``,
+docs/pillar.md). The runner keeps no default of its own: a key it reads that is not there
+fails naming ``kcm_alert:<key>`` (apply kcm.master). ``dedupe_file: ''`` is
+``<cachedir>/kcm_alert/dedupe.json``, beside the master's other caches.
 """
 
 import contextlib
@@ -57,31 +42,6 @@ log = logging.getLogger(__name__)
 
 __virtualname__ = "kcm_alert"
 
-DEFAULTS = {
-    "alertmanager_urls": [],
-    "webhook_urls": [],
-    "labels": {},
-    "ca_bundle": "",
-    "proxy": "",
-    "dedupe_file": "",
-    "retries": 3,
-    "backoff": 0.5,
-    "timeout": 5,
-    # An open condition is re-sent (flush) this often, its endsAt renewed to 4 intervals ahead.
-    "resend_interval": 60,
-    "runbook_url": "",
-    "event_ttl": 3600,
-    "dedupe_ttl": 86400,
-    # Who may report: the KCM masters by minion id (kcm_trust); no default, none without it.
-    "masters": None,
-    "clusters": {},
-    # A refused sender is logged (and its refusal fired) once per this many seconds.
-    "refusal_log_interval": 60,
-    "signature_window": 300,
-    "reconcile_timeout": 10,
-    "max_seen": 1000,
-    "max_open": 200,
-}
 # A sender that holds entries longer than this died mid-send: another may post them.
 CLAIM_SECONDS = 120
 # How long a report waits for its alerts that another sender holds, before leaving them queued.
@@ -93,8 +53,8 @@ def __virtual__():
 
 
 def _config():
-    cfg = dict(DEFAULTS)
-    cfg.update(__opts__.get("kcm_alert") or {})
+    """The master's ``kcm_alert:``; a key read that it lacks raises, naming it."""
+    cfg = _u("kcm_error.master_settings")(__opts__, "kcm_alert", "kcm:master")
     if not cfg["dedupe_file"]:
         cfg["dedupe_file"] = os.path.join(__opts__["cachedir"], "kcm_alert", "dedupe.json")
     return cfg

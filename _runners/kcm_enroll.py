@@ -9,7 +9,8 @@ Who is a KCM master is the master's own configuration, by minion id
 start the minion fired itself, or one forged in a batch in another's name) can enroll
 anything else, or hold a lock while a minion answers. A minion is enrolled once per
 accepted key (bank ``kcm/enroll``, with the key's fingerprint); a refused sender is
-remembered (bank ``kcm/enroll-refused``) and logged once per ``REFUSAL_LOG_INTERVAL``.
+remembered (bank ``kcm/enroll-refused``) and logged once per ``kcm_alert:refusal_log_interval``
+(kcm:master:refusal_log_interval, as the alert runner's refusals).
 """
 
 import hashlib
@@ -28,7 +29,6 @@ log = logging.getLogger(__name__)
 __virtualname__ = "kcm_enroll"
 BANK = "kcm/enroll"
 REFUSED_BANK = "kcm/enroll-refused"
-REFUSAL_LOG_INTERVAL = 300
 
 
 def __virtual__():
@@ -113,7 +113,8 @@ def _refused(minion_id, why):
     cache, now = salt.cache.factory(__opts__), time.time()
     known = _u("well_formed")(minion_id)
     last = cache.fetch(REFUSED_BANK, minion_id) if known else None
-    if isinstance(last, dict) and now - float(last.get("at") or 0) < REFUSAL_LOG_INTERVAL:
+    cfg = __utils__["kcm_error.master_settings"](__opts__, "kcm_alert", "kcm:master")  # noqa: F821
+    if isinstance(last, dict) and now - float(last.get("at") or 0) < cfg["refusal_log_interval"]:
         return {"minion": minion_id, "result": "refused", "reason": why, "remembered": True}
     if known:
         cache.store(REFUSED_BANK, minion_id, {"at": now, "reason": why})

@@ -182,12 +182,7 @@ def _setting(name, given):
     default of its own."""
     if given is not None:
         return given
-    value = (__opts__.get("kcm_orch") or {}).get(name)
-    if value is None:
-        raise CommandExecutionError(
-            f"no {name}= given and kcm_orch:{name} is not in the Salt master's configuration: apply kcm.master"
-            f" (pillar kcm:master:orch:{name}) and restart salt-master")
-    return value
+    return __utils__["kcm_error.master_settings"](__opts__, "kcm_orch", "kcm:master:orch")[name]
 
 
 def settings(tgt=None, tgt_type=None, timeout=None, interval=None, apply_timeout=None, count=None,

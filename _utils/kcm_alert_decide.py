@@ -24,10 +24,6 @@ __virtualname__ = "kcm_alert_decide"
 
 log = logging.getLogger(__name__)
 
-# The store holds at most this many keys, the oldest evicted first.
-MAX_SEEN = 1000
-MAX_OPEN = 200
-MAX_LEASES = 1000
 # A certificate alert's key is kept until notAfter, but never longer than this.
 MAX_KEEP_SECONDS = 2 * 366 * 86400
 
@@ -93,7 +89,7 @@ def build_alert(kind, data, reporter, cfg, now):
     fmt = _rule("format_rfc3339", "kcm_time")
     return {
         "labels": _rule("alert_labels")(kind, data, cfg["labels"]),
-        "annotations": _rule("annotations")(kind, data, reporter, cfg.get("runbook_url")),
+        "annotations": _rule("annotations")(kind, data, reporter, cfg["runbook_url"]),
         "startsAt": fmt(starts_at(kind, data, now)),
         # Explicit endsAt: Alertmanager ends the alert then unless a re-send renews it.
         "endsAt": fmt(ends_at(kind, data, cfg, now)),
@@ -139,9 +135,9 @@ def resends(store, cfg, now):
 # --------------------------------------------------------------------------
 
 
-def prune(store, oldest, caps=None):
-    """Forget keys older than ``oldest`` (a cert's key lives until notAfter) and cap each part."""
-    caps = caps or {"seen": MAX_SEEN, "open": MAX_OPEN, "leases": MAX_LEASES}
+def prune(store, oldest, caps):
+    """Forget keys older than ``oldest`` (a cert's key lives until notAfter) and keep at
+    most ``caps[part]`` of each part, the newest (kcm:master:max_seen, max_open)."""
     store["seen"] = {
         key: entry for key, entry in store["seen"].items()
         if max(entry.get("at", 0), entry.get("keep_until") or 0) >= oldest
@@ -182,7 +178,7 @@ def _used_by(users):
 def _cert_annotations(entry, cfg):
     """The certificate's annotations as ``entry`` (its worst report, the masters using it) says now."""
     facts = dict(entry["report"], used_by=_used_by(entry["users"]))
-    return _rule("annotations")("cert_expiring", facts, entry["reporter"], cfg.get("runbook_url"))
+    return _rule("annotations")("cert_expiring", facts, entry["reporter"], cfg["runbook_url"])
 
 
 def _reannotated(entry, cfg, now):

@@ -36,9 +36,6 @@ PER_MASTER = ("restarting",)
 CLEARED_BY_CHANGE = ("no_leader", "stale")
 # Fewer days left than this make any KCMCertExpiring critical.
 CERT_CRITICAL_DAYS = 7
-# Where the runbook is when the master config names none (kcm:master:runbook_url): one
-# section per alert name, its anchor the name in lower case (docs/runbook.md).
-RUNBOOK_URL = "https://github.com/kcm-formula/kcm-formula/blob/main/docs/runbook.md"
 # What an annotation never shows: credentials in a URL, a bearer token, a token= or password= value.
 _SECRET_RE = re.compile(r"(?i)(//)[^/\s@]+@|(bearer\s+|(?:token|password|secret)[=:]\s*)[^\s,;&]+")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -202,13 +199,14 @@ def _clean(text):
                            f"\\u{ord(m.group()):04x}", text)
 
 
-def annotations(kind, data, reporter, runbook_url=""):
-    """summary, description and runbook_url (``runbook_url`` or :data:`RUNBOOK_URL`, plus the
-    alert's anchor) of the alert for `kind`; a certificate's also ``used_by`` (its masters
-    and files, ``data["used_by"]``)."""
+def annotations(kind, data, reporter, runbook_url):
+    """summary, description and runbook_url (``runbook_url``, the master's
+    ``kcm_alert:runbook_url``, plus the alert's anchor: docs/runbook.md has one section per
+    alert name) of the alert for `kind`; a certificate's also ``used_by`` (its masters and
+    files, ``data["used_by"]``)."""
     summary, description = _summary_and_description(kind, data, reporter)
     out = {"summary": _clean(summary), "description": _clean(description),
-           "runbook_url": f"{runbook_url or RUNBOOK_URL}#{runbook_anchor(KINDS[kind][1])}"}
+           "runbook_url": f"{runbook_url}#{runbook_anchor(KINDS[kind][1])}"}
     if data.get("used_by"):
         out["used_by"] = _clean(str(data["used_by"]))
     return out

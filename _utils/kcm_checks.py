@@ -328,6 +328,18 @@ def value_problems(cfg):
 
 LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 GRAIN_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$")
+# The least value of each number of kcm:master (its type is kcm_shapes'), and what is expected.
+_SECONDS, _COUNT = "a positive number of seconds", "a positive number of {}"
+_MASTER_LEAST = {
+    "reconcile_interval": (1, _SECONDS), "flush_interval": (1, _SECONDS), "resend_interval": (1, _SECONDS),
+    "event_ttl": (1, _SECONDS), "dedupe_ttl": (1, _SECONDS), "signature_window": (1, _SECONDS),
+    "receiver_timeout": (1e-9, _SECONDS), "reconcile_timeout": (1e-9, _SECONDS),
+    "receiver_backoff": (0, "zero or more seconds"), "refusal_log_interval": (0, "zero or more seconds"),
+    "receiver_retries": (1, _COUNT.format("attempts")), "max_batch": (1, _COUNT.format("events")),
+    "max_seen": (1, _COUNT.format("entries")), "max_open": (1, _COUNT.format("entries")),
+}
+
+
 def master_problems(master):
     """The value problems of a shape-checked ``kcm:master`` mapping: label names Alertmanager
     accepts, https receiver URLs (``http://`` only for a loopback receiver with
@@ -351,7 +363,7 @@ def master_problems(master):
         why = url_problem(proxy, ("http", "https"))
         if why:
             problems.append(f"kcm:master:proxy: {why}")
-    for key in ("config_dir", "ca_bundle"):
+    for key in ("config_dir", "ca_bundle", "dedupe_file"):
         value = master.get(key)
         if isinstance(value, str) and value and not (PATH_RE.match(value) and "/../" not in value + "/"):
             problems.append(f"kcm:master:{key}: '{value}' is not a plain absolute path")
@@ -361,9 +373,10 @@ def master_problems(master):
     if isinstance(batch_wait, (int, float)) and not isinstance(batch_wait, bool) and not 0 < batch_wait <= 5:
         # Every event of a batch waits up to this long: past 5 s the alert comes late.
         problems.append(f"kcm:master:batch_wait: {batch_wait!r} is not seconds in (0, 5], such as 0.2")
-    for key in ("reconcile_interval", "flush_interval", "resend_interval"):
-        if _is_int(master.get(key)) and master[key] < 1:
-            problems.append(f"kcm:master:{key}: {master[key]} is not a positive number of seconds")
+    for key, (least, what) in _MASTER_LEAST.items():
+        value = master.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < least:
+            problems.append(f"kcm:master:{key}: {value!r} is not {what}")
     if _is_int(master.get("renew_interval")) and master["renew_interval"] < 0:
         problems.append(f"kcm:master:renew_interval: {master['renew_interval']} is not seconds"
                         " (0 turns the renewal off)")
@@ -378,6 +391,10 @@ def master_problems(master):
         problems.append(f"kcm:master:resend_interval: {resend} is shorter than kcm:master:flush_interval ({flush}),"
                         " which runs the re-sends")
     runbook = master.get("runbook_url")
+    if runbook == "":
+        # Every alert links its section of docs/runbook.md: the default is the project's copy.
+        problems.append("kcm:master:runbook_url: required: the http(s) URL of docs/runbook.md where your team"
+                        " reads it")
     if isinstance(runbook, str) and runbook:
         why = url_problem(runbook, ("https", "http"))
         if why or "#" in runbook:

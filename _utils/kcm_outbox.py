@@ -260,9 +260,9 @@ def am_endpoint(url):
 
 def send_with_retry(url, payload, cfg, post, sleep):
     """Post with exponential backoff; return None on success or the last error text."""
-    delay = cfg["backoff"]
+    delay = cfg["receiver_backoff"]
     error = None
-    attempts = max(1, int(cfg["retries"]))
+    attempts = max(1, int(cfg["receiver_retries"]))
     for attempt in range(1, attempts + 1):
         try:
             post(url, payload, cfg)

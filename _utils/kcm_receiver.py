@@ -10,7 +10,7 @@ or taken over, and its answer must not be able to steer the master.
   ``NO_PROXY`` and ``~/.netrc`` (``trust_env = False``); a proxy is used only when the
   master configuration names one (``kcm_alert: {proxy: ...}``, pillar ``kcm:master:proxy``).
 - TLS is always verified, against ``ca_bundle`` when one is set.
-- The whole request, connection and answer included, ends within ``timeout`` seconds: a
+- The whole request, connection and answer included, ends within ``receiver_timeout`` seconds: a
   receiver that drips its answer a byte at a time cannot hold the runner (each socket read
   has its own timeout in requests, so a drip never trips it; a watchdog closes the sockets).
 - At most ``MAX_BODY`` bytes of an answer are read, and at most ``SHOWN`` characters of it
@@ -117,7 +117,7 @@ class _TrackingAdapter(requests.adapters.HTTPAdapter):
                     pass
 
 
-def session(proxy=""):
+def session(proxy):
     """
     A ``requests.Session`` that ignores the environment (proxies, ``.netrc``) and uses
     ``proxy`` for http and https when it is set. Returns ``(session, adapter)``.
@@ -174,14 +174,15 @@ def post(url, payload, cfg):
     """
     POST ``payload`` as JSON to ``url``; return ``None`` when the receiver answered 2xx,
     raise :class:`ReceiverError` (one printable line) otherwise. ``cfg``: the kcm_alert
-    settings ``timeout`` (seconds for the whole request), ``ca_bundle`` and ``proxy``.
+    settings ``receiver_timeout`` (seconds for the whole request), ``ca_bundle`` and ``proxy``
+    (each required: kcm.master writes them).
     """
-    timeout = float(cfg.get("timeout") or 5)
-    sess, adapter = session(cfg.get("proxy") or "")
+    timeout = float(cfg["receiver_timeout"])
+    sess, adapter = session(cfg["proxy"])
     deadline = time.monotonic() + timeout
     done = _watchdog(adapter, timeout)
     try:
-        response = sess.post(url, data=json.dumps(payload), timeout=timeout, verify=cfg.get("ca_bundle") or True,
+        response = sess.post(url, data=json.dumps(payload), timeout=timeout, verify=cfg["ca_bundle"] or True,
                              allow_redirects=False, stream=True,
                              headers={"Content-Type": "application/json", "Accept-Encoding": "identity"})
         try:

@@ -22,16 +22,19 @@ _KEYS_BY_KIND = {
           " master:sync_runners master:enroll:enabled master:allow_http",
     NUMBER: "master:batch_wait beacon:interval beacon:stale_after beacon:timeout beacon:cert_check_interval"
             " beacon:healthy_for"
-            " master:orch:timeout master:orch:interval master:orch:drill_interval master:orch:apply_timeout",
+            " master:orch:timeout master:orch:interval master:orch:drill_interval master:orch:apply_timeout"
+            " master:receiver_backoff master:receiver_timeout master:reconcile_timeout",
     INT: "secure_port keep_versions verbosity terminated_pod_gc_threshold pki:days_valid pki:days_remaining"
          " pki:key_size beacon:debounce"
          " master:reconcile_interval master:flush_interval master:resend_interval master:renew_interval"
+         " master:max_batch master:receiver_retries master:event_ttl master:dedupe_ttl master:max_seen master:max_open"
+         " master:refusal_log_interval master:signature_window"
          " master:orch:count"
          " master:orch:min_remaining",
     TEXT: "version identity cluster user group apiserver bind_address bind_interface service_cluster_ip_range"
           " cluster_signing_duration service:name service:control_cmd source:type source:url source:hash"
           " source:arch skew:override_reason pki:mode pki:ca_server pki:signing_policy pki:key_algo master:config_dir"
-          " master:ca_bundle master:proxy master:runbook_url",
+          " master:ca_bundle master:proxy master:runbook_url master:dedupe_file",
 }
 # Sections before their keys: a section of the wrong kind hides what is under it.
 SHAPES = tuple(sorted(

@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from kcmlab.cluster import SHORT_ELECTION, UNIT, LabCluster  # noqa: E402
 from kcmlab.controlplane import node_of, wait_until  # noqa: E402
-from kcmlab.formula import orch_settings  # noqa: E402
+from kcmlab.formula import runner_settings  # noqa: E402
 
 ELECTIONS = {"short": SHORT_ELECTION, "default": {"lease_duration": "15s", "renew_deadline": "10s",
                                                   "retry_period": "2s"}}
@@ -129,7 +129,7 @@ def main():
     gaps = {(case, on): [] for case in cases for on in (True, False)}
     with scratch_dir("kcm-bench-release-") as workdir, \
             LabCluster(k8s_bin(), workdir, suite="bench-rel", election=election,
-                       master_config={"kcm_orch": orch_settings()}) as cluster:
+                       master_config=runner_settings()) as cluster:
         cluster.salt("saltutil.sync_all", timeout=300)
         cluster.apply("kcm")
         cluster.ensure_running(timeout=120)

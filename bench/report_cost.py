@@ -31,7 +31,7 @@ from common import machine, scratch_dir
 
 from kcmlab.alertmanager import Alertmanager
 from kcmlab.fleet import failover_events, new_cluster_id
-from kcmlab.formula import load, utils
+from kcmlab.formula import load, master_conf, utils
 
 MASTERS = ("master-1", "master-2", "master-3")
 # cProfile's file name -> the part of the path a report takes there.
@@ -90,8 +90,8 @@ def _runner(root, alertmanager_url):
     runner.__utils__ = utils()
     opts = dict(salt.config.DEFAULT_MASTER_OPTS, __role="master", cachedir=str(root / "master-cache"),
                 pki_dir=str(root / "master-pki"), sock_dir=str(root / "sock"))
-    opts["kcm_alert"] = dict(getattr(runner, "DEFAULTS", {}), masters=list(MASTERS),
-                             alertmanager_urls=[alertmanager_url], labels={"env": "bench"})
+    opts["kcm_alert"] = master_conf(masters=list(MASTERS), alertmanager_urls=[alertmanager_url],
+                                    labels={"env": "bench"})["kcm_alert"]
     runner.__opts__ = opts
     fired = collections.Counter()
     runner._fire = lambda tag, data: fired.update([tag])

@@ -27,7 +27,7 @@ from types import SimpleNamespace
 from common import k8s_bin, lab_timings, machine, median
 
 from kcmlab.cluster import NODES, SHORT_ELECTION, LabCluster
-from kcmlab.formula import orch_settings
+from kcmlab.formula import runner_settings
 from kcmlab.leasewatch import LeaseWatch
 
 LEASE = float(SHORT_ELECTION["lease_duration"].rstrip("s"))
@@ -71,8 +71,7 @@ def main():
     results = {"orchestration": [], "plain apply": []}
     with tempfile.TemporaryDirectory(prefix="kcmb-", dir="/tmp") as tmp, \
             LabCluster(bindir, Path(tmp), suite="bench-roll", election=SHORT_ELECTION,
-                       master_config={"kcm_alert": {"masters": list(NODES)},
-                                      "kcm_orch": orch_settings()}) as cluster:
+                       master_config=runner_settings(masters=list(NODES))) as cluster:
         cluster.deploy()
         verbosity = 2
         for _ in range(args.runs):

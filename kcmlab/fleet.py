@@ -19,8 +19,6 @@ import datetime
 import uuid
 from pathlib import Path
 
-import yaml
-
 from kcmlab.formula import load, utils
 
 ALERTMANAGER = Path("/usr/bin/prometheus-alertmanager")
@@ -98,17 +96,8 @@ class BeaconStandIn:
 
 
 def kcm_master_conf(root, alertmanager_url, labels, **master):
-    """
-    What the formula's kcm.master state writes into master.d/kcm.conf (the kcm_alert
-    engine or the reactor mapping, kcm_alert settings), rendered by the real state on a masterless sandbox minion.
-    `master` adds pillar kcm:master keys.
-    """
-    from kcmlab.masterless import MasterlessMinion
+    """What the formula's kcm.master state writes into master.d/kcm.conf for these receivers
+    and labels (``master``: more pillar kcm:master keys): ``kcmlab.masterless.kcm_master_config``."""
+    from kcmlab.masterless import kcm_master_config
 
-    root = Path(root)
-    conf_dir = root / "master.d"
-    pillar = {"kcm": {"master": dict({"config_dir": str(conf_dir), "alertmanager_urls": [alertmanager_url],
-                                      "labels": labels, "sync_runners": False}, **master)}}
-    ret = MasterlessMinion(root, "salt-master-host", pillar).apply("kcm.master")
-    assert isinstance(ret, dict) and all(s.get("result") for s in ret.values()), ret
-    return yaml.safe_load((conf_dir / "kcm.conf").read_text())
+    return kcm_master_config(root, dict({"alertmanager_urls": [alertmanager_url], "labels": labels}, **master))

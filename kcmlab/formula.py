@@ -7,6 +7,7 @@ the loader wires them (``__utils__``, ``__salt__``), nothing else.
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import yaml
@@ -60,7 +61,51 @@ def defaults() -> dict:
     return yaml.safe_load((REPO / "formula" / "kcm" / "defaults.yaml").read_text())["kcm"]
 
 
+def _merged(base: dict, over: dict) -> dict:
+    """``over`` merged into a copy of ``base``, mappings key by key (as ``defaults.merge``)."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def master_conf(**master) -> dict:
+    """
+    The Salt master's configuration that ``kcm.master`` writes (its ``kcm.conf``: ``engines``,
+    ``kcm_alert``, ``kcm_orch``, ``schedule``) for pillar ``kcm:master`` = defaults.yaml's with
+    ``master`` over it: the real ``formula/kcm/master/config.sls`` rendered by plain Jinja,
+    without Salt (no validation; ``kcmlab.masterless.kcm_master_config`` applies the state).
+    Every hand-made master configuration of the lab, tests and bench starts from it, so each
+    carries every setting the runners and the engine read.
+    """
+    import jinja2
+
+    cfg = dict(defaults(), master=_merged(defaults()["master"], master))
+    sls = {"kcm/map.jinja": "{%- set kcm = merged %}",
+           "kcm/master/config.sls": (REPO / "formula" / "kcm" / "master" / "config.sls").read_text()}
+    env = jinja2.Environment(loader=jinja2.DictLoader(sls), extensions=["jinja2.ext.do"],
+                             undefined=jinja2.StrictUndefined)
+    env.filters["json"] = json.dumps
+    text = env.get_template("kcm/master/config.sls").render(tpldir="kcm/master", merged=cfg)
+    states = yaml.safe_load(text)["kcm-master-config"]["file.serialize"]
+    return next(arg["dataset"] for arg in states if "dataset" in arg)
+
+
 def orch_settings() -> dict:
     """``kcm_orch:`` as kcm.master writes it into a Salt master's configuration (the
     defaults of ``kcm:master:orch``): what the kcm_orch runner and the orchestrations read."""
-    return dict(defaults()["master"]["orch"])
+    return master_conf()["kcm_orch"]
+
+
+def runner_settings(**master) -> dict:
+    """``kcm_alert:`` and ``kcm_orch:`` as kcm.master writes them (``master`` over the
+    defaults): what the runners read, without the engine and the schedule, for a lab's
+    Salt master that only runs the runners."""
+    conf = master_conf(**master)
+    return {"kcm_alert": conf["kcm_alert"], "kcm_orch": conf["kcm_orch"]}
+
+
+def alert_settings(**master) -> dict:
+    """``kcm_alert:`` as kcm.master writes it for pillar ``kcm:master`` = ``master`` over the
+    defaults: every setting the kcm_alert runner reads."""
+    return master_conf(**master)["kcm_alert"]

@@ -14,7 +14,7 @@ import pytest
 from cryptography import x509
 
 from kcmlab.cluster import SHORT_ELECTION, changed_states
-from kcmlab.formula import orch_settings
+from kcmlab.formula import runner_settings
 from kcmlab.leasewatch import LeaseWatch
 from tests.e2e.conftest import start_lab_cluster, stop_lab_cluster
 
@@ -31,7 +31,7 @@ def local_cluster(k8s_bin, tmp_path_factory, request):
                                 election=SHORT_ELECTION,
                                 # no certificate alert here: its thresholds must sit below days_remaining
                                 kcm={"pki": LOCAL_PKI, "beacon": {"cert_thresholds": []}},
-                                master_config={"kcm_alert": {"masters": "master-*"}, "kcm_orch": orch_settings()})
+                                master_config=runner_settings(masters="master-*"))
     try:
         yield cluster
     finally:

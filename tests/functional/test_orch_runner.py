@@ -15,7 +15,7 @@ import salt.loader
 import salt.utils.minions
 import yaml
 
-from kcmlab.formula import orch_settings
+from kcmlab.formula import runner_settings
 from tests.support.pillar import REPO
 
 MASTERS = ("master-1", "master-2", "master-3")
@@ -76,7 +76,7 @@ def masters(monkeypatch):
 
 @pytest.fixture
 def runners(tmp_path):
-    opts = dict(salt.config.DEFAULT_MASTER_OPTS, cachedir=str(tmp_path / "cache"), kcm_orch=orch_settings(),
+    opts = dict(salt.config.DEFAULT_MASTER_OPTS, cachedir=str(tmp_path / "cache"), **runner_settings(),
                 extension_modules=str(tmp_path / "extmods"), runner_dirs=[str(REPO / "_runners")],
                 utils_dirs=[str(REPO / "_utils")])
     return salt.loader.runner(opts, utils=salt.loader.utils(opts))

@@ -8,7 +8,7 @@ import salt.config
 import salt.loader
 import yaml
 
-from kcmlab.formula import load, utils
+from kcmlab.formula import alert_settings, load, utils
 from tests.support.pillar import REPO
 from tests.unit.test_kcm_receiver import ok, proxy_env, serve  # noqa: F401 - fixtures
 
@@ -51,7 +51,7 @@ def loaded_runner(tmp_path, receiver_url):
     opts = dict(salt.config.DEFAULT_MASTER_OPTS, cachedir=str(tmp_path / "cache"), sock_dir=str(tmp_path / "sock"),
                 extension_modules=str(tmp_path / "extmods"), runner_dirs=[str(REPO / "_runners")],
                 utils_dirs=[str(REPO / "_utils")],
-                kcm_alert={"alertmanager_urls": [receiver_url], "webhook_urls": [], "retries": 1, "timeout": 2})
+                kcm_alert=alert_settings(alertmanager_urls=[receiver_url], receiver_retries=1, receiver_timeout=2))
     loaded_utils = salt.loader.utils(opts)
     path = tmp_path / "cache" / "kcm_alert" / "dedupe.json"
     path.parent.mkdir(parents=True)

@@ -35,7 +35,7 @@ def alertmanager(tmp_path_factory):
 def fleet_master(salt_factories, alertmanager, tmp_path_factory):
     conf = kcm_master_conf(tmp_path_factory.mktemp("fleet-host"), alertmanager.url, {"env": "fleet"},
                            allow_http=True, masters=[STAND_IN])  # Alertmanager on loopback
-    assert conf["engines"] == [{"kcm_alert": {"batch_wait": 0.2}}]
+    assert conf["engines"] == [{"kcm_alert": {"batch_wait": 0.2, "max_batch": 500}}]
     # engines_dirs stands in for kcm.master's saltutil.sync_engines + master restart
     overrides = dict(conf, file_roots={"base": [str(REPO / "formula")]}, engines_dirs=[str(REPO / "_engines")])
     master = salt_factories.salt_master_daemon("kcm-fleet-master", overrides=overrides)

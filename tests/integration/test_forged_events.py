@@ -16,11 +16,10 @@ import threading
 import time
 
 import pytest
-import yaml
 
 from kcmlab.fleet import BeaconStandIn
+from kcmlab.masterless import kcm_master_config
 from tests.support.bus import bus_marker
-from tests.support.masterless import MasterlessMinion
 from tests.support.pillar import REPO
 
 pytestmark = [pytest.mark.integration]
@@ -55,15 +54,11 @@ def receiver():
 @pytest.fixture(scope="module")
 def salt_master(salt_factories, receiver, tmp_path_factory):
     host = tmp_path_factory.mktemp("forged-master-host")
-    pillar = {"kcm": {"master": {
-        "config_dir": str(host / "master.d"), "alertmanager_urls": [receiver], "allow_http": True,
-        "sync_runners": False, "masters": [MASTER], "enroll": {"enabled": True}}}}
-    ret = MasterlessMinion(host, "forged-salt-master-host", pillar).apply("kcm.master")
-    assert isinstance(ret, dict) and all(s["result"] for s in ret.values()), ret
-    conf = yaml.safe_load((host / "master.d" / "kcm.conf").read_text())
-    assert conf["kcm_alert"]["masters"] == [MASTER] and conf["engines"], conf
-    # Each forgery's refusal on the bus, not once per sender per minute as in production.
-    conf["kcm_alert"]["refusal_log_interval"] = 1
+    conf = kcm_master_config(host, {
+        "alertmanager_urls": [receiver], "allow_http": True, "masters": [MASTER], "enroll": {"enabled": True},
+        # Each forgery's refusal on the bus, not once per sender per minute as in production.
+        "refusal_log_interval": 1})
+    assert conf["kcm_alert"]["masters"] == [MASTER] and conf["kcm_alert"]["refusal_log_interval"] == 1, conf
     # engines_dirs stands in for kcm.master's saltutil.sync_engines + master restart
     overrides = dict(conf, file_roots={"base": [str(REPO / "formula")]}, engines_dirs=[str(REPO / "_engines")])
     master = salt_factories.salt_master_daemon("kcm-forged-master", overrides=overrides)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from kcmlab.formula import orch_settings
+from kcmlab.formula import runner_settings
 from tests.support.pillar import REPO
 
 pytestmark = [pytest.mark.integration]
@@ -43,8 +43,7 @@ def formula_master(salt_factories, name, config):
 @pytest.fixture(scope="module")
 def master(salt_factories):
     """What kcm.master writes for pillar ``kcm:master:masters: master-*``."""
-    yield from formula_master(salt_factories, "kcm-orch-target", {"kcm_alert": {"masters": "master-*"},
-                                                                  "kcm_orch": orch_settings()})
+    yield from formula_master(salt_factories, "kcm-orch-target", runner_settings(masters="master-*"))
 
 
 @pytest.fixture(scope="module")

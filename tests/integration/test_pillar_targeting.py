@@ -16,7 +16,7 @@ import time
 import pytest
 import yaml
 
-from kcmlab.formula import orch_settings
+from kcmlab.formula import runner_settings
 from tests.support.pillar import REPO
 
 pytestmark = [pytest.mark.integration]
@@ -63,9 +63,9 @@ def master(salt_factories, tmp_path_factory, top):
     (pillar_dir / "kcm.sls").write_text((REPO / "pillar.example").read_text())
     factory = salt_factories.salt_master_daemon(
         "kcm-targeting-master",
-        # kcm_orch: what kcm.master writes for the orchestrations (their settings' one home).
+        # kcm_alert, kcm_orch: what kcm.master writes for the runners (their settings' one home).
         overrides={"file_roots": {"base": [str(REPO / "formula")]}, "pillar_roots": {"base": [str(pillar_dir)]},
-                   "kcm_orch": orch_settings()})
+                   **runner_settings()})
     with factory.started(start_timeout=120):
         ret = factory.salt_run_cli(timeout=120).run("saltutil.sync_all")
         assert "runners.kcm_orch" in json.dumps(ret.data), ret

@@ -63,7 +63,7 @@ def test_every_alert_kind_has_its_own_labels_and_text():
             continue
         labels = UTILS["kcm_alert_rules.alert_labels"](kind, data, {})
         assert (labels["alertname"], labels["severity"]) == (alertname, severity), kind
-        summaries[kind] = UTILS["kcm_alert_rules.annotations"](kind, data, "m")["summary"]
+        summaries[kind] = UTILS["kcm_alert_rules.annotations"](kind, data, "m", "https://runbook")["summary"]
     assert len(set(summaries.values())) == len(summaries), summaries
     assert set(RULES["CONDITIONS"]) <= set(summaries) and set(RULES["CLEARED_BY_CHANGE"]) <= set(RULES["CONDITIONS"])
 

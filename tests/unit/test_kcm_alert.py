@@ -17,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from kcmlab.formula import load, utils
+from kcmlab.formula import alert_settings, load, utils
 
 T0 = 1_800_000_000.0
 REPORTERS = ("master-1", "master-2", "master-3")
@@ -76,8 +76,9 @@ class Harness:
             "cachedir": str(self.cachedir),
             "sock_dir": str(tmp_path / "sock"),
             "pki_dir": str(pki),
-            "kcm_alert": dict({"alertmanager_urls": ["http://127.0.0.1:9093"], "labels": {"env": "test"},
-                               "masters": list(REPORTERS)}, **cfg),
+            # What kcm.master writes from defaults.yaml, with this test's pillar kcm:master over it.
+            "kcm_alert": alert_settings(**dict({"alertmanager_urls": ["http://127.0.0.1:9093"],
+                                                "labels": {"env": "test"}, "masters": list(REPORTERS)}, **cfg)),
         }, raising=False)
         # The KCM masters by id: the list in the master's own configuration.
         self.masters = self.module.__opts__["kcm_alert"]["masters"]
@@ -321,7 +322,7 @@ def test_acquired_and_lost_are_not_alerts(harness):
 
 
 def test_a_send_failure_is_retried_with_backoff(tmp_path, monkeypatch):
-    harness = Harness(tmp_path, monkeypatch, module=kcm_alert, retries=3, backoff=0.5)
+    harness = Harness(tmp_path, monkeypatch, module=kcm_alert, receiver_retries=3, receiver_backoff=0.5)
     sleeps = []
     monkeypatch.setattr(harness.module, "_sleep", sleeps.append)
     harness.fail_next = 2
@@ -383,7 +384,7 @@ def receiver():
 def test_real_http_retry_after_a_500_and_webhook_copy(tmp_path, monkeypatch, receiver):
     base, handler = receiver
     h = Harness(tmp_path, monkeypatch, module=kcm_alert, alertmanager_urls=[base + "/"],
-                webhook_urls=[base + "/hook"], backoff=0.01)
+                webhook_urls=[base + "/hook"], receiver_backoff=0.01)
     real = load("_runners", "kcm_alert")
     real.__utils__ = utils()
     monkeypatch.setattr(h.module, "_post", real._post)  # the real HTTP client

@@ -9,6 +9,7 @@ import contextlib
 
 import pytest
 
+from kcmlab.formula import alert_settings
 from tests.unit.conftest import load, utils
 
 
@@ -50,7 +51,7 @@ def enroll(tmp_path, monkeypatch):
     for minion in ("master-4", "web-1"):
         (tmp_path / "pki" / "minions" / minion).write_text(f"-----BEGIN PUBLIC KEY----- {minion}\n")
     module.__opts__ = {"cachedir": str(tmp_path), "sock_dir": str(tmp_path), "pki_dir": str(tmp_path / "pki"),
-                       "id": "salt-master", "kcm_alert": {"masters": "master-*"}}
+                       "id": "salt-master", "kcm_alert": alert_settings(masters="master-*")}
     module.__utils__ = utils()
     # web-1 says it has the control-plane grain: it changes nothing (no grain is read).
     client = FakeClient({"master-4": {"role": "k8s-master"}, "web-1": {"role": "k8s-master"}})

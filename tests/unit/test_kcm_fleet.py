@@ -8,7 +8,7 @@ import time
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from kcmlab.formula import load, utils
+from kcmlab.formula import alert_settings, load, utils
 from tests.unit.test_kcm_alert import CHANGE, DEAD, REPORTERS, Harness, minion_key, signed, signed_answer
 
 FLEET_RUNNER = load("_runners", "kcm")
@@ -114,7 +114,7 @@ def fleet(monkeypatch, tmp_path):
     answers = {}
     expected = []
     pki = tmp_path / "pki"
-    monkeypatch.setattr(runner, "__opts__", {"pki_dir": str(pki), "kcm_alert": {"masters": FLEET_MASTERS}},
+    monkeypatch.setattr(runner, "__opts__", {"pki_dir": str(pki), "kcm_alert": alert_settings(masters=FLEET_MASTERS)},
                         raising=False)
     monkeypatch.setattr(runner, "__utils__", utils(), raising=False)
     for minion in ("a-1", "a-2", "a-3", "b-1", "b-2", "b-3", "c-1", "salt-master-host", "web-7"):

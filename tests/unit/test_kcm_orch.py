@@ -345,8 +345,7 @@ def trusting(runner, monkeypatch, tmp_path):
     for minion in (*MASTERS, "web-7"):
         (tmp_path / "minions").mkdir(exist_ok=True)
         (tmp_path / "minions" / minion).write_text("an accepted key\n")
-    monkeypatch.setattr(runner, "__opts__", {"pki_dir": str(tmp_path), "kcm_alert": {"masters": "master-*"},
-                                             "kcm_orch": dict(ORCH)})
+    monkeypatch.setattr(runner, "__opts__", {"pki_dir": str(tmp_path), **formula.master_conf(masters="master-*")})
     targeted = []
 
     def expected(tgt, tgt_type):

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from kcmlab.formula import load, utils
+from kcmlab.formula import alert_settings, load, utils
 from tests.support import pki as testpki
 from tests.unit.test_kcm_alert import CHANGE, Harness
 
@@ -31,8 +31,8 @@ def runner():
 
 
 def post(url, **cfg):
-    return runner()._post(url, [{"labels": {"alertname": "KCMNoLeader"}}], dict({"timeout": TIMEOUT,
-                                                                                 "ca_bundle": ""}, **cfg))
+    return runner()._post(url, [{"labels": {"alertname": "KCMNoLeader"}}], alert_settings(receiver_timeout=TIMEOUT,
+                                                                                           **cfg))
 
 
 class Server:
@@ -196,7 +196,8 @@ def test_an_error_body_with_newlines_reaches_logs_outbox_and_events_as_one_escap
     receiver = serve(forged_line)
     module = load("_runners", "kcm_alert")
     real_post = module._post
-    h = Harness(tmp_path, monkeypatch, module=module, alertmanager_urls=[receiver.url], retries=2, timeout=TIMEOUT)
+    h = Harness(tmp_path, monkeypatch, module=module, alertmanager_urls=[receiver.url], receiver_retries=2,
+                receiver_timeout=TIMEOUT)
     monkeypatch.setattr(module, "_post", real_post)
     caplog.set_level(logging.DEBUG)
     assert h.handle("master-1", "changed", **CHANGE)["failed"] is True

@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from kcmlab.formula import load, utils
+from kcmlab.formula import alert_settings, load, utils
 from tests.unit.test_kcm_alert import CHANGE, DEAD, T0, Harness, signed
 
 TRUST = utils()
@@ -24,7 +24,7 @@ def harness(tmp_path, monkeypatch):
 
 
 def trust(masters, clusters=None, nodegroups=None, pki_dir=""):
-    return TRUST["kcm_trust.trust"]({"kcm_alert": {"masters": masters, "clusters": clusters or {}},
+    return TRUST["kcm_trust.trust"]({"kcm_alert": alert_settings(masters=masters, clusters=clusters or {}),
                                      "nodegroups": nodegroups or {}, "pki_dir": pki_dir})
 
 

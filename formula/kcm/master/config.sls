@@ -1,12 +1,14 @@
 {#- kcm.master: for the Salt master itself (apply it on the master host's own minion).
 
     Installs <config_dir>/kcm.conf (default /etc/salt/master.d/kcm.conf) with
-      engines:  kcm_alert (batch_wait): salt/beacon/*/kcm_leader/* and salt/beacon/*/kcm_cert/*
+      engines:  kcm_alert (batch_wait, max_batch): salt/beacon/*/kcm_leader/* and salt/beacon/*/kcm_cert/*
                 in batches -> the kcm_alert runner's handle_batch (the only alert path: it
                 refuses a minion that is no KCM master by its id, in memory)
-      kcm_alert: receivers and labels for the kcm_alert runner, resend_interval (open conditions
-                re-sent by kcm_alert.flush), runbook_url, and `masters` / `clusters`: the
-                KCM masters by minion id (pillar kcm:master:masters, required; no grain default)
+      kcm_alert: every setting of the kcm_alert runner (it keeps no default of its own): receivers
+                and labels, resend_interval (open conditions re-sent by kcm_alert.flush),
+                runbook_url, the receivers' retries and timeouts, the store's lifetimes and caps,
+                the signature window, and `masters` / `clusters`: the KCM masters by minion id
+                (pillar kcm:master:masters, required; no grain default)
       kcm_orch: the orchestrations' and the kcm_orch runner's settings (kcm:master:orch)
       schedule: kcm_alert.reconcile at start and every kcm:master:reconcile_interval s,
                 kcm_alert.flush (the outbox) every kcm:master:flush_interval s, and
@@ -23,8 +25,9 @@
     the kcm_enroll runner highstates a minion of kcm:master:masters once (by id).
 
     Settings: pillar `kcm:master` (config_dir, alertmanager_urls, webhook_urls, labels,
-    ca_bundle, proxy, sync_runners, batch_wait, reconcile_interval, flush_interval, resend_interval, renew_interval,
-    runbook_url, masters, clusters, orch, enroll); defaults in defaults.yaml. TLS to receivers is
+    ca_bundle, proxy, sync_runners, batch_wait, max_batch, reconcile_interval, flush_interval, resend_interval,
+    renew_interval, runbook_url, receiver_*, event_ttl, dedupe_*, max_seen, max_open, refusal_log_interval,
+    signature_window, reconcile_timeout, masters, clusters, orch, enroll); defaults in defaults.yaml. TLS to receivers is
     always verified (ca_bundle '' = the system store). #}
 {%- set tplroot = tpldir.split('/')[0] %}
 {%- from tplroot ~ "/map.jinja" import kcm with context %}
@@ -39,6 +42,17 @@
       "clusters": master.clusters,
       "resend_interval": master.resend_interval,
       "runbook_url": master.runbook_url,
+      "receiver_retries": master.receiver_retries,
+      "receiver_backoff": master.receiver_backoff,
+      "receiver_timeout": master.receiver_timeout,
+      "event_ttl": master.event_ttl,
+      "dedupe_ttl": master.dedupe_ttl,
+      "dedupe_file": master.dedupe_file,
+      "max_seen": master.max_seen,
+      "max_open": master.max_open,
+      "refusal_log_interval": master.refusal_log_interval,
+      "signature_window": master.signature_window,
+      "reconcile_timeout": master.reconcile_timeout,
     } %}
 {#- The runners the master's own scheduler runs: the reconcile finds what no event brought
     (and runs when the master starts), the flush retries the outbox. maxrunning 1: a slow
@@ -54,7 +68,7 @@
 {%-   do schedule.update({"kcm_orch_renew": {"function": "kcm_orch.renew", "seconds": master.renew_interval,
                                             "maxrunning": 1}}) %}
 {%- endif %}
-{%- set engine = {"kcm_alert": {"batch_wait": master.batch_wait} } %}
+{%- set engine = {"kcm_alert": {"batch_wait": master.batch_wait, "max_batch": master.max_batch} } %}
 {%- set conf = {"engines": [engine], "kcm_alert": alert, "kcm_orch": master.orch, "schedule": schedule} %}
 {#- Opt-in enrollment: a starting KCM master (by id) is highstated once. #}
 {%- if master.enroll.enabled %}

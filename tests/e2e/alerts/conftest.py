@@ -50,14 +50,14 @@ def alert_cluster(k8s_bin, alertmanager, tmp_path_factory, request):
 def alert_lab(k8s_bin, alertmanager, workdir, request, label, **lab):
     """A lab cluster (``lab``: LabCluster's keywords) whose salt-master alerts ``alertmanager``,
     every beacon polling; yields it and removes it (a fixture's body)."""
-    conf = kcm_master_config(workdir / "master-host", {"alertmanager_urls": [alertmanager.url], "allow_http": True,
-                                                       "labels": {"env": "e2e"}, "masters": "master-*"})
-    assert conf["engines"] == [{"kcm_alert": {"batch_wait": 0.2}}] and "reactor" not in conf, conf
+    conf = kcm_master_config(workdir / "master-host", {
+        "alertmanager_urls": [alertmanager.url], "allow_http": True, "labels": {"env": "e2e"}, "masters": "master-*",
+        # A test waits fractions of a second for a retry, not seconds.
+        "receiver_backoff": 0.2,
+        # Each forgery's refusal on the bus (test_intruder), not once per sender per minute as in production.
+        "refusal_log_interval": 1})
+    assert conf["engines"] == [{"kcm_alert": {"batch_wait": 0.2, "max_batch": 500}}] and "reactor" not in conf, conf
     assert conf["kcm_alert"]["masters"] == "master-*", conf
-    # A stand-in for the rendered retry backoff: a test waits fractions of a second, not seconds.
-    conf["kcm_alert"]["backoff"] = 0.2
-    # Each forgery's refusal on the bus (test_intruder), not once per sender per minute as in production.
-    conf["kcm_alert"]["refusal_log_interval"] = 1
     cluster = start_lab_cluster(k8s_bin, workdir, label, election=SHORT_ELECTION, kcm={"beacon": BEACON},
                                 master_config=conf, **lab)
     cluster.events = EventRecorder(cluster.master).start()

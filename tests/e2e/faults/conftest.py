@@ -172,9 +172,9 @@ def fault_lab(k8s_bin, alertmanager, tmp_path_factory, request):
     workdir = tmp_path_factory.mktemp("lab-faults")
     conf = kcm_master_config(workdir / "master-host", {
         "alertmanager_urls": [alertmanager.url], "allow_http": True, "labels": {"env": "e2e"},
-        "masters": "master-*", **delivery_pillar()})
-    # A stand-in for the rendered retry backoff: a test waits fractions of a second, not seconds.
-    conf["kcm_alert"]["backoff"] = 0.2
+        "masters": "master-*", **delivery_pillar(),
+        # A test waits fractions of a second for a retry, not seconds.
+        "receiver_backoff": 0.2})
     cluster, names = None, ()
     try:
         cluster = start_lab_cluster(k8s_bin, workdir, "faults", suite=SUITE, election=FAULTS_ELECTION,

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from kcmlab.cluster import NODES, SHORT_ELECTION, UNIT
-from kcmlab.formula import orch_settings
+from kcmlab.formula import runner_settings
 from tests.e2e.conftest import start_lab_cluster, stop_lab_cluster
 
 REPO = Path(__file__).resolve().parents[3]
@@ -129,8 +129,7 @@ def deployed_cluster(request, tmp_path_factory, cp_bin: Path, version: str, suit
     # The orchestrations target the KCM masters the salt-master trusts: kcm.master's kcm_alert:masters.
     lab_cluster = start_lab_cluster(cp_bin, tmp_path_factory.mktemp(suite), f"orch {suite}", suite=suite,
                                     version=version, election=SHORT_ELECTION,
-                                    master_config={"kcm_alert": {"masters": list(NODES)},
-                                                   "kcm_orch": orch_settings()})
+                                    master_config=runner_settings(masters=list(NODES)))
     print(f"{suite}: deployed {version} on 3 machines in {time.monotonic() - begin:.1f}s")
     try:
         yield OrchCluster(lab_cluster)
