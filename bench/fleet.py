@@ -30,13 +30,17 @@ runner job per event, is gone; its numbers are in docs/bench.md).
 The two minions that make the load (the stand-in and the intruder) run at nice 19: they stand
 in for other machines, so their own CPU here must not be counted against the master's latency.
 --repeat N runs each storm N times (alternating with and without forged reports); the
-comparison takes the median p99 of each kind.
+comparison takes the median p99 of each kind. --profile C runs one more storm of C clusters
+while py-spy samples every salt-master process, and prints where their CPU went
+(bench/master_profile.py).
 
 Usage:
   python bench/fleet.py [--clusters 10,100,300] [--fleet-masters 30] [--forged-rate 100] [--repeat 3]
+                        [--profile 1000]
 """
 
 import argparse
+import contextlib
 import json
 import os
 import pwd
@@ -51,6 +55,7 @@ import threading
 import time
 from pathlib import Path
 
+import master_profile
 import yaml  # noqa: E402
 from common import REPO, machine
 
@@ -279,7 +284,7 @@ class Forger(threading.Thread):
             self.sent += 1
 
 
-def storm(salt, stand_in, followups, alertmanager, clusters, intruder=None, forged_rate=0):
+def storm(salt, stand_in, followups, alertmanager, clusters, intruder=None, forged_rate=0, profile=None):
     ids = [new_cluster_id() for _ in range(clusters)]
     plan = [(cid, failover_events("kubernetes", cid)) for cid in ids for _ in range(3)]
     random.Random(clusters).shuffle(plan)
@@ -295,6 +300,9 @@ def storm(salt, stand_in, followups, alertmanager, clusters, intruder=None, forg
     seen_from = len(followups.seen)
     first_fired = {}
     forger = Forger(intruder, ids, forged_rate) if forged_rate else None
+    sampling = contextlib.ExitStack()
+    # py-spy over every salt-master process, from the first report to the last alert.
+    profiler = sampling.enter_context(master_profile.Profile(salt.master.proc.pid, profile)) if profile else None
     if forger:
         forger.start()
     begin = time.time()
@@ -318,6 +326,7 @@ def storm(salt, stand_in, followups, alertmanager, clusters, intruder=None, forg
     deadline = time.time() + WAIT
     while time.time() < deadline and (len(handled()) < len(reports) or len(ours()) < clusters):
         time.sleep(0.5)
+    sampling.close()
     sampler.running = False
     sampler.join()
     if forger:
@@ -347,6 +356,7 @@ def storm(salt, stand_in, followups, alertmanager, clusters, intruder=None, forg
         "max": max(latencies) if latencies else float("nan"),
         "cpu": cpu1 - cpu0,
         "peak_rss_mib": sampler.peak / 1024,
+        "profile": profiler.shares() if profiler else None,
     }
 
 
@@ -394,6 +404,8 @@ def main():
     parser.add_argument("--fleet-masters", type=int, default=30)
     parser.add_argument("--forged-rate", type=float, default=0,
                         help="also run each storm with this many forged reports a second mixed in")
+    parser.add_argument("--profile", type=int, default=0, metavar="C",
+                        help="also run one storm of C clusters under py-spy: where the master's CPU goes")
     parser.add_argument("--repeat", type=int, default=1,
                         help="storms of each kind per size; the comparisons take the median p99")
     args = parser.parse_args()
@@ -441,6 +453,9 @@ def main():
                 if intruder:
                     results.append(storm(salt, stand_in, followups, am, clusters, intruder, args.forged_rate))
                     progress(f"storm of {clusters} clusters with {args.forged_rate:g} forged reports/s done")
+        if args.profile:
+            profiled = storm(salt, stand_in, followups, am, args.profile, profile=sandbox / "master.pyspy")
+            progress(f"storm of {args.profile} clusters under py-spy done")
         view = fleet_view(salt, args.fleet_masters)
         followups.running = False
         followups.join()
@@ -453,6 +468,10 @@ def main():
         am.stop()
         shutil.rmtree(sandbox, ignore_errors=True)
     report(results, view, sizes, "engine")
+    if args.profile:
+        print(f"\nWhere the salt-master's CPU went in a storm of {args.profile} clusters ({profiled['reports']}"
+              f" reports; {profiled['cpu']:.1f} CPU s by /proc, p99 {profiled['p99']:.2f} s under py-spy):")
+        print("\n".join(master_profile.table(profiled["profile"], profiled["reports"])))
 
 
 def salt_minion_opts(salt, name):

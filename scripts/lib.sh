@@ -39,12 +39,12 @@ ensure_venv() {
   local line="${1:-3008}" venv="$KCM_CACHE/venv-salt$1" stamp
   stamp=$(sha256sum "$REPO/setup.cfg" | cut -c1-16)
   if [[ ! -x "$venv/bin/python" || "$(cat "$venv/.stamp" 2>/dev/null)" != "$stamp" ]]; then
-    log "creating $venv (Salt $line, test and lint extras from setup.cfg; a few minutes cold)"
+    log "creating $venv (Salt $line, test, lint and bench extras from setup.cfg; a few minutes cold)"
     rm -rf "$venv"
     python3 -m venv "$venv" || die "python3 -m venv failed (install python3-venv)"
     "$venv/bin/pip" install -q --upgrade pip >&2
-    (cd "$REPO" && "$venv/bin/pip" install -q ".[salt$line,tests,lint]" >&2) \
-      || die "pip install of the salt$line,tests,lint extras failed"
+    (cd "$REPO" && "$venv/bin/pip" install -q ".[salt$line,tests,lint,bench]" >&2) \
+      || die "pip install of the salt$line,tests,lint,bench extras failed"
     echo "$stamp" > "$venv/.stamp"
   fi
   printf '%s\n' "$venv"
