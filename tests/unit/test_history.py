@@ -1,0 +1,122 @@
+"""The fault campaign's history checker (issue #30) on hand-made histories: journals as
+``journalctl -o short-unix`` prints them, faults, Lease transitions and alerts. Each case is
+a history a campaign can produce, and what a person must be told about it."""
+
+import pytest
+
+from kcmlab.history import Fault, alert_accounting, check, leaderships
+
+ELECTION = {"lease_duration": 4.0, "retry_period": 1.0}
+
+
+def acquired(at, node, pid):
+    return (f'{at:.6f} {node} kube-controller-manager[{pid}]: I1207 12:00:00.000000 {pid} leaderelection.go:272]'
+            ' "Successfully acquired lease" lock="kube-system/kube-controller-manager"')
+
+
+def gave_up(at, node, pid):
+    return (f'{at:.6f} {node} kube-controller-manager[{pid}]: I1207 12:00:00.000000 {pid} leaderelection.go:304]'
+            ' "Failed to renew lease" lock="kube-system/kube-controller-manager" err="context deadline exceeded"')
+
+
+def exited(at, node):
+    return (f"{at:.6f} {node} systemd[1]: kube-controller-manager.service: Main process exited,"
+            " code=killed, status=9/KILL")
+
+
+def run(journals, faults, transitions=(), alerts=()):
+    return check(journals, faults, list(transitions), list(alerts), ELECTION, begin=100.0, end=200.0)
+
+
+def kinds(report):
+    return [(f.kind, round(f.seconds, 3), f.what) for f in report.violations]
+
+
+def test_a_journal_gives_each_process_its_leadership_until_it_exits_or_gives_up():
+    lines = [acquired(100, "m1", 11), "not a journal line", exited(110, "m1"),
+             acquired(120, "m1", 12), gave_up(130.5, "m1", 12), acquired(140, "m1", 13)]
+
+    found = leaderships("m1", lines)
+
+    assert [(lead.pid, lead.begin, lead.end) for lead in found] == [(11, 100, 110), (12, 120, 130.5), (13, 140, None)]
+
+
+def test_a_stop_hands_over_within_a_retry_period_and_nothing_is_reported():
+    journals = {"m1": [acquired(100, "m1", 11), exited(150, "m1")], "m2": [acquired(150.8, "m2", 21)]}
+
+    report = run(journals, [Fault("stop", "m1", 150, 150)], [{"at": 150.8, "count": 2}], [{"transitions": 2}])
+
+    assert report.violations == [] and report.overlaps == []
+    assert [round(g.seconds, 3) for g in report.gaps] == [0.8]
+
+
+@pytest.mark.parametrize("taken_at, violated", [(154.9, False), (157.0, True)])
+def test_after_a_kill_the_gap_is_bounded_by_the_lease_expiring(taken_at, violated):
+    journals = {"m1": [acquired(100, "m1", 11), exited(150, "m1")], "m2": [acquired(taken_at, "m2", 21)]}
+
+    report = run(journals, [Fault("kill", "m1", 150, 150)])
+
+    assert bool(report.violations) is violated
+    assert report.gaps[0].bound == 5.0
+
+
+def test_a_gap_no_fault_explains_is_a_violation():
+    journals = {"m1": [acquired(100, "m1", 11), gave_up(150, "m1", 11)], "m2": [acquired(150.5, "m2", 21)]}
+
+    assert kinds(run(journals, [])) == [("gap", 0.5, "no leader (after no fault)")]
+
+
+@pytest.mark.parametrize("stopped_at, violated", [(151.5, False), (153.0, True)])
+def test_a_cut_off_leader_still_believing_after_another_took_over_is_an_overlap(stopped_at, violated):
+    journals = {"m1": [acquired(100, "m1", 11), gave_up(stopped_at, "m1", 11)], "m2": [acquired(151.0, "m2", 21)]}
+
+    report = run(journals, [Fault("cut", "m1", 147, 160)])
+
+    (overlap,) = report.overlaps
+    assert (overlap.what, round(overlap.seconds, 3)) == ("m1 and m2", stopped_at - 151.0)
+    assert (overlap in report.violations) is violated
+
+
+@pytest.mark.parametrize("stopped_at, violated", [(160.5, False), (163.0, True)])
+def test_a_frozen_leader_is_no_overlap_until_it_is_thawed(stopped_at, violated):
+    # m1 frozen 150-160: m2 takes the expired Lease at 155; thawed m1 must stop within a retry period.
+    journals = {"m1": [acquired(100, "m1", 11), gave_up(stopped_at, "m1", 11)], "m2": [acquired(155.0, "m2", 21)]}
+
+    report = run(journals, [Fault("freeze", "m1", 150, 160)])
+
+    assert [round(o.seconds, 3) for o in report.overlaps] == [round(stopped_at - 160, 3)]
+    assert bool([f for f in report.violations if f.kind == "overlap"]) is violated
+
+
+def test_a_powered_off_leader_leads_no_more_from_the_power_off():
+    journals = {"m1": [acquired(100, "m1", 11)], "m2": [acquired(154.0, "m2", 21)]}
+
+    report = run(journals, [Fault("power_off", "m1", 150, 170)])
+
+    assert report.overlaps == [] and report.violations == []
+    # Counted from the power-off, not from the boot 20 s later: the others take over meanwhile.
+    assert [(round(g.begin), round(g.seconds), g.bound) for g in report.gaps] == [(150, 4, 5.0)]
+
+
+@pytest.mark.parametrize("taken_at, violated", [(175.0, False), (176.5, True)])
+def test_a_cluster_wide_outage_bounds_the_gap_from_its_end(taken_at, violated):
+    # The apiserver is down 150-170: nobody can lead; after it, the Lease has to expire.
+    journals = {"m1": [acquired(100, "m1", 11), gave_up(153, "m1", 11), acquired(taken_at, "m1", 11)]}
+
+    report = run(journals, [Fault("apiserver_down", None, 150, 170)])
+
+    assert report.gaps[0].bound == pytest.approx(170 - 153 + 5.0)
+    assert bool(report.violations) is violated
+
+
+def test_each_transition_wants_exactly_one_alert_and_each_alert_a_transition():
+    transitions = [{"at": 110, "count": 5}, {"at": 120, "count": 7, "jump": 2}, {"at": 130, "count": 8},
+                   {"at": 140, "count": 9}]
+    alerts = [{"transitions": 5}, {"transitions": 6}, {"transitions": 8}, {"transitions": 8}, {"transitions": 12}]
+
+    counts, findings = alert_accounting(transitions, alerts)
+
+    assert counts == {"expected": 4, "fired": 5, "missing": 1, "doubled": 1, "unexplained": 1}
+    assert [(f.kind, f.what) for f in findings] == [
+        ("alert_doubled", "transition 8: 2 alerts"), ("alert_missing", "transition 9"),
+        ("alert_unexplained", "alert for transition 12")]
