@@ -49,6 +49,10 @@ def _election(text: str | None) -> dict:
 SHORT_ELECTION = _election(os.environ.get("KCM_LAB_ELECTION"))
 UNIT = "kube-controller-manager"
 RESTART_SEC = 5  # the unit's RestartSec=
+# The kcm_leader beacon of the labs with an alert path: a poll a second, so a test (or a
+# campaign) waits seconds for a report.
+BEACON = {"interval": 1, "debounce": 2, "stale_after": 3, "timeout": 2, "healthy_for": 10}
+BEACON_STATE = "/var/cache/salt/minion/kcm/beacon-kcm_leader.json"
 
 
 class Snapshot(NamedTuple):

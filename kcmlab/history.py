@@ -29,6 +29,8 @@ EXITED = ("Main process exited", "Failed with result", "Deactivated successfully
 LINE = re.compile(r"^(?P<at>\d+\.\d+) (?P<host>\S+) (?P<ident>[^\[:]+)(?:\[(?P<pid>\d+)\])?: (?P<message>.*)$")
 # Faults after which the Lease has to expire before another KCM takes it.
 EXPIRING = ("kill", "cut", "power_off", "freeze", "apiserver_down", "etcd_down")
+# Faults that touch no KCM nor its Lease: no gap is theirs.
+BESIDE_LEADERSHIP = ("salt_master_restart", "alertmanager_restart")
 
 
 @dataclass
@@ -70,6 +72,10 @@ class Report:
     gaps: list[Finding] = field(default_factory=list)
     overlaps: list[Finding] = field(default_factory=list)
     alerts: dict = field(default_factory=dict)
+    # What the campaign made (kcmlab.campaign fills these in).
+    faults: list[Fault] = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+    seed: int | None = None
 
     @property
     def violations(self) -> list[Finding]:
@@ -136,7 +142,7 @@ def _gap_bound(begin, faults, election):
     machine (the others take over meanwhile) or from the end of a cluster-wide outage
     (nobody can lead before the apiserver answers again); the latest such fault counts."""
     lease, retry = election["lease_duration"], election["retry_period"]
-    causes = [f for f in faults if f.begin - 1.0 <= begin <= f.end + lease + retry]
+    causes = [f for f in faults if f.kind not in BESIDE_LEADERSHIP and f.begin - 1.0 <= begin <= f.end + lease + retry]
     if not causes:
         return None, "no fault"
     cause = max(causes, key=lambda f: f.end if f.node is None else f.begin)

@@ -189,6 +189,7 @@ class Transition:
     new: str | None
     count: int
     cause: str | None = None  # the lab's action whose window it fell in, None: spontaneous
+    total: int | None = None  # leaseTransitions after it
 
     def __str__(self) -> str:
         stamp = datetime.datetime.fromtimestamp(self.at).strftime("%H:%M:%S.%f")[:-3]
@@ -292,7 +293,8 @@ class LeaseLog:
             acquired = _parse_time(spec.get("acquireTime"))
             at = acquired.timestamp() if acquired else time.time()
             with self._lock:
-                self.transitions.append(Transition(at, self._last_holder, holder, count - self._last_count))
+                self.transitions.append(Transition(at, self._last_holder, holder, count - self._last_count,
+                                                   total=count))
         if spec:
             self._last_count = count
         if holder:

@@ -14,15 +14,13 @@ import time
 import pytest
 
 from kcmlab.alertmanager import Alertmanager
-from kcmlab.cluster import SHORT_ELECTION
+from kcmlab.cluster import BEACON, BEACON_STATE, SHORT_ELECTION
 from kcmlab.controlplane import wait_until
 from kcmlab.masterless import kcm_master_config
 from kcmlab.saltmaster import EventRecorder
 from tests.e2e.conftest import LOG_FILES, start_lab_cluster, stop_lab_cluster
 
 # healthy_for: 10 s of healthy /healthz end a crash loop (60 s by default), so its test waits less.
-BEACON = {"interval": 1, "debounce": 2, "stale_after": 3, "timeout": 2, "healthy_for": 10}
-BEACON_STATE = "/var/cache/salt/minion/kcm/beacon-kcm_leader.json"
 # Every wait is an upper bound for something that must happen, never a speed claim.
 WAIT = 90
 

@@ -9,7 +9,7 @@ incident); a machine powered off stays gone, as a dead master does, and the test
 run on the masters left (the power-off tests come last). The end of the module checks that
 nothing is left on the host (``kcmlab.machines.leftovers``), failed or not.
 
-``AlertWatch`` polls Alertmanager's API through the whole test: an alert is one
+``AlertWatch`` (kcmlab.alertmanager) polls Alertmanager's API through the whole test: an alert is one
 (fingerprint, startsAt) pair, so a condition that fires, resolves and fires again counts
 twice, and one that two Salt masters post with identical labels counts once.
 Each test prints one line ``FAULT <name> leader_after=<s> fired=<n> resolved=<n> lost=<n>``
@@ -20,15 +20,12 @@ from __future__ import annotations
 
 import json
 import os
-import threading
-import time
 from pathlib import Path
 
 import pytest
-import requests
 import yaml
 
-from kcmlab.alertmanager import Alertmanager
+from kcmlab.alertmanager import Alertmanager, AlertWatch
 from kcmlab.cluster import _election
 from kcmlab.controlplane import wait_until
 from kcmlab.machines import leftovers
@@ -63,80 +60,6 @@ def delivery_pillar() -> dict:
         pytest.fail(f"kcm:master has no {unknown} in formula/kcm/defaults.yaml: the delivery schedule "
                     "the fault tests rely on is missing", pytrace=False)
     return dict(DELIVERY)
-
-
-class AlertWatch:
-    """Every alert Alertmanager lists while the watch runs, polled every ``interval`` seconds
-    (an Alertmanager that is down is simply not polled)."""
-
-    def __init__(self, url: str, interval: float = 0.3):
-        self.url = url
-        self.interval = interval
-        self.seen: dict[tuple[str, str], dict] = {}
-        self.last_poll: float | None = None
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="alert-watch", daemon=True)
-
-    def _run(self) -> None:
-        with requests.Session() as session:
-            session.trust_env = False
-            while not self._stop.is_set():
-                try:
-                    reply = session.get(f"{self.url}/api/v2/alerts", timeout=2)
-                    reply.raise_for_status()
-                    listed = reply.json()
-                except (requests.RequestException, ValueError):
-                    listed = None
-                if listed is not None:
-                    self._record(listed, time.time())
-                self._stop.wait(self.interval)
-
-    def _record(self, listed: list[dict], now: float) -> None:
-        with self._lock:
-            for alert in listed:
-                key = (alert["fingerprint"], alert["startsAt"])
-                entry = self.seen.setdefault(key, {"labels": alert["labels"], "first": now})
-                entry["last"] = now
-            self.last_poll = now
-
-    def start(self) -> AlertWatch:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def alerts(self, alertname: str | None = None, window=(0.0, float("inf")), **labels) -> list[dict]:
-        """Each alert first seen within ``window`` (epoch seconds): labels, first/last seen,
-        ``open`` (listed at the latest poll)."""
-        wanted = dict(labels, **({"alertname": alertname} if alertname else {}))
-        with self._lock:
-            return [dict(entry, open=entry["last"] == self.last_poll) for entry in self.seen.values()
-                    if window[0] <= entry["first"] < window[1]
-                    and all(entry["labels"].get(k) == v for k, v in wanted.items())]
-
-    def open(self, alertname: str | None = None, **labels) -> list[dict]:
-        return [a for a in self.alerts(alertname, **labels) if a["open"]]
-
-    def counts(self, window=(0.0, float("inf"))) -> tuple[int, int]:
-        """(fired, resolved): the alerts seen, and those of them no longer listed."""
-        alerts = self.alerts(window=window)
-        return len(alerts), sum(1 for a in alerts if not a["open"])
-
-    def by_name(self, window=(0.0, float("inf"))) -> dict[str, int]:
-        names = [a["labels"].get("alertname") for a in self.alerts(window=window)]
-        return {name: names.count(name) for name in set(names)}
-
-    def wait_closed(self, names=CONDITIONS, timeout: float = WAIT) -> None:
-        """Until no alert of ``names`` is open (two fresh polls in a row agree)."""
-        def closed():
-            polled = self.last_poll
-            time.sleep(2 * self.interval)
-            return self.last_poll != polled and not [a for n in names for a in self.open(n)]
-
-        wait_until(closed, timeout, f"no open alert of {', '.join(names)} in Alertmanager", interval=0.5)
 
 
 def report_fault(name: str, leader_after: float | None, watch: AlertWatch, lost: int,

@@ -115,7 +115,7 @@ def test_leader_cut_off_the_network(fault):
     alerts, why = leader_changes_alerted(cluster, old, new)
     assert cluster.renewing_leader() == new, cluster.lease_log.summary()
     assert cluster.active(old) == "active"
-    cluster.watch.wait_closed()
+    cluster.watch.wait_closed(CONDITIONS, WAIT)
     sent = events(cluster, "kcm/alert/changed", began)
     report_fault("cut_link", leader_after, cluster.watch, lost=lost(alerts, old, new),
                  stopped_leading=f"{stopped:.1f}", cut_for=f"{cut_for:.0f}")
@@ -192,7 +192,7 @@ def test_etcd_and_apiserver_restarted(fault):
         began = time.time()
         down_for = restart(down=LEASE + 2)
         _, leader_after = live_leader_after(cluster, began)
-        cluster.watch.wait_closed()
+        cluster.watch.wait_closed(CONDITIONS, WAIT)
         settled(cluster, quiet=3)
         window = (began, time.time())
         alerted = cluster.watch.by_name(window)
@@ -221,7 +221,7 @@ def test_leader_powered_off(fault):
     assert EPOCH(spec(cluster)["acquireTime"]) >= EPOCH(before["renewTime"]) + LEASE - 0.1
     alerts, why = leader_changes_alerted(cluster, old, new)
     # nothing stays open for the machine that is gone (a stale leader, no leader)
-    cluster.watch.wait_closed()
+    cluster.watch.wait_closed(CONDITIONS, WAIT)
     report_fault("power_off", leader_after, cluster.watch, lost=lost(alerts, old, new))
     assert alerts == [(old, new)], why or alerts
 
@@ -292,7 +292,7 @@ def test_a_master_that_dies_while_it_reports_unreachable_leaves_nothing_open(fau
     _, leader_after = live_leader_after(cluster, began, exclude=(victim,))
     closed = True
     try:
-        cluster.watch.wait_closed(timeout=RECOVERY_WAIT)
+        cluster.watch.wait_closed(CONDITIONS, timeout=RECOVERY_WAIT)
     except TimeoutError:
         closed = False
     resolved_after = time.time() - back
