@@ -91,18 +91,22 @@ class AlertWatch:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="alert-watch", daemon=True)
 
+    def poll(self, session=None) -> None:
+        """One poll now (an Alertmanager that does not answer is simply not polled)."""
+        try:
+            reply = (session or requests).get(f"{self.url}/api/v2/alerts", timeout=2,
+                                              **({} if session else {"proxies": {"http": None, "https": None}}))
+            reply.raise_for_status()
+            listed = reply.json()
+        except (requests.RequestException, ValueError):
+            return
+        self._record(listed, time.time())
+
     def _run(self) -> None:
         with requests.Session() as session:
             session.trust_env = False
             while not self._stop.is_set():
-                try:
-                    reply = session.get(f"{self.url}/api/v2/alerts", timeout=2)
-                    reply.raise_for_status()
-                    listed = reply.json()
-                except (requests.RequestException, ValueError):
-                    listed = None
-                if listed is not None:
-                    self._record(listed, time.time())
+                self.poll(session)
                 self._stop.wait(self.interval)
 
     def _record(self, listed: list[dict], now: float) -> None:

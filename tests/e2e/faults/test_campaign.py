@@ -31,7 +31,8 @@ def test_a_short_campaign_leaves_no_overlap_no_gap_over_its_bound_and_one_alert_
     FAULTS.append(f"CAMPAIGN {lines[0]}; {lines[1]}; {lines[3]}")
     for overlap in report.overlaps:
         print(f"overlap: {overlap.what} {overlap.seconds:.3f} s (bound {overlap.bound:g} s)")
-    # The campaign did what it drew: faults made, and the Lease moved under them.
-    assert len(report.faults) >= COUNT - 2, report.skipped
+    # The campaign did what it drew: every fault made (at most two drawn for a target already
+    # in a fault), and the Lease moved under them.
+    assert campaign.failed == [] and len(campaign.skipped) <= 2, (campaign.failed, campaign.skipped)
     assert report.alerts["expected"] >= 2, lines
     assert report.violations == [], "\n".join(lines)
