@@ -228,7 +228,7 @@ class Campaign:
         out = {}
         for name in self.cluster.nodes:
             text = self.cluster.machine(name).run(
-                ["journalctl", "--no-pager", "-o", "short-unix", "-u", UNIT, "--since", f"@{begin - 60:.3f}"],
+                ["journalctl", "--no-pager", "-o", "short-unix", "-u", UNIT, "--since", f"@{int(begin) - 60}"],
                 check=False).stdout
             out[name] = text.splitlines()
         return out

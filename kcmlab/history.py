@@ -27,8 +27,9 @@ LOST = ('"Failed to renew lease"', '"leaderelection lost"', "leaderelection lost
 # systemd's lines about the unit: its main process is gone.
 EXITED = ("Main process exited", "Failed with result", "Deactivated successfully")
 LINE = re.compile(r"^(?P<at>\d+\.\d+) (?P<host>\S+) (?P<ident>[^\[:]+)(?:\[(?P<pid>\d+)\])?: (?P<message>.*)$")
-# Faults after which the Lease has to expire before another KCM takes it.
-EXPIRING = ("kill", "cut", "power_off", "freeze", "apiserver_down", "etcd_down")
+# Faults after which the Lease has to expire before another KCM takes it. A killed KCM's
+# Lease is released: the unit's ExecStopPost= runs after any exit of the main process.
+EXPIRING = ("cut", "power_off", "freeze", "apiserver_down", "etcd_down")
 # Faults that touch no KCM nor its Lease: no gap is theirs.
 BESIDE_LEADERSHIP = ("salt_master_restart", "alertmanager_restart")
 # client-go waits up to JitterFactor (1.2) retry periods between two tries.
@@ -157,8 +158,8 @@ def _gap_bound(begin, prev_node, nodes, faults, election):
     the fault it is counted from (the loosest that applies):
 
     - a fault of the leader's machine: from its start, a release and a retry for a Lease
-      released on exit (stop, restart), the lease duration and two retries for one that has
-      to expire (a follower notices the expiry within a retry of its own);
+      released on exit (kill, stop, restart), the lease duration and two retries for one that
+      has to expire (a follower notices the expiry within a retry of its own);
     - kube-apiserver or etcd down: the same expiry, from the end of the outage;
     - every other machine in a fault too: the expiry, from when the first of them can run
       for the Lease again (systemd's restart and KCM's start for a stopped or killed one).

@@ -65,15 +65,26 @@ def test_when_every_other_master_is_in_a_fault_the_gap_waits_for_the_first_back(
     assert bool(report.violations) is violated
 
 
-@pytest.mark.parametrize("taken_at, violated", [(156.3, False), (157.0, True)])
-def test_after_a_kill_the_gap_is_bounded_by_the_lease_expiring(taken_at, violated):
-    # The lease duration, and two retry periods with client-go's jitter (1.2): 6.4 s.
+@pytest.mark.parametrize("taken_at, violated", [(153.1, False), (153.5, True)])
+def test_after_a_kill_the_released_lease_is_taken_within_a_release_and_a_retry(taken_at, violated):
+    # ExecStopPost= releases the Lease after any exit: 2 s for it, a retry period with jitter.
     journals = {"m1": [acquired(100, "m1", 11), exited(150, "m1")], "m2": [acquired(taken_at, "m2", 21)]}
 
     report = run(journals, [Fault("kill", "m1", 150, 150)])
 
     assert bool(report.violations) is violated
-    assert report.gaps[0].bound == pytest.approx(6.4)
+    assert report.gaps[0].bound == pytest.approx(3.2)
+
+
+@pytest.mark.parametrize("taken_at, violated", [(156.3, False), (157.0, True)])
+def test_a_cut_off_leader_s_lease_has_to_expire(taken_at, violated):
+    # The lease duration, and two retry periods with client-go's jitter (1.2): 6.4 s.
+    journals = {"m1": [acquired(100, "m1", 11), gave_up(153, "m1", 11)], "m2": [acquired(taken_at, "m2", 21)]}
+
+    report = run(journals, [Fault("cut", "m1", 150, 160)])
+
+    assert bool(report.violations) is violated
+    assert report.gaps[0].bound == pytest.approx(6.4 - 3)
 
 
 def test_a_gap_no_fault_explains_is_a_violation():
