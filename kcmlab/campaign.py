@@ -242,6 +242,10 @@ class Campaign:
         return result
 
 
+def _clock(epoch: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(epoch)) + f".{int(epoch * 10) % 10}"
+
+
 def summary(report) -> list[str]:
     """The lines a person reads: the seed, the faults, overlaps, gaps against bounds, alerts."""
     kinds_done: dict[str, int] = {}
@@ -258,6 +262,9 @@ def summary(report) -> list[str]:
         "alerts: " + ", ".join(f"{k} {v}" for k, v in report.alerts.items()),
         f"violations: {len(report.violations)}",
     ]
-    lines += [f"  {f.kind} at {time.strftime('%H:%M:%S', time.localtime(f.begin))}: {f.seconds:.3f} s"
+    lines += [f"  fault {fault.kind} {fault.node or 'cluster'} {_clock(fault.begin)} - {_clock(fault.end)}"
+              for fault in sorted(report.faults, key=lambda f: f.begin)]
+    lines += [f"  not made: {step.kind} at +{step.offset:g} s: {why}" for step, why in report.skipped]
+    lines += [f"  {f.kind} at {_clock(f.begin)}: {f.seconds:.3f} s"
               f" (bound {'none' if f.bound is None else f'{f.bound:.2f} s'}) {f.what}" for f in report.violations]
     return lines

@@ -152,7 +152,7 @@ def _ready_at(fault: Fault) -> float:
     return fault.end
 
 
-def _gap_bound(begin, prev_node, nodes, faults, election):
+def _gap_bound(begin, end, prev_node, nodes, faults, election):
     """
     The physical bound of a gap starting at ``begin`` after ``prev_node``'s leadership, and
     the fault it is counted from (the loosest that applies):
@@ -160,18 +160,18 @@ def _gap_bound(begin, prev_node, nodes, faults, election):
     - a fault of the leader's machine: from its start, a release and a retry for a Lease
       released on exit (kill, stop, restart), the lease duration and two retries for one that
       has to expire (a follower notices the expiry within a retry of its own);
-    - kube-apiserver or etcd down: the same expiry, from the end of the outage;
+    - kube-apiserver or etcd down, before or during the gap: the same expiry, from the end of
+      the outage;
     - every other machine in a fault too: the expiry, from when the first of them can run
       for the Lease again (systemd's restart and KCM's start for a stopped or killed one).
     """
     lease, retry = election["lease_duration"], election["retry_period"] * JITTER
     expiry = lease + 2 * retry
     live = [f for f in faults if f.kind not in BESIDE_LEADERSHIP and f.begin - 1.0 <= begin]
-    candidates = []
+    candidates = [(f.end - begin + expiry, f.kind) for f in faults
+                  if f.node is None and f.kind not in BESIDE_LEADERSHIP and f.begin <= end and begin <= f.end + expiry]
     for fault in live:
-        if fault.node is None and begin <= fault.end + expiry:
-            candidates.append((fault.end - begin + expiry, fault.kind))
-        elif fault.node == prev_node and begin <= fault.end + expiry + RELEASE:
+        if fault.node == prev_node and begin <= fault.end + expiry + RELEASE:
             extra = expiry if fault.kind in EXPIRING else RELEASE + retry
             candidates.append((fault.begin - begin + extra, fault.kind))
     others = [n for n in nodes if n != prev_node]
@@ -194,12 +194,12 @@ def gaps(found: list[Leadership], begin: float, end: float, faults, election, no
     out, cursor, prev = [], begin, None
     for start, stop, node in intervals:
         if start > cursor:
-            bound, why = _gap_bound(cursor, prev, nodes, faults, election)
+            bound, why = _gap_bound(cursor, start, prev, nodes, faults, election)
             out.append(Finding("gap", cursor, start - cursor, bound, f"no leader (after {why})"))
         if stop >= cursor:
             cursor, prev = stop, node
     if end > cursor:
-        bound, why = _gap_bound(cursor, prev, nodes, faults, election)
+        bound, why = _gap_bound(cursor, end, prev, nodes, faults, election)
         out.append(Finding("gap", cursor, end - cursor, bound, f"no leader at the end (after {why})"))
     return out
 

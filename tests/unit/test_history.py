@@ -154,3 +154,14 @@ def test_a_jump_the_poll_saw_at_once_may_have_one_alert_per_move_it_holds():
     counts, findings = alert_accounting([{"at": 120, "count": 7, "jump": 2}], [{"transitions": 6}, {"transitions": 7}])
 
     assert findings == [] and counts["fired"] == 2
+
+
+def test_an_outage_that_begins_during_a_gap_extends_its_bound():
+    # The apiserver went down 150-152 (the leader gave up at 153); etcd then down 155-163.
+    journals = {"m1": [acquired(100, "m1", 11), gave_up(153, "m1", 11)], "m2": [acquired(168.0, "m2", 21)]}
+
+    report = run(journals, [Fault("apiserver_down", None, 150, 152), Fault("etcd_down", None, 155, 163)])
+
+    (gap,) = report.gaps
+    assert (gap.bound, gap.what) == (pytest.approx(163 - 153 + 6.4), "no leader (after etcd_down)")
+    assert report.violations == []
