@@ -125,10 +125,18 @@ def _frozen(node, begin, end, faults):
                if f.kind == "freeze" and f.node == node)
 
 
-def overlaps(found: list[Leadership], faults, until: float, retry_period: float) -> list[Finding]:
-    """Every time two processes on different machines both believed they led, less the time
-    either was frozen; bounded by one retry period (a thawed or cut-off old leader must stop
-    within it)."""
+def overlaps(found: list[Leadership], faults, until: float, election) -> list[Finding]:
+    """
+    Every time two processes on different machines both believed they led, less the time
+    either was frozen. Bound: one retry period; when one of them was frozen, the renew
+    deadline and a retry more. That is client-go's own behaviour, which KCM runs as it is:
+    ``LeaderElector.renew`` polls ``tryAcquireOrRenew`` every retry period for up to
+    ``RenewDeadline`` before it gives up, and a try that finds another holder is no error,
+    so a leader resumed after a pause past its lease keeps leading until that deadline
+    (client-go tools/leaderelection/leaderelection.go, ``renew``; docs/failover.md).
+    """
+    retry = election["retry_period"]
+    resumed = election.get("renew_deadline", retry) + retry * JITTER
     out = []
     for i, one in enumerate(found):
         for other in found[i + 1:]:
@@ -138,9 +146,11 @@ def overlaps(found: list[Leadership], faults, until: float, retry_period: float)
             end = min(one.end if one.end is not None else until, other.end if other.end is not None else until)
             if end <= begin:
                 continue
-            seconds = end - begin - max(_frozen(one.node, begin, end, faults), _frozen(other.node, begin, end, faults))
+            frozen = max(_frozen(one.node, begin, end, faults), _frozen(other.node, begin, end, faults))
+            seconds = end - begin - frozen
             if seconds > 0:
-                out.append(Finding("overlap", begin, seconds, retry_period, f"{one.node} and {other.node}"))
+                what = f"{one.node} and {other.node}" + (" (a frozen leader resumed)" if frozen else "")
+                out.append(Finding("overlap", begin, seconds, resumed if frozen else retry, what))
     return out
 
 
@@ -234,7 +244,7 @@ def check(journals: dict, faults, transitions, alerts, election, begin: float, e
     """The whole check: ``journals`` {node: lines}; ``election`` {lease_duration, retry_period}."""
     found = [leadership for node, lines in journals.items() for leadership in leaderships(node, lines, faults)]
     report = Report()
-    report.overlaps = overlaps(found, faults, end, election["retry_period"])
+    report.overlaps = overlaps(found, faults, end, election)
     report.gaps = gaps(found, begin, end, faults, election, nodes=journals)
     report.alerts, alert_findings = alert_accounting(transitions, alerts)
     report.findings = report.overlaps + [g for g in report.gaps if g.violation] + alert_findings

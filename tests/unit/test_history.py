@@ -6,7 +6,7 @@ import pytest
 
 from kcmlab.history import Fault, alert_accounting, check, leaderships
 
-ELECTION = {"lease_duration": 4.0, "retry_period": 1.0}
+ELECTION = {"lease_duration": 4.0, "renew_deadline": 3.0, "retry_period": 1.0}
 
 
 def acquired(at, node, pid):
@@ -104,14 +104,17 @@ def test_a_cut_off_leader_still_believing_after_another_took_over_is_an_overlap(
     assert (overlap in report.violations) is violated
 
 
-@pytest.mark.parametrize("stopped_at, violated", [(160.5, False), (163.0, True)])
-def test_a_frozen_leader_is_no_overlap_until_it_is_thawed(stopped_at, violated):
-    # m1 frozen 150-160: m2 takes the expired Lease at 155; thawed m1 must stop within a retry period.
+@pytest.mark.parametrize("stopped_at, violated", [(160.5, False), (164.0, False), (164.5, True)])
+def test_a_frozen_leader_is_no_overlap_until_it_is_thawed_then_client_go_renews_to_its_deadline(stopped_at, violated):
+    # m1 frozen 150-160: m2 takes the expired Lease at 155. Thawed, m1 keeps trying to renew for
+    # up to the renew deadline (3 s) after a retry period (1.2 s with jitter): 4.2 s, then stops.
     journals = {"m1": [acquired(100, "m1", 11), gave_up(stopped_at, "m1", 11)], "m2": [acquired(155.0, "m2", 21)]}
 
     report = run(journals, [Fault("freeze", "m1", 150, 160)])
 
-    assert [round(o.seconds, 3) for o in report.overlaps] == [round(stopped_at - 160, 3)]
+    (overlap,) = report.overlaps
+    assert (round(overlap.seconds, 3), overlap.bound) == (round(stopped_at - 160, 3), pytest.approx(4.2))
+    assert overlap.what == "m1 and m2 (a frozen leader resumed)"
     assert bool([f for f in report.violations if f.kind == "overlap"]) is violated
 
 

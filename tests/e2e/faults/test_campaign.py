@@ -2,7 +2,8 @@
 seed, overlapping (SIGKILL, stop, restart, the leader's link cut, KCM frozen past its lease,
 kube-apiserver and etcd down, the salt-master and Alertmanager restarted), then the history
 checked by ``kcmlab.history`` from the machines' journals, the Lease and Alertmanager's API:
-no two KCMs acting as leader longer than a retry period, no leaderless gap over its bound,
+no two KCMs acting as leader longer than a retry period (the renew deadline more after a
+freeze: client-go's renew loop, see kcmlab.history.overlaps), no leaderless gap over its bound,
 exactly one ``KCMLeaderChanged`` per Lease transition. Every overlap is printed, violation
 or not. ``bench/campaign.py`` runs the long campaigns on demand.
 """
