@@ -215,7 +215,8 @@ def _signed(events):
     # Beacons get no __utils__, and signing must be no execution function: a utils loader of its own.
     utils = __context__.get("kcm_trust.utils") or salt.loader.utils(__opts__)
     __context__["kcm_trust.utils"] = utils
-    return utils["kcm_trust.sign_beacon_events"](__opts__, events, utils) if events else events
+    files = utils["kcm_state_file.read_json"], utils["kcm_state_file.write_json"]
+    return utils["kcm_trust.sign_beacon_events"](__opts__, events, *files) if events else events
 
 
 def beacon(config):

@@ -46,6 +46,10 @@ __virtualname__ = "kcm_alert"
 CLAIM_SECONDS = 120
 # How long a report waits for its alerts that another sender holds, before leaving them queued.
 WAIT_FOR_HELD = 5.0
+# What kcm_alert_decide uses of the other utils: a util calls no util, so the runner hands them in (its ``kit``).
+KIT = {"kcm_alert_rules": ("number", "cluster_key", "dedupe_key", "bounded", "cert_severity", "alert_labels",
+                           "annotations", "per_master", "conditions", "cleared_by_change"),
+       "kcm_time": ("epoch", "format_rfc3339"), "kcm_trust": ("answer_problem", "pin_problem", "printable")}
 
 
 def __virtual__():
@@ -72,12 +76,16 @@ def _u(name):
     return __utils__[name]
 
 
+def _kit():
+    return {name: _u(f"{util}.{name}") for util, names in KIT.items() for name in names}
+
+
 @contextlib.contextmanager
 def _store(cfg, saved=None):
     with _u("kcm_outbox.locked_store")(cfg["dedupe_file"], _u("kcm_state_file.read_json"),
                                        _u("kcm_state_file.write_json"), saved) as store:
         caps = {"seen": int(cfg["max_seen"]), "open": int(cfg["max_open"]), "leases": int(cfg["max_seen"])}
-        _u("kcm_alert_decide.prune")(store, _now() - cfg["dedupe_ttl"], caps)
+        _u("kcm_alert_decide.prune")(store, _now() - cfg["dedupe_ttl"], caps, _kit())
         yield store
 
 
@@ -133,7 +141,7 @@ def _flush(cfg, unsaved=(), resend=False):
     now, token = _now(), uuid.uuid4().hex
     with _store(cfg) as store:
         if resend:
-            _u("kcm_outbox.add_resends")(store, _u("kcm_alert_decide.resends")(store, cfg, now), cfg, now,
+            _u("kcm_outbox.add_resends")(store, _u("kcm_alert_decide.resends")(store, cfg, now, _kit()), cfg, now,
                                          _u("kcm_time.epoch"))
         claimed, expired, done = _u("kcm_outbox.claim")(store, _u("kcm_outbox.receivers")(cfg), token, now,
                                                         CLAIM_SECONDS)
@@ -315,7 +323,8 @@ def _decide_all(cfg, events, results, now):
             if not _acted_on(result):
                 decisions.append(None)
                 continue
-            fire, resolve = _u("kcm_alert_decide.decide")(store, result["kind"], data, result["reporter"], cfg, now)
+            fire, resolve = _u("kcm_alert_decide.decide")(store, result["kind"], data, result["reporter"], cfg, now,
+                                                          _kit())
             group = f"{now}:{index}:{uuid.uuid4().hex[:8]}"
             made = _u("kcm_outbox.items")(result["kind"], result["reporter"], group, fire, resolve,
                                           _u("kcm_time.epoch"))
@@ -423,7 +432,7 @@ def plan(minion, seconds, holder=None, by="maintenance", transitions=None):
     with _store(_config()) as store:
         return _u("kcm_alert_decide.mark_planned")(store, printable(minion), holder and printable(holder),
                                                    now + float(seconds), printable(by, 120), now,
-                                                   transitions=transitions)
+                                                   _kit(), transitions=transitions)
 
 
 def unplan(minion):
@@ -477,10 +486,10 @@ def reconcile():
     trust = _trust()
     masters = trust.accepted_masters()
     answers = _u("kcm_alert_decide.ask_masters")(__opts__, masters, cfg["reconcile_timeout"], trust, now,
-                                                 cfg["signature_window"])
+                                                 cfg["signature_window"], _kit())
     with _store(cfg) as store:
         pins = dict(store.get("pins") or {})
-    views = _u("kcm_alert_decide.views")(answers, RECONCILER, trust, pins)
+    views = _u("kcm_alert_decide.views")(answers, RECONCILER, trust, pins, _kit())
     summary = {"asked": masters, "answered": sorted(answers), "clusters": {}, "raised": [], "resolved": []}
     saved, new = [], []
     receivers, items, epoch = _u("kcm_outbox.receivers")(cfg), _u("kcm_outbox.items"), _u("kcm_time.epoch")
@@ -489,7 +498,7 @@ def reconcile():
             if view["lease"] is None:
                 summary["clusters"][key] = "no master could read the Lease"
                 continue
-            fire, resolve, what = _u("kcm_alert_decide.reconcile_cluster")(store, view, cfg, now)
+            fire, resolve, what = _u("kcm_alert_decide.reconcile_cluster")(store, view, cfg, now, _kit())
             group = f"{now}:{key}:{uuid.uuid4().hex[:8]}"
             made = items("changed", RECONCILER, group, fire, [], epoch)
             made += items("recovered", RECONCILER, group + ":r", [], resolve, epoch)

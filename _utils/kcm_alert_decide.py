@@ -13,12 +13,11 @@ the same ``startsAt`` for one report; ``endsAt`` bounds the alert by the master'
 Each decision returns ``(fire, resolve)``: the alerts to fire, and ``(alert, expires)``
 pairs of resolutions (``expires``: when the alert they end would have ended by itself).
 
-Called as ``__utils__["kcm_alert_decide.decide"](...)`` from the runner.
+Called as ``__utils__["kcm_alert_decide.decide"](...)`` from the runner, which hands in
+``kit``, ``{name: function}`` of the other utils' functions used here (its ``KIT``).
 """
 
 import logging
-
-import salt.loader
 
 __virtualname__ = "kcm_alert_decide"
 
@@ -32,41 +31,28 @@ def __virtual__():
     return __virtualname__
 
 
-def _rule(name, module="kcm_alert_rules"):
-    # No __utils__ is packed into utils modules by Salt, so the rules come from a utils
-    # loader of this module's own, made on first use.
-    global __utils__
-    if "__utils__" not in globals():
-        __utils__ = salt.loader.utils(__opts__)  # noqa: F821
-    return __utils__[f"{module}.{name}"]
-
-
-def _epoch(text):
-    return _rule("epoch", "kcm_time")(text)
-
-
 # --------------------------------------------------------------------------
 # the alert itself: startsAt from the report's facts, endsAt from the master's clock
 # --------------------------------------------------------------------------
 
 
-def starts_at(kind, data, now):
+def starts_at(kind, data, now, kit):
     """
     When the thing alerted on began, from the report's own facts (see the module
     docstring): equal on every master that handles the report.
     """
     began = None
     if kind == "changed":
-        began = _epoch(data.get("acquire_time"))
+        began = kit["epoch"](data.get("acquire_time"))
     elif kind == "no_leader":
-        renewed = _epoch(data.get("renew_time"))
-        duration = _rule("number")(data.get("lease_duration_seconds"))
+        renewed = kit["epoch"](data.get("renew_time"))
+        duration = kit["number"](data.get("lease_duration_seconds"))
         began = renewed + duration if renewed is not None and duration is not None else None
     elif kind == "stale":
-        began = _epoch(data.get("renew_time"))
+        began = kit["epoch"](data.get("renew_time"))
     # Never after the report itself (a skewed clock); the time it was signed is the same
     # on every master, "now" is not.
-    signed = _rule("number")(data.get("signed_at"))
+    signed = kit["number"](data.get("signed_at"))
     latest = signed if signed is not None else now
     return min(began, latest) if began is not None else latest
 
@@ -84,25 +70,25 @@ def ends_at(kind, data, cfg, now):
     return now + (cfg["event_ttl"] if kind == "changed" else RESEND_WINDOWS * cfg["resend_interval"])
 
 
-def build_alert(kind, data, reporter, cfg, now):
+def build_alert(kind, data, reporter, cfg, now, kit):
     """One Alertmanager v2 alert (postableAlert) for a firing condition or event."""
-    fmt = _rule("format_rfc3339", "kcm_time")
+    fmt = kit["format_rfc3339"]
     return {
-        "labels": _rule("alert_labels")(kind, data, cfg["labels"]),
-        "annotations": _rule("annotations")(kind, data, reporter, cfg["runbook_url"]),
-        "startsAt": fmt(starts_at(kind, data, now)),
+        "labels": kit["alert_labels"](kind, data, cfg["labels"]),
+        "annotations": kit["annotations"](kind, data, reporter, cfg["runbook_url"]),
+        "startsAt": fmt(starts_at(kind, data, now, kit)),
         # Explicit endsAt: Alertmanager ends the alert then unless a re-send renews it.
         "endsAt": fmt(ends_at(kind, data, cfg, now)),
     }
 
 
-def resolution(open_alert, now):
+def resolution(open_alert, now, kit):
     """The alert `open_alert` again, ended at `now`: what Alertmanager takes as resolved."""
     return {
         "labels": open_alert["labels"],
         "annotations": open_alert.get("annotations", {}),
         "startsAt": open_alert["startsAt"],
-        "endsAt": _rule("format_rfc3339", "kcm_time")(max(now, _epoch(open_alert["startsAt"]) or now)),
+        "endsAt": kit["format_rfc3339"](max(now, kit["epoch"](open_alert["startsAt"]) or now)),
     }
 
 
@@ -112,7 +98,7 @@ def _open_alerts(store):
         yield from entry.get("alerts") or ([entry] if "labels" in entry else [])
 
 
-def resends(store, cfg, now):
+def resends(store, cfg, now, kit):
     """
     The open alerts due for a re-send (Alertmanager keeps alerts in memory only, so what it
     lost in a restart comes back): those not sent for ``resend_interval`` s, each the same
@@ -123,9 +109,9 @@ def resends(store, cfg, now):
     """
     due = []
     for alert in _open_alerts(store):
-        if now - (_rule("number")(alert.get("sent_at")) or 0) < cfg["resend_interval"]:
+        if now - (kit["number"](alert.get("sent_at")) or 0) < cfg["resend_interval"]:
             continue
-        alert.update(sent_at=now, endsAt=_rule("format_rfc3339", "kcm_time")(ends_at("resend", {}, cfg, now)))
+        alert.update(sent_at=now, endsAt=kit["format_rfc3339"](ends_at("resend", {}, cfg, now)))
         due.append({key: alert[key] for key in ("labels", "annotations", "startsAt", "endsAt")})
     return due
 
@@ -135,7 +121,7 @@ def resends(store, cfg, now):
 # --------------------------------------------------------------------------
 
 
-def prune(store, oldest, caps):
+def prune(store, oldest, caps, kit):
     """Forget keys older than ``oldest`` (a cert's key lives until notAfter) and keep at
     most ``caps[part]`` of each part, the newest (kcm:master:max_seen, max_open)."""
     store["seen"] = {
@@ -148,7 +134,7 @@ def prune(store, oldest, caps):
     }
     for part, cap in caps.items():
         if len(store[part]) > cap:
-            newest = sorted(store[part].items(), key=lambda item: _rule("number")(item[1].get("at")) or 0)[-cap:]
+            newest = sorted(store[part].items(), key=lambda item: kit["number"](item[1].get("at")) or 0)[-cap:]
             log.warning("kcm_alert: state over %s %s entries; the oldest are dropped", cap, part)
             store[part] = dict(newest)
 
@@ -158,34 +144,34 @@ def _claimable(entry):
     return entry is None or entry.get("status") == "failed"
 
 
-def _ending(open_alert, now):
+def _ending(open_alert, now, kit):
     """The resolution of ``open_alert`` and when its outbox entry expires: when the last
     re-send ends, and never sooner than a re-send made now would (a schedule that did not
     run for a while must not drop the resolution a webhook waits for)."""
-    ends = _epoch(open_alert.get("endsAt")) or now
-    window = ends - (_rule("number")(open_alert.get("sent_at")) or ends)
-    return resolution(open_alert, now), max(ends, now + window)
+    ends = kit["epoch"](open_alert.get("endsAt")) or now
+    window = ends - (kit["number"](open_alert.get("sent_at")) or ends)
+    return resolution(open_alert, now, kit), max(ends, now + window)
 
 
-def _cert_slot(data):
-    return f"cert|{_rule('cluster_key')(data)}|{data.get('fingerprint')}"
+def _cert_slot(data, kit):
+    return f"cert|{kit['cluster_key'](data)}|{data.get('fingerprint')}"
 
 
 def _used_by(users):
     return "; ".join(f"{minion} ({', '.join(files)})" for minion, files in sorted(users.items()))
 
 
-def _cert_annotations(entry, cfg):
+def _cert_annotations(entry, cfg, kit):
     """The certificate's annotations as ``entry`` (its worst report, the masters using it) says now."""
     facts = dict(entry["report"], used_by=_used_by(entry["users"]))
-    return _rule("annotations")("cert_expiring", facts, entry["reporter"], cfg["runbook_url"])
+    return kit["annotations"]("cert_expiring", facts, entry["reporter"], cfg["runbook_url"])
 
 
-def _reannotated(entry, cfg, now):
+def _reannotated(entry, cfg, now, kit):
     """The alerts of ``entry`` whose annotations change (a master joined or renewed), to post
     again at once: same labels, so the same alert, and a notification not yet sent names them all."""
-    fresh = _cert_annotations(entry, cfg)
-    ends = _rule("format_rfc3339", "kcm_time")(ends_at("cert_expiring", {}, cfg, now))
+    fresh = _cert_annotations(entry, cfg, kit)
+    ends = kit["format_rfc3339"](ends_at("cert_expiring", {}, cfg, now))
     changed = []
     for alert in entry["alerts"]:
         if alert["annotations"] != fresh:
@@ -198,21 +184,21 @@ def _reannotated(entry, cfg, now):
 _SEVERITY_RANK = {"warning": 0, "critical": 1}
 
 
-def _cert_renewed(store, data, reporter, cfg, now):
+def _cert_renewed(store, data, reporter, cfg, now, kit):
     """``reporter`` no longer uses the certificate: its alert ends when no master that
     reported it still does (until then its ``used_by`` names the rest)."""
-    slot = _cert_slot(data)
+    slot = _cert_slot(data, kit)
     current = store["open"].get(slot)
     if not current or reporter not in current["users"]:
         return [], []
     del current["users"][reporter]
     if current["users"]:
-        return _reannotated(current, cfg, now), []
+        return _reannotated(current, cfg, now, kit), []
     store["open"].pop(slot)
-    return [], [_ending(alert, now) for alert in current["alerts"]]
+    return [], [_ending(alert, now, kit) for alert in current["alerts"]]
 
 
-def _decide_cert(store, kind, data, reporter, cfg, now):
+def _decide_cert(store, kind, data, reporter, cfg, now, kit):
     """
     One alert per certificate (fingerprint) and cluster, whichever masters and files use it:
     a master's first report of a threshold joins it (the alert is posted again with the
@@ -220,60 +206,60 @@ def _decide_cert(store, kind, data, reporter, cfg, now):
     same post.
     """
     if kind == "cert_renewed":
-        return _cert_renewed(store, data, reporter, cfg, now)
-    key = _rule("dedupe_key")(kind, data, reporter)
+        return _cert_renewed(store, data, reporter, cfg, now, kit)
+    key = kit["dedupe_key"](kind, data, reporter)
     if not _claimable(store["seen"].get(key)):
         return [], []
-    expiry = min(_epoch(data.get("not_after")) or now, now + MAX_KEEP_SECONDS)
+    expiry = min(kit["epoch"](data.get("not_after")) or now, now + MAX_KEEP_SECONDS)
     store["seen"][key] = {"at": now, "status": "queued", "reporter": reporter, "keep_until": expiry}
-    current = store["open"].setdefault(_cert_slot(data), {"users": {}, "alerts": [], "at": now})
+    current = store["open"].setdefault(_cert_slot(data, kit), {"users": {}, "alerts": [], "at": now})
     current["keep_until"] = expiry
     current["users"][reporter] = sorted(str(name) for name in data.get("files") or ())
-    severity = _rule("cert_severity")(data)
-    if current.get("report") and _SEVERITY_RANK[severity] <= _SEVERITY_RANK[_rule("cert_severity")(current["report"])]:
+    severity = kit["cert_severity"](data)
+    if current.get("report") and _SEVERITY_RANK[severity] <= _SEVERITY_RANK[kit["cert_severity"](current["report"])]:
         store["seen"][key]["status"] = "joined"
-        return _reannotated(current, cfg, now), []
-    current.update(report=_rule("bounded")(data), reporter=reporter)
-    alert = dict(build_alert(kind, data, reporter, cfg, now), annotations=_cert_annotations(current, cfg))
-    resolve = [_ending(old, now) for old in current["alerts"]]
+        return _reannotated(current, cfg, now, kit), []
+    current.update(report=kit["bounded"](data), reporter=reporter)
+    alert = dict(build_alert(kind, data, reporter, cfg, now, kit), annotations=_cert_annotations(current, cfg, kit))
+    resolve = [_ending(old, now, kit) for old in current["alerts"]]
     current["alerts"] = [dict(alert, sent_at=now)]
     return [alert], resolve
 
 
-def _forget(store, kind, data, reporters):
+def _forget(store, kind, data, reporters, kit):
     """The condition ``kind`` of ``reporters`` (an outage, a crash loop) is over: their next
     one is a new incident, not a duplicate."""
     for reporter in reporters:
-        store["seen"].pop(_rule("dedupe_key")(kind, data, reporter), None)
+        store["seen"].pop(kit["dedupe_key"](kind, data, reporter), None)
 
 
-def _slot(cluster, kind, reporter):
+def _slot(cluster, kind, reporter, kit):
     """Where an open condition is kept: one per cluster, or one per master for a master's own."""
-    return f"{cluster}|{kind}|{reporter}" if kind in _rule("per_master")() else f"{cluster}|{kind}"
+    return f"{cluster}|{kind}|{reporter}" if kind in kit["per_master"]() else f"{cluster}|{kind}"
 
 
-def _recovered(store, cluster, data, reporter, now):
+def _recovered(store, cluster, data, reporter, now, kit):
     condition = data.get("condition")
-    slot = _slot(cluster, condition, reporter)
+    slot = _slot(cluster, condition, reporter, kit)
     current = store["open"].get(slot)
-    if condition == "unreachable" or condition in _rule("per_master")():
-        _forget(store, condition, data, [reporter])
+    if condition == "unreachable" or condition in kit["per_master"]():
+        _forget(store, condition, data, [reporter], kit)
     if current and condition == "unreachable":
         current["reporters"] = [r for r in current["reporters"] if r != reporter]
         if current["reporters"]:
             return [], []
     if current:
-        return [], [_ending(store["open"].pop(slot), now)]
+        return [], [_ending(store["open"].pop(slot), now, kit)]
     return [], []
 
 
-def note_lease(store, data, now):
+def note_lease(store, data, now, kit):
     """Remember the newest Lease holder of the cluster ``data`` names (the reconcile compares with it)."""
     try:
         transitions = int(data.get("transitions"))
     except (TypeError, ValueError):
         return
-    cluster = _rule("cluster_key")(data)
+    cluster = kit["cluster_key"](data)
     known = store["leases"].get(cluster)
     if known is None or transitions >= known.get("transitions", -1):
         store["leases"][cluster] = {"transitions": transitions, "at": now, **{
@@ -285,7 +271,7 @@ def note_lease(store, data, now):
 # --------------------------------------------------------------------------
 
 
-def mark_planned(store, minion, holder, until, by, now, transitions=None):
+def mark_planned(store, minion, holder, until, by, now, kit, transitions=None):
     """
     Mark the restart of ``minion``'s KCM that a command on this Salt master makes now, until
     ``until`` (epoch): a leader change away from ``minion``, or from ``holder`` (the Lease
@@ -294,7 +280,7 @@ def mark_planned(store, minion, holder, until, by, now, transitions=None):
     happened before the command and is not its doing. Returns the mark.
     """
     store["planned"] = {key: mark for key, mark in store["planned"].items()
-                        if (_rule("number")(mark.get("until")) or 0) > now}
+                        if (kit["number"](mark.get("until")) or 0) > now}
     mark = {"minion": minion, "until": until, "by": by, "at": now, "transitions": _count(transitions)}
     store["planned"][f"minion|{minion}"] = mark
     if holder:
@@ -317,14 +303,14 @@ def _count(value):
         return None
 
 
-def planned_mark(store, data, now):
+def planned_mark(store, data, now, kit):
     """The unexpired mark a leader change ``data`` leaves (its ``old_holder`` or
     ``old_minion``), or None. A change whose ``transitions`` is at or below the count the mark
     was made over happened before the command (a crash reported late): not the mark's."""
     for part in ("holder", "minion"):
         value = data.get(f"old_{part}")
         mark = store["planned"].get(f"{part}|{value}") if value else None
-        if not mark or (_rule("number")(mark.get("until")) or 0) <= now:
+        if not mark or (kit["number"](mark.get("until")) or 0) <= now:
             continue
         before, counted = _count(mark.get("transitions")), _count(data.get("transitions"))
         if before is not None and counted is not None and counted <= before:
@@ -341,7 +327,7 @@ def _as_planned(alert, mark):
     return alert
 
 
-def decide(store, kind, data, reporter, cfg, now):
+def decide(store, kind, data, reporter, cfg, now, kit):
     """
     Update the store for one report; return ``(fire, resolve)`` (see the module docstring).
 
@@ -350,22 +336,22 @@ def decide(store, kind, data, reporter, cfg, now):
     it taken, and the alert is never dropped once decided.
     """
     if kind in ("cert_expiring", "cert_renewed"):
-        return _decide_cert(store, kind, data, reporter, cfg, now)
-    cluster = _rule("cluster_key")(data)
+        return _decide_cert(store, kind, data, reporter, cfg, now, kit)
+    cluster = kit["cluster_key"](data)
     if kind == "recovered":
-        return _recovered(store, cluster, data, reporter, now)
+        return _recovered(store, cluster, data, reporter, now, kit)
     fire, resolve = [], []
-    key = _rule("dedupe_key")(kind, data, reporter)
+    key = kit["dedupe_key"](kind, data, reporter)
     if kind == "changed":
-        note_lease(store, data, now)
-        for condition in _rule("cleared_by_change")():
+        note_lease(store, data, now, kit)
+        for condition in kit["cleared_by_change"]():
             current = store["open"].pop(f"{cluster}|{condition}", None)
             if current:
-                resolve.append(_ending(current, now))
+                resolve.append(_ending(current, now, kit))
     if not _claimable(store["seen"].get(key)):
         return fire, resolve
     store["seen"][key] = {"at": now, "status": "queued", "reporter": reporter}
-    slot = _slot(cluster, kind, reporter)
+    slot = _slot(cluster, kind, reporter, kit)
     current = store["open"].get(slot)
     if kind == "unreachable" and current:
         # One cluster-wide alert, already in the outbox: remember who else sees it, for the resolve.
@@ -373,10 +359,10 @@ def decide(store, kind, data, reporter, cfg, now):
             current["reporters"].append(reporter)
         store["seen"][key]["status"] = "joined"
         return fire, resolve
-    alert = build_alert(kind, data, reporter, cfg, now)
+    alert = build_alert(kind, data, reporter, cfg, now, kit)
     if kind == "changed":
-        _as_planned(alert, planned_mark(store, data, now))
-    if kind in _rule("conditions")():
+        _as_planned(alert, planned_mark(store, data, now, kit))
+    if kind in kit["conditions"]():
         store["open"][slot] = dict(alert, reporters=[reporter], at=now, sent_at=now,
                                    facts={"holder": data.get("holder"), "renew_time": data.get("renew_time")})
     fire.append(alert)
@@ -392,9 +378,9 @@ def _live(lease):
     return bool(lease.get("holder")) and lease.get("expired") is False
 
 
-def _missed_change(store, view, cfg, now):
+def _missed_change(store, view, cfg, now, kit):
     """A KCMLeaderChanged for a Lease transition no report brought, under the event path's key."""
-    lease, cluster = view["lease"], _rule("cluster_key")(view["data"])
+    lease, cluster = view["lease"], kit["cluster_key"](view["data"])
     known = store["leases"].get(cluster)
     try:
         transitions = int(lease.get("transitions"))
@@ -404,7 +390,7 @@ def _missed_change(store, view, cfg, now):
         return [], [], None
     if known is None:
         # First sight: nothing to compare with, so this Lease is where counting starts.
-        note_lease(store, dict(view["data"], **lease), now)
+        note_lease(store, dict(view["data"], **lease), now, kit)
         return [], [], "baseline"
     if transitions < known["transitions"] or (transitions, lease["holder"]) == (known["transitions"],
                                                                                known.get("holder")):
@@ -413,19 +399,19 @@ def _missed_change(store, view, cfg, now):
                 renew_time=lease.get("renew_time"), holder=lease["holder"],
                 new_holder=lease["holder"], new_node=lease.get("node"), new_minion=lease.get("minion"),
                 old_holder=known.get("holder"), old_node=known.get("node"), old_minion=known.get("minion"))
-    fire, resolve = decide(store, "changed", data, view["reporter"], cfg, now)
+    fire, resolve = decide(store, "changed", data, view["reporter"], cfg, now, kit)
     log.info("kcm_alert: reconcile: %s leaseTransitions %s -> %s (%s)", cluster, known["transitions"],
              transitions, "raised" if fire else "already alerted")
     return fire, resolve, "changed" if fire else None
 
 
-def _gone_conditions(store, view, now):
+def _gone_conditions(store, view, now, kit):
     """Resolutions of the conditions the masters' answers show over (a live Lease)."""
-    cluster, lease = _rule("cluster_key")(view["data"]), view["lease"]
+    cluster, lease = kit["cluster_key"](view["data"]), view["lease"]
     if not _live(lease):
         return []
     resolve = []
-    for condition in _rule("conditions")():
+    for condition in kit["conditions"]():
         current = store["open"].get(f"{cluster}|{condition}")
         if not current:
             continue
@@ -437,27 +423,27 @@ def _gone_conditions(store, view, now):
             # Its reporters that answer now, or are gone (no answer at all) while the others
             # read a live Lease, no longer see it; those still failing keep it open.
             over = [r for r in current["reporters"] if r not in view["erroring"]]
-            _forget(store, "unreachable", view["data"], over)
+            _forget(store, "unreachable", view["data"], over, kit)
             current["reporters"] = [r for r in current["reporters"] if r in view["erroring"]]
             if current["reporters"]:
                 continue
-        resolve.append(_ending(store["open"].pop(f"{cluster}|{condition}"), now))
+        resolve.append(_ending(store["open"].pop(f"{cluster}|{condition}"), now, kit))
     return resolve
 
 
-def reconcile_cluster(store, view, cfg, now):
+def reconcile_cluster(store, view, cfg, now, kit):
     """
     Compare one cluster's Lease, as its masters answered, with the store. ``view``:
     ``data`` (``cluster``, ``cluster_id``), ``lease`` (the newest ``kcm.leader`` record),
     ``erroring`` (masters that could not read it), ``reporter`` (for the annotations).
     Returns ``(fire, resolve, what)``; ``what`` is "changed", "baseline" or None.
     """
-    fire, resolve, what = _missed_change(store, view, cfg, now)
-    resolve = resolve + _gone_conditions(store, view, now)
+    fire, resolve, what = _missed_change(store, view, cfg, now, kit)
+    resolve = resolve + _gone_conditions(store, view, now, kit)
     return fire, resolve, what
 
 
-def ask_masters(opts, masters, timeout, trust, now, window):
+def ask_masters(opts, masters, timeout, trust, now, window, kit):
     """
     ``kcm.leader`` and ``kcm.status`` of the minions ``masters`` (a list target), in one
     publish of ``kcm_beacon.answer`` through the master's LocalClient;
@@ -481,7 +467,7 @@ def ask_masters(opts, masters, timeout, trust, now, window):
         answer = answers.get(minion)
         if minion not in answers:
             continue
-        why = _rule("answer_problem", "kcm_trust")(os.path.join(trust.pki_dir, "minions", minion), minion, answer,
+        why = kit["answer_problem"](os.path.join(trust.pki_dir, "minions", minion), minion, answer,
                                                     nonce, now, window)
         if why:
             log.warning("kcm_alert: reconcile: the answer of %s is dropped: %s", minion, why)
@@ -496,7 +482,7 @@ def _row(status):
     return status if isinstance(status, dict) else {}
 
 
-def views(answers, reporter, trust, pins):
+def views(answers, reporter, trust, pins, kit):
     """
     One view per cluster (see :func:`reconcile_cluster`) from the masters' answers,
     ``{minion: {"kcm.leader": record, "kcm.status": [row]}}``: the newest Lease they read
@@ -504,7 +490,7 @@ def views(answers, reporter, trust, pins):
     answers of KCM masters (``trust``) about a cluster they may speak for and its pinned
     ``cluster_id`` (``pins``, read only: the reports pin) count.
     """
-    bounded = _rule("bounded")
+    bounded = kit["bounded"]
     found = {}
     for minion, answer in sorted(answers.items()):
         if not isinstance(answer, dict) or not trust.is_master(minion):
@@ -513,11 +499,11 @@ def views(answers, reporter, trust, pins):
         if not row.get("cluster") or not row.get("cluster_id"):
             continue  # not deployed, or a cluster it cannot name as its reports do
         data = bounded({"cluster": row["cluster"], "cluster_id": row["cluster_id"]})
-        if _rule("pin_problem", "kcm_trust")(dict(pins), trust, data) or not trust.may_report(minion, data["cluster"]):
+        if kit["pin_problem"](dict(pins), trust, data) or not trust.may_report(minion, data["cluster"]):
             log.warning("kcm_alert: reconcile: %s speaks for a cluster it may not (%s)", minion,
-                        _rule("printable", "kcm_trust")(_rule("cluster_key")(data)))
+                        kit["printable"](kit["cluster_key"](data)))
             continue
-        view = found.setdefault(_rule("cluster_key")(data), {"data": data, "lease": None, "erroring": set(),
+        view = found.setdefault(kit["cluster_key"](data), {"data": data, "lease": None, "erroring": set(),
                                                              "answered": [], "reporter": reporter})
         view["answered"].append(minion)
         leader = answer.get("kcm.leader")
@@ -525,7 +511,7 @@ def views(answers, reporter, trust, pins):
             view["erroring"].add(minion)
             continue
         lease = bounded(leader)
-        order = (_rule("number")(lease.get("transitions")) or -1, _epoch(lease.get("renew_time")) or 0)
+        order = (kit["number"](lease.get("transitions")) or -1, kit["epoch"](lease.get("renew_time")) or 0)
         if view["lease"] is None or order > view["order"]:
             view["lease"], view["order"] = lease, order
     return found

@@ -7,8 +7,8 @@ Every Salt master that sees a report computes the same labels from it (nothing h
 on the master that computes it), so two masters of one multi-master setup post identical
 label sets, which Alertmanager holds as one alert.
 
-Called as ``__utils__["kcm_alert_rules.dedupe_key"](...)`` from the runner and
-``kcm_alert_decide``.
+Called as ``__utils__["kcm_alert_rules.dedupe_key"](...)`` from the runner, which also hands
+``kcm_alert_decide`` the rules it uses.
 """
 
 import re

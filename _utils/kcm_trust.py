@@ -18,8 +18,9 @@ carries that minion's signature (made by the beacons with the minion's own Salt 
 ``(epoch, counter)`` newer than the last one the master accepted from it.
 
 Called as ``__utils__["kcm_trust.refusal"](...)`` from the runners and the engine; the
-beacons reach :func:`sign_events` through a utils loader of their own (no execution
-function signs, so nothing callable over the bus signs arbitrary fields).
+beacons reach :func:`sign_beacon_events` through a utils loader of their own, handing it
+``kcm_state_file``'s reader and writer (no execution function signs, so nothing callable
+over the bus signs arbitrary fields).
 """
 
 import base64
@@ -400,11 +401,11 @@ def _next_sequence(opts, count, read_json, write_json):
     return [(state["epoch"], first + i) for i in range(count)]
 
 
-def sign_beacon_events(opts, events, utils):
-    """:func:`sign_events` for a beacon (``utils``: its utils loader); unsigned, and logged,
+def sign_beacon_events(opts, events, read_json, write_json):
+    """:func:`sign_events` for a beacon (its ``kcm_state_file`` reader and writer); unsigned, and logged,
     without a readable key or counter file, so the master refuses them."""
     try:
-        return sign_events(opts, events, utils["kcm_state_file.read_json"], utils["kcm_state_file.write_json"])
+        return sign_events(opts, events, read_json, write_json)
     except (OSError, ValueError) as exc:
         log.warning("kcm beacons: cannot sign (%s); the events go unsigned and the master refuses them", exc)
         return events

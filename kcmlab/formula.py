@@ -29,9 +29,8 @@ def utils() -> dict:
     """``__utils__`` as Salt's loader gives it to modules: the formula's _utils functions."""
     found = {}
     for path in sorted((REPO / "_utils").glob("*.py")):
+        # No __utils__ in a util, as Salt's loader packs none into utils modules: they are leaves.
         module = load("_utils", path.stem)
-        # What pack_dunder gives a utils module in Salt: the utils of the same loader.
-        module.__utils__ = found
         found.update({f"{module.__virtualname__}.{n}": getattr(module, n) for n in dir(module)
                       if not n.startswith("_") and callable(getattr(module, n))
                       and getattr(getattr(module, n), "__module__", None) == module.__name__})

@@ -829,7 +829,7 @@ class Masters:
         self.record, self.answering, self.erroring, self.asked = None, set(REPORTERS), set(), []
         monkeypatch.setitem(h.module.__utils__, "kcm_alert_decide.ask_masters", self.ask)
 
-    def ask(self, opts, masters, timeout, trust, now, window):
+    def ask(self, opts, masters, timeout, trust, now, window, kit):
         self.asked.append(list(masters))
         return {m: {"kcm.leader": {"error": "unreachable", "detail": "timed out"} if m in self.erroring
                     else self.record,
@@ -936,11 +936,12 @@ def test_the_reconcile_reads_only_the_listed_masters_own_signed_answers(tmp_path
 
     monkeypatch.setattr(salt.client, "get_local_client", lambda mopts: Client())
     trust = h.module._trust()
-    answers = utils()["kcm_alert_decide.ask_masters"]({}, ["master-1", "master-2", "master-3"], 7, trust, T0, 300)
+    answers = utils()["kcm_alert_decide.ask_masters"]({}, ["master-1", "master-2", "master-3"], 7, trust, T0, 300,
+                                                       h.module._kit())
     assert calls == [(["master-1", "master-2", "master-3"], "kcm_beacon.answer", 7, "list")]
     assert list(answers) == ["master-1"]
     assert answers["master-1"]["kcm.leader"] == record
-    assert utils()["kcm_alert_decide.ask_masters"]({}, [], 7, trust, T0, 300) == {} and len(calls) == 1
+    assert utils()["kcm_alert_decide.ask_masters"]({}, [], 7, trust, T0, 300, h.module._kit()) == {} and len(calls) == 1
 
 
 @pytest.mark.parametrize("master, message", [

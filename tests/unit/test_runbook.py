@@ -10,9 +10,12 @@ import re
 
 import pytest
 
-from kcmlab.formula import REPO, alert_settings, utils
+from kcmlab.formula import REPO, alert_settings, load, utils
 
 UTILS = utils()
+# What the kcm_alert runner hands kcm_alert_decide of the other utils (a util calls no util).
+RUNNER = load("_runners", "kcm_alert")
+RUNNER.__utils__ = UTILS
 KINDS = UTILS["kcm_alert_rules.beacons"].__globals__["KINDS"]
 ALERTS = sorted({row[1] for row in KINDS.values() if row[1]})
 RUNBOOK = (REPO / "docs" / "runbook.md").read_text()
@@ -50,7 +53,8 @@ def test_every_alert_has_its_runbook_section_with_the_commands_to_run(alertname)
 @pytest.mark.parametrize("kind", sorted(k for k, row in KINDS.items() if row[1]))
 @pytest.mark.parametrize("base", [DEFAULT_BASE, "https://wiki.example.com/kcm/runbook"])
 def test_every_alert_built_carries_the_three_annotations_and_its_anchor(kind, base):
-    alert = UTILS["kcm_alert_decide.build_alert"](kind, DATA, "master-1", dict(CFG, runbook_url=base), 1.8e9)
+    alert = UTILS["kcm_alert_decide.build_alert"](kind, DATA, "master-1", dict(CFG, runbook_url=base), 1.8e9,
+                                                  RUNNER._kit())
     annotations = alert["annotations"]
     assert set(annotations) == {"summary", "description", "runbook_url"}
     assert all(isinstance(v, str) and v for v in annotations.values())
