@@ -164,21 +164,6 @@ def write_state(path, state):
     return True
 
 
-def signed_message(kind, data):
-    """
-    Return the bytes an event signature covers: the kind (the tag's last part) and every
-    field but ``sig`` and the bus's own ``_``-prefixed ones, as canonical JSON. The
-    kcm_alert runner rebuilds the same bytes to verify.
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt-call kcm_beacon.signed_message changed '{"id": "master-1"}'
-    """
-    return __utils__["kcm_trust.signed_message"](kind, data)  # noqa: F821
-
-
 def _reading(function, **kwargs):
     try:
         return __salt__[function](**kwargs)  # noqa: F821

@@ -233,7 +233,7 @@ def test_cert_events_are_signed_with_the_minions_key(pki_files, reads, monkeypat
     [event] = kcm_cert.beacon([{"_beacon_name": "kcm_cert"}, {"cert_thresholds": [30]}])
     kind, data = event["tag"], {k: v for k, v in event.items() if k != "tag"}
     assert data["id"] == "master-2"
-    MINION_KEY.public_key().verify(base64.b64decode(data["sig"]), KCM_BEACON.signed_message(kind, data),
+    MINION_KEY.public_key().verify(base64.b64decode(data["sig"]), UTILS["kcm_trust.signed_message"](kind, data),
                                    padding.PKCS1v15(), hashes.SHA256())
 
 

@@ -365,11 +365,11 @@ def test_beacon_events_are_signed_with_the_minions_key(loaded, monkeypatch):
     kind, data = event["tag"], {k: v for k, v in event.items() if k != "tag"}
     assert data["id"] == "master-2"
     signature = base64.b64decode(data["sig"])
-    MINION_KEY.public_key().verify(signature, KCM_BEACON.signed_message(kind, data), padding.PKCS1v15(),
+    MINION_KEY.public_key().verify(signature, UTILS["kcm_trust.signed_message"](kind, data), padding.PKCS1v15(),
                                    hashes.SHA256())
     forged = dict(data, new_holder="web-1_x")
     with pytest.raises(InvalidSignature):
-        MINION_KEY.public_key().verify(signature, KCM_BEACON.signed_message(kind, forged), padding.PKCS1v15(),
+        MINION_KEY.public_key().verify(signature, UTILS["kcm_trust.signed_message"](kind, forged), padding.PKCS1v15(),
                                        hashes.SHA256())
 
 
@@ -679,7 +679,7 @@ def test_the_restarting_event_carries_the_journals_last_error_and_is_signed(syst
     assert event["last_error"] == LAST_ERROR
     assert readings["calls"] == [False, False, False, False, True]  # the journal once, for the event
     data = {k: v for k, v in event.items() if k != "tag"}
-    MINION_KEY.public_key().verify(base64.b64decode(data["sig"]), KCM_BEACON.signed_message("restarting", data),
+    MINION_KEY.public_key().verify(base64.b64decode(data["sig"]), UTILS["kcm_trust.signed_message"]("restarting", data),
                                    padding.PKCS1v15(), hashes.SHA256())
 
 
