@@ -166,9 +166,9 @@ def _minion_for(node, kwargs):
 
 
 def _api_get(path, kubeconfig, timeout):
-    if "kcm_api.request_json" not in __salt__:
+    if "kcm_api.get" not in __salt__:
         raise _failure("not_deployed", "the kcm_api module is not available (run saltutil.sync_modules)")
-    return __salt__["kcm_api.request_json"](path, kubeconfig, timeout=timeout)
+    return __salt__["kcm_api.get"](path, kubeconfig, timeout=timeout)
 
 
 def _reason(exc):

@@ -97,7 +97,7 @@ def apiserver_version(kubeconfig=None, timeout=TIMEOUT):
     """
     path = _kubeconfig(kubeconfig)
     if path:
-        answer = __salt__["kcm_api.request_json"]("/version", path, timeout=timeout)  # noqa: F821
+        answer = __salt__["kcm_api.get"]("/version", path, timeout=timeout)  # noqa: F821
     else:
         answer = _public_version(timeout)
     version = answer.get("gitVersion")

@@ -69,7 +69,7 @@ def kcm_module(kubeconfig):
     kcm_api, kcm = load("_modules", "kcm_api"), load("_modules", "kcm")
     kcm_api.__salt__ = {}
     kcm.__salt__ = {
-        "kcm_api.request_json": kcm_api.request_json,
+        "kcm_api.get": kcm_api.get,
         "kcm_config.deployed": lambda: {"files": {"kubeconfig": str(kubeconfig)}},
     }
     kcm.__utils__ = utils()

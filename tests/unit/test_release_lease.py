@@ -331,7 +331,7 @@ def test_as_the_unit_runs_it_exit_0_and_one_line(tmp_path, kcfg, apiserver, kcm_
 @pytest.fixture
 def configure_loader_modules(kcm_flags):
     return {KCM_RELEASE: {
-        "__salt__": {f"kcm_flags.{n}": getattr(kcm_flags, n) for n in ("flags", "minor")},
+        "__salt__": {"kcm_flags.minor": kcm_flags.minor},
         "__utils__": kcm_flags.__utils__,
         "__grains__": {"pythonexecutable": "/opt/saltstack/salt/bin/python3.10"},
     }}
