@@ -460,7 +460,7 @@ def _part(errors, name, func, default):
 def status(**kwargs):
     """
     Return one flat row about this master, made for ``--out=table``: ``minion``,
-    ``cluster`` (pillar ``kcm:cluster``), ``cluster_id`` (:func:`cluster_id`),
+    ``cluster`` (the deployed ``kcm:cluster``), ``cluster_id`` (:func:`cluster_id`),
     ``version``, ``service_active``, ``healthy``, ``leader`` (yes/no), ``holder``,
     ``lease_age_seconds`` (since the last renewal), ``cert_days_left`` (the KCM
     certificate), and ``errors`` (what could not be answered; the call then exits

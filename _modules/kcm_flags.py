@@ -71,7 +71,7 @@ FLAG_HISTORY = {
 }
 
 # Allowed --leader-elect-resource-lock values: (first minor, values) - the last row whose
-# minor is <= the version applies (kcm-facts 1.5; client-go #106852, #114055, #117558).
+# minor is <= the version applies (client-go #106852, #114055, #117558).
 RESOURCE_LOCKS = (
     (14, ("endpoints", "configmaps", "leases")),
     (17, ("endpoints", "configmaps", "leases", "endpointsleases", "configmapsleases")),
