@@ -406,10 +406,6 @@ def forget_clock(state):
 # I/O: one kcm.leader call per poll, the state file and the signature (through _utils)
 
 
-def _config_dict(config):
-    return salt.utils.beacons.list_to_dict(config) if isinstance(config, list) else dict(config or {})
-
-
 def _utils():
     # Beacons get no __utils__, and signing must be no execution function: a utils loader of its own.
     if "kcm_trust.utils" not in __context__:
@@ -534,7 +530,7 @@ def beacon(config):
         salt '*' beacons.add kcm_leader '[{"interval": 2}]'
         salt '*' beacons.list
     """
-    cfg = _config_dict(config)
+    cfg = salt.utils.beacons.list_to_dict(config)
     settings = _settings(cfg)
     if settings is None:
         return []
@@ -565,7 +561,7 @@ def close(config):
 
         salt '*' beacons.delete kcm_leader
     """
-    cfg = _config_dict(config)
+    cfg = salt.utils.beacons.list_to_dict(config)
     key = f"kcm_leader.{cfg.get('_beacon_name', __virtualname__)}"
     __context__.pop(key, None)
     __context__.pop(f"{key}.cluster_id", None)
