@@ -83,8 +83,6 @@ def _lease(name, *args):
 
 
 def _deployed():
-    if "kcm_config.deployed" not in __salt__:
-        return {}
     return __salt__["kcm_config.deployed"]() or {}
 
 
@@ -166,8 +164,6 @@ def _minion_for(node, kwargs):
 
 
 def _api_get(path, kubeconfig, timeout):
-    if "kcm_api.get" not in __salt__:
-        raise _failure("not_deployed", "the kcm_api module is not available (run saltutil.sync_modules)")
     return __salt__["kcm_api.get"](path, kubeconfig, timeout=timeout)
 
 
@@ -182,8 +178,6 @@ def _lock(deployed):
     where KCM writes it. Not deployed yet: KCM's default lock, a Lease or (v1.14-v1.16) the
     Endpoints.
     """
-    if "kcm_release.lock" not in __salt__:
-        raise _failure("not_deployed", "the kcm_release module is not available (run saltutil.sync_modules)")
     try:
         lock = __salt__["kcm_release.lock"](deployed)
     except (KeyError, TypeError, ValueError) as exc:

@@ -419,7 +419,7 @@ def _checked_json(response, url):
 
 
 def _default_kubeconfig():
-    deployed = __salt__["kcm_config.deployed"]() if "kcm_config.deployed" in __salt__ else {}
+    deployed = __salt__["kcm_config.deployed"]()
     path = (deployed.get("files") or {}).get("kubeconfig")
     if not path:
         raise _failed("kubeconfig", "no kubeconfig= given and no deployed kcm (run state.apply kcm first)")
