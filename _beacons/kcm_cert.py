@@ -38,11 +38,13 @@ it again; the first poll after a restart reads the certificates (a renewal may b
 restart was for).
 
 The decision logic is the pure function :func:`cert_step`; :func:`beacon` does the I/O
-(``kcm_pki.cert_status`` when due, the state file and the signature through ``kcm_beacon.*``).
+(``kcm_pki.cert_status`` when due, the state file and the signature through a utils loader
+of its own: beacons get no ``__utils__``).
 """
 
 import copy
 import logging
+import os
 import time
 
 import salt.loader
@@ -179,7 +181,7 @@ def cert_step(previous, status, now, settings):
     return state, events
 
 
-# I/O: kcm_pki.cert_status when due, the state file, the signature (kcm_beacon.*)
+# I/O: kcm_pki.cert_status when due, the state file and the signature (through _utils)
 
 
 def _now():
@@ -211,10 +213,21 @@ def _cluster_id():
         return None
 
 
-def _signed(events):
+def _utils():
     # Beacons get no __utils__, and signing must be no execution function: a utils loader of its own.
-    utils = __context__.get("kcm_trust.utils") or salt.loader.utils(__opts__)
-    __context__["kcm_trust.utils"] = utils
+    if "kcm_trust.utils" not in __context__:
+        __context__["kcm_trust.utils"] = salt.loader.utils(__opts__)
+    return __context__["kcm_trust.utils"]
+
+
+def _announced(path):
+    """The announced thresholds kept in the state file: a restart does not announce them again."""
+    saved = _utils()["kcm_state_file.read_json"](path)
+    return (saved.get("announced") if isinstance(saved, dict) else None) or {}
+
+
+def _signed(events):
+    utils = _utils()
     files = utils["kcm_state_file.read_json"], utils["kcm_state_file.write_json"]
     return utils["kcm_trust.sign_beacon_events"](__opts__, events, *files) if events else events
 
@@ -241,11 +254,9 @@ def beacon(config):
     settings = __salt__["kcm_beacon.settings"](__virtualname__, cfg)
     if not settings or not settings["cert_thresholds"]:
         return []
-    path = cfg.get("state_file") or __salt__["kcm_beacon.state_path"](name)
+    path = cfg.get("state_file") or os.path.join(__opts__["cachedir"], "kcm", f"beacon-{name}.json")
     # After a restart the announced set comes back, the time of the last read does not.
-    previous = __context__.get(key) or dict(
-        initial_state(), announced=(__salt__["kcm_beacon.read_state"](path) or {}).get("announced") or {}
-    )
+    previous = __context__.get(key) or dict(initial_state(), announced=_announced(path))
     now = _now()
     if not cert_check_due(previous, now, settings["cert_check_interval"]):
         return []
@@ -253,7 +264,11 @@ def beacon(config):
     state, events = cert_step(previous, _cert_status(), now, settings)
     __context__[key] = state
     if state.get("announced") != previous.get("announced"):
-        __salt__["kcm_beacon.write_state"](path, {"announced": state["announced"]})
+        try:
+            _utils()["kcm_state_file.write_json"](path, {"announced": state["announced"]})
+        except OSError as exc:
+            # Only risks announcing a threshold once more.
+            log.warning("kcm_cert: could not write state file %s: %s", path, exc)
     for event in events:
         log.warning(
             "kcm_cert: %s: %s (%s, serial %s) has %s days left (threshold %s)",

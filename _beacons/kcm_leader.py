@@ -59,6 +59,7 @@ The decision logic is the pure function :func:`step`; :func:`beacon` does the I/
 import copy
 import json
 import logging
+import os
 import time
 
 import salt.loader
@@ -402,25 +403,33 @@ def forget_clock(state):
     return state
 
 
-# I/O: one kcm.leader call per poll, the state file, the signature (kcm_beacon.*)
+# I/O: one kcm.leader call per poll, the state file and the signature (through _utils)
 
 
-def _config_dict(config):
-    return salt.utils.beacons.list_to_dict(config) if isinstance(config, list) else dict(config or {})
+def _utils():
+    # Beacons get no __utils__, and signing must be no execution function: a utils loader of its own.
+    if "kcm_trust.utils" not in __context__:
+        __context__["kcm_trust.utils"] = salt.loader.utils(__opts__)
+    return __context__["kcm_trust.utils"]
 
 
 def _state_path(cfg):
-    return cfg.get("state_file") or __salt__["kcm_beacon.state_path"](cfg.get("_beacon_name", __virtualname__))
+    name = cfg.get("_beacon_name", __virtualname__)
+    return cfg.get("state_file") or os.path.join(__opts__["cachedir"], "kcm", f"beacon-{name}.json")
 
 
 def load_state(path):
     """The persisted state as a restart sees it, or None when there is none (or it is unreadable)."""
-    state = __salt__["kcm_beacon.read_state"](path)
-    if state is None:
-        return None
-    merged = dict(initial_state(), **state)
-    merged.pop("certs", None)  # what this beacon kept before kcm_cert had its own file
-    return forget_clock(merged)
+    state = _utils()["kcm_state_file.read_json"](path)
+    return forget_clock(dict(initial_state(), **state)) if isinstance(state, dict) else None
+
+
+def _save_state(path, state):
+    # Atomic, 0600; a file that cannot be written only risks one repeated announcement.
+    try:
+        _utils()["kcm_state_file.write_json"](path, state)
+    except OSError as exc:
+        log.warning("kcm_leader: could not write state file %s: %s", path, exc)
 
 
 def _settings(cfg):
@@ -469,16 +478,16 @@ def _observe(cfg):
         return {"error": f"kcm.leader raised {type(exc).__name__}: {first}".rstrip(": ")}
     if not isinstance(result, dict):
         return {"error": f"kcm.leader returned {type(result).__name__}, not a dict"}
-    return dict(result, renewed_at=__salt__["kcm_beacon.epoch"](result.get("renew_time")))
+    return dict(result, renewed_at=_utils()["kcm_time.epoch"](result.get("renew_time")))
 
 
 def _service(cfg, settings, previous, now):
     """
     ``kcm.restarts`` when :func:`service_due`, with ``healthy`` (``kcm.health``) when
     :func:`wants_health`; None when not due, or where it cannot be read (logged at debug: the
-    leader watch goes on) or the deployed ``kcm:beacon`` predates ``healthy_for``.
+    leader watch goes on).
     """
-    if "healthy_for" not in settings or not service_due(previous, now):
+    if not service_due(previous, now):
         return None
     try:
         unit = __salt__["kcm.restarts"]()
@@ -504,9 +513,7 @@ def _with_last_error(event):
 
 
 def _signed(events):
-    # Beacons get no __utils__, and signing must be no execution function: a utils loader of its own.
-    utils = __context__.get("kcm_trust.utils") or salt.loader.utils(__opts__)
-    __context__["kcm_trust.utils"] = utils
+    utils = _utils()
     files = utils["kcm_state_file.read_json"], utils["kcm_state_file.write_json"]
     return utils["kcm_trust.sign_beacon_events"](__opts__, events, *files) if events else events
 
@@ -525,7 +532,7 @@ def beacon(config):
         salt '*' beacons.add kcm_leader '[{"interval": 2}]'
         salt '*' beacons.list
     """
-    cfg = _config_dict(config)
+    cfg = salt.utils.beacons.list_to_dict(config)
     settings = _settings(cfg)
     if settings is None:
         return []
@@ -540,7 +547,7 @@ def beacon(config):
     events = [_with_last_error(event) for event in events]
     __context__[key] = state
     if announced_view(state) != announced_view(previous):
-        __salt__["kcm_beacon.write_state"](path, state)
+        _save_state(path, state)
     for event in events:
         log.info("kcm_leader: %s (holder %s)", event["tag"], event.get("holder"))
     return _signed(events)
@@ -556,7 +563,7 @@ def close(config):
 
         salt '*' beacons.delete kcm_leader
     """
-    cfg = _config_dict(config)
+    cfg = salt.utils.beacons.list_to_dict(config)
     key = f"kcm_leader.{cfg.get('_beacon_name', __virtualname__)}"
     __context__.pop(key, None)
     __context__.pop(f"{key}.cluster_id", None)

@@ -83,8 +83,6 @@ def _lease(name, *args):
 
 
 def _deployed():
-    if "kcm_config.deployed" not in __salt__:
-        return {}
     return __salt__["kcm_config.deployed"]() or {}
 
 
@@ -166,9 +164,7 @@ def _minion_for(node, kwargs):
 
 
 def _api_get(path, kubeconfig, timeout):
-    if "kcm_api.request_json" not in __salt__:
-        raise _failure("not_deployed", "the kcm_api module is not available (run saltutil.sync_modules)")
-    return __salt__["kcm_api.request_json"](path, kubeconfig, timeout=timeout)
+    return __salt__["kcm_api.get"](path, kubeconfig, timeout=timeout)
 
 
 def _reason(exc):
@@ -182,8 +178,6 @@ def _lock(deployed):
     where KCM writes it. Not deployed yet: KCM's default lock, a Lease or (v1.14-v1.16) the
     Endpoints.
     """
-    if "kcm_release.lock" not in __salt__:
-        raise _failure("not_deployed", "the kcm_release module is not available (run saltutil.sync_modules)")
     try:
         lock = __salt__["kcm_release.lock"](deployed)
     except (KeyError, TypeError, ValueError) as exc:
@@ -460,7 +454,7 @@ def _part(errors, name, func, default):
 def status(**kwargs):
     """
     Return one flat row about this master, made for ``--out=table``: ``minion``,
-    ``cluster`` (pillar ``kcm:cluster``), ``cluster_id`` (:func:`cluster_id`),
+    ``cluster`` (the deployed ``kcm:cluster``), ``cluster_id`` (:func:`cluster_id`),
     ``version``, ``service_active``, ``healthy``, ``leader`` (yes/no), ``holder``,
     ``lease_age_seconds`` (since the last renewal), ``cert_days_left`` (the KCM
     certificate), and ``errors`` (what could not be answered; the call then exits

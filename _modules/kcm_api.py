@@ -418,26 +418,8 @@ def _checked_json(response, url):
     return data
 
 
-def request_json(path, kubeconfig, timeout=None):
-    """
-    GET ``path`` from the API server of ``kubeconfig`` and return the JSON object.
-
-    Raises ``CommandExecutionError`` (``info["reason"]``, ``info["status"]``) on any failure.
-    ``kcm.*`` calls this through ``__salt__``; from the CLI use :func:`get`.
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt-call kcm_api.request_json /version kubeconfig=/etc/k8s/kubeconfig/kube-controller-manager.kubeconfig
-    """
-    client = _client(kubeconfig)
-    url = client.server + "/" + path.lstrip("/")
-    return _checked_json(_send(client.session, url, timeout), url)
-
-
 def _default_kubeconfig():
-    deployed = __salt__["kcm_config.deployed"]() if "kcm_config.deployed" in __salt__ else {}
+    deployed = __salt__["kcm_config.deployed"]()
     path = (deployed.get("files") or {}).get("kubeconfig")
     if not path:
         raise _failed("kubeconfig", "no kubeconfig= given and no deployed kcm (run state.apply kcm first)")
@@ -446,7 +428,8 @@ def _default_kubeconfig():
 
 def get(path, kubeconfig=None, timeout=None):
     """
-    GET an API path and return the parsed JSON; for debugging what ``kcm.leader`` sees.
+    GET an API path and return the parsed JSON object: what ``kcm.leader``, ``kcm.cluster_id``
+    and ``kcm_skew`` read, and a way to see what they see.
 
     path
         API path, e.g. ``/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/kube-controller-manager``.
@@ -458,9 +441,10 @@ def get(path, kubeconfig=None, timeout=None):
         ``[connect, read]`` (the connect within the first, the whole request within their
         sum). Default 2.
 
-    On failure the function raises an error whose text starts with the short reason
-    (``unreachable``, ``timeout``, ``tls``, ``unauthorized``, ``forbidden``,
-    ``not_found``, ``http``, ``malformed``, ``kubeconfig``) and the call exits non-zero.
+    On failure it raises ``CommandExecutionError`` whose text starts with the short reason
+    (``unreachable``, ``timeout``, ``tls``, ``unauthorized``, ``forbidden``, ``not_found``,
+    ``http``, ``too_large``, ``malformed``, ``kubeconfig``; also ``info["reason"]`` and
+    ``info["status"]``) and the call exits non-zero.
 
     CLI Example:
 
@@ -469,7 +453,9 @@ def get(path, kubeconfig=None, timeout=None):
         salt-call kcm_api.get /apis/coordination.k8s.io/v1/namespaces/kube-system/leases/kube-controller-manager
         salt 'master1' kcm_api.get /version kubeconfig=/root/.kube/config
     """
-    return request_json(path, kubeconfig or _default_kubeconfig(), timeout=timeout)
+    client = _client(kubeconfig or _default_kubeconfig())
+    url = client.server + "/" + path.lstrip("/")
+    return _checked_json(_send(client.session, url, timeout), url)
 
 
 

@@ -1,25 +1,23 @@
 """
-What the formula's beacons (``kcm_leader``, ``kcm_cert``) need from the minion, as execution
-functions because Salt's loader gives beacons ``__salt__`` but no ``__utils__``: their
-settings from the deployed facts (durations parsed by ``kcm_time``), their state files
-(written atomically by ``kcm_state_file``), and the signed answer to the master's reconcile.
+What the formula's beacons (``kcm_leader``, ``kcm_cert``) and the Salt master ask this
+minion: the check of a beacon's configuration, its settings from the deployed facts
+(durations parsed by ``kcm_time``), and the signed answer to the master's reconcile and
+fleet view.
 
 The signature on the beacons' events is no execution function (anyone allowed to run
 ``kcm_beacon.*`` could otherwise sign any report in this minion's name): the beacons call
-``kcm_trust.sign_events`` through a utils loader of their own. The master fires batched
-beacon events with the data the minion sent, so any minion could send one naming another;
-each event is signed with this minion's Salt key (``pki_dir/minion.pem``), and the
-``kcm_alert`` runner checks it against the accepted key of the minion the tag names.
+``kcm_trust.sign_beacon_events`` through a utils loader of their own, and read and write
+their state files through it too. The master fires batched beacon events with the data the
+minion sent, so any minion could send one naming another; each event is signed with this
+minion's Salt key (``pki_dir/minion.pem``), and the ``kcm_alert`` runner checks it against
+the accepted key of the minion the tag names.
 """
 
 import logging
-import os
 
 log = logging.getLogger(__name__)
 
 __virtualname__ = "kcm_beacon"
-
-STATE_VERSION = 1
 
 # Keys Salt's beacon framework itself understands; validate() sees them too.
 FRAMEWORK_KEYS = ("interval", "disable_during_state_run", "beacon_module", "run_once", "enabled")
@@ -73,7 +71,8 @@ def validate(beacon, config):
 
 
 # The keys each beacon cannot run without (all in defaults.yaml, so in the deployed facts).
-NEEDS = {"kcm_leader": ("debounce", "stale_after"), "kcm_cert": ("cert_thresholds", "cert_check_interval")}
+NEEDS = {"kcm_leader": ("debounce", "stale_after", "healthy_for"),
+         "kcm_cert": ("cert_thresholds", "cert_check_interval")}
 
 
 def settings(beacon, config=None):
@@ -113,72 +112,6 @@ def settings(beacon, config=None):
     return out
 
 
-def state_path(name):
-    """
-    Return the default state file of the beacon configured as ``name``:
-    ``<cachedir>/kcm/beacon-<name>.json``.
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt 'master*' kcm_beacon.state_path kcm_leader
-    """
-    return os.path.join(__opts__["cachedir"], "kcm", f"beacon-{name}.json")
-
-
-def read_state(path):
-    """
-    Return the beacon state saved at ``path``, or None when there is none, it is unreadable
-    or it was written by another state version.
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt 'master*' kcm_beacon.read_state /var/cache/salt/minion/kcm/beacon-kcm_leader.json
-    """
-    state = __utils__["kcm_state_file.read_json"](path)  # noqa: F821
-    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-        return None
-    return state
-
-
-def write_state(path, state):
-    """
-    Replace the beacon state at ``path`` atomically (0600, the directory 0700), so a crash
-    never leaves half a file or a temporary file beside it. Returns True, or False (logged)
-    when it cannot be written: a lost file only risks one repeated announcement.
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt 'master*' kcm_beacon.write_state /tmp/beacon.json '{"version": 1}'
-    """
-    try:
-        __utils__["kcm_state_file.write_json"](path, dict(state, version=STATE_VERSION))  # noqa: F821
-    except OSError as exc:
-        log.warning("kcm beacon: could not write state file %s: %s", path, exc)
-        return False
-    return True
-
-
-def signed_message(kind, data):
-    """
-    Return the bytes an event signature covers: the kind (the tag's last part) and every
-    field but ``sig`` and the bus's own ``_``-prefixed ones, as canonical JSON. The
-    kcm_alert runner rebuilds the same bytes to verify.
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt-call kcm_beacon.signed_message changed '{"id": "master-1"}'
-    """
-    return __utils__["kcm_trust.signed_message"](kind, data)  # noqa: F821
-
-
 def _reading(function, **kwargs):
     try:
         return __salt__[function](**kwargs)  # noqa: F821
@@ -192,9 +125,9 @@ def answer(nonce):
     """
     Return this minion's ``kcm.leader`` (``leader``) and ``kcm.status`` (``status``),
     signed with its Salt key for the master's question ``nonce``: the reconcile of the
-    kcm_alert runner reads only such answers (a job return on the master bus may come from
-    another minion). Nothing but this minion's own reading is signed, and under the kind
-    ``answer``, which no report has.
+    kcm_alert runner and the fleet view (``salt-run kcm.status``) read only such answers (a
+    job return on the master bus may come from another minion). Nothing but this minion's
+    own reading is signed, and under the kind ``answer``, which no report has.
 
     CLI Example:
 
@@ -205,16 +138,3 @@ def answer(nonce):
     reading = {"leader": _reading("kcm.leader"), "status": _reading("kcm.status")}
     return __utils__["kcm_trust.sign_answer"](__opts__, reading, nonce)  # noqa: F821
 
-
-def epoch(value):
-    """
-    Return the epoch seconds of an RFC 3339 time (a Lease's ``renewTime``), or None when
-    ``value`` is not one (``kcm_time.epoch``).
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt-call kcm_beacon.epoch 2026-11-26T18:40:00.000000Z
-    """
-    return __utils__["kcm_time.epoch"](value)  # noqa: F821

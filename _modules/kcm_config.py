@@ -33,19 +33,6 @@ def __virtual__():
     return __virtualname__
 
 
-def duration_seconds(text):
-    """
-    Return a Go duration (``15s``, ``1h30m``, ``87600h``) in seconds, or raise ``ValueError``.
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt '*' kcm_config.duration_seconds 1h30m
-    """
-    return __utils__["kcm_time.parse_duration"](text)  # noqa: F821
-
-
 def _interface_address(grains, interface):
     addrs = (grains.get("ip4_interfaces") or {}).get(interface) or []
     return addrs[0] if addrs else None
@@ -112,9 +99,9 @@ def resolve(config, grains=None, opts=None, defaults=None):
         "signer_key": f"{pki}/cluster-signer-key.pem" if pki_cfg.get("signer_cert") else f"{pki}/ca-key.pem",
         "unit": f"{paths.get('unit', '')}/{name}.service",
         "release_program": f"{paths.get('install', '')}/libexec/kcm-release-lease",
-        "deployed": deployed_path(opts),
+        "deployed": _deployed_path(opts),
         # The accounts this formula created (kcm.install.user), the ones kcm.clean removes.
-        "created_accounts": os.path.join(os.path.dirname(deployed_path(opts)), "created-accounts"),
+        "created_accounts": os.path.join(os.path.dirname(_deployed_path(opts)), "created-accounts"),
         # systemd's LogsDirectory= (log_to_file): the one place the KCM user may write.
         "log_dir": f"/var/log/{name}",
     }
@@ -188,16 +175,7 @@ def merged_pems(lookup_pki, pki):
     return {key: out.get(key, "") for key in PEM_KEYS}
 
 
-def deployed_path(opts=None):
-    """
-    Return the path of the deployed facts file on this minion.
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt '*' kcm_config.deployed_path
-    """
+def _deployed_path(opts=None):
     opts = opts if opts is not None else __opts__  # noqa: F821
     return os.path.join(opts["cachedir"], "kcm", "deployed.json")
 
@@ -214,7 +192,7 @@ def deployed(opts=None):
         salt '*' kcm_config.deployed
     """
     try:
-        with open(deployed_path(opts), encoding="utf-8") as fh:
+        with open(_deployed_path(opts), encoding="utf-8") as fh:
             return json.load(fh)
     except (OSError, ValueError):
         return {}

@@ -71,7 +71,7 @@ FLAG_HISTORY = {
 }
 
 # Allowed --leader-elect-resource-lock values: (first minor, values) - the last row whose
-# minor is <= the version applies (kcm-facts 1.5; client-go #106852, #114055, #117558).
+# minor is <= the version applies (client-go #106852, #114055, #117558).
 RESOURCE_LOCKS = (
     (14, ("endpoints", "configmaps", "leases")),
     (17, ("endpoints", "configmaps", "leases", "endpointsleases", "configmapsleases")),
@@ -239,17 +239,9 @@ def flag_problem(flag, version):
     return f"--{flag} {why}; {version} rejects it" if why else None
 
 
-def gates_problem(gates, version):
-    """
-    Say which feature gates of a ``--feature-gates`` value (``A=true,kube:B=false``) KCM
-    ``version`` no longer (or does not yet) have, by the binaries captured, or return ``None``.
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt '*' kcm_flags.gates_problem 'VolumeSnapshotDataSource=true' v1.37.2
-    """
+def _gates_problem(gates, version):
+    """Which feature gates of a ``--feature-gates`` value (``A=true,kube:B=false``) KCM
+    ``version`` no longer (or does not yet) have, by the binaries captured, or ``None``."""
     out = []
     for item in _value(gates).split(","):
         name = item.split("=", 1)[0].strip()
@@ -286,16 +278,8 @@ def _binaries_refuse(column, name, version):
     return f"{verb} {when} ({spoken(has)[0]}'s binary has it, {spoken(lacks)[0]}'s does not)"
 
 
-def value_problem(flag, value, version):
-    """
-    Say why ``--flag=value`` is refused by KCM ``version``, or return ``None``.
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt '*' kcm_flags.value_problem leader-elect-resource-lock endpoints v1.30.0
-    """
+def _value_problem(flag, value, version):
+    """Why ``--flag=value`` is refused by KCM ``version``, or ``None``."""
     flag = flag.lstrip("-")
     ver = minor(version)
     if flag == "leader-elect-resource-lock":
@@ -307,7 +291,7 @@ def value_problem(flag, value, version):
     if flag == "controllers":
         return controllers_problem(str(value).split(","), version)
     if flag == "feature-gates":
-        return gates_problem(value, version)
+        return _gates_problem(value, version)
     return None
 
 
@@ -370,17 +354,9 @@ def _value(value):
     return str(value)
 
 
-def base_flags(config):
-    """
-    Return the flags the formula sets for a resolved config, as ``{name: value}`` before
-    ``extra_args`` are applied.
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt '*' kcm_flags.base_flags "$(salt-call --out=json kcm_config.deployed)"
-    """
+def _base_flags(config):
+    """The flags the formula sets for a resolved config, as ``{name: value}`` before
+    ``extra_args`` are applied."""
     version = config["version"]
     ver = minor(version)
     files = config["files"]
@@ -427,18 +403,10 @@ def base_flags(config):
     return flags
 
 
-def flags(config):
-    """
-    Return the final ``{name: value}`` map: :func:`base_flags` with ``extra_args`` applied
-    (a value adds or overrides, ``None`` removes).
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt '*' kcm_flags.flags "$(salt-call --out=json kcm_config.deployed)"
-    """
-    result = base_flags(config)
+def _flags(config):
+    """The final ``{name: value}`` map: :func:`_base_flags` with ``extra_args`` applied (a
+    value adds or overrides, ``None`` removes)."""
+    result = _base_flags(config)
     for name, value in (config.get("extra_args") or {}).items():
         name = str(name).lstrip("-")
         if value is None:
@@ -458,7 +426,7 @@ def render(config):
 
         salt '*' kcm_flags.render "$(salt-call --out=json kcm_config.deployed)"
     """
-    return [f"--{name}={_value(value)}" for name, value in sorted(flags(config).items())]
+    return [f"--{name}={_value(value)}" for name, value in sorted(_flags(config).items())]
 
 
 def exec_start(config, binary=None):
@@ -496,8 +464,8 @@ def problems(config):
             f"kcm:log_to_file: {version} has no klog file flags (removed in v1.26, #112120);"
             " it logs to stderr (journald): set log_to_file: false"
         )
-    for name, value in sorted(flags(config).items()):
-        why = flag_problem(name, version) or value_problem(name, _value(value), version)
+    for name, value in sorted(_flags(config).items()):
+        why = flag_problem(name, version) or _value_problem(name, _value(value), version)
         if why:
             if name in (config.get("extra_args") or {}):
                 key = f"kcm:extra_args:{name}"

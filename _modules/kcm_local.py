@@ -35,8 +35,6 @@ def _failure(reason, detail):
 
 
 def _deployed():
-    if "kcm_config.deployed" not in __salt__:
-        return {}
     return __salt__["kcm_config.deployed"]() or {}
 
 
@@ -101,8 +99,6 @@ def _config(config):
 
 
 def _render(config):
-    if "kcm_flags.render" not in __salt__:
-        raise _failure("not_deployed", "the kcm_flags module is not available (run saltutil.sync_modules)")
     try:
         return __salt__["kcm_flags.render"](config)
     except KeyError as exc:
@@ -207,8 +203,6 @@ def health(secure_port=None, bind_address=None, ca_cert=None, timeout=None, **_)
     if not port or not ca_cert:
         missing = "secure_port" if not port else "ca_cert"
         raise _failure("not_deployed", f"no {missing}= given and kcm is not deployed on this minion")
-    if "kcm_api.probe" not in __salt__:
-        raise _failure("not_deployed", "the kcm_api module is not available (run saltutil.sync_modules)")
     url = f"https://{_probe_host(bind_address or deployed.get('bind_address'))}:{int(port)}/healthz?verbose"
     reply = __salt__["kcm_api.probe"](url, ca_cert, timeout=timeout)
     result = dict(__utils__["kcm_lease.parse_healthz"](reply["status"], reply["body"]), url=url)  # noqa: F821

@@ -128,7 +128,7 @@ def _embedded(kubeconfig, now):
         return {"kubeconfig:client": {"source": kubeconfig, "error": f"unreadable: {type(exc).__name__}"}}
 
 
-def cert_status(deployed=None):
+def cert_status():
     """
     Return days left for every certificate the formula manages: the CA, the KCM
     certificate, the cluster signer, and the copies embedded in the kubeconfig (its
@@ -140,7 +140,7 @@ def cert_status(deployed=None):
 
         salt 'master*' kcm_pki.cert_status
     """
-    files = (deployed or {}).get("files") or _files()
+    files = _files()
     now = _now()
     out = {}
     for name in ("cert", "ca_cert", "signer_cert"):

@@ -64,19 +64,12 @@ def lock(config):
     }
 
 
-def command(config, python=None):
+def _command(config, python=None):
     """
-    Return the argv of the release step for a resolved ``config``, or ``[]`` when there
-    is none: ``release_on_exit`` false, leader election off, or a lock other than a Lease.
-
-    The interpreter is the one running this salt-minion (grain ``pythonexecutable``: the
+    The argv of the release step for a resolved ``config``, or ``[]`` when there is none:
+    ``release_on_exit`` false, leader election off, or a lock other than a Lease. The
+    interpreter is the one running this salt-minion (grain ``pythonexecutable``: the
     onedir's Python on a onedir install), run isolated (``-I``).
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt '*' kcm_release.command "$(salt-call --out=json kcm_config.deployed)"
     """
     if not (config.get("leader_election") or {}).get("release_on_exit", True):
         return []
@@ -93,7 +86,7 @@ def command(config, python=None):
 
 def exec_line(config, python=None):
     """
-    Return :func:`command` as the text of a systemd ``ExecStopPost=`` (quoted for systemd),
+    Return the release step's argv as the text of a systemd ``ExecStopPost=`` (quoted for systemd),
     or ``''`` when there is no release step.
 
     CLI Example:
@@ -102,7 +95,7 @@ def exec_line(config, python=None):
 
         salt '*' kcm_release.exec_line "$(salt-call --out=json kcm_config.deployed)"
     """
-    argv = command(config, python=python)
+    argv = _command(config, python=python)
     # The one systemd escaping of the formula (kcm_systemd), as for ExecStart=.
     return __utils__["kcm_systemd.command_line"](argv, continuation=False) if argv else ""  # noqa: F821
 
@@ -122,7 +115,7 @@ def run(config=None):
     """
     config = config or __salt__["kcm_config.deployed"]() or {}  # noqa: F821
     try:
-        argv = command(config) if config else []
+        argv = _command(config) if config else []
     except (KeyError, TypeError, ValueError) as exc:
         return {"result": True, "released": False, "comment": f"no release step: cannot read the config ({exc})"}
     if not argv:

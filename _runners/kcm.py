@@ -63,17 +63,17 @@ def _refused_row(minion, why):
     return {"minion": minion, "cluster": REFUSED, "cluster_id": None, "leader": "refused", "errors": why}
 
 
-def _row(minion, answer, timeout, trust=None, nonce=None, now=None):
+def _row(minion, answer, timeout, trust, nonce, now):
     """The kcm.status row of one master, keyed by ``minion`` (who answered), or a row that
     says why there is none or why it is not believed."""
-    key_path = os.path.join(trust.pki_dir, "minions", minion) if trust is not None else None
-    if key_path and not os.path.isfile(key_path):
+    key_path = os.path.join(trust.pki_dir, "minions", minion)
+    if not os.path.isfile(key_path):
         # A name the target lists that has no accepted key: a master missing, not a refusal.
         return {"minion": minion, "cluster": NO_ANSWER, "cluster_id": None, "leader": "unknown",
                 "errors": "no accepted key"}
-    if trust is not None and answer is not None and not trust.is_master(minion):
+    if answer is not None and not trust.is_master(minion):
         return _refused_row(minion, trust.why_not_master(minion))
-    if trust is not None and isinstance(answer, dict):
+    if isinstance(answer, dict):
         # The alert runner's window (kcm_alert:signature_window, written by kcm.master).
         cfg = __utils__["kcm_error.master_settings"](__opts__, "kcm_alert", "kcm:master")  # noqa: F821
         why = __utils__["kcm_trust.answer_problem"](key_path, minion, answer, nonce, now,  # noqa: F821

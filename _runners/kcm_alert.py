@@ -1,6 +1,6 @@
 """
-Runner ``kcm_alert``: turns ``kcm_leader`` beacon events into Alertmanager alerts, once per
-change although every KCM master reports it, and delivers them through a durable outbox.
+Runner ``kcm_alert``: turns ``kcm_leader`` and ``kcm_cert`` beacon events into Alertmanager
+alerts, once per change although every KCM master reports it, and delivers them through a durable outbox.
 
 Callers: the ``kcm_alert`` engine (:func:`handle_batch`, the events of a short window; the
 only path of the reports); the master's schedule (written by ``kcm.master``):
@@ -179,7 +179,7 @@ def flush():
     to the Alertmanagers (same labels and ``startsAt``, ``endsAt`` renewed): Alertmanager
     keeps alerts in memory only, so one that restarted has them back within an interval.
     The master's schedule calls it every ``kcm:master:flush_interval`` seconds; it is
-    safe beside the reactor, the engine and another flush (entries are claimed).
+    safe beside the engine and another flush (entries are claimed).
 
     Returns ``{"delivered": n, "pending": n, "expired": n}``.
 
@@ -221,37 +221,15 @@ def masters():
             "masters": trust.accepted_masters(), "warnings": _u("kcm_trust.self_pick_warnings")(__opts__, trust)}
 
 
-def signed_message(kind, data):
+def _refusal(tag, data, cfg, now):
     """
-    Return the bytes the beacons sign (``kcm_trust.signed_message``): the kind and every
-    field but ``sig`` and the bus's ``_``-prefixed ones, as canonical JSON.
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt-run kcm_alert.signed_message changed '{"id": "master-1", "transitions": 4}'
+    Why the event ``tag``/``data`` is not a report the runner may act on, or ``None``. A
+    report must come from the minion its tag names (a well-formed id with an accepted key,
+    the same ``id`` in the data), that minion's id must be one of the KCM masters
+    (``kcm_alert:masters``; of its cluster with ``kcm_alert:clusters``), and the event must
+    carry that minion's signature made within ``signature_window`` seconds. Replays and pins
+    are judged with the store (:func:`_decide_all`).
     """
-    return _u("kcm_trust.signed_message")(kind, data)
-
-
-def refusal(tag, data, cfg=None, now=None):
-    """
-    Say why the event ``tag``/``data`` is not a report the runner may act on, or return
-    ``None``. A report must come from the minion its tag names (a well-formed id with an
-    accepted key, the same ``id`` in the data), that minion's id must be one of the KCM
-    masters (``kcm_alert:masters``; of its cluster with ``kcm_alert:clusters``), and the
-    event must carry that minion's signature made within ``signature_window`` seconds.
-    Replays and pins are judged with the store (:func:`handle_batch`).
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt-run kcm_alert.refusal tag=salt/beacon/web-1/kcm_leader/changed data='{"id": "web-1"}'
-    """
-    cfg = cfg or _config()
-    now = _now() if now is None else now
     return _u("kcm_trust.refusal")(tag, data, _trust(), now, cfg["signature_window"],
                                    _u("kcm_alert_rules.beacons")())
 
@@ -294,7 +272,7 @@ def _admit(events, results, cfg, now):
     """The events the runner may act on, bounded; a refused one is logged, reported and marked."""
     admitted = []
     for (tag, data), result in zip(events, results):
-        why = None if result.get("ignored") else refusal(tag, data, cfg, now)
+        why = None if result.get("ignored") else _refusal(tag, data, cfg, now)
         if why:
             _refused(tag, result["reporter"], why, cfg)
             result["refused"] = why
@@ -335,9 +313,9 @@ def _decide_all(cfg, events, results, now):
 
 def handle_batch(events):
     """
-    Handle many ``kcm_leader`` beacon events at once, in order: dedupe all of them under
-    one lock (their alerts enter the outbox in the same write), then flush the outbox (one
-    POST per Alertmanager), then report each event as :func:`handle` does.
+    Handle ``kcm_leader`` and ``kcm_cert`` beacon events at once, in order: refuse what is
+    no signed report of a KCM master, dedupe the rest under one lock (their alerts enter the
+    outbox in the same write), then flush the outbox (one POST per Alertmanager).
 
     The ``kcm_alert`` engine calls this with what arrived within its ``batch_wait``: a
     storm of failovers costs a few lock rounds and POSTs per batch, not per event.
@@ -345,7 +323,9 @@ def handle_batch(events):
     events
         a list of ``[tag, data]`` pairs (or ``{"tag": ..., "data": ...}`` dicts)
 
-    Returns the list of per-event results of :func:`handle`.
+    Returns one result per event: ``kind``, ``reporter``, ``fired`` and ``resolved`` (the
+    alerts' labels), ``duplicate``, ``failed`` (not yet accepted by every receiver: kept in
+    the outbox), and ``ignored`` or ``refused`` (why) when it was not acted on.
 
     CLI Example:
 

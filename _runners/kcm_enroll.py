@@ -84,17 +84,11 @@ def _key_fingerprint(minion_id):
         return None
 
 
-def refusal(minion_id):
+def _refusal(minion_id):
     """
-    Say why ``minion_id`` may not be enrolled, or return ``None``: it must be a
-    well-formed minion id (Salt's ``valid_id`` and no glob, space or path characters)
-    that is a KCM master by id (``kcm_alert:masters``) and whose key this master accepted.
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt-run kcm_enroll.refusal 'nobody or *'
+    Why ``minion_id`` may not be enrolled, or ``None``: it must be a well-formed minion id
+    (Salt's ``valid_id`` and no glob, space or path characters) that is a KCM master by id
+    (``kcm_alert:masters``) and whose key this master accepted.
     """
     trust = _trust()
     if not _u("well_formed")(minion_id) or not salt.utils.verify.valid_id(__opts__, minion_id):
@@ -127,9 +121,12 @@ def _refused(minion_id, why):
 def on_start(tag, sender=None):
     """
     Handle a ``salt/minion/<id>/start`` event (the reactor's entry point): the minion id
-    is taken from the tag, must agree with the event's ``data['id']`` (``sender``) and
-    pass :func:`refusal`; then :func:`highstate_once`. A start forged in a batched event
-    gains nothing: only a KCM master by id is highstated, once per key, whoever fired it.
+    is taken from the tag, must agree with the event's ``data['id']`` (``sender``), and must
+    be a well-formed id of a KCM master by id (``kcm_alert:masters``) whose key this master
+    accepted; then ``state.highstate`` runs on it once per accepted key. A start forged in a
+    batched event gains nothing: only a KCM master by id is highstated, once per key, whoever
+    fired it. Returns what was done: ``enrolled`` (with the job id), ``already`` or
+    ``refused`` (with the ``reason``).
 
     CLI Example:
 
@@ -141,38 +138,28 @@ def on_start(tag, sender=None):
     minion_id = parts[2] if len(parts) == 4 and parts[:2] == ["salt", "minion"] and parts[3] == "start" else None
     if minion_id is None:
         return _refused(tag, f"{_u('printable')(tag, 80)!r} is not a salt/minion/<id>/start tag")
-    why = refusal(minion_id)
+    why = _refusal(minion_id)
     if why:
         return _refused(minion_id, why)
     if sender is not None and sender != minion_id:
         return _refused(minion_id, f"the start of {minion_id} was sent by {_u('printable')(sender, 80)!r}")
-    return highstate_once(minion_id)
+    return _highstate_once(minion_id)
 
 
-def highstate_once(minion_id):
+def _highstate_once(minion_id):
     """
-    Run ``state.highstate`` on ``minion_id`` if it is a KCM master by id
-    (``kcm_alert:masters``) and was never enrolled with its current key; record it.
-    Returns what was done: ``enrolled`` (with the job id), ``already`` or ``refused``
-    (see :func:`refusal`). The minion is targeted as a one-item list; the lock is held
-    only while the record is read and claimed, never while a minion is asked anything.
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt-run kcm_enroll.highstate_once master-4
+    Run ``state.highstate`` on ``minion_id`` (a KCM master :func:`_refusal` let through)
+    unless it was enrolled with its current key; record it. The minion is targeted as a
+    one-item list; the lock is held only while the record is read and claimed, never while
+    a minion is asked anything.
     """
-    why = refusal(minion_id)
-    if why:
-        return _refused(minion_id, why)
     fingerprint = _key_fingerprint(minion_id)
     cache = salt.cache.factory(__opts__)
     # Two starts of one minion (two reactor threads) enroll it once: claim under the lock.
     with salt.utils.files.flopen(_lock_path(), "a"):
-        # localfs gives {} for no record; a record of an older version has no key: that key.
+        # localfs gives {} for no record.
         known = cache.fetch(BANK, minion_id)
-        if isinstance(known, dict) and known and known.get("key", fingerprint) == fingerprint:
+        if isinstance(known, dict) and known.get("key") == fingerprint:
             return {"minion": minion_id, "result": "already"}
         cache.store(BANK, minion_id, {"key": fingerprint, "jid": None, "at": time.time()})
     jid = salt.client.LocalClient(mopts=__opts__).cmd_async([minion_id], "state.highstate", tgt_type="list")

@@ -661,10 +661,11 @@ def drill(tgt=None, tgt_type="glob", count=None, min_remaining=None, timeout=Non
 
     ``failover_seconds`` runs from the moment the stop returned (the leader's process has
     exited) to the first poll that read a new live holder, so it includes up to one poll
-    interval plus one round trip. KCM does not release the lock when it stops (see
-    kcm-facts 2.5), but the unit's release step does (``kcm:leader_election:release_on_exit``,
-    default on): expect up to about two retry periods; with it off, or for a lock other
-    than a Lease, about the lease duration plus up to two retry periods.
+    interval plus one round trip. KCM does not release the lock when it stops
+    (kubernetes/kubernetes#132599, docs/failover.md), but the unit's release step does
+    (``kcm:leader_election:release_on_exit``, default on): expect up to about two retry
+    periods; with it off, or for a lock other than a Lease, about the lease duration plus up
+    to two retry periods.
 
     tgt, tgt_type
         The KCM masters. Default: those this Salt master trusts (:func:`settings`).

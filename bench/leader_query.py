@@ -67,9 +67,11 @@ def create_lease(cp):
 
 def kcm_module(kubeconfig):
     kcm_api, kcm = load("_modules", "kcm_api"), load("_modules", "kcm")
-    kcm_api.__salt__ = {}
+    kcm_api.__salt__, kcm_api.__utils__ = {}, utils()
     kcm.__salt__ = {
-        "kcm_api.request_json": kcm_api.request_json,
+        "kcm_api.get": kcm_api.get,
+        # The facts name no release: KCM's default lock (a Lease) is read.
+        "kcm_release.lock": load("_modules", "kcm_release").lock,
         "kcm_config.deployed": lambda: {"files": {"kubeconfig": str(kubeconfig)}},
     }
     kcm.__utils__ = utils()

@@ -38,7 +38,7 @@ def test_a_call_that_cannot_answer_raises_one_line_with_its_reason(modules, func
 
 def test_without_a_deployment_the_error_names_the_fix(modules):
     if modules.kcm_config.deployed():
-        modules.file.remove(modules.kcm_config.deployed_path())
+        modules.file.remove(modules.kcm_config.resolve({})["files"]["deployed"])
     exc = _raised(modules.kcm.leader)
     assert exc.info["reason"] == "not_deployed"
     assert str(exc) == ("not_deployed: no kubeconfig= given and kcm is not deployed on this minion "

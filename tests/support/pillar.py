@@ -20,7 +20,6 @@ def sandbox_paths(root):
     return {
         "install": str(install),
         "bin": str(install / "sbin"),
-        "logs": str(install / "logs"),
         "conf": str(fs / "etc/k8s/kubernetes"),
         "kubeconfig": str(fs / "etc/k8s/kubeconfig"),
         "pki": str(fs / "etc/k8s/ssl"),

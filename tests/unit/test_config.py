@@ -142,13 +142,6 @@ def test_without_pems_has_no_pem(kcm_config, good_pki):
     assert kcm_config.without_pems(cfg)["pki"] == {"mode": "pillar"}
 
 
-def test_durations(kcm_config):
-    assert kcm_config.duration_seconds("1h30m") == 5400
-    assert kcm_config.duration_seconds("87600h") == 87600 * 3600
-    with pytest.raises(ValueError):
-        kcm_config.duration_seconds("15")
-
-
 def test_setting_prefers_the_deployed_facts_then_pillar_then_the_default(kcm_config, tmp_path):
     kcm_config.__opts__ = {"cachedir": str(tmp_path)}
     kcm_config.__pillar__ = {"kcm": {"identity": "from-pillar", "service": {"control_cmd": "/bin/pillar-ctl"}}}

@@ -43,7 +43,7 @@ def deployed():
 @pytest.fixture
 def configure_loader_modules(deployed):
     salt = {
-        "kcm_api.request_json": KCM_API.request_json,
+        "kcm_api.get": KCM_API.get,
         "kcm_api.probe": KCM_API.probe,
         "kcm_config.deployed": lambda: deployed,
         "kcm.leader": KCM.leader,

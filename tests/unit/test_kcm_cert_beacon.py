@@ -35,7 +35,7 @@ def configure_loader_modules(beacon_opts, deployed):
     salt = {"kcm_config.deployed": lambda: deployed, "kcm_pki.cert_status": KCM_PKI.cert_status,
             "kcm.cluster_id": lambda: "uid-of-prod-a"}
     salt.update({f"kcm_beacon.{name}": getattr(KCM_BEACON, name) for name in
-                 ("settings", "state_path", "read_state", "write_state", "validate")})
+                 ("settings", "validate")})
     opts = beacon_opts
     # The beacons sign through a utils loader of their own (the formula's _utils here).
     context = {"kcm_trust.utils": UTILS}
@@ -111,8 +111,9 @@ def test_announced_thresholds_survive_a_restart_through_the_state_file(tmp_path)
     path = str(tmp_path / "beacon.json")
     run = CertRun()
     run.read(status(29))
-    KCM_BEACON.write_state(path, run.state)
-    restarted = CertRun(state=dict(KCM_BEACON.read_state(path), checked_at=None))  # as beacon() loads it
+    UTILS["kcm_state_file.write_json"](path, {"announced": run.state["announced"]})  # as beacon() saves it
+    saved = UTILS["kcm_state_file.read_json"](path)
+    restarted = CertRun(state=dict(kcm_cert.initial_state(), announced=saved["announced"]))  # as beacon() loads it
     assert kcm_cert.cert_check_due(restarted.state, T0 + 1, 3600)  # re-read at once after a restart ...
     assert restarted.read(status(28.9), T0 + 1) == []  # ... without announcing 30 again
     assert crossed(restarted.read(status(6), T0 + 2)) == [("cert_expiring", ("cert",), 7)]
@@ -233,7 +234,7 @@ def test_cert_events_are_signed_with_the_minions_key(pki_files, reads, monkeypat
     [event] = kcm_cert.beacon([{"_beacon_name": "kcm_cert"}, {"cert_thresholds": [30]}])
     kind, data = event["tag"], {k: v for k, v in event.items() if k != "tag"}
     assert data["id"] == "master-2"
-    MINION_KEY.public_key().verify(base64.b64decode(data["sig"]), KCM_BEACON.signed_message(kind, data),
+    MINION_KEY.public_key().verify(base64.b64decode(data["sig"]), UTILS["kcm_trust.signed_message"](kind, data),
                                    padding.PKCS1v15(), hashes.SHA256())
 
 

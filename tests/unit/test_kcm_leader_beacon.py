@@ -56,7 +56,7 @@ def deployed(beacon_deployed):
 def configure_loader_modules(beacon_opts, deployed):
     salt = {"kcm_config.deployed": lambda: deployed}
     salt.update({f"kcm_beacon.{name}": getattr(KCM_BEACON, name) for name in
-                 ("settings", "state_path", "read_state", "write_state", "epoch", "validate")})
+                 ("settings", "validate")})
     opts = beacon_opts
     # The beacons sign through a utils loader of their own (the formula's _utils here).
     context = {"kcm_trust.utils": UTILS}
@@ -296,7 +296,7 @@ def test_state_survives_a_restart_through_the_state_file(tmp_path):
     path = str(tmp_path / "kcm" / "beacon-kcm_leader.json")
     run = healthy_run(until=T0 + 3)
     run.poll(lease("master-3", renewed=T0 + 8, transitions=2), T0 + 8)
-    KCM_BEACON.write_state(path, run.state)
+    UTILS["kcm_state_file.write_json"](path, run.state)  # as beacon() saves it
 
     restarted = Run(state=kcm_leader.load_state(path))
     # same leader, healthy: nothing to say after the restart
@@ -310,28 +310,18 @@ def test_an_announced_condition_is_not_announced_again_after_a_restart(tmp_path)
     run = healthy_run(until=T0 + 3)
     run.poll({"error": "refused"}, T0 + 4)
     assert tags(run.poll({"error": "refused"}, T0 + 5)) == ["unreachable"]
-    KCM_BEACON.write_state(path, run.state)
+    UTILS["kcm_state_file.write_json"](path, run.state)  # as beacon() saves it
     restarted = Run(state=kcm_leader.load_state(path))
     assert restarted.poll({"error": "refused"}, T0 + 9) == []
     assert restarted.poll({"error": "refused"}, T0 + 10) == []
 
 
-def test_state_file_write_is_atomic_and_unreadable_files_are_ignored(tmp_path):
+def test_unreadable_state_files_are_ignored(tmp_path):
     path = tmp_path / "kcm" / "beacon-x.json"
-    assert KCM_BEACON.write_state(str(path), kcm_leader.initial_state()) is True
-    assert [p.name for p in path.parent.iterdir()] == ["beacon-x.json"]
-    assert oct(path.stat().st_mode & 0o777) == "0o600" and oct(path.parent.stat().st_mode & 0o777) == "0o700"
+    path.parent.mkdir()
     path.write_text("{half a fi")
     assert kcm_leader.load_state(str(path)) is None
     assert kcm_leader.load_state(str(tmp_path / "missing.json")) is None
-
-
-def test_a_state_file_from_before_the_split_loads_without_its_certificates(tmp_path):
-    path = tmp_path / "beacon.json"
-    run = healthy_run(until=T0 + 3)
-    path.write_text(json.dumps(dict(run.state, version=1, certs={"checked_at": T0, "announced": {"cert": {}}})))
-    state = kcm_leader.load_state(str(path))
-    assert "certs" not in state and state["record"]["node"] == "master-1"
 
 
 @pytest.fixture
@@ -365,11 +355,11 @@ def test_beacon_events_are_signed_with_the_minions_key(loaded, monkeypatch):
     kind, data = event["tag"], {k: v for k, v in event.items() if k != "tag"}
     assert data["id"] == "master-2"
     signature = base64.b64decode(data["sig"])
-    MINION_KEY.public_key().verify(signature, KCM_BEACON.signed_message(kind, data), padding.PKCS1v15(),
+    MINION_KEY.public_key().verify(signature, UTILS["kcm_trust.signed_message"](kind, data), padding.PKCS1v15(),
                                    hashes.SHA256())
     forged = dict(data, new_holder="web-1_x")
     with pytest.raises(InvalidSignature):
-        MINION_KEY.public_key().verify(signature, KCM_BEACON.signed_message(kind, forged), padding.PKCS1v15(),
+        MINION_KEY.public_key().verify(signature, UTILS["kcm_trust.signed_message"](kind, forged), padding.PKCS1v15(),
                                        hashes.SHA256())
 
 
@@ -618,7 +608,7 @@ def test_healthz_is_asked_only_while_restarts_are_counted_and_systemd_every_ten_
 def test_an_announced_crash_loop_survives_a_minion_restart_and_still_ends(tmp_path):
     path = str(tmp_path / "beacon.json")
     run, events = looping_run()
-    KCM_BEACON.write_state(path, run.state)
+    UTILS["kcm_state_file.write_json"](path, run.state)  # as beacon() saves it
     restarted = Run(state=kcm_leader.load_state(path))
 
     assert [restarted.read(T0 + 100 + 10 * n, 4 + n) for n in range(5)] == [[]] * 5
@@ -679,7 +669,7 @@ def test_the_restarting_event_carries_the_journals_last_error_and_is_signed(syst
     assert event["last_error"] == LAST_ERROR
     assert readings["calls"] == [False, False, False, False, True]  # the journal once, for the event
     data = {k: v for k, v in event.items() if k != "tag"}
-    MINION_KEY.public_key().verify(base64.b64decode(data["sig"]), KCM_BEACON.signed_message("restarting", data),
+    MINION_KEY.public_key().verify(base64.b64decode(data["sig"]), UTILS["kcm_trust.signed_message"]("restarting", data),
                                    padding.PKCS1v15(), hashes.SHA256())
 
 

@@ -70,7 +70,7 @@ def raised(func, *args, **kwargs):
 
 
 class FakeAPI:
-    """Stands in for kcm_api.request_json: answers by path, or raises its real errors."""
+    """Stands in for kcm_api.get: answers by path, or raises its real errors."""
 
     def __init__(self):
         self.routes = {}
@@ -131,10 +131,10 @@ def api():
 @pytest.fixture
 def salt_functions(api, deployed, kcm_flags):
     # The lock comes from the module the release hook asks, with the real flag table.
-    KCM_RELEASE.__salt__ = {f"kcm_flags.{n}": getattr(kcm_flags, n) for n in ("flags", "minor")}
+    KCM_RELEASE.__salt__ = {"kcm_flags.minor": kcm_flags.minor}
     functions = {
         "kcm_release.lock": KCM_RELEASE.lock,
-        "kcm_api.request_json": api,
+        "kcm_api.get": api,
         "kcm_api.probe": lambda url, ca_cert, timeout=None: {"status": 200, "body": "ok"},
         "kcm_config.deployed": lambda: deployed,
         "kcm_pki.certificate": KCM_PKI.certificate,

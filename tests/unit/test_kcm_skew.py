@@ -3,7 +3,7 @@ kube-apiserver, never newer; an unreadable /version refuses a version change and
 first install go ahead with a warning; a stated reason overrides a refusal.
 
 ``kcm_skew.check`` runs here with the formula's own ``kcm_flags`` (the version parser) and
-``_utils/kcm_skew.py``; the apiserver's ``/version`` is a stand-in for ``kcm_api.request_json``
+``_utils/kcm_skew.py``; the apiserver's ``/version`` is a stand-in for ``kcm_api.get``
 (the real apiserver: tests/functional/test_skew.py)."""
 
 import json
@@ -24,7 +24,7 @@ OVERRIDE_HINT = " (or set kcm:skew:override_reason to a reason to override)"
 
 
 class Apiserver:
-    """What ``kcm_api.request_json('/version', ...)`` answers: a gitVersion, or an error."""
+    """What ``kcm_api.get('/version', ...)`` answers: a gitVersion, or an error."""
 
     def __init__(self):
         self.version, self.calls = None, []
@@ -60,7 +60,7 @@ def skew(apiserver, tmp_path):
     module.__salt__ = {
         "kcm_flags.minor": flags.minor,
         "kcm_flags.normalize_version": flags.normalize_version,
-        "kcm_api.request_json": apiserver,
+        "kcm_api.get": apiserver,
         "kcm_config.deployed": lambda: module.deployed,
         "kcm_config.requested": requested,
     }

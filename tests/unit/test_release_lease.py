@@ -311,7 +311,7 @@ def test_as_the_unit_runs_it_exit_0_and_one_line(tmp_path, kcfg, apiserver, kcm_
     apiserver.lease = lease("master-1_aaaa", rv="5")
     config = release_config(kcm_release_module, identity="master-1")
     config["files"].update(release_program=str(PROGRAM), kubeconfig=str(kcfg))
-    argv = kcm_release_module.command(config, python=sys.executable)
+    argv = release_argv(kcm_release_module, config, python=sys.executable)
 
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
 
@@ -331,7 +331,7 @@ def test_as_the_unit_runs_it_exit_0_and_one_line(tmp_path, kcfg, apiserver, kcm_
 @pytest.fixture
 def configure_loader_modules(kcm_flags):
     return {KCM_RELEASE: {
-        "__salt__": {f"kcm_flags.{n}": getattr(kcm_flags, n) for n in ("flags", "minor")},
+        "__salt__": {"kcm_flags.minor": kcm_flags.minor},
         "__utils__": kcm_flags.__utils__,
         "__grains__": {"pythonexecutable": "/opt/saltstack/salt/bin/python3.10"},
     }}
@@ -354,8 +354,14 @@ def release_config(module, version="v1.37.2", **over):
     return config
 
 
+def release_argv(module, config, python=None):
+    """The release step's argv as systemd splits the unit's ``ExecStopPost=`` line."""
+    line = module.exec_line(config, python=python)
+    return module.__utils__["kcm_systemd.split_command"](line) if line else []
+
+
 def test_the_command_uses_the_minions_python_and_kcms_kubeconfig(kcm_release_module):
-    argv = kcm_release_module.command(release_config(kcm_release_module))
+    argv = release_argv(kcm_release_module, release_config(kcm_release_module))
 
     assert argv == ["/opt/saltstack/salt/bin/python3.10", "-I", "/data/apps/k8s/kubernetes/libexec/kcm-release-lease",
                     "--kubeconfig", "/etc/k8s/kubeconfig/kube-controller-manager.kubeconfig",
@@ -367,7 +373,7 @@ def test_identity_and_a_renamed_lock_reach_the_command(kcm_release_module):
                             extra_args={"leader-elect-resource-name": "kcm-ha",
                                         "leader-elect-resource-namespace": "ha"})
 
-    argv = kcm_release_module.command(config)
+    argv = release_argv(kcm_release_module, config)
 
     assert argv[argv.index("--name") + 1] == "kcm-ha" and argv[argv.index("--namespace") + 1] == "ha"
     assert argv[-2:] == ["--identity", "k8s-01.example"]
@@ -383,12 +389,12 @@ def test_identity_and_a_renamed_lock_reach_the_command(kcm_release_module):
 def test_no_release_step_when_off_or_the_lock_is_not_a_lease(kcm_release_module, version, over):
     config = release_config(kcm_release_module, version=version, **over)
 
-    assert kcm_release_module.command(config) == []
+    assert release_argv(kcm_release_module, config) == []
     assert kcm_release_module.exec_line(config) == ""
 
 
 def test_leases_from_v1_20_get_the_step(kcm_release_module):
-    assert kcm_release_module.command(release_config(kcm_release_module, version="v1.20.0"))
+    assert release_argv(kcm_release_module, release_config(kcm_release_module, version="v1.20.0"))
 
 
 def test_the_exec_line_is_quoted_for_systemd(kcm_release_module):
