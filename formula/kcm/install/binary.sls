@@ -24,6 +24,9 @@ kcm-install-directories:
       } | json }}
     - require:
       - kcm_config: kcm-config-validated
+{%- if kcm.create_user and kcm.user != 'root' %}
+      - user: kcm-install-user
+{%- endif %}
 
 kcm-install-cache-directory:
   file.directory:
