@@ -3,11 +3,11 @@ The version skew guard: is the KCM release pillar asks for allowed next to the l
 kube-apiserver? The Kubernetes skew policy allows KCM at most one minor older than the
 apiserver, never newer.
 
+- :func:`apiserver_version` reads the apiserver's ``/version`` through the KCM kubeconfig
+  (``kcm_api``: TLS verified, the kubeconfig trusted only when root's);
 - :func:`facts` gathers what the decision needs on this master: the version asked for, the
-  version deployed (``kcm_config.deployed``), the apiserver's version (its ``/version``
-  read through the KCM kubeconfig by ``kcm_api``: TLS verified, the kubeconfig trusted only
-  when root's) or why it could not be read, and the override (pillar
-  ``kcm:skew:override_reason``);
+  version deployed (``kcm_config.deployed``), the apiserver's version or why it could not
+  be read, and the override (pillar ``kcm:skew:override_reason``);
 - :func:`check` returns the decision (``_utils/kcm_skew.py``): ``kcm-config-validated``
   runs it before anything on disk changes, and the ``kcm_orch`` runner makes the same
   decision for every master against the oldest apiserver any of them reports.
@@ -80,14 +80,20 @@ def _public_version(timeout):
     return answer if isinstance(answer, dict) else {}
 
 
-def _apiserver_version(kubeconfig=None, timeout=TIMEOUT):
+def apiserver_version(kubeconfig=None, timeout=TIMEOUT):
     """
-    The ``gitVersion`` the kube-apiserver reports at ``/version`` (``v1.37.2``), read through
-    ``kubeconfig`` (default: the deployed KCM kubeconfig) with TLS verified. Before the first
-    install, when no kubeconfig exists yet, ``/version`` is read without credentials
-    (``system:public-info-viewer``) from pillar ``kcm:apiserver``, verified against pillar
-    ``kcm:pki:ca_cert``. Raises ``CommandExecutionError`` when it cannot be read or is not a
-    Kubernetes version.
+    Return the ``gitVersion`` the kube-apiserver reports at ``/version`` (``v1.37.2``),
+    read through ``kubeconfig`` (default: the deployed KCM kubeconfig) with TLS verified.
+    Before the first install, when no kubeconfig exists yet, ``/version`` is read without
+    credentials (``system:public-info-viewer``) from pillar ``kcm:apiserver``, verified
+    against pillar ``kcm:pki:ca_cert``. Raises ``CommandExecutionError`` when it cannot be
+    read or is not a Kubernetes version.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'master*' kcm_skew.apiserver_version
     """
     path = _kubeconfig(kubeconfig)
     if path:
@@ -133,7 +139,7 @@ def facts(version=None, kubeconfig=None, override_reason=None):
            "apiserver": None, "apiserver_minor": None, "why": None,
            "override_reason": override_reason if isinstance(override_reason, str) else ""}
     try:
-        out["apiserver"] = _apiserver_version(kubeconfig)
+        out["apiserver"] = apiserver_version(kubeconfig)
         out["apiserver_minor"] = _minor(out["apiserver"])
     except CommandExecutionError as exc:
         out["why"] = str(exc)

@@ -10,6 +10,7 @@ what root executes, so no other user may write any of them.
 import hashlib
 import logging
 import os
+import pwd
 import shutil
 import stat
 import tarfile
@@ -151,14 +152,17 @@ def binary_installed(name, source, version, member="", user="root"):
     return _ret(name, True, f"kube-controller-manager {version} installed and verified", {"installed": version})
 
 
-def _unsafe(st):
-    """Why a directory with ``st`` may not hold what root runs, or None when it is root's alone."""
-    if st.st_uid != 0:
-        return f"is owned by uid {st.st_uid}, not root"
-    others = st.st_mode & 0o002 and not st.st_mode & stat.S_ISVTX
-    if others or (st.st_mode & 0o020 and st.st_gid != 0):
-        return f"is writable by others (mode {stat.S_IMODE(st.st_mode):04o}, gid {st.st_gid})"
-    return None
+def _unsafe(st, kcm_uid):
+    """Why a directory with ``st`` may not hold what root runs; 'reclaim' when it is the KCM
+    user's (earlier formula releases gave it that user), None when it is root's alone."""
+    if st.st_uid == 0:
+        others = st.st_mode & 0o002 and not st.st_mode & stat.S_ISVTX
+        if others or (st.st_mode & 0o020 and st.st_gid != 0):
+            return f"is writable by others (mode {stat.S_IMODE(st.st_mode):04o}, gid {st.st_gid})"
+        return None
+    if kcm_uid is not None and st.st_uid == kcm_uid:
+        return "reclaim"
+    return f"is owned by uid {st.st_uid}, not root"
 
 
 def _chain(path):
@@ -171,9 +175,9 @@ def _chain(path):
         head = os.path.dirname(head)
 
 
-def _directory_plan(path):
-    """(to create, refusal) for one directory and the ones above it."""
-    create = []
+def _directory_plan(path, kcm_uid):
+    """(to create, to reclaim, refusal) for one directory and the ones above it."""
+    create, reclaim = [], []
     for each in _chain(path):
         try:
             st = os.lstat(each)
@@ -181,18 +185,20 @@ def _directory_plan(path):
             create.append(each)
             continue
         if create:
-            return create, f"{each} appeared below {create[0]}"
+            return create, reclaim, f"{each} appeared below {create[0]}"
         if stat.S_ISLNK(st.st_mode):
             if each == os.path.normpath(path):
-                return create, f"{each} is a symlink, not a directory"
+                return create, reclaim, f"{each} is a symlink, not a directory"
             each = os.path.realpath(each)
             st = os.stat(each)
         if not stat.S_ISDIR(st.st_mode):
-            return create, f"{each} is not a directory"
-        why = _unsafe(st)
-        if why:
-            return create, f"{each} {why}"
-    return create, None
+            return create, reclaim, f"{each} is not a directory"
+        why = _unsafe(st, kcm_uid)
+        if why == "reclaim":
+            reclaim.append(each)
+        elif why:
+            return create, reclaim, f"{each} {why}"
+    return create, reclaim, None
 
 
 def _make_root_owned(directory):
@@ -205,13 +211,16 @@ def _make_root_owned(directory):
         os.close(fd)
 
 
-def directories_owned(name, directories):
+def directories_owned(name, directories, user="root", existing=None):
     """
     Make each of ``directories`` (``{pillar key: path}``) and every directory above it a
     directory root owns and only root may write: missing ones are created ``root:root
-    0755``. The formula never chowns a directory it did not create: another owner, a
-    directory others may write (not sticky), or a symlink in place of the directory itself
-    fails the state, naming the key, before anything changes.
+    0755``. The formula never chowns a directory it did not create, with one exception: a
+    directory owned by the KCM ``user`` (what earlier releases of the formula made) is
+    taken back, ``root:root 0755``. Any other owner, a directory others may write (not
+    sticky), or a symlink in place of the directory itself fails the state, naming the key,
+    before anything changes. ``existing`` (same form) are directories earlier releases made
+    and this one no longer uses: checked the same way when they exist, never created.
 
     .. code-block:: yaml
 
@@ -221,22 +230,32 @@ def directories_owned(name, directories):
             - directories:
                 kcm:paths:install: /data/apps/k8s/kubernetes
                 kcm:paths:bin: /data/apps/k8s/kubernetes/sbin
+            - user: k8s
     """
-    create, refused = [], []
-    for key, path in directories.items():
-        new, why = _directory_plan(path)
+    try:
+        kcm_uid = pwd.getpwnam(user).pw_uid if user and user != "root" else None
+    except KeyError:
+        kcm_uid = None
+    create, reclaim, refused = [], [], []
+    wanted = dict(directories)
+    wanted.update({k: v for k, v in (existing or {}).items() if os.path.lexists(v)})
+    for key, path in wanted.items():
+        new, old, why = _directory_plan(path, kcm_uid)
         if why:
             refused.append(f"{key}: {why}")
         create += [d for d in new if d not in create]
+        reclaim += [d for d in old if d not in reclaim]
     if refused:
         return _ret(name, False, "refused, nothing changed: " + "; ".join(refused)
                     + " (root runs and reads what these directories hold, so only root may write them)")
-    if not create:
+    changes = {k: v for k, v in (("created", create), ("reclaimed", reclaim)) if v}
+    if not changes:
         return _ret(name, True, f"{len(directories)} directories are root's alone")
-    changes = {"created": create}
     if __opts__.get("test"):
         return _ret(name, None, "directories would be made root's alone", changes)
     try:
+        for directory in reclaim:
+            _make_root_owned(directory)
         for directory in create:
             os.mkdir(directory, 0o755)
             _make_root_owned(directory)

@@ -78,15 +78,26 @@ def test_the_kcm_user_owns_nothing_and_can_write_nothing(state, open_tmp, test_p
     assert "ReadWritePaths=" not in unit and "User=nobody" in unit
 
 
+def old_layout(pillar, uid, gid):
+    """What 5f6804a left: every formula directory (and those above it that it made) the KCM user's."""
+    paths = pillar["kcm"]["paths"]
+    for key in ("install", "bin", "conf", "pki", "kubeconfig"):
+        Path(paths[key]).mkdir(parents=True, exist_ok=True)
+    for directory in {Path(paths[k]) for k in ("install", "bin", "conf", "pki", "kubeconfig")} \
+            | {Path(paths["install"]).parent, Path(paths["install"]) / "versions"}:
+        directory.mkdir(exist_ok=True)
+        os.chown(directory, uid, gid)
+
+
 def test_a_link_the_kcm_user_planted_is_replaced_never_followed(state, open_tmp, test_pki):
     # H3 d: ln -sfn <a root-owned file> ssl/ca-key.pem; state.apply kcm chowned the target to the KCM user
     pillar = sandbox_pillar(open_tmp, build_tarball(open_tmp / "dl", VERSION), VERSION, test_pki, **NOBODY)
     uid, gid = nobody()
+    old_layout(pillar, uid, gid)
     victim = open_tmp / "root-only"
     victim.write_text("root's own\n")
     victim.chmod(0o640)
     pki = Path(pillar["kcm"]["paths"]["pki"])
-    pki.mkdir(parents=True)
     for name in ("ca-key.pem", "kube-controller-manager.pem"):
         (pki / name).symlink_to(victim)
         os.lchown(pki / name, uid, gid)
@@ -180,4 +191,4 @@ def test_log_to_file_writes_only_to_the_units_logs_directory(state, open_tmp, te
     assert "LogsDirectory=kube-controller-manager" in unit.splitlines() and "ReadWritePaths" not in unit
     flags = dict(a[2:].split("=", 1) for a in exec_start(unit)[1:])
     assert flags["log-dir"] == "/var/log/kube-controller-manager"
-    assert not list(Path(pillar["kcm"]["paths"]["install"]).rglob("*.log"))
+    assert not (Path(pillar["kcm"]["paths"]["logs"]) / "kube-controller-manager").exists()

@@ -20,6 +20,7 @@ def sandbox_paths(root):
     return {
         "install": str(install),
         "bin": str(install / "sbin"),
+        "logs": str(install / "logs"),
         "conf": str(fs / "etc/k8s/kubernetes"),
         "kubeconfig": str(fs / "etc/k8s/kubeconfig"),
         "pki": str(fs / "etc/k8s/ssl"),

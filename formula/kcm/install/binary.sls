@@ -22,6 +22,10 @@ kcm-install-directories:
         'kcm:paths:conf': kcm.paths.conf,
         'kcm:paths:cache (its parent)': salt['file.dirname'](kcm.paths.cache),
       } | json }}
+    {#- where releases before root-owned installs wrote klog files (now LogsDirectory=) #}
+    - existing: {{ {'kcm:paths:logs': kcm.paths.logs,
+                    'kcm:paths:logs (kube-controller-manager/)': kcm.paths.logs ~ '/kube-controller-manager'} | json }}
+    - user: {{ kcm.user | json }}
     - require:
       - kcm_config: kcm-config-validated
 {%- if kcm.create_user and kcm.user != 'root' %}

@@ -1,4 +1,4 @@
-{#- Removes the binaries, every installed version and the links, then
+{#- Removes the binaries, every installed version, the links and KCM's log directory, then
     the formula's directories that are left empty, and the accounts kcm.install.user
     created (never an account that was there before). The download cache is kept. #}
 {%- set tplroot = tpldir.split('/')[0] %}
@@ -17,13 +17,14 @@ kcm-install-clean-files:
 {%- endif %}
       - {{ files.binary | json }}
       - {{ files.versions | json }}
+      - {{ (kcm.paths.logs ~ '/kube-controller-manager') | json }}
     - require:
       - sls: {{ tplroot }}.pki.clean
 
 kcm-install-clean-directories:
   kcm_install.empty_directories_absent:
     - name: kcm-install
-    - directories: {{ [kcm.paths.bin, kcm.paths.conf, kcm.paths.install] | json }}
+    - directories: {{ [kcm.paths.bin, kcm.paths.logs, kcm.paths.conf, kcm.paths.install] | json }}
     - require:
       - file: kcm-install-clean-files
 {%- if salt['file.file_exists'](created ~ '/user') %}

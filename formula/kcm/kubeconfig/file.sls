@@ -13,6 +13,7 @@ kcm-kubeconfig-directory:
   kcm_install.directories_owned:
     - name: kcm-kubeconfig
     - directories: {{ {'kcm:paths:kubeconfig': kcm.paths.kubeconfig} | json }}
+    - user: {{ kcm.user | json }}
     - require:
       - kcm_config: kcm-config-validated
 

@@ -23,6 +23,7 @@ kcm-pki-directory:
   kcm_install.directories_owned:
     - name: kcm-pki
     - directories: {{ {'kcm:paths:pki': kcm.paths.pki} | json }}
+    - user: {{ kcm.user | json }}
     - require:
       - kcm_config: kcm-config-validated
       - kcm_install: kcm-install-directories
