@@ -112,7 +112,7 @@ def path_problems(cfg):
             problems.append(
                 f"kcm:paths:{key}: '{value}' is not a plain absolute path (letters, digits, . _ / + @ -; no .. or .)"
             )
-        elif isinstance(value, str) and key != "link" and (value.rstrip("/") or "/") in SYSTEM_DIRS \
+        elif isinstance(value, str) and key not in ("link", "logs") and (value.rstrip("/") or "/") in SYSTEM_DIRS \
                 and not (key == "unit" and value.rstrip("/") in UNIT_DIRS):
             problems.append(
                 f"kcm:paths:{key}: '{value}' is a system directory; give a directory of the formula's own"
