@@ -168,6 +168,10 @@ class Campaign:
 
     def _salt_master_restart(self, node, seconds):
         self.cluster.master.restart()
+        # A restart ends every connection to the master's bus: the lab's recorders listen again.
+        for recorder in getattr(self.cluster, "recorders", {}).values():
+            recorder.stop()
+            recorder.start()
 
     def _alertmanager_restart(self, node, seconds):
         # What Alertmanager holds is lost with it: read it once more first (an event alert is not re-sent).
