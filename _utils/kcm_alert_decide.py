@@ -281,7 +281,7 @@ def mark_planned(store, minion, holder, until, by, now, kit, transitions=None):
     """
     store["planned"] = {key: mark for key, mark in store["planned"].items()
                         if (kit["number"](mark.get("until")) or 0) > now}
-    mark = {"minion": minion, "until": until, "by": by, "at": now, "transitions": _count(transitions)}
+    mark = {"minion": minion, "until": until, "by": by, "at": now, "transitions": kit["number"](transitions)}
     store["planned"][f"minion|{minion}"] = mark
     if holder:
         # A holder identity names one process: no later crash of that master can match it.
@@ -295,14 +295,6 @@ def end_planned(store, minion):
     return store["planned"].pop(f"minion|{minion}", None)
 
 
-def _count(value):
-    """A ``leaseTransitions`` count, or None when ``value`` is not one."""
-    try:
-        return int(value) if value is not None and not isinstance(value, bool) else None
-    except (TypeError, ValueError):
-        return None
-
-
 def planned_mark(store, data, now, kit):
     """The unexpired mark a leader change ``data`` leaves (its ``old_holder`` or
     ``old_minion``), or None. A change whose ``transitions`` is at or below the count the mark
@@ -312,7 +304,7 @@ def planned_mark(store, data, now, kit):
         mark = store["planned"].get(f"{part}|{value}") if value else None
         if not mark or (kit["number"](mark.get("until")) or 0) <= now:
             continue
-        before, counted = _count(mark.get("transitions")), _count(data.get("transitions"))
+        before, counted = kit["number"](mark.get("transitions")), kit["number"](data.get("transitions"))
         if before is not None and counted is not None and counted <= before:
             continue
         return mark
