@@ -22,6 +22,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from kcmlab.cluster import RESTART_SEC
 from kcmlab.controlplane import wait_until
 from kcmlab.history import Fault, check
 
@@ -130,7 +131,18 @@ class Campaign:
             self._release(key)
         self.faults.append(Fault(step.kind, node, begin, end))
 
+    def _running(self, node) -> int:
+        """KCM's main PID on ``node``, waiting out a restart already under way.
+
+        A KCM that lost its Lease exits and systemd starts it again ``RestartSec=`` later; the
+        Lease goes on naming it until another master takes it, so "the leader" may have no
+        process for a few seconds. The fault waits for it rather than failing (CI, stop 36).
+        """
+        return wait_until(lambda: self.cluster.main_pid(node), RESTART_SEC + 10,
+                          f"{node}: {UNIT} running again", interval=0.2)
+
     def _kill(self, node, seconds):
+        self._running(node)
         self.cluster.kill(node)
 
     def _stop(self, node, seconds):
@@ -151,9 +163,7 @@ class Campaign:
 
     def _freeze(self, node, seconds):
         machine = self.cluster.machine(node)
-        pid = self.cluster.main_pid(node)
-        if not pid:
-            raise RuntimeError(f"{node}: no KCM to freeze")
+        pid = self._running(node)
         machine.run(["kill", "-STOP", str(pid)])
         try:
             time.sleep(seconds)
