@@ -8,8 +8,9 @@ running and healthy with a renewing leader when each test starts and ends. ``kcm
 is a second lab at the defaults (15s/10s/2s) for the one test that needs them.
 
 Every machine, cgroup, veth and the bridge are removed at the end, failed or not; logs (the
-control plane's, the salt-master's, the machines' consoles and KCM journals) are kept in
-pytest's temp dir and listed when anything failed.
+control plane's, the salt-master's, the machines' consoles and KCM journals) are copied to
+``$KCM_CACHE/e2e-logs/`` (the last ten runs) and listed when anything failed or a lab's
+leader moved with no test causing it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from kcmlab.cluster import NODES, SHORT_ELECTION, LabCluster
+from kcmlab.keptlogs import keep_logs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -171,8 +173,9 @@ def pytest_terminal_summary(terminalreporter):
     unexplained = any(count["spontaneous"] for count in counts.values())
     if LOG_FILES and (terminalreporter.stats.get("failed") or terminalreporter.stats.get("error") or unexplained):
         terminalreporter.section("kcm e2e logs (kept)")
-        for path in dict.fromkeys(LOG_FILES):
+        for path in keep_logs(dict.fromkeys(LOG_FILES)):
             terminalreporter.write_line(str(path))
+
 
 
 __all__ = ["NODES", "SHORT_ELECTION", "start_lab_cluster", "stop_lab_cluster"]
