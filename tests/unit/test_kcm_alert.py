@@ -116,7 +116,12 @@ class Harness:
         return [tag for tag, _ in self.events]
 
     def store(self):
-        return json.loads((self.cachedir / "kcm_alert" / "dedupe.json").read_text())
+        """The store as the runner's next round reads it: with the receivers' answers recorded beside it settled."""
+        found = utils()
+        with found["kcm_outbox.locked_store"](str(self.cachedir / "kcm_alert" / "dedupe.json"),
+                                              found["kcm_state_file.read_json"],
+                                              found["kcm_state_file.write_json"]) as store:
+            return store
 
 
 CHANGE = {
