@@ -17,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from kcmlab.formula import alert_settings, load, utils
+from kcmlab.formula import alert_settings, alert_store, load, utils
 
 T0 = 1_800_000_000.0
 REPORTERS = ("master-1", "master-2", "master-3")
@@ -116,12 +116,7 @@ class Harness:
         return [tag for tag, _ in self.events]
 
     def store(self):
-        """The store as the runner's next round reads it: with the receivers' answers recorded beside it settled."""
-        found = utils()
-        with found["kcm_outbox.locked_store"](str(self.cachedir / "kcm_alert" / "dedupe.json"),
-                                              found["kcm_state_file.read_json"],
-                                              found["kcm_state_file.write_json"]) as store:
-            return store
+        return alert_store(self.cachedir / "kcm_alert" / "dedupe.json")
 
 
 CHANGE = {
