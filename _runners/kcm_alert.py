@@ -10,10 +10,10 @@ around each restart they make, so its leader change is alerted as planned. The p
 ``_utils/``: ``kcm_trust`` (only signed, fresh reports of the KCM masters, by minion id,
 count), ``kcm_alert_rules`` (dedupe key, labels, ``startsAt``), ``kcm_alert_decide`` (what opens,
 ends or was missed) and ``kcm_outbox`` (the locked store and the outbox, one JSON file
-under the master cachedir). Follow-ups on the master bus: ``kcm/alert/<kind>`` with what
-was sent (``resolved``, ``duplicate``, ``refused``), ``send_failed`` once when the first
-attempt of an alert fails, ``delivered`` when a later one gets it through, ``expired``
-when its ``endsAt`` passed first.
+under the master cachedir, read and written once per batch). Follow-ups on the master bus:
+``kcm/alert/<kind>`` with what was sent (``resolved``, ``duplicate``, ``refused``),
+``send_failed`` once when the first attempt of an alert fails, ``delivered`` when a later
+one gets it through, ``expired`` when its ``endsAt`` passed first.
 
 Exactly once: each change has one key, taken under the lock by whichever comes first, a
 report (of any master) or the reconcile; the key and the alert enter the store in one
@@ -30,6 +30,7 @@ fails naming ``kcm_alert:<key>`` (apply kcm.master). ``dedupe_file: ''`` is
 """
 
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -81,12 +82,15 @@ def _kit():
 
 
 @contextlib.contextmanager
-def _store(cfg, saved=None):
+def _store(cfg):
     with _u("kcm_outbox.locked_store")(cfg["dedupe_file"], _u("kcm_state_file.read_json"),
-                                       _u("kcm_state_file.write_json"), saved) as store:
+                                       _u("kcm_state_file.write_json")) as store:
         caps = {"seen": int(cfg["max_seen"]), "open": int(cfg["max_open"]), "leases": int(cfg["max_seen"])}
-        _u("kcm_alert_decide.prune")(store, _now() - cfg["dedupe_ttl"], caps, _kit())
+        prune = functools.partial(_u("kcm_alert_decide.prune"), store, _now() - cfg["dedupe_ttl"], caps, _kit())
+        prune()
         yield store
+        # Decided on a pruned store, and written bounded.
+        prune()
 
 
 # The follow-up events of one call share one connection to the master bus.
@@ -132,43 +136,51 @@ def _post(url, payload, cfg):
     (getattr(_SENDER, "post", None) or _u("kcm_receiver.post"))(url, payload, cfg)
 
 
-def _flush(cfg, unsaved=(), resend=False):
+def _flush(cfg, resend=False, decide=None):
     """
-    Claim what the outbox holds, post it, settle it; ``unsaved``: entries a failed write
-    could not keep, sent once from memory; ``resend``: first queue the re-sends of the open
-    alerts that are due. Returns the counts and the ids attempted.
+    In one store round: ``decide(store)`` (a batch's or the reconcile's decisions: their
+    alerts enter the outbox in the write that keeps them), with ``resend`` first the re-sends
+    of the open alerts that are due, then claim what the outbox holds. Post it, and record
+    the answers beside the store: the next round, whoever makes it, settles them. Returns the
+    counts, the ids attempted and what ``decide`` returned.
     """
     now, token = _now(), uuid.uuid4().hex
     with _store(cfg) as store:
+        decided = decide(store) if decide else None
         if resend:
             _u("kcm_outbox.add_resends")(store, _u("kcm_alert_decide.resends")(store, cfg, now, _kit()), cfg, now,
                                          _u("kcm_time.epoch"))
         claimed, expired, done = _u("kcm_outbox.claim")(store, _u("kcm_outbox.receivers")(cfg), token, now,
                                                         CLAIM_SECONDS)
-    claimed += [dict(entry) for entry in unsaved]
+        pending = len(store["outbox"])
     _SENDER.post = _u("kcm_receiver.post")
     outcomes = _u("kcm_outbox.deliver")(claimed, cfg, _post, _sleep) if claimed else {}
-    with _store(cfg) as store:
-        settled = _u("kcm_outbox.settle")(store, token, claimed, outcomes) if claimed else []
-        pending = len(store["outbox"])
+    if claimed:
+        _u("kcm_outbox.record")(cfg["dedupe_file"], token, outcomes, _u("kcm_state_file.write_json"))
+    # What that settling does, on copies (an empty outbox): what this flush reports.
+    settled = _u("kcm_outbox.settle")({"outbox": {}}, token, claimed, outcomes)
+    pending -= sum(1 for _, _, delivered in settled if delivered)
     settled += [(dict(entry, answers={}), entry["attempts"] == 0, True) for entry in done]
     for tag, data in _u("kcm_outbox.follow_ups")(settled, expired):
         _fire(tag, data)
     return {"delivered": sum(1 for _, _, delivered in settled if delivered), "pending": pending,
-            "expired": len(expired), "attempted": {e["id"]: delivered for e, _, delivered in settled}}
+            "expired": len(expired), "attempted": {e["id"]: delivered for e, _, delivered in settled},
+            "decided": decided}
 
 
-def _deliver_now(cfg, new_ids, unsaved):
-    """Flush after a decision; wait a little for new entries another sender holds (ordering)."""
-    result, deadline = _flush(cfg, unsaved), time.monotonic() + WAIT_FOR_HELD
-    attempted = dict(result["attempted"])
+def _deliver_now(cfg, decide):
+    """Decide and flush in one store round; then wait a little for the new entries another
+    sender holds (ordering). Returns what ``decide`` returned and the ids attempted."""
+    result, deadline = _flush(cfg, decide=decide), time.monotonic() + WAIT_FOR_HELD
+    decisions, attempted = result["decided"], dict(result["attempted"])
+    new_ids = {entry["id"] for decision in decisions if decision for entry in decision[2]}
     for _ in range(int(WAIT_FOR_HELD / 0.2)):
         if not new_ids - set(attempted) or not result["pending"] or time.monotonic() > deadline:
             break
         _sleep(0.2)
         result = _flush(cfg)
         attempted.update(result["attempted"])
-    return attempted
+    return decisions, attempted
 
 
 def flush():
@@ -191,8 +203,7 @@ def flush():
     """
     with _bus_scope():
         result = _flush(_config(), resend=True)
-    result.pop("attempted")
-    return result
+    return {key: result[key] for key in ("delivered", "pending", "expired")}
 
 
 # --------------------------------------------------------------------------
@@ -284,41 +295,42 @@ def _acted_on(result):
     return not result.get("ignored") and not result.get("refused")
 
 
-def _decide_all(cfg, events, results, now):
-    """Decide every event acted on, in order, under one lock; their alerts enter the outbox there."""
-    decisions, saved = [], []
+def _decide_all(cfg, events, results, now, store):
+    """Decide every event acted on, in order, on the locked ``store``; their alerts enter its outbox."""
+    decisions = []
     receivers = _u("kcm_outbox.receivers")(cfg)
-    with _store(cfg, saved) as store:
-        for index, ((tag, data), result) in enumerate(zip(events, results)):
-            why = None
-            if _acted_on(result):
-                # A replay, or a report for another cluster than the one pinned: judged on the store.
-                why = _u("kcm_trust.replay_problem")(store.setdefault("senders", {}), result["reporter"], data) \
-                    or _u("kcm_trust.pin_problem")(store.setdefault("pins", {}), _trust(), data)
-                if why:
-                    result["refused"] = why
-                    _refused(tag, result["reporter"], why, cfg)
-            if not _acted_on(result):
-                decisions.append(None)
-                continue
-            fire, resolve = _u("kcm_alert_decide.decide")(store, result["kind"], data, result["reporter"], cfg, now,
-                                                          _kit())
-            group = f"{now}:{index}:{uuid.uuid4().hex[:8]}"
-            made = _u("kcm_outbox.items")(result["kind"], result["reporter"], group, fire, resolve,
-                                          _u("kcm_time.epoch"))
-            entries = _u("kcm_outbox.add")(store, made, receivers, now)
-            decisions.append((fire, resolve, [dict(entry) for entry in entries]))
-    return decisions, not saved
+    for index, ((tag, data), result) in enumerate(zip(events, results)):
+        why = None
+        if _acted_on(result):
+            # A replay, or a report for another cluster than the one pinned: judged on the store.
+            why = _u("kcm_trust.replay_problem")(store.setdefault("senders", {}), result["reporter"], data) \
+                or _u("kcm_trust.pin_problem")(store.setdefault("pins", {}), _trust(), data)
+            if why:
+                result["refused"] = why
+                _refused(tag, result["reporter"], why, cfg)
+        if not _acted_on(result):
+            decisions.append(None)
+            continue
+        fire, resolve = _u("kcm_alert_decide.decide")(store, result["kind"], data, result["reporter"], cfg, now,
+                                                      _kit())
+        group = f"{now}:{index}:{uuid.uuid4().hex[:8]}"
+        made = _u("kcm_outbox.items")(result["kind"], result["reporter"], group, fire, resolve,
+                                      _u("kcm_time.epoch"))
+        entries = _u("kcm_outbox.add")(store, made, receivers, now)
+        decisions.append((fire, resolve, [dict(entry) for entry in entries]))
+    return decisions
 
 
 def handle_batch(events):
     """
     Handle ``kcm_leader`` and ``kcm_cert`` beacon events at once, in order: refuse what is
     no signed report of a KCM master, dedupe the rest under one lock (their alerts enter the
-    outbox in the same write), then flush the outbox (one POST per Alertmanager).
+    outbox in the same write, which also claims what the outbox holds), then post it (one
+    POST per Alertmanager).
 
     The ``kcm_alert`` engine calls this with what arrived within its ``batch_wait``: a
-    storm of failovers costs a few lock rounds and POSTs per batch, not per event.
+    storm of failovers costs one store round (read, decide, write) and one POST per
+    Alertmanager per batch, not per event.
 
     events
         a list of ``[tag, data]`` pairs (or ``{"tag": ..., "data": ...}`` dicts)
@@ -345,9 +357,7 @@ def handle_batch(events):
         events = _admit(events, results, cfg, now)
         if not any(_acted_on(result) for result in results):
             return results
-        decisions, saved = _decide_all(cfg, events, results, now)
-        new = [entry for decision in decisions if decision for entry in decision[2]]
-        attempted = _deliver_now(cfg, {entry["id"] for entry in new}, () if saved else new)
+        decisions, attempted = _deliver_now(cfg, functools.partial(_decide_all, cfg, events, results, now))
         _fill_results(events, results, decisions, attempted)
     return results
 
@@ -467,27 +477,26 @@ def reconcile():
     masters = trust.accepted_masters()
     answers = _u("kcm_alert_decide.ask_masters")(__opts__, masters, cfg["reconcile_timeout"], trust, now,
                                                  cfg["signature_window"], _kit())
-    with _store(cfg) as store:
-        pins = dict(store.get("pins") or {})
-    views = _u("kcm_alert_decide.views")(answers, RECONCILER, trust, pins, _kit())
     summary = {"asked": masters, "answered": sorted(answers), "clusters": {}, "raised": [], "resolved": []}
-    saved, new = [], []
-    receivers, items, epoch = _u("kcm_outbox.receivers")(cfg), _u("kcm_outbox.items"), _u("kcm_time.epoch")
-    with _store(cfg, saved) as store:
-        for key, view in sorted(views.items()):
-            if view["lease"] is None:
-                summary["clusters"][key] = "no master could read the Lease"
-                continue
-            fire, resolve, what = _u("kcm_alert_decide.reconcile_cluster")(store, view, cfg, now, _kit())
-            group = f"{now}:{key}:{uuid.uuid4().hex[:8]}"
-            made = items("changed", RECONCILER, group, fire, [], epoch)
-            made += items("recovered", RECONCILER, group + ":r", [], resolve, epoch)
-            new += _u("kcm_outbox.add")(store, made, receivers, now)
-            summary["clusters"][key] = what or "in step"
-            summary["raised"] += [alert["labels"] for alert in fire]
-            summary["resolved"] += [alert["labels"] for alert, _ in resolve]
     with _bus_scope():
-        result = _flush(cfg, () if not saved else [dict(entry) for entry in new])
-    result.pop("attempted")
-    summary.update(result)
+        result = _flush(cfg, decide=functools.partial(_reconcile_all, answers, trust, cfg, now, summary))
+    summary.update({key: result[key] for key in ("delivered", "pending", "expired")})
     return summary
+
+
+def _reconcile_all(answers, trust, cfg, now, summary, store):
+    """The reconcile's decisions on the locked ``store``, cluster by cluster, told in ``summary``."""
+    views = _u("kcm_alert_decide.views")(answers, RECONCILER, trust, dict(store.get("pins") or {}), _kit())
+    receivers, items, epoch = _u("kcm_outbox.receivers")(cfg), _u("kcm_outbox.items"), _u("kcm_time.epoch")
+    for key, view in sorted(views.items()):
+        if view["lease"] is None:
+            summary["clusters"][key] = "no master could read the Lease"
+            continue
+        fire, resolve, what = _u("kcm_alert_decide.reconcile_cluster")(store, view, cfg, now, _kit())
+        group = f"{now}:{key}:{uuid.uuid4().hex[:8]}"
+        made = items("changed", RECONCILER, group, fire, [], epoch)
+        made += items("recovered", RECONCILER, group + ":r", [], resolve, epoch)
+        _u("kcm_outbox.add")(store, made, receivers, now)
+        summary["clusters"][key] = what or "in step"
+        summary["raised"] += [alert["labels"] for alert in fire]
+        summary["resolved"] += [alert["labels"] for alert, _ in resolve]

@@ -11,12 +11,15 @@ each receiver it is pending for answered 2xx, or when the alert's own ``endsAt``
 
 Concurrency: the reactor runs runner jobs in threads, the engine in its own process, the
 schedule in another. ``flock()`` on ``<file>.lock`` serializes every read-modify-write of the
-file; a sender *claims* entries under the lock, posts without it, and settles under it
-again. A claimed entry is skipped by other senders until its claim runs out (a sender that
-died), so two flushes never post one entry at once, and an entry is removed only by the
-settle of a sender that saw it accepted, so none is lost. Entries are posted in the order
-they were decided, and an entry whose labels are held by another sender waits: a resolution
-never overtakes the firing it ends (Alertmanager would take the later firing as a re-open).
+file; a sender *claims* entries under the lock (in the write that adds its own), posts
+without it, and records the answers in a file of their own beside the store
+(:func:`record`), which the next read-modify-write, whoever makes it, settles before
+anything else: a batch costs one round of the store, not three. A claimed entry is skipped
+by other senders until its claim runs out (a sender that died), so two flushes never post
+one entry at once, and an entry is removed only by the settle of a sender that saw it
+accepted, so none is lost. Entries are posted in the order they were decided, and an entry
+whose labels are held by another sender waits: a resolution never overtakes the firing it
+ends (Alertmanager would take the later firing as a re-open).
 The re-sends of open alerts (:func:`add_resends`) are firings like any other: a re-send is
 queued only while its alert is open, so it always precedes the resolution that ends it.
 
@@ -27,6 +30,7 @@ hands in the ``kcm_state_file`` and ``kcm_time`` functions it uses (Salt packs n
 
 import contextlib
 import fcntl
+import glob
 import hashlib
 import json
 import logging
@@ -42,6 +46,8 @@ log = logging.getLogger(__name__)
 PARTS = ("seen", "open", "leases", "outbox", "senders", "pins", "planned")
 # More pending entries than this are a receiver gone for good: the oldest are dropped.
 MAX_OUTBOX = 1000
+# <file><ANSWERS><token>: what the receivers answered the sender of that claim (:func:`record`).
+ANSWERS = ".answers-"
 
 
 def __virtual__():
@@ -72,30 +78,57 @@ def well_formed(store, path):
 
 
 @contextlib.contextmanager
-def locked_store(path, read_json, write_json, saved=None):
+def locked_store(path, read_json, write_json):
     """
     Yield the store dict under an exclusive lock and write it back atomically on exit,
-    through ``read_json`` / ``write_json`` (the caller's ``kcm_state_file`` functions).
+    through ``read_json`` / ``write_json`` (the caller's ``kcm_state_file`` functions), with
+    the answers recorded beside it settled first; their records go once the store holding
+    them is written.
 
     flock() on a separate lock file serializes reactor threads (each opens its own file
     description) and several processes alike. A write that fails (a full disk) is logged
-    and leaves the old file; ``saved`` (a list), when given, gets False appended then, so
-    the caller can still send what it decided.
+    and leaves the old file and the records; what the caller decided is still sent, from
+    memory.
     """
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     with open(path + ".lock", "a", encoding="utf-8") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             store = well_formed(read_json(path, {}), path)
+            records = sorted(glob.glob(glob.escape(path + ANSWERS) + "*"))
+            for name in records:
+                _settle_record(store, read_json(name, {}))
             yield store
             try:
                 write_json(path, store)
             except OSError as exc:
                 log.error("kcm_alert: cannot write state file %s (%s); alerts are still sent", path, exc)
-                if saved is not None:
-                    saved.append(False)
+                return
+            for name in records:
+                with contextlib.suppress(OSError):
+                    os.unlink(name)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def record(path, token, outcomes, write_json):
+    """
+    Keep what the receivers answered the sender of claim ``token`` (``outcomes``, as
+    :func:`deliver` returns them) beside the store at ``path``, fsynced, for the next round
+    to settle. One that cannot be written is logged: its entries stay claimed and are posted
+    again once the claim runs out, as when the store itself cannot be written.
+    """
+    try:
+        write_json(path + ANSWERS + token, {"token": token, "outcomes": outcomes})
+    except OSError as exc:
+        log.error("kcm_alert: cannot record the receivers' answers beside %s (%s)", path, exc)
+
+
+def _settle_record(store, found):
+    outcomes = found.get("outcomes") if isinstance(found, dict) else None
+    if isinstance(outcomes, dict) and isinstance(found.get("token"), str) and found["token"]:
+        settle(store, found["token"], [store["outbox"][key] for key, answers in outcomes.items()
+                                       if key in store["outbox"] and isinstance(answers, dict)], outcomes)
 
 
 # --------------------------------------------------------------------------

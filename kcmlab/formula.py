@@ -108,3 +108,12 @@ def alert_settings(**master) -> dict:
     """``kcm_alert:`` as kcm.master writes it for pillar ``kcm:master`` = ``master`` over the
     defaults: every setting the kcm_alert runner reads."""
     return master_conf(**master)["kcm_alert"]
+
+
+def alert_store(path) -> dict:
+    """The ``kcm_alert`` runner's store at ``path`` as its next round reads it: with what the
+    receivers answered, recorded beside it, settled (``kcm_outbox.locked_store``)."""
+    found = utils()
+    with found["kcm_outbox.locked_store"](str(path), found["kcm_state_file.read_json"],
+                                          found["kcm_state_file.write_json"]) as store:
+        return store

@@ -2,13 +2,11 @@
 kcm_alert runner, given that config as the master would, posts through that proxy and
 through no other (the master's own HTTP_PROXY is ignored). Real HTTP servers on 127.0.0.1."""
 
-import json
-
 import salt.config
 import salt.loader
 import yaml
 
-from kcmlab.formula import alert_settings, load, utils
+from kcmlab.formula import alert_settings, alert_store, load, utils
 from tests.support.pillar import REPO
 from tests.unit.test_kcm_receiver import ok, proxy_env, serve  # noqa: F401 - fixtures
 
@@ -77,7 +75,7 @@ def test_the_loaded_flush_refuses_a_redirect_and_keeps_the_alert(tmp_path, serve
     runners, path = loaded_runner(tmp_path, receiver.url)
     assert runners["kcm_alert.flush"]() == {"delivered": 0, "pending": 1, "expired": 0}
     assert len(receiver.requests) == 1 and target.requests == []
-    [entry] = json.loads(path.read_text())["outbox"].values()
+    [entry] = alert_store(path)["outbox"].values()
     assert list(entry["errors"].values()) == [
         f"ReceiverError: HTTP 307 redirect to '{target.url}/internal/admin' not followed"
         " (a receiver must accept alerts at its own URL)"]

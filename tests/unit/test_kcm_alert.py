@@ -17,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from kcmlab.formula import alert_settings, load, utils
+from kcmlab.formula import alert_settings, alert_store, load, utils
 
 T0 = 1_800_000_000.0
 REPORTERS = ("master-1", "master-2", "master-3")
@@ -116,7 +116,7 @@ class Harness:
         return [tag for tag, _ in self.events]
 
     def store(self):
-        return json.loads((self.cachedir / "kcm_alert" / "dedupe.json").read_text())
+        return alert_store(self.cachedir / "kcm_alert" / "dedupe.json")
 
 
 CHANGE = {
