@@ -120,8 +120,14 @@ def _by_fingerprint(status):
 
 def _cert_event(tag, info, files, settings, **extra):
     event = {field: info.get(field) for field in CERT_FIELDS}
-    event.update(tag=tag, files=list(files), minion=settings.get("minion"), cluster=settings.get("cluster"),
-                 cluster_id=settings.get("cluster_id"), **extra)
+    event.update(
+        tag=tag,
+        files=list(files),
+        minion=settings.get("minion"),
+        cluster=settings.get("cluster"),
+        cluster_id=settings.get("cluster_id"),
+        **extra,
+    )
     return event
 
 
@@ -163,8 +169,14 @@ def cert_step(previous, status, now, settings):
             continue
         del announced[fingerprint]
         if entry.get("thresholds"):
-            events.append(_cert_event("cert_renewed", dict(entry, fingerprint=fingerprint, days_left=None),
-                                      entry.get("files") or (), settings))
+            events.append(
+                _cert_event(
+                    "cert_renewed",
+                    dict(entry, fingerprint=fingerprint, days_left=None),
+                    entry.get("files") or (),
+                    settings,
+                )
+            )
     for fingerprint, (info, files) in sorted(found.items()):
         entry = announced.setdefault(fingerprint, {"thresholds": []})
         entry.update({field: info.get(field) for field in ("subject", "serial", "not_after")}, files=files)
@@ -174,8 +186,12 @@ def cert_step(previous, status, now, settings):
         entry["thresholds"] = sorted(set(entry["thresholds"]) | set(crossed), reverse=True)
         events.append(
             _cert_event(
-                "cert_expiring", info, files, settings,
-                threshold=_plain(min(crossed)), thresholds=[_plain(days) for days in thresholds],
+                "cert_expiring",
+                info,
+                files,
+                settings,
+                threshold=_plain(min(crossed)),
+                thresholds=[_plain(days) for days in thresholds],
             )
         )
     return state, events
@@ -272,7 +288,11 @@ def beacon(config):
     for event in events:
         log.warning(
             "kcm_cert: %s: %s (%s, serial %s) has %s days left (threshold %s)",
-            event["tag"], event["subject"], ", ".join(event["files"]), event["serial"], event["days_left"],
+            event["tag"],
+            event["subject"],
+            ", ".join(event["files"]),
+            event["serial"],
+            event["days_left"],
             event.get("threshold"),
         )
     return _signed(events)

@@ -86,8 +86,16 @@ SERVICE_CHECK_SECONDS = 10
 FINGERPRINT_FIELDS = ("holder", "renew_time", "acquire_time", "transitions", "lease_duration_seconds")
 
 # Fields copied from the leader record into every event (no secrets in there).
-RECORD_FIELDS = ("holder", "node", "minion", "transitions", "acquire_time", "renew_time",
-                 "lease_duration_seconds", "source")
+RECORD_FIELDS = (
+    "holder",
+    "node",
+    "minion",
+    "transitions",
+    "acquire_time",
+    "renew_time",
+    "lease_duration_seconds",
+    "source",
+)
 
 
 def __virtual__():
@@ -126,15 +134,32 @@ def _initial_service():
     """What the crash-loop watch knows before reading systemd: ``restarts`` (the last NRestarts
     read), ``times`` (of the restarts since the last healthy /healthz), ``healthy_since``,
     ``exit_status`` (the last one read: a read while a process runs has none)."""
-    return {"checked_at": None, "restarts": None, "times": [], "healthy_since": None, "condition": None,
-            "exit_status": None}
+    return {
+        "checked_at": None,
+        "restarts": None,
+        "times": [],
+        "healthy_since": None,
+        "condition": None,
+        "exit_status": None,
+    }
 
 
 def initial_state():
     """The state before anything was observed."""
-    return {"seen": False, "record": {}, "held": {}, "fingerprint": None, "changed_at": None, "offset": None,
-            "polled_at": None, "history": False, "condition": None, "reason": None,
-            "pending": {"condition": None, "count": 0}, "service": _initial_service()}
+    return {
+        "seen": False,
+        "record": {},
+        "held": {},
+        "fingerprint": None,
+        "changed_at": None,
+        "offset": None,
+        "polled_at": None,
+        "history": False,
+        "condition": None,
+        "reason": None,
+        "pending": {"condition": None, "count": 0},
+        "service": _initial_service(),
+    }
 
 
 def _record_of(observation):
@@ -142,9 +167,7 @@ def _record_of(observation):
 
 
 def _is_me(record, me):
-    return bool(record.get("holder")) and bool(
-        {record.get("minion"), record.get("node")} & set(filter(None, me))
-    )
+    return bool(record.get("holder")) and bool({record.get("minion"), record.get("node")} & set(filter(None, me)))
 
 
 def _note_change(state, record, now, renewed):
@@ -240,8 +263,14 @@ def _holder_events(old, new, me):
     if _is_me(new, me):
         events.append({"tag": "acquired", "holder": new.get("holder"), "transitions": new.get("transitions")})
     if _is_me(old, me):
-        events.append({"tag": "lost", "holder": old.get("holder"), "new_holder": new.get("holder"),
-                       "transitions": new.get("transitions")})
+        events.append(
+            {
+                "tag": "lost",
+                "holder": old.get("holder"),
+                "new_holder": new.get("holder"),
+                "transitions": new.get("transitions"),
+            }
+        )
     return events
 
 
@@ -297,9 +326,13 @@ def _crash_loop(watch, unit, now, settings, unreachable=False):
         watch["healthy_since"] = now if new or watch["healthy_since"] is None else watch["healthy_since"]
     else:
         watch["healthy_since"] = None
-    watch["times"] = times[-CRASH_LOOP["kept"]:]
-    facts = {"restarts": len(times), "window_seconds": CRASH_LOOP["window"], "unit": unit.get("unit"),
-             "exit_status": watch.get("exit_status")}
+    watch["times"] = times[-CRASH_LOOP["kept"] :]
+    facts = {
+        "restarts": len(times),
+        "window_seconds": CRASH_LOOP["window"],
+        "unit": unit.get("unit"),
+        "exit_status": watch.get("exit_status"),
+    }
     if watch["condition"] == "restarting":
         since = watch["healthy_since"]
         return ("ok" if since is not None and now - since >= settings["healthy_for"] else "restarting"), facts

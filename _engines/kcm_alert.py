@@ -77,8 +77,9 @@ def _handle(batch, sleep=time.sleep):
             return True
         except Exception:  # pylint: disable=broad-except
             # One broken batch must not stop the engine (Salt would restart it, losing more).
-            log.exception("kcm_alert engine: a batch of %s beacon events failed (attempt %s of %s)",
-                          len(batch), attempt, ATTEMPTS)
+            log.exception(
+                "kcm_alert engine: a batch of %s beacon events failed (attempt %s of %s)", len(batch), attempt, ATTEMPTS
+            )
             if attempt < ATTEMPTS:
                 sleep(RETRY_DELAY)
     log.error("kcm_alert engine: gave up on a batch of %s beacon events", len(batch))
@@ -119,8 +120,9 @@ def start(batch_wait=None, max_batch=None):
         def next_event(timeout):
             return bus.get_event(wait=timeout, tag="salt/beacon/", full=True)
 
-        log.info("kcm_alert engine: batching %s (batch_wait %s s, max_batch %s)", ", ".join(TAGS), batch_wait,
-                 max_batch)
+        log.info(
+            "kcm_alert engine: batching %s (batch_wait %s s, max_batch %s)", ", ".join(TAGS), batch_wait, max_batch
+        )
         for batch in _batches(next_event, batch_wait, max_batch):
             # Once, at the first batch: the runners may be synced only after the master started.
             warned = warned or _warn_self_pick()

@@ -215,7 +215,8 @@ def _read_lock(kwargs):
         except ValueError as exc:
             raise _failure("malformed", f"{kind} {where}: {exc}") from None
     raise _failure(
-        "not_found", f"no {' or '.join(objects)} {where} exists (no KCM has run leader election with this lock)")
+        "not_found", f"no {' or '.join(objects)} {where} exists (no KCM has run leader election with this lock)"
+    )
 
 
 def _leader(kwargs):
@@ -422,9 +423,13 @@ def restarts(last_error=False, **kwargs):
     """
     name = _unit_name(kwargs)
     unit = _unit(name)
-    row = {"unit": name, "active": unit["active"] or "unknown", "restarts": _count(unit["restarts"]),
-           # A running process has no exit status yet: systemd shows 0 for it.
-           "exit_status": None if unit["active"] == "active" else _count(unit["exit_status"])}
+    row = {
+        "unit": name,
+        "active": unit["active"] or "unknown",
+        "restarts": _count(unit["restarts"]),
+        # A running process has no exit status yet: systemd shows 0 for it.
+        "exit_status": None if unit["active"] == "active" else _count(unit["exit_status"]),
+    }
     if last_error:
         journal = _systemd_output(["journalctl", "--no-pager", "-o", "cat", "-n", str(JOURNAL_LINES), "-u", name])
         line = __utils__["kcm_systemd.last_error_line"](journal or "")  # noqa: F821

@@ -197,10 +197,14 @@ def _add_client_cert(context, path, user):
         raise _kubeconfig_error(path, "a client certificate needs both its certificate and its key")
     tmpdir = tempfile.mkdtemp(prefix="kcm-api-")
     try:
-        certfile = _write_private(tmpdir, "client.crt", _decoded(path, "client-certificate-data", cert_data)
-                                  if cert_data else _trusted(path, cert_file))
-        keyfile = _write_private(tmpdir, "client.key", _decoded(path, "client-key-data", key_data)
-                                 if key_data else _trusted(path, key_file))
+        certfile = _write_private(
+            tmpdir,
+            "client.crt",
+            _decoded(path, "client-certificate-data", cert_data) if cert_data else _trusted(path, cert_file),
+        )
+        keyfile = _write_private(
+            tmpdir, "client.key", _decoded(path, "client-key-data", key_data) if key_data else _trusted(path, key_file)
+        )
         _load_cert_chain(context, certfile, keyfile)
     except (ssl.SSLError, OSError) as exc:
         # The exception text can quote file names but never key bytes.
@@ -341,14 +345,16 @@ class _Answer:
 def _read_body(response, url, deadline):
     declared = response.headers.get("Content-Length")
     if declared and declared.isdigit() and int(declared) > MAX_BODY:
-        raise _failed("too_large", f"GET {url}: the body has {declared} bytes, more than {MAX_BODY}",
-                      status=response.status_code)
+        raise _failed(
+            "too_large", f"GET {url}: the body has {declared} bytes, more than {MAX_BODY}", status=response.status_code
+        )
     body = bytearray()
     for chunk in response.iter_content(_CHUNK):
         body += chunk
         if len(body) > MAX_BODY:
-            raise _failed("too_large", f"GET {url}: the body is larger than {MAX_BODY} bytes",
-                          status=response.status_code)
+            raise _failed(
+                "too_large", f"GET {url}: the body is larger than {MAX_BODY} bytes", status=response.status_code
+            )
         if time.monotonic() > deadline:
             raise requests.exceptions.ReadTimeout()
     return bytes(body)
@@ -456,7 +462,6 @@ def get(path, kubeconfig=None, timeout=None):
     client = _client(kubeconfig or _default_kubeconfig())
     url = client.server + "/" + path.lstrip("/")
     return _checked_json(_send(client.session, url, timeout), url)
-
 
 
 def _probe_session(ca_cert):

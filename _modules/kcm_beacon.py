@@ -25,8 +25,10 @@ OWN_KEYS = {
     "kcm_leader": ("debounce", "stale_after", "state_file", "timeout", "healthy_for"),
     "kcm_cert": ("cert_thresholds", "cert_check_interval", "state_file"),
 }
-EXAMPLES = {"kcm_leader": "[{interval: 2}, {debounce: 2}, {stale_after: 3}]",
-            "kcm_cert": "[{interval: 10}, {cert_thresholds: [21, 7]}, {cert_check_interval: 3600}]"}
+EXAMPLES = {
+    "kcm_leader": "[{interval: 2}, {debounce: 2}, {stale_after: 3}]",
+    "kcm_cert": "[{interval: 10}, {cert_thresholds: [21, 7]}, {cert_check_interval: 3600}]",
+}
 
 
 def __virtual__():
@@ -71,8 +73,10 @@ def validate(beacon, config):
 
 
 # The keys each beacon cannot run without (all in defaults.yaml, so in the deployed facts).
-NEEDS = {"kcm_leader": ("debounce", "stale_after", "healthy_for"),
-         "kcm_cert": ("cert_thresholds", "cert_check_interval")}
+NEEDS = {
+    "kcm_leader": ("debounce", "stale_after", "healthy_for"),
+    "kcm_cert": ("cert_thresholds", "cert_check_interval"),
+}
 
 
 def settings(beacon, config=None):
@@ -137,4 +141,3 @@ def answer(nonce):
     """
     reading = {"leader": _reading("kcm.leader"), "status": _reading("kcm.status")}
     return __utils__["kcm_trust.sign_answer"](__opts__, reading, nonce)  # noqa: F821
-

@@ -144,9 +144,7 @@ def pem_fingerprints(config):
     """
     pki = _mapping(config.get("pki"))
     return {
-        key: "sha256:" + hashlib.sha256(str(pki[key]).encode("utf-8")).hexdigest()
-        for key in PEM_KEYS
-        if pki.get(key)
+        key: "sha256:" + hashlib.sha256(str(pki[key]).encode("utf-8")).hexdigest() for key in PEM_KEYS if pki.get(key)
     }
 
 
@@ -301,8 +299,9 @@ def template_sources(config, state_id, name, root="kcm", grains=None):
     folders = []
     for grain in tofs.get("files_switch") or []:
         value = grains.get(grain)
-        folders += [v for v in (value if isinstance(value, list) else [value])
-                    if isinstance(v, str) and _SWITCH_DIR_RE.match(v)]
+        folders += [
+            v for v in (value if isinstance(value, list) else [value]) if isinstance(v, str) and _SWITCH_DIR_RE.match(v)
+        ]
     out = []
     for folder in folders + ["default"]:
         for each in names:
@@ -336,8 +335,7 @@ def validate(config):
         parent = _at(config, ":".join(path[:-1])) if len(path) > 1 else config
         parent.pop(path[-1], None)
     checked = _checks(config, flags=not shapes)
-    return problems + [p for p in checked if not any(p.startswith(k + ":") or p.startswith(k + " ")
-                                                       for k in reported)]
+    return problems + [p for p in checked if not any(p.startswith(k + ":") or p.startswith(k + " ") for k in reported)]
 
 
 def _checks(config, flags=True):
@@ -360,11 +358,14 @@ def _check_durations(cfg, problems):
     seconds = {}
     election = _mapping(cfg.get("leader_election"))
     if not isinstance(election.get("release_on_exit", True), bool):
-        problems.append(f"kcm:leader_election:release_on_exit: '{election['release_on_exit']}' is not a boolean"
-                        " (true or false)")
+        problems.append(
+            f"kcm:leader_election:release_on_exit: '{election['release_on_exit']}' is not a boolean (true or false)"
+        )
     values = [("cluster_signing_duration", cfg.get("cluster_signing_duration", ""))]
-    values += [(f"leader_election:{key}", election.get(key, "")) for key in ("lease_duration", "renew_deadline",
-                                                                               "retry_period")]
+    values += [
+        (f"leader_election:{key}", election.get(key, ""))
+        for key in ("lease_duration", "renew_deadline", "retry_period")
+    ]
     for key, value in values:
         try:
             got = __utils__["kcm_time.parse_duration"](value)  # noqa: F821
@@ -428,5 +429,4 @@ def master_problems(master):
         return shapes or ["kcm:master: expected a mapping"]
     texts = [m for _, m in __utils__["kcm_shapes.text_problems"](wrapped)]  # noqa: F821
     # Who the KCM masters are (by minion id only) is kcm_trust's: the same rules as the master reads.
-    return texts + __utils__["kcm_checks.master_problems"](master) + \
-        __utils__["kcm_trust.masters_problems"](master)  # noqa: F821
+    return texts + __utils__["kcm_checks.master_problems"](master) + __utils__["kcm_trust.masters_problems"](master)  # noqa: F821

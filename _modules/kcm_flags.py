@@ -338,9 +338,7 @@ def controllers_problem(controllers, version):
     ver = minor(version)
     known = (set(CONTROLLER_ALIASES.values()) | CANONICAL_ONLY) if ver >= 28 else CONTROLLERS_BEFORE_1_28
     known = {name for name in known if _controller_exists(name, ver)}
-    unknown = [
-        item for item in controller_names(controllers, version) if item.lstrip("-") not in known | {"*"}
-    ]
+    unknown = [item for item in controller_names(controllers, version) if item.lstrip("-") not in known | {"*"}]
     if unknown:
         return f"{version} knows no controller named {', '.join(unknown)}"
     return None

@@ -256,11 +256,7 @@ def preflight(pillar=None, saltenv=None):
 
 
 def _changed_ids(ret):
-    return sorted(
-        st.get("__id__", sid)
-        for sid, st in ret.items()
-        if isinstance(st, dict) and st.get("changes")
-    )
+    return sorted(st.get("__id__", sid) for sid, st in ret.items() if isinstance(st, dict) and st.get("changes"))
 
 
 def apply(pillar=None, saltenv=None):  # pylint: disable=redefined-builtin
@@ -286,21 +282,57 @@ def apply(pillar=None, saltenv=None):  # pylint: disable=redefined-builtin
     ret = __salt__["state.apply"](SLS, **_state_kwargs(pillar, saltenv))
     failed = _failures(ret)
     if failed:
-        return _with_exit_code({"result": False, "restarted": False, "how": None, "changed": [], "failed": failed,
-                      "comment": f"state.apply {SLS} failed: " + "; ".join(failed)[:2000]})
+        return _with_exit_code(
+            {
+                "result": False,
+                "restarted": False,
+                "how": None,
+                "changed": [],
+                "failed": failed,
+                "comment": f"state.apply {SLS} failed: " + "; ".join(failed)[:2000],
+            }
+        )
     changed = _changed_ids(ret)
     manage, _, _ = _service_settings()
     if manage:
         restarted = SERVICE_ID in changed
         comment = "applied" + (" and restarted by service.running" if restarted else "")
-        return _with_exit_code({"result": True, "restarted": restarted, "how": "service" if restarted else None,
-                      "changed": changed, "comment": comment})
+        return _with_exit_code(
+            {
+                "result": True,
+                "restarted": restarted,
+                "how": "service" if restarted else None,
+                "changed": changed,
+                "comment": comment,
+            }
+        )
     restart = _chunk(ret, RESTARTED_ID)
     if not restart.get("changes"):
-        return _with_exit_code({"result": True, "restarted": False, "how": None, "changed": changed,
-                      "comment": "applied; nothing the service watches changed"})
+        return _with_exit_code(
+            {
+                "result": True,
+                "restarted": False,
+                "how": None,
+                "changed": changed,
+                "comment": "applied; nothing the service watches changed",
+            }
+        )
     if restart["changes"].get("restart") == "needed":
-        return _with_exit_code({"result": False, "restarted": False, "how": None, "changed": changed,
-                      "comment": f"applied; cannot restart KCM: {UNCONTROLLED}"})
-    return _with_exit_code({"result": True, "restarted": True, "how": "control_cmd", "changed": changed,
-                  "comment": "applied; " + str(restart.get("comment"))})
+        return _with_exit_code(
+            {
+                "result": False,
+                "restarted": False,
+                "how": None,
+                "changed": changed,
+                "comment": f"applied; cannot restart KCM: {UNCONTROLLED}",
+            }
+        )
+    return _with_exit_code(
+        {
+            "result": True,
+            "restarted": True,
+            "how": "control_cmd",
+            "changed": changed,
+            "comment": "applied; " + str(restart.get("comment")),
+        }
+    )

@@ -60,9 +60,11 @@ def service_account_public_key(path=None):
         key = serialization.load_pem_private_key(_read(path), password=None)
     except (OSError, ValueError, TypeError) as exc:
         raise _failure("cert", f"cannot read the service-account key {path}: {type(exc).__name__}") from None
-    return key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
 
 
 def _facts(pem_bytes, source, now):
@@ -72,9 +74,7 @@ def _facts(pem_bytes, source, now):
     from cryptography.x509.oid import NameOID
 
     cert = x509.load_pem_x509_certificate(pem_bytes)
-    not_after = getattr(cert, "not_valid_after_utc", None) or cert.not_valid_after.replace(
-        tzinfo=datetime.timezone.utc
-    )
+    not_after = getattr(cert, "not_valid_after_utc", None) or cert.not_valid_after.replace(tzinfo=datetime.timezone.utc)
     cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     return {
         "source": source,
@@ -119,8 +119,10 @@ def _embedded(kubeconfig, now):
     try:
         cluster, user = __utils__["kcm_kubeconfig.current"](kubeconfig)  # noqa: F821
         out = {}
-        for name, data in (("kubeconfig:client", user.get("client-certificate-data")),
-                           ("kubeconfig:ca", cluster.get("certificate-authority-data"))):
+        for name, data in (
+            ("kubeconfig:client", user.get("client-certificate-data")),
+            ("kubeconfig:ca", cluster.get("certificate-authority-data")),
+        ):
             if data:
                 out[name] = _facts(base64.b64decode(data), kubeconfig, now)
         return out
@@ -182,7 +184,13 @@ def renewal_due():
     status = cert_status()
     used = [status[name] for name in ("cert", "kubeconfig:client") if name in status]
     days_left = min((facts["days_left"] for facts in used if "days_left" in facts), default=None)
-    due = mode in RENEWED_BY_APPLY and (not used or any("error" in facts for facts in used)
-                                        or days_left < float(days_remaining))
-    return {"due": bool(due), "cluster": requested("cluster"), "mode": mode,
-            "days_remaining": days_remaining, "days_left": days_left}
+    due = mode in RENEWED_BY_APPLY and (
+        not used or any("error" in facts for facts in used) or days_left < float(days_remaining)
+    )
+    return {
+        "due": bool(due),
+        "cluster": requested("cluster"),
+        "mode": mode,
+        "days_remaining": days_remaining,
+        "days_left": days_left,
+    }

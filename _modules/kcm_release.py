@@ -77,8 +77,19 @@ def _command(config, python=None):
     if target is None or target["kind"] != "leases":
         return []
     python = python or __grains__.get("pythonexecutable") or sys.executable  # noqa: F821
-    argv = [python, "-I", config["files"]["release_program"], "--kubeconfig", config["files"]["kubeconfig"],
-            "--namespace", target["namespace"], "--name", target["name"], "--budget", f"{BUDGET:g}"]
+    argv = [
+        python,
+        "-I",
+        config["files"]["release_program"],
+        "--kubeconfig",
+        config["files"]["kubeconfig"],
+        "--namespace",
+        target["namespace"],
+        "--name",
+        target["name"],
+        "--budget",
+        f"{BUDGET:g}",
+    ]
     if config.get("identity"):
         argv += ["--identity", str(config["identity"])]
     return argv
@@ -119,10 +130,14 @@ def run(config=None):
     except (KeyError, TypeError, ValueError) as exc:
         return {"result": True, "released": False, "comment": f"no release step: cannot read the config ({exc})"}
     if not argv:
-        return {"result": True, "released": False,
-                "comment": "no release step (release_on_exit off, or a lock other than a Lease)"}
+        return {
+            "result": True,
+            "released": False,
+            "comment": "no release step (release_on_exit off, or a lock other than a Lease)",
+        }
     proc = __salt__["cmd.run_all"](  # noqa: F821
-        argv, python_shell=False, timeout=BUDGET + 3, ignore_retcode=True, output_loglevel="quiet")
+        argv, python_shell=False, timeout=BUDGET + 3, ignore_retcode=True, output_loglevel="quiet"
+    )
     line = (proc.get("stdout") or proc.get("stderr") or "").strip().splitlines()
     comment = line[-1] if line else f"the release step printed nothing (exit {proc.get('retcode')})"
     return {"result": True, "released": comment.startswith("kcm-release-lease: released"), "comment": comment}

@@ -60,7 +60,8 @@ def _public_version(timeout):
     url, ca_pem = (__salt__["kcm_config.requested"](key) for key in ("apiserver", "pki:ca_cert"))  # noqa: F821
     if not (isinstance(url, str) and url.startswith("https://") and isinstance(ca_pem, str) and ca_pem.strip()):
         raise __utils__["kcm_error.failure"](  # noqa: F821
-            "kubeconfig", "no kubeconfig deployed yet, and pillar gives no https kcm:apiserver with kcm:pki:ca_cert")
+            "kubeconfig", "no kubeconfig deployed yet, and pillar gives no https kcm:apiserver with kcm:pki:ca_cert"
+        )
     scratch = tempfile.mkdtemp(prefix="kcm-skew-", dir=__opts__.get("cachedir"))  # noqa: F821
     try:
         ca_path = os.path.join(scratch, "ca.pem")
@@ -71,8 +72,10 @@ def _public_version(timeout):
         shutil.rmtree(scratch, ignore_errors=True)
     if reply["status"] != 200:
         raise __utils__["kcm_error.failure"](  # noqa: F821
-            "http", f"{url}/version answered HTTP {reply['status']} to a client without credentials"
-            " (anonymous requests off?) and no kubeconfig is deployed yet")
+            "http",
+            f"{url}/version answered HTTP {reply['status']} to a client without credentials"
+            " (anonymous requests off?) and no kubeconfig is deployed yet",
+        )
     try:
         answer = json.loads(reply["body"])
     except ValueError:
@@ -105,7 +108,8 @@ def apiserver_version(kubeconfig=None, timeout=TIMEOUT):
         _minor(version)
     except (TypeError, ValueError) as exc:
         raise __utils__["kcm_error.failure"](  # noqa: F821
-            "malformed", f"/version gitVersion {str(version)[:80]!r} is not understood ({exc})") from None
+            "malformed", f"/version gitVersion {str(version)[:80]!r} is not understood ({exc})"
+        ) from None
     return version
 
 
@@ -134,10 +138,15 @@ def facts(version=None, kubeconfig=None, override_reason=None):
         version_minor = _minor(version)
     except ValueError as exc:
         raise CommandExecutionError(f"kcm:version: {exc}") from None
-    out = {"version": version, "version_minor": version_minor,
-           "deployed": __salt__["kcm_config.deployed"]().get("version") or None,  # noqa: F821
-           "apiserver": None, "apiserver_minor": None, "why": None,
-           "override_reason": override_reason if isinstance(override_reason, str) else ""}
+    out = {
+        "version": version,
+        "version_minor": version_minor,
+        "deployed": __salt__["kcm_config.deployed"]().get("version") or None,  # noqa: F821
+        "apiserver": None,
+        "apiserver_minor": None,
+        "why": None,
+        "override_reason": override_reason if isinstance(override_reason, str) else "",
+    }
     try:
         out["apiserver"] = apiserver_version(kubeconfig)
         out["apiserver_minor"] = _minor(out["apiserver"])
@@ -165,6 +174,12 @@ def check(version=None, kubeconfig=None, override_reason=None):
     """
     found = facts(version, kubeconfig, override_reason)
     decision = __utils__["kcm_skew.decide"](  # noqa: F821
-        found["version"], found["version_minor"], found["apiserver"], found["apiserver_minor"],
-        found["deployed"], found["why"], found["override_reason"])
+        found["version"],
+        found["version_minor"],
+        found["apiserver"],
+        found["apiserver_minor"],
+        found["deployed"],
+        found["why"],
+        found["override_reason"],
+    )
     return dict(decision, facts=found)

@@ -28,8 +28,9 @@ def __virtual__():
 
 def _printable(text):
     # What a row says reaches the terminal: no escape sequence, no line of its own.
-    return "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"
-                   for ch in str(text))
+    return "".join(
+        ch if ch.isprintable() else f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}" for ch in str(text)
+    )
 
 
 def _cell(key, value):

@@ -69,15 +69,26 @@ def _row(minion, answer, timeout, trust, nonce, now):
     key_path = os.path.join(trust.pki_dir, "minions", minion)
     if not os.path.isfile(key_path):
         # A name the target lists that has no accepted key: a master missing, not a refusal.
-        return {"minion": minion, "cluster": NO_ANSWER, "cluster_id": None, "leader": "unknown",
-                "errors": "no accepted key"}
+        return {
+            "minion": minion,
+            "cluster": NO_ANSWER,
+            "cluster_id": None,
+            "leader": "unknown",
+            "errors": "no accepted key",
+        }
     if answer is not None and not trust.is_master(minion):
         return _refused_row(minion, trust.why_not_master(minion))
     if isinstance(answer, dict):
         # The alert runner's window (kcm_alert:signature_window, written by kcm.master).
         cfg = __utils__["kcm_error.master_settings"](__opts__, "kcm_alert", "kcm:master")  # noqa: F821
-        why = __utils__["kcm_trust.answer_problem"](key_path, minion, answer, nonce, now,  # noqa: F821
-                                                    cfg["signature_window"])
+        why = __utils__["kcm_trust.answer_problem"](
+            key_path,
+            minion,
+            answer,
+            nonce,
+            now,  # noqa: F821
+            cfg["signature_window"],
+        )
         if why:
             return _refused_row(minion, why)
         answer = answer.get("status")
@@ -136,16 +147,18 @@ def _summarize(rows, cluster=None):
         leaders = [str(row.get("minion")) for row in members if row.get("leader") == "yes"]
         # Minions without kcm, and rows not believed, are listed, not failed (nor counted).
         ok = name in (NO_CLUSTER, REFUSED) or (len(leaders) == 1 and name != NO_ANSWER)
-        clusters.append({
-            "cluster": name,
-            "cluster_id": cluster_id or None,
-            "masters": len(members),
-            "answered": sum(1 for row in members if row.get("leader") != "unknown"),
-            "live_leaders": len(leaders),
-            "leader": leaders[0] if len(leaders) == 1 else None,
-            "ok": ok,
-            "verdict": _verdict(name, cluster_id, members, leaders),
-        })
+        clusters.append(
+            {
+                "cluster": name,
+                "cluster_id": cluster_id or None,
+                "masters": len(members),
+                "answered": sum(1 for row in members if row.get("leader") != "unknown"),
+                "live_leaders": len(leaders),
+                "leader": leaders[0] if len(leaders) == 1 else None,
+                "ok": ok,
+                "verdict": _verdict(name, cluster_id, members, leaders),
+            }
+        )
         masters.extend(members)
     ok = all(c["ok"] for c in clusters)
     # salt-run exits with data['retcode'] (salt/cli/run.py), so scripts can test the run

@@ -48,9 +48,22 @@ CLAIM_SECONDS = 120
 # How long a report waits for its alerts that another sender holds, before leaving them queued.
 WAIT_FOR_HELD = 5.0
 # What kcm_alert_decide uses of the other utils: a util calls no util, so the runner hands them in (its ``kit``).
-KIT = {"kcm_alert_rules": ("number", "cluster_key", "dedupe_key", "bounded", "cert_severity", "alert_labels",
-                           "annotations", "per_master", "conditions", "cleared_by_change"),
-       "kcm_time": ("epoch", "format_rfc3339"), "kcm_trust": ("answer_problem", "pin_problem", "printable")}
+KIT = {
+    "kcm_alert_rules": (
+        "number",
+        "cluster_key",
+        "dedupe_key",
+        "bounded",
+        "cert_severity",
+        "alert_labels",
+        "annotations",
+        "per_master",
+        "conditions",
+        "cleared_by_change",
+    ),
+    "kcm_time": ("epoch", "format_rfc3339"),
+    "kcm_trust": ("answer_problem", "pin_problem", "printable"),
+}
 
 
 def __virtual__():
@@ -83,8 +96,9 @@ def _kit():
 
 @contextlib.contextmanager
 def _store(cfg):
-    with _u("kcm_outbox.locked_store")(cfg["dedupe_file"], _u("kcm_state_file.read_json"),
-                                       _u("kcm_state_file.write_json")) as store:
+    with _u("kcm_outbox.locked_store")(
+        cfg["dedupe_file"], _u("kcm_state_file.read_json"), _u("kcm_state_file.write_json")
+    ) as store:
         caps = {"seen": int(cfg["max_seen"]), "open": int(cfg["max_open"]), "leases": int(cfg["max_seen"])}
         prune = functools.partial(_u("kcm_alert_decide.prune"), store, _now() - cfg["dedupe_ttl"], caps, _kit())
         prune()
@@ -148,10 +162,12 @@ def _flush(cfg, resend=False, decide=None):
     with _store(cfg) as store:
         decided = decide(store) if decide else None
         if resend:
-            _u("kcm_outbox.add_resends")(store, _u("kcm_alert_decide.resends")(store, cfg, now, _kit()), cfg, now,
-                                         _u("kcm_time.epoch"))
-        claimed, expired, done = _u("kcm_outbox.claim")(store, _u("kcm_outbox.receivers")(cfg), token, now,
-                                                        CLAIM_SECONDS)
+            _u("kcm_outbox.add_resends")(
+                store, _u("kcm_alert_decide.resends")(store, cfg, now, _kit()), cfg, now, _u("kcm_time.epoch")
+            )
+        claimed, expired, done = _u("kcm_outbox.claim")(
+            store, _u("kcm_outbox.receivers")(cfg), token, now, CLAIM_SECONDS
+        )
         pending = len(store["outbox"])
     _SENDER.post = _u("kcm_receiver.post")
     outcomes = _u("kcm_outbox.deliver")(claimed, cfg, _post, _sleep) if claimed else {}
@@ -163,9 +179,13 @@ def _flush(cfg, resend=False, decide=None):
     settled += [(dict(entry, answers={}), entry["attempts"] == 0, True) for entry in done]
     for tag, data in _u("kcm_outbox.follow_ups")(settled, expired):
         _fire(tag, data)
-    return {"delivered": sum(1 for _, _, delivered in settled if delivered), "pending": pending,
-            "expired": len(expired), "attempted": {e["id"]: delivered for e, _, delivered in settled},
-            "decided": decided}
+    return {
+        "delivered": sum(1 for _, _, delivered in settled if delivered),
+        "pending": pending,
+        "expired": len(expired),
+        "attempted": {e["id"]: delivered for e, _, delivered in settled},
+        "decided": decided,
+    }
 
 
 def _deliver_now(cfg, decide):
@@ -210,6 +230,7 @@ def flush():
 # reports
 # --------------------------------------------------------------------------
 
+
 def _trust():
     return _u("kcm_trust.trust")(__opts__)
 
@@ -228,8 +249,12 @@ def masters():
         salt-run kcm_alert.masters
     """
     trust = _trust()
-    return {"target": trust.target, "clusters": {name: list(globs) for name, globs in trust.clusters.items()},
-            "masters": trust.accepted_masters(), "warnings": _u("kcm_trust.self_pick_warnings")(__opts__, trust)}
+    return {
+        "target": trust.target,
+        "clusters": {name: list(globs) for name, globs in trust.clusters.items()},
+        "masters": trust.accepted_masters(),
+        "warnings": _u("kcm_trust.self_pick_warnings")(__opts__, trust),
+    }
 
 
 def _refusal(tag, data, cfg, now):
@@ -241,8 +266,7 @@ def _refusal(tag, data, cfg, now):
     carry that minion's signature made within ``signature_window`` seconds. Replays and pins
     are judged with the store (:func:`_decide_all`).
     """
-    return _u("kcm_trust.refusal")(tag, data, _trust(), now, cfg["signature_window"],
-                                   _u("kcm_alert_rules.beacons")())
+    return _u("kcm_trust.refusal")(tag, data, _trust(), now, cfg["signature_window"], _u("kcm_alert_rules.beacons")())
 
 
 # When each sender's refusal was last logged: a refused minion cannot fill the log or the bus.
@@ -264,8 +288,12 @@ def _refused(tag, reporter, why, cfg):
         _REFUSED_LOGGED[sender] = [now, 0]
         skipped = last[1] if last else 0
     printable = _u("kcm_trust.printable")
-    log.warning("kcm_alert: refused %s: %s%s", printable(tag, 120), printable(why),
-                f" ({skipped} more refused since the last line)" if skipped else "")
+    log.warning(
+        "kcm_alert: refused %s: %s%s",
+        printable(tag, 120),
+        printable(why),
+        f" ({skipped} more refused since the last line)" if skipped else "",
+    )
     _fire("kcm/alert/refused", {"tag": printable(tag), "reporter": printable(reporter), "reason": why})
 
 
@@ -303,19 +331,18 @@ def _decide_all(cfg, events, results, now, store):
         why = None
         if _acted_on(result):
             # A replay, or a report for another cluster than the one pinned: judged on the store.
-            why = _u("kcm_trust.replay_problem")(store.setdefault("senders", {}), result["reporter"], data) \
-                or _u("kcm_trust.pin_problem")(store.setdefault("pins", {}), _trust(), data)
+            why = _u("kcm_trust.replay_problem")(store.setdefault("senders", {}), result["reporter"], data) or _u(
+                "kcm_trust.pin_problem"
+            )(store.setdefault("pins", {}), _trust(), data)
             if why:
                 result["refused"] = why
                 _refused(tag, result["reporter"], why, cfg)
         if not _acted_on(result):
             decisions.append(None)
             continue
-        fire, resolve = _u("kcm_alert_decide.decide")(store, result["kind"], data, result["reporter"], cfg, now,
-                                                      _kit())
+        fire, resolve = _u("kcm_alert_decide.decide")(store, result["kind"], data, result["reporter"], cfg, now, _kit())
         group = f"{now}:{index}:{uuid.uuid4().hex[:8]}"
-        made = _u("kcm_outbox.items")(result["kind"], result["reporter"], group, fire, resolve,
-                                      _u("kcm_time.epoch"))
+        made = _u("kcm_outbox.items")(result["kind"], result["reporter"], group, fire, resolve, _u("kcm_time.epoch"))
         entries = _u("kcm_outbox.add")(store, made, receivers, now)
         decisions.append((fire, resolve, [dict(entry) for entry in entries]))
     return decisions
@@ -420,9 +447,16 @@ def plan(minion, seconds, holder=None, by="maintenance", transitions=None):
     """
     printable, now = _u("kcm_trust.printable"), _now()
     with _store(_config()) as store:
-        return _u("kcm_alert_decide.mark_planned")(store, printable(minion), holder and printable(holder),
-                                                   now + float(seconds), printable(by, 120), now,
-                                                   _kit(), transitions=transitions)
+        return _u("kcm_alert_decide.mark_planned")(
+            store,
+            printable(minion),
+            holder and printable(holder),
+            now + float(seconds),
+            printable(by, 120),
+            now,
+            _kit(),
+            transitions=transitions,
+        )
 
 
 def unplan(minion):
@@ -475,8 +509,9 @@ def reconcile():
     # only their signed answers to this very question are read.
     trust = _trust()
     masters = trust.accepted_masters()
-    answers = _u("kcm_alert_decide.ask_masters")(__opts__, masters, cfg["reconcile_timeout"], trust, now,
-                                                 cfg["signature_window"], _kit())
+    answers = _u("kcm_alert_decide.ask_masters")(
+        __opts__, masters, cfg["reconcile_timeout"], trust, now, cfg["signature_window"], _kit()
+    )
     summary = {"asked": masters, "answered": sorted(answers), "clusters": {}, "raised": [], "resolved": []}
     with _bus_scope():
         result = _flush(cfg, decide=functools.partial(_reconcile_all, answers, trust, cfg, now, summary))

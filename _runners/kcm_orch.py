@@ -130,8 +130,9 @@ def _planned(minions, seconds, holders, by, transitions, keep=lambda: False):
     from before it (a crash of the leader during the previous step) still pages.
     """
     for minion in minions:
-        _alert_call("kcm_alert.plan", minion, float(seconds), holder=holders.get(minion), by=by,
-                    transitions=transitions)
+        _alert_call(
+            "kcm_alert.plan", minion, float(seconds), holder=holders.get(minion), by=by, transitions=transitions
+        )
     try:
         yield
     finally:
@@ -167,12 +168,16 @@ def _target(tgt, tgt_type):
         return {"tgt": tgt, "tgt_type": tgt_type or "glob"}
     trust = __utils__["kcm_trust.trust"](__opts__)
     if trust.problem:
-        raise CommandExecutionError(f"no tgt given and no KCM masters configured: {trust.problem} (kcm_alert:masters"
-                                    " in the Salt master's configuration, written by kcm.master)")
+        raise CommandExecutionError(
+            f"no tgt given and no KCM masters configured: {trust.problem} (kcm_alert:masters"
+            " in the Salt master's configuration, written by kcm.master)"
+        )
     masters = trust.accepted_masters()
     if not masters:
-        raise CommandExecutionError(f"no tgt given, and kcm_alert:masters {trust.target!r} (pillar"
-                                    " kcm:master:masters) matches no accepted minion key")
+        raise CommandExecutionError(
+            f"no tgt given, and kcm_alert:masters {trust.target!r} (pillar"
+            " kcm:master:masters) matches no accepted minion key"
+        )
     return {"tgt": masters, "tgt_type": "list"}
 
 
@@ -185,8 +190,7 @@ def _setting(name, given):
     return __utils__["kcm_error.master_settings"](__opts__, "kcm_orch", "kcm:master:orch")[name]
 
 
-def settings(tgt=None, tgt_type=None, timeout=None, interval=None, apply_timeout=None, count=None,
-             min_remaining=None):
+def settings(tgt=None, tgt_type=None, timeout=None, interval=None, apply_timeout=None, count=None, min_remaining=None):
     """
     Return every setting of an orchestration run: ``tgt`` and ``tgt_type`` (as given, else
     the KCM masters this Salt master trusts, ``kcm_alert:masters`` over the accepted keys,
@@ -223,14 +227,16 @@ def _state_kwarg(pillar, saltenv):
     if pillar:
         if not isinstance(pillar, dict):
             raise CommandExecutionError(
-                f"pillar: expected a mapping such as {{'kcm': {{'version': 'v1.37.3'}}}}, got {pillar!r}")
+                f"pillar: expected a mapping such as {{'kcm': {{'version': 'v1.37.3'}}}}, got {pillar!r}"
+            )
         secrets = __utils__["kcm_publish.secret_paths"](pillar)
         if secrets:
             # Published to every minion and kept in the job cache (see _utils/kcm_publish.py).
             raise CommandExecutionError(
                 f"{', '.join(secrets)}: PEM or private-key material in a pillar override, which every minion"
                 " receives and the master's job cache keeps; put it in the masters' pillar (targeted by minion"
-                " id) and run again without it")
+                " id) and run again without it"
+            )
         kwarg["pillar"] = pillar
     if saltenv:
         kwarg["saltenv"] = saltenv
@@ -262,14 +268,21 @@ def _skew_refusals(cluster, kwarg, timeout):
         else:
             refused[minion] = f"kcm_skew.facts failed: {str(ret)[:500]}"
     oldest = __utils__["kcm_skew.oldest"](  # noqa: F821
-        [(f["apiserver"], f["apiserver_minor"], m) for m, f in facts.items() if f.get("apiserver")])
+        [(f["apiserver"], f["apiserver_minor"], m) for m, f in facts.items() if f.get("apiserver")]
+    )
     for minion, found in sorted(facts.items()):
         apiserver = minor = None
         if found.get("apiserver") and oldest:
             apiserver, minor = f"{oldest[0]} on {oldest[2]}", oldest[1]
         decision = __utils__["kcm_skew.decide"](  # noqa: F821
-            found["version"], found["version_minor"], apiserver, minor, found.get("deployed"), found.get("why"),
-            found.get("override_reason") or "")
+            found["version"],
+            found["version_minor"],
+            apiserver,
+            minor,
+            found.get("deployed"),
+            found.get("why"),
+            found.get("override_reason") or "",
+        )
         if not decision["allowed"]:
             refused[minion] = decision["comment"]
         elif decision["warnings"]:
@@ -280,8 +293,10 @@ def _skew_refusals(cluster, kwarg, timeout):
 def _preflight(cluster, kwarg, timeout):
     refused = _skew_refusals(cluster, kwarg, timeout)
     if refused:
-        return ({m: {"result": False, "comment": why} for m, why in refused.items()},
-                [f"{m}: {why}" for m, why in sorted(refused.items())])
+        return (
+            {m: {"result": False, "comment": why} for m, why in refused.items()},
+            [f"{m}: {why}" for m, why in sorted(refused.items())],
+        )
     _progress(f"preflight on {', '.join(cluster.minions)}")
     answers = cluster.call(cluster.minions, "kcm_orch.preflight", kwarg=kwarg, timeout=timeout)
     masters, problems = {}, []
@@ -332,10 +347,16 @@ def preflight(tgt=None, tgt_type="glob", pillar=None, saltenv=None, timeout=None
     except CommandExecutionError as exc:
         return _with_exit_code({"result": False, "comment": f"preflight: {exc}", "masters": {}})
     if problems:
-        return _with_exit_code({"result": False, "masters": masters,
-                        "comment": "preflight failed, nothing was restarted: " + "; ".join(problems)})
-    return _with_exit_code({"result": True, "masters": masters,
-                    "comment": f"preflight passed on {len(masters)} masters"})
+        return _with_exit_code(
+            {
+                "result": False,
+                "masters": masters,
+                "comment": "preflight failed, nothing was restarted: " + "; ".join(problems),
+            }
+        )
+    return _with_exit_code(
+        {"result": True, "masters": masters, "comment": f"preflight passed on {len(masters)} masters"}
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -379,8 +400,14 @@ class _Rollout:
         moved = []
         # A follower may take the Lease during its own step (the leader crashed) and lose it to
         # the restart: its old process was unknown at the start, so the mark on the master stays.
-        with _planned([minion], float(self.apply_timeout) + float(self.timeout), {minion: old_holder},
-                      self.by, before, keep=lambda: bool(moved)):
+        with _planned(
+            [minion],
+            float(self.apply_timeout) + float(self.timeout),
+            {minion: old_holder},
+            self.by,
+            before,
+            keep=lambda: bool(moved),
+        ):
             ret = self.apply(minion)
             restarted = bool(ret.get("restarted"))
             observations = self.settle(minion, was_leader and restarted, old_holder, role)
@@ -388,10 +415,18 @@ class _Rollout:
             if restarted and not was_leader and None not in (before, after) and after != before:
                 moved.append(after)
         seconds = round(_now() - begin, 1)
-        self.steps.append({"minion": minion, "role": role, "restarted": restarted, "seconds": seconds,
-                           "leader_after": _leader_minion(observations)})
-        _progress(f"{minion} ({role}): done in {seconds} s, restarted={restarted}, "
-                  f"leader now {_leader_minion(observations)}")
+        self.steps.append(
+            {
+                "minion": minion,
+                "role": role,
+                "restarted": restarted,
+                "seconds": seconds,
+                "leader_after": _leader_minion(observations),
+            }
+        )
+        _progress(
+            f"{minion} ({role}): done in {seconds} s, restarted={restarted}, leader now {_leader_minion(observations)}"
+        )
         return observations
 
     def settle(self, minion, leader_restarted, old_holder, role):
@@ -401,22 +436,34 @@ class _Rollout:
             # one's Lease is released on exit (release_on_exit) or else has to expire.
             what = f"{minion} (old leader): a new live leader and {minion} healthy again"
             return _wait(
-                self.cluster, self.watch,
+                self.cluster,
+                self.watch,
                 lambda obs: _live_holder(obs, exclude=old_holder) and obs[minion]["healthy"],
-                self.timeout, self.interval, what,
+                self.timeout,
+                self.interval,
+                what,
             )
         # It may lead now: a crash of the leader during this step can hand it the Lease, and it
         # already runs the change (the steps left then hold no leader to restart).
         what = f"{minion} ({role}): healthy under a live leader"
         return _wait(
-            self.cluster, self.watch,
+            self.cluster,
+            self.watch,
             lambda obs: obs[minion]["healthy"] and _live_holder(obs),
-            self.timeout, self.interval, what,
+            self.timeout,
+            self.interval,
+            what,
         )
 
     def run(self):
-        observations = _wait(self.cluster, self.watch, _live_holder, self.timeout, self.interval,
-                             "a live KCM leader before the change (nothing was touched)")
+        observations = _wait(
+            self.cluster,
+            self.watch,
+            _live_holder,
+            self.timeout,
+            self.interval,
+            "a live KCM leader before the change (nothing was touched)",
+        )
         todo = sorted(self.cluster.minions)
         while todo:
             minion = self.next_minion(todo, observations)
@@ -425,8 +472,16 @@ class _Rollout:
         return observations
 
 
-def upgrade(tgt=None, tgt_type="glob", pillar=None, saltenv=None, timeout=None, interval=None,
-            preflight=True, apply_timeout=None):  # pylint: disable=redefined-outer-name
+def upgrade(
+    tgt=None,
+    tgt_type="glob",
+    pillar=None,
+    saltenv=None,
+    timeout=None,
+    interval=None,
+    preflight=True,
+    apply_timeout=None,
+):  # pylint: disable=redefined-outer-name
     """
     Roll a change (a new version, or a config change that needs a restart) over the
     targeted KCM masters: preflight on all, then the followers one at a time, the leader
@@ -465,11 +520,26 @@ def upgrade(tgt=None, tgt_type="glob", pillar=None, saltenv=None, timeout=None, 
     return _with_exit_code(_upgrade(tgt, tgt_type, pillar, saltenv, timeout, interval, preflight, apply_timeout))
 
 
-def _upgrade(tgt, tgt_type, pillar, saltenv, timeout, interval, preflight, apply_timeout,  # pylint: disable=redefined-outer-name
-             by="kcm_orch.upgrade"):
+def _upgrade(
+    tgt,
+    tgt_type,
+    pillar,
+    saltenv,
+    timeout,
+    interval,
+    preflight,
+    apply_timeout,  # pylint: disable=redefined-outer-name
+    by="kcm_orch.upgrade",
+):
     begin = _now()
-    report = {"result": False, "masters": {}, "order": [], "leader_before": None, "leader_after": None,
-              "leader_changes": None}
+    report = {
+        "result": False,
+        "masters": {},
+        "order": [],
+        "leader_before": None,
+        "leader_after": None,
+        "leader_changes": None,
+    }
     rollout = None
     try:
         timeout, interval = _setting("timeout", timeout), _setting("interval", interval)
@@ -494,8 +564,10 @@ def _upgrade(tgt, tgt_type, pillar, saltenv, timeout, interval, preflight, apply
             last = cluster.observe()
             done = [s["minion"] for s in rollout.steps]
             untouched = sorted(set(cluster.minions) - set(done))
-            report["comment"] = (f"stopped: {exc}. Done: {', '.join(done) or 'none'}; "
-                                 f"not touched: {', '.join(untouched) or 'none'}. Re-run to resume.")
+            report["comment"] = (
+                f"stopped: {exc}. Done: {', '.join(done) or 'none'}; "
+                f"not touched: {', '.join(untouched) or 'none'}. Re-run to resume."
+            )
         after = rollout.versions()
         report["leader_after"] = _leader_minion(last)
         end_transitions = __utils__["kcm_orch_poll.transitions"](last)
@@ -503,8 +575,10 @@ def _upgrade(tgt, tgt_type, pillar, saltenv, timeout, interval, preflight, apply
             report["leader_changes"] = end_transitions - start_transitions
         steps = {s["minion"]: s for s in rollout.steps}
         report["masters"] = {
-            m: dict({"version_before": before.get(m), "version_after": after.get(m)},
-                    **{k: v for k, v in steps.get(m, {}).items() if k != "minion"})
+            m: dict(
+                {"version_before": before.get(m), "version_after": after.get(m)},
+                **{k: v for k, v in steps.get(m, {}).items() if k != "minion"},
+            )
             for m in cluster.minions
         }
         report["order"] = [s["minion"] for s in rollout.steps]
@@ -588,9 +662,14 @@ def renew(tgt=None, tgt_type="glob", timeout=None, interval=None, apply_timeout=
             failed.append(f"{cluster}: {rolled.get('comment')}")
     report["result"] = not failed and not report["skipped"]
     report["comment"] = "; ".join(
-        failed + [f"{m}: {why}" for m, why in report["skipped"].items()]
-        + [f"renewed in {', '.join(sorted(report['clusters']))}" if report["clusters"] else
-           f"no certificate due for renewal on {len(minions)} masters"])
+        failed
+        + [f"{m}: {why}" for m, why in report["skipped"].items()]
+        + [
+            f"renewed in {', '.join(sorted(report['clusters']))}"
+            if report["clusters"]
+            else f"no certificate due for renewal on {len(minions)} masters"
+        ]
+    )
     _progress(report["comment"])
     return _with_exit_code(report)
 
@@ -609,8 +688,9 @@ def _drill(cluster, count, min_remaining, timeout, interval):
     start_transitions = observations[leader]["transitions"]
     result = {"leader_before": leader, "stopped": victims, "healthy_before": healthy}
     # The step's deadline: the stop, the failover, the start and the wait for health.
-    with _planned(victims, 2 * (float(timeout) + cluster.call_timeout), {leader: old_holder}, "kcm_orch.drill",
-                  start_transitions):
+    with _planned(
+        victims, 2 * (float(timeout) + cluster.call_timeout), {leader: old_holder}, "kcm_orch.drill", start_transitions
+    ):
         return _failover(cluster, watch, result, old_holder, survivors, start_transitions, timeout, interval)
 
 
@@ -623,15 +703,21 @@ def _failover(cluster, watch, result, old_holder, survivors, start_transitions, 
         answers = cluster.call(victims, "kcm_orch.stop")
         stopped_at = _now()
         result["stop_seconds"] = round(stopped_at - stop_begin, 2)
-        refused = [f"{m}: {r.get('comment') if isinstance(r, dict) else r}" for m, r in answers.items()
-                   if not (isinstance(r, dict) and r.get("result"))]
+        refused = [
+            f"{m}: {r.get('comment') if isinstance(r, dict) else r}"
+            for m, r in answers.items()
+            if not (isinstance(r, dict) and r.get("result"))
+        ]
         if refused:
             raise CommandExecutionError("stop failed: " + "; ".join(refused))
         survivor_cluster = _masters(survivors, cluster.call_timeout, client=cluster.client)
         observations = _wait(
-            survivor_cluster, watch,
+            survivor_cluster,
+            watch,
             lambda obs: _live_holder(obs, exclude=old_holder) and _leader_minion(obs),
-            timeout, interval, "a new live leader after the stop",
+            timeout,
+            interval,
+            "a new live leader after the stop",
         )
         result["failover_seconds"] = round(_now() - stopped_at, 2)
         result["leader_after"] = _leader_minion(observations)
@@ -644,8 +730,14 @@ def _failover(cluster, watch, result, old_holder, survivors, start_transitions, 
         failed = [m for m, r in answers.items() if not (isinstance(r, dict) and r.get("result"))]
         if failed:
             raise CommandExecutionError(f"{', '.join(failed)} did not start again: {answers}")
-    observations = _wait(cluster, watch, lambda obs: all(obs[m]["healthy"] for m in healthy),
-                         timeout, interval, "every master healthy again after the drill")
+    observations = _wait(
+        cluster,
+        watch,
+        lambda obs: all(obs[m]["healthy"] for m in healthy),
+        timeout,
+        interval,
+        "every master healthy again after the drill",
+    )
     result["healthy_after"] = sorted(m for m, o in observations.items() if o["healthy"])
     result["longest_no_leader_seconds"] = round(watch.longest_gap, 2)
     return result
@@ -695,9 +787,13 @@ def drill(tgt=None, tgt_type="glob", count=None, min_remaining=None, timeout=Non
             raise CommandExecutionError(f"count: expected a positive number of KCMs to stop, got {count}")
         cluster = _masters(_targets(tgt, tgt_type))
         report = _drill(cluster, count, min_remaining, timeout, interval)
-        report.update(result=True, comment=(
-            f"stopped {', '.join(report['stopped'])}; new leader {report['leader_after']} after "
-            f"{report['failover_seconds']} s; all started again"))
+        report.update(
+            result=True,
+            comment=(
+                f"stopped {', '.join(report['stopped'])}; new leader {report['leader_after']} after "
+                f"{report['failover_seconds']} s; all started again"
+            ),
+        )
     except (CommandExecutionError, ValueError, TypeError) as exc:
         report = {"result": False, "comment": str(exc)}
     report["seconds"] = round(_now() - begin, 1)

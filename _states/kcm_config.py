@@ -53,8 +53,10 @@ def _config_with_pems(config, pems):
     got = __salt__["kcm_config.pem_fingerprints"](full)
     if pems is not None and got != pems:
         changed = sorted(k for k in set(got) | set(pems) if got.get(k) != pems.get(k))
-        return full, [f"kcm:pki:{k}: the PEM in pillar is not the one this SLS was rendered with"
-                      " (pillar changed during the run?)" for k in changed]
+        return full, [
+            f"kcm:pki:{k}: the PEM in pillar is not the one this SLS was rendered with (pillar changed during the run?)"
+            for k in changed
+        ]
     return full, []
 
 
@@ -92,8 +94,11 @@ def validated(name, config, section=None, pems=None):
         problems = __salt__["kcm_config.master_problems"](config.get("master"))
         if section == "master_clean":
             problems = [p for p in problems if not p.startswith(("kcm:master:masters", "kcm:master:clusters"))]
-        return _failed(name, problems) if problems else {
-            "name": name, "result": True, "changes": {}, "comment": "kcm:master is valid"}
+        return (
+            _failed(name, problems)
+            if problems
+            else {"name": name, "result": True, "changes": {}, "comment": "kcm:master is valid"}
+        )
     kcm = config.get("kcm") if isinstance(config, dict) else None
     if not isinstance(kcm, dict):
         return _failed(name, ['kcm: expected the state argument config: {"kcm": <resolved config>}'])
@@ -115,13 +120,18 @@ def _skew_checked(name, kcm):
     skew = kcm.get("skew") if isinstance(kcm.get("skew"), dict) else {}
     try:
         decision = __salt__["kcm_skew.check"](
-            kcm.get("version"), (kcm.get("files") or {}).get("kubeconfig"), skew.get("override_reason") or "")
+            kcm.get("version"), (kcm.get("files") or {}).get("kubeconfig"), skew.get("override_reason") or ""
+        )
     except CommandExecutionError as exc:
         return _failed(name, [str(exc)], "Version skew not checked, nothing was changed")
     if not decision["allowed"]:
         return _failed(name, [decision["comment"]], "Refused by the version skew guard, nothing was changed")
-    ret = {"name": name, "result": True, "changes": {},
-           "comment": f"kcm config for {kcm.get('version')} is valid; {decision['comment']}"}
+    ret = {
+        "name": name,
+        "result": True,
+        "changes": {},
+        "comment": f"kcm config for {kcm.get('version')} is valid; {decision['comment']}",
+    }
     if decision["warnings"]:
         ret["warnings"] = decision["warnings"]
     return ret

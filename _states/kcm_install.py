@@ -111,16 +111,21 @@ def binary_installed(name, source, version, member="", user="root"):
     """
     if not os.path.isfile(source):
         if __opts__.get("test"):
-            return _ret(name, None, f"{version} would be installed from {source} once downloaded",
-                        {"installed": version})
+            return _ret(
+                name, None, f"{version} would be installed from {source} once downloaded", {"installed": version}
+            )
         return _ret(name, False, f"download {source} is missing")
     stamp = _source_stamp(source, member)
     recorded = _read_stamp(name) or {}
     installed = {k: v for k, v in recorded.items() if k != "sha256"}
     # The stamp says which download it came from; the file itself must still be the bytes
     # installed then (root runs it), root's and writable by root alone.
-    if installed == stamp and recorded.get("sha256") and recorded.get("sha256") == _sha256(name) \
-            and not _root_only(name):
+    if (
+        installed == stamp
+        and recorded.get("sha256")
+        and recorded.get("sha256") == _sha256(name)
+        and not _root_only(name)
+    ):
         return _ret(name, True, f"kube-controller-manager {version} is installed")
     if __opts__.get("test"):
         return _ret(name, None, f"kube-controller-manager {version} would be installed", {"installed": version})
@@ -143,8 +148,12 @@ def binary_installed(name, source, version, member="", user="root"):
     except (EOFError, zlib.error) as exc:
         # A truncated or corrupt archive (its hash can match when the hash file was made
         # from the same broken download).
-        return _ret(name, False, f"cannot install kube-controller-manager {version}: {source} is truncated or"
-                                 f" corrupt ({exc or type(exc).__name__}); delete it to download it again")
+        return _ret(
+            name,
+            False,
+            f"cannot install kube-controller-manager {version}: {source} is truncated or"
+            f" corrupt ({exc or type(exc).__name__}); delete it to download it again",
+        )
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -246,8 +255,13 @@ def directories_owned(name, directories, user="root", existing=None):
         create += [d for d in new if d not in create]
         reclaim += [d for d in old if d not in reclaim]
     if refused:
-        return _ret(name, False, "refused, nothing changed: " + "; ".join(refused)
-                    + " (root runs and reads what these directories hold, so only root may write them)")
+        return _ret(
+            name,
+            False,
+            "refused, nothing changed: "
+            + "; ".join(refused)
+            + " (root runs and reads what these directories hold, so only root may write them)",
+        )
     changes = {k: v for k, v in (("created", create), ("reclaimed", reclaim)) if v}
     if not changes:
         return _ret(name, True, f"{len(directories)} directories are root's alone")
@@ -314,8 +328,12 @@ def empty_directories_absent(name, directories):
     present = [d for d in directories if os.path.isdir(d) and not os.path.islink(d)]
     if __opts__.get("test"):
         doomed = [d for d in present if not os.listdir(d)]
-        return _ret(name, None if doomed else True, f"would remove {len(doomed)} empty directories",
-                    {"removed": doomed} if doomed else None)
+        return _ret(
+            name,
+            None if doomed else True,
+            f"would remove {len(doomed)} empty directories",
+            {"removed": doomed} if doomed else None,
+        )
     removed, kept = [], []
     for directory in present:
         try:

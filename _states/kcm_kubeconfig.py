@@ -33,22 +33,27 @@ def _b64(path, pillar_key=None):
     return base64.b64encode(__utils__["kcm_kubeconfig.read_trusted"](path)).decode()  # noqa: F821
 
 
-def _render(server, cluster, ca_file, cert_file, key_file, user_name="system:kube-controller-manager",
-            pillar_keys=None):
+def _render(
+    server, cluster, ca_file, cert_file, key_file, user_name="system:kube-controller-manager", pillar_keys=None
+):
     """Return the kubeconfig text for the given files (read now)."""
     keys = pillar_keys or {}
     doc = {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [
-            {"name": cluster, "cluster": {"server": server,
-                                          "certificate-authority-data": _b64(ca_file, keys.get("ca"))}}
+            {
+                "name": cluster,
+                "cluster": {"server": server, "certificate-authority-data": _b64(ca_file, keys.get("ca"))},
+            }
         ],
         "users": [
             {
                 "name": user_name,
-                "user": {"client-certificate-data": _b64(cert_file, keys.get("cert")),
-                         "client-key-data": _b64(key_file, keys.get("key"))},
+                "user": {
+                    "client-certificate-data": _b64(cert_file, keys.get("cert")),
+                    "client-key-data": _b64(key_file, keys.get("key")),
+                },
             }
         ],
         "contexts": [{"name": "default", "context": {"cluster": cluster, "user": user_name}}],
@@ -58,8 +63,20 @@ def _render(server, cluster, ca_file, cert_file, key_file, user_name="system:kub
     return yaml.safe_dump(doc, default_flow_style=False, sort_keys=True)
 
 
-def managed(name, server, cluster, ca_file, cert_file, key_file, user="root", group="root", mode="0600",
-            ca_pillar=None, cert_pillar=None, key_pillar=None):
+def managed(
+    name,
+    server,
+    cluster,
+    ca_file,
+    cert_file,
+    key_file,
+    user="root",
+    group="root",
+    mode="0600",
+    ca_pillar=None,
+    cert_pillar=None,
+    key_pillar=None,
+):
     """
     Manage a kubeconfig whose certificates are embedded from files; its contents are never
     shown in the state output.
@@ -96,8 +113,14 @@ def managed(name, server, cluster, ca_file, cert_file, key_file, user="root", gr
             "comment": f"cannot write kubeconfig {name}: missing {', '.join(missing)}",
         }
     try:
-        contents = _render(server, cluster, ca_file, cert_file, key_file,
-                           pillar_keys={"ca": ca_pillar, "cert": cert_pillar, "key": key_pillar})
+        contents = _render(
+            server,
+            cluster,
+            ca_file,
+            cert_file,
+            key_file,
+            pillar_keys={"ca": ca_pillar, "cert": cert_pillar, "key": key_pillar},
+        )
     except ValueError as exc:
         return {"name": name, "result": False, "changes": {}, "comment": f"cannot write kubeconfig {name}: {exc}"}
     ret = __states__["file.managed"](

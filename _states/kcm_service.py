@@ -53,8 +53,19 @@ def _rendered_unit(source, context):
     saltenv = __env__  # noqa: F821
     chosen, _ = __salt__["file.source_list"](source, "", saltenv)
     rendered, _, comment = __salt__["file.get_managed"](
-        name="", template="jinja", source=chosen, source_hash="", source_hash_name=None, user=None,
-        group=None, mode=None, attrs=None, saltenv=saltenv, context=context, defaults=None, skip_verify=True,
+        name="",
+        template="jinja",
+        source=chosen,
+        source_hash="",
+        source_hash_name=None,
+        user=None,
+        group=None,
+        mode=None,
+        attrs=None,
+        saltenv=saltenv,
+        context=context,
+        defaults=None,
+        skip_verify=True,
     )
     if not rendered:
         raise CommandExecutionError(f"cannot render {chosen}: {comment}")
@@ -111,7 +122,8 @@ def unit(name, binary, source, context):
     else:
         try:
             said = __salt__["kcm.preflight"](  # noqa: F821
-                binary=binary, unit=text, config={"user": context.get("user"), "files": {"binary": context["binary"]}})
+                binary=binary, unit=text, config={"user": context.get("user"), "files": {"binary": context["binary"]}}
+            )
         except CommandExecutionError as exc:
             return _ret(name, False, f"cannot check {binary} against {chosen}: {exc}")
         if not said["ok"]:
@@ -120,8 +132,15 @@ def unit(name, binary, source, context):
     # Salt's own file state: an atomic replace, the diff in changes, test mode's prediction;
     # the directories it makes 0755 like systemd's own (Salt's default would be 0700).
     ret = __states__["file.managed"](  # noqa: F821
-        name, contents=text, user="root", group="root", mode="0600", follow_symlinks=False,
-        makedirs=True, dir_mode="0755")
+        name,
+        contents=text,
+        user="root",
+        group="root",
+        mode="0600",
+        follow_symlinks=False,
+        makedirs=True,
+        dir_mode="0755",
+    )
     ret["comment"] = "; ".join(part for part in (verdict, ret["comment"]) if part)
     return ret
 
@@ -148,9 +167,13 @@ def mod_watch(name, control_cmd="", **kwargs):  # pylint: disable=unused-argumen
     Salt's ``watch`` requisite, not directly.
     """
     if not control_cmd:
-        return _ret(name, True, f"a watched state changed, but {name} is not supervised by Salt"
-                                " (kcm:service:manage false, no kcm:service:control_cmd): restart it yourself",
-                    {"restart": "needed"})
+        return _ret(
+            name,
+            True,
+            f"a watched state changed, but {name} is not supervised by Salt"
+            " (kcm:service:manage false, no kcm:service:control_cmd): restart it yourself",
+            {"restart": "needed"},
+        )
     if __opts__.get("test"):  # noqa: F821
         return _ret(name, None, f"{name} would be restarted by kcm:service:control_cmd", {"restart": "done"})
     try:

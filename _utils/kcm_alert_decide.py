@@ -125,11 +125,13 @@ def prune(store, oldest, caps, kit):
     """Forget keys older than ``oldest`` (a cert's key lives until notAfter) and keep at
     most ``caps[part]`` of each part, the newest (kcm:master:max_seen, max_open)."""
     store["seen"] = {
-        key: entry for key, entry in store["seen"].items()
+        key: entry
+        for key, entry in store["seen"].items()
         if max(entry.get("at", 0), entry.get("keep_until") or 0) >= oldest
     }
     store["open"] = {
-        slot: entry for slot, entry in store["open"].items()
+        slot: entry
+        for slot, entry in store["open"].items()
         if not slot.startswith("cert|") or (entry.get("keep_until") or 0) >= oldest
     }
     for part, cap in caps.items():
@@ -262,8 +264,11 @@ def note_lease(store, data, now, kit):
     cluster = kit["cluster_key"](data)
     known = store["leases"].get(cluster)
     if known is None or transitions >= known.get("transitions", -1):
-        store["leases"][cluster] = {"transitions": transitions, "at": now, **{
-            field: data.get(f"new_{field}", data.get(field)) for field in ("holder", "node", "minion")}}
+        store["leases"][cluster] = {
+            "transitions": transitions,
+            "at": now,
+            **{field: data.get(f"new_{field}", data.get(field)) for field in ("holder", "node", "minion")},
+        }
 
 
 # --------------------------------------------------------------------------
@@ -279,8 +284,9 @@ def mark_planned(store, minion, holder, until, by, now, kit, transitions=None):
     ``leaseTransitions`` the command read before it began; a change counted at or below it
     happened before the command and is not its doing. Returns the mark.
     """
-    store["planned"] = {key: mark for key, mark in store["planned"].items()
-                        if (kit["number"](mark.get("until")) or 0) > now}
+    store["planned"] = {
+        key: mark for key, mark in store["planned"].items() if (kit["number"](mark.get("until")) or 0) > now
+    }
     mark = {"minion": minion, "until": until, "by": by, "at": now, "transitions": kit["number"](transitions)}
     store["planned"][f"minion|{minion}"] = mark
     if holder:
@@ -355,8 +361,13 @@ def decide(store, kind, data, reporter, cfg, now, kit):
     if kind == "changed":
         _as_planned(alert, planned_mark(store, data, now, kit))
     if kind in kit["conditions"]():
-        store["open"][slot] = dict(alert, reporters=[reporter], at=now, sent_at=now,
-                                   facts={"holder": data.get("holder"), "renew_time": data.get("renew_time")})
+        store["open"][slot] = dict(
+            alert,
+            reporters=[reporter],
+            at=now,
+            sent_at=now,
+            facts={"holder": data.get("holder"), "renew_time": data.get("renew_time")},
+        )
     fire.append(alert)
     return fire, resolve
 
@@ -384,16 +395,32 @@ def _missed_change(store, view, cfg, now, kit):
         # First sight: nothing to compare with, so this Lease is where counting starts.
         note_lease(store, dict(view["data"], **lease), now, kit)
         return [], [], "baseline"
-    if transitions < known["transitions"] or (transitions, lease["holder"]) == (known["transitions"],
-                                                                               known.get("holder")):
+    if transitions < known["transitions"] or (transitions, lease["holder"]) == (
+        known["transitions"],
+        known.get("holder"),
+    ):
         return [], [], None  # what a report already brought, or an older read than it
-    data = dict(view["data"], transitions=transitions, acquire_time=lease.get("acquire_time"),
-                renew_time=lease.get("renew_time"), holder=lease["holder"],
-                new_holder=lease["holder"], new_node=lease.get("node"), new_minion=lease.get("minion"),
-                old_holder=known.get("holder"), old_node=known.get("node"), old_minion=known.get("minion"))
+    data = dict(
+        view["data"],
+        transitions=transitions,
+        acquire_time=lease.get("acquire_time"),
+        renew_time=lease.get("renew_time"),
+        holder=lease["holder"],
+        new_holder=lease["holder"],
+        new_node=lease.get("node"),
+        new_minion=lease.get("minion"),
+        old_holder=known.get("holder"),
+        old_node=known.get("node"),
+        old_minion=known.get("minion"),
+    )
     fire, resolve = decide(store, "changed", data, view["reporter"], cfg, now, kit)
-    log.info("kcm_alert: reconcile: %s leaseTransitions %s -> %s (%s)", cluster, known["transitions"],
-             transitions, "raised" if fire else "already alerted")
+    log.info(
+        "kcm_alert: reconcile: %s leaseTransitions %s -> %s (%s)",
+        cluster,
+        known["transitions"],
+        transitions,
+        "raised" if fire else "already alerted",
+    )
     return fire, resolve, "changed" if fire else None
 
 
@@ -408,8 +435,10 @@ def _gone_conditions(store, view, now, kit):
         if not current:
             continue
         facts = current.get("facts") or {}
-        if condition == "stale" and (facts.get("holder"), facts.get("renew_time")) == \
-                (lease.get("holder"), lease.get("renew_time")):
+        if condition == "stale" and (facts.get("holder"), facts.get("renew_time")) == (
+            lease.get("holder"),
+            lease.get("renew_time"),
+        ):
             continue  # the same unrenewed record: not over
         if condition == "unreachable":
             # Its reporters that answer now, or are gone (no answer at all) while the others
@@ -459,8 +488,7 @@ def ask_masters(opts, masters, timeout, trust, now, window, kit):
         answer = answers.get(minion)
         if minion not in answers:
             continue
-        why = kit["answer_problem"](os.path.join(trust.pki_dir, "minions", minion), minion, answer,
-                                                    nonce, now, window)
+        why = kit["answer_problem"](os.path.join(trust.pki_dir, "minions", minion), minion, answer, nonce, now, window)
         if why:
             log.warning("kcm_alert: reconcile: the answer of %s is dropped: %s", minion, why)
             continue
@@ -492,11 +520,16 @@ def views(answers, reporter, trust, pins, kit):
             continue  # not deployed, or a cluster it cannot name as its reports do
         data = bounded({"cluster": row["cluster"], "cluster_id": row["cluster_id"]})
         if kit["pin_problem"](dict(pins), trust, data) or not trust.may_report(minion, data["cluster"]):
-            log.warning("kcm_alert: reconcile: %s speaks for a cluster it may not (%s)", minion,
-                        kit["printable"](kit["cluster_key"](data)))
+            log.warning(
+                "kcm_alert: reconcile: %s speaks for a cluster it may not (%s)",
+                minion,
+                kit["printable"](kit["cluster_key"](data)),
+            )
             continue
-        view = found.setdefault(kit["cluster_key"](data), {"data": data, "lease": None, "erroring": set(),
-                                                             "answered": [], "reporter": reporter})
+        view = found.setdefault(
+            kit["cluster_key"](data),
+            {"data": data, "lease": None, "erroring": set(), "answered": [], "reporter": reporter},
+        )
         view["answered"].append(minion)
         leader = answer.get("kcm.leader")
         if not isinstance(leader, dict) or "error" in leader:

@@ -195,8 +195,9 @@ def one_line(text, limit=MAX_TEXT):
 def _clean(text):
     """One line a person may read anywhere: secrets filtered, control characters escaped."""
     text = _SECRET_RE.sub(lambda m: (m.group(1) or m.group(2)) + "[filtered]" + ("@" if m.group(1) else ""), text)
-    return _CONTROL_RE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else
-                           f"\\u{ord(m.group()):04x}", text)
+    return _CONTROL_RE.sub(
+        lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}", text
+    )
 
 
 def annotations(kind, data, reporter, runbook_url):
@@ -205,8 +206,11 @@ def annotations(kind, data, reporter, runbook_url):
     alert name) of the alert for `kind`; a certificate's also ``used_by`` (its masters and
     files, ``data["used_by"]``)."""
     summary, description = _summary_and_description(kind, data, reporter)
-    out = {"summary": _clean(summary), "description": _clean(description),
-           "runbook_url": f"{runbook_url}#{runbook_anchor(KINDS[kind][1])}"}
+    out = {
+        "summary": _clean(summary),
+        "description": _clean(description),
+        "runbook_url": f"{runbook_url}#{runbook_anchor(KINDS[kind][1])}",
+    }
     if data.get("used_by"):
         out["used_by"] = _clean(str(data["used_by"]))
     return out

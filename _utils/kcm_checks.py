@@ -17,12 +17,36 @@ __virtualname__ = "kcm_checks"
 
 SOURCE_TYPES = ("tarball", "binary")
 TOP_KEYS = {
-    "version", "identity", "cluster", "source", "user", "group", "create_user", "paths",
-    "keep_versions", "apiserver", "bind_address", "bind_interface", "secure_port",
-    "service_cluster_ip_range", "cluster_signing_duration", "controllers",
-    "use_service_account_credentials", "leader_election", "log_to_file", "verbosity", "profiling",
-    "terminated_pod_gc_threshold", "pki",
-    "extra_args", "service", "beacon", "master", "lookup", "tofs", "skew",
+    "version",
+    "identity",
+    "cluster",
+    "source",
+    "user",
+    "group",
+    "create_user",
+    "paths",
+    "keep_versions",
+    "apiserver",
+    "bind_address",
+    "bind_interface",
+    "secure_port",
+    "service_cluster_ip_range",
+    "cluster_signing_duration",
+    "controllers",
+    "use_service_account_credentials",
+    "leader_election",
+    "log_to_file",
+    "verbosity",
+    "profiling",
+    "terminated_pod_gc_threshold",
+    "pki",
+    "extra_args",
+    "service",
+    "beacon",
+    "master",
+    "lookup",
+    "tofs",
+    "skew",
 }
 
 
@@ -88,32 +112,93 @@ UNIT_NAME_RE = re.compile(r"^[A-Za-z0-9:_.\\-]{1,248}$")
 
 # Directories of the system itself: the formula makes its own directories root's alone, and
 # must never take over one of these (or put KCM's files where root's PATH or units live).
-SYSTEM_DIRS = frozenset((
-    "/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32", "/media", "/mnt",
-    "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/usr/bin", "/usr/sbin",
-    "/usr/lib", "/usr/lib64", "/usr/libexec", "/usr/local", "/usr/local/bin", "/usr/local/sbin",
-    "/usr/local/lib", "/usr/share", "/usr/include", "/var", "/var/lib", "/var/log", "/var/tmp", "/var/run",
-    "/var/cache", "/var/spool", "/etc/systemd", "/etc/systemd/system", "/usr/lib/systemd",
-    "/usr/lib/systemd/system", "/lib/systemd/system", "/run/systemd/system", "/etc/salt",
-))
+SYSTEM_DIRS = frozenset(
+    (
+        "/",
+        "/bin",
+        "/boot",
+        "/dev",
+        "/etc",
+        "/home",
+        "/lib",
+        "/lib32",
+        "/lib64",
+        "/libx32",
+        "/media",
+        "/mnt",
+        "/opt",
+        "/proc",
+        "/root",
+        "/run",
+        "/sbin",
+        "/srv",
+        "/sys",
+        "/tmp",
+        "/usr",
+        "/usr/bin",
+        "/usr/sbin",
+        "/usr/lib",
+        "/usr/lib64",
+        "/usr/libexec",
+        "/usr/local",
+        "/usr/local/bin",
+        "/usr/local/sbin",
+        "/usr/local/lib",
+        "/usr/share",
+        "/usr/include",
+        "/var",
+        "/var/lib",
+        "/var/log",
+        "/var/tmp",
+        "/var/run",
+        "/var/cache",
+        "/var/spool",
+        "/etc/systemd",
+        "/etc/systemd/system",
+        "/usr/lib/systemd",
+        "/usr/lib/systemd/system",
+        "/lib/systemd/system",
+        "/run/systemd/system",
+        "/etc/salt",
+    )
+)
 # The directories a unit may be installed in (kcm:paths:unit): systemd's own.
-UNIT_DIRS = frozenset(("/etc/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/system",
-                       "/run/systemd/system", "/usr/local/lib/systemd/system"))
+UNIT_DIRS = frozenset(
+    (
+        "/etc/systemd/system",
+        "/usr/lib/systemd/system",
+        "/lib/systemd/system",
+        "/run/systemd/system",
+        "/usr/local/lib/systemd/system",
+    )
+)
 
 
 def path_problems(cfg):
     """What decides which files the formula touches: the service name and the paths."""
     problems = []
-    _match(problems, _get(cfg, "service", "name"), "kcm:service:name", UNIT_NAME_RE,
-           "a systemd unit name such as kube-controller-manager (letters, digits, : _ . \\ -; no '/')")
+    _match(
+        problems,
+        _get(cfg, "service", "name"),
+        "kcm:service:name",
+        UNIT_NAME_RE,
+        "a systemd unit name such as kube-controller-manager (letters, digits, : _ . \\ -; no '/')",
+    )
     for key, value in (_get(cfg, "paths") or {}).items():
-        if isinstance(value, str) and value and not (PATH_RE.match(value) and "/../" not in value + "/"
-                                                     and "/./" not in value + "/"):
+        if (
+            isinstance(value, str)
+            and value
+            and not (PATH_RE.match(value) and "/../" not in value + "/" and "/./" not in value + "/")
+        ):
             problems.append(
                 f"kcm:paths:{key}: '{value}' is not a plain absolute path (letters, digits, . _ / + @ -; no .. or .)"
             )
-        elif isinstance(value, str) and key not in ("link", "logs") and (value.rstrip("/") or "/") in SYSTEM_DIRS \
-                and not (key == "unit" and value.rstrip("/") in UNIT_DIRS):
+        elif (
+            isinstance(value, str)
+            and key not in ("link", "logs")
+            and (value.rstrip("/") or "/") in SYSTEM_DIRS
+            and not (key == "unit" and value.rstrip("/") in UNIT_DIRS)
+        ):
             problems.append(
                 f"kcm:paths:{key}: '{value}' is a system directory; give a directory of the formula's own"
                 " such as /data/apps/k8s/kubernetes (it is made root's, 0755)"
@@ -128,23 +213,52 @@ ARCH_RE = re.compile(r"^[a-z0-9_]{1,16}$")
 
 
 def _check_names(cfg, problems):
-    _match(problems, cfg.get("user"), "kcm:user", USER_RE,
-           "a user name such as k8s (letters, digits, _ . -; at most 32)")
-    _match(problems, cfg.get("group"), "kcm:group", USER_RE,
-           "a group name such as k8s (letters, digits, _ . -; at most 32)")
-    _match(problems, cfg.get("cluster"), "kcm:cluster", NAME_RE,
-           "a cluster name such as kubernetes (letters, digits, . _ : -)")
+    _match(
+        problems, cfg.get("user"), "kcm:user", USER_RE, "a user name such as k8s (letters, digits, _ . -; at most 32)"
+    )
+    _match(
+        problems,
+        cfg.get("group"),
+        "kcm:group",
+        USER_RE,
+        "a group name such as k8s (letters, digits, _ . -; at most 32)",
+    )
+    _match(
+        problems,
+        cfg.get("cluster"),
+        "kcm:cluster",
+        NAME_RE,
+        "a cluster name such as kubernetes (letters, digits, . _ : -)",
+    )
     _match(problems, cfg.get("identity"), "kcm:identity", NAME_RE, "a host name such as master-1", allow_empty=True)
     name = _get(cfg, "service", "name")
     if isinstance(name, str) and name.endswith(".service"):
         problems.append(f"kcm:service:name: '{name}': give the name without '.service' (it is added)")
-    _match(problems, cfg.get("bind_interface"), "kcm:bind_interface", re.compile(r"^[A-Za-z0-9._:@-]{1,15}$"),
-           "a network interface name such as eth0", allow_empty=True)
+    _match(
+        problems,
+        cfg.get("bind_interface"),
+        "kcm:bind_interface",
+        re.compile(r"^[A-Za-z0-9._:@-]{1,15}$"),
+        "a network interface name such as eth0",
+        allow_empty=True,
+    )
     _match(problems, _get(cfg, "source", "arch"), "kcm:source:arch", ARCH_RE, "an architecture such as amd64 or arm64")
-    _match(problems, _get(cfg, "pki", "ca_server"), "kcm:pki:ca_server", MINION_ID_RE, "a minion id such as ca-1",
-           allow_empty=True)
-    _match(problems, _get(cfg, "pki", "signing_policy"), "kcm:pki:signing_policy", MINION_ID_RE,
-           "an x509_v2 signing policy name such as kcm", allow_empty=True)
+    _match(
+        problems,
+        _get(cfg, "pki", "ca_server"),
+        "kcm:pki:ca_server",
+        MINION_ID_RE,
+        "a minion id such as ca-1",
+        allow_empty=True,
+    )
+    _match(
+        problems,
+        _get(cfg, "pki", "signing_policy"),
+        "kcm:pki:signing_policy",
+        MINION_ID_RE,
+        "an x509_v2 signing policy name such as kcm",
+        allow_empty=True,
+    )
 
 
 # sha256 or sha512 only (64 or 128 hex digits): md5 and sha1 collide, so they prove nothing.
@@ -200,13 +314,16 @@ BEACON_RULES = {
     "debounce": (lambda v: _is_int(v) and v >= 1, "an integer >= 1 (polls in a row)"),
     "stale_after": (_positive, "a number of retry periods > 0"),
     "timeout": (lambda v: _positive(v) and v <= 10, "seconds in (0, 10] (the poll blocks the minion loop)"),
-    "cert_thresholds": (lambda v: isinstance(v, list) and all(map(_positive, v)),
-                        "a list of days > 0, e.g. [21, 7] ([] = no checks)"),
+    "cert_thresholds": (
+        lambda v: isinstance(v, list) and all(map(_positive, v)),
+        "a list of days > 0, e.g. [21, 7] ([] = no checks)",
+    ),
     "cert_check_interval": (_positive, "a number of seconds > 0 (how often certificates are read)"),
     "healthy_for": (_positive, "a number of seconds > 0 (of healthy /healthz that end a crash loop)"),
     "state_file": (lambda v: isinstance(v, str) and os.path.isabs(v), "an absolute path"),
-    **dict.fromkeys(("enabled", "disable_during_state_run", "run_once"),
-                    (lambda v: isinstance(v, bool), "true or false")),
+    **dict.fromkeys(
+        ("enabled", "disable_during_state_run", "run_once"), (lambda v: isinstance(v, bool), "true or false")
+    ),
 }
 
 
@@ -223,11 +340,18 @@ def _check_beacon(cfg, problems):
         if expected:
             problems.append(f"kcm:beacon:{key}: expected {expected}, got {value!r}")
     thresholds, remaining = _get(cfg, "beacon", "cert_thresholds"), _get(cfg, "pki", "days_remaining")
-    if _get(cfg, "pki", "mode") in ("local", "remote") and not beacon_value_problem("cert_thresholds", thresholds) \
-            and thresholds and _is_int(remaining) and max(thresholds) >= remaining:
+    if (
+        _get(cfg, "pki", "mode") in ("local", "remote")
+        and not beacon_value_problem("cert_thresholds", thresholds)
+        and thresholds
+        and _is_int(remaining)
+        and max(thresholds) >= remaining
+    ):
         # The formula renews these at days_remaining: a warning must mean that renewal failed.
-        problems.append(f"kcm:beacon:cert_thresholds: {thresholds!r}: each must be below kcm:pki:days_remaining"
-                        f" ({remaining}), where the {_get(cfg, 'pki', 'mode')} mode renews the certificate")
+        problems.append(
+            f"kcm:beacon:cert_thresholds: {thresholds!r}: each must be below kcm:pki:days_remaining"
+            f" ({remaining}), where the {_get(cfg, 'pki', 'mode')} mode renews the certificate"
+        )
 
 
 # A template's file name below a files_switch folder, or a salt:// URL: no '..', no scheme.
@@ -242,8 +366,10 @@ def _check_tofs(cfg, problems):
     for state_id, names in (_get(cfg, "tofs", "source_files") or {}).items():
         for name in names if isinstance(names, list) else [names]:
             if not (isinstance(name, str) and TOFS_SOURCE_RE.match(name)) or "/../" in f"/{name}/":
-                problems.append(f"kcm:tofs:source_files:{state_id}: {name!r} is not a file name such as"
-                                " kube-controller-manager.service.jinja or a salt:// URL (a list of them)")
+                problems.append(
+                    f"kcm:tofs:source_files:{state_id}: {name!r} is not a file name such as"
+                    " kube-controller-manager.service.jinja or a salt:// URL (a list of them)"
+                )
 
 
 def _unwritable(path):
@@ -281,8 +407,10 @@ def _check_network(cfg, problems):
     url = str(cfg.get("apiserver", ""))
     why = url_problem(url)
     if why or not re.match(r"^https://[^/?#]+/?$", url):
-        problems.append(f"kcm:apiserver: '{url}' is not an https:// URL such as https://10.10.10.20:6443"
-                        + ("" if not url.startswith("https://") else f" ({why or 'no path, query or fragment'})"))
+        problems.append(
+            f"kcm:apiserver: '{url}' is not an https:// URL such as https://10.10.10.20:6443"
+            + ("" if not url.startswith("https://") else f" ({why or 'no path, query or fragment'})")
+        )
 
 
 def _check_scalars(cfg, problems):
@@ -331,12 +459,20 @@ GRAIN_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$")
 # The least value of each number of kcm:master (its type is kcm_shapes'), and what is expected.
 _SECONDS, _COUNT = "a positive number of seconds", "a positive number of {}"
 _MASTER_LEAST = {
-    "reconcile_interval": (1, _SECONDS), "flush_interval": (1, _SECONDS), "resend_interval": (1, _SECONDS),
-    "event_ttl": (1, _SECONDS), "dedupe_ttl": (1, _SECONDS), "signature_window": (1, _SECONDS),
-    "receiver_timeout": (1e-9, _SECONDS), "reconcile_timeout": (1e-9, _SECONDS),
-    "receiver_backoff": (0, "zero or more seconds"), "refusal_log_interval": (0, "zero or more seconds"),
-    "receiver_retries": (1, _COUNT.format("attempts")), "max_batch": (1, _COUNT.format("events")),
-    "max_seen": (1, _COUNT.format("entries")), "max_open": (1, _COUNT.format("entries")),
+    "reconcile_interval": (1, _SECONDS),
+    "flush_interval": (1, _SECONDS),
+    "resend_interval": (1, _SECONDS),
+    "event_ttl": (1, _SECONDS),
+    "dedupe_ttl": (1, _SECONDS),
+    "signature_window": (1, _SECONDS),
+    "receiver_timeout": (1e-9, _SECONDS),
+    "reconcile_timeout": (1e-9, _SECONDS),
+    "receiver_backoff": (0, "zero or more seconds"),
+    "refusal_log_interval": (0, "zero or more seconds"),
+    "receiver_retries": (1, _COUNT.format("attempts")),
+    "max_batch": (1, _COUNT.format("events")),
+    "max_seen": (1, _COUNT.format("entries")),
+    "max_open": (1, _COUNT.format("entries")),
 }
 
 
@@ -350,8 +486,11 @@ def master_problems(master):
         for url in master.get(key) or []:
             why = url_problem(url, allow_http_loopback=allow_http) if isinstance(url, str) else f"{url!r} is not a URL"
             if why:
-                hint = "" if allow_http or not str(url).startswith("http://") else \
-                    " (set kcm:master:allow_http: true for a loopback receiver)"
+                hint = (
+                    ""
+                    if allow_http or not str(url).startswith("http://")
+                    else " (set kcm:master:allow_http: true for a loopback receiver)"
+                )
                 problems.append(f"kcm:master:{key}: {why}{hint}")
     for name, value in (master.get("labels") or {}).items():
         if not LABEL_NAME_RE.match(str(name)):
@@ -378,8 +517,9 @@ def master_problems(master):
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value < least:
             problems.append(f"kcm:master:{key}: {value!r} is not {what}")
     if _is_int(master.get("renew_interval")) and master["renew_interval"] < 0:
-        problems.append(f"kcm:master:renew_interval: {master['renew_interval']} is not seconds"
-                        " (0 turns the renewal off)")
+        problems.append(
+            f"kcm:master:renew_interval: {master['renew_interval']} is not seconds (0 turns the renewal off)"
+        )
     orch = master.get("orch") if isinstance(master.get("orch"), dict) else {}
     for key, value in orch.items():
         least = 0 if key == "min_remaining" else 1e-9  # every other setting is seconds or KCMs > 0
@@ -388,13 +528,14 @@ def master_problems(master):
     resend, flush = master.get("resend_interval"), master.get("flush_interval")
     if _is_int(resend) and _is_int(flush) and 0 < resend < flush:
         # The flush re-sends: a shorter interval would not be kept, and endsAt (4 of them) could pass between flushes.
-        problems.append(f"kcm:master:resend_interval: {resend} is shorter than kcm:master:flush_interval ({flush}),"
-                        " which runs the re-sends")
+        problems.append(
+            f"kcm:master:resend_interval: {resend} is shorter than kcm:master:flush_interval ({flush}),"
+            " which runs the re-sends"
+        )
     runbook = master.get("runbook_url")
     if runbook == "":
         # Every alert links its section of docs/runbook.md: the default is the project's copy.
-        problems.append("kcm:master:runbook_url: required: the http(s) URL of docs/runbook.md where your team"
-                        " reads it")
+        problems.append("kcm:master:runbook_url: required: the http(s) URL of docs/runbook.md where your team reads it")
     if isinstance(runbook, str) and runbook:
         why = url_problem(runbook, ("https", "http"))
         if why or "#" in runbook:

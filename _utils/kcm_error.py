@@ -85,8 +85,12 @@ def missing_setting(key, pillar_key):
 
         raise __utils__["kcm_error.missing_setting"]("kcm_orch:count", "kcm:master:orch:count")
     """
-    return failure("not_configured", f"{key} is not in the Salt master's configuration: apply kcm.master"
-                                     f" (pillar {pillar_key}) and restart salt-master", key=key)
+    return failure(
+        "not_configured",
+        f"{key} is not in the Salt master's configuration: apply kcm.master"
+        f" (pillar {pillar_key}) and restart salt-master",
+        key=key,
+    )
 
 
 def master_settings(opts, root, pillar):

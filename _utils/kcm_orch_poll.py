@@ -38,9 +38,16 @@ class _Masters:
     def call(self, minions, fun, kwarg=None, timeout=None):
         """``{minion: return}`` of ``fun`` on ``minions``; raise naming those that did not answer."""
         minions = list(minions)
-        out = self.client.cmd(
-            minions, fun, kwarg=kwarg or {}, tgt_type="list", timeout=timeout or self.call_timeout,
-        ) or {}
+        out = (
+            self.client.cmd(
+                minions,
+                fun,
+                kwarg=kwarg or {},
+                tgt_type="list",
+                timeout=timeout or self.call_timeout,
+            )
+            or {}
+        )
         missing = sorted(set(minions) - set(out))
         if missing:
             raise StepFailed(f"{', '.join(missing)} did not answer {fun} within {timeout or self.call_timeout} s")
@@ -53,9 +60,16 @@ class _Masters:
         not answer is reported as not healthy, not an error: it may be restarting.
         """
         minions = list(minions or self.minions)
-        out = self.client.cmd(
-            minions, list(POLL_FUNS), [[] for _ in POLL_FUNS], tgt_type="list", timeout=POLL_TIMEOUT,
-        ) or {}
+        out = (
+            self.client.cmd(
+                minions,
+                list(POLL_FUNS),
+                [[] for _ in POLL_FUNS],
+                tgt_type="list",
+                timeout=POLL_TIMEOUT,
+            )
+            or {}
+        )
         return {m: observation(out.get(m)) for m in minions}
 
 
@@ -68,15 +82,24 @@ def masters(client, minions, call_timeout=None):
 def observation(answer):
     """One master's answer to the compound poll, read as healthy / leader / the Lease holder."""
     if not isinstance(answer, dict):
-        return {"healthy": False, "leader": False, "holder": None, "live": False,
-                "transitions": None, "error": "no answer"}
+        return {
+            "healthy": False,
+            "leader": False,
+            "holder": None,
+            "live": False,
+            "transitions": None,
+            "error": "no answer",
+        }
     health = answer.get("kcm.health")
     record = answer.get("kcm.leader")
     record = record if isinstance(record, dict) else {}
     # kcm.* raise when they cannot answer; in a compound job Salt returns the traceback as
     # text, whose last line is the exception's own "<reason>: <detail>".
-    errors = [f"{fun}: {ret.strip().splitlines()[-1].split(': ', 1)[-1]}" for fun, ret in answer.items()
-              if isinstance(ret, str) and ret.strip()]
+    errors = [
+        f"{fun}: {ret.strip().splitlines()[-1].split(': ', 1)[-1]}"
+        for fun, ret in answer.items()
+        if isinstance(ret, str) and ret.strip()
+    ]
     return {
         "healthy": isinstance(health, dict) and health.get("healthy") is True,
         "leader": answer.get("kcm.is_leader") is True,

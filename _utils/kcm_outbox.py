@@ -62,14 +62,12 @@ def __virtual__():
 def well_formed(store, path):
     """The store with only what the runner can use; a wrong shape is reset with a warning."""
     if not isinstance(store, dict):
-        log.warning("kcm_alert: state file %s holds %s, not a mapping; starting a new one",
-                    path, type(store).__name__)
+        log.warning("kcm_alert: state file %s holds %s, not a mapping; starting a new one", path, type(store).__name__)
         store = {}
     for part in PARTS:
         value = store.get(part, {})
         if not isinstance(value, dict):
-            log.warning("kcm_alert: state file %s: '%s' is %s, not a mapping; reset", path, part,
-                        type(value).__name__)
+            log.warning("kcm_alert: state file %s: '%s' is %s, not a mapping; reset", path, part, type(value).__name__)
             value = {}
         store[part] = {k: v for k, v in value.items() if isinstance(v, dict)}
     if not isinstance(store.get("seq"), int):
@@ -127,8 +125,16 @@ def record(path, token, outcomes, write_json):
 def _settle_record(store, found):
     outcomes = found.get("outcomes") if isinstance(found, dict) else None
     if isinstance(outcomes, dict) and isinstance(found.get("token"), str) and found["token"]:
-        settle(store, found["token"], [store["outbox"][key] for key, answers in outcomes.items()
-                                       if key in store["outbox"] and isinstance(answers, dict)], outcomes)
+        settle(
+            store,
+            found["token"],
+            [
+                store["outbox"][key]
+                for key, answers in outcomes.items()
+                if key in store["outbox"] and isinstance(answers, dict)
+            ],
+            outcomes,
+        )
 
 
 # --------------------------------------------------------------------------
@@ -140,10 +146,21 @@ def items(kind, reporter, group, fire, resolve, epoch):
     """Outbox items for one decision, resolutions first: firings last until their endsAt
     (read with ``epoch``, the caller's ``kcm_time.epoch``), resolutions (``(alert,
     expires)`` pairs) until the endsAt of the firing they end."""
-    made = [{"alert": alert, "action": "resolve", "kind": kind, "reporter": reporter, "group": group,
-             "expires": expires} for alert, expires in resolve]
-    return made + [{"alert": alert, "action": "fire", "kind": kind, "reporter": reporter, "group": group,
-                    "expires": epoch(alert["endsAt"])} for alert in fire]
+    made = [
+        {"alert": alert, "action": "resolve", "kind": kind, "reporter": reporter, "group": group, "expires": expires}
+        for alert, expires in resolve
+    ]
+    return made + [
+        {
+            "alert": alert,
+            "action": "fire",
+            "kind": kind,
+            "reporter": reporter,
+            "group": group,
+            "expires": epoch(alert["endsAt"]),
+        }
+        for alert in fire
+    ]
 
 
 def entry_id(action, alert):
@@ -163,14 +180,27 @@ def add(store, items, receivers, now):
         key = entry_id(item["action"], item["alert"])
         if key not in store["outbox"]:
             store["seq"] += 1
-            store["outbox"][key] = dict(item, id=key, seq=store["seq"], created=now, pending=list(receivers),
-                                        errors={}, attempts=0, claimed_by=None, claimed_until=0)
+            store["outbox"][key] = dict(
+                item,
+                id=key,
+                seq=store["seq"],
+                created=now,
+                pending=list(receivers),
+                errors={},
+                attempts=0,
+                claimed_by=None,
+                claimed_until=0,
+            )
         added.append(store["outbox"][key])
     if len(store["outbox"]) > MAX_OUTBOX:
-        oldest = sorted(store["outbox"].values(), key=lambda e: e["seq"])[:len(store["outbox"]) - MAX_OUTBOX]
+        oldest = sorted(store["outbox"].values(), key=lambda e: e["seq"])[: len(store["outbox"]) - MAX_OUTBOX]
         for entry in oldest:
-            log.error("kcm_alert: outbox over %s entries; dropped %s %s", MAX_OUTBOX, entry["action"],
-                      entry["alert"]["labels"].get("alertname"))
+            log.error(
+                "kcm_alert: outbox over %s entries; dropped %s %s",
+                MAX_OUTBOX,
+                entry["action"],
+                entry["alert"]["labels"].get("alertname"),
+            )
             store["outbox"].pop(entry["id"])
     return added
 
@@ -186,8 +216,18 @@ def add_resends(store, alerts, cfg, now, epoch):
     for entry in list(store["outbox"].values()):
         if entry.get("resend") and entry["claimed_until"] <= now and _fingerprint(entry) in fresh:
             store["outbox"].pop(entry["id"])
-    made = [{"alert": alert, "action": "fire", "kind": "resend", "reporter": "", "group": "resend",
-             "expires": epoch(alert["endsAt"]), "resend": True} for alert in alerts]
+    made = [
+        {
+            "alert": alert,
+            "action": "fire",
+            "kind": "resend",
+            "reporter": "",
+            "group": "resend",
+            "expires": epoch(alert["endsAt"]),
+            "resend": True,
+        }
+        for alert in alerts
+    ]
     return add(store, made, [am_endpoint(url) for url in cfg["alertmanager_urls"]], now)
 
 
@@ -259,24 +299,48 @@ def follow_ups(settled, expired):
         for entry in entries:
             for url, error in entry["answers"].items():
                 answers[url] = answers.get(url) or error
-        data = {"action": action, "kind": entries[0]["kind"], "reporter": entries[0]["reporter"],
-                "alerts": [entry["alert"] for entry in entries], "receivers": answers}
+        data = {
+            "action": action,
+            "kind": entries[0]["kind"],
+            "reporter": entries[0]["reporter"],
+            "alerts": [entry["alert"] for entry in entries],
+            "receivers": answers,
+        }
         failed = {url: error for url, error in answers.items() if error}
         if failed:
-            log.error("kcm_alert: %s %s not delivered to %s yet; kept in the outbox", action, data["kind"],
-                      ", ".join(sorted(failed)))
+            log.error(
+                "kcm_alert: %s %s not delivered to %s yet; kept in the outbox",
+                action,
+                data["kind"],
+                ", ".join(sorted(failed)),
+            )
             events.append(("kcm/alert/send_failed", dict(data, failed=failed)))
         events.append((f"kcm/alert/{'resolved' if action == 'resolve' else data['kind']}", data))
     late = [entry for entry, first, delivered in settled if delivered and not first]
     if late:
-        events.append(("kcm/alert/delivered", {
-            "alerts": [entry["alert"] for entry in late],
-            "entries": [{key: entry[key] for key in ("kind", "action", "attempts")} for entry in late]}))
+        events.append(
+            (
+                "kcm/alert/delivered",
+                {
+                    "alerts": [entry["alert"] for entry in late],
+                    "entries": [{key: entry[key] for key in ("kind", "action", "attempts")} for entry in late],
+                },
+            )
+        )
     for entry in expired:
-        log.error("kcm_alert: %s %s expired undelivered (endsAt %s passed; pending %s)", entry["action"],
-                  entry["alert"]["labels"].get("alertname"), entry["alert"]["endsAt"], ", ".join(entry["pending"]))
-        events.append(("kcm/alert/expired", {key: entry[key] for key in ("kind", "action", "alert", "pending",
-                                                                         "errors", "attempts")}))
+        log.error(
+            "kcm_alert: %s %s expired undelivered (endsAt %s passed; pending %s)",
+            entry["action"],
+            entry["alert"]["labels"].get("alertname"),
+            entry["alert"]["endsAt"],
+            ", ".join(entry["pending"]),
+        )
+        events.append(
+            (
+                "kcm/alert/expired",
+                {key: entry[key] for key in ("kind", "action", "alert", "pending", "errors", "attempts")},
+            )
+        )
     return events
 
 

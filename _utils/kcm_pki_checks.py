@@ -49,9 +49,7 @@ def _load_key(pem, key, problems):
 def _public_bytes(public_key):
     from cryptography.hazmat.primitives import serialization
 
-    return public_key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    return public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def _signed_by(cert, ca_cert):

@@ -182,9 +182,15 @@ def post(url, payload, cfg):
     deadline = time.monotonic() + timeout
     done = _watchdog(adapter, timeout)
     try:
-        response = sess.post(url, data=json.dumps(payload), timeout=timeout, verify=cfg["ca_bundle"] or True,
-                             allow_redirects=False, stream=True,
-                             headers={"Content-Type": "application/json", "Accept-Encoding": "identity"})
+        response = sess.post(
+            url,
+            data=json.dumps(payload),
+            timeout=timeout,
+            verify=cfg["ca_bundle"] or True,
+            allow_redirects=False,
+            stream=True,
+            headers={"Content-Type": "application/json", "Accept-Encoding": "identity"},
+        )
         try:
             why = _answer_problem(response, deadline)
         finally:

@@ -12,7 +12,8 @@ __virtualname__ = "kcm_release_flags"
 RELEASES = {
     16: (
         "v1.16.15",
-        frozenset("""
+        frozenset(
+            """
             add-dir-header address allocate-node-cidrs alsologtostderr
             attach-detach-reconcile-sync-period authentication-kubeconfig authentication-skip-lookup
             authentication-token-webhook-cache-ttl authentication-tolerate-lookup-failure
@@ -55,8 +56,10 @@ RELEASES = {
             stderrthreshold terminated-pod-gc-threshold tls-cert-file tls-cipher-suites
             tls-min-version tls-private-key-file tls-sni-cert-key unhealthy-zone-threshold
             use-service-account-credentials v version vmodule
-        """.split()),
-        frozenset("""
+        """.split()
+        ),
+        frozenset(
+            """
             APIListChunking APIResponseCompression AllAlpha AppArmor AttachVolumeLimit
             BalanceAttachedNodeVolumes BlockVolume BoundServiceAccountTokenVolume CPUManager
             CRIContainerLogRotation CSIBlockVolume CSIDriverRegistry CSIInlineVolume CSIMigration
@@ -78,11 +81,13 @@ RELEASES = {
             ValidateProxyRedirects VolumePVCDataSource VolumeSnapshotDataSource
             VolumeSubpathEnvExpansion WatchBookmark WinDSR WinOverlay WindowsGMSA
             WindowsRunAsUserName
-        """.split()),
+        """.split()
+        ),
     ),
     17: (
         "v1.17.17",
-        frozenset("""
+        frozenset(
+            """
             add-dir-header address allocate-node-cidrs alsologtostderr
             attach-detach-reconcile-sync-period authentication-kubeconfig authentication-skip-lookup
             authentication-token-webhook-cache-ttl authentication-tolerate-lookup-failure
@@ -126,8 +131,10 @@ RELEASES = {
             stderrthreshold terminated-pod-gc-threshold tls-cert-file tls-cipher-suites
             tls-min-version tls-private-key-file tls-sni-cert-key unhealthy-zone-threshold
             use-service-account-credentials v version vmodule
-        """.split()),
-        frozenset("""
+        """.split()
+        ),
+        frozenset(
+            """
             APIListChunking APIPriorityAndFairness APIResponseCompression AllAlpha AllBeta
             AllowInsecureBackendProxy AppArmor AttachVolumeLimit BalanceAttachedNodeVolumes
             BlockVolume BoundServiceAccountTokenVolume CPUManager CRIContainerLogRotation
@@ -152,11 +159,13 @@ RELEASES = {
             TokenRequestProjection TopologyManager ValidateProxyRedirects VolumePVCDataSource
             VolumeSnapshotDataSource VolumeSubpathEnvExpansion WatchBookmark WinDSR WinOverlay
             WindowsGMSA WindowsRunAsUserName
-        """.split()),
+        """.split()
+        ),
     ),
     18: (
         "v1.18.19",
-        frozenset("""
+        frozenset(
+            """
             add-dir-header address allocate-node-cidrs alsologtostderr
             attach-detach-reconcile-sync-period authentication-kubeconfig authentication-skip-lookup
             authentication-token-webhook-cache-ttl authentication-tolerate-lookup-failure
@@ -201,8 +210,10 @@ RELEASES = {
             terminated-pod-gc-threshold tls-cert-file tls-cipher-suites tls-min-version
             tls-private-key-file tls-sni-cert-key unhealthy-zone-threshold
             use-service-account-credentials v version vmodule
-        """.split()),
-        frozenset("""
+        """.split()
+        ),
+        frozenset(
+            """
             APIListChunking APIPriorityAndFairness APIResponseCompression AllAlpha AllBeta
             AllowInsecureBackendProxy AnyVolumeDataSource AppArmor AttachVolumeLimit
             BalanceAttachedNodeVolumes BlockVolume BoundServiceAccountTokenVolume CPUManager
@@ -229,11 +240,13 @@ RELEASES = {
             TopologyManager ValidateProxyRedirects VolumePVCDataSource VolumeSnapshotDataSource
             VolumeSubpathEnvExpansion WatchBookmark WinDSR WinOverlay WindowsGMSA
             WindowsRunAsUserName
-        """.split()),
+        """.split()
+        ),
     ),
     25: (
         "v1.25.15",
-        frozenset("""
+        frozenset(
+            """
             add-dir-header allocate-node-cidrs allow-metric-labels alsologtostderr
             attach-detach-reconcile-sync-period authentication-kubeconfig authentication-skip-lookup
             authentication-token-webhook-cache-ttl authentication-tolerate-lookup-failure
@@ -286,8 +299,10 @@ RELEASES = {
             tls-private-key-file tls-sni-cert-key unhealthy-zone-threshold
             use-service-account-credentials v version vmodule volume-host-allow-local-loopback
             volume-host-cidr-denylist
-        """.split()),
-        frozenset("""
+        """.split()
+        ),
+        frozenset(
+            """
             APIListChunking APIPriorityAndFairness APIResponseCompression APIServerIdentity
             APIServerTracing AllAlpha AllBeta AnyVolumeDataSource AppArmor CPUManager
             CPUManagerPolicyAlphaOptions CPUManagerPolicyBetaOptions CPUManagerPolicyOptions
@@ -324,11 +339,13 @@ RELEASES = {
             StorageVersionAPI StorageVersionHash TopologyAwareHints TopologyManager
             UnauthenticatedHTTP2DOSMitigation UserNamespacesStatelessPodsSupport
             VolumeCapacityPriority WatchBookmark WinDSR WinOverlay WindowsHostProcessContainers
-        """.split()),
+        """.split()
+        ),
     ),
     27: (
         "v1.27.16",
-        frozenset("""
+        frozenset(
+            """
             allocate-node-cidrs allow-metric-labels attach-detach-reconcile-sync-period
             authentication-kubeconfig authentication-skip-lookup
             authentication-token-webhook-cache-ttl authentication-tolerate-lookup-failure
@@ -380,8 +397,10 @@ RELEASES = {
             tls-cipher-suites tls-min-version tls-private-key-file tls-sni-cert-key
             unhealthy-zone-threshold use-service-account-credentials v version vmodule
             volume-host-allow-local-loopback volume-host-cidr-denylist
-        """.split()),
-        frozenset("""
+        """.split()
+        ),
+        frozenset(
+            """
             APIListChunking APIPriorityAndFairness APIResponseCompression APISelfSubjectReview
             APIServerIdentity APIServerTracing AdmissionWebhookMatchConditions
             AggregatedDiscoveryEndpoint AllAlpha AllBeta AnyVolumeDataSource AppArmor CPUManager
@@ -425,11 +444,13 @@ RELEASES = {
             UserNamespacesStatelessPodsSupport ValidatingAdmissionPolicy VolumeCapacityPriority
             WatchBookmark WatchFromStorageWithoutResourceVersion WatchList WinDSR WinOverlay
             WindowsHostNetwork WindowsHostProcessContainers
-        """.split()),
+        """.split()
+        ),
     ),
     36: (
         "v1.36.3",
-        frozenset("""
+        frozenset(
+            """
             allocate-node-cidrs allow-metric-labels allow-metric-labels-manifest
             attach-detach-reconcile-sync-period authentication-kubeconfig authentication-skip-lookup
             authentication-token-webhook-cache-ttl authentication-tolerate-lookup-failure
@@ -485,8 +506,10 @@ RELEASES = {
             tls-cipher-suites tls-curve-preferences tls-min-version tls-private-key-file
             tls-sni-cert-key unhealthy-zone-threshold use-service-account-credentials v version
             vmodule
-        """.split()),
-        frozenset("""
+        """.split()
+        ),
+        frozenset(
+            """
             APIResponseCompression APIServerIdentity APIServerTracing APIServingWithRoutine AllAlpha
             AllBeta AllowParsingUserUIDFromCertAuth AllowUnsafeMalformedObjectDeletion
             AnyVolumeDataSource AtomicFIFO AuthorizePodWebsocketUpgradeCreatePermission
@@ -547,11 +570,13 @@ RELEASES = {
             WatchCacheInitializationPostStartHook WatchList WatchListClient WinDSR WinOverlay
             WindowsCPUAndMemoryAffinity WindowsGracefulNodeShutdown WindowsHostNetwork
             WorkloadAwarePreemption WorkloadWithJob
-        """.split()),
+        """.split()
+        ),
     ),
     37: (
         "v1.37.2",
-        frozenset("""
+        frozenset(
+            """
             allocate-node-cidrs allow-metric-labels allow-metric-labels-manifest
             attach-detach-reconcile-sync-period authentication-kubeconfig authentication-skip-lookup
             authentication-token-webhook-cache-ttl authentication-tolerate-lookup-failure
@@ -606,8 +631,10 @@ RELEASES = {
             tls-cipher-suites tls-curve-preferences tls-min-version tls-private-key-file
             tls-sni-cert-key unhealthy-zone-threshold use-service-account-credentials v version
             vmodule
-        """.split()),
-        frozenset("""
+        """.split()
+        ),
+        frozenset(
+            """
             APIResponseCompression APIServerIdentity APIServerWebhookAuthenticationToken
             APIServingWithRoutine AllAlpha AllBeta AllowParsingUserUIDFromCertAuth
             AllowUnsafeMalformedObjectDeletion AtomicFIFO AtomicWriteVolumeUserFields
@@ -679,11 +706,13 @@ RELEASES = {
             WatchListCompression WebhookRoundTripLoadBalancing WinDSR WinOverlay
             WindowsCPUAndMemoryAffinity WindowsGracefulNodeShutdown WindowsHostNetwork
             WorkloadWithJob
-        """.split()),
+        """.split()
+        ),
     ),
     38: (
         "v1.38.0-beta.0",
-        frozenset("""
+        frozenset(
+            """
             allocate-node-cidrs allow-metric-labels allow-metric-labels-manifest
             attach-detach-reconcile-sync-period authentication-kubeconfig authentication-skip-lookup
             authentication-token-webhook-cache-ttl authentication-tolerate-lookup-failure
@@ -740,8 +769,10 @@ RELEASES = {
             tls-cipher-suites tls-curve-preferences tls-min-version tls-private-key-file
             tls-sni-cert-key unhealthy-zone-threshold use-service-account-credentials v version
             vmodule
-        """.split()),
-        frozenset("""
+        """.split()
+        ),
+        frozenset(
+            """
             APIResponseCompression APIServerIdentity APIServerWebhookAuthenticationToken
             APIServingWithRoutine AllAlpha AllBeta AllocatorPoolBufferCap
             AllowParsingUserUIDFromCertAuth AllowUnsafeMalformedObjectDeletion AtomicFIFO
@@ -818,7 +849,8 @@ RELEASES = {
             WatchList WatchListClient WatchListClientConcurrentDecoding WatchListCompression
             WebhookRoundTripLoadBalancing WindowsCPUAndMemoryAffinity WindowsGracefulNodeShutdown
             WorkloadWithJob
-        """.split()),
+        """.split()
+        ),
     ),
 }
 

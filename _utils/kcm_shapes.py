@@ -16,31 +16,33 @@ MAP, LIST, BOOL, INT, NUMBER, TEXT = "a mapping", "a list", "true or false", "an
 # The kind each pillar key must have, as ``section:key`` paths.
 _KEYS_BY_KIND = {
     MAP: "source skew paths leader_election pki extra_args service beacon master master:enroll master:labels"
-         " master:clusters master:orch tofs tofs:source_files",
+    " master:clusters master:orch tofs tofs:source_files",
     LIST: "controllers beacon:cert_thresholds master:alertmanager_urls master:webhook_urls tofs:files_switch",
     BOOL: "create_user use_service_account_credentials log_to_file profiling service:manage beacon:enabled"
-          " master:sync_runners master:enroll:enabled master:allow_http",
+    " master:sync_runners master:enroll:enabled master:allow_http",
     NUMBER: "master:batch_wait beacon:interval beacon:stale_after beacon:timeout beacon:cert_check_interval"
-            " beacon:healthy_for"
-            " master:orch:timeout master:orch:interval master:orch:drill_interval master:orch:apply_timeout"
-            " master:receiver_backoff master:receiver_timeout master:reconcile_timeout",
+    " beacon:healthy_for"
+    " master:orch:timeout master:orch:interval master:orch:drill_interval master:orch:apply_timeout"
+    " master:receiver_backoff master:receiver_timeout master:reconcile_timeout",
     INT: "secure_port keep_versions verbosity terminated_pod_gc_threshold pki:days_valid pki:days_remaining"
-         " pki:key_size beacon:debounce"
-         " master:reconcile_interval master:flush_interval master:resend_interval master:renew_interval"
-         " master:max_batch master:receiver_retries master:event_ttl master:dedupe_ttl master:max_seen master:max_open"
-         " master:refusal_log_interval master:signature_window"
-         " master:orch:count"
-         " master:orch:min_remaining",
+    " pki:key_size beacon:debounce"
+    " master:reconcile_interval master:flush_interval master:resend_interval master:renew_interval"
+    " master:max_batch master:receiver_retries master:event_ttl master:dedupe_ttl master:max_seen master:max_open"
+    " master:refusal_log_interval master:signature_window"
+    " master:orch:count"
+    " master:orch:min_remaining",
     TEXT: "version identity cluster user group apiserver bind_address bind_interface service_cluster_ip_range"
-          " cluster_signing_duration service:name service:control_cmd source:type source:url source:hash"
-          " source:arch skew:override_reason pki:mode pki:ca_server pki:signing_policy pki:key_algo master:config_dir"
-          " master:ca_bundle master:proxy master:runbook_url master:dedupe_file",
+    " cluster_signing_duration service:name service:control_cmd source:type source:url source:hash"
+    " source:arch skew:override_reason pki:mode pki:ca_server pki:signing_policy pki:key_algo master:config_dir"
+    " master:ca_bundle master:proxy master:runbook_url master:dedupe_file",
 }
 # Sections before their keys: a section of the wrong kind hides what is under it.
-SHAPES = tuple(sorted(
-    ((tuple(path.split(":")), kind) for kind, paths in _KEYS_BY_KIND.items() for path in paths.split()),
-    key=lambda item: len(item[0]),
-))
+SHAPES = tuple(
+    sorted(
+        ((tuple(path.split(":")), kind) for kind, paths in _KEYS_BY_KIND.items() for path in paths.split()),
+        key=lambda item: len(item[0]),
+    )
+)
 KINDS = {
     MAP: lambda v: isinstance(v, dict),
     LIST: lambda v: isinstance(v, list),
@@ -49,8 +51,14 @@ KINDS = {
     NUMBER: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
     TEXT: lambda v: isinstance(v, str),
 }
-_EXAMPLES = {MAP: "{}", LIST: "[]", BOOL: "true (unquoted)", INT: "2 (unquoted)", NUMBER: "2 (unquoted)",
-             TEXT: "'text'"}
+_EXAMPLES = {
+    MAP: "{}",
+    LIST: "[]",
+    BOOL: "true (unquoted)",
+    INT: "2 (unquoted)",
+    NUMBER: "2 (unquoted)",
+    TEXT: "'text'",
+}
 PEM_KEYS = ("ca_cert", "ca_key", "cert", "key", "service_account_key", "signer_cert", "signer_key")
 # Values that may hold a newline: PEM text only.
 _MULTILINE = {("pki", k) for k in PEM_KEYS}
@@ -130,15 +138,21 @@ def text_problems(cfg):
         if text.startswith(SLOT_PREFIX):
             is_name = str(path[-1]).startswith("<key ")
             key = pillar_key(path[:-1]) if is_name else pillar_key(path)
-            problems.append((key, f"{key}: starts with {SLOT_PREFIX!r}, Salt's slot syntax, which would run"
-                                  " a function when the value reaches a state argument; expected plain text"))
+            problems.append(
+                (
+                    key,
+                    f"{key}: starts with {SLOT_PREFIX!r}, Salt's slot syntax, which would run"
+                    " a function when the value reaches a state argument; expected plain text",
+                )
+            )
             continue
         for char in text:
             if unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp"):
                 is_name = str(path[-1]).startswith("<key ")
                 key = pillar_key(path[:-1]) if is_name else pillar_key(path)
                 where = f"{key} (the key {path[-1][5:-1]!r})" if is_name else key
-                problems.append((key, f"{where}: holds the control character U+{ord(char):04X};"
-                                      " expected printable text"))
+                problems.append(
+                    (key, f"{where}: holds the control character U+{ord(char):04X}; expected printable text")
+                )
                 break
     return problems

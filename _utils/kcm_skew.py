@@ -30,17 +30,20 @@ def _refusal(version, apiserver, version_minor, apiserver_minor, deployed, why):
     if apiserver is None:
         if deployed in (None, "", version):
             return None
-        return (f"kcm:version: {version} cannot replace the deployed {deployed}: the kube-apiserver's /version"
-                f" could not be read ({why}), so the skew policy (KCM at most one minor older than the"
-                " apiserver, never newer) cannot be checked")
+        return (
+            f"kcm:version: {version} cannot replace the deployed {deployed}: the kube-apiserver's /version"
+            f" could not be read ({why}), so the skew policy (KCM at most one minor older than the"
+            " apiserver, never newer) cannot be checked"
+        )
     if version_minor > apiserver_minor:
-        return (f"kcm:version: {version} is newer than the kube-apiserver ({apiserver}); the skew policy allows"
-                " KCM at most one minor older than the apiserver, never newer: upgrade the apiservers first")
+        return (
+            f"kcm:version: {version} is newer than the kube-apiserver ({apiserver}); the skew policy allows"
+            " KCM at most one minor older than the apiserver, never newer: upgrade the apiservers first"
+        )
     return None
 
 
-def decide(version, version_minor, apiserver=None, apiserver_minor=None, deployed=None, why=None,
-           override_reason=""):
+def decide(version, version_minor, apiserver=None, apiserver_minor=None, deployed=None, why=None, override_reason=""):
     """
     Return ``{"allowed": bool, "comment": str, "warnings": [str]}`` for KCM ``version``
     (minor ``version_minor``) against the kube-apiserver at ``apiserver`` (minor
@@ -70,12 +73,20 @@ def decide(version, version_minor, apiserver=None, apiserver_minor=None, deploye
         return _verdict(False, f"{refusal} (or set {OVERRIDE_KEY} to a reason to override)")
     if apiserver is None:
         what = "first install" if deployed in (None, "") else f"deployed {deployed} kept"
-        return _verdict(True, f"kcm:version: {version} ({what}) without a skew check: the kube-apiserver's"
-                              f" /version could not be read ({why})", warning=True)
+        return _verdict(
+            True,
+            f"kcm:version: {version} ({what}) without a skew check: the kube-apiserver's"
+            f" /version could not be read ({why})",
+            warning=True,
+        )
     behind = apiserver_minor - version_minor
     if behind > 1:
-        return _verdict(True, f"kcm:version: {version} is {behind} minors older than the kube-apiserver"
-                              f" ({apiserver}); the skew policy supports KCM at most one minor older", warning=True)
+        return _verdict(
+            True,
+            f"kcm:version: {version} is {behind} minors older than the kube-apiserver"
+            f" ({apiserver}); the skew policy supports KCM at most one minor older",
+            warning=True,
+        )
     return _verdict(True, f"kcm:version: {version} is within the skew policy of the kube-apiserver ({apiserver})")
 
 

@@ -25,8 +25,19 @@ _NEEDS_QUOTES = re.compile(r"""[\s"'\\;]""")
 _SPECIFIER = re.compile(r"%(.)", re.S)
 _WHITESPACE = " \t\n\r"
 # The C escapes systemd's cunescape knows (the ones a word written here can contain).
-_ESCAPES = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v",
-            "\\": "\\", '"': '"', "'": "'", "s": " "}
+_ESCAPES = {
+    "a": "\a",
+    "b": "\b",
+    "f": "\f",
+    "n": "\n",
+    "r": "\r",
+    "t": "\t",
+    "v": "\v",
+    "\\": "\\",
+    '"': '"',
+    "'": "'",
+    "s": " ",
+}
 _CONTINUATION = " \\\n  "
 # The files of ``files`` (kcm_config.resolve) that hold a secret: KCM gets them through
 # LoadCredential= (systemd 247 and later), so their sources stay root's alone (0600).
@@ -141,8 +152,13 @@ def credentials(files, unit_name, grains):
     version = systemd_version(grains)
     directory = f"/run/credentials/{unit_name}.service"
     if version is not None and version < CREDENTIALS_SINCE:
-        return {"mode": "group", "systemd": version, "dir": "", "load": [],
-                "paths": {key: files[key] for key in SECRET_FILES}}
+        return {
+            "mode": "group",
+            "systemd": version,
+            "dir": "",
+            "load": [],
+            "paths": {key: files[key] for key in SECRET_FILES},
+        }
     load, paths = [], {}
     for key in SECRET_FILES:
         ident = os.path.basename(files[key])
@@ -170,8 +186,9 @@ def run_as(argv, user, timeout):
     if os.geteuid() == 0 and user and user != "root":
         entry = pwd.getpwnam(user)
         drop = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": [], "cwd": "/"}
-    return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
-                          check=False, **drop)
+    return subprocess.run(
+        argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, check=False, **drop
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -226,13 +243,13 @@ def _specifiers(value):
 
 def _unescape(text, pos):
     """The character of the escape at text[pos] ('\\'), and the position after it."""
-    nxt = text[pos + 1: pos + 2]
+    nxt = text[pos + 1 : pos + 2]
     if nxt in _ESCAPES:
         return _ESCAPES[nxt], pos + 2
-    if nxt in ("x",) and re.match(r"[0-9a-fA-F]{2}", text[pos + 2: pos + 4]):
-        return chr(int(text[pos + 2: pos + 4], 16)), pos + 4
-    if re.match(r"[0-7]{3}", text[pos + 1: pos + 4]):
-        return chr(int(text[pos + 1: pos + 4], 8)), pos + 4
+    if nxt in ("x",) and re.match(r"[0-9a-fA-F]{2}", text[pos + 2 : pos + 4]):
+        return chr(int(text[pos + 2 : pos + 4], 16)), pos + 4
+    if re.match(r"[0-7]{3}", text[pos + 1 : pos + 4]):
+        return chr(int(text[pos + 1 : pos + 4], 8)), pos + 4
     raise ValueError(f"ExecStart holds the escape \\{nxt}, which systemd refuses")
 
 
@@ -273,7 +290,7 @@ def _environment(word):
     out, pos = [], 0
     while pos < len(word):
         if word[pos] == "$":
-            nxt = word[pos + 1: pos + 2]
+            nxt = word[pos + 1 : pos + 2]
             if nxt == "$":
                 out.append("$")
                 pos += 2

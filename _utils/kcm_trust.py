@@ -62,8 +62,10 @@ _ID_TARGET = "a minion id glob such as master-*, a list of ids or N@<nodegroup o
 
 def _glob_problem(glob, key):
     if not isinstance(glob, str) or not ID_GLOB_RE.match(glob):
-        return (f"{key}: {str(glob)[:80]!r} is not {_ID_TARGET}; grain, pillar and compound targets are what"
-                " a minion says about itself")
+        return (
+            f"{key}: {str(glob)[:80]!r} is not {_ID_TARGET}; grain, pillar and compound targets are what"
+            " a minion says about itself"
+        )
     if not glob.strip("*?[]!"):
         return f"{key}: {glob!r} matches every minion; expected {_ID_TARGET}"
     return None
@@ -90,12 +92,16 @@ def masters_problems(master):
     """The problems of ``kcm:master:masters`` / ``clusters`` (and of the grain settings they replace)."""
     problems = []
     if "reporters" in master:
-        problems.append("kcm:master:reporters: replaced by kcm:master:masters (the KCM masters by minion id,"
-                        " such as master-*; a grain is what a minion says about itself)")
+        problems.append(
+            "kcm:master:reporters: replaced by kcm:master:masters (the KCM masters by minion id,"
+            " such as master-*; a grain is what a minion says about itself)"
+        )
     for key in ("grain", "value"):
         if key in (master.get("enroll") or {}):
-            problems.append(f"kcm:master:enroll:{key}: no longer read: enrollment highstates the minions of"
-                            " kcm:master:masters (by id)")
+            problems.append(
+                f"kcm:master:enroll:{key}: no longer read: enrollment highstates the minions of"
+                " kcm:master:masters (by id)"
+            )
     clusters = master.get("clusters")
     if clusters is not None and not isinstance(clusters, dict):
         problems.append(f"kcm:master:clusters: {clusters!r} is not a mapping of cluster names to minion ids")
@@ -188,8 +194,11 @@ _TRUST = {}
 def trust(opts):
     """The :class:`Trust` of ``opts``, built once per configuration (a refusal must stay cheap)."""
     settings = opts.get("kcm_alert") or {}
-    key = json.dumps([settings.get("masters"), settings.get("clusters"), opts.get("nodegroups"),
-                      opts.get("pki_dir")], sort_keys=True, default=str)
+    key = json.dumps(
+        [settings.get("masters"), settings.get("clusters"), opts.get("nodegroups"), opts.get("pki_dir")],
+        sort_keys=True,
+        default=str,
+    )
     found = _TRUST.get(key)
     if found is None:
         if len(_TRUST) > 16:
@@ -205,8 +214,10 @@ def self_pick_warnings(opts, trust_=None):
     if opts.get("auto_accept"):
         out.append("auto_accept is on: any new minion whose id matches kcm_alert:masters becomes a KCM master")
     if opts.get("autosign_grains_dir") or opts.get("autosign_file"):
-        out.append("autosign_grains_dir/autosign_file accept keys by what a minion says: an id matching"
-                   " kcm_alert:masters then becomes a KCM master")
+        out.append(
+            "autosign_grains_dir/autosign_file accept keys by what a minion says: an id matching"
+            " kcm_alert:masters then becomes a KCM master"
+        )
     if found.problem:
         out.append(found.problem)
     return out
@@ -268,8 +279,9 @@ def signature_problem(key_path, kind, data, now, window):
     if abs(now - signed_at) > window:
         return f"signed {int(now - signed_at)} s ago (window {window:g} s)"
     try:
-        _public_key(key_path).verify(base64.b64decode(data["sig"]), signed_message(kind, data), padding.PKCS1v15(),
-                                     hashes.SHA256())
+        _public_key(key_path).verify(
+            base64.b64decode(data["sig"]), signed_message(kind, data), padding.PKCS1v15(), hashes.SHA256()
+        )
     except (OSError, ValueError, TypeError, InvalidSignature):
         return "the signature is not the reporter's"
     return None
@@ -303,7 +315,7 @@ def refusal(tag, data, trust_, now, window, beacons):
 def sequence(data):
     """The report's ``(epoch, counter)`` (integers), or None."""
     epoch, counter = data.get("epoch"), data.get("counter")
-    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2 ** 62 for v in (epoch, counter)):
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**62 for v in (epoch, counter)):
         return None
     return epoch, counter
 
@@ -358,8 +370,10 @@ def pin_problem(pins, trust_, data):
     cluster_id = data.get("cluster_id")
     pinned = (pins.get(name) or {}).get("cluster_id")
     if pinned and cluster_id != pinned:
-        return (f"cluster {printable(name, 80)!r} is pinned to cluster_id {pinned!r}, not"
-                f" {printable(cluster_id, 40)!r} (salt-run kcm_alert.unpin {printable(name, 80)} after a rebuild)")
+        return (
+            f"cluster {printable(name, 80)!r} is pinned to cluster_id {pinned!r}, not"
+            f" {printable(cluster_id, 40)!r} (salt-run kcm_alert.unpin {printable(name, 80)} after a rebuild)"
+        )
     if cluster_id and not pinned:
         pins[name] = {"cluster_id": str(cluster_id)}
     return None

@@ -24,8 +24,11 @@ BENCHES = [
     ("lease release", ["release.py", "--runs", "3"], "controller gap after the leader's exit, release on vs off"),
     ("release budget", ["release_budget.py"], "kcm-release-lease against a refused and a silent apiserver vs --budget"),
     ("fleet", ["fleet.py"], "alert storm of 10/100/300 clusters x 3 reports; the fleet view over 30 masters"),
-    ("report cost", ["report_cost.py", "--top", "0"],
-     "the formula's CPU per genuine report by batch size, and where it goes"),
+    (
+        "report cost",
+        ["report_cost.py", "--top", "0"],
+        "the formula's CPU per genuine report by batch size, and where it goes",
+    ),
     ("refusal", ["refusal.py"], "CPU to refuse a forged report with 2,000 cached minions: 5f6804a vs now"),
 ]
 

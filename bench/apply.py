@@ -39,8 +39,9 @@ def main():
         states.mkdir()
         # One state that does nothing (an SLS without states is an error over the bus).
         (states / "noop.sls").write_text("bench-noop:\n  test.nop: []\n")
-        with LabCluster(bindir, Path(tmp) / "lab", suite="bench-apply", nodes=names[:1], spares=names[1:],
-                        file_roots=[states]) as cluster:
+        with LabCluster(
+            bindir, Path(tmp) / "lab", suite="bench-apply", nodes=names[:1], spares=names[1:], file_roots=[states]
+        ) as cluster:
             for name in names:
                 if name not in cluster.nodes:
                     cluster.boot(name)
@@ -56,8 +57,10 @@ def main():
                 # One KCM at a time: the next run's machine gets the CPU this one would take.
                 cluster.machine(name).shutdown()
             timings = dict(cluster.timings)
-    print(f"# bench/apply: salt <machine> state.apply kcm over the bus, {args.runs} fresh systemd machines,"
-          f" KCM {version} (real tarball)")
+    print(
+        f"# bench/apply: salt <machine> state.apply kcm over the bus, {args.runs} fresh systemd machines,"
+        f" KCM {version} (real tarball)"
+    )
     print(f"# {machine()}")
     print(f"{'measure':<34}{'median s':>10}")
     print(f"{'first apply':<34}{median(first):>10.2f}")

@@ -43,23 +43,32 @@ from kcmlab.rootfs import SALT_ROOT
 
 HERE = Path(__file__).resolve().parent
 ELECTIONS = {"short": SHORT_ELECTION, "default": None}
-SECONDS = {"short": {"lease_duration": 4, "renew_deadline": 3, "retry_period": 1},
-           "default": {"lease_duration": 15, "renew_deadline": 10, "retry_period": 2}}
+SECONDS = {
+    "short": {"lease_duration": 4, "renew_deadline": 3, "retry_period": 1},
+    "default": {"lease_duration": 15, "renew_deadline": 10, "retry_period": 2},
+}
 INTERVAL = {"short": 1, "default": 2}
 
 
 def poll_cost(cluster, name, polls):
     """Run bench/beacon_poll.py inside machine ``name`` with its Salt Python; print its measures."""
-    proc = cluster.machine(name).run([f"{SALT_ROOT}/bin/python3", "-", str(polls)],
-                                     input=(HERE / "beacon_poll.py").read_text(), timeout=900)
+    proc = cluster.machine(name).run(
+        [f"{SALT_ROOT}/bin/python3", "-", str(polls)], input=(HERE / "beacon_poll.py").read_text(), timeout=900
+    )
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     n = r["polls"]
-    print(f"poll cost over {n} warm polls on {name}: CPU median {r['cpu_median']:.2f} ms "
-          f"(p90 {r['cpu_p90']:.2f}), wall median {r['wall_median']:.2f} ms")
-    print(f"  HTTP requests per poll: {r['requests_per_poll']:.2f}; "
-          f"new TCP connections in {n} polls: {r['new_connections']}")
-    print(f"  RSS after 10 polls: {r['rss_10']} KiB; after {polls} polls: {r['rss_n']} KiB "
-          f"(ratio {r['rss_n'] / r['rss_10']:.3f})")
+    print(
+        f"poll cost over {n} warm polls on {name}: CPU median {r['cpu_median']:.2f} ms "
+        f"(p90 {r['cpu_p90']:.2f}), wall median {r['wall_median']:.2f} ms"
+    )
+    print(
+        f"  HTTP requests per poll: {r['requests_per_poll']:.2f}; "
+        f"new TCP connections in {n} polls: {r['new_connections']}"
+    )
+    print(
+        f"  RSS after 10 polls: {r['rss_10']} KiB; after {polls} polls: {r['rss_n']} KiB "
+        f"(ratio {r['rss_n'] / r['rss_10']:.3f})"
+    )
 
 
 def epoch(rfc3339):
@@ -118,8 +127,9 @@ def outage(cluster, how, interval, am_url, e):
             new = node_of(cluster.wait_for_new_holder(old_holder, 60))
 
             def alert_visible():
-                alerts = requests.get(am_url + "/api/v2/alerts", params={"filter": f'new_node="{new}"'},
-                                      timeout=2).json()
+                alerts = requests.get(
+                    am_url + "/api/v2/alerts", params={"filter": f'new_node="{new}"'}, timeout=2
+                ).json()
                 return [a for a in alerts if a["fingerprint"] not in earlier] or None
 
             wait_until(alert_visible, 60, "alert in Alertmanager", interval=0.05)
@@ -129,8 +139,10 @@ def outage(cluster, how, interval, am_url, e):
                 cluster.machine(old).restore_link()
     acquired = epoch(cluster.lease()["spec"]["acquireTime"])
     seen = bus.first
-    what = {"kill": f"kill -9 of {old}'s KCM (the stop hook releases the Lease)",
-            "cut": f"{old}'s link cut (nothing released: the Lease expires)"}[how]
+    what = {
+        "kill": f"kill -9 of {old}'s KCM (the stop hook releases the Lease)",
+        "cut": f"{old}'s link cut (nothing released: the Lease expires)",
+    }[how]
     stale = f"{seen['stale'] - began:6.2f} s" if "stale" in seen else "  none"
     print(f"detection latency, {what}:")
     print(f"  outage -> stale event:               {stale}")
@@ -138,11 +150,15 @@ def outage(cluster, how, interval, am_url, e):
     print(f"  acquireTime -> changed event:        {seen['changed'] - acquired:6.2f} s (goal <= {interval + 1:g})")
     print(f"  changed event -> alert visible:      {visible - seen['changed']:6.2f} s (goal <= 1)")
     if how == "cut":
-        print(f"  stale before acquireTime: {'yes' if seen.get('stale', 1e18) < acquired else 'NO'}"
-              " (goal: yes when the Lease has to expire)")
-        print(f"  anchor: lease + retry = {e['lease_duration'] + e['retry_period']:g} s; measured before (SIGKILL"
-              " without systemd, nothing released, runner in-process) at 4s/3s/1s: stale 3.0 s,"
-              " acquireTime 5.3-5.7 s, changed 0.4-0.7 s after it, alert 0.03 s after the event")
+        print(
+            f"  stale before acquireTime: {'yes' if seen.get('stale', 1e18) < acquired else 'NO'}"
+            " (goal: yes when the Lease has to expire)"
+        )
+        print(
+            f"  anchor: lease + retry = {e['lease_duration'] + e['retry_period']:g} s; measured before (SIGKILL"
+            " without systemd, nothing released, runner in-process) at 4s/3s/1s: stale 3.0 s,"
+            " acquireTime 5.3-5.7 s, changed 0.4-0.7 s after it, alert 0.03 s after the event"
+        )
     else:
         print(f"  anchor: retry + 1 s = {e['retry_period'] + 1:g} s, the release bench's bound for a released Lease")
     cluster.ensure_running(timeout=120)
@@ -151,8 +167,10 @@ def outage(cluster, how, interval, am_url, e):
 def latency(cluster, election, interval, am_url):
     cluster.apply("kcm.beacon")
     e = SECONDS[election]
-    print(f"lease {e['lease_duration']:g}s / renew {e['renew_deadline']:g}s / retry {e['retry_period']:g}s, "
-          f"beacon interval {interval:g}s, stale_after 3; 3 beacons, their events read on the master's bus")
+    print(
+        f"lease {e['lease_duration']:g}s / renew {e['renew_deadline']:g}s / retry {e['retry_period']:g}s, "
+        f"beacon interval {interval:g}s, stale_after 3; 3 beacons, their events read on the master's bus"
+    )
     for how in ("kill", "cut"):
         outage(cluster, how, interval, am_url, e)
 
@@ -171,12 +189,19 @@ def main():
         am_url = am.url
         try:
             # A loopback Alertmanager (http), and the lab's masters (by id) as the KCM masters the runner trusts.
-            conf = kcm_master_config(workdir / "master-host", {
-                "alertmanager_urls": [am_url], "allow_http": True, "masters": "master-*"})
+            conf = kcm_master_config(
+                workdir / "master-host", {"alertmanager_urls": [am_url], "allow_http": True, "masters": "master-*"}
+            )
             # The lab CA lives 7 days: no certificate alerts in a benchmark of leader alerts.
             beacon = {"interval": interval, "cert_thresholds": []}
-            with LabCluster(k8s_bin(), workdir / "lab", suite="bench-beacon", election=ELECTIONS[args.election],
-                            kcm={"beacon": beacon}, master_config=conf) as cluster:
+            with LabCluster(
+                k8s_bin(),
+                workdir / "lab",
+                suite="bench-beacon",
+                election=ELECTIONS[args.election],
+                kcm={"beacon": beacon},
+                master_config=conf,
+            ) as cluster:
                 cluster.deploy()
                 poll_cost(cluster, "master-1", args.polls)
                 if args.latency:

@@ -62,11 +62,20 @@ def main():
         cpu.append((time.process_time() - c0) * 1000)
         wall.append((time.perf_counter() - w0) * 1000)
     n = polls - 10
-    print(json.dumps({
-        "polls": n, "cpu_median": statistics.median(cpu), "cpu_p90": sorted(cpu)[int(n * 0.9)],
-        "wall_median": statistics.median(wall), "requests_per_poll": (counters.requests - req0) / n,
-        "new_connections": counters.connections - conn0, "rss_10": rss_10, "rss_n": rss_kib(),
-    }))
+    print(
+        json.dumps(
+            {
+                "polls": n,
+                "cpu_median": statistics.median(cpu),
+                "cpu_p90": sorted(cpu)[int(n * 0.9)],
+                "wall_median": statistics.median(wall),
+                "requests_per_poll": (counters.requests - req0) / n,
+                "new_connections": counters.connections - conn0,
+                "rss_10": rss_10,
+                "rss_n": rss_kib(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -30,11 +30,21 @@ from kcmlab.masterless import kcm_master_config
 
 
 def lab(workdir, alertmanager, election):
-    conf = kcm_master_config(workdir / "master-host", {
-        "alertmanager_urls": [alertmanager.url], "allow_http": True, "labels": {"env": "campaign"},
-        "masters": "master-*", "reconcile_interval": 5, "flush_interval": 2, "receiver_backoff": 0.2})
-    return LabCluster(k8s_bin(), workdir, suite="bench-campaign", election=election, kcm={"beacon": BEACON},
-                      master_config=conf)
+    conf = kcm_master_config(
+        workdir / "master-host",
+        {
+            "alertmanager_urls": [alertmanager.url],
+            "allow_http": True,
+            "labels": {"env": "campaign"},
+            "masters": "master-*",
+            "reconcile_interval": 5,
+            "flush_interval": 2,
+            "receiver_backoff": 0.2,
+        },
+    )
+    return LabCluster(
+        k8s_bin(), workdir, suite="bench-campaign", election=election, kcm={"beacon": BEACON}, master_config=conf
+    )
 
 
 def main():
@@ -53,9 +63,13 @@ def main():
                 cluster.deploy()
                 cluster.apply("kcm.beacon")
                 for name in cluster.nodes:
-                    wait_until(lambda n=name: cluster.machine(n).run(["test", "-s", BEACON_STATE],
-                                                                      check=False).returncode == 0,
-                               90, f"{name}: the first beacon poll")
+                    wait_until(
+                        lambda n=name: (
+                            cluster.machine(n).run(["test", "-s", BEACON_STATE], check=False).returncode == 0
+                        ),
+                        90,
+                        f"{name}: the first beacon poll",
+                    )
                 watch = AlertWatch(am.url).start()
                 try:
                     for seed in seeds:
@@ -70,16 +84,20 @@ def main():
         finally:
             am.stop()
     print(f"\n# bench/campaign.py on {machine()}; election {args.election}")
-    print("| seed | faults | overlaps | longest overlap s | gaps | worst gap s | transitions | alerts fired"
-          " | missing | doubled | unexplained | violations | minutes |")
+    print(
+        "| seed | faults | overlaps | longest overlap s | gaps | worst gap s | transitions | alerts fired"
+        " | missing | doubled | unexplained | violations | minutes |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for report, seconds in reports:
         a = report.alerts
-        print(f"| {report.seed} | {len(report.faults)} | {len(report.overlaps)}"
-              f" | {max((o.seconds for o in report.overlaps), default=0):.3f} | {len(report.gaps)}"
-              f" | {max((g.seconds for g in report.gaps), default=0):.2f} | {a['expected']} | {a['fired']}"
-              f" | {a['missing']} | {a['doubled']} | {a['unexplained']} | {len(report.violations)}"
-              f" | {seconds / 60:.1f} |")
+        print(
+            f"| {report.seed} | {len(report.faults)} | {len(report.overlaps)}"
+            f" | {max((o.seconds for o in report.overlaps), default=0):.3f} | {len(report.gaps)}"
+            f" | {max((g.seconds for g in report.gaps), default=0):.2f} | {a['expected']} | {a['fired']}"
+            f" | {a['missing']} | {a['doubled']} | {a['unexplained']} | {len(report.violations)}"
+            f" | {seconds / 60:.1f} |"
+        )
     lab_timings(timings)
 
 

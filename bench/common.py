@@ -30,8 +30,10 @@ def machine():
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     import salt.version
 
-    return (f"{platform.node()}: {os.cpu_count()} cpu ({cpu}), {mem:.0f} GiB, Python {platform.python_version()},"
-            f" Salt {salt.version.__version__}")
+    return (
+        f"{platform.node()}: {os.cpu_count()} cpu ({cpu}), {mem:.0f} GiB, Python {platform.python_version()},"
+        f" Salt {salt.version.__version__}"
+    )
 
 
 def lab_timings(timings):

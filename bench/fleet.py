@@ -84,8 +84,12 @@ def tool(name):
 
 
 def env():
-    return dict(os.environ, NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost",
-                PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+    return dict(
+        os.environ,
+        NO_PROXY="127.0.0.1,localhost",
+        no_proxy="127.0.0.1,localhost",
+        PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,7 +98,7 @@ def env():
 
 def session_of(pid):
     raw = Path(f"/proc/{pid}/stat").read_text()
-    return int(raw[raw.rindex(")") + 2:].split()[3])
+    return int(raw[raw.rindex(")") + 2 :].split()[3])
 
 
 def session_usage(sid):
@@ -108,7 +112,7 @@ def session_usage(sid):
             pages = int((entry / "statm").read_text().split()[1])
         except OSError:
             continue
-        fields = raw[raw.rindex(")") + 2:].split()
+        fields = raw[raw.rindex(")") + 2 :].split()
         if int(fields[3]) != sid:
             continue
         # utime stime cutime cstime: a reaped child's time moved into its parent's c*time
@@ -136,9 +140,15 @@ class Daemon:
     def __init__(self, argv, log_path, niceness=0):
         self.log_path = log_path
         with open(log_path, "ab") as out:
-            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env(),
-                                         stdin=subprocess.DEVNULL, start_new_session=True,
-                                         preexec_fn=(lambda: os.nice(niceness)) if niceness else None)
+            self.proc = subprocess.Popen(
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env(),
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=(lambda: os.nice(niceness)) if niceness else None,
+            )
 
     def signal(self, sig):
         # Only the process group this bench started (its own session).
@@ -166,25 +176,41 @@ def stop_all(daemons, timeout=20):
 
 
 def base_conf(root, name):
-    return {"id": name, "user": pwd.getpwuid(os.getuid()).pw_name, "root_dir": str(root), "sock_dir": "run",
-            "log_file": str(root / f"{name}.log"), "log_level_logfile": "warning"}
+    return {
+        "id": name,
+        "user": pwd.getpwuid(os.getuid()).pw_name,
+        "root_dir": str(root),
+        "sock_dir": "run",
+        "log_file": str(root / f"{name}.log"),
+        "log_level_logfile": "warning",
+    }
 
 
 class Salt:
     def __init__(self, sandbox, alertmanager):
         self.sandbox = sandbox
         self.ports = {"publish": free_port(), "ret": free_port()}
-        conf = kcm_master_conf(sandbox / "host", alertmanager.url, {"env": "bench"}, allow_http=True,
-                               masters=[STAND_IN, "fleet-m*"])
+        conf = kcm_master_conf(
+            sandbox / "host", alertmanager.url, {"env": "bench"}, allow_http=True, masters=[STAND_IN, "fleet-m*"]
+        )
         self.master_dir = sandbox / "master-conf"
         self.master_dir.mkdir()
         root = sandbox / "master"
-        master = dict(base_conf(root, "bench-master"), interface="127.0.0.1", publish_port=self.ports["publish"],
-                      ret_port=self.ports["ret"], auto_accept=True, file_roots={"base": [str(REPO / "formula")]},
-                      fileserver_list_cache_time=0, engines_dirs=[str(REPO / "_engines")], **conf)
+        master = dict(
+            base_conf(root, "bench-master"),
+            interface="127.0.0.1",
+            publish_port=self.ports["publish"],
+            ret_port=self.ports["ret"],
+            auto_accept=True,
+            file_roots={"base": [str(REPO / "formula")]},
+            fileserver_list_cache_time=0,
+            engines_dirs=[str(REPO / "_engines")],
+            **conf,
+        )
         (self.master_dir / "master").write_text(yaml.safe_dump(master))
-        self.master = Daemon([tool("salt-master"), f"--config-dir={self.master_dir}", "-l", "quiet"],
-                             sandbox / "master.out")
+        self.master = Daemon(
+            [tool("salt-master"), f"--config-dir={self.master_dir}", "-l", "quiet"], sandbox / "master.out"
+        )
         self.minions = {}
         import salt.config
 
@@ -195,22 +221,38 @@ class Salt:
         conf_dir = self.sandbox / f"{name}-conf"
         conf_dir.mkdir()
         root = self.sandbox / name
-        conf = dict(base_conf(root, name), master="127.0.0.1", master_port=self.ports["ret"],
-                    publish_port=self.ports["publish"], acceptance_wait_time=1, random_reauth_delay=0,
-                    grains=grains or {})
+        conf = dict(
+            base_conf(root, name),
+            master="127.0.0.1",
+            master_port=self.ports["ret"],
+            publish_port=self.ports["publish"],
+            acceptance_wait_time=1,
+            random_reauth_delay=0,
+            grains=grains or {},
+        )
         (conf_dir / "minion").write_text(yaml.safe_dump(conf))
         if deployed is not None:
             path = root / "var" / "cache" / "salt" / "minion" / "kcm" / "deployed.json"
             path.parent.mkdir(parents=True)
             path.write_text(json.dumps(deployed))
-        self.minions[name] = (Daemon([tool("salt-minion"), f"--config-dir={conf_dir}", "-l", "quiet"],
-                                     self.sandbox / f"{name}.out", niceness), conf_dir)
+        self.minions[name] = (
+            Daemon(
+                [tool("salt-minion"), f"--config-dir={conf_dir}", "-l", "quiet"], self.sandbox / f"{name}.out", niceness
+            ),
+            conf_dir,
+        )
         return conf_dir
 
     def cli(self, name, *args, timeout=300):
         start = time.monotonic()
-        proc = subprocess.run([tool(name), f"--config-dir={self.master_dir}", *args], capture_output=True, text=True,
-                              env=env(), timeout=timeout, check=False)
+        proc = subprocess.run(
+            [tool(name), f"--config-dir={self.master_dir}", *args],
+            capture_output=True,
+            text=True,
+            env=env(),
+            timeout=timeout,
+            check=False,
+        )
         return proc, time.monotonic() - start
 
     def wait_minions(self, tgt, count):
@@ -220,6 +262,7 @@ class Salt:
                 return len(json.loads(proc.stdout or "{}")) >= count
             except ValueError:
                 return False
+
         wait_until(answered, START_WAIT, f"{count} minions answering test.ping ({tgt})", interval=5)
 
     def stop(self):
@@ -266,11 +309,16 @@ class Forger(threading.Thread):
         super().__init__(daemon=True)
         self.rate, self.running, self.sent = rate, True, 0
         # signed before the clock starts, as the genuine ones: the storm is the sending
-        changed = [e for e in failover_events("kubernetes", cluster_ids[0], new=INTRUDER, transitions=9)
-                   if e["tag"] == "changed"]
+        changed = [
+            e
+            for e in failover_events("kubernetes", cluster_ids[0], new=INTRUDER, transitions=9)
+            if e["tag"] == "changed"
+        ]
         own = intruder.returns(changed)
-        forged_tag = [dict(r, tag=r["tag"].replace(f"/{INTRUDER}/", f"/{STAND_IN}/"),
-                           data=dict(r["data"], id=STAND_IN)) for r in own]
+        forged_tag = [
+            dict(r, tag=r["tag"].replace(f"/{INTRUDER}/", f"/{STAND_IN}/"), data=dict(r["data"], id=STAND_IN))
+            for r in own
+        ]
         self.batches = [own, forged_tag]
         self.intruder = intruder
 
@@ -375,8 +423,14 @@ def fleet_view(salt, masters, runs=3):
         data = json.loads(proc.stdout or "{}")
         runner.append(took)
     rows = len(data.get("masters") or [])
-    return {"masters": masters, "answered": answered, "rows": rows, "groups": len(data.get("clusters") or []),
-            "runner": statistics.median(runner), "plain": statistics.median(plain)}
+    return {
+        "masters": masters,
+        "answered": answered,
+        "rows": rows,
+        "groups": len(data.get("clusters") or []),
+        "runner": statistics.median(runner),
+        "plain": statistics.median(plain),
+    }
 
 
 def render_cost(clusters):
@@ -384,10 +438,23 @@ def render_cost(clusters):
     from kcmlab.formula import load
 
     runner, outputter = load("_runners", "kcm"), load("_output", "kcm_fleet")
-    rows = [{"minion": f"c{c:03d}-m{m}", "cluster": "kubernetes", "cluster_id": f"{c:08d}-uid",
-             "version": "v1.37.2", "service_active": "active", "healthy": True, "leader": "yes" if m == 1 else "no",
-             "holder": f"c{c:03d}-m1_x", "lease_age_seconds": 1.0, "cert_days_left": 300, "errors": ""}
-            for c in range(clusters) for m in (1, 2, 3)]
+    rows = [
+        {
+            "minion": f"c{c:03d}-m{m}",
+            "cluster": "kubernetes",
+            "cluster_id": f"{c:08d}-uid",
+            "version": "v1.37.2",
+            "service_active": "active",
+            "healthy": True,
+            "leader": "yes" if m == 1 else "no",
+            "holder": f"c{c:03d}-m1_x",
+            "lease_age_seconds": 1.0,
+            "cert_days_left": 300,
+            "errors": "",
+        }
+        for c in range(clusters)
+        for m in (1, 2, 3)
+    ]
     start = time.process_time()
     for _ in range(5):
         outputter.render(runner._summarize(rows))
@@ -402,12 +469,22 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clusters", default="10,100,300")
     parser.add_argument("--fleet-masters", type=int, default=30)
-    parser.add_argument("--forged-rate", type=float, default=0,
-                        help="also run each storm with this many forged reports a second mixed in")
-    parser.add_argument("--profile", type=int, default=0, metavar="C",
-                        help="also run one storm of C clusters under py-spy: where the master's CPU goes")
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="storms of each kind per size; the comparisons take the median p99")
+    parser.add_argument(
+        "--forged-rate",
+        type=float,
+        default=0,
+        help="also run each storm with this many forged reports a second mixed in",
+    )
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="C",
+        help="also run one storm of C clusters under py-spy: where the master's CPU goes",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="storms of each kind per size; the comparisons take the median p99"
+    )
     args = parser.parse_args()
     sizes = [int(c) for c in args.clusters.split(",")]
     print(f"# bench/fleet.py on {machine()}")
@@ -426,10 +503,20 @@ def main():
             minions += 1
         for n in range(args.fleet_masters):
             cluster = f"fleet-{n // 3:02d}"
-            salt.minion(f"fleet-m{n:02d}", deployed={
-                "cluster": cluster, "service": {"name": "kube-controller-manager"}, "secure_port": 10257,
-                "files": {"kubeconfig": str(sandbox / "absent.kubeconfig"), "binary": str(sandbox / "absent"),
-                          "ca_cert": str(sandbox / "absent.pem"), "cert": str(sandbox / "absent.pem")}})
+            salt.minion(
+                f"fleet-m{n:02d}",
+                deployed={
+                    "cluster": cluster,
+                    "service": {"name": "kube-controller-manager"},
+                    "secure_port": 10257,
+                    "files": {
+                        "kubeconfig": str(sandbox / "absent.kubeconfig"),
+                        "binary": str(sandbox / "absent"),
+                        "ca_cert": str(sandbox / "absent.pem"),
+                        "cert": str(sandbox / "absent.pem"),
+                    },
+                },
+            )
         progress(f"started salt-master, Alertmanager and {minions} salt-minions; waiting for them")
         salt.wait_minions("*", minions)
         progress("all minions answer")
@@ -469,8 +556,10 @@ def main():
         shutil.rmtree(sandbox, ignore_errors=True)
     report(results, view, sizes, "engine")
     if args.profile:
-        print(f"\nWhere the salt-master's CPU went in a storm of {args.profile} clusters ({profiled['reports']}"
-              f" reports; {profiled['cpu']:.1f} CPU s by /proc, p99 {profiled['p99']:.2f} s under py-spy):")
+        print(
+            f"\nWhere the salt-master's CPU went in a storm of {args.profile} clusters ({profiled['reports']}"
+            f" reports; {profiled['cpu']:.1f} CPU s by /proc, p99 {profiled['p99']:.2f} s under py-spy):"
+        )
         print("\n".join(master_profile.table(profiled["profile"], profiled["reports"])))
 
 
@@ -485,49 +574,63 @@ def plain_runs_of(results):
 
 
 def report(results, view, sizes, path):
-    print("\n| clusters | reports | forged | alerts | duplicated | lost | p50 s | p99 s | max s | master CPU s"
-          " | peak RSS MiB |")
+    print(
+        "\n| clusters | reports | forged | alerts | duplicated | lost | p50 s | p99 s | max s | master CPU s"
+        " | peak RSS MiB |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
-        print(f"| {r['clusters']} | {r['reports']} (in {r['fired_in']:.2f} s) | {r['forged']} | {r['alerts']}"
-              f" | {r['duplicates_sent']}"
-              f" | {r['lost']} | {r['p50']:.2f} | {r['p99']:.2f} | {r['max']:.2f} | {r['cpu']:.1f}"
-              f" | {r['peak_rss_mib']:.0f} |")
+        print(
+            f"| {r['clusters']} | {r['reports']} (in {r['fired_in']:.2f} s) | {r['forged']} | {r['alerts']}"
+            f" | {r['duplicates_sent']}"
+            f" | {r['lost']} | {r['p50']:.2f} | {r['p99']:.2f} | {r['max']:.2f} | {r['cpu']:.1f}"
+            f" | {r['peak_rss_mib']:.0f} |"
+        )
     for r in plain_runs_of(results):
         exact = r["alerts"] == r["clusters"] and r["duplicates_sent"] == 0 and r["lost"] == 0
         goal = "p99 <= 5 s" if r["clusters"] == 100 else "nothing lost"
         met = exact and (r["p99"] <= 5 if r["clusters"] == 100 else True)
-        print(f"storm C={r['clusters']} ({path}): {r['alerts']}/{r['clusters']} alerts,"
-              f" {r['duplicates_sent']} duplicated, {r['lost']} lost, p99 {r['p99']:.2f} s"
-              f" (goal: exactly C, {goal}): {'met' if met else 'NOT met'}")
+        print(
+            f"storm C={r['clusters']} ({path}): {r['alerts']}/{r['clusters']} alerts,"
+            f" {r['duplicates_sent']} duplicated, {r['lost']} lost, p99 {r['p99']:.2f} s"
+            f" (goal: exactly C, {goal}): {'met' if met else 'NOT met'}"
+        )
     for clusters in sorted({r["clusters"] for r in results if r["forged"]}):
         plain = [r for r in results if r["clusters"] == clusters and not r["forged"]]
         mixed = [r for r in results if r["clusters"] == clusters and r["forged"]]
         exact = all(r["alerts"] == clusters and r["duplicates_sent"] == 0 and r["lost"] == 0 for r in mixed)
         with_forged, without = statistics.median(r["p99"] for r in mixed), statistics.median(r["p99"] for r in plain)
         ratio = with_forged / max(without, 1e-9)
-        print(f"storm C={clusters} with {statistics.median(r['forged'] for r in mixed):g} forged reports"
-              f" ({mixed[0]['forged_rate']:g}/s), median of {len(mixed)} vs {len(plain)}: genuine exact in"
-              f" {sum(r['alerts'] == clusters and r['lost'] == 0 for r in mixed)}/{len(mixed)},"
-              f" p99 {with_forged:.2f} s vs {without:.2f} s without"
-              f" (x{ratio:.2f}; goal: exact, within 10 %): {'met' if exact and ratio <= 1.1 else 'NOT met'}")
+        print(
+            f"storm C={clusters} with {statistics.median(r['forged'] for r in mixed):g} forged reports"
+            f" ({mixed[0]['forged_rate']:g}/s), median of {len(mixed)} vs {len(plain)}: genuine exact in"
+            f" {sum(r['alerts'] == clusters and r['lost'] == 0 for r in mixed)}/{len(mixed)},"
+            f" p99 {with_forged:.2f} s vs {without:.2f} s without"
+            f" (x{ratio:.2f}; goal: exact, within 10 %): {'met' if exact and ratio <= 1.1 else 'NOT met'}"
+        )
     plain_runs = plain_runs_of(results)
     if len(plain_runs) >= 2:
         a, b = plain_runs[0], plain_runs[-1]
         scale = b["clusters"] / a["clusters"]
         cpu_growth = b["cpu"] / max(a["cpu"], 1e-9)
-        print(f"growth {a['clusters']} -> {b['clusters']} clusters (x{scale:g}): CPU x{cpu_growth:.1f},"
-              f" p99 x{b['p99'] / max(a['p99'], 1e-9):.1f}, CPU per report {a['cpu'] / a['reports'] * 1000:.0f} ms"
-              f" -> {b['cpu'] / b['reports'] * 1000:.0f} ms")
+        print(
+            f"growth {a['clusters']} -> {b['clusters']} clusters (x{scale:g}): CPU x{cpu_growth:.1f},"
+            f" p99 x{b['p99'] / max(a['p99'], 1e-9):.1f}, CPU per report {a['cpu'] / a['reports'] * 1000:.0f} ms"
+            f" -> {b['cpu'] / b['reports'] * 1000:.0f} ms"
+        )
     over = view["runner"] - view["plain"]
-    print(f"fleet view over {view['masters']} masters ({view['answered']} answered, {view['rows']} rows,"
-          f" {view['groups']} groups): salt-run kcm.status {view['runner']:.2f} s vs salt kcm.status"
-          f" {view['plain']:.2f} s: {over:+.2f} s (goal: within 2 s of the slowest answer):"
-          f" {'met' if over <= 2 else 'NOT met'}")
+    print(
+        f"fleet view over {view['masters']} masters ({view['answered']} answered, {view['rows']} rows,"
+        f" {view['groups']} groups): salt-run kcm.status {view['runner']:.2f} s vs salt kcm.status"
+        f" {view['plain']:.2f} s: {over:+.2f} s (goal: within 2 s of the slowest answer):"
+        f" {'met' if over <= 2 else 'NOT met'}"
+    )
     costs = {c: render_cost(c) for c in sorted(set(sizes) | {10, 300})}
-    print("fleet view, grouping + table in the runner: "
-          + ", ".join(f"{c} clusters {ms * 1000:.1f} ms" for c, ms in costs.items())
-          + f" (x{costs[300] / max(costs[10], 1e-9):.0f} from 10 to 300)")
+    print(
+        "fleet view, grouping + table in the runner: "
+        + ", ".join(f"{c} clusters {ms * 1000:.1f} ms" for c, ms in costs.items())
+        + f" (x{costs[300] / max(costs[10], 1e-9):.0f} from 10 to 300)"
+    )
 
 
 if __name__ == "__main__":

@@ -16,9 +16,20 @@ from pathlib import Path
 
 # A sample with the formula's code anywhere on its stack is the formula's (what it calls,
 # cryptography or json, included).
-FORMULA = ("formula: kcm_alert engine, runner and utils", ("kcm_alert", "kcm_trust", "kcm_outbox", "kcm_receiver",
-                                                          "kcm_state_file", "kcm_alert_decide", "kcm_alert_rules",
-                                                          "kcm_time", "kcm_shapes"))
+FORMULA = (
+    "formula: kcm_alert engine, runner and utils",
+    (
+        "kcm_alert",
+        "kcm_trust",
+        "kcm_outbox",
+        "kcm_receiver",
+        "kcm_state_file",
+        "kcm_alert_decide",
+        "kcm_alert_rules",
+        "kcm_time",
+        "kcm_shapes",
+    ),
+)
 # Salt's parts, by the leaf-most frame of a sample that names one (in this order).
 PARTS = (
     ("Salt: crypto (AES of each request, RSA of keys)", ("salt/crypt.py", "cryptography", "Crypto/", "Cryptodome")),
@@ -46,8 +57,21 @@ class Profile:
     def __init__(self, pid, path, rate=100):
         # --gil: only a thread holding the GIL is running Python; without it py-spy counts
         # threads blocked in ZeroMQ or epoll waits too (measured: twice the CPU /proc gives).
-        self.argv = [available(), "record", "--pid", str(pid), "--subprocesses", "--nonblocking", "--gil",
-                     "--rate", str(rate), "--format", "raw", "--output", str(path)]
+        self.argv = [
+            available(),
+            "record",
+            "--pid",
+            str(pid),
+            "--subprocesses",
+            "--nonblocking",
+            "--gil",
+            "--rate",
+            str(rate),
+            "--format",
+            "raw",
+            "--output",
+            str(path),
+        ]
         self.path = Path(path)
         self.rate = rate
         self.proc = None

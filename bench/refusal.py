@@ -42,12 +42,17 @@ def _tree(root, commit):
     if commit is None:
         return REPO
     for part in ("_runners", "_utils"):
-        names = subprocess.run(["git", "-C", str(REPO), "ls-tree", "--name-only", f"{commit}:{part}"],
-                               capture_output=True, text=True, check=True).stdout.split()
+        names = subprocess.run(
+            ["git", "-C", str(REPO), "ls-tree", "--name-only", f"{commit}:{part}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
         (root / part).mkdir(parents=True)
         for name in names:
-            text = subprocess.run(["git", "-C", str(REPO), "show", f"{commit}:{part}/{name}"], capture_output=True,
-                                  text=True, check=True).stdout
+            text = subprocess.run(
+                ["git", "-C", str(REPO), "show", f"{commit}:{part}/{name}"], capture_output=True, text=True, check=True
+            ).stdout
             (root / part / name).write_text(text)
     return root
 
@@ -58,9 +63,15 @@ def _runner(tree, tag):
     for path in sorted((tree / "_utils").glob("*.py")):
         module = _module(path, f"bench_{tag}_utils_{path.stem}")
         module.__utils__ = utils
-        utils.update({f"{module.__virtualname__}.{n}": getattr(module, n) for n in dir(module)
-                      if not n.startswith("_") and callable(getattr(module, n))
-                      and getattr(getattr(module, n), "__module__", None) == module.__name__})
+        utils.update(
+            {
+                f"{module.__virtualname__}.{n}": getattr(module, n)
+                for n in dir(module)
+                if not n.startswith("_")
+                and callable(getattr(module, n))
+                and getattr(getattr(module, n), "__module__", None) == module.__name__
+            }
+        )
     runner = _module(tree / "_runners" / "kcm_alert.py", f"bench_{tag}_kcm_alert")
     runner.__utils__ = utils
     return runner
@@ -73,8 +84,14 @@ def _master_opts(root, minions):
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     opts = dict(salt.config.DEFAULT_MASTER_OPTS, __role="master")
-    opts.update(cachedir=str(root / "cache"), pki_dir=str(root / "pki"), sock_dir=str(root / "sock"),
-                extension_modules=str(root / "extmods"), minion_data_cache=True, cache="localfs")
+    opts.update(
+        cachedir=str(root / "cache"),
+        pki_dir=str(root / "pki"),
+        sock_dir=str(root / "sock"),
+        extension_modules=str(root / "extmods"),
+        minion_data_cache=True,
+        cache="localfs",
+    )
     (root / "pki" / "minions").mkdir(parents=True)
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -95,8 +112,15 @@ def _forged(key, now):
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import padding
 
-    data = {"cluster": "prod", "transitions": 9, "new_node": "evil", "id": "web-7", "signed_at": now,
-            "epoch": 1, "counter": 1}
+    data = {
+        "cluster": "prod",
+        "transitions": 9,
+        "new_node": "evil",
+        "id": "web-7",
+        "signed_at": now,
+        "epoch": 1,
+        "counter": 1,
+    }
     message = json.dumps({"kind": "changed", "data": data}, sort_keys=True, separators=(",", ":")).encode()
     sig = base64.b64encode(key.sign(message, padding.PKCS1v15(), hashes.SHA256())).decode()
     return "salt/beacon/web-7/kcm_leader/changed", dict(data, sig=sig)
@@ -105,8 +129,12 @@ def _forged(key, now):
 def measure(runner, opts, event, runs):
     fired = []
     # What kcm.master writes (every default of defaults.yaml) for these masters and receiver.
-    runner.__opts__ = dict(opts, kcm_alert=alert_settings(masters=["master-0", "master-1", "master-2"],
-                                                          alertmanager_urls=["http://127.0.0.1:9"]))
+    runner.__opts__ = dict(
+        opts,
+        kcm_alert=alert_settings(
+            masters=["master-0", "master-1", "master-2"], alertmanager_urls=["http://127.0.0.1:9"]
+        ),
+    )
     runner._fire = lambda tag, data: fired.append(tag)
     entry = getattr(runner, "handle", None) or (lambda tag, data: runner.handle_batch([(tag, data)])[0])
     costs = []
@@ -132,13 +160,19 @@ def main():
         new = _runner(_tree(root / "new", None), "new")
         before, why_before, fired_before = measure(old, opts, event, args.n)
         now, why_now, fired_now = measure(new, opts, event, max(args.n, 200))
-    print(f"before ({OLD}, grain target over {args.minions} cached minions): {before:.2f} ms CPU per refused"
-          f" event; refusal events fired: {fired_before} of {args.n} ({why_before})")
-    print(f"now (kcm_alert:masters by id): {now:.3f} ms CPU per refused event; refusal events fired:"
-          f" {fired_now} of {max(args.n, 200)} (once per sender per interval) ({why_now})")
-    print(f"refusal cost with {args.minions} minions: {now:.3f} ms now vs {before:.1f} ms before"
-          f" ({before / now if now else float('inf'):.0f}x); goal <= {GOAL_MS:g} ms:"
-          f" {'met' if now <= GOAL_MS else 'NOT met'}")
+    print(
+        f"before ({OLD}, grain target over {args.minions} cached minions): {before:.2f} ms CPU per refused"
+        f" event; refusal events fired: {fired_before} of {args.n} ({why_before})"
+    )
+    print(
+        f"now (kcm_alert:masters by id): {now:.3f} ms CPU per refused event; refusal events fired:"
+        f" {fired_now} of {max(args.n, 200)} (once per sender per interval) ({why_now})"
+    )
+    print(
+        f"refusal cost with {args.minions} minions: {now:.3f} ms now vs {before:.1f} ms before"
+        f" ({before / now if now else float('inf'):.0f}x); goal <= {GOAL_MS:g} ms:"
+        f" {'met' if now <= GOAL_MS else 'NOT met'}"
+    )
     sys.exit(0 if now <= GOAL_MS else 1)
 
 

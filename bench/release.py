@@ -38,15 +38,20 @@ from kcmlab.cluster import SHORT_ELECTION, UNIT, LabCluster  # noqa: E402
 from kcmlab.controlplane import node_of, wait_until  # noqa: E402
 from kcmlab.formula import runner_settings  # noqa: E402
 
-ELECTIONS = {"short": SHORT_ELECTION, "default": {"lease_duration": "15s", "renew_deadline": "10s",
-                                                  "retry_period": "2s"}}
+ELECTIONS = {
+    "short": SHORT_ELECTION,
+    "default": {"lease_duration": "15s", "renew_deadline": "10s", "retry_period": "2s"},
+}
 CASES = ("kill", "stop", "restart", "upgrade", "cut", "poweroff")
 FLOOR = ("cut", "poweroff")  # the Lease must expire: no process exit to act on
 
 
 def epoch(micro_time):
-    return datetime.datetime.strptime(micro_time, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
-        tzinfo=datetime.timezone.utc).timestamp()
+    return (
+        datetime.datetime.strptime(micro_time, "%Y-%m-%dT%H:%M:%S.%fZ")
+        .replace(tzinfo=datetime.timezone.utc)
+        .timestamp()
+    )
 
 
 def unit_time(cluster, name, prop):
@@ -69,8 +74,11 @@ def exit_of_the_leader(cluster, leader, case):
         # A config change, rolled by the orchestration: the leader goes last, so its unit's
         # last exit from "active" is its step's stop.
         cluster.change_pillar(verbosity=3 if "--v=2" in cluster.cmdline(leader) else 2)
-        code, ret = cluster.master.run("state.orchestrate", "orch.kcm.upgrade",
-                                       pillar={"kcm_orch": {"tgt": list(cluster.nodes), "tgt_type": "list"}})
+        code, ret = cluster.master.run(
+            "state.orchestrate",
+            "orch.kcm.upgrade",
+            pillar={"kcm_orch": {"tgt": list(cluster.nodes), "tgt_type": "list"}},
+        )
         if code != 0:
             raise RuntimeError(f"orch.kcm.upgrade failed: {str(ret)[-2000:]}")
         return unit_time(cluster, leader, "ActiveExitTimestampMonotonic")
@@ -87,8 +95,14 @@ def exit_of_the_leader(cluster, leader, case):
         cluster.kill(leader)
     else:
         cluster.machine(leader).systemctl("stop", UNIT)
-    return wait_until(lambda: (lambda t: t if t and t != before else None)(
-        unit_time(cluster, leader, "ExecMainExitTimestampMonotonic")), 4, f"{leader}: KCM's exit", interval=0.05)
+    return wait_until(
+        lambda: (lambda t: t if t and t != before else None)(
+            unit_time(cluster, leader, "ExecMainExitTimestampMonotonic")
+        ),
+        4,
+        f"{leader}: KCM's exit",
+        interval=0.05,
+    )
 
 
 def one_run(cluster, case, timeout):
@@ -127,9 +141,12 @@ def main():
     print(f"# release bench on {machine()}")
     election = ELECTIONS[args.election]
     gaps = {(case, on): [] for case in cases for on in (True, False)}
-    with scratch_dir("kcm-bench-release-") as workdir, \
-            LabCluster(k8s_bin(), workdir, suite="bench-rel", election=election,
-                       master_config=runner_settings()) as cluster:
+    with (
+        scratch_dir("kcm-bench-release-") as workdir,
+        LabCluster(
+            k8s_bin(), workdir, suite="bench-rel", election=election, master_config=runner_settings()
+        ) as cluster,
+    ):
         cluster.salt("saltutil.sync_all", timeout=300)
         cluster.apply("kcm")
         cluster.ensure_running(timeout=120)
@@ -138,8 +155,10 @@ def main():
 
 
 def measure(cluster, cases, runs, election, gaps):
-    print(f"leader election {' / '.join(election.values())}; {runs} runs per case and setting, "
-          "release on and off in alternating blocks, three systemd machines")
+    print(
+        f"leader election {' / '.join(election.values())}; {runs} runs per case and setting, "
+        "release on and off in alternating blocks, three systemd machines"
+    )
     timeout = 60
     for run in range(runs):
         for on in (True, False):
@@ -147,8 +166,10 @@ def measure(cluster, cases, runs, election, gaps):
             for case in cases:
                 gap, old, new = one_run(cluster, case, timeout)
                 gaps[(case, on)].append(gap)
-                print(f"  run {run + 1} {case:<8} release {'on ' if on else 'off'}: gap {gap:6.2f} s "
-                      f"({old} -> {new})", flush=True)
+                print(
+                    f"  run {run + 1} {case:<8} release {'on ' if on else 'off'}: gap {gap:6.2f} s ({old} -> {new})",
+                    flush=True,
+                )
     set_release_on_exit(cluster, True, election)
 
 
@@ -160,11 +181,15 @@ def report(election, cases, gaps):
     floor = f"the floor: the Lease must expire, about lease + retry = {lease + retry:g} s, release on or off"
     for case in cases:
         on, off = gaps[(case, True)], gaps[(case, False)]
-        print(f"{case:<8} release off: controller gap median {median(off):5.2f} s, max {max(off):5.2f} s"
-              f" ({floor if case in FLOOR else off_anchor})")
+        print(
+            f"{case:<8} release off: controller gap median {median(off):5.2f} s, max {max(off):5.2f} s"
+            f" ({floor if case in FLOOR else off_anchor})"
+        )
         verdict = "" if case in FLOOR else f"; {'met' if max(on) <= retry + 1 else 'NOT met'} by the max"
-        print(f"{case:<8} release on:  controller gap median {median(on):5.2f} s, max {max(on):5.2f} s"
-              f" ({floor if case in FLOOR else on_goal}{verdict})")
+        print(
+            f"{case:<8} release on:  controller gap median {median(on):5.2f} s, max {max(on):5.2f} s"
+            f" ({floor if case in FLOOR else on_goal}{verdict})"
+        )
 
 
 if __name__ == "__main__":

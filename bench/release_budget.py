@@ -28,8 +28,9 @@ from kcmlab.pki import CertificateAuthority, kubeconfig
 
 
 def write_kubeconfig(path: Path, server: str, ca, pair) -> Path:
-    path.write_text(yaml.safe_dump(kubeconfig(server, ca.cert_pem, pair[0], pair[1],
-                                              user="system:kube-controller-manager")))
+    path.write_text(
+        yaml.safe_dump(kubeconfig(server, ca.cert_pem, pair[0], pair[1], user="system:kube-controller-manager"))
+    )
     path.chmod(0o600)
     return path
 
@@ -53,8 +54,10 @@ def main():
     with tempfile.TemporaryDirectory(prefix="kcmb-") as tmp, socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(64)
-        cases = {"refused": f"https://127.0.0.1:{free_port()}",
-                 "silent": f"https://127.0.0.1:{silent.getsockname()[1]}"}
+        cases = {
+            "refused": f"https://127.0.0.1:{free_port()}",
+            "silent": f"https://127.0.0.1:{silent.getsockname()[1]}",
+        }
         for budget in (float(b) for b in args.budgets.split(",")):
             for case, url in cases.items():
                 kcfg = write_kubeconfig(Path(tmp) / f"{case}.kubeconfig", url, ca, pair)

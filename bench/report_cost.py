@@ -36,8 +36,10 @@ from kcmlab.formula import load, master_conf, utils
 MASTERS = ("master-1", "master-2", "master-3")
 # cProfile's file name -> the part of the path a report takes there.
 PARTS = (
-    ("formula: store and files", ("kcm_state_file", "kcm_outbox", "json/", "fcntl", "posix.", "tempfile",
-                                  "io.open", "_io.")),
+    (
+        "formula: store and files",
+        ("kcm_state_file", "kcm_outbox", "json/", "fcntl", "posix.", "tempfile", "io.open", "_io."),
+    ),
     ("formula: signature check", ("kcm_trust", "cryptography", "hazmat", "RSAPublicKey", "load_pem")),
     ("formula: decisions", ("kcm_alert_decide", "kcm_alert_rules", "kcm_time")),
     ("formula: receivers (HTTP)", ("kcm_receiver", "urllib3", "requests", "http/", "socket", "ssl", "_thread.lock")),
@@ -58,11 +60,14 @@ def _keys(root):
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         pki = root / minion / "pki"
         pki.mkdir(parents=True)
-        (pki / "minion.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                           serialization.PrivateFormat.TraditionalOpenSSL,
-                                                           serialization.NoEncryption()))
-        (root / "master-pki" / "minions" / minion).write_bytes(key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        (pki / "minion.pem").write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+            )
+        )
+        (root / "master-pki" / "minions" / minion).write_bytes(
+            key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        )
         signers[minion] = {"id": minion, "pki_dir": str(pki), "cachedir": str(root / minion)}
     return signers
 
@@ -75,9 +80,9 @@ def _storm(signers, clusters):
     for _ in range(clusters):
         events = failover_events("kubernetes", new_cluster_id())
         for minion, opts in signers.items():
-            for event in util["kcm_trust.sign_events"](opts, [dict(e) for e in events],
-                                                        util["kcm_state_file.read_json"],
-                                                        util["kcm_state_file.write_json"]):
+            for event in util["kcm_trust.sign_events"](
+                opts, [dict(e) for e in events], util["kcm_state_file.read_json"], util["kcm_state_file.write_json"]
+            ):
                 tail = event.pop("tag")
                 out.append((f"salt/beacon/{minion}/kcm_leader/{tail}", event))
     return out
@@ -88,10 +93,16 @@ def _runner(root, alertmanager_url):
 
     runner = load("_runners", "kcm_alert")
     runner.__utils__ = utils()
-    opts = dict(salt.config.DEFAULT_MASTER_OPTS, __role="master", cachedir=str(root / "master-cache"),
-                pki_dir=str(root / "master-pki"), sock_dir=str(root / "sock"))
-    opts["kcm_alert"] = master_conf(masters=list(MASTERS), alertmanager_urls=[alertmanager_url],
-                                    labels={"env": "bench"})["kcm_alert"]
+    opts = dict(
+        salt.config.DEFAULT_MASTER_OPTS,
+        __role="master",
+        cachedir=str(root / "master-cache"),
+        pki_dir=str(root / "master-pki"),
+        sock_dir=str(root / "sock"),
+    )
+    opts["kcm_alert"] = master_conf(
+        masters=list(MASTERS), alertmanager_urls=[alertmanager_url], labels={"env": "bench"}
+    )["kcm_alert"]
     runner.__opts__ = opts
     fired = collections.Counter()
     runner._fire = lambda tag, data: fired.update([tag])
@@ -118,7 +129,7 @@ def run(root, am, clusters, batch, profile=None):
     if profile:
         profile.enable()
     for start in range(0, len(events), batch):
-        runner.handle_batch(events[start:start + batch])
+        runner.handle_batch(events[start : start + batch])
     if profile:
         profile.disable()
     cpu = time.process_time() - cpu0
@@ -143,8 +154,10 @@ def main():
             for batch in batches:
                 reports, alerts, fired, cpu = run(root, am, args.clusters, batch)
                 costs[batch] = cpu / reports * 1000
-                print(f"batches of {batch}: {reports} reports, {alerts} alerts in Alertmanager (of"
-                      f" {args.clusters}), follow-ups {fired}: {cpu:.2f} s CPU, {costs[batch]:.2f} ms per report")
+                print(
+                    f"batches of {batch}: {reports} reports, {alerts} alerts in Alertmanager (of"
+                    f" {args.clusters}), follow-ups {fired}: {cpu:.2f} s CPU, {costs[batch]:.2f} ms per report"
+                )
             profile = cProfile.Profile()
             reports, _, _, _ = run(root, am, args.clusters, batches[-1], profile)
         finally:
@@ -160,9 +173,11 @@ def main():
     if args.top:
         print(f"\nthe {args.top} functions with the most own time:")
         stats.sort_stats("tottime").print_stats(args.top)
-    print(f"the formula's CPU per report at {args.clusters} clusters: "
-          + ", ".join(f"batches of {b}: {ms:.2f} ms" for b, ms in costs.items())
-          + " (goal for the whole salt-master, Salt's share included: 1.5 ms per report, issue #29)")
+    print(
+        f"the formula's CPU per report at {args.clusters} clusters: "
+        + ", ".join(f"batches of {b}: {ms:.2f} ms" for b, ms in costs.items())
+        + " (goal for the whole salt-master, Salt's share included: 1.5 ms per report, issue #29)"
+    )
 
 
 if __name__ == "__main__":

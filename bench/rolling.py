@@ -42,8 +42,9 @@ def settled(cluster, timeout=120):
 def one_change(cluster, verbosity, method):
     cluster.change_pillar(verbosity=verbosity)
     holder = cluster.holder()
-    nodes = {name: SimpleNamespace(healthy=lambda name=name: cluster.healthz(name, timeout=1))
-             for name in cluster.nodes}
+    nodes = {
+        name: SimpleNamespace(healthy=lambda name=name: cluster.healthz(name, timeout=1)) for name in cluster.nodes
+    }
     with LeaseWatch(cluster.cp, nodes=nodes) as watch:
         begin = time.monotonic()
         if method == "orchestration":
@@ -58,8 +59,13 @@ def one_change(cluster, verbosity, method):
         elapsed = time.monotonic() - begin
         time.sleep(LEASE)  # a late takeover still counts
     watch.assert_sound()
-    return {"changes": watch.transitions, "gap": watch.longest_gap, "seconds": elapsed,
-            "holders": len(watch.holders), "min_healthy": watch.min_healthy}
+    return {
+        "changes": watch.transitions,
+        "gap": watch.longest_gap,
+        "seconds": elapsed,
+        "holders": len(watch.holders),
+        "min_healthy": watch.min_healthy,
+    }
 
 
 def main():
@@ -69,9 +75,16 @@ def main():
     bindir = k8s_bin()
     version = bindir.name
     results = {"orchestration": [], "plain apply": []}
-    with tempfile.TemporaryDirectory(prefix="kcmb-", dir="/tmp") as tmp, \
-            LabCluster(bindir, Path(tmp), suite="bench-roll", election=SHORT_ELECTION,
-                       master_config=runner_settings(masters=list(NODES))) as cluster:
+    with (
+        tempfile.TemporaryDirectory(prefix="kcmb-", dir="/tmp") as tmp,
+        LabCluster(
+            bindir,
+            Path(tmp),
+            suite="bench-roll",
+            election=SHORT_ELECTION,
+            master_config=runner_settings(masters=list(NODES)),
+        ) as cluster,
+    ):
         cluster.deploy()
         verbosity = 2
         for _ in range(args.runs):
@@ -79,22 +92,32 @@ def main():
                 verbosity = 3 if verbosity != 3 else 4
                 results[method].append(one_change(cluster, verbosity, method))
         timings = dict(cluster.timings)
-    print(f"# bench/rolling: a config change restarting 3 KCMs, {args.runs} run(s) each, KCM {version},"
-          f" lease {SHORT_ELECTION['lease_duration']} / renew {SHORT_ELECTION['renew_deadline']}"
-          f" / retry {SHORT_ELECTION['retry_period']}")
+    print(
+        f"# bench/rolling: a config change restarting 3 KCMs, {args.runs} run(s) each, KCM {version},"
+        f" lease {SHORT_ELECTION['lease_duration']} / renew {SHORT_ELECTION['renew_deadline']}"
+        f" / retry {SHORT_ELECTION['retry_period']}"
+    )
     print(f"# {machine()}; KCM under systemd on 3 machines (kcmlab)")
-    print(f"{'method':<16}{'leader changes':>16}{'max no-leader s':>17}{'min healthy':>13}{'wall s':>9}"
-          "   per run (changes/gap/min healthy)")
+    print(
+        f"{'method':<16}{'leader changes':>16}{'max no-leader s':>17}{'min healthy':>13}{'wall s':>9}"
+        "   per run (changes/gap/min healthy)"
+    )
     for method, rows in results.items():
         per_run = ", ".join(f"{r['changes']}/{r['gap']:.1f}/{r['min_healthy']}" for r in rows)
-        print(f"{method:<16}{median([r['changes'] for r in rows]):>16.1f}{median([r['gap'] for r in rows]):>17.1f}"
-              f"{min(r['min_healthy'] for r in rows):>13}{median([r['seconds'] for r in rows]):>9.1f}   {per_run}")
+        print(
+            f"{method:<16}{median([r['changes'] for r in rows]):>16.1f}{median([r['gap'] for r in rows]):>17.1f}"
+            f"{min(r['min_healthy'] for r in rows):>13}{median([r['seconds'] for r in rows]):>9.1f}   {per_run}"
+        )
     orch = results["orchestration"]
     met = all(r["changes"] == 1 and r["gap"] <= LEASE for r in orch)
-    print(f"goal (orchestration): 1 leader change and no window > {LEASE:.0f} s without a live leader:"
-          f" {'met' if met else 'MISSED'}")
-    print(f"anchor: one lease duration = {LEASE:g} s; measured before (KCM run by the test harness, no systemd):"
-          " 1 change, about 1 s without a live leader, min healthy 2; plain apply min healthy 0")
+    print(
+        f"goal (orchestration): 1 leader change and no window > {LEASE:.0f} s without a live leader:"
+        f" {'met' if met else 'MISSED'}"
+    )
+    print(
+        f"anchor: one lease duration = {LEASE:g} s; measured before (KCM run by the test harness, no systemd):"
+        " 1 change, about 1 s without a live leader, min healthy 2; plain apply min healthy 0"
+    )
     lab_timings(timings)
 
 

@@ -42,10 +42,18 @@ class Alertmanager:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = self.workdir / "alertmanager.log"
         config = self.workdir / "alertmanager.yml"
-        self.daemon = Daemon("alertmanager", [
-            BINARY, f"--config.file={config}", f"--storage.path={self.workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{self.port}", "--cluster.listen-address=",
-        ], self.log_path, cwd=self.workdir)
+        self.daemon = Daemon(
+            "alertmanager",
+            [
+                BINARY,
+                f"--config.file={config}",
+                f"--storage.path={self.workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--cluster.listen-address=",
+            ],
+            self.log_path,
+            cwd=self.workdir,
+        )
 
     @property
     def pid(self) -> int | None:
@@ -53,10 +61,14 @@ class Alertmanager:
 
     def start(self, timeout: float = 30.0) -> Alertmanager:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        (self.workdir / "alertmanager.yml").write_text(yaml.safe_dump({
-            "route": {"receiver": "null", "group_wait": "1s", "group_interval": "1s"},
-            "receivers": [{"name": "null"}],
-        }))
+        (self.workdir / "alertmanager.yml").write_text(
+            yaml.safe_dump(
+                {
+                    "route": {"receiver": "null", "group_wait": "1s", "group_interval": "1s"},
+                    "receivers": [{"name": "null"}],
+                }
+            )
+        )
         self.daemon.start()
 
         def ready():
@@ -94,8 +106,11 @@ class AlertWatch:
     def poll(self, session=None) -> None:
         """One poll now (an Alertmanager that does not answer is simply not polled)."""
         try:
-            reply = (session or requests).get(f"{self.url}/api/v2/alerts", timeout=2,
-                                              **({} if session else {"proxies": {"http": None, "https": None}}))
+            reply = (session or requests).get(
+                f"{self.url}/api/v2/alerts",
+                timeout=2,
+                **({} if session else {"proxies": {"http": None, "https": None}}),
+            )
             reply.raise_for_status()
             listed = reply.json()
         except (requests.RequestException, ValueError):
@@ -130,9 +145,12 @@ class AlertWatch:
         ``open`` (listed at the latest poll)."""
         wanted = dict(labels, **({"alertname": alertname} if alertname else {}))
         with self._lock:
-            return [dict(entry, open=entry["last"] == self.last_poll) for entry in self.seen.values()
-                    if window[0] <= entry["first"] < window[1]
-                    and all(entry["labels"].get(k) == v for k, v in wanted.items())]
+            return [
+                dict(entry, open=entry["last"] == self.last_poll)
+                for entry in self.seen.values()
+                if window[0] <= entry["first"] < window[1]
+                and all(entry["labels"].get(k) == v for k, v in wanted.items())
+            ]
 
     def open(self, alertname: str | None = None, **labels) -> list[dict]:
         return [a for a in self.alerts(alertname, **labels) if a["open"]]
@@ -148,6 +166,7 @@ class AlertWatch:
 
     def wait_closed(self, names, timeout: float = 180.0) -> None:
         """Until no alert of ``names`` is open (two fresh polls in a row agree)."""
+
         def closed():
             polled = self.last_poll
             time.sleep(2 * self.interval)

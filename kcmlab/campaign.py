@@ -138,8 +138,9 @@ class Campaign:
         Lease goes on naming it until another master takes it, so "the leader" may have no
         process for a few seconds. The fault waits for it rather than failing (CI, stop 36).
         """
-        return wait_until(lambda: self.cluster.main_pid(node), RESTART_SEC + 10,
-                          f"{node}: {UNIT} running again", interval=0.2)
+        return wait_until(
+            lambda: self.cluster.main_pid(node), RESTART_SEC + 10, f"{node}: {UNIT} running again", interval=0.2
+        )
 
     def _kill(self, node, seconds):
         self._running(node)
@@ -214,14 +215,20 @@ class Campaign:
 
     def transitions(self, begin: float) -> list[dict]:
         log = self.cluster.lease_log
-        return [{"at": t.at, "count": t.total, "jump": t.count} for t in log.classified()
-                if t.at >= begin and t.total is not None]
+        return [
+            {"at": t.at, "count": t.total, "jump": t.count}
+            for t in log.classified()
+            if t.at >= begin and t.total is not None
+        ]
 
     def alerts(self, begin: float) -> list[dict]:
         found = self.watch.alerts("KCMLeaderChanged", window=(begin, float("inf")))
         # A change from before the campaign alerted during it is not the campaign's.
-        return [{"at": a["first"], "transitions": int(a["labels"].get("transitions", -1))} for a in found
-                if int(a["labels"].get("transitions", -1)) > (self.start_count or 0)]
+        return [
+            {"at": a["first"], "transitions": int(a["labels"].get("transitions", -1))}
+            for a in found
+            if int(a["labels"].get("transitions", -1)) > (self.start_count or 0)
+        ]
 
     def _settled(self, begin: float, timeout: float) -> None:
         """Until every transition since ``begin`` has had the time to be alerted: the
@@ -241,15 +248,21 @@ class Campaign:
     def journals(self, begin: float) -> dict[str, list[str]]:
         out = {}
         for name in self.cluster.nodes:
-            text = self.cluster.machine(name).run(
-                ["journalctl", "--no-pager", "-o", "short-unix", "-u", UNIT, "--since", f"@{int(begin) - 60}"],
-                check=False).stdout
+            text = (
+                self.cluster.machine(name)
+                .run(
+                    ["journalctl", "--no-pager", "-o", "short-unix", "-u", UNIT, "--since", f"@{int(begin) - 60}"],
+                    check=False,
+                )
+                .stdout
+            )
             out[name] = text.splitlines()
         return out
 
     def report(self, begin: float, end: float):
-        result = check(self.journals(begin), self.faults, self.transitions(begin), self.alerts(begin),
-                       self.election, begin, end)
+        result = check(
+            self.journals(begin), self.faults, self.transitions(begin), self.alerts(begin), self.election, begin, end
+        )
         result.faults = list(self.faults)
         result.skipped = list(self.skipped) + list(self.failed)
         result.seed = self.seed
@@ -276,9 +289,14 @@ def summary(report) -> list[str]:
         "alerts: " + ", ".join(f"{k} {v}" for k, v in report.alerts.items()),
         f"violations: {len(report.violations)}",
     ]
-    lines += [f"  fault {fault.kind} {fault.node or 'cluster'} {_clock(fault.begin)} - {_clock(fault.end)}"
-              for fault in sorted(report.faults, key=lambda f: f.begin)]
+    lines += [
+        f"  fault {fault.kind} {fault.node or 'cluster'} {_clock(fault.begin)} - {_clock(fault.end)}"
+        for fault in sorted(report.faults, key=lambda f: f.begin)
+    ]
     lines += [f"  not made: {step.kind} at +{step.offset:g} s: {why}" for step, why in report.skipped]
-    lines += [f"  {f.kind} at {_clock(f.begin)}: {f.seconds:.3f} s"
-              f" (bound {'none' if f.bound is None else f'{f.bound:.2f} s'}) {f.what}" for f in report.violations]
+    lines += [
+        f"  {f.kind} at {_clock(f.begin)}: {f.seconds:.3f} s"
+        f" (bound {'none' if f.bound is None else f'{f.bound:.2f} s'}) {f.what}"
+        for f in report.violations
+    ]
     return lines

@@ -62,6 +62,8 @@ class Snapshot(NamedTuple):
     holder: str
     spec: dict
     value: Any
+
+
 K8S_CACHE = Path(os.environ.get("KCM_CACHE", Path.home() / ".cache" / "kcm-formula")) / "k8s"
 INSIDE_K8S = "/srv/k8s"  # where the machines see the build cache (read-only)
 
@@ -77,23 +79,40 @@ def failed_states(ret) -> list[str]:
     """'<state id>: <comment>' for each state of one minion's return that did not succeed."""
     if not isinstance(ret, dict) or not ret:
         return [f"no state results: {str(ret)[:1500]}"]
-    return [f"{sid}: {(st or {}).get('comment')}" for sid, st in ret.items()
-            if not isinstance(st, dict) or st.get("result") is not True]
+    return [
+        f"{sid}: {(st or {}).get('comment')}"
+        for sid, st in ret.items()
+        if not isinstance(st, dict) or st.get("result") is not True
+    ]
 
 
 def changed_states(ret) -> list[str]:
     """IDs of the states of one minion's return that changed something."""
-    return sorted(st.get("__id__", sid) for sid, st in (ret or {}).items()
-                  if isinstance(st, dict) and st.get("changes"))
+    return sorted(
+        st.get("__id__", sid) for sid, st in (ret or {}).items() if isinstance(st, dict) and st.get("changes")
+    )
 
 
 class LabCluster:
     """The control plane, the salt-master and the machines; ``close()`` removes all of it."""
 
-    def __init__(self, k8s_bin: Path, workdir: Path, *, suite: str = "e2e", nodes=NODES,
-                 subnet: str | None = None, version: str | None = None, election: dict | None = None,
-                 kcm: dict | None = None, master_config: dict | None = None, file_roots=(), spares=(),
-                 rootfs: Path | None = None, cert_days: int = DAYS):
+    def __init__(
+        self,
+        k8s_bin: Path,
+        workdir: Path,
+        *,
+        suite: str = "e2e",
+        nodes=NODES,
+        subnet: str | None = None,
+        version: str | None = None,
+        election: dict | None = None,
+        kcm: dict | None = None,
+        master_config: dict | None = None,
+        file_roots=(),
+        spares=(),
+        rootfs: Path | None = None,
+        cert_days: int = DAYS,
+    ):
         self.k8s_bin = Path(k8s_bin)
         self.workdir = Path(workdir)
         self.nodes = tuple(nodes)
@@ -106,8 +125,9 @@ class LabCluster:
         self.kcm_overrides = dict(kcm or {})
         self.cert_days = cert_days
         # The machines' rootfs (kcmlab.rootfs.ensure_rootfs): bookworm unless given.
-        self.lab = Lab(suite, subnet, rootfs=rootfs, binds_ro={K8S_CACHE: INSIDE_K8S},
-                       log_dir=self.workdir / "machines")
+        self.lab = Lab(
+            suite, subnet, rootfs=rootfs, binds_ro={K8S_CACHE: INSIDE_K8S}, log_dir=self.workdir / "machines"
+        )
         self.master_config = dict(master_config or {})
         self.cp: ControlPlane | None = None
         self.master: SaltMaster | None = None
@@ -126,8 +146,11 @@ class LabCluster:
 
         defaults = yaml.safe_load((REPO / "formula" / "kcm" / "defaults.yaml").read_text())["kcm"]["leader_election"]
         parse = load("_utils", "kcm_time").parse_duration
-        return {key: parse(value) for key, value in dict(defaults, **self.election).items()
-                if key in ("lease_duration", "renew_deadline", "retry_period")}
+        return {
+            key: parse(value)
+            for key, value in dict(defaults, **self.election).items()
+            if key in ("lease_duration", "renew_deadline", "retry_period")
+        }
 
     @property
     def failover_bound(self) -> float:
@@ -143,14 +166,20 @@ class LabCluster:
             self.lab.open()
             for name in self.all_names:
                 self.lab.address_of(name)
-            self.cp = ControlPlane(self.k8s_bin, self.workdir / "controlplane", nodes=self.nodes,
-                                   host=self.lab.host_ip, cert_days=self.cert_days).start()
+            self.cp = ControlPlane(
+                self.k8s_bin,
+                self.workdir / "controlplane",
+                nodes=self.nodes,
+                host=self.lab.host_ip,
+                cert_days=self.cert_days,
+            ).start()
             self.timings["control plane ready"] = self.cp.timings["apiserver_ready"]
             # A new leader after a disturbance: one failover, after KCM's restart at worst.
             self.lease_log = LeaseLog(self.cp, grace=self.failover_bound + RESTART_SEC + 2).start()
             self.lab.marks = self.cp.etcd.marks = self.cp.apiserver.marks = self.lease_log
-            self.master = SaltMaster(self.workdir / "salt", self.lab.host_ip, config=self.master_config,
-                                     file_roots=self.file_roots)
+            self.master = SaltMaster(
+                self.workdir / "salt", self.lab.host_ip, config=self.master_config, file_roots=self.file_roots
+            )
             self.master.marks = self.lease_log
             self.master.start()
             # The formula's runners (kcm_orch, kcm_alert, ...) on the master, as a user syncs them.
@@ -277,9 +306,14 @@ class LabCluster:
         config (reactor, kcm_alert), file roots, runners and pillar; then every minion is
         restarted connected to both, and both see every minion answer."""
         address = self.lab.add_host_address(offset)
-        second = SaltMaster(self.workdir / f"salt-{len(self.masters) + 1}", address, master_id=master_id,
-                            config=self.master_config, file_roots=self.file_roots,
-                            ports=(self.master.ret_port, self.master.publish_port))
+        second = SaltMaster(
+            self.workdir / f"salt-{len(self.masters) + 1}",
+            address,
+            master_id=master_id,
+            config=self.master_config,
+            file_roots=self.file_roots,
+            ports=(self.master.ret_port, self.master.publish_port),
+        )
         second.share_key(self.master)
         second.marks = self.lease_log
         self.more_masters.append(second)
@@ -355,9 +389,20 @@ class LabCluster:
         port = kcm.get("secure_port", 10257)
         address = kcm.get("bind_address") or "127.0.0.1"
         host = "127.0.0.1" if address in ("127.0.0.1", "0.0.0.0") else address
-        argv = ["nsenter", "-t", str(self.machine(name).init_pid), "-n", sys.executable, "-m", "kcmlab.inside_https",
-                f"https://{host}:{port}{path}", str(self.cp.ca_path), *[str(p) for p in cert or ()],
-                "--timeout", str(timeout)]
+        argv = [
+            "nsenter",
+            "-t",
+            str(self.machine(name).init_pid),
+            "-n",
+            sys.executable,
+            "-m",
+            "kcmlab.inside_https",
+            f"https://{host}:{port}{path}",
+            str(self.cp.ca_path),
+            *[str(p) for p in cert or ()],
+            "--timeout",
+            str(timeout),
+        ]
         try:
             proc = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=timeout + 20, check=False)
         except subprocess.TimeoutExpired:
@@ -374,8 +419,9 @@ class LabCluster:
 
     def wait_healthy(self, names=None, timeout: float = 90.0) -> None:
         names = list(names or self.nodes)
-        wait_until(lambda: all(self.healthz(n) for n in names), timeout, f"KCM /healthz on {', '.join(names)}",
-                   interval=0.3)
+        wait_until(
+            lambda: all(self.healthz(n) for n in names), timeout, f"KCM /healthz on {', '.join(names)}", interval=0.3
+        )
 
     def lease(self) -> dict | None:
         return self.cp.lease()
@@ -392,6 +438,7 @@ class LabCluster:
 
     def wait_for_new_holder(self, old_holder: str | None, timeout: float) -> str:
         """Until the Lease names a holder other than ``old_holder`` (a new process counts)."""
+
         def other():
             holder = self.holder()
             return holder if holder and holder != old_holder else None
@@ -456,21 +503,24 @@ class LabCluster:
             deadline = time.monotonic() + renewal
             while time.monotonic() < deadline:
                 after = self.lease_spec()
-                if after.get("renewTime") != before.get("renewTime") or \
-                        after.get("holderIdentity") != before.get("holderIdentity"):
+                if after.get("renewTime") != before.get("renewTime") or after.get("holderIdentity") != before.get(
+                    "holderIdentity"
+                ):
                     break
                 time.sleep(0.1)
             else:
                 return None
             keys = ("holderIdentity", "leaseTransitions")
             if [after.get(k) for k in keys] != [before.get(k) for k in keys] or not is_live(after):
-                log.info("the Lease moved during a read (%s -> %s): reading again",
-                         before.get("holderIdentity"), after.get("holderIdentity"))
+                log.info(
+                    "the Lease moved during a read (%s -> %s): reading again",
+                    before.get("holderIdentity"),
+                    after.get("holderIdentity"),
+                )
                 return None
             return Snapshot(node_of(after["holderIdentity"]), after["holderIdentity"], after, value)
 
-        return wait_until(attempt, timeout, "a read while one renewing KCM held the Lease throughout",
-                          interval=0.2)
+        return wait_until(attempt, timeout, "a read while one renewing KCM held the Lease throughout", interval=0.2)
 
     def renewing_leader(self, timeout: float = 90.0) -> str:
         """The node of a leader that renews the Lease now (not a dead process's record)."""
@@ -484,7 +534,9 @@ class LabCluster:
 
     def starts_since(self, name: str, since: float) -> int:
         """How many times systemd started KCM on ``name`` since the epoch time ``since``."""
-        out = self.machine(name).run(
-            ["journalctl", "--no-pager", "-o", "cat", "--since", f"@{since:.3f}", "-u", UNIT],
-            check=False).stdout
+        out = (
+            self.machine(name)
+            .run(["journalctl", "--no-pager", "-o", "cat", "--since", f"@{since:.3f}", "-u", UNIT], check=False)
+            .stdout
+        )
         return sum(1 for line in out.splitlines() if line.startswith(f"Started {UNIT}.service"))

@@ -12,6 +12,7 @@ Shared by the e2e tests, the demo command and the benchmarks, so nothing here im
         cp.kcm_pki(["master-1", "10.77.0.11"])   # PEMs for the formula's kcm:pki pillar
         cp.wait_for_leader(30)
 """
+
 from __future__ import annotations
 
 import datetime
@@ -53,8 +54,12 @@ def leader_record(get) -> dict | None:
         return None
     record = json.loads(raw)
     keys = ("holderIdentity", "leaseDurationSeconds", "acquireTime", "renewTime")
-    return {"kind": "Endpoints", "spec": dict({k: record.get(k) for k in keys},
-                                              leaseTransitions=record.get("leaderTransitions") or 0)}
+    return {
+        "kind": "Endpoints",
+        "spec": dict({k: record.get(k) for k in keys}, leaseTransitions=record.get("leaderTransitions") or 0),
+    }
+
+
 DEFAULT_NODES = ("master-1", "master-2", "master-3")
 # client-go waits a random [retry, retry * (1 + JitterFactor)] between attempts.
 LEADER_ELECTION_JITTER = 1.2
@@ -142,8 +147,7 @@ def binary_minor(binary) -> int | None:
     """The minor of a Kubernetes binary, from its ``--version`` (``Kubernetes v1.14.2``); None
     when it does not say."""
     try:
-        said = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=30,
-                              check=False)
+        said = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
     match = re.search(r"Kubernetes v1\.(\d+)\.", said.stdout + said.stderr)
@@ -171,8 +175,7 @@ def node_of(holder_identity: str | None) -> str | None:
 class Daemon:
     """One long-running child in its own process group, with its output appended to a log file."""
 
-    def __init__(self, name: str, argv: list[str], log_path: Path, env: dict | None = None,
-                 cwd: Path | None = None):
+    def __init__(self, name: str, argv: list[str], log_path: Path, env: dict | None = None, cwd: Path | None = None):
         self.name = name
         self.argv = [str(arg) for arg in argv]
         self.log_path = Path(log_path)
@@ -193,8 +196,13 @@ class Daemon:
             out.write(f"\n===== {stamp} start {self.name}: {self.argv[0]}\n".encode())
             out.flush()
             self.proc = subprocess.Popen(
-                self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                env=self.env, cwd=self.cwd, start_new_session=True,
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=self.cwd,
+                start_new_session=True,
             )
         self.started_at = time.monotonic()
         if self.marks is not None:
@@ -214,8 +222,8 @@ class Daemon:
         """Raise, with the end of the log, when the process has exited."""
         if self.proc is not None and self.proc.poll() is not None:
             raise RuntimeError(
-                f"{self.name} exited with code {self.proc.returncode}; log {self.log_path}:\n"
-                f"{tail(self.log_path)}")
+                f"{self.name} exited with code {self.proc.returncode}; log {self.log_path}:\n{tail(self.log_path)}"
+            )
 
     def _signal_group(self, sig: int) -> bool:
         """Signal the process group while its leader is unreaped (so its id cannot be reused)."""
@@ -257,8 +265,16 @@ class ControlPlane:
     ``--client-ca-file`` and is the CA the formula gets as ``kcm:pki:ca_cert``.
     """
 
-    def __init__(self, bin_dir, workdir, *, service_cluster_ip_range: str = "10.254.0.0/22",
-                 nodes=DEFAULT_NODES, host: str = LOOPBACK, cert_days: int = DAYS):
+    def __init__(
+        self,
+        bin_dir,
+        workdir,
+        *,
+        service_cluster_ip_range: str = "10.254.0.0/22",
+        nodes=DEFAULT_NODES,
+        host: str = LOOPBACK,
+        cert_days: int = DAYS,
+    ):
         # ``host``: where etcd and kube-apiserver listen (a lab bridge's address for machines).
         self.host = host
         # How long the CAs and every certificate they issue are valid.
@@ -280,7 +296,8 @@ class ControlPlane:
         for binary in ("etcd", "kube-apiserver"):
             if not os.access(self.bin_dir / binary, os.X_OK):
                 raise FileNotFoundError(
-                    f"{self.bin_dir / binary} is missing or not executable; run scripts/k8s-binaries")
+                    f"{self.bin_dir / binary} is missing or not executable; run scripts/k8s-binaries"
+                )
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -329,10 +346,18 @@ class ControlPlane:
         self.sa_pub_path = self._write("sa.pub", sa_pub_pem, private=False)
         first_service_ip = str(next(ipaddress.ip_network(self.service_cluster_ip_range).hosts()))
         cert, key = self.ca.issue(
-            "kube-apiserver", server=True,
-            names=[*dict.fromkeys([LOOPBACK, self.host]), "localhost", first_service_ip,
-                   "kubernetes", "kubernetes.default",
-                   "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"])
+            "kube-apiserver",
+            server=True,
+            names=[
+                *dict.fromkeys([LOOPBACK, self.host]),
+                "localhost",
+                first_service_ip,
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+            ],
+        )
         self.apiserver_cert_path = self._write("apiserver.pem", cert, private=False)
         self.apiserver_key_path = self._write("apiserver-key.pem", key)
         # The aggregation layer's front proxy, as on a kubeadm cluster: KCM's delegated
@@ -368,8 +393,9 @@ class ControlPlane:
         """
         names = tuple(nodes) if nodes is not None else self.nodes
         if self._kcm_pki is None or self._kcm_pki["_names"] != names:
-            self._kcm_pki = dict(kcm_pillar_pki(self.ca, [LOOPBACK, "localhost", *names], self.sa_key_pem),
-                                 _names=names)
+            self._kcm_pki = dict(
+                kcm_pillar_pki(self.ca, [LOOPBACK, "localhost", *names], self.sa_key_pem), _names=names
+            )
         return {k: v for k, v in self._kcm_pki.items() if not k.startswith("_")}
 
     def write_kubeconfig(self, path, cn: str = "admin", groups=("system:masters",)) -> Path:
@@ -397,20 +423,25 @@ class ControlPlane:
         peer = f"http://{self.host}:{self.etcd_peer_port}"
         data_dir = self.workdir / "etcd-data"
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.etcd = Daemon("etcd", [
-            self.bin_dir / "etcd",
-            "--name=test",
-            f"--data-dir={data_dir}",
-            f"--listen-client-urls={client}",
-            f"--advertise-client-urls={client}",
-            f"--listen-peer-urls={peer}",
-            f"--initial-advertise-peer-urls={peer}",
-            f"--initial-cluster=test={peer}",
-            "--initial-cluster-state=new",
-            # A test cluster that is thrown away: durability buys nothing, fsync costs seconds.
-            "--unsafe-no-fsync=true",
-            "--log-level=warn",
-        ], self.log_dir / "etcd.log", cwd=self.workdir).start()
+        self.etcd = Daemon(
+            "etcd",
+            [
+                self.bin_dir / "etcd",
+                "--name=test",
+                f"--data-dir={data_dir}",
+                f"--listen-client-urls={client}",
+                f"--advertise-client-urls={client}",
+                f"--listen-peer-urls={peer}",
+                f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster=test={peer}",
+                "--initial-cluster-state=new",
+                # A test cluster that is thrown away: durability buys nothing, fsync costs seconds.
+                "--unsafe-no-fsync=true",
+                "--log-level=warn",
+            ],
+            self.log_dir / "etcd.log",
+            cwd=self.workdir,
+        ).start()
 
         def healthy():
             with requests.Session() as session:
@@ -430,34 +461,39 @@ class ControlPlane:
         self.apiserver_port = free_port()
         cert_dir = self.workdir / "apiserver-certs"
         cert_dir.mkdir(parents=True, exist_ok=True)
-        self.apiserver = Daemon("kube-apiserver", [
-            self.bin_dir / "kube-apiserver",
-            f"--etcd-servers=http://{self.host}:{self.etcd_port}",
-            f"--bind-address={self.host}",
-            f"--advertise-address={self.host}",
-            f"--secure-port={self.apiserver_port}",
-            f"--cert-dir={cert_dir}",
-            f"--tls-cert-file={self.apiserver_cert_path}",
-            f"--tls-private-key-file={self.apiserver_key_path}",
-            f"--client-ca-file={self.ca_path}",
-            f"--requestheader-client-ca-file={self.front_proxy_ca_path}",
-            "--requestheader-allowed-names=front-proxy-client",
-            "--requestheader-username-headers=X-Remote-User",
-            "--requestheader-group-headers=X-Remote-Group",
-            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
-            f"--proxy-client-cert-file={self.proxy_client_cert_path}",
-            f"--proxy-client-key-file={self.proxy_client_key_path}",
-            "--authorization-mode=Node,RBAC",
-            f"--service-account-issuer={self.apiserver_url}",
-            f"--service-account-key-file={self.sa_pub_path}",
-            f"--service-account-signing-key-file={self.sa_key_path}",
-            f"--service-cluster-ip-range={self.service_cluster_ip_range}",
-            "--allow-privileged=true",
-            # A loopback advertise address cannot go into the 'kubernetes' Endpoints; nothing
-            # here needs that Service, and the reconciler would log an error every 10s.
-            "--endpoint-reconciler-type=none",
-            "--profiling=false",
-        ], self.log_dir / "kube-apiserver.log", cwd=self.workdir).start()
+        self.apiserver = Daemon(
+            "kube-apiserver",
+            [
+                self.bin_dir / "kube-apiserver",
+                f"--etcd-servers=http://{self.host}:{self.etcd_port}",
+                f"--bind-address={self.host}",
+                f"--advertise-address={self.host}",
+                f"--secure-port={self.apiserver_port}",
+                f"--cert-dir={cert_dir}",
+                f"--tls-cert-file={self.apiserver_cert_path}",
+                f"--tls-private-key-file={self.apiserver_key_path}",
+                f"--client-ca-file={self.ca_path}",
+                f"--requestheader-client-ca-file={self.front_proxy_ca_path}",
+                "--requestheader-allowed-names=front-proxy-client",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                f"--proxy-client-cert-file={self.proxy_client_cert_path}",
+                f"--proxy-client-key-file={self.proxy_client_key_path}",
+                "--authorization-mode=Node,RBAC",
+                f"--service-account-issuer={self.apiserver_url}",
+                f"--service-account-key-file={self.sa_pub_path}",
+                f"--service-account-signing-key-file={self.sa_key_path}",
+                f"--service-cluster-ip-range={self.service_cluster_ip_range}",
+                "--allow-privileged=true",
+                # A loopback advertise address cannot go into the 'kubernetes' Endpoints; nothing
+                # here needs that Service, and the reconciler would log an error every 10s.
+                "--endpoint-reconciler-type=none",
+                "--profiling=false",
+            ],
+            self.log_dir / "kube-apiserver.log",
+            cwd=self.workdir,
+        ).start()
 
         self.ready_path = readiness_path(binary_minor(self.apiserver.argv[0]))
 
@@ -465,8 +501,7 @@ class ControlPlane:
             reply = self.request("GET", self.ready_path, timeout=5)
             return reply.status_code == 200 and reply.text.strip() == "ok"
 
-        wait_until(ready, timeout, f"kube-apiserver {self.ready_path}", interval=0.3,
-                   alive=self.apiserver.check_alive)
+        wait_until(ready, timeout, f"kube-apiserver {self.ready_path}", interval=0.3, alive=self.apiserver.check_alive)
 
     # -- API access (admin identity, TLS verified against the cluster CA) ----------------------
 
@@ -526,8 +561,7 @@ class ControlPlane:
             node = self.leader()
             return node if node and node not in excluded else None
 
-        return wait_until(new_leader, timeout, f"KCM leader (not one of {sorted(excluded)})",
-                          interval=interval)
+        return wait_until(new_leader, timeout, f"KCM leader (not one of {sorted(excluded)})", interval=interval)
 
     # -- faults -------------------------------------------------------------------------------
 
@@ -556,9 +590,13 @@ class ControlPlane:
         time.sleep(down)
         daemon.start()
         # Readiness checks etcd too: either restart ends when the API serves again.
-        wait_until(lambda: self.request("GET", self.ready_path, timeout=3).ok, timeout,
-                   f"kube-apiserver {self.ready_path} after {daemon.name} restarted", interval=0.3,
-                   alive=daemon.check_alive)
+        wait_until(
+            lambda: self.request("GET", self.ready_path, timeout=3).ok,
+            timeout,
+            f"kube-apiserver {self.ready_path} after {daemon.name} restarted",
+            interval=0.3,
+            alive=daemon.check_alive,
+        )
         return time.monotonic() - begin
 
 
@@ -576,7 +614,7 @@ def parse_exec_start(unit_text: str) -> list[str]:
     return _SYSTEMD.parse_exec_start(unit_text)
 
 
-_METRIC_LINE = re.compile(r'^(?P<name>[a-zA-Z_:][\w:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)')
+_METRIC_LINE = re.compile(r"^(?P<name>[a-zA-Z_:][\w:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)")
 
 
 def metric_values(text: str, name: str) -> list[tuple[dict, float]]:

@@ -40,9 +40,16 @@ def new_cluster_id():
 def _record(node, transitions, renewed):
     """A leader record as kcm.leader returns it."""
     text = datetime.datetime.fromtimestamp(renewed, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return {"holder": f"{node}_{uuid.uuid5(uuid.NAMESPACE_DNS, node)}", "node": node, "minion": node,
-            "transitions": transitions, "acquire_time": text, "renew_time": text,
-            "lease_duration_seconds": 15, "source": "lease"}
+    return {
+        "holder": f"{node}_{uuid.uuid5(uuid.NAMESPACE_DNS, node)}",
+        "node": node,
+        "minion": node,
+        "transitions": transitions,
+        "acquire_time": text,
+        "renew_time": text,
+        "lease_duration_seconds": 15,
+        "source": "lease",
+    }
 
 
 def failover_events(cluster, cluster_id, old="master-1", new="master-2", transitions=5):
@@ -71,8 +78,12 @@ class BeaconStandIn:
     def _signed(self, events):
         # Signed as the beacons sign theirs (this minion's key, its counter in its cachedir).
         opts = {"id": self.id, "pki_dir": self.opts.get("pki_dir", ""), "cachedir": self.opts["cachedir"]}
-        return _UTILS["kcm_trust.sign_events"](opts, [dict(event) for event in events],
-                                               _UTILS["kcm_state_file.read_json"], _UTILS["kcm_state_file.write_json"])
+        return _UTILS["kcm_trust.sign_events"](
+            opts,
+            [dict(event) for event in events],
+            _UTILS["kcm_state_file.read_json"],
+            _UTILS["kcm_state_file.write_json"],
+        )
 
     def returns(self, events):
         """The beacon return for `events` as the minion sends it (signed when the beacon signs)."""

@@ -31,9 +31,15 @@ def utils() -> dict:
     for path in sorted((REPO / "_utils").glob("*.py")):
         # No __utils__ in a util, as Salt's loader packs none into utils modules: they are leaves.
         module = load("_utils", path.stem)
-        found.update({f"{module.__virtualname__}.{n}": getattr(module, n) for n in dir(module)
-                      if not n.startswith("_") and callable(getattr(module, n))
-                      and getattr(getattr(module, n), "__module__", None) == module.__name__})
+        found.update(
+            {
+                f"{module.__virtualname__}.{n}": getattr(module, n)
+                for n in dir(module)
+                if not n.startswith("_")
+                and callable(getattr(module, n))
+                and getattr(getattr(module, n), "__module__", None) == module.__name__
+            }
+        )
     return found
 
 
@@ -80,10 +86,13 @@ def master_conf(**master) -> dict:
     import jinja2
 
     cfg = dict(defaults(), master=_merged(defaults()["master"], master))
-    sls = {"kcm/map.jinja": "{%- set kcm = merged %}",
-           "kcm/master/config.sls": (REPO / "formula" / "kcm" / "master" / "config.sls").read_text()}
-    env = jinja2.Environment(loader=jinja2.DictLoader(sls), extensions=["jinja2.ext.do"],
-                             undefined=jinja2.StrictUndefined)
+    sls = {
+        "kcm/map.jinja": "{%- set kcm = merged %}",
+        "kcm/master/config.sls": (REPO / "formula" / "kcm" / "master" / "config.sls").read_text(),
+    }
+    env = jinja2.Environment(
+        loader=jinja2.DictLoader(sls), extensions=["jinja2.ext.do"], undefined=jinja2.StrictUndefined
+    )
     env.filters["json"] = json.dumps
     text = env.get_template("kcm/master/config.sls").render(tpldir="kcm/master", merged=cfg)
     states = yaml.safe_load(text)["kcm-master-config"]["file.serialize"]
@@ -114,6 +123,7 @@ def alert_store(path) -> dict:
     """The ``kcm_alert`` runner's store at ``path`` as its next round reads it: with what the
     receivers answered, recorded beside it, settled (``kcm_outbox.locked_store``)."""
     found = utils()
-    with found["kcm_outbox.locked_store"](str(path), found["kcm_state_file.read_json"],
-                                          found["kcm_state_file.write_json"]) as store:
+    with found["kcm_outbox.locked_store"](
+        str(path), found["kcm_state_file.read_json"], found["kcm_state_file.write_json"]
+    ) as store:
         return store

@@ -121,8 +121,7 @@ def leaderships(node: str, lines, faults=()) -> list[Leadership]:
 
 
 def _frozen(node, begin, end, faults):
-    return sum(max(0.0, min(end, f.end) - max(begin, f.begin)) for f in faults
-               if f.kind == "freeze" and f.node == node)
+    return sum(max(0.0, min(end, f.end) - max(begin, f.begin)) for f in faults if f.kind == "freeze" and f.node == node)
 
 
 def overlaps(found: list[Leadership], faults, until: float, election) -> list[Finding]:
@@ -139,7 +138,7 @@ def overlaps(found: list[Leadership], faults, until: float, election) -> list[Fi
     resumed = election.get("renew_deadline", retry) + retry * JITTER
     out = []
     for i, one in enumerate(found):
-        for other in found[i + 1:]:
+        for other in found[i + 1 :]:
             if one.node == other.node:
                 continue
             begin = max(one.begin, other.begin)
@@ -178,8 +177,11 @@ def _gap_bound(begin, end, prev_node, nodes, faults, election):
     lease, retry = election["lease_duration"], election["retry_period"] * JITTER
     expiry = lease + 2 * retry
     live = [f for f in faults if f.kind not in BESIDE_LEADERSHIP and f.begin - 1.0 <= begin]
-    candidates = [(f.end - begin + expiry, f.kind) for f in faults
-                  if f.node is None and f.kind not in BESIDE_LEADERSHIP and f.begin <= end and begin <= f.end + expiry]
+    candidates = [
+        (f.end - begin + expiry, f.kind)
+        for f in faults
+        if f.node is None and f.kind not in BESIDE_LEADERSHIP and f.begin <= end and begin <= f.end + expiry
+    ]
     for fault in live:
         if fault.node == prev_node and begin <= fault.end + expiry + RELEASE:
             extra = expiry if fault.kind in EXPIRING else RELEASE + retry
@@ -199,8 +201,9 @@ def gaps(found: list[Leadership], begin: float, end: float, faults, election, no
     """Every stretch in [begin, end] with no KCM believing it leads, against its bound
     (``nodes``: every master, those that never led included)."""
     nodes = sorted(nodes or {lead.node for lead in found})
-    intervals = sorted((max(begin, lead.begin), min(end, lead.end if lead.end is not None else end), lead.node)
-                       for lead in found)
+    intervals = sorted(
+        (max(begin, lead.begin), min(end, lead.end if lead.end is not None else end), lead.node) for lead in found
+    )
     out, cursor, prev = [], begin, None
     for start, stop, node in intervals:
         if start > cursor:
@@ -220,23 +223,33 @@ def alert_accounting(transitions, alerts) -> tuple[dict, list[Finding]]:
     alert wants a transition."""
     findings, matched = [], set()
     for move in transitions:
-        mine = [i for i, alert in enumerate(alerts)
-                if move["count"] - move.get("jump", 1) < int(alert["transitions"]) <= move["count"]]
+        mine = [
+            i
+            for i, alert in enumerate(alerts)
+            if move["count"] - move.get("jump", 1) < int(alert["transitions"]) <= move["count"]
+        ]
         matched.update(mine)
         if not mine:
             findings.append(Finding("alert_missing", move["at"], 0.0, None, f"transition {move['count']}"))
         elif len(mine) > len({int(alerts[i]["transitions"]) for i in mine}):
             # An observer that polls may see one move of a jump or several: each once.
-            findings.append(Finding("alert_doubled", move["at"], 0.0, None,
-                                    f"transition {move['count']}: {len(mine)} alerts"))
+            findings.append(
+                Finding("alert_doubled", move["at"], 0.0, None, f"transition {move['count']}: {len(mine)} alerts")
+            )
     for i, alert in enumerate(alerts):
         if i not in matched:
-            findings.append(Finding("alert_unexplained", alert.get("at", 0.0), 0.0, None,
-                                    f"alert for transition {alert['transitions']}"))
-    counts = {"expected": len(transitions), "fired": len(alerts),
-              "missing": sum(f.kind == "alert_missing" for f in findings),
-              "doubled": sum(f.kind == "alert_doubled" for f in findings),
-              "unexplained": sum(f.kind == "alert_unexplained" for f in findings)}
+            findings.append(
+                Finding(
+                    "alert_unexplained", alert.get("at", 0.0), 0.0, None, f"alert for transition {alert['transitions']}"
+                )
+            )
+    counts = {
+        "expected": len(transitions),
+        "fired": len(alerts),
+        "missing": sum(f.kind == "alert_missing" for f in findings),
+        "doubled": sum(f.kind == "alert_doubled" for f in findings),
+        "unexplained": sum(f.kind == "alert_unexplained" for f in findings),
+    }
     return counts, findings
 
 

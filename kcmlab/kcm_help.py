@@ -40,8 +40,9 @@ def listed(help_text: str) -> tuple[set[str], set[str]]:
 
 def run(binary: Path, *args: str) -> str:
     """What ``binary *args`` printed, stdout then stderr (under ``nice``: the lab runs beside it)."""
-    done = subprocess.run(["nice", "-n", "19", str(binary), *args], capture_output=True, text=True,
-                          check=False, timeout=60)
+    done = subprocess.run(
+        ["nice", "-n", "19", str(binary), *args], capture_output=True, text=True, check=False, timeout=60
+    )
     return done.stdout + done.stderr
 
 
@@ -137,8 +138,16 @@ def table_source() -> str:
         lines.append(f'        "{version}",')
         for names in (flags, gates):
             lines.append('        frozenset("""')
-            lines.extend(textwrap.wrap(" ".join(names), 100, initial_indent=" " * 12, subsequent_indent=" " * 12,
-                                       break_on_hyphens=False, break_long_words=False))
+            lines.extend(
+                textwrap.wrap(
+                    " ".join(names),
+                    100,
+                    initial_indent=" " * 12,
+                    subsequent_indent=" " * 12,
+                    break_on_hyphens=False,
+                    break_long_words=False,
+                )
+            )
             lines.append('        """.split()),')
         lines.append("    ),")
     lines += [
@@ -166,7 +175,7 @@ def table_source() -> str:
 def _patch(version: str) -> tuple[int, str]:
     rest = version.split(".", 2)[2]
     number = re.match(r"\d+", rest).group(0)
-    return int(number), rest[len(number):] or "~"  # a release sorts after its pre-releases
+    return int(number), rest[len(number) :] or "~"  # a release sorts after its pre-releases
 
 
 def main(argv: list[str]) -> int:

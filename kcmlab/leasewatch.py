@@ -293,8 +293,9 @@ class LeaseLog:
             acquired = _parse_time(spec.get("acquireTime"))
             at = acquired.timestamp() if acquired else time.time()
             with self._lock:
-                self.transitions.append(Transition(at, self._last_holder, holder, count - self._last_count,
-                                                   total=count))
+                self.transitions.append(
+                    Transition(at, self._last_holder, holder, count - self._last_count, total=count)
+                )
         if spec:
             self._last_count = count
         if holder:

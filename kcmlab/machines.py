@@ -50,8 +50,18 @@ from kcmlab.hostside import (
 )
 
 # Importable from here too, as they were before the host side had its own module.
-__all__ = ["Lab", "Machine", "bridge_name", "default_subnet", "host_tempdir", "inside_argv", "leftovers",
-           "machine_name", "qualified", "sweep"]
+__all__ = [
+    "Lab",
+    "Machine",
+    "bridge_name",
+    "default_subnet",
+    "host_tempdir",
+    "inside_argv",
+    "leftovers",
+    "machine_name",
+    "qualified",
+    "sweep",
+]
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +121,9 @@ class Machine:
         deadline = begin + timeout
         while self.init_pid is None:
             if not self.running:
-                raise RuntimeError(f"machine {self.name}: systemd-nspawn exited with {self.process.returncode}; "
-                                   f"see {self.console_log}")
+                raise RuntimeError(
+                    f"machine {self.name}: systemd-nspawn exited with {self.process.returncode}; see {self.console_log}"
+                )
             self.init_pid = self._find_init()
             if time.monotonic() > deadline:
                 raise TimeoutError(f"machine {self.name}: no init process after {timeout:.0f}s")
@@ -131,8 +142,9 @@ class Machine:
     def console_log(self) -> Path:
         return (self.lab.log_dir or self.state_dir) / f"console-{self.name}.log"
 
-    def run(self, argv, check: bool = True, timeout: float = 120.0, input: str | None = None,
-            env: dict | None = None) -> subprocess.CompletedProcess:
+    def run(
+        self, argv, check: bool = True, timeout: float = 120.0, input: str | None = None, env: dict | None = None
+    ) -> subprocess.CompletedProcess:
         """Run ``argv`` inside the machine (all its namespaces, a clean environment)."""
         if self.init_pid is None:
             raise RuntimeError(f"machine {self.name} is not booted")
@@ -151,8 +163,9 @@ class Machine:
         return self.run(["systemctl", "show", "-P", prop, unit]).stdout.strip()
 
     def journal(self, unit: str, lines: int = 50) -> str:
-        return self.run(["journalctl", "--no-pager", "-o", "short-precise", "-n", str(lines), "-u", unit],
-                        check=False).stdout
+        return self.run(
+            ["journalctl", "--no-pager", "-o", "short-precise", "-n", str(lines), "-u", unit], check=False
+        ).stdout
 
     def read_file(self, path: str) -> str:
         return self.run(["cat", path]).stdout
@@ -226,8 +239,14 @@ class Machine:
 class Lab:
     """A bridge and the machines booted on it; a context manager that always cleans up."""
 
-    def __init__(self, suite: str = "lab", subnet: str | None = None, rootfs: Path | None = None,
-                 binds_ro: dict | None = None, log_dir: Path | None = None):
+    def __init__(
+        self,
+        suite: str = "lab",
+        subnet: str | None = None,
+        rootfs: Path | None = None,
+        binds_ro: dict | None = None,
+        log_dir: Path | None = None,
+    ):
         if not NAME.match(suite):
             raise ValueError(f"suite {suite!r}: use a short name of [a-z0-9-]")
         suite = qualified(suite)
@@ -251,14 +270,17 @@ class Lab:
     def open(self) -> Lab:
         if self.rootfs is None:
             from kcmlab.rootfs import ensure_rootfs
+
             self.rootfs = ensure_rootfs()
         if leftovers(self.suite):
             log.warning("removing what an earlier lab %r left: %s", self.suite, leftovers(self.suite))
         self._sweep()
         taken = addresses_in(self.network)
         if taken:
-            raise RuntimeError(f"lab {self.suite}: {self.network} is already in use on this host ({', '.join(taken)}); "
-                               "give the lab another subnet")
+            raise RuntimeError(
+                f"lab {self.suite}: {self.network} is already in use on this host ({', '.join(taken)}); "
+                "give the lab another subnet"
+            )
         self._open = True
         sh(["ip", "link", "add", self.bridge, "type", "bridge"])
         sh(["ip", "addr", "add", f"{self.host_ip}/{self.network.prefixlen}", "dev", self.bridge])
@@ -326,8 +348,7 @@ class Lab:
         lines += [f"{addr} {name}" for name, addr in self._addresses.items()]
         return "\n".join(lines) + "\n"
 
-    def boot(self, name: str, salt: dict | None = None, wait: bool = True,
-             binds_ro: dict | None = None) -> Machine:
+    def boot(self, name: str, salt: dict | None = None, wait: bool = True, binds_ro: dict | None = None) -> Machine:
         """Boot machine ``name``; ``salt`` is its minion config (written to /etc/salt/minion.d)."""
         if not self._open:
             raise RuntimeError("Lab.open() first")
@@ -342,7 +363,8 @@ class Lab:
         (network / "10-host0.network").write_text(
             "[Match]\nName=host0\n\n[Network]\n"
             f"Address={address}/{self.network.prefixlen}\nGateway={self.host_ip}\n"
-            "LinkLocalAddressing=no\nIPv6AcceptRA=no\n")
+            "LinkLocalAddressing=no\nIPv6AcceptRA=no\n"
+        )
         (state / "hosts").write_text(self.hosts_file())
         minion_d = state / "salt" / "minion.d"
         minion_d.mkdir(parents=True, exist_ok=True)
@@ -353,9 +375,18 @@ class Lab:
         for path in cgroups:
             path.mkdir(parents=True, exist_ok=True)
         argv = [
-            "systemd-nspawn", "--quiet", "--boot", f"--directory={self.rootfs}", "--volatile=overlay",
-            f"--machine={machine_name(self.suite, name)}", f"--hostname={name}", "--register=no", "--keep-unit",
-            "--console=read-only", "--resolv-conf=off", "--timezone=off",
+            "systemd-nspawn",
+            "--quiet",
+            "--boot",
+            f"--directory={self.rootfs}",
+            "--volatile=overlay",
+            f"--machine={machine_name(self.suite, name)}",
+            f"--hostname={name}",
+            "--register=no",
+            "--keep-unit",
+            "--console=read-only",
+            "--resolv-conf=off",
+            "--timezone=off",
             f"--network-bridge={self.bridge}",
             f"--bind-ro={network}:/etc/systemd/network",
             f"--bind-ro={state / 'hosts'}:/etc/hosts",
@@ -371,7 +402,11 @@ class Lab:
         try:
             process = subprocess.Popen(
                 ["sh", "-c", f'{moves} && exec "$@"', "nspawn", *argv],
-                stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT, start_new_session=True)
+                stdin=subprocess.DEVNULL,
+                stdout=console,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         finally:
             console.close()
         machine = Machine(self, name, address, process, state)

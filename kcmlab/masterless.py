@@ -55,10 +55,18 @@ class MasterlessMinion:
         path.chmod(0o600)
 
     def run(self, *args, timeout=300):
-        cmd = [str(SALT_CALL), "--local", f"--config-dir={self.config_dir}", "--out=json",
-               "--log-level=quiet", "--retcode-passthrough", *args]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        cmd = [
+            str(SALT_CALL),
+            "--local",
+            f"--config-dir={self.config_dir}",
+            "--out=json",
+            "--log-level=quiet",
+            "--retcode-passthrough",
+            *args,
+        ]
+        return subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, "PYTHONWARNINGS": "ignore"}
+        )
 
     def call(self, fun, *args, check=False, timeout=300, **kwargs):
         argv = [fun, *[str(a) for a in args]]

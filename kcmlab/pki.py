@@ -68,9 +68,15 @@ def _san(names) -> x509.SubjectAlternativeName:
 
 def _key_usage(signs: bool) -> x509.KeyUsage:
     return x509.KeyUsage(
-        digital_signature=True, content_commitment=False, key_encipherment=False,
-        data_encipherment=False, key_agreement=False, key_cert_sign=signs,
-        crl_sign=signs, encipher_only=False, decipher_only=False,
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=signs,
+        crl_sign=signs,
+        encipher_only=False,
+        decipher_only=False,
     )
 
 
@@ -114,8 +120,18 @@ class CertificateAuthority:
     def key_pem(self) -> str:
         return pem_key(self.key)
 
-    def sign(self, common_name: str, organizations=(), *, server: bool = False, client: bool = False,
-             names=(), days: int | None = None, not_before=None, not_after=None):
+    def sign(
+        self,
+        common_name: str,
+        organizations=(),
+        *,
+        server: bool = False,
+        client: bool = False,
+        names=(),
+        days: int | None = None,
+        not_before=None,
+        not_after=None,
+    ):
         """Issue a leaf certificate; return ``(certificate, private_key)`` as objects.
 
         ``organizations`` become O= entries (Kubernetes groups); ``names`` are SANs (IPs or
@@ -126,7 +142,8 @@ class CertificateAuthority:
             raise ValueError("issue(): ask for server=True and/or client=True")
         key = ec.generate_private_key(ec.SECP256R1())
         usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + (
-            [ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])
+            [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
+        )
         now = _now()
         builder = (
             x509.CertificateBuilder()
@@ -139,15 +156,22 @@ class CertificateAuthority:
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(_key_usage(signs=False), critical=True)
             .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
         )
         if names:
             builder = builder.add_extension(_san(names), critical=False)
         return builder.sign(self.key, hashes.SHA256()), key
 
-    def issue(self, common_name: str, organizations=(), *, server: bool = False,
-              client: bool = False, names=(), days: int | None = None) -> tuple[str, str]:
+    def issue(
+        self,
+        common_name: str,
+        organizations=(),
+        *,
+        server: bool = False,
+        client: bool = False,
+        names=(),
+        days: int | None = None,
+    ) -> tuple[str, str]:
         """Issue a leaf certificate (see :meth:`sign`); return ``(cert_pem, key_pem)``."""
         cert, key = self.sign(common_name, organizations, server=server, client=client, names=names, days=days)
         return pem_cert(cert), pem_key(key)
@@ -156,8 +180,11 @@ class CertificateAuthority:
 def service_account_keypair() -> tuple[str, str]:
     """An RSA key pair for service-account tokens: ``(private_pem, public_pem)``."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    public = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    public = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     return pem_key(key), public
 
 
@@ -182,23 +209,23 @@ def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-def kubeconfig(server: str, ca_pem: str, cert_pem: str, key_pem: str, user: str,
-               cluster: str = "kubernetes") -> dict:
+def kubeconfig(server: str, ca_pem: str, cert_pem: str, key_pem: str, user: str, cluster: str = "kubernetes") -> dict:
     """A kubeconfig with one cluster, one user (embedded client cert) and one current context."""
     return {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": cluster, "cluster": {
-            "server": server, "certificate-authority-data": _b64(ca_pem)}}],
-        "users": [{"name": user, "user": {
-            "client-certificate-data": _b64(cert_pem), "client-key-data": _b64(key_pem)}}],
+        "clusters": [{"name": cluster, "cluster": {"server": server, "certificate-authority-data": _b64(ca_pem)}}],
+        "users": [
+            {"name": user, "user": {"client-certificate-data": _b64(cert_pem), "client-key-data": _b64(key_pem)}}
+        ],
         "contexts": [{"name": f"{user}@{cluster}", "context": {"cluster": cluster, "user": user}}],
         "current-context": f"{user}@{cluster}",
     }
 
 
-def server_context(directory, ca: CertificateAuthority, names=("127.0.0.1",), client_ca=None,
-                   require_client: bool = False) -> ssl.SSLContext:
+def server_context(
+    directory, ca: CertificateAuthority, names=("127.0.0.1",), client_ca=None, require_client: bool = False
+) -> ssl.SSLContext:
     """A TLS server context with a certificate from ``ca`` for ``names`` (written under
     ``directory``). ``client_ca`` verifies client certificates: optional, or required with
     ``require_client``."""

@@ -74,8 +74,19 @@ class Row:
         return self.flags_sha256 != NONE
 
 
-HEADER = ("minor", "release", "KCM `--version`", "Go", "binary sha256", "flag set sha256", "build",
-          "flags accepted", "leads", "`/healthz` ok", "what the binary showed")
+HEADER = (
+    "minor",
+    "release",
+    "KCM `--version`",
+    "Go",
+    "binary sha256",
+    "flag set sha256",
+    "build",
+    "flags accepted",
+    "leads",
+    "`/healthz` ok",
+    "what the binary showed",
+)
 
 
 def minor_key(minor: str) -> int:
@@ -149,9 +160,11 @@ def drift(rows: dict[str, Row], excused: dict[str, str] | None = None) -> list[s
         if row.proven and row.minor not in (excused or {}):
             now = flagset_sha256(row.release)
             if now != row.flags_sha256:
-                out.append(f"{row.release}: the flag table now renders flag set {now[:12]}..., not the"
-                           f" {row.flags_sha256[:12]}... its real binary was proven with in docs/releases.md;"
-                           f" re-prove it: scripts/prove-releases {row.minor}")
+                out.append(
+                    f"{row.release}: the flag table now renders flag set {now[:12]}..., not the"
+                    f" {row.flags_sha256[:12]}... its real binary was proven with in docs/releases.md;"
+                    f" re-prove it: scripts/prove-releases {row.minor}"
+                )
     return out
 
 

@@ -33,8 +33,19 @@ CACHE = Path(os.environ.get("KCM_CACHE", Path.home() / ".cache" / "kcm-formula")
 SUITE = "bookworm"  # the default suite; its cache path and key predate the other suites
 # What a Kubernetes master needs for this formula, and what Salt's grains and states call.
 PACKAGES = (
-    "systemd", "systemd-sysv", "dbus", "iproute2", "python3", "python3-venv", "procps",
-    "curl", "ca-certificates", "passwd", "tar", "gzip", "less",
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "iproute2",
+    "python3",
+    "python3-venv",
+    "procps",
+    "curl",
+    "ca-certificates",
+    "passwd",
+    "tar",
+    "gzip",
+    "less",
 )
 SALT_REQUIREMENTS = {"3008": "salt>=3008,<3009", "3006": "salt>=3006,<3007"}
 SALT_ROOT = "/opt/saltstack/salt"
@@ -75,8 +86,12 @@ def _check_suite(suite: str) -> None:
 def _key(salt_line: str, suite: str = SUITE) -> str:
     _check_suite(suite)
     material = {
-        "suite": suite, "packages": PACKAGES, "salt": SALT_REQUIREMENTS[salt_line],
-        "unit": SALT_MINION_UNIT, "nss": NSSWITCH_HOSTS, "python": sys.version_info[:2],
+        "suite": suite,
+        "packages": PACKAGES,
+        "salt": SALT_REQUIREMENTS[salt_line],
+        "unit": SALT_MINION_UNIT,
+        "nss": NSSWITCH_HOSTS,
+        "python": sys.version_info[:2],
     }
     if suite != SUITE:
         # bookworm's material is unchanged, so its existing cache stays valid.
@@ -128,12 +143,25 @@ def target_options(python: tuple[int, int]) -> list[str]:
     tag = f"cp{python[0]}{python[1]}"
     platforms = [f"manylinux_2_{minor}_x86_64" for minor in range(41, 4, -1)]
     platforms += ["manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64", "any"]
-    return ["--only-binary=:all:", "--python-version", f"{python[0]}.{python[1]}", "--implementation", "cp",
-            "--abi", tag, "--abi", "abi3", "--abi", "none", *(o for p in platforms for o in ("--platform", p))]
+    return [
+        "--only-binary=:all:",
+        "--python-version",
+        f"{python[0]}.{python[1]}",
+        "--implementation",
+        "cp",
+        "--abi",
+        tag,
+        "--abi",
+        "abi3",
+        "--abi",
+        "none",
+        *(o for p in platforms for o in ("--platform", p)),
+    ]
 
 
-def _foreign_wheels(house: Path, salt_line: str, python: tuple[int, int], sdists: tuple[str, ...],
-                    build: tuple[str, ...]) -> None:  # noqa: ARG001 - build is the chroot's
+def _foreign_wheels(
+    house: Path, salt_line: str, python: tuple[int, int], sdists: tuple[str, ...], build: tuple[str, ...]
+) -> None:  # noqa: ARG001 - build is the chroot's
     """For a Python the host does not run: Salt's own wheel (pure Python, built by the
     host), the binary wheels of its dependencies for ``python``, and the sdists of
     ``sdists`` with their build requirements (compiled in the chroot). pip resolves for
@@ -145,10 +173,11 @@ def _foreign_wheels(house: Path, salt_line: str, python: tuple[int, int], sdists
     try:
         for name in sdists:
             _pip("download", "-q", "--no-deps", "--no-binary=:all:", "-d", str(house), name)
-            version = next(house.glob(f"{name}-*.tar.gz")).name[len(name) + 1:-len(".tar.gz")]
+            version = next(house.glob(f"{name}-*.tar.gz")).name[len(name) + 1 : -len(".tar.gz")]
             _stand_in_wheel(stand_ins, name, version)
-        _pip("download", "-q", "-d", str(house), "--find-links", str(stand_ins), *target_options(python),
-             str(salt_wheel))
+        _pip(
+            "download", "-q", "-d", str(house), "--find-links", str(stand_ins), *target_options(python), str(salt_wheel)
+        )
         for wheel in stand_ins.iterdir():
             (house / wheel.name).unlink(missing_ok=True)
         # The sdists' build requirements, for pip's isolated build in the chroot (offline).
@@ -162,10 +191,26 @@ def _salt_release(salt_line: str) -> str:
     resolves it (measured: 3008.5 asks for a certifi the index does not have yet, and pip
     falls back to 3008.4); the other Python's resolution below cannot fall back itself."""
     out = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--dry-run", "--ignore-installed", "--report", "-",
-         SALT_REQUIREMENTS[salt_line]], check=True, capture_output=True, text=True, stdin=subprocess.DEVNULL).stdout
-    return next(item["metadata"]["version"] for item in json.loads(out)["install"]
-                if item["metadata"]["name"].lower() == "salt")
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--dry-run",
+            "--ignore-installed",
+            "--report",
+            "-",
+            SALT_REQUIREMENTS[salt_line],
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    ).stdout
+    return next(
+        item["metadata"]["version"] for item in json.loads(out)["install"] if item["metadata"]["name"].lower() == "salt"
+    )
 
 
 def _stand_in_wheel(where: Path, name: str, version: str) -> Path:
@@ -230,8 +275,13 @@ def ensure_rootfs(salt_line: str = "3008", suite: str = SUITE) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        argv = ["mmdebstrap", "--quiet", "--mode=root", "--variant=minbase",
-                f"--include={','.join(PACKAGES + SUITES.get(suite, {}).get('build', ()))}"]
+        argv = [
+            "mmdebstrap",
+            "--quiet",
+            "--mode=root",
+            "--variant=minbase",
+            f"--include={','.join(PACKAGES + SUITES.get(suite, {}).get('build', ()))}",
+        ]
         argv += [f"--customize-hook={hook}" for hook in _hooks(wheels, salt_line, suite)]
         argv += [suite, str(work / "root")]
         log.info("building the machines' rootfs with mmdebstrap into %s", target)

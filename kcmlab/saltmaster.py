@@ -44,8 +44,16 @@ class SaltCommandError(RuntimeError):
 class SaltMaster:
     """One salt-master process (foreground, in its own process group) and its CLIs."""
 
-    def __init__(self, root: Path, interface: str, *, master_id: str = "kcm-salt-master",
-                 file_roots=(), config: dict | None = None, ports: tuple[int, int] | None = None):
+    def __init__(
+        self,
+        root: Path,
+        interface: str,
+        *,
+        master_id: str = "kcm-salt-master",
+        file_roots=(),
+        config: dict | None = None,
+        ports: tuple[int, int] | None = None,
+    ):
         # ``ports``: (ret, publish); a second master of a multi-master pair on another
         # address takes the first one's, because the minions have one ``master_port``.
         self.root = Path(root)
@@ -139,25 +147,31 @@ class SaltMaster:
         others = list(others)
         for other in others:
             if (other.ret_port, other.publish_port) != (self.ret_port, self.publish_port):
-                raise ValueError(f"{other.id}: ports {other.ret_port}/{other.publish_port} differ from "
-                                 f"{self.id}'s {self.ret_port}/{self.publish_port}; a minion has one master_port")
+                raise ValueError(
+                    f"{other.id}: ports {other.ret_port}/{other.publish_port} differ from "
+                    f"{self.id}'s {self.ret_port}/{self.publish_port}; a minion has one master_port"
+                )
         return self.minion_config(minion_id) | {"master": [self.interface, *(o.interface for o in others)]}
 
     def start(self, timeout: float = 60.0) -> SaltMaster:
         self.conf_dir.mkdir(parents=True, exist_ok=True)
         self.pillar_dir.mkdir(parents=True, exist_ok=True)
         (self.conf_dir / "master").write_text(yaml.safe_dump(self.config))
-        self.daemon = Daemon("salt-master", [salt_tool("salt-master"), f"--config-dir={self.conf_dir}",
-                                             "--log-level=warning"],
-                             self.root / "master.stdout", cwd=self.root).start()
+        self.daemon = Daemon(
+            "salt-master",
+            [salt_tool("salt-master"), f"--config-dir={self.conf_dir}", "--log-level=warning"],
+            self.root / "master.stdout",
+            cwd=self.root,
+        ).start()
 
         def listening():
             with socket.socket() as sock:
                 sock.settimeout(1)
                 return sock.connect_ex((self.interface, self.ret_port)) == 0
 
-        wait_until(listening, timeout, f"salt-master on {self.interface}:{self.ret_port}",
-                   alive=self.daemon.check_alive)
+        wait_until(
+            listening, timeout, f"salt-master on {self.interface}:{self.ret_port}", alive=self.daemon.check_alive
+        )
         return self
 
     def stop(self) -> None:
@@ -187,30 +201,35 @@ class SaltMaster:
     def command(self, tool: str, *args, timeout: float = 300) -> subprocess.CompletedProcess:
         argv = [salt_tool(tool), f"--config-dir={self.conf_dir}", *map(str, args)]
         states = [arg for arg in map(str, args) if arg.startswith("state.")]
-        window = (self.marks.during(f"{tool} {states[0]}") if self.marks is not None and states
-                  else contextlib.nullcontext())
+        window = (
+            self.marks.during(f"{tool} {states[0]}") if self.marks is not None and states else contextlib.nullcontext()
+        )
         with window:
-            return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False,
-                                  stdin=subprocess.DEVNULL)
+            return subprocess.run(
+                argv, capture_output=True, text=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL
+            )
 
     def shown(self, tool: str, *args) -> str:
         """The command line a user types for ``tool args`` against this master."""
         return " ".join([tool, "-c", str(self.conf_dir), *map(str, args)])
 
-    def salt(self, target, fun: str, *args, tgt_type: str = "glob", timeout: float = 300,
-             job_timeout: int = 60, **kwargs) -> dict:
+    def salt(
+        self, target, fun: str, *args, tgt_type: str = "glob", timeout: float = 300, job_timeout: int = 60, **kwargs
+    ) -> dict:
         """``salt TARGET FUN ARGS`` (JSON out): {minion id: return}. ``target`` may be a list."""
         if isinstance(target, (list, tuple)):
             target, tgt_type = ",".join(target), "list"
         args = [*args, *(f"{key}={json.dumps(value)}" for key, value in kwargs.items())]
         flags = {"glob": [], "list": ["-L"], "compound": ["-C"], "grain": ["-G"], "nodegroup": ["-N"]}[tgt_type]
-        proc = self.command("salt", "--out=json", "--static", f"--timeout={job_timeout}", *flags,
-                            target, fun, *args, timeout=timeout)
+        proc = self.command(
+            "salt", "--out=json", "--static", f"--timeout={job_timeout}", *flags, target, fun, *args, timeout=timeout
+        )
         try:
             return json.loads(proc.stdout or "{}")
         except ValueError as exc:
-            raise SaltCommandError(f"salt {target} {fun}: exit {proc.returncode}, not JSON: "
-                                   f"{proc.stdout[-1500:]}{proc.stderr[-1500:]}") from exc
+            raise SaltCommandError(
+                f"salt {target} {fun}: exit {proc.returncode}, not JSON: {proc.stdout[-1500:]}{proc.stderr[-1500:]}"
+            ) from exc
 
     def run(self, fun: str, *args, timeout: float = 900, **kwargs):
         """``salt-run FUN ARGS`` (JSON out); returns (exit code, parsed return)."""
@@ -232,8 +251,13 @@ class SaltMaster:
             return all(answers.get(m) is True for m in minion_ids)
 
         try:
-            wait_until(all_answer, timeout, f"minions {', '.join(minion_ids)} answering test.ping",
-                       interval=1.0, alive=self.daemon.check_alive)
+            wait_until(
+                all_answer,
+                timeout,
+                f"minions {', '.join(minion_ids)} answering test.ping",
+                interval=1.0,
+                alive=self.daemon.check_alive,
+            )
         except TimeoutError as exc:
             raise TimeoutError(f"{exc}\n--- {self.log_path}\n{tail(self.log_path, 20)}") from None
         return time.monotonic() - begin
@@ -297,7 +321,6 @@ class EventRecorder:
 
         with self._lock:
             return [e for e in self.events if e[0] >= since and fnmatch.fnmatchcase(e[1], pattern)]
-
 
 
 def _runner_return(stdout: str):

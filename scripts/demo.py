@@ -48,8 +48,10 @@ def cmd_status(sandbox: Path) -> int:
             say.line(f"{machine.name} ({machine.address}): systemctl is-active {UNIT} -> {machine.active()}")
     demo.print_status()
     spec = (demo.lease() or {}).get("spec") or {}
-    say.line(f"Lease kube-system/kube-controller-manager: holder {spec.get('holderIdentity')}, "
-             f"renewed {spec.get('renewTime')}, transitions {spec.get('leaseTransitions')}")
+    say.line(
+        f"Lease kube-system/kube-controller-manager: holder {spec.get('holderIdentity')}, "
+        f"renewed {spec.get('renewTime')}, transitions {spec.get('leaseTransitions')}"
+    )
     return 0
 
 
@@ -98,8 +100,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/demo", description=kcmdemo.__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("up", "status", "failover"):
-        sub.add_parser(name).add_argument("-v", "--verbose", action="store_true",
-                                          help="every command, each master's own lines, whole events and alerts")
+        sub.add_parser(name).add_argument(
+            "-v",
+            "--verbose",
+            action="store_true",
+            help="every command, each master's own lines, whole events and alerts",
+        )
     sub.add_parser("down")
     shell = sub.add_parser("shell", help="a shell (or a command) inside a master")
     shell.add_argument("machine", choices=NODES)

@@ -73,10 +73,17 @@ class Load:
         if not self.workers:
             return self
         if not shutil.which("stress-ng"):
-            subprocess.run(["apt-get", "install", "-y", "-q", "stress-ng"], check=True,
-                           env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
-        self.proc = subprocess.Popen(["stress-ng", "--cpu", str(self.workers), "--quiet"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            subprocess.run(
+                ["apt-get", "install", "-y", "-q", "stress-ng"],
+                check=True,
+                env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"),
+            )
+        self.proc = subprocess.Popen(
+            ["stress-ng", "--cpu", str(self.workers), "--quiet"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         return self
 
     def __exit__(self, *exc):
@@ -94,8 +101,7 @@ def tier_run(number: int, pytest_args: list[str], load: int, election: str | Non
     timing = OUT / f"time-{os.getpid()}-{number}"
     report.unlink(missing_ok=True)
     timing.unlink(missing_ok=True)
-    env = dict(os.environ, KCM_LEASE_REPORT=str(report), KCM_FLAKE_TIMING=str(timing),
-               CI=os.environ.get("CI", "true"))
+    env = dict(os.environ, KCM_LEASE_REPORT=str(report), KCM_FLAKE_TIMING=str(timing), CI=os.environ.get("CI", "true"))
     if election:
         env["KCM_LAB_ELECTION"] = election
     log = OUT / f"run-{datetime.datetime.now():%Y%m%d-%H%M%S}-{number}.log"
@@ -103,8 +109,18 @@ def tier_run(number: int, pytest_args: list[str], load: int, election: str | Non
     started = datetime.datetime.now().isoformat(timespec="seconds")
     with open(log, "w") as out, LoadSampler() as sampler:
         # The lab lock first, then the load: another session's lab never runs under our stress.
-        argv = ["flock", LOCK, sys.executable, __file__, "_locked", "--load", str(load), "--",
-                str(REPO / "scripts" / "test"), *pytest_args]
+        argv = [
+            "flock",
+            LOCK,
+            sys.executable,
+            __file__,
+            "_locked",
+            "--load",
+            str(load),
+            "--",
+            str(REPO / "scripts" / "test"),
+            *pytest_args,
+        ]
         begin = time.monotonic()
         code = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO, check=False).returncode
         waited = time.monotonic() - begin
@@ -112,13 +128,22 @@ def tier_run(number: int, pytest_args: list[str], load: int, election: str | Non
     seconds = float(timing.read_text()) if timing.exists() else waited
     counts = json.loads(report.read_text()) if report.exists() else {}
     tail = log.read_text().splitlines()[-1:] or [""]
-    return {"run": number, "started": started,
-            "args": pytest_args, "load": Load(load).label, **sampler.summary, "election": election or "default",
-            "seconds": round(seconds), "waited_for_lock": round(waited - seconds), "exit": code,
-            "result": tail[0][-200:],
-            "spontaneous": sum(c["spontaneous"] for c in counts.values()) if counts else None,
-            "transitions": sum(c["transitions"] for c in counts.values()) if counts else None,
-            "per_cluster": counts, "log": str(log)}
+    return {
+        "run": number,
+        "started": started,
+        "args": pytest_args,
+        "load": Load(load).label,
+        **sampler.summary,
+        "election": election or "default",
+        "seconds": round(seconds),
+        "waited_for_lock": round(waited - seconds),
+        "exit": code,
+        "result": tail[0][-200:],
+        "spontaneous": sum(c["spontaneous"] for c in counts.values()) if counts else None,
+        "transitions": sum(c["transitions"] for c in counts.values()) if counts else None,
+        "per_cluster": counts,
+        "log": str(log),
+    }
 
 
 def soak(seconds: float, load: int, elections: list[str]) -> list[dict]:
@@ -128,13 +153,17 @@ def soak(seconds: float, load: int, elections: list[str]) -> list[dict]:
     sys.path.insert(0, str(REPO))
     from kcmlab.cluster import SHORT_ELECTION, LabCluster, _election
 
-    k8s = Path(subprocess.run([str(REPO / "scripts" / "k8s-binaries")], capture_output=True, text=True,
-                              check=True).stdout.strip())
+    k8s = Path(
+        subprocess.run(
+            [str(REPO / "scripts" / "k8s-binaries")], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    )
     with tempfile.TemporaryDirectory(prefix="kcm-soak-") as tmp, contextlib.ExitStack() as stack:
         clusters = []
         for number, text in enumerate(elections or ["/".join(SHORT_ELECTION.values())], 1):
-            cluster = stack.enter_context(LabCluster(k8s, Path(tmp) / str(number), suite=f"soak-{number}",
-                                                     election=_election(text)))
+            cluster = stack.enter_context(
+                LabCluster(k8s, Path(tmp) / str(number), suite=f"soak-{number}", election=_election(text))
+            )
             cluster.deploy()
             clusters.append((text, cluster))
         for _, cluster in clusters:
@@ -146,24 +175,36 @@ def soak(seconds: float, load: int, elections: list[str]) -> list[dict]:
         out = []
         for text, cluster in clusters:
             found = [t for t in cluster.lease_log.classified() if t.at >= begin]
-            out.append({"soak": round(seconds), "load": Load(load).label, "loadavg": loadavg, "election": text,
-                        "clusters": len(clusters), "spontaneous": sum(t.count for t in found if t.cause is None),
-                        "transitions": sum(t.count for t in found),
-                        "which": [str(t) for t in found if t.cause is None]})
+            out.append(
+                {
+                    "soak": round(seconds),
+                    "load": Load(load).label,
+                    "loadavg": loadavg,
+                    "election": text,
+                    "clusters": len(clusters),
+                    "spontaneous": sum(t.count for t in found if t.cause is None),
+                    "transitions": sum(t.count for t in found),
+                    "which": [str(t) for t in found if t.cause is None],
+                }
+            )
         return out
 
 
 def table(rows: list[dict]) -> str:
     # loadavg: the 1-minute load average's median/max over the run (sampled every 15 s).
-    lines = [f"{'run':>3} {'load':<18} {'loadavg':>9} {'election':<9} {'time':>7} {'exit':>4} {'spont.':>6} "
-             f"{'trans.':>6}  result"]
+    lines = [
+        f"{'run':>3} {'load':<18} {'loadavg':>9} {'election':<9} {'time':>7} {'exit':>4} {'spont.':>6} "
+        f"{'trans.':>6}  result"
+    ]
     for r in rows:
         minutes = f"{r['seconds'] // 60}m{r['seconds'] % 60:02d}s"
         spont = "?" if r["spontaneous"] is None else r["spontaneous"]
         trans = "?" if r["transitions"] is None else r["transitions"]
         loadavg = f"{r['loadavg_median']}/{r['loadavg_max']}" if "loadavg_max" in r else "?"
-        lines.append(f"{r['run']:>3} {r['load']:<18} {loadavg:>9} {r['election']:<9} {minutes:>7} {r['exit']:>4} "
-                     f"{spont:>6} {trans:>6}  {r['result']}")
+        lines.append(
+            f"{r['run']:>3} {r['load']:<18} {loadavg:>9} {r['election']:<9} {minutes:>7} {r['exit']:>4} "
+            f"{spont:>6} {trans:>6}  {r['result']}"
+        )
     return "\n".join(lines)
 
 
@@ -181,15 +222,26 @@ def main() -> int:
     parser.add_argument("-n", "--runs", type=int, default=5)
     parser.add_argument("--load", action="store_true", help="one more run under stress-ng --cpu 2")
     parser.add_argument("--soak", type=float, help="seconds of one idle lab cluster instead of tier runs")
-    parser.add_argument("--election", help="lease/renew/retry of the lab clusters, e.g. 4s/3s/1s; "
-                                           "with --soak a comma-separated list: one cluster each, side by side")
+    parser.add_argument(
+        "--election",
+        help="lease/renew/retry of the lab clusters, e.g. 4s/3s/1s; "
+        "with --soak a comma-separated list: one cluster each, side by side",
+    )
     parser.add_argument("pytest_args", nargs="*", default=None)
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     results = OUT / "runs.jsonl"
     if args.soak:
-        env_args = ["flock", LOCK, sys.executable, __file__, "_soak", str(args.soak), str(2 if args.load else 0),
-                    args.election or ""]
+        env_args = [
+            "flock",
+            LOCK,
+            sys.executable,
+            __file__,
+            "_soak",
+            str(args.soak),
+            str(2 if args.load else 0),
+            args.election or "",
+        ]
         return subprocess.run(env_args, check=False).returncode
     pytest_args = args.pytest_args or ["tests/e2e", "-q", "-p", "no:cacheprovider"]
     rows = []
@@ -217,8 +269,10 @@ if __name__ == "__main__":
             for result in results:
                 out.write(json.dumps(result) + "\n")
         for result in results:
-            print(f"soak {result['soak']} s, {result['clusters']} lab clusters side by side, load {result['load']} "
-                  f"(loadavg {result['loadavg']}), election {result['election']}: {result['spontaneous']} "
-                  f"spontaneous of {result['transitions']} Lease transitions {result['which'] or ''}")
+            print(
+                f"soak {result['soak']} s, {result['clusters']} lab clusters side by side, load {result['load']} "
+                f"(loadavg {result['loadavg']}), election {result['election']}: {result['spontaneous']} "
+                f"spontaneous of {result['transitions']} Lease transitions {result['which'] or ''}"
+            )
         sys.exit(0)
     sys.exit(main())

@@ -29,18 +29,27 @@ INSIDE = "/root/kube-bench"
 
 def inside(master: str, command: list[str], stdin: bytes | None = None) -> str:
     """``command`` run in ``master`` through ``scripts/demo shell``; its stdout."""
-    done = subprocess.run([str(REPO / "scripts" / "demo"), "shell", master, *command], input=stdin,
-                          capture_output=True, check=False)
+    done = subprocess.run(
+        [str(REPO / "scripts" / "demo"), "shell", master, *command], input=stdin, capture_output=True, check=False
+    )
     if done.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} in {master} failed ({done.returncode}): "
-                         f"{done.stderr.decode(errors='replace').strip()}")
+        raise SystemExit(
+            f"{' '.join(command)} in {master} failed ({done.returncode}): "
+            f"{done.stderr.decode(errors='replace').strip()}"
+        )
     return done.stdout.decode()
 
 
 def override(unit_path: str, kubeconfig: str) -> str:
     """The benchmark's own config: only the controller-manager, at the systemd paths."""
-    return json.dumps({"master": {"components": ["controllermanager"],
-                                  "controllermanager": {"confs": [unit_path], "kubeconfig": [kubeconfig]}}})
+    return json.dumps(
+        {
+            "master": {
+                "components": ["controllermanager"],
+                "controllermanager": {"confs": [unit_path], "kubeconfig": [kubeconfig]},
+            }
+        }
+    )
 
 
 def rows(report: dict) -> list[tuple[str, str, bool, str]]:
@@ -49,8 +58,7 @@ def rows(report: dict) -> list[tuple[str, str, bool, str]]:
     for control in report.get("Controls", []):
         for group in control.get("tests", []):
             for result in group.get("results", []):
-                out.append((result["test_number"], result["status"], bool(result.get("scored")),
-                            result["test_desc"]))
+                out.append((result["test_number"], result["status"], bool(result.get("scored")), result["test_desc"]))
     return out
 
 
@@ -63,21 +71,57 @@ def main(argv: list[str] | None = None) -> int:
 
     unit_path = inside(args.master, ["systemctl", "show", "-P", "FragmentPath", UNIT]).strip()
     # The running KCM reads systemd's copy (LoadCredential=); its source is the file the formula owns.
-    credential = next((line for line in inside(args.master, ["cat", unit_path]).splitlines()
-                       if line.startswith("LoadCredential=") and ".kubeconfig:" in line), "")
+    credential = next(
+        (
+            line
+            for line in inside(args.master, ["cat", unit_path]).splitlines()
+            if line.startswith("LoadCredential=") and ".kubeconfig:" in line
+        ),
+        "",
+    )
     kubeconfig = credential.split(":", 1)[-1].strip()
     if not unit_path or not kubeconfig.startswith("/"):
         raise SystemExit(f"{args.master}: no unit or kubeconfig credential found ({unit_path!r}, {credential!r})")
 
-    bundle = subprocess.run(["tar", "-c", "-C", str(args.kube_bench.parent), args.kube_bench.name,
-                             "-C", str(args.cfg.parent), args.cfg.name], capture_output=True, check=True).stdout
+    bundle = subprocess.run(
+        [
+            "tar",
+            "-c",
+            "-C",
+            str(args.kube_bench.parent),
+            args.kube_bench.name,
+            "-C",
+            str(args.cfg.parent),
+            args.cfg.name,
+        ],
+        capture_output=True,
+        check=True,
+    ).stdout
     inside(args.master, ["sh", "-c", f"rm -rf {INSIDE} && mkdir -p {INSIDE} && tar -x -C {INSIDE}"], stdin=bundle)
     cfg = f"{INSIDE}/{args.cfg.name}"
-    inside(args.master, ["sh", "-c", f"cat > {cfg}/{BENCHMARK}/config.yaml"],
-           stdin=override(unit_path, kubeconfig).encode())
-    text = inside(args.master, [f"{INSIDE}/{args.kube_bench.name}", "run", "--targets", "master",
-                                "--benchmark", BENCHMARK, "--config-dir", cfg, "--config", f"{cfg}/config.yaml",
-                                "--check", CHECKS, "--json"])
+    inside(
+        args.master,
+        ["sh", "-c", f"cat > {cfg}/{BENCHMARK}/config.yaml"],
+        stdin=override(unit_path, kubeconfig).encode(),
+    )
+    text = inside(
+        args.master,
+        [
+            f"{INSIDE}/{args.kube_bench.name}",
+            "run",
+            "--targets",
+            "master",
+            "--benchmark",
+            BENCHMARK,
+            "--config-dir",
+            cfg,
+            "--config",
+            f"{cfg}/config.yaml",
+            "--check",
+            CHECKS,
+            "--json",
+        ],
+    )
     inside(args.master, ["rm", "-rf", INSIDE])
     results = rows(json.loads(text))
     print(f"kube-bench {BENCHMARK} on {args.master}: unit {unit_path}, kubeconfig {kubeconfig}")

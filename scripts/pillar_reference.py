@@ -56,10 +56,12 @@ def table():
 def main():
     if len(sys.argv) == 3 and sys.argv[1] == "--check":
         readme = Path(sys.argv[2]).read_text()
-        got = readme[readme.find(BEGIN): readme.find(END) + len(END)]
+        got = readme[readme.find(BEGIN) : readme.find(END) + len(END)]
         if got != table():
-            sys.exit(f"{sys.argv[2]}: the pillar reference differs from defaults.yaml;"
-                     " regenerate it with scripts/pillar_reference.py")
+            sys.exit(
+                f"{sys.argv[2]}: the pillar reference differs from defaults.yaml;"
+                " regenerate it with scripts/pillar_reference.py"
+            )
         return
     print(table())
 

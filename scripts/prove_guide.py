@@ -53,12 +53,15 @@ def binaries(version: str) -> Path:
 def leaders(cluster: LabCluster) -> dict:
     """What ``kcm.leader`` answers on every master: {minion: (node, source)}."""
     answers = cluster.salt("kcm.leader")
-    return {m: (a.get("node"), a.get("source")) if isinstance(a, dict) else ("error", str(a)[:200])
-            for m, a in answers.items()}
+    return {
+        m: (a.get("node"), a.get("source")) if isinstance(a, dict) else ("error", str(a)[:200])
+        for m, a in answers.items()
+    }
 
 
 def agreed(cluster: LabCluster, source: str) -> str:
     """The node every master names as the holder of a ``source`` lock (retried while they differ)."""
+
     def one():
         seen = set(leaders(cluster).values())
         return next(iter(seen))[0] if len(seen) == 1 and next(iter(seen))[1] == source else None
@@ -72,10 +75,19 @@ def main() -> int:
     alertmanager = Alertmanager(workdir / "alertmanager").start()
     cluster = None
     try:
-        conf = kcm_master_config(workdir / "master-host", {"alertmanager_urls": [alertmanager.url],
-                                                           "allow_http": True, "masters": "master-*"})
-        cluster = LabCluster(guide, workdir / "lab", suite="guide", version=GUIDE, election=ELECTION,
-                             kcm={"beacon": BEACON}, master_config=conf)
+        conf = kcm_master_config(
+            workdir / "master-host",
+            {"alertmanager_urls": [alertmanager.url], "allow_http": True, "masters": "master-*"},
+        )
+        cluster = LabCluster(
+            guide,
+            workdir / "lab",
+            suite="guide",
+            version=GUIDE,
+            election=ELECTION,
+            kcm={"beacon": BEACON},
+            master_config=conf,
+        )
         cluster.start()
         cluster.deploy()
         say(f"3 masters at {GUIDE} under systemd; leader {cluster.leader()}; timings {cluster.timings}")
@@ -88,20 +100,25 @@ def main() -> int:
         since = time.time()
         cluster.stop(leader)
         new = cluster.wait_for_leader(60, exclude=(leader,))
-        wait_until(lambda: alertmanager.active(alertname="KCMLeaderChanged", old_node=leader, new_node=new),
-                   60, f"KCMLeaderChanged {leader} -> {new} in Alertmanager", interval=0.5)
+        wait_until(
+            lambda: alertmanager.active(alertname="KCMLeaderChanged", old_node=leader, new_node=new),
+            60,
+            f"KCMLeaderChanged {leader} -> {new} in Alertmanager",
+            interval=0.5,
+        )
         time.sleep(3)
         changed = alertmanager.active(alertname="KCMLeaderChanged")
         assert len(changed) == 1, changed
-        say(f"2. failover: {leader} stopped, {new} leads after {time.time() - since:.1f} s;"
-            f" one KCMLeaderChanged {leader} -> {new}")
+        say(
+            f"2. failover: {leader} stopped, {new} leads after {time.time() - since:.1f} s;"
+            f" one KCMLeaderChanged {leader} -> {new}"
+        )
         cluster.start_unit(leader)
 
         took = cluster.cp.replace_apiserver(later)
         say(f"3. kube-apiserver upgraded to {NEXT} first ({took:.1f} s)")
         for name in cluster.nodes:
-            cluster.pillars[name]["kcm"]["source"] = dict(zip(("url", "hash"), cluster.tarball(NEXT)),
-                                                        type="tarball")
+            cluster.pillars[name]["kcm"]["source"] = dict(zip(("url", "hash"), cluster.tarball(NEXT)), type="tarball")
         cluster.change_pillar(version=NEXT)
         cluster.apply("kcm")
         versions = cluster.salt("kcm.version")

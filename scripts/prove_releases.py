@@ -34,8 +34,22 @@ WORK = CACHE / "prove"
 DEFAULT_MINORS = [f"v1.{m}" for m in range(37, 15, -1)]
 # The last patch of each minor the proxy's version list leaves out (it lists v1.29 to v1.37 and
 # few older tags); each is confirmed with `go list -m` before it is used.
-LAST_PATCHES = {16: 15, 17: 17, 18: 20, 19: 16, 20: 15, 21: 14, 22: 17, 23: 17, 24: 17, 25: 16, 26: 15, 27: 16,
-                28: 15, 29: 15}
+LAST_PATCHES = {
+    16: 15,
+    17: 17,
+    18: 20,
+    19: 16,
+    20: 15,
+    21: 14,
+    22: 17,
+    23: 17,
+    24: 17,
+    25: 16,
+    26: 15,
+    27: 16,
+    28: 15,
+    29: 15,
+}
 OBSERVE = 20.0  # seconds KCM must stay up, without a restart, after it answers /healthz
 
 
@@ -44,8 +58,14 @@ def say(text: str) -> None:
 
 
 def go(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(["go", *args], capture_output=True, text=True, timeout=timeout, check=False,
-                          env=dict(os.environ, GOFLAGS="-mod=mod", GOTOOLCHAIN="local"))
+    return subprocess.run(
+        ["go", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=dict(os.environ, GOFLAGS="-mod=mod", GOTOOLCHAIN="local"),
+    )
 
 
 def listed_versions() -> list[str]:
@@ -69,16 +89,21 @@ def newest_patch(minor: int, listed: list[str]) -> str | None:
 def built(version: str) -> bool:
     out = K8S_CACHE / version
     return (out / "kube-controller-manager").is_file() and (
-        out / f"kubernetes-server-{version}-linux-amd64.tar.gz.sha512").is_file()
+        out / f"kubernetes-server-{version}-linux-amd64.tar.gz.sha512"
+    ).is_file()
 
 
 def build_failure(log: str) -> str:
     """Why a build failed, in one line, from scripts/k8s-binaries' output."""
     patterns = [
-        (r"([\w./-]+@v[\w.+-]+): reading https?://\S+: 403 Forbidden",
-         "the Go module proxy refuses {0} (403: this module version is not available)"),
-        (r"verifying module: ([\w./-]+@v[\w.+-]+): reading https?://\S+: 404 Not Found",
-         "the Go checksum database does not know {0} (404), so it cannot be verified"),
+        (
+            r"([\w./-]+@v[\w.+-]+): reading https?://\S+: 403 Forbidden",
+            "the Go module proxy refuses {0} (403: this module version is not available)",
+        ),
+        (
+            r"verifying module: ([\w./-]+@v[\w.+-]+): reading https?://\S+: 404 Not Found",
+            "the Go checksum database does not know {0} (404), so it cannot be verified",
+        ),
         (r"requires go >= ?([\d.]+)", "needs Go >= {0} (this host: {go})"),
         (r"(go\.mod file not found|no go\.mod|missing go\.sum entry[^\n]*)", "{0}"),
         (r"(invalid reference to [\w./]+)", "its dependencies break with {go}: {0} (go:linkname)"),
@@ -110,8 +135,12 @@ def build(version: str, until: datetime.time | None) -> tuple[bool, str]:
     say(f"{version}: building kube-controller-manager (nice -n 19; log: {work / 'build.log'})")
     begin = time.monotonic()
     with open(work / "build.log", "w") as log:
-        proc = subprocess.Popen(["nice", "-n", "19", str(REPO / "scripts/k8s-binaries"), "--kcm-only", version],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            ["nice", "-n", "19", str(REPO / "scripts/k8s-binaries"), "--kcm-only", version],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for line in proc.stderr:
             log.write(line)
             if line.startswith("[k8s-binaries"):
@@ -133,6 +162,7 @@ def wrapper_fixes(version: str) -> list[str]:
     kept as generated in ``go.mod.godeps``, are the release's own and no fix.
     """
     src = CACHE / "src" / f"kubernetes-{version}"
+
     def replaces(name: str) -> list[tuple[str, str]]:
         path = src / name
         return re.findall(r"^\s*(?:replace\s+)?(\S+) => (.+)$", path.read_text(), re.M) if path.is_file() else []
@@ -154,13 +184,17 @@ def binary_facts(version: str) -> dict:
 
 # How KCM's journal says a controller started or failed, across releases (v1.19: Started "job",
 # Error starting "job"; later: "Started controller" / "Controller starting..." controller="job").
-STARTED = re.compile(r'(?:Controller starting\.\.\."|Started controller"|Started) controller="([\w-]+)"'
-                     r'|Started \\?"([\w-]+)\\?"')
+STARTED = re.compile(
+    r'(?:Controller starting\.\.\."|Started controller"|Started) controller="([\w-]+)"'
+    r'|Started \\?"([\w-]+)\\?"'
+)
 FAILED = re.compile(r'Error starting controller" controller="([\w-]+)"|Error starting \\?"([\w-]+)\\?"')
 # Skipped: no cloud provider, no cluster CIDR, a gate off, or (old releases) the API it needs gone.
 SKIPPED = re.compile(r'Skipping \\?"([\w-]+)\\?"|skipping controller" controller="([\w-]+)"')
-API_GONE = re.compile(r'Not starting ([\w-]+) since ([\w./-]+) resources are not available'
-                      r'|Refusing to start ([\w-]+) because resource \\?"(\w+)\\?" in group \\?"([\w./-]+)\\?"')
+API_GONE = re.compile(
+    r"Not starting ([\w-]+) since ([\w./-]+) resources are not available"
+    r'|Refusing to start ([\w-]+) because resource \\?"(\w+)\\?" in group \\?"([\w./-]+)\\?"'
+)
 
 
 def journal_findings(journal: str) -> list[str]:
@@ -218,8 +252,9 @@ def table_findings(version: str) -> list[str]:
         if says and name not in flags and accepts(version, name):
             hidden.append(f"--{name}")
         elif says != (name in flags):
-            out.append(f"table says --{name} is {'there' if says else 'gone'}, the binary "
-                       f"{'lacks' if says else 'has'} it")
+            out.append(
+                f"table says --{name} is {'there' if says else 'gone'}, the binary {'lacks' if says else 'has'} it"
+            )
     if controllers:
         refused = sorted(c for c in controllers if table.controllers_problem([c], version))
         if refused:
@@ -243,8 +278,9 @@ def prove(version: str, apiserver_bin: Path, suite: str = "prove") -> dict:
     # A fresh lab each time: the salt-master of an earlier run would refuse the new minion key.
     shutil.rmtree(workdir, ignore_errors=True)
     result = {"flags_accepted": "no", "leads": "no", "healthz": "no", "notes": []}
-    cluster = LabCluster(apiserver_bin, workdir, suite=suite, version=version, nodes=("master-1",),
-                         election=SHORT_ELECTION)
+    cluster = LabCluster(
+        apiserver_bin, workdir, suite=suite, version=version, nodes=("master-1",), election=SHORT_ELECTION
+    )
     node = "master-1"
     try:
         cluster.start()
@@ -274,8 +310,9 @@ def prove(version: str, apiserver_bin: Path, suite: str = "prove") -> dict:
             result["flags_accepted"] = "yes"
             running = cluster.cmdline(node)
             if releases.flag_names(running) != releases.flag_names(releases.reference_flags(version)):
-                result["notes"].append("the running flags differ in name from the reference set: "
-                                       + " ".join(releases.flag_names(running)))
+                result["notes"].append(
+                    "the running flags differ in name from the reference set: " + " ".join(releases.flag_names(running))
+                )
         else:
             result["notes"].append(f"systemd: {active}, {restarts} restarts")
         if rejected:
@@ -298,8 +335,15 @@ def prove_prerelease(version: str, apiserver_bin: Path, suite: str = "prove") ->
     workdir = WORK / version / f"lab-{suite}"
     shutil.rmtree(workdir, ignore_errors=True)
     reason = f"{version} proven against the {base} control plane before a {version} apiserver exists here"
-    cluster = LabCluster(apiserver_bin, workdir, suite=suite, version=base, nodes=("master-1",),
-                         election=SHORT_ELECTION, kcm={"skew": {"override_reason": reason}})
+    cluster = LabCluster(
+        apiserver_bin,
+        workdir,
+        suite=suite,
+        version=base,
+        nodes=("master-1",),
+        election=SHORT_ELECTION,
+        kcm={"skew": {"override_reason": reason}},
+    )
     node, lines = "master-1", []
     try:
         cluster.start()
@@ -317,9 +361,11 @@ def prove_prerelease(version: str, apiserver_bin: Path, suite: str = "prove") ->
             journal = cluster.machine(node).journal(UNIT, lines=400)
             rejected = sorted(set(re.findall(r"unknown flag: \S+", journal)))
             ok = running == release and leader == node and cluster.active(node) == "active" and not rejected
-            lines.append(f"{step} to {release}: {'ok' if ok else 'FAILED'} in {time.monotonic() - began:.0f} s"
-                         f" (running {running}, leader {leader}, systemd {cluster.active(node)},"
-                         f" restarts {cluster.restarts(node)}{', ' + '; '.join(rejected) if rejected else ''})")
+            lines.append(
+                f"{step} to {release}: {'ok' if ok else 'FAILED'} in {time.monotonic() - began:.0f} s"
+                f" (running {running}, leader {leader}, systemd {cluster.active(node)},"
+                f" restarts {cluster.restarts(node)}{', ' + '; '.join(rejected) if rejected else ''})"
+            )
             say(f"{version}: {lines[-1]}")
             if not ok:
                 break
@@ -330,18 +376,33 @@ def prove_prerelease(version: str, apiserver_bin: Path, suite: str = "prove") ->
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="scripts/prove-releases", description=__doc__.splitlines()[0])
-    parser.add_argument("minors", nargs="*", help="v1.MINOR (default: v1.37 down to v1.16), or v1.MINOR.PATCH: "
-                        "that older patch, only when the newest patch of its minor does not build")
+    parser.add_argument(
+        "minors",
+        nargs="*",
+        help="v1.MINOR (default: v1.37 down to v1.16), or v1.MINOR.PATCH: "
+        "that older patch, only when the newest patch of its minor does not build",
+    )
     parser.add_argument("--build-until", metavar="HH:MM", help="start no build at or after this time of day")
-    parser.add_argument("--apiserver", metavar="DIR", type=Path, default=K8S_CACHE / "v1.37.2",
-                        help="the control plane's binaries (default: the pinned v1.37.2 build)")
+    parser.add_argument(
+        "--apiserver",
+        metavar="DIR",
+        type=Path,
+        default=K8S_CACHE / "v1.37.2",
+        help="the control plane's binaries (default: the pinned v1.37.2 build)",
+    )
     parser.add_argument("--suite", default="prove", help="the lab's suite name (its subnet derives from it)")
-    parser.add_argument("--prerelease", metavar="VERSION",
-                        help="a pre-release (v1.38.0-beta.0): build it, capture its --help, deploy it by an upgrade"
-                             " from the control plane's release and back; prints what each step did")
-    parser.add_argument("--recheck", action="store_true",
-                        help="no build, no lab: rewrite the notes of the proven rows from their cached "
-                             "binaries' --help (against today's table) and the journals of their lab runs")
+    parser.add_argument(
+        "--prerelease",
+        metavar="VERSION",
+        help="a pre-release (v1.38.0-beta.0): build it, capture its --help, deploy it by an upgrade"
+        " from the control plane's release and back; prints what each step did",
+    )
+    parser.add_argument(
+        "--recheck",
+        action="store_true",
+        help="no build, no lab: rewrite the notes of the proven rows from their cached "
+        "binaries' --help (against today's table) and the journals of their lab runs",
+    )
     args = parser.parse_args(argv)
     args.until = datetime.time.fromisoformat(args.build_until) if args.build_until else None
     try:
@@ -363,9 +424,11 @@ def older_patch(version: str, newest: str) -> str:
     """
     rc = WORK / newest / "build.rc"
     if not rc.is_file() or rc.read_text().strip() == "0":
-        raise SystemExit(f"{version}: not the newest patch of its minor ({newest}); prove {newest} first "
-                         f"(scripts/prove-releases v1.{releases.minor_key(newest)}): only a newest patch "
-                         "that does not build makes way for an older one")
+        raise SystemExit(
+            f"{version}: not the newest patch of its minor ({newest}); prove {newest} first "
+            f"(scripts/prove-releases v1.{releases.minor_key(newest)}): only a newest patch "
+            "that does not build makes way for an older one"
+        )
     return f"not the newest patch: {newest} does not build: {build_failure((WORK / newest / 'build.log').read_text())}"
 
 
@@ -377,8 +440,10 @@ def record(row: releases.Row) -> None:
 
 
 # The notes table_findings and journal_findings write, told from the others (joined by "; ").
-DERIVED = re.compile(r"--help |table says |controllers the |hidden from --help |\d+ controllers started|"
-                     r"cannot take the lock: |failed to start: |cannot list |not started, |skipped: ")
+DERIVED = re.compile(
+    r"--help |table says |controllers the |hidden from --help |\d+ controllers started|"
+    r"cannot take the lock: |failed to start: |cannot list |not started, |skipped: "
+)
 
 
 def recheck(numbers: list[int]) -> int:
@@ -411,8 +476,11 @@ def main(argv) -> int:
     listed = listed_versions()
     newest = {number: newest_patch(number, listed) for number in args.minor_numbers}
     # Checked before any build: a refused older patch must not cost the builds queued before it.
-    why_older = {number: older_patch(patch, newest[number]) for number, patch in args.patches.items()
-                 if newest[number] not in (None, patch)}
+    why_older = {
+        number: older_patch(patch, newest[number])
+        for number, patch in args.patches.items()
+        if newest[number] not in (None, patch)
+    }
     table = []
     for number in args.minor_numbers:
         minor = f"v1.{number}"
@@ -438,10 +506,19 @@ def main(argv) -> int:
         facts, outcome = binary_facts(version), prove(version, args.apiserver, args.suite)
         outcome["notes"] = table_findings(version) + outcome["notes"]
         say(f"{version}: proven in {time.monotonic() - began:.0f} s: {json.dumps(outcome)}")
-        record(releases.Row(minor, release=version, flags_sha256=releases.flagset_sha256(version),
-                            build=build_text, flags_accepted=outcome["flags_accepted"],
-                            leads=outcome["leads"], healthz=outcome["healthz"],
-                            notes="; ".join(outcome["notes"]), **facts))
+        record(
+            releases.Row(
+                minor,
+                release=version,
+                flags_sha256=releases.flagset_sha256(version),
+                build=build_text,
+                flags_accepted=outcome["flags_accepted"],
+                leads=outcome["leads"],
+                healthz=outcome["healthz"],
+                notes="; ".join(outcome["notes"]),
+                **facts,
+            )
+        )
         table.append((version, build_text, outcome["flags_accepted"], outcome["leads"], outcome["healthz"]))
     width = max((len(r[0]) for r in table), default=7)
     print(f"{'release':<{width}}  {'build':<40}  flags  leads  healthz")

@@ -50,4 +50,3 @@ TOTAL_STEPS = 7
 
 class DemoError(RuntimeError):
     """Something did not come up; the message names it and its log."""
-

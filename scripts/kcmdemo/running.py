@@ -31,16 +31,21 @@ class DemoMachine:
 
     def check(self) -> None:
         if not alive(self.init):
-            raise DemoError(f"machine {self.name} is not running (its init, pid {self.init['pid']}, is gone); "
-                            "scripts/demo down, then up")
+            raise DemoError(
+                f"machine {self.name} is not running (its init, pid {self.init['pid']}, is gone); "
+                "scripts/demo down, then up"
+            )
 
     def run(self, argv, check: bool = True, timeout: float = 60.0) -> subprocess.CompletedProcess:
         self.check()
-        proc = subprocess.run(inside_argv(self.init["pid"], argv), capture_output=True, text=True,
-                              timeout=timeout, check=False)
+        proc = subprocess.run(
+            inside_argv(self.init["pid"], argv), capture_output=True, text=True, timeout=timeout, check=False
+        )
         if check and proc.returncode != 0:
-            raise DemoError(f"{self.name}: {' '.join(map(str, argv))} exited {proc.returncode}: "
-                            f"{proc.stdout[-800:]}{proc.stderr[-800:]}")
+            raise DemoError(
+                f"{self.name}: {' '.join(map(str, argv))} exited {proc.returncode}: "
+                f"{proc.stdout[-800:]}{proc.stderr[-800:]}"
+            )
         return proc
 
     def systemctl(self, *args, check: bool = True) -> subprocess.CompletedProcess:
@@ -92,8 +97,7 @@ class Demo:
         from kcmlab.controlplane import https_session
 
         with https_session(self.state["controlplane"]["ca"]) as session:
-            reply = session.get(f"https://{self.machines[name].address}:{self.state['secure_port']}/healthz",
-                                timeout=3)
+            reply = session.get(f"https://{self.machines[name].address}:{self.state['secure_port']}/healthz", timeout=3)
         return reply.status_code == 200 and reply.text.strip() == "ok"
 
     def wait(self, predicate, timeout: float, what: str, interval: float = 0.2):
@@ -102,8 +106,10 @@ class Demo:
         try:
             return wait_until(predicate, timeout, what, interval=interval)
         except TimeoutError as exc:
-            raise DemoError(f"{exc}; logs in {self.sandbox / 'lab'} and the machines' journals "
-                            f"(scripts/demo shell master-1 journalctl -u {UNIT})") from None
+            raise DemoError(
+                f"{exc}; logs in {self.sandbox / 'lab'} and the machines' journals "
+                f"(scripts/demo shell master-1 journalctl -u {UNIT})"
+            ) from None
 
     def ensure_running(self) -> list[str]:
         """Start KCM where it is not active; wait until all are healthy with a leader."""
@@ -140,8 +146,11 @@ class Demo:
         if started:
             say.line(f"started KCM again where it was stopped: {', '.join(started)}")
         for name, machine in self.machines.items():
-            self.wait(lambda m=machine: m.run(["test", "-e", BEACON_STATE], check=False).returncode == 0,
-                      WAIT["beacon"], f"{name}: the kcm_leader beacon's first poll")
+            self.wait(
+                lambda m=machine: m.run(["test", "-e", BEACON_STATE], check=False).returncode == 0,
+                WAIT["beacon"],
+                f"{name}: the kcm_leader beacon's first poll",
+            )
         old = self.leader()
         timings = {}
         with self.master.events() as bus:
@@ -153,11 +162,17 @@ class Demo:
             begin = time.monotonic()
             self.machines[old].systemctl("stop", UNIT)
             timings["stopped"] = time.monotonic() - begin
-            new = self.wait(lambda: (lambda n: n if n and n != old else None)(self.leader()),
-                            WAIT["leader"], f"a new KCM leader other than {old}", interval=0.1)
+            new = self.wait(
+                lambda: (lambda n: n if n and n != old else None)(self.leader()),
+                WAIT["leader"],
+                f"a new KCM leader other than {old}",
+                interval=0.1,
+            )
             timings["new_leader"] = time.monotonic() - begin
-            say.line(f"leader: {old} -> {new} (new leader {timings['new_leader']:.1f}s after systemctl stop, "
-                     f"which itself took {timings['stopped']:.1f}s)")
+            say.line(
+                f"leader: {old} -> {new} (new leader {timings['new_leader']:.1f}s after systemctl stop, "
+                f"which itself took {timings['stopped']:.1f}s)"
+            )
             say.line(f"{old}: systemctl is-active {UNIT} -> {self.machines[old].active()}", detail=True)
             event, others = self.alert_event(bus, begin)
             timings["alert_event"] = time.monotonic() - begin
@@ -166,27 +181,38 @@ class Demo:
         data = {k: v for k, v in event["data"].items() if k != "_stamp"}
         receivers = data.get("receivers") or {}
         delivered = sum(1 for error in receivers.values() if error is None)
-        say.line(f"event on the master bus {timings['alert_event']:.1f}s after the stop: {event['tag']} "
-                 f"({data.get('action')}, delivered to {delivered} of {len(receivers)} receivers)")
+        say.line(
+            f"event on the master bus {timings['alert_event']:.1f}s after the stop: {event['tag']} "
+            f"({data.get('action')}, delivered to {delivered} of {len(receivers)} receivers)"
+        )
         say.block(f"tag: {event['tag']}\n" + json.dumps(data, indent=2, sort_keys=True), detail=True)
         url = self.state["alertmanager_url"]
-        alerts = self.wait(lambda: active_alerts(url, alertname="KCMLeaderChanged", old_node=old, new_node=new),
-                           WAIT["alert"], "the KCMLeaderChanged alert in Alertmanager", interval=0.5)
+        alerts = self.wait(
+            lambda: active_alerts(url, alertname="KCMLeaderChanged", old_node=old, new_node=new),
+            WAIT["alert"],
+            "the KCMLeaderChanged alert in Alertmanager",
+            interval=0.5,
+        )
         timings["alert_in_alertmanager"] = time.monotonic() - begin
         held = active_alerts(url)
-        say.line(f"Alertmanager holds {len(held)} alert{'s' * (len(held) != 1)} "
-                 f"{timings['alert_in_alertmanager']:.1f}s after the stop (GET {url}/api/v2/alerts):")
+        say.line(
+            f"Alertmanager holds {len(held)} alert{'s' * (len(held) != 1)} "
+            f"{timings['alert_in_alertmanager']:.1f}s after the stop (GET {url}/api/v2/alerts):"
+        )
         say.block("\n".join(map(alert_line, held)))
         say.line("this failover's alert as Alertmanager holds it:", detail=True)
         keep = ("labels", "annotations", "startsAt", "endsAt", "status")
-        say.block(json.dumps([{k: a[k] for k in keep if k in a} for a in alerts], indent=2, sort_keys=True),
-                  detail=True)
+        say.block(
+            json.dumps([{k: a[k] for k in keep if k in a} for a in alerts], indent=2, sort_keys=True), detail=True
+        )
         self.machines[old].systemctl("start", UNIT)
         self.wait(lambda: self.healthy(old), WAIT["kcm"], f"KCM /healthz on {old}")
         say.line(f"systemctl start {UNIT} on {old}: it rejoins as a standby (leader: {self.leader()})")
-        say.line(f"timings: stop -> new leader {timings['new_leader']:.1f}s, -> kcm/alert event "
-                 f"{timings['alert_event']:.1f}s, -> alert in Alertmanager {timings['alert_in_alertmanager']:.1f}s",
-                 detail=True)
+        say.line(
+            f"timings: stop -> new leader {timings['new_leader']:.1f}s, -> kcm/alert event "
+            f"{timings['alert_event']:.1f}s, -> alert in Alertmanager {timings['alert_in_alertmanager']:.1f}s",
+            detail=True,
+        )
         return {"old": old, "new": new, **timings}
 
     def alert_event(self, bus, begin: float):
@@ -200,26 +226,31 @@ class Demo:
             if event["tag"] == "kcm/alert/changed":
                 return event, others
             others.append(f"{event['tag']} at +{time.monotonic() - begin:.1f}s")
-        raise DemoError(f"no kcm/alert/changed event within {WAIT['alert']}s of the stop (seen: {others or 'none'}); "
-                        f"see {self.master.log_path}")
+        raise DemoError(
+            f"no kcm/alert/changed event within {WAIT['alert']}s of the stop (seen: {others or 'none'}); "
+            f"see {self.master.log_path}"
+        )
 
     def print_explore(self) -> None:
         cp = self.state["controlplane"]
-        shells = "\n".join(f"{m.shell_command():<60} a shell in {m.name} ({m.address})"
-                           for m in self.machines.values())
-        say.block(f"""export PATH={Path(self.state['python']).parent}:$PATH   # the demo's Salt
+        shells = "\n".join(f"{m.shell_command():<60} a shell in {m.name} ({m.address})" for m in self.machines.values())
+        say.block(
+            f"""export PATH={Path(self.state["python"]).parent}:$PATH   # the demo's Salt
 scripts/demo status              the fleet table and the Lease holder (--verbose: each master's own table)
 scripts/demo failover            systemctl stop the leader's KCM again: the event and the alert
 scripts/demo shell master-1      a shell in master-1 (or: scripts/demo shell master-1 journalctl -u {UNIT})
 scripts/demo down                remove the machines, stop everything, remove {self.sandbox}
-{self.shown('salt', 'master*', 'kcm.leader')}
-curl -s {self.state['alertmanager_url']}/api/v2/alerts
+{self.shown("salt", "master*", "kcm.leader")}
+curl -s {self.state["alertmanager_url"]}/api/v2/alerts
 logs: {self.sandbox}/lab (control plane, salt-master, machine consoles), journals inside the machines""",
-                  indent="    ")
-        say.block(f"""{shells}
-{self.shown('salt', 'master*', 'kcm.status', '--out=table')}
-{self.shown('salt', 'master*', 'cmd.run', f'systemctl status {UNIT}')}
-{self.shown('salt-run', 'state.event', 'tagmatch=kcm/alert/*')}
-kubectl --kubeconfig {cp['admin_kubeconfig']} -n kube-system get lease kube-controller-manager -o yaml""",
-                  indent="    ", detail=True)
-
+            indent="    ",
+        )
+        say.block(
+            f"""{shells}
+{self.shown("salt", "master*", "kcm.status", "--out=table")}
+{self.shown("salt", "master*", "cmd.run", f"systemctl status {UNIT}")}
+{self.shown("salt-run", "state.event", "tagmatch=kcm/alert/*")}
+kubectl --kubeconfig {cp["admin_kubeconfig"]} -n kube-system get lease kube-controller-manager -o yaml""",
+            indent="    ",
+            detail=True,
+        )

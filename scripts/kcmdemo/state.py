@@ -31,7 +31,6 @@ def save_state(sandbox: Path, state: dict) -> None:
     load("_utils", "kcm_state_file").write_json(str(sandbox / STATE_NAME), state)
 
 
-
 def proc_stat(pid: int) -> dict | None:
     """state, session and start time (clock ticks) of ``pid``; None when it is gone."""
     try:
@@ -39,7 +38,7 @@ def proc_stat(pid: int) -> dict | None:
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
     # The command name (field 2) may hold spaces or ')': split after its last ')'.
-    fields = raw[raw.rindex(")") + 2:].split()
+    fields = raw[raw.rindex(")") + 2 :].split()
     return {"state": fields[0], "session": int(fields[3]), "start": int(fields[19])}
 
 
@@ -54,4 +53,3 @@ def alive(record: dict) -> bool:
     """The recorded process itself still runs (same pid and start time, not a zombie)."""
     stat = proc_stat(record["pid"])
     return bool(stat and stat["start"] == record["start"] and stat["state"] != "Z")
-

@@ -47,8 +47,9 @@ def orphan_sessions(sandbox: Path) -> list[dict]:
             # Named like a recorded one (salt-master runs as "python3 .../salt-master"), so
             # that it is stopped in its tier.
             tool = next((t for t in STOP_ORDER if any(Path(a).name.endswith(t) for a in argv[:2])), Path(argv[0]).name)
-            found.append({"name": f"{tool} (not in {STATE_NAME})", "pid": pid, "sid": pid, "start": stat["start"],
-                          "log": ""})
+            found.append(
+                {"name": f"{tool} (not in {STATE_NAME})", "pid": pid, "sid": pid, "start": stat["start"], "log": ""}
+            )
     return found
 
 
@@ -95,8 +96,10 @@ def take_down(sandbox: Path, state: dict | None, quiet: bool = False) -> list[st
     halt_machines(state)
     sweep(suite, NODES)
     if not quiet:
-        say.line(f"machines of lab {suite!r} halted and removed with their cgroups, veths and bridge "
-                 f"({time.monotonic() - begin:.1f}s)")
+        say.line(
+            f"machines of lab {suite!r} halted and removed with their cgroups, veths and bridge "
+            f"({time.monotonic() - begin:.1f}s)"
+        )
     processes = dict((state or {}).get("processes", {}))
     for orphan in orphan_sessions(sandbox):
         if not any(r["sid"] == orphan["sid"] for r in processes.values()):
@@ -122,4 +125,3 @@ def take_down(sandbox: Path, state: dict | None, quiet: bool = False) -> list[st
     left = leftovers(suite, NODES)
     left += [f"process {name}" for name, record in processes.items() if session_members(record)]
     return left
-

@@ -24,19 +24,25 @@ def check_sandbox(sandbox: Path) -> None:
     running = [name for name, record in (state or {}).get("processes", {}).items() if alive(record)]
     running += [name for name, m in (state or {}).get("machines", {}).items() if alive(m["nspawn"])]
     if running:
-        raise DemoError(f"a demo is already running in {sandbox} ({', '.join(sorted(running))}); "
-                        "use scripts/demo status, or scripts/demo down first")
+        raise DemoError(
+            f"a demo is already running in {sandbox} ({', '.join(sorted(running))}); "
+            "use scripts/demo status, or scripts/demo down first"
+        )
     if state is None and sandbox.is_dir() and any(sandbox.iterdir()) and not (sandbox / "lab").exists():
-        raise DemoError(f"{sandbox} is not empty and holds no demo ({STATE_NAME}): left untouched; "
-                        "set KCM_DEMO_DIR to another directory")
+        raise DemoError(
+            f"{sandbox} is not empty and holds no demo ({STATE_NAME}): left untouched; "
+            "set KCM_DEMO_DIR to another directory"
+        )
     if sandbox.exists() or leftovers(SUITE, NODES):
         say.line(f"removing the remains of an earlier demo ({sandbox}, lab {SUITE!r})")
         take_down(sandbox, state, quiet=True)
         shutil.rmtree(sandbox, ignore_errors=True)
     longest = len(str(sandbox / "lab" / "salt" / "root" / "run" / "master_event_pull.ipc"))
     if longest > SOCKET_PATH_MAX:
-        raise DemoError(f"KCM_DEMO_DIR={sandbox} is too long: the salt-master's unix sockets under it would need "
-                        f"{longest} bytes (limit {SOCKET_PATH_MAX}); use a shorter directory")
+        raise DemoError(
+            f"KCM_DEMO_DIR={sandbox} is too long: the salt-master's unix sockets under it would need "
+            f"{longest} bytes (limit {SOCKET_PATH_MAX}); use a shorter directory"
+        )
 
 
 def apply_master_config(sandbox: Path, conf_dir: Path, alertmanager_url: str) -> None:
@@ -45,17 +51,28 @@ def apply_master_config(sandbox: Path, conf_dir: Path, alertmanager_url: str) ->
     from kcmlab.cluster import failed_states
     from kcmlab.masterless import MasterlessMinion
 
-    pillar = {"kcm": {"master": {"config_dir": str(conf_dir / "master.d"), "alertmanager_urls": [alertmanager_url],
-                                 "allow_http": True, "masters": "master-*",
-                                 "labels": {"env": "demo"}, "sync_runners": False}}}
+    pillar = {
+        "kcm": {
+            "master": {
+                "config_dir": str(conf_dir / "master.d"),
+                "alertmanager_urls": [alertmanager_url],
+                "allow_http": True,
+                "masters": "master-*",
+                "labels": {"env": "demo"},
+                "sync_runners": False,
+            }
+        }
+    }
     host_root = sandbox / "kcm-master"
     log_path = host_root / "salt" / "salt-call.log"
     ret = MasterlessMinion(host_root, "demo-salt-master", pillar, extra_config={"log_file": str(log_path)}).apply(
-        "kcm.master")
+        "kcm.master"
+    )
     failed = failed_states(ret)
     if failed:
-        raise DemoError("salt-call --local state.apply kcm.master failed:\n" + "\n".join(failed)
-                        + f"\n(log {log_path})")
+        raise DemoError(
+            "salt-call --local state.apply kcm.master failed:\n" + "\n".join(failed) + f"\n(log {log_path})"
+        )
     say.line(f"kcm.master applied with salt-call --local: {conf_dir / 'master.d' / 'kcm.conf'}", detail=True)
 
 
@@ -69,12 +86,15 @@ def demo_pillar(cluster, name: str) -> dict:
     example.pop("master", None)  # the Salt master's own settings, not a KCM master's
     lab = cluster.pillar_for(name)["kcm"]  # version, source, apiserver, pki, leader election
     kcm = merge(example, {key: value for key, value in lab.items() if key != "pki"})
-    kcm.update({
-        "pki": lab["pki"],
-        "bind_address": cluster.lab.address_of(name), "bind_interface": "",
-        "beacon": dict(example.get("beacon") or {}, **BEACON),
-        "service": dict(example.get("service") or {}, manage=True),
-    })
+    kcm.update(
+        {
+            "pki": lab["pki"],
+            "bind_address": cluster.lab.address_of(name),
+            "bind_interface": "",
+            "beacon": dict(example.get("beacon") or {}, **BEACON),
+            "service": dict(example.get("service") or {}, manage=True),
+        }
+    )
     return {"kcm": kcm}
 
 
@@ -98,8 +118,11 @@ def apply(demo: Demo, sls: str) -> None:
         summary.append(f"{name}: {len(ret)} states succeeded, {changed} changed")
         say.line(f"{summary[-1]} ({seconds:.1f}s of state run)", detail=True)
     if problems:
-        raise DemoError(f"state.apply {sls} failed:\n" + "\n".join(problems)
-                        + "\n(scripts/demo shell <master> journalctl -u salt-minion)")
+        raise DemoError(
+            f"state.apply {sls} failed:\n"
+            + "\n".join(problems)
+            + "\n(scripts/demo shell <master> journalctl -u salt-minion)"
+        )
     wall = f"{time.monotonic() - begin:.1f}s wall"
     say.line(f"state.apply {sls}: {wall}" if say.verbose else "; ".join(summary) + f" ({wall})")
 
@@ -111,8 +134,9 @@ def start_lab(sandbox: Path, k8s_bin: Path, alertmanager):
 
     # Certificates as long-lived as the formula issues its own (kcm:pki:days_valid): the lab's
     # week-long ones would raise KCMCertExpiring for every certificate, which is not this story.
-    cluster = LabCluster(k8s_bin, sandbox / "lab", suite=SUITE, nodes=NODES, election=ELECTION,
-                         cert_days=defaults()["pki"]["days_valid"])
+    cluster = LabCluster(
+        k8s_bin, sandbox / "lab", suite=SUITE, nodes=NODES, election=ELECTION, cert_days=defaults()["pki"]["days_valid"]
+    )
     apply_master_config(sandbox, sandbox / "lab" / "salt" / "conf", alertmanager.url)
     cluster.start()
     cluster.pillars = {name: demo_pillar(cluster, name) for name in NODES}
@@ -125,14 +149,21 @@ def record_lab(sandbox: Path, state: dict, cluster) -> None:
     for daemon in (cp.etcd, cp.apiserver, cluster.master.daemon):
         state["processes"][daemon.name] = record_of(daemon.name, daemon.pid, daemon.log_path)
     state["machines"] = {
-        name: {"address": machine.address,
-               "nspawn": record_of(f"nspawn {name}", machine.process.pid, machine.console_log),
-               "init": record_of(f"init {name}", machine.init_pid, machine.console_log)}
-        for name, machine in cluster.lab.machines.items()}
+        name: {
+            "address": machine.address,
+            "nspawn": record_of(f"nspawn {name}", machine.process.pid, machine.console_log),
+            "init": record_of(f"init {name}", machine.init_pid, machine.console_log),
+        }
+        for name, machine in cluster.lab.machines.items()
+    }
     state["salt"] = {"root": str(cluster.master.root), "interface": cluster.master.interface}
     state["controlplane"] = {
-        "apiserver_url": cp.apiserver_url, "ca": str(cp.ca_path), "admin_cert": str(cp.admin_cert_path),
-        "admin_key": str(cp.admin_key_path), "admin_kubeconfig": str(cp.admin_kubeconfig)}
+        "apiserver_url": cp.apiserver_url,
+        "ca": str(cp.ca_path),
+        "admin_cert": str(cp.admin_cert_path),
+        "admin_key": str(cp.admin_key_path),
+        "admin_kubeconfig": str(cp.admin_kubeconfig),
+    }
     state["secure_port"] = cluster.pillars[NODES[0]]["kcm"]["secure_port"]
     save_state(sandbox, state)
 
@@ -144,8 +175,14 @@ def cmd_up(sandbox: Path) -> int:
     k8s_bin = os.environ.get("KCM_K8S_BIN")
     if not k8s_bin:
         raise DemoError("KCM_K8S_BIN is not set: run the demo through scripts/demo, which builds the binaries")
-    state = {"sandbox": str(sandbox), "python": sys.executable, "suite": SUITE, "started_at": time.time(),
-             "processes": {}, "machines": {}}
+    state = {
+        "sandbox": str(sandbox),
+        "python": sys.executable,
+        "suite": SUITE,
+        "started_at": time.time(),
+        "processes": {},
+        "machines": {},
+    }
     say.step(2, f"the machines' root filesystem and the sandbox {sandbox}")
     check_sandbox(sandbox)
     cluster = alertmanager = None
@@ -172,13 +209,18 @@ def cmd_up(sandbox: Path) -> int:
         cluster = start_lab(sandbox, Path(k8s_bin), alertmanager)
         record_lab(sandbox, state, cluster)
         demo = Demo(sandbox, state)
-        say.line(f"kube-apiserver at {cluster.cp.apiserver_url} (serving certificate for {cluster.lab.host_ip})",
-                 detail=True)
-        say.line(f"salt-master on {cluster.lab.host_ip}:{cluster.master.ret_port} (log {cluster.master.log_path})",
-                 detail=True)
+        say.line(
+            f"kube-apiserver at {cluster.cp.apiserver_url} (serving certificate for {cluster.lab.host_ip})", detail=True
+        )
+        say.line(
+            f"salt-master on {cluster.lab.host_ip}:{cluster.master.ret_port} (log {cluster.master.log_path})",
+            detail=True,
+        )
         for name, machine in cluster.lab.machines.items() if say.verbose else ():
-            say.line(f"{name}: {machine.address}, systemd up in {machine.boot_seconds:.1f}s, "
-                     f"salt-minion.service {machine.systemctl('is-active', 'salt-minion', check=False).stdout.strip()}")
+            say.line(
+                f"{name}: {machine.address}, systemd up in {machine.boot_seconds:.1f}s, "
+                f"salt-minion.service {machine.systemctl('is-active', 'salt-minion', check=False).stdout.strip()}"
+            )
         say.done("the lab is up: " + ", ".join(f"{k} {v:.1f}s" for k, v in cluster.timings.items()))
 
         say.step(5, "applying the formula over the bus (pillar.example + the lab's facts, service:manage true)")
@@ -192,8 +234,9 @@ def cmd_up(sandbox: Path) -> int:
         say.done(f"systemd runs KCM on master-1..3; {leader} holds the lease")
 
         say.step(6, "the kcm_leader and kcm_cert beacons, then the fleet view")
-        say.line("(installed once a leader exists, so its first look is a healthy Lease, not a 'no leader')",
-                 detail=True)
+        say.line(
+            "(installed once a leader exists, so its first look is a healthy Lease, not a 'no leader')", detail=True
+        )
         apply(demo, "kcm.beacon")
         demo.print_status()
 
@@ -201,8 +244,10 @@ def cmd_up(sandbox: Path) -> int:
         save_state(sandbox, state)
         print("\n\033[1m==> the demo keeps running; explore it\033[0m", flush=True)
         demo.print_explore()
-        print(f"\n`demo up` finished in {say.elapsed():.1f}s (after the install step); everything keeps running.",
-              flush=True)
+        print(
+            f"\n`demo up` finished in {say.elapsed():.1f}s (after the install step); everything keeps running.",
+            flush=True,
+        )
         return 0
     except KeyboardInterrupt:
         # A second Ctrl-C must not cut the teardown short.
@@ -214,8 +259,12 @@ def cmd_up(sandbox: Path) -> int:
         shutil.rmtree(sandbox, ignore_errors=True)
         return 130
     except BaseException:
-        print(f"\n`demo up` failed: stopping what it started; logs are kept in {sandbox} "
-              "(scripts/demo down removes them)", file=sys.stderr, flush=True)
+        print(
+            f"\n`demo up` failed: stopping what it started; logs are kept in {sandbox} "
+            "(scripts/demo down removes them)",
+            file=sys.stderr,
+            flush=True,
+        )
         _keep_journals(sandbox, cluster)
         _close(cluster, alertmanager)
         raise
@@ -236,4 +285,3 @@ def _keep_journals(sandbox: Path, cluster) -> None:
                 (sandbox / f"{name}-{unit}.journal").write_text(machine.journal(unit, lines=400))
             except Exception:  # noqa: BLE001, S112 - best effort: the teardown must go on
                 continue
-

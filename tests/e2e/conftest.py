@@ -46,11 +46,13 @@ def k8s_bin(request) -> Path:
     with capture.global_and_fixture_disabled():
         proc = subprocess.run([str(script)], stdout=subprocess.PIPE, text=True, check=False)
     if proc.returncode != 0:
-        pytest.fail(f"{script} failed with exit code {proc.returncode} (its output is above); "
-                    "the e2e tier needs the real binaries", pytrace=False)
+        pytest.fail(
+            f"{script} failed with exit code {proc.returncode} (its output is above); "
+            "the e2e tier needs the real binaries",
+            pytrace=False,
+        )
     out = Path(proc.stdout.strip())
-    missing = [name for name in ("etcd", "kube-apiserver", "kube-controller-manager")
-               if not (out / name).is_file()]
+    missing = [name for name in ("etcd", "kube-apiserver", "kube-controller-manager") if not (out / name).is_file()]
     if missing:
         pytest.fail(f"{script} printed {out!r}, which lacks {missing}", pytrace=False)
     TIMINGS["k8s-binaries (build or cache check)"] = time.monotonic() - begin
@@ -101,8 +103,9 @@ def stop_lab_cluster(cluster: LabCluster, request) -> None:
 
 @pytest.fixture(scope="package")
 def _kcm_cluster_package(k8s_bin, tmp_path_factory, request):
-    cluster = start_lab_cluster(k8s_bin, tmp_path_factory.mktemp("lab-short"), "short timings",
-                                suite="e2e", election=SHORT_ELECTION)
+    cluster = start_lab_cluster(
+        k8s_bin, tmp_path_factory.mktemp("lab-short"), "short timings", suite="e2e", election=SHORT_ELECTION
+    )
     try:
         yield cluster
     finally:
@@ -121,8 +124,7 @@ def kcm_cluster(_kcm_cluster_package):
 @pytest.fixture
 def kcm_cluster_default_timings(k8s_bin, tmp_path_factory, request):
     """A separate lab (own bridge, control plane, master) at the default timings (15s/10s/2s)."""
-    cluster = start_lab_cluster(k8s_bin, tmp_path_factory.mktemp("lab-default"), "default timings",
-                                suite="e2e-dflt")
+    cluster = start_lab_cluster(k8s_bin, tmp_path_factory.mktemp("lab-default"), "default timings", suite="e2e-dflt")
     try:
         yield cluster
     finally:
@@ -132,6 +134,7 @@ def kcm_cluster_default_timings(k8s_bin, tmp_path_factory, request):
 @pytest.fixture
 def record_timing():
     """``record_timing(name, seconds)``: print a measured duration and list it in the summary."""
+
     def record(name: str, value: float) -> None:
         TIMINGS[name] = value
         print(f"{name}: {value:.2f}s")
@@ -148,9 +151,12 @@ def spontaneous_transitions() -> dict[str, dict]:
         found = cluster.lease_log.classified()
         seconds = cluster.election_seconds
         election = "/".join(f"{seconds[k]:g}s" for k in ("lease_duration", "renew_deadline", "retry_period"))
-        out[cluster.label] = {"election": election, "transitions": sum(t.count for t in found),
-                              "spontaneous": sum(t.count for t in found if t.cause is None),
-                              "which": [str(t) for t in found if t.cause is None]}
+        out[cluster.label] = {
+            "election": election,
+            "transitions": sum(t.count for t in found),
+            "spontaneous": sum(t.count for t in found if t.cause is None),
+            "which": [str(t) for t in found if t.cause is None],
+        }
     return out
 
 
@@ -163,9 +169,10 @@ def pytest_terminal_summary(terminalreporter):
     if counts:
         terminalreporter.section("kcm e2e Lease transitions no test caused (lab: its leader election)")
         for label, count in counts.items():
-            terminalreporter.write_line(f"{label} ({count['election']}): {count['spontaneous']} spontaneous"
-                                        f" of {count['transitions']}"
-                                        + (f": {', '.join(count['which'])}" if count["which"] else ""))
+            terminalreporter.write_line(
+                f"{label} ({count['election']}): {count['spontaneous']} spontaneous"
+                f" of {count['transitions']}" + (f": {', '.join(count['which'])}" if count["which"] else "")
+            )
         terminalreporter.write_line(f"total spontaneous: {sum(c['spontaneous'] for c in counts.values())}")
         # scripts/flake-hunt reads the counts of each run from here.
         if os.environ.get("KCM_LEASE_REPORT"):
@@ -175,7 +182,6 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("kcm e2e logs (kept)")
         for path in keep_logs(dict.fromkeys(LOG_FILES)):
             terminalreporter.write_line(str(path))
-
 
 
 __all__ = ["NODES", "SHORT_ELECTION", "start_lab_cluster", "stop_lab_cluster"]

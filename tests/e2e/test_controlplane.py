@@ -36,8 +36,11 @@ def _leader_status(cluster, name, client_cert) -> float:
     """This KCM's own ``leader_election_master_status{name="kube-controller-manager"}``."""
     reply = _metrics(cluster, name, client_cert)
     assert reply["status"] == 200, f"{name}: /metrics answered {reply['status']}"
-    values = [v for labels, v in metric_values(reply["text"], LEADER_METRIC)
-              if labels.get("name") == "kube-controller-manager"]
+    values = [
+        v
+        for labels, v in metric_values(reply["text"], LEADER_METRIC)
+        if labels.get("name") == "kube-controller-manager"
+    ]
     assert len(values) == 1, f"{name}: expected one {LEADER_METRIC} sample, got {values}"
     return values[0]
 
@@ -68,7 +71,8 @@ def test_healthz_ok_over_tls_with_the_formulas_certificate(kcm_cluster):
 
         served = x509.load_pem_x509_certificate(reply["cert"].encode())
         installed = x509.load_pem_x509_certificate(
-            kcm_cluster.machine(name).read_file("/etc/k8s/ssl/kube-controller-manager.pem").encode())
+            kcm_cluster.machine(name).read_file("/etc/k8s/ssl/kube-controller-manager.pem").encode()
+        )
         assert served == installed, f"{name} serves a certificate other than the formula's"
 
 
@@ -88,7 +92,8 @@ def test_metrics_show_leader_status_one_on_leader_zero_elsewhere(kcm_cluster, tm
 
     # One leader throughout the scrape (scraped again when the Lease moved meanwhile).
     leader, _, _, status = kcm_cluster.consistent(
-        lambda: {name: _leader_status(kcm_cluster, name, monitor) for name in kcm_cluster.nodes})
+        lambda: {name: _leader_status(kcm_cluster, name, monitor) for name in kcm_cluster.nodes}
+    )
 
     assert status == {name: (1.0 if name == leader else 0.0) for name in kcm_cluster.nodes}
 
@@ -126,11 +131,13 @@ def test_failover_after_sigkill_then_last_one_standing_leads(kcm_cluster, record
 def test_rbac_clusterrole_and_per_controller_service_accounts(kcm_cluster):
     cp = kcm_cluster.cp
     role = cp.get_json("/apis/rbac.authorization.k8s.io/v1/clusterroles/system:kube-controller-manager")
-    binding = cp.get_json(
-        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/system:kube-controller-manager")
+    binding = cp.get_json("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/system:kube-controller-manager")
     assert role is not None, "ClusterRole system:kube-controller-manager is missing"
-    assert binding is not None and {"kind": "User", "name": "system:kube-controller-manager",
-                                    "apiGroup": "rbac.authorization.k8s.io"} in binding["subjects"]
+    assert (
+        binding is not None
+        and {"kind": "User", "name": "system:kube-controller-manager", "apiGroup": "rbac.authorization.k8s.io"}
+        in binding["subjects"]
+    )
 
     for name in kcm_cluster.nodes:
         assert "--use-service-account-credentials=true" in kcm_cluster.cmdline(name)

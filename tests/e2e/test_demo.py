@@ -40,10 +40,19 @@ FLEET_COLUMNS = [title for _, title in load("_output", "kcm_fleet").COLUMNS]
 
 
 def run_demo(command: str, sandbox: Path, k8s_bin: Path, *args: str) -> str:
-    env = dict(os.environ, KCM_DEMO_DIR=str(sandbox), KCM_VENV=sys.prefix, KCM_K8S_BIN=str(k8s_bin),
-               KCM_DEMO_SUITE=SUITE)
-    proc = subprocess.run([str(DEMO), command, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, timeout=TIMEOUT[command], env=env, check=False, stdin=subprocess.DEVNULL)
+    env = dict(
+        os.environ, KCM_DEMO_DIR=str(sandbox), KCM_VENV=sys.prefix, KCM_K8S_BIN=str(k8s_bin), KCM_DEMO_SUITE=SUITE
+    )
+    proc = subprocess.run(
+        [str(DEMO), command, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=TIMEOUT[command],
+        env=env,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
     print(f"----- scripts/demo {command} {' '.join(args)} (exit {proc.returncode})\n{proc.stdout}")
     assert proc.returncode == 0, f"scripts/demo {command} exited {proc.returncode}:\n{proc.stdout[-4000:]}"
     return proc.stdout
@@ -59,14 +68,18 @@ def fleet_table(output: str) -> tuple[list[dict], list[str]]:
     for title in FLEET_COLUMNS:
         starts.append(header.index(title, starts[-1] + 1 if starts else 0))
     rows, verdicts = [], []
-    for line in lines[tables[0] + 1:]:
+    for line in lines[tables[0] + 1 :]:
         if line.strip().startswith(("ok ", "!! ")):
             verdicts.append(line.strip())
         elif verdicts or not line.strip():
             break
         else:
-            rows.append({title: line[start:end].strip()
-                         for title, start, end in zip(FLEET_COLUMNS, starts, [*starts[1:], None], strict=True)})
+            rows.append(
+                {
+                    title: line[start:end].strip()
+                    for title, start, end in zip(FLEET_COLUMNS, starts, [*starts[1:], None], strict=True)
+                }
+            )
     return rows, verdicts
 
 
@@ -78,7 +91,7 @@ def block_after(output: str, heading: str) -> str:
     for line in lines[start:]:
         if not line.startswith("    | "):
             break
-        body.append(line[len("    | "):])
+        body.append(line[len("    | ") :])
     return "\n".join(body)
 
 
@@ -193,8 +206,14 @@ def keep_logs(sandbox: Path, k8s_bin: Path) -> None:
         for node in NODES:
             for unit in ("kube-controller-manager", "salt-minion"):
                 env = dict(os.environ, KCM_DEMO_DIR=str(sandbox), KCM_DEMO_SUITE=SUITE)
-                proc = subprocess.run([str(DEMO), "shell", node, "journalctl", "--no-pager", "-n", "400", "-u", unit],
-                                      capture_output=True, text=True, timeout=60, env=env, check=False)
+                proc = subprocess.run(
+                    [str(DEMO), "shell", node, "journalctl", "--no-pager", "-n", "400", "-u", unit],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    env=env,
+                    check=False,
+                )
                 kept.mkdir(parents=True, exist_ok=True)
                 (kept / f"{node}-{unit}.journal").write_text(proc.stdout + proc.stderr)
     print(f"demo logs kept in {kept}")
@@ -236,15 +255,24 @@ def test_demo_up_status_failover_shell_down(k8s_bin, tmp_path_factory):
         check_one_leader(up, sandbox, k8s_bin)
         old, new = check_failover(up)
         # Alertmanager holds exactly what the demo means to show: its failover's one alert.
-        held = [(a["labels"]["alertname"], a["labels"].get("old_node"), a["labels"].get("new_node"))
-                for a in alerts_in_alertmanager(up)]
+        held = [
+            (a["labels"]["alertname"], a["labels"].get("old_node"), a["labels"].get("new_node"))
+            for a in alerts_in_alertmanager(up)
+        ]
         assert held == [("KCMLeaderChanged", old, new)], held
 
         # `up` has exited: the machines and KCM under systemd live on.
         status = run_demo("status", sandbox, k8s_bin)
         leader = check_one_leader(status, sandbox, k8s_bin, holder_line=True)
-        shell = run_demo("shell", sandbox, k8s_bin, leader, "sh", "-c", "hostname; systemctl is-active "
-                         "kube-controller-manager; systemctl show -P MainPID kube-controller-manager")
+        shell = run_demo(
+            "shell",
+            sandbox,
+            k8s_bin,
+            leader,
+            "sh",
+            "-c",
+            "hostname; systemctl is-active kube-controller-manager; systemctl show -P MainPID kube-controller-manager",
+        )
         name, active, main_pid = shell.strip().splitlines()[-3:]
         assert (name, active) == (leader, "active") and int(main_pid) > 0, shell
 

@@ -44,9 +44,17 @@ def enroll_cluster(k8s_bin, tmp_path_factory, request):
     states = tmp_path_factory.mktemp("states")
     (states / "top.sls").write_text(TOP)
     conf = kcm_master_conf(tmp_path_factory.mktemp("master-host"))
-    cluster = start_lab_cluster(k8s_bin, tmp_path_factory.mktemp("lab-enroll"), "enroll", suite="e2e-enroll",
-                                election=SHORT_ELECTION, kcm={"beacon": BEACON}, master_config=conf,
-                                file_roots=[states], spares=[NEW])
+    cluster = start_lab_cluster(
+        k8s_bin,
+        tmp_path_factory.mktemp("lab-enroll"),
+        "enroll",
+        suite="e2e-enroll",
+        election=SHORT_ELECTION,
+        kcm={"beacon": BEACON},
+        master_config=conf,
+        file_roots=[states],
+        spares=[NEW],
+    )
     try:
         yield cluster
     finally:
@@ -86,8 +94,10 @@ def test_a_new_machine_enrolls_by_the_reactor_and_stands_by_under_systemd(enroll
         assert machine.systemctl("is-enabled", UNIT, check=False).stdout.strip() == "enabled"
         cluster.wait_healthy([NEW], timeout=60)
         assert cluster.active(NEW) == "active" and cluster.restarts(NEW) == 0
-        assert 'Attempting to acquire leader lease..." lock="kube-system/kube-controller-manager"' in machine.run(
-            ["journalctl", "--no-pager", "-o", "cat", "-u", UNIT]).stdout
+        assert (
+            'Attempting to acquire leader lease..." lock="kube-system/kube-controller-manager"'
+            in machine.run(["journalctl", "--no-pager", "-o", "cat", "-u", UNIT]).stdout
+        )
         time.sleep(3 * cluster.election_seconds["retry_period"] + 2)
         after = cluster.lease()["spec"]
         moved = cluster.lease_log.summary()
@@ -98,7 +108,8 @@ def test_a_new_machine_enrolls_by_the_reactor_and_stands_by_under_systemd(enroll
         rows = {name: rows[0] for name, rows in status.items()}
         assert sorted(rows) == sorted(cluster.nodes) == ["master-1", "master-2", "master-3", NEW], rows
         assert {name: r["leader"] for name, r in rows.items()} == {
-            name: "yes" if name == leader else "no" for name in rows}, rows
+            name: "yes" if name == leader else "no" for name in rows
+        }, rows
         assert leader != NEW and rows[NEW]["healthy"] is True, rows[NEW]
         assert rows[NEW]["service_active"] == "active", rows[NEW]
 
@@ -106,7 +117,7 @@ def test_a_new_machine_enrolls_by_the_reactor_and_stands_by_under_systemd(enroll
         assert failed_states(again) == [] and changed_states(again) == [], "a second highstate changes nothing"
         assert cluster.starts_since(NEW, 0) == 1, "KCM on the newcomer was started once, by the enrollment"
         # Drain what the bus holds: a new standby must not wake anyone up.
-        while (event := bus.get_event(wait=0.5, full=True)):
+        while event := bus.get_event(wait=0.5, full=True):
             seen.append(event["tag"])
     assert [tag for tag in seen if tag.startswith("kcm/alert/")] == [], "a new standby sent an alert"
     beacons = cluster.salt("beacons.list", target=[NEW], return_yaml=False)[NEW]

@@ -108,7 +108,8 @@ def test_leader_elected_state_succeeds_on_a_live_cluster(kcm_cluster):
     name = kcm_cluster.nodes[-1]
 
     leader, _, _, ret = kcm_cluster.consistent(
-        lambda: ok(kcm_cluster, name, "state.single", "kcm.leader_elected", name="kube-controller-manager"))
+        lambda: ok(kcm_cluster, name, "state.single", "kcm.leader_elected", name="kube-controller-manager")
+    )
 
     [result] = ret.values()
     assert result["result"] is True, result

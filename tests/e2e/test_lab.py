@@ -30,8 +30,9 @@ def test_a_machine_cut_off_cannot_be_reached_and_is_back_when_restored():
         machine = lab.boot("link-1")
 
         def reach():
-            return machine.run(["bash", "-c", f"timeout 2 bash -c 'exec 3<>/dev/tcp/{lab.host_ip}/9'"],
-                               check=False).stderr
+            return machine.run(
+                ["bash", "-c", f"timeout 2 bash -c 'exec 3<>/dev/tcp/{lab.host_ip}/9'"], check=False
+            ).stderr
 
         assert "Connection refused" in reach()
         machine.cut_link()

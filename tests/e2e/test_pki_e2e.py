@@ -27,11 +27,16 @@ LOCAL_PKI = {"mode": "local", "cert": "", "key": "", "days_valid": 5, "days_rema
 @pytest.fixture(scope="module")
 def local_cluster(k8s_bin, tmp_path_factory, request):
     # The renewal runner targets the KCM masters the salt-master trusts (kcm.master's kcm_alert:masters).
-    cluster = start_lab_cluster(k8s_bin, tmp_path_factory.mktemp("lab-pki"), "pki local", suite="e2e-pki",
-                                election=SHORT_ELECTION,
-                                # no certificate alert here: its thresholds must sit below days_remaining
-                                kcm={"pki": LOCAL_PKI, "beacon": {"cert_thresholds": []}},
-                                master_config=runner_settings(masters="master-*"))
+    cluster = start_lab_cluster(
+        k8s_bin,
+        tmp_path_factory.mktemp("lab-pki"),
+        "pki local",
+        suite="e2e-pki",
+        election=SHORT_ELECTION,
+        # no certificate alert here: its thresholds must sit below days_remaining
+        kcm={"pki": LOCAL_PKI, "beacon": {"cert_thresholds": []}},
+        master_config=runner_settings(masters="master-*"),
+    )
     try:
         yield cluster
     finally:
@@ -73,8 +78,9 @@ def test_renewal_restarts_kcm_through_systemd_with_a_leader_throughout(local_clu
     leader = cluster.renewing_leader()
     # Followers first, the leader last: what orch.kcm.upgrade does for a renewal.
     order = [n for n in cluster.nodes if n != leader] + [leader]
-    nodes = {name: SimpleNamespace(healthy=lambda name=name: cluster.healthz(name, timeout=1))
-             for name in cluster.nodes}
+    nodes = {
+        name: SimpleNamespace(healthy=lambda name=name: cluster.healthz(name, timeout=1)) for name in cluster.nodes
+    }
     with LeaseWatch(cluster.cp, nodes=nodes) as watch:
         for name in order:
             before = file_cert(cluster, name).serial_number
@@ -114,8 +120,9 @@ def test_the_salt_masters_renewal_rolls_the_due_certificates_the_leader_last(loc
     cluster.change_pillar(pki={"days_valid": 60, "days_remaining": 45})
     before = {name: file_cert(cluster, name).serial_number for name in cluster.nodes}
     leader = cluster.renewing_leader()
-    nodes = {name: SimpleNamespace(healthy=lambda name=name: cluster.healthz(name, timeout=1))
-             for name in cluster.nodes}
+    nodes = {
+        name: SimpleNamespace(healthy=lambda name=name: cluster.healthz(name, timeout=1)) for name in cluster.nodes
+    }
     with LeaseWatch(cluster.cp, nodes=nodes) as watch:
         code, report = cluster.master.run("kcm_orch.renew", timeout=900)
         assert code == 0, report

@@ -24,9 +24,14 @@ CA_DIR = "/etc/pki/kcm-ca"
 @pytest.fixture(scope="module")
 def remote_lab(k8s_bin, tmp_path_factory, request):
     # what kcm.pki_peer installs on the salt-master: masters may ask for a signature, nothing else
-    cluster = LabCluster(k8s_bin, tmp_path_factory.mktemp("lab-pki-remote"), suite="e2e-pkirem", nodes=(MASTER,),
-                         election=SHORT_ELECTION,
-                         master_config={"peer": {".*": ["x509.sign_remote_certificate"]}})
+    cluster = LabCluster(
+        k8s_bin,
+        tmp_path_factory.mktemp("lab-pki-remote"),
+        suite="e2e-pkirem",
+        nodes=(MASTER,),
+        election=SHORT_ELECTION,
+        master_config={"peer": {".*": ["x509.sign_remote_certificate"]}},
+    )
     CLUSTERS.append(cluster)
     try:
         cluster.start()
@@ -36,23 +41,32 @@ def remote_lab(k8s_bin, tmp_path_factory, request):
         cp = cluster.cp
         signer = CertificateAuthority("kcm-cluster-signer")
         cluster.pillars[MASTER]["kcm"]["pki"] = {
-            "mode": "remote", "ca_server": CA, "signing_policy": "kcm", "days_valid": 30, "days_remaining": 7,
-            "ca_cert": cp.ca.cert_pem, "service_account_key": cp.sa_key_pem,
-            "signer_cert": signer.cert_pem, "signer_key": signer.key_pem}
+            "mode": "remote",
+            "ca_server": CA,
+            "signing_policy": "kcm",
+            "days_valid": 30,
+            "days_remaining": 7,
+            "ca_cert": cp.ca.cert_pem,
+            "service_account_key": cp.sa_key_pem,
+            "signer_cert": signer.cert_pem,
+            "signer_key": signer.key_pem,
+        }
         # a certificate alert's thresholds sit below days_remaining, where the renewal runs
         cluster.pillars[MASTER]["kcm"]["beacon"] = {"cert_thresholds": [3]}
         # the CA minion signs with the cluster CA, the one kube-apiserver trusts for clients
         cluster.pillars[CA] = {
             "kcm_ca": {"dir": CA_DIR, "ca_cert": cp.ca.cert_pem, "ca_key": cp.ca.key_pem},
-            "x509_signing_policies": {"kcm": [
-                {"minions": "master-*"},
-                {"signing_cert": f"{CA_DIR}/ca.pem"},
-                {"signing_private_key": f"{CA_DIR}/ca-key.pem"},
-                {"CN": "system:kube-controller-manager"},
-                {"basicConstraints": "critical, CA:false"},
-                {"extendedKeyUsage": "serverAuth, clientAuth"},
-                {"days_valid": 30},
-            ]},
+            "x509_signing_policies": {
+                "kcm": [
+                    {"minions": "master-*"},
+                    {"signing_cert": f"{CA_DIR}/ca.pem"},
+                    {"signing_private_key": f"{CA_DIR}/ca-key.pem"},
+                    {"CN": "system:kube-controller-manager"},
+                    {"basicConstraints": "critical, CA:false"},
+                    {"extendedKeyUsage": "serverAuth, clientAuth"},
+                    {"days_valid": 30},
+                ]
+            },
         }
         cluster.master.write_pillar(cluster.pillars)
         synced = cluster.salt("saltutil.sync_all", target=[MASTER, CA], timeout=300)
@@ -77,11 +91,11 @@ def test_the_ca_minion_signs_the_ca_key_stays_there_and_kcm_leads(remote_lab):
     assert "127.0.0.1" in [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)]
     assert MASTER in sans.get_values_for_type(x509.DNSName)
     master = cluster.machine(MASTER)
-    assert master.run(["test", "-e", files["ca_key"]], check=False).returncode != 0, \
+    assert master.run(["test", "-e", files["ca_key"]], check=False).returncode != 0, (
         "the CA key never reaches a master in remote mode"
+    )
     ca_key_line = cluster.cp.ca.key_pem.splitlines()[1]
-    found = master.run(["grep", "-r", "-l", "-F", ca_key_line, "/etc/k8s", "/etc/salt", "/var/cache/salt"],
-                       check=False)
+    found = master.run(["grep", "-r", "-l", "-F", ca_key_line, "/etc/k8s", "/etc/salt", "/var/cache/salt"], check=False)
     assert found.returncode == 1, f"a line of the CA key is on the master: {found.stdout}{found.stderr}"
     assert ca_key_line not in json.dumps(returns)
     assert ca_key_line in cluster.machine(CA).read_file(f"{CA_DIR}/ca-key.pem")
@@ -89,8 +103,10 @@ def test_the_ca_minion_signs_the_ca_key_stays_there_and_kcm_leads(remote_lab):
     # the signer key reaches KCM as a systemd credential: its root-only source, systemd's copy
     signer = files["signer_key"]
     assert f"LoadCredential={signer.rsplit('/', 1)[1]}:{signer}" in unit
-    assert f"--cluster-signing-key-file=/run/credentials/kube-controller-manager.service/{signer.rsplit('/', 1)[1]}" \
+    assert (
+        f"--cluster-signing-key-file=/run/credentials/kube-controller-manager.service/{signer.rsplit('/', 1)[1]}"
         in unit
+    )
 
     again = cluster.apply("kcm", target=[MASTER])
     assert changed_states(again[MASTER]) == []
@@ -105,8 +121,13 @@ def test_the_ca_minion_signs_the_ca_key_stays_there_and_kcm_leads(remote_lab):
 
 def test_a_refusing_policy_fails_the_run_with_its_reason(remote_lab):
     cluster = remote_lab
-    returns = cluster.master.salt([MASTER], "state.apply", "kcm", job_timeout=300,
-                                  pillar={"kcm": {"pki": {"signing_policy": "nosuchpolicy", "days_remaining": 29}}})
+    returns = cluster.master.salt(
+        [MASTER],
+        "state.apply",
+        "kcm",
+        job_timeout=300,
+        pillar={"kcm": {"pki": {"signing_policy": "nosuchpolicy", "days_remaining": 29}}},
+    )
     ret = returns[MASTER]
     assert isinstance(ret, dict), returns
     cert_state = next(v for k, v in ret.items() if "kcm-pki-cert" in k)

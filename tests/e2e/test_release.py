@@ -30,8 +30,11 @@ def micro(text: str) -> datetime.datetime:
 
 def hook_lines(cluster, name: str, since: float) -> list[str]:
     """The release step's journal lines on ``name`` since the epoch time ``since``."""
-    out = cluster.machine(name).run(
-        ["journalctl", "--no-pager", "-o", "cat", "--since", f"@{since:.3f}", "-u", UNIT], check=False).stdout
+    out = (
+        cluster.machine(name)
+        .run(["journalctl", "--no-pager", "-o", "cat", "--since", f"@{since:.3f}", "-u", UNIT], check=False)
+        .stdout
+    )
     return [line for line in out.splitlines() if line.startswith(f"{PROGRAM}:")]
 
 
@@ -68,8 +71,7 @@ def new_holder(cluster, old_holder: str) -> dict:
 
 def set_release_on_exit(cluster, enabled: bool) -> None:
     """Apply the formula with the switch on every master (the unit changes: systemd restarts KCM)."""
-    election = dict(cluster.pillars[cluster.nodes[0]]["kcm"].get("leader_election") or {},
-                    release_on_exit=enabled)
+    election = dict(cluster.pillars[cluster.nodes[0]]["kcm"].get("leader_election") or {}, release_on_exit=enabled)
     cluster.change_pillar(leader_election=election)
     cluster.apply("kcm")
     cluster.ensure_running()
@@ -87,8 +89,10 @@ def test_after_kill_9_systemd_runs_the_hook_and_a_standby_leads_before_the_expir
     assert node_of(taken["holderIdentity"]) != leader, "the killed KCM is restarted only after RestartSec"
     assert micro(taken["acquireTime"]) < expiry_of(spec), (taken, spec)
     assert taken["leaseTransitions"] == spec["leaseTransitions"] + 1
-    record_timing("release on: kill -9 -> new holder, before the old expiry by",
-                  (expiry_of(spec) - micro(taken["acquireTime"])).total_seconds())
+    record_timing(
+        "release on: kill -9 -> new holder, before the old expiry by",
+        (expiry_of(spec) - micro(taken["acquireTime"])).total_seconds(),
+    )
 
 
 def test_with_release_on_exit_off_a_standby_waits_for_the_expiry(kcm_cluster, record_timing):
@@ -103,8 +107,10 @@ def test_with_release_on_exit_off_a_standby_waits_for_the_expiry(kcm_cluster, re
     finally:
         set_release_on_exit(kcm_cluster, True)
     assert micro(taken["acquireTime"]) >= expiry_of(spec), (taken, spec)
-    record_timing("release off: kill -9 -> new holder, after the old expiry by",
-                  (micro(taken["acquireTime"]) - expiry_of(spec)).total_seconds())
+    record_timing(
+        "release off: kill -9 -> new holder, after the old expiry by",
+        (micro(taken["acquireTime"]) - expiry_of(spec)).total_seconds(),
+    )
 
 
 def test_a_standbys_stop_never_writes_the_leaders_lease(kcm_cluster):
@@ -123,8 +129,11 @@ def test_a_standbys_stop_never_writes_the_leaders_lease(kcm_cluster):
     # The leader renews every retry period, so the resourceVersion moves by itself; what must
     # never appear is a write by the release step (the apiserver names its field manager).
     started = datetime.datetime.fromtimestamp(int(since), datetime.timezone.utc)
-    ours = [entry for entry in after["metadata"].get("managedFields", [])
-            if entry.get("manager") == PROGRAM and _seconds(entry["time"]) >= started]
+    ours = [
+        entry
+        for entry in after["metadata"].get("managedFields", [])
+        if entry.get("manager") == PROGRAM and _seconds(entry["time"]) >= started
+    ]
     assert ours == [], ours
 
 
@@ -144,8 +153,12 @@ def test_with_no_standby_the_lease_stays_released_as_client_go_leaves_it(kcm_clu
     machine.systemctl("daemon-reload")
     try:
         kcm_cluster.kill(leader)
-        released = wait_until(lambda: (lambda lease: lease if not lease["spec"].get("holderIdentity") else None)(
-            kcm_cluster.lease()), 30, "the released Lease", interval=0.05)
+        released = wait_until(
+            lambda: (lambda lease: lease if not lease["spec"].get("holderIdentity") else None)(kcm_cluster.lease()),
+            30,
+            "the released Lease",
+            interval=0.05,
+        )
     finally:
         machine.run(["rm", "-f", SLOW_RESTART])
         machine.systemctl("daemon-reload")
@@ -186,6 +199,9 @@ def test_with_the_apiserver_down_the_stop_and_the_restart_happen_on_time(kcm_clu
         assert kcm_cluster.active(name) == "inactive"
     finally:
         apiserver.start()
-        wait_until(lambda: kcm_cluster.cp.request("GET", "/readyz", timeout=3).status_code == 200, 60,
-                   "kube-apiserver ready again")
+        wait_until(
+            lambda: kcm_cluster.cp.request("GET", "/readyz", timeout=3).status_code == 200,
+            60,
+            "kube-apiserver ready again",
+        )
     kcm_cluster.ensure_running(timeout=120)

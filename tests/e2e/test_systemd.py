@@ -22,8 +22,9 @@ def test_kcm_status_reports_service_active_from_systemd(kcm_cluster):
         assert row["service_active"] == "active", row
         assert row["healthy"] is True, row
         assert row["leader"] == ("yes" if name == leader else "no"), row
-    enabled = {n: kcm_cluster.machine(n).systemctl("is-enabled", UNIT, check=False).stdout.strip()
-               for n in kcm_cluster.nodes}
+    enabled = {
+        n: kcm_cluster.machine(n).systemctl("is-enabled", UNIT, check=False).stdout.strip() for n in kcm_cluster.nodes
+    }
     assert set(enabled.values()) == {"enabled"}, enabled
 
 
@@ -34,8 +35,11 @@ def test_kill_9_of_a_standby_is_healed_by_systemd_and_it_rejoins_as_standby(kcm_
 
     began = time.monotonic()
     killed = kcm_cluster.kill(name)
-    wait_until(lambda: kcm_cluster.restarts(name) == restarts + 1 and kcm_cluster.main_pid(name) not in (0, killed),
-               30, f"systemd restarting KCM on {name}")
+    wait_until(
+        lambda: kcm_cluster.restarts(name) == restarts + 1 and kcm_cluster.main_pid(name) not in (0, killed),
+        30,
+        f"systemd restarting KCM on {name}",
+    )
     kcm_cluster.wait_healthy([name], timeout=60)
     record_timing("kill -9 of a standby's KCM -> healthy again under systemd", time.monotonic() - began)
 
@@ -57,8 +61,11 @@ def test_systemctl_stop_on_the_leader_is_a_failover(kcm_cluster, record_timing):
 
 
 def test_kcm_logs_are_in_the_machines_journal(kcm_cluster):
-    leader, _, _, text = kcm_cluster.consistent(lambda: kcm_cluster.machine(kcm_cluster.leader()).run(
-        ["journalctl", "--no-pager", "-o", "cat", "-u", UNIT]).stdout)
+    leader, _, _, text = kcm_cluster.consistent(
+        lambda: (
+            kcm_cluster.machine(kcm_cluster.leader()).run(["journalctl", "--no-pager", "-o", "cat", "-u", UNIT]).stdout
+        )
+    )
     assert 'Successfully acquired lease" lock="kube-system/kube-controller-manager"' in text, text[-2000:]
     standby = next(n for n in kcm_cluster.nodes if n != leader)
     standby_log = kcm_cluster.machine(standby).run(["journalctl", "--no-pager", "-o", "cat", "-u", UNIT]).stdout
@@ -130,18 +137,31 @@ def test_the_kcm_user_owns_and_may_write_nothing_and_kcm_leads_on_its_credential
         assert _find(machine, ["-user", "k8s"]) == [], name
         assert _find(machine, ["-writable"], user="k8s") == [], name
         argv = kcm_cluster.cmdline(name)
-        assert "--kubeconfig=/run/credentials/kube-controller-manager.service/kube-controller-manager.kubeconfig" \
-            in argv, argv
+        assert (
+            "--kubeconfig=/run/credentials/kube-controller-manager.service/kube-controller-manager.kubeconfig" in argv
+        ), argv
         assert "--service-account-private-key-file=/run/credentials/kube-controller-manager.service/sa.key" in argv
         listed = machine.run(["ls", "/run/credentials/kube-controller-manager.service"]).stdout.split()
-        assert sorted(listed) == sorted(["kube-controller-manager.kubeconfig", "kube-controller-manager-key.pem",
-                                         "sa.key", "ca-key.pem"]), listed
-        st = machine.run(["stat", "-c", "%U:%G %a", "/etc/k8s/kubeconfig/kube-controller-manager.kubeconfig",
-                          "/etc/k8s/ssl/sa.key", "/usr/lib/systemd/system/kube-controller-manager.service"]).stdout
+        assert sorted(listed) == sorted(
+            ["kube-controller-manager.kubeconfig", "kube-controller-manager-key.pem", "sa.key", "ca-key.pem"]
+        ), listed
+        st = machine.run(
+            [
+                "stat",
+                "-c",
+                "%U:%G %a",
+                "/etc/k8s/kubeconfig/kube-controller-manager.kubeconfig",
+                "/etc/k8s/ssl/sa.key",
+                "/usr/lib/systemd/system/kube-controller-manager.service",
+            ]
+        ).stdout
         assert st.split("\n")[:2] == ["root:root 600", "root:root 600"], st
     # the leader renews the Lease with the kubeconfig systemd handed it
     renewed = (kcm_cluster.lease() or {}).get("spec", {}).get("renewTime")
-    wait_until(lambda: (kcm_cluster.lease() or {}).get("spec", {}).get("renewTime") != renewed, 30,
-               "the leader renewing the Lease")
+    wait_until(
+        lambda: (kcm_cluster.lease() or {}).get("spec", {}).get("renewTime") != renewed,
+        30,
+        "the leader renewing the Lease",
+    )
     assert kcm_cluster.renewing_leader() in kcm_cluster.nodes
     kcm_cluster.wait_healthy(timeout=30)

@@ -26,8 +26,10 @@ def previous_release() -> str:
 
 def systemd_lines(machine, since: float) -> str:
     """What systemd itself logged about KCM since ``since``: each start, stop and exit."""
-    return machine.run(["journalctl", "--no-pager", "-o", "short-precise", "--since", f"@{since:.3f}",
-                        "-u", UNIT, "_PID=1"], check=False).stdout
+    return machine.run(
+        ["journalctl", "--no-pager", "-o", "short-precise", "--since", f"@{since:.3f}", "-u", UNIT, "_PID=1"],
+        check=False,
+    ).stdout
 
 
 def test_a_master_the_previous_release_installed_is_taken_back_for_root(kcm_cluster):
@@ -35,14 +37,16 @@ def test_a_master_the_previous_release_installed_is_taken_back_for_root(kcm_clus
     machine = kcm_cluster.machine(name)
     local = ["salt-call", "--local", "--retcode-passthrough", "--out=json", f"--file-root={TREE}/formula"]
     pillar = json.dumps(kcm_cluster.pillars[name])  # {"kcm": {...}}: salt-call reads it as YAML
-    machine.run(["sh", "-c", f"rm -rf {TREE} && mkdir -p {TREE} && base64 -d | tar -x -C {TREE}"],
-                input=previous_release())
+    machine.run(
+        ["sh", "-c", f"rm -rf {TREE} && mkdir -p {TREE} && base64 -d | tar -x -C {TREE}"], input=previous_release()
+    )
     try:
         machine.run([*local, "saltutil.sync_all"], timeout=300)
         machine.run([*local, "state.apply", "kcm", f"pillar={pillar}"], timeout=600)
         # the previous release's layout: the KCM user owns the install root, the PKI and the kubeconfig
-        owners = machine.run(["stat", "-c", "%U", "/data/apps/k8s/kubernetes", "/etc/k8s/ssl",
-                              "/etc/k8s/kubeconfig"]).stdout.split()
+        owners = machine.run(
+            ["stat", "-c", "%U", "/data/apps/k8s/kubernetes", "/etc/k8s/ssl", "/etc/k8s/kubeconfig"]
+        ).stdout.split()
         assert owners == ["k8s"] * 3, owners
         kcm_cluster.wait_healthy([name], timeout=90)
         # to the millisecond: a whole second would also count the start the first apply made

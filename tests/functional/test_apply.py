@@ -56,12 +56,20 @@ def test_apply_lays_down_a_working_kcm(state, tmp_path, test_pki, version):
     assert out.strip() == f"Kubernetes {version}"
     assert (Path(paths["link"]) / "kube-controller-manager").resolve() == binary.resolve()
     # only the KCM member of the tarball is unpacked
-    assert sorted(p.name for p in Path(f"{paths['install']}/versions/{version}").iterdir()
-                  if not p.name.startswith(".") and not p.name.endswith(".json")) == ["kube-controller-manager"]
+    assert sorted(
+        p.name
+        for p in Path(f"{paths['install']}/versions/{version}").iterdir()
+        if not p.name.startswith(".") and not p.name.endswith(".json")
+    ) == ["kube-controller-manager"]
 
     pki = Path(paths["pki"])
-    for name, mode in [("ca.pem", 0o644), ("kube-controller-manager.pem", 0o644), ("ca-key.pem", 0o600),
-                       ("kube-controller-manager-key.pem", 0o600), ("sa.key", 0o600)]:
+    for name, mode in [
+        ("ca.pem", 0o644),
+        ("kube-controller-manager.pem", 0o644),
+        ("ca-key.pem", 0o600),
+        ("kube-controller-manager-key.pem", 0o600),
+        ("sa.key", 0o600),
+    ]:
         st = (pki / name).stat()
         assert stat.S_IMODE(st.st_mode) == mode, name
         assert st.st_uid == os.getuid()
@@ -69,8 +77,12 @@ def test_apply_lays_down_a_working_kcm(state, tmp_path, test_pki, version):
 
     kubeconfig = Path(paths["kubeconfig"]) / "kube-controller-manager.kubeconfig"
     assert stat.S_IMODE(kubeconfig.stat().st_mode) == 0o600
-    view = subprocess.run(["kubectl", "config", "view", "--raw", "-o", "yaml", "--kubeconfig", str(kubeconfig)],
-                          capture_output=True, text=True, check=True).stdout
+    view = subprocess.run(
+        ["kubectl", "config", "view", "--raw", "-o", "yaml", "--kubeconfig", str(kubeconfig)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     doc = yaml.safe_load(view)
     assert doc["clusters"][0]["cluster"]["server"] == "https://127.0.0.1:6443"
     assert "insecure-skip-tls-verify" not in view
@@ -96,8 +108,19 @@ def test_apply_lays_down_a_working_kcm(state, tmp_path, test_pki, version):
     stop_post = release_line(unit)
     if minor >= 20:
         # '+': root runs it on the root-only kubeconfig (no credentials in ExecStopPost= on systemd 257)
-        assert stop_post == [f"-+{sys.executable}", "-I", str(program), "--kubeconfig", str(kubeconfig),
-                             "--namespace", "kube-system", "--name", "kube-controller-manager", "--budget", "2"]
+        assert stop_post == [
+            f"-+{sys.executable}",
+            "-I",
+            str(program),
+            "--kubeconfig",
+            str(kubeconfig),
+            "--namespace",
+            "kube-system",
+            "--name",
+            "kube-controller-manager",
+            "--budget",
+            "2",
+        ]
     else:
         assert stop_post is None
     unit_path = Path(paths["unit"]) / "kube-controller-manager.service"
@@ -114,14 +137,15 @@ def release_line(unit_text):
     """The argv of the unit's one ExecStopPost= (its '-' prefix kept), or None."""
     lines = [line for line in unit_text.splitlines() if line.startswith("ExecStopPost=")]
     assert len(lines) <= 1, lines
-    return shlex.split(lines[0][len("ExecStopPost="):]) if lines else None
+    return shlex.split(lines[0][len("ExecStopPost=") :]) if lines else None
 
 
 def test_release_on_exit_switch_adds_and_removes_the_stop_hook(state, tmp_path, test_pki):
     version = "v1.37.2"
     tarball = build_tarball(tmp_path / "dl", version)
-    off = sandbox_pillar(tmp_path, tarball, version, test_pki, leader_election={"release_on_exit": False},
-                         identity="k8s-01")
+    off = sandbox_pillar(
+        tmp_path, tarball, version, test_pki, leader_election={"release_on_exit": False}, identity="k8s-01"
+    )
     assert not failed(state.apply("kcm", pillar=off))
     unit_path = Path(off["kcm"]["paths"]["unit"]) / "kube-controller-manager.service"
     assert release_line(unit_path.read_text()) is None
@@ -149,16 +173,26 @@ def test_bad_pillar_changes_nothing(state, tmp_path, test_pki):
     assert not failed(state.apply("kcm", pillar=good))
     before = tree_digest(tmp_path / "fs")
 
-    bad = sandbox_pillar(tmp_path, tarball, version, dict(test_pki, key=test_pki["ca_key"]),
-                         service_cluster_ip_range="10.254.0.0/33",
-                         leader_election={"lease_duration": "2s", "renew_deadline": "10s", "retry_period": "2s"},
-                         extra_args={"port": 0, "address": None},
-                         apiserver="http://10.0.0.1:8080")
+    bad = sandbox_pillar(
+        tmp_path,
+        tarball,
+        version,
+        dict(test_pki, key=test_pki["ca_key"]),
+        service_cluster_ip_range="10.254.0.0/33",
+        leader_election={"lease_duration": "2s", "renew_deadline": "10s", "retry_period": "2s"},
+        extra_args={"port": 0, "address": None},
+        apiserver="http://10.0.0.1:8080",
+    )
     bad["kcm"]["version"] = "v1.34"
     ret = state.apply("kcm", pillar=bad)
     comment = next(r.comment for r in ret if r.id == "kcm-config-validated")
-    for fragment in ["kcm:service_cluster_ip_range:", "kcm:leader_election:", "kcm:pki:key: does not match",
-                     "kcm:apiserver:", "kcm:version:"]:
+    for fragment in [
+        "kcm:service_cluster_ip_range:",
+        "kcm:leader_election:",
+        "kcm:pki:key: does not match",
+        "kcm:apiserver:",
+        "kcm:version:",
+    ]:
         assert fragment in comment
     assert changed(ret) == []
     assert tree_digest(tmp_path / "fs") == before
@@ -216,8 +250,9 @@ def test_a_rejected_flag_never_reaches_the_unit(state, tmp_path, test_pki):
     assert not failed(state.apply("kcm", pillar=pillar))
     unit = Path(pillar["kcm"]["paths"]["unit"]) / "kube-controller-manager.service"
     before = unit.read_text()
-    bad = sandbox_pillar(tmp_path, build_tarball(tmp_path / "dl", version), version, test_pki,
-                         extra_args={"no-such-flag": "1"})
+    bad = sandbox_pillar(
+        tmp_path, build_tarball(tmp_path / "dl", version), version, test_pki, extra_args={"no-such-flag": "1"}
+    )
     ret = state.apply("kcm", pillar=bad)
     assert any("unknown flag: --no-such-flag" in r.comment for r in ret if r.result is False)
     assert unit.read_text() == before
@@ -247,8 +282,9 @@ def test_a_truncated_download_whose_hash_matches_fails_cleanly(state, tmp_path, 
     install = next(r for r in ret if r.id == "kcm-install-binary")
     assert install.result is False
     assert "is truncated or corrupt" in install.comment and "Traceback" not in install.comment
-    assert not (Path(sandbox_pillar(tmp_path, tarball, version, test_pki)["kcm"]["paths"]["bin"])
-                / "kube-controller-manager").exists()
+    assert not (
+        Path(sandbox_pillar(tmp_path, tarball, version, test_pki)["kcm"]["paths"]["bin"]) / "kube-controller-manager"
+    ).exists()
 
 
 @pytest.mark.parametrize("version", ["v1.14.2", VERSIONS[-1]])
@@ -261,8 +297,12 @@ def test_the_rendered_unit_is_sandboxed_to_an_exposure_of_at_most_1_5(state, ope
     assert not failed(ret), failed(ret)
     unit_path = Path(pillar["kcm"]["paths"]["unit"]) / "kube-controller-manager.service"
 
-    analyzed = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager", str(unit_path)],
-                              capture_output=True, text=True, cwd=unit_path.parent)
+    analyzed = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", "--no-pager", str(unit_path)],
+        capture_output=True,
+        text=True,
+        cwd=unit_path.parent,
+    )
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", analyzed.stdout)
     assert match, analyzed.stdout + analyzed.stderr
     print(f"systemd-analyze security exposure ({version}): {match.group(1)}")

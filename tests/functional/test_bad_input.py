@@ -33,13 +33,19 @@ CASES = [
     ("ESC in apiserver", {"apiserver": "https://127.0.0.1:6443\x1b[2J"}, "kcm:apiserver:"),
     ("NUL in a controller", {"controllers": ["*", "ttl\x00"]}, "kcm:controllers:"),
     # values validation let through
-    ("zero retry period", {"leader_election": {"lease_duration": "15s", "renew_deadline": "10s",
-                                               "retry_period": "0s"}}, "kcm:leader_election:retry_period:"),
+    (
+        "zero retry period",
+        {"leader_election": {"lease_duration": "15s", "renew_deadline": "10s", "retry_period": "0s"}},
+        "kcm:leader_election:retry_period:",
+    ),
     ("zero signing duration", {"cluster_signing_duration": "0h"}, "kcm:cluster_signing_duration:"),
     ("service name with ../", {"service": {"name": "../../../tmp/evil"}}, "kcm:service:name:"),
     ("service name with .service", {"service": {"name": "kcm.service"}}, "kcm:service:name:"),
-    ("string boolean (credentials)", {"use_service_account_credentials": "false"},
-     "kcm:use_service_account_credentials:"),
+    (
+        "string boolean (credentials)",
+        {"use_service_account_credentials": "false"},
+        "kcm:use_service_account_credentials:",
+    ),
     ("string boolean (service:manage)", {"service": {"manage": "false"}}, "kcm:service:manage:"),
     ("string boolean (log_to_file)", {"log_to_file": "no"}, "kcm:log_to_file:"),
     ("string boolean (create_user)", {"create_user": "yes"}, "kcm:create_user:"),
@@ -54,8 +60,7 @@ CASES = [
     ("list where pki belongs", {"pki": ["pem"]}, "kcm:pki:"),
     ("list where service belongs", {"service": ["kcm"]}, "kcm:service:"),
     ("string where controllers belong", {"controllers": "*,tokencleaner"}, "kcm:controllers:"),
-    ("mapping as an extra_args value", {"extra_args": {"feature-gates": {"A": True}}},
-     "kcm:extra_args:feature-gates:"),
+    ("mapping as an extra_args value", {"extra_args": {"feature-gates": {"A": True}}}, "kcm:extra_args:feature-gates:"),
     ("version with a leading zero", {"version": "v1.034.3"}, "kcm:version:"),
     ("port as a string", {"secure_port": "10257"}, "kcm:secure_port:"),
     ("boolean as keep_versions", {"keep_versions": True}, "kcm:keep_versions:"),
@@ -74,18 +79,29 @@ CASES = [
     ("list where beacon belongs", {"beacon": [2]}, "kcm:beacon:"),
     # kcm:master, validated like kcm:
     ("label name Alertmanager refuses", {"master": {"labels": {"team-name": "x"}}}, "kcm:master:labels:"),
-    ("string where a URL list belongs", {"master": {"alertmanager_urls": "https://am:9093"}},
-     "kcm:master:alertmanager_urls:"),
-    ("http receiver without allow_http", {"master": {"alertmanager_urls": ["http://127.0.0.1:9093"]}},
-     "kcm:master:alertmanager_urls:"),
-    ("http receiver off loopback", {"master": {"allow_http": True, "alertmanager_urls": ["http://10.0.0.5:9093"]}},
-     "kcm:master:alertmanager_urls:"),
-    ("webhook with credentials", {"master": {"webhook_urls": ["https://u:p@hooks.example/x"]}},
-     "kcm:master:webhook_urls:"),
+    (
+        "string where a URL list belongs",
+        {"master": {"alertmanager_urls": "https://am:9093"}},
+        "kcm:master:alertmanager_urls:",
+    ),
+    (
+        "http receiver without allow_http",
+        {"master": {"alertmanager_urls": ["http://127.0.0.1:9093"]}},
+        "kcm:master:alertmanager_urls:",
+    ),
+    (
+        "http receiver off loopback",
+        {"master": {"allow_http": True, "alertmanager_urls": ["http://10.0.0.5:9093"]}},
+        "kcm:master:alertmanager_urls:",
+    ),
+    (
+        "webhook with credentials",
+        {"master": {"webhook_urls": ["https://u:p@hooks.example/x"]}},
+        "kcm:master:webhook_urls:",
+    ),
     ("receivers' proxy not an http(s) URL", {"master": {"proxy": "socks5://127.0.0.1:1080"}}, "kcm:master:proxy:"),
     ("list where the clusters mapping belongs", {"master": {"clusters": ["prod"]}}, "kcm:master:clusters:"),
-    ("control character in the KCM masters' ids", {"master": {"masters": "master-*\nweb-*"}},
-     "kcm:master:masters:"),
+    ("control character in the KCM masters' ids", {"master": {"masters": "master-*\nweb-*"}}, "kcm:master:masters:"),
 ]
 
 
@@ -138,12 +154,15 @@ def test_clean_refuses_a_service_name_outside_the_unit_directory(state, tmp_path
     assert outside.exists(), "kcm.clean removed a file outside paths:unit"
 
 
-@pytest.mark.parametrize("masters, message", [
-    (None, "kcm:master:masters: required"),
-    ("role:k8s-master", "kcm:master:masters: 'role:k8s-master' is not a minion id glob"),
-    ("G@role:k8s-master or master-*", "kcm:master:masters: 'G@role:k8s-master or master-*' is not"),
-    (["master-1", "I@kcm:cluster:prod"], "kcm:master:masters: 'I@kcm:cluster:prod' is not"),
-])
+@pytest.mark.parametrize(
+    "masters, message",
+    [
+        (None, "kcm:master:masters: required"),
+        ("role:k8s-master", "kcm:master:masters: 'role:k8s-master' is not a minion id glob"),
+        ("G@role:k8s-master or master-*", "kcm:master:masters: 'G@role:k8s-master or master-*' is not"),
+        (["master-1", "I@kcm:cluster:prod"], "kcm:master:masters: 'I@kcm:cluster:prod' is not"),
+    ],
+)
 def test_kcm_master_trusts_no_grain_and_fails_naming_the_key(state, tmp_path, masters, message):
     # H1: the KCM masters are named by minion id in the master's own configuration, or nothing is written.
     master = {"config_dir": str(tmp_path / "master.d"), "sync_runners": False}

@@ -32,7 +32,10 @@ def test_the_defaults_lay_down_a_benchmark_clean_kcm(state, tmp_path, test_pki):
     flags = as_map([word for word in exec_start(unit)[1:] if word.startswith("--")])
     assert cis_failures(flags) == []
     assert (flags["bind-address"], flags["profiling"], flags["terminated-pod-gc-threshold"]) == (
-        "127.0.0.1", "false", "12500")
+        "127.0.0.1",
+        "false",
+        "12500",
+    )
 
     kubeconfig = Path(paths["kubeconfig"]) / "kube-controller-manager.kubeconfig"
     assert stat.S_IMODE(kubeconfig.stat().st_mode) & 0o177 == 0, "1.1.17: kubeconfig 600 or stricter"

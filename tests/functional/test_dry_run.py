@@ -39,6 +39,7 @@ def pillars(tmp_path, test_pki):
         if version not in tarballs:
             tarballs[version] = build_tarball(tmp_path / "dl", version)
         return sandbox_pillar(tmp_path, tarballs[version], version, pki or test_pki)
+
     return make
 
 

@@ -85,9 +85,13 @@ def test_clean_leaves_nothing_the_formula_created(state, minion_opts, open_tmp, 
     tmp_path = open_tmp
     signer_cert, signer_key = testpki.make_ca("kcm-test-cluster-signer")
     pillar = sandbox_pillar(
-        tmp_path, build_tarball(tmp_path / "dl", VERSION), VERSION,
+        tmp_path,
+        build_tarball(tmp_path / "dl", VERSION),
+        VERSION,
         dict(test_pki, signer_cert=testpki.cert_pem(signer_cert), signer_key=testpki.key_pem(signer_key)),
-        user=fresh_account, group=fresh_account, create_user=True,
+        user=fresh_account,
+        group=fresh_account,
+        create_user=True,
         master={"config_dir": str(tmp_path / "master.d"), "sync_runners": False, "masters": "master-*"},
     )
     cache = Path(minion_opts["cachedir"]) / "kcm"
@@ -110,12 +114,24 @@ def test_clean_leaves_nothing_the_formula_created(state, minion_opts, open_tmp, 
     # Directories the formula writes into but that belong to the system (the unit directory,
     # the link directory, master.d) stay, empty; what makedirs made above the formula's own
     # directories (the sandbox's /data, /etc) is not the formula's either.
-    shared = {pillar["kcm"]["paths"]["unit"], pillar["kcm"]["paths"]["link"], str(tmp_path / "master.d"),
-              str(conf / "master.d")}
+    shared = {
+        pillar["kcm"]["paths"]["unit"],
+        pillar["kcm"]["paths"]["link"],
+        str(tmp_path / "master.d"),
+        str(conf / "master.d"),
+    }
     assert all(not any(Path(d).iterdir()) for d in shared if Path(d).exists())
     named = [str(v) for v in pillar["kcm"]["paths"].values() if v and str(v) not in shared | {str(download_cache)}]
-    assert sorted(p for p in left - shared if any(p == n or p.startswith(n + "/") for n in named)
-                  or p.startswith(str(cache) + "/") or "/master.d/" in p) == [], left
+    assert (
+        sorted(
+            p
+            for p in left - shared
+            if any(p == n or p.startswith(n + "/") for n in named)
+            or p.startswith(str(cache) + "/")
+            or "/master.d/" in p
+        )
+        == []
+    ), left
     assert not account_exists(fresh_account), "the account the formula created is still there"
     assert any(download_cache.iterdir()), "the download cache is kept"
 
@@ -124,8 +140,15 @@ def test_clean_leaves_nothing_the_formula_created(state, minion_opts, open_tmp, 
 def test_clean_keeps_an_account_that_was_there_before(state, open_tmp, test_pki, fresh_account):
     tmp_path = open_tmp
     assert os.system(f"groupadd -r {fresh_account} && useradd -r -g {fresh_account} {fresh_account}") == 0  # noqa: S605
-    pillar = sandbox_pillar(tmp_path, build_tarball(tmp_path / "dl", VERSION), VERSION, test_pki,
-                            user=fresh_account, group=fresh_account, create_user=True)
+    pillar = sandbox_pillar(
+        tmp_path,
+        build_tarball(tmp_path / "dl", VERSION),
+        VERSION,
+        test_pki,
+        user=fresh_account,
+        group=fresh_account,
+        create_user=True,
+    )
     assert not failed(state.apply("kcm", pillar=pillar))
 
     ret = state.apply("kcm.clean", pillar=pillar)
@@ -151,8 +174,13 @@ def test_the_check_judges_the_execstart_of_the_site_unit(state, tmp_path, test_p
     assert not failed(state.apply("kcm", pillar=good))
     unit = Path(good["kcm"]["paths"]["unit"]) / "kube-controller-manager.service"
     before = unit.read_text()
-    bad = sandbox_pillar(tmp_path, build_tarball(tmp_path / "dl", VERSION), VERSION, test_pki,
-                         tofs={"source_files": {"kcm-service-unit": ["site-bad.service.jinja"]}})
+    bad = sandbox_pillar(
+        tmp_path,
+        build_tarball(tmp_path / "dl", VERSION),
+        VERSION,
+        test_pki,
+        tofs={"source_files": {"kcm-service-unit": ["site-bad.service.jinja"]}},
+    )
 
     ret = state.apply("kcm", pillar=bad)
 
@@ -164,8 +192,13 @@ def test_the_check_judges_the_execstart_of_the_site_unit(state, tmp_path, test_p
 def test_the_unit_is_rendered_once_per_apply(state, tmp_path, test_pki, site_root):
     renders = site_root / "renders.log"
     renders.write_text("")
-    pillar = sandbox_pillar(tmp_path, build_tarball(tmp_path / "dl", VERSION), VERSION, test_pki,
-                            tofs={"source_files": {"kcm-service-unit": ["site-counted.service.jinja"]}})
+    pillar = sandbox_pillar(
+        tmp_path,
+        build_tarball(tmp_path / "dl", VERSION),
+        VERSION,
+        test_pki,
+        tofs={"source_files": {"kcm-service-unit": ["site-counted.service.jinja"]}},
+    )
 
     ret = state.apply("kcm", pillar=pillar)
 
@@ -175,8 +208,13 @@ def test_the_unit_is_rendered_once_per_apply(state, tmp_path, test_pki, site_roo
 
 
 def test_a_bad_tofs_source_is_refused_naming_the_key(state, tmp_path, test_pki):
-    bad = sandbox_pillar(tmp_path, build_tarball(tmp_path / "dl", VERSION), VERSION, test_pki,
-                         tofs={"source_files": {"kcm-service-unit": ["../../etc/shadow"]}})
+    bad = sandbox_pillar(
+        tmp_path,
+        build_tarball(tmp_path / "dl", VERSION),
+        VERSION,
+        test_pki,
+        tofs={"source_files": {"kcm-service-unit": ["../../etc/shadow"]}},
+    )
 
     ret = state.apply("kcm", pillar=bad)
 
@@ -188,13 +226,20 @@ def test_a_bad_tofs_source_is_refused_naming_the_key(state, tmp_path, test_pki):
 def test_with_control_cmd_the_watch_restarts_kcm_and_nothing_else_does(state, tmp_path, test_pki):
     log = tmp_path / "control.log"
     control = tmp_path / "kcmctl"
-    control.write_text(f"#!/bin/sh\necho \"$1\" >> {shlex.quote(str(log))}\n")
+    control.write_text(f'#!/bin/sh\necho "$1" >> {shlex.quote(str(log))}\n')
     control.chmod(0o755)
     tarball = build_tarball(tmp_path / "dl", VERSION)
 
     def apply(**over):
-        pillar = sandbox_pillar(tmp_path, tarball, VERSION, test_pki, leader_election={"release_on_exit": False},
-                                service={"manage": False, "control_cmd": str(control)}, **over)
+        pillar = sandbox_pillar(
+            tmp_path,
+            tarball,
+            VERSION,
+            test_pki,
+            leader_election={"release_on_exit": False},
+            service={"manage": False, "control_cmd": str(control)},
+            **over,
+        )
         ret = state.apply("kcm", pillar=pillar)
         assert not failed(ret), failed(ret)
         return next(r for r in ret if r.id == "kcm-service-restarted")
@@ -233,6 +278,8 @@ def test_the_preflight_installs_beside_and_runs_the_formulas_own_check(loaders, 
     assert (os.readlink(link), unit.read_text()) == before, "the preflight moved the link or the unit"
 
     refused = loaders.modules.kcm_orch.preflight(
-        pillar=sandbox_pillar(tmp_path, build_tarball(tmp_path / "dl", "v1.37.3"), "v1.37.3", test_pki,
-                              extra_args={"no-such-flag": "1"}))
+        pillar=sandbox_pillar(
+            tmp_path, build_tarball(tmp_path / "dl", "v1.37.3"), "v1.37.3", test_pki, extra_args={"no-such-flag": "1"}
+        )
+    )
     assert refused["result"] is False and "unknown flag: --no-such-flag" in refused["comment"], refused

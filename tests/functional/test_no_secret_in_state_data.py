@@ -23,8 +23,9 @@ def pillar(tmp_path, test_pki):
 def key_bodies(pillar):
     """A line of base64 from inside each private key of the pillar."""
     pki = pillar["kcm"]["pki"]
-    return {k: pki[k].strip().splitlines()[2] for k in ("ca_key", "key", "service_account_key", "signer_key")
-            if pki.get(k)}
+    return {
+        k: pki[k].strip().splitlines()[2] for k in ("ca_key", "key", "service_account_key", "signer_key") if pki.get(k)
+    }
 
 
 def assert_no_key(text, pillar):
@@ -45,10 +46,10 @@ def test_show_sls_and_show_lowstate_print_no_private_key(state, pillar, sls):
 
 def test_the_validate_state_still_checks_the_pems_it_reads_from_pillar(state, pillar, test_pki):
     high = state.show_sls("kcm.config.validated", pillar=pillar)
-    args = {k: v for item in high["kcm-config-validated"]["kcm_config"] if isinstance(item, dict)
-            for k, v in item.items()}
-    assert set(args["pems"]) == {"ca_cert", "ca_key", "cert", "key", "service_account_key", "signer_cert",
-                                 "signer_key"}
+    args = {
+        k: v for item in high["kcm-config-validated"]["kcm_config"] if isinstance(item, dict) for k, v in item.items()
+    }
+    assert set(args["pems"]) == {"ca_cert", "ca_key", "cert", "key", "service_account_key", "signer_cert", "signer_key"}
     assert all(v.startswith("sha256:") for v in args["pems"].values())
 
     # A key that does not match its certificate is still refused: the state reads the PEMs.
@@ -66,6 +67,6 @@ def test_a_real_apply_logs_and_returns_no_private_key(state, tmp_path, test_pki,
     caplog.set_level(1)  # TRACE and below: Salt logs the rendered SLS there
     ret = state.apply("kcm", pillar=pillar)
     assert not failed(ret), failed(ret)
-    assert "pems: {\"ca_cert\": \"sha256:" in caplog.text, "the rendered SLS is not in the log at TRACE"
+    assert 'pems: {"ca_cert": "sha256:' in caplog.text, "the rendered SLS is not in the log at TRACE"
     assert_no_key(caplog.text, pillar)
     assert_no_key(repr([(r.id, r.comment, r.changes) for r in ret]), pillar)

@@ -17,8 +17,14 @@ class Unsynced(dict):
 
 
 def test_an_unsynced_minion_gets_one_line_naming_the_fix(loaders, minion_opts):
-    context = {"opts": minion_opts, "saltenv": "base", "salt": Unsynced(loaders.modules), "tpldir": "kcm",
-               "grains": {}, "pillar": {}}
+    context = {
+        "opts": minion_opts,
+        "saltenv": "base",
+        "salt": Unsynced(loaders.modules),
+        "tpldir": "kcm",
+        "grains": {},
+        "pillar": {},
+    }
     with pytest.raises(SaltRenderError) as raised:
         render_jinja_tmpl(MAP.read_text(), context, tmplpath=str(MAP))
     message = str(raised.value)

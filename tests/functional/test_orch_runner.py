@@ -43,19 +43,33 @@ class InstantMasters:
         elif fun == "kcm_orch.start":
             self.running |= set(tgt)
         elif fun == "kcm_pki.renewal_due":
-            return {m: {"due": m in self.due, "cluster": "prod", "days_left": 20.0 if m in self.due else 300.0}
-                    for m in tgt}
+            return {
+                m: {"due": m in self.due, "cluster": "prod", "days_left": 20.0 if m in self.due else 300.0} for m in tgt
+            }
         elif fun == "kcm.version":
             return {m: "v1.37.2" for m in tgt}
         elif fun == "kcm_skew.facts":
-            return {m: {"version": "v1.37.2", "version_minor": 37, "deployed": "v1.37.2", "apiserver": "v1.37.2",
-                        "apiserver_minor": 37, "why": None, "override_reason": ""} for m in tgt}
+            return {
+                m: {
+                    "version": "v1.37.2",
+                    "version_minor": 37,
+                    "deployed": "v1.37.2",
+                    "apiserver": "v1.37.2",
+                    "apiserver_minor": 37,
+                    "why": None,
+                    "override_reason": "",
+                }
+                for m in tgt
+            }
         return {m: {"result": True, "restarted": False, "version": "v1.37.2"} for m in tgt}
 
     def _poll(self, minion):
         holder = f"{self.leader}_{self.transitions}"
-        return {"kcm.health": {"healthy": True}, "kcm.is_leader": minion == self.leader,
-                "kcm.leader": {"holder": holder, "expired": False, "transitions": self.transitions}}
+        return {
+            "kcm.health": {"healthy": True},
+            "kcm.is_leader": minion == self.leader,
+            "kcm.leader": {"holder": holder, "expired": False, "transitions": self.transitions},
+        }
 
 
 class AllMinions:
@@ -76,9 +90,14 @@ def masters(monkeypatch):
 
 @pytest.fixture
 def runners(tmp_path):
-    opts = dict(salt.config.DEFAULT_MASTER_OPTS, cachedir=str(tmp_path / "cache"), **runner_settings(),
-                extension_modules=str(tmp_path / "extmods"), runner_dirs=[str(REPO / "_runners")],
-                utils_dirs=[str(REPO / "_utils")])
+    opts = dict(
+        salt.config.DEFAULT_MASTER_OPTS,
+        cachedir=str(tmp_path / "cache"),
+        **runner_settings(),
+        extension_modules=str(tmp_path / "extmods"),
+        runner_dirs=[str(REPO / "_runners")],
+        utils_dirs=[str(REPO / "_utils")],
+    )
     return salt.loader.runner(opts, utils=salt.loader.utils(opts))
 
 
@@ -87,7 +106,10 @@ def test_the_drill_stops_the_leader_and_reports_the_new_one(runners, masters):
 
     assert report["result"] is True, report["comment"]
     assert (report["leader_before"], report["stopped"], report["leader_after"]) == (
-        "master-1", ["master-1"], "master-2")
+        "master-1",
+        ["master-1"],
+        "master-2",
+    )
     assert report["summary"][0].split() == ["leader", "before", "master-1"]
     assert ("kcm_orch.start", ("master-1",)) in masters.calls
 
@@ -134,13 +156,21 @@ def test_renew_rolls_the_whole_cluster_the_leader_last_when_one_certificate_is_d
     assert {mark["by"] for mark in store["planned"].values()} == {"kcm_orch.renew"}
 
 
-@pytest.mark.parametrize(("master", "expected"), [
-    ({}, {"function": "kcm_orch.renew", "seconds": 86400, "maxrunning": 1}),  # daily by default
-    ({"renew_interval": 0}, None),
-])
+@pytest.mark.parametrize(
+    ("master", "expected"),
+    [
+        ({}, {"function": "kcm_orch.renew", "seconds": 86400, "maxrunning": 1}),  # daily by default
+        ({"renew_interval": 0}, None),
+    ],
+)
 def test_kcm_master_schedules_the_renewal_on_the_salt_master_unless_turned_off(state, tmp_path, master, expected):
-    pillar = {"kcm": {"master": dict({"config_dir": str(tmp_path / "master.d"), "sync_runners": False,
-                                      "masters": "master-*"}, **master)}}
+    pillar = {
+        "kcm": {
+            "master": dict(
+                {"config_dir": str(tmp_path / "master.d"), "sync_runners": False, "masters": "master-*"}, **master
+            )
+        }
+    }
     ret = state.apply("kcm.master", pillar=pillar)
     assert all(step["result"] for step in ret.raw.values()), ret.raw
 
@@ -153,16 +183,25 @@ KEY_PEM = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----E
 
 
 @pytest.mark.parametrize("function", ["kcm_orch.upgrade", "kcm_orch.preflight"])
-@pytest.mark.parametrize("override, named", [
-    ({"kcm": {"version": "v1.37.3", "pki": {"ca_key": KEY_PEM}}}, "pillar:kcm:pki:ca_key"),
-    ({"kcm": {"pki": {"service_account_key": "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC"}}},
-     "pillar:kcm:pki:service_account_key"),
-    ({"kcm": {"extra_args": {"x": ["a", KEY_PEM]}}}, "pillar:kcm:extra_args:x:1"),
-])
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        ({"kcm": {"version": "v1.37.3", "pki": {"ca_key": KEY_PEM}}}, "pillar:kcm:pki:ca_key"),
+        (
+            {"kcm": {"pki": {"service_account_key": "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC"}}},
+            "pillar:kcm:pki:service_account_key",
+        ),
+        ({"kcm": {"extra_args": {"x": ["a", KEY_PEM]}}}, "pillar:kcm:extra_args:x:1"),
+    ],
+)
 def test_a_pillar_override_carrying_a_private_key_is_refused_before_anything_is_published(
-        runners, masters, function, override, named):
-    report = runners[function](tgt="master*", pillar=override, interval=0.01, timeout=5) \
-        if function == "kcm_orch.upgrade" else runners[function](tgt="master*", pillar=override)
+    runners, masters, function, override, named
+):
+    report = (
+        runners[function](tgt="master*", pillar=override, interval=0.01, timeout=5)
+        if function == "kcm_orch.upgrade"
+        else runners[function](tgt="master*", pillar=override)
+    )
 
     assert report["result"] is False and report["retcode"] == 1
     assert f"{named}: PEM or private-key material in a pillar override" in report["comment"]

@@ -51,8 +51,11 @@ def test_the_kcm_user_owns_nothing_and_can_write_nothing(state, open_tmp, test_p
     fs = open_tmp / "fs"
     found = [fs, *fs.rglob("*")]
     assert len(found) > 20
-    bad = [f"{p} {p.lstat().st_uid}:{p.lstat().st_gid} {stat.S_IMODE(p.lstat().st_mode):04o}" for p in found
-           if p.lstat().st_uid != 0 or kcm_writable(p, p.lstat(), uid, gid)]
+    bad = [
+        f"{p} {p.lstat().st_uid}:{p.lstat().st_gid} {stat.S_IMODE(p.lstat().st_mode):04o}"
+        for p in found
+        if p.lstat().st_uid != 0 or kcm_writable(p, p.lstat(), uid, gid)
+    ]
     assert bad == []
     # every directory the formula made, the ones above its own included, is root:root 0755 (the cache 0700)
     paths = pillar["kcm"]["paths"]
@@ -68,7 +71,8 @@ def test_the_kcm_user_owns_nothing_and_can_write_nothing(state, open_tmp, test_p
     sources = {"kube-controller-manager.kubeconfig": kubeconfig}
     sources.update({n: pki / n for n in SECRETS[1:]})
     assert [line for line in unit.splitlines() if line.startswith("LoadCredential=")] == [
-        f"LoadCredential={n}:{sources[n]}" for n in SECRETS]
+        f"LoadCredential={n}:{sources[n]}" for n in SECRETS
+    ]
     flags = dict(a[2:].split("=", 1) for a in exec_start(unit)[1:])
     credentials = "/run/credentials/kube-controller-manager.service"
     assert flags["kubeconfig"] == f"{credentials}/kube-controller-manager.kubeconfig"
@@ -83,8 +87,10 @@ def old_layout(pillar, uid, gid):
     paths = pillar["kcm"]["paths"]
     for key in ("install", "bin", "conf", "pki", "kubeconfig"):
         Path(paths[key]).mkdir(parents=True, exist_ok=True)
-    for directory in {Path(paths[k]) for k in ("install", "bin", "conf", "pki", "kubeconfig")} \
-            | {Path(paths["install"]).parent, Path(paths["install"]) / "versions"}:
+    for directory in {Path(paths[k]) for k in ("install", "bin", "conf", "pki", "kubeconfig")} | {
+        Path(paths["install"]).parent,
+        Path(paths["install"]) / "versions",
+    }:
         directory.mkdir(exist_ok=True)
         os.chown(directory, uid, gid)
 
@@ -138,8 +144,7 @@ def test_a_directory_of_another_user_is_refused_and_left_alone(state, open_tmp, 
     shared.mkdir(parents=True)
     os.chown(shared, 4242, 4242)
     paths = {"install": str(shared), "bin": str(shared / "sbin")}
-    pillar = sandbox_pillar(open_tmp, build_tarball(open_tmp / "dl", VERSION), VERSION, test_pki, paths=paths,
-                            **NOBODY)
+    pillar = sandbox_pillar(open_tmp, build_tarball(open_tmp / "dl", VERSION), VERSION, test_pki, paths=paths, **NOBODY)
     ret = state.apply("kcm", pillar=pillar)
     refusal = next(r for r in ret if r.id == "kcm-install-directories")
     assert refusal.result is False
@@ -167,8 +172,10 @@ def test_before_systemd_247_the_kcm_group_reads_root_owned_secrets(state, open_t
     paths = pillar["kcm"]["paths"]
     nogroup = nobody()[1]
     kubeconfig = Path(paths["kubeconfig"]) / "kube-controller-manager.kubeconfig"
-    owners = {p.name: (p.lstat().st_uid, p.lstat().st_gid, stat.S_IMODE(p.lstat().st_mode))
-              for p in [kubeconfig, *(Path(paths["pki"]) / n for n in SECRETS[1:])]}
+    owners = {
+        p.name: (p.lstat().st_uid, p.lstat().st_gid, stat.S_IMODE(p.lstat().st_mode))
+        for p in [kubeconfig, *(Path(paths["pki"]) / n for n in SECRETS[1:])]
+    }
     assert owners == {n: (0, nogroup, 0o640) for n in SECRETS}
     unit_path = Path(paths["unit"]) / "kube-controller-manager.service"
     unit = unit_path.read_text()
@@ -177,15 +184,19 @@ def test_before_systemd_247_the_kcm_group_reads_root_owned_secrets(state, open_t
     assert flags["kubeconfig"] == str(kubeconfig)
     assert flags["service-account-private-key-file"] == f"{paths['pki']}/sa.key"
     verify = subprocess.run(["systemd-analyze", "verify", str(unit_path)], capture_output=True, text=True)
-    complaints = [line for line in verify.stderr.splitlines()
-                  if "kube-controller-manager.service" in line and "Special user nobody" not in line]
+    complaints = [
+        line
+        for line in verify.stderr.splitlines()
+        if "kube-controller-manager.service" in line and "Special user nobody" not in line
+    ]
     assert verify.returncode == 0 and complaints == [], verify.stderr
 
 
 def test_log_to_file_writes_only_to_the_units_logs_directory(state, open_tmp, test_pki):
     version = "v1.25.0"
-    pillar = sandbox_pillar(open_tmp, build_tarball(open_tmp / "dl", version), version, test_pki, log_to_file=True,
-                            **NOBODY)
+    pillar = sandbox_pillar(
+        open_tmp, build_tarball(open_tmp / "dl", version), version, test_pki, log_to_file=True, **NOBODY
+    )
     apply(state, pillar)
     unit = (Path(pillar["kcm"]["paths"]["unit"]) / "kube-controller-manager.service").read_text()
     assert "LogsDirectory=kube-controller-manager" in unit.splitlines() and "ReadWritePaths" not in unit

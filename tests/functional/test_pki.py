@@ -100,7 +100,9 @@ def test_bad_pki_inputs_fail_before_writing(state, tmp_path, test_pki):
     cases = {
         "kcm:pki:ca_key: does not match kcm:pki:ca_cert": {"ca_key": testpki.key_pem(other_key)},
         "kcm:pki:ca_cert: not a CA certificate": {
-            "ca_cert": testpki.cert_pem(leaf), "ca_key": testpki.key_pem(leaf_key)},
+            "ca_cert": testpki.cert_pem(leaf),
+            "ca_key": testpki.key_pem(leaf_key),
+        },
         "kcm:pki:days_remaining: '40' must be a number of days below days_valid (30)": {"days_remaining": 40},
     }
     for fragment, change in cases.items():

@@ -13,15 +13,26 @@ HOSTILE = "x\u2028y\x85z\x7f\x00\n- cmd.run: id\"'<>&é"
 
 def render(minion_opts, sls, tag, data):
     path = REACTOR / sls
-    text = render_jinja_tmpl(path.read_text(), {"opts": minion_opts, "saltenv": "base", "tag": tag, "data": data,
-                                                "salt": {}, "grains": {}, "pillar": {}}, tmplpath=str(path))
+    text = render_jinja_tmpl(
+        path.read_text(),
+        {"opts": minion_opts, "saltenv": "base", "tag": tag, "data": data, "salt": {}, "grains": {}, "pillar": {}},
+        tmplpath=str(path),
+    )
     return yaml.safe_load(text) or {}
 
 
-@pytest.mark.parametrize("sls, tag, data, runner, runner_tag", [
-    ("enroll.sls", "salt/minion/master-1/start", {"id": HOSTILE}, "runner.kcm_enroll.on_start",
-     "salt/minion/master-1/start"),
-])
+@pytest.mark.parametrize(
+    "sls, tag, data, runner, runner_tag",
+    [
+        (
+            "enroll.sls",
+            "salt/minion/master-1/start",
+            {"id": HOSTILE},
+            "runner.kcm_enroll.on_start",
+            "salt/minion/master-1/start",
+        ),
+    ],
+)
 def test_hostile_event_data_reaches_the_runner_unchanged(minion_opts, sls, tag, data, runner, runner_tag):
     [state] = render(minion_opts, sls, tag, data).values()
     args = {k: v for item in state[runner][0]["args"] for k, v in item.items()}

@@ -14,8 +14,19 @@ URL = "https://alertmanager.example:9093"
 
 
 def rendered_alert_config(state, tmp_path, **master):
-    pillar = {"kcm": {"master": dict({"config_dir": str(tmp_path / "master.d"), "sync_runners": False,
-                                      "alertmanager_urls": [URL], "masters": "master-*"}, **master)}}
+    pillar = {
+        "kcm": {
+            "master": dict(
+                {
+                    "config_dir": str(tmp_path / "master.d"),
+                    "sync_runners": False,
+                    "alertmanager_urls": [URL],
+                    "masters": "master-*",
+                },
+                **master,
+            )
+        }
+    }
     ret = state.apply("kcm.master", pillar=pillar)
     assert all(step["result"] for step in ret.raw.values()), ret.raw
     return yaml.safe_load((tmp_path / "master.d" / "kcm.conf").read_text())["kcm_alert"]
@@ -46,18 +57,33 @@ FAR = "2099-01-01T00:00:00Z"
 
 
 def loaded_runner(tmp_path, receiver_url):
-    opts = dict(salt.config.DEFAULT_MASTER_OPTS, cachedir=str(tmp_path / "cache"), sock_dir=str(tmp_path / "sock"),
-                extension_modules=str(tmp_path / "extmods"), runner_dirs=[str(REPO / "_runners")],
-                utils_dirs=[str(REPO / "_utils")],
-                kcm_alert=alert_settings(alertmanager_urls=[receiver_url], receiver_retries=1, receiver_timeout=2))
+    opts = dict(
+        salt.config.DEFAULT_MASTER_OPTS,
+        cachedir=str(tmp_path / "cache"),
+        sock_dir=str(tmp_path / "sock"),
+        extension_modules=str(tmp_path / "extmods"),
+        runner_dirs=[str(REPO / "_runners")],
+        utils_dirs=[str(REPO / "_utils")],
+        kcm_alert=alert_settings(alertmanager_urls=[receiver_url], receiver_retries=1, receiver_timeout=2),
+    )
     loaded_utils = salt.loader.utils(opts)
     path = tmp_path / "cache" / "kcm_alert" / "dedupe.json"
     path.parent.mkdir(parents=True)
-    item = {"alert": {"labels": {"alertname": "KCMNoLeader", "cluster": "prod"}, "startsAt": "2026-12-06T10:00:00Z",
-                      "endsAt": FAR}, "action": "fire", "kind": "no_leader", "reporter": "master-1", "group": "g1",
-            "expires": 4070908800}
-    with loaded_utils["kcm_outbox.locked_store"](str(path), loaded_utils["kcm_state_file.read_json"],
-                                                 loaded_utils["kcm_state_file.write_json"]) as store:
+    item = {
+        "alert": {
+            "labels": {"alertname": "KCMNoLeader", "cluster": "prod"},
+            "startsAt": "2026-12-06T10:00:00Z",
+            "endsAt": FAR,
+        },
+        "action": "fire",
+        "kind": "no_leader",
+        "reporter": "master-1",
+        "group": "g1",
+        "expires": 4070908800,
+    }
+    with loaded_utils["kcm_outbox.locked_store"](
+        str(path), loaded_utils["kcm_state_file.read_json"], loaded_utils["kcm_state_file.write_json"]
+    ) as store:
         loaded_utils["kcm_outbox.add"](store, [item], loaded_utils["kcm_outbox.receivers"](opts["kcm_alert"]), 0)
     return salt.loader.runner(opts, utils=loaded_utils), path
 
@@ -78,7 +104,8 @@ def test_the_loaded_flush_refuses_a_redirect_and_keeps_the_alert(tmp_path, serve
     [entry] = alert_store(path)["outbox"].values()
     assert list(entry["errors"].values()) == [
         f"ReceiverError: HTTP 307 redirect to '{target.url}/internal/admin' not followed"
-        " (a receiver must accept alerts at its own URL)"]
+        " (a receiver must accept alerts at its own URL)"
+    ]
 
 
 def test_the_loaded_flush_delivers_to_a_receiver_that_accepts(tmp_path, serve):  # noqa: F811

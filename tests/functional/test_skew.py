@@ -34,11 +34,14 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the formula's trust c
 
 def k8s_binaries(version: str) -> Path:
     """The directory of etcd and kube-apiserver at ``version`` (built once, then cached)."""
-    proc = subprocess.run([str(REPO / "scripts" / "k8s-binaries"), version], stdout=subprocess.PIPE, text=True,
-                          check=False)
+    proc = subprocess.run(
+        [str(REPO / "scripts" / "k8s-binaries"), version], stdout=subprocess.PIPE, text=True, check=False
+    )
     if proc.returncode != 0:
-        pytest.fail(f"scripts/k8s-binaries {version} failed (exit {proc.returncode}); this test needs the real"
-                    " kube-apiserver", pytrace=False)
+        pytest.fail(
+            f"scripts/k8s-binaries {version} failed (exit {proc.returncode}); this test needs the real kube-apiserver",
+            pytrace=False,
+        )
     return Path(proc.stdout.strip())
 
 
@@ -77,8 +80,9 @@ def fresh_master(minion_opts):
 def pillar_for(root, cp, version):
     """The sandbox pillar against ``cp``, the guard on (no override)."""
     tarball = build_tarball(root / "dl", version)
-    return sandbox_pillar(root, tarball, version, cp.kcm_pki(), apiserver=cp.apiserver_url,
-                          skew={"override_reason": ""})
+    return sandbox_pillar(
+        root, tarball, version, cp.kcm_pki(), apiserver=cp.apiserver_url, skew={"override_reason": ""}
+    )
 
 
 def on_disk(pillar):
@@ -102,15 +106,17 @@ def by_id(ret):
 
 
 def test_a_kcm_newer_than_the_apiserver_is_refused_before_anything_changes(
-        state, open_tmp, control_plane, binaries, fresh_master):
+    state, open_tmp, control_plane, binaries, fresh_master
+):
     cp = serving(control_plane, binaries, OLD)
     old = pillar_for(open_tmp, cp, OLD)
     first = state.apply("kcm", pillar=old)
     assert not failed(first), failed(first)
     again = by_id(state.apply("kcm", pillar=old))
     # the guard read the real apiserver through the kubeconfig the first apply laid down
-    assert again[VALIDATED].comment == (f"kcm config for {OLD} is valid; kcm:version: {OLD} is within the skew"
-                                        f" policy of the kube-apiserver ({OLD})")
+    assert again[VALIDATED].comment == (
+        f"kcm config for {OLD} is valid; kcm:version: {OLD} is within the skew policy of the kube-apiserver ({OLD})"
+    )
     before, deployed = on_disk(old), json.loads(fresh_master.read_text())
 
     new = pillar_for(open_tmp, cp, NEW)
@@ -121,8 +127,11 @@ def test_a_kcm_newer_than_the_apiserver_is_refused_before_anything_changes(
         assert (run[VALIDATED].result, run[VALIDATED].comment) == (False, REFUSED)
         # every other state stood still behind the guard
         assert {sid: r.changes for sid, r in run.items() if r.changes} == {}
-        assert {sid: r.comment for sid, r in run.items() if r.result is True and "was not run" not in r.comment
-                and "requisite" not in r.comment} == {}
+        assert {
+            sid: r.comment
+            for sid, r in run.items()
+            if r.result is True and "was not run" not in r.comment and "requisite" not in r.comment
+        } == {}
     after = on_disk(old)
     # no new version directory, no download, the same unit and active link, the same deployed record
     assert after == before
@@ -132,8 +141,9 @@ def test_a_kcm_newer_than_the_apiserver_is_refused_before_anything_changes(
     assert "kcm-service-restarted" in ret and ret["kcm-service-restarted"].changes == {}
 
 
-def test_a_first_install_newer_than_the_apiserver_is_refused_too(state, open_tmp, control_plane, binaries,
-                                                                  fresh_master):
+def test_a_first_install_newer_than_the_apiserver_is_refused_too(
+    state, open_tmp, control_plane, binaries, fresh_master
+):
     # No kubeconfig yet: the guard reads /version as anyone may, verified against the pillar's CA.
     cp = serving(control_plane, binaries, OLD)
     new = pillar_for(open_tmp, cp, NEW)
@@ -147,7 +157,8 @@ def test_a_first_install_newer_than_the_apiserver_is_refused_too(state, open_tmp
 
 
 def test_after_the_apiserver_upgrade_the_change_is_applied_and_an_older_kcm_too(
-        state, open_tmp, control_plane, binaries, fresh_master):
+    state, open_tmp, control_plane, binaries, fresh_master
+):
     cp = serving(control_plane, binaries, OLD)
     old = pillar_for(open_tmp, cp, OLD)
     assert not failed(state.apply("kcm", pillar=old))
@@ -158,8 +169,9 @@ def test_after_the_apiserver_upgrade_the_change_is_applied_and_an_older_kcm_too(
     up = by_id(state.apply("kcm", pillar=new))
 
     assert not failed(up.values()), failed(up.values())
-    assert up[VALIDATED].comment == (f"kcm config for {NEW} is valid; kcm:version: {NEW} is within the skew policy"
-                                     f" of the kube-apiserver ({NEW})")
+    assert up[VALIDATED].comment == (
+        f"kcm config for {NEW} is valid; kcm:version: {NEW} is within the skew policy of the kube-apiserver ({NEW})"
+    )
     assert up["kcm-service-restarted"].changes == {"restart": "needed"}
     versions = Path(new["kcm"]["paths"]["install"]) / "versions"
     assert sorted(p.name for p in versions.iterdir()) == [OLD, NEW]
@@ -168,15 +180,17 @@ def test_after_the_apiserver_upgrade_the_change_is_applied_and_an_older_kcm_too(
     back = by_id(state.apply("kcm", pillar=old))
 
     assert not failed(back.values()), failed(back.values())
-    assert back[VALIDATED].comment == (f"kcm config for {OLD} is valid; kcm:version: {OLD} is within the skew"
-                                       f" policy of the kube-apiserver ({NEW})")
+    assert back[VALIDATED].comment == (
+        f"kcm config for {OLD} is valid; kcm:version: {OLD} is within the skew policy of the kube-apiserver ({NEW})"
+    )
     link = Path(old["kcm"]["paths"]["bin"]) / "kube-controller-manager"
     assert os.readlink(link) == str(versions / OLD / "kube-controller-manager")
     assert json.loads(fresh_master.read_text())["version"] == OLD
 
 
 def test_a_stated_reason_lets_the_change_through_and_the_state_says_so(
-        state, open_tmp, control_plane, binaries, fresh_master):
+    state, open_tmp, control_plane, binaries, fresh_master
+):
     cp = serving(control_plane, binaries, OLD)
     assert not failed(state.apply("kcm", pillar=pillar_for(open_tmp, cp, OLD)))
     new = pillar_for(open_tmp, cp, NEW)
@@ -187,7 +201,8 @@ def test_a_stated_reason_lets_the_change_through_and_the_state_says_so(
 
     assert not failed(ret.values()), failed(ret.values())
     refusal = REFUSED.split("- ", 1)[1].split(" (or set")[0]
-    assert ret[VALIDATED].comment == (f"kcm config for {NEW} is valid; {refusal}; allowed by"
-                                      f" kcm:skew:override_reason: {reason}")
+    assert ret[VALIDATED].comment == (
+        f"kcm config for {NEW} is valid; {refusal}; allowed by kcm:skew:override_reason: {reason}"
+    )
     assert ret[VALIDATED].warnings == [f"{refusal}; allowed by kcm:skew:override_reason: {reason}"]
     assert json.loads(fresh_master.read_text())["version"] == NEW

@@ -33,9 +33,22 @@ PWNED = HOSTILE["newline-yaml"]
 # Every SLS of the formula is included by one of these. kcm.beacon.clean (in kcm.clean) is
 # rendered for the valid pillar only: its one input is pillar `beacons`, not `kcm`, and it asks
 # the minion's event bus (2 s without a running minion) on every render.
-ROOTS = ["kcm", "kcm.master", "kcm.beacon", "kcm.ca", "kcm.ca.clean", "kcm.pki_peer", "kcm.mine.clean",
-         "kcm.service.clean", "kcm.kubeconfig.clean", "kcm.pki.clean", "kcm.install.clean", "kcm.config.clean",
-         "kcm.master.clean", "kcm.pki_peer.clean"]
+ROOTS = [
+    "kcm",
+    "kcm.master",
+    "kcm.beacon",
+    "kcm.ca",
+    "kcm.ca.clean",
+    "kcm.pki_peer",
+    "kcm.mine.clean",
+    "kcm.service.clean",
+    "kcm.kubeconfig.clean",
+    "kcm.pki.clean",
+    "kcm.install.clean",
+    "kcm.config.clean",
+    "kcm.master.clean",
+    "kcm.pki_peer.clean",
+]
 FORMULA = REPO / "formula"
 PEM_KEYS = ("ca_cert", "ca_key", "cert", "key", "signer_cert", "signer_key", "service_account_key")
 
@@ -49,11 +62,21 @@ def valid_pillar(tmp_path_factory):
     pki.update(signer_cert=pki["ca_cert"], signer_key=pki["ca_key"])
     tarball = root / "kcm.tar.gz"
     pillar = sandbox_pillar(
-        root, tarball, "v1.34.3", pki,
-        user="k8s", group="k8s", create_user=True, service={"manage": True, "name": "kube-controller-manager"},
+        root,
+        tarball,
+        "v1.34.3",
+        pki,
+        user="k8s",
+        group="k8s",
+        create_user=True,
+        service={"manage": True, "name": "kube-controller-manager"},
         extra_args={"horizontal-pod-autoscaler-sync-period": "10s"},
-        master={"alertmanager_urls": ["https://am.example:9093"], "labels": {"env": "prod"},
-                "enroll": {"enabled": True}, "alert_engine": False},
+        master={
+            "alertmanager_urls": ["https://am.example:9093"],
+            "labels": {"env": "prod"},
+            "enroll": {"enabled": True},
+            "alert_engine": False,
+        },
         tofs={"source_files": {"kcm-service-unit": ["site.service.jinja"]}},
     )
     pillar["kcm"] = merge(defaults(), pillar["kcm"])
@@ -71,8 +94,9 @@ def states_of(high):
     """(id, state module) pairs of ``show_sls`` high data (none when it did not render)."""
     if not isinstance(high, dict):
         return set()
-    return {(sid, mod) for sid, body in high.items() if isinstance(body, dict)
-            for mod in body if not mod.startswith("__")}
+    return {
+        (sid, mod) for sid, body in high.items() if isinstance(body, dict) for mod in body if not mod.startswith("__")
+    }
 
 
 def strings_of(node):
@@ -112,7 +136,7 @@ def groups(pillar, text):
         for section, value in pillar[top].items():
             if not isinstance(value, (str, dict, list)) or section in PEM_KEYS:
                 continue
-            for keep in ([()] if section != "pki" else [(), ("mode",)]):
+            for keep in [()] if section != "pki" else [(), ("mode",)]:
                 variant = copy.deepcopy(pillar)
                 variant[top][section] = hostile(value, text, keep)
                 yield f"{top}:{section}" + (" (mode kept)" if keep else ""), variant
@@ -142,8 +166,7 @@ def test_the_valid_pillar_renders_every_sls_of_the_formula(loaders, valid_pillar
     high = loaders.modules.state.show_sls(",".join(ROOTS) + ",kcm.beacon.clean", pillar=valid_pillar)
     with_states = {body["__sls__"] for body in high.values()}
     # init.sls files only include; every file with states is rendered
-    assert sorted(n for n in sls_files if n.startswith("kcm") and n not in with_states
-                  and not _only_includes(n)) == []
+    assert sorted(n for n in sls_files if n.startswith("kcm") and n not in with_states and not _only_includes(n)) == []
 
 
 def _only_includes(name):

@@ -61,8 +61,11 @@ def test_an_install_of_the_previous_release_is_taken_back_for_root(previous_stat
     assert "kcm-install-binary" in changed and "kcm-service-unit" in changed
     fs = open_tmp / "fs"
     found = [fs, *fs.rglob("*")]
-    bad = [f"{p} {p.lstat().st_uid}:{p.lstat().st_gid} {stat.S_IMODE(p.lstat().st_mode):04o}" for p in found
-           if p.lstat().st_uid != 0 or kcm_writable(p, p.lstat(), uid, gid)]
+    bad = [
+        f"{p} {p.lstat().st_uid}:{p.lstat().st_gid} {stat.S_IMODE(p.lstat().st_mode):04o}"
+        for p in found
+        if p.lstat().st_uid != 0 or kcm_writable(p, p.lstat(), uid, gid)
+    ]
     assert bad == []
     again = state.apply("kcm", pillar=pillar)
     assert not failed(again) and [r.id for r in again if r.changes] == []

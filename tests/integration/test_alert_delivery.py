@@ -53,16 +53,27 @@ def alertmanager(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def salt_master(salt_factories, alertmanager, tmp_path_factory):
-    conf = kcm_master_conf(tmp_path_factory.mktemp("dl-host"), alertmanager.url, {"env": "it"}, allow_http=True,
-                           flush_interval=FLUSH, resend_interval=RESEND, reconcile_interval=3600,
-                           runbook_url="https://wiki.example.com/kcm/runbook", masters=list(MASTERS))
+    conf = kcm_master_conf(
+        tmp_path_factory.mktemp("dl-host"),
+        alertmanager.url,
+        {"env": "it"},
+        allow_http=True,
+        flush_interval=FLUSH,
+        resend_interval=RESEND,
+        reconcile_interval=3600,
+        runbook_url="https://wiki.example.com/kcm/runbook",
+        masters=list(MASTERS),
+    )
     assert conf["schedule"]["kcm_alert_flush"] == {"function": "kcm_alert.flush", "seconds": FLUSH, "maxrunning": 1}
     assert (conf["kcm_alert"]["resend_interval"], conf["kcm_alert"]["runbook_url"]) == (
-        RESEND, "https://wiki.example.com/kcm/runbook")
+        RESEND,
+        "https://wiki.example.com/kcm/runbook",
+    )
     assert conf["schedule"]["kcm_alert_reconcile"]["run_on_start"] is True
     master = salt_factories.salt_master_daemon(
-        "kcm-delivery-master", overrides=dict(conf, file_roots={"base": [str(REPO / "formula")]},
-                                              engines_dirs=[str(REPO / "_engines")]))
+        "kcm-delivery-master",
+        overrides=dict(conf, file_roots={"base": [str(REPO / "formula")]}, engines_dirs=[str(REPO / "_engines")]),
+    )
     with master.started(start_timeout=120):
         ret = master.salt_run_cli(timeout=120).run("saltutil.sync_all")  # what kcm.master's sync does
         assert "utils.kcm_outbox" in json.dumps(ret.data) and "runners.kcm_alert" in json.dumps(ret.data), ret
@@ -75,8 +86,9 @@ def kcm_masters(salt_master, control_plane):
     KCM's own credentials (CN system:kube-controller-manager, no group: through the real
     apiserver's RBAC, as on a master)."""
     factories = [salt_master.salt_minion_daemon(mid) for mid in MASTERS]
-    kcm_kubeconfig = control_plane.write_kubeconfig(control_plane.workdir / "kcm.kubeconfig",
-                                                    cn="system:kube-controller-manager", groups=())
+    kcm_kubeconfig = control_plane.write_kubeconfig(
+        control_plane.workdir / "kcm.kubeconfig", cn="system:kube-controller-manager", groups=()
+    )
     started = []
     try:
         for factory in factories:
@@ -84,8 +96,7 @@ def kcm_masters(salt_master, control_plane):
             started.append(factory)
             deployed = Path(factory.config["cachedir"]) / "kcm" / "deployed.json"
             deployed.parent.mkdir(parents=True, exist_ok=True)
-            deployed.write_text(json.dumps({"cluster": CLUSTER,
-                                            "files": {"kubeconfig": str(kcm_kubeconfig)}}))
+            deployed.write_text(json.dumps({"cluster": CLUSTER, "files": {"kubeconfig": str(kcm_kubeconfig)}}))
         ret = salt_master.salt_cli(timeout=120).run("saltutil.sync_all", minion_tgt="dl-master-*")
         assert ret.returncode == 0, ret
         yield factories
@@ -113,10 +124,19 @@ def _micro(moment):
 def write_lease(cp, node, transitions):
     """Take the Lease for ``node`` as its KCM would on acquiring it."""
     now = time.time()
-    spec = {"holderIdentity": _holder(node), "leaseDurationSeconds": 15, "acquireTime": _micro(now),
-            "renewTime": _micro(now), "leaseTransitions": transitions}
-    body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-            "metadata": {"name": "kube-controller-manager", "namespace": "kube-system"}, "spec": spec}
+    spec = {
+        "holderIdentity": _holder(node),
+        "leaseDurationSeconds": 15,
+        "acquireTime": _micro(now),
+        "renewTime": _micro(now),
+        "leaseTransitions": transitions,
+    }
+    body = {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {"name": "kube-controller-manager", "namespace": "kube-system"},
+        "spec": spec,
+    }
     current = cp.lease()
     if current:
         body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
@@ -132,12 +152,17 @@ def _events(listener, master, tag, since, cluster_id):
 
 
 def _wait_events(listener, master, tag, since, cluster_id, count=1):
-    return wait_until(lambda: (lambda f: f if len(f) >= count else None)(
-        _events(listener, master, tag, since, cluster_id)), WAIT, f"{count} '{tag}' for {cluster_id}", interval=0.5)
+    return wait_until(
+        lambda: (lambda f: f if len(f) >= count else None)(_events(listener, master, tag, since, cluster_id)),
+        WAIT,
+        f"{count} '{tag}' for {cluster_id}",
+        interval=0.5,
+    )
 
 
 def test_a_failover_while_alertmanager_is_down_arrives_once_when_it_is_back(
-        salt_master, kcm_masters, beacon, alertmanager, event_listener):
+    salt_master, kcm_masters, beacon, alertmanager, event_listener
+):
     cluster_id, since = new_cluster_id(), time.time()
     alertmanager.stop()
     beacon.fire(failover_events(CLUSTER, cluster_id, old="dl-master-1", new="dl-master-2", transitions=7))
@@ -150,8 +175,12 @@ def test_a_failover_while_alertmanager_is_down_arrives_once_when_it_is_back(
     assert len(_events(event_listener, salt_master, "kcm/alert/send_failed", since, cluster_id)) == 1
 
     alertmanager.daemon.start()  # the same port and storage
-    alerts = wait_until(lambda: alertmanager.active(alertname="KCMLeaderChanged", cluster_id=cluster_id) or None,
-                        WAIT, "the kept alert in Alertmanager (the schedule's flush)", interval=0.5)
+    alerts = wait_until(
+        lambda: alertmanager.active(alertname="KCMLeaderChanged", cluster_id=cluster_id) or None,
+        WAIT,
+        "the kept alert in Alertmanager (the schedule's flush)",
+        interval=0.5,
+    )
     (delivered,) = _wait_events(event_listener, salt_master, "kcm/alert/delivered", since, cluster_id)
     assert [a["labels"] for a in delivered.data["alerts"]] == [alerts[0]["labels"]]
     assert alerts[0]["labels"]["new_node"] == "dl-master-2" and alerts[0]["labels"]["env"] == "it"
@@ -161,11 +190,15 @@ def test_a_failover_while_alertmanager_is_down_arrives_once_when_it_is_back(
     assert len(alertmanager.active(alertname="KCMLeaderChanged", cluster_id=cluster_id)) == 1
     assert len(_events(event_listener, salt_master, "kcm/alert/delivered", since, cluster_id)) == 1
     assert salt_master.salt_run_cli(timeout=60).run("kcm_alert.flush").data == {
-        "delivered": 0, "pending": 0, "expired": 0}
+        "delivered": 0,
+        "pending": 0,
+        "expired": 0,
+    }
 
 
 def test_a_transition_whose_event_was_lost_is_raised_by_the_reconcile_once(
-        salt_master, kcm_masters, beacon, alertmanager, control_plane, event_listener):
+    salt_master, kcm_masters, beacon, alertmanager, control_plane, event_listener
+):
     cluster_id = control_plane.get_json("/api/v1/namespaces/kube-system")["metadata"]["uid"]
     key = f"{CLUSTER}#{cluster_id}"
     run = salt_master.salt_run_cli(timeout=120)
@@ -177,8 +210,12 @@ def test_a_transition_whose_event_was_lost_is_raised_by_the_reconcile_once(
     write_lease(control_plane, "dl-master-2", 4)  # a failover whose event nobody sends
     second = run.run("kcm_alert.reconcile").data
     assert second["clusters"] == {key: "changed"}, second
-    (alert,) = wait_until(lambda: alertmanager.active(alertname="KCMLeaderChanged", cluster_id=cluster_id) or None,
-                          WAIT, "the reconciled KCMLeaderChanged", interval=0.5)
+    (alert,) = wait_until(
+        lambda: alertmanager.active(alertname="KCMLeaderChanged", cluster_id=cluster_id) or None,
+        WAIT,
+        "the reconciled KCMLeaderChanged",
+        interval=0.5,
+    )
     assert (alert["labels"]["old_node"], alert["labels"]["new_node"]) == ("dl-master-1", "dl-master-2")
 
     since = time.time()  # now the event a minion held through the outage arrives
@@ -190,13 +227,30 @@ def test_a_transition_whose_event_was_lost_is_raised_by_the_reconcile_once(
 
 
 def test_an_open_condition_is_back_within_a_resend_interval_after_alertmanager_restarts(
-        salt_master, kcm_masters, beacon, alertmanager):
+    salt_master, kcm_masters, beacon, alertmanager
+):
     cluster_id = new_cluster_id()
     lost = _micro(time.time() - 30)
-    beacon.fire([{"tag": "no_leader", "cluster": CLUSTER, "cluster_id": cluster_id, "holder": _holder("dl-master-1"),
-                  "node": "dl-master-1", "transitions": 11, "renew_time": lost, "lease_duration_seconds": 15}])
-    (alert,) = wait_until(lambda: alertmanager.active(alertname="KCMNoLeader", cluster_id=cluster_id) or None,
-                          WAIT, "KCMNoLeader", interval=0.5)
+    beacon.fire(
+        [
+            {
+                "tag": "no_leader",
+                "cluster": CLUSTER,
+                "cluster_id": cluster_id,
+                "holder": _holder("dl-master-1"),
+                "node": "dl-master-1",
+                "transitions": 11,
+                "renew_time": lost,
+                "lease_duration_seconds": 15,
+            }
+        ]
+    )
+    (alert,) = wait_until(
+        lambda: alertmanager.active(alertname="KCMNoLeader", cluster_id=cluster_id) or None,
+        WAIT,
+        "KCMNoLeader",
+        interval=0.5,
+    )
     assert alert["annotations"]["runbook_url"] == "https://wiki.example.com/kcm/runbook#kcmnoleader"
     ends = datetime.datetime.fromisoformat(alert["endsAt"].replace("Z", "+00:00")).timestamp()
     assert ends - time.time() <= 4 * RESEND + 1  # it ends by itself unless re-sent
@@ -205,10 +259,17 @@ def test_an_open_condition_is_back_within_a_resend_interval_after_alertmanager_r
     alertmanager.start()  # the same port and storage: the alerts were in its memory only
     restarted = time.monotonic()
     assert alertmanager.active(alertname="KCMNoLeader", cluster_id=cluster_id) == []
-    (back,) = wait_until(lambda: alertmanager.active(alertname="KCMNoLeader", cluster_id=cluster_id) or None,
-                         WAIT, "the re-sent KCMNoLeader", interval=0.2)
+    (back,) = wait_until(
+        lambda: alertmanager.active(alertname="KCMNoLeader", cluster_id=cluster_id) or None,
+        WAIT,
+        "the re-sent KCMNoLeader",
+        interval=0.2,
+    )
     took = time.monotonic() - restarted
     assert (back["labels"], back["startsAt"], back["annotations"]) == (
-        alert["labels"], alert["startsAt"], alert["annotations"])
+        alert["labels"],
+        alert["startsAt"],
+        alert["annotations"],
+    )
     # one resend interval, plus the flush that runs it
     assert took <= RESEND + FLUSH + 1, f"back after {took:.1f} s"

@@ -33,8 +33,9 @@ def alertmanager(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fleet_master(salt_factories, alertmanager, tmp_path_factory):
-    conf = kcm_master_conf(tmp_path_factory.mktemp("fleet-host"), alertmanager.url, {"env": "fleet"},
-                           allow_http=True, masters=[STAND_IN])  # Alertmanager on loopback
+    conf = kcm_master_conf(
+        tmp_path_factory.mktemp("fleet-host"), alertmanager.url, {"env": "fleet"}, allow_http=True, masters=[STAND_IN]
+    )  # Alertmanager on loopback
     assert conf["engines"] == [{"kcm_alert": {"batch_wait": 0.2, "max_batch": 500}}]
     # engines_dirs stands in for kcm.master's saltutil.sync_engines + master restart
     overrides = dict(conf, file_roots={"base": [str(REPO / "formula")]}, engines_dirs=[str(REPO / "_engines")])
@@ -55,7 +56,8 @@ def stand_in(fleet_master):
 
 
 def test_a_burst_of_30_clusters_times_3_reports_is_exactly_30_alerts(
-        fleet_master, stand_in, alertmanager, event_listener):
+    fleet_master, stand_in, alertmanager, event_listener
+):
     clusters = [new_cluster_id() for _ in range(30)]
     # every cluster kept the default name: only the cluster_id tells them apart
     reports = [failover_events("kubernetes", cid) for cid in clusters for _ in range(3)]
@@ -75,8 +77,12 @@ def test_a_burst_of_30_clusters_times_3_reports_is_exactly_30_alerts(
         found = event_listener.get_events([(fleet_master.id, "kcm/alert/*")], after_time=since)
         return [e for e in found if e.data.get("kind") == "changed"]
 
-    followups = wait_until(lambda: (lambda f: f if len(f) >= 90 else None)(handled()), WAIT,
-                           "the runner handled all 90 reports", interval=0.5)
+    followups = wait_until(
+        lambda: (lambda f: f if len(f) >= 90 else None)(handled()),
+        WAIT,
+        "the runner handled all 90 reports",
+        interval=0.5,
+    )
     alerts = ours()
     assert sorted(a["labels"]["cluster_id"] for a in alerts) == sorted(clusters)
     assert {a["labels"]["cluster"] for a in alerts} == {"kubernetes"}
@@ -98,6 +104,7 @@ def test_fleet_view_through_the_real_master_lists_a_minion_without_kcm(fleet_mas
     assert ret.returncode == 0, ret  # a wide target is not a failed cluster
 
     # a target naming a minion that does not exist, with it: that one is a failure
-    ret = fleet_master.salt_run_cli(timeout=60).run("kcm.status", f"tgt={STAND_IN},gone-1", "tgt_type=list",
-                                                    "timeout=5")
+    ret = fleet_master.salt_run_cli(timeout=60).run(
+        "kcm.status", f"tgt={STAND_IN},gone-1", "tgt_type=list", "timeout=5"
+    )
     assert ret.returncode == 1, ret

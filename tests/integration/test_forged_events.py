@@ -25,8 +25,13 @@ from tests.support.pillar import REPO
 pytestmark = [pytest.mark.integration]
 WEB, MASTER = "fg-web-1", "fg-master-1"
 WAIT = 60
-DEAD = {"transitions": 4, "holder": "fg-master-1_x", "node": "fg-master-1", "cluster": "prod",
-        "renew_time": "2027-01-15T08:00:00.000000Z"}
+DEAD = {
+    "transitions": 4,
+    "holder": "fg-master-1_x",
+    "node": "fg-master-1",
+    "cluster": "prod",
+    "renew_time": "2027-01-15T08:00:00.000000Z",
+}
 
 
 class Receiver(http.server.BaseHTTPRequestHandler):
@@ -54,10 +59,17 @@ def receiver():
 @pytest.fixture(scope="module")
 def salt_master(salt_factories, receiver, tmp_path_factory):
     host = tmp_path_factory.mktemp("forged-master-host")
-    conf = kcm_master_config(host, {
-        "alertmanager_urls": [receiver], "allow_http": True, "masters": [MASTER], "enroll": {"enabled": True},
-        # Each forgery's refusal on the bus, not once per sender per minute as in production.
-        "refusal_log_interval": 1})
+    conf = kcm_master_config(
+        host,
+        {
+            "alertmanager_urls": [receiver],
+            "allow_http": True,
+            "masters": [MASTER],
+            "enroll": {"enabled": True},
+            # Each forgery's refusal on the bus, not once per sender per minute as in production.
+            "refusal_log_interval": 1,
+        },
+    )
     assert conf["kcm_alert"]["masters"] == [MASTER] and conf["kcm_alert"]["refusal_log_interval"] == 1, conf
     # engines_dirs stands in for kcm.master's saltutil.sync_engines + master restart
     overrides = dict(conf, file_roots={"base": [str(REPO / "formula")]}, engines_dirs=[str(REPO / "_engines")])
@@ -128,23 +140,28 @@ def test_forged_events_highstate_nothing_and_alert_nobody(salt_master, minions, 
     # would be published before a marker sent now comes back.
     bus_marker(salt_master, event_listener)
     jobs = event_listener.get_events([(salt_master.id, "salt/job/*/new")], after_time=since)
-    assert [e.data.get("tgt") for e in jobs if e.data.get("fun") == "state.highstate" and WEB in str(
-        e.data.get("tgt"))] == []
+    assert [
+        e.data.get("tgt") for e in jobs if e.data.get("fun") == "state.highstate" and WEB in str(e.data.get("tgt"))
+    ] == []
     assert WEB not in salt_master.salt_run_cli(timeout=60).run("kcm_enroll.enrolled").data
     assert Receiver.posts == [], "a forged report reached the receiver"
 
 
-def test_signed_reports_of_a_minion_claiming_the_grain_and_a_replay_are_refused(
-        salt_master, minions, event_listener):
+def test_signed_reports_of_a_minion_claiming_the_grain_and_a_replay_are_refused(salt_master, minions, event_listener):
     web, kcm_master = minions
     Receiver.posts.clear()
     forger, genuine = BeaconStandIn(web.config), BeaconStandIn(kcm_master.config)
     try:
         since = time.time()
         # H1: WEB (grain role:k8s-master, in the master's cache) signs reports of its own, every kind
-        for kind, data in (("no_leader", DEAD), ("changed", dict(DEAD, new_node=WEB, transitions=9)),
-                           ("cert_expiring", {"cluster": "prod", "fingerprint": "f0" * 32, "threshold": 7,
-                                              "days_left": 1, "minion": MASTER})):
+        for kind, data in (
+            ("no_leader", DEAD),
+            ("changed", dict(DEAD, new_node=WEB, transitions=9)),
+            (
+                "cert_expiring",
+                {"cluster": "prod", "fingerprint": "f0" * 32, "threshold": 7, "days_left": 1, "minion": MASTER},
+            ),
+        ):
             returns = forger.returns([dict(data, tag=kind)])
             if kind.startswith("cert_"):
                 returns = [dict(r, tag=r["tag"].replace("/kcm_leader/", "/kcm_cert/")) for r in returns]
@@ -186,8 +203,12 @@ def test_a_batched_start_forged_in_a_masters_name_enrolls_nothing_more(salt_mast
     forger = BeaconStandIn(web.config)
     try:
         since = time.time()
-        forger.send([{"tag": f"salt/minion/{MASTER}/start", "data": {"id": MASTER}},
-                     {"tag": f"salt/minion/{WEB}/start", "data": {"id": WEB}}])
+        forger.send(
+            [
+                {"tag": f"salt/minion/{MASTER}/start", "data": {"id": MASTER}},
+                {"tag": f"salt/minion/{WEB}/start", "data": {"id": WEB}},
+            ]
+        )
         time.sleep(5)  # the reactor has handed both to kcm_enroll by now
     finally:
         forger.close()

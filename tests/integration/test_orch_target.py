@@ -20,16 +20,23 @@ from tests.support.pillar import REPO
 pytestmark = [pytest.mark.integration]
 
 ACCEPTED = ("master-1", "master-2", "web-7")
-STEPS = {"orch.kcm.upgrade": ("kcm-orch-upgrade-sync", "kcm-orch-upgrade-preflight", "kcm-orch-upgrade-rolling",
-                              "kcm-orch-upgrade-leader-elected"),
-         "orch.kcm.drill": ("kcm-orch-drill-sync", "kcm-orch-drill")}
+STEPS = {
+    "orch.kcm.upgrade": (
+        "kcm-orch-upgrade-sync",
+        "kcm-orch-upgrade-preflight",
+        "kcm-orch-upgrade-rolling",
+        "kcm-orch-upgrade-leader-elected",
+    ),
+    "orch.kcm.drill": ("kcm-orch-drill-sync", "kcm-orch-drill"),
+}
 
 
 def formula_master(salt_factories, name, config):
     """A started salt-master (``config``: its overrides) with the formula's runners synced
     and the keys of ``ACCEPTED`` accepted."""
     factory = salt_factories.salt_master_daemon(
-        name, overrides={"file_roots": {"base": [str(REPO / "formula")]}, **config})
+        name, overrides={"file_roots": {"base": [str(REPO / "formula")]}, **config}
+    )
     keys = Path(factory.config["pki_dir"]) / "minions"
     keys.mkdir(parents=True, exist_ok=True)
     for minion in ACCEPTED:

@@ -35,10 +35,10 @@ def documented_pillar_top(example):
     col = lines[start].index("# /srv/pillar/top.sls")
     end = lines[start].find("# /srv/salt/top.sls")
     block = []
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if not line.startswith("#"):
             break
-        part = line[col:end if end > 0 else None].rstrip()
+        part = line[col : end if end > 0 else None].rstrip()
         if not part.strip():
             break
         block.append(part)
@@ -64,8 +64,12 @@ def master(salt_factories, tmp_path_factory, top):
     factory = salt_factories.salt_master_daemon(
         "kcm-targeting-master",
         # kcm_alert, kcm_orch: what kcm.master writes for the runners (their settings' one home).
-        overrides={"file_roots": {"base": [str(REPO / "formula")]}, "pillar_roots": {"base": [str(pillar_dir)]},
-                   **runner_settings()})
+        overrides={
+            "file_roots": {"base": [str(REPO / "formula")]},
+            "pillar_roots": {"base": [str(pillar_dir)]},
+            **runner_settings(),
+        },
+    )
     with factory.started(start_timeout=120):
         ret = factory.salt_run_cli(timeout=120).run("saltutil.sync_all")
         assert "runners.kcm_orch" in json.dumps(ret.data), ret
@@ -114,15 +118,21 @@ def test_the_minion_the_top_names_gets_its_keys(master, minions):
 
 def test_the_upgrade_orchestration_refuses_a_private_key_in_its_override(master, minions, event_listener):
     since = time.time()
-    override = {"kcm": {"version": "v1.37.3", "pki": {"ca_key": KEY_PEM}},
-                "kcm_orch": {"tgt": minions["kcm-master"].id, "tgt_type": "list"}}
-    ret = master.salt_run_cli(timeout=180).run("state.orchestrate", "orch.kcm.upgrade",
-                                               f"pillar={json.dumps(override)}")
+    override = {
+        "kcm": {"version": "v1.37.3", "pki": {"ca_key": KEY_PEM}},
+        "kcm_orch": {"tgt": minions["kcm-master"].id, "tgt_type": "list"},
+    }
+    ret = master.salt_run_cli(timeout=180).run(
+        "state.orchestrate", "orch.kcm.upgrade", f"pillar={json.dumps(override)}"
+    )
     assert ret.returncode != 0, ret
     assert "pillar:kcm:pki:ca_key: PEM or private-key material in a pillar override" in ret.stdout, ret.stdout
     time.sleep(2)  # any publication would have been on the bus by now
     published = event_listener.get_events([(master.id, "salt/job/*/new")], after_time=since)
     assert "saltutil.sync_all" in [e.data.get("fun") for e in published]  # the orchestration did run
     # Its own steps (sync_all, find_job) publish; the change itself must not.
-    assert [e.data.get("fun") for e in published
-            if "PRIVATE KEY" in json.dumps(e.data) or str(e.data.get("fun")).startswith("kcm_orch.")] == []
+    assert [
+        e.data.get("fun")
+        for e in published
+        if "PRIVATE KEY" in json.dumps(e.data) or str(e.data.get("fun")).startswith("kcm_orch.")
+    ] == []

@@ -13,12 +13,21 @@ def make_ca(cn="kcm-test-ca", days=30, is_ca=True):
     return ca.cert, ca.key
 
 
-def issue(ca_cert, ca_key, cn=KCM_CN, orgs=(), dns=("localhost",), ips=("127.0.0.1",),
-          days=30, not_before=None, not_after=None):
+def issue(
+    ca_cert,
+    ca_key,
+    cn=KCM_CN,
+    orgs=(),
+    dns=("localhost",),
+    ips=("127.0.0.1",),
+    days=30,
+    not_before=None,
+    not_after=None,
+):
     """``(certificate, key)`` of a serverAuth + clientAuth leaf signed by ``ca_cert``/``ca_key``."""
     return CertificateAuthority.from_pair(ca_cert, ca_key).sign(
-        cn, orgs, server=True, client=True, names=[*dns, *ips], days=days,
-        not_before=not_before, not_after=not_after)
+        cn, orgs, server=True, client=True, names=[*dns, *ips], days=days, not_before=not_before, not_after=not_after
+    )
 
 
 def kcm_pki(nodes=("master-1", "master-2", "master-3")):

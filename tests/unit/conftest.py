@@ -64,8 +64,11 @@ def beacon_opts(tmp_path):
     """A minion's __opts__ for the beacons: id master-2, a cachedir, and pki_dir/minion.pem (MINION_KEY)."""
     pki_dir = tmp_path / "pki"
     pki_dir.mkdir()
-    (pki_dir / "minion.pem").write_bytes(MINION_KEY.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()))
+    (pki_dir / "minion.pem").write_bytes(
+        MINION_KEY.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+        )
+    )
     return {"id": "master-2", "cachedir": str(tmp_path), "pki_dir": str(pki_dir)}
 
 

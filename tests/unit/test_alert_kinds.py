@@ -34,7 +34,8 @@ def test_a_kind_added_to_the_table_alone_is_acted_on_and_raises_its_alert(tmp_pa
 
     assert not result.get("ignored") and not result.get("refused"), result
     assert [(a["labels"]["alertname"], a["labels"]["severity"]) for a in h.alerts()] == [
-        ("KCMLeaderFlapping", "warning")]
+        ("KCMLeaderFlapping", "warning")
+    ]
 
 
 @pytest.mark.parametrize("kind", sorted(TABLE))
@@ -55,8 +56,15 @@ def test_what_is_no_kind_of_the_table_is_ignored(tmp_path, monkeypatch):
 
 
 def test_every_alert_kind_has_its_own_labels_and_text():
-    data = {"cluster": "prod", "transitions": 3, "cert": "kcm-client", "threshold": 30, "thresholds": [30, 7],
-            "days_left": 20, "id": "m"}
+    data = {
+        "cluster": "prod",
+        "transitions": 3,
+        "cert": "kcm-client",
+        "threshold": 30,
+        "thresholds": [30, 7],
+        "days_left": 20,
+        "id": "m",
+    }
     summaries = {}
     for kind, (_, alertname, severity) in RULES["KINDS"].items():
         if alertname is None:
@@ -100,7 +108,7 @@ def test_every_kind_has_its_row_in_the_alerts_table():
 
 def new_alert_paragraph():
     start = CONTRIBUTING.index("- **A new alert**")
-    return CONTRIBUTING[start:CONTRIBUTING.index("\n- **", start + 1)]
+    return CONTRIBUTING[start : CONTRIBUTING.index("\n- **", start + 1)]
 
 
 def files_listing_kinds():
@@ -109,8 +117,13 @@ def files_listing_kinds():
     for folder in ("_beacons", "_runners", "_utils", "_engines", "_modules", "_states", "_output"):
         for path in sorted((REPO / folder).glob("*.py")):
             for node in ast.walk(ast.parse(path.read_text())):
-                items = node.keys if isinstance(node, ast.Dict) else getattr(node, "elts", None) \
-                    if isinstance(node, (ast.Tuple, ast.List, ast.Set)) else None
+                items = (
+                    node.keys
+                    if isinstance(node, ast.Dict)
+                    else getattr(node, "elts", None)
+                    if isinstance(node, (ast.Tuple, ast.List, ast.Set))
+                    else None
+                )
                 if items and sum(isinstance(i, ast.Constant) and i.value in TABLE for i in items) >= 2:
                     found.add(f"{folder}/{path.name}")
     return found

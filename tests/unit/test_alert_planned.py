@@ -29,9 +29,19 @@ def h(tmp_path, monkeypatch):
 def changed(h, old, new, transitions=4, reporter="master-3", **extra):
     """``reporter``'s signed report of the Lease moving from holder ``old`` to ``new`` (``<minion>_<uuid>``)."""
     minion = {"old": old.rsplit("_", 1)[0], "new": new.rsplit("_", 1)[0]}
-    return h.handle(reporter, "changed", transitions=transitions, holder=new, old_holder=old, new_holder=new,
-                    old_node=minion["old"], old_minion=minion["old"], new_node=minion["new"],
-                    new_minion=minion["new"], **extra)
+    return h.handle(
+        reporter,
+        "changed",
+        transitions=transitions,
+        holder=new,
+        old_holder=old,
+        new_holder=new,
+        old_node=minion["old"],
+        old_minion=minion["old"],
+        new_node=minion["new"],
+        new_minion=minion["new"],
+        **extra,
+    )
 
 
 def labels(result):
@@ -81,8 +91,15 @@ def test_after_the_step_only_the_stopped_process_is_planned_not_the_master(h):
     # The change the step made, reported late: its old holder is the process the step stopped.
     assert labels(h.handle("master-3", "changed", **CHANGE))["severity"] == "info"
     # master-1's new process crashes after the step: another holder, a page.
-    crash = dict(CHANGE, transitions=5, old_holder="master-1_dddd", new_holder="master-3_cccc", new_node="master-3",
-                 new_minion="master-3", holder="master-3_cccc")
+    crash = dict(
+        CHANGE,
+        transitions=5,
+        old_holder="master-1_dddd",
+        new_holder="master-3_cccc",
+        new_node="master-3",
+        new_minion="master-3",
+        holder="master-3_cccc",
+    )
     assert labels(h.handle("master-2", "changed", **crash))["severity"] == "warning"
 
 
@@ -143,8 +160,9 @@ def cluster(h):
 @pytest.fixture
 def orch(runner, cluster, h, monkeypatch):
     """The cluster, under the orchestration runner whose runner loader holds the kcm_alert runner."""
-    monkeypatch.setattr(runner, "__salt__", {"kcm_alert.plan": h.module.plan, "kcm_alert.unplan": h.module.unplan},
-                        raising=False)
+    monkeypatch.setattr(
+        runner, "__salt__", {"kcm_alert.plan": h.module.plan, "kcm_alert.unplan": h.module.unplan}, raising=False
+    )
     return cluster
 
 
@@ -164,8 +182,11 @@ def test_an_upgrade_marks_each_master_for_its_own_step_and_its_leader_change_is_
 
     assert report["result"] is True, report["comment"]
     # Each master marked before its restart, and only it; the leader also by its Lease identity.
-    assert orch.marks_at == [("master-1", ["minion|master-1"]), ("master-3", ["minion|master-3"]),
-                             ("master-2", ["holder|master-2_2", "minion|master-2"])]
+    assert orch.marks_at == [
+        ("master-1", ["minion|master-1"]),
+        ("master-3", ["minion|master-3"]),
+        ("master-2", ["holder|master-2_2", "minion|master-2"]),
+    ]
     assert severities(orch) == [("info", "true")]
     until = h.store()["planned"]["holder|master-2_2"]["until"]
     assert until == T0 + ORCH["apply_timeout"] + ORCH["timeout"]
@@ -237,8 +258,9 @@ def test_a_crash_of_the_leader_reported_after_the_next_step_marked_it_still_page
     late.target["config"] = 2
     for name, value in (("_local_client", lambda: late), ("_now", lambda: late.now), ("_sleep", late.advance)):
         monkeypatch.setattr(runner, name, value)
-    monkeypatch.setattr(runner, "__salt__", {"kcm_alert.plan": h.module.plan, "kcm_alert.unplan": h.module.unplan},
-                        raising=False)
+    monkeypatch.setattr(
+        runner, "__salt__", {"kcm_alert.plan": h.module.plan, "kcm_alert.unplan": h.module.unplan}, raising=False
+    )
 
     report = RUNNER.upgrade(tgt="master*")
 

@@ -45,8 +45,9 @@ def test_an_open_condition_is_re_sent_once_per_interval_with_its_identity_and_a_
     h.now = T0 + INTERVAL + 5
     assert h.module.flush() == {"delivered": 1, "pending": 0, "expired": 0}
     (again,) = h.alerts()[1:]
-    assert {k: again[k] for k in ("labels", "annotations", "startsAt")} == \
-        {k: fired[k] for k in ("labels", "annotations", "startsAt")}
+    assert {k: again[k] for k in ("labels", "annotations", "startsAt")} == {
+        k: fired[k] for k in ("labels", "annotations", "startsAt")
+    }
     assert _epoch(again["endsAt"]) == pytest.approx(h.now + 4 * INTERVAL)
 
     h.now += 10  # the schedule's next flush: at most one re-send per interval
@@ -59,12 +60,15 @@ def test_an_open_condition_is_re_sent_once_per_interval_with_its_identity_and_a_
     assert [t for t in h.tags() if t.startswith("kcm/alert/")] == ["kcm/alert/no_leader"]
 
 
-@pytest.mark.parametrize("kind, data", [
-    ("stale", DEAD),
-    ("restarting", {"restarts": 3, "window_seconds": 600, "exit_status": 1}),
-    ("unreachable", {"reason": "connection refused"}),
-    ("cert_expiring", EXPIRING),
-])
+@pytest.mark.parametrize(
+    "kind, data",
+    [
+        ("stale", DEAD),
+        ("restarting", {"restarts": 3, "window_seconds": 600, "exit_status": 1}),
+        ("unreachable", {"reason": "connection refused"}),
+        ("cert_expiring", EXPIRING),
+    ],
+)
 def test_every_condition_kind_is_re_sent(h, kind, data):
     h.handle("master-2", kind, **data)
     h.now = T0 + INTERVAL
@@ -89,7 +93,9 @@ def test_a_resolved_condition_is_not_re_sent(h):
     h.now = T0 + 3 * INTERVAL
     h.module.flush()
     assert [(a["labels"]["alertname"], _epoch(a["endsAt"]) > T0 + 5) for a in h.alerts()] == [
-        ("KCMLeaderStale", True), ("KCMLeaderStale", False)]
+        ("KCMLeaderStale", True),
+        ("KCMLeaderStale", False),
+    ]
 
 
 def test_re_sends_happen_only_on_the_scheduled_flush_not_on_a_report(h):
@@ -185,14 +191,19 @@ def test_a_store_written_before_re_sends_re_sends_its_open_alerts(h):
     assert len(h.alerts()) == 2
 
 
-@pytest.mark.parametrize("master, message", [
-    ({"resend_interval": 0}, "kcm:master:resend_interval: 0 is not a positive number of seconds"),
-    ({"resend_interval": "60"}, "kcm:master:resend_interval: '60' is not an integer"),
-    ({"resend_interval": 5, "flush_interval": 10},
-     "kcm:master:resend_interval: 5 is shorter than kcm:master:flush_interval (10)"),
-    ({"runbook_url": "ftp://wiki/runbook"}, "kcm:master:runbook_url: 'ftp://wiki/runbook' must start with"),
-    ({"runbook_url": "https://wiki/runbook#top"}, "kcm:master:runbook_url: 'https://wiki/runbook#top' holds a #"),
-])
+@pytest.mark.parametrize(
+    "master, message",
+    [
+        ({"resend_interval": 0}, "kcm:master:resend_interval: 0 is not a positive number of seconds"),
+        ({"resend_interval": "60"}, "kcm:master:resend_interval: '60' is not an integer"),
+        (
+            {"resend_interval": 5, "flush_interval": 10},
+            "kcm:master:resend_interval: 5 is shorter than kcm:master:flush_interval (10)",
+        ),
+        ({"runbook_url": "ftp://wiki/runbook"}, "kcm:master:runbook_url: 'ftp://wiki/runbook' must start with"),
+        ({"runbook_url": "https://wiki/runbook#top"}, "kcm:master:runbook_url: 'https://wiki/runbook#top' holds a #"),
+    ],
+)
 def test_the_new_settings_are_validated_naming_the_key(kcm_config, master, message):
     settings = dict({"config_dir": "/etc/salt/master.d", "masters": "master-*"}, **master)
     problems = kcm_config.master_problems(settings)

@@ -32,16 +32,22 @@ def count_rounds(h, monkeypatch):
         counts["lock"] += operation == fcntl.LOCK_EX
         return flock(handle, operation)
 
-    monkeypatch.setattr(h.module, "__utils__", dict(found, **{"kcm_state_file.read_json": counted_read,
-                                                              "kcm_state_file.write_json": counted_write}))
+    monkeypatch.setattr(
+        h.module,
+        "__utils__",
+        dict(found, **{"kcm_state_file.read_json": counted_read, "kcm_state_file.write_json": counted_write}),
+    )
     monkeypatch.setattr(fcntl, "flock", counted_flock)
     return counts
 
 
 def storm(h, clusters):
     """Every KCM master of ``clusters`` clusters reports its cluster's failover, as the engine batches them."""
-    return [(f"salt/beacon/{r}/kcm_leader/changed", signed(r, "changed", dict(CHANGE, cluster=f"c{c}"), h.now))
-            for c in range(clusters) for r in REPORTERS]
+    return [
+        (f"salt/beacon/{r}/kcm_leader/changed", signed(r, "changed", dict(CHANGE, cluster=f"c{c}"), h.now))
+        for c in range(clusters)
+        for r in REPORTERS
+    ]
 
 
 @pytest.mark.parametrize("clusters", [1, 10])

@@ -12,19 +12,23 @@ SPEC = importlib.util.spec_from_file_location("bench_master_profile", PATH)
 profile = importlib.util.module_from_spec(SPEC)
 SPEC.loader.exec_module(profile)
 
-ENGINE = ("process 10:\"salt-master EngineProcess\";run (salt/engines/__init__.py:100);"
-          "handle_batch (kcm_alert.py:40);verify (kcm_trust.py:77);verify (cryptography/hazmat/rsa.py:12)")
-MWORKER = ("process 11:\"salt-master MWorker-0\";_handle_payload (salt/master.py:1100);"
-           "decrypt (salt/crypt.py:1500)")
-PUBLISH = "process 12:\"EventPublisher\";handle_publish (salt/utils/event.py:900);loads (salt/payload.py:60)"
+ENGINE = (
+    'process 10:"salt-master EngineProcess";run (salt/engines/__init__.py:100);'
+    "handle_batch (kcm_alert.py:40);verify (kcm_trust.py:77);verify (cryptography/hazmat/rsa.py:12)"
+)
+MWORKER = 'process 11:"salt-master MWorker-0";_handle_payload (salt/master.py:1100);decrypt (salt/crypt.py:1500)'
+PUBLISH = 'process 12:"EventPublisher";handle_publish (salt/utils/event.py:900);loads (salt/payload.py:60)'
 
 
-@pytest.mark.parametrize("stack, part", [
-    (ENGINE, "formula: kcm_alert engine, runner and utils"),
-    (MWORKER, "Salt: crypto (AES of each request, RSA of keys)"),
-    (PUBLISH, "Salt: serialization (msgpack)"),
-    ("process 13:\"x\";<module> (threading.py:1)", profile.OTHER),
-])
+@pytest.mark.parametrize(
+    "stack, part",
+    [
+        (ENGINE, "formula: kcm_alert engine, runner and utils"),
+        (MWORKER, "Salt: crypto (AES of each request, RSA of keys)"),
+        (PUBLISH, "Salt: serialization (msgpack)"),
+        ('process 13:"x";<module> (threading.py:1)', profile.OTHER),
+    ],
+)
 def test_a_sample_counts_for_the_formula_or_the_leaf_most_part_of_salt(stack, part):
     assert profile.part_of(stack) == part
 
@@ -34,8 +38,10 @@ def test_samples_are_summed_into_cpu_seconds_at_the_sampling_rate():
 
     totals = profile.shares(lines, rate=100)
 
-    assert totals == {"formula: kcm_alert engine, runner and utils": 1.5,
-                      "Salt: crypto (AES of each request, RSA of keys)": 0.75}
+    assert totals == {
+        "formula: kcm_alert engine, runner and utils": 1.5,
+        "Salt: crypto (AES of each request, RSA of keys)": 0.75,
+    }
     table = profile.table(totals, reports=300)
     assert table[-1] == "| all sampled | 2.25 | 100 % | 7.50 |"
     assert "| formula: kcm_alert engine, runner and utils | 1.50 | 67 % | 5.00 |" in table

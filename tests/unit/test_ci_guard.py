@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-SKIPPING = '''
+SKIPPING = """
 import pytest
 
 def test_needs_a_missing_part():
@@ -19,15 +19,21 @@ def test_marked():
 
 def test_fine():
     pass
-'''
+"""
 
 
 def run_suite(tmp_path, ci):
     (tmp_path / "conftest.py").write_text((REPO / "tests" / "conftest.py").read_text())
     (tmp_path / "test_skipping.py").write_text(SKIPPING)
     env = dict(os.environ, CI=ci)
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
-                           str(tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", str(tmp_path)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_under_ci_every_skip_fails_the_run_naming_why(tmp_path):

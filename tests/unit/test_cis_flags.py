@@ -20,6 +20,7 @@ def flags_of(kcm_config, kcm_flags):
     def make(version, **over):
         cfg = dict(DEFAULTS, version=version, **over)
         return as_map(kcm_flags.render(kcm_config.resolve(cfg, grains={}, opts={"cachedir": "/c"})))
+
     return make
 
 
@@ -74,11 +75,13 @@ def test_profiling_is_rendered_on_only_when_asked(flags_of):
     assert flags_of("v1.14.2")["profiling"] == "false"
 
 
-@pytest.mark.parametrize("key, value, expected", [
-    ("profiling", "false", "kcm:profiling: 'false' is not true or false"),
-    ("terminated_pod_gc_threshold", "12500", "kcm:terminated_pod_gc_threshold: '12500' is not an integer"),
-])
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("profiling", "false", "kcm:profiling: 'false' is not true or false"),
+        ("terminated_pod_gc_threshold", "12500", "kcm:terminated_pod_gc_threshold: '12500' is not an integer"),
+    ],
+)
 def test_the_new_switches_are_typed(kcm_config, key, value, expected):
-    cfg = kcm_config.resolve(dict(DEFAULTS, **{key: value}), grains={}, opts={"cachedir": "/c"},
-                             defaults=DEFAULTS)
+    cfg = kcm_config.resolve(dict(DEFAULTS, **{key: value}), grains={}, opts={"cachedir": "/c"}, defaults=DEFAULTS)
     assert any(p.startswith(expected) for p in kcm_config.validate(cfg)), kcm_config.validate(cfg)

@@ -23,33 +23,55 @@ def test_good_config_has_no_problem(check):
     [
         ({"version": "1.34"}, "kcm:version: '1.34' is not a Kubernetes release such as v1.34.3"),
         ({"version": "v1.13.0"}, "kcm:version: 'v1.13.0' is older than v1.14, the oldest release supported"),
-        ({"service_cluster_ip_range": "10.254.0.0/33"},
-         "kcm:service_cluster_ip_range: '10.254.0.0/33' is not a CIDR such as 10.254.0.0/22 (host bits must be zero)"),
-        ({"service_cluster_ip_range": "10.254.0.1/22"},
-         "kcm:service_cluster_ip_range: '10.254.0.1/22' is not a CIDR such as 10.254.0.0/22 (host bits must be zero)"),
-        ({"cluster_signing_duration": "10 years"},
-         "kcm:cluster_signing_duration: '10 years' is not a duration such as 15s, 2m or 87600h"),
-        ({"leader_election": {"lease_duration": "10s", "renew_deadline": "15s", "retry_period": "2s"}},
-         "kcm:leader_election: expected lease_duration > renew_deadline > 1.2 x retry_period, got 10s / 15s / 2s"),
-        ({"leader_election": {"lease_duration": "15s", "renew_deadline": "2s", "retry_period": "2s"}},
-         "kcm:leader_election: expected lease_duration > renew_deadline > 1.2 x retry_period, got 15s / 2s / 2s"),
-        ({"leader_election": dict(DEFAULTS["leader_election"], release_on_exit="yes")},
-         "kcm:leader_election:release_on_exit: 'yes' is not a boolean (true or false)"),
-        ({"apiserver": "http://10.10.10.20:8080"},
-         "kcm:apiserver: 'http://10.10.10.20:8080' is not an https:// URL such as https://10.10.10.20:6443"),
+        (
+            {"service_cluster_ip_range": "10.254.0.0/33"},
+            "kcm:service_cluster_ip_range: '10.254.0.0/33' is not a CIDR such as 10.254.0.0/22"
+            " (host bits must be zero)",
+        ),
+        (
+            {"service_cluster_ip_range": "10.254.0.1/22"},
+            "kcm:service_cluster_ip_range: '10.254.0.1/22' is not a CIDR such as 10.254.0.0/22"
+            " (host bits must be zero)",
+        ),
+        (
+            {"cluster_signing_duration": "10 years"},
+            "kcm:cluster_signing_duration: '10 years' is not a duration such as 15s, 2m or 87600h",
+        ),
+        (
+            {"leader_election": {"lease_duration": "10s", "renew_deadline": "15s", "retry_period": "2s"}},
+            "kcm:leader_election: expected lease_duration > renew_deadline > 1.2 x retry_period, got 10s / 15s / 2s",
+        ),
+        (
+            {"leader_election": {"lease_duration": "15s", "renew_deadline": "2s", "retry_period": "2s"}},
+            "kcm:leader_election: expected lease_duration > renew_deadline > 1.2 x retry_period, got 15s / 2s / 2s",
+        ),
+        (
+            {"leader_election": dict(DEFAULTS["leader_election"], release_on_exit="yes")},
+            "kcm:leader_election:release_on_exit: 'yes' is not a boolean (true or false)",
+        ),
+        (
+            {"apiserver": "http://10.10.10.20:8080"},
+            "kcm:apiserver: 'http://10.10.10.20:8080' is not an https:// URL such as https://10.10.10.20:6443",
+        ),
         ({"secure_port": 70000}, "kcm:secure_port: '70000' is not a port number (1-65535)"),
         ({"bind_address": "eth2"}, "kcm:bind_address: 'eth2' is not an IP address"),
         ({"bind_interface": "eth9"}, "kcm:bind_interface: interface 'eth9' has no IPv4 address in grains"),
-        ({"extra_args": {"port": 0}},
-         "kcm:extra_args:port: --port was removed in v1.24 (RN-1.22 #96216, RN-1.24 #106860); v1.37.2 rejects it"),
+        (
+            {"extra_args": {"port": 0}},
+            "kcm:extra_args:port: --port was removed in v1.24 (RN-1.22 #96216, RN-1.24 #106860); v1.37.2 rejects it",
+        ),
         ({"controllers": ["*", "nosuch"]}, "kcm:controllers: v1.37.2 knows no controller named nosuch"),
         ({"source": {"type": "zip", "url": "https://x/y"}}, "kcm:source:type: 'zip' is not one of tarball, binary"),
-        ({"source": {"type": "tarball", "url": "ftp://x/y"}},
-         "kcm:source:url: 'ftp://x/y' must start with https://, salt:// or file://"),
+        (
+            {"source": {"type": "tarball", "url": "ftp://x/y"}},
+            "kcm:source:url: 'ftp://x/y' must start with https://, salt:// or file://",
+        ),
         ({"colour": "blue"}, "kcm:colour: unknown key (see pillar.example for the keys the formula reads)"),
         # The kcm_leader beacon refuses it at beacon.present, after the install changed the disk.
-        ({"beacon": dict(DEFAULTS["beacon"], timeout=30)},
-         "kcm:beacon:timeout: expected seconds in (0, 10] (the poll blocks the minion loop), got 30"),
+        (
+            {"beacon": dict(DEFAULTS["beacon"], timeout=30)},
+            "kcm:beacon:timeout: expected seconds in (0, 10] (the poll blocks the minion loop), got 30",
+        ),
     ],
 )
 def test_each_bad_value_is_named(check, over, expected):
@@ -59,8 +81,26 @@ def test_each_bad_value_is_named(check, over, expected):
 KCM_BEACON = formula.load("_modules", "kcm_beacon")
 KCM_BEACON.__utils__ = formula.utils()
 # Values of every type and edge: each key's rule refuses some of them.
-CANDIDATES = [0, -1, 0.5, 2, 10, 11, 30, True, "2", "yes", None, [], [30, 7], [0], [30, "7"], {"a": 1},
-              "/var/cache/kcm.json", "relative.json"]
+CANDIDATES = [
+    0,
+    -1,
+    0.5,
+    2,
+    10,
+    11,
+    30,
+    True,
+    "2",
+    "yes",
+    None,
+    [],
+    [30, 7],
+    [0],
+    [30, "7"],
+    {"a": 1},
+    "/var/cache/kcm.json",
+    "relative.json",
+]
 
 
 @pytest.mark.parametrize("key", sorted(formula.load("_utils", "kcm_checks").BEACON_RULES))
@@ -107,8 +147,10 @@ def test_pki_problems(check, good_pki):
     ca_cert, ca_key = testpki.make_ca("leaf-not-ca", is_ca=False)
     past = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=2)
     from cryptography import x509
+
     real_ca = x509.load_pem_x509_certificate(good_pki["ca_cert"].encode())
     from cryptography.hazmat.primitives import serialization
+
     real_ca_key = serialization.load_pem_private_key(good_pki["ca_key"].encode(), None)
     expired, expired_key = testpki.issue(
         real_ca, real_ca_key, not_before=past, not_after=past + datetime.timedelta(days=1)
@@ -118,14 +160,22 @@ def test_pki_problems(check, good_pki):
     cases = {
         "kcm:pki:key: does not match kcm:pki:cert": {"key": testpki.key_pem(other_key)},
         "kcm:pki:ca_key: does not match kcm:pki:ca_cert": {"ca_key": testpki.key_pem(other_key)},
-        "kcm:pki:cert: not signed by kcm:pki:ca_cert": {"cert": testpki.cert_pem(foreign),
-                                                         "key": testpki.key_pem(foreign_key)},
+        "kcm:pki:cert: not signed by kcm:pki:ca_cert": {
+            "cert": testpki.cert_pem(foreign),
+            "key": testpki.key_pem(foreign_key),
+        },
         "kcm:pki:ca_cert: not a CA certificate (basicConstraints CA:TRUE expected)": {
-            "ca_cert": testpki.cert_pem(ca_cert), "ca_key": testpki.key_pem(ca_key)},
+            "ca_cert": testpki.cert_pem(ca_cert),
+            "ca_key": testpki.key_pem(ca_key),
+        },
         "kcm:pki:cert: CN is admin, expected system:kube-controller-manager": {
-            "cert": testpki.cert_pem(wrong_cn), "key": testpki.key_pem(wrong_cn_key)},
+            "cert": testpki.cert_pem(wrong_cn),
+            "key": testpki.key_pem(wrong_cn_key),
+        },
         "kcm:pki:cert: O=system:masters would bypass RBAC; issue it without that group": {
-            "cert": testpki.cert_pem(wrong_cn), "key": testpki.key_pem(wrong_cn_key)},
+            "cert": testpki.cert_pem(wrong_cn),
+            "key": testpki.key_pem(wrong_cn_key),
+        },
         "kcm:pki:service_account_key: missing (PEM text expected in pillar mode)": {"service_account_key": ""},
         "kcm:pki:cert: not a PEM certificate": {"cert": "-----BEGIN CERTIFICATE-----\nnope\n"},
     }
@@ -165,32 +215,51 @@ def test_an_unknown_pki_mode_is_named_alone(check, good_pki):
 
 
 def test_template_sources_put_the_sites_files_before_the_formulas(kcm_config):
-    config = {"tofs": {"files_switch": ["id", "os_family", "roles"],
-                       "source_files": {"kcm-service-unit": ["site.jinja", "salt://elsewhere/unit.jinja"]}}}
+    config = {
+        "tofs": {
+            "files_switch": ["id", "os_family", "roles"],
+            "source_files": {"kcm-service-unit": ["site.jinja", "salt://elsewhere/unit.jinja"]},
+        }
+    }
     grains = {"id": "master-1", "os_family": "Debian", "roles": ["kcm", "bad/../name"]}
 
     sources = kcm_config.template_sources(config, "kcm-service-unit", "unit.jinja", grains=grains)
 
     assert sources == [
-        "salt://kcm/files/master-1/site.jinja", "salt://elsewhere/unit.jinja", "salt://kcm/files/master-1/unit.jinja",
-        "salt://kcm/files/Debian/site.jinja", "salt://kcm/files/Debian/unit.jinja",
-        "salt://kcm/files/kcm/site.jinja", "salt://kcm/files/kcm/unit.jinja",
-        "salt://kcm/files/default/site.jinja", "salt://kcm/files/default/unit.jinja",
+        "salt://kcm/files/master-1/site.jinja",
+        "salt://elsewhere/unit.jinja",
+        "salt://kcm/files/master-1/unit.jinja",
+        "salt://kcm/files/Debian/site.jinja",
+        "salt://kcm/files/Debian/unit.jinja",
+        "salt://kcm/files/kcm/site.jinja",
+        "salt://kcm/files/kcm/unit.jinja",
+        "salt://kcm/files/default/site.jinja",
+        "salt://kcm/files/default/unit.jinja",
     ]
     # without kcm:tofs (no switch, no site file) only the formula's own file is looked up
     assert kcm_config.template_sources({}, "kcm-service-unit", "unit.jinja", grains=grains) == [
-        "salt://kcm/files/default/unit.jinja"]
+        "salt://kcm/files/default/unit.jinja"
+    ]
 
 
-@pytest.mark.parametrize("digest", [
-    "md5=" + "a" * 32, "sha1=" + "a" * 40, "a" * 32, "a" * 40, "sha224=" + "a" * 56, "sha512=" + "a" * 64,
-])
+@pytest.mark.parametrize(
+    "digest",
+    [
+        "md5=" + "a" * 32,
+        "sha1=" + "a" * 40,
+        "a" * 32,
+        "a" * 40,
+        "sha224=" + "a" * 56,
+        "sha512=" + "a" * 64,
+    ],
+)
 def test_a_weak_or_malformed_source_hash_is_refused(check, digest):
     # L8: md5/sha1 (and bare 32/40-hex digests) were accepted
     problems = check(source=dict(DEFAULTS["source"], hash=digest))
     assert [p for p in problems if p.startswith("kcm:source:hash:")] == [
         f"kcm:source:hash: '{digest}' is not 'sha512=<hex>' or 'sha256=<hex>', a sha256/sha512 hex digest"
-        " or the URL of a hash file (md5 and sha1 are refused)"]
+        " or the URL of a hash file (md5 and sha1 are refused)"
+    ]
 
 
 @pytest.mark.parametrize("digest", ["sha256=" + "a" * 64, "sha512=" + "B" * 128, "c" * 64, "d" * 128])
@@ -198,21 +267,43 @@ def test_a_sha256_or_sha512_source_hash_passes(check, digest):
     assert check(source=dict(DEFAULTS["source"], hash=digest)) == []
 
 
-@pytest.mark.parametrize("key, path", [
-    ("bin", "/usr/local/bin"), ("install", "/opt"), ("pki", "/etc"), ("kubeconfig", "/etc/"), ("conf", "/root"),
-    ("cache", "/tmp"), ("install", "/usr"), ("bin", "/usr/bin"), ("pki", "/var"), ("unit", "/etc"),
-    ("kubeconfig", "/usr/lib/systemd/system"), ("install", "/home"), ("bin", "/"),
-])
+@pytest.mark.parametrize(
+    "key, path",
+    [
+        ("bin", "/usr/local/bin"),
+        ("install", "/opt"),
+        ("pki", "/etc"),
+        ("kubeconfig", "/etc/"),
+        ("conf", "/root"),
+        ("cache", "/tmp"),
+        ("install", "/usr"),
+        ("bin", "/usr/bin"),
+        ("pki", "/var"),
+        ("unit", "/etc"),
+        ("kubeconfig", "/usr/lib/systemd/system"),
+        ("install", "/home"),
+        ("bin", "/"),
+    ],
+)
 def test_a_system_directory_as_a_path_is_refused_naming_the_key(check, key, path):
     # M6: paths:bin=/usr/local/bin was accepted and then chowned to the KCM user
     problems = check(paths=dict(DEFAULTS["paths"], **{key: path}))
     assert [p for p in problems if p.startswith("kcm:paths:")] == [
         f"kcm:paths:{key}: '{path}' is a system directory; give a directory of the formula's own"
-        " such as /data/apps/k8s/kubernetes (it is made root's, 0755)"]
+        " such as /data/apps/k8s/kubernetes (it is made root's, 0755)"
+    ]
 
 
-@pytest.mark.parametrize("key, path", [("unit", "/etc/systemd/system"), ("link", "/usr/local/bin"),
-                                       ("link", "/usr/bin"), ("install", "/opt/kcm"), ("cache", "/root/software")])
+@pytest.mark.parametrize(
+    "key, path",
+    [
+        ("unit", "/etc/systemd/system"),
+        ("link", "/usr/local/bin"),
+        ("link", "/usr/bin"),
+        ("install", "/opt/kcm"),
+        ("cache", "/root/software"),
+    ],
+)
 def test_systemd_unit_directories_and_link_directories_pass(check, key, path):
     assert check(paths=dict(DEFAULTS["paths"], **{key: path})) == []
 
@@ -223,12 +314,15 @@ def test_a_cert_warning_at_or_above_the_renewal_point_is_refused_where_the_formu
     # that is about to be renewed, not for a renewal that failed
     pki = dict(good_pki, mode=mode, ca_server="ca-1", days_remaining=30)
     problems = check(pki=pki, beacon=dict(DEFAULTS["beacon"], cert_thresholds=[30, 7]))
-    assert ("kcm:beacon:cert_thresholds: [30, 7]: each must be below kcm:pki:days_remaining (30), where the"
-            f" {mode} mode renews the certificate") in problems
+    assert (
+        "kcm:beacon:cert_thresholds: [30, 7]: each must be below kcm:pki:days_remaining (30), where the"
+        f" {mode} mode renews the certificate"
+    ) in problems
     assert not [p for p in check(pki=pki) if p.startswith("kcm:beacon:")]  # the defaults sit below it
 
 
 def test_pillar_certificates_take_any_threshold(check):
     # pillar mode: nothing renews by itself, so the thresholds are the site's whole warning
-    assert not [p for p in check(beacon=dict(DEFAULTS["beacon"], cert_thresholds=[90, 30, 7]))
-                if p.startswith("kcm:beacon:")]
+    assert not [
+        p for p in check(beacon=dict(DEFAULTS["beacon"], cert_thresholds=[90, 30, 7])) if p.startswith("kcm:beacon:")
+    ]

@@ -5,8 +5,13 @@ import json
 
 from kcmlab.controlplane import ENDPOINTS_PATH, LEASE_PATH, leader_record
 
-RECORD = {"holderIdentity": "master-3_1f0c", "leaseDurationSeconds": 15, "acquireTime": "2019-05-14T10:00:00Z",
-          "renewTime": "2019-05-14T10:05:00Z", "leaderTransitions": 2}
+RECORD = {
+    "holderIdentity": "master-3_1f0c",
+    "leaseDurationSeconds": 15,
+    "acquireTime": "2019-05-14T10:00:00Z",
+    "renewTime": "2019-05-14T10:05:00Z",
+    "leaderTransitions": 2,
+}
 
 
 def served(objects):
@@ -23,8 +28,13 @@ def test_an_endpoints_lock_is_read_from_its_annotation_in_a_leases_shape():
 
     spec = leader_record(served({ENDPOINTS_PATH: endpoints}))["spec"]
 
-    assert spec == {"holderIdentity": "master-3_1f0c", "leaseDurationSeconds": 15,
-                    "acquireTime": "2019-05-14T10:00:00Z", "renewTime": "2019-05-14T10:05:00Z", "leaseTransitions": 2}
+    assert spec == {
+        "holderIdentity": "master-3_1f0c",
+        "leaseDurationSeconds": 15,
+        "acquireTime": "2019-05-14T10:00:00Z",
+        "renewTime": "2019-05-14T10:05:00Z",
+        "leaseTransitions": 2,
+    }
 
 
 def test_nothing_before_the_first_election():

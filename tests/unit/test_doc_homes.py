@@ -38,8 +38,11 @@ def links(path):
 
 def table_rows(text):
     """The cells of every Markdown table row, the header and separator rows included."""
-    return [[cell.strip() for cell in line.strip().strip("|").split("|")]
-            for line in text.splitlines() if line.startswith("|")]
+    return [
+        [cell.strip() for cell in line.strip().strip("|").split("|")]
+        for line in text.splitlines()
+        if line.startswith("|")
+    ]
 
 
 def test_the_readme_is_a_ten_minute_read():
@@ -82,15 +85,19 @@ def formula_sls():
         found[name] = set(STATE_ID.findall(path.read_text()))
     for init in sorted(KCM.glob("*/init.sls")):
         folder = init.parent
-        found[f"kcm.{folder.name}"] = {state for path in folder.glob("*.sls")
-                                       for state in STATE_ID.findall(path.read_text())}
+        found[f"kcm.{folder.name}"] = {
+            state for path in folder.glob("*.sls") for state in STATE_ID.findall(path.read_text())
+        }
     return found
 
 
 def readme_state_list():
     """{SLS: the state ids cell} of the README's state list."""
-    return {row[0].strip("`"): row[1] for row in table_rows(README.read_text())
-            if len(row) >= 3 and re.fullmatch(r"`kcm(\.\w+)?`", row[0])}
+    return {
+        row[0].strip("`"): row[1]
+        for row in table_rows(README.read_text())
+        if len(row) >= 3 and re.fullmatch(r"`kcm(\.\w+)?`", row[0])
+    }
 
 
 def test_the_formula_has_the_sls_the_state_list_is_checked_against():
@@ -117,8 +124,11 @@ def test_the_readme_state_list_names_no_sls_that_does_not_exist():
 
 def test_every_alert_has_its_row_in_the_readme_alert_table():
     tree = ast.parse((REPO / "_utils" / "kcm_alert_rules.py").read_text())
-    kinds = next(ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
-                 and any(getattr(t, "id", None) == "KINDS" for t in node.targets))
+    kinds = next(
+        ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "KINDS" for t in node.targets)
+    )
     alerts = {alert for _, alert, _ in kinds.values() if alert}
     rows = {row[0].strip("`") for row in table_rows(README.read_text())}
     assert alerts and alerts <= rows, sorted(alerts - rows)

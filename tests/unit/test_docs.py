@@ -18,8 +18,11 @@ def leaves(tree, prefix=()):
 
 
 def test_the_pillar_reference_matches_defaults():
-    proc = subprocess.run([sys.executable, str(REPO / "scripts/pillar_reference.py"), "--check",
-                           str(REPO / "docs/pillar.md")], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts/pillar_reference.py"), "--check", str(REPO / "docs/pillar.md")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
 
 
@@ -34,9 +37,20 @@ def test_every_default_has_a_description_in_the_reference():
 def test_pillar_example_sets_every_section_of_the_defaults():
     defaults = yaml.safe_load((REPO / "formula/kcm/defaults.yaml").read_text())["kcm"]
     example = yaml.safe_load((REPO / "pillar.example").read_text())["kcm"]
-    optional = {"pki:signer_cert", "pki:signer_key", "pki:ca_server", "pki:signing_policy", "pki:days_valid",
-                "pki:days_remaining", "pki:key_algo", "pki:key_size"}
+    optional = {
+        "pki:signer_cert",
+        "pki:signer_key",
+        "pki:ca_server",
+        "pki:signing_policy",
+        "pki:days_valid",
+        "pki:days_remaining",
+        "pki:key_algo",
+        "pki:key_size",
+    }
     present = set(leaves(example))
-    missing = sorted(key for key in set(leaves(defaults)) - optional
-                     if key not in present and not any(p.startswith(key + ":") for p in present))
+    missing = sorted(
+        key
+        for key in set(leaves(defaults)) - optional
+        if key not in present and not any(p.startswith(key + ":") for p in present)
+    )
     assert missing == [], f"pillar.example lacks {missing}"

@@ -58,8 +58,9 @@ def test_rendered_values_come_from_the_config(kcm_flags, resolved):
 
 def test_before_systemd_247_the_secrets_are_read_where_they_lie(kcm_config, kcm_flags):
     cfg = dict(copy.deepcopy(DEFAULTS), version="v1.34.3")
-    got = as_map(kcm_flags.render(kcm_config.resolve(cfg, grains={"systemd": {"version": "239"}},
-                                                     opts={"cachedir": "/c"})))
+    got = as_map(
+        kcm_flags.render(kcm_config.resolve(cfg, grains={"systemd": {"version": "239"}}, opts={"cachedir": "/c"}))
+    )
     assert got["kubeconfig"] == "/etc/k8s/kubeconfig/kube-controller-manager.kubeconfig"
     assert got["service-account-private-key-file"] == "/etc/k8s/ssl/sa.key"
 
@@ -129,7 +130,10 @@ def test_log_to_file_only_before_1_26(kcm_flags, resolved):
 
 def test_controller_names_follow_the_release(kcm_flags):
     assert kcm_flags.controller_names(["*", "-podgc", "csrsigning"], "v1.28.0") == [
-        "*", "-pod-garbage-collector-controller", "certificatesigningrequest-signing-controller"]
+        "*",
+        "-pod-garbage-collector-controller",
+        "certificatesigningrequest-signing-controller",
+    ]
     # canonical names written in pillar are spelled the old way for older releases
     assert kcm_flags.controller_names(["bootstrap-signer-controller"], "v1.20.0") == ["bootstrapsigner"]
     assert "nosuch" in kcm_flags.controllers_problem(["*", "nosuch"], "v1.34.3")
@@ -144,18 +148,21 @@ def test_the_dra_claim_controller_is_named_as_the_real_binaries_list_it(kcm_flag
     assert "resource-claim-controller" in kcm_flags.controllers_problem(["resource-claim-controller"], "v1.37.2")
 
 
-@pytest.mark.parametrize(("pillar", "refused_by", "known_to"), [
-    # (controllers, a release whose real binary does not list it, the nearest one that does)
-    (["*", "-taint-eviction-controller"], "v1.28.15", "v1.29.15"),
-    (["*", "-selinux-warning-controller"], "v1.31.13", "v1.32.9"),
-    (["*", "-podgroup-protection-controller"], "v1.35.4", "v1.36.3"),
-    (["*", "-service-lb-controller"], "v1.37.2", "v1.36.3"),
-    (["*", "-legacy-service-account-token-cleaner"], "v1.26.13", "v1.28.15"),
-    (["*", "-endpointslicemirroring"], "v1.18.19", "v1.19.16"),
-    (["*", "-ephemeral-volume"], "v1.16.15", "v1.19.16"),
-    (["*", "-evictionrequest-controller"], "v1.37.2", "v1.38.0-beta.0"),
-    (["*", "-imperative-eviction-responder-controller"], "v1.37.2", "v1.38.0-beta.0"),
-])
+@pytest.mark.parametrize(
+    ("pillar", "refused_by", "known_to"),
+    [
+        # (controllers, a release whose real binary does not list it, the nearest one that does)
+        (["*", "-taint-eviction-controller"], "v1.28.15", "v1.29.15"),
+        (["*", "-selinux-warning-controller"], "v1.31.13", "v1.32.9"),
+        (["*", "-podgroup-protection-controller"], "v1.35.4", "v1.36.3"),
+        (["*", "-service-lb-controller"], "v1.37.2", "v1.36.3"),
+        (["*", "-legacy-service-account-token-cleaner"], "v1.26.13", "v1.28.15"),
+        (["*", "-endpointslicemirroring"], "v1.18.19", "v1.19.16"),
+        (["*", "-ephemeral-volume"], "v1.16.15", "v1.19.16"),
+        (["*", "-evictionrequest-controller"], "v1.37.2", "v1.38.0-beta.0"),
+        (["*", "-imperative-eviction-responder-controller"], "v1.37.2", "v1.38.0-beta.0"),
+    ],
+)
 def test_a_controller_is_known_only_to_the_releases_whose_binary_lists_it(kcm_flags, pillar, refused_by, known_to):
     # The "All controllers:" lists of the real binaries in docs/releases.md: the table used to accept
     # every canonical name for every release from v1.28, which those binaries refuse at start.

@@ -10,18 +10,23 @@ ELECTION = {"lease_duration": 4.0, "renew_deadline": 3.0, "retry_period": 1.0}
 
 
 def acquired(at, node, pid):
-    return (f'{at:.6f} {node} kube-controller-manager[{pid}]: I1207 12:00:00.000000 {pid} leaderelection.go:272]'
-            ' "Successfully acquired lease" lock="kube-system/kube-controller-manager"')
+    return (
+        f"{at:.6f} {node} kube-controller-manager[{pid}]: I1207 12:00:00.000000 {pid} leaderelection.go:272]"
+        ' "Successfully acquired lease" lock="kube-system/kube-controller-manager"'
+    )
 
 
 def gave_up(at, node, pid):
-    return (f'{at:.6f} {node} kube-controller-manager[{pid}]: I1207 12:00:00.000000 {pid} leaderelection.go:304]'
-            ' "Failed to renew lease" lock="kube-system/kube-controller-manager" err="context deadline exceeded"')
+    return (
+        f"{at:.6f} {node} kube-controller-manager[{pid}]: I1207 12:00:00.000000 {pid} leaderelection.go:304]"
+        ' "Failed to renew lease" lock="kube-system/kube-controller-manager" err="context deadline exceeded"'
+    )
 
 
 def exited(at, node):
-    return (f"{at:.6f} {node} systemd[1]: kube-controller-manager.service: Main process exited,"
-            " code=killed, status=9/KILL")
+    return (
+        f"{at:.6f} {node} systemd[1]: kube-controller-manager.service: Main process exited, code=killed, status=9/KILL"
+    )
 
 
 def run(journals, faults, transitions=(), alerts=()):
@@ -33,8 +38,14 @@ def kinds(report):
 
 
 def test_a_journal_gives_each_process_its_leadership_until_it_exits_or_gives_up():
-    lines = [acquired(100, "m1", 11), "not a journal line", exited(110, "m1"),
-             acquired(120, "m1", 12), gave_up(130.5, "m1", 12), acquired(140, "m1", 13)]
+    lines = [
+        acquired(100, "m1", 11),
+        "not a journal line",
+        exited(110, "m1"),
+        acquired(120, "m1", 12),
+        gave_up(130.5, "m1", 12),
+        acquired(140, "m1", 13),
+    ]
 
     found = leaderships("m1", lines)
 
@@ -140,16 +151,22 @@ def test_a_cluster_wide_outage_bounds_the_gap_from_its_end(taken_at, violated):
 
 
 def test_each_transition_wants_exactly_one_alert_and_each_alert_a_transition():
-    transitions = [{"at": 110, "count": 5}, {"at": 120, "count": 7, "jump": 2}, {"at": 130, "count": 8},
-                   {"at": 140, "count": 9}]
+    transitions = [
+        {"at": 110, "count": 5},
+        {"at": 120, "count": 7, "jump": 2},
+        {"at": 130, "count": 8},
+        {"at": 140, "count": 9},
+    ]
     alerts = [{"transitions": 5}, {"transitions": 6}, {"transitions": 8}, {"transitions": 8}, {"transitions": 12}]
 
     counts, findings = alert_accounting(transitions, alerts)
 
     assert counts == {"expected": 4, "fired": 5, "missing": 1, "doubled": 1, "unexplained": 1}
     assert [(f.kind, f.what) for f in findings] == [
-        ("alert_doubled", "transition 8: 2 alerts"), ("alert_missing", "transition 9"),
-        ("alert_unexplained", "alert for transition 12")]
+        ("alert_doubled", "transition 8: 2 alerts"),
+        ("alert_missing", "transition 9"),
+        ("alert_unexplained", "alert for transition 12"),
+    ]
 
 
 def test_a_jump_the_poll_saw_at_once_may_have_one_alert_per_move_it_holds():

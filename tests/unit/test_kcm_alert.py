@@ -68,17 +68,33 @@ class Harness:
         pki = tmp_path / "pki"
         (pki / "minions").mkdir(parents=True, exist_ok=True)
         for minion in (*REPORTERS, "web-1"):
-            (pki / "minions" / minion).write_bytes(minion_key(minion).public_key().public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+            (pki / "minions" / minion).write_bytes(
+                minion_key(minion)
+                .public_key()
+                .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+            )
         self.cachedir = tmp_path / cache
-        monkeypatch.setattr(self.module, "__opts__", {
-            "cachedir": str(self.cachedir),
-            "sock_dir": str(tmp_path / "sock"),
-            "pki_dir": str(pki),
-            # What kcm.master writes from defaults.yaml, with this test's pillar kcm:master over it.
-            "kcm_alert": alert_settings(**dict({"alertmanager_urls": ["http://127.0.0.1:9093"],
-                                                "labels": {"env": "test"}, "masters": list(REPORTERS)}, **cfg)),
-        }, raising=False)
+        monkeypatch.setattr(
+            self.module,
+            "__opts__",
+            {
+                "cachedir": str(self.cachedir),
+                "sock_dir": str(tmp_path / "sock"),
+                "pki_dir": str(pki),
+                # What kcm.master writes from defaults.yaml, with this test's pillar kcm:master over it.
+                "kcm_alert": alert_settings(
+                    **dict(
+                        {
+                            "alertmanager_urls": ["http://127.0.0.1:9093"],
+                            "labels": {"env": "test"},
+                            "masters": list(REPORTERS),
+                        },
+                        **cfg,
+                    )
+                ),
+            },
+            raising=False,
+        )
         # The KCM masters by id: the list in the master's own configuration.
         self.masters = self.module.__opts__["kcm_alert"]["masters"]
         if not getattr(self.module, "__utils__", None):
@@ -148,8 +164,11 @@ def test_three_reporters_of_one_change_give_one_alert(harness):
 
 def test_a_new_transition_is_a_new_alert(harness):
     harness.handle("master-1", "changed", **CHANGE)
-    harness.handle("master-1", "changed", **dict(CHANGE, transitions=5, old_node="master-2", new_node="master-3",
-                                                  new_holder="master-3_cccc"))
+    harness.handle(
+        "master-1",
+        "changed",
+        **dict(CHANGE, transitions=5, old_node="master-2", new_node="master-3", new_holder="master-3_cccc"),
+    )
     assert [a["labels"]["new_node"] for a in harness.alerts()] == ["master-2", "master-3"]
 
 
@@ -158,8 +177,11 @@ def test_dedupe_holds_under_concurrent_callers(tmp_path, monkeypatch):
     senders = [f"master-{t}-{i}" for t in range(10, 20) for i in (1, 2, 3)]
     harness = Harness(tmp_path, monkeypatch, module=kcm_alert, masters=["master-*"])
     for minion in senders:
-        (tmp_path / "pki" / "minions" / minion).write_bytes(minion_key(minion).public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        (tmp_path / "pki" / "minions" / minion).write_bytes(
+            minion_key(minion)
+            .public_key()
+            .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        )
     original = harness._post
 
     def slow_post(url, payload, cfg):
@@ -184,8 +206,9 @@ def test_dedupe_holds_under_concurrent_callers(tmp_path, monkeypatch):
     for thread in threads:
         thread.join(30)
     assert errors == []
-    sent = sorted(int(a["annotations"]["description"].split("leaseTransitions ")[1].split(";")[0])
-                  for a in harness.alerts())
+    sent = sorted(
+        int(a["annotations"]["description"].split("leaseTransitions ")[1].split(";")[0]) for a in harness.alerts()
+    )
     assert sent == list(range(10, 20))
 
 
@@ -287,8 +310,13 @@ def test_an_outage_the_reconcile_ended_is_a_new_incident_next_time(harness, mast
     assert harness.handle("master-3", "unreachable", reason="timeout", cluster_id=CID)["fired"]
 
 
-LOOP = {"restarts": 3, "window_seconds": 600, "unit": "kube-controller-manager", "exit_status": 1,
-        "last_error": 'E1207 run.go:72] "command failed" err="open /etc/k8s/kcm.kubeconfig: permission denied"'}
+LOOP = {
+    "restarts": 3,
+    "window_seconds": 600,
+    "unit": "kube-controller-manager",
+    "exit_status": 1,
+    "last_error": 'E1207 run.go:72] "command failed" err="open /etc/k8s/kcm.kubeconfig: permission denied"',
+}
 
 
 def test_a_crash_loop_is_one_alert_per_master_each_ended_by_its_own_recovered(harness):
@@ -298,7 +326,9 @@ def test_a_crash_loop_is_one_alert_per_master_each_ended_by_its_own_recovered(ha
     fired = harness.alerts()
 
     assert [(a["labels"]["alertname"], a["labels"]["minion"], a["labels"]["severity"]) for a in fired] == [
-        ("KCMRestarting", "master-2", "warning"), ("KCMRestarting", "master-3", "warning")]
+        ("KCMRestarting", "master-2", "warning"),
+        ("KCMRestarting", "master-3", "warning"),
+    ]
     assert "KCM on master-2 (prod) keeps restarting: 3 restarts in 600 s" in fired[0]["annotations"]["summary"]
     description = fired[0]["annotations"]["description"]
     assert "last exit status 1" in description and LOOP["last_error"] in description
@@ -382,8 +412,14 @@ def receiver():
 
 def test_real_http_retry_after_a_500_and_webhook_copy(tmp_path, monkeypatch, receiver):
     base, handler = receiver
-    h = Harness(tmp_path, monkeypatch, module=kcm_alert, alertmanager_urls=[base + "/"],
-                webhook_urls=[base + "/hook"], receiver_backoff=0.01)
+    h = Harness(
+        tmp_path,
+        monkeypatch,
+        module=kcm_alert,
+        alertmanager_urls=[base + "/"],
+        webhook_urls=[base + "/hook"],
+        receiver_backoff=0.01,
+    )
     real = load("_runners", "kcm_alert")
     real.__utils__ = utils()
     monkeypatch.setattr(h.module, "_post", real._post)  # the real HTTP client
@@ -405,9 +441,17 @@ def test_real_http_retry_after_a_500_and_webhook_copy(tmp_path, monkeypatch, rec
 NOT_AFTER = "2027-02-04T08:00:00Z"  # about 20 days after T0
 CLIENT_FP = "c1" * 32
 CA_FP = "ca" * 32
-EXPIRING = {"fingerprint": CLIENT_FP, "files": ["cert", "kubeconfig:client"],
-            "subject": "system:kube-controller-manager", "serial": "5eed01", "not_after": NOT_AFTER,
-            "days_left": 20.0, "threshold": 21, "thresholds": [21, 7], "minion": "master-2"}
+EXPIRING = {
+    "fingerprint": CLIENT_FP,
+    "files": ["cert", "kubeconfig:client"],
+    "subject": "system:kube-controller-manager",
+    "serial": "5eed01",
+    "not_after": NOT_AFTER,
+    "days_left": 20.0,
+    "threshold": 21,
+    "thresholds": [21, 7],
+    "minion": "master-2",
+}
 CA = dict(EXPIRING, fingerprint=CA_FP, files=["ca_cert", "kubeconfig:ca"], subject="kcm-lab-ca", serial="ca01")
 CRITICAL = {"threshold": 7, "days_left": 6.0}
 
@@ -418,8 +462,13 @@ def test_cert_expiring_payload(harness):
     ((url, (alert,)),) = harness.posts
     assert url == "http://127.0.0.1:9093/api/v2/alerts"
     # the certificate and the cluster are its identity: no master, file or threshold in the labels
-    assert alert["labels"] == {"alertname": "KCMCertExpiring", "cluster": "prod", "severity": "warning",
-                               "fingerprint": CLIENT_FP, "env": "test"}
+    assert alert["labels"] == {
+        "alertname": "KCMCertExpiring",
+        "cluster": "prod",
+        "severity": "warning",
+        "fingerprint": CLIENT_FP,
+        "env": "test",
+    }
     text = alert["annotations"]["summary"] + " " + alert["annotations"]["description"]
     for part in ("system:kube-controller-manager", NOT_AFTER, "20.0 days", "5eed01", CLIENT_FP, "21-day"):
         assert part in text
@@ -444,8 +493,9 @@ def test_cert_expiring_payload(harness):
     ],
 )
 def test_cert_expiring_severity(harness, threshold, thresholds, days_left, severity):
-    harness.handle("master-2", "cert_expiring",
-                   **dict(EXPIRING, threshold=threshold, thresholds=thresholds, days_left=days_left))
+    harness.handle(
+        "master-2", "cert_expiring", **dict(EXPIRING, threshold=threshold, thresholds=thresholds, days_left=days_left)
+    )
     assert harness.alerts()[0]["labels"]["severity"] == severity
 
 
@@ -461,7 +511,8 @@ def test_one_alert_per_certificate_whichever_masters_and_files_use_it(harness):
     assert [a["annotations"]["used_by"] for a in ca] == [
         "master-1 (ca_cert, kubeconfig:ca)",
         "master-1 (ca_cert, kubeconfig:ca); master-2 (ca_cert, kubeconfig:ca)",
-        "master-1 (ca_cert, kubeconfig:ca); master-2 (ca_cert, kubeconfig:ca); master-3 (ca_cert, kubeconfig:ca)"]
+        "master-1 (ca_cert, kubeconfig:ca); master-2 (ca_cert, kubeconfig:ca); master-3 (ca_cert, kubeconfig:ca)",
+    ]
     assert len({a["startsAt"] for a in ca}) == 1
     # the same report again, even days later: nothing; another cluster's certificate: its own alert
     posted = len(harness.alerts())
@@ -505,8 +556,12 @@ def test_cert_expiring_dedupe_holds_under_concurrent_reactor_threads(tmp_path, m
         except Exception as exc:  # noqa: BLE001 - surfaced by the assert below
             errors.append(exc)
 
-    threads = [threading.Thread(target=report, args=(fingerprint, master))
-               for fingerprint in fingerprints for master in ("master-1", "master-2", "master-3") for _ in range(2)]
+    threads = [
+        threading.Thread(target=report, args=(fingerprint, master))
+        for fingerprint in fingerprints
+        for master in ("master-1", "master-2", "master-3")
+        for _ in range(2)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -539,8 +594,9 @@ def test_a_certificate_alert_ends_when_every_master_using_it_has_renewed(harness
 
 
 def test_an_expired_cert_does_not_arrive_resolved(harness):
-    harness.handle("master-2", "cert_expiring",
-                   **dict(EXPIRING, threshold=7, days_left=-2.0, not_after="2027-01-13T08:00:00Z"))
+    harness.handle(
+        "master-2", "cert_expiring", **dict(EXPIRING, threshold=7, days_left=-2.0, not_after="2027-01-13T08:00:00Z")
+    )
     ends = datetime.datetime.fromisoformat(harness.alerts()[0]["endsAt"].replace("Z", "+00:00")).timestamp()
     assert ends > T0
 
@@ -569,8 +625,9 @@ def _forge(h, case):
     if case == "a replay of an old signed report":
         return "salt/beacon/master-1/kcm_leader/changed", signed("master-1", "changed", data, h.now - 3600)
     if case == "a signed report altered on the way":
-        return "salt/beacon/master-1/kcm_leader/changed", dict(signed("master-1", "changed", data, h.now),
-                                                               new_node="web-1")
+        return "salt/beacon/master-1/kcm_leader/changed", dict(
+            signed("master-1", "changed", data, h.now), new_node="web-1"
+        )
     if case == "a minion without an accepted key":
         h.masters.append("master-9")
         return "salt/beacon/master-9/kcm_leader/changed", signed("master-9", "changed", data, h.now)
@@ -579,9 +636,16 @@ def _forge(h, case):
     raise AssertionError(case)
 
 
-FORGERIES = ["a non-master signs its own report", "a non-master names a master in the tag",
-             "a non-master fakes a master's id", "unsigned", "a replay of an old signed report",
-             "a signed report altered on the way", "a minion without an accepted key", "a path in the tag"]
+FORGERIES = [
+    "a non-master signs its own report",
+    "a non-master names a master in the tag",
+    "a non-master fakes a master's id",
+    "unsigned",
+    "a replay of an old signed report",
+    "a signed report altered on the way",
+    "a minion without an accepted key",
+    "a path in the tag",
+]
 
 
 @pytest.mark.parametrize("case", FORGERIES)
@@ -613,8 +677,9 @@ def test_the_signed_bytes_leave_out_the_signature_and_the_bus_fields():
 # --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("content", ["null", "[]", '"text"', '{"seen": [], "open": null}', '{"seen": {"k": 1}}',
-                                     "{not json"])
+@pytest.mark.parametrize(
+    "content", ["null", "[]", '"text"', '{"seen": [], "open": null}', '{"seen": {"k": 1}}', "{not json"]
+)
 def test_a_store_of_the_wrong_shape_is_reset_and_the_alert_sent(tmp_path, monkeypatch, content, caplog):
     h = Harness(tmp_path, monkeypatch, module=kcm_alert)
     store = tmp_path / "cache" / "kcm_alert" / "dedupe.json"
@@ -647,8 +712,17 @@ def test_the_store_is_bounded_and_a_certs_key_expires(tmp_path, monkeypatch):
     h = Harness(tmp_path, monkeypatch, module=kcm_alert, max_seen=50)
     for serial in range(80):
         h.now += 1
-        h.handle("master-1", "cert_expiring", **dict(EXPIRING, serial=f"{serial:x}", fingerprint=f"{serial:064x}",
-                                                     not_after="9999-01-01T00:00:00Z", subject="x" * 5000))
+        h.handle(
+            "master-1",
+            "cert_expiring",
+            **dict(
+                EXPIRING,
+                serial=f"{serial:x}",
+                fingerprint=f"{serial:064x}",
+                not_after="9999-01-01T00:00:00Z",
+                subject="x" * 5000,
+            ),
+        )
     store = json.loads((tmp_path / "cache" / "kcm_alert" / "dedupe.json").read_text())
     assert len(store["seen"]) <= 50
     assert max(e["keep_until"] for e in store["seen"].values()) <= h.now + 2 * 366 * 86400
@@ -756,7 +830,9 @@ def test_a_resolution_waits_while_another_sender_posts_its_firing(harness, monke
     thread.join(10)
     harness.module.flush()
     assert [(a["labels"]["alertname"], a["endsAt"] > a["startsAt"]) for a in harness.alerts()] == [
-        ("KCMNoLeader", True), ("KCMNoLeader", False)]
+        ("KCMNoLeader", True),
+        ("KCMNoLeader", False),
+    ]
 
 
 def test_a_webhook_that_was_down_gets_its_copy_later_and_alertmanager_only_one(tmp_path, monkeypatch):
@@ -788,9 +864,16 @@ def test_two_salt_masters_post_identical_labels_and_starts_at(tmp_path, monkeypa
     two = Harness(tmp_path, monkeypatch, module=kcm_alert_other, cache="cache-2")
     lost = dict(DEAD, renew_time="2027-01-15T07:59:30.5Z", lease_duration_seconds=15)
     change = dict(CHANGE, transitions=5, acquire_time="2027-01-15T07:59:58.123456Z")
-    reports = [(f"salt/beacon/{r}/kcm_leader/{kind}", signed(r, kind, dict(data, cluster="prod"), T0 - 1))
-               for kind, data in (("no_leader", lost), ("unreachable", {"reason": "timeout"}), ("changed", change),
-                                  ("stale", DEAD)) for r in REPORTERS]
+    reports = [
+        (f"salt/beacon/{r}/kcm_leader/{kind}", signed(r, kind, dict(data, cluster="prod"), T0 - 1))
+        for kind, data in (
+            ("no_leader", lost),
+            ("unreachable", {"reason": "timeout"}),
+            ("changed", change),
+            ("stale", DEAD),
+        )
+        for r in REPORTERS
+    ]
     for h, delay in ((one, 0.4), (two, 2.7)):  # each master handles them at its own time
         h.now = T0 + delay
         for tag, data in reports:
@@ -801,8 +884,12 @@ def test_two_salt_masters_post_identical_labels_and_starts_at(tmp_path, monkeypa
 
     assert posted(one) == posted(two)
     starts = {labels["alertname"]: start for labels, start in posted(one)}
-    assert starts == {"KCMNoLeader": "2027-01-15T07:59:45Z", "KCMApiserverUnreachable": "2027-01-15T07:59:59Z",
-                      "KCMLeaderChanged": "2027-01-15T07:59:58Z", "KCMLeaderStale": "2027-01-15T07:59:59Z"}
+    assert starts == {
+        "KCMNoLeader": "2027-01-15T07:59:45Z",
+        "KCMApiserverUnreachable": "2027-01-15T07:59:59Z",
+        "KCMLeaderChanged": "2027-01-15T07:59:58Z",
+        "KCMLeaderStale": "2027-01-15T07:59:59Z",
+    }
 
 
 # --------------------------------------------------------------------------
@@ -816,9 +903,17 @@ HOLDERS = {"master-1": "master-1_aaaa", "master-2": "master-2_bbbb", "master-3":
 def lease(node, transitions, renewed=T0, expired=False):
     """A kcm.leader record as the masters return it."""
     text = datetime.datetime.fromtimestamp(renewed, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return {"holder": HOLDERS[node], "node": node, "minion": node, "transitions": transitions,
-            "acquire_time": text, "renew_time": text, "lease_duration_seconds": 15, "expired": expired,
-            "source": "lease"}
+    return {
+        "holder": HOLDERS[node],
+        "node": node,
+        "minion": node,
+        "transitions": transitions,
+        "acquire_time": text,
+        "renew_time": text,
+        "lease_duration_seconds": 15,
+        "expired": expired,
+        "source": "lease",
+    }
 
 
 class Masters:
@@ -830,10 +925,14 @@ class Masters:
 
     def ask(self, opts, masters, timeout, trust, now, window, kit):
         self.asked.append(list(masters))
-        return {m: {"kcm.leader": {"error": "unreachable", "detail": "timed out"} if m in self.erroring
-                    else self.record,
-                    "kcm.status": [{"minion": m, "cluster": "prod", "cluster_id": CID}]}
-                for m in masters if m in self.answering}
+        return {
+            m: {
+                "kcm.leader": {"error": "unreachable", "detail": "timed out"} if m in self.erroring else self.record,
+                "kcm.status": [{"minion": m, "cluster": "prod", "cluster_id": CID}],
+            }
+            for m in masters
+            if m in self.answering
+        }
 
 
 @pytest.fixture
@@ -852,9 +951,16 @@ def test_a_missed_transition_is_raised_once_and_its_late_event_is_a_duplicate(ha
     second = harness.module.reconcile()
     assert second["clusters"] == {f"prod#{CID}": "changed"} and second["delivered"] == 1
     ((_, (alert,)),) = harness.posts
-    assert alert["labels"] == {"alertname": "KCMLeaderChanged", "cluster": "prod", "cluster_id": CID,
-                               "severity": "warning", "old_node": "master-1", "new_node": "master-2",
-                               "transitions": "5", "env": "test"}
+    assert alert["labels"] == {
+        "alertname": "KCMLeaderChanged",
+        "cluster": "prod",
+        "cluster_id": CID,
+        "severity": "warning",
+        "old_node": "master-1",
+        "new_node": "master-2",
+        "transitions": "5",
+        "env": "test",
+    }
     assert alert["startsAt"] == "2027-01-15T08:00:20Z"  # the Lease's acquireTime
 
     # the event that the minion held through the outage arrives now: the same key
@@ -873,8 +979,7 @@ def test_a_transition_an_event_brought_is_not_raised_again_by_the_reconcile(harn
     assert len(harness.alerts()) == 1
 
 
-def test_the_unreachable_alert_of_a_master_that_died_is_resolved_when_the_others_read_the_lease(
-        harness, masters):
+def test_the_unreachable_alert_of_a_master_that_died_is_resolved_when_the_others_read_the_lease(harness, masters):
     masters.record = lease("master-2", 5)
     harness.handle("master-3", "unreachable", reason="timeout", cluster_id=CID)
     masters.erroring = {"master-3"}  # still there, still failing: stays open
@@ -910,8 +1015,7 @@ def test_no_leader_stays_open_while_no_master_reads_a_live_lease(harness, master
 def signed_answer(minion, nonce, at, signer=None, **reading):
     """A kcm_beacon.answer as ``signer`` (default: ``minion``) signs it."""
     answer = dict(reading, id=minion, nonce=nonce, signed_at=at)
-    signature = minion_key(signer or minion).sign(SIGNED_MESSAGE("answer", answer), padding.PKCS1v15(),
-                                                  hashes.SHA256())
+    signature = minion_key(signer or minion).sign(SIGNED_MESSAGE("answer", answer), padding.PKCS1v15(), hashes.SHA256())
     return dict(answer, sig=base64.b64encode(signature).decode())
 
 
@@ -926,39 +1030,46 @@ def test_the_reconcile_reads_only_the_listed_masters_own_signed_answers(tmp_path
             calls.append((tgt, fun, timeout, tgt_type))
             nonce = arg[0]
             row = [{"cluster": "prod", "cluster_id": CID}]
-            return {"master-1": signed_answer("master-1", nonce, T0, leader=record, status=row),
-                    "master-2": signed_answer("master-2", nonce, T0, signer="web-1", leader=record, status=row),
-                    "master-3": signed_answer("master-3", "an-old-question", T0, leader=record, status=row),
-                    "web-1": signed_answer("web-1", nonce, T0, leader=record, status=row)}
+            return {
+                "master-1": signed_answer("master-1", nonce, T0, leader=record, status=row),
+                "master-2": signed_answer("master-2", nonce, T0, signer="web-1", leader=record, status=row),
+                "master-3": signed_answer("master-3", "an-old-question", T0, leader=record, status=row),
+                "web-1": signed_answer("web-1", nonce, T0, leader=record, status=row),
+            }
 
     import salt.client
 
     monkeypatch.setattr(salt.client, "get_local_client", lambda mopts: Client())
     trust = h.module._trust()
-    answers = utils()["kcm_alert_decide.ask_masters"]({}, ["master-1", "master-2", "master-3"], 7, trust, T0, 300,
-                                                       h.module._kit())
+    answers = utils()["kcm_alert_decide.ask_masters"](
+        {}, ["master-1", "master-2", "master-3"], 7, trust, T0, 300, h.module._kit()
+    )
     assert calls == [(["master-1", "master-2", "master-3"], "kcm_beacon.answer", 7, "list")]
     assert list(answers) == ["master-1"]
     assert answers["master-1"]["kcm.leader"] == record
     assert utils()["kcm_alert_decide.ask_masters"]({}, [], 7, trust, T0, 300, h.module._kit()) == {} and len(calls) == 1
 
 
-@pytest.mark.parametrize("master, message", [
-    ({"reconcile_interval": 0}, "kcm:master:reconcile_interval: 0 is not a positive number of seconds"),
-    ({"flush_interval": -10}, "kcm:master:flush_interval: -10 is not a positive number of seconds"),
-    ({"flush_interval": "10"}, "kcm:master:flush_interval: '10' is not an integer"),
-    ({"reconcile_interval": 1.5}, "kcm:master:reconcile_interval: 1.5 is not an integer"),
-    ({"renew_interval": -1}, "kcm:master:renew_interval: -1 is not seconds (0 turns the renewal off)"),
-    ({"renew_interval": "daily"}, "kcm:master:renew_interval: 'daily' is not an integer"),
-])
+@pytest.mark.parametrize(
+    "master, message",
+    [
+        ({"reconcile_interval": 0}, "kcm:master:reconcile_interval: 0 is not a positive number of seconds"),
+        ({"flush_interval": -10}, "kcm:master:flush_interval: -10 is not a positive number of seconds"),
+        ({"flush_interval": "10"}, "kcm:master:flush_interval: '10' is not an integer"),
+        ({"reconcile_interval": 1.5}, "kcm:master:reconcile_interval: 1.5 is not an integer"),
+        ({"renew_interval": -1}, "kcm:master:renew_interval: -1 is not seconds (0 turns the renewal off)"),
+        ({"renew_interval": "daily"}, "kcm:master:renew_interval: 'daily' is not an integer"),
+    ],
+)
 def test_the_schedule_intervals_are_validated_naming_the_key(kcm_config, master, message):
     settings = dict({"config_dir": "/etc/salt/master.d", "masters": "master-*"}, **master)
     problems = kcm_config.master_problems(settings)
     assert any(p.startswith(message) for p in problems), problems
 
 
-@pytest.mark.parametrize("tag", ["salt/beacon/master-2/kcm_leader/cert_expiring",
-                                 "salt/beacon/master-2/kcm_cert/changed"])
+@pytest.mark.parametrize(
+    "tag", ["salt/beacon/master-2/kcm_leader/cert_expiring", "salt/beacon/master-2/kcm_cert/changed"]
+)
 def test_a_report_under_the_other_beacons_name_is_refused(harness, tag):
     kind = tag.rsplit("/", 1)[1]
     data = dict(EXPIRING, cluster="prod") if kind.startswith("cert_") else {"cluster": "prod", "holder": "master-2"}

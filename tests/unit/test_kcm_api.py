@@ -51,8 +51,14 @@ def configure_loader_modules(deployed):
         # These facts name no release: KCM's default lock, a Lease or the Endpoints of v1.14-v1.16.
         "kcm_release.lock": lambda config: KCM_RELEASE.lock({}),
     }
-    dunders = {"__salt__": salt, "__opts__": {"id": "master-1", "file_client": "local"},
-               "__grains__": {"id": "master-1"}, "__pillar__": {}, "__context__": {}, "__utils__": UTILS}
+    dunders = {
+        "__salt__": salt,
+        "__opts__": {"id": "master-1", "file_client": "local"},
+        "__grains__": {"id": "master-1"},
+        "__pillar__": {},
+        "__context__": {},
+        "__utils__": UTILS,
+    }
     return {KCM_API: {"__salt__": {}, "__utils__": UTILS}, KCM: dunders, KCM_LOCAL: dunders}
 
 
@@ -258,8 +264,9 @@ def test_a_kubeconfig_someone_else_owns_or_a_fifo_is_refused_at_once(kcm_api, se
         kcm_api.get("/version", kubeconfig=path)
     fifo = tmp_path / "fifo.pem"
     os.mkfifo(fifo)
-    named = write_kubeconfig(tmp_path / "kc2", server.url, ca.cert_pem,
-                             user={"client-certificate": str(fifo), "client-key": str(fifo)})
+    named = write_kubeconfig(
+        tmp_path / "kc2", server.url, ca.cert_pem, user={"client-certificate": str(fifo), "client-key": str(fifo)}
+    )
     started = time.monotonic()
     with pytest.raises(CommandExecutionError, match="not a regular file"):
         kcm_api.get("/version", kubeconfig=named)
@@ -577,17 +584,26 @@ def test_kcm_leader_reads_the_lease_through_the_client(kcm, server):
 
 
 def test_kcm_leader_falls_back_to_endpoints_over_the_wire(kcm, server):
-    record = {"holderIdentity": "k8s-01_x", "leaseDurationSeconds": 15,
-              "acquireTime": "2019-06-01T10:00:00Z", "renewTime": "2019-06-01T10:05:00Z", "leaderTransitions": 0}
-    endpoints = {"kind": "Endpoints", "metadata": {"annotations": {
-        "control-plane.alpha.kubernetes.io/leader": json.dumps(record)}}}
+    record = {
+        "holderIdentity": "k8s-01_x",
+        "leaseDurationSeconds": 15,
+        "acquireTime": "2019-06-01T10:00:00Z",
+        "renewTime": "2019-06-01T10:05:00Z",
+        "leaderTransitions": 0,
+    }
+    endpoints = {
+        "kind": "Endpoints",
+        "metadata": {"annotations": {"control-plane.alpha.kubernetes.io/leader": json.dumps(record)}},
+    }
     server.routes["/api/v1/namespaces/kube-system/endpoints/kube-controller-manager"] = (200, json.dumps(endpoints))
 
     result = kcm["kcm.leader"]()
 
     assert (result["source"], result["node"], result["expired"]) == ("endpoints", "k8s-01", True)
     assert [s["path"] for s in server.seen] == [
-        LEASE_PATH, "/api/v1/namespaces/kube-system/endpoints/kube-controller-manager"]
+        LEASE_PATH,
+        "/api/v1/namespaces/kube-system/endpoints/kube-controller-manager",
+    ]
 
 
 def test_kcm_leader_reports_an_unreachable_apiserver(kcm, tmp_path, ca):

@@ -18,13 +18,27 @@ USAGE = "Usage:\n  kube-controller-manager [flags]\n\nFlags:\n      --contention
 
 # (case, exit code, stdout, stderr, the version or the refusal both report)
 CASES = [
-    ("version with a pre-release, build and trailing words", 0, "Kubernetes v1.37.2-rc.0+abc (extra)\n", "",
-     ("v1.37.2-rc.0+abc", None)),
-    ("usage text around two Error: lines", 1, "",
-     f"Error: unknown flag: --bogus\n{USAGE}\nError: unknown flag: --bogus\nError: invalid argument x\n",
-     (None, "Error: unknown flag: --bogus\nError: invalid argument x")),
-    ("no Error: line, its last lines", 2, "", "".join(f"line {n}\n" for n in range(1, 9)),
-     (None, "line 4\nline 5\nline 6\nline 7\nline 8")),
+    (
+        "version with a pre-release, build and trailing words",
+        0,
+        "Kubernetes v1.37.2-rc.0+abc (extra)\n",
+        "",
+        ("v1.37.2-rc.0+abc", None),
+    ),
+    (
+        "usage text around two Error: lines",
+        1,
+        "",
+        f"Error: unknown flag: --bogus\n{USAGE}\nError: unknown flag: --bogus\nError: invalid argument x\n",
+        (None, "Error: unknown flag: --bogus\nError: invalid argument x"),
+    ),
+    (
+        "no Error: line, its last lines",
+        2,
+        "",
+        "".join(f"line {n}\n" for n in range(1, 9)),
+        (None, "line 4\nline 5\nline 6\nline 7\nline 8"),
+    ),
     ("success that prints no version", 0, "hello\n", "", (None, "hello")),
     ("silent failure", 1, "", "", (None, "exited 1 without a message")),
 ]

@@ -32,10 +32,12 @@ def deployed(beacon_deployed):
 
 @pytest.fixture
 def configure_loader_modules(beacon_opts, deployed):
-    salt = {"kcm_config.deployed": lambda: deployed, "kcm_pki.cert_status": KCM_PKI.cert_status,
-            "kcm.cluster_id": lambda: "uid-of-prod-a"}
-    salt.update({f"kcm_beacon.{name}": getattr(KCM_BEACON, name) for name in
-                 ("settings", "validate")})
+    salt = {
+        "kcm_config.deployed": lambda: deployed,
+        "kcm_pki.cert_status": KCM_PKI.cert_status,
+        "kcm.cluster_id": lambda: "uid-of-prod-a",
+    }
+    salt.update({f"kcm_beacon.{name}": getattr(KCM_BEACON, name) for name in ("settings", "validate")})
     opts = beacon_opts
     # The beacons sign through a utils loader of their own (the formula's _utils here).
     context = {"kcm_trust.utils": UTILS}
@@ -49,8 +51,14 @@ CERTS = {"cert_thresholds": [30, 7], "minion": "master-2", "cluster": "prod"}
 def status(days, serial="5eed01", name="cert", **more):
     """A kcm_pki.cert_status result with one certificate (plus `more` entries); a serial
     stands for one certificate, so it makes the fingerprint too."""
-    entry = {"source": "/etc/k8s/ssl/kube-controller-manager.pem", "subject": "system:kube-controller-manager",
-             "not_after": "2027-01-15T08:00:00Z", "days_left": days, "serial": serial, "fingerprint": f"fp-{serial}"}
+    entry = {
+        "source": "/etc/k8s/ssl/kube-controller-manager.pem",
+        "subject": "system:kube-controller-manager",
+        "not_after": "2027-01-15T08:00:00Z",
+        "days_left": days,
+        "serial": serial,
+        "fingerprint": f"fp-{serial}",
+    }
     return dict({name: entry}, **more)
 
 
@@ -75,10 +83,17 @@ def test_each_threshold_is_announced_once_as_the_days_run_out():
     assert run.read(status(45)) == []
     events = run.read(status(29.5))
     assert crossed(events) == [("cert_expiring", ("cert",), 30)]
-    assert {k: events[0][k] for k in ("fingerprint", "subject", "serial", "not_after", "days_left", "minion",
-                                      "cluster")} == {
-        "fingerprint": "fp-5eed01", "subject": "system:kube-controller-manager", "serial": "5eed01",
-        "not_after": "2027-01-15T08:00:00Z", "days_left": 29.5, "minion": "master-2", "cluster": "prod"}
+    assert {
+        k: events[0][k] for k in ("fingerprint", "subject", "serial", "not_after", "days_left", "minion", "cluster")
+    } == {
+        "fingerprint": "fp-5eed01",
+        "subject": "system:kube-controller-manager",
+        "serial": "5eed01",
+        "not_after": "2027-01-15T08:00:00Z",
+        "days_left": 29.5,
+        "minion": "master-2",
+        "cluster": "prod",
+    }
     assert events[0]["thresholds"] == [30, 7]
     assert run.read(status(20)) == [] and run.read(status(7.0)) == []  # 7.0 is not below 7
     assert crossed(run.read(status(6.9))) == [("cert_expiring", ("cert",), 7)]
@@ -94,8 +109,10 @@ def test_a_cert_already_past_several_thresholds_is_one_event_for_the_smallest():
 def test_each_cert_is_judged_on_its_own():
     run = CertRun()
     both = status(29, **status(6, name="kubeconfig:client", serial="c11e47"))
-    assert sorted(crossed(run.read(both))) == [("cert_expiring", ("cert",), 30),
-                                               ("cert_expiring", ("kubeconfig:client",), 7)]
+    assert sorted(crossed(run.read(both))) == [
+        ("cert_expiring", ("cert",), 30),
+        ("cert_expiring", ("kubeconfig:client",), 7),
+    ]
 
 
 def test_one_certificate_in_several_files_is_one_report():
@@ -104,7 +121,9 @@ def test_one_certificate_in_several_files_is_one_report():
     client = status(20, serial="c1", name="cert", **status(20, serial="c1", name="kubeconfig:client"))
     run = CertRun()
     assert sorted(crossed(run.read(dict(ca, **client)))) == [
-        ("cert_expiring", ("ca_cert", "kubeconfig:ca"), 7), ("cert_expiring", ("cert", "kubeconfig:client"), 30)]
+        ("cert_expiring", ("ca_cert", "kubeconfig:ca"), 7),
+        ("cert_expiring", ("cert", "kubeconfig:client"), 30),
+    ]
 
 
 def test_announced_thresholds_survive_a_restart_through_the_state_file(tmp_path):
@@ -124,7 +143,8 @@ def test_a_renewed_cert_says_so_and_its_successor_starts_over():
     run.read(status(29, serial="01d"))
     events = run.read(status(365, serial="2e3"))
     assert [(e["tag"], e["fingerprint"], e["serial"], e["files"]) for e in events] == [
-        ("cert_renewed", "fp-01d", "01d", ["cert"])]
+        ("cert_renewed", "fp-01d", "01d", ["cert"])
+    ]
     assert crossed(run.read(status(29, serial="2e3"))) == [("cert_expiring", ("cert",), 30)]
 
 
@@ -138,8 +158,11 @@ def test_a_renewal_is_told_only_once_every_file_of_the_certificate_is_read():
     run = CertRun()
     run.read(status(29, serial="01d", **status(29, serial="01d", name="kubeconfig:client")))
     # the file is renewed, the kubeconfig is caught mid-rewrite: the old certificate may still be there
-    half = status(365, serial="2e3", **{"kubeconfig:client": {"source": "/etc/k8s/kcm.kubeconfig",
-                                                               "error": "unreadable: ValueError"}})
+    half = status(
+        365,
+        serial="2e3",
+        **{"kubeconfig:client": {"source": "/etc/k8s/kcm.kubeconfig", "error": "unreadable: ValueError"}},
+    )
     assert run.read(half) == []
     renewed = run.read(status(365, serial="2e3", **status(365, serial="2e3", name="kubeconfig:client")))
     assert [(e["tag"], e["fingerprint"]) for e in renewed] == [("cert_renewed", "fp-01d")]
@@ -171,20 +194,36 @@ def pki_files(tmp_path, deployed):
     cert, key = testpki.issue(ca_cert, ca_key, days=20)
     ssl = tmp_path / "ssl"
     ssl.mkdir()
-    files = {"ca_cert": ssl / "ca.pem", "ca_key": ssl / "ca-key.pem", "cert": ssl / "kcm.pem",
-             "key": ssl / "kcm-key.pem", "kubeconfig": tmp_path / "kcm.kubeconfig"}
+    files = {
+        "ca_cert": ssl / "ca.pem",
+        "ca_key": ssl / "ca-key.pem",
+        "cert": ssl / "kcm.pem",
+        "key": ssl / "kcm-key.pem",
+        "kubeconfig": tmp_path / "kcm.kubeconfig",
+    }
     files["ca_cert"].write_text(testpki.cert_pem(ca_cert))
     files["ca_key"].write_text(testpki.key_pem(ca_key))
     files["cert"].write_text(testpki.cert_pem(cert))
     files["key"].write_text(testpki.key_pem(key))
     b64 = lambda text: base64.b64encode(text.encode()).decode()  # noqa: E731
-    files["kubeconfig"].write_text(yaml.safe_dump({
-        "clusters": [{"name": "k", "cluster": {"certificate-authority-data": b64(testpki.cert_pem(ca_cert))}}],
-        "users": [{"name": "u", "user": {"client-certificate-data": b64(testpki.cert_pem(cert)),
-                                         "client-key-data": b64(testpki.key_pem(key))}}],
-        "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],
-        "current-context": "c",
-    }))
+    files["kubeconfig"].write_text(
+        yaml.safe_dump(
+            {
+                "clusters": [{"name": "k", "cluster": {"certificate-authority-data": b64(testpki.cert_pem(ca_cert))}}],
+                "users": [
+                    {
+                        "name": "u",
+                        "user": {
+                            "client-certificate-data": b64(testpki.cert_pem(cert)),
+                            "client-key-data": b64(testpki.key_pem(key)),
+                        },
+                    }
+                ],
+                "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],
+                "current-context": "c",
+            }
+        )
+    )
     deployed["files"] = {name: str(path) for name, path in files.items()}
     return deployed["files"]
 
@@ -215,10 +254,16 @@ def test_beacon_reads_certs_once_per_interval_and_sends_no_pem(pki_files, reads,
     # the KCM certificate as a file and inside the kubeconfig: one certificate, one report
     assert [(e["files"], e["threshold"]) for e in expiring] == [(["cert", "kubeconfig:client"], 30)]
     with open(pki_files["cert"], "rb") as pem:
-        assert expiring[0]["fingerprint"] == x509.load_pem_x509_certificate(pem.read()).fingerprint(
-            hashes.SHA256()).hex()
-    assert all(e["minion"] == "master-2" and e["cluster"] == "prod" and e["cluster_id"] == "uid-of-prod-a"
-               and 19.9 <= e["days_left"] <= 20 for e in expiring)
+        assert (
+            expiring[0]["fingerprint"] == x509.load_pem_x509_certificate(pem.read()).fingerprint(hashes.SHA256()).hex()
+        )
+    assert all(
+        e["minion"] == "master-2"
+        and e["cluster"] == "prod"
+        and e["cluster_id"] == "uid-of-prod-a"
+        and 19.9 <= e["days_left"] <= 20
+        for e in expiring
+    )
     text = json.dumps(all_events)
     assert "BEGIN" not in text and "PRIVATE KEY" not in text and "MII" not in text
 
@@ -234,8 +279,12 @@ def test_cert_events_are_signed_with_the_minions_key(pki_files, reads, monkeypat
     [event] = kcm_cert.beacon([{"_beacon_name": "kcm_cert"}, {"cert_thresholds": [30]}])
     kind, data = event["tag"], {k: v for k, v in event.items() if k != "tag"}
     assert data["id"] == "master-2"
-    MINION_KEY.public_key().verify(base64.b64decode(data["sig"]), UTILS["kcm_trust.signed_message"](kind, data),
-                                   padding.PKCS1v15(), hashes.SHA256())
+    MINION_KEY.public_key().verify(
+        base64.b64decode(data["sig"]),
+        UTILS["kcm_trust.signed_message"](kind, data),
+        padding.PKCS1v15(),
+        hashes.SHA256(),
+    )
 
 
 def test_a_key_left_out_comes_from_the_deployed_kcm_beacon(pki_files, reads, deployed, monkeypatch):

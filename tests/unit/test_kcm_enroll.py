@@ -50,8 +50,13 @@ def enroll(tmp_path, monkeypatch):
     (tmp_path / "pki" / "minions").mkdir(parents=True)
     for minion in ("master-4", "web-1"):
         (tmp_path / "pki" / "minions" / minion).write_text(f"-----BEGIN PUBLIC KEY----- {minion}\n")
-    module.__opts__ = {"cachedir": str(tmp_path), "sock_dir": str(tmp_path), "pki_dir": str(tmp_path / "pki"),
-                       "id": "salt-master", "kcm_alert": alert_settings(masters="master-*")}
+    module.__opts__ = {
+        "cachedir": str(tmp_path),
+        "sock_dir": str(tmp_path),
+        "pki_dir": str(tmp_path / "pki"),
+        "id": "salt-master",
+        "kcm_alert": alert_settings(masters="master-*"),
+    }
     module.__utils__ = utils()
     # web-1 says it has the control-plane grain: it changes nothing (no grain is read).
     client = FakeClient({"master-4": {"role": "k8s-master"}, "web-1": {"role": "k8s-master"}})
@@ -63,8 +68,7 @@ def enroll(tmp_path, monkeypatch):
 
     monkeypatch.setattr(module.salt.client, "LocalClient", lambda mopts=None: client)
     monkeypatch.setattr(module.salt.cache, "factory", lambda opts: cache)
-    monkeypatch.setattr(module.salt.utils.event, "get_master_event",
-                        lambda *a, **k: contextlib.nullcontext(Bus()))
+    monkeypatch.setattr(module.salt.utils.event, "get_master_event", lambda *a, **k: contextlib.nullcontext(Bus()))
     module.client, module.cache, module.events = client, cache, events
     return module
 
@@ -73,14 +77,17 @@ def highstated(enroll):
     return [call for call in enroll.client.calls if call[1] == "state.highstate"]
 
 
-@pytest.mark.parametrize("tag, sender, reason", [
-    ("salt/minion/nobody or */start", "nobody or *", "is not a well-formed minion id"),
-    ("salt/minion/*/start", "*", "is not a well-formed minion id"),
-    ("salt/minion/G@role:k8s-master/start", "G@role:k8s-master", "is not a well-formed minion id"),
-    ("salt/minion/../../../tmp/x/start", "x", "is not a salt/minion/<id>/start tag"),
-    ("salt/minion/master-9/start", "master-9", "master-9 has no accepted key"),
-    ("salt/minion/master-4/start", "web-1", "the start of master-4 was sent by 'web-1'"),
-])
+@pytest.mark.parametrize(
+    "tag, sender, reason",
+    [
+        ("salt/minion/nobody or */start", "nobody or *", "is not a well-formed minion id"),
+        ("salt/minion/*/start", "*", "is not a well-formed minion id"),
+        ("salt/minion/G@role:k8s-master/start", "G@role:k8s-master", "is not a well-formed minion id"),
+        ("salt/minion/../../../tmp/x/start", "x", "is not a salt/minion/<id>/start tag"),
+        ("salt/minion/master-9/start", "master-9", "master-9 has no accepted key"),
+        ("salt/minion/master-4/start", "web-1", "the start of master-4 was sent by 'web-1'"),
+    ],
+)
 def test_a_forged_start_highstates_nothing(enroll, tag, sender, reason):
     result = enroll.on_start(tag, sender=sender)
 

@@ -38,8 +38,7 @@ def test_same_named_clusters_failing_over_at_once_give_two_alerts_each_resolving
 
     # the same failover (same transitions, same node names) in both, reported by all
     harness.posts.clear()
-    results = {(r, c["cluster_id"]): harness.handle(r, "changed", **CHANGE, **c)
-               for r in REPORTERS for c in (A, B)}
+    results = {(r, c["cluster_id"]): harness.handle(r, "changed", **CHANGE, **c) for r in REPORTERS for c in (A, B)}
 
     fired = [a for a in harness.alerts() if a["endsAt"] > a["startsAt"]]
     resolved = [a for a in harness.alerts() if a["endsAt"] == a["startsAt"]]
@@ -60,7 +59,8 @@ def test_alerts_of_same_named_clusters_have_different_label_sets(harness):
     # Alertmanager identifies an alert by its labels: equal sets would be one alert
     assert first != second
     assert {k: v for k, v in first.items() if k != "cluster_id"} == {
-        k: v for k, v in second.items() if k != "cluster_id"}
+        k: v for k, v in second.items() if k != "cluster_id"
+    }
 
 
 def test_unreachable_of_one_cluster_is_not_resolved_by_the_other(harness):
@@ -89,9 +89,19 @@ def configure_loader_modules():
 
 def status_row(minion, cluster, leader, holder, **more):
     """A row as kcm.status returns it on a master (a one-element list)."""
-    row = {"minion": minion, "cluster": cluster["cluster"], "cluster_id": cluster["cluster_id"],
-           "version": "v1.37.2", "service_active": "active", "healthy": True, "leader": leader,
-           "holder": holder, "lease_age_seconds": 1.2, "cert_days_left": 300, "errors": ""}
+    row = {
+        "minion": minion,
+        "cluster": cluster["cluster"],
+        "cluster_id": cluster["cluster_id"],
+        "version": "v1.37.2",
+        "service_active": "active",
+        "healthy": True,
+        "leader": leader,
+        "holder": holder,
+        "lease_age_seconds": 1.2,
+        "cert_days_left": 300,
+        "errors": "",
+    }
     row.update(more)
     return [row]
 
@@ -101,8 +111,11 @@ FLEET_MASTERS = ["a-*", "b-*", "c-*", "salt-master-host"]
 
 def accept_key(pki, minion):
     (pki / "minions").mkdir(parents=True, exist_ok=True)
-    (pki / "minions" / minion).write_bytes(minion_key(minion).public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    (pki / "minions" / minion).write_bytes(
+        minion_key(minion)
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
 
 
 @pytest.fixture
@@ -114,8 +127,9 @@ def fleet(monkeypatch, tmp_path):
     answers = {}
     expected = []
     pki = tmp_path / "pki"
-    monkeypatch.setattr(runner, "__opts__", {"pki_dir": str(pki), "kcm_alert": alert_settings(masters=FLEET_MASTERS)},
-                        raising=False)
+    monkeypatch.setattr(
+        runner, "__opts__", {"pki_dir": str(pki), "kcm_alert": alert_settings(masters=FLEET_MASTERS)}, raising=False
+    )
     monkeypatch.setattr(runner, "__utils__", utils(), raising=False)
     for minion in ("a-1", "a-2", "a-3", "b-1", "b-2", "b-3", "c-1", "salt-master-host", "web-7"):
         accept_key(pki, minion)  # the keys this master accepted
@@ -124,8 +138,11 @@ def fleet(monkeypatch, tmp_path):
         asked.append((tgt, tgt_type, timeout))
         out = {}
         for minion, answer in answers.items():
-            out[minion] = answer if isinstance(answer, str) else signed_answer(
-                minion, nonce, time.time(), signer=runner.signers.get(minion), status=answer)
+            out[minion] = (
+                answer
+                if isinstance(answer, str)
+                else signed_answer(minion, nonce, time.time(), signer=runner.signers.get(minion), status=answer)
+            )
         return out
 
     monkeypatch.setattr(runner, "signers", {}, raising=False)
@@ -149,7 +166,9 @@ def test_fleet_table_flags_the_cluster_without_a_leader(fleet):
     data = ret["data"]
     assert ret["outputter"] == "kcm_fleet"
     assert [(c["cluster_id"], c["ok"], c["leader"], c["live_leaders"]) for c in data["clusters"]] == [
-        (A["cluster_id"], True, "a-2", 1), (B["cluster_id"], False, None, 0)]
+        (A["cluster_id"], True, "a-2", 1),
+        (B["cluster_id"], False, None, 0),
+    ]
     assert data["ok"] is False and data["retcode"] == 1  # what salt-run exits with
 
     table = FLEET_OUTPUT.output(data).splitlines()
@@ -206,8 +225,11 @@ def test_a_master_without_the_module_is_a_row_with_the_reason(fleet):
 
 def test_a_batch_of_a_storm_is_one_post_and_still_one_alert_per_cluster(harness):
     clusters = [{"cluster": "kubernetes", "cluster_id": f"uid-{n:03d}"} for n in range(100)]
-    events = [(f"salt/beacon/{r}/kcm_leader/changed", signed(r, "changed", dict(CHANGE, **c), harness.now))
-              for c in clusters for r in REPORTERS]
+    events = [
+        (f"salt/beacon/{r}/kcm_leader/changed", signed(r, "changed", dict(CHANGE, **c), harness.now))
+        for c in clusters
+        for r in REPORTERS
+    ]
     events.insert(5, ("salt/beacon/master-1/kcm_leader/acquired", {"id": "master-1", **clusters[0]}))
 
     results = harness.module.handle_batch(events)
@@ -226,9 +248,12 @@ def test_a_batch_of_a_storm_is_one_post_and_still_one_alert_per_cluster(harness)
 
 def test_a_failed_post_of_a_batch_is_retried_by_the_next_report(harness):
     harness.fail_next = 3  # every attempt of the first batch fails
+
     def reports(reporter):
-        return [(f"salt/beacon/{reporter}/kcm_leader/changed",
-                 signed(reporter, "changed", dict(CHANGE, **c), harness.now)) for c in (A, B)]
+        return [
+            (f"salt/beacon/{reporter}/kcm_leader/changed", signed(reporter, "changed", dict(CHANGE, **c), harness.now))
+            for c in (A, B)
+        ]
 
     first = harness.module.handle_batch(reports("master-1"))
     assert all(r["failed"] for r in first) and harness.alerts() == []
@@ -261,9 +286,13 @@ class Clock:
 def test_engine_batches_close_batch_wait_after_their_first_event():
     engine = ENGINE
     clock = Clock()
-    arrivals = [(0.05, "salt/beacon/m1/kcm_leader/changed"), (0.1, "salt/beacon/m2/kcm_cert/cert_expiring"),
-                (0.15, "salt/beacon/m1/other/changed"), (0.3, "salt/beacon/m3/kcm_leader/changed"),
-                (1.0, "salt/beacon/m1/kcm_leader/stale")]
+    arrivals = [
+        (0.05, "salt/beacon/m1/kcm_leader/changed"),
+        (0.1, "salt/beacon/m2/kcm_cert/cert_expiring"),
+        (0.15, "salt/beacon/m1/other/changed"),
+        (0.3, "salt/beacon/m3/kcm_leader/changed"),
+        (1.0, "salt/beacon/m1/kcm_leader/stale"),
+    ]
 
     def next_event(timeout):
         if arrivals and arrivals[0][0] <= clock.now + timeout:
@@ -315,19 +344,29 @@ def test_engine_hands_a_failed_batch_over_again_and_never_stops(monkeypatch):
 def test_minions_without_kcm_are_listed_but_do_not_fail_the_view(fleet):
     runner, answers, expected, _ = fleet
     answers["a-1"] = status_row("a-1", A, "yes", "a-1_1")
-    answers["salt-master-host"] = [{"minion": "salt-master-host", "cluster": None, "cluster_id": None,
-                                    "leader": "unknown", "errors": "leader: not_deployed"}]
+    answers["salt-master-host"] = [
+        {
+            "minion": "salt-master-host",
+            "cluster": None,
+            "cluster_id": None,
+            "leader": "unknown",
+            "errors": "leader: not_deployed",
+        }
+    ]
     expected.extend(answers)
     data = runner.status()["data"]
     assert [(c["cluster"], c["ok"]) for c in data["clusters"]] == [("(no cluster)", True), ("kubernetes", True)]
     assert data["retcode"] == 0
 
 
-@pytest.mark.parametrize("master, message", [
-    ({"batch_wait": 0}, "kcm:master:batch_wait: 0 is not seconds in (0, 5], such as 0.2"),
-    ({"batch_wait": 30}, "kcm:master:batch_wait: 30 is not seconds in (0, 5], such as 0.2"),
-    ({"batch_wait": "0.2"}, "kcm:master:batch_wait: '0.2' is not a number"),
-])
+@pytest.mark.parametrize(
+    "master, message",
+    [
+        ({"batch_wait": 0}, "kcm:master:batch_wait: 0 is not seconds in (0, 5], such as 0.2"),
+        ({"batch_wait": 30}, "kcm:master:batch_wait: 30 is not seconds in (0, 5], such as 0.2"),
+        ({"batch_wait": "0.2"}, "kcm:master:batch_wait: '0.2' is not a number"),
+    ],
+)
 def test_the_alert_path_settings_are_validated_naming_the_key(kcm_config, master, message):
     settings = dict({"config_dir": "/etc/salt/master.d", "masters": "master-*"}, **master)
     problems = kcm_config.master_problems(settings)
@@ -343,14 +382,17 @@ def test_the_default_alert_path_settings_are_valid(kcm_config):
     # Valid but for the one setting without a default: who the KCM masters are (by minion id).
     assert kcm_config.master_problems(defaults["kcm"]["master"]) == [
         "kcm:master:masters: required (a minion id glob such as master-*, a list of ids or N@<nodegroup of ids>):"
-        " the KCM masters by minion id"]
+        " the KCM masters by minion id"
+    ]
     assert kcm_config.master_problems(dict(defaults["kcm"]["master"], masters="master-*")) == []
 
 
 def test_unreachable_reported_by_three_masters_in_one_batch_is_one_alert_and_one_event(harness):
     # An apiserver outage: every master's beacon says so within the same batch_wait.
-    events = [(f"salt/beacon/{r}/kcm_leader/unreachable",
-               signed(r, "unreachable", dict(A, reason="refused"), harness.now)) for r in REPORTERS]
+    events = [
+        (f"salt/beacon/{r}/kcm_leader/unreachable", signed(r, "unreachable", dict(A, reason="refused"), harness.now))
+        for r in REPORTERS
+    ]
 
     results = harness.module.handle_batch(events)
 
@@ -359,11 +401,26 @@ def test_unreachable_reported_by_three_masters_in_one_batch_is_one_alert_and_one
     assert [a["labels"]["alertname"] for a in harness.alerts()] == ["KCMApiserverUnreachable"]
     # every reporter is remembered: the alert resolves only when the last one recovers
     for reporter in REPORTERS[:-1]:
-        assert harness.module.handle_batch([(f"salt/beacon/{reporter}/kcm_leader/recovered", signed(
-            reporter, "recovered", dict(A, condition="unreachable"), harness.now))])[0]["resolved"] == []
+        assert (
+            harness.module.handle_batch(
+                [
+                    (
+                        f"salt/beacon/{reporter}/kcm_leader/recovered",
+                        signed(reporter, "recovered", dict(A, condition="unreachable"), harness.now),
+                    )
+                ]
+            )[0]["resolved"]
+            == []
+        )
     last = REPORTERS[-1]
-    [done] = harness.module.handle_batch([(f"salt/beacon/{last}/kcm_leader/recovered", signed(
-        last, "recovered", dict(A, condition="unreachable"), harness.now))])
+    [done] = harness.module.handle_batch(
+        [
+            (
+                f"salt/beacon/{last}/kcm_leader/recovered",
+                signed(last, "recovered", dict(A, condition="unreachable"), harness.now),
+            )
+        ]
+    )
     assert len(done["resolved"]) == 1
 
 

@@ -22,8 +22,14 @@ kcm_leader = formula.load("_beacons", "kcm_leader")
 KCM_BEACON = formula.load("_modules", "kcm_beacon")
 UTILS = formula.utils()
 
-SETTINGS = {"debounce": 2, "stale_after": 3, "retry_period": 1.0, "lease_duration": 4.0, "cluster": "prod",
-            "healthy_for": 60}
+SETTINGS = {
+    "debounce": 2,
+    "stale_after": 3,
+    "retry_period": 1.0,
+    "lease_duration": 4.0,
+    "cluster": "prod",
+    "healthy_for": 60,
+}
 T0 = 1_800_000_000.0
 
 
@@ -55,8 +61,7 @@ def deployed(beacon_deployed):
 @pytest.fixture
 def configure_loader_modules(beacon_opts, deployed):
     salt = {"kcm_config.deployed": lambda: deployed}
-    salt.update({f"kcm_beacon.{name}": getattr(KCM_BEACON, name) for name in
-                 ("settings", "validate")})
+    salt.update({f"kcm_beacon.{name}": getattr(KCM_BEACON, name) for name in ("settings", "validate")})
     opts = beacon_opts
     # The beacons sign through a utils loader of their own (the formula's _utils here).
     context = {"kcm_trust.utils": UTILS}
@@ -93,8 +98,7 @@ def tags(events):
 
 def unit(restarts, exit_status=1):
     """What kcm.restarts answers: NRestarts and the last exit status of the KCM unit."""
-    return {"unit": "kube-controller-manager", "active": "activating", "restarts": restarts,
-            "exit_status": exit_status}
+    return {"unit": "kube-controller-manager", "active": "activating", "restarts": restarts, "exit_status": exit_status}
 
 
 def healthy_run(node="master-1", until=T0 + 3, me=("master-2",)):
@@ -355,12 +359,14 @@ def test_beacon_events_are_signed_with_the_minions_key(loaded, monkeypatch):
     kind, data = event["tag"], {k: v for k, v in event.items() if k != "tag"}
     assert data["id"] == "master-2"
     signature = base64.b64decode(data["sig"])
-    MINION_KEY.public_key().verify(signature, UTILS["kcm_trust.signed_message"](kind, data), padding.PKCS1v15(),
-                                   hashes.SHA256())
+    MINION_KEY.public_key().verify(
+        signature, UTILS["kcm_trust.signed_message"](kind, data), padding.PKCS1v15(), hashes.SHA256()
+    )
     forged = dict(data, new_holder="web-1_x")
     with pytest.raises(InvalidSignature):
-        MINION_KEY.public_key().verify(signature, UTILS["kcm_trust.signed_message"](kind, forged), padding.PKCS1v15(),
-                                       hashes.SHA256())
+        MINION_KEY.public_key().verify(
+            signature, UTILS["kcm_trust.signed_message"](kind, forged), padding.PKCS1v15(), hashes.SHA256()
+        )
 
 
 def test_beacon_does_one_leader_call_per_poll_and_survives_a_refresh(loaded, tmp_path, monkeypatch):
@@ -457,8 +463,10 @@ def test_a_failing_leader_call_is_unreachable_with_its_one_line_reason(loaded, m
     monkeypatch.setattr(module, "_now", lambda: T0)
     answers.append(UTILS["kcm_error.failure"]("unreachable", "GET https://10.0.0.1:6443/apis/...: Connection refused"))
     [event] = module.beacon([{"debounce": 1}, {"_beacon_name": "kcm_leader"}])
-    assert (event["tag"], event["reason"]) == ("unreachable", "unreachable: GET https://10.0.0.1:6443/apis/...: "
-                                                              "Connection refused")
+    assert (event["tag"], event["reason"]) == (
+        "unreachable",
+        "unreachable: GET https://10.0.0.1:6443/apis/...: Connection refused",
+    )
 
 
 def test_a_key_left_out_of_the_config_comes_from_the_deployed_kcm_beacon(loaded, deployed, monkeypatch):
@@ -669,8 +677,12 @@ def test_the_restarting_event_carries_the_journals_last_error_and_is_signed(syst
     assert event["last_error"] == LAST_ERROR
     assert readings["calls"] == [False, False, False, False, True]  # the journal once, for the event
     data = {k: v for k, v in event.items() if k != "tag"}
-    MINION_KEY.public_key().verify(base64.b64decode(data["sig"]), UTILS["kcm_trust.signed_message"]("restarting", data),
-                                   padding.PKCS1v15(), hashes.SHA256())
+    MINION_KEY.public_key().verify(
+        base64.b64decode(data["sig"]),
+        UTILS["kcm_trust.signed_message"]("restarting", data),
+        padding.PKCS1v15(),
+        hashes.SHA256(),
+    )
 
 
 # --------------------------------------------------------------------------

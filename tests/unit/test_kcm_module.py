@@ -140,9 +140,15 @@ def salt_functions(api, deployed, kcm_flags):
         "kcm_pki.certificate": KCM_PKI.certificate,
     }
     for module in (KCM, KCM_LOCAL):
-        functions.update({f"kcm.{name}": getattr(module, name) for name in dir(module)
-                          if not name.startswith("_") and callable(getattr(module, name))
-                          and getattr(getattr(module, name), "__module__", None) == module.__name__})
+        functions.update(
+            {
+                f"kcm.{name}": getattr(module, name)
+                for name in dir(module)
+                if not name.startswith("_")
+                and callable(getattr(module, name))
+                and getattr(getattr(module, name), "__module__", None) == module.__name__
+            }
+        )
     return functions
 
 
@@ -214,14 +220,18 @@ def test_parsers_are_pure_functions_of_the_object():
         "source": "lease",
     }
     with pytest.raises(LookupError):
-        UTILS["kcm_lease.parse_endpoints"]({"kind": "Endpoints", "metadata": {"name": "kube-controller-manager"}},
-                                           parse_time)
+        UTILS["kcm_lease.parse_endpoints"](
+            {"kind": "Endpoints", "metadata": {"name": "kube-controller-manager"}}, parse_time
+        )
 
 
 def test_the_lease_wins_over_a_stale_endpoints_record(kcm, api):
     api.routes[LEASE] = lease("master-3")
-    api.routes[ENDPOINTS] = {"metadata": {"annotations": {
-        "control-plane.alpha.kubernetes.io/leader": json.dumps({"holderIdentity": "old-node_1"})}}}
+    api.routes[ENDPOINTS] = {
+        "metadata": {
+            "annotations": {"control-plane.alpha.kubernetes.io/leader": json.dumps({"holderIdentity": "old-node_1"})}
+        }
+    }
 
     assert kcm.leader()["node"] == "master-3"
     assert [path for path, _ in api.calls] == [LEASE]
@@ -239,8 +249,7 @@ def test_a_custom_lock_in_extra_args_is_read_where_kcm_and_the_release_hook_find
     # 5f6804a read kube-system/kube-controller-manager whatever extra_args said, while the
     # release hook honoured them: the beacons raised KCMApiserverUnreachable for a lock that
     # does not exist.
-    deployed["extra_args"] = {"leader-elect-resource-namespace": "kcm-ha",
-                              "leader-elect-resource-name": "kcm-prod"}
+    deployed["extra_args"] = {"leader-elect-resource-namespace": "kcm-ha", "leader-elect-resource-name": "kcm-prod"}
     custom = "/apis/coordination.k8s.io/v1/namespaces/kcm-ha/leases/kcm-prod"
     api.routes[custom] = lease("master-3")
     api.routes[LEASE] = lease("someone-else")
@@ -253,10 +262,21 @@ def test_a_custom_lock_in_extra_args_is_read_where_kcm_and_the_release_hook_find
 
 def test_a_configmaps_lock_of_v1_18_is_read_from_its_configmap(kcm, api, deployed):
     deployed.update(version="v1.18.20", extra_args={"leader-elect-resource-lock": "configmaps"})
-    api.routes["/api/v1/namespaces/kube-system/configmaps/kube-controller-manager"] = {"metadata": {"annotations": {
-        "control-plane.alpha.kubernetes.io/leader": json.dumps({
-            "holderIdentity": "master-2_1", "leaseDurationSeconds": 15, "acquireTime": "2026-11-26T18:31:12Z",
-            "renewTime": "2026-11-26T18:40:00Z", "leaderTransitions": 2})}}}
+    api.routes["/api/v1/namespaces/kube-system/configmaps/kube-controller-manager"] = {
+        "metadata": {
+            "annotations": {
+                "control-plane.alpha.kubernetes.io/leader": json.dumps(
+                    {
+                        "holderIdentity": "master-2_1",
+                        "leaseDurationSeconds": 15,
+                        "acquireTime": "2026-11-26T18:31:12Z",
+                        "renewTime": "2026-11-26T18:40:00Z",
+                        "leaderTransitions": 2,
+                    }
+                )
+            }
+        }
+    }
 
     result = kcm.leader()
 
@@ -582,8 +602,14 @@ def rendered_unit(kcm_flags, config):
     import jinja2
 
     template = jinja2.Template(UNIT_TEMPLATE.read_text(), keep_trailing_newline=True)
-    return template.render(binary=config["files"]["binary"], exec_start=kcm_flags.exec_start(config), user="k8s",
-                           group="k8s", version=config["version"], log_dir="")
+    return template.render(
+        binary=config["files"]["binary"],
+        exec_start=kcm_flags.exec_start(config),
+        user="k8s",
+        group="k8s",
+        version=config["version"],
+        log_dir="",
+    )
 
 
 @pytest.mark.parametrize("value", ["A=true B=false", "100%", "$HOME", "a'b\"c", "x;y", "#x"])
@@ -633,8 +659,19 @@ def test_preflight_of_a_missing_binary_is_an_error(with_flags, resolved, tmp_pat
 # status row
 
 
-ROW_KEYS = ["minion", "cluster", "cluster_id", "version", "service_active", "healthy", "leader", "holder",
-            "lease_age_seconds", "cert_days_left", "errors"]
+ROW_KEYS = [
+    "minion",
+    "cluster",
+    "cluster_id",
+    "version",
+    "service_active",
+    "healthy",
+    "leader",
+    "holder",
+    "lease_age_seconds",
+    "cert_days_left",
+    "errors",
+]
 
 
 @pytest.fixture
@@ -647,8 +684,12 @@ def cert_file(deployed):
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "system:kube-controller-manager")])
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(1).not_valid_before(NOW - datetime.timedelta(days=1))
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(NOW - datetime.timedelta(days=1))
         .not_valid_after(NOW + datetime.timedelta(days=29, hours=12))
         .sign(key, hashes.SHA256())
     )
@@ -717,18 +758,29 @@ def systemd(monkeypatch):
 def test_restarts_says_what_systemd_counted_and_the_journals_last_error_line(kcm, systemd):
     calls, outputs = systemd
     outputs["systemctl"] = "ActiveState=activating\nNRestarts=4\nExecMainStatus=1\n"
-    error = ('E1207 06:32:36.223029 2119 run.go:72] "command failed" err="Get https://kcm:s3cr3t@10.0.0.1:6443/api:'
-             ' x509: certificate signed by unknown authority\x1b[31m' + "x" * 300 + '"')
-    outputs["journalctl"] = f"Started kube-controller-manager.service.\n{error}\nkube-controller-manager.service: " \
-                            "Main process exited, code=exited, status=1/FAILURE\n"
+    error = (
+        'E1207 06:32:36.223029 2119 run.go:72] "command failed" err="Get https://kcm:s3cr3t@10.0.0.1:6443/api:'
+        " x509: certificate signed by unknown authority\x1b[31m" + "x" * 300 + '"'
+    )
+    outputs["journalctl"] = (
+        f"Started kube-controller-manager.service.\n{error}\nkube-controller-manager.service: "
+        "Main process exited, code=exited, status=1/FAILURE\n"
+    )
 
-    assert kcm.restarts() == {"unit": "kube-controller-manager", "active": "activating", "restarts": 4,
-                              "exit_status": 1}
-    assert calls == [["systemctl", "show", "--property=ActiveState,NRestarts,ExecMainStatus", "--",
-                      "kube-controller-manager"]]
+    assert kcm.restarts() == {
+        "unit": "kube-controller-manager",
+        "active": "activating",
+        "restarts": 4,
+        "exit_status": 1,
+    }
+    assert calls == [
+        ["systemctl", "show", "--property=ActiveState,NRestarts,ExecMainStatus", "--", "kube-controller-manager"]
+    ]
     line = kcm.restarts(last_error=True)["last_error"]
 
-    assert line.startswith('E1207 06:32:36.223029 2119 run.go:72] "command failed" err="Get https://[filtered]@10.0.0.1')
+    assert line.startswith(
+        'E1207 06:32:36.223029 2119 run.go:72] "command failed" err="Get https://[filtered]@10.0.0.1'
+    )
     assert "s3cr3t" not in line and "\x1b" not in line and "\\x1b[31m" in line and len(line) == 200
     assert calls[-1] == ["journalctl", "--no-pager", "-o", "cat", "-n", "300", "-u", "kube-controller-manager"]
 
@@ -742,7 +794,12 @@ def test_a_running_kcm_has_no_exit_status_yet(kcm, systemd):
 def test_restarts_without_systemd_is_unknown_not_an_error(kcm, monkeypatch):
     monkeypatch.setattr(KCM.shutil, "which", lambda name: None)
     assert kcm.restarts(last_error=True, service="kcm-test") == {
-        "unit": "kcm-test", "active": "unknown", "restarts": None, "exit_status": None, "last_error": None}
+        "unit": "kcm-test",
+        "active": "unknown",
+        "restarts": None,
+        "exit_status": None,
+        "last_error": None,
+    }
 
 
 # ---------------------------------------------------------------------------------------------

@@ -54,8 +54,10 @@ class FakeCluster:
 
     def _start(self, minion, healthy_now=False):
         self.uuid += 1
-        self.proc[minion] = {"identity": f"{minion}_{self.uuid}",
-                             "healthy_at": self.now if healthy_now else self.now + START_TO_HEALTHY}
+        self.proc[minion] = {
+            "identity": f"{minion}_{self.uuid}",
+            "healthy_at": self.now if healthy_now else self.now + START_TO_HEALTHY,
+        }
         self.starts[minion] += 1
 
     def _stop(self, minion):
@@ -133,10 +135,15 @@ class FakeCluster:
         """What ``kcm_skew.facts`` says on ``minion``: the versions, parsed by the formula's parser."""
         version = kwarg.get("version") or self.target["version"]
         served = self.apiserver[minion]
-        return {"version": version, "version_minor": MINOR(version), "deployed": self.version[minion],
-                "apiserver": served, "apiserver_minor": MINOR(served) if served else None,
-                "why": None if served else "unreachable: GET https://10.0.0.1:6443/version: Connection refused",
-                "override_reason": kwarg.get("override_reason", "")}
+        return {
+            "version": version,
+            "version_minor": MINOR(version),
+            "deployed": self.version[minion],
+            "apiserver": served,
+            "apiserver_minor": MINOR(served) if served else None,
+            "why": None if served else "unreachable: GET https://10.0.0.1:6443/version: Connection refused",
+            "override_reason": kwarg.get("override_reason", ""),
+        }
 
     def _apply(self, minion):
         if minion in self.fail_apply:
@@ -165,8 +172,10 @@ def cluster():
 
 @pytest.fixture
 def configure_loader_modules():
-    return {RUNNER: {"__opts__": {"kcm_orch": dict(ORCH)}, "__context__": {}},
-            MODULE: {"__context__": {}, "__pillar__": {}, "__salt__": {}}}
+    return {
+        RUNNER: {"__opts__": {"kcm_orch": dict(ORCH)}, "__context__": {}},
+        MODULE: {"__context__": {}, "__pillar__": {}, "__salt__": {}},
+    }
 
 
 @pytest.fixture
@@ -371,13 +380,17 @@ def test_an_explicit_tgt_wins(runner, trusting):
     assert trusting == [("master-[12]", "glob")]
 
 
-@pytest.mark.parametrize("kcm_alert, named", [
-    ({}, "no KCM masters configured: kcm:master:masters: required"),
-    ({"masters": "*"}, "kcm:master:masters: '*' matches every minion"),
-    ({"masters": "db-*"}, "kcm_alert:masters 'db-*' (pillar kcm:master:masters) matches no accepted minion key"),
-])
+@pytest.mark.parametrize(
+    "kcm_alert, named",
+    [
+        ({}, "no KCM masters configured: kcm:master:masters: required"),
+        ({"masters": "*"}, "kcm:master:masters: '*' matches every minion"),
+        ({"masters": "db-*"}, "kcm_alert:masters 'db-*' (pillar kcm:master:masters) matches no accepted minion key"),
+    ],
+)
 def test_without_tgt_and_without_trusted_masters_nothing_is_touched_and_the_key_is_named(
-        runner, trusting, cluster, monkeypatch, kcm_alert, named):
+    runner, trusting, cluster, monkeypatch, kcm_alert, named
+):
     monkeypatch.setitem(runner.__opts__, "kcm_alert", kcm_alert)
 
     report = runner.upgrade()
@@ -399,6 +412,7 @@ class Recorder:
         def fun(*args, **kwargs):
             self.calls.append((name, args, kwargs))
             return result(*args, **kwargs) if callable(result) else result
+
         return fun
 
 
@@ -416,18 +430,21 @@ def setup(module, service, state_ret=None, run_all=None, sls_id=None):
         value = (deployed.get(section) or {}).get(name) if name else deployed.get(section)
         return default if value in (None, "") else value
 
-    module.__salt__.update({
-        "kcm_config.deployed": rec("kcm_config.deployed", deployed),
-        "kcm_config.setting": setting,
-        "service.restart": rec("service.restart", True),
-        "service.stop": rec("service.stop", True),
-        "cmd.run_all": rec("cmd.run_all", run_all or {"retcode": 0, "stdout": "", "stderr": ""}),
-        "state.apply": rec("state.apply", state_ret or {}),
-        "state.sls_id": rec("state.sls_id", lambda sid, mods, **kw: (sls_id or {}).get(sid, [f"no {sid}"])),
-        "kcm.version": rec("kcm.version", lambda binary: "v1.37.3"),
-        "kcm_release.run": rec("kcm_release.run", {"result": True, "released": True,
-                                                   "comment": "kcm-release-lease: released Lease"}),
-    })
+    module.__salt__.update(
+        {
+            "kcm_config.deployed": rec("kcm_config.deployed", deployed),
+            "kcm_config.setting": setting,
+            "service.restart": rec("service.restart", True),
+            "service.stop": rec("service.stop", True),
+            "cmd.run_all": rec("cmd.run_all", run_all or {"retcode": 0, "stdout": "", "stderr": ""}),
+            "state.apply": rec("state.apply", state_ret or {}),
+            "state.sls_id": rec("state.sls_id", lambda sid, mods, **kw: (sls_id or {}).get(sid, [f"no {sid}"])),
+            "kcm.version": rec("kcm.version", lambda binary: "v1.37.3"),
+            "kcm_release.run": rec(
+                "kcm_release.run", {"result": True, "released": True, "comment": "kcm-release-lease: released Lease"}
+            ),
+        }
+    )
     return rec
 
 
@@ -455,8 +472,9 @@ def test_control_cmd_gets_the_action_appended_and_runs_without_a_shell(module):
 
 
 def control_calls(rec):
-    return [c[1][0][-1] if c[0] == "cmd.run_all" else c[0] for c in rec.calls
-            if c[0] in ("cmd.run_all", "kcm_release.run")]
+    return [
+        c[1][0][-1] if c[0] == "cmd.run_all" else c[0] for c in rec.calls if c[0] in ("cmd.run_all", "kcm_release.run")
+    ]
 
 
 def test_without_systemd_a_stop_is_followed_by_the_release_step(module):
@@ -479,8 +497,11 @@ def test_without_systemd_a_restart_releases_between_the_stop_and_the_start(modul
 
 
 def test_a_failed_stop_releases_nothing_and_starts_nothing(module):
-    rec = setup(module, {"manage": False, "control_cmd": "kcmctl"},
-                run_all={"retcode": 1, "stdout": "", "stderr": "still running\n"})
+    rec = setup(
+        module,
+        {"manage": False, "control_cmd": "kcmctl"},
+        run_all={"retcode": 1, "stdout": "", "stderr": "still running\n"},
+    )
 
     result = module.restart()
 
@@ -506,8 +527,11 @@ def test_unmanaged_service_without_control_cmd_is_an_error_naming_the_keys(modul
 
 
 def test_a_failing_control_cmd_fails_with_its_message(module):
-    setup(module, {"manage": False, "control_cmd": "kcmctl"},
-          run_all={"retcode": 3, "stdout": "", "stderr": "no unit file\n"})
+    setup(
+        module,
+        {"manage": False, "control_cmd": "kcmctl"},
+        run_all={"retcode": 3, "stdout": "", "stderr": "no unit file\n"},
+    )
 
     result = module.restart()
 
@@ -515,13 +539,22 @@ def test_a_failing_control_cmd_fails_with_its_message(module):
 
 
 def state(sid, changes=None, result=True, sls="kcm.service"):
-    return {f"x_|-{sid}_|-n_|-f": {"__id__": sid, "__sls__": sls, "result": result, "changes": changes or {},
-                                   "comment": "c"}}
+    return {
+        f"x_|-{sid}_|-n_|-f": {
+            "__id__": sid,
+            "__sls__": sls,
+            "result": result,
+            "changes": changes or {},
+            "comment": "c",
+        }
+    }
 
 
 def test_apply_reports_the_restart_kcm_service_restarted_did(module):
-    ret = {**state("kcm-service-unit", {"diff": "..."}),
-           **state("kcm-service-restarted", {"restart": "done", "released": True})}
+    ret = {
+        **state("kcm-service-unit", {"diff": "..."}),
+        **state("kcm-service-restarted", {"restart": "done", "released": True}),
+    }
     rec = setup(module, {"manage": False, "control_cmd": "kcmctl"}, state_ret=ret)
 
     result = module.apply(pillar={"kcm": {"verbosity": 3}})
@@ -538,8 +571,13 @@ def test_apply_restarts_nothing_when_nothing_the_service_watches_changed(module)
 
     result = module.apply()
 
-    assert result == {"result": True, "restarted": False, "how": None, "changed": ["kcm-config-deployed-facts"],
-                      "comment": "applied; nothing the service watches changed"}
+    assert result == {
+        "result": True,
+        "restarted": False,
+        "how": None,
+        "changed": ["kcm-config-deployed-facts"],
+        "comment": "applied; nothing the service watches changed",
+    }
     assert "cmd.run_all" not in names(rec)
 
 
@@ -578,15 +616,29 @@ def test_apply_that_fails_restarts_nothing(module):
 BINARY = "/v/v1.37.3/kube-controller-manager"
 
 
-INSTALLED = {"kcm_install_|-kcm-install-binary_|-b_|-binary_installed": {
-    "__id__": "kcm-install-binary", "name": BINARY, "result": True}}
+INSTALLED = {
+    "kcm_install_|-kcm-install-binary_|-b_|-binary_installed": {
+        "__id__": "kcm-install-binary",
+        "name": BINARY,
+        "result": True,
+    }
+}
 
 
 def accepted(result=None, comment=f"{BINARY} (v1.37.3) accepts the ExecStart= of salt://kcm/files/default/x"):
     """``state.sls_id`` answers: the release installed, then the unit state in test mode."""
-    return {"kcm-install-binary": INSTALLED,
-            "kcm-service-unit": {**INSTALLED, "kcm_service_|-kcm-service-unit_|-u_|-unit": {
-                "__id__": "kcm-service-unit", "name": "/u", "result": result, "comment": comment}}}
+    return {
+        "kcm-install-binary": INSTALLED,
+        "kcm-service-unit": {
+            **INSTALLED,
+            "kcm_service_|-kcm-service-unit_|-u_|-unit": {
+                "__id__": "kcm-service-unit",
+                "name": "/u",
+                "result": result,
+                "comment": comment,
+            },
+        },
+    }
 
 
 def test_preflight_installs_the_release_then_runs_the_unit_state_in_test_mode(module):
@@ -600,7 +652,8 @@ def test_preflight_installs_the_release_then_runs_the_unit_state_in_test_mode(mo
     pillar = {"pillar": {"kcm": {"version": "v1.37.3"}}}
     assert [c for c in rec.calls if c[0] == "state.sls_id"] == [
         ("state.sls_id", ("kcm-install-binary", "kcm"), pillar),
-        ("state.sls_id", ("kcm-service-unit", "kcm"), {"test": True, **pillar})]
+        ("state.sls_id", ("kcm-service-unit", "kcm"), {"test": True, **pillar}),
+    ]
     assert "state.apply" not in names(rec)
 
 
@@ -616,12 +669,20 @@ def test_preflight_passes_the_binarys_refusal_through(module):
 
 
 def test_preflight_on_an_invalid_pillar_names_the_key_and_checks_nothing(module):
-    invalid = {"kcm-install-binary": {
-        "kcm_config_|-kcm-config-validated_|-kcm_|-validated": {
-            "__id__": "kcm-config-validated", "result": False,
-            "comment": "Invalid pillar, nothing was changed:\n- kcm:secure_port: 'x' is not a port"},
-        "kcm_install_|-kcm-install-binary_|-b_|-binary_installed": {
-            "__id__": "kcm-install-binary", "result": False, "comment": "One or more requisite failed"}}}
+    invalid = {
+        "kcm-install-binary": {
+            "kcm_config_|-kcm-config-validated_|-kcm_|-validated": {
+                "__id__": "kcm-config-validated",
+                "result": False,
+                "comment": "Invalid pillar, nothing was changed:\n- kcm:secure_port: 'x' is not a port",
+            },
+            "kcm_install_|-kcm-install-binary_|-b_|-binary_installed": {
+                "__id__": "kcm-install-binary",
+                "result": False,
+                "comment": "One or more requisite failed",
+            },
+        }
+    }
     rec = setup(module, {"manage": False}, sls_id=invalid)
 
     result = module.preflight()
@@ -661,16 +722,20 @@ def test_the_exit_code_is_the_result_whatever_the_salt_functions_left_behind(mod
 
 def test_a_master_whose_kcm_calls_raise_is_observed_with_their_reasons():
     # In a compound job Salt returns a raising function's traceback as text.
-    trace = ("The minion function caused an exception: Traceback (most recent call last):\n  ...\n"
-             "salt.loaded.ext.utils.kcm_error.KcmCommandError: unreachable: GET https://10.0.0.1:6443/...: "
-             "Connection refused\n")
+    trace = (
+        "The minion function caused an exception: Traceback (most recent call last):\n  ...\n"
+        "salt.loaded.ext.utils.kcm_error.KcmCommandError: unreachable: GET https://10.0.0.1:6443/...: "
+        "Connection refused\n"
+    )
     answer = {"kcm.health": {"healthy": True, "checks": {}}, "kcm.is_leader": trace, "kcm.leader": trace}
 
     observed = load("_utils", "kcm_orch_poll").observation(answer)
 
     assert (observed["healthy"], observed["leader"], observed["live"]) == (True, False, False)
-    assert observed["error"] == ("kcm.is_leader: unreachable: GET https://10.0.0.1:6443/...: Connection refused, "
-                                 "kcm.leader: unreachable: GET https://10.0.0.1:6443/...: Connection refused")
+    assert observed["error"] == (
+        "kcm.is_leader: unreachable: GET https://10.0.0.1:6443/...: Connection refused, "
+        "kcm.leader: unreachable: GET https://10.0.0.1:6443/...: Connection refused"
+    )
 
 
 def skew_calls(cluster):
@@ -685,11 +750,14 @@ def test_upgrade_is_refused_against_the_oldest_apiserver_before_any_master_chang
     report = runner.upgrade(tgt="master*", pillar={"kcm": {"version": "v1.37.3"}})
 
     assert report["result"] is False and report["retcode"] == 1
-    newer = ("kcm:version: v1.37.3 is newer than the kube-apiserver (v1.36.3 on master-3); the skew policy allows"
-             " KCM at most one minor older than the apiserver, never newer: upgrade the apiservers first"
-             " (or set kcm:skew:override_reason to a reason to override)")
-    assert report["comment"] == ("preflight failed, nothing was restarted: " + "; ".join(
-        f"{m}: {newer}" for m in MASTERS))
+    newer = (
+        "kcm:version: v1.37.3 is newer than the kube-apiserver (v1.36.3 on master-3); the skew policy allows"
+        " KCM at most one minor older than the apiserver, never newer: upgrade the apiservers first"
+        " (or set kcm:skew:override_reason to a reason to override)"
+    )
+    assert report["comment"] == (
+        "preflight failed, nothing was restarted: " + "; ".join(f"{m}: {newer}" for m in MASTERS)
+    )
     # no preflight (no download) and no apply anywhere
     assert skew_calls(cluster) == [] and cluster.starts == {m: 0 for m in MASTERS}
 
@@ -702,7 +770,8 @@ def test_preflight_runner_refuses_a_version_change_where_a_master_cannot_read_it
     assert report["result"] is False
     assert report["masters"]["master-1"]["comment"].startswith(
         "kcm:version: v1.37.3 cannot replace the deployed v1.37.2: the kube-apiserver's /version could not be read"
-        " (unreachable: GET https://10.0.0.1:6443/version: Connection refused)")
+        " (unreachable: GET https://10.0.0.1:6443/version: Connection refused)"
+    )
     assert set(report["masters"]) == {"master-1"} and skew_calls(cluster) == []
 
 
@@ -737,9 +806,16 @@ def test_settings_are_the_masters_kcm_orch_and_what_a_run_gives_wins(runner, tru
 
     got = runner.settings(count=2)
 
-    assert got == {"tgt": list(MASTERS), "tgt_type": "list", "timeout": 77, "apply_timeout": ORCH["apply_timeout"],
-                   "count": 2, "min_remaining": ORCH["min_remaining"], "interval": ORCH["interval"],
-                   "drill_interval": ORCH["drill_interval"]}
+    assert got == {
+        "tgt": list(MASTERS),
+        "tgt_type": "list",
+        "timeout": 77,
+        "apply_timeout": ORCH["apply_timeout"],
+        "count": 2,
+        "min_remaining": ORCH["min_remaining"],
+        "interval": ORCH["interval"],
+        "drill_interval": ORCH["drill_interval"],
+    }
 
 
 def test_the_runner_keeps_no_default_of_its_own_and_names_the_missing_key(runner, cluster, monkeypatch):

@@ -33,10 +33,17 @@ def pillar():
 
 @pytest.fixture
 def configure_loader_modules(deployed, pillar):
-    return {KCM_PKI: {"__salt__": {"kcm_config.deployed": lambda: deployed,
-                                   "kcm_config.requested": lambda key: functools.reduce(
-                                       lambda node, part: (node or {}).get(part), key.split(":"), pillar)},
-                      "__utils__": formula.utils()}}
+    return {
+        KCM_PKI: {
+            "__salt__": {
+                "kcm_config.deployed": lambda: deployed,
+                "kcm_config.requested": lambda key: functools.reduce(
+                    lambda node, part: (node or {}).get(part), key.split(":"), pillar
+                ),
+            },
+            "__utils__": formula.utils(),
+        }
+    }
 
 
 @pytest.fixture
@@ -46,15 +53,25 @@ def kubeconfig(tmp_path, deployed):
     old, _ = testpki.issue(ca_cert, ca_key, days=3)
     current, _ = testpki.issue(ca_cert, ca_key, days=20)
     path = tmp_path / "kcm.kubeconfig"
-    path.write_text(yaml.safe_dump({
-        "clusters": [{"name": "old", "cluster": {"certificate-authority-data": b64(testpki.cert_pem(old))}},
-                     {"name": "k", "cluster": {"certificate-authority-data": b64(testpki.cert_pem(ca_cert))}}],
-        "users": [{"name": "old", "user": {"client-certificate-data": b64(testpki.cert_pem(old))}},
-                  {"name": "u", "user": {"client-certificate-data": b64(testpki.cert_pem(current))}}],
-        "contexts": [{"name": "old", "context": {"cluster": "old", "user": "old"}},
-                     {"name": "c", "context": {"cluster": "k", "user": "u"}}],
-        "current-context": "c",
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "clusters": [
+                    {"name": "old", "cluster": {"certificate-authority-data": b64(testpki.cert_pem(old))}},
+                    {"name": "k", "cluster": {"certificate-authority-data": b64(testpki.cert_pem(ca_cert))}},
+                ],
+                "users": [
+                    {"name": "old", "user": {"client-certificate-data": b64(testpki.cert_pem(old))}},
+                    {"name": "u", "user": {"client-certificate-data": b64(testpki.cert_pem(current))}},
+                ],
+                "contexts": [
+                    {"name": "old", "context": {"cluster": "old", "user": "old"}},
+                    {"name": "c", "context": {"cluster": "k", "user": "u"}},
+                ],
+                "current-context": "c",
+            }
+        )
+    )
     deployed["files"] = {"kubeconfig": str(path)}
     return path
 
@@ -118,14 +135,16 @@ def kcm_cert(tmp_path, deployed, pillar, kubeconfig):
     return path
 
 
-@pytest.mark.parametrize(("mode", "days_remaining", "due"), [
-    ("local", 30, True),    # the kubeconfig's copy (20 days) is due even though the file (40) is not
-    ("remote", 30, True),
-    ("local", 10, False),
-    ("pillar", 30, False),  # pillar brings the certificate: state.apply cannot renew it
-])
-def test_renewal_is_due_when_state_apply_would_issue_the_certificate_again(kcm_cert, pillar, mode,
-                                                                           days_remaining, due):
+@pytest.mark.parametrize(
+    ("mode", "days_remaining", "due"),
+    [
+        ("local", 30, True),  # the kubeconfig's copy (20 days) is due even though the file (40) is not
+        ("remote", 30, True),
+        ("local", 10, False),
+        ("pillar", 30, False),  # pillar brings the certificate: state.apply cannot renew it
+    ],
+)
+def test_renewal_is_due_when_state_apply_would_issue_the_certificate_again(kcm_cert, pillar, mode, days_remaining, due):
     pillar["pki"] = {"mode": mode, "days_remaining": days_remaining}
 
     answer = KCM_PKI.renewal_due()

@@ -31,8 +31,9 @@ def runner():
 
 
 def post(url, **cfg):
-    return runner()._post(url, [{"labels": {"alertname": "KCMNoLeader"}}], alert_settings(receiver_timeout=TIMEOUT,
-                                                                                           **cfg))
+    return runner()._post(
+        url, [{"labels": {"alertname": "KCMNoLeader"}}], alert_settings(receiver_timeout=TIMEOUT, **cfg)
+    )
 
 
 class Server:
@@ -112,8 +113,9 @@ def test_a_redirecting_receiver_is_a_failed_delivery_and_its_target_receives_not
     receiver = serve(redirect)
     with pytest.raises(Exception) as failed:
         post(receiver.url + "/api/v2/alerts")
-    assert str(failed.value) == (f"HTTP {status} redirect to '{where}' not followed"
-                                 " (a receiver must accept alerts at its own URL)")
+    assert str(failed.value) == (
+        f"HTTP {status} redirect to '{where}' not followed (a receiver must accept alerts at its own URL)"
+    )
     assert len(receiver.requests) == 1
     assert target.requests == []
 
@@ -137,10 +139,13 @@ def drip(text, every=0.3):
     return answer
 
 
-@pytest.mark.parametrize("where, text", [
-    ("status line", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"),
-    ("error body", b"HTTP/1.1 500 Oops\r\nContent-Length: 40\r\n\r\n" + b"x" * 40),
-])
+@pytest.mark.parametrize(
+    "where, text",
+    [
+        ("status line", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"),
+        ("error body", b"HTTP/1.1 500 Oops\r\nContent-Length: 40\r\n\r\n" + b"x" * 40),
+    ],
+)
 def test_a_dripping_receiver_holds_a_post_no_longer_than_its_timeout(serve, where, text):
     receiver = serve(drip(text))
     begin = time.monotonic()
@@ -179,8 +184,10 @@ def test_a_huge_error_body_is_read_only_in_part_and_quoted_in_256_characters(ser
     assert str(failed.value) == "HTTP 500: " + "A" * 256 + "..."
 
 
-FORGED = ("oops\n2026-12-06 10:00:00,000 [salt.loaded.int.runner.kcm_alert][CRITICAL] kcm_alert: delivered"
-          " KCMNoLeader\r\x1b]0;owned\x07\u2028end")
+FORGED = (
+    "oops\n2026-12-06 10:00:00,000 [salt.loaded.int.runner.kcm_alert][CRITICAL] kcm_alert: delivered"
+    " KCMNoLeader\r\x1b]0;owned\x07\u2028end"
+)
 
 
 def forged_line(handler, _server):
@@ -192,18 +199,27 @@ def forged_line(handler, _server):
 
 
 def test_an_error_body_with_newlines_reaches_logs_outbox_and_events_as_one_escaped_line(
-        serve, tmp_path, monkeypatch, caplog):
+    serve, tmp_path, monkeypatch, caplog
+):
     receiver = serve(forged_line)
     module = load("_runners", "kcm_alert")
     real_post = module._post
-    h = Harness(tmp_path, monkeypatch, module=module, alertmanager_urls=[receiver.url], receiver_retries=2,
-                receiver_timeout=TIMEOUT)
+    h = Harness(
+        tmp_path,
+        monkeypatch,
+        module=module,
+        alertmanager_urls=[receiver.url],
+        receiver_retries=2,
+        receiver_timeout=TIMEOUT,
+    )
     monkeypatch.setattr(module, "_post", real_post)
     caplog.set_level(logging.DEBUG)
     assert h.handle("master-1", "changed", **CHANGE)["failed"] is True
     assert len(receiver.requests) == 2
-    escaped = ("HTTP 500: oops\\x0a2026-12-06 10:00:00,000 [salt.loaded.int.runner.kcm_alert][CRITICAL]"
-               " kcm_alert: delivered KCMNoLeader\\x0d\\x1b]0;owned\\x07\\u2028end")
+    escaped = (
+        "HTTP 500: oops\\x0a2026-12-06 10:00:00,000 [salt.loaded.int.runner.kcm_alert][CRITICAL]"
+        " kcm_alert: delivered KCMNoLeader\\x0d\\x1b]0;owned\\x07\\u2028end"
+    )
     failures = [r.getMessage() for r in caplog.records if "failed (attempt" in r.getMessage()]
     assert len(failures) == 2
     for line in failures:
@@ -274,16 +290,24 @@ def test_tls_is_verified_against_the_ca_bundle(tls_receiver):
     assert [line for line, _ in receiver.requests] == ["POST / HTTP/1.1"]
 
 
-@pytest.mark.parametrize("proxy, problem", [
-    ("http://127.0.0.1:3128", None),
-    ("socks5://127.0.0.1:1080", "kcm:master:proxy: 'socks5://127.0.0.1:1080' must start with http:// or https://"),
-    ("http://user:pw@proxy:3128", "kcm:master:proxy: 'http://user:pw@proxy:3128' carries credentials"),
-])
+@pytest.mark.parametrize(
+    "proxy, problem",
+    [
+        ("http://127.0.0.1:3128", None),
+        ("socks5://127.0.0.1:1080", "kcm:master:proxy: 'socks5://127.0.0.1:1080' must start with http:// or https://"),
+        ("http://user:pw@proxy:3128", "kcm:master:proxy: 'http://user:pw@proxy:3128' carries credentials"),
+    ],
+)
 def test_the_proxy_setting_is_checked_naming_its_key(proxy, problem):
     checks = load("_utils", "kcm_checks")
-    found = [p for p in checks.master_problems({"config_dir": "/etc/salt/master.d", "proxy": proxy,
-                                                "reporters": {"tgt": "master-*"}}) if "proxy" in p]
-    assert [p[:len(problem)] for p in found] == ([problem] if problem else [])
+    found = [
+        p
+        for p in checks.master_problems(
+            {"config_dir": "/etc/salt/master.d", "proxy": proxy, "reporters": {"tgt": "master-*"}}
+        )
+        if "proxy" in p
+    ]
+    assert [p[: len(problem)] for p in found] == ([problem] if problem else [])
 
 
 def test_an_escaped_body_stays_within_256_characters_escapes_included(serve):

@@ -19,8 +19,10 @@ from kcmlab import formula
 
 KCM_LOCAL = formula.load("_modules", "kcm_local")
 KCM_SERVICE = formula.load("_states", "kcm_service")
-SOURCE = ["salt://kcm/files/master-1/kube-controller-manager.service.jinja",
-          "salt://kcm/files/default/kube-controller-manager.service.jinja"]
+SOURCE = [
+    "salt://kcm/files/master-1/kube-controller-manager.service.jinja",
+    "salt://kcm/files/default/kube-controller-manager.service.jinja",
+]
 TEMPLATE = "[Service]\nUser={{ user }}\nExecStart={{ exec_start }}\n"
 # Refuses --bogus-* as cobra does (usage first, the error last); records every argv it gets.
 FAKE_KCM = """#!/bin/sh
@@ -73,14 +75,28 @@ def configure_loader_modules(salt):
         if not opts["test"]:
             Path(name).parent.mkdir(parents=True, exist_ok=True)
             Path(name).write_text(contents)
-        return {"name": name, "result": None if opts["test"] else True, "changes": {"diff": "new file"},
-                "comment": f"File {name} {'is set to be changed' if opts['test'] else 'updated'}"}
+        return {
+            "name": name,
+            "result": None if opts["test"] else True,
+            "changes": {"diff": "new file"},
+            "comment": f"File {name} {'is set to be changed' if opts['test'] else 'updated'}",
+        }
 
-    functions = {"file.source_list": lambda source, source_hash, saltenv: (source[0], ""),
-                 "file.get_managed": get_managed, "kcm.preflight": KCM_LOCAL.preflight}
-    return {KCM_LOCAL: {"__salt__": functions, "__utils__": formula.utils(), "__opts__": opts, "__context__": {}},
-            KCM_SERVICE: {"__salt__": functions, "__states__": {"file.managed": managed}, "__opts__": opts,
-                          "__env__": "base", "__context__": {}}}
+    functions = {
+        "file.source_list": lambda source, source_hash, saltenv: (source[0], ""),
+        "file.get_managed": get_managed,
+        "kcm.preflight": KCM_LOCAL.preflight,
+    }
+    return {
+        KCM_LOCAL: {"__salt__": functions, "__utils__": formula.utils(), "__opts__": opts, "__context__": {}},
+        KCM_SERVICE: {
+            "__salt__": functions,
+            "__states__": {"file.managed": managed},
+            "__opts__": opts,
+            "__env__": "base",
+            "__context__": {},
+        },
+    }
 
 
 def apply(tree, flags="--secure-port=10257", test=False):
@@ -103,8 +119,14 @@ def test_the_unit_is_rendered_once_and_written_after_the_new_binary_accepts_it(t
     assert runs(tree) == ["--secure-port=10257 --version"]
     text = f"[Service]\nUser=root\nExecStart={tree['link']} --secure-port=10257\n"
     assert [(name, contents) for name, contents, _ in salt.written] == [(str(tree["unit"]), text)]
-    assert salt.written[0][2] == {"user": "root", "group": "root", "mode": "0600", "follow_symlinks": False,
-                                  "makedirs": True, "dir_mode": "0755"}
+    assert salt.written[0][2] == {
+        "user": "root",
+        "group": "root",
+        "mode": "0600",
+        "follow_symlinks": False,
+        "makedirs": True,
+        "dir_mode": "0755",
+    }
 
 
 def test_a_unit_the_binary_refuses_is_not_written(tree, salt):
@@ -162,8 +184,10 @@ def test_a_unit_that_does_not_run_the_active_link_is_refused(tree, salt):
     ret = KCM_SERVICE.unit(str(tree["unit"]), str(tree["binary"]), SOURCE, context)
 
     assert ret["result"] is False and salt.written == []
-    assert ret["comment"] == (f"cannot check {tree['binary']} against {SOURCE[0]}: malformed: the unit's"
-                              f" ExecStart= runs /usr/bin/env, not {tree['link']}")
+    assert ret["comment"] == (
+        f"cannot check {tree['binary']} against {SOURCE[0]}: malformed: the unit's"
+        f" ExecStart= runs /usr/bin/env, not {tree['link']}"
+    )
     assert runs(tree) == []
 
 

@@ -15,11 +15,15 @@ from salt.exceptions import CommandExecutionError
 
 from kcmlab import formula
 
-NEWER = ("kcm:version: v1.37.2 is newer than the kube-apiserver (v1.36.3); the skew policy allows KCM at most"
-         " one minor older than the apiserver, never newer: upgrade the apiservers first")
-UNREADABLE = ("kcm:version: v1.37.2 cannot replace the deployed v1.36.3: the kube-apiserver's /version could not"
-              " be read (unreachable: GET https://10.0.0.1:6443/version: Connection refused), so the skew policy"
-              " (KCM at most one minor older than the apiserver, never newer) cannot be checked")
+NEWER = (
+    "kcm:version: v1.37.2 is newer than the kube-apiserver (v1.36.3); the skew policy allows KCM at most"
+    " one minor older than the apiserver, never newer: upgrade the apiservers first"
+)
+UNREADABLE = (
+    "kcm:version: v1.37.2 cannot replace the deployed v1.36.3: the kube-apiserver's /version could not"
+    " be read (unreachable: GET https://10.0.0.1:6443/version: Connection refused), so the skew policy"
+    " (KCM at most one minor older than the apiserver, never newer) cannot be checked"
+)
 OVERRIDE_HINT = " (or set kcm:skew:override_reason to a reason to override)"
 
 
@@ -33,7 +37,8 @@ class Apiserver:
         self.calls.append((path, kubeconfig))
         if self.version is None:
             raise formula.utils()["kcm_error.failure"](
-                "unreachable", "GET https://10.0.0.1:6443/version: Connection refused")
+                "unreachable", "GET https://10.0.0.1:6443/version: Connection refused"
+            )
         return {"major": "1", "gitVersion": self.version}
 
 
@@ -78,40 +83,53 @@ def decided(skew, apiserver, version, served, deployed=None, reason=""):
 
 
 def test_a_kcm_newer_than_the_apiserver_is_refused_naming_the_key_and_both_versions(skew, apiserver):
-    assert decided(skew, apiserver, "v1.37.2", "v1.36.3", deployed="v1.36.3") == (
-        False, NEWER + OVERRIDE_HINT, [])
+    assert decided(skew, apiserver, "v1.37.2", "v1.36.3", deployed="v1.36.3") == (False, NEWER + OVERRIDE_HINT, [])
     # a first install is refused the same when /version can be read
     assert decided(skew, apiserver, "v1.37.2", "v1.36.3")[0] is False
     assert apiserver.calls[-1] == ("/version", skew.kubeconfig)
 
 
-@pytest.mark.parametrize("version, served", [("v1.37.2", "v1.37.2"), ("v1.37.0", "v1.37.2"), ("v1.36.3", "v1.37.2"),
-                                             ("1.36.3", "v1.37.2-rc.1"), ("v1.36.3", "v1.37.2+k3s1")])
+@pytest.mark.parametrize(
+    "version, served",
+    [
+        ("v1.37.2", "v1.37.2"),
+        ("v1.37.0", "v1.37.2"),
+        ("v1.36.3", "v1.37.2"),
+        ("1.36.3", "v1.37.2-rc.1"),
+        ("v1.36.3", "v1.37.2+k3s1"),
+    ],
+)
 def test_the_same_minor_or_one_older_is_allowed_without_a_warning(skew, apiserver, version, served):
     allowed, comment, warnings = decided(skew, apiserver, version, served, deployed="v1.36.3")
     assert (allowed, warnings) == (True, [])
-    assert comment == (f"kcm:version: v{version.lstrip('v')} is within the skew policy of the kube-apiserver"
-                       f" ({served})")
+    assert comment == (
+        f"kcm:version: v{version.lstrip('v')} is within the skew policy of the kube-apiserver ({served})"
+    )
 
 
 def test_two_minors_older_is_allowed_with_a_warning(skew, apiserver):
-    warning = ("kcm:version: v1.35.4 is 2 minors older than the kube-apiserver (v1.37.2); the skew policy"
-               " supports KCM at most one minor older")
+    warning = (
+        "kcm:version: v1.35.4 is 2 minors older than the kube-apiserver (v1.37.2); the skew policy"
+        " supports KCM at most one minor older"
+    )
     assert decided(skew, apiserver, "v1.35.4", "v1.37.2", deployed="v1.35.4") == (True, warning, [warning])
 
 
 def test_unreadable_version_refuses_a_version_change(skew, apiserver):
-    assert decided(skew, apiserver, "v1.37.2", None, deployed="v1.36.3") == (
-        False, UNREADABLE + OVERRIDE_HINT, [])
+    assert decided(skew, apiserver, "v1.37.2", None, deployed="v1.36.3") == (False, UNREADABLE + OVERRIDE_HINT, [])
 
 
 def test_unreadable_version_lets_a_first_install_and_an_unchanged_version_go_ahead_with_a_warning(skew, apiserver):
     why = "(unreachable: GET https://10.0.0.1:6443/version: Connection refused)"
-    first = ("kcm:version: v1.37.2 (first install) without a skew check: the kube-apiserver's /version could not"
-             f" be read {why}")
+    first = (
+        "kcm:version: v1.37.2 (first install) without a skew check: the kube-apiserver's /version could not"
+        f" be read {why}"
+    )
     assert decided(skew, apiserver, "v1.37.2", None) == (True, first, [first])
-    kept = ("kcm:version: v1.37.2 (deployed v1.37.2 kept) without a skew check: the kube-apiserver's /version"
-            f" could not be read {why}")
+    kept = (
+        "kcm:version: v1.37.2 (deployed v1.37.2 kept) without a skew check: the kube-apiserver's /version"
+        f" could not be read {why}"
+    )
     assert decided(skew, apiserver, "v1.37.2", None, deployed="v1.37.2") == (True, kept, [kept])
 
 
@@ -135,8 +153,13 @@ def public(skew, tmp_path):
     public = type("Public", (), {"status": 200, "seen": seen})
     skew.__salt__["kcm_api.probe"] = probe
     skew.__opts__ = {"cachedir": str(tmp_path)}
-    skew.__pillar__ = {"kcm": {"version": "v1.37.2", "apiserver": "https://10.0.0.1:6443",
-                               "pki": {"ca_cert": "-----BEGIN CERTIFICATE-----\nCA\n"}}}
+    skew.__pillar__ = {
+        "kcm": {
+            "version": "v1.37.2",
+            "apiserver": "https://10.0.0.1:6443",
+            "pki": {"ca_cert": "-----BEGIN CERTIFICATE-----\nCA\n"},
+        }
+    }
     return public
 
 
@@ -183,7 +206,9 @@ def test_defaults_come_from_pillar_and_a_bad_version_names_the_key(skew, apiserv
     # merged as map.jinja merges: kcm, then kcm:lookup, then the formula's defaults.yaml
     skew.__pillar__ = {"kcm": {"lookup": {"version": "1.35.4", "skew": {"override_reason": "CHG-9"}}}}
     assert {k: skew.check(kubeconfig=skew.kubeconfig)["facts"][k] for k in ("version", "override_reason")} == {
-        "version": "v1.35.4", "override_reason": "CHG-9"}
+        "version": "v1.35.4",
+        "override_reason": "CHG-9",
+    }
     skew.__pillar__ = {}
     default = yaml.safe_load((formula.REPO / "formula/kcm/defaults.yaml").read_text())["kcm"]["version"]
     assert skew.check(kubeconfig=skew.kubeconfig)["facts"]["version"] == default
@@ -195,5 +220,8 @@ def test_the_oldest_apiserver_is_the_one_compared_against():
     oldest = formula.utils()["kcm_skew.oldest"]
     # the skew policy counts minors: between two of the same minor, the first by source
     assert oldest([("v1.37.2", 37, "master-1"), ("v1.36.1", 36, "master-3"), ("v1.36.3", 36, "master-2")]) == (
-        "v1.36.3", 36, "master-2")
+        "v1.36.3",
+        36,
+        "master-2",
+    )
     assert oldest([]) is None

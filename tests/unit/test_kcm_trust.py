@@ -13,9 +13,16 @@ from kcmlab.formula import alert_settings, load, utils
 from tests.unit.test_kcm_alert import CHANGE, DEAD, T0, Harness, signed
 
 TRUST = utils()
-EXPIRING = {"fingerprint": "0a1b" * 16, "files": ["cert", "kubeconfig:client"], "serial": "0a1b", "threshold": 21,
-            "thresholds": [21, 7], "days_left": 20,
-            "not_after": "2027-02-14T08:00:00Z", "cluster": "prod"}
+EXPIRING = {
+    "fingerprint": "0a1b" * 16,
+    "files": ["cert", "kubeconfig:client"],
+    "serial": "0a1b",
+    "threshold": 21,
+    "thresholds": [21, 7],
+    "days_left": 20,
+    "not_after": "2027-02-14T08:00:00Z",
+    "cluster": "prod",
+}
 
 
 @pytest.fixture
@@ -24,8 +31,13 @@ def harness(tmp_path, monkeypatch):
 
 
 def trust(masters, clusters=None, nodegroups=None, pki_dir=""):
-    return TRUST["kcm_trust.trust"]({"kcm_alert": alert_settings(masters=masters, clusters=clusters or {}),
-                                     "nodegroups": nodegroups or {}, "pki_dir": pki_dir})
+    return TRUST["kcm_trust.trust"](
+        {
+            "kcm_alert": alert_settings(masters=masters, clusters=clusters or {}),
+            "nodegroups": nodegroups or {},
+            "pki_dir": pki_dir,
+        }
+    )
 
 
 # --------------------------------------------------------------------------
@@ -33,9 +45,19 @@ def trust(masters, clusters=None, nodegroups=None, pki_dir=""):
 # --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("target", ["role:k8s-master", "G@role:k8s-master", "I@kcm:cluster:prod",
-                                    "master-* and G@role:k8s-master", "*", ["master-1", "P@os:.*"], "",
-                                    "N@grained"])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "role:k8s-master",
+        "G@role:k8s-master",
+        "I@kcm:cluster:prod",
+        "master-* and G@role:k8s-master",
+        "*",
+        ["master-1", "P@os:.*"],
+        "",
+        "N@grained",
+    ],
+)
 def test_h1_a_target_that_is_not_by_id_makes_nobody_a_kcm_master(target):
     found = trust(target, nodegroups={"grained": "master-1 or G@role:k8s-master"})
     assert found.problem, target
@@ -47,24 +69,35 @@ def test_h1_a_target_that_is_not_by_id_makes_nobody_a_kcm_master(target):
 def test_h1_an_id_target_names_the_masters_and_no_one_else(target):
     found = trust(target, nodegroups={"kcm": "L@master-1,master-2 or master-3"})
     assert found.problem is None
-    assert [m for m in ("master-1", "master-2", "master-3", "web-7", "master") if found.is_master(m)] == \
-        ["master-1", "master-2", "master-3"]
+    assert [m for m in ("master-1", "master-2", "master-3", "web-7", "master") if found.is_master(m)] == [
+        "master-1",
+        "master-2",
+        "master-3",
+    ]
 
 
-@pytest.mark.parametrize("target, message", [
-    ("role:k8s-master", "kcm:master:masters: 'role:k8s-master' is not a minion id glob such as master-*"),
-    ("G@role:k8s-master", "kcm:master:masters: 'G@role:k8s-master' is not a minion id glob"),
-    ("", "kcm:master:masters: required"),
-    ("*", "kcm:master:masters: '*' matches every minion"),
-])
+@pytest.mark.parametrize(
+    "target, message",
+    [
+        ("role:k8s-master", "kcm:master:masters: 'role:k8s-master' is not a minion id glob such as master-*"),
+        ("G@role:k8s-master", "kcm:master:masters: 'G@role:k8s-master' is not a minion id glob"),
+        ("", "kcm:master:masters: required"),
+        ("*", "kcm:master:masters: '*' matches every minion"),
+    ],
+)
 def test_h1_kcm_master_refuses_a_target_that_is_not_by_id_naming_the_key(kcm_config, target, message):
     problems = kcm_config.master_problems({"config_dir": "/etc/salt/master.d", "masters": target})
     assert any(p.startswith(message) for p in problems), problems
 
 
 def test_h1_the_old_grain_setting_is_refused_naming_its_replacement(kcm_config):
-    problems = kcm_config.master_problems({"config_dir": "/etc/salt/master.d", "masters": "master-*",
-                                           "reporters": {"tgt": "role:k8s-master", "tgt_type": "grain"}})
+    problems = kcm_config.master_problems(
+        {
+            "config_dir": "/etc/salt/master.d",
+            "masters": "master-*",
+            "reporters": {"tgt": "role:k8s-master", "tgt_type": "grain"},
+        }
+    )
     assert any(p.startswith("kcm:master:reporters: replaced by kcm:master:masters") for p in problems), problems
 
 
@@ -83,8 +116,10 @@ def test_h1_a_master_of_one_cluster_cannot_speak_for_another(tmp_path, monkeypat
     h.handle("master-1", "no_leader", **dict(DEAD, cluster_id="uid-prod"))
     before = len(h.posts)
     # master-3 (staging) resolves prod's condition, or raises one there
-    assert "not a KCM master of cluster 'prod'" in h.handle("master-3", "recovered", condition="no_leader",
-                                                             cluster_id="uid-prod")["refused"]
+    assert (
+        "not a KCM master of cluster 'prod'"
+        in h.handle("master-3", "recovered", condition="no_leader", cluster_id="uid-prod")["refused"]
+    )
     assert h.handle("master-3", "changed", **dict(CHANGE, cluster_id="uid-prod"))["refused"]
     assert len(h.posts) == before
     assert h.handle("master-3", "changed", **dict(CHANGE, cluster="staging", cluster_id="uid-staging"))["fired"]
@@ -118,12 +153,12 @@ def test_l2_a_replayed_recovered_does_not_end_a_newer_outage(harness):
 
 def test_l2_a_reinstalled_master_same_key_fresh_disk_passes_with_a_new_epoch(harness):
     tag = "salt/beacon/master-1/kcm_leader/changed"
-    assert harness.raw(tag, signed("master-1", "changed", dict(CHANGE, cluster="prod"), T0, epoch=5,
-                                   counter=900))["fired"]
+    assert harness.raw(tag, signed("master-1", "changed", dict(CHANGE, cluster="prod"), T0, epoch=5, counter=900))[
+        "fired"
+    ]
     fresh = signed("master-1", "changed", dict(CHANGE, transitions=7, cluster="prod"), T0, epoch=6, counter=1)
     assert harness.raw(tag, fresh)["fired"]
-    older_epoch = signed("master-1", "changed", dict(CHANGE, transitions=8, cluster="prod"), T0, epoch=5,
-                         counter=901)
+    older_epoch = signed("master-1", "changed", dict(CHANGE, transitions=8, cluster="prod"), T0, epoch=5, counter=901)
     assert "a replay" in harness.raw(tag, older_epoch)["refused"]
 
 
@@ -148,13 +183,19 @@ def test_l3_a_report_signed_at_no_finite_time_is_refused(harness, signed_at):
 
 def test_l4_no_execution_function_signs_fields_a_caller_chooses():
     beacon = load("_modules", "kcm_beacon")
-    public = [n for n in dir(beacon) if not n.startswith("_") and callable(getattr(beacon, n))
-              and getattr(getattr(beacon, n), "__module__", None) == beacon.__name__]
+    public = [
+        n
+        for n in dir(beacon)
+        if not n.startswith("_")
+        and callable(getattr(beacon, n))
+        and getattr(getattr(beacon, n), "__module__", None) == beacon.__name__
+    ]
     assert "sign" not in public, public
     # the one function that signs (the reconcile's answer) signs this minion's own reading, under a
     # kind no report has: its signature cannot pass as a report
-    assert TRUST["kcm_trust.kind_of"]("salt/beacon/master-1/kcm_leader/answer") not in TRUST[
-        "kcm_alert_rules.beacons"]()
+    assert (
+        TRUST["kcm_trust.kind_of"]("salt/beacon/master-1/kcm_leader/answer") not in TRUST["kcm_alert_rules.beacons"]()
+    )
 
 
 # --------------------------------------------------------------------------

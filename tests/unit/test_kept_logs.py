@@ -11,8 +11,11 @@ def _logs(tmp_path):
     for directory in (one, two):
         directory.mkdir(parents=True)
         (directory / "master-3-kube-controller-manager.journal").write_text(f"from {directory.parent.name}\n")
-    return [one / "master-3-kube-controller-manager.journal", two / "master-3-kube-controller-manager.journal",
-            tmp_path / "never-written.log"]
+    return [
+        one / "master-3-kube-controller-manager.journal",
+        two / "master-3-kube-controller-manager.journal",
+        tmp_path / "never-written.log",
+    ]
 
 
 def test_the_kept_copies_stay_readable_after_pytest_removes_its_temp_directory(tmp_path):

@@ -23,8 +23,13 @@ class ScriptedLease:
 
     def set(self, holder, transitions, acquired):
         with self.lock:
-            self.spec = {"holderIdentity": holder, "leaseTransitions": transitions, "acquireTime": micro(acquired),
-                         "renewTime": micro(acquired), "leaseDurationSeconds": 8}
+            self.spec = {
+                "holderIdentity": holder,
+                "leaseTransitions": transitions,
+                "acquireTime": micro(acquired),
+                "renewTime": micro(acquired),
+                "leaseDurationSeconds": 8,
+            }
             self.set_at = self.reads
 
     def lease_reader(self):
@@ -69,7 +74,8 @@ def test_a_transition_in_no_window_is_spontaneous_one_after_a_kill_is_not():
     assert [(t.old, t.new, t.count, t.cause) for t in found] == [
         ("master-1_a", "master-2_b", 1, "master-1: kill -9 of KCM"),
         ("master-2_b", "master-3_c", 2, None),
-        ("master-3_c", "master-1_d", 1, "salt state.apply")]
+        ("master-3_c", "master-1_d", 1, "salt state.apply"),
+    ]
     assert [t.count for t in log.spontaneous()] == [2]
     assert log.summary().startswith("2 spontaneous of 4 Lease transitions: ")
 

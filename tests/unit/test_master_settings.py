@@ -19,11 +19,18 @@ from tests.unit.test_kcm_alert import CHANGE, CID, Harness, Masters, lease, sign
 CONF = master_conf(masters="master-*")
 MASTER = defaults()["master"]
 # The code that reads the master's kcm_alert: (as cfg[...]): the runners and the utils they hand it to.
-READERS = ("_runners/kcm_alert.py", "_runners/kcm.py", "_runners/kcm_enroll.py", "_utils/kcm_outbox.py",
-           "_utils/kcm_receiver.py", "_utils/kcm_alert_decide.py")
+READERS = (
+    "_runners/kcm_alert.py",
+    "_runners/kcm.py",
+    "_runners/kcm_enroll.py",
+    "_utils/kcm_outbox.py",
+    "_utils/kcm_receiver.py",
+    "_utils/kcm_alert_decide.py",
+)
 # The master side's code, where no default of a kcm:master key may be written.
-MASTER_SIDE = sorted(p.relative_to(REPO).as_posix() for d in ("_runners", "_engines", "_utils")
-                     for p in (REPO / d).glob("*.py"))
+MASTER_SIDE = sorted(
+    p.relative_to(REPO).as_posix() for d in ("_runners", "_engines", "_utils") for p in (REPO / d).glob("*.py")
+)
 
 
 def tree(path, text=None):
@@ -32,9 +39,15 @@ def tree(path, text=None):
 
 def keys_read(path):
     """The keys ``path`` reads as ``cfg["key"]``."""
-    return {node.slice.value for node in ast.walk(tree(path))
-            if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id == "cfg"
-            and isinstance(node.slice, ast.Constant) and isinstance(node.slice.value, str)}
+    return {
+        node.slice.value
+        for node in ast.walk(tree(path))
+        if isinstance(node, ast.Subscript)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "cfg"
+        and isinstance(node.slice, ast.Constant)
+        and isinstance(node.slice.value, str)
+    }
 
 
 def test_the_config_kcm_master_writes_holds_every_key_the_runners_and_the_engine_read():
@@ -56,13 +69,24 @@ def written_defaults(path, text=None):
     for node in ast.walk(module):
         if isinstance(node, ast.FunctionDef):
             args = node.args.args + node.args.kwonlyargs
-            given = [None] * (len(node.args.args) - len(node.args.defaults)) + node.args.defaults \
-                + node.args.kw_defaults
-            found += [f"{path}:{node.lineno} {node.name}({arg.arg}={ast.unparse(default)})"
-                      for arg, default in zip(args, given) if arg.arg in MASTER and default is not None
-                      and not (isinstance(default, ast.Constant) and default.value is None)]
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get" \
-                and len(node.args) == 2 and isinstance(node.args[0], ast.Constant) and node.args[0].value in MASTER:
+            given = (
+                [None] * (len(node.args.args) - len(node.args.defaults)) + node.args.defaults + node.args.kw_defaults
+            )
+            found += [
+                f"{path}:{node.lineno} {node.name}({arg.arg}={ast.unparse(default)})"
+                for arg, default in zip(args, given)
+                if arg.arg in MASTER
+                and default is not None
+                and not (isinstance(default, ast.Constant) and default.value is None)
+            ]
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "get"
+            and len(node.args) == 2
+            and isinstance(node.args[0], ast.Constant)
+            and node.args[0].value in MASTER
+        ):
             found.append(f"{path}:{node.lineno} {ast.unparse(node)}")
     return found
 
@@ -74,8 +98,10 @@ def test_no_default_of_a_master_setting_is_written_in_the_runners_the_engine_or_
 
 def test_the_scan_finds_the_defaults_the_runner_kept_before():
     # What the runner and the engine held before #26, as the scan reads it.
-    before = ('DEFAULTS = {"event_ttl": 3600}\nSIGNATURE_WINDOW = 300\n'
-              'def start(batch_wait=0.2, max_batch=500):\n    return cfg.get("receiver_timeout", 5)\n')
+    before = (
+        'DEFAULTS = {"event_ttl": 3600}\nSIGNATURE_WINDOW = 300\n'
+        'def start(batch_wait=0.2, max_batch=500):\n    return cfg.get("receiver_timeout", 5)\n'
+    )
     found = written_defaults("_runners/kcm_alert.py", before)
     assert len(found) == 5, found
 
@@ -112,8 +138,10 @@ def test_a_setting_missing_from_the_masters_kcm_alert_fails_naming_it(tmp_path, 
     with pytest.raises(CommandExecutionError) as failed:
         exercise(h, masters)
 
-    assert str(failed.value) == (f"not_configured: kcm_alert:{key} is not in the Salt master's configuration:"
-                                 f" apply kcm.master (pillar kcm:master:{key}) and restart salt-master")
+    assert str(failed.value) == (
+        f"not_configured: kcm_alert:{key} is not in the Salt master's configuration:"
+        f" apply kcm.master (pillar kcm:master:{key}) and restart salt-master"
+    )
 
 
 @pytest.mark.parametrize("name", ["batch_wait", "max_batch"])
@@ -123,21 +151,27 @@ def test_the_engine_without_its_settings_stops_naming_the_missing_one(monkeypatc
     given = dict(CONF["engines"][0]["kcm_alert"])
     given.pop(name)
 
-    with pytest.raises(CommandExecutionError, match=f"engines:kcm_alert:{name} is not in the Salt master's"
-                                                    f" configuration: apply kcm.master \\(pillar kcm:master:{name}\\)"):
+    with pytest.raises(
+        CommandExecutionError,
+        match=f"engines:kcm_alert:{name} is not in the Salt master's"
+        f" configuration: apply kcm.master \\(pillar kcm:master:{name}\\)",
+    ):
         engine.start(**given)
 
 
-@pytest.mark.parametrize("master, message", [
-    ({"receiver_retries": 0}, "kcm:master:receiver_retries: 0 is not a positive number of attempts"),
-    ({"receiver_timeout": "5"}, "kcm:master:receiver_timeout: '5' is not a number"),
-    ({"receiver_backoff": -1}, "kcm:master:receiver_backoff: -1 is not zero or more seconds"),
-    ({"event_ttl": 0}, "kcm:master:event_ttl: 0 is not a positive number of seconds"),
-    ({"max_seen": 2.5}, "kcm:master:max_seen: 2.5 is not an integer"),
-    ({"max_batch": 0}, "kcm:master:max_batch: 0 is not a positive number of events"),
-    ({"signature_window": -5}, "kcm:master:signature_window: -5 is not a positive number of seconds"),
-    ({"dedupe_file": "dedupe.json"}, "kcm:master:dedupe_file: 'dedupe.json' is not a plain absolute path"),
-])
+@pytest.mark.parametrize(
+    "master, message",
+    [
+        ({"receiver_retries": 0}, "kcm:master:receiver_retries: 0 is not a positive number of attempts"),
+        ({"receiver_timeout": "5"}, "kcm:master:receiver_timeout: '5' is not a number"),
+        ({"receiver_backoff": -1}, "kcm:master:receiver_backoff: -1 is not zero or more seconds"),
+        ({"event_ttl": 0}, "kcm:master:event_ttl: 0 is not a positive number of seconds"),
+        ({"max_seen": 2.5}, "kcm:master:max_seen: 2.5 is not an integer"),
+        ({"max_batch": 0}, "kcm:master:max_batch: 0 is not a positive number of events"),
+        ({"signature_window": -5}, "kcm:master:signature_window: -5 is not a positive number of seconds"),
+        ({"dedupe_file": "dedupe.json"}, "kcm:master:dedupe_file: 'dedupe.json' is not a plain absolute path"),
+    ],
+)
 def test_the_master_settings_are_validated_naming_the_key_and_what_is_expected(kcm_config, master, message):
     problems = kcm_config.master_problems(dict(MASTER, masters="master-*", **master))
     assert any(p.startswith(message) for p in problems), problems

@@ -44,9 +44,11 @@ def test_every_public_function_has_a_cli_example_naming_it(path):
 
 def test_a_public_function_without_its_cli_example_is_found(tmp_path):
     module = tmp_path / "kcm_x.py"
-    module.write_text('__virtualname__ = "kcm_x"\n\n'
-                      'def told():\n    """Told.\n\n    CLI Example:\n\n        salt \'*\' kcm_x.told\n    """\n\n'
-                      'def untold():\n    """Says what, not how."""\n\n'
-                      'def other():\n    """CLI Example:\n\n        salt \'*\' kcm_x.told\n    """\n\n'
-                      'def _private():\n    pass\n')
+    module.write_text(
+        '__virtualname__ = "kcm_x"\n\n'
+        'def told():\n    """Told.\n\n    CLI Example:\n\n        salt \'*\' kcm_x.told\n    """\n\n'
+        'def untold():\n    """Says what, not how."""\n\n'
+        'def other():\n    """CLI Example:\n\n        salt \'*\' kcm_x.told\n    """\n\n'
+        "def _private():\n    pass\n"
+    )
     assert undocumented(module) == ["kcm_x.untold", "kcm_x.other"]

@@ -14,13 +14,15 @@ from kcmlab import kcm_help  # noqa: E402
 
 def test_the_generated_table_is_what_the_committed_binaries_said():
     assert kcm_help.TABLE.read_text() == kcm_help.table_source(), (
-        "_utils/kcm_release_flags.py is stale: run python -m kcmlab.kcm_help generate")
+        "_utils/kcm_release_flags.py is stale: run python -m kcmlab.kcm_help generate"
+    )
 
 
 def test_every_captured_binary_has_its_help_and_its_unlisted_names():
     captured = kcm_help.committed()
-    assert {"v1.16.15", "v1.17.17", "v1.18.19", "v1.25.15", "v1.27.16", "v1.36.3", "v1.37.2",
-            "v1.38.0-beta.0"} <= set(captured)
+    assert {"v1.16.15", "v1.17.17", "v1.18.19", "v1.25.15", "v1.27.16", "v1.36.3", "v1.37.2", "v1.38.0-beta.0"} <= set(
+        captured
+    )
     for version, (text, _, _) in captured.items():
         flags, gates = kcm_help.listed(text)
         assert "leader-elect" in flags and "feature-gates" in flags, version
@@ -40,16 +42,20 @@ def test_the_hand_written_rows_agree_with_every_binary_captured(kcm_flags):
     assert not disagree
 
 
-SAID = re.compile(r"(?P<what>--[\w-]+|feature gate \w+) (?P<verb>comes|was removed) (?:in v1\.(?P<in>\d+)|between"
-                  r" v1\.(?P<low>\d+) and v1\.(?P<high>\d+)) \((?P<has>v[\w.-]+)'s binary has it, (?P<lacks>v[\w.-]+)'s"
-                  r" does not\); (?P<version>v[\w.-]+) rejects it")
+SAID = re.compile(
+    r"(?P<what>--[\w-]+|feature gate \w+) (?P<verb>comes|was removed) (?:in v1\.(?P<in>\d+)|between"
+    r" v1\.(?P<low>\d+) and v1\.(?P<high>\d+)) \((?P<has>v[\w.-]+)'s binary has it, (?P<lacks>v[\w.-]+)'s"
+    r" does not\); (?P<version>v[\w.-]+) rejects it"
+)
 
 
 def bracket_holds(said, name, gate):
     """What a refusal says of two captured binaries is what their committed --help files say,
     and no captured binary lies between them: the releases named are the nearest there are."""
-    captured = {v: kcm_help.listed(text)[1 if gate else 0] | (hidden_gates if gate else hidden_flags)
-                for v, (text, hidden_flags, hidden_gates) in kcm_help.committed().items()}
+    captured = {
+        v: kcm_help.listed(text)[1 if gate else 0] | (hidden_gates if gate else hidden_flags)
+        for v, (text, hidden_flags, hidden_gates) in kcm_help.committed().items()
+    }
     has, lacks = said["has"], said["lacks"]
     minor = {v: int(v.split(".")[1]) for v in captured}
     low, high = sorted((minor[has], minor[lacks]))
@@ -61,20 +67,36 @@ def bracket_holds(said, name, gate):
     "version, extra_args, key, name, verb",
     [
         # No hand-written row knows these: only the binaries do.
-        ("v1.36.0", {"concurrent-disruption-syncs": 5}, "kcm:extra_args:concurrent-disruption-syncs",
-         "concurrent-disruption-syncs", "comes"),
-        ("v1.17.3", {"concurrent-job-syncs": 5}, "kcm:extra_args:concurrent-job-syncs", "concurrent-job-syncs",
-         "comes"),
+        (
+            "v1.36.0",
+            {"concurrent-disruption-syncs": 5},
+            "kcm:extra_args:concurrent-disruption-syncs",
+            "concurrent-disruption-syncs",
+            "comes",
+        ),
+        (
+            "v1.17.3",
+            {"concurrent-job-syncs": 5},
+            "kcm:extra_args:concurrent-job-syncs",
+            "concurrent-job-syncs",
+            "comes",
+        ),
         ("v1.37.2", {"feature-gates": "NodeLease=true"}, "kcm:extra_args:feature-gates", "NodeLease", "was removed"),
-        ("v1.37.2", {"feature-gates": ["APIServerIdentity=true", "kube:VolumeSnapshotDataSource=true"]},
-         "kcm:extra_args:feature-gates", "VolumeSnapshotDataSource", "was removed"),
+        (
+            "v1.37.2",
+            {"feature-gates": ["APIServerIdentity=true", "kube:VolumeSnapshotDataSource=true"]},
+            "kcm:extra_args:feature-gates",
+            "VolumeSnapshotDataSource",
+            "was removed",
+        ),
         ("v1.18.19", {"feature-gates": "WatchList=true"}, "kcm:extra_args:feature-gates", "WatchList", "comes"),
         # v1.30 has no captured binary, but an older captured one already lacked it: gone for later minors too
         ("v1.30.0", {"feature-gates": "NodeLease=true"}, "kcm:extra_args:feature-gates", "NodeLease", "was removed"),
     ],
 )
-def test_a_flag_or_gate_the_release_lacks_is_refused_naming_the_key_and_the_releases(check, version, extra_args,
-                                                                                    key, name, verb):
+def test_a_flag_or_gate_the_release_lacks_is_refused_naming_the_key_and_the_releases(
+    check, version, extra_args, key, name, verb
+):
     problems = check(version=version, extra_args=extra_args)
     assert len(problems) == 1 and problems[0].startswith(f"{key}: "), problems
     said = SAID.search(problems[0])
@@ -83,15 +105,18 @@ def test_a_flag_or_gate_the_release_lacks_is_refused_naming_the_key_and_the_rele
     assert bracket_holds(said, name, gate=said["what"].startswith("feature gate")), problems
     older, newer = sorted((int(said["has"].split(".")[1]), int(said["lacks"].split(".")[1])))
     # "in v1.N" when the two binaries are neighbours, else the range between them
-    assert (said["in"], said["low"], said["high"]) == ((str(newer), None, None) if newer == older + 1
-                                                      else (None, str(older + 1), str(newer))), problems
+    assert (said["in"], said["low"], said["high"]) == (
+        (str(newer), None, None) if newer == older + 1 else (None, str(older + 1), str(newer))
+    ), problems
 
 
 def test_a_removal_names_the_key_and_both_releases_in_words_a_person_reads(check):
     # One exact sentence, with the binaries this repository has kept since v1.37.2 and v1.36.3.
     problems = check(version="v1.36.0", extra_args={"concurrent-disruption-syncs": 5})
-    assert problems == ["kcm:extra_args:concurrent-disruption-syncs: --concurrent-disruption-syncs comes in v1.37"
-                        " (v1.37.2's binary has it, v1.36.3's does not); v1.36.0 rejects it"]
+    assert problems == [
+        "kcm:extra_args:concurrent-disruption-syncs: --concurrent-disruption-syncs comes in v1.37"
+        " (v1.37.2's binary has it, v1.36.3's does not); v1.36.0 rejects it"
+    ]
 
 
 @pytest.mark.parametrize(

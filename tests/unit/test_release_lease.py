@@ -36,11 +36,21 @@ SLACK = 5.0
 def lease(holder, rv="7", transitions=3, duration=15):
     stamp = "2026-12-01T10:00:00.000000Z"
     return {
-        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-        "metadata": {"name": "kube-controller-manager", "namespace": "kube-system", "resourceVersion": rv,
-                     "uid": "d2c9c6a4-0000-4000-8000-000000000001"},
-        "spec": {"holderIdentity": holder, "leaseDurationSeconds": duration, "acquireTime": stamp,
-                 "renewTime": stamp, "leaseTransitions": transitions},
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {
+            "name": "kube-controller-manager",
+            "namespace": "kube-system",
+            "resourceVersion": rv,
+            "uid": "d2c9c6a4-0000-4000-8000-000000000001",
+        },
+        "spec": {
+            "holderIdentity": holder,
+            "leaseDurationSeconds": duration,
+            "acquireTime": stamp,
+            "renewTime": stamp,
+            "leaseTransitions": transitions,
+        },
     }
 
 
@@ -152,8 +162,11 @@ def test_a_lease_this_host_holds_is_released_like_client_go(program, capsys, kcf
     assert spec["holderIdentity"] == "" and spec["leaseDurationSeconds"] == 1
     assert spec["leaseTransitions"] == 3
     assert spec["acquireTime"] == spec["renewTime"]
-    assert before - datetime.timedelta(seconds=1) <= parse_micro(spec["renewTime"]) <= before + datetime.timedelta(
-        seconds=5)
+    assert (
+        before - datetime.timedelta(seconds=1)
+        <= parse_micro(spec["renewTime"])
+        <= before + datetime.timedelta(seconds=5)
+    )
     [(_, _, body, cn)] = apiserver.puts()
     assert body["metadata"]["resourceVersion"] == "7", "the update must be conditional on what was read"
     assert cn == KCM_CN, "KCM's own client certificate authenticates the write"
@@ -250,9 +263,16 @@ def test_the_server_certificate_is_verified_against_the_kubeconfig_ca(program, c
 
 def test_the_current_context_is_the_one_used(program, capsys, tmp_path, apiserver, ca, client_pem):
     doc = kubeconfig(apiserver.url, ca.cert_pem, *client_pem, user="kcm")
-    doc["clusters"].insert(0, {"name": "decoy", "cluster": {"server": f"https://127.0.0.1:{free_port()}",
-                                                             "certificate-authority-data": doc["clusters"][0][
-                                                                 "cluster"]["certificate-authority-data"]}})
+    doc["clusters"].insert(
+        0,
+        {
+            "name": "decoy",
+            "cluster": {
+                "server": f"https://127.0.0.1:{free_port()}",
+                "certificate-authority-data": doc["clusters"][0]["cluster"]["certificate-authority-data"],
+            },
+        },
+    )
     doc["contexts"].insert(0, {"name": "decoy", "context": {"cluster": "decoy", "user": "kcm"}})
     kcfg = tmp_path / "two-contexts.kubeconfig"
     kcfg.write_text(json.dumps(doc))
@@ -281,7 +301,8 @@ def test_the_client_key_is_never_written_to_a_file(program, capsys, kcfg, apiser
 
 
 def test_without_memfd_the_key_lives_in_a_private_temp_dir_only_while_ssl_loads_it(
-        program, capsys, kcfg, apiserver, monkeypatch, tmp_path):
+    program, capsys, kcfg, apiserver, monkeypatch, tmp_path
+):
     apiserver.lease = lease("master-1_aaaa")
     seen = []
 
@@ -289,8 +310,13 @@ def test_without_memfd_the_key_lives_in_a_private_temp_dir_only_while_ssl_loads_
         raise PermissionError(1, "Operation not permitted")  # what a seccomp filter answers
 
     def load_cert_chain(self, certfile, keyfile):
-        seen.append((oct(os.stat(keyfile).st_mode & 0o777), oct(os.stat(os.path.dirname(keyfile)).st_mode & 0o777),
-                     os.path.dirname(keyfile)))
+        seen.append(
+            (
+                oct(os.stat(keyfile).st_mode & 0o777),
+                oct(os.stat(os.path.dirname(keyfile)).st_mode & 0o777),
+                os.path.dirname(keyfile),
+            )
+        )
         real_load(self, certfile, keyfile)
 
     real_load = program.ssl.SSLContext.load_cert_chain
@@ -319,8 +345,9 @@ def test_as_the_unit_runs_it_exit_0_and_one_line(tmp_path, kcfg, apiserver, kcm_
     assert len(proc.stdout.splitlines()) == 1 and "released" in proc.stdout
     assert apiserver.lease["spec"]["holderIdentity"] == ""
 
-    bad = subprocess.run([sys.executable, "-I", str(PROGRAM), "--no-such-flag"], capture_output=True, text=True,
-                         timeout=10, check=False)
+    bad = subprocess.run(
+        [sys.executable, "-I", str(PROGRAM), "--no-such-flag"], capture_output=True, text=True, timeout=10, check=False
+    )
     assert bad.returncode == 0 and bad.stdout.splitlines()[-1] == "kcm-release-lease: bad arguments: Lease not released"
 
 
@@ -330,11 +357,13 @@ def test_as_the_unit_runs_it_exit_0_and_one_line(tmp_path, kcfg, apiserver, kcm_
 
 @pytest.fixture
 def configure_loader_modules(kcm_flags):
-    return {KCM_RELEASE: {
-        "__salt__": {"kcm_flags.minor": kcm_flags.minor},
-        "__utils__": kcm_flags.__utils__,
-        "__grains__": {"pythonexecutable": "/opt/saltstack/salt/bin/python3.10"},
-    }}
+    return {
+        KCM_RELEASE: {
+            "__salt__": {"kcm_flags.minor": kcm_flags.minor},
+            "__utils__": kcm_flags.__utils__,
+            "__grains__": {"pythonexecutable": "/opt/saltstack/salt/bin/python3.10"},
+        }
+    }
 
 
 @pytest.fixture
@@ -347,10 +376,16 @@ def release_config(module, version="v1.37.2", **over):
     config = dict(defaults, version=version, bind_address="127.0.0.1")
     for key, value in over.items():
         config[key] = dict(config[key], **value) if isinstance(config.get(key), dict) else value
-    config["files"] = {"release_program": "/data/apps/k8s/kubernetes/libexec/kcm-release-lease",
-                       "kubeconfig": "/etc/k8s/kubeconfig/kube-controller-manager.kubeconfig",
-                       "cert": "c", "key": "k", "ca_cert": "ca", "signer_cert": "s", "signer_key": "sk",
-                       "service_account_key": "sa"}
+    config["files"] = {
+        "release_program": "/data/apps/k8s/kubernetes/libexec/kcm-release-lease",
+        "kubeconfig": "/etc/k8s/kubeconfig/kube-controller-manager.kubeconfig",
+        "cert": "c",
+        "key": "k",
+        "ca_cert": "ca",
+        "signer_cert": "s",
+        "signer_key": "sk",
+        "service_account_key": "sa",
+    }
     return config
 
 
@@ -363,15 +398,27 @@ def release_argv(module, config, python=None):
 def test_the_command_uses_the_minions_python_and_kcms_kubeconfig(kcm_release_module):
     argv = release_argv(kcm_release_module, release_config(kcm_release_module))
 
-    assert argv == ["/opt/saltstack/salt/bin/python3.10", "-I", "/data/apps/k8s/kubernetes/libexec/kcm-release-lease",
-                    "--kubeconfig", "/etc/k8s/kubeconfig/kube-controller-manager.kubeconfig",
-                    "--namespace", "kube-system", "--name", "kube-controller-manager", "--budget", "2"]
+    assert argv == [
+        "/opt/saltstack/salt/bin/python3.10",
+        "-I",
+        "/data/apps/k8s/kubernetes/libexec/kcm-release-lease",
+        "--kubeconfig",
+        "/etc/k8s/kubeconfig/kube-controller-manager.kubeconfig",
+        "--namespace",
+        "kube-system",
+        "--name",
+        "kube-controller-manager",
+        "--budget",
+        "2",
+    ]
 
 
 def test_identity_and_a_renamed_lock_reach_the_command(kcm_release_module):
-    config = release_config(kcm_release_module, identity="k8s-01.example",
-                            extra_args={"leader-elect-resource-name": "kcm-ha",
-                                        "leader-elect-resource-namespace": "ha"})
+    config = release_config(
+        kcm_release_module,
+        identity="k8s-01.example",
+        extra_args={"leader-elect-resource-name": "kcm-ha", "leader-elect-resource-namespace": "ha"},
+    )
 
     argv = release_argv(kcm_release_module, config)
 
@@ -379,13 +426,16 @@ def test_identity_and_a_renamed_lock_reach_the_command(kcm_release_module):
     assert argv[-2:] == ["--identity", "k8s-01.example"]
 
 
-@pytest.mark.parametrize("version, over", [
-    ("v1.37.2", {"leader_election": {"release_on_exit": False}}),
-    ("v1.37.2", {"extra_args": {"leader-elect": False}}),
-    ("v1.14.2", {}),      # Endpoints lock
-    ("v1.19.16", {}),     # Endpoints + Lease (MultiLock)
-    ("v1.24.0", {"extra_args": {"leader-elect-resource-lock": "endpointsleases"}}),
-])
+@pytest.mark.parametrize(
+    "version, over",
+    [
+        ("v1.37.2", {"leader_election": {"release_on_exit": False}}),
+        ("v1.37.2", {"extra_args": {"leader-elect": False}}),
+        ("v1.14.2", {}),  # Endpoints lock
+        ("v1.19.16", {}),  # Endpoints + Lease (MultiLock)
+        ("v1.24.0", {"extra_args": {"leader-elect-resource-lock": "endpointsleases"}}),
+    ],
+)
 def test_no_release_step_when_off_or_the_lock_is_not_a_lease(kcm_release_module, version, over):
     config = release_config(kcm_release_module, version=version, **over)
 

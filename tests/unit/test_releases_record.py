@@ -9,8 +9,9 @@ from kcmlab import formula, releases
 
 RECORD = releases.parse(releases.RECORD.read_text())
 PENDING = releases.pending(releases.RECORD.read_text())
-PINNED = re.search(r'K8S_VERSION="\$\{1:-\$\{KCM_K8S_VERSION:-(v1\.\d+\.\d+)\}\}"',
-                   (formula.REPO / "scripts/k8s-binaries").read_text()).group(1)
+PINNED = re.search(
+    r'K8S_VERSION="\$\{1:-\$\{KCM_K8S_VERSION:-(v1\.\d+\.\d+)\}\}"', (formula.REPO / "scripts/k8s-binaries").read_text()
+).group(1)
 
 
 def test_every_proven_release_still_gets_the_flag_set_its_binary_ran_with():
@@ -21,8 +22,9 @@ def test_every_proven_release_still_gets_the_flag_set_its_binary_ran_with():
 @pytest.mark.parametrize("minor", sorted(PENDING), ids=str)
 def test_a_release_listed_as_pending_really_drifted_and_says_why(minor):
     assert RECORD[minor].proven, f"{minor} is listed as pending a re-proof but was never proven"
-    assert releases.drift({minor: RECORD[minor]}) != [], \
+    assert releases.drift({minor: RECORD[minor]}) != [], (
         f"{minor} gets the flag set its binary was proven with again: take it off the pending list"
+    )
     assert len(PENDING[minor]) > 20, PENDING[minor]
 
 
@@ -30,8 +32,9 @@ def test_the_pending_list_excuses_only_what_it_names():
     text = f"{releases.PENDING}\n- v1.30: a reason long enough to say what changed\n{releases.PENDING_END}"
     assert releases.pending(text) == {"v1.30": "a reason long enough to say what changed"}
     stale = {m: releases.Row(**{**vars(r), "flags_sha256": "0" * 64}) for m, r in RECORD.items() if r.proven}
-    assert [m.split(":")[0] for m in releases.drift(stale, releases.pending(text))] == \
-        [r.release for r in sorted(stale.values(), key=lambda r: releases.minor_key(r.minor)) if r.minor != "v1.30"]
+    assert [m.split(":")[0] for m in releases.drift(stale, releases.pending(text))] == [
+        r.release for r in sorted(stale.values(), key=lambda r: releases.minor_key(r.minor)) if r.minor != "v1.30"
+    ]
 
 
 def test_a_changed_flag_set_names_the_release_to_re_prove(kcm_flags):
@@ -110,11 +113,17 @@ def test_an_older_patch_is_refused_while_the_newest_is_not_known_to_fail(prove, 
 
 
 def test_an_older_patch_names_the_newest_and_the_module_the_proxy_refused(prove, tmp_path):
-    failed_build(tmp_path, "v1.31.14", "go: k8s.io/kube-controller-manager@v0.31.14: reading "
-                 "https://proxy.golang.org/k8s.io/kube-controller-manager/@v/v0.31.14.zip: 403 Forbidden\n")
+    failed_build(
+        tmp_path,
+        "v1.31.14",
+        "go: k8s.io/kube-controller-manager@v0.31.14: reading "
+        "https://proxy.golang.org/k8s.io/kube-controller-manager/@v/v0.31.14.zip: 403 Forbidden\n",
+    )
     said = prove.older_patch("v1.31.13", "v1.31.14")
-    assert said == ("not the newest patch: v1.31.14 does not build: the Go module proxy refuses "
-                    "k8s.io/kube-controller-manager@v0.31.14 (403: this module version is not available)")
+    assert said == (
+        "not the newest patch: v1.31.14 does not build: the Go module proxy refuses "
+        "k8s.io/kube-controller-manager@v0.31.14 (403: this module version is not available)"
+    )
     # what the record test above demands of such a row
     assert re.search(r"not the newest patch: (v1\.31\.14) does not build: (.+)$", f"ok, 894 s; {said}")
 
@@ -122,9 +131,11 @@ def test_an_older_patch_names_the_newest_and_the_module_the_proxy_refused(prove,
 def test_wrapper_fixes_of_a_godeps_release_are_only_what_changed_after_its_own_pins(prove, tmp_path, monkeypatch):
     src = tmp_path / "src" / "kubernetes-v1.14.2"
     src.mkdir(parents=True)
-    pins = ("replace (\n\tgolang.org/x/net => golang.org/x/net v0.0.0-20190206173232-65e2d4e15006\n"
-            "\tgithub.com/modern-go/reflect2 => github.com/modern-go/reflect2 v1.0.1\n"
-            "\tk8s.io/api => ./staging/api\n)\n")
+    pins = (
+        "replace (\n\tgolang.org/x/net => golang.org/x/net v0.0.0-20190206173232-65e2d4e15006\n"
+        "\tgithub.com/modern-go/reflect2 => github.com/modern-go/reflect2 v1.0.1\n"
+        "\tk8s.io/api => ./staging/api\n)\n"
+    )
     (src / "go.mod.godeps").write_text(pins)
     (src / "go.mod").write_text(pins.replace("reflect2 v1.0.1", "reflect2 v1.0.2"))
     monkeypatch.setattr(prove, "CACHE", tmp_path)

@@ -46,7 +46,10 @@ def test_the_trixie_chroot_compiles_the_sdists_then_purges_the_compiler():
 def test_a_stand_in_wheel_is_a_wheel_pip_installs_with_the_sdists_name_and_version(tmp_path):
     wheel = rootfs._stand_in_wheel(tmp_path, "timelib", "0.3.0")
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--target",
-                    str(target), str(wheel)], check=True, env={"PATH": "/usr/bin:/bin"})
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--target", str(target), str(wheel)],
+        check=True,
+        env={"PATH": "/usr/bin:/bin"},
+    )
     [dist] = distributions(path=[str(target)])
     assert (dist.metadata["Name"], dist.version) == ("timelib", "0.3.0")

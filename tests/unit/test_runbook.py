@@ -22,9 +22,20 @@ RUNBOOK = (REPO / "docs" / "runbook.md").read_text()
 # What kcm.master writes from defaults.yaml: the runner's only source of a runbook_url.
 CFG = alert_settings()
 DEFAULT_BASE = CFG["runbook_url"]
-DATA = {"cluster": "prod", "cluster_id": "c1d", "transitions": 3, "cert": "cert", "threshold": 30,
-        "thresholds": [30, 7], "days_left": 20, "id": "master-1", "holder": "master-1_a", "node": "master-1",
-        "reason": "connection refused", "not_after": "2027-02-04T08:00:00Z"}
+DATA = {
+    "cluster": "prod",
+    "cluster_id": "c1d",
+    "transitions": 3,
+    "cert": "cert",
+    "threshold": 30,
+    "thresholds": [30, 7],
+    "days_left": 20,
+    "id": "master-1",
+    "holder": "master-1_a",
+    "node": "master-1",
+    "reason": "connection refused",
+    "not_after": "2027-02-04T08:00:00Z",
+}
 
 
 def github_anchor(heading):
@@ -45,16 +56,24 @@ def test_every_alert_has_its_runbook_section_with_the_commands_to_run(alertname)
     assert anchor in found, f"docs/runbook.md has no '## {alertname}' section"
     body = found[anchor]
     leader_alert = any(row[:2] == ("kcm_leader", alertname) for row in KINDS.values())
-    for part in ("**What it means.**", "**Check first.**", "**How it resolves.**", "salt-run kcm.status",
-                 "kcm.status", "journalctl -u kube-controller-manager", *(["kcm.leader"] if leader_alert else [])):
+    for part in (
+        "**What it means.**",
+        "**Check first.**",
+        "**How it resolves.**",
+        "salt-run kcm.status",
+        "kcm.status",
+        "journalctl -u kube-controller-manager",
+        *(["kcm.leader"] if leader_alert else []),
+    ):
         assert part in body, (alertname, part)
 
 
 @pytest.mark.parametrize("kind", sorted(k for k, row in KINDS.items() if row[1]))
 @pytest.mark.parametrize("base", [DEFAULT_BASE, "https://wiki.example.com/kcm/runbook"])
 def test_every_alert_built_carries_the_three_annotations_and_its_anchor(kind, base):
-    alert = UTILS["kcm_alert_decide.build_alert"](kind, DATA, "master-1", dict(CFG, runbook_url=base), 1.8e9,
-                                                  RUNNER._kit())
+    alert = UTILS["kcm_alert_decide.build_alert"](
+        kind, DATA, "master-1", dict(CFG, runbook_url=base), 1.8e9, RUNNER._kit()
+    )
     annotations = alert["annotations"]
     assert set(annotations) == {"summary", "description", "runbook_url"}
     assert all(isinstance(v, str) and v for v in annotations.values())
@@ -69,12 +88,15 @@ def test_the_base_is_the_pillar_default_and_an_empty_one_is_refused_naming_the_k
     assert any(p.startswith("kcm:master:runbook_url: required") for p in problems), problems
 
 
-@pytest.mark.parametrize("reason, secret", [
-    ("Get https://kcm:s3cr3t@10.0.0.1:6443/apis: refused", "s3cr3t"),
-    ("401: Authorization: Bearer eyJhbGciOiJSUzI1NiJ9.payload", "eyJhbGciOiJSUzI1NiJ9"),
-    ("GET /x?token=abcdef123 failed", "abcdef123"),
-    ("password: hunter2, retrying", "hunter2"),
-])
+@pytest.mark.parametrize(
+    "reason, secret",
+    [
+        ("Get https://kcm:s3cr3t@10.0.0.1:6443/apis: refused", "s3cr3t"),
+        ("401: Authorization: Bearer eyJhbGciOiJSUzI1NiJ9.payload", "eyJhbGciOiJSUzI1NiJ9"),
+        ("GET /x?token=abcdef123 failed", "abcdef123"),
+        ("password: hunter2, retrying", "hunter2"),
+    ],
+)
 def test_no_secret_in_a_description(reason, secret):
     text = UTILS["kcm_alert_rules.annotations"]("unreachable", dict(DATA, reason=reason), "master-1", DEFAULT_BASE)
     assert secret not in text["description"] and "[filtered]" in text["description"]

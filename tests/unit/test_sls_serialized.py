@@ -39,7 +39,7 @@ SAFE_IN = {
     },
     "kcm/map.jinja": {
         "raise(\"kcm formula: its modules are not synced to this minion; run `salt '<minion>' saltutil.sync_all`"
-        " (or `salt-call saltutil.sync_all`) first\")": "a literal message",
+        ' (or `salt-call saltutil.sync_all`) first")': "a literal message",
     },
     # A systemd unit, not YAML: its serializer is systemd's quoting, applied in Python.
     "kcm/files/default/kube-controller-manager.service.jinja": {
@@ -53,7 +53,6 @@ SAFE_IN = {
         "path": "kcm_systemd.credentials: a files path, rendered only after kcm-config-validated passed",
         "logs_directory": "kcm_config.resolve: the unit name, validated (no '/', letters, digits, - _ . @)",
     },
-
 }
 
 
@@ -76,13 +75,16 @@ def test_every_interpolation_is_serialized_or_a_named_exception():
     assert bare == [], "interpolated without | json (or a reason in SAFE_IN):\n" + "\n".join(bare)
 
 
-@pytest.mark.parametrize("text, caught", [
-    ("    - unless: getent passwd {{ name }}", True),
-    ("    - name: {{ kcm.user }}", True),
-    ("    - name: {{ kcm.user | json }}", False),
-    ("    - text: {{ (a ~ 'b'\n       ~ 'c') | json }}", False),
-    ("    - name: {{ kcm.user | json | upper }}", True),
-])
+@pytest.mark.parametrize(
+    "text, caught",
+    [
+        ("    - unless: getent passwd {{ name }}", True),
+        ("    - name: {{ kcm.user }}", True),
+        ("    - name: {{ kcm.user | json }}", False),
+        ("    - text: {{ (a ~ 'b'\n       ~ 'c') | json }}", False),
+        ("    - name: {{ kcm.user | json | upper }}", True),
+    ],
+)
 def test_the_scan_sees_a_bare_interpolation(text, caught):
     exprs = [" ".join(m.group(1).split()) for m in EXPRESSION.finditer(text)]
     assert any(not SERIALIZED.search(e) for e in exprs) is caught

@@ -28,6 +28,7 @@ def test_write_never_changes_the_mode_through_a_link_swapped_in(state_file, tmp_
             # the writer of the directory replaces the new file by a link right after the rename
             os.unlink(dst)
             os.symlink(victim, dst)
+
         return run
 
     monkeypatch.setattr(os, "replace", swapping(os.replace))

@@ -29,16 +29,23 @@ def reaches(tree):
     """``(line, how)`` of every place the parsed util ``tree`` reaches another util."""
     found = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.Name) and node.id == "__utils__" or \
-                isinstance(node, ast.Global) and "__utils__" in node.names:
+        if (
+            isinstance(node, ast.Name)
+            and node.id == "__utils__"
+            or isinstance(node, ast.Global)
+            and "__utils__" in node.names
+        ):
             found.append((node.lineno, "__utils__"))
         for name in _imported(node):
             if name.startswith(("salt.loader", "importlib")) or name.split(".")[0] in NAMES:
                 found.append((node.lineno, f"imports {name}"))
         if isinstance(node, ast.Attribute) and node.attr == "loader":
             found.append((node.lineno, "salt.loader"))
-        if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) and \
-                str(node.slice.value).split(".")[0] in NAMES:
+        if (
+            isinstance(node, ast.Subscript)
+            and isinstance(node.slice, ast.Constant)
+            and str(node.slice.value).split(".")[0] in NAMES
+        ):
             found.append((node.lineno, f"looks up {node.slice.value}"))
     return found
 
@@ -49,13 +56,16 @@ def test_a_util_calls_no_other_util(path):
     assert not found, "\n".join(f"_utils/{path.name}:{line}: {how}" for line, how in sorted(set(found)))
 
 
-@pytest.mark.parametrize("source", [
-    'def f():\n    return __utils__["kcm_time.epoch"](1)\n',
-    "import salt.loader\n",
-    "def f(opts):\n    global __utils__\n",
-    'def f(utils):\n    return utils["kcm_state_file.read_json"]\n',
-    "from kcm_time import epoch\n",
-])
+@pytest.mark.parametrize(
+    "source",
+    [
+        'def f():\n    return __utils__["kcm_time.epoch"](1)\n',
+        "import salt.loader\n",
+        "def f(opts):\n    global __utils__\n",
+        'def f(utils):\n    return utils["kcm_state_file.read_json"]\n',
+        "from kcm_time import epoch\n",
+    ],
+)
 def test_each_way_of_reaching_a_util_is_found(source):
     assert reaches(ast.parse(source))
 

@@ -196,7 +196,8 @@ class Api:
         """(status, parsed JSON object or None)."""
         if self.conn is None:
             self.conn = http.client.HTTPSConnection(
-                self.host, self.port, timeout=self._remaining(), context=self.context)
+                self.host, self.port, timeout=self._remaining(), context=self.context
+            )
         # The apiserver names field managers after the User-Agent up to its first "/".
         headers = {"Accept": "application/json", "User-Agent": f"{PROG}/kcm-formula"}
         if self.token:
@@ -316,8 +317,9 @@ def main(argv=None):
     api = None
     try:
         server, cluster, user = kubeconfig_target(args.kubeconfig)
-        api = Api(server, tls_context(args.kubeconfig, cluster, user), _token(args.kubeconfig, user),
-                  start + args.budget)
+        api = Api(
+            server, tls_context(args.kubeconfig, cluster, user), _token(args.kubeconfig, user), start + args.budget
+        )
         line = release(api, args.namespace, args.name, identity)
     except Skip as exc:
         line = f"Lease {args.namespace}/{args.name} not released: {exc}"

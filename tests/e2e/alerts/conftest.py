@@ -41,30 +41,42 @@ def running_alertmanager(tmp_path_factory, name: str = "alertmanager"):
 @pytest.fixture(scope="package")
 def alert_cluster(k8s_bin, alertmanager, tmp_path_factory, request):
     """The lab with the alert path in place; ``cluster.events`` records the master's bus."""
-    yield from alert_lab(k8s_bin, alertmanager, tmp_path_factory.mktemp("lab-alerts"), request,
-                         "alerts", suite="e2e-alerts")
+    yield from alert_lab(
+        k8s_bin, alertmanager, tmp_path_factory.mktemp("lab-alerts"), request, "alerts", suite="e2e-alerts"
+    )
 
 
 def alert_lab(k8s_bin, alertmanager, workdir, request, label, **lab):
     """A lab cluster (``lab``: LabCluster's keywords) whose salt-master alerts ``alertmanager``,
     every beacon polling; yields it and removes it (a fixture's body)."""
-    conf = kcm_master_config(workdir / "master-host", {
-        "alertmanager_urls": [alertmanager.url], "allow_http": True, "labels": {"env": "e2e"}, "masters": "master-*",
-        # A test waits fractions of a second for a retry, not seconds.
-        "receiver_backoff": 0.2,
-        # Each forgery's refusal on the bus (test_intruder), not once per sender per minute as in production.
-        "refusal_log_interval": 1})
+    conf = kcm_master_config(
+        workdir / "master-host",
+        {
+            "alertmanager_urls": [alertmanager.url],
+            "allow_http": True,
+            "labels": {"env": "e2e"},
+            "masters": "master-*",
+            # A test waits fractions of a second for a retry, not seconds.
+            "receiver_backoff": 0.2,
+            # Each forgery's refusal on the bus (test_intruder), not once per sender per minute as in production.
+            "refusal_log_interval": 1,
+        },
+    )
     assert conf["engines"] == [{"kcm_alert": {"batch_wait": 0.2, "max_batch": 500}}] and "reactor" not in conf, conf
     assert conf["kcm_alert"]["masters"] == "master-*", conf
-    cluster = start_lab_cluster(k8s_bin, workdir, label, election=SHORT_ELECTION, kcm={"beacon": BEACON},
-                                master_config=conf, **lab)
+    cluster = start_lab_cluster(
+        k8s_bin, workdir, label, election=SHORT_ELECTION, kcm={"beacon": BEACON}, master_config=conf, **lab
+    )
     cluster.events = EventRecorder(cluster.master).start()
     try:
         cluster.apply("kcm.beacon")
         for name in cluster.nodes:
             machine = cluster.machine(name)
-            wait_until(lambda m=machine: m.run(["test", "-s", BEACON_STATE], check=False).returncode == 0,
-                       WAIT, f"{name}: the first beacon poll")
+            wait_until(
+                lambda m=machine: m.run(["test", "-s", BEACON_STATE], check=False).returncode == 0,
+                WAIT,
+                f"{name}: the first beacon poll",
+            )
         yield cluster
     finally:
         cluster.events.stop()
@@ -86,13 +98,20 @@ def wait_events(cluster, pattern: str, since: float, count: int, what: str):
 
 def handled(cluster, kind: str, since: float):
     """The runner's follow-ups to beacon reports of ``kind`` (sent or duplicate)."""
-    return [e for e in events(cluster, "kcm/alert/*", since)
-            if e[2].get("kind") == kind and e[1] in (f"kcm/alert/{kind}", "kcm/alert/duplicate")]
+    return [
+        e
+        for e in events(cluster, "kcm/alert/*", since)
+        if e[2].get("kind") == kind and e[1] in (f"kcm/alert/{kind}", "kcm/alert/duplicate")
+    ]
 
 
 def wait_all_handled(cluster, kind: str, since: float, reporters: int = 3):
-    return wait_until(lambda: len(handled(cluster, kind, since)) >= reporters or None,
-                      WAIT, f"the runner handling {reporters} '{kind}' reports", interval=0.5)
+    return wait_until(
+        lambda: len(handled(cluster, kind, since)) >= reporters or None,
+        WAIT,
+        f"the runner handling {reporters} '{kind}' reports",
+        interval=0.5,
+    )
 
 
 def settled(cluster, quiet: float = 5.0) -> str:
@@ -100,16 +119,21 @@ def settled(cluster, quiet: float = 5.0) -> str:
     over) and a leader that renews (not the record of a dead process); returns its node."""
     cluster.ensure_running()
     time.sleep(quiet)
-    wait_until(lambda: not events(cluster, "salt/beacon/*/kcm_leader/*", time.time() - quiet), WAIT,
-               f"{quiet:g}s without kcm_leader beacon events", interval=1)
+    wait_until(
+        lambda: not events(cluster, "salt/beacon/*/kcm_leader/*", time.time() - quiet),
+        WAIT,
+        f"{quiet:g}s without kcm_leader beacon events",
+        interval=1,
+    )
     return cluster.renewing_leader(WAIT)
 
 
 def failover_alerted_once(cluster, alertmanager, old, since):
     """The new leader, after the three minions' reports of old -> new gave one alert."""
     new = cluster.wait_for_leader(WAIT, exclude=(old,))
-    reports = wait_events(cluster, "salt/beacon/*/kcm_leader/changed", since, len(cluster.nodes),
-                          "a 'changed' report from every minion")
+    reports = wait_events(
+        cluster, "salt/beacon/*/kcm_leader/changed", since, len(cluster.nodes), "a 'changed' report from every minion"
+    )
     assert sorted(e[2]["id"] for e in reports) == sorted(cluster.nodes)
     assert {(e[2]["old_node"], e[2]["new_node"]) for e in reports} == {(old, new)}
     assert all(e[2].get("sig") for e in reports), "every report is signed by its minion"
@@ -118,9 +142,11 @@ def failover_alerted_once(cluster, alertmanager, old, since):
     assert len(sent) == 1, [e[2] for e in sent]
     # This failover's own alert: an earlier one between the same nodes is another alert.
     transitions = str(reports[0][2]["transitions"])
-    alerts = wait_until(lambda: alertmanager.active(alertname="KCMLeaderChanged", old_node=old, new_node=new,
-                                                    transitions=transitions),
-                        WAIT, "KCMLeaderChanged in Alertmanager")
+    alerts = wait_until(
+        lambda: alertmanager.active(alertname="KCMLeaderChanged", old_node=old, new_node=new, transitions=transitions),
+        WAIT,
+        "KCMLeaderChanged in Alertmanager",
+    )
     assert len(alerts) == 1, alerts
     assert alerts[0]["labels"]["cluster"] and alerts[0]["labels"]["env"] == "e2e"
     assert f"from {old} to {new}" in alerts[0]["annotations"]["summary"]

@@ -39,8 +39,13 @@ def reports_after(cluster, marker: float) -> dict[str, float]:
     it: each minion's beacon reports in order, so anything it reported before has arrived
     by then. Returns, per minion, when its marker report arrived."""
     cluster.kill(cluster.renewing_leader())
-    found = wait_events(cluster, "salt/beacon/*/kcm_leader/changed", marker, len(cluster.nodes),
-                        "every minion's report of the marker failover")
+    found = wait_events(
+        cluster,
+        "salt/beacon/*/kcm_leader/changed",
+        marker,
+        len(cluster.nodes),
+        "every minion's report of the marker failover",
+    )
     arrived = {}
     for stamp, _, data in found:
         arrived.setdefault(data["id"], stamp)
@@ -83,8 +88,9 @@ def test_apiserver_down_is_one_unreachable_per_minion_and_one_alert(alert_cluste
     since = time.time()
     cp.apiserver.stop()
     try:
-        reports = wait_events(alert_cluster, "salt/beacon/*/kcm_leader/unreachable", since, 3,
-                              "an 'unreachable' report from every minion")
+        reports = wait_events(
+            alert_cluster, "salt/beacon/*/kcm_leader/unreachable", since, 3, "an 'unreachable' report from every minion"
+        )
         wait_all_handled(alert_cluster, "unreachable", since)
         assert sorted(e[2]["id"] for e in reports) == sorted(alert_cluster.nodes)
         assert all(e[2]["reason"] for e in reports)
@@ -101,8 +107,9 @@ def test_apiserver_down_is_one_unreachable_per_minion_and_one_alert(alert_cluste
         return {e[2]["id"] for e in found if e[2]["condition"] == "unreachable"} == set(alert_cluster.nodes)
 
     wait_until(recovered_from_unreachable, WAIT, "'recovered' (unreachable) from every minion", interval=0.5)
-    wait_until(lambda: alertmanager.active(alertname="KCMApiserverUnreachable") == [], WAIT,
-               "KCMApiserverUnreachable resolved")
+    wait_until(
+        lambda: alertmanager.active(alertname="KCMApiserverUnreachable") == [], WAIT, "KCMApiserverUnreachable resolved"
+    )
 
     def resolve_sent():
         found = events(alert_cluster, "kcm/alert/resolved", back)
@@ -127,8 +134,12 @@ def test_minion_restart_and_pillar_refresh_do_not_alert_again(alert_cluster):
     marker = time.time()
     arrived = reports_after(alert_cluster, marker)
     marked = ("changed", "acquired", "lost")  # what the marker failover itself reports
-    repeated = [e for kind in CONDITION_KINDS for e in events(alert_cluster, f"salt/beacon/*/kcm_leader/{kind}", since)
-                if e[0] < arrived[e[2]["id"]] and not (kind in marked and e[0] >= marker)]
+    repeated = [
+        e
+        for kind in CONDITION_KINDS
+        for e in events(alert_cluster, f"salt/beacon/*/kcm_leader/{kind}", since)
+        if e[0] < arrived[e[2]["id"]] and not (kind in marked and e[0] >= marker)
+    ]
     assert repeated == [], repeated
     assert [e for e in events(alert_cluster, "kcm/alert/*", since) if e[0] < marker] == []
 
@@ -143,20 +154,34 @@ def test_grains_decide_nothing_and_a_report_in_another_masters_name_is_refused(a
     try:
         alert_cluster.salt("saltutil.refresh_pillar", wait=True, target=[other])  # the master's grain cache
         since = time.time()
-        forged = {"cluster": "kubernetes", "transitions": 999, "holder": f"{old}_x", "node": old,
-                  "renew_time": "2027-01-15T08:00:00.000000Z"}
-        alert_cluster.salt("event.send", f"salt/beacon/{old}/kcm_leader/no_leader", json.dumps(forged),
-                           target=[other])
+        forged = {
+            "cluster": "kubernetes",
+            "transitions": 999,
+            "holder": f"{old}_x",
+            "node": old,
+            "renew_time": "2027-01-15T08:00:00.000000Z",
+        }
+        alert_cluster.salt("event.send", f"salt/beacon/{old}/kcm_leader/no_leader", json.dumps(forged), target=[other])
         refused = wait_events(alert_cluster, "kcm/alert/refused", since, 1, f"the runner refusing {other}'s forgery")
         assert f"the tag names {old} but the event comes from '{other}'" in refused[0][2]["reason"], refused
         alert_cluster.kill(old)
         new = alert_cluster.wait_for_leader(WAIT, exclude=(old,))
-        reports = wait_events(alert_cluster, "salt/beacon/*/kcm_leader/changed", since, 3,
-                              "a 'changed' report from every minion")
+        reports = wait_events(
+            alert_cluster, "salt/beacon/*/kcm_leader/changed", since, 3, "a 'changed' report from every minion"
+        )
         wait_all_handled(alert_cluster, "changed", since, reporters=3)
         assert len(events(alert_cluster, "kcm/alert/changed", since)) == 1
-        assert len(alertmanager.active(alertname="KCMLeaderChanged", old_node=old, new_node=new,
-                                       transitions=str(reports[0][2]["transitions"]))) == 1
+        assert (
+            len(
+                alertmanager.active(
+                    alertname="KCMLeaderChanged",
+                    old_node=old,
+                    new_node=new,
+                    transitions=str(reports[0][2]["transitions"]),
+                )
+            )
+            == 1
+        )
     finally:
         alert_cluster.salt("grains.delkey", "role", target=[other])
 
@@ -170,8 +195,9 @@ def test_bad_beacon_config_is_refused_clearly_and_the_good_beacon_keeps_running(
     assert "stale_after must be a number of retry periods > 0" in ret["comment"]
     # a broken second instance written into the minion config by hand, then a restart
     bad = "/etc/salt/minion.d/kcm_bad.conf"
-    machine.run(["tee", bad], input=yaml.safe_dump(
-        {"beacons": {"kcm_bad": [{"beacon_module": "kcm_leader"}, {"debounce": 0}]}}))
+    machine.run(
+        ["tee", bad], input=yaml.safe_dump({"beacons": {"kcm_bad": [{"beacon_module": "kcm_leader"}, {"debounce": 0}]}})
+    )
     try:
         log_from = len(machine.read_file("/var/log/salt/minion"))
         machine.systemctl("restart", "salt-minion")
@@ -180,15 +206,19 @@ def test_bad_beacon_config_is_refused_clearly_and_the_good_beacon_keeps_running(
         def minion_log():
             return machine.read_file("/var/log/salt/minion")[log_from:]
 
-        wait_until(lambda: "Beacon kcm_bad configuration invalid, not running" in minion_log(),
-                   WAIT, "the minion reporting the invalid kcm_bad config")
+        wait_until(
+            lambda: "Beacon kcm_bad configuration invalid, not running" in minion_log(),
+            WAIT,
+            "the minion reporting the invalid kcm_bad config",
+        )
         assert "kcm_leader: debounce must be an integer >= 1" in minion_log()
         # the configured (good) instance on the same minion still reports
         leader = settled(alert_cluster)
         since = time.time()
         alert_cluster.kill(leader)
-        wait_events(alert_cluster, f"salt/beacon/{name}/kcm_leader/changed", since, 1,
-                    f"{name}'s good beacon still reporting")
+        wait_events(
+            alert_cluster, f"salt/beacon/{name}/kcm_leader/changed", since, 1, f"{name}'s good beacon still reporting"
+        )
         assert events(alert_cluster, f"salt/beacon/{name}/kcm_bad/*", since) == []
     finally:
         machine.run(["rm", "-f", bad])

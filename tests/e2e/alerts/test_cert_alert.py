@@ -44,8 +44,11 @@ def _lab_certificates(cluster) -> dict[str, str]:
 
 def _reports(cluster, since, fingerprint, threshold=None, node=NODE, kind="cert_expiring"):
     found = events(cluster, f"salt/beacon/{node}/kcm_cert/{kind}", since)
-    return [e for e in found if e[2].get("fingerprint") == fingerprint
-            and (threshold is None or e[2].get("threshold") == threshold)]
+    return [
+        e
+        for e in found
+        if e[2].get("fingerprint") == fingerprint and (threshold is None or e[2].get("threshold") == threshold)
+    ]
 
 
 def _with_cert_thresholds(cluster, thresholds, nodes=(NODE,), interval=1):
@@ -54,8 +57,7 @@ def _with_cert_thresholds(cluster, thresholds, nodes=(NODE,), interval=1):
     cluster.apply("kcm.beacon", target=list(nodes))
     for node, listed in cluster.salt("beacons.list", target=list(nodes), return_yaml=False).items():
         settings = {k: v for item in listed["kcm_cert"] for k, v in item.items()}
-        assert settings["cert_thresholds"] == thresholds and settings["cert_check_interval"] == interval, \
-            (node, listed)
+        assert settings["cert_thresholds"] == thresholds and settings["cert_check_interval"] == interval, (node, listed)
 
 
 def _restore_beacons(cluster):
@@ -79,8 +81,11 @@ def test_each_certificate_is_one_alert_whichever_masters_and_files_use_it(alert_
         by_cert = {certificates.get(a["labels"]["fingerprint"]): a["annotations"].get("used_by") for a in found}
         return found if len(found) == 2 and by_cert == expected else None
 
-    found = wait_until(two_alerts_naming_every_master, WAIT + RESEND,
-                       "one KCMCertExpiring per lab certificate, each naming the three masters")
+    found = wait_until(
+        two_alerts_naming_every_master,
+        WAIT + RESEND,
+        "one KCMCertExpiring per lab certificate, each naming the three masters",
+    )
     for alert in found:
         assert set(alert["labels"]) == {"alertname", "cluster", "cluster_id", "fingerprint", "severity", "env"}
         assert alert["labels"]["severity"] in ("warning", "critical"), alert["labels"]
@@ -92,17 +97,22 @@ def test_a_threshold_is_announced_once_also_across_a_restart(alert_cluster, aler
     since = time.time()
     try:
         _with_cert_thresholds(cluster, [THRESHOLD])
-        reports = wait_until(lambda: _reports(cluster, since, client, THRESHOLD) or None, WAIT,
-                             f"cert_expiring for the client certificate below {THRESHOLD} days")
+        reports = wait_until(
+            lambda: _reports(cluster, since, client, THRESHOLD) or None,
+            WAIT,
+            f"cert_expiring for the client certificate below {THRESHOLD} days",
+        )
         report = reports[0][2]
         assert report["subject"] == KCM_CN and report["files"] == ["cert", "kubeconfig:client"]
         assert 0 < report["days_left"] <= 7 and report["serial"] and report["not_after"].endswith("Z")
         assert report["minion"] == NODE and report["thresholds"] == [THRESHOLD]
 
         # the smallest threshold of NODE is critical: the certificate's one alert is critical now
-        firing = wait_until(lambda: alertmanager.active(alertname="KCMCertExpiring", fingerprint=client,
-                                                        severity="critical") or None,
-                            WAIT, "the client certificate's KCMCertExpiring, critical")
+        firing = wait_until(
+            lambda: alertmanager.active(alertname="KCMCertExpiring", fingerprint=client, severity="critical") or None,
+            WAIT,
+            "the client certificate's KCMCertExpiring, critical",
+        )
         assert len(alertmanager.active(alertname="KCMCertExpiring", fingerprint=client)) == 1
         alert = firing[0]
         assert alert["labels"]["env"] == "e2e" and KCM_CN in alert["annotations"]["summary"]
@@ -123,12 +133,18 @@ def test_a_threshold_is_announced_once_also_across_a_restart(alert_cluster, aler
         cluster.master.wait_for_minions([NODE])
         time.sleep(SETTLE)
         _with_cert_thresholds(cluster, [THRESHOLD, 300])
-        wait_until(lambda: _reports(cluster, restarted, client, 300) or None, WAIT,
-                   f"cert_expiring below 300 days from the restarted {NODE}")
+        wait_until(
+            lambda: _reports(cluster, restarted, client, 300) or None,
+            WAIT,
+            f"cert_expiring below 300 days from the restarted {NODE}",
+        )
         time.sleep(SETTLE)
         _with_cert_thresholds(cluster, [THRESHOLD, 300, MARKER])
-        wait_until(lambda: _reports(cluster, restarted, client, MARKER) or None, WAIT,
-                   f"the report of the marker threshold {MARKER}")
+        wait_until(
+            lambda: _reports(cluster, restarted, client, MARKER) or None,
+            WAIT,
+            f"the report of the marker threshold {MARKER}",
+        )
         again = _reports(cluster, restarted, client)
         assert sorted(e[2]["threshold"] for e in again) == [MARKER, 300], again
         assert len(_reports(cluster, since, client, THRESHOLD)) == 1
@@ -145,23 +161,24 @@ def test_a_threshold_is_announced_once_also_across_a_restart(alert_cluster, aler
         _restore_beacons(cluster)
 
 
-def test_the_alert_ends_once_every_master_using_the_certificate_has_renewed_it_to_its_own(alert_cluster,
-                                                                                          alertmanager):
+def test_the_alert_ends_once_every_master_using_the_certificate_has_renewed_it_to_its_own(alert_cluster, alertmanager):
     """The shared client certificate's alert ends once all three masters renewed it; then each
     master has its own client certificate (near expiry too, like the lab CA they share): one
     alert per distinct certificate, four in all, each naming only the masters that use it."""
     cluster = alert_cluster
     old = next(fp for fp, what in _lab_certificates(cluster).items() if what == "client")
     names = cluster.pillars[NODE]["kcm"]["pki"]
-    assert wait_until(lambda: alertmanager.active(alertname="KCMCertExpiring", fingerprint=old) or None, WAIT,
-                      "the client certificate's KCMCertExpiring")
+    assert wait_until(
+        lambda: alertmanager.active(alertname="KCMCertExpiring", fingerprint=old) or None,
+        WAIT,
+        "the client certificate's KCMCertExpiring",
+    )
     since = time.time()
     renewed = {}
     try:
         # each master reads its certificates every second from here on
         _with_cert_thresholds(cluster, DEFAULTS["beacon"]["cert_thresholds"], MASTERS)
-        sans = [*cluster.all_names, *(cluster.lab.address_of(n) for n in cluster.all_names), "127.0.0.1",
-                "localhost"]
+        sans = [*cluster.all_names, *(cluster.lab.address_of(n) for n in cluster.all_names), "127.0.0.1", "localhost"]
         for master in MASTERS:
             cert, key = cluster.cp.ca.issue(KCM_CN, server=True, client=True, names=sans)  # the lab's 7 days
             renewed[master] = _fingerprint(cert)
@@ -170,25 +187,50 @@ def test_the_alert_ends_once_every_master_using_the_certificate_has_renewed_it_t
 
         cluster.apply("kcm", target=["master-1", "master-2"])
         for master in ("master-1", "master-2"):
-            wait_until(lambda m=master: _reports(cluster, since, old, node=m, kind="cert_renewed") or None, WAIT,
-                       f"{master}: cert_renewed of the old client certificate")
+            wait_until(
+                lambda m=master: _reports(cluster, since, old, node=m, kind="cert_renewed") or None,
+                WAIT,
+                f"{master}: cert_renewed of the old client certificate",
+            )
         # still used by master-3: the alert stays, and says so
         still = wait_until(
-            lambda: [a for a in alertmanager.active(alertname="KCMCertExpiring", fingerprint=old)
-                     if a["annotations"].get("used_by") == "master-3 (cert, kubeconfig:client)"] or None,
-            WAIT, "the old certificate's alert naming master-3 only")
+            lambda: (
+                [
+                    a
+                    for a in alertmanager.active(alertname="KCMCertExpiring", fingerprint=old)
+                    if a["annotations"].get("used_by") == "master-3 (cert, kubeconfig:client)"
+                ]
+                or None
+            ),
+            WAIT,
+            "the old certificate's alert naming master-3 only",
+        )
         assert len(still) == 1
-        assert [e for e in events(cluster, "kcm/alert/resolved", since)
-                if any(a["labels"].get("fingerprint") == old for a in e[2].get("alerts", []))] == []
+        assert [
+            e
+            for e in events(cluster, "kcm/alert/resolved", since)
+            if any(a["labels"].get("fingerprint") == old for a in e[2].get("alerts", []))
+        ] == []
 
         cluster.apply("kcm", target=["master-3"])
-        wait_until(lambda: not alertmanager.active(alertname="KCMCertExpiring", fingerprint=old), WAIT,
-                   "the old client certificate's alert resolved once master-3 renewed too")
+        wait_until(
+            lambda: not alertmanager.active(alertname="KCMCertExpiring", fingerprint=old),
+            WAIT,
+            "the old client certificate's alert resolved once master-3 renewed too",
+        )
         # The runner fires its follow-up after Alertmanager took the post: wait for it too.
         resolutions = wait_until(
-            lambda: [e for e in events(cluster, "kcm/alert/resolved", since)
-                     if any(a["labels"].get("fingerprint") == old for a in e[2].get("alerts", []))] or None,
-            WAIT, "the runner's kcm/alert/resolved of the old client certificate")
+            lambda: (
+                [
+                    e
+                    for e in events(cluster, "kcm/alert/resolved", since)
+                    if any(a["labels"].get("fingerprint") == old for a in e[2].get("alerts", []))
+                ]
+                or None
+            ),
+            WAIT,
+            "the runner's kcm/alert/resolved of the old client certificate",
+        )
         assert len(resolutions) == 1, resolutions
         # each master's own certificate is one alert naming that master; the CA's names all three
         ca = next(fp for fp, what in _lab_certificates(cluster).items() if what == "ca")
@@ -200,7 +242,10 @@ def test_the_alert_ends_once_every_master_using_the_certificate_has_renewed_it_t
             used_by = {a["labels"]["fingerprint"]: a["annotations"].get("used_by") for a in found}
             return found if len(found) == len(expected) and used_by == expected else None
 
-        wait_until(one_alert_per_certificate, WAIT + RESEND,
-                   "one KCMCertExpiring per certificate: the CA and each master's own")
+        wait_until(
+            one_alert_per_certificate,
+            WAIT + RESEND,
+            "one KCMCertExpiring per certificate: the CA and each master's own",
+        )
     finally:
         _restore_beacons(cluster)

@@ -66,15 +66,19 @@ def intruder(alert_cluster):
 def forge(machine, sign=(), raw=()) -> None:
     """One beacon return from the intruder: ``sign`` is [(beacon, name as, event)], signed
     with its key; ``raw`` is [{"tag", "data"}] as given."""
-    plan = {"sign": [dict(event) for _, _, event in sign], "as": [[beacon, name] for beacon, name, _ in sign],
-            "raw": list(raw)}
+    plan = {
+        "sign": [dict(event) for _, _, event in sign],
+        "as": [[beacon, name] for beacon, name, _ in sign],
+        "raw": list(raw),
+    }
     machine.run(["/opt/saltstack/salt/bin/python3", "-c", FORGE], input=json.dumps(plan))
 
 
 def sent_since(cluster, since: float) -> list[dict]:
     """What the runner sent (or resolved) since ``since``, not its refusals or duplicates."""
-    return [e[2] for e in events(cluster, "kcm/alert/*", since)
-            if e[1] not in ("kcm/alert/refused", "kcm/alert/duplicate")]
+    return [
+        e[2] for e in events(cluster, "kcm/alert/*", since) if e[1] not in ("kcm/alert/refused", "kcm/alert/duplicate")
+    ]
 
 
 def forged_in(alerts) -> list[dict]:
@@ -97,11 +101,28 @@ def test_reports_it_signs_in_its_name_or_a_masters_alert_nobody(alert_cluster, a
     settled(cluster)
     since = time.time()
     before = alertmanager.active()
-    kinds = [("kcm_leader", kind, dict(MARK, cluster=CLUSTER, node=INTRUDER, old_node="master-1",
-                                       new_node=INTRUDER, condition="unreachable"))
-             for kind in ("changed", "no_leader", "stale", "unreachable", "acquired", "recovered")]
-    kinds.append(("kcm_cert", "cert_expiring", {"cluster": CLUSTER, "fingerprint": "f0" * 32, "serial": "997",
-                                                 "threshold": 7, "days_left": 1, "minion": INTRUDER}))
+    kinds = [
+        (
+            "kcm_leader",
+            kind,
+            dict(MARK, cluster=CLUSTER, node=INTRUDER, old_node="master-1", new_node=INTRUDER, condition="unreachable"),
+        )
+        for kind in ("changed", "no_leader", "stale", "unreachable", "acquired", "recovered")
+    ]
+    kinds.append(
+        (
+            "kcm_cert",
+            "cert_expiring",
+            {
+                "cluster": CLUSTER,
+                "fingerprint": "f0" * 32,
+                "serial": "997",
+                "threshold": 7,
+                "days_left": 1,
+                "minion": INTRUDER,
+            },
+        )
+    )
     for name in (INTRUDER, "master-1"):
         forge(intruder, sign=[(beacon, name, dict(data, tag=kind)) for beacon, kind, data in kinds])
     refused = wait_events(cluster, "kcm/alert/refused", since, 1, "the runner refusing the intruder's reports")
@@ -112,18 +133,21 @@ def test_reports_it_signs_in_its_name_or_a_masters_alert_nobody(alert_cluster, a
     assert forged_in(alertmanager.active()) == [] and len(alertmanager.active()) <= len(before)
 
 
-def test_a_replay_of_a_masters_genuine_report_alerts_nobody_again(
-        alert_cluster, alertmanager, intruder):
+def test_a_replay_of_a_masters_genuine_report_alerts_nobody_again(alert_cluster, alertmanager, intruder):
     cluster = alert_cluster
     old = settled(cluster)
     since = time.time()
     cluster.kill(old)
     new = cluster.wait_for_leader(WAIT, exclude=(old,))
-    genuine = wait_events(cluster, "salt/beacon/*/kcm_leader/changed", since, len(cluster.nodes),
-                          "every master's report of the failover")
+    genuine = wait_events(
+        cluster, "salt/beacon/*/kcm_leader/changed", since, len(cluster.nodes), "every master's report of the failover"
+    )
     transitions = str(genuine[0][2]["transitions"])
-    wait_until(lambda: alertmanager.active(alertname="KCMLeaderChanged", old_node=old, new_node=new,
-                                           transitions=transitions), WAIT, "the genuine KCMLeaderChanged")
+    wait_until(
+        lambda: alertmanager.active(alertname="KCMLeaderChanged", old_node=old, new_node=new, transitions=transitions),
+        WAIT,
+        "the genuine KCMLeaderChanged",
+    )
     _, tag, data = genuine[0]
 
     replayed = time.time()

@@ -39,9 +39,13 @@ def fired(cluster, since: float, alertname: str | None = None) -> list[dict]:
     """The labels of every leader alert this Salt master decided to fire since ``since``,
     oldest first (the re-sends of older alerts give no follow-up event; the lab's 7-day
     certificates have alerts of their own, about no leader)."""
-    return [alert["labels"] for _, tag, data in events(cluster, "kcm/alert/*", since)
-            if data.get("action") == "fire" and data.get("kind") in LEADER_KINDS and tag != "kcm/alert/send_failed"
-            for alert in data["alerts"] if alertname in (None, alert["labels"]["alertname"])]
+    return [
+        alert["labels"]
+        for _, tag, data in events(cluster, "kcm/alert/*", since)
+        if data.get("action") == "fire" and data.get("kind") in LEADER_KINDS and tag != "kcm/alert/send_failed"
+        for alert in data["alerts"]
+        if alertname in (None, alert["labels"]["alertname"])
+    ]
 
 
 def in_alertmanager(alertmanager, labels: dict) -> dict:
@@ -87,16 +91,18 @@ def test_an_upgrade_pages_nothing_above_info(alert_cluster, alertmanager, record
     assert (summary["order"][-1], summary["leader_changes"]) == (old, 1), summary
     # The last step restarts the leader: its Lease leaves the old process (for another master
     # or for its own new process), a change the Salt master planned.
-    (change,) = wait_until(lambda: fired(alert_cluster, since, "KCMLeaderChanged") or None, WAIT,
-                           "the leader step's change decided")
+    (change,) = wait_until(
+        lambda: fired(alert_cluster, since, "KCMLeaderChanged") or None, WAIT, "the leader step's change decided"
+    )
     assert (change["old_node"], change.get("planned"), change["severity"]) == (old, "true", "info"), change
     alert = in_alertmanager(alertmanager, change)
     assert f"Planned: kcm_orch.upgrade restarted {old}." in alert["annotations"]["description"]
     assert [label for label in fired(alert_cluster, since) if label["severity"] in PAGES] == []
 
 
-def test_a_crash_of_the_leader_while_an_upgrade_restarts_a_follower_pages_once(alert_cluster, alertmanager,
-                                                                              record_timing):
+def test_a_crash_of_the_leader_while_an_upgrade_restarts_a_follower_pages_once(
+    alert_cluster, alertmanager, record_timing
+):
     old = settled(alert_cluster)
     followers = [name for name in alert_cluster.nodes if name != old]
     pids = {name: alert_cluster.main_pid(name) for name in followers}
@@ -135,5 +141,6 @@ def test_a_crash_of_the_leader_while_an_upgrade_restarts_a_follower_pages_once(a
     # The crash pages once: its leader change, and at most the dead leader called stale (its
     # beacons' early warning, as for any crash); nothing else.
     paged = [label for label in fired(alert_cluster, since) if label["severity"] in PAGES and label != crash]
-    assert len(paged) <= 1 and all(label["alertname"] == "KCMLeaderStale" and label["node"] == old
-                                   for label in paged), paged
+    assert len(paged) <= 1 and all(
+        label["alertname"] == "KCMLeaderStale" and label["node"] == old for label in paged
+    ), paged

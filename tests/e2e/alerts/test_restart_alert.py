@@ -38,15 +38,17 @@ def _repair(cluster, name: str) -> None:
 
 
 def test_a_kcm_that_exits_on_start_raises_one_kcm_restarting_and_its_repair_resolves_it(
-        alert_cluster, alertmanager, record_timing):
+    alert_cluster, alertmanager, record_timing
+):
     cluster = alert_cluster
     leader = settled(cluster)
     name = next(n for n in cluster.nodes if n != leader)  # a standby: no failover on top of it
     since = time.time()
     try:
         _exits_on_start(cluster.machine(name))
-        firing = wait_until(lambda: alertmanager.active(alertname="KCMRestarting"), WAIT,
-                            "KCMRestarting in Alertmanager")
+        firing = wait_until(
+            lambda: alertmanager.active(alertname="KCMRestarting"), WAIT, "KCMRestarting in Alertmanager"
+        )
         record_timing("alerts: a KCM exiting on start -> KCMRestarting in Alertmanager", time.time() - since)
         assert [a["labels"]["minion"] for a in firing] == [name], firing
         assert firing[0]["labels"]["severity"] == "warning" and firing[0]["labels"]["env"] == "e2e"
@@ -67,8 +69,9 @@ def test_a_kcm_that_exits_on_start_raises_one_kcm_restarting_and_its_repair_reso
         return [e for e in found if e[2]["condition"] == "restarting"]
 
     wait_until(lambda: alertmanager.active(alertname="KCMRestarting") == [], WAIT, "KCMRestarting resolved")
-    record_timing(f"alerts: KCM repaired -> KCMRestarting resolved (healthy_for {BEACON['healthy_for']}s)",
-                  time.time() - repaired)
+    record_timing(
+        f"alerts: KCM repaired -> KCMRestarting resolved (healthy_for {BEACON['healthy_for']}s)", time.time() - repaired
+    )
     assert len(wait_until(ended, WAIT, f"{name}'s recovered report")) == 1
     # A minion's reports arrive in order: all it said of the loop came before its recovered.
     assert [e[2]["id"] for e in events(cluster, "salt/beacon/*/kcm_leader/restarting", since)] == [name]

@@ -57,13 +57,17 @@ def delivery_pillar() -> dict:
     known = yaml.safe_load((REPO / "formula" / "kcm" / "defaults.yaml").read_text())["kcm"]["master"]
     unknown = sorted(set(DELIVERY) - set(known))
     if unknown:
-        pytest.fail(f"kcm:master has no {unknown} in formula/kcm/defaults.yaml: the delivery schedule "
-                    "the fault tests rely on is missing", pytrace=False)
+        pytest.fail(
+            f"kcm:master has no {unknown} in formula/kcm/defaults.yaml: the delivery schedule "
+            "the fault tests rely on is missing",
+            pytrace=False,
+        )
     return dict(DELIVERY)
 
 
-def report_fault(name: str, leader_after: float | None, watch: AlertWatch, lost: int,
-                 window=(0.0, float("inf")), **extra) -> str:
+def report_fault(
+    name: str, leader_after: float | None, watch: AlertWatch, lost: int, window=(0.0, float("inf")), **extra
+) -> str:
     """Print (and keep for the summary) the one line of a fault's timings and alerts (those
     first seen within ``window``)."""
     fired, resolved = watch.counts(window)
@@ -93,22 +97,39 @@ def alertmanager(tmp_path_factory):
 def fault_lab(k8s_bin, alertmanager, tmp_path_factory, request):
     """The lab with the alert path in place; ``cluster.recorders`` records each master's bus."""
     workdir = tmp_path_factory.mktemp("lab-faults")
-    conf = kcm_master_config(workdir / "master-host", {
-        "alertmanager_urls": [alertmanager.url], "allow_http": True, "labels": {"env": "e2e"},
-        "masters": "master-*", **delivery_pillar(),
-        # A test waits fractions of a second for a retry, not seconds.
-        "receiver_backoff": 0.2})
+    conf = kcm_master_config(
+        workdir / "master-host",
+        {
+            "alertmanager_urls": [alertmanager.url],
+            "allow_http": True,
+            "labels": {"env": "e2e"},
+            "masters": "master-*",
+            **delivery_pillar(),
+            # A test waits fractions of a second for a retry, not seconds.
+            "receiver_backoff": 0.2,
+        },
+    )
     cluster, names = None, ()
     try:
-        cluster = start_lab_cluster(k8s_bin, workdir, "faults", suite=SUITE, election=FAULTS_ELECTION,
-                                    kcm={"beacon": dict(BEACON, cert_thresholds=[])}, master_config=conf)
+        cluster = start_lab_cluster(
+            k8s_bin,
+            workdir,
+            "faults",
+            suite=SUITE,
+            election=FAULTS_ELECTION,
+            kcm={"beacon": dict(BEACON, cert_thresholds=[])},
+            master_config=conf,
+        )
         names = cluster.all_names
         cluster.recorders = {cluster.master.id: EventRecorder(cluster.master).start()}
         cluster.events = cluster.recorders[cluster.master.id]
         cluster.apply("kcm.beacon")
         for name in cluster.nodes:
-            wait_until(lambda n=name: cluster.machine(n).run(["test", "-s", BEACON_STATE], check=False).returncode == 0,
-                       WAIT, f"{name}: the first beacon poll")
+            wait_until(
+                lambda n=name: cluster.machine(n).run(["test", "-s", BEACON_STATE], check=False).returncode == 0,
+                WAIT,
+                f"{name}: the first beacon poll",
+            )
         yield cluster
     finally:
         if cluster is not None:

@@ -21,8 +21,7 @@ SEED = int(os.environ.get("KCM_CAMPAIGN_SEED", "21"))
 COUNT = 10
 
 
-def test_a_short_campaign_leaves_no_overlap_no_gap_over_its_bound_and_one_alert_per_transition(fault,
-                                                                                              alertmanager):
+def test_a_short_campaign_leaves_no_overlap_no_gap_over_its_bound_and_one_alert_per_transition(fault, alertmanager):
     campaign = Campaign(fault, alertmanager, SEED, watch=fault.watch)
 
     report = campaign.run(COUNT)

@@ -35,6 +35,7 @@ def live_leader_after(cluster, began: float, exclude=(), timeout: float = WAIT) 
     """The node that holds the Lease and has renewed it since ``began`` (epoch seconds), not one
     of ``exclude``, and the seconds from ``began`` to its acquisition (or to its first renewal
     after ``began`` when it kept the Lease through the fault)."""
+
     def live():
         current = spec(cluster)
         node = node_of(current.get("holderIdentity"))
@@ -59,6 +60,7 @@ def reported_incidents(cluster, kind: str, since: float) -> int:
 def kcm_exit_after(cluster, name: str, began: float, timeout: float) -> float:
     """Seconds from ``began`` (epoch) until KCM's main process on ``name`` exited, read from
     systemd inside the machine (it shares the host's monotonic clock)."""
+
     def exited():
         mono = int(cluster.machine(name).unit_property(UNIT, "ExecMainExitTimestampMonotonic") or 0) / 1e6
         at = time.time() - (time.monotonic() - mono) if mono else None
@@ -75,14 +77,19 @@ def leader_changes_alerted(cluster, old: str, new: str, timeout: float = WAIT) -
     labelled or a second alert fails the test."""
     why = ""
     try:
-        wait_until(lambda: cluster.watch.open("KCMLeaderChanged", old_node=old, new_node=new), timeout,
-                   f"KCMLeaderChanged {old} -> {new} in Alertmanager", interval=0.3)
+        wait_until(
+            lambda: cluster.watch.open("KCMLeaderChanged", old_node=old, new_node=new),
+            timeout,
+            f"KCMLeaderChanged {old} -> {new} in Alertmanager",
+            interval=0.3,
+        )
     except TimeoutError as exc:
         why = str(exc)
     else:
         time.sleep(3)
-    alerts = [(a["labels"].get("old_node"), a["labels"].get("new_node"))
-              for a in cluster.watch.alerts("KCMLeaderChanged")]
+    alerts = [
+        (a["labels"].get("old_node"), a["labels"].get("new_node")) for a in cluster.watch.alerts("KCMLeaderChanged")
+    ]
     return alerts, why
 
 
@@ -102,8 +109,12 @@ def test_leader_cut_off_the_network(fault):
         new, leader_after = live_leader_after(cluster, began, exclude=(old,))
         # nothing was released: the standby waited for the Lease to expire
         assert EPOCH(spec(cluster)["acquireTime"]) >= EPOCH(before["renewTime"]) + LEASE - 0.1
-        wait_until(lambda: beacon_state(cluster, old)["condition"] == "unreachable", WAIT,
-                   f"{old}'s beacon recording unreachable for itself", interval=0.5)
+        wait_until(
+            lambda: beacon_state(cluster, old)["condition"] == "unreachable",
+            WAIT,
+            f"{old}'s beacon recording unreachable for itself",
+            interval=0.5,
+        )
         assert beacon_state(cluster, old)["reason"], beacon_state(cluster, old)
     finally:
         cut_for = time.time() - began
@@ -117,8 +128,14 @@ def test_leader_cut_off_the_network(fault):
     assert cluster.active(old) == "active"
     cluster.watch.wait_closed(CONDITIONS, WAIT)
     sent = events(cluster, "kcm/alert/changed", began)
-    report_fault("cut_link", leader_after, cluster.watch, lost=lost(alerts, old, new),
-                 stopped_leading=f"{stopped:.1f}", cut_for=f"{cut_for:.0f}")
+    report_fault(
+        "cut_link",
+        leader_after,
+        cluster.watch,
+        lost=lost(alerts, old, new),
+        stopped_leading=f"{stopped:.1f}",
+        cut_for=f"{cut_for:.0f}",
+    )
     # Never two leaders: the cut-off one stopped before the other one took the Lease.
     assert stopped < leader_after, f"{old} led {stopped:.1f}s into the cut, {new} from {leader_after:.1f}s"
     assert alerts == [(old, new)], why or alerts
@@ -141,8 +158,12 @@ def test_salt_master_down_while_the_minions_restart(fault):
         new_holder = cluster.wait_for_new_holder(old_holder, WAIT)
         new, leader_after = live_leader_after(cluster, began, exclude=(old,))
         # every beacon saw it and raised its report for a master that is away ...
-        wait_until(lambda: all(beacon_state(cluster, n)["held"].get("holder") == new_holder for n in cluster.nodes),
-                   WAIT, "every beacon recording the new holder", interval=0.5)
+        wait_until(
+            lambda: all(beacon_state(cluster, n)["held"].get("holder") == new_holder for n in cluster.nodes),
+            WAIT,
+            "every beacon recording the new holder",
+            interval=0.5,
+        )
         # ... and loses it: a restarted minion has nothing of what it held
         cluster.restart_minions()
     finally:
@@ -152,8 +173,14 @@ def test_salt_master_down_while_the_minions_restart(fault):
     cluster.master.wait_for_minions(cluster.nodes)
     alerts, why = leader_changes_alerted(cluster, old, new)
     reports = events(cluster, "salt/beacon/*/kcm_leader/changed", began)
-    report_fault("salt_master_down", leader_after, cluster.watch, lost=lost(alerts, old, new),
-                 reports_dropped=len(cluster.nodes) - len(reports), master_down=f"{down_for:.0f}")
+    report_fault(
+        "salt_master_down",
+        leader_after,
+        cluster.watch,
+        lost=lost(alerts, old, new),
+        reports_dropped=len(cluster.nodes) - len(reports),
+        master_down=f"{down_for:.0f}",
+    )
     assert reports == [], "the scenario needs the reports lost; the minions delivered them"
     assert alerts == [(old, new)], why or alerts
 
@@ -166,16 +193,22 @@ def test_alertmanager_down_across_a_failover(fault, alertmanager):
     try:
         cluster.kill(old)
         new, leader_after = live_leader_after(cluster, began, exclude=(old,))
-        wait_events(cluster, "salt/beacon/*/kcm_leader/changed", began, len(cluster.nodes),
-                    "a 'changed' report from every minion")
+        wait_events(
+            cluster,
+            "salt/beacon/*/kcm_leader/changed",
+            began,
+            len(cluster.nodes),
+            "a 'changed' report from every minion",
+        )
         failed = wait_events(cluster, "kcm/alert/send_failed", began, 1, "kcm/alert/send_failed")
         time.sleep(max(0.0, RECEIVER_OUTAGE - (time.time() - began)))
     finally:
         down_for = time.time() - began
         alertmanager.start()
     alerts, why = leader_changes_alerted(cluster, old, new, timeout=WAIT)
-    report_fault("alertmanager_down", leader_after, cluster.watch, lost=lost(alerts, old, new),
-                 am_down=f"{down_for:.0f}")
+    report_fault(
+        "alertmanager_down", leader_after, cluster.watch, lost=lost(alerts, old, new), am_down=f"{down_for:.0f}"
+    )
     assert alerts == [(old, new)], why or alerts
     # the first failed send is told once, not once per retry
     assert len(events(cluster, "kcm/alert/send_failed", began)) == len(failed) == 1
@@ -198,11 +231,20 @@ def test_etcd_and_apiserver_restarted(fault):
         alerted = cluster.watch.by_name(window)
         incidents = {alert: reported_incidents(cluster, kind, began) for kind, alert in REPORTED_AS.items()}
         lost = sum(max(0, count - alerted.get(alert, 0)) for alert, count in incidents.items())
-        report_fault(f"{name}_restart", leader_after, cluster.watch, lost=lost, window=window,
-                     api_back_after=f"{down_for:.1f}",
-                     reported=",".join(f"{a}:{n}" for a, n in incidents.items() if n) or "none")
-        problems[name] = {alert: (count, alerted.get(alert, 0)) for alert, count in incidents.items()
-                          if alerted.get(alert, 0) != count}
+        report_fault(
+            f"{name}_restart",
+            leader_after,
+            cluster.watch,
+            lost=lost,
+            window=window,
+            api_back_after=f"{down_for:.1f}",
+            reported=",".join(f"{a}:{n}" for a, n in incidents.items() if n) or "none",
+        )
+        problems[name] = {
+            alert: (count, alerted.get(alert, 0))
+            for alert, count in incidents.items()
+            if alerted.get(alert, 0) != count
+        }
         # An outage longer than the Lease that no beacon reported is a loss too, not a pass.
         if not incidents["KCMApiserverUnreachable"] + incidents["KCMNoLeader"]:
             problems[name]["nothing reported"] = incidents
@@ -239,18 +281,28 @@ def test_two_salt_masters_give_one_alert_per_incident(fault, alertmanager):
     new, leader_after = live_leader_after(cluster, began, exclude=(old,))
     sent = {}
     for master_id, recorder in cluster.recorders.items():
+
         def every_report(r=recorder):
             found = r.find("salt/beacon/*/kcm_leader/changed", began)
             return found if len(found) >= len(cluster.nodes) else None
 
         reports = wait_until(every_report, WAIT, f"{master_id}: a 'changed' report from every minion", interval=0.5)
         assert sorted(e[2]["id"] for e in reports) == sorted(cluster.nodes), (master_id, reports)
-        sent[master_id] = wait_until(lambda r=recorder: r.find("kcm/alert/changed", began), WAIT,
-                                     f"{master_id}'s runner sending KCMLeaderChanged", interval=0.5)
+        sent[master_id] = wait_until(
+            lambda r=recorder: r.find("kcm/alert/changed", began),
+            WAIT,
+            f"{master_id}'s runner sending KCMLeaderChanged",
+            interval=0.5,
+        )
     alerts, why = leader_changes_alerted(cluster, old, new)
     listed = alertmanager.active(alertname="KCMLeaderChanged", old_node=old, new_node=new)
-    report_fault("two_masters", leader_after, cluster.watch, lost=lost(alerts, old, new),
-                 sends=sum(len(found) for found in sent.values()))
+    report_fault(
+        "two_masters",
+        leader_after,
+        cluster.watch,
+        lost=lost(alerts, old, new),
+        sends=sum(len(found) for found in sent.values()),
+    )
     assert {master_id: len(found) for master_id, found in sent.items()} == {m: 1 for m in cluster.recorders}
     assert alerts == [(old, new)] and len(listed) == 1, why or (alerts, listed)
 
@@ -279,17 +331,28 @@ def test_a_master_that_dies_while_it_reports_unreachable_leaves_nothing_open(fau
     cluster.lease_log.open(recovery, recovery)
     cluster.cp.apiserver.stop()
     try:
-        wait_events(cluster, "salt/beacon/*/kcm_leader/unreachable", began, len(cluster.nodes),
-                    "'unreachable' from every minion")
+        wait_events(
+            cluster,
+            "salt/beacon/*/kcm_leader/unreachable",
+            began,
+            len(cluster.nodes),
+            "'unreachable' from every minion",
+        )
         try:
-            wait_until(lambda: cluster.watch.open("KCMApiserverUnreachable"), RECOVERY_WAIT,
-                       "KCMApiserverUnreachable open")
+            wait_until(
+                lambda: cluster.watch.open("KCMApiserverUnreachable"), RECOVERY_WAIT, "KCMApiserverUnreachable open"
+            )
         except TimeoutError as exc:
             # Seen four times, each on a loaded machine: every master reported, no alert opened.
             # What the runner said about those reports is the first thing to read.
-            said = [(round(at - began, 1), tag, {k: data.get(k) for k in ("kind", "minion", "reason", "why")
-                                                 if data.get(k)})
-                    for at, tag, data in events(cluster, "kcm/alert/*", began)]
+            said = [
+                (
+                    round(at - began, 1),
+                    tag,
+                    {k: data.get(k) for k in ("kind", "minion", "reason", "why") if data.get(k)},
+                )
+                for at, tag, data in events(cluster, "kcm/alert/*", began)
+            ]
             raise AssertionError(f"{exc}; the runner's events since the outage began: {said}") from None
         cluster.machine(victim).power_off()
     finally:
@@ -307,7 +370,12 @@ def test_a_master_that_dies_while_it_reports_unreachable_leaves_nothing_open(fau
         closed = False
     resolved_after = time.time() - back
     unreachable = cluster.watch.alerts("KCMApiserverUnreachable")
-    report_fault("dies_while_unreachable", leader_after, cluster.watch, lost=0,
-                 resolved_after=f"{resolved_after:.1f}" if closed else "never")
+    report_fault(
+        "dies_while_unreachable",
+        leader_after,
+        cluster.watch,
+        lost=0,
+        resolved_after=f"{resolved_after:.1f}" if closed else "never",
+    )
     assert closed, [a for n in CONDITIONS for a in cluster.watch.open(n)]
     assert len(unreachable) == 1, unreachable

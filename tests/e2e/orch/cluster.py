@@ -105,12 +105,14 @@ def built_release(request, version: str) -> Path:
     with capture.global_and_fixture_disabled():
         proc = subprocess.run([str(script), version], stdout=subprocess.PIPE, text=True, check=False)
     if proc.returncode != 0:
-        pytest.fail(f"{script} {version} failed with exit code {proc.returncode} (its output is above); "
-                    f"the version upgrade test needs a real {version} build", pytrace=False)
+        pytest.fail(
+            f"{script} {version} failed with exit code {proc.returncode} (its output is above); "
+            f"the version upgrade test needs a real {version} build",
+            pytrace=False,
+        )
     out = Path(proc.stdout.strip())
     tarball = out / f"kubernetes-server-{version}-linux-amd64.tar.gz"
-    missing = [str(p) for p in (out / "kube-controller-manager", tarball, Path(f"{tarball}.sha512"))
-               if not p.is_file()]
+    missing = [str(p) for p in (out / "kube-controller-manager", tarball, Path(f"{tarball}.sha512")) if not p.is_file()]
     if missing:
         pytest.fail(f"{script} {version} printed {out}, which lacks {', '.join(missing)}", pytrace=False)
     return out
@@ -127,9 +129,15 @@ def deployed_cluster(request, tmp_path_factory, cp_bin: Path, version: str, suit
     ``state.apply kcm`` over the bus, KCM running under systemd with a leader."""
     begin = time.monotonic()
     # The orchestrations target the KCM masters the salt-master trusts: kcm.master's kcm_alert:masters.
-    lab_cluster = start_lab_cluster(cp_bin, tmp_path_factory.mktemp(suite), f"orch {suite}", suite=suite,
-                                    version=version, election=SHORT_ELECTION,
-                                    master_config=runner_settings(masters=list(NODES)))
+    lab_cluster = start_lab_cluster(
+        cp_bin,
+        tmp_path_factory.mktemp(suite),
+        f"orch {suite}",
+        suite=suite,
+        version=version,
+        election=SHORT_ELECTION,
+        master_config=runner_settings(masters=list(NODES)),
+    )
     print(f"{suite}: deployed {version} on 3 machines in {time.monotonic() - begin:.1f}s")
     try:
         yield OrchCluster(lab_cluster)

@@ -8,8 +8,9 @@ from kcmlab.controlplane import failover_bound
 from kcmlab.leasewatch import LeaseWatch
 
 # Failover at the lab's timings: waits are built on it, never speed claims (bench/ has those).
-BOUND = failover_bound(float(SHORT_ELECTION["lease_duration"].rstrip("s")),
-                       float(SHORT_ELECTION["retry_period"].rstrip("s")))
+BOUND = failover_bound(
+    float(SHORT_ELECTION["lease_duration"].rstrip("s")), float(SHORT_ELECTION["retry_period"].rstrip("s"))
+)
 __all__ = ["NODES", "SHORT_ELECTION", "BOUND", "LeaseWatch", "steps", "runner_return", "starts"]
 
 

@@ -71,15 +71,19 @@ def test_the_same_kind_of_change_by_a_plain_apply_of_all_masters_for_contrast(or
 
     assert result.returncode == 0, result.stdout
     watch.assert_sound()
-    restarted = {m: any(st.get("__id__") == "kcm-service-running" and st.get("changes")
-                        for st in r.values()) for m, r in result.data.items()}
+    restarted = {
+        m: any(st.get("__id__") == "kcm-service-running" and st.get("changes") for st in r.values())
+        for m, r in result.data.items()
+    }
     assert restarted == {name: True for name in orch.nodes}
     assert starts(orch, since) == {name: 1 for name in orch.nodes}
     assert flag_in_units(orch, "--v=4") == {name: True for name in orch.nodes}
-    print(f"\nplain apply: {watch.transitions} leader change(s), holders {watch.leader_nodes}, "
-          f"longest window without a live leader {watch.longest_gap:.1f}s, "
-          f"{watch.polls_without_leader}/{len(watch.polls)} polls without one, "
-          f"fewest healthy KCMs at a poll {watch.min_healthy}, {elapsed:.1f}s")
+    print(
+        f"\nplain apply: {watch.transitions} leader change(s), holders {watch.leader_nodes}, "
+        f"longest window without a live leader {watch.longest_gap:.1f}s, "
+        f"{watch.polls_without_leader}/{len(watch.polls)} polls without one, "
+        f"fewest healthy KCMs at a poll {watch.min_healthy}, {elapsed:.1f}s"
+    )
     record_timing("plain apply of all masters (config change)", elapsed)
     record_timing("plain apply: longest window without a live leader", watch.longest_gap)
 
@@ -91,8 +95,9 @@ def test_preflight_failure_restarts_nothing_and_fails_with_the_binarys_message(o
 
     # A typo (the flag is --concurrent-deployment-syncs) that the formula's version table
     # cannot know about: only the real binary refuses it.
-    result = orch.salt_run("state.orchestrate", "orch.kcm.upgrade",
-                           pillar={"kcm": {"extra_args": {"concurrent-deployment-sync": 5}}})
+    result = orch.salt_run(
+        "state.orchestrate", "orch.kcm.upgrade", pillar={"kcm": {"extra_args": {"concurrent-deployment-sync": 5}}}
+    )
 
     states = steps(result)
     assert result.returncode != 0

@@ -135,8 +135,7 @@ def apiserver_at_previous(request, vup, target_bin):
         vup.ensure_running()
 
 
-def test_an_upgrade_past_the_apiserver_is_refused_on_every_master_before_any_changes(
-        apiserver_at_previous, target_bin):
+def test_an_upgrade_past_the_apiserver_is_refused_on_every_master_before_any_changes(apiserver_at_previous, target_bin):
     # Issue 28: KCM is never newer than its kube-apiserver; here every apiserver is PREVIOUS.
     vup, target = apiserver_at_previous, release_of(target_bin)
     units = {name: node.exec_start() for name, node in vup.nodes.items()}
@@ -149,11 +148,14 @@ def test_an_upgrade_past_the_apiserver_is_refused_on_every_master_before_any_cha
     states = steps(result)
     assert result.returncode != 0
     preflight = runner_return(states["kcm-orch-upgrade-preflight"])
-    refusal = (f"kcm:version: {target} is newer than the kube-apiserver ({PREVIOUS} on master-1); the skew policy"
-               " allows KCM at most one minor older than the apiserver, never newer: upgrade the apiservers first"
-               " (or set kcm:skew:override_reason to a reason to override)")
+    refusal = (
+        f"kcm:version: {target} is newer than the kube-apiserver ({PREVIOUS} on master-1); the skew policy"
+        " allows KCM at most one minor older than the apiserver, never newer: upgrade the apiservers first"
+        " (or set kcm:skew:override_reason to a reason to override)"
+    )
     assert preflight["comment"] == "preflight failed, nothing was restarted: " + "; ".join(
-        f"{name}: {refusal}" for name in sorted(vup.nodes))
+        f"{name}: {refusal}" for name in sorted(vup.nodes)
+    )
     assert states["kcm-orch-upgrade-preflight"]["result"] is False
     assert states["kcm-orch-upgrade-rolling"]["result"] is False
     # nothing downloaded, installed, rewritten or restarted on any master
@@ -165,19 +167,24 @@ def test_an_upgrade_past_the_apiserver_is_refused_on_every_master_before_any_cha
 
     # state.apply on each master, test mode included, says the same through the formula's own guard
     own = "Refused by the version skew guard, nothing was changed:\n- " + refusal.replace(
-        f"({PREVIOUS} on master-1)", f"({PREVIOUS})")
+        f"({PREVIOUS} on master-1)", f"({PREVIOUS})"
+    )
     for test in (True, False):
         applied = vup.salt("state.apply", "kcm", test=test, pillar=release_pillar(vup, target), timeout=300).data
-        assert {name: [(st["result"], st["comment"]) for st in applied[name].values()
-                       if st["__id__"] == "kcm-config-validated"] for name in vup.nodes} == {
-            name: [(False, own)] for name in vup.nodes}
+        assert {
+            name: [
+                (st["result"], st["comment"]) for st in applied[name].values() if st["__id__"] == "kcm-config-validated"
+            ]
+            for name in vup.nodes
+        } == {name: [(False, own)] for name in vup.nodes}
     assert {name: versions_kept(node) for name, node in vup.nodes.items()} == kept
     assert {name: node.exec_start() for name, node in vup.nodes.items()} == units
     assert starts(vup, since) == {name: 0 for name in vup.nodes}
 
 
 def test_rolling_version_upgrade_moves_every_master_to_the_new_release_with_one_leader_change(
-        vup, first_rollout, target_bin, record_timing):
+    vup, first_rollout, target_bin, record_timing
+):
     target = release_of(target_bin)
     run, states = first_rollout, first_rollout.states
     record_timing(f"orch.kcm.upgrade {PREVIOUS} -> {target} (3 masters)", run.seconds)
@@ -187,19 +194,23 @@ def test_rolling_version_upgrade_moves_every_master_to_the_new_release_with_one_
 
     preflight = runner_return(states["kcm-orch-upgrade-preflight"])["masters"]
     assert {m: (r["version"], r["deployed_version"]) for m, r in preflight.items()} == {
-        name: (target, PREVIOUS) for name in vup.nodes}
+        name: (target, PREVIOUS) for name in vup.nodes
+    }
     # What the user sees on every master: the new release active, the old one kept for rollback.
     assert vup.salt("kcm.version", timeout=60).data == {name: target for name in vup.nodes}
     assert {n: active_binary(node) for n, node in vup.nodes.items()} == {n: version_binary(target) for n in vup.nodes}
     assert {n: versions_kept(node) for n, node in vup.nodes.items()} == {
-        n: sorted([PREVIOUS, target]) for n in vup.nodes}
+        n: sorted([PREVIOUS, target]) for n in vup.nodes
+    }
     assert {n: running_binary(node) for n, node in vup.nodes.items()} == {n: version_binary(target) for n in vup.nodes}
     # The kept release still runs: a rollback is a pillar change, not a download.
     assert {n: release_runs(node, version_binary(PREVIOUS)) for n, node in vup.nodes.items()} == {
-        n: f"Kubernetes {PREVIOUS}" for n in vup.nodes}
+        n: f"Kubernetes {PREVIOUS}" for n in vup.nodes
+    }
 
     assert {m: (r["version_before"], r["version_after"], r["restarted"]) for m, r in summary["masters"].items()} == {
-        name: (PREVIOUS, target, True) for name in vup.nodes}
+        name: (PREVIOUS, target, True) for name in vup.nodes
+    }
     table = {line.split()[0]: line.split()[1:3] for line in summary["summary"][1:-1]}
     assert table == {name: [PREVIOUS, target] for name in vup.nodes}, summary["summary"]
 
@@ -227,7 +238,8 @@ def test_running_the_same_upgrade_again_changes_and_restarts_nothing(vup, first_
     summary = again.summary
     print("\n".join(summary["summary"]))
     assert {m: (r["version_before"], r["version_after"], r["restarted"]) for m, r in summary["masters"].items()} == {
-        name: (target, target, False) for name in vup.nodes}
+        name: (target, target, False) for name in vup.nodes
+    }
     assert starts(vup, again.since) == {name: 0 for name in vup.nodes}
     assert {name: node.exec_start() for name, node in vup.nodes.items()} == units
     assert {name: versions_kept(node) for name, node in vup.nodes.items()} == kept
@@ -248,7 +260,8 @@ def test_a_rollback_by_pillar_is_rolling_too_and_runs_the_kept_release(vup, firs
     print("\n".join(summary["summary"]))
     record_timing(f"orch.kcm.upgrade rollback {target} -> {PREVIOUS} (3 masters)", back.seconds)
     assert {m: (r["version_before"], r["version_after"], r["restarted"]) for m, r in summary["masters"].items()} == {
-        name: (target, PREVIOUS, True) for name in vup.nodes}
+        name: (target, PREVIOUS, True) for name in vup.nodes
+    }
     assert vup.salt("kcm.version", timeout=60).data == {name: PREVIOUS for name in vup.nodes}
     running = {n: running_binary(node) for n, node in vup.nodes.items()}
     assert running == {n: version_binary(PREVIOUS) for n in vup.nodes}

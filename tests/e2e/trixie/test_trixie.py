@@ -35,8 +35,15 @@ def trixie(k8s_bin, alertmanager, tmp_path_factory, request):
     begin = time.monotonic()
     rootfs = ensure_rootfs("3008", suite="trixie")
     TIMINGS["trixie: rootfs (build or cache check)"] = time.monotonic() - begin
-    yield from alert_lab(k8s_bin, alertmanager, tmp_path_factory.mktemp("lab-trixie"), request, "trixie",
-                         suite="e2e-trixie", rootfs=rootfs)
+    yield from alert_lab(
+        k8s_bin,
+        alertmanager,
+        tmp_path_factory.mktemp("lab-trixie"),
+        request,
+        "trixie",
+        suite="e2e-trixie",
+        rootfs=rootfs,
+    )
 
 
 def test_the_masters_run_trixie_with_systemd_257_and_salt_3008_on_python_3_13(trixie):
@@ -72,8 +79,7 @@ def test_kcm_reads_systemds_root_owned_copies_of_its_secrets(trixie):
         assert machine.run(["stat", "-c", "%U:%G %a", source]).stdout.split() == ["root:root", "600"]
 
 
-def test_a_stop_of_the_leader_hands_over_through_the_release_hook_and_alerts_once(trixie, alertmanager,
-                                                                                  record_timing):
+def test_a_stop_of_the_leader_hands_over_through_the_release_hook_and_alerts_once(trixie, alertmanager, record_timing):
     old = settled(trixie)
     holder = trixie.holder()
     since = time.time()
@@ -83,8 +89,7 @@ def test_a_stop_of_the_leader_hands_over_through_the_release_hook_and_alerts_onc
         line = wait_hook_line(trixie, old, since)
         assert f"released Lease kube-system/kube-controller-manager held by {holder}" in line, line
         failover_alerted_once(trixie, alertmanager, old, since)
-        record_timing("trixie: systemctl stop of the leader -> KCMLeaderChanged in Alertmanager",
-                      time.time() - since)
+        record_timing("trixie: systemctl stop of the leader -> KCMLeaderChanged in Alertmanager", time.time() - since)
         # A released Lease is a handover: nobody was told there was no leader.
         assert events(trixie, "salt/beacon/*/kcm_leader/no_leader", since) == []
         assert alertmanager.active(alertname="KCMNoLeader") == []
