@@ -12,8 +12,7 @@ __virtualname__ = "kcm_release_flags"
 RELEASES = {
     16: (
         "v1.16.15",
-        frozenset(
-            """
+        frozenset("""
             add-dir-header address allocate-node-cidrs alsologtostderr
             attach-detach-reconcile-sync-period authentication-kubeconfig authentication-skip-lookup
             authentication-token-webhook-cache-ttl authentication-tolerate-lookup-failure
@@ -56,10 +55,8 @@ RELEASES = {
             stderrthreshold terminated-pod-gc-threshold tls-cert-file tls-cipher-suites
             tls-min-version tls-private-key-file tls-sni-cert-key unhealthy-zone-threshold
             use-service-account-credentials v version vmodule
-        """.split()
-        ),
-        frozenset(
-            """
+        """.split()),
+        frozenset("""
             APIListChunking APIResponseCompression AllAlpha AppArmor AttachVolumeLimit
             BalanceAttachedNodeVolumes BlockVolume BoundServiceAccountTokenVolume CPUManager
             CRIContainerLogRotation CSIBlockVolume CSIDriverRegistry CSIInlineVolume CSIMigration
@@ -81,13 +78,11 @@ RELEASES = {
             ValidateProxyRedirects VolumePVCDataSource VolumeSnapshotDataSource
             VolumeSubpathEnvExpansion WatchBookmark WinDSR WinOverlay WindowsGMSA
             WindowsRunAsUserName
-        """.split()
-        ),
+        """.split()),
     ),
     17: (
         "v1.17.17",
-        frozenset(
-            """
+        frozenset("""
             add-dir-header address allocate-node-cidrs alsologtostderr
             attach-detach-reconcile-sync-period authentication-kubeconfig authentication-skip-lookup
             authentication-token-webhook-cache-ttl authentication-tolerate-lookup-failure
@@ -131,10 +126,8 @@ RELEASES = {
             stderrthreshold terminated-pod-gc-threshold tls-cert-file tls-cipher-suites
             tls-min-version tls-private-key-file tls-sni-cert-key unhealthy-zone-threshold
             use-service-account-credentials v version vmodule
-        """.split()
-        ),
-        frozenset(
-            """
+        """.split()),
+        frozenset("""
             APIListChunking APIPriorityAndFairness APIResponseCompression AllAlpha AllBeta
             AllowInsecureBackendProxy AppArmor AttachVolumeLimit BalanceAttachedNodeVolumes
             BlockVolume BoundServiceAccountTokenVolume CPUManager CRIContainerLogRotation
@@ -159,13 +152,11 @@ RELEASES = {
             TokenRequestProjection TopologyManager ValidateProxyRedirects VolumePVCDataSource
             VolumeSnapshotDataSource VolumeSubpathEnvExpansion WatchBookmark WinDSR WinOverlay
             WindowsGMSA WindowsRunAsUserName
-        """.split()
-        ),
+        """.split()),
     ),
     18: (
         "v1.18.19",
-        frozenset(
-            """
+        frozenset("""
             add-dir-header address allocate-node-cidrs alsologtostderr
             attach-detach-reconcile-sync-period authentication-kubeconfig authentication-skip-lookup
             authentication-token-webhook-cache-ttl authentication-tolerate-lookup-failure
@@ -210,10 +201,8 @@ RELEASES = {
             terminated-pod-gc-threshold tls-cert-file tls-cipher-suites tls-min-version
             tls-private-key-file tls-sni-cert-key unhealthy-zone-threshold
             use-service-account-credentials v version vmodule
-        """.split()
-        ),
-        frozenset(
-            """
+        """.split()),
+        frozenset("""
             APIListChunking APIPriorityAndFairness APIResponseCompression AllAlpha AllBeta
             AllowInsecureBackendProxy AnyVolumeDataSource AppArmor AttachVolumeLimit
             BalanceAttachedNodeVolumes BlockVolume BoundServiceAccountTokenVolume CPUManager
@@ -240,13 +229,11 @@ RELEASES = {
             TopologyManager ValidateProxyRedirects VolumePVCDataSource VolumeSnapshotDataSource
             VolumeSubpathEnvExpansion WatchBookmark WinDSR WinOverlay WindowsGMSA
             WindowsRunAsUserName
-        """.split()
-        ),
+        """.split()),
     ),
     25: (
         "v1.25.15",
-        frozenset(
-            """
+        frozenset("""
             add-dir-header allocate-node-cidrs allow-metric-labels alsologtostderr
             attach-detach-reconcile-sync-period authentication-kubeconfig authentication-skip-lookup
             authentication-token-webhook-cache-ttl authentication-tolerate-lookup-failure
@@ -299,10 +286,8 @@ RELEASES = {
             tls-private-key-file tls-sni-cert-key unhealthy-zone-threshold
             use-service-account-credentials v version vmodule volume-host-allow-local-loopback
             volume-host-cidr-denylist
-        """.split()
-        ),
-        frozenset(
-            """
+        """.split()),
+        frozenset("""
             APIListChunking APIPriorityAndFairness APIResponseCompression APIServerIdentity
             APIServerTracing AllAlpha AllBeta AnyVolumeDataSource AppArmor CPUManager
             CPUManagerPolicyAlphaOptions CPUManagerPolicyBetaOptions CPUManagerPolicyOptions
@@ -339,13 +324,11 @@ RELEASES = {
             StorageVersionAPI StorageVersionHash TopologyAwareHints TopologyManager
             UnauthenticatedHTTP2DOSMitigation UserNamespacesStatelessPodsSupport
             VolumeCapacityPriority WatchBookmark WinDSR WinOverlay WindowsHostProcessContainers
-        """.split()
-        ),
+        """.split()),
     ),
     27: (
         "v1.27.16",
-        frozenset(
-            """
+        frozenset("""
             allocate-node-cidrs allow-metric-labels attach-detach-reconcile-sync-period
             authentication-kubeconfig authentication-skip-lookup
             authentication-token-webhook-cache-ttl authentication-tolerate-lookup-failure
@@ -397,10 +380,8 @@ RELEASES = {
             tls-cipher-suites tls-min-version tls-private-key-file tls-sni-cert-key
             unhealthy-zone-threshold use-service-account-credentials v version vmodule
             volume-host-allow-local-loopback volume-host-cidr-denylist
-        """.split()
-        ),
-        frozenset(
-            """
+        """.split()),
+        frozenset("""
             APIListChunking APIPriorityAndFairness APIResponseCompression APISelfSubjectReview
             APIServerIdentity APIServerTracing AdmissionWebhookMatchConditions
             AggregatedDiscoveryEndpoint AllAlpha AllBeta AnyVolumeDataSource AppArmor CPUManager
@@ -444,13 +425,11 @@ RELEASES = {
             UserNamespacesStatelessPodsSupport ValidatingAdmissionPolicy VolumeCapacityPriority
             WatchBookmark WatchFromStorageWithoutResourceVersion WatchList WinDSR WinOverlay
             WindowsHostNetwork WindowsHostProcessContainers
-        """.split()
-        ),
+        """.split()),
     ),
     36: (
         "v1.36.3",
-        frozenset(
-            """
+        frozenset("""
             allocate-node-cidrs allow-metric-labels allow-metric-labels-manifest
             attach-detach-reconcile-sync-period authentication-kubeconfig authentication-skip-lookup
             authentication-token-webhook-cache-ttl authentication-tolerate-lookup-failure
@@ -506,10 +485,8 @@ RELEASES = {
             tls-cipher-suites tls-curve-preferences tls-min-version tls-private-key-file
             tls-sni-cert-key unhealthy-zone-threshold use-service-account-credentials v version
             vmodule
-        """.split()
-        ),
-        frozenset(
-            """
+        """.split()),
+        frozenset("""
             APIResponseCompression APIServerIdentity APIServerTracing APIServingWithRoutine AllAlpha
             AllBeta AllowParsingUserUIDFromCertAuth AllowUnsafeMalformedObjectDeletion
             AnyVolumeDataSource AtomicFIFO AuthorizePodWebsocketUpgradeCreatePermission
@@ -570,13 +547,11 @@ RELEASES = {
             WatchCacheInitializationPostStartHook WatchList WatchListClient WinDSR WinOverlay
             WindowsCPUAndMemoryAffinity WindowsGracefulNodeShutdown WindowsHostNetwork
             WorkloadAwarePreemption WorkloadWithJob
-        """.split()
-        ),
+        """.split()),
     ),
     37: (
         "v1.37.2",
-        frozenset(
-            """
+        frozenset("""
             allocate-node-cidrs allow-metric-labels allow-metric-labels-manifest
             attach-detach-reconcile-sync-period authentication-kubeconfig authentication-skip-lookup
             authentication-token-webhook-cache-ttl authentication-tolerate-lookup-failure
@@ -631,10 +606,8 @@ RELEASES = {
             tls-cipher-suites tls-curve-preferences tls-min-version tls-private-key-file
             tls-sni-cert-key unhealthy-zone-threshold use-service-account-credentials v version
             vmodule
-        """.split()
-        ),
-        frozenset(
-            """
+        """.split()),
+        frozenset("""
             APIResponseCompression APIServerIdentity APIServerWebhookAuthenticationToken
             APIServingWithRoutine AllAlpha AllBeta AllowParsingUserUIDFromCertAuth
             AllowUnsafeMalformedObjectDeletion AtomicFIFO AtomicWriteVolumeUserFields
@@ -706,13 +679,11 @@ RELEASES = {
             WatchListCompression WebhookRoundTripLoadBalancing WinDSR WinOverlay
             WindowsCPUAndMemoryAffinity WindowsGracefulNodeShutdown WindowsHostNetwork
             WorkloadWithJob
-        """.split()
-        ),
+        """.split()),
     ),
     38: (
         "v1.38.0-beta.0",
-        frozenset(
-            """
+        frozenset("""
             allocate-node-cidrs allow-metric-labels allow-metric-labels-manifest
             attach-detach-reconcile-sync-period authentication-kubeconfig authentication-skip-lookup
             authentication-token-webhook-cache-ttl authentication-tolerate-lookup-failure
@@ -769,10 +740,8 @@ RELEASES = {
             tls-cipher-suites tls-curve-preferences tls-min-version tls-private-key-file
             tls-sni-cert-key unhealthy-zone-threshold use-service-account-credentials v version
             vmodule
-        """.split()
-        ),
-        frozenset(
-            """
+        """.split()),
+        frozenset("""
             APIResponseCompression APIServerIdentity APIServerWebhookAuthenticationToken
             APIServingWithRoutine AllAlpha AllBeta AllocatorPoolBufferCap
             AllowParsingUserUIDFromCertAuth AllowUnsafeMalformedObjectDeletion AtomicFIFO
@@ -849,8 +818,7 @@ RELEASES = {
             WatchList WatchListClient WatchListClientConcurrentDecoding WatchListCompression
             WebhookRoundTripLoadBalancing WindowsCPUAndMemoryAffinity WindowsGracefulNodeShutdown
             WorkloadWithJob
-        """.split()
-        ),
+        """.split()),
     ),
 }
 
