@@ -6,8 +6,8 @@ flags the formula renders for it, whether it accepts them (the preflight), and w
 This file is part of the ``kcm`` execution module (``__virtualname__`` ``kcm``: Salt's
 loader puts the functions of every file with that name under ``kcm.``), so these are
 ``kcm.version``, ``kcm.args``, ``kcm.preflight`` and ``kcm.health``; ``_modules/kcm.py``
-answers the questions about the leader lock. The install state calls ``kcm.version`` too,
-and the unit state ``kcm.preflight``: what the binary prints is read one way (``_said``).
+answers the questions about the leader lock. The install state calls ``kcm.version`` too;
+what the binary prints is read by ``_utils/kcm_binary.py``, as the unit state reads it.
 Defaults come from the deployed facts (``kcm_config.deployed``).
 
 Errors raise ``CommandExecutionError`` with ``info={"reason": ...}`` (``not_deployed``,
@@ -17,7 +17,6 @@ are verdicts, returned with exit code 1: a binary that refuses the flags
 """
 
 import logging
-import re
 import subprocess
 
 log = logging.getLogger(__name__)
@@ -25,8 +24,6 @@ log = logging.getLogger(__name__)
 __virtualname__ = "kcm"
 
 TIMEOUT = 30
-# `kube-controller-manager --version` prints `Kubernetes v1.37.2` (Go's -ldflags version).
-_VERSION = re.compile(r"\bKubernetes (v\d+\.\d+\.\d+[\w.+-]*)")
 
 
 def __virtual__():
@@ -63,16 +60,7 @@ def _run(argv, runas):
 
 
 def _said(proc):
-    """``(version, None)`` when the run succeeded and printed a version (``v1.37.2``), else
-    ``(None, complaint)``: the binary's own words. Cobra prints the whole usage text
-    (hundreds of lines) around ``Error: ...``, so the complaint is its distinct ``Error:``
-    lines or, without any, its last lines."""
-    match = _VERSION.search(f"{proc.stdout or ''}\n{proc.stderr or ''}")
-    if proc.returncode == 0 and match:
-        return match.group(1), None
-    lines = [line.strip() for line in (proc.stderr or proc.stdout or "").splitlines() if line.strip()]
-    errors = list(dict.fromkeys(line for line in lines if line.lower().startswith("error:")))
-    return None, "\n".join(errors or lines[-5:])[:1000] or f"exited {proc.returncode} without a message"
+    return __utils__["kcm_binary.version_or_complaint"](proc.returncode, proc.stdout, proc.stderr)  # noqa: F821
 
 
 def version(binary=None, runas=None):
@@ -110,12 +98,22 @@ def _config(config):
     return config
 
 
-def _flags(function, config):
-    """``kcm_flags.<function>`` of ``config``: ``render`` (the flags) or ``exec_start`` (the unit's line)."""
+def _render(config):
     try:
-        return __salt__[f"kcm_flags.{function}"](config)
+        return __salt__["kcm_flags.render"](config)
     except KeyError as exc:
         raise _failure("malformed", f"config has no key {exc} (expected a resolved kcm config)") from None
+
+
+def _systemd_argv(config, binary):
+    """The argv systemd builds from the unit's ExecStart= line, with ``binary`` as argv[0]."""
+    _render(config)
+    try:
+        line = __salt__["kcm_flags.exec_start"](config, binary=binary)
+        # Read as the unit file carries it (continuations included), not as a pre-split list.
+        return __utils__["kcm_systemd.parse_exec_start"](f"[Service]\nExecStart={line}\n")  # noqa: F821
+    except ValueError as exc:
+        raise _failure("malformed", f"the rendered ExecStart= line is not what systemd would run: {exc}") from None
 
 
 def args(config=None):
@@ -132,31 +130,25 @@ def args(config=None):
 
         salt 'master*' kcm.args
     """
-    return _flags("render", _config(config))
+    return _render(_config(config))
 
 
-def preflight(binary=None, config=None, unit=None):
+def preflight(binary=None, config=None):
     """
-    Run ``binary`` as the config's KCM user with the flags of the unit plus ``--version`` and report
+    Run ``binary`` as the config's KCM user with the flags the formula renders plus ``--version`` and report
     whether it accepts them: ``{"ok": True, "version": "v1.37.2", "binary": ...}`` or
     ``{"ok": False, "error": <the binary's own message>, "binary": ...}`` (non-zero exit).
 
     KCM parses every flag before it handles ``--version``, so a flag the release does
     not know is refused here without starting anything. The argv is the one systemd
-    builds from the unit's ``ExecStart=`` line (``kcm_systemd.parse_exec_start``: quoting,
-    ``%%``, ``$$``), with ``binary`` in the place of the command, so a value that only
-    breaks after systemd's splitting is refused here too. This is the formula's one
-    preflight: the ``kcm_service.unit`` state asks it before it writes the unit, and
-    ``kcm_orch.preflight`` asks that state.
+    builds from the unit's ``ExecStart=`` line (``kcm_flags.exec_start`` parsed by
+    ``kcm_systemd.parse_exec_start``: quoting, ``%%``, ``$$``), with ``binary`` as argv[0],
+    so a value that only breaks after systemd's splitting is refused here too.
 
     binary
-        Default: the config's ``files.binary``.
+        Default: the deployed ``files.binary``.
     config
         A resolved config. Default: the deployed one.
-    unit
-        The text of the unit to check (``kcm_service.unit`` passes the one it is about to
-        write); its ``ExecStart=`` must run the config's ``files.binary`` (the active
-        link). Default: the ``ExecStart=`` the formula renders (``kcm_flags.exec_start``).
 
     CLI Example:
 
@@ -166,19 +158,10 @@ def preflight(binary=None, config=None, unit=None):
         salt 'master1' kcm.preflight binary=/data/apps/k8s/kubernetes/versions/v1.37.2/kube-controller-manager
     """
     config = _config(config)
-    active = (config.get("files") or {}).get("binary")
-    binary = binary or active
+    binary = binary or (config.get("files") or {}).get("binary")
     if not binary:
         raise _failure("not_deployed", "no binary= given and the config has no files.binary")
-    try:
-        # The formula's line is read as the unit file carries it (continuations included).
-        text = unit or f"[Service]\nExecStart={_flags('exec_start', config)}\n"
-        argv = __utils__["kcm_systemd.parse_exec_start"](text)  # noqa: F821
-    except ValueError as exc:
-        raise _failure("malformed", f"the ExecStart= line is not what systemd would run: {exc}") from None
-    if argv[0] != active:
-        raise _failure("malformed", f"the unit's ExecStart= runs {argv[0]}, not {active}")
-    found, complaint = _said(_run([binary, *argv[1:], "--version"], _runas(None, config)))
+    found, complaint = _said(_run([*_systemd_argv(config, binary), "--version"], _runas(None, config)))
     if found:
         return {"ok": True, "version": found, "binary": binary}
     __context__["retcode"] = 1

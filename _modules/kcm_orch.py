@@ -22,9 +22,9 @@ Both keys are read from the deployed facts (``kcm_config.deployed``: what the la
 What a change restarts is decided by the formula's SLS, not here: ``kcm.service.running``
 watches what KCM runs, through ``service.running`` or, for ``control_cmd``,
 ``kcm_service.restarted`` (whose ``mod_watch`` calls :func:`restart`). :func:`apply` runs
-the SLS and reads which of them acted; :func:`preflight` installs the new release beside
-the active one and runs the SLS's unit state (``kcm-service-unit``) in test mode, whose
-check is ``kcm.preflight``.
+the SLS and reads which of them acted; :func:`preflight` runs the SLS's own check
+(``kcm-service-unit-accepted``) with its requisites, which install the new release beside
+the active one.
 """
 
 import logging
@@ -37,12 +37,12 @@ log = logging.getLogger(__name__)
 __virtualname__ = "kcm_orch"
 
 SLS = "kcm"
-# The states of kcm.service.running that restart KCM (systemd, control_cmd), and the two
-# the preflight runs: the release installed beside the active one, the unit's check.
+# The states of kcm.service.running that restart KCM (systemd, control_cmd), and the check
+# of kcm.service.unit that the preflight runs.
 SERVICE_ID = "kcm-service-running"
 RESTARTED_ID = "kcm-service-restarted"
-INSTALL_ID = "kcm-install-binary"
-UNIT_ID = "kcm-service-unit"
+ACCEPTED_ID = "kcm-service-unit-accepted"
+VALIDATE_ID = "kcm-config-validated"
 UNCONTROLLED = (
     "kcm:service:manage is false and kcm:service:control_cmd is empty"
     " (expected a command that takes restart|stop|start as its last argument)"
@@ -205,13 +205,12 @@ def _chunk(ret, state_id):
 
 def preflight(pillar=None, saltenv=None):
     """
-    Check a change on this master before anything that runs is touched: the formula's
-    ``kcm-install-binary`` with its requisites downloads and verifies the release the
-    (current or given) pillar asks for and installs it beside the active one
-    (``versions/<version>/``); then the formula's unit state (``kcm-service-unit``) runs in
-    test mode: the new binary runs the ``ExecStart=`` of the unit the change would lay
-    down, plus ``--version`` (``kcm.preflight``). The active symlink, the unit, the deployed
-    facts and the running KCM stay as they are.
+    Check a change on this master before anything that runs is touched: the formula's own
+    check of the unit (``kcm-service-unit-accepted``) with its requisites, which download
+    and verify the release the (current or given) pillar asks for and install it beside the
+    active one (``versions/<version>/``); the new binary then runs the ``ExecStart=`` of the
+    unit the change would lay down, plus ``--version``. The active symlink, the unit, the
+    deployed facts and the running KCM stay as they are.
 
     Returns ``{"result": True, "version": ..., "binary": ..., "deployed_version": ...}`` or
     ``{"result": False, "comment": <why; for a rejected flag the binary's own message>}``
@@ -230,12 +229,17 @@ def preflight(pillar=None, saltenv=None):
         salt 'master*' kcm_orch.preflight pillar='{"kcm": {"version": "v1.37.3"}}'
     """
     kwargs = _state_kwargs(pillar, saltenv)
-    installed = __salt__["state.sls_id"](INSTALL_ID, SLS, **kwargs)
-    checked = {} if _failures(installed) else __salt__["state.sls_id"](UNIT_ID, SLS, test=True, **kwargs)
-    failed = _failures(installed) or _failures(checked)
+    ret = __salt__["state.sls_id"](ACCEPTED_ID, SLS, **kwargs)
+    if not isinstance(ret, dict):
+        # kcm.service leaves its check out when the config is invalid: the validation says why.
+        checked = __salt__["state.sls_id"](VALIDATE_ID, SLS, **kwargs)
+        why = _failures(checked) if isinstance(checked, dict) else []
+        comment = "invalid pillar: " + "; ".join(why) if why else f"{SLS} does not render: " + "; ".join(_failures(ret))
+        return _with_exit_code({"result": False, "comment": comment})
+    failed = _failures(ret)
     if failed:
         return _with_exit_code({"result": False, "comment": "; ".join(failed)[:2000]})
-    binary = _chunk(installed, INSTALL_ID).get("name")
+    binary = _chunk(ret, ACCEPTED_ID).get("name")
     try:
         version = __salt__["kcm.version"](binary=binary)
     except CommandExecutionError as exc:
@@ -246,7 +250,7 @@ def preflight(pillar=None, saltenv=None):
             "version": version,
             "binary": binary,
             "deployed_version": _deployed().get("version"),
-            "comment": _chunk(checked, UNIT_ID).get("comment") or f"{binary} ({version}) is ready",
+            "comment": _chunk(ret, ACCEPTED_ID).get("comment") or f"{binary} ({version}) is ready",
         }
     )
 

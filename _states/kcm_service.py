@@ -1,15 +1,14 @@
 """
-States of the KCM service: the unit, written only once the binary it will run accepts it,
-and the restart of a KCM that Salt does not supervise.
+States of the KCM service: the unit checked against the binary it will run, and the
+restart of a KCM that Salt does not supervise.
 
-- ``kcm_service.unit``: renders the unit once from the ``source:`` list (a site's own unit
-  included, see ``kcm_config.template_sources``) and ``context``; when it or the active
-  link is about to change, ``kcm.preflight`` runs its ``ExecStart=`` with the new binary in
-  the place of the link, as the unit's ``User=`` (never as root). KCM parses every flag
-  before it handles ``--version``, so a flag the release does not know is refused there,
-  and the unit is not written. Then Salt's ``file.managed`` writes the rendered text
-  (atomically, root's, 0600, no symlink followed) and reports the diff. The active link
-  requires this state, so it does not move either.
+- ``kcm_service.unit_accepted``: renders the unit from the same ``source:`` list and
+  context as the ``file.managed`` that lays it down (a site's own unit included, see
+  ``kcm_config.template_sources``), and runs the ``ExecStart=`` systemd would run from it,
+  with the new binary as argv[0] and ``--version`` added, as the unit's ``User=`` (never as
+  root). KCM parses every flag before it
+  handles ``--version``, so a flag the release does not know is refused here, before the
+  unit or the active link changes.
 - ``kcm_service.restarted``: for ``kcm:service:manage: false``, under the same ``watch:``
   list as ``service.running``; like ``cmd.wait`` it does nothing by itself, and its
   ``mod_watch`` restarts KCM through ``kcm:service:control_cmd`` (``kcm_orch.restart``:
@@ -17,27 +16,30 @@ and the restart of a KCM that Salt does not supervise.
 
 .. code-block:: yaml
 
-    kcm-service-unit:
-      kcm_service.unit:
-        - name: /usr/lib/systemd/system/kube-controller-manager.service
-        - binary: /data/apps/k8s/kubernetes/versions/v1.37.2/kube-controller-manager
+    kcm-service-unit-accepted:
+      kcm_service.unit_accepted:
+        - name: /data/apps/k8s/kubernetes/versions/v1.37.2/kube-controller-manager
+        - active_binary: /data/apps/k8s/kubernetes/sbin/kube-controller-manager
         - source: [salt://kcm/files/default/kube-controller-manager.service.jinja]
-        - context: {binary: /data/apps/k8s/kubernetes/sbin/kube-controller-manager, user: k8s, exec_start: ...}
-        - require_in:
-          - file: kcm-install-active-link
+        - context: {exec_start: ...}
+        - prereq:
+          - file: kcm-service-unit
 
     kcm-service-restarted:
       kcm_service.restarted:
         - name: kube-controller-manager
         - control_cmd: /usr/local/bin/kcm-ctl
         - watch:
-          - kcm_service: kcm-service-unit
+          - file: kcm-service-unit
 """
 
 import logging
 import os
+import subprocess
 
 from salt.exceptions import CommandExecutionError
+
+BINARY_TIMEOUT = 30
 
 __virtualname__ = "kcm_service"
 
@@ -49,7 +51,7 @@ def __virtual__():
 
 
 def _rendered_unit(source, context):
-    """The unit text rendered from ``source`` (the first that exists), and which one that was."""
+    """The unit text ``file.managed`` would write from ``source`` (the first that exists)."""
     saltenv = __env__  # noqa: F821
     chosen, _ = __salt__["file.source_list"](source, "", saltenv)
     rendered, _, comment = __salt__["file.get_managed"](
@@ -73,7 +75,7 @@ def _rendered_unit(source, context):
         with open(rendered, encoding="utf-8") as handle:
             return chosen, handle.read()
     finally:
-        # file.get_managed leaves the rendered template, a temporary file, to its caller.
+        # A rendered template is a temporary file of its own (file.managed removes its too).
         os.unlink(rendered)
 
 
@@ -81,68 +83,51 @@ def _ret(name, result, comment, changes=None):
     return {"name": name, "result": result, "comment": comment, "changes": changes or {}}
 
 
-def _at_rest(name, text, link, binary):
-    """True when the unit ``name`` (not a symlink) holds ``text`` and ``link`` points at ``binary``."""
-    try:
-        with open(name, encoding="utf-8") as handle:
-            return not os.path.islink(name) and handle.read() == text and os.readlink(link) == binary
-    except OSError:
-        return False
-
-
-def unit(name, binary, source, context):
+def unit_accepted(name, source, context, active_binary):
     """
-    Write the KCM unit ``name``, rendered once, when the binary about to run it accepts
-    its ``ExecStart=`` (``kcm.preflight``); otherwise fail with the binary's own message
-    and write nothing.
+    Succeed when the KCM binary ``name`` accepts the ``ExecStart=`` of the unit rendered
+    from ``source`` with ``context``; fail with the binary's own message otherwise. Makes
+    no changes.
 
     name
-        The unit file.
-    binary
-        The KCM binary the unit will run (the version about to become active): it runs
-        the ``ExecStart=`` in the place of the active link, ``context["binary"]``.
+        The binary to check (the version about to become active).
     source
-        The template's ``source:`` list, rendered with Jinja and ``context``.
+        The unit's ``source:`` list, as given to its ``file.managed``.
     context
-        The template context; ``binary`` is the active link, ``user`` the unit's ``User=``.
+        The template context, as given to its ``file.managed``.
+    active_binary
+        The path the unit's ``ExecStart=`` names (the active link); ``name`` runs in its
+        place, as the link will point there.
 
-    Nothing runs when neither the unit nor the active link is about to change. In test
-    mode the binary runs too (it writes nothing); one that the same run installs is not
-    there yet, and is checked when it is.
+    In test mode, a binary that does not exist yet (the same run installs it) gives result
+    None.
     """
+    if not os.path.exists(name):
+        if __opts__.get("test"):  # noqa: F821
+            return _ret(name, None, f"{name} is not installed yet; the unit is checked against it when it is")
+        return _ret(name, False, f"{name} does not exist; cannot check the unit's ExecStart=")
     try:
         chosen, text = _rendered_unit(source, context)
-    except CommandExecutionError as exc:
-        return _ret(name, False, str(exc))
-    verdict = ""
-    if _at_rest(name, text, context["binary"], binary):
-        pass  # nothing KCM runs changes here: no restart into it, nothing to check
-    elif __opts__["test"] and not os.path.exists(binary):  # noqa: F821
-        verdict = f"{binary} is not installed yet; the unit is checked against it when it is"
-    else:
-        try:
-            said = __salt__["kcm.preflight"](  # noqa: F821
-                binary=binary, unit=text, config={"user": context.get("user"), "files": {"binary": context["binary"]}}
-            )
-        except CommandExecutionError as exc:
-            return _ret(name, False, f"cannot check {binary} against {chosen}: {exc}")
-        if not said["ok"]:
-            return _ret(name, False, f"{binary} refuses the ExecStart= of {chosen}: {said['error']}")
-        verdict = f"{binary} ({said['version']}) accepts the ExecStart= of {chosen}"
-    # Salt's own file state: an atomic replace, the diff in changes, test mode's prediction;
-    # the directories it makes 0755 like systemd's own (Salt's default would be 0700).
-    ret = __states__["file.managed"](  # noqa: F821
-        name,
-        contents=text,
-        user="root",
-        group="root",
-        mode="0600",
-        follow_symlinks=False,
-        makedirs=True,
-        dir_mode="0755",
+        argv = __utils__["kcm_systemd.parse_exec_start"](text)  # noqa: F821
+    except (CommandExecutionError, ValueError) as exc:
+        return _ret(name, False, f"the unit is not what systemd would run: {exc}")
+    if argv[0] != active_binary:
+        return _ret(name, False, f"the ExecStart= of {chosen} runs {argv[0]}, not {active_binary}")
+    try:
+        # As the unit's User=, never as root.
+        done = __utils__[
+            "kcm_systemd.run_as"
+        ](  # noqa: F821
+            [name, *argv[1:], "--version"], context.get("user") or "root", BINARY_TIMEOUT
+        )
+    except (OSError, KeyError, subprocess.TimeoutExpired) as exc:
+        return _ret(name, False, f"cannot run {name}: {exc}")
+    version, complaint = __utils__["kcm_binary.version_or_complaint"](  # noqa: F821
+        done.returncode, done.stdout, done.stderr
     )
-    ret["comment"] = "; ".join(part for part in (verdict, ret["comment"]) if part)
-    return ret
+    if not version:
+        return _ret(name, False, f"{name} refuses the ExecStart= of {chosen}: {complaint}")
+    return _ret(name, True, f"{name} ({version}) accepts the ExecStart= of {chosen}")
 
 
 def restarted(name, control_cmd=""):

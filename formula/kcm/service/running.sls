@@ -12,7 +12,7 @@ include:
 
 {%- if not salt['kcm_config.validate'](kcm) %}
 {%-   set watched = [
-        {"kcm_service": "kcm-service-unit"},
+        {"file": "kcm-service-unit"},
         {"file": "kcm-install-active-link"},
         {"kcm_kubeconfig": "kcm-kubeconfig-file"},
         {"sls": tplroot ~ ".pki.files"},
